@@ -1,0 +1,195 @@
+//! What a test found out: [`Outcome`], [`Failure`], [`Measurements`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Level, PptpIdentity};
+
+/// Numbers a test measured. Every field is optional: a test fills what it saw.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Measurements {
+    /// ICMP round-trip time (or handshake time when ICMP is unavailable), ms.
+    pub ping_ms: Option<f64>,
+    /// TCP connect time to the control port, ms.
+    pub connect_ms: Option<f64>,
+    /// Start-Control-Connection request→reply time, ms.
+    pub handshake_ms: Option<f64>,
+    /// Download goodput through the tunnel, Mbit/s.
+    pub speed_down_mbps: Option<f64>,
+    /// Upload goodput through the tunnel, Mbit/s.
+    pub speed_up_mbps: Option<f64>,
+    /// Bytes moved during a speed test (both directions, warm-up excluded).
+    pub bytes_moved: Option<u64>,
+    /// What the server said about itself.
+    pub pptp: Option<PptpIdentity>,
+}
+
+/// Why a test stopped below the level it aimed for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Failure {
+    /// The TCP connection was refused.
+    Refused,
+    /// The TCP connection did not complete in time.
+    ConnectTimeout,
+    /// The peer reset the connection.
+    Reset,
+    /// The peer closed the connection before answering.
+    ClosedEarly,
+    /// Something answered, but not PPTP (wrong magic cookie or framing).
+    NotPptp,
+    /// A PPTP reply that breaks the protocol.
+    BadReply {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The control-channel handshake did not complete in time.
+    HandshakeTimeout,
+    /// The server answered the handshake with a non-success result code.
+    ControlRejected {
+        /// RFC 2637 result code (2..=5).
+        code: u8,
+    },
+    /// The Outgoing-Call-Request was rejected.
+    CallRejected {
+        /// RFC 2637 result code.
+        code: u8,
+    },
+    /// PPP link negotiation (LCP) failed or never answered.
+    LcpFailed {
+        /// What happened.
+        detail: String,
+    },
+    /// The server rejected the credentials (MS-CHAPv2 Failure).
+    AuthRejected {
+        /// The `E=` error code (691 = authentication failure), if given.
+        code: Option<u32>,
+        /// The server's message, if any.
+        message: String,
+    },
+    /// Authentication did not complete in time.
+    AuthTimeout,
+    /// The tunnel (CCP/MPPE, IPCP, GRE) could not be brought up.
+    TunnelFailed {
+        /// What happened.
+        detail: String,
+    },
+    /// The tunnel worked but throughput was below the threshold.
+    TooSlow {
+        /// Measured download, Mbit/s.
+        down_mbps: f64,
+        /// The configured threshold, Mbit/s.
+        threshold_mbps: f64,
+    },
+    /// The whole per-node test exceeded its time budget.
+    Timeout,
+    /// The test code itself crashed; the node is not to blame.
+    Crashed {
+        /// The panic message.
+        detail: String,
+    },
+    /// Anything else.
+    Other {
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::ConnectTimeout => f.write_str("connect timed out"),
+            Failure::Reset => f.write_str("connection reset by peer"),
+            Failure::ClosedEarly => f.write_str("connection closed before a reply"),
+            Failure::NotPptp => f.write_str("the server did not answer PPTP"),
+            Failure::BadReply { detail } => write!(f, "bad PPTP reply: {detail}"),
+            Failure::HandshakeTimeout => f.write_str("PPTP handshake timed out"),
+            Failure::ControlRejected { code } => write!(
+                f,
+                "PPTP control connection rejected: result {code} ({})",
+                control_result_meaning(*code)
+            ),
+            Failure::CallRejected { code } => write!(f, "PPTP call rejected: result {code}"),
+            Failure::LcpFailed { detail } => write!(f, "PPP link negotiation failed: {detail}"),
+            Failure::AuthRejected { code, message } => match code {
+                Some(c) => write!(f, "credentials rejected (E={c}) {message}"),
+                None => write!(f, "credentials rejected {message}"),
+            },
+            Failure::AuthTimeout => f.write_str("authentication timed out"),
+            Failure::TunnelFailed { detail } => write!(f, "tunnel failed: {detail}"),
+            Failure::TooSlow {
+                down_mbps,
+                threshold_mbps,
+            } => write!(
+                f,
+                "too slow: {down_mbps:.2} Mbit/s down, threshold {threshold_mbps:.2}"
+            ),
+            Failure::Timeout => f.write_str("test timed out"),
+            Failure::Crashed { detail } => write!(f, "test crashed: {detail}"),
+            Failure::Other { detail } => f.write_str(detail),
+        }
+    }
+}
+
+/// The RFC 2637 meaning of a Start-Control-Connection-Reply result code.
+pub fn control_result_meaning(code: u8) -> &'static str {
+    match code {
+        1 => "successful channel establishment",
+        2 => "general error",
+        3 => "command channel already exists",
+        4 => "requester is not authorized to establish a command channel",
+        5 => "the protocol version of the requester is not supported",
+        _ => "unknown result code",
+    }
+}
+
+/// The result of one test of one node: how far it got, why it stopped, what it measured.
+///
+/// ```
+/// use connexa_core::domain::{Failure, Level, Outcome};
+/// let slow = Outcome::failed(Level::Auth, Failure::TooSlow { down_mbps: 0.2, threshold_mbps: 1.0 });
+/// assert_eq!(slow.reached, Level::Auth); // logged in, so it is `ping_ok`, not `ping_failed`
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The highest level of evidence achieved.
+    pub reached: Level,
+    /// Why the test stopped there, if it aimed higher.
+    pub failure: Option<Failure>,
+    /// What was measured on the way.
+    pub measurements: Measurements,
+}
+
+impl Outcome {
+    /// A test that achieved `level` and did not fail.
+    pub fn success(level: Level) -> Self {
+        Outcome {
+            reached: level,
+            failure: None,
+            measurements: Measurements::default(),
+        }
+    }
+
+    /// A test that achieved `level`, then failed with `failure`.
+    pub fn failed(level: Level, failure: Failure) -> Self {
+        Outcome {
+            reached: level,
+            failure: Some(failure),
+            measurements: Measurements::default(),
+        }
+    }
+
+    /// Attaches measurements.
+    pub fn with_measurements(mut self, measurements: Measurements) -> Self {
+        self.measurements = measurements;
+        self
+    }
+
+    /// `true` when the PPTP server answered but rejected the credentials.
+    pub fn is_auth_rejected(&self) -> bool {
+        self.reached == Level::Light && matches!(self.failure, Some(Failure::AuthRejected { .. }))
+    }
+}

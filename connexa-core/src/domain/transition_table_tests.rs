@@ -1,0 +1,182 @@
+//! Every cell of the DESIGN.md transition table, transcribed literally.
+
+use super::*;
+
+const COLUMNS: [&str; 10] = [
+    "reached 0",
+    "reached 1",
+    "reached 1, auth rejected",
+    "reached 2",
+    "reached 3",
+    "ServiceStarted",
+    "ServiceStartFailed",
+    "ServiceStopped",
+    "HealthOk",
+    "HealthFailed",
+];
+
+/// Rows exactly as in the design table; `=` keeps the status, `refused` is an error.
+const TABLE: [(&str, [&str; 10]); 8] = [
+    (
+        "not_tested",
+        [
+            "ping_failed",
+            "ping_light",
+            "auth_failed",
+            "ping_ok",
+            "speed_ok",
+            "refused",
+            "refused",
+            "=",
+            "=",
+            "=",
+        ],
+    ),
+    (
+        "ping_failed",
+        [
+            "ping_failed",
+            "ping_light",
+            "auth_failed",
+            "ping_ok",
+            "speed_ok",
+            "refused",
+            "refused",
+            "=",
+            "=",
+            "=",
+        ],
+    ),
+    (
+        "ping_light",
+        [
+            "ping_failed",
+            "ping_light",
+            "auth_failed",
+            "ping_ok",
+            "speed_ok",
+            "refused",
+            "refused",
+            "=",
+            "=",
+            "=",
+        ],
+    ),
+    (
+        "auth_failed",
+        [
+            "ping_failed",
+            "auth_failed",
+            "auth_failed",
+            "ping_ok",
+            "speed_ok",
+            "refused",
+            "refused",
+            "=",
+            "=",
+            "=",
+        ],
+    ),
+    (
+        "ping_ok",
+        [
+            "=", "=", "=", "=", "speed_ok", "refused", "refused", "=", "=", "=",
+        ],
+    ),
+    (
+        "speed_ok",
+        ["=", "=", "=", "=", "=", "online", "=", "=", "=", "="],
+    ),
+    (
+        "online",
+        [
+            "=", "=", "=", "=", "=", "=", "=", "speed_ok", "=", "offline",
+        ],
+    ),
+    (
+        "offline",
+        [
+            "=", "=", "=", "=", "=", "online", "=", "speed_ok", "online", "=",
+        ],
+    ),
+];
+
+pub(super) fn endpoint() -> ServiceEndpoint {
+    ServiceEndpoint {
+        host: "127.0.0.1".into(),
+        port: 10800,
+        username: "u".into(),
+        password: Secret::new("p"),
+    }
+}
+
+/// One representative event per column.
+pub(super) fn column_event(col: usize) -> Event {
+    match col {
+        0 => Event::Tested(Outcome::failed(Level::None, Failure::Refused)),
+        1 => Event::Tested(Outcome::success(Level::Light)),
+        2 => Event::Tested(Outcome::failed(
+            Level::Light,
+            Failure::AuthRejected {
+                code: Some(691),
+                message: "bad password".into(),
+            },
+        )),
+        3 => Event::Tested(Outcome::success(Level::Auth)),
+        4 => Event::Tested(Outcome::success(Level::Speed)),
+        5 => Event::ServiceStarted(endpoint()),
+        6 => Event::ServiceStartFailed("bind failed".into()),
+        7 => Event::ServiceStopped,
+        8 => Event::HealthOk,
+        9 => Event::HealthFailed("check target unreachable".into()),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_cell_of_the_design_table() {
+    let mut checked = 0;
+    for (row, cells) in TABLE {
+        let current: Status = row.parse().unwrap();
+        for (col, want) in cells.iter().enumerate() {
+            let got = transition(current, &column_event(col));
+            let cell = format!("{row} × {}", COLUMNS[col]);
+            match *want {
+                "refused" => assert!(got.is_err(), "{cell}: expected refused, got {got:?}"),
+                "=" => assert_eq!(got, Ok(current), "{cell}"),
+                name => assert_eq!(got, Ok(name.parse().unwrap()), "{cell}"),
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 80);
+}
+
+#[test]
+fn failures_that_still_reached_a_level_are_judged_by_the_level() {
+    // A speed test that logged in but was slow reached level 2: ping_ok, never ping_failed.
+    let slow = Event::Tested(Outcome::failed(
+        Level::Auth,
+        Failure::TooSlow {
+            down_mbps: 0.1,
+            threshold_mbps: 1.0,
+        },
+    ));
+    assert_eq!(transition(Status::NotTested, &slow), Ok(Status::PingOk));
+    assert_eq!(transition(Status::PingLight, &slow), Ok(Status::PingOk));
+    // A light probe that answered but whose login phase timed out is still ping_light.
+    let lcp = Event::Tested(Outcome::failed(Level::Light, Failure::AuthTimeout));
+    assert_eq!(transition(Status::PingFailed, &lcp), Ok(Status::PingLight));
+}
+
+#[test]
+fn refusal_tells_the_operator_what_to_run() {
+    let err = transition(Status::PingOk, &Event::ServiceStarted(endpoint())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ping_ok") && msg.contains("connexa test speed"),
+        "{msg}"
+    );
+    let err = transition(Status::NotTested, &Event::ServiceStartFailed("x".into())).unwrap_err();
+    assert!(err.to_string().contains("connexa test pipeline"), "{err}");
+}

@@ -1,0 +1,23 @@
+//! # connexa-core
+//!
+//! The library behind Connexa, a toolkit for operators of PPTP VPN server fleets.
+//!
+//! * [`domain`]: the node model, the eight [`Status`](domain::Status) values and the
+//!   pure [`transition`](domain::transition) function — the only way a status changes.
+//! * [`ports`]: the traits the engine is generic over ([`NodeStore`](ports::NodeStore),
+//!   [`Prober`](ports::Prober), [`SpeedTester`](ports::SpeedTester),
+//!   [`ServiceLauncher`](ports::ServiceLauncher)).
+//!
+//! The central promise: a node that passed the speed test is never demoted.
+//!
+//! ```
+//! use connexa_core::domain::{transition, Event, Status};
+//!
+//! // A service that fails to start leaves a verified node verified.
+//! let after = transition(Status::SpeedOk, &Event::ServiceStartFailed("port busy".into()));
+//! assert_eq!(after, Ok(Status::SpeedOk));
+//! ```
+#![warn(missing_docs)]
+
+pub mod domain;
+pub mod ports;

@@ -1,0 +1,1 @@
+//! Shared helpers for Connexa's cross-crate end-to-end tests (`tests/tests/*.rs`).
