@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Connexa's test command: provisions the real parts the suite needs on a fresh
+# Debian machine (a throw-away PostgreSQL cluster, ...), then runs the whole
+# cargo test suite and the examples.
+#
+#   tests/run.sh            # as root (or with sudo) on Debian 12
+#
+# With CI=true, a part that cannot be provisioned is a failure. Outside CI the
+# script runs everything it can and ends with a loud summary of what it skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CI="${CI:-}"
+skipped=()
+cleanup=()
+on_exit() { for c in "${cleanup[@]}"; do eval "$c" || true; done; }
+trap on_exit EXIT
+
+log() { printf '\033[1m[tests/run.sh]\033[0m %s\n' "$*" >&2; }
+
+unavailable() { # part, reason
+  if [ -n "$CI" ]; then
+    log "FATAL: cannot provision $1: $2"
+    exit 1
+  fi
+  log "WARNING: cannot provision $1: $2 (its tests are skipped)"
+  skipped+=("$1: $2")
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+
+apt_updated=""
+apt_install() { # packages...
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq || return 1; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+cargo_skip=()
+
+# --- PostgreSQL: a throw-away cluster on 127.0.0.1 and a free port ------------------
+start_postgres() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    apt_install postgresql || { unavailable postgres "apt-get install postgresql failed"; return; }
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+  fi
+  local dir port
+  dir=$(mktemp -d /tmp/connexa-pg.XXXXXX)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local run=()
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; run=(runuser -u postgres --); fi
+  "${run[@]}" "$bin/initdb" -D "$dir/data" -A trust -U postgres >"$dir/initdb.log" 2>&1 \
+    || { unavailable postgres "initdb failed (see $dir/initdb.log)"; return; }
+  "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c max_connections=200" start >/dev/null \
+    || { unavailable postgres "pg_ctl start failed (see $dir/server.log)"; return; }
+  cleanup+=("${run[*]} $bin/pg_ctl -D $dir/data -m immediate stop >/dev/null 2>&1; rm -rf $dir")
+  "${run[@]}" "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres connexa_test
+  export CONNEXA_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/connexa_test"
+  log "PostgreSQL ready: $CONNEXA_TEST_PG_URL"
+}
+
+start_postgres
+[ -n "${CONNEXA_TEST_PG_URL:-}" ] || cargo_skip+=(--skip postgres)
+
+# --- The suite --------------------------------------------------------------------
+log "cargo test --workspace"
+cargo test --workspace -- "${cargo_skip[@]}"
+
+log "examples"
+for dir in examples/*/; do
+  name=$(sed -n 's/^name = "\(.*\)"/\1/p' "$dir/Cargo.toml" | head -n1)
+  log "cargo run -p $name"
+  cargo run -q -p "$name"
+done
+
+if [ ${#skipped[@]} -gt 0 ]; then
+  printf '\n\033[1;31m!!! NOT EVERYTHING RAN: %d part(s) could not be provisioned:\033[0m\n' "${#skipped[@]}" >&2
+  for s in "${skipped[@]}"; do printf '\033[1;31m!!!   %s\033[0m\n' "$s" >&2; done
+  printf '\033[1;31m!!! Run tests/run.sh as root on Debian 12 to run them.\033[0m\n' >&2
+fi
