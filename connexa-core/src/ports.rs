@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Event, EventKind, NewNode, Node, NodeFilter, NodeId, NodeMeta, Outcome, Page, Refused,
-    ServiceEndpoint, Status,
+    Event, EventKind, Failure, Level, NewNode, Node, NodeFilter, NodeId, NodeMeta, Outcome, Page,
+    Refused, ServiceEndpoint, Status,
 };
 
 /// Identifier of a job (a batch test, an import, a service start or stop).
@@ -56,23 +56,88 @@ pub struct Applied {
     pub to: Status,
 }
 
+/// What a `status_history` row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HistoryEvent {
+    /// An event went through `apply`.
+    Applied(EventKind),
+    /// The node was deleted (`to` is `None`).
+    Deleted,
+}
+
+impl HistoryEvent {
+    /// The stored name (`tested`, `service_started`, ..., `deleted`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryEvent::Applied(kind) => kind.as_str(),
+            HistoryEvent::Deleted => "deleted",
+        }
+    }
+}
+
 /// One row of a node's status history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistoryRow {
     /// The node.
     pub node: NodeId,
     /// Status before.
     pub from: Status,
-    /// Status after.
-    pub to: Status,
+    /// Status after (`None` for a deletion).
+    pub to: Option<Status>,
     /// What happened.
-    pub event: EventKind,
-    /// Why, in words (the failure, if any).
+    pub event: HistoryEvent,
+    /// For test results: the level reached.
+    pub reached: Option<Level>,
+    /// The failure, if the event reported one.
+    pub failure: Option<Failure>,
+    /// Why, in words.
     pub detail: Option<String>,
     /// The job, if any.
     pub job: Option<JobId>,
     /// When.
     pub at: DateTime<Utc>,
+}
+
+impl HistoryRow {
+    /// Rebuilds an event equivalent to the one recorded (same table column), so a
+    /// history can be replayed through [`transition`](crate::domain::transition).
+    /// `None` for deletions.
+    pub fn replay_event(&self) -> Option<Event> {
+        let reason = || self.detail.clone().unwrap_or_default();
+        Some(match self.event {
+            HistoryEvent::Deleted => return None,
+            HistoryEvent::Applied(EventKind::Tested) => Event::Tested(Outcome {
+                reached: self.reached.unwrap_or(Level::None),
+                failure: self.failure.clone(),
+                measurements: Default::default(),
+            }),
+            HistoryEvent::Applied(EventKind::ServiceStarted) => {
+                Event::ServiceStarted(ServiceEndpoint {
+                    host: String::new(),
+                    port: 0,
+                    username: String::new(),
+                    password: Default::default(),
+                })
+            }
+            HistoryEvent::Applied(EventKind::ServiceStartFailed) => {
+                Event::ServiceStartFailed(reason())
+            }
+            HistoryEvent::Applied(EventKind::ServiceStopped) => Event::ServiceStopped,
+            HistoryEvent::Applied(EventKind::HealthOk) => Event::HealthOk,
+            HistoryEvent::Applied(EventKind::HealthFailed) => Event::HealthFailed(reason()),
+        })
+    }
+}
+
+/// One event for [`NodeStore::apply_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyRequest {
+    /// The node.
+    pub node: NodeId,
+    /// What happened.
+    pub event: Event,
+    /// Job and time.
+    pub ctx: ApplyContext,
 }
 
 /// A page of nodes plus the total number matching the filter.
@@ -108,6 +173,9 @@ pub enum StoreError {
     /// The connection URL is not one the store understands.
     #[error("unsupported database URL {0:?} (use sqlite://PATH?mode=rwc or postgres://...)")]
     BadUrl(String),
+    /// No job with this id.
+    #[error("no job with id {0}")]
+    JobNotFound(JobId),
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
@@ -128,6 +196,15 @@ pub trait NodeStore: Send + Sync {
         event: Event,
         ctx: ApplyContext,
     ) -> Result<Applied, StoreError>;
+
+    /// Group commit: applies many events in ONE transaction (each exactly as
+    /// [`apply`](Self::apply) would, in order). The outer error means nothing was
+    /// written; the inner results say, per request, what happened (a refused or
+    /// unknown node does not stop the others).
+    async fn apply_many(
+        &self,
+        requests: Vec<ApplyRequest>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError>;
 
     /// One node.
     async fn get(&self, node: NodeId) -> Result<Option<Node>, StoreError>;
@@ -156,6 +233,273 @@ pub trait NodeStore: Send + Sync {
 
     /// Number of nodes per status (statuses with no node are omitted).
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// Creates a job with one item per node matching `spec.filter`, in one transaction.
+    async fn create_job(&self, spec: JobSpec, at: DateTime<Utc>) -> Result<Job, StoreError>;
+
+    /// One job.
+    async fn job(&self, job: JobId) -> Result<Job, StoreError>;
+
+    /// The most recent jobs, newest first.
+    async fn jobs(&self, limit: u64) -> Result<Vec<Job>, StoreError>;
+
+    /// Jobs not yet finished (queued or running), oldest first.
+    async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError>;
+
+    /// Marks a job's state (running, done, cancelled, interrupted) at `at`.
+    async fn set_job_state(
+        &self,
+        job: JobId,
+        state: JobState,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Claims up to `max` pending items of `job` for `worker`. On Postgres several
+    /// processes can claim from one job at once (`FOR UPDATE SKIP LOCKED`).
+    async fn claim_items(
+        &self,
+        job: JobId,
+        worker: &str,
+        max: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedItem>, StoreError>;
+
+    /// Group commit of item results: in ONE transaction, applies each result's
+    /// event (as [`apply_many`](Self::apply_many)) and marks the item terminal.
+    /// Items already terminal are left alone (a result is never applied twice).
+    async fn finish_items(&self, results: Vec<ItemResult>)
+    -> Result<Vec<ItemFinished>, StoreError>;
+
+    /// Ends every pending item of `job` as cancelled; returns how many.
+    async fn cancel_pending(&self, job: JobId, at: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Puts `running` items back to `pending` (after a crash); returns how many.
+    async fn requeue_running(&self, job: JobId) -> Result<u64, StoreError>;
+
+    /// Progress of a job, computed from committed item rows.
+    async fn progress(&self, job: JobId) -> Result<Progress, StoreError>;
+
+    /// The last `limit` finished items of a job, newest first.
+    async fn recent_items(&self, job: JobId, limit: u64) -> Result<Vec<ItemView>, StoreError>;
+}
+
+/// Identifier of one job item (one node in one job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ItemId(pub i64);
+
+/// What a job does to each of its nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobKind {
+    /// PPTP control-channel handshake.
+    Light,
+    /// Login with MS-CHAPv2.
+    Auth,
+    /// Throughput through the tunnel.
+    Speed,
+    /// Light, then auth, then speed; a node goes as far as it can.
+    Pipeline,
+    /// Start SOCKS5 services.
+    ServiceStart,
+    /// Stop SOCKS5 services.
+    ServiceStop,
+}
+
+/// The lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Created, no worker yet.
+    Queued,
+    /// Workers are taking items.
+    Running,
+    /// Every item ended.
+    Done,
+    /// Cancelled on request; finished results stay.
+    Cancelled,
+    /// The process stopped and the job was closed instead of resumed.
+    Interrupted,
+}
+
+/// The lifecycle of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    /// Waiting for a worker.
+    Pending,
+    /// A worker took it.
+    Running,
+    /// Finished; the test reached what it aimed for (or the action succeeded).
+    Ok,
+    /// Finished with a failure (recorded on the node).
+    Failed,
+    /// The per-node time budget or the job deadline ran out.
+    TimedOut,
+    /// The job was cancelled before the item ran.
+    Cancelled,
+}
+
+macro_rules! snake_names {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The stored snake_case name.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+        }
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($name => Ok(Self::$variant),)+ other => Err(format!("unknown {} {other:?}", stringify!($ty))) }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop" });
+snake_names!(JobState { Queued => "queued", Running => "running", Done => "done", Cancelled => "cancelled", Interrupted => "interrupted" });
+snake_names!(ItemState { Pending => "pending", Running => "running", Ok => "ok", Failed => "failed", TimedOut => "timed_out", Cancelled => "cancelled" });
+
+impl ItemState {
+    /// `true` once the item has ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ItemState::Pending | ItemState::Running)
+    }
+}
+
+/// What to create a job for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// What to do.
+    pub kind: JobKind,
+    /// Which nodes (resolved once, when the job is created).
+    pub filter: NodeFilter,
+    /// Engine options, stored as JSON so any process can resume the job.
+    pub options: serde_json::Value,
+    /// The job's deadline, if any.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Identifier.
+    pub id: JobId,
+    /// What it does.
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: JobState,
+    /// Engine options.
+    pub options: serde_json::Value,
+    /// Number of items.
+    pub total: u64,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Ended (done, cancelled or interrupted).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Deadline.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// An item a worker claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimedItem {
+    /// The item.
+    pub item: ItemId,
+    /// Its job.
+    pub job: JobId,
+    /// The node to work on.
+    pub node: NodeId,
+}
+
+/// A finished item, for [`NodeStore::finish_items`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemResult {
+    /// The item.
+    pub item: ItemId,
+    /// Its terminal state.
+    pub state: ItemState,
+    /// The event to apply to the item's node, if any.
+    pub event: Option<Event>,
+    /// A short human summary (the failure, the refusal...).
+    pub detail: Option<String>,
+    /// When it finished.
+    pub at: DateTime<Utc>,
+}
+
+/// What [`NodeStore::finish_items`] did with one result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemFinished {
+    /// The item.
+    pub item: ItemId,
+    /// The state it was given (a refused event turns `ok` into `failed`).
+    pub state: ItemState,
+    /// The transition applied, if any.
+    pub applied: Option<Applied>,
+    /// `false` when the item had already ended and nothing was written.
+    pub written: bool,
+}
+
+/// A finished item, for progress displays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemView {
+    /// The item.
+    pub item: ItemId,
+    /// The node.
+    pub node: NodeId,
+    /// Its state.
+    pub state: ItemState,
+    /// The node's status after the item.
+    pub status: Option<Status>,
+    /// The summary.
+    pub detail: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A job's progress, computed from committed rows: every observer sees the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Items in all.
+    pub total: u64,
+    /// Waiting.
+    pub pending: u64,
+    /// Being worked on.
+    pub running: u64,
+    /// Ended ok.
+    pub ok: u64,
+    /// Ended with a failure.
+    pub failed: u64,
+    /// Ended by a timeout.
+    pub timed_out: u64,
+    /// Ended by cancellation.
+    pub cancelled: u64,
+}
+
+impl Progress {
+    /// Items that ended (ok + failed + timed out + cancelled).
+    pub fn done(&self) -> u64 {
+        self.ok + self.failed + self.timed_out + self.cancelled
+    }
+
+    /// `true` when every item ended.
+    pub fn is_complete(&self) -> bool {
+        self.done() == self.total
+    }
+
+    /// Percentage done, 0..=100 (an empty job is 100 %).
+    pub fn percent(&self) -> f64 {
+        if self.total == 0 {
+            100.0
+        } else {
+            self.done() as f64 * 100.0 / self.total as f64
+        }
+    }
 }
 
 /// How deep a [`Prober`] goes.

@@ -11,8 +11,8 @@ use super::{NodeId, Status};
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeFilter {
-    /// Only these ids (empty = any).
-    pub ids: Vec<NodeId>,
+    /// Only these ids (`None` = any id; `Some(vec![])` matches nothing).
+    pub ids: Option<Vec<NodeId>>,
     /// Only these statuses (empty = any).
     pub statuses: Vec<Status>,
     /// IP address substring.
@@ -52,7 +52,7 @@ impl NodeFilter {
     /// A filter on explicit ids.
     pub fn ids(ids: impl IntoIterator<Item = NodeId>) -> Self {
         NodeFilter {
-            ids: ids.into_iter().collect(),
+            ids: Some(ids.into_iter().collect()),
             ..Self::default()
         }
     }

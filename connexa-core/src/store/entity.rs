@@ -1,0 +1,126 @@
+//! sea-orm entities. Timestamps are stored as Unix milliseconds (`BIGINT`), so
+//! they sort and compare the same way on SQLite and Postgres.
+
+/// The `nodes` table.
+pub mod nodes {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `nodes`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "nodes")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub ip: String,
+        pub port: i32,
+        pub login: String,
+        pub password: String,
+        pub provider: Option<String>,
+        pub country: Option<String>,
+        pub state: Option<String>,
+        pub city: Option<String>,
+        pub zipcode: Option<String>,
+        pub comment: Option<String>,
+        pub status: String,
+        pub last_checked_at: Option<i64>,
+        pub last_error: Option<String>,
+        pub consecutive_failures: i32,
+        pub ping_ms: Option<f64>,
+        pub speed_down_mbps: Option<f64>,
+        pub speed_up_mbps: Option<f64>,
+        pub pptp_version: Option<i32>,
+        pub pptp_hostname: Option<String>,
+        pub pptp_vendor: Option<String>,
+        pub pptp_firmware: Option<i32>,
+        pub socks_host: Option<String>,
+        pub socks_port: Option<i32>,
+        pub socks_user: Option<String>,
+        pub socks_password: Option<String>,
+        pub service_wanted: bool,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `status_history` table (rows outlive their node: no foreign key).
+pub mod status_history {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `status_history`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "status_history")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub node_id: i64,
+        pub from_status: String,
+        pub to_status: Option<String>,
+        pub event: String,
+        pub reached: Option<i16>,
+        pub failure: Option<String>,
+        pub detail: Option<String>,
+        pub job_id: Option<i64>,
+        pub at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `jobs` table.
+pub mod jobs {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `jobs`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "jobs")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub kind: String,
+        pub state: String,
+        pub options: String,
+        pub total: i64,
+        pub created_at: i64,
+        pub finished_at: Option<i64>,
+        pub deadline_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `job_items` table.
+pub mod job_items {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `job_items`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "job_items")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub job_id: i64,
+        pub node_id: i64,
+        pub state: String,
+        pub worker: Option<String>,
+        pub claimed_at: Option<i64>,
+        pub finished_at: Option<i64>,
+        pub result_status: Option<String>,
+        pub detail: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

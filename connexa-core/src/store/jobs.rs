@@ -1,0 +1,374 @@
+//! Jobs and their items: creation, claiming, group-committed results, progress.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Query};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
+
+use super::convert::{self, ms};
+use super::entity::{job_items, jobs, nodes};
+use super::{apply, db_err, query};
+use crate::domain::NodeId;
+use crate::ports::{
+    ApplyContext, ApplyRequest, ClaimedItem, ItemFinished, ItemId, ItemResult, ItemState, ItemView,
+    Job, JobId, JobSpec, JobState, Progress, StoreError,
+};
+
+pub(crate) async fn create<C: ConnectionTrait>(
+    conn: &C,
+    spec: &JobSpec,
+    at: DateTime<Utc>,
+) -> Result<Job, StoreError> {
+    let row = jobs::ActiveModel {
+        kind: Set(spec.kind.as_str().to_owned()),
+        state: Set(JobState::Queued.as_str().to_owned()),
+        options: Set(spec.options.to_string()),
+        total: Set(0),
+        created_at: Set(ms(at)),
+        finished_at: Set(None),
+        deadline_at: Set(spec.deadline.map(ms)),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await
+    .map_err(db_err)?;
+    // INSERT INTO job_items (job_id, node_id, state) SELECT <job>, id, 'pending' FROM nodes WHERE ...
+    let select = nodes::Entity::find()
+        .select_only()
+        .column_as(Expr::val(row.id), "job_id")
+        .column(nodes::Column::Id)
+        .column_as(Expr::val(ItemState::Pending.as_str()), "state")
+        .filter(query::condition(&spec.filter))
+        .order_by_asc(nodes::Column::Id)
+        .into_query();
+    let insert = Query::insert()
+        .into_table(job_items::Entity)
+        .columns([
+            job_items::Column::JobId,
+            job_items::Column::NodeId,
+            job_items::Column::State,
+        ])
+        .select_from(select)
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .to_owned();
+    let total = conn.execute(&insert).await.map_err(db_err)?.rows_affected();
+    let mut active = row.into_active_model();
+    active.total = Set(i64::try_from(total).unwrap_or(i64::MAX));
+    let row = active.update(conn).await.map_err(db_err)?;
+    convert::job(row)
+}
+
+pub(crate) async fn get<C: ConnectionTrait>(conn: &C, job: JobId) -> Result<Job, StoreError> {
+    jobs::Entity::find_by_id(job.0)
+        .one(conn)
+        .await
+        .map_err(db_err)?
+        .ok_or(StoreError::JobNotFound(job))
+        .and_then(convert::job)
+}
+
+pub(crate) async fn recent<C: ConnectionTrait>(
+    conn: &C,
+    limit: u64,
+) -> Result<Vec<Job>, StoreError> {
+    jobs::Entity::find()
+        .order_by_desc(jobs::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(convert::job)
+        .collect()
+}
+
+pub(crate) async fn unfinished<C: ConnectionTrait>(conn: &C) -> Result<Vec<Job>, StoreError> {
+    jobs::Entity::find()
+        .filter(jobs::Column::State.is_in([JobState::Queued.as_str(), JobState::Running.as_str()]))
+        .order_by_asc(jobs::Column::Id)
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(convert::job)
+        .collect()
+}
+
+pub(crate) async fn set_state<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    state: JobState,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let finished = matches!(
+        state,
+        JobState::Done | JobState::Cancelled | JobState::Interrupted
+    );
+    let res = jobs::Entity::update_many()
+        .col_expr(jobs::Column::State, Expr::value(state.as_str()))
+        .col_expr(
+            jobs::Column::FinishedAt,
+            Expr::value(finished.then(|| ms(at))),
+        )
+        .filter(jobs::Column::Id.eq(job.0))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    if res.rows_affected == 0 {
+        return Err(StoreError::JobNotFound(job));
+    }
+    Ok(())
+}
+
+pub(crate) async fn claim<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    worker: &str,
+    max: u64,
+    at: DateTime<Utc>,
+) -> Result<Vec<ClaimedItem>, StoreError> {
+    let mut q = job_items::Entity::find()
+        .select_only()
+        .columns([job_items::Column::Id, job_items::Column::NodeId])
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(job_items::Column::State.eq(ItemState::Pending.as_str()))
+        .order_by_asc(job_items::Column::Id)
+        .limit(max);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+    }
+    let rows: Vec<(i64, i64)> = q.into_tuple().all(conn).await.map_err(db_err)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    job_items::Entity::update_many()
+        .col_expr(
+            job_items::Column::State,
+            Expr::value(ItemState::Running.as_str()),
+        )
+        .col_expr(job_items::Column::Worker, Expr::value(worker))
+        .col_expr(job_items::Column::ClaimedAt, Expr::value(ms(at)))
+        .filter(job_items::Column::Id.is_in(rows.iter().map(|(id, _)| *id)))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::State, Expr::value(JobState::Running.as_str()))
+        .filter(jobs::Column::Id.eq(job.0))
+        .filter(jobs::Column::State.eq(JobState::Queued.as_str()))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, node)| ClaimedItem {
+            item: ItemId(id),
+            job,
+            node: NodeId(node),
+        })
+        .collect())
+}
+
+pub(crate) async fn finish<C: ConnectionTrait>(
+    conn: &C,
+    results: Vec<ItemResult>,
+) -> Result<Vec<ItemFinished>, StoreError> {
+    let ids: Vec<i64> = results.iter().map(|r| r.item.0).collect();
+    let mut q = job_items::Entity::find().filter(job_items::Column::Id.is_in(ids.iter().copied()));
+    if conn.get_database_backend() == DbBackend::Postgres {
+        q = q.order_by_asc(job_items::Column::Id).lock_exclusive();
+    }
+    let mut items: HashMap<i64, job_items::Model> = q
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+
+    // Which results are live (item exists and has not ended), and their events.
+    let mut live = Vec::with_capacity(results.len());
+    let mut requests = Vec::new();
+    for r in &results {
+        let open = items.get(&r.item.0).is_some_and(|m| {
+            m.state
+                .parse::<ItemState>()
+                .map(|s| !s.is_terminal())
+                .unwrap_or(false)
+        });
+        let request = match (&r.event, open) {
+            (Some(event), true) => {
+                let node = items
+                    .get(&r.item.0)
+                    .map(|m| NodeId(m.node_id))
+                    .unwrap_or(NodeId(0));
+                requests.push(ApplyRequest {
+                    node,
+                    event: event.clone(),
+                    ctx: ApplyContext {
+                        job: items.get(&r.item.0).map(|m| JobId(m.job_id)),
+                        at: r.at,
+                    },
+                });
+                Some(requests.len() - 1)
+            }
+            _ => None,
+        };
+        live.push((open, request));
+        if open {
+            // A result listed twice in one batch is only taken once.
+            if let Some(m) = items.get_mut(&r.item.0) {
+                m.state = ItemState::Ok.as_str().to_owned();
+            }
+        }
+    }
+    let applied = apply::write_events(conn, &requests).await.map_err(db_err)?;
+
+    let mut out = Vec::with_capacity(results.len());
+    let mut updates = Vec::new();
+    for (r, (open, request)) in results.into_iter().zip(live) {
+        if !open {
+            out.push(ItemFinished {
+                item: r.item,
+                state: r.state,
+                applied: None,
+                written: false,
+            });
+            continue;
+        }
+        let (state, detail, applied) = match request.map(|i| &applied[i]) {
+            Some(Ok(a)) => (r.state, r.detail, Some(*a)),
+            Some(Err(e)) => (ItemState::Failed, Some(e.to_string()), None),
+            None => (r.state, r.detail, None),
+        };
+        if let Some(m) = items.remove(&r.item.0) {
+            let mut m = m;
+            m.state = state.as_str().to_owned();
+            m.finished_at = Some(ms(r.at));
+            m.result_status = applied.map(|a| a.to.as_str().to_owned());
+            m.detail = detail;
+            updates.push(m.into_active_model().reset_all());
+        }
+        out.push(ItemFinished {
+            item: r.item,
+            state,
+            applied,
+            written: true,
+        });
+    }
+    for chunk in updates.chunks(1_000) {
+        job_items::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::column(job_items::Column::Id)
+                    .update_columns([
+                        job_items::Column::State,
+                        job_items::Column::FinishedAt,
+                        job_items::Column::ResultStatus,
+                        job_items::Column::Detail,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await
+            .map_err(db_err)?;
+    }
+    Ok(out)
+}
+
+pub(crate) async fn cancel_pending<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    Ok(job_items::Entity::update_many()
+        .col_expr(
+            job_items::Column::State,
+            Expr::value(ItemState::Cancelled.as_str()),
+        )
+        .col_expr(job_items::Column::FinishedAt, Expr::value(ms(at)))
+        .col_expr(job_items::Column::Detail, Expr::value("cancelled"))
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(job_items::Column::State.eq(ItemState::Pending.as_str()))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected)
+}
+
+pub(crate) async fn requeue_running<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+) -> Result<u64, StoreError> {
+    Ok(job_items::Entity::update_many()
+        .col_expr(
+            job_items::Column::State,
+            Expr::value(ItemState::Pending.as_str()),
+        )
+        .col_expr(
+            job_items::Column::Worker,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(job_items::Column::State.eq(ItemState::Running.as_str()))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected)
+}
+
+pub(crate) async fn progress<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+) -> Result<Progress, StoreError> {
+    let total = get(conn, job).await?.total;
+    let rows: Vec<(String, i64)> = job_items::Entity::find()
+        .select_only()
+        .column(job_items::Column::State)
+        .column_as(job_items::Column::Id.count(), "n")
+        .filter(job_items::Column::JobId.eq(job.0))
+        .group_by(job_items::Column::State)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    let mut p = Progress {
+        total,
+        ..Progress::default()
+    };
+    for (state, n) in rows {
+        let n = u64::try_from(n).unwrap_or(0);
+        match state.parse::<ItemState>() {
+            Ok(ItemState::Pending) => p.pending = n,
+            Ok(ItemState::Running) => p.running = n,
+            Ok(ItemState::Ok) => p.ok = n,
+            Ok(ItemState::Failed) => p.failed = n,
+            Ok(ItemState::TimedOut) => p.timed_out = n,
+            Ok(ItemState::Cancelled) => p.cancelled = n,
+            Err(e) => return Err(StoreError::Backend(format!("corrupt row: {e}"))),
+        }
+    }
+    Ok(p)
+}
+
+pub(crate) async fn recent_items<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    limit: u64,
+) -> Result<Vec<ItemView>, StoreError> {
+    job_items::Entity::find()
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(job_items::Column::FinishedAt.is_not_null())
+        .order_by_desc(job_items::Column::FinishedAt)
+        .order_by_desc(job_items::Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(convert::item_view)
+        .collect()
+}

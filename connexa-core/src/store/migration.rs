@@ -1,0 +1,323 @@
+//! Schema migrations (sea-orm-migration, run on connect).
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+/// All migrations, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(M0001Initial)]
+    }
+}
+
+struct M0001Initial;
+
+impl MigrationName for M0001Initial {
+    fn name(&self) -> &str {
+        "m0001_initial"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Nodes {
+    Table,
+    Id,
+    Ip,
+    Port,
+    Login,
+    Password,
+    Provider,
+    Country,
+    State,
+    City,
+    Zipcode,
+    Comment,
+    Status,
+    LastCheckedAt,
+    LastError,
+    ConsecutiveFailures,
+    PingMs,
+    SpeedDownMbps,
+    SpeedUpMbps,
+    PptpVersion,
+    PptpHostname,
+    PptpVendor,
+    PptpFirmware,
+    SocksHost,
+    SocksPort,
+    SocksUser,
+    SocksPassword,
+    ServiceWanted,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum StatusHistory {
+    Table,
+    Id,
+    NodeId,
+    FromStatus,
+    ToStatus,
+    Event,
+    Reached,
+    Failure,
+    Detail,
+    JobId,
+    At,
+}
+
+#[derive(DeriveIden)]
+enum Jobs {
+    Table,
+    Id,
+    Kind,
+    State,
+    Options,
+    Total,
+    CreatedAt,
+    FinishedAt,
+    DeadlineAt,
+}
+
+#[derive(DeriveIden)]
+enum JobItems {
+    Table,
+    Id,
+    JobId,
+    NodeId,
+    State,
+    Worker,
+    ClaimedAt,
+    FinishedAt,
+    ResultStatus,
+    Detail,
+}
+
+#[derive(DeriveIden)]
+enum Users {
+    Table,
+    Id,
+    Name,
+    PasswordHash,
+    CreatedAt,
+}
+
+#[derive(DeriveIden)]
+enum ApiTokens {
+    Table,
+    Id,
+    Name,
+    TokenHash,
+    UserId,
+    CreatedAt,
+    LastUsedAt,
+    ExpiresAt,
+    Revoked,
+}
+
+fn index(name: &str, table: impl IntoIden, cols: &[&'static str]) -> IndexCreateStatement {
+    let mut idx = Index::create();
+    idx.name(name).table(table).if_not_exists();
+    for c in cols {
+        idx.col(Alias::new(*c));
+    }
+    idx.to_owned()
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0001Initial {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Nodes::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Nodes::Id))
+                .col(string(Nodes::Ip))
+                .col(integer(Nodes::Port))
+                .col(string(Nodes::Login))
+                .col(string(Nodes::Password))
+                .col(string_null(Nodes::Provider))
+                .col(string_null(Nodes::Country))
+                .col(string_null(Nodes::State))
+                .col(string_null(Nodes::City))
+                .col(string_null(Nodes::Zipcode))
+                .col(text_null(Nodes::Comment))
+                .col(string(Nodes::Status).default("not_tested"))
+                .col(big_integer_null(Nodes::LastCheckedAt))
+                .col(text_null(Nodes::LastError))
+                .col(integer(Nodes::ConsecutiveFailures).default(0))
+                .col(double_null(Nodes::PingMs))
+                .col(double_null(Nodes::SpeedDownMbps))
+                .col(double_null(Nodes::SpeedUpMbps))
+                .col(integer_null(Nodes::PptpVersion))
+                .col(string_null(Nodes::PptpHostname))
+                .col(string_null(Nodes::PptpVendor))
+                .col(integer_null(Nodes::PptpFirmware))
+                .col(string_null(Nodes::SocksHost))
+                .col(integer_null(Nodes::SocksPort))
+                .col(string_null(Nodes::SocksUser))
+                .col(string_null(Nodes::SocksPassword))
+                .col(boolean(Nodes::ServiceWanted).default(false))
+                .col(big_integer(Nodes::CreatedAt))
+                .col(big_integer(Nodes::UpdatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("nodes_identity")
+                .table(Nodes::Table)
+                .col(Nodes::Ip)
+                .col(Nodes::Port)
+                .col(Nodes::Login)
+                .unique()
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
+        for (name, cols) in [
+            ("nodes_status", &["status"][..]),
+            (
+                "nodes_country_state_city",
+                &["country", "state", "city"][..],
+            ),
+            ("nodes_provider", &["provider"][..]),
+            ("nodes_zipcode", &["zipcode"][..]),
+            ("nodes_last_checked", &["last_checked_at"][..]),
+            ("nodes_speed_down", &["speed_down_mbps"][..]),
+            ("nodes_service_wanted", &["service_wanted"][..]),
+        ] {
+            m.create_index(index(name, Nodes::Table, cols)).await?;
+        }
+
+        m.create_table(
+            Table::create()
+                .table(StatusHistory::Table)
+                .if_not_exists()
+                .col(big_pk_auto(StatusHistory::Id))
+                .col(big_integer(StatusHistory::NodeId))
+                .col(string(StatusHistory::FromStatus))
+                .col(string_null(StatusHistory::ToStatus))
+                .col(string(StatusHistory::Event))
+                .col(small_integer_null(StatusHistory::Reached))
+                .col(text_null(StatusHistory::Failure))
+                .col(text_null(StatusHistory::Detail))
+                .col(big_integer_null(StatusHistory::JobId))
+                .col(big_integer(StatusHistory::At))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(index(
+            "status_history_node",
+            StatusHistory::Table,
+            &["node_id", "id"],
+        ))
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Jobs::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Jobs::Id))
+                .col(string(Jobs::Kind))
+                .col(string(Jobs::State))
+                .col(text(Jobs::Options))
+                .col(big_integer(Jobs::Total))
+                .col(big_integer(Jobs::CreatedAt))
+                .col(big_integer_null(Jobs::FinishedAt))
+                .col(big_integer_null(Jobs::DeadlineAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(index("jobs_state", Jobs::Table, &["state"]))
+            .await?;
+
+        m.create_table(
+            Table::create()
+                .table(JobItems::Table)
+                .if_not_exists()
+                .col(big_pk_auto(JobItems::Id))
+                .col(big_integer(JobItems::JobId))
+                .col(big_integer(JobItems::NodeId))
+                .col(string(JobItems::State))
+                .col(string_null(JobItems::Worker))
+                .col(big_integer_null(JobItems::ClaimedAt))
+                .col(big_integer_null(JobItems::FinishedAt))
+                .col(string_null(JobItems::ResultStatus))
+                .col(text_null(JobItems::Detail))
+                .foreign_key(
+                    ForeignKey::create()
+                        .from(JobItems::Table, JobItems::JobId)
+                        .to(Jobs::Table, Jobs::Id)
+                        .on_delete(ForeignKeyAction::Cascade),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(index(
+            "job_items_job_state",
+            JobItems::Table,
+            &["job_id", "state"],
+        ))
+        .await?;
+        m.create_index(index(
+            "job_items_job_finished",
+            JobItems::Table,
+            &["job_id", "finished_at"],
+        ))
+        .await?;
+
+        m.create_table(
+            Table::create()
+                .table(Users::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Users::Id))
+                .col(string_uniq(Users::Name))
+                .col(string(Users::PasswordHash))
+                .col(big_integer(Users::CreatedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(ApiTokens::Table)
+                .if_not_exists()
+                .col(big_pk_auto(ApiTokens::Id))
+                .col(string(ApiTokens::Name))
+                .col(string_uniq(ApiTokens::TokenHash))
+                .col(big_integer_null(ApiTokens::UserId))
+                .col(big_integer(ApiTokens::CreatedAt))
+                .col(big_integer_null(ApiTokens::LastUsedAt))
+                .col(big_integer_null(ApiTokens::ExpiresAt))
+                .col(boolean(ApiTokens::Revoked).default(false))
+                .foreign_key(
+                    ForeignKey::create()
+                        .from(ApiTokens::Table, ApiTokens::UserId)
+                        .to(Users::Table, Users::Id)
+                        .on_delete(ForeignKeyAction::Cascade),
+                )
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for t in [
+            "api_tokens",
+            "users",
+            "job_items",
+            "jobs",
+            "status_history",
+            "nodes",
+        ] {
+            m.drop_table(Table::drop().table(Alias::new(t)).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,574 @@
+//! The sea-orm implementation of [`NodeStore`]: SQLite by default, Postgres for scale.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), connexa_core::ports::StoreError> {
+//! use connexa_core::store::SqlStore;
+//! let store = SqlStore::connect("sqlite://connexa.db?mode=rwc").await?; // file created if missing
+//! # Ok(()) }
+//! ```
+//!
+//! * SQLite is opened with WAL journaling, `synchronous=NORMAL`, a 30 s busy
+//!   timeout and foreign keys on; every write transaction is `BEGIN IMMEDIATE`
+//!   and, inside one process, writers queue on a mutex, so concurrent writers
+//!   wait instead of failing with "database is locked".
+//! * On Postgres, `apply` locks the affected rows (`SELECT ... ORDER BY id FOR
+//!   UPDATE`) and job workers claim items with `FOR UPDATE SKIP LOCKED`, so
+//!   several processes can share one database and one job queue.
+//! * The `status` column is written by one function only (`apply::write_events`),
+//!   which every status-changing method goes through.
+
+mod apply;
+mod convert;
+mod entity;
+mod jobs;
+pub mod migration;
+mod query;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbErr, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
+use crate::ports::{
+    Applied, ApplyContext, ApplyRequest, ClaimedItem, HistoryRow, InsertOutcome, ItemFinished,
+    ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage, NodeStore, Progress, StoreError,
+};
+use convert::ms;
+use entity::{nodes, status_history};
+
+/// Which database a [`SqlStore`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// A [`NodeStore`] on SQLite or Postgres.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+    backend: Backend,
+    /// In-process single-writer queue (SQLite only).
+    writer: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn db_err(e: DbErr) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// A write transaction; dropping it without [`WriteTxn::finish`] rolls back.
+pub(crate) struct WriteTxn {
+    txn: DatabaseTransaction,
+    _queue: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTxn {
+    async fn finish<T>(self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match result {
+            Ok(v) => {
+                self.txn.commit().await.map_err(db_err)?;
+                Ok(v)
+            }
+            Err(e) => {
+                // Rolling back cannot make things worse; report the first error.
+                let _ = self.txn.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl SqlStore {
+    /// Opens (and migrates) the database at `url`: `sqlite://PATH?mode=rwc` (the file
+    /// is created if missing) or `postgres://USER@HOST:PORT/DB`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::BadUrl(redact_url(url)));
+        };
+        let mut opt = ConnectOptions::new(url.to_owned());
+        opt.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(60));
+        match backend {
+            Backend::Sqlite => {
+                opt.max_connections(8).min_connections(1);
+                opt.map_sqlx_sqlite_opts(|o| {
+                    use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
+                        .busy_timeout(Duration::from_secs(30))
+                        .foreign_keys(true)
+                });
+            }
+            Backend::Postgres => {
+                opt.max_connections(16);
+            }
+        }
+        let db = Database::connect(opt)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", redact_url(url))))?;
+        migration::Migrator::up(&db, None).await.map_err(db_err)?;
+        Ok(SqlStore {
+            db,
+            backend,
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The underlying sea-orm connection (for read-only inspection in tests and tools).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub(crate) async fn begin_write(&self) -> Result<WriteTxn, StoreError> {
+        let (queue, opts) = match self.backend {
+            Backend::Sqlite => (
+                Some(self.writer.clone().lock_owned().await),
+                TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..Default::default()
+                },
+            ),
+            Backend::Postgres => (None, TransactionOptions::default()),
+        };
+        let txn = self.db.begin_with_options(opts).await.map_err(db_err)?;
+        Ok(WriteTxn { txn, _queue: queue })
+    }
+}
+
+/// Hides the password of a `scheme://user:password@host` URL.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl NodeStore for SqlStore {
+    async fn apply(
+        &self,
+        node: NodeId,
+        event: crate::domain::Event,
+        ctx: ApplyContext,
+    ) -> Result<Applied, StoreError> {
+        let req = ApplyRequest { node, event, ctx };
+        let w = self.begin_write().await?;
+        let r = apply::write_events(&w.txn, std::slice::from_ref(&req))
+            .await
+            .map_err(db_err);
+        let mut results = w.finish(r).await?;
+        results.pop().unwrap_or(Err(StoreError::NotFound(node)))
+    }
+
+    async fn apply_many(
+        &self,
+        requests: Vec<ApplyRequest>,
+    ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let w = self.begin_write().await?;
+        let r = apply::write_events(&w.txn, &requests).await.map_err(db_err);
+        w.finish(r).await
+    }
+
+    async fn get(&self, node: NodeId) -> Result<Option<Node>, StoreError> {
+        nodes::Entity::find_by_id(node.0)
+            .one(&self.db)
+            .await
+            .map_err(db_err)?
+            .map(convert::node)
+            .transpose()
+    }
+
+    async fn list(&self, filter: &NodeFilter, page: Page) -> Result<NodePage, StoreError> {
+        let cond = query::condition(filter);
+        let total = nodes::Entity::find()
+            .filter(cond.clone())
+            .count(&self.db)
+            .await
+            .map_err(db_err)?;
+        let mut q = nodes::Entity::find().filter(cond);
+        for (col, dir) in query::order(page.sort, page.desc) {
+            q = q.order_by(col, dir);
+        }
+        let rows = q
+            .offset(page.offset)
+            .limit(page.limit.min(Page::MAX_LIMIT))
+            .all(&self.db)
+            .await
+            .map_err(db_err)?;
+        let nodes = rows
+            .into_iter()
+            .map(convert::node)
+            .collect::<Result<_, _>>()?;
+        Ok(NodePage { nodes, total })
+    }
+
+    async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError> {
+        let w = self.begin_write().await?;
+        let r = insert_nodes(&w.txn, &nodes, Utc::now()).await;
+        w.finish(r).await
+    }
+
+    async fn delete(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = delete_nodes(&w.txn, filter, Utc::now()).await;
+        w.finish(r).await
+    }
+
+    async fn update_meta(&self, node: NodeId, meta: NodeMeta) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = async {
+            let res = nodes::Entity::update_many()
+                .col_expr(nodes::Column::Provider, Expr::value(meta.provider))
+                .col_expr(nodes::Column::Country, Expr::value(meta.country))
+                .col_expr(nodes::Column::State, Expr::value(meta.state))
+                .col_expr(nodes::Column::City, Expr::value(meta.city))
+                .col_expr(nodes::Column::Zipcode, Expr::value(meta.zipcode))
+                .col_expr(nodes::Column::Comment, Expr::value(meta.comment))
+                .col_expr(nodes::Column::UpdatedAt, Expr::value(ms(Utc::now())))
+                .filter(nodes::Column::Id.eq(node.0))
+                .exec(&w.txn)
+                .await
+                .map_err(db_err)?;
+            if res.rows_affected == 0 {
+                return Err(StoreError::NotFound(node));
+            }
+            Ok(())
+        }
+        .await;
+        w.finish(r).await
+    }
+
+    async fn set_service_wanted(
+        &self,
+        filter: &NodeFilter,
+        wanted: bool,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = nodes::Entity::update_many()
+            .col_expr(nodes::Column::ServiceWanted, Expr::value(wanted))
+            .col_expr(nodes::Column::UpdatedAt, Expr::value(ms(Utc::now())))
+            .filter(query::condition(filter))
+            .filter(nodes::Column::ServiceWanted.ne(wanted))
+            .exec(&w.txn)
+            .await
+            .map(|r| r.rows_affected)
+            .map_err(db_err);
+        w.finish(r).await
+    }
+
+    async fn history(&self, node: NodeId) -> Result<Vec<HistoryRow>, StoreError> {
+        status_history::Entity::find()
+            .filter(status_history::Column::NodeId.eq(node.0))
+            .order_by_asc(status_history::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(convert::history)
+            .collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = nodes::Entity::find()
+            .select_only()
+            .column(nodes::Column::Status)
+            .column_as(nodes::Column::Id.count(), "n")
+            .group_by(nodes::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_err)?;
+        let mut out = rows
+            .into_iter()
+            .map(|(s, n)| Ok((convert::status(&s)?, u64::try_from(n).unwrap_or(0))))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by_key(|(s, _)| Status::ALL.iter().position(|x| x == s));
+        Ok(out)
+    }
+
+    async fn create_job(&self, spec: JobSpec, at: DateTime<Utc>) -> Result<Job, StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::create(&w.txn, &spec, at).await;
+        w.finish(r).await
+    }
+
+    async fn job(&self, job: JobId) -> Result<Job, StoreError> {
+        jobs::get(&self.db, job).await
+    }
+
+    async fn jobs(&self, limit: u64) -> Result<Vec<Job>, StoreError> {
+        jobs::recent(&self.db, limit).await
+    }
+
+    async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        jobs::unfinished(&self.db).await
+    }
+
+    async fn set_job_state(
+        &self,
+        job: JobId,
+        state: JobState,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::set_state(&w.txn, job, state, at).await;
+        w.finish(r).await
+    }
+
+    async fn claim_items(
+        &self,
+        job: JobId,
+        worker: &str,
+        max: u64,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::claim(&w.txn, job, worker, max, at).await;
+        w.finish(r).await
+    }
+
+    async fn finish_items(
+        &self,
+        results: Vec<ItemResult>,
+    ) -> Result<Vec<ItemFinished>, StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::finish(&w.txn, results).await;
+        w.finish(r).await
+    }
+
+    async fn cancel_pending(&self, job: JobId, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::cancel_pending(&w.txn, job, at).await;
+        w.finish(r).await
+    }
+
+    async fn requeue_running(&self, job: JobId) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::requeue_running(&w.txn, job).await;
+        w.finish(r).await
+    }
+
+    async fn progress(&self, job: JobId) -> Result<Progress, StoreError> {
+        jobs::progress(&self.db, job).await
+    }
+
+    async fn recent_items(&self, job: JobId, limit: u64) -> Result<Vec<ItemView>, StoreError> {
+        jobs::recent_items(&self.db, job, limit).await
+    }
+}
+
+type Key = (String, i32, String);
+
+/// Rows per insert statement (12 columns).
+const INSERT_CHUNK: usize = 1_000;
+
+async fn insert_nodes<C: ConnectionTrait>(
+    conn: &C,
+    input: &[NewNode],
+    now: DateTime<Utc>,
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    let now = ms(now);
+    let mut out = Vec::with_capacity(input.len());
+    for chunk in input.chunks(INSERT_CHUNK) {
+        let key = |n: &NewNode| {
+            (
+                n.ip().to_string(),
+                i32::from(n.port()),
+                n.login().to_owned(),
+            )
+        };
+        let keys: Vec<Key> = chunk.iter().map(key).collect();
+        let before = existing(conn, &keys).await?;
+        // First occurrence in this chunk of each new key: index into `chunk`.
+        let mut first: HashMap<&Key, usize> = HashMap::new();
+        let mut fresh = Vec::new();
+        for (i, (n, k)) in chunk.iter().zip(&keys).enumerate() {
+            if !before.contains_key(k) && !first.contains_key(k) {
+                first.insert(k, i);
+                fresh.push(nodes::ActiveModel {
+                    ip: Set(k.0.clone()),
+                    port: Set(k.1),
+                    login: Set(k.2.clone()),
+                    password: Set(n.password().expose().to_owned()),
+                    provider: Set(n.meta.provider.clone()),
+                    country: Set(n.meta.country.clone()),
+                    state: Set(n.meta.state.clone()),
+                    city: Set(n.meta.city.clone()),
+                    zipcode: Set(n.meta.zipcode.clone()),
+                    comment: Set(n.meta.comment.clone()),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                    ..Default::default()
+                });
+            }
+        }
+        if !fresh.is_empty() {
+            nodes::Entity::insert_many(fresh)
+                .on_conflict(
+                    OnConflict::columns([
+                        nodes::Column::Ip,
+                        nodes::Column::Port,
+                        nodes::Column::Login,
+                    ])
+                    .do_nothing()
+                    .to_owned(),
+                )
+                .exec_without_returning(conn)
+                .await
+                .map_err(db_err)?;
+        }
+        let after = if first.is_empty() {
+            HashMap::new()
+        } else {
+            existing(conn, &keys).await?
+        };
+        for (i, (n, k)) in chunk.iter().zip(&keys).enumerate() {
+            let pw = n.password().expose();
+            let outcome = if let Some((id, stored)) = before.get(k) {
+                same(*id, stored == pw)
+            } else {
+                let (id, stored) = after.get(k).ok_or_else(|| {
+                    StoreError::Backend(format!("row for {}:{} vanished during insert", k.0, k.1))
+                })?;
+                if first.get(k) == Some(&i) && stored == pw {
+                    InsertOutcome::Inserted(NodeId(*id))
+                } else {
+                    same(*id, stored == pw)
+                }
+            };
+            out.push(outcome);
+        }
+    }
+    Ok(out)
+}
+
+fn same(id: i64, same_password: bool) -> InsertOutcome {
+    if same_password {
+        InsertOutcome::Duplicate(NodeId(id))
+    } else {
+        InsertOutcome::Conflict(NodeId(id))
+    }
+}
+
+/// Stored (id, password) of the given identities.
+async fn existing<C: ConnectionTrait>(
+    conn: &C,
+    keys: &[Key],
+) -> Result<HashMap<Key, (i64, String)>, StoreError> {
+    let mut ips: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    ips.sort_unstable();
+    ips.dedup();
+    let rows: Vec<(i64, String, i32, String, String)> = nodes::Entity::find()
+        .select_only()
+        .columns([
+            nodes::Column::Id,
+            nodes::Column::Ip,
+            nodes::Column::Port,
+            nodes::Column::Login,
+            nodes::Column::Password,
+        ])
+        .filter(nodes::Column::Ip.is_in(ips))
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    let wanted: std::collections::HashSet<&Key> = keys.iter().collect();
+    Ok(rows
+        .into_iter()
+        .map(|(id, ip, port, login, pw)| ((ip, port, login), (id, pw)))
+        .filter(|(k, _)| wanted.contains(k))
+        .collect())
+}
+
+async fn delete_nodes<C: ConnectionTrait>(
+    conn: &C,
+    filter: &NodeFilter,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let victims: Vec<(i64, String)> = nodes::Entity::find()
+        .select_only()
+        .columns([nodes::Column::Id, nodes::Column::Status])
+        .filter(query::condition(filter))
+        .order_by_asc(nodes::Column::Id)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    let at = ms(now);
+    let mut deleted = 0;
+    for chunk in victims.chunks(INSERT_CHUNK) {
+        let rows = chunk
+            .iter()
+            .map(|(id, status)| status_history::ActiveModel {
+                node_id: Set(*id),
+                from_status: Set(status.clone()),
+                to_status: Set(None),
+                event: Set("deleted".to_owned()),
+                at: Set(at),
+                ..Default::default()
+            });
+        status_history::Entity::insert_many(rows)
+            .exec_without_returning(conn)
+            .await
+            .map_err(db_err)?;
+        deleted += nodes::Entity::delete_many()
+            .filter(nodes::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
+            .exec(conn)
+            .await
+            .map_err(db_err)?
+            .rows_affected;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            super::redact_url("postgres://u:pw@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(
+            super::redact_url("sqlite://x.db?mode=rwc"),
+            "sqlite://x.db?mode=rwc"
+        );
+    }
+}

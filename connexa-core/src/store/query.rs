@@ -1,0 +1,101 @@
+//! The filter type turned into SQL: one condition for list, count, delete,
+//! export, jobs and services, so every "all matching" means the same rows.
+
+use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
+use sea_orm::{ColumnTrait, Condition, Order};
+
+use super::convert::ms;
+use super::entity::nodes::Column;
+use crate::domain::{NodeFilter, SortKey, Status};
+
+/// Escapes LIKE wildcards in user text (`%`, `_` and the escape character itself).
+fn like_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for ch in text.to_lowercase().chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(ch);
+    }
+    p.push('%');
+    p
+}
+
+fn contains(col: Column, text: &str) -> sea_orm::sea_query::SimpleExpr {
+    Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(like_pattern(text)).escape('\\'))
+}
+
+/// The SQL condition for a filter.
+pub(crate) fn condition(f: &NodeFilter) -> Condition {
+    let mut c = Condition::all();
+    if let Some(ids) = &f.ids {
+        c = c.add(Column::Id.is_in(ids.iter().map(|i| i.0)));
+    }
+    if !f.statuses.is_empty() {
+        c = c.add(Column::Status.is_in(f.statuses.iter().map(|s| s.as_str())));
+    }
+    let texts = [
+        (Column::Ip, &f.ip),
+        (Column::Login, &f.login),
+        (Column::Provider, &f.provider),
+        (Column::Country, &f.country),
+        (Column::State, &f.state),
+        (Column::City, &f.city),
+        (Column::Zipcode, &f.zipcode),
+        (Column::Comment, &f.comment),
+    ];
+    for (col, value) in texts {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            c = c.add(contains(col, v));
+        }
+    }
+    if let Some(v) = f.min_down_mbps {
+        c = c.add(Column::SpeedDownMbps.gte(v));
+    }
+    if let Some(v) = f.max_down_mbps {
+        c = c.add(Column::SpeedDownMbps.lte(v));
+    }
+    if let Some(t) = f.checked_before {
+        c = c.add(Column::LastCheckedAt.lt(ms(t)));
+    }
+    if let Some(t) = f.checked_after {
+        c = c.add(Column::LastCheckedAt.gte(ms(t)));
+    }
+    let serving = [Status::Online.as_str(), Status::Offline.as_str()];
+    match f.has_service {
+        Some(true) => c = c.add(Column::Status.is_in(serving)),
+        Some(false) => c = c.add(Column::Status.is_not_in(serving)),
+        None => {}
+    }
+    c
+}
+
+/// The ORDER BY columns for a sort key (the id tiebreak is added by the caller).
+pub(crate) fn order(sort: SortKey, desc: bool) -> Vec<(Column, Order)> {
+    let dir = if desc { Order::Desc } else { Order::Asc };
+    let cols: &[Column] = match sort {
+        SortKey::Ip => &[Column::Ip],
+        SortKey::Status => &[Column::Status],
+        SortKey::LastChecked => &[Column::LastCheckedAt],
+        SortKey::SpeedDown => &[Column::SpeedDownMbps],
+        SortKey::Ping => &[Column::PingMs],
+        SortKey::Location => &[Column::Country, Column::State, Column::City],
+        _ => &[],
+    };
+    cols.iter()
+        .map(|c| (*c, dir.clone()))
+        .chain(std::iter::once((Column::Id, dir.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn wildcards_in_user_text_are_literal() {
+        assert_eq!(like_pattern("10%_a\\"), "%10\\%\\_a\\\\%");
+        assert_eq!(like_pattern("TeXaS"), "%texas%");
+    }
+}

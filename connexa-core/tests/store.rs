@@ -1,0 +1,612 @@
+//! The store against real databases: every test runs on a SQLite file and on Postgres.
+
+mod common;
+
+use chrono::{Duration, Utc};
+use common::{TestDb, node, node_with, seed};
+use connexa_core::domain::*;
+use connexa_core::ports::*;
+use sea_orm::{ConnectionTrait, Statement};
+
+on_both_backends!(
+    insert_reports_duplicates_and_conflicts,
+    apply_writes_status_evidence_and_history,
+    refused_event_writes_nothing,
+    failed_retest_of_verified_node_records_but_keeps_status,
+    filters_list_and_delete_select_the_same_rows,
+    hostile_filter_text_is_just_text,
+    pagination_is_stable_and_total_is_right,
+    service_wanted_and_meta_never_touch_status,
+    jobs_claim_finish_progress_cancel_requeue,
+    group_commit_applies_in_order_and_isolates_failures,
+);
+
+fn tested(level: Level) -> Event {
+    Event::Tested(Outcome::success(level))
+}
+
+fn failed(level: Level, f: Failure) -> Event {
+    Event::Tested(Outcome::failed(level, f))
+}
+
+fn ctx() -> ApplyContext {
+    ApplyContext::now()
+}
+
+fn endpoint(port: u16) -> ServiceEndpoint {
+    ServiceEndpoint {
+        host: "127.0.0.1".into(),
+        port,
+        username: "svc".into(),
+        password: Secret::new("svc-password-123456"),
+    }
+}
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    let conn = db.store.connection();
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+async fn insert_reports_duplicates_and_conflicts(db: TestDb) {
+    let s = &db.store;
+    let first = s
+        .insert(vec![
+            node("198.51.100.1", "admin", "a"),
+            node("198.51.100.2", "admin", "b"),
+        ])
+        .await
+        .unwrap();
+    let (InsertOutcome::Inserted(a), InsertOutcome::Inserted(b)) = (first[0], first[1]) else {
+        panic!("{first:?}")
+    };
+    let second = s
+        .insert(vec![
+            node("198.51.100.1", "admin", "a"),     // duplicate of stored
+            node("198.51.100.2", "admin", "other"), // conflict with stored
+            node("198.51.100.3", "admin", "c"),     // new
+            node("198.51.100.3", "admin", "c"),     // duplicate within the batch
+            node("198.51.100.3", "admin", "zz"),    // conflict within the batch
+            node("198.51.100.3", "root", "c"),      // another login: another node
+        ])
+        .await
+        .unwrap();
+    assert_eq!(second[0], InsertOutcome::Duplicate(a));
+    assert_eq!(second[1], InsertOutcome::Conflict(b));
+    let InsertOutcome::Inserted(c) = second[2] else {
+        panic!("{second:?}")
+    };
+    assert_eq!(second[3], InsertOutcome::Duplicate(c));
+    assert_eq!(second[4], InsertOutcome::Conflict(c));
+    assert!(matches!(second[5], InsertOutcome::Inserted(_)));
+    assert_eq!(count(&db, "nodes").await, 4);
+    let got = s.get(c).await.unwrap().unwrap();
+    assert_eq!(
+        (got.ip.to_string(), got.port, got.login.as_str()),
+        ("198.51.100.3".into(), 1723, "admin")
+    );
+    assert_eq!(got.password.expose(), "c");
+    assert_eq!(got.status, Status::NotTested);
+    assert!(s.get(NodeId(999_999)).await.unwrap().is_none());
+}
+
+async fn apply_writes_status_evidence_and_history(db: TestDb) {
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    let t0 = Utc::now();
+    let light = Outcome::success(Level::Light).with_measurements(Measurements {
+        handshake_ms: Some(12.5),
+        pptp: Some(PptpIdentity {
+            protocol_version: 0x0100,
+            hostname: "local".into(),
+            vendor: "linux".into(),
+            firmware: 1,
+        }),
+        ..Default::default()
+    });
+    let a = s
+        .apply(id, Event::Tested(light), ApplyContext { job: None, at: t0 })
+        .await
+        .unwrap();
+    assert_eq!((a.from, a.to), (Status::NotTested, Status::PingLight));
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::PingLight);
+    assert_eq!(n.ping_ms, Some(12.5));
+    assert_eq!(n.pptp.as_ref().unwrap().vendor, "linux");
+    assert_eq!(
+        n.last_checked_at.unwrap().timestamp_millis(),
+        t0.timestamp_millis()
+    );
+    assert_eq!(n.last_error, None);
+
+    let rejected = failed(
+        Level::Light,
+        Failure::AuthRejected {
+            code: Some(691),
+            message: "denied".into(),
+        },
+    );
+    s.apply(id, rejected, ctx()).await.unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::AuthFailed);
+    assert_eq!(n.consecutive_failures, 1);
+    assert!(n.last_error.as_deref().unwrap().contains("691"));
+
+    let speed = Outcome::success(Level::Speed).with_measurements(Measurements {
+        speed_down_mbps: Some(42.0),
+        speed_up_mbps: Some(7.0),
+        ..Default::default()
+    });
+    s.apply(id, Event::Tested(speed), ctx()).await.unwrap();
+    s.apply(id, Event::ServiceStarted(endpoint(10800)), ctx())
+        .await
+        .unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::Online);
+    assert_eq!(n.consecutive_failures, 0);
+    assert_eq!(n.speed_down_mbps, Some(42.0));
+    assert_eq!(n.service.as_ref().unwrap().port, 10800);
+    assert_eq!(
+        n.service.as_ref().unwrap().password.expose(),
+        "svc-password-123456"
+    );
+
+    let h = s.history(id).await.unwrap();
+    let path: Vec<_> = h.iter().map(|r| (r.from, r.to.unwrap(), r.event)).collect();
+    assert_eq!(
+        path,
+        vec![
+            (
+                Status::NotTested,
+                Status::PingLight,
+                HistoryEvent::Applied(EventKind::Tested)
+            ),
+            (
+                Status::PingLight,
+                Status::AuthFailed,
+                HistoryEvent::Applied(EventKind::Tested)
+            ),
+            (
+                Status::AuthFailed,
+                Status::SpeedOk,
+                HistoryEvent::Applied(EventKind::Tested)
+            ),
+            (
+                Status::SpeedOk,
+                Status::Online,
+                HistoryEvent::Applied(EventKind::ServiceStarted)
+            ),
+        ]
+    );
+    assert_eq!(h[1].reached, Some(Level::Light));
+    assert!(matches!(
+        h[1].failure,
+        Some(Failure::AuthRejected {
+            code: Some(691),
+            ..
+        })
+    ));
+}
+
+async fn refused_event_writes_nothing(db: TestDb) {
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    s.apply(id, tested(Level::Auth), ctx()).await.unwrap();
+    let before = s.get(id).await.unwrap().unwrap();
+    let history_before = count(&db, "status_history").await;
+    let err = s
+        .apply(id, Event::ServiceStarted(endpoint(1)), ctx())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err}");
+    assert!(err.to_string().contains("connexa test speed"), "{err}");
+    let err = s
+        .apply(id, Event::ServiceStartFailed("nope".into()), ctx())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)));
+    assert_eq!(s.get(id).await.unwrap().unwrap(), before);
+    assert_eq!(count(&db, "status_history").await, history_before);
+    let missing = s
+        .apply(NodeId(424242), tested(Level::Light), ctx())
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound(NodeId(424242))));
+}
+
+async fn failed_retest_of_verified_node_records_but_keeps_status(db: TestDb) {
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    s.apply(id, tested(Level::Speed), ctx()).await.unwrap();
+    for _ in 0..3 {
+        let a = s
+            .apply(id, failed(Level::None, Failure::ConnectTimeout), ctx())
+            .await
+            .unwrap();
+        assert_eq!(a.to, Status::SpeedOk);
+    }
+    s.apply(
+        id,
+        Event::ServiceStartFailed("bind: address in use".into()),
+        ctx(),
+    )
+    .await
+    .unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::SpeedOk);
+    assert_eq!(n.consecutive_failures, 4);
+    assert_eq!(n.last_error.as_deref(), Some("bind: address in use"));
+    // Health checks never demote either, and quiet ones leave no history rows.
+    let rows = s.history(id).await.unwrap().len();
+    s.apply(id, Event::HealthFailed("down".into()), ctx())
+        .await
+        .unwrap();
+    s.apply(id, Event::HealthOk, ctx()).await.unwrap();
+    assert_eq!(s.history(id).await.unwrap().len(), rows);
+    assert_eq!(s.get(id).await.unwrap().unwrap().status, Status::SpeedOk);
+}
+
+async fn filters_list_and_delete_select_the_same_rows(db: TestDb) {
+    let s = &db.store;
+    let rows = vec![
+        node_with("203.0.113.1", "admin", "United States", "Texas", "Austin"),
+        node_with("203.0.113.2", "admin", "United States", "Texas", "Dallas"),
+        node_with(
+            "203.0.113.3",
+            "root",
+            "United States",
+            "California",
+            "Pasadena",
+        ),
+        node_with("198.51.100.9", "guest", "Germany", "Bavaria", "Munich"),
+    ];
+    let ids: Vec<NodeId> = s
+        .insert(rows)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            InsertOutcome::Inserted(id) => id,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    s.apply(ids[0], tested(Level::Speed), ctx()).await.unwrap();
+    s.apply(ids[1], tested(Level::Light), ctx()).await.unwrap();
+    s.apply(ids[0], Event::ServiceStarted(endpoint(2000)), ctx())
+        .await
+        .unwrap();
+
+    let all = Page {
+        limit: 100,
+        ..Page::default()
+    };
+    let list = |f: NodeFilter| async move {
+        let p = s.list(&f, all).await.unwrap();
+        assert_eq!(p.total as usize, p.nodes.len());
+        p.nodes.iter().map(|n| n.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list(NodeFilter {
+            state: Some("texas".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[0], ids[1]]
+    );
+    assert_eq!(
+        list(NodeFilter {
+            ip: Some("203.0.113".into()),
+            login: Some("ROOT".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[2]]
+    );
+    assert_eq!(
+        list(NodeFilter::statuses([Status::Online])).await,
+        vec![ids[0]]
+    );
+    assert_eq!(
+        list(NodeFilter {
+            has_service: Some(true),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[0]]
+    );
+    assert_eq!(
+        list(NodeFilter {
+            has_service: Some(false),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[1], ids[2], ids[3]]
+    );
+    assert_eq!(
+        list(NodeFilter {
+            checked_after: Some(Utc::now() - Duration::minutes(5)),
+            ..Default::default()
+        })
+        .await,
+        vec![ids[0], ids[1]]
+    );
+    assert_eq!(
+        list(NodeFilter {
+            checked_before: Some(Utc::now() - Duration::minutes(5)),
+            ..Default::default()
+        })
+        .await,
+        Vec::<NodeId>::new()
+    );
+    assert_eq!(
+        list(NodeFilter {
+            ids: Some(vec![]),
+            ..Default::default()
+        })
+        .await,
+        Vec::<NodeId>::new()
+    );
+    assert_eq!(
+        list(NodeFilter::ids([ids[3], ids[1]])).await,
+        vec![ids[1], ids[3]]
+    );
+
+    // "Delete all matching" deletes exactly what the list shows, and records it.
+    let filter = NodeFilter {
+        country: Some("united".into()),
+        statuses: vec![Status::NotTested, Status::PingLight],
+        ..Default::default()
+    };
+    let shown = list(filter.clone()).await;
+    assert_eq!(shown, vec![ids[1], ids[2]]);
+    assert_eq!(s.delete(&filter).await.unwrap(), 2);
+    assert_eq!(list(NodeFilter::all()).await, vec![ids[0], ids[3]]);
+    let h = s.history(ids[1]).await.unwrap();
+    let last = h.last().unwrap();
+    assert_eq!(
+        (last.event, last.from, last.to),
+        (HistoryEvent::Deleted, Status::PingLight, None)
+    );
+    let counts = s.counts().await.unwrap();
+    assert_eq!(counts, vec![(Status::NotTested, 1), (Status::Online, 1)]);
+}
+
+async fn hostile_filter_text_is_just_text(db: TestDb) {
+    let s = &db.store;
+    seed(s, 3).await;
+    for evil in [
+        "'; DROP TABLE nodes; --",
+        "%",
+        "_",
+        "\\",
+        "' OR '1'='1",
+        "10.0.0.%",
+    ] {
+        let f = NodeFilter {
+            login: Some(evil.into()),
+            ip: Some(evil.into()),
+            ..Default::default()
+        };
+        let p = s.list(&f, Page::default()).await.unwrap();
+        assert_eq!(p.total, 0, "{evil:?} matched rows");
+        assert_eq!(s.delete(&f).await.unwrap(), 0);
+    }
+    assert_eq!(count(&db, "nodes").await, 3);
+}
+
+async fn pagination_is_stable_and_total_is_right(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 57).await;
+    let mut seen = Vec::new();
+    for page in 1..=6 {
+        let p = s
+            .list(&NodeFilter::all(), Page::number(page, 10))
+            .await
+            .unwrap();
+        assert_eq!(p.total, 57);
+        seen.extend(p.nodes.iter().map(|n| n.id));
+    }
+    assert_eq!(seen, ids);
+    let desc = s
+        .list(
+            &NodeFilter::all(),
+            Page {
+                limit: 3,
+                sort: SortKey::Ip,
+                desc: true,
+                ..Page::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(desc.nodes.len(), 3);
+    assert!(desc.nodes[0].ip.to_string() >= desc.nodes[1].ip.to_string());
+}
+
+async fn service_wanted_and_meta_never_touch_status(db: TestDb) {
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    s.apply(id, tested(Level::Speed), ctx()).await.unwrap();
+    assert_eq!(
+        s.set_service_wanted(&NodeFilter::ids([id]), true)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.set_service_wanted(&NodeFilter::ids([id]), true)
+            .await
+            .unwrap(),
+        0
+    );
+    s.update_meta(
+        id,
+        NodeMeta {
+            comment: Some("fast one".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert!(n.service_wanted);
+    assert_eq!(n.meta.comment.as_deref(), Some("fast one"));
+    assert_eq!(n.status, Status::SpeedOk);
+    assert!(matches!(
+        s.update_meta(NodeId(777_777), NodeMeta::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 10).await;
+    let now = Utc::now();
+    let job = s
+        .create_job(
+            JobSpec {
+                kind: JobKind::Light,
+                filter: NodeFilter::all(),
+                options: serde_json::json!({"timeout_s": 3}),
+                deadline: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (job.total, job.state, job.kind),
+        (10, JobState::Queued, JobKind::Light)
+    );
+    assert_eq!(job.options["timeout_s"], 3);
+
+    let claimed = s.claim_items(job.id, "w1", 4, now).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.node).collect::<Vec<_>>(),
+        ids[..4].to_vec()
+    );
+    assert_eq!(s.job(job.id).await.unwrap().state, JobState::Running);
+    let p = s.progress(job.id).await.unwrap();
+    assert_eq!((p.total, p.pending, p.running, p.done()), (10, 6, 4, 0));
+
+    let results: Vec<ItemResult> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ItemResult {
+            item: c.item,
+            state: if i == 0 {
+                ItemState::Failed
+            } else {
+                ItemState::Ok
+            },
+            event: Some(if i == 0 {
+                failed(Level::None, Failure::Refused)
+            } else {
+                tested(Level::Light)
+            }),
+            detail: None,
+            at: now,
+        })
+        .collect();
+    let done = s.finish_items(results.clone()).await.unwrap();
+    assert!(done.iter().all(|d| d.written));
+    assert_eq!(done[1].applied.unwrap().to, Status::PingLight);
+    // Finishing the same items again changes nothing.
+    let again = s.finish_items(results).await.unwrap();
+    assert!(again.iter().all(|d| !d.written));
+    assert_eq!(s.history(ids[1]).await.unwrap().len(), 1);
+    assert_eq!(s.history(ids[1]).await.unwrap()[0].job, Some(job.id));
+
+    let p = s.progress(job.id).await.unwrap();
+    assert_eq!((p.ok, p.failed, p.pending), (3, 1, 6));
+    let recent = s.recent_items(job.id, 2).await.unwrap();
+    assert_eq!(recent.len(), 2);
+
+    // A crash: two items were running; a restart puts them back.
+    let running = s.claim_items(job.id, "w2", 2, now).await.unwrap();
+    assert_eq!(running.len(), 2);
+    assert_eq!(s.requeue_running(job.id).await.unwrap(), 2);
+    // A service start refused by the table ends the item as failed, with the reason.
+    let more = s.claim_items(job.id, "w3", 1, now).await.unwrap();
+    let fin = s
+        .finish_items(vec![ItemResult {
+            item: more[0].item,
+            state: ItemState::Ok,
+            event: Some(Event::ServiceStarted(endpoint(3))),
+            detail: None,
+            at: now,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(fin[0].state, ItemState::Failed);
+    assert_eq!(s.cancel_pending(job.id, now).await.unwrap(), 5);
+    let p = s.progress(job.id).await.unwrap();
+    assert!(p.is_complete(), "{p:?}");
+    assert_eq!((p.ok, p.failed, p.cancelled), (3, 2, 5));
+    assert_eq!(p.percent(), 100.0);
+    s.set_job_state(job.id, JobState::Cancelled, now)
+        .await
+        .unwrap();
+    assert!(s.unfinished_jobs().await.unwrap().is_empty());
+    assert_eq!(
+        s.jobs(10).await.unwrap()[0]
+            .finished_at
+            .map(|t| t.timestamp_millis()),
+        Some(now.timestamp_millis())
+    );
+    assert!(matches!(
+        s.job(JobId(9999)).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+}
+
+async fn group_commit_applies_in_order_and_isolates_failures(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 3).await;
+    let reqs = vec![
+        ApplyRequest {
+            node: ids[0],
+            event: tested(Level::Speed),
+            ctx: ctx(),
+        },
+        ApplyRequest {
+            node: ids[0],
+            event: Event::ServiceStarted(endpoint(9)),
+            ctx: ctx(),
+        },
+        ApplyRequest {
+            node: ids[1],
+            event: Event::ServiceStarted(endpoint(9)),
+            ctx: ctx(),
+        },
+        ApplyRequest {
+            node: NodeId(55_555),
+            event: tested(Level::Light),
+            ctx: ctx(),
+        },
+        ApplyRequest {
+            node: ids[2],
+            event: tested(Level::Auth),
+            ctx: ctx(),
+        },
+    ];
+    let r = s.apply_many(reqs).await.unwrap();
+    assert_eq!(r[0].as_ref().unwrap().to, Status::SpeedOk);
+    assert_eq!(r[1].as_ref().unwrap().to, Status::Online);
+    assert!(matches!(r[2], Err(StoreError::Refused(_))));
+    assert!(matches!(r[3], Err(StoreError::NotFound(_))));
+    assert_eq!(r[4].as_ref().unwrap().to, Status::PingOk);
+    assert_eq!(s.get(ids[0]).await.unwrap().unwrap().status, Status::Online);
+    assert_eq!(
+        s.get(ids[1]).await.unwrap().unwrap().status,
+        Status::NotTested
+    );
+    assert_eq!(s.history(ids[0]).await.unwrap().len(), 2);
+}
