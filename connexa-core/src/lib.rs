@@ -21,3 +21,4 @@
 
 pub mod domain;
 pub mod ports;
+pub mod pptp;
