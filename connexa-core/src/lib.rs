@@ -22,3 +22,6 @@
 pub mod domain;
 pub mod ports;
 pub mod pptp;
+pub mod probe;
+#[cfg(feature = "sim")]
+pub mod sim;
