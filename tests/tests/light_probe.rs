@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use connexa_core::domain::{Failure, Level, NodeId, Outcome};
 use connexa_core::ports::{ProbeDepth, ProbeError, Prober};
-use connexa_core::pptp::control::{
-    ControlMessage, HEADER_LEN, StartControlConnectionRequest,
-};
+use connexa_core::pptp::control::{ControlMessage, HEADER_LEN, StartControlConnectionRequest};
 use connexa_core::probe::{IcmpConfig, IcmpPinger, LightProber, ProbeConfig};
 use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -126,12 +124,7 @@ async fn silent_node_times_out_per_attempt_without_hanging() {
 
 #[tokio::test]
 async fn slow_node_passes_within_timeout_and_fails_beyond_it() {
-    let f = fleet(
-        5,
-        vec![(Behaviour::Slow(Duration::from_millis(250)), 1)],
-        1,
-    )
-    .await;
+    let f = fleet(5, vec![(Behaviour::Slow(Duration::from_millis(250)), 1)], 1).await;
     let addr = f.nodes()[0].addr();
     let (out, _) = probe(&LightProber::new(config(1500, 1)), addr).await;
     assert_eq!(out.reached, Level::Light, "{out:?}");
@@ -156,7 +149,9 @@ async fn garbage_node_is_not_pptp_and_not_retried() {
 async fn wrong_result_codes_are_rejections_with_rfc_meaning() {
     let f = fleet(
         7,
-        (2..=5u8).map(|c| (Behaviour::WrongResultCode(c), 1)).collect(),
+        (2..=5u8)
+            .map(|c| (Behaviour::WrongResultCode(c), 1))
+            .collect(),
         4,
     )
     .await;
@@ -223,8 +218,11 @@ async fn full_accept_queue_is_a_connect_timeout() {
     let addr = listener.local_addr().unwrap();
     let mut held = Vec::new();
     for _ in 0..8 {
-        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr))
-            .await
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
         {
             Ok(Ok(s)) => held.push(s),
             _ => break,
@@ -243,6 +241,7 @@ async fn icmp_on_loopback_fills_ping_ms() {
     let pinger = IcmpPinger::new(IcmpConfig {
         count: 4,
         timeout: Duration::from_secs(1),
+        ..IcmpConfig::default()
     });
     let ip = "127.20.10.1".parse().unwrap();
     let stats = pinger
@@ -335,10 +334,9 @@ async fn pptpd_raw_reply_offsets() {
     // The reply's bytes, read by hand: host name at 28, vendor at 92.
     let addr = pptpd_addr();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new(
-        "t", "t",
-    ))
-    .encode();
+    let req =
+        ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new("t", "t"))
+            .encode();
     s.write_all(&req).await.unwrap();
     let mut reply = vec![0u8; 156];
     tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut reply))

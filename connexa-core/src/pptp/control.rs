@@ -670,7 +670,9 @@ impl ControlMessage {
             ControlMessage::StopControlConnectionRequest(_) => {
                 ControlType::StopControlConnectionRequest
             }
-            ControlMessage::StopControlConnectionReply(_) => ControlType::StopControlConnectionReply,
+            ControlMessage::StopControlConnectionReply(_) => {
+                ControlType::StopControlConnectionReply
+            }
             ControlMessage::EchoRequest(_) => ControlType::EchoRequest,
             ControlMessage::EchoReply(_) => ControlType::EchoReply,
             ControlMessage::OutgoingCallRequest(_) => ControlType::OutgoingCallRequest,

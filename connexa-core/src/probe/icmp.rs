@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use surge_ping::{Client, Config, ICMP, PingIdentifier, PingSequence};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 /// Settings of an [`IcmpPinger`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,11 @@ pub struct IcmpConfig {
     pub count: u16,
     /// How long to wait for each reply.
     pub timeout: Duration,
+    /// Echo requests in flight at once across all hosts. The shared socket's
+    /// receive buffer is small (and on loopback a raw socket also sees its own
+    /// requests): a burst of thousands of echoes overflows it and replies are
+    /// lost, so larger batches queue here instead.
+    pub max_in_flight: usize,
 }
 
 impl Default for IcmpConfig {
@@ -27,6 +32,7 @@ impl Default for IcmpConfig {
         IcmpConfig {
             count: 3,
             timeout: Duration::from_secs(1),
+            max_in_flight: 96,
         }
     }
 }
@@ -63,6 +69,7 @@ pub struct IcmpPinger {
     v4: OnceCell<Option<ClientHandle>>,
     v6: OnceCell<Option<ClientHandle>>,
     seq: AtomicU16,
+    in_flight: Semaphore,
 }
 
 struct ClientHandle(Client);
@@ -77,6 +84,7 @@ impl IcmpPinger {
     /// A pinger; no socket is opened until the first [`ping`](Self::ping).
     pub fn new(config: IcmpConfig) -> Self {
         IcmpPinger {
+            in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
             v4: OnceCell::new(),
             v6: OnceCell::new(),
@@ -121,6 +129,9 @@ impl IcmpPinger {
         let ident = PingIdentifier(rand::random());
         let payload = [0u8; 16];
         let mut pings = Vec::with_capacity(usize::from(count));
+        let permits = u32::from(count).min(self.config.max_in_flight.max(1) as u32);
+        // Never fails: the semaphore is never closed.
+        let _permit = self.in_flight.acquire_many(permits).await.ok();
         for _ in 0..count {
             let seq = PingSequence(self.seq.fetch_add(1, Ordering::Relaxed));
             let mut pinger = client.pinger(ip, ident).await;

@@ -156,8 +156,8 @@ impl LightProber {
         for _ in 1..attempts {
             let retry = attempt.local_error.is_none()
                 && match &attempt.result {
-                Ok(HandshakeResult::Established { .. }) => false,
-                Ok(HandshakeResult::Failed(f)) | Err(f) => is_transient(f),
+                    Ok(HandshakeResult::Established { .. }) => false,
+                    Ok(HandshakeResult::Failed(f)) | Err(f) => is_transient(f),
                 };
             if !retry {
                 break;
@@ -234,7 +234,9 @@ async fn drive(mut stream: TcpStream, mut hs: LightHandshake) -> Result<Handshak
             () = tokio::time::sleep_until(deadline.into()) => hs.handle_timeout(Instant::now()),
         }
     }
-    Ok(hs.take_result().unwrap_or(HandshakeResult::Failed(Failure::ClosedEarly)))
+    Ok(hs
+        .take_result()
+        .unwrap_or(HandshakeResult::Failed(Failure::ClosedEarly)))
 }
 
 fn is_transient(f: &Failure) -> bool {
@@ -276,9 +278,7 @@ fn is_local_exhaustion(e: &io::Error) -> bool {
 impl Prober for LightProber {
     async fn probe(&self, node: &Node, depth: ProbeDepth) -> Result<Outcome, ProbeError> {
         match depth {
-            ProbeDepth::Light => {
-                self.probe_addr(SocketAddr::new(node.ip, node.port)).await
-            }
+            ProbeDepth::Light => self.probe_addr(SocketAddr::new(node.ip, node.port)).await,
             ProbeDepth::Auth => Err(ProbeError::Config(
                 "auth depth not implemented yet (LightProber only runs the light test)".into(),
             )),

@@ -244,7 +244,9 @@ impl Fleet {
     pub async fn start(spec: FleetSpec) -> Result<Fleet, SimError> {
         let first = u32::from(spec.first_ip);
         let last = u64::from(first) + spec.count as u64;
-        if spec.first_ip.octets()[0] != 127 || last > u64::from(u32::from_be_bytes([127, 255, 255, 255])) {
+        if spec.first_ip.octets()[0] != 127
+            || last > u64::from(u32::from_be_bytes([127, 255, 255, 255]))
+        {
             return Err(SimError::OutOfLoopback {
                 first: spec.first_ip,
                 count: spec.count,
@@ -374,10 +376,11 @@ async fn serve(
                     ControlMessage::StartControlConnectionReply(r)
                 }
                 Ok(ControlMessage::StopControlConnectionRequest(_)) => {
-                    let r = ControlMessage::StopControlConnectionReply(StopControlConnectionReply {
-                        result_code: 1,
-                        error_code: 0,
-                    });
+                    let r =
+                        ControlMessage::StopControlConnectionReply(StopControlConnectionReply {
+                            result_code: 1,
+                            error_code: 0,
+                        });
                     stream.write_all(&r.encode()).await?;
                     drain(&mut stream).await;
                     return Ok(());

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         icmp: Some(IcmpConfig {
             count: 2,
             timeout: Duration::from_millis(300),
+            ..IcmpConfig::default()
         }),
         ..ProbeConfig::default()
     }));
@@ -64,13 +65,16 @@ async fn main() -> anyhow::Result<()> {
         .collect()
         .await;
 
-    println!("\n{:<14} {:<22} {:<12} {:>8} {:>8}  answer", "ip", "behaviour", "status", "hs ms", "ping ms");
+    println!(
+        "\n{:<14} {:<22} {:<12} {:>8} {:>8}  answer",
+        "ip", "behaviour", "status", "hs ms", "ping ms"
+    );
     let mut results = results;
     results.sort_by_key(|(_, n, _)| n.ip);
     for (behaviour, node, out) in results {
         let out = out?;
-        let status = transition(Status::NotTested, &Event::Tested(out.clone()))
-            .unwrap_or(Status::NotTested);
+        let status =
+            transition(Status::NotTested, &Event::Tested(out.clone())).unwrap_or(Status::NotTested);
         let answer = match (&out.failure, &out.measurements.pptp) {
             (Some(f), _) => f.to_string(),
             (None, Some(id)) => format!("host {:?}, vendor {:?}", id.hostname, id.vendor),
@@ -86,6 +90,10 @@ async fn main() -> anyhow::Result<()> {
             ms(out.measurements.ping_ms),
         );
     }
-    println!("\nprobed {} nodes in {:.2?}", fleet.nodes().len(), started.elapsed());
+    println!(
+        "\nprobed {} nodes in {:.2?}",
+        fleet.nodes().len(),
+        started.elapsed()
+    );
     Ok(())
 }

@@ -202,8 +202,9 @@ impl LightHandshake {
                 ));
                 if self.result.is_none() {
                     self.result = Some(HandshakeResult::Failed(Failure::BadReply {
-                        detail: "the server sent Stop-Control-Connection-Request instead of a reply"
-                            .into(),
+                        detail:
+                            "the server sent Stop-Control-Connection-Request instead of a reply"
+                                .into(),
                     }));
                 }
                 self.state = State::Done;

@@ -249,10 +249,9 @@ fn sccrp_offsets_are_exact() {
 
 #[test]
 fn sccrq_has_reserved_field_after_version() {
-    let bytes = ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new(
-        "h", "v",
-    ))
-    .encode();
+    let bytes =
+        ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new("h", "v"))
+            .encode();
     assert_eq!(&bytes[12..16], &[1, 0, 0, 0]);
     assert_eq!(&bytes[24..26], &[0, 0]); // max channels
     assert_eq!(bytes[28], b'h');
@@ -341,10 +340,7 @@ fn framer_rejects_garbage_early() {
     assert_eq!(f.next_frame(), Err(FrameError::AbsurdLength(5)));
     let mut f = Framer::new();
     f.push(&[0, 156, 0, 1, 0x1A, 0x2B, 0x3C, 0x4E]);
-    assert_eq!(
-        f.next_frame(),
-        Err(FrameError::BadMagicCookie(0x1A2B_3C4E))
-    );
+    assert_eq!(f.next_frame(), Err(FrameError::BadMagicCookie(0x1A2B_3C4E)));
     let mut f = Framer::new();
     f.push(&[0, 156, 0, 2]);
     assert_eq!(f.next_frame(), Err(FrameError::BadMessageType(2)));
@@ -414,10 +410,7 @@ fn handshake_success_then_polite_stop() {
         )]
     );
     assert!(!hs.is_done());
-    assert_eq!(
-        hs.poll_timeout(),
-        Some(t0 + Duration::from_millis(340))
-    );
+    assert_eq!(hs.poll_timeout(), Some(t0 + Duration::from_millis(340)));
     let stop_reply = ControlMessage::StopControlConnectionReply(StopControlConnectionReply {
         result_code: 1,
         error_code: 0,
