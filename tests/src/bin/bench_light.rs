@@ -270,10 +270,11 @@ async fn nmap_bench(args: &Args, fleet: &Fleet) {
             .status()
     })
     .await;
+    let one_s = t.elapsed().as_secs_f64();
     println!(
         "nmap on 1 node takes {:.2} s (fixed cost); its marginal cost per extra node here: {:.2} ms",
-        t.elapsed().as_secs_f64(),
-        (nmap_s - t.elapsed().as_secs_f64()).max(0.0) * 1000.0 / (subset.len().max(2) - 1) as f64
+        one_s,
+        (nmap_s - one_s).max(0.0) * 1000.0 / (subset.len().max(2) - 1) as f64
     );
     for icmp in [false, true] {
         let prober = Arc::new(LightProber::new(prober_config(icmp, 2)));

@@ -49,6 +49,13 @@ pub enum HandshakeResult {
     Failed(Failure),
 }
 
+/// `now + d`, saturating at about a century instead of panicking on absurd settings.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitReply { sent_at: Instant, deadline: Instant },
@@ -95,7 +102,7 @@ impl LightHandshake {
         let request = ControlMessage::StartControlConnectionRequest(
             StartControlConnectionRequest::new(&config.host_name, &config.vendor),
         );
-        let deadline = now + config.handshake_timeout;
+        let deadline = after(now, config.handshake_timeout);
         LightHandshake {
             config,
             state: State::AwaitReply {
@@ -219,7 +226,7 @@ impl LightHandshake {
                         StopControlConnectionRequest { reason: 1 },
                     ));
                     self.state = State::Stopping {
-                        deadline: now + self.config.stop_timeout,
+                        deadline: after(now, self.config.stop_timeout),
                     };
                 } else {
                     self.fail(Failure::ControlRejected {
