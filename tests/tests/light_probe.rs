@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use connexa_core::domain::{Failure, Level, NodeId, Outcome};
 use connexa_core::ports::{ProbeDepth, ProbeError, Prober};
-use connexa_core::pptp::control::{ControlMessage, HEADER_LEN, StartControlConnectionRequest};
+use connexa_core::pptp::control::{
+    CallClearRequest, ControlMessage, HEADER_LEN, StartControlConnectionRequest,
+};
 use connexa_core::probe::{IcmpConfig, IcmpPinger, LightProber, ProbeConfig};
 use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -138,11 +140,13 @@ async fn slow_node_passes_within_timeout_and_fails_beyond_it() {
 #[tokio::test]
 async fn garbage_node_is_not_pptp_and_not_retried() {
     let f = fleet(6, vec![(Behaviour::Garbage, 1)], 1).await;
-    let (out, elapsed) = probe(&LightProber::new(config(2000, 3)), f.nodes()[0].addr()).await;
+    let mut cfg = config(2000, 3);
+    cfg.backoff = Duration::from_secs(1);
+    let (out, elapsed) = probe(&LightProber::new(cfg), f.nodes()[0].addr()).await;
     assert_eq!(out.reached, Level::None);
     assert_eq!(out.failure, Some(Failure::NotPptp));
-    // Answered at once; a retry would have cost at least the 100 ms back-off.
-    assert!(elapsed < Duration::from_millis(100), "took {elapsed:?}");
+    // Answered at once; a retry would have cost at least the 1 s back-off.
+    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
 }
 
 #[tokio::test]
@@ -179,7 +183,7 @@ async fn wrong_result_codes_are_rejections_with_rfc_meaning() {
 }
 
 #[tokio::test]
-async fn server_closing_or_resetting_before_reply() {
+async fn server_closing_resetting_or_misanswering_before_reply() {
     // Closes after reading the request.
     let closer = TcpListener::bind("127.20.8.1:0").await.unwrap();
     let closer_addr = closer.local_addr().unwrap();
@@ -201,6 +205,30 @@ async fn server_closing_or_resetting_before_reply() {
             drop(s);
         }
     });
+    // Answers with well-formed PPTP that is not a Start-Control-Connection-Reply.
+    let wrong = TcpListener::bind("127.20.8.3:0").await.unwrap();
+    let wrong_addr = wrong.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = wrong.accept().await {
+            let mut buf = [0u8; 156];
+            let _ = s.read_exact(&mut buf).await;
+            let msg = ControlMessage::CallClearRequest(CallClearRequest { call_id: 9 });
+            let _ = s.write_all(&msg.encode()).await;
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    let mut cfg = config(1000, 2);
+    cfg.backoff = Duration::from_secs(1);
+    let (out, elapsed) = probe(&LightProber::new(cfg), wrong_addr).await;
+    assert!(
+        matches!(&out.failure, Some(Failure::BadReply { detail }) if detail.contains("Call-Clear-Request")),
+        "{out:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(100),
+        "not retried: {elapsed:?}"
+    );
+
     let prober = LightProber::new(config(1000, 1));
     let (out, _) = probe(&prober, closer_addr).await;
     assert_eq!(out.failure, Some(Failure::ClosedEarly));
@@ -314,7 +342,7 @@ fn pptpd_addr() -> SocketAddr {
 #[tokio::test]
 async fn light_probe_real_pptpd_reads_identity() {
     let addr = pptpd_addr();
-    let mut cfg = config(3000, 2);
+    let mut cfg = config(3000, 3); // pptpd drops ~1 % of connections unanswered
     cfg.icmp = Some(IcmpConfig::default());
     let prober = LightProber::new(cfg);
     let (out, _) = probe(&prober, addr).await;
@@ -331,18 +359,26 @@ async fn light_probe_real_pptpd_reads_identity() {
 
 #[tokio::test]
 async fn pptpd_raw_reply_offsets() {
-    // The reply's bytes, read by hand: host name at 28, vendor at 92.
+    // The reply's bytes, read by hand: host name at 28, vendor at 92. pptpd closes
+    // about 1 connection in 100 before replying (see docs/benchmarks.md): try 3 times.
     let addr = pptpd_addr();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req =
         ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new("t", "t"))
             .encode();
-    s.write_all(&req).await.unwrap();
     let mut reply = vec![0u8; 156];
-    tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut reply))
-        .await
-        .expect("pptpd answers in time")
-        .unwrap();
+    let mut last_err = None;
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut reply)).await {
+            Ok(Ok(_)) => {
+                last_err = None;
+                break;
+            }
+            other => last_err = Some(format!("{other:?}")),
+        }
+    }
+    assert_eq!(last_err, None, "pptpd did not answer 3 times");
     assert!(reply.len() > HEADER_LEN);
     assert_eq!(&reply[28..33], b"local");
     assert_eq!(reply[33], 0);
