@@ -64,8 +64,40 @@ start_postgres() {
   log "PostgreSQL ready: $CONNEXA_TEST_PG_URL"
 }
 
+# --- pptpd: Debian's real PPTP server on a dedicated loopback address ---------------
+# Listens on 127.77.0.1:1723 only (never 0.0.0.0), private config and pid file, no
+# systemd. Only the control channel is exercised: no call is placed, so pppd never runs.
+start_pptpd() {
+  local bin=/usr/sbin/pptpd
+  if [ ! -x "$bin" ]; then
+    apt_install pptpd || { unavailable pptpd "apt-get install pptpd failed"; return; }
+  fi
+  [ -x "$bin" ] || { unavailable pptpd "no $bin after install"; return; }
+  [ "$(id -u)" = 0 ] || { unavailable pptpd "pptpd must run as root"; return; }
+  local dir ip=127.77.0.1
+  dir=$(mktemp -d /tmp/connexa-pptpd.XXXXXX)
+  printf 'option %s/options\n' "$dir" >"$dir/pptpd.conf"
+  printf 'name pptpd\nrefuse-pap\nrefuse-chap\nrefuse-mschap\nrequire-mschap-v2\nnodefaultroute\nnologfd\n' >"$dir/options"
+  "$bin" -f -c "$dir/pptpd.conf" -o "$dir/options" -l "$ip" -p "$dir/pptpd.pid" >"$dir/pptpd.log" 2>&1 &
+  local pid=$!
+  cleanup+=("kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf $dir")
+  local i
+  for i in $(seq 50); do
+    if python3 -c "import socket; socket.create_connection(('$ip', 1723), 0.2).close()" 2>/dev/null; then
+      export CONNEXA_TEST_PPTPD="$ip:1723"
+      log "pptpd ready: $CONNEXA_TEST_PPTPD (pid $pid)"
+      return
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  unavailable pptpd "pptpd did not listen on $ip:1723 (see $dir/pptpd.log)"
+}
+
 start_postgres
 [ -n "${CONNEXA_TEST_PG_URL:-}" ] || cargo_skip+=(--skip postgres)
+start_pptpd
+[ -n "${CONNEXA_TEST_PPTPD:-}" ] || cargo_skip+=(--skip pptpd)
 
 # --- The suite --------------------------------------------------------------------
 log "cargo test --workspace"

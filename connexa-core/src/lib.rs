@@ -21,4 +21,8 @@
 
 pub mod domain;
 pub mod ports;
+pub mod pptp;
+pub mod probe;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod store;
