@@ -216,3 +216,46 @@ fn history_row(
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The other store sources, which must never write the status column.
+    const OTHERS: [(&str, &str); 5] = [
+        ("mod.rs", include_str!("mod.rs")),
+        ("jobs.rs", include_str!("jobs.rs")),
+        ("query.rs", include_str!("query.rs")),
+        ("convert.rs", include_str!("convert.rs")),
+        ("migration.rs", include_str!("migration.rs")),
+    ];
+
+    #[test]
+    fn only_apply_writes_the_status_column() {
+        let writes = [
+            "col_expr(nodes::Column::Status",
+            "col_expr(Column::Status",
+            "status: Set(",
+            ".status = ",
+            "update_columns([nodes::Column::Status",
+        ];
+        for (file, src) in OTHERS {
+            for line in src.lines().map(str::trim_start) {
+                for w in writes {
+                    let hit = if w.starts_with('.')
+                        || w.starts_with("col_")
+                        || w.starts_with("update_")
+                    {
+                        line.contains(w)
+                    } else {
+                        line.starts_with(w)
+                    };
+                    assert!(
+                        !hit,
+                        "store/{file} writes the status column ({line:?}); only apply.rs may"
+                    );
+                }
+            }
+        }
+        // And this file does write it, through the evidence upsert.
+        assert!(super::EVIDENCE_COLUMNS.contains(&super::nodes::Column::Status));
+    }
+}
