@@ -286,7 +286,13 @@ fn txt_line(node: &Node) -> String {
         (IpAddr::V6(ip), port) => format!("[{ip}]:{port}"),
     };
     let pass = node.password.expose();
-    match node.meta.country.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+    let country = node
+        .meta
+        .country
+        .as_deref()
+        .map(|c| c.replace(char::is_control, " ").trim().to_owned())
+        .filter(|c| !c.is_empty());
+    match country {
         Some(c) => format!("{addr} {} {pass} {c}", node.login),
         None => format!("{addr} {} {pass}", node.login),
     }
