@@ -30,15 +30,34 @@ impl Key {
         if name.is_empty() || name.len() > 40 {
             return None;
         }
-        let mut norm = String::with_capacity(name.len());
-        for c in name.chars() {
-            let c = if c == '_' || c == '-' { ' ' } else { c };
-            if c == ' ' && norm.ends_with(' ') {
-                continue;
+        // ASCII names (nearly all) are normalised on the stack.
+        let mut ascii = [0u8; 40];
+        let mut owned = String::new();
+        let norm: &str = if name.is_ascii() {
+            let mut n = 0;
+            for b in name.bytes() {
+                let b = match b {
+                    b'_' | b'-' => b' ',
+                    b => b.to_ascii_lowercase(),
+                };
+                if b == b' ' && n > 0 && ascii[n - 1] == b' ' {
+                    continue;
+                }
+                ascii[n] = b;
+                n += 1;
             }
-            norm.extend(c.to_lowercase());
-        }
-        Some(match norm.as_str() {
+            std::str::from_utf8(&ascii[..n]).unwrap_or_default()
+        } else {
+            for c in name.chars() {
+                let c = if c == '_' || c == '-' { ' ' } else { c };
+                if c == ' ' && owned.ends_with(' ') {
+                    continue;
+                }
+                owned.extend(c.to_lowercase());
+            }
+            &owned
+        };
+        Some(match norm {
             "ip" | "host" | "ip address" | "ipaddress" | "address" | "server" | "server ip"
             | "hostname" | "ip адрес" | "адрес" | "сервер" => Key::Ip,
             "port" | "порт" => Key::Port,

@@ -224,19 +224,24 @@ impl<R: Read> Parser<R> {
             self.block.credentials_style = true;
         }
         self.block.fields.set(key, value);
-        if self.block.text.len() < 300 {
-            if !self.block.text.is_empty() {
-                self.block.text.push_str(" | ");
+        let text = &mut self.block.text;
+        if text.len() < 300 {
+            if !text.is_empty() {
+                text.push_str(" | ");
             }
-            let shown = match key {
-                Key::Password => format!("{}: ***", name.trim()),
+            text.push_str(cut(name.trim(), 40));
+            text.push_str(": ");
+            match key {
+                Key::Password => text.push_str("***"),
                 Key::Credentials => match value.split_once(':') {
-                    Some((l, _)) => format!("{}: {l}:***", name.trim()),
-                    None => format!("{}: {value}", name.trim()),
+                    Some((l, _)) => {
+                        text.push_str(cut(l, 60));
+                        text.push_str(":***");
+                    }
+                    None => text.push_str(cut(value, 60)),
                 },
-                _ => format!("{}: {value}", name.trim()),
-            };
-            self.block.text.push_str(&truncate(&shown, 100));
+                _ => text.push_str(cut(value, 60)),
+            }
         }
     }
 
@@ -435,6 +440,14 @@ impl<R: Read> Iterator for Parser<R> {
                 self.done = true;
             }
         }
+    }
+}
+
+/// The first `max` characters of `s`.
+fn cut(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
     }
 }
 

@@ -1,16 +1,20 @@
 //! Format 8: CSV with a header row, and JSON objects.
 
+use std::io::Cursor;
+
 use serde_json::Value;
 
 use super::ErrorReason;
 use super::fields::{Fields, Key, truncate};
 use crate::domain::NewNode;
 
-/// A CSV header: the delimiter and what each column holds (`None`: ignored).
-#[derive(Debug, Clone)]
+/// A CSV header: the delimiter and what each column holds (`None`: ignored),
+/// and a reusable record reader (building one is far costlier than a record).
+#[derive(Debug)]
 pub(crate) struct CsvHeader {
     pub delimiter: u8,
     pub columns: Vec<Option<Key>>,
+    reader: csv::Reader<Cursor<Vec<u8>>>,
 }
 
 impl CsvHeader {
@@ -21,7 +25,16 @@ impl CsvHeader {
             if !line.as_bytes().contains(&delimiter) {
                 continue;
             }
-            let cells = split_record(line, delimiter).ok()?;
+            // Header cells never hold the delimiter: a plain split (quotes
+            // trimmed) is enough, and cheap for the many lines that are no header.
+            let cells: Vec<&str> = line
+                .split(char::from(delimiter))
+                .map(|c| c.trim().trim_matches('"'))
+                .collect();
+            let first = cells.first().copied().unwrap_or_default();
+            if Key::of(first).is_none() && !is_extra(first) {
+                continue;
+            }
             let columns: Vec<Option<Key>> = cells.iter().map(|c| Key::of(c)).collect();
             let known = columns.iter().filter(|c| c.is_some()).count();
             let has_ip = columns.contains(&Some(Key::Ip));
@@ -34,7 +47,16 @@ impl CsvHeader {
                 .zip(&columns)
                 .all(|(cell, col)| col.is_some() || cell.trim().is_empty() || is_extra(cell));
             if has_ip && has_creds && all_known && known >= 2 {
-                return Some(CsvHeader { delimiter, columns });
+                let reader = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(true)
+                    .delimiter(delimiter)
+                    .from_reader(Cursor::new(Vec::new()));
+                return Some(CsvHeader {
+                    delimiter,
+                    columns,
+                    reader,
+                });
             }
         }
         None
@@ -42,8 +64,8 @@ impl CsvHeader {
 
     /// Parses one record (which may span lines inside quotes) into a node.
     /// On error, the text is the record with the password cell masked.
-    pub(crate) fn row(&self, record: &str) -> Result<NewNode, (ErrorReason, String)> {
-        let cells = match split_record(record, self.delimiter) {
+    pub(crate) fn row(&mut self, record: &str) -> Result<NewNode, (ErrorReason, String)> {
+        let cells = match self.split_record(record) {
             Ok(c) => c,
             Err(e) => return Err((ErrorReason::Csv(e), mask_record(record))),
         };
@@ -90,19 +112,23 @@ fn mask_record(record: &str) -> String {
     format!("(CSV record, {} bytes)", record.len())
 }
 
-fn split_record(record: &str, delimiter: u8) -> Result<Vec<String>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(delimiter)
-        .from_reader(record.as_bytes());
-    let mut rec = csv::StringRecord::new();
-    match reader.read_record(&mut rec) {
-        Ok(_) => Ok(rec.iter().map(str::to_owned).collect()),
-        Err(e) => Err(match e.kind() {
-            csv::ErrorKind::Utf8 { .. } => "invalid UTF-8".to_owned(),
-            _ => "malformed record".to_owned(),
-        }),
+impl CsvHeader {
+    fn split_record(&mut self, record: &str) -> Result<Vec<String>, String> {
+        let buf = self.reader.get_mut().get_mut();
+        buf.clear();
+        buf.extend_from_slice(record.as_bytes());
+        // Rewinds the cursor and resets the parser state (kept: the built DFA).
+        self.reader
+            .seek(csv::Position::new())
+            .map_err(|_| "malformed record".to_owned())?;
+        let mut rec = csv::StringRecord::new();
+        match self.reader.read_record(&mut rec) {
+            Ok(_) => Ok(rec.iter().map(str::to_owned).collect()),
+            Err(e) => Err(match e.kind() {
+                csv::ErrorKind::Utf8 { .. } => "invalid UTF-8".to_owned(),
+                _ => "malformed record".to_owned(),
+            }),
+        }
     }
 }
 
@@ -149,7 +175,7 @@ mod tests {
 
     #[test]
     fn header_in_any_order_with_quotes() {
-        let h = CsvHeader::detect("\"Password\";zip;LOGIN;ip;port").unwrap();
+        let mut h = CsvHeader::detect("\"Password\";zip;LOGIN;ip;port").unwrap();
         assert_eq!(h.delimiter, b';');
         let n = h.row("\"a;b\"\"c\";90210; admin ;2001:db8::5;1724").unwrap();
         assert_eq!(n.password().expose(), "a;b\"c");
@@ -158,11 +184,16 @@ mod tests {
         assert_eq!(n.meta.zipcode.as_deref(), Some("90210"));
         assert!(CsvHeader::detect("name,surname,ip").is_none());
         assert!(CsvHeader::detect("1.2.3.4,admin,admin").is_none());
+        // The reader is reused: records do not leak into each other.
+        let a = h.row("\"x\";1;a;1.2.3.4;").unwrap();
+        let b = h.row("y;2;b;1.2.3.5").unwrap();
+        assert_eq!((a.password().expose(), b.password().expose()), ("x", "y"));
+        assert_eq!((a.port(), b.port()), (1723, 1723));
     }
 
     #[test]
     fn csv_errors_mask_the_password() {
-        let h = CsvHeader::detect("ip,login,password").unwrap();
+        let mut h = CsvHeader::detect("ip,login,password").unwrap();
         let (r, text) = h.row("1.2.3.999,admin,topsecret").unwrap_err();
         assert!(matches!(r, ErrorReason::Invalid(_)));
         assert_eq!(text, "1.2.3.999,admin,***");
