@@ -36,7 +36,10 @@ fn check(name: &str, want: &[Want]) {
     let got = rows(name);
     let got: Vec<&ParsedNode> = got
         .iter()
-        .map(|r| r.as_ref().unwrap_or_else(|e| panic!("{name}: unexpected error {e}")))
+        .map(|r| {
+            r.as_ref()
+                .unwrap_or_else(|e| panic!("{name}: unexpected error {e}"))
+        })
         .collect();
     assert_eq!(got.len(), want.len(), "{name}: {got:#?}");
     for (g, w) in got.iter().zip(want) {
@@ -55,7 +58,12 @@ fn check(name: &str, want: &[Want]) {
             m.zipcode.as_deref(),
         );
         // `ip` is compared as text; re-borrow to keep the tuple types equal.
-        assert_eq!(format!("{actual:?}"), format!("{w:?}"), "{name} line {}", g.line);
+        assert_eq!(
+            format!("{actual:?}"),
+            format!("{w:?}"),
+            "{name} line {}",
+            g.line
+        );
     }
 }
 
@@ -67,13 +75,63 @@ fn format_1_key_value_blocks() {
     check(
         "1_key_value.txt",
         &[
-            (4, K, "203.0.113.7", 1723, "admin", "admin", None, Some("California"), Some("Pasadena"), Some("91101")),
-            (11, K, "203.0.113.8", 1723, "vpnuser", "Qw3rty!#x", None, Some("Texas"), Some("Austin"), Some("78701")),
-            (19, K, "203.0.113.9", 1723, "user9", "p@ss word", US, Some("New York"), None, None),
-            (25, K, "203.0.113.10", 1723, "admin", "admin:colon", Some("Germany"), Some("Bavaria"), Some("München"), None),
+            (
+                4,
+                K,
+                "203.0.113.7",
+                1723,
+                "admin",
+                "admin",
+                None,
+                Some("California"),
+                Some("Pasadena"),
+                Some("91101"),
+            ),
+            (
+                11,
+                K,
+                "203.0.113.8",
+                1723,
+                "vpnuser",
+                "Qw3rty!#x",
+                None,
+                Some("Texas"),
+                Some("Austin"),
+                Some("78701"),
+            ),
+            (
+                19,
+                K,
+                "203.0.113.9",
+                1723,
+                "user9",
+                "p@ss word",
+                US,
+                Some("New York"),
+                None,
+                None,
+            ),
+            (
+                25,
+                K,
+                "203.0.113.10",
+                1723,
+                "admin",
+                "admin:colon",
+                Some("Germany"),
+                Some("Bavaria"),
+                Some("München"),
+                None,
+            ),
         ],
     );
-    let provider = rows("1_key_value.txt")[1].as_ref().unwrap().node.meta.provider.clone();
+    let provider = rows("1_key_value.txt")[1]
+        .as_ref()
+        .unwrap()
+        .node
+        .meta
+        .provider
+        .clone();
     assert_eq!(provider.as_deref(), Some("Comcast"));
 }
 
@@ -83,10 +141,54 @@ fn format_2_whitespace_columns() {
     check(
         "2_columns.txt",
         &[
-            (2, C, "198.51.100.23", 1723, "admin", "admin", None, Some("California"), None, None),
-            (3, C, "198.51.100.24", 1723, "user1", "secret1", None, Some("Texas"), None, None),
-            (4, C, "198.51.100.25", 1723, "root", "toor", None, None, None, None),
-            (5, C, "198.51.100.26", 1724, "admin", "pa$$", None, Some("New York"), None, None),
+            (
+                2,
+                C,
+                "198.51.100.23",
+                1723,
+                "admin",
+                "admin",
+                None,
+                Some("California"),
+                None,
+                None,
+            ),
+            (
+                3,
+                C,
+                "198.51.100.24",
+                1723,
+                "user1",
+                "secret1",
+                None,
+                Some("Texas"),
+                None,
+                None,
+            ),
+            (
+                4,
+                C,
+                "198.51.100.25",
+                1723,
+                "root",
+                "toor",
+                None,
+                None,
+                None,
+                None,
+            ),
+            (
+                5,
+                C,
+                "198.51.100.26",
+                1724,
+                "admin",
+                "pa$$",
+                None,
+                Some("New York"),
+                None,
+                None,
+            ),
         ],
     );
 }
@@ -97,9 +199,42 @@ fn format_3_dash_pipe() {
     check(
         "3_dash_pipe.txt",
         &[
-            (2, D, "198.51.100.4", 1723, "admin", "admin", None, Some("Arizona"), Some("Phoenix"), Some("85001")),
-            (3, D, "198.51.100.5", 1723, "user", "pa:ss", None, Some("Texas"), Some("Dallas"), None),
-            (4, D, "198.51.100.6", 1723, "guest", "guest", None, None, None, None),
+            (
+                2,
+                D,
+                "198.51.100.4",
+                1723,
+                "admin",
+                "admin",
+                None,
+                Some("Arizona"),
+                Some("Phoenix"),
+                Some("85001"),
+            ),
+            (
+                3,
+                D,
+                "198.51.100.5",
+                1723,
+                "user",
+                "pa:ss",
+                None,
+                Some("Texas"),
+                Some("Dallas"),
+                None,
+            ),
+            (
+                4,
+                D,
+                "198.51.100.6",
+                1723,
+                "guest",
+                "guest",
+                None,
+                None,
+                None,
+                None,
+            ),
         ],
     );
 }
@@ -110,9 +245,42 @@ fn format_4_colon_with_location() {
     check(
         "4_colon_location.txt",
         &[
-            (2, L, "198.51.100.52", 1723, "admin", "admin", US, Some("Arizona"), None, Some("85001")),
-            (3, L, "198.51.100.53", 1723, "user", "Pa55w0rd", US, Some("California"), None, Some("90001")),
-            (4, L, "198.51.100.54", 1723, "vpn", "vpn", Some("Canada"), Some("Ontario"), None, None),
+            (
+                2,
+                L,
+                "198.51.100.52",
+                1723,
+                "admin",
+                "admin",
+                US,
+                Some("Arizona"),
+                None,
+                Some("85001"),
+            ),
+            (
+                3,
+                L,
+                "198.51.100.53",
+                1723,
+                "user",
+                "Pa55w0rd",
+                US,
+                Some("California"),
+                None,
+                Some("90001"),
+            ),
+            (
+                4,
+                L,
+                "198.51.100.54",
+                1723,
+                "vpn",
+                "vpn",
+                Some("Canada"),
+                Some("Ontario"),
+                None,
+                None,
+            ),
         ],
     );
 }
@@ -123,9 +291,42 @@ fn format_5_credentials_blocks_with_fraud_lines() {
     check(
         "5_credentials.txt",
         &[
-            (1, B, "203.0.113.13", 1723, "admin", "admin", None, Some("Texas"), Some("Austin"), Some("78701")),
-            (8, B, "203.0.113.14", 1723, "office", "0ff1ce:2024", US, Some("Washington"), Some("Mill Creek"), Some("98012")),
-            (15, B, "203.0.113.15", 1723, "test", "test", US, Some("Florida"), Some("Miami"), None),
+            (
+                1,
+                B,
+                "203.0.113.13",
+                1723,
+                "admin",
+                "admin",
+                None,
+                Some("Texas"),
+                Some("Austin"),
+                Some("78701"),
+            ),
+            (
+                8,
+                B,
+                "203.0.113.14",
+                1723,
+                "office",
+                "0ff1ce:2024",
+                US,
+                Some("Washington"),
+                Some("Mill Creek"),
+                Some("98012"),
+            ),
+            (
+                15,
+                B,
+                "203.0.113.15",
+                1723,
+                "test",
+                "test",
+                US,
+                Some("Florida"),
+                Some("Miami"),
+                None,
+            ),
         ],
     );
 }
@@ -136,8 +337,30 @@ fn format_6_blocks_after_seller_and_emoji_headers() {
     check(
         "6_headers.txt",
         &[
-            (3, B, "203.0.113.21", 1723, "admin", "admin", US, Some("Washington"), Some("Seattle"), Some("98101")),
-            (12, B, "203.0.113.22", 1723, "svc", "Sv€rdlovsk", None, Some("Georgia"), Some("Atlanta"), Some("30301")),
+            (
+                3,
+                B,
+                "203.0.113.21",
+                1723,
+                "admin",
+                "admin",
+                US,
+                Some("Washington"),
+                Some("Seattle"),
+                Some("98101"),
+            ),
+            (
+                12,
+                B,
+                "203.0.113.22",
+                1723,
+                "svc",
+                "Sv€rdlovsk",
+                None,
+                Some("Georgia"),
+                Some("Atlanta"),
+                Some("30301"),
+            ),
         ],
     );
 }
@@ -148,11 +371,55 @@ fn format_7_plain_colon() {
     check(
         "7_colon.txt",
         &[
-            (2, C, "192.0.2.35", 1723, "admin", "password123", None, None, None, None),
-            (3, C, "192.0.2.36", 1723, "admin", "pass:with:colons", None, None, None, None),
-            (4, C, "192.0.2.37", 1723, "user", " leading-space", None, None, None, None),
+            (
+                2,
+                C,
+                "192.0.2.35",
+                1723,
+                "admin",
+                "password123",
+                None,
+                None,
+                None,
+                None,
+            ),
+            (
+                3,
+                C,
+                "192.0.2.36",
+                1723,
+                "admin",
+                "pass:with:colons",
+                None,
+                None,
+                None,
+                None,
+            ),
+            (
+                4,
+                C,
+                "192.0.2.37",
+                1723,
+                "user",
+                " leading-space",
+                None,
+                None,
+                None,
+                None,
+            ),
             (5, C, "192.0.2.38", 1723, "user", "", None, None, None, None),
-            (6, C, "2001:db8::7", 1724, "v6user", "v6:pass", None, None, None, None),
+            (
+                6,
+                C,
+                "2001:db8::7",
+                1724,
+                "v6user",
+                "v6:pass",
+                None,
+                None,
+                None,
+                None,
+            ),
         ],
     );
 }
@@ -163,9 +430,42 @@ fn format_8_csv_in_any_column_order() {
     check(
         "8_table.csv",
         &[
-            (2, C, "203.0.113.31", 1723, "admin", "admin", US, Some("California"), Some("Pasadena"), Some("91101")),
-            (3, C, "203.0.113.32", 1724, "user2", "pa,ss \"quoted\"", Some("Germany"), None, Some("Berlin"), None),
-            (5, C, "203.0.113.33", 1723, "user3", " spaced ", None, Some("Texas"), None, Some("78701")),
+            (
+                2,
+                C,
+                "203.0.113.31",
+                1723,
+                "admin",
+                "admin",
+                US,
+                Some("California"),
+                Some("Pasadena"),
+                Some("91101"),
+            ),
+            (
+                3,
+                C,
+                "203.0.113.32",
+                1724,
+                "user2",
+                "pa,ss \"quoted\"",
+                Some("Germany"),
+                None,
+                Some("Berlin"),
+                None,
+            ),
+            (
+                5,
+                C,
+                "203.0.113.33",
+                1723,
+                "user3",
+                " spaced ",
+                None,
+                Some("Texas"),
+                None,
+                Some("78701"),
+            ),
         ],
     );
     let r = rows("8_table.csv");
@@ -181,9 +481,42 @@ fn format_8_json_array() {
     check(
         "8_list.json",
         &[
-            (2, J, "203.0.113.41", 1723, "admin", "admin", US, Some("California"), None, Some("91101")),
-            (11, J, "203.0.113.42", 1724, "user", "p\"w", None, None, None, None),
-            (12, J, "2001:db8::42", 1723, "v6", "", None, None, None, None),
+            (
+                2,
+                J,
+                "203.0.113.41",
+                1723,
+                "admin",
+                "admin",
+                US,
+                Some("California"),
+                None,
+                Some("91101"),
+            ),
+            (
+                11,
+                J,
+                "203.0.113.42",
+                1724,
+                "user",
+                "p\"w",
+                None,
+                None,
+                None,
+                None,
+            ),
+            (
+                12,
+                J,
+                "2001:db8::42",
+                1723,
+                "v6",
+                "",
+                None,
+                None,
+                None,
+                None,
+            ),
         ],
     );
 }
@@ -221,7 +554,11 @@ fn errors_carry_line_numbers_reasons_and_masked_text() {
     use connexa_core::domain::InvalidNode;
     let all = rows("errors.txt");
     let errors: Vec<&ImportError> = all.iter().filter_map(|r| r.as_ref().err()).collect();
-    let nodes: Vec<usize> = all.iter().filter_map(|r| r.as_ref().ok()).map(|p| p.line).collect();
+    let nodes: Vec<usize> = all
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|p| p.line)
+        .collect();
     assert_eq!(nodes, vec![12, 16], "the good rows around the bad ones");
     let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.text.as_str())).collect();
     assert_eq!(
@@ -237,17 +574,29 @@ fn errors_carry_line_numbers_reasons_and_masked_text() {
             (15, "203.0.113.77,,***"),
         ]
     );
-    assert!(matches!(&errors[0].reason, ErrorReason::Invalid(InvalidNode::BadIp { .. })));
+    assert!(matches!(
+        &errors[0].reason,
+        ErrorReason::Invalid(InvalidNode::BadIp { .. })
+    ));
     assert_eq!(errors[1].reason, ErrorReason::MissingPassword);
-    assert!(matches!(&errors[2].reason, ErrorReason::Invalid(InvalidNode::BadIp { .. })));
+    assert!(matches!(
+        &errors[2].reason,
+        ErrorReason::Invalid(InvalidNode::BadIp { .. })
+    ));
     assert_eq!(errors[3].reason, ErrorReason::MissingIp);
     assert_eq!(
         errors[4].reason,
         ErrorReason::Invalid(InvalidNode::BadPort { given: 99999 })
     );
     assert_eq!(errors[5].reason, ErrorReason::Unrecognised);
-    assert!(matches!(&errors[6].reason, ErrorReason::Invalid(InvalidNode::UnusableIp { .. })));
-    assert_eq!(errors[7].reason, ErrorReason::Invalid(InvalidNode::EmptyLogin));
+    assert!(matches!(
+        &errors[6].reason,
+        ErrorReason::Invalid(InvalidNode::UnusableIp { .. })
+    ));
+    assert_eq!(
+        errors[7].reason,
+        ErrorReason::Invalid(InvalidNode::EmptyLogin)
+    );
     for e in &errors {
         let shown = format!("{e} {e:?}");
         assert!(!shown.contains("topsecret"), "{shown}");
@@ -335,5 +684,9 @@ fn a_large_input_is_streamed_not_slurped() {
         );
     }
     assert_eq!(count, blocks);
-    assert!(read.get() > 1024 * 1024, "the input was large: {}", read.get());
+    assert!(
+        read.get() > 1024 * 1024,
+        "the input was large: {}",
+        read.get()
+    );
 }

@@ -80,7 +80,10 @@ fn meta() -> impl Strategy<Value = NodeMeta> {
 }
 
 fn node(id: i64, (ip, port, login, password): Identity, meta: NodeMeta) -> Node {
-    let t = Utc.with_ymd_and_hms(2025, 9, 3, 16, 5, 25).single().unwrap_or_default();
+    let t = Utc
+        .with_ymd_and_hms(2025, 9, 3, 16, 5, 25)
+        .single()
+        .unwrap_or_default();
     Node {
         id: NodeId(id),
         ip,
@@ -113,7 +116,12 @@ fn nodes(identity: impl Strategy<Value = Identity>) -> impl Strategy<Value = Vec
 }
 
 fn identity_of(n: &Node) -> Identity {
-    (n.ip, n.port, n.login.clone(), n.password.expose().to_owned())
+    (
+        n.ip,
+        n.port,
+        n.login.clone(),
+        n.password.expose().to_owned(),
+    )
 }
 
 fn parsed_identity(p: &ParsedNode) -> Identity {
@@ -228,7 +236,9 @@ fn render(pieces: &[Piece], crlf: bool) -> (String, Vec<Identity>) {
             Piece::Node(f, id @ (ip, _, l, pw)) => {
                 want.push(id.clone());
                 let block = match f {
-                    0 => format!("Ip: {ip}\ttag\nLogin: {l}\nPass: {pw}\nState: CA\nZip: 91101\n\n"),
+                    0 => {
+                        format!("Ip: {ip}\ttag\nLogin: {l}\nPass: {pw}\nState: CA\nZip: 91101\n\n")
+                    }
                     1 => format!("{ip}  {l} {pw} TX\n"),
                     2 => format!("{ip} - {l}:{pw} - Arizona/Phoenix 85001 | 2025-09-03 16:05:25\n"),
                     3 => format!("{ip}:{l}:{pw}:US:Arizona:85001\n"),
@@ -240,7 +250,9 @@ fn render(pieces: &[Piece], crlf: bool) -> (String, Vec<Identity>) {
                     ),
                     6 => format!("{ip}:{l}:{pw}\n"),
                     7 => format!("password,ip,login,state\n{pw},{ip},{l},NY\n\n"),
-                    _ => format!("[\n  {{\"ip\": \"{ip}\", \"login\": \"{l}\", \"password\": \"{pw}\"}}\n]\n"),
+                    _ => format!(
+                        "[\n  {{\"ip\": \"{ip}\", \"login\": \"{l}\", \"password\": \"{pw}\"}}\n]\n"
+                    ),
                 };
                 s.push_str(&block);
             }
@@ -252,7 +264,10 @@ fn render(pieces: &[Piece], crlf: bool) -> (String, Vec<Identity>) {
     (s, want)
 }
 
-fn check_lines(input: &[u8], rows: &[Result<ParsedNode, ImportError>]) -> Result<(), TestCaseError> {
+fn check_lines(
+    input: &[u8],
+    rows: &[Result<ParsedNode, ImportError>],
+) -> Result<(), TestCaseError> {
     let lines = input.iter().filter(|b| **b == b'\n').count() + 1;
     for r in rows {
         let line = match r {

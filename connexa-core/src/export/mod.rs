@@ -176,7 +176,13 @@ pub fn write<'a, W: Write>(
                         s.port
                     )?;
                 } else {
-                    writeln!(out, "{host}:{}:{}:{}", s.port, s.username, s.password.expose())?;
+                    writeln!(
+                        out,
+                        "{host}:{}:{}:{}",
+                        s.port,
+                        s.username,
+                        s.password.expose()
+                    )?;
                 }
                 n += 1;
             }

@@ -4,7 +4,10 @@ use super::*;
 use crate::domain::{NodeId, NodeMeta, Secret, ServiceEndpoint};
 
 pub(crate) fn node(id: i64, ip: &str, port: u16, login: &str, password: &str) -> Node {
-    let t = Utc.with_ymd_and_hms(2025, 9, 3, 16, 5, 25).single().unwrap_or_default();
+    let t = Utc
+        .with_ymd_and_hms(2025, 9, 3, 16, 5, 25)
+        .single()
+        .unwrap_or_default();
     Node {
         id: NodeId(id),
         ip: ip.parse().unwrap(),

@@ -145,20 +145,32 @@ impl Fields {
             return Err(ErrorReason::MissingIp);
         }
         let (ip, port_in_ip) = split_ip_port(ip_text);
-        let port = match self.port.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+        let port = match self
+            .port
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
             Some(p) => p
                 .parse::<u64>()
                 .map_err(|_| ErrorReason::BadPort(p.chars().take(20).collect()))?,
             None => port_in_ip.map_or(u64::from(DEFAULT_PORT), u64::from),
         };
         let login = self.login.as_deref().ok_or(ErrorReason::MissingLogin)?;
-        let password = self.password.as_deref().ok_or(ErrorReason::MissingPassword)?;
+        let password = self
+            .password
+            .as_deref()
+            .ok_or(ErrorReason::MissingPassword)?;
         let node = NewNode::new(ip, port, login, password)?;
         Ok(node.with_meta(self.meta()))
     }
 
     fn meta(self) -> NodeMeta {
-        let loc = self.location.as_deref().map(parse_location).unwrap_or_default();
+        let loc = self
+            .location
+            .as_deref()
+            .map(parse_location)
+            .unwrap_or_default();
         let country = self
             .country
             .as_deref()

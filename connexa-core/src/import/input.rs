@@ -110,7 +110,9 @@ impl<R: Read> Input<R> {
         loop {
             match self.peek_at(i)? {
                 Some(b' ' | b'\t' | b'\r') => i += 1,
-                Some(0xEF) if self.peek_at(i + 1)? == Some(0xBB) && self.peek_at(i + 2)? == Some(0xBF) => {
+                Some(0xEF)
+                    if self.peek_at(i + 1)? == Some(0xBB) && self.peek_at(i + 2)? == Some(0xBF) =>
+                {
                     i += 3
                 }
                 Some(b'{') => {
@@ -184,7 +186,10 @@ impl<R: Read> Input<R> {
             let Some(b) = self.peek_at(0)? else {
                 return Ok(Scan::Eof);
             };
-            if !in_string && depth == 0 && !first && matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n')
+            if !in_string
+                && depth == 0
+                && !first
+                && matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\r' | b'\n')
             {
                 return Ok(Scan::Done { overflow });
             }
@@ -302,7 +307,12 @@ mod tests {
     #[test]
     fn crlf_bom_and_last_line_without_newline() {
         let got = lines(b"\xEF\xBB\xBFa\r\nb\n\nc");
-        let want = [(1, "a", false), (2, "b", false), (3, "", false), (4, "c", false)];
+        let want = [
+            (1, "a", false),
+            (2, "b", false),
+            (3, "", false),
+            (4, "c", false),
+        ];
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(want) {
             assert_eq!((g.0, g.1.as_str(), g.2), w);

@@ -165,7 +165,10 @@ fn bracketed(line: &str, addr: &str, after: &str) -> LineResult {
     let head_is_port = head
         .strip_prefix(':')
         .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if after.is_empty() || after.starts_with(char::is_whitespace) || head_is_port && head.len() < after.len() {
+    if after.is_empty()
+        || after.starts_with(char::is_whitespace)
+        || head_is_port && head.len() < after.len()
+    {
         let port = if head_is_port { Some(&head[1..]) } else { None };
         return columns(line, addr, port);
     }
@@ -252,7 +255,13 @@ mod tests {
         );
         assert_eq!(
             ok("198.51.100.52:admin:admin:US:Arizona:85001"),
-            (ColonLocation, s("198.51.100.52"), 1723, s("admin"), s("admin"))
+            (
+                ColonLocation,
+                s("198.51.100.52"),
+                1723,
+                s("admin"),
+                s("admin")
+            )
         );
         assert_eq!(
             ok("192.0.2.35:admin:pass:word:1"),
@@ -282,13 +291,17 @@ mod tests {
 
     #[test]
     fn errors_mask_the_password() {
-        let (reason, text) = parse_ip_line("198.51.100.300:admin:s3cret").unwrap().unwrap_err();
+        let (reason, text) = parse_ip_line("198.51.100.300:admin:s3cret")
+            .unwrap()
+            .unwrap_err();
         assert!(matches!(reason, ErrorReason::Invalid(_)));
         assert_eq!(text, "198.51.100.300:admin:***");
         let (reason, text) = parse_ip_line("198.51.100.1 admin").unwrap().unwrap_err();
         assert_eq!(reason, ErrorReason::MissingPassword);
         assert_eq!(text, "198.51.100.1 admin");
-        let (_, text) = parse_ip_line("198.51.100.1:99999 admin s3cret").unwrap().unwrap_err();
+        let (_, text) = parse_ip_line("198.51.100.1:99999 admin s3cret")
+            .unwrap()
+            .unwrap_err();
         assert_eq!(text, "198.51.100.1:99999 admin ***");
         assert!(parse_ip_line("Ip: 1.2.3.4").is_none());
         assert!(parse_ip_line("2025-09-03 list").is_none());

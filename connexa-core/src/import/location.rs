@@ -190,7 +190,8 @@ pub(crate) fn is_zip(text: &str) -> bool {
 /// name, or two or three ASCII letters (an unknown code, kept as given)?
 pub(crate) fn is_country_like(text: &str) -> bool {
     let t = text.trim();
-    country(t).is_some() || ((2..=3).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphabetic()))
+    country(t).is_some()
+        || ((2..=3).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphabetic()))
 }
 
 /// Parses the location shapes sellers use:
@@ -298,7 +299,10 @@ mod tests {
                 "US (Washington, Mill Creek)",
                 l(us, Some("Washington"), Some("Mill Creek"), None),
             ),
-            ("Texas (Austin)", l(None, Some("Texas"), Some("Austin"), None)),
+            (
+                "Texas (Austin)",
+                l(None, Some("Texas"), Some("Austin"), None),
+            ),
             (
                 "US, Washington, Mill Creek",
                 l(us, Some("Washington"), Some("Mill Creek"), None),

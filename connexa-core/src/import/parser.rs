@@ -28,7 +28,7 @@ pub struct Parser<R> {
 enum Mode {
     Lines,
     Csv {
-        header: CsvHeader,
+        header: Box<CsvHeader>,
         record: String,
         record_line: usize,
         quotes: usize,
@@ -62,7 +62,8 @@ impl<R: Read> Parser<R> {
     }
 
     fn error(&mut self, line: usize, reason: ErrorReason, text: String) {
-        self.pending.push_back(Err(ImportError { line, text, reason }));
+        self.pending
+            .push_back(Err(ImportError { line, text, reason }));
     }
 
     fn flush_block(&mut self) {
@@ -158,7 +159,7 @@ impl<R: Read> Parser<R> {
         if let Some(header) = CsvHeader::detect(t) {
             self.flush_block();
             self.mode = Mode::Csv {
-                header,
+                header: Box::new(header),
                 record: String::new(),
                 record_line: 0,
                 quotes: 0,
@@ -314,7 +315,7 @@ impl<R: Read> Parser<R> {
             return;
         }
         if let Some(h) = CsvHeader::detect(t) {
-            *header = h;
+            **header = h;
             return;
         }
         record.push_str(line);
@@ -454,8 +455,7 @@ fn cut(s: &str, max: usize) -> &str {
 /// A line of only dashes, equals signs, underscores, stars or tildes (3 or more).
 fn is_separator(t: &str) -> bool {
     t.len() >= 3
-        && t
-            .chars()
+        && t.chars()
             .all(|c| matches!(c, '-' | '=' | '_' | '*' | '~' | '—' | '–' | ' '))
 }
 
@@ -466,7 +466,7 @@ fn is_word_like(k: &str) -> bool {
     !k.is_empty()
         && k.chars().count() <= 40
         && k.chars().any(char::is_alphabetic)
-        && k
-            .chars()
-            .all(|c| c.is_alphabetic() || matches!(c, ' ' | '\t' | '_' | '-' | '.' | '(' | ')' | '/'))
+        && k.chars().all(|c| {
+            c.is_alphabetic() || matches!(c, ' ' | '\t' | '_' | '-' | '.' | '(' | ')' | '/')
+        })
 }

@@ -235,7 +235,9 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
     /// made it) and stops the import; [`next_batch`](Self::next_batch) returns
     /// nothing more.
     pub fn record_failure(&mut self, batch: &[ParsedNode], reason: impl fmt::Display) {
-        self.report.not_inserted.extend(batch.iter().map(|p| p.line));
+        self.report
+            .not_inserted
+            .extend(batch.iter().map(|p| p.line));
         self.report.failure = Some(reason.to_string());
         self.stopped = true;
     }
@@ -245,8 +247,11 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
         &self.report
     }
 
-    /// The final report.
-    pub fn finish(self) -> ImportReport {
+    /// The final report; every list is in line order.
+    pub fn finish(mut self) -> ImportReport {
+        self.report.duplicates.sort_by_key(|d| d.line);
+        self.report.conflicts.sort_by_key(|c| c.line);
+        self.report.errors.sort_by_key(|e| e.line);
         self.report
     }
 }
@@ -292,11 +297,20 @@ mod tests {
         let list = "Ip: 1.2.3.4\nLogin: a\nPass: x\n\n1.2.3.4:a:y\n1.2.3.999:a:topsecret\n";
         let mut imp = Importer::new(parse(list.as_bytes()));
         let b = imp.next_batch(10);
-        imp.record(&b, &[InsertOutcome::Inserted(NodeId(9))]).unwrap();
+        imp.record(&b, &[InsertOutcome::Inserted(NodeId(9))])
+            .unwrap();
         let r = imp.finish();
         let shown = r.to_string();
-        assert!(shown.starts_with("added 1, duplicates 0 (0 within the file, 0 already stored), conflicts 1, errors 1"), "{shown}");
-        assert!(shown.contains("line 5: conflict: same ip, port and login as line 1"), "{shown}");
+        assert!(
+            shown.starts_with(
+                "added 1, duplicates 0 (0 within the file, 0 already stored), conflicts 1, errors 1"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("line 5: conflict: same ip, port and login as line 1"),
+            "{shown}"
+        );
         assert!(shown.contains("line 6: invalid IP address"), "{shown}");
         assert!(!shown.contains("topsecret"));
     }

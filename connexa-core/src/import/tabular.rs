@@ -177,7 +177,9 @@ mod tests {
     fn header_in_any_order_with_quotes() {
         let mut h = CsvHeader::detect("\"Password\";zip;LOGIN;ip;port").unwrap();
         assert_eq!(h.delimiter, b';');
-        let n = h.row("\"a;b\"\"c\";90210; admin ;2001:db8::5;1724").unwrap();
+        let n = h
+            .row("\"a;b\"\"c\";90210; admin ;2001:db8::5;1724")
+            .unwrap();
         assert_eq!(n.password().expose(), "a;b\"c");
         assert_eq!(n.login(), "admin");
         assert_eq!(n.port(), 1724);
