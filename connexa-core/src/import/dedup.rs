@@ -1,7 +1,7 @@
 //! Duplicates and conflicts within one file.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 
 use super::ParsedNode;
 
@@ -30,6 +30,8 @@ pub enum Classified {
 
 /// Remembers the rows seen so far (a 128-bit hash of ip+port+login and a 64-bit
 /// hash of the password, about 50 bytes per distinct node — never the input).
+/// The hashes are keyed randomly per instance, so a crafted list cannot make
+/// two different nodes collide on purpose.
 ///
 /// ```
 /// use connexa_core::import::{parse, Classified, Dedup};
@@ -43,6 +45,7 @@ pub enum Classified {
 #[derive(Debug, Default)]
 pub struct Dedup {
     seen: HashMap<u128, (u64, usize)>,
+    keys: [RandomState; 3],
 }
 
 impl Dedup {
@@ -54,23 +57,10 @@ impl Dedup {
     /// Classifies a row against the earlier ones and remembers it.
     pub fn classify(&mut self, parsed: ParsedNode) -> Classified {
         let n = &parsed.node;
-        let key = {
-            let mut a = DefaultHasher::new();
-            let mut b = DefaultHasher::new();
-            0u8.hash(&mut a);
-            1u8.hash(&mut b);
-            for h in [&mut a, &mut b] {
-                n.ip().hash(h);
-                n.port().hash(h);
-                n.login().hash(h);
-            }
-            (u128::from(a.finish()) << 64) | u128::from(b.finish())
-        };
-        let pw = {
-            let mut h = DefaultHasher::new();
-            n.password().expose().hash(&mut h);
-            h.finish()
-        };
+        let id = (n.ip(), n.port(), n.login());
+        let key =
+            (u128::from(self.keys[0].hash_one(id)) << 64) | u128::from(self.keys[1].hash_one(id));
+        let pw = self.keys[2].hash_one(n.password().expose());
         match self.seen.get(&key) {
             None => {
                 self.seen.insert(key, (pw, parsed.line));

@@ -119,9 +119,9 @@ pub struct ParsedNode {
     pub node: NewNode,
 }
 
-/// A row that could not be imported.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {reason}: {text}")]
+/// A row that could not be imported. Displays as `line N: reason: text`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImportError {
     /// The 1-based line where the row starts.
     pub line: usize,
@@ -131,6 +131,18 @@ pub struct ImportError {
     /// Why.
     pub reason: ErrorReason,
 }
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)?;
+        if !self.text.is_empty() {
+            write!(f, ": {}", self.text)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ImportError {}
 
 /// Why a row could not be imported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
