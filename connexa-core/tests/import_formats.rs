@@ -690,3 +690,13 @@ fn a_large_input_is_streamed_not_slurped() {
         read.get()
     );
 }
+
+#[test]
+fn the_parser_can_move_to_another_thread() {
+    // The store's async import runs the parser on a blocking thread.
+    fn is_send<T: Send + 'static>(_: &T) {}
+    let p = parse(std::io::Cursor::new(b"192.0.2.1:a:b\n".to_vec()));
+    is_send(&p);
+    let handle = std::thread::spawn(move || p.count());
+    assert_eq!(handle.join().ok(), Some(1));
+}
