@@ -117,7 +117,11 @@ fn main() {
         }
         results.push((*name, input.len(), secs));
         if name.starts_with("format 1") {
-            results.push(("format 1 + dedup batches", input.len(), time_with_dedup(input)));
+            results.push((
+                "format 1 + dedup batches",
+                input.len(),
+                time_with_dedup(input),
+            ));
         }
     }
     println!("import parse-only, {NODES} nodes, best of 3:");

@@ -195,6 +195,68 @@ proptest! {
     }
 }
 
+/// Descriptive fields as the import itself produces them (canonical names,
+/// trimmed, non-empty): CSV and JSON carry them back unchanged.
+fn canonical_meta() -> impl Strategy<Value = NodeMeta> {
+    let word = || proptest::option::of("[A-Za-zé]{1,8}( [A-Za-zжé]{1,8})?");
+    (
+        word(),
+        proptest::option::of(proptest::sample::select(vec![
+            "United States",
+            "Germany",
+            "Narnia",
+            "Россия",
+        ])),
+        proptest::option::of(proptest::sample::select(vec![
+            "California",
+            "New York",
+            "Bavaria",
+            "Ontario",
+        ])),
+        word(),
+        proptest::option::of("[0-9]{5}"),
+        proptest::option::of("[^\\x00-\\x1f\u{feff}]{0,6}[a-z,\"\n;#]{1,20}"),
+    )
+        .prop_map(
+            |(provider, country, state, city, zipcode, comment)| NodeMeta {
+                provider,
+                country: country.map(str::to_owned),
+                state: state.map(str::to_owned),
+                city,
+                zipcode,
+                comment: comment
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty()),
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// CSV and JSON also carry the descriptive fields back unchanged.
+    #[test]
+    fn csv_and_json_carry_the_descriptive_fields(
+        list in proptest::collection::vec(((ip(), port(), login(), password()), canonical_meta()), 0..8),
+    ) {
+        let list: Vec<Node> = list
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, m))| node(i as i64 + 1, id, m))
+            .collect();
+        for format in [ExportFormat::Csv, ExportFormat::Json] {
+            let mut out = Vec::new();
+            write(format, &list, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let back: Vec<NodeMeta> = parse(&out[..])
+                .map(|r| r.map(|p| p.node.meta))
+                .collect::<Result<_, _>>()
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let want: Vec<NodeMeta> = list.iter().map(|n| n.meta.clone()).collect();
+            prop_assert_eq!(back, want, "{}:\n{}", format, String::from_utf8_lossy(&out));
+        }
+    }
+}
+
 /// Plain logins and passwords every one of the eight formats carries.
 fn plain() -> impl Strategy<Value = String> {
     "[A-Za-z0-9!@$%^&*._+=жé€]{1,16}"
