@@ -7,6 +7,8 @@
 //! * [`ports`]: the traits the engine is generic over ([`NodeStore`](ports::NodeStore),
 //!   [`Prober`](ports::Prober), [`SpeedTester`](ports::SpeedTester),
 //!   [`ServiceLauncher`](ports::ServiceLauncher)).
+//! * [`import`]: streaming parsers of every node-list format operators have, and
+//!   the import report; [`export`]: writers of txt, csv, json, pptp and socks lists.
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -20,6 +22,8 @@
 #![warn(missing_docs)]
 
 pub mod domain;
+pub mod export;
+pub mod import;
 pub mod ports;
 pub mod pptp;
 pub mod probe;

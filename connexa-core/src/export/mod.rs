@@ -1,0 +1,342 @@
+//! Exporting nodes: pure writers over a node iterator.
+//!
+//! | format | one line per node | reads back with [`import`](crate::import) |
+//! |---|---|---|
+//! | `txt` | `ip login password country` (`ip:port` when the port is not 1723) | yes, format 2 |
+//! | `csv` | header `ip,port,login,password,country,state,city,zip,provider,comment` | yes, format 8 |
+//! | `json` | an array of objects, one per line | yes, format 8 |
+//! | `pptp` | `ip:login:password` (`[ip]:port:login:password` where needed) | yes, format 7 |
+//! | `socks` | `socks5://user:pass@host:port` of the node's running service | no |
+//! | `socks-colon` | `host:port:user:pass` of the node's running service | no |
+//!
+//! The socks formats list only nodes with a running, healthy SOCKS5 service
+//! (status `online` and a service endpoint); the others
+//! list every node given. Passwords are written in clear: an export is the place
+//! where they leave the process on purpose. There is no `.ovpn` writer (see
+//! `docs/import-export.md`).
+//!
+//! ```
+//! use connexa_core::export::{write, ExportFormat};
+//! # let nodes: Vec<connexa_core::domain::Node> = Vec::new();
+//! let mut out = Vec::new();
+//! let written = write("csv".parse::<ExportFormat>().unwrap(), &nodes, &mut out).unwrap();
+//! assert_eq!(written, 0);
+//! assert_eq!(String::from_utf8(out).unwrap(),
+//!            "ip,port,login,password,country,state,city,zip,provider,comment\n");
+//! ```
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::domain::{DEFAULT_PORT, Node, Status};
+
+/// An export format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExportFormat {
+    /// `ip login password country`.
+    Txt,
+    /// CSV with a header row (the columns the CSV import reads).
+    Csv,
+    /// A JSON array of objects.
+    Json,
+    /// `ip:login:password`.
+    Pptp,
+    /// `socks5://user:pass@host:port` for nodes with a running service.
+    Socks,
+    /// `host:port:user:pass` for nodes with a running service.
+    SocksColon,
+}
+
+impl ExportFormat {
+    /// Every format.
+    pub const ALL: [ExportFormat; 6] = [
+        ExportFormat::Txt,
+        ExportFormat::Csv,
+        ExportFormat::Json,
+        ExportFormat::Pptp,
+        ExportFormat::Socks,
+        ExportFormat::SocksColon,
+    ];
+
+    /// The name used on the command line and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Txt => "txt",
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            ExportFormat::Pptp => "pptp",
+            ExportFormat::Socks => "socks",
+            ExportFormat::SocksColon => "socks-colon",
+        }
+    }
+
+    /// A file extension for the format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            _ => "txt",
+        }
+    }
+}
+
+impl fmt::Display for ExportFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name is not an export format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown export format {0:?} (use txt, csv, json, pptp, socks or socks-colon)")]
+#[non_exhaustive]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for ExportFormat {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        ExportFormat::ALL
+            .into_iter()
+            .find(|f| f.as_str() == t)
+            .or(match t.as_str() {
+                "socks5" => Some(ExportFormat::Socks),
+                "socks_colon" => Some(ExportFormat::SocksColon),
+                _ => None,
+            })
+            .ok_or(UnknownFormat(s.to_owned()))
+    }
+}
+
+/// Writing an export failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The output failed.
+    #[error("write failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Writes `nodes` in `format`; returns how many nodes were written.
+pub fn write<'a, W: Write>(
+    format: ExportFormat,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    out: W,
+) -> Result<usize, ExportError> {
+    let mut out = io::BufWriter::new(out);
+    let mut n = 0;
+    match format {
+        ExportFormat::Csv => {
+            out.write_all(CSV_HEADER.as_bytes())?;
+            for node in nodes {
+                write_csv_row(&mut out, node)?;
+                n += 1;
+            }
+        }
+        ExportFormat::Json => {
+            out.write_all(b"[")?;
+            for node in nodes {
+                out.write_all(if n == 0 { b"\n" } else { b",\n" })?;
+                serde_json::to_writer(&mut out, &JsonNode::from(node)).map_err(io::Error::from)?;
+                n += 1;
+            }
+            out.write_all(b"\n]\n")?;
+        }
+        ExportFormat::Txt => {
+            for node in nodes {
+                writeln!(out, "{}", txt_line(node))?;
+                n += 1;
+            }
+        }
+        ExportFormat::Pptp => {
+            for node in nodes {
+                writeln!(out, "{}", pptp_line(node))?;
+                n += 1;
+            }
+        }
+        ExportFormat::Socks | ExportFormat::SocksColon => {
+            for node in nodes {
+                let Some(s) = &node.service else { continue };
+                if node.status != Status::Online {
+                    continue;
+                }
+                let host = host_text(&s.host);
+                if format == ExportFormat::Socks {
+                    writeln!(
+                        out,
+                        "socks5://{}:{}@{host}:{}",
+                        percent(&s.username),
+                        percent(s.password.expose()),
+                        s.port
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "{host}:{}:{}:{}",
+                        s.port,
+                        s.username,
+                        s.password.expose()
+                    )?;
+                }
+                n += 1;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(n)
+}
+
+/// The CSV header the export writes (and the import reads in any order).
+pub const CSV_HEADER: &str = "ip,port,login,password,country,state,city,zip,provider,comment\n";
+
+fn write_csv_row(out: &mut impl Write, node: &Node) -> io::Result<()> {
+    let m = &node.meta;
+    let ip = node.ip.to_string();
+    let port = node.port.to_string();
+    let cells: [&str; 10] = [
+        &ip,
+        &port,
+        &node.login,
+        node.password.expose(),
+        m.country.as_deref().unwrap_or_default(),
+        m.state.as_deref().unwrap_or_default(),
+        m.city.as_deref().unwrap_or_default(),
+        m.zipcode.as_deref().unwrap_or_default(),
+        m.provider.as_deref().unwrap_or_default(),
+        m.comment.as_deref().unwrap_or_default(),
+    ];
+    for (i, cell) in cells.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        write_csv_cell(out, cell)?;
+    }
+    out.write_all(b"\n")
+}
+
+/// RFC 4180 quoting, plus: cells with leading/trailing white space or starting
+/// with `#` are quoted too, so that the import (which trims lines and skips `#`
+/// comments) reads them back exactly.
+fn write_csv_cell(out: &mut impl Write, cell: &str) -> io::Result<()> {
+    let needs = cell.contains([',', '"', '\n', '\r', ';', '\t'])
+        || cell.starts_with(char::is_whitespace)
+        || cell.ends_with(char::is_whitespace)
+        || cell.starts_with('#')
+        || cell.starts_with("//")
+        || cell.starts_with('\u{feff}');
+    if !needs {
+        return out.write_all(cell.as_bytes());
+    }
+    out.write_all(b"\"")?;
+    out.write_all(cell.replace('"', "\"\"").as_bytes())?;
+    out.write_all(b"\"")
+}
+
+#[derive(Serialize)]
+struct JsonNode<'a> {
+    id: i64,
+    ip: String,
+    port: u16,
+    login: &'a str,
+    password: &'a str,
+    country: Option<&'a str>,
+    state: Option<&'a str>,
+    city: Option<&'a str>,
+    zip: Option<&'a str>,
+    provider: Option<&'a str>,
+    comment: Option<&'a str>,
+    status: &'a str,
+    ping_ms: Option<f64>,
+    speed_down_mbps: Option<f64>,
+    speed_up_mbps: Option<f64>,
+    last_checked_at: Option<String>,
+}
+
+impl<'a> From<&'a Node> for JsonNode<'a> {
+    fn from(n: &'a Node) -> Self {
+        let m = &n.meta;
+        JsonNode {
+            id: n.id.0,
+            ip: n.ip.to_string(),
+            port: n.port,
+            login: &n.login,
+            password: n.password.expose(),
+            country: m.country.as_deref(),
+            state: m.state.as_deref(),
+            city: m.city.as_deref(),
+            zip: m.zipcode.as_deref(),
+            provider: m.provider.as_deref(),
+            comment: m.comment.as_deref(),
+            status: n.status.as_str(),
+            ping_ms: n.ping_ms.filter(|v| v.is_finite()),
+            speed_down_mbps: n.speed_down_mbps.filter(|v| v.is_finite()),
+            speed_up_mbps: n.speed_up_mbps.filter(|v| v.is_finite()),
+            last_checked_at: n.last_checked_at.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+/// `ip login password [country]`; the address is `ip:port` (`[v6]:port`) when
+/// the port is not 1723. Logins and passwords with white space cannot be
+/// carried by this format (see the docs).
+fn txt_line(node: &Node) -> String {
+    let addr = match (node.ip, node.port) {
+        (ip, DEFAULT_PORT) => ip.to_string(),
+        (IpAddr::V4(ip), port) => format!("{ip}:{port}"),
+        (IpAddr::V6(ip), port) => format!("[{ip}]:{port}"),
+    };
+    let pass = node.password.expose();
+    let country = node
+        .meta
+        .country
+        .as_deref()
+        .map(|c| c.replace(char::is_control, " ").trim().to_owned())
+        .filter(|c| !c.is_empty());
+    match country {
+        Some(c) => format!("{addr} {} {pass} {c}", node.login),
+        None => format!("{addr} {} {pass}", node.login),
+    }
+}
+
+/// `ip:login:password` when that reads back to the same node, else
+/// `[ip]:port:login:password` (IPv6, a port other than 1723, or a password that
+/// would make the plain line look like another format).
+fn pptp_line(node: &Node) -> String {
+    let pass = node.password.expose();
+    if let IpAddr::V4(v4) = node.ip
+        && node.port == DEFAULT_PORT
+        && crate::import::plain_colon_reads_back(v4, &node.login, pass)
+    {
+        return format!("{v4}:{}:{pass}", node.login);
+    }
+    format!("[{}]:{}:{}:{pass}", node.ip, node.port, node.login)
+}
+
+fn host_text(host: &str) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host.to_owned(),
+    }
+}
+
+/// Percent-encodes the user-info characters RFC 3986 does not allow unencoded.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

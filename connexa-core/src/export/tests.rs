@@ -1,0 +1,157 @@
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::domain::{NodeId, NodeMeta, Secret, ServiceEndpoint};
+
+pub(crate) fn node(id: i64, ip: &str, port: u16, login: &str, password: &str) -> Node {
+    let t = Utc
+        .with_ymd_and_hms(2025, 9, 3, 16, 5, 25)
+        .single()
+        .unwrap_or_default();
+    Node {
+        id: NodeId(id),
+        ip: ip.parse().unwrap(),
+        port,
+        login: login.to_owned(),
+        password: Secret::new(password),
+        meta: NodeMeta::default(),
+        status: Status::NotTested,
+        last_checked_at: None,
+        last_error: None,
+        consecutive_failures: 0,
+        ping_ms: None,
+        speed_down_mbps: None,
+        speed_up_mbps: None,
+        pptp: None,
+        service: None,
+        service_wanted: false,
+        created_at: t,
+        updated_at: t,
+    }
+}
+
+fn sample() -> Vec<Node> {
+    let mut a = node(1, "198.51.100.23", 1723, "admin", "admin");
+    a.meta.country = Some("United States".into());
+    a.meta.state = Some("California".into());
+    a.meta.comment = Some("says \"hi\", twice\nnew line".into());
+    a.status = Status::Online;
+    a.service = Some(ServiceEndpoint {
+        host: "127.0.0.1".into(),
+        port: 10801,
+        username: "u1".into(),
+        password: Secret::new("p@ss:w/rd"),
+    });
+    let mut b = node(2, "2001:db8::1", 1724, "v6", "pa:ss");
+    b.status = Status::Offline;
+    b.service = Some(ServiceEndpoint {
+        host: "::1".into(),
+        port: 10802,
+        username: "u2".into(),
+        password: Secret::new("x"),
+    });
+    let c = node(3, "192.0.2.35", 1723, "user", " spaced ");
+    let mut d = node(4, "192.0.2.36", 1723, "user", "a:US:Arizona:85001");
+    d.status = Status::Online;
+    d.service = Some(ServiceEndpoint {
+        host: "2001:db8::9".into(),
+        port: 1080,
+        username: "u4".into(),
+        password: Secret::new("y"),
+    });
+    vec![a, b, c, d]
+}
+
+fn export(format: ExportFormat) -> String {
+    let mut out = Vec::new();
+    write(format, &sample(), &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn txt() {
+    assert_eq!(
+        export(ExportFormat::Txt),
+        "198.51.100.23 admin admin United States\n\
+         [2001:db8::1]:1724 v6 pa:ss\n\
+         192.0.2.35 user  spaced \n\
+         192.0.2.36 user a:US:Arizona:85001\n"
+    );
+}
+
+#[test]
+fn csv_quotes_what_needs_quoting() {
+    assert_eq!(
+        export(ExportFormat::Csv),
+        "ip,port,login,password,country,state,city,zip,provider,comment\n\
+         198.51.100.23,1723,admin,admin,United States,California,,,,\"says \"\"hi\"\", twice\nnew line\"\n\
+         2001:db8::1,1724,v6,pa:ss,,,,,,\n\
+         192.0.2.35,1723,user,\" spaced \",,,,,,\n\
+         192.0.2.36,1723,user,a:US:Arizona:85001,,,,,,\n"
+    );
+}
+
+#[test]
+fn json_is_an_array_with_one_object_per_line() {
+    let text = export(ExportFormat::Json);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 4);
+    assert_eq!(arr[0]["ip"], "198.51.100.23");
+    assert_eq!(arr[0]["password"], "admin");
+    assert_eq!(arr[0]["status"], "online");
+    assert_eq!(arr[1]["port"], 1724);
+    assert_eq!(arr[1]["country"], serde_json::Value::Null);
+    assert_eq!(text.lines().count(), 6);
+}
+
+#[test]
+fn pptp_brackets_only_what_would_misread() {
+    assert_eq!(
+        export(ExportFormat::Pptp),
+        "198.51.100.23:admin:admin\n\
+         [2001:db8::1]:1724:v6:pa:ss\n\
+         [192.0.2.35]:1723:user: spaced \n\
+         [192.0.2.36]:1723:user:a:US:Arizona:85001\n"
+    );
+}
+
+#[test]
+fn socks_lists_only_running_healthy_services() {
+    assert_eq!(
+        export(ExportFormat::Socks),
+        "socks5://u1:p%40ss%3Aw%2Frd@127.0.0.1:10801\nsocks5://u4:y@[2001:db8::9]:1080\n"
+    );
+    assert_eq!(
+        export(ExportFormat::SocksColon),
+        "127.0.0.1:10801:u1:p@ss:w/rd\n[2001:db8::9]:1080:u4:y\n"
+    );
+}
+
+#[test]
+fn format_names_round_trip() {
+    for f in ExportFormat::ALL {
+        assert_eq!(f.as_str().parse::<ExportFormat>(), Ok(f));
+        assert_eq!(f.to_string(), f.as_str());
+    }
+    assert_eq!("SOCKS5".parse::<ExportFormat>(), Ok(ExportFormat::Socks));
+    assert_eq!(
+        "ovpn".parse::<ExportFormat>(),
+        Err(UnknownFormat("ovpn".into()))
+    );
+}
+
+#[test]
+fn a_failing_writer_is_an_error() {
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let err = write(ExportFormat::Csv, &sample(), Full).unwrap_err();
+    assert!(matches!(err, ExportError::Io(e) if e.kind() == io::ErrorKind::StorageFull));
+}

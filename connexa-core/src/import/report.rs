@@ -1,0 +1,317 @@
+//! The import report, and the batch driver that builds it.
+
+use std::fmt;
+
+use super::{Classified, Dedup, ImportError, ParsedNode};
+use crate::domain::NodeId;
+use crate::ports::InsertOutcome;
+
+/// Where the node a row collides with lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// An earlier row of the same file.
+    Line(usize),
+    /// A node already in the store.
+    Stored(NodeId),
+}
+
+impl fmt::Display for Existing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Existing::Line(l) => write!(f, "line {l}"),
+            Existing::Stored(id) => write!(f, "stored node {id}"),
+        }
+    }
+}
+
+/// A row that duplicates a node (same ip, port, login and password).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateRow {
+    /// The row's line.
+    pub line: usize,
+    /// What it duplicates.
+    pub of: Existing,
+}
+
+/// A row with the ip, port and login of a node but another password. It is
+/// kept out (the existing node stays as is) and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictRow {
+    /// The row's line.
+    pub line: usize,
+    /// The node it conflicts with.
+    pub with: Existing,
+}
+
+/// What an import did, row by row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Rows inserted: (line, new node id). The "test after import" job takes
+    /// exactly these ids.
+    pub added: Vec<(usize, NodeId)>,
+    /// Duplicates, within the file or already stored.
+    pub duplicates: Vec<DuplicateRow>,
+    /// Conflicts, within the file or with the store.
+    pub conflicts: Vec<ConflictRow>,
+    /// Rows that could not be read, with line numbers and masked text.
+    pub errors: Vec<ImportError>,
+    /// Parsed rows that were not inserted because the store failed (their batch
+    /// was rolled back), by line.
+    pub not_inserted: Vec<usize>,
+    /// Why the import stopped early, if it did. Rows after `not_inserted` were
+    /// not read.
+    pub failure: Option<String>,
+}
+
+impl ImportReport {
+    /// The ids of the added nodes.
+    pub fn added_ids(&self) -> Vec<NodeId> {
+        self.added.iter().map(|(_, id)| *id).collect()
+    }
+
+    /// Duplicates within the file.
+    pub fn duplicates_in_file(&self) -> usize {
+        self.duplicates
+            .iter()
+            .filter(|d| matches!(d.of, Existing::Line(_)))
+            .count()
+    }
+
+    /// Duplicates of stored nodes.
+    pub fn duplicates_stored(&self) -> usize {
+        self.duplicates.len() - self.duplicates_in_file()
+    }
+}
+
+impl fmt::Display for ImportReport {
+    /// A summary line, then one line per conflict and error.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "added {}, duplicates {} ({} within the file, {} already stored), conflicts {}, errors {}",
+            self.added.len(),
+            self.duplicates.len(),
+            self.duplicates_in_file(),
+            self.duplicates_stored(),
+            self.conflicts.len(),
+            self.errors.len()
+        )?;
+        if let Some(why) = &self.failure {
+            write!(
+                f,
+                "\nSTOPPED: {why}; {} parsed rows were not inserted",
+                self.not_inserted.len()
+            )?;
+        }
+        for c in &self.conflicts {
+            write!(
+                f,
+                "\nline {}: conflict: same ip, port and login as {} with another password (kept the existing one)",
+                c.line, c.with
+            )?;
+        }
+        for e in &self.errors {
+            write!(f, "\n{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcomes given do not match the batch (a store bug).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the store returned {got} outcomes for a batch of {expected} rows")]
+#[non_exhaustive]
+pub struct OutcomeMismatch {
+    /// Rows in the batch.
+    pub expected: usize,
+    /// Outcomes returned.
+    pub got: usize,
+}
+
+/// Drives an import in batches and builds its [`ImportReport`]; pure (the caller
+/// does the inserting):
+///
+/// ```
+/// use connexa_core::domain::NodeId;
+/// use connexa_core::import::{parse, Importer};
+/// use connexa_core::ports::InsertOutcome;
+///
+/// let list = "1.2.3.4:a:x\n1.2.3.4:a:x\n5.6.7.8:b:y\n9.9.9.9:c:z\nnonsense 42\n";
+/// let mut imp = Importer::new(parse(list.as_bytes()));
+/// loop {
+///     let batch = imp.next_batch(1000);
+///     if batch.is_empty() { break }
+///     // store.insert(batch.iter().map(|p| p.node.clone()).collect()).await? in real life:
+///     let outcomes = vec![InsertOutcome::Inserted(NodeId(1)), InsertOutcome::Duplicate(NodeId(7)),
+///                         InsertOutcome::Conflict(NodeId(8))];
+///     imp.record(&batch, &outcomes).unwrap();
+/// }
+/// let report = imp.finish();
+/// assert_eq!(report.added, vec![(1, NodeId(1))]);
+/// assert_eq!((report.duplicates.len(), report.duplicates_in_file()), (2, 1));
+/// assert_eq!((report.conflicts.len(), report.errors.len()), (1, 1));
+/// assert_eq!(report.errors[0].line, 5);
+/// ```
+#[derive(Debug)]
+pub struct Importer<I> {
+    rows: I,
+    dedup: Dedup,
+    report: ImportReport,
+    stopped: bool,
+}
+
+impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
+    /// Wraps the parser's output.
+    pub fn new(rows: I) -> Self {
+        Importer {
+            rows,
+            dedup: Dedup::new(),
+            report: ImportReport::default(),
+            stopped: false,
+        }
+    }
+
+    /// The next rows to insert (at most `max`, at least 1 unless the input is
+    /// exhausted): errors and in-file duplicates/conflicts are recorded on the
+    /// way. An empty batch means done.
+    pub fn next_batch(&mut self, max: usize) -> Vec<ParsedNode> {
+        let mut batch = Vec::new();
+        if self.stopped {
+            return batch;
+        }
+        while batch.len() < max.max(1) {
+            let Some(row) = self.rows.next() else { break };
+            match row {
+                Err(e) => self.report.errors.push(e),
+                Ok(parsed) => match self.dedup.classify(parsed) {
+                    Classified::New(p) => batch.push(p),
+                    Classified::Duplicate { line, first_line } => {
+                        self.report.duplicates.push(DuplicateRow {
+                            line,
+                            of: Existing::Line(first_line),
+                        })
+                    }
+                    Classified::Conflict { parsed, first_line } => {
+                        self.report.conflicts.push(ConflictRow {
+                            line: parsed.line,
+                            with: Existing::Line(first_line),
+                        })
+                    }
+                },
+            }
+        }
+        batch
+    }
+
+    /// Records what the store did with a batch (one outcome per row, in order).
+    pub fn record(
+        &mut self,
+        batch: &[ParsedNode],
+        outcomes: &[InsertOutcome],
+    ) -> Result<(), OutcomeMismatch> {
+        if batch.len() != outcomes.len() {
+            return Err(OutcomeMismatch {
+                expected: batch.len(),
+                got: outcomes.len(),
+            });
+        }
+        for (p, o) in batch.iter().zip(outcomes) {
+            match *o {
+                InsertOutcome::Inserted(id) => self.report.added.push((p.line, id)),
+                InsertOutcome::Duplicate(id) => self.report.duplicates.push(DuplicateRow {
+                    line: p.line,
+                    of: Existing::Stored(id),
+                }),
+                InsertOutcome::Conflict(id) => self.report.conflicts.push(ConflictRow {
+                    line: p.line,
+                    with: Existing::Stored(id),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the store failed on a batch (rolled back: none of its rows
+    /// made it) and stops the import; [`next_batch`](Self::next_batch) returns
+    /// nothing more.
+    pub fn record_failure(&mut self, batch: &[ParsedNode], reason: impl fmt::Display) {
+        self.report
+            .not_inserted
+            .extend(batch.iter().map(|p| p.line));
+        self.report.failure = Some(reason.to_string());
+        self.stopped = true;
+    }
+
+    /// The report so far (while importing, e.g. for progress).
+    pub fn report(&self) -> &ImportReport {
+        &self.report
+    }
+
+    /// The final report; every list is in line order.
+    pub fn finish(mut self) -> ImportReport {
+        self.report.duplicates.sort_by_key(|d| d.line);
+        self.report.conflicts.sort_by_key(|c| c.line);
+        self.report.errors.sort_by_key(|e| e.line);
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::parse;
+
+    #[test]
+    fn a_store_failure_reports_which_rows_made_it() {
+        let list = "1.1.1.1:a:x\n2.2.2.2:b:y\n3.3.3.3:c:z\n4.4.4.4:d:w\n";
+        let mut imp = Importer::new(parse(list.as_bytes()));
+        let b1 = imp.next_batch(2);
+        assert_eq!(b1.len(), 2);
+        imp.record(
+            &b1,
+            &[
+                InsertOutcome::Inserted(NodeId(1)),
+                InsertOutcome::Inserted(NodeId(2)),
+            ],
+        )
+        .unwrap();
+        let b2 = imp.next_batch(2);
+        assert_eq!(
+            imp.record(&b2, &[InsertOutcome::Inserted(NodeId(3))]),
+            Err(OutcomeMismatch {
+                expected: 2,
+                got: 1
+            })
+        );
+        imp.record_failure(&b2, "database is locked");
+        assert!(imp.next_batch(2).is_empty());
+        let r = imp.finish();
+        assert_eq!(r.added, vec![(1, NodeId(1)), (2, NodeId(2))]);
+        assert_eq!(r.not_inserted, vec![3, 4]);
+        let shown = r.to_string();
+        assert!(shown.contains("STOPPED: database is locked"), "{shown}");
+    }
+
+    #[test]
+    fn the_summary_names_every_problem() {
+        let list = "Ip: 1.2.3.4\nLogin: a\nPass: x\n\n1.2.3.4:a:y\n1.2.3.999:a:topsecret\n";
+        let mut imp = Importer::new(parse(list.as_bytes()));
+        let b = imp.next_batch(10);
+        imp.record(&b, &[InsertOutcome::Inserted(NodeId(9))])
+            .unwrap();
+        let r = imp.finish();
+        let shown = r.to_string();
+        assert!(
+            shown.starts_with(
+                "added 1, duplicates 0 (0 within the file, 0 already stored), conflicts 1, errors 1"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("line 5: conflict: same ip, port and login as line 1"),
+            "{shown}"
+        );
+        assert!(shown.contains("line 6: invalid IP address"), "{shown}");
+        assert!(!shown.contains("topsecret"));
+    }
+}
