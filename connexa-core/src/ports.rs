@@ -215,6 +215,11 @@ pub trait NodeStore: Send + Sync {
     /// Inserts nodes as `not_tested`; one outcome per input row, in order.
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError>;
 
+    /// In one transaction, deletes each `old` node (recording a `deleted` history
+    /// row) and inserts its replacement as `not_tested`; returns the new ids in
+    /// order. Used by imports that replace conflicting nodes on request.
+    async fn replace(&self, pairs: Vec<(NodeId, NewNode)>) -> Result<Vec<NodeId>, StoreError>;
+
     /// Deletes the nodes matching `filter` (recording a history row each); returns how many.
     async fn delete(&self, filter: &NodeFilter) -> Result<u64, StoreError>;
 

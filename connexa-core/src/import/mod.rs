@@ -51,7 +51,12 @@ pub use dedup::{Classified, Dedup};
 pub use input::{MAX_ELEMENT, MAX_LINE};
 pub(crate) use lines::plain_colon_reads_back;
 pub use parser::Parser;
-pub use report::{ConflictRow, DuplicateRow, Existing, ImportReport, Importer, OutcomeMismatch};
+pub use report::{
+    ConflictRow, DuplicateRow, Existing, ImportReport, Importer, OutcomeMismatch, ReplacedRow,
+};
+pub use run::{ImportOptions, OnConflict, import_into};
+
+mod run;
 
 use crate::domain::{InvalidNode, NewNode};
 

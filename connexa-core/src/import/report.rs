@@ -43,6 +43,18 @@ pub struct ConflictRow {
     pub with: Existing,
 }
 
+/// A row that replaced a stored node with the same ip, port and login but
+/// another password (only with [`OnConflict::Replace`](super::OnConflict)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplacedRow {
+    /// The row's line.
+    pub line: usize,
+    /// The node that was deleted (its history keeps a `deleted` row).
+    pub old: NodeId,
+    /// The node that was added instead.
+    pub new: NodeId,
+}
+
 /// What an import did, row by row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportReport {
@@ -51,8 +63,10 @@ pub struct ImportReport {
     pub added: Vec<(usize, NodeId)>,
     /// Duplicates, within the file or already stored.
     pub duplicates: Vec<DuplicateRow>,
-    /// Conflicts, within the file or with the store.
+    /// Conflicts, within the file or with the store, kept as they were.
     pub conflicts: Vec<ConflictRow>,
+    /// Stored nodes replaced by a row with a new password (on request only).
+    pub replaced: Vec<ReplacedRow>,
     /// Rows that could not be read, with line numbers and masked text.
     pub errors: Vec<ImportError>,
     /// Parsed rows that were not inserted because the store failed (their batch
@@ -88,8 +102,9 @@ impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "added {}, duplicates {} ({} within the file, {} already stored), conflicts {}, errors {}",
+            "added {}, replaced {}, duplicates {} ({} within the file, {} already stored), conflicts {}, errors {}",
             self.added.len(),
+            self.replaced.len(),
             self.duplicates.len(),
             self.duplicates_in_file(),
             self.duplicates_stored(),
@@ -108,6 +123,13 @@ impl fmt::Display for ImportReport {
                 f,
                 "\nline {}: conflict: same ip, port and login as {} with another password (kept the existing one)",
                 c.line, c.with
+            )?;
+        }
+        for r in &self.replaced {
+            write!(
+                f,
+                "\nline {}: replaced node {} (new password) with node {}",
+                r.line, r.old, r.new
             )?;
         }
         for e in &self.errors {
@@ -231,6 +253,18 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
         Ok(())
     }
 
+    /// Records that stored conflicting nodes were replaced: each row moves from
+    /// `conflicts` to `replaced`, and counts as added.
+    pub fn record_replaced(&mut self, replaced: &[ReplacedRow]) {
+        for r in replaced {
+            self.report
+                .conflicts
+                .retain(|c| !(c.line == r.line && c.with == Existing::Stored(r.old)));
+            self.report.added.push((r.line, r.new));
+            self.report.replaced.push(*r);
+        }
+    }
+
     /// Records that the store failed on a batch (rolled back: none of its rows
     /// made it) and stops the import; [`next_batch`](Self::next_batch) returns
     /// nothing more.
@@ -252,6 +286,8 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
         self.report.duplicates.sort_by_key(|d| d.line);
         self.report.conflicts.sort_by_key(|c| c.line);
         self.report.errors.sort_by_key(|e| e.line);
+        self.report.added.sort_by_key(|a| a.0);
+        self.report.replaced.sort_by_key(|r| r.line);
         self.report
     }
 }

@@ -245,6 +245,28 @@ impl NodeStore for SqlStore {
         w.finish(r).await
     }
 
+    async fn replace(&self, pairs: Vec<(NodeId, NewNode)>) -> Result<Vec<NodeId>, StoreError> {
+        let w = self.begin_write().await?;
+        let r = async {
+            let now = Utc::now();
+            let old = NodeFilter::ids(pairs.iter().map(|(id, _)| *id));
+            delete_nodes(&w.txn, &old, now).await?;
+            let fresh: Vec<NewNode> = pairs.into_iter().map(|(_, n)| n).collect();
+            insert_nodes(&w.txn, &fresh, now)
+                .await?
+                .into_iter()
+                .map(|o| match o {
+                    InsertOutcome::Inserted(id) => Ok(id),
+                    other => Err(StoreError::Backend(format!(
+                        "replacement collided again: {other:?}"
+                    ))),
+                })
+                .collect()
+        }
+        .await;
+        w.finish(r).await
+    }
+
     async fn delete(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
         let w = self.begin_write().await?;
         let r = delete_nodes(&w.txn, filter, Utc::now()).await;
