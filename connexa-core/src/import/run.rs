@@ -52,7 +52,7 @@ impl Default for ImportOptions {
 /// use connexa_core::store::SqlStore;
 /// let dir = std::env::temp_dir().join(format!("connexa-doc-{}.db", std::process::id()));
 /// let store = Arc::new(SqlStore::connect(&format!("sqlite://{}?mode=rwc", dir.display())).await.unwrap());
-/// let list = "192.0.2.35:admin:password123\n192.0.2.35:admin:password123\nnot a node\n";
+/// let list = "192.0.2.35:admin:password123\n192.0.2.35:admin:password123\n192.0.2.300:admin:x\n";
 /// let report = import_into(store, list.as_bytes(), ImportOptions::default()).await;
 /// assert_eq!((report.added.len(), report.duplicates.len(), report.errors.len()), (1, 1, 1));
 /// # let _ = std::fs::remove_file(&dir);
