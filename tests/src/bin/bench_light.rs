@@ -179,6 +179,109 @@ async fn fleet_bench(args: &Args, fleet: &Fleet) {
     );
 }
 
+/// The same fleet, end to end with persistence: nodes inserted into a fresh SQLite
+/// store, probed through the `Prober` port, every result group-committed with
+/// `apply_many` as it finishes. The time is until the last result is committed.
+async fn fleet_bench_committed(args: &Args, fleet: &Fleet) {
+    use connexa_core::domain::{Event, NewNode, NodeFilter, Page, Status};
+    use connexa_core::ports::{
+        ApplyContext, ApplyRequest, InsertOutcome, NodeStore, ProbeDepth, Prober,
+    };
+    use connexa_core::store::SqlStore;
+
+    let dir = std::env::temp_dir().join(format!("connexa-bench-light-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let url = format!("sqlite://{}?mode=rwc", dir.join("fleet.db").display());
+    let store = Arc::new(SqlStore::connect(&url).await.expect("open sqlite"));
+    let new: Vec<NewNode> = fleet
+        .nodes()
+        .iter()
+        .map(|n| {
+            NewNode::new(
+                &n.ip.to_string(),
+                u64::from(n.port),
+                &n.login,
+                n.password.expose(),
+            )
+            .expect("node")
+        })
+        .collect();
+    let ids: Vec<_> = store
+        .insert(new)
+        .await
+        .expect("insert")
+        .into_iter()
+        .map(|o| match o {
+            InsertOutcome::Inserted(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let all = store
+        .list(
+            &NodeFilter::all(),
+            Page {
+                limit: Page::MAX_LIMIT,
+                ..Page::default()
+            },
+        )
+        .await
+        .expect("list")
+        .nodes;
+    assert_eq!(all.len(), ids.len());
+    let prober: Arc<dyn Prober> = Arc::new(LightProber::new(prober_config(args.icmp, 2)));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ApplyRequest>(4096);
+    let committer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut committed = 0usize;
+            let mut batch = Vec::with_capacity(512);
+            while rx.recv_many(&mut batch, 512).await > 0 {
+                committed += batch.len();
+                store
+                    .apply_many(std::mem::take(&mut batch))
+                    .await
+                    .expect("commit");
+            }
+            committed
+        })
+    };
+    let t = Instant::now();
+    futures::stream::iter(all)
+        .map(|node| {
+            let p = Arc::clone(&prober);
+            let tx = tx.clone();
+            async move {
+                let out = p.probe(&node, ProbeDepth::Light).await.expect("probe");
+                let req = ApplyRequest {
+                    node: node.id,
+                    event: Event::Tested(out),
+                    ctx: ApplyContext::now(),
+                };
+                tx.send(req).await.expect("committer alive");
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect::<()>()
+        .await;
+    drop(tx);
+    let committed = committer.await.expect("committer");
+    let elapsed = t.elapsed();
+    let counts = store.counts().await.expect("counts");
+    let light = counts
+        .iter()
+        .find(|(s, _)| *s == Status::PingLight)
+        .map_or(0, |c| c.1);
+    println!("committed: {committed} results; stored statuses: {counts:?}");
+    println!(
+        "FLEET+SQLITE: {} nodes probed and committed in {:.2} s = {:.0} nodes/s ({} ping_light)",
+        committed,
+        elapsed.as_secs_f64(),
+        committed as f64 / elapsed.as_secs_f64(),
+        light
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn which(bin: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -433,6 +536,7 @@ async fn main() {
         t.elapsed().as_secs_f64()
     );
     fleet_bench(&args, &fleet).await;
+    fleet_bench_committed(&args, &fleet).await;
     nmap_bench(&args, &fleet).await;
     drop(fleet);
     pptpd_bench().await;
