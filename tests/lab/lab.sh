@@ -15,9 +15,10 @@
 #   lab.sh vm-stop|vm-start   power the VM off (the netns stays: 10.77.0.2 vanishes) / boot it again
 #   lab.sh pause|resume       freeze / thaw the VM (QEMU monitor stop/cont)
 #   lab.sh shape RATE|unshape tc tbf rate limit (e.g. 4mbit) on both directions of the host link
-#   lab.sh ctl CMD...         raw command to the VM's control port (ping, sessions, ps, mark TEXT)
+#   lab.sh ctl CMD...         raw command to the VM's control port (ping, sessions, ps, mem, mark TEXT)
 #   lab.sh selftest           a 2nd VM with Debian's pptp-linux: wrong password and unknown
-#                             user rejected, right password -> MPPE-128, file through the tunnel
+#                             user rejected, right password -> MPPE-128, file through the tunnel;
+#                             then 20 concurrent calls (tests/lab/calls.py), all cleaned up
 #   lab.sh clean              down + delete the cache directory
 #
 # Environment:
@@ -41,6 +42,7 @@ DEBS=$DIR/debs KPKG=$DIR/kernel ROOTFS=$DIR/rootfs IMG=$DIR/image RUN=$DIR/run
 HOST_IP=10.77.0.1 SERVER_IP=10.77.0.2 CLIENT_IP=10.77.0.3 PPP_SERVER_IP=10.78.0.1
 LAB_USER=alice LAB_PASS=s3cret
 CONNECTIONS=40           # pptpd `connections`: at least 20 concurrent logins, with headroom
+SELFTEST_CALLS=20        # concurrent calls `selftest` opens
 FILE_NAME=10M.bin FILE_SIZE=$((10 * 1024 * 1024))
 VM_MEM=256               # MiB for the server VM
 # Debian packages that must be inside the VM (plus their dependency closure)
@@ -110,7 +112,7 @@ fetch_debs() {
     grep -v -E '^(perl|perl-.*|lib.*-perl|libperl.*|dpkg|tar|usrmerge|debconf|init-system-helpers|sysvinit-utils|lsb-base|procps|libproc2-0|libpam-modules.*|libpam-runtime|libdb5\.3|libgdbm.*|libtinfo6|libncursesw6|libacl1|libbz2-1\.0|libmd0|gcc-12-base|libaudit-common)$') ||
     die "apt-get could not resolve ${VM_PKGS[*]}"
   # shellcheck disable=SC2086
-  (cd "$DEBS" && apt-get download -qq $pkgs "$kernel" 2>&1 | grep -v 'Download is performed unsandboxed' || true)
+  (cd "$DEBS" && { apt-get download -qq $pkgs "$kernel" 2>&1 | grep -v 'Download is performed unsandboxed' || true; })
   ls "$DEBS"/linux-image-*.deb >/dev/null 2>&1 || die "kernel package $kernel was not downloaded"
   local p
   for p in "${VM_PKGS[@]}"; do ls "$DEBS/${p}_"*.deb >/dev/null 2>&1 || die "package $p was not downloaded"; done
@@ -216,6 +218,8 @@ build() {
   # system archive (gzip) + the served files as a second, uncompressed archive:
   # the kernel unpacks both, and 10 MiB of random bytes are not worth gzipping
   (cd "$ROOTFS" && find . -print0 | cpio --null -o -H newc --quiet | gzip -6) >"$IMG/initrd.tmp"
+  # the kernel finds the next archive only at a 4-byte aligned offset (it skips zero padding)
+  truncate -s %4 "$IMG/initrd.tmp"
   (cd "$IMG/www-root" && find . -print0 | cpio --null -o -H newc --quiet) >>"$IMG/initrd.tmp"
   mv "$IMG/initrd.tmp" "$IMG/initrd"
   cp "$KPKG/boot/vmlinuz-$kver" "$IMG/vmlinuz"
@@ -289,7 +293,8 @@ stop_qemu() { # pidfile tag
 # daemonized qemu must not keep the lock (fd 9) or a caller's pipe open.
 no_inherit() (
   local fd
-  for fd in $(ls "/proc/$BASHPID/fd"); do
+  for fd in /proc/"$BASHPID"/fd/*; do
+    fd=${fd##*/}
     [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
   done
   exec "$@"
@@ -305,6 +310,7 @@ vm_start() {
   stop_qemu "$RUN/server.pid" "connexa-lab-server"
   mkdir -p "$RUN"
   rm -f "$RUN/ctl.sock" "$RUN/monitor.sock" "$RUN/ready-secs"
+  [ -s "$RUN/server.log" ] && mv "$RUN/server.log" "$RUN/server.log.prev" # the previous boot's log
   : >"$RUN/server.log"
   local t0
   t0=$(date +%s.%N)
@@ -316,7 +322,7 @@ vm_start() {
     -monitor unix:"$RUN/monitor.sock",server=on,wait=off \
     -pidfile "$RUN/server.pid" -daemonize \
     -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd" \
-    -append "console=ttyS0 quiet panic=-1 lab.role=server lab.ip=$SERVER_IP/24 lab.user=$LAB_USER lab.pass=$LAB_PASS lab.conns=$CONNECTIONS lab.debug=${CONNEXA_LAB_DEBUG:-0}" \
+    -append "console=ttyS0 quiet panic=-1 lab.role=server lab.ip=$SERVER_IP/24 lab.user=$LAB_USER lab.pass=$LAB_PASS lab.conns=$CONNECTIONS lab.filesize=$FILE_SIZE lab.debug=${CONNEXA_LAB_DEBUG:-0}" \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02
   log "server VM pid $(cat "$RUN/server.pid"), $(accel_args); waiting for it (log: $RUN/server.log)"
@@ -486,7 +492,19 @@ selftest() {
   check "^LAB: RESULT sha256=$want" "file through the tunnel has the wrong sha256"
   check '^LAB: CLIENT DONE' "client VM did not finish"
   [ $ok = 1 ] || die "SELFTEST FAILED after ${secs}s (client log: $RUN/client.log, server log: $RUN/server.log)"
-  log "SELFTEST PASSED in ${secs}s (client VM boot, 3 logins, $FILE_NAME through MPPE)"
+  log "pptp-linux client passed in ${secs}s; now $SELFTEST_CALLS concurrent calls (each until the server's pppd speaks LCP)"
+  nsx python3 "$HERE/calls.py" "$SERVER_IP" "$SELFTEST_CALLS" >&2 || die "SELFTEST FAILED: not all $SELFTEST_CALLS concurrent calls got a pppd"
+  # every call torn down on the server: no pppd / pptpctrl left, each pppd logged Exit.
+  local s deadline=$((SECONDS + 20))
+  while :; do
+    s=$(sessions | tr '\n' ' ')
+    if [[ $s =~ pppd=0\ pptpctrl=0 ]] && [[ $s =~ pppd_started=([0-9]+)\ pppd_exited=([0-9]+) ]] &&
+      [ "${BASH_REMATCH[1]}" = "${BASH_REMATCH[2]}" ]; then break; fi
+    [ $SECONDS -lt $deadline ] || die "SELFTEST FAILED: sessions left on the server: $s"
+    sleep 0.5
+  done
+  log "server after the calls: $s"
+  log "SELFTEST PASSED in $((SECONDS - t0))s (client VM: wrong password, unknown user, right password + MPPE-128 + $FILE_NAME sha256; $SELFTEST_CALLS concurrent calls, all cleaned up)"
 }
 
 # ---------------------------------------------------------------------- main

@@ -23,7 +23,7 @@ mkdir -p /run/pptp /var/run/pptp /var/lock /var/log /tmp
 exec </dev/console >/dev/console 2>&1
 
 role=server ip=10.77.0.2/24 server=10.77.0.2 user=alice pass=s3cret debug=0
-conns=40 fetch=/10M.bin
+conns=40 fetch=/10M.bin filesize=
 for arg in $(cat /proc/cmdline); do
   case $arg in
     lab.role=*) role=${arg#*=} ;;
@@ -34,6 +34,7 @@ for arg in $(cat /proc/cmdline); do
     lab.debug=*) debug=${arg#*=} ;;
     lab.conns=*) conns=${arg#*=} ;;
     lab.fetch=*) fetch=${arg#*=} ;;
+    lab.filesize=*) filesize=${arg#*=} ;;
   esac
 done
 
@@ -106,6 +107,9 @@ n=$(head -c "${CONTENT_LENGTH:-0}" | wc -c)
 printf 'Content-Type: text/plain\r\n\r\nreceived %s bytes\n' "$n"
 EOF
   chmod +x /srv/www/cgi-bin/bytes /srv/www/cgi-bin/sink
+  if [ -n "$filesize" ] && [ "$(stat -c %s /srv/www/10M.bin 2>/dev/null)" != "$filesize" ]; then
+    echo "LAB: ERROR /srv/www/10M.bin missing or not $filesize bytes (second initramfs archive not unpacked?)"
+  fi
   printf '#!/bin/sh\nexec cat >/dev/null\n' >/bin/lab-discard
   chmod +x /bin/lab-discard
 }
@@ -143,10 +147,11 @@ ctl_cmd() {
       rm -f /run/pptpd.off
       i=0
       while [ $i -lt 100 ] && ! netstat -ltn | grep -q ':1723 '; do sleep 0.1; i=$((i + 1)); done
-      netstat -ltn | grep -q ':1723 ' && echo "pptpd listening" || { echo "pptpd did not start"; return 1; } ;;
+      if netstat -ltn | grep -q ':1723 '; then echo "pptpd listening"; else echo "pptpd did not start"; return 1; fi ;;
     ps) ps ;;
+    mem) free -k | awk '/^Mem:/ { printf "mem_total_kib=%s mem_used_kib=%s mem_free_kib=%s\n", $2, $3, $4 }' ;;
     mark) shift; logger -t lab "MARK $*"; echo "marked" ;;
-    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-start ps mark)"; return 2 ;;
+    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-start ps mem mark)"; return 2 ;;
   esac
 }
 

@@ -117,6 +117,7 @@ impl Lab {
 
     /// The lab, or a panic that says how to start it: a lab test never passes
     /// silently without the lab.
+    #[track_caller]
     pub fn require() -> Lab {
         match Lab::from_env() {
             Ok(Some(lab)) => lab,
