@@ -85,7 +85,8 @@ fn var(name: &str) -> Result<String, String> {
 
 fn parse<T: std::str::FromStr>(name: &str) -> Result<T, String> {
     let raw = var(name)?;
-    raw.parse().map_err(|_| format!("{name}={raw:?} is not valid"))
+    raw.parse()
+        .map_err(|_| format!("{name}={raw:?} is not valid"))
 }
 
 impl Lab {
@@ -146,12 +147,17 @@ impl Lab {
         setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("setns({}) failed: {e} (lab tests must run as root)", path.display()),
+                format!(
+                    "setns({}) failed: {e} (lab tests must run as root)",
+                    path.display()
+                ),
             )
         })?;
         let now = fs::metadata("/proc/thread-self/ns/net")?;
         if (now.dev(), now.ino()) != (target.dev(), target.ino()) {
-            return Err(io::Error::other("setns succeeded but the thread is not in the lab namespace"));
+            return Err(io::Error::other(
+                "setns succeeded but the thread is not in the lab namespace",
+            ));
         }
         Ok(())
     }
@@ -192,7 +198,9 @@ impl Lab {
         let mut s = Sessions::default();
         let mut seen = 0;
         for pair in text.split_whitespace() {
-            let Some((key, value)) = pair.split_once('=') else { continue };
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
             let Ok(value) = value.parse() else { continue };
             let slot = match key {
                 "pppd" => &mut s.pppd,
@@ -207,7 +215,9 @@ impl Lab {
             seen += 1;
         }
         if seen != 6 {
-            return Err(io::Error::other(format!("unexpected `lab.sh sessions` output: {text:?}")));
+            return Err(io::Error::other(format!(
+                "unexpected `lab.sh sessions` output: {text:?}"
+            )));
         }
         Ok(s)
     }

@@ -61,7 +61,10 @@ fn read_msg(s: &mut TcpStream) -> Vec<u8> {
     let mut head = [0u8; 2];
     s.read_exact(&mut head).expect("read message length");
     let len = usize::from(u16::from_be_bytes(head));
-    assert!((12..=1024).contains(&len), "implausible PPTP message length {len}");
+    assert!(
+        (12..=1024).contains(&len),
+        "implausible PPTP message length {len}"
+    );
     let mut msg = vec![0u8; len];
     msg[..2].copy_from_slice(&head);
     s.read_exact(&mut msg[2..]).expect("read message body");
@@ -76,44 +79,69 @@ fn text(field: &[u8]) -> String {
 fn calls_started(lab: &Lab) -> usize {
     let log = lab.server_log().expect("read the lab's server log");
     log.lines()
-        .filter(|l| l.contains(&format!("Client {} control connection started", lab.host_ip)))
+        .filter(|l| {
+            l.contains(&format!(
+                "Client {} control connection started",
+                lab.host_ip
+            ))
+        })
         .count()
 }
 
 #[test]
 fn lab_pptpd_answers_sccrq_with_sccrp() {
     let lab = Lab::require();
-    lab.enter_netns().expect("enter the lab's network namespace");
+    lab.enter_netns()
+        .expect("enter the lab's network namespace");
     let before = calls_started(&lab);
 
     let addr = SocketAddr::from((lab.server, lab.pptp_port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("connect to pptpd at {addr} in netns {}: {e}", lab.netns));
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("set timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set timeout");
     s.write_all(&sccrq()).expect("send SCCRQ");
 
     let r = read_msg(&mut s);
     assert_eq!(r.len(), SCCRQ_LEN, "SCCRP is 156 bytes");
     assert_eq!(be16(&r, 2), 1, "PPTP message type: control");
-    assert_eq!(u32::from_be_bytes([r[4], r[5], r[6], r[7]]), MAGIC, "magic cookie");
-    assert_eq!(be16(&r, 8), 2, "control message type: Start-Control-Connection-Reply");
+    assert_eq!(
+        u32::from_be_bytes([r[4], r[5], r[6], r[7]]),
+        MAGIC,
+        "magic cookie"
+    );
+    assert_eq!(
+        be16(&r, 8),
+        2,
+        "control message type: Start-Control-Connection-Reply"
+    );
     assert_eq!(be16(&r, 12), 0x0100, "protocol version 1.0");
     assert_eq!(r[14], 1, "result code 1 (successful channel establishment)");
     assert_eq!(r[15], 0, "error code");
     let (host, vendor) = (text(&r[28..92]), text(&r[92..156]));
-    eprintln!("SCCRP from {addr}: host={host:?} vendor={vendor:?} firmware={:#06x}", be16(&r, 26));
+    eprintln!(
+        "SCCRP from {addr}: host={host:?} vendor={vendor:?} firmware={:#06x}",
+        be16(&r, 26)
+    );
     assert!(!vendor.is_empty(), "pptpd names its vendor");
 
     s.write_all(&stop_ccrq()).expect("send StopCCRQ");
     let r = read_msg(&mut s);
-    assert_eq!(be16(&r, 8), 4, "control message type: Stop-Control-Connection-Reply");
+    assert_eq!(
+        be16(&r, 8),
+        4,
+        "control message type: Stop-Control-Connection-Reply"
+    );
     assert_eq!(r[12], 1, "StopCCRP result code 1 (OK)");
     drop(s);
 
     // the server saw this very control connection (the log only grows)
     let deadline = Instant::now() + Duration::from_secs(10);
     while calls_started(&lab) <= before {
-        assert!(Instant::now() < deadline, "pptpd did not log our control connection");
+        assert!(
+            Instant::now() < deadline,
+            "pptpd did not log our control connection"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
