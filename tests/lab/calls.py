@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Open N concurrent PPTP calls to the lab server (run inside the lab netns, as root).
 
+    calls.py SERVER N [HOLD_SECONDS]
+
 Each call: Start-Control-Connection-Request, Outgoing-Call-Request, then wait
 until the server's pppd sends its first LCP Configure-Request over enhanced GRE
 (proof that pptpd launched a pppd for the call), then Call-Clear-Request and
@@ -39,6 +41,7 @@ def recv_msg(s):
 
 def main():
     server, n = sys.argv[1], int(sys.argv[2])
+    hold = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0  # seconds to keep the calls open
     gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
     calls = {}  # our call id -> control socket
     for i in range(n):
@@ -73,6 +76,8 @@ def main():
             ppp = ppp[2:]
         if proto == 0x880B and cid in calls and ppp[:2] == b"\xc0\x21" and len(ppp) > 2 and ppp[2] == 1:
             seen.add(cid)
+    print(f"calls={n} lcp_seen={len(seen)}", flush=True)
+    time.sleep(hold)
     for cid, s in calls.items():
         try:
             s.sendall(ctrl(12, struct.pack("!HH", cid, 0)))  # Call-Clear-Request
@@ -82,7 +87,6 @@ def main():
     time.sleep(0.5)
     for s in calls.values():
         s.close()
-    print(f"calls={n} lcp_seen={len(seen)}")
     sys.exit(0 if len(seen) == n else 1)
 
 

@@ -11,7 +11,8 @@
 #   lab.sh exec CMD...        run CMD inside the lab's network namespace
 #   lab.sh logs [-f]          the server's console + syslog (pptpd, pptpctrl, pppd)
 #   lab.sh sessions           live pppd/pptpctrl processes in the VM + started/exited counts
-#   lab.sh pptpd-stop|pptpd-start   kill pptpd and every call / start it again
+#   lab.sh pptpd-stop|pptpd-start   SIGTERM pptpd and every call / start it again
+#   lab.sh pptpd-kill         SIGKILL pptpd and every call (no goodbye at all); pptpd-start restarts
 #   lab.sh vm-stop|vm-start   power the VM off (the netns stays: 10.77.0.2 vanishes) / boot it again
 #   lab.sh pause|resume       freeze / thaw the VM (QEMU monitor stop/cont)
 #   lab.sh shape RATE|unshape tc tbf rate limit (e.g. 4mbit) on both directions of the host link
@@ -509,6 +510,10 @@ selftest() {
 
 # ---------------------------------------------------------------------- main
 cmd=${1:-help}
+case $cmd:$ACCEL in
+  *:auto | *:kvm | *:tcg) ;;
+  up:* | vm-start:* | selftest:*) die "CONNEXA_LAB_ACCEL must be auto, kvm or tcg (not '$ACCEL')" ;;
+esac
 [ $# -gt 0 ] && shift
 case $cmd in
   build) need_root; lock; build ;;
@@ -521,6 +526,7 @@ case $cmd in
   sessions) sessions ;;
   ctl) ctl "$@" ;;
   pptpd-stop) ctl pptpd-stop ;;
+  pptpd-kill) ctl pptpd-kill ;;
   pptpd-start) ctl pptpd-start ;;
   vm-stop) need_root; lock; vm_stop ;;
   vm-start) need_root; lock; vm_start ;;

@@ -143,6 +143,11 @@ ctl_cmd() {
       while [ $i -lt 50 ] && pidof pptpd pptpctrl pppd >/dev/null; do sleep 0.1; i=$((i + 1)); done
       killall -9 pptpd pptpctrl pppd 2>/dev/null
       echo "pptpd stopped" ;;
+    pptpd-kill)
+      # SIGKILL: no LCP Terminate, no StopCCRQ, no "Exit." in the log
+      touch /run/pptpd.off
+      killall -9 pptpd pptpctrl pppd 2>/dev/null
+      echo "pptpd killed" ;;
     pptpd-start)
       rm -f /run/pptpd.off
       i=0
@@ -151,7 +156,7 @@ ctl_cmd() {
     ps) ps ;;
     mem) free -k | awk '/^Mem:/ { printf "mem_total_kib=%s mem_used_kib=%s mem_free_kib=%s\n", $2, $3, $4 }' ;;
     mark) shift; logger -t lab "MARK $*"; echo "marked" ;;
-    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-start ps mem mark)"; return 2 ;;
+    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-kill pptpd-start ps mem mark)"; return 2 ;;
   esac
 }
 
