@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Connexa's test command: provisions the real parts the suite needs on a fresh
-# Debian machine (a throw-away PostgreSQL cluster, ...), then runs the whole
+# Debian machine (a throw-away PostgreSQL cluster, the PPTP lab VM, ...), then runs the whole
 # cargo test suite and the examples.
 #
 #   tests/run.sh            # as root (or with sudo) on Debian 12
@@ -98,6 +98,25 @@ start_postgres
 [ -n "${CONNEXA_TEST_PG_URL:-}" ] || cargo_skip+=(--skip postgres)
 start_pptpd
 [ -n "${CONNEXA_TEST_PPTPD:-}" ] || cargo_skip+=(--skip pptpd)
+
+# --- The PPTP lab: a real pptpd (Debian) in a QEMU VM, inside a private netns ------
+# tests/lab/README.md. Lab tests are the test functions named lab_*; they enter
+# the lab's network namespace themselves (setns), so they must run as root.
+# CONNEXA_LAB_SELFTEST=1 also runs the harness self-check (pptp-linux client VM).
+start_lab() {
+  [ "$(id -u)" = 0 ] || { unavailable lab "needs root (network namespace, tap devices, setns in the tests)"; return; }
+  local t0=$SECONDS
+  cleanup+=("tests/lab/lab.sh down")
+  tests/lab/lab.sh up || { unavailable lab "tests/lab/lab.sh up failed (output above)"; return; }
+  if [ "${CONNEXA_LAB_SELFTEST:-}" = 1 ]; then
+    tests/lab/lab.sh selftest || { unavailable lab "tests/lab/lab.sh selftest failed (output above)"; return; }
+  fi
+  eval "$(tests/lab/lab.sh env)"
+  log "PPTP lab ready in $((SECONDS - t0))s: $CONNEXA_LAB_SERVER:1723 in netns $CONNEXA_LAB_NETNS"
+}
+
+start_lab
+[ -n "${CONNEXA_LAB:-}" ] || cargo_skip+=(--skip lab_)
 
 # --- The suite --------------------------------------------------------------------
 log "cargo test --workspace"

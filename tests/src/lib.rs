@@ -1,1 +1,3 @@
 //! Shared helpers for Connexa's cross-crate end-to-end tests (`tests/tests/*.rs`).
+
+pub mod lab;
