@@ -7,6 +7,7 @@
 //! * [`ports`]: the traits the engine is generic over ([`NodeStore`](ports::NodeStore),
 //!   [`Prober`](ports::Prober), [`SpeedTester`](ports::SpeedTester),
 //!   [`ServiceLauncher`](ports::ServiceLauncher)).
+//! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver).
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -21,3 +22,4 @@
 
 pub mod domain;
 pub mod ports;
+pub mod pptp;
