@@ -131,13 +131,26 @@ impl<'a> GrePacket<'a> {
             *rest = r;
             Ok(u32::from_be_bytes(*v))
         };
-        let seq = if f0 & FLAG_S != 0 { Some(take_u32(&mut rest)?) } else { None };
-        let ack = if f1 & FLAG_A != 0 { Some(take_u32(&mut rest)?) } else { None };
+        let seq = if f0 & FLAG_S != 0 {
+            Some(take_u32(&mut rest)?)
+        } else {
+            None
+        };
+        let ack = if f1 & FLAG_A != 0 {
+            Some(take_u32(&mut rest)?)
+        } else {
+            None
+        };
         let payload = rest.get(..payload_len).ok_or(GreError::BadLength {
             declared: payload_len,
             available: rest.len(),
         })?;
-        Ok(GrePacket { call_id, seq, ack, payload })
+        Ok(GrePacket {
+            call_id,
+            seq,
+            ack,
+            payload,
+        })
     }
 
     /// Appends the encoded packet to `out`.
@@ -216,7 +229,11 @@ pub fn parse_ipv4_gre(datagram: &[u8]) -> Result<Ipv4Gre<'_>, GreError> {
     let source = Ipv4Addr::new(header[12], header[13], header[14], header[15]);
     let destination = Ipv4Addr::new(header[16], header[17], header[18], header[19]);
     let gre = GrePacket::decode(body)?;
-    Ok(Ipv4Gre { source, destination, gre })
+    Ok(Ipv4Gre {
+        source,
+        destination,
+        gre,
+    })
 }
 
 #[cfg(test)]
@@ -248,29 +265,56 @@ mod tests {
 
     #[test]
     fn strictness() {
-        let good = GrePacket { call_id: 1, seq: Some(1), ack: None, payload: b"ab" }.encode().unwrap();
+        let good = GrePacket {
+            call_id: 1,
+            seq: Some(1),
+            ack: None,
+            payload: b"ab",
+        }
+        .encode()
+        .unwrap();
         let mut v0 = good.clone();
         v0[1] = 0x00;
         assert_eq!(GrePacket::decode(&v0), Err(GreError::BadVersion(0)));
         let mut nok = good.clone();
         nok[0] &= !FLAG_K;
-        assert!(matches!(GrePacket::decode(&nok), Err(GreError::BadFlags(_))));
+        assert!(matches!(
+            GrePacket::decode(&nok),
+            Err(GreError::BadFlags(_))
+        ));
         let mut csum = good.clone();
         csum[0] |= FLAG_C;
-        assert!(matches!(GrePacket::decode(&csum), Err(GreError::BadFlags(_))));
+        assert!(matches!(
+            GrePacket::decode(&csum),
+            Err(GreError::BadFlags(_))
+        ));
         let mut proto = good.clone();
         proto[3] = 0x00;
-        assert_eq!(GrePacket::decode(&proto), Err(GreError::BadProtocol(0x8800)));
+        assert_eq!(
+            GrePacket::decode(&proto),
+            Err(GreError::BadProtocol(0x8800))
+        );
         let short = &good[..good.len() - 1];
-        assert!(matches!(GrePacket::decode(short), Err(GreError::BadLength { declared: 2, .. })));
+        assert!(matches!(
+            GrePacket::decode(short),
+            Err(GreError::BadLength { declared: 2, .. })
+        ));
         assert_eq!(GrePacket::decode(&good[..10]), Err(GreError::Truncated));
     }
 
     #[test]
     fn oversize_payload_is_an_error() {
         let big = vec![0u8; 70_000];
-        let p = GrePacket { call_id: 1, seq: None, ack: None, payload: &big };
-        assert_eq!(p.encode_into(&mut Vec::new()), Err(GreError::PayloadTooLong));
+        let p = GrePacket {
+            call_id: 1,
+            seq: None,
+            ack: None,
+            payload: &big,
+        };
+        assert_eq!(
+            p.encode_into(&mut Vec::new()),
+            Err(GreError::PayloadTooLong)
+        );
     }
 
     fn ipv4(src: [u8; 4], proto: u8, options: usize, body: &[u8]) -> Vec<u8> {
@@ -288,12 +332,22 @@ mod tests {
 
     #[test]
     fn ipv4_unwrap_with_options() {
-        let gre = GrePacket { call_id: 99, seq: Some(7), ack: Some(6), payload: b"hello" }.encode().unwrap();
+        let gre = GrePacket {
+            call_id: 99,
+            seq: Some(7),
+            ack: Some(6),
+            payload: b"hello",
+        }
+        .encode()
+        .unwrap();
         let d = ipv4([127, 0, 0, 2], 47, 8, &gre);
         let parsed = parse_ipv4_gre(&d).unwrap();
         assert_eq!(parsed.demux_key(), (Ipv4Addr::new(127, 0, 0, 2), 99));
         assert_eq!(parsed.gre.payload, b"hello");
-        assert_eq!(parse_ipv4_gre(&ipv4([1, 2, 3, 4], 6, 0, &gre)), Err(GreError::NotGre(6)));
+        assert_eq!(
+            parse_ipv4_gre(&ipv4([1, 2, 3, 4], 6, 0, &gre)),
+            Err(GreError::NotGre(6))
+        );
         let mut frag = d.clone();
         frag[6] = 0x20; // MF
         assert_eq!(parse_ipv4_gre(&frag), Err(GreError::BadIp("fragment")));

@@ -38,7 +38,12 @@ pub fn get_master_key(password_hash_hash: &[u8; 16], nt_response: &[u8; 24]) -> 
 
 /// GetAsymmetricStartKey (RFC 3079 §3.4): the start key of one direction.
 /// `len` is 8 (40/56-bit) or 16 (128-bit); larger values are cut to 16.
-pub fn get_asymmetric_start_key(master_key: &[u8; 16], len: usize, is_send: bool, is_server: bool) -> Vec<u8> {
+pub fn get_asymmetric_start_key(
+    master_key: &[u8; 16],
+    len: usize,
+    is_send: bool,
+    is_server: bool,
+) -> Vec<u8> {
     let magic = if is_send == is_server { MAGIC3 } else { MAGIC2 };
     let mut h = Sha1::new();
     h.update(master_key);
@@ -111,7 +116,12 @@ impl std::fmt::Debug for SessionKey {
 impl SessionKey {
     /// The initial session key of one direction (RFC 3079 §3.4 and §3.5):
     /// GetNewKeyFromSHA(StartKey, StartKey), then reduced for 40/56-bit.
-    pub fn initial(master_key: &[u8; 16], strength: KeyStrength, is_send: bool, is_server: bool) -> Self {
+    pub fn initial(
+        master_key: &[u8; 16],
+        strength: KeyStrength,
+        is_send: bool,
+        is_server: bool,
+    ) -> Self {
         let start = get_asymmetric_start_key(master_key, strength.len(), is_send, is_server);
         Self::from_start_key(start, strength)
     }
@@ -120,7 +130,11 @@ impl SessionKey {
     pub fn from_start_key(start: Vec<u8>, strength: KeyStrength) -> Self {
         let mut current = get_new_key_from_sha(&start, &start, strength.len());
         strength.reduce(&mut current);
-        SessionKey { strength, start, current }
+        SessionKey {
+            strength,
+            start,
+            current,
+        }
     }
 
     /// The current key (what RC4 is keyed with).
@@ -155,29 +169,50 @@ mod tests {
     use crate::pptp::mschapv2::{hash_nt_password_hash, nt_password_hash};
 
     const NT_RESPONSE: [u8; 24] = [
-        0x82, 0x30, 0x9E, 0xCD, 0x8D, 0x70, 0x8B, 0x5E, 0xA0, 0x8F, 0xAA, 0x39, 0x81, 0xCD, 0x83, 0x54, 0x42, 0x33,
-        0x11, 0x4A, 0x3D, 0x85, 0xD6, 0xDF,
+        0x82, 0x30, 0x9E, 0xCD, 0x8D, 0x70, 0x8B, 0x5E, 0xA0, 0x8F, 0xAA, 0x39, 0x81, 0xCD, 0x83,
+        0x54, 0x42, 0x33, 0x11, 0x4A, 0x3D, 0x85, 0xD6, 0xDF,
     ];
 
     fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn master() -> [u8; 16] {
-        get_master_key(&hash_nt_password_hash(&nt_password_hash("clientPass")), &NT_RESPONSE)
+        get_master_key(
+            &hash_nt_password_hash(&nt_password_hash("clientPass")),
+            &NT_RESPONSE,
+        )
     }
 
     #[test]
     fn rfc3079_master_and_start_keys() {
-        assert_eq!(master().to_vec(), unhex("FD EC E3 71 7A 8C 83 8C B3 88 E5 27 AE 3C DD 31"));
+        assert_eq!(
+            master().to_vec(),
+            unhex("FD EC E3 71 7A 8C 83 8C B3 88 E5 27 AE 3C DD 31")
+        );
         // The RFC's "SendStartKey" is the server's send key (Magic3) ...
         let send128 = get_asymmetric_start_key(&master(), 16, true, true);
-        assert_eq!(send128, unhex("8B 7C DC 14 9B 99 3A 1B A1 18 CB 15 3F 56 DC CB"));
-        assert_eq!(get_asymmetric_start_key(&master(), 8, true, true), unhex("8B 7C DC 14 9B 99 3A 1B"));
+        assert_eq!(
+            send128,
+            unhex("8B 7C DC 14 9B 99 3A 1B A1 18 CB 15 3F 56 DC CB")
+        );
+        assert_eq!(
+            get_asymmetric_start_key(&master(), 8, true, true),
+            unhex("8B 7C DC 14 9B 99 3A 1B")
+        );
         // ... which is the client's receive key; the client's send key differs.
-        assert_eq!(get_asymmetric_start_key(&master(), 16, false, false), send128);
-        assert_ne!(get_asymmetric_start_key(&master(), 16, true, false), send128);
+        assert_eq!(
+            get_asymmetric_start_key(&master(), 16, false, false),
+            send128
+        );
+        assert_ne!(
+            get_asymmetric_start_key(&master(), 16, true, false),
+            send128
+        );
         assert_eq!(
             get_asymmetric_start_key(&master(), 16, true, false),
             get_asymmetric_start_key(&master(), 16, false, true)
@@ -199,7 +234,10 @@ mod tests {
         assert_eq!(k56.key(), unhex("D1 5C 00 C4 9F A6 2E 3E"));
         // §3.5.3, 128-bit.
         let k128 = SessionKey::initial(&m, KeyStrength::Bits128, true, true);
-        assert_eq!(k128.key(), unhex("40 5C B2 24 7A 79 56 E6 E2 11 00 7A E2 7B 22 D4"));
+        assert_eq!(
+            k128.key(),
+            unhex("40 5C B2 24 7A 79 56 E6 E2 11 00 7A E2 7B 22 D4")
+        );
         let mut msg = b"test message".to_vec();
         rc4_apply(k128.key(), &mut msg);
         assert_eq!(msg, unhex("81 84 83 17 DF 68 84 62 72 FB 5A BE"));

@@ -47,12 +47,18 @@ pub const ERROR_AUTHENTICATION_FAILURE: u32 = 691;
 
 /// The user name as hashed: any `DOMAIN\` prefix removed (RFC 2759 §8.2).
 fn bare_username(username: &str) -> &str {
-    username.rsplit_once('\\').map_or(username, |(_, user)| user)
+    username
+        .rsplit_once('\\')
+        .map_or(username, |(_, user)| user)
 }
 
 /// ChallengeHash (RFC 2759 §8.2): the first 8 octets of
 /// SHA1(PeerChallenge | AuthenticatorChallenge | UserName).
-pub fn challenge_hash(peer_challenge: &[u8; 16], auth_challenge: &[u8; 16], username: &str) -> [u8; 8] {
+pub fn challenge_hash(
+    peer_challenge: &[u8; 16],
+    auth_challenge: &[u8; 16],
+    username: &str,
+) -> [u8; 8] {
     let mut h = Sha1::new();
     h.update(peer_challenge);
     h.update(auth_challenge);
@@ -243,8 +249,12 @@ pub struct SuccessMessage {
 impl SuccessMessage {
     /// Parses `S=<40 hex>` optionally followed by ` M=<message>`.
     pub fn parse(bytes: &[u8]) -> Result<Self, PppError> {
-        let rest = bytes.strip_prefix(b"S=").ok_or(PppError::Malformed("success without S="))?;
-        let hex = rest.get(..40).ok_or(PppError::Malformed("short S= value"))?;
+        let rest = bytes
+            .strip_prefix(b"S=")
+            .ok_or(PppError::Malformed("success without S="))?;
+        let hex = rest
+            .get(..40)
+            .ok_or(PppError::Malformed("short S= value"))?;
         let authenticator_response =
             unhex::<20>(hex).ok_or(PppError::Malformed("S= value is not 40 hex digits"))?;
         let tail = &rest[40..];
@@ -260,7 +270,10 @@ impl SuccessMessage {
                 }
             }
         };
-        Ok(SuccessMessage { authenticator_response, message })
+        Ok(SuccessMessage {
+            authenticator_response,
+            message,
+        })
     }
 
     /// The wire form `S=<HEX> M=<message>` (no ` M=` when the message is empty).
@@ -295,7 +308,13 @@ impl FailureMessage {
     /// Parses the failure text.
     pub fn parse(bytes: &[u8]) -> Result<Self, PppError> {
         let text = String::from_utf8_lossy(bytes);
-        let mut f = FailureMessage { error: None, retry: false, challenge: None, version: None, message: String::new() };
+        let mut f = FailureMessage {
+            error: None,
+            retry: false,
+            challenge: None,
+            version: None,
+            message: String::new(),
+        };
         let mut rest = text.trim_start();
         while !rest.is_empty() {
             if let Some(m) = rest.strip_prefix("M=") {
@@ -304,9 +323,17 @@ impl FailureMessage {
             }
             let (token, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
             rest = tail.trim_start();
-            let (key, value) = token.split_once('=').ok_or(PppError::Malformed("failure field without '='"))?;
+            let (key, value) = token
+                .split_once('=')
+                .ok_or(PppError::Malformed("failure field without '='"))?;
             match key {
-                "E" => f.error = Some(value.parse().map_err(|_| PppError::Malformed("bad E= value"))?),
+                "E" => {
+                    f.error = Some(
+                        value
+                            .parse()
+                            .map_err(|_| PppError::Malformed("bad E= value"))?,
+                    )
+                }
                 "R" => {
                     f.retry = match value {
                         "0" => false,
@@ -315,9 +342,17 @@ impl FailureMessage {
                     }
                 }
                 "C" => {
-                    f.challenge = Some(unhex::<16>(value.as_bytes()).ok_or(PppError::Malformed("bad C= value"))?)
+                    f.challenge = Some(
+                        unhex::<16>(value.as_bytes()).ok_or(PppError::Malformed("bad C= value"))?,
+                    )
                 }
-                "V" => f.version = Some(value.parse().map_err(|_| PppError::Malformed("bad V= value"))?),
+                "V" => {
+                    f.version = Some(
+                        value
+                            .parse()
+                            .map_err(|_| PppError::Malformed("bad V= value"))?,
+                    )
+                }
                 _ => {} // unknown fields are ignored
             }
         }
@@ -387,16 +422,32 @@ impl std::fmt::Debug for ChapPacket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ChapPacket::Challenge { id, name, .. } => {
-                write!(f, "Challenge {{ id: {id}, name: {:?} }}", String::from_utf8_lossy(name))
+                write!(
+                    f,
+                    "Challenge {{ id: {id}, name: {:?} }}",
+                    String::from_utf8_lossy(name)
+                )
             }
             ChapPacket::Response { id, name, .. } => {
-                write!(f, "Response {{ id: {id}, name: {:?} }}", String::from_utf8_lossy(name))
+                write!(
+                    f,
+                    "Response {{ id: {id}, name: {:?} }}",
+                    String::from_utf8_lossy(name)
+                )
             }
             ChapPacket::Success { id, message } => {
-                write!(f, "Success {{ id: {id}, message: {:?} }}", String::from_utf8_lossy(message))
+                write!(
+                    f,
+                    "Success {{ id: {id}, message: {:?} }}",
+                    String::from_utf8_lossy(message)
+                )
             }
             ChapPacket::Failure { id, message } => {
-                write!(f, "Failure {{ id: {id}, message: {:?} }}", String::from_utf8_lossy(message))
+                write!(
+                    f,
+                    "Failure {{ id: {id}, message: {:?} }}",
+                    String::from_utf8_lossy(message)
+                )
             }
         }
     }
@@ -413,8 +464,13 @@ impl ChapPacket {
                 if size != 16 {
                     return Err(PppError::Malformed("challenge value size is not 16"));
                 }
-                let (challenge, name) = rest.split_first_chunk::<16>().ok_or(PppError::Truncated)?;
-                Ok(ChapPacket::Challenge { id, challenge: *challenge, name: name.to_vec() })
+                let (challenge, name) =
+                    rest.split_first_chunk::<16>().ok_or(PppError::Truncated)?;
+                Ok(ChapPacket::Challenge {
+                    id,
+                    challenge: *challenge,
+                    name: name.to_vec(),
+                })
             }
             CHAP_RESPONSE => {
                 let (&size, rest) = p.data.split_first().ok_or(PppError::Truncated)?;
@@ -426,10 +482,22 @@ impl ChapPacket {
                 peer_challenge.copy_from_slice(&value[..16]);
                 let mut nt_response = [0u8; 24];
                 nt_response.copy_from_slice(&value[24..48]);
-                Ok(ChapPacket::Response { id, peer_challenge, nt_response, flags: value[48], name: name.to_vec() })
+                Ok(ChapPacket::Response {
+                    id,
+                    peer_challenge,
+                    nt_response,
+                    flags: value[48],
+                    name: name.to_vec(),
+                })
             }
-            CHAP_SUCCESS => Ok(ChapPacket::Success { id, message: p.data }),
-            CHAP_FAILURE => Ok(ChapPacket::Failure { id, message: p.data }),
+            CHAP_SUCCESS => Ok(ChapPacket::Success {
+                id,
+                message: p.data,
+            }),
+            CHAP_FAILURE => Ok(ChapPacket::Failure {
+                id,
+                message: p.data,
+            }),
             _ => Err(PppError::Malformed("unknown CHAP code")),
         }
     }
@@ -437,13 +505,23 @@ impl ChapPacket {
     /// Encodes the packet.
     pub fn encode(&self) -> Vec<u8> {
         let (code, id, data) = match self {
-            ChapPacket::Challenge { id, challenge, name } => {
+            ChapPacket::Challenge {
+                id,
+                challenge,
+                name,
+            } => {
                 let mut d = vec![16];
                 d.extend_from_slice(challenge);
                 d.extend_from_slice(name);
                 (CHAP_CHALLENGE, *id, d)
             }
-            ChapPacket::Response { id, peer_challenge, nt_response, flags, name } => {
+            ChapPacket::Response {
+                id,
+                peer_challenge,
+                nt_response,
+                flags,
+                name,
+            } => {
                 let mut d = vec![49];
                 d.extend_from_slice(peer_challenge);
                 d.extend_from_slice(&[0u8; 8]);
@@ -492,14 +570,22 @@ pub enum ChapOutcome {
     BadAuthenticator,
 }
 
+/// The Challenge we answered and our Response.
+#[derive(Debug, Clone)]
+struct Answered {
+    id: u8,
+    challenge: [u8; 16],
+    nt_response: [u8; 24],
+    packet: Vec<u8>,
+}
+
 /// The peer side of MS-CHAPv2: answers Challenges and verifies the result.
 #[derive(Debug)]
 pub struct MsChapClient {
     username: String,
     password: Secret,
     peer_challenge: [u8; 16],
-    /// (challenge id, auth challenge, nt response, encoded response packet)
-    answered: Option<(u8, [u8; 16], [u8; 24], Vec<u8>)>,
+    answered: Option<Answered>,
     transmit: Vec<Vec<u8>>,
     outcome: Option<ChapOutcome>,
 }
@@ -507,7 +593,11 @@ pub struct MsChapClient {
 impl MsChapClient {
     /// A client for `username` / `password`, with the given 16-octet peer challenge
     /// (random; see [`MsChapClient::new`]).
-    pub fn with_peer_challenge(username: impl Into<String>, password: Secret, peer_challenge: [u8; 16]) -> Self {
+    pub fn with_peer_challenge(
+        username: impl Into<String>,
+        password: Secret,
+        peer_challenge: [u8; 16],
+    ) -> Self {
         MsChapClient {
             username: username.into(),
             password,
@@ -544,14 +634,20 @@ impl MsChapClient {
         };
         match packet {
             ChapPacket::Challenge { id, challenge, .. } => {
-                if let Some((aid, achal, _, ref resp)) = self.answered {
-                    if aid == id && achal == challenge {
-                        // A retransmitted challenge: send the same response again.
-                        self.transmit.push(resp.clone());
-                        return;
-                    }
+                if let Some(a) = &self.answered
+                    && a.id == id
+                    && a.challenge == challenge
+                {
+                    // A retransmitted challenge: send the same response again.
+                    self.transmit.push(a.packet.clone());
+                    return;
                 }
-                let nt = generate_nt_response(&challenge, &self.peer_challenge, &self.username, self.password.expose());
+                let nt = generate_nt_response(
+                    &challenge,
+                    &self.peer_challenge,
+                    &self.username,
+                    self.password.expose(),
+                );
                 let resp = ChapPacket::Response {
                     id,
                     peer_challenge: self.peer_challenge,
@@ -560,11 +656,24 @@ impl MsChapClient {
                     name: self.username.as_bytes().to_vec(),
                 }
                 .encode();
-                self.answered = Some((id, challenge, nt, resp.clone()));
+                self.answered = Some(Answered {
+                    id,
+                    challenge,
+                    nt_response: nt,
+                    packet: resp.clone(),
+                });
                 self.transmit.push(resp);
             }
             ChapPacket::Success { id, message } => {
-                let Some((aid, achal, nt, _)) = self.answered else { return };
+                let Some(Answered {
+                    id: aid,
+                    challenge: achal,
+                    nt_response: nt,
+                    ..
+                }) = self.answered.clone()
+                else {
+                    return;
+                };
                 if aid != id {
                     return;
                 }
@@ -573,7 +682,14 @@ impl MsChapClient {
                     Ok(s) => {
                         let mut wire = b"S=".to_vec();
                         wire.extend_from_slice(hex_upper(&s.authenticator_response).as_bytes());
-                        if check_authenticator_response(password, &nt, &self.peer_challenge, &achal, &self.username, &wire) {
+                        if check_authenticator_response(
+                            password,
+                            &nt,
+                            &self.peer_challenge,
+                            &achal,
+                            &self.username,
+                            &wire,
+                        ) {
                             let hash_hash = hash_nt_password_hash(&nt_password_hash(password));
                             ChapOutcome::Success {
                                 message: s.message,
@@ -587,7 +703,9 @@ impl MsChapClient {
                 });
             }
             ChapPacket::Failure { id, message } => {
-                let Some((aid, ..)) = self.answered else { return };
+                let Some(aid) = self.answered.as_ref().map(|a| a.id) else {
+                    return;
+                };
                 if aid != id {
                     return;
                 }
@@ -648,7 +766,12 @@ pub struct MsChapAuthenticator {
 
 impl MsChapAuthenticator {
     /// An authenticator with a fixed challenge (tests); see [`MsChapAuthenticator::new`].
-    pub fn with_challenge(credentials: Credentials, name: impl Into<Vec<u8>>, challenge: [u8; 16], id: u8) -> Self {
+    pub fn with_challenge(
+        credentials: Credentials,
+        name: impl Into<Vec<u8>>,
+        challenge: [u8; 16],
+        id: u8,
+    ) -> Self {
         MsChapAuthenticator {
             credentials,
             name: name.into(),
@@ -682,7 +805,11 @@ impl MsChapAuthenticator {
     }
 
     fn send_challenge(&mut self, now: Instant) {
-        let c = ChapPacket::Challenge { id: self.id, challenge: self.challenge, name: self.name.clone() };
+        let c = ChapPacket::Challenge {
+            id: self.id,
+            challenge: self.challenge,
+            name: self.name.clone(),
+        };
         self.transmit.push(c.encode());
         self.retries_left = self.retries_left.saturating_sub(1);
         self.timer = Some(now + self.restart);
@@ -725,7 +852,14 @@ impl MsChapAuthenticator {
         if !self.started {
             return;
         }
-        let Ok(ChapPacket::Response { id, peer_challenge, nt_response, name, .. }) = ChapPacket::decode(bytes) else {
+        let Ok(ChapPacket::Response {
+            id,
+            peer_challenge,
+            nt_response,
+            name,
+            ..
+        }) = ChapPacket::decode(bytes)
+        else {
             return;
         };
         if id != self.id {
@@ -738,17 +872,30 @@ impl MsChapAuthenticator {
         }
         self.timer = None;
         let user = String::from_utf8_lossy(&name).into_owned();
-        let password = self.credentials.get(bare_username(&user)).or_else(|| self.credentials.get(&user));
+        let password = self
+            .credentials
+            .get(bare_username(&user))
+            .or_else(|| self.credentials.get(&user));
         let ok = password.is_some_and(|pw| {
-            let expected = generate_nt_response(&self.challenge, &peer_challenge, &user, pw.expose());
+            let expected =
+                generate_nt_response(&self.challenge, &peer_challenge, &user, pw.expose());
             constant_time_eq(&expected, &nt_response)
         });
         let (packet, outcome) = match (ok, password) {
             (true, Some(pw)) => {
-                let s = generate_authenticator_response(pw.expose(), &nt_response, &peer_challenge, &self.challenge, &user);
+                let s = generate_authenticator_response(
+                    pw.expose(),
+                    &nt_response,
+                    &peer_challenge,
+                    &self.challenge,
+                    &user,
+                );
                 let mut msg = s.into_bytes();
                 msg.extend_from_slice(b" M=Access granted");
-                (ChapPacket::Success { id, message: msg }, AuthenticatorOutcome::Accepted { user })
+                (
+                    ChapPacket::Success { id, message: msg },
+                    AuthenticatorOutcome::Accepted { user },
+                )
             }
             _ => {
                 let f = FailureMessage {
@@ -758,7 +905,13 @@ impl MsChapAuthenticator {
                     version: Some(3),
                     message: "Authentication failure".into(),
                 };
-                (ChapPacket::Failure { id, message: f.encode() }, AuthenticatorOutcome::Rejected { user })
+                (
+                    ChapPacket::Failure {
+                        id,
+                        message: f.encode(),
+                    },
+                    AuthenticatorOutcome::Rejected { user },
+                )
             }
         };
         let bytes = packet.encode();
@@ -775,33 +928,49 @@ mod tests {
 
     // RFC 2759 §9.2, "Hash Example".
     const AUTH_CHALLENGE: [u8; 16] = [
-        0x5B, 0x5D, 0x7C, 0x7D, 0x7B, 0x3F, 0x2F, 0x3E, 0x3C, 0x2C, 0x60, 0x21, 0x32, 0x26, 0x26, 0x28,
+        0x5B, 0x5D, 0x7C, 0x7D, 0x7B, 0x3F, 0x2F, 0x3E, 0x3C, 0x2C, 0x60, 0x21, 0x32, 0x26, 0x26,
+        0x28,
     ];
     const PEER_CHALLENGE: [u8; 16] = [
-        0x21, 0x40, 0x23, 0x24, 0x25, 0x5E, 0x26, 0x2A, 0x28, 0x29, 0x5F, 0x2B, 0x3A, 0x33, 0x7C, 0x7E,
+        0x21, 0x40, 0x23, 0x24, 0x25, 0x5E, 0x26, 0x2A, 0x28, 0x29, 0x5F, 0x2B, 0x3A, 0x33, 0x7C,
+        0x7E,
     ];
     const CHALLENGE: [u8; 8] = [0xD0, 0x2E, 0x43, 0x86, 0xBC, 0xE9, 0x12, 0x26];
     const PASSWORD_HASH: [u8; 16] = [
-        0x44, 0xEB, 0xBA, 0x8D, 0x53, 0x12, 0xB8, 0xD6, 0x11, 0x47, 0x44, 0x11, 0xF5, 0x69, 0x89, 0xAE,
+        0x44, 0xEB, 0xBA, 0x8D, 0x53, 0x12, 0xB8, 0xD6, 0x11, 0x47, 0x44, 0x11, 0xF5, 0x69, 0x89,
+        0xAE,
     ];
     const NT_RESPONSE: [u8; 24] = [
-        0x82, 0x30, 0x9E, 0xCD, 0x8D, 0x70, 0x8B, 0x5E, 0xA0, 0x8F, 0xAA, 0x39, 0x81, 0xCD, 0x83, 0x54, 0x42, 0x33,
-        0x11, 0x4A, 0x3D, 0x85, 0xD6, 0xDF,
+        0x82, 0x30, 0x9E, 0xCD, 0x8D, 0x70, 0x8B, 0x5E, 0xA0, 0x8F, 0xAA, 0x39, 0x81, 0xCD, 0x83,
+        0x54, 0x42, 0x33, 0x11, 0x4A, 0x3D, 0x85, 0xD6, 0xDF,
     ];
     const PASSWORD_HASH_HASH: [u8; 16] = [
-        0x41, 0xC0, 0x0C, 0x58, 0x4B, 0xD2, 0xD9, 0x1C, 0x40, 0x17, 0xA2, 0xA1, 0x2F, 0xA5, 0x9F, 0x3F,
+        0x41, 0xC0, 0x0C, 0x58, 0x4B, 0xD2, 0xD9, 0x1C, 0x40, 0x17, 0xA2, 0xA1, 0x2F, 0xA5, 0x9F,
+        0x3F,
     ];
     const AUTH_RESPONSE: &str = "S=407A5589115FD0D6209F510FE9C04566932CDA56";
 
     #[test]
     fn rfc2759_section_9_2_byte_for_byte() {
-        assert_eq!(challenge_hash(&PEER_CHALLENGE, &AUTH_CHALLENGE, "User"), CHALLENGE);
+        assert_eq!(
+            challenge_hash(&PEER_CHALLENGE, &AUTH_CHALLENGE, "User"),
+            CHALLENGE
+        );
         assert_eq!(nt_password_hash("clientPass"), PASSWORD_HASH);
         assert_eq!(challenge_response(&CHALLENGE, &PASSWORD_HASH), NT_RESPONSE);
-        assert_eq!(generate_nt_response(&AUTH_CHALLENGE, &PEER_CHALLENGE, "User", "clientPass"), NT_RESPONSE);
+        assert_eq!(
+            generate_nt_response(&AUTH_CHALLENGE, &PEER_CHALLENGE, "User", "clientPass"),
+            NT_RESPONSE
+        );
         assert_eq!(hash_nt_password_hash(&PASSWORD_HASH), PASSWORD_HASH_HASH);
         assert_eq!(
-            generate_authenticator_response("clientPass", &NT_RESPONSE, &PEER_CHALLENGE, &AUTH_CHALLENGE, "User"),
+            generate_authenticator_response(
+                "clientPass",
+                &NT_RESPONSE,
+                &PEER_CHALLENGE,
+                &AUTH_CHALLENGE,
+                "User"
+            ),
             AUTH_RESPONSE
         );
         assert!(check_authenticator_response(
@@ -824,33 +993,63 @@ mod tests {
         // One flipped digit, a wrong password, a truncated string: refused.
         let mut bad = AUTH_RESPONSE.as_bytes().to_vec();
         bad[10] = b'0';
-        for (pw, resp) in [("clientPass", &bad[..]), ("clientpass", AUTH_RESPONSE.as_bytes()), ("clientPass", &AUTH_RESPONSE.as_bytes()[..41])] {
-            assert!(!check_authenticator_response(pw, &NT_RESPONSE, &PEER_CHALLENGE, &AUTH_CHALLENGE, "User", resp));
+        for (pw, resp) in [
+            ("clientPass", &bad[..]),
+            ("clientpass", AUTH_RESPONSE.as_bytes()),
+            ("clientPass", &AUTH_RESPONSE.as_bytes()[..41]),
+        ] {
+            assert!(!check_authenticator_response(
+                pw,
+                &NT_RESPONSE,
+                &PEER_CHALLENGE,
+                &AUTH_CHALLENGE,
+                "User",
+                resp
+            ));
         }
     }
 
     #[test]
     fn domain_prefix_is_not_hashed() {
-        assert_eq!(challenge_hash(&PEER_CHALLENGE, &AUTH_CHALLENGE, "CORP\\User"), CHALLENGE);
+        assert_eq!(
+            challenge_hash(&PEER_CHALLENGE, &AUTH_CHALLENGE, "CORP\\User"),
+            CHALLENGE
+        );
     }
 
     #[test]
     fn des_key_expansion() {
         // 7 octets of ones spread into 8 octets with the parity bit clear.
         assert_eq!(des_key_from_7(&[0xFF; 7]), [0xFE; 8]);
-        assert_eq!(des_key_from_7(&[0x80, 0, 0, 0, 0, 0, 0x01]), [0x80, 0, 0, 0, 0, 0, 0, 0x02]);
+        assert_eq!(
+            des_key_from_7(&[0x80, 0, 0, 0, 0, 0, 0x01]),
+            [0x80, 0, 0, 0, 0, 0, 0, 0x02]
+        );
     }
 
     #[test]
     fn messages_parse() {
-        let s = SuccessMessage::parse(b"S=407A5589115FD0D6209F510FE9C04566932CDA56 M=Access granted").unwrap();
+        let s =
+            SuccessMessage::parse(b"S=407A5589115FD0D6209F510FE9C04566932CDA56 M=Access granted")
+                .unwrap();
         assert_eq!(s.message, "Access granted");
-        assert_eq!(String::from_utf8(s.encode()).unwrap(), format!("{AUTH_RESPONSE} M=Access granted"));
-        assert!(SuccessMessage::parse(AUTH_RESPONSE.as_bytes()).unwrap().message.is_empty());
+        assert_eq!(
+            String::from_utf8(s.encode()).unwrap(),
+            format!("{AUTH_RESPONSE} M=Access granted")
+        );
+        assert!(
+            SuccessMessage::parse(AUTH_RESPONSE.as_bytes())
+                .unwrap()
+                .message
+                .is_empty()
+        );
         assert!(SuccessMessage::parse(b"S=407A55").is_err());
         assert!(SuccessMessage::parse(b"M=hi").is_err());
 
-        let f = FailureMessage::parse(b"E=691 R=1 C=5B5D7C7D7B3F2F3E3C2C602132262628 V=3 M=Authentication failure, try again").unwrap();
+        let f = FailureMessage::parse(
+            b"E=691 R=1 C=5B5D7C7D7B3F2F3E3C2C602132262628 V=3 M=Authentication failure, try again",
+        )
+        .unwrap();
         assert_eq!(f.error, Some(691));
         assert!(f.retry);
         assert_eq!(f.challenge, Some(AUTH_CHALLENGE));
@@ -858,7 +1057,10 @@ mod tests {
         assert_eq!(f.message, "Authentication failure, try again");
         assert_eq!(FailureMessage::parse(&f.encode()).unwrap(), f);
         let minimal = FailureMessage::parse(b"E=648 R=0 V=3").unwrap();
-        assert_eq!((minimal.error, minimal.retry, minimal.message.as_str()), (Some(648), false, ""));
+        assert_eq!(
+            (minimal.error, minimal.retry, minimal.message.as_str()),
+            (Some(648), false, "")
+        );
         assert!(FailureMessage::parse(b"E=x R=0").is_err());
         assert!(FailureMessage::parse(b"E=691 R=2").is_err());
         assert!(FailureMessage::parse(b"E=691 C=12").is_err());
@@ -867,7 +1069,11 @@ mod tests {
     #[test]
     fn chap_packets_round_trip() {
         let pkts = [
-            ChapPacket::Challenge { id: 1, challenge: AUTH_CHALLENGE, name: b"pptpd".to_vec() },
+            ChapPacket::Challenge {
+                id: 1,
+                challenge: AUTH_CHALLENGE,
+                name: b"pptpd".to_vec(),
+            },
             ChapPacket::Response {
                 id: 1,
                 peer_challenge: PEER_CHALLENGE,
@@ -875,8 +1081,14 @@ mod tests {
                 flags: 0,
                 name: b"User".to_vec(),
             },
-            ChapPacket::Success { id: 1, message: AUTH_RESPONSE.as_bytes().to_vec() },
-            ChapPacket::Failure { id: 1, message: b"E=691 R=0 V=3".to_vec() },
+            ChapPacket::Success {
+                id: 1,
+                message: AUTH_RESPONSE.as_bytes().to_vec(),
+            },
+            ChapPacket::Failure {
+                id: 1,
+                message: b"E=691 R=0 V=3".to_vec(),
+            },
         ];
         for p in pkts {
             assert_eq!(ChapPacket::decode(&p.encode()).unwrap(), p);
@@ -898,13 +1110,17 @@ mod tests {
     }
 
     fn table() -> Credentials {
-        Arc::new(HashMap::from([("User".to_owned(), Secret::new("clientPass"))]))
+        Arc::new(HashMap::from([(
+            "User".to_owned(),
+            Secret::new("clientPass"),
+        )]))
     }
 
     fn exchange(user: &str, password: &str) -> (Option<ChapOutcome>, Option<AuthenticatorOutcome>) {
         let t0 = Instant::now();
         let mut server = MsChapAuthenticator::with_challenge(table(), "srv", AUTH_CHALLENGE, 9);
-        let mut client = MsChapClient::with_peer_challenge(user, Secret::new(password), PEER_CHALLENGE);
+        let mut client =
+            MsChapClient::with_peer_challenge(user, Secret::new(password), PEER_CHALLENGE);
         server.start(t0);
         for _ in 0..4 {
             while let Some(p) = server.poll_transmit() {
@@ -925,39 +1141,86 @@ mod tests {
                 // RFC 3079 §3.5.1 MasterKey for the same exchange.
                 assert_eq!(
                     master_key.0,
-                    [0xFD, 0xEC, 0xE3, 0x71, 0x7A, 0x8C, 0x83, 0x8C, 0xB3, 0x88, 0xE5, 0x27, 0xAE, 0x3C, 0xDD, 0x31]
+                    [
+                        0xFD, 0xEC, 0xE3, 0x71, 0x7A, 0x8C, 0x83, 0x8C, 0xB3, 0x88, 0xE5, 0x27,
+                        0xAE, 0x3C, 0xDD, 0x31
+                    ]
                 );
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(s, Some(AuthenticatorOutcome::Accepted { user: "User".into() }));
+        assert_eq!(
+            s,
+            Some(AuthenticatorOutcome::Accepted {
+                user: "User".into()
+            })
+        );
 
         let (c, s) = exchange("User", "wrong");
-        let Some(ChapOutcome::Failure(f)) = c else { panic!("{c:?}") };
+        let Some(ChapOutcome::Failure(f)) = c else {
+            panic!("{c:?}")
+        };
         assert_eq!(f.error, Some(691));
-        assert_eq!(s, Some(AuthenticatorOutcome::Rejected { user: "User".into() }));
+        assert_eq!(
+            s,
+            Some(AuthenticatorOutcome::Rejected {
+                user: "User".into()
+            })
+        );
 
         let (c, _) = exchange("nobody", "clientPass");
-        assert!(matches!(c, Some(ChapOutcome::Failure(FailureMessage { error: Some(691), .. }))));
+        assert!(matches!(
+            c,
+            Some(ChapOutcome::Failure(FailureMessage {
+                error: Some(691),
+                ..
+            }))
+        ));
     }
 
     #[test]
     fn client_refuses_a_forged_success() {
-        let mut client = MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
-        client.handle_input(&ChapPacket::Challenge { id: 3, challenge: AUTH_CHALLENGE, name: vec![] }.encode());
+        let mut client =
+            MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
+        client.handle_input(
+            &ChapPacket::Challenge {
+                id: 3,
+                challenge: AUTH_CHALLENGE,
+                name: vec![],
+            }
+            .encode(),
+        );
         assert!(client.poll_transmit().is_some());
         let forged = b"S=0000000000000000000000000000000000000000 M=welcome".to_vec();
         // A Success for another id is ignored; for ours it is checked and refused.
-        client.handle_input(&ChapPacket::Success { id: 4, message: forged.clone() }.encode());
+        client.handle_input(
+            &ChapPacket::Success {
+                id: 4,
+                message: forged.clone(),
+            }
+            .encode(),
+        );
         assert!(client.outcome().is_none());
-        client.handle_input(&ChapPacket::Success { id: 3, message: forged }.encode());
+        client.handle_input(
+            &ChapPacket::Success {
+                id: 3,
+                message: forged,
+            }
+            .encode(),
+        );
         assert_eq!(client.outcome(), Some(&ChapOutcome::BadAuthenticator));
     }
 
     #[test]
     fn retransmitted_challenge_gets_the_same_response() {
-        let mut client = MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
-        let c = ChapPacket::Challenge { id: 3, challenge: AUTH_CHALLENGE, name: vec![] }.encode();
+        let mut client =
+            MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
+        let c = ChapPacket::Challenge {
+            id: 3,
+            challenge: AUTH_CHALLENGE,
+            name: vec![],
+        }
+        .encode();
         client.handle_input(&c);
         let a = client.poll_transmit();
         client.handle_input(&c);
@@ -983,7 +1246,8 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug() {
-        let client = MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
+        let client =
+            MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
         let shown = format!("{client:?} {:?}", MasterKey([7; 16]));
         assert!(!shown.contains("clientPass"), "{shown}");
         assert!(!shown.contains("7, 7"), "{shown}");

@@ -404,7 +404,11 @@ impl<N: Negotiator> Fsm<N> {
         match self.state {
             State::Closed | State::Closing | State::Stopping => {
                 if self.state == State::Closed {
-                    self.send(CpPacket { code: TERMINATE_ACK, id: packet.id, data: vec![] });
+                    self.send(CpPacket {
+                        code: TERMINATE_ACK,
+                        id: packet.id,
+                        data: vec![],
+                    });
                 }
                 return;
             }
@@ -422,11 +426,19 @@ impl<N: Negotiator> Fsm<N> {
         let reply = match verdict {
             Verdict::Ack => {
                 self.failure_count = self.config.max_failure;
-                CpPacket { code: CONFIGURE_ACK, id: packet.id, data: packet.data.clone() }
+                CpPacket {
+                    code: CONFIGURE_ACK,
+                    id: packet.id,
+                    data: packet.data.clone(),
+                }
             }
             Verdict::Nak(opts) => {
                 self.failure_count = self.failure_count.saturating_sub(1);
-                CpPacket { code: CONFIGURE_NAK, id: packet.id, data: RawOption::encode_list(&opts) }
+                CpPacket {
+                    code: CONFIGURE_NAK,
+                    id: packet.id,
+                    data: RawOption::encode_list(&opts),
+                }
             }
             Verdict::Reject(opts) => CpPacket {
                 code: CONFIGURE_REJECT,
@@ -468,7 +480,11 @@ impl<N: Negotiator> Fsm<N> {
     fn rca(&mut self, packet: &CpPacket, now: Instant) {
         match self.state {
             State::Closed | State::Stopped => {
-                self.send(CpPacket { code: TERMINATE_ACK, id: packet.id, data: vec![] });
+                self.send(CpPacket {
+                    code: TERMINATE_ACK,
+                    id: packet.id,
+                    data: vec![],
+                });
                 return;
             }
             State::ReqSent | State::AckRcvd | State::AckSent | State::Opened => {}
@@ -512,7 +528,11 @@ impl<N: Negotiator> Fsm<N> {
     fn rcn(&mut self, packet: &CpPacket, now: Instant) {
         match self.state {
             State::Closed | State::Stopped => {
-                self.send(CpPacket { code: TERMINATE_ACK, id: packet.id, data: vec![] });
+                self.send(CpPacket {
+                    code: TERMINATE_ACK,
+                    id: packet.id,
+                    data: vec![],
+                });
                 return;
             }
             State::ReqSent | State::AckRcvd | State::AckSent | State::Opened => {}
@@ -553,7 +573,11 @@ impl<N: Negotiator> Fsm<N> {
     }
 
     fn rtr(&mut self, packet: &CpPacket, now: Instant) {
-        let ack = CpPacket { code: TERMINATE_ACK, id: packet.id, data: vec![] };
+        let ack = CpPacket {
+            code: TERMINATE_ACK,
+            id: packet.id,
+            data: vec![],
+        };
         match self.state {
             State::Closed | State::Stopped | State::Closing | State::Stopping => self.send(ack),
             State::ReqSent | State::AckRcvd | State::AckSent => {
@@ -626,7 +650,11 @@ impl<N: Negotiator> Fsm<N> {
         // Code-Reject carries the rejected packet, kept within a small frame.
         let data = bytes[..bytes.len().min(1400)].to_vec();
         let id = self.fresh_id();
-        self.send(CpPacket { code: CODE_REJECT, id, data });
+        self.send(CpPacket {
+            code: CODE_REJECT,
+            id,
+            data,
+        });
     }
 
     // ----- actions -----
@@ -665,14 +693,22 @@ impl<N: Negotiator> Fsm<N> {
         self.last_request = RawOption::encode_list(&options);
         self.req_id = self.fresh_id();
         let data = self.last_request.clone();
-        self.send(CpPacket { code: CONFIGURE_REQUEST, id: self.req_id, data });
+        self.send(CpPacket {
+            code: CONFIGURE_REQUEST,
+            id: self.req_id,
+            data,
+        });
         self.restart_count = self.restart_count.saturating_sub(1);
         self.timer = Some(now + self.config.restart);
     }
 
     fn str(&mut self, now: Instant) {
         self.term_id = self.fresh_id();
-        self.send(CpPacket { code: TERMINATE_REQUEST, id: self.term_id, data: vec![] });
+        self.send(CpPacket {
+            code: TERMINATE_REQUEST,
+            id: self.term_id,
+            data: vec![],
+        });
         self.restart_count = self.restart_count.saturating_sub(1);
         self.timer = Some(now + self.config.restart);
     }
@@ -698,15 +734,15 @@ impl<N: Negotiator> Fsm<N> {
     /// Applies a pending give-up (non-convergence, fatal negotiator verdict) and
     /// normalises the timer for the state reached.
     fn settle(&mut self) {
-        if self.give_up.is_none() {
-            if let Some(reason) = self.negotiator.fatal() {
-                if !matches!(
-                    self.state,
-                    State::Initial | State::Starting | State::Closed | State::Stopped
-                ) {
-                    self.give_up = Some(FinishReason::Fatal(reason));
-                }
-            }
+        let active = !matches!(
+            self.state,
+            State::Initial | State::Starting | State::Closed | State::Stopped
+        );
+        if self.give_up.is_none()
+            && active
+            && let Some(reason) = self.negotiator.fatal()
+        {
+            self.give_up = Some(FinishReason::Fatal(reason));
         }
         if let Some(reason) = self.give_up.take() {
             if self.state == State::Opened {

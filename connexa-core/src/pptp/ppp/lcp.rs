@@ -71,7 +71,10 @@ pub enum LcpOption {
 impl LcpOption {
     /// The Auth-Protocol option for MS-CHAPv2.
     pub fn mschapv2() -> Self {
-        LcpOption::AuthProtocol { protocol: super::PROTO_CHAP, data: vec![CHAP_MSCHAPV2] }
+        LcpOption::AuthProtocol {
+            protocol: super::PROTO_CHAP,
+            data: vec![CHAP_MSCHAPV2],
+        }
     }
 
     /// Types a raw option; malformed lengths give [`LcpOption::Other`].
@@ -80,9 +83,10 @@ impl LcpOption {
         match (raw.kind, d) {
             (OPT_MRU, &[a, b]) => LcpOption::Mru(u16::from_be_bytes([a, b])),
             (OPT_ACCM, &[a, b, c, e]) => LcpOption::Accm(u32::from_be_bytes([a, b, c, e])),
-            (OPT_AUTH, &[a, b, ref rest @ ..]) => {
-                LcpOption::AuthProtocol { protocol: u16::from_be_bytes([a, b]), data: rest.to_vec() }
-            }
+            (OPT_AUTH, &[a, b, ref rest @ ..]) => LcpOption::AuthProtocol {
+                protocol: u16::from_be_bytes([a, b]),
+                data: rest.to_vec(),
+            },
             (OPT_MAGIC, &[a, b, c, e]) => LcpOption::MagicNumber(u32::from_be_bytes([a, b, c, e])),
             (OPT_PFC, &[]) => LcpOption::Pfc,
             (OPT_ACFC, &[]) => LcpOption::Acfc,
@@ -109,7 +113,10 @@ impl LcpOption {
 }
 
 fn parse_options(data: &[u8]) -> Result<Vec<LcpOption>, PppError> {
-    Ok(RawOption::parse_list(data)?.iter().map(LcpOption::from_raw).collect())
+    Ok(RawOption::parse_list(data)?
+        .iter()
+        .map(LcpOption::from_raw)
+        .collect())
 }
 
 fn encode_options(options: &[LcpOption]) -> Vec<u8> {
@@ -120,21 +127,62 @@ fn encode_options(options: &[LcpOption]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)] // field names are the RFC's
 pub enum LcpPacket {
-    ConfigureRequest { id: u8, options: Vec<LcpOption> },
-    ConfigureAck { id: u8, options: Vec<LcpOption> },
-    ConfigureNak { id: u8, options: Vec<LcpOption> },
-    ConfigureReject { id: u8, options: Vec<LcpOption> },
-    TerminateRequest { id: u8, data: Vec<u8> },
-    TerminateAck { id: u8, data: Vec<u8> },
+    ConfigureRequest {
+        id: u8,
+        options: Vec<LcpOption>,
+    },
+    ConfigureAck {
+        id: u8,
+        options: Vec<LcpOption>,
+    },
+    ConfigureNak {
+        id: u8,
+        options: Vec<LcpOption>,
+    },
+    ConfigureReject {
+        id: u8,
+        options: Vec<LcpOption>,
+    },
+    TerminateRequest {
+        id: u8,
+        data: Vec<u8>,
+    },
+    TerminateAck {
+        id: u8,
+        data: Vec<u8>,
+    },
     /// The rejected packet, as received.
-    CodeReject { id: u8, rejected: Vec<u8> },
+    CodeReject {
+        id: u8,
+        rejected: Vec<u8>,
+    },
     /// The rejected protocol and the start of the rejected information field.
-    ProtocolReject { id: u8, protocol: u16, information: Vec<u8> },
-    EchoRequest { id: u8, magic: u32, data: Vec<u8> },
-    EchoReply { id: u8, magic: u32, data: Vec<u8> },
-    DiscardRequest { id: u8, magic: u32, data: Vec<u8> },
+    ProtocolReject {
+        id: u8,
+        protocol: u16,
+        information: Vec<u8>,
+    },
+    EchoRequest {
+        id: u8,
+        magic: u32,
+        data: Vec<u8>,
+    },
+    EchoReply {
+        id: u8,
+        magic: u32,
+        data: Vec<u8>,
+    },
+    DiscardRequest {
+        id: u8,
+        magic: u32,
+        data: Vec<u8>,
+    },
     /// A code LCP does not define.
-    Unknown { code: u8, id: u8, data: Vec<u8> },
+    Unknown {
+        code: u8,
+        id: u8,
+        data: Vec<u8>,
+    },
 }
 
 impl LcpPacket {
@@ -147,10 +195,22 @@ impl LcpPacket {
             Ok((u32::from_be_bytes(*m), rest.to_vec()))
         };
         Ok(match p.code {
-            1 => LcpPacket::ConfigureRequest { id, options: parse_options(&data)? },
-            2 => LcpPacket::ConfigureAck { id, options: parse_options(&data)? },
-            3 => LcpPacket::ConfigureNak { id, options: parse_options(&data)? },
-            4 => LcpPacket::ConfigureReject { id, options: parse_options(&data)? },
+            1 => LcpPacket::ConfigureRequest {
+                id,
+                options: parse_options(&data)?,
+            },
+            2 => LcpPacket::ConfigureAck {
+                id,
+                options: parse_options(&data)?,
+            },
+            3 => LcpPacket::ConfigureNak {
+                id,
+                options: parse_options(&data)?,
+            },
+            4 => LcpPacket::ConfigureReject {
+                id,
+                options: parse_options(&data)?,
+            },
             5 => LcpPacket::TerminateRequest { id, data },
             6 => LcpPacket::TerminateAck { id, data },
             7 => LcpPacket::CodeReject { id, rejected: data },
@@ -193,12 +253,18 @@ impl LcpPacket {
             LcpPacket::TerminateRequest { id, data } => (5, *id, data.clone()),
             LcpPacket::TerminateAck { id, data } => (6, *id, data.clone()),
             LcpPacket::CodeReject { id, rejected } => (7, *id, rejected.clone()),
-            LcpPacket::ProtocolReject { id, protocol, information } => {
+            LcpPacket::ProtocolReject {
+                id,
+                protocol,
+                information,
+            } => {
                 let mut v = protocol.to_be_bytes().to_vec();
                 v.extend_from_slice(information);
                 (PROTOCOL_REJECT, *id, v)
             }
-            LcpPacket::EchoRequest { id, magic, data } => (ECHO_REQUEST, *id, with_magic(magic, data)),
+            LcpPacket::EchoRequest { id, magic, data } => {
+                (ECHO_REQUEST, *id, with_magic(magic, data))
+            }
             LcpPacket::EchoReply { id, magic, data } => (ECHO_REPLY, *id, with_magic(magic, data)),
             LcpPacket::DiscardRequest { id, magic, data } => {
                 (DISCARD_REQUEST, *id, with_magic(magic, data))
@@ -415,16 +481,17 @@ impl Negotiator for LcpNegotiator {
         let mut naks = Vec::new();
         let mut rejects = Vec::new();
         let mut collided = false;
-        let mut next = LcpNegotiated { auth_acked: self.negotiated.auth_acked, ..Default::default() };
+        let mut next = LcpNegotiated {
+            auth_acked: self.negotiated.auth_acked,
+            ..Default::default()
+        };
         for raw in options {
             match LcpOption::from_raw(raw) {
                 LcpOption::Mru(v) if v >= 64 => next.peer_mru = Some(v),
                 LcpOption::Mru(_) => naks.push((raw.clone(), LcpOption::Mru(1500).to_raw())),
                 LcpOption::Accm(_) => {}
                 LcpOption::AuthProtocol { protocol, data } => match self.config.role {
-                    LcpRole::Client
-                        if protocol == super::PROTO_CHAP && data == [CHAP_MSCHAPV2] =>
-                    {
+                    LcpRole::Client if protocol == super::PROTO_CHAP && data == [CHAP_MSCHAPV2] => {
                         next.peer_auth = Some((protocol, data))
                     }
                     LcpRole::Client => naks.push((raw.clone(), LcpOption::mschapv2().to_raw())),
@@ -483,7 +550,11 @@ impl Negotiator for LcpNegotiator {
                 }
                 let mut data = self.magic().to_be_bytes().to_vec();
                 data.extend_from_slice(&packet.data[4..]);
-                Extended::Reply(Some(CpPacket { code: ECHO_REPLY, id: packet.id, data }))
+                Extended::Reply(Some(CpPacket {
+                    code: ECHO_REPLY,
+                    id: packet.id,
+                    data,
+                }))
             }
             ECHO_REPLY | DISCARD_REQUEST => Extended::Reply(None),
             PROTOCOL_REJECT => {
@@ -504,7 +575,8 @@ impl Negotiator for LcpNegotiator {
     }
 
     fn fatal(&self) -> Option<String> {
-        self.looped_back().then(|| "link is looped back (magic number collisions)".to_owned())
+        self.looped_back()
+            .then(|| "link is looped back (magic number collisions)".to_owned())
     }
 }
 
@@ -530,17 +602,55 @@ mod tests {
                     LcpOption::Other(RawOption::new(13, [6])),
                 ],
             },
-            LcpPacket::ConfigureAck { id: 2, options: vec![LcpOption::Pfc] },
-            LcpPacket::ConfigureNak { id: 3, options: vec![LcpOption::Mru(1500)] },
-            LcpPacket::ConfigureReject { id: 4, options: vec![LcpOption::Acfc] },
-            LcpPacket::TerminateRequest { id: 5, data: b"bye".to_vec() },
-            LcpPacket::TerminateAck { id: 6, data: vec![] },
-            LcpPacket::CodeReject { id: 7, rejected: vec![99, 1, 0, 4] },
-            LcpPacket::ProtocolReject { id: 8, protocol: 0x80FD, information: vec![1, 2] },
-            LcpPacket::EchoRequest { id: 9, magic: 1, data: b"x".to_vec() },
-            LcpPacket::EchoReply { id: 10, magic: 2, data: vec![] },
-            LcpPacket::DiscardRequest { id: 11, magic: 3, data: vec![0] },
-            LcpPacket::Unknown { code: 42, id: 12, data: vec![1] },
+            LcpPacket::ConfigureAck {
+                id: 2,
+                options: vec![LcpOption::Pfc],
+            },
+            LcpPacket::ConfigureNak {
+                id: 3,
+                options: vec![LcpOption::Mru(1500)],
+            },
+            LcpPacket::ConfigureReject {
+                id: 4,
+                options: vec![LcpOption::Acfc],
+            },
+            LcpPacket::TerminateRequest {
+                id: 5,
+                data: b"bye".to_vec(),
+            },
+            LcpPacket::TerminateAck {
+                id: 6,
+                data: vec![],
+            },
+            LcpPacket::CodeReject {
+                id: 7,
+                rejected: vec![99, 1, 0, 4],
+            },
+            LcpPacket::ProtocolReject {
+                id: 8,
+                protocol: 0x80FD,
+                information: vec![1, 2],
+            },
+            LcpPacket::EchoRequest {
+                id: 9,
+                magic: 1,
+                data: b"x".to_vec(),
+            },
+            LcpPacket::EchoReply {
+                id: 10,
+                magic: 2,
+                data: vec![],
+            },
+            LcpPacket::DiscardRequest {
+                id: 11,
+                magic: 3,
+                data: vec![0],
+            },
+            LcpPacket::Unknown {
+                code: 42,
+                id: 12,
+                data: vec![1],
+            },
         ];
         for p in pkts {
             assert_eq!(LcpPacket::decode(&p.encode()).unwrap(), p);
@@ -562,26 +672,52 @@ mod tests {
     #[test]
     fn client_policy_auth() {
         let mut n = client();
-        let pap = LcpOption::AuthProtocol { protocol: 0xC023, data: vec![] }.to_raw();
-        assert_eq!(n.check(&[pap.clone()], true), Verdict::Nak(vec![LcpOption::mschapv2().to_raw()]));
-        let md5 = LcpOption::AuthProtocol { protocol: 0xC223, data: vec![5] }.to_raw();
-        assert_eq!(n.check(&[md5], true), Verdict::Nak(vec![LcpOption::mschapv2().to_raw()]));
+        let pap = LcpOption::AuthProtocol {
+            protocol: 0xC023,
+            data: vec![],
+        }
+        .to_raw();
+        assert_eq!(
+            n.check(std::slice::from_ref(&pap), true),
+            Verdict::Nak(vec![LcpOption::mschapv2().to_raw()])
+        );
+        let md5 = LcpOption::AuthProtocol {
+            protocol: 0xC223,
+            data: vec![5],
+        }
+        .to_raw();
+        assert_eq!(
+            n.check(&[md5], true),
+            Verdict::Nak(vec![LcpOption::mschapv2().to_raw()])
+        );
         // Past Max-Failure the Nak becomes a Reject of the original option.
-        assert_eq!(n.check(&[pap.clone()], false), Verdict::Reject(vec![pap]));
-        let ok = [LcpOption::mschapv2().to_raw(), LcpOption::MagicNumber(5).to_raw(), LcpOption::Accm(0).to_raw()];
+        assert_eq!(
+            n.check(std::slice::from_ref(&pap), false),
+            Verdict::Reject(vec![pap])
+        );
+        let ok = [
+            LcpOption::mschapv2().to_raw(),
+            LcpOption::MagicNumber(5).to_raw(),
+            LcpOption::Accm(0).to_raw(),
+        ];
         assert_eq!(n.check(&ok, true), Verdict::Ack);
         assert_eq!(n.negotiated().peer_auth, Some((0xC223, vec![0x81])));
         assert_eq!(n.negotiated().peer_magic, Some(5));
         // Unknown options are rejected, and only they.
         let other = RawOption::new(17, [0, 1]);
-        assert_eq!(n.check(&[ok[0].clone(), other.clone()], true), Verdict::Reject(vec![other]));
+        assert_eq!(
+            n.check(&[ok[0].clone(), other.clone()], true),
+            Verdict::Reject(vec![other])
+        );
     }
 
     #[test]
     fn magic_collision_detects_loopback() {
         let mut n = client();
         let own = LcpOption::MagicNumber(n.magic()).to_raw();
-        let Verdict::Nak(naks) = n.check(&[own], true) else { panic!("expected Nak") };
+        let Verdict::Nak(naks) = n.check(&[own], true) else {
+            panic!("expected Nak")
+        };
         assert_eq!(naks.len(), 1);
         assert_ne!(n.magic(), 0x1111_1111, "we pick a new magic");
         assert!(n.fatal().is_none());
@@ -602,7 +738,9 @@ mod tests {
         fsm.up(t0);
         let mut finished = None;
         for _ in 0..50 {
-            let Some(out) = fsm.poll_transmit() else { break };
+            let Some(out) = fsm.poll_transmit() else {
+                break;
+            };
             fsm.handle_input(&out, t0);
             while let Some(e) = fsm.poll_event() {
                 if let FsmEvent::Finished(r) = e {
@@ -641,7 +779,10 @@ mod tests {
             }
         }
         assert_eq!(sent, cfg.max_configure as usize);
-        assert_eq!(finished, Some(crate::pptp::ppp::fsm::FinishReason::NoResponse));
+        assert_eq!(
+            finished,
+            Some(crate::pptp::ppp::fsm::FinishReason::NoResponse)
+        );
         assert_eq!(now - t0, cfg.restart * cfg.max_configure);
         assert!(now - t0 <= Duration::from_secs(30));
     }

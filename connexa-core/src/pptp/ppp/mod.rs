@@ -77,13 +77,19 @@ impl<'a> PppFrame<'a> {
         let first = *rest.first().ok_or(PppError::Truncated)?;
         if first & 1 == 1 {
             // Compressed one-octet protocol field (PFC).
-            return Ok(PppFrame { protocol: u16::from(first), information: &rest[1..] });
+            return Ok(PppFrame {
+                protocol: u16::from(first),
+                information: &rest[1..],
+            });
         }
         let second = *rest.get(1).ok_or(PppError::Truncated)?;
         if second & 1 == 0 {
             return Err(PppError::BadProtocol);
         }
-        Ok(PppFrame { protocol: u16::from_be_bytes([first, second]), information: &rest[2..] })
+        Ok(PppFrame {
+            protocol: u16::from_be_bytes([first, second]),
+            information: &rest[2..],
+        })
     }
 
     /// Encodes the frame. `acfc` omits the address/control field, `pfc` sends a
@@ -126,7 +132,11 @@ impl CpPacket {
             return Err(PppError::BadLength);
         }
         let data = bytes.get(4..len).ok_or(PppError::BadLength)?;
-        Ok(CpPacket { code: hdr[0], id: hdr[1], data: data.to_vec() })
+        Ok(CpPacket {
+            code: hdr[0],
+            id: hdr[1],
+            data: data.to_vec(),
+        })
     }
 
     /// Encodes the packet. Data is truncated at 65,531 octets (never reached by
@@ -154,7 +164,10 @@ pub struct RawOption {
 impl RawOption {
     /// A new option.
     pub fn new(kind: u8, data: impl Into<Vec<u8>>) -> Self {
-        RawOption { kind, data: data.into() }
+        RawOption {
+            kind,
+            data: data.into(),
+        }
     }
 
     /// Parses a whole option list; any option with length < 2 or overrunning the
@@ -170,7 +183,10 @@ impl RawOption {
                 return Err(PppError::BadLength);
             }
             let data = bytes.get(2..len).ok_or(PppError::BadLength)?;
-            out.push(RawOption { kind, data: data.to_vec() });
+            out.push(RawOption {
+                kind,
+                data: data.to_vec(),
+            });
             bytes = &bytes[len..];
         }
         Ok(out)
@@ -204,13 +220,22 @@ mod tests {
             let f = PppFrame::decode(b).unwrap();
             assert_eq!((f.protocol, f.information), (PROTO_IPV4, &[0x45][..]));
         }
-        let f = PppFrame { protocol: PROTO_IPV4, information: &[0x45] };
+        let f = PppFrame {
+            protocol: PROTO_IPV4,
+            information: &[0x45],
+        };
         assert_eq!(f.encode(true, true), both);
         assert_eq!(f.encode(false, false), full);
         // LCP is never compressed.
-        let l = PppFrame { protocol: PROTO_LCP, information: &[] };
+        let l = PppFrame {
+            protocol: PROTO_LCP,
+            information: &[],
+        };
         assert_eq!(l.encode(true, true), [0xFF, 0x03, 0xC0, 0x21]);
-        assert_eq!(PppFrame::decode(&[0xFF, 0x05, 0xC0, 0x21]), Err(PppError::BadAddressControl));
+        assert_eq!(
+            PppFrame::decode(&[0xFF, 0x05, 0xC0, 0x21]),
+            Err(PppError::BadAddressControl)
+        );
         assert_eq!(PppFrame::decode(&[0xC0, 0x20]), Err(PppError::BadProtocol));
         assert_eq!(PppFrame::decode(&[0xC0]), Err(PppError::Truncated));
     }
@@ -218,7 +243,14 @@ mod tests {
     #[test]
     fn cp_packet_padding_and_lengths() {
         let p = CpPacket::decode(&[1, 7, 0, 6, 0xAA, 0xBB, 0, 0, 0]).unwrap();
-        assert_eq!(p, CpPacket { code: 1, id: 7, data: vec![0xAA, 0xBB] });
+        assert_eq!(
+            p,
+            CpPacket {
+                code: 1,
+                id: 7,
+                data: vec![0xAA, 0xBB]
+            }
+        );
         assert_eq!(p.encode(), [1, 7, 0, 6, 0xAA, 0xBB]);
         assert_eq!(CpPacket::decode(&[1, 7, 0, 3]), Err(PppError::BadLength));
         assert_eq!(CpPacket::decode(&[1, 7, 0, 9, 0]), Err(PppError::BadLength));
