@@ -759,3 +759,260 @@ impl<N: Negotiator> Fsm<N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A toy policy: requests option 1 = [v]; accepts anything, takes Nak'd values.
+    #[derive(Debug, Default)]
+    struct Toy {
+        value: u8,
+        acked: bool,
+    }
+
+    impl Negotiator for Toy {
+        fn request(&mut self) -> Vec<RawOption> {
+            vec![RawOption::new(1, [self.value])]
+        }
+        fn acked(&mut self, _: &[RawOption]) {
+            self.acked = true;
+        }
+        fn naked(&mut self, options: &[RawOption]) {
+            if let Some(v) = options.first().and_then(|o| o.data.first()) {
+                self.value = *v;
+            }
+        }
+        fn rejected(&mut self, _: &[RawOption]) {}
+        fn check(&mut self, options: &[RawOption], may_nak: bool) -> Verdict {
+            // Insist on even values.
+            match options.first().and_then(|o| o.data.first()) {
+                Some(v) if v % 2 == 1 && may_nak => Verdict::Nak(vec![RawOption::new(1, [v + 1])]),
+                Some(v) if v % 2 == 1 => Verdict::Reject(options.to_vec()),
+                _ => Verdict::Ack,
+            }
+        }
+    }
+
+    fn events<N: Negotiator>(f: &mut Fsm<N>) -> Vec<FsmEvent> {
+        std::iter::from_fn(|| f.poll_event()).collect()
+    }
+
+    /// Exchanges packets instantly until both are quiet.
+    fn exchange(a: &mut Fsm<Toy>, b: &mut Fsm<Toy>, now: Instant) {
+        for _ in 0..100 {
+            let mut busy = false;
+            while let Some(p) = a.poll_transmit() {
+                busy = true;
+                b.handle_input(&p, now);
+            }
+            while let Some(p) = b.poll_transmit() {
+                busy = true;
+                a.handle_input(&p, now);
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    #[test]
+    fn two_automata_negotiate_with_a_nak_then_close_politely() {
+        let t0 = Instant::now();
+        let mut a = Fsm::new(
+            Toy {
+                value: 3,
+                acked: false,
+            },
+            FsmConfig::default(),
+        );
+        let mut b = Fsm::new(
+            Toy {
+                value: 4,
+                acked: false,
+            },
+            FsmConfig::default(),
+        );
+        for f in [&mut a, &mut b] {
+            f.open(t0);
+            f.up(t0);
+        }
+        exchange(&mut a, &mut b, t0);
+        assert_eq!((a.state(), b.state()), (State::Opened, State::Opened));
+        assert_eq!(a.negotiator().value, 4, "a took b's Nak");
+        assert!(a.negotiator().acked && b.negotiator().acked);
+        assert!(events(&mut a).contains(&FsmEvent::Up));
+        assert!(events(&mut b).contains(&FsmEvent::Up));
+        assert_eq!(a.poll_timeout(), None, "no timer in Opened");
+
+        a.close(t0);
+        exchange(&mut a, &mut b, t0);
+        assert_eq!(a.state(), State::Closed);
+        assert_eq!(
+            events(&mut a),
+            vec![FsmEvent::Down, FsmEvent::Finished(FinishReason::Closed)]
+        );
+        // b acked the Terminate-Request and waits one restart period (zrc).
+        assert_eq!(b.state(), State::Stopping);
+        assert_eq!(events(&mut b), vec![FsmEvent::Down]);
+        let t = b.poll_timeout().expect("zrc timer");
+        assert_eq!(t - t0, Duration::from_secs(3));
+        b.handle_timeout(t);
+        assert_eq!(b.state(), State::Stopped);
+        assert_eq!(
+            events(&mut b),
+            vec![FsmEvent::Finished(FinishReason::PeerTerminated)]
+        );
+    }
+
+    #[test]
+    fn close_towards_a_silent_peer_ends_after_max_terminate() {
+        let t0 = Instant::now();
+        let mut a = Fsm::new(
+            Toy {
+                value: 2,
+                acked: false,
+            },
+            FsmConfig::default(),
+        );
+        a.open(t0);
+        a.up(t0);
+        a.close(t0);
+        let mut terminates = 0;
+        let mut now = t0;
+        loop {
+            while let Some(p) = a.poll_transmit() {
+                if p[0] == TERMINATE_REQUEST {
+                    terminates += 1;
+                }
+            }
+            let Some(t) = a.poll_timeout() else { break };
+            now = t;
+            a.handle_timeout(now);
+        }
+        assert_eq!(terminates, 2);
+        assert_eq!(now - t0, Duration::from_secs(6));
+        assert_eq!(a.state(), State::Closed);
+        assert!(events(&mut a).contains(&FsmEvent::Finished(FinishReason::Closed)));
+    }
+
+    #[test]
+    fn max_failure_turns_naks_into_rejects() {
+        let t0 = Instant::now();
+        let cfg = FsmConfig {
+            max_failure: 2,
+            ..FsmConfig::default()
+        };
+        let mut a = Fsm::new(
+            Toy {
+                value: 2,
+                acked: false,
+            },
+            cfg,
+        );
+        a.open(t0);
+        a.up(t0);
+        let _ = a.poll_transmit();
+        let odd = CpPacket {
+            code: CONFIGURE_REQUEST,
+            id: 50,
+            data: RawOption::encode_list(&[RawOption::new(1, [7])]),
+        };
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            a.handle_input(&odd.encode(), t0);
+            while let Some(p) = a.poll_transmit() {
+                codes.push(p[0]);
+            }
+        }
+        assert_eq!(
+            codes,
+            vec![
+                CONFIGURE_NAK,
+                CONFIGURE_NAK,
+                CONFIGURE_REJECT,
+                CONFIGURE_REJECT
+            ]
+        );
+    }
+
+    #[test]
+    fn stale_or_altered_acks_are_ignored_and_unknown_codes_rejected() {
+        let t0 = Instant::now();
+        let mut a = Fsm::new(
+            Toy {
+                value: 2,
+                acked: false,
+            },
+            FsmConfig::default(),
+        );
+        a.open(t0);
+        a.up(t0);
+        let req = CpPacket::decode(&a.poll_transmit().unwrap()).unwrap();
+        // Wrong id, then altered options: both ignored.
+        a.handle_input(
+            &CpPacket {
+                code: CONFIGURE_ACK,
+                id: req.id.wrapping_add(1),
+                data: req.data.clone(),
+            }
+            .encode(),
+            t0,
+        );
+        a.handle_input(
+            &CpPacket {
+                code: CONFIGURE_ACK,
+                id: req.id,
+                data: vec![1, 3, 9],
+            }
+            .encode(),
+            t0,
+        );
+        assert_eq!(a.state(), State::ReqSent);
+        a.handle_input(
+            &CpPacket {
+                code: CONFIGURE_ACK,
+                id: req.id,
+                data: req.data,
+            }
+            .encode(),
+            t0,
+        );
+        assert_eq!(a.state(), State::AckRcvd);
+        a.handle_input(&[99, 1, 0, 5, 0xAB], t0);
+        let cr = CpPacket::decode(&a.poll_transmit().unwrap()).unwrap();
+        assert_eq!((cr.code, cr.data), (CODE_REJECT, vec![99, 1, 0, 5, 0xAB]));
+    }
+
+    #[test]
+    fn a_peer_that_always_naks_ends_as_not_converging() {
+        let t0 = Instant::now();
+        let cfg = FsmConfig::default();
+        let mut a = Fsm::new(
+            Toy {
+                value: 2,
+                acked: false,
+            },
+            cfg,
+        );
+        a.open(t0);
+        a.up(t0);
+        let mut sent = 0;
+        while let Some(p) = a.poll_transmit() {
+            let req = CpPacket::decode(&p).unwrap();
+            if req.code == CONFIGURE_REQUEST {
+                sent += 1;
+                let nak = CpPacket {
+                    code: CONFIGURE_NAK,
+                    id: req.id,
+                    data: RawOption::encode_list(&[RawOption::new(1, [sent as u8])]),
+                };
+                a.handle_input(&nak.encode(), t0);
+            }
+        }
+        assert_eq!(sent, cfg.max_requests);
+        assert_eq!(a.state(), State::Stopped);
+        assert!(events(&mut a).contains(&FsmEvent::Finished(FinishReason::NotConverging)));
+    }
+}
