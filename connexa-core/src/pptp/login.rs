@@ -680,4 +680,6 @@ impl LoginServer {
 }
 
 #[cfg(test)]
+mod pppd_vectors;
+#[cfg(test)]
 mod tests;
