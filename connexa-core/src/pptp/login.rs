@@ -303,6 +303,25 @@ impl LoginClient {
         self.pump(now);
     }
 
+    /// Sends an LCP Echo-Request (liveness check) if LCP is open; returns its id.
+    /// Replies are reported by [`LoginClient::take_echo_replies`].
+    pub fn send_echo_request(&mut self, now: Instant) -> Option<u8> {
+        if self.lcp.state() != State::Opened {
+            return None;
+        }
+        let magic = self.lcp.negotiator().magic();
+        let id = self
+            .lcp
+            .send_extended(super::ppp::lcp::ECHO_REQUEST, magic.to_be_bytes().to_vec());
+        self.pump(now);
+        Some(id)
+    }
+
+    /// Ids of the LCP Echo-Replies received since the last call (oldest first).
+    pub fn take_echo_replies(&mut self) -> Vec<u8> {
+        self.lcp.negotiator_mut().take_echo_replies()
+    }
+
     /// Closes the link politely (LCP Terminate-Request, retransmitted up to
     /// Max-Terminate times).
     pub fn close(&mut self, now: Instant) {

@@ -63,6 +63,14 @@ fn drive(
                 flight.push((now + LATENCY, false, f));
             }
         }
+        // A successful login leaves the link up: stop once both sides agree and
+        // nothing is in flight.
+        if client.phase() == LoginPhase::Authenticated
+            && server.outcome().is_some()
+            && flight.is_empty()
+        {
+            return Run { now, client_frames };
+        }
         let next = [
             flight.iter().map(|(t, ..)| *t).min(),
             client.poll_timeout(),
@@ -87,13 +95,6 @@ fn drive(
         }
         client.handle_timeout(now);
         server.handle_timeout(now);
-        // A successful login leaves the link up: stop once both sides agree.
-        if client.phase() == LoginPhase::Authenticated
-            && server.outcome().is_some()
-            && flight.is_empty()
-        {
-            return Run { now, client_frames };
-        }
     }
     panic!("the login did not end within 100,000 steps");
 }
@@ -133,6 +134,12 @@ fn right_password_logs_in_and_verifies_the_server() {
     let n = c.lcp().negotiator().negotiated();
     assert_eq!(n.peer_auth, Some((PROTO_CHAP, vec![0x81])));
     assert!(n.send_pfc && n.send_acfc);
+
+    // LCP echo works both ways once logged in (liveness for the tunnel).
+    let id = c.send_echo_request(run.now).expect("LCP is open");
+    let run = drive(&mut c, &mut s, run.now, None);
+    assert_eq!(c.take_echo_replies(), vec![id]);
+    assert!(c.take_echo_replies().is_empty(), "drained");
 
     // Closing afterwards is polite and completes on both sides.
     c.close(run.now);

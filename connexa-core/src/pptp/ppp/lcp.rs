@@ -360,6 +360,7 @@ pub struct LcpNegotiator {
     loop_collisions: u32,
     negotiated: LcpNegotiated,
     protocol_rejects: Vec<u16>,
+    echo_replies: Vec<u8>,
 }
 
 impl LcpNegotiator {
@@ -377,6 +378,7 @@ impl LcpNegotiator {
             loop_collisions: 0,
             negotiated: LcpNegotiated::default(),
             protocol_rejects: Vec::new(),
+            echo_replies: Vec::new(),
             config,
         }
     }
@@ -394,6 +396,13 @@ impl LcpNegotiator {
     /// Protocols the peer rejected with Protocol-Reject, oldest first (drained).
     pub fn take_protocol_rejects(&mut self) -> Vec<u16> {
         std::mem::take(&mut self.protocol_rejects)
+    }
+
+    /// Ids of Echo-Replies received in the Opened state (at most the last 16),
+    /// oldest first (drained). Replies carrying our own magic number are not
+    /// counted: they mean a looped-back link.
+    pub fn take_echo_replies(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.echo_replies)
     }
 
     /// Whether the link was detected as looped back.
@@ -556,7 +565,22 @@ impl Negotiator for LcpNegotiator {
                     data,
                 }))
             }
-            ECHO_REPLY | DISCARD_REQUEST => Extended::Reply(None),
+            ECHO_REPLY => {
+                if let Some((magic, _)) = packet.data.split_first_chunk::<4>() {
+                    let magic = u32::from_be_bytes(*magic);
+                    if self.want_magic && magic == self.magic {
+                        // Our own echo came back: looped back.
+                        self.loop_collisions += 1;
+                    } else if opened {
+                        self.echo_replies.push(packet.id);
+                        if self.echo_replies.len() > 16 {
+                            self.echo_replies.remove(0);
+                        }
+                    }
+                }
+                Extended::Reply(None)
+            }
+            DISCARD_REQUEST => Extended::Reply(None),
             PROTOCOL_REJECT => {
                 let Some((proto, _)) = packet.data.split_first_chunk::<2>() else {
                     return Extended::Reply(None);
