@@ -280,16 +280,25 @@ impl LoginClient {
 
     /// When [`LoginClient::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.lcp.poll_timeout(), self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let chap = if self.phase == LoginPhase::Authenticate {
+            self.chap.poll_timeout()
+        } else {
+            None
+        };
+        [self.lcp.poll_timeout(), self.deadline, chap]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Timers: LCP restart timer and the phase deadlines.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.lcp.handle_timeout(now);
         self.pump(now);
+        if self.phase == LoginPhase::Authenticate {
+            self.chap.handle_timeout(now);
+            self.check_chap(now);
+        }
         if self.deadline.is_some_and(|d| now >= d) {
             self.deadline = None;
             match self.phase {
@@ -341,19 +350,38 @@ impl LoginClient {
         match f.protocol {
             PROTO_LCP => {
                 let terminate = CpPacket::decode(f.information)
-                    .is_ok_and(|p| p.code == super::ppp::fsm::TERMINATE_REQUEST);
+                    .ok()
+                    .filter(|p| p.code == super::ppp::fsm::TERMINATE_REQUEST);
                 self.lcp.handle_input(f.information, now);
-                if terminate
-                    && matches!(self.phase, LoginPhase::Establish | LoginPhase::Authenticate)
-                {
+                if let Some(t) = terminate {
                     // The peer gave up on us before the login finished: stop too
                     // (the Terminate-Ack was sent by the automaton).
-                    self.fail(LoginOutcome::LcpFailed(LcpFailure::PeerTerminated), now);
+                    match self.phase {
+                        LoginPhase::Authenticate if self.chap.has_responded() => {
+                            // The server saw our Response and hung up: a rejection
+                            // whose Failure packet was lost or never sent (pppd
+                            // sends Failure, then Terminate "Authentication failed").
+                            let text: String =
+                                String::from_utf8_lossy(&t.data).chars().take(80).collect();
+                            self.fail(
+                                LoginOutcome::AuthRejected {
+                                    code: None,
+                                    retry: false,
+                                    message: format!("link terminated after our Response: {text}"),
+                                },
+                                now,
+                            );
+                        }
+                        LoginPhase::Establish | LoginPhase::Authenticate => {
+                            self.fail(LoginOutcome::LcpFailed(LcpFailure::PeerTerminated), now)
+                        }
+                        _ => {}
+                    }
                 }
             }
             PROTO_CHAP => match self.phase {
                 LoginPhase::Authenticate => {
-                    self.chap.handle_input(f.information);
+                    self.chap.handle_input(f.information, now);
                     self.check_chap(now);
                 }
                 LoginPhase::Establish => self.early_chap = Some(f.information.to_vec()),
@@ -445,7 +473,7 @@ impl LoginClient {
                         self.phase = LoginPhase::Authenticate;
                         self.deadline = Some(now + self.auth_timeout);
                         if let Some(early) = self.early_chap.take() {
-                            self.chap.handle_input(&early);
+                            self.chap.handle_input(&early, now);
                             self.check_chap(now);
                         }
                     } else {

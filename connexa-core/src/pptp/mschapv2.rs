@@ -588,7 +588,16 @@ pub struct MsChapClient {
     answered: Option<Answered>,
     transmit: Vec<Vec<u8>>,
     outcome: Option<ChapOutcome>,
+    timer: Option<Instant>,
+    resends_left: u32,
 }
+
+/// How long the client waits for Success/Failure before repeating its Response.
+const RESPONSE_RESEND: Duration = Duration::from_secs(3);
+/// How many times the client repeats a Response (RFC 1994 §4.1 obliges the
+/// authenticator to answer repeated Responses, so a lost Success/Failure is
+/// recovered instead of ending as a timeout).
+const RESPONSE_RESENDS: u32 = 4;
 
 impl MsChapClient {
     /// A client for `username` / `password`, with the given 16-octet peer challenge
@@ -605,6 +614,8 @@ impl MsChapClient {
             answered: None,
             transmit: Vec::new(),
             outcome: None,
+            timer: None,
+            resends_left: 0,
         }
     }
 
@@ -623,9 +634,37 @@ impl MsChapClient {
         (!self.transmit.is_empty()).then(|| self.transmit.remove(0))
     }
 
+    /// Whether a Response has been sent (the server has seen our credentials).
+    pub fn has_responded(&self) -> bool {
+        self.answered.is_some()
+    }
+
+    /// When [`MsChapClient::handle_timeout`] must be called (a Response awaits its
+    /// Success/Failure).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timer
+    }
+
+    /// Repeats the Response if no Success/Failure came (at most 4 times, every 3 s).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.timer {
+            Some(t) if now >= t => {}
+            _ => return,
+        }
+        self.timer = None;
+        if self.outcome.is_some() || self.resends_left == 0 {
+            return;
+        }
+        if let Some(a) = &self.answered {
+            self.transmit.push(a.packet.clone());
+            self.resends_left -= 1;
+            self.timer = Some(now + RESPONSE_RESEND);
+        }
+    }
+
     /// A CHAP packet arrived. Malformed packets and packets that do not match the
     /// outstanding exchange are ignored.
-    pub fn handle_input(&mut self, bytes: &[u8]) {
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
         if self.outcome.is_some() {
             return;
         }
@@ -640,6 +679,7 @@ impl MsChapClient {
                 {
                     // A retransmitted challenge: send the same response again.
                     self.transmit.push(a.packet.clone());
+                    self.timer = Some(now + RESPONSE_RESEND);
                     return;
                 }
                 let nt = generate_nt_response(
@@ -663,6 +703,8 @@ impl MsChapClient {
                     packet: resp.clone(),
                 });
                 self.transmit.push(resp);
+                self.timer = Some(now + RESPONSE_RESEND);
+                self.resends_left = RESPONSE_RESENDS;
             }
             ChapPacket::Success { id, message } => {
                 let Some(Answered {
@@ -678,6 +720,7 @@ impl MsChapClient {
                     return;
                 }
                 let password = self.password.expose();
+                self.timer = None;
                 self.outcome = Some(match SuccessMessage::parse(&message) {
                     Ok(s) => {
                         let mut wire = b"S=".to_vec();
@@ -716,6 +759,7 @@ impl MsChapClient {
                     version: None,
                     message: String::from_utf8_lossy(&message).into_owned(),
                 });
+                self.timer = None;
                 self.outcome = Some(ChapOutcome::Failure(f));
             }
             ChapPacket::Response { .. } => {}
@@ -1124,7 +1168,7 @@ mod tests {
         server.start(t0);
         for _ in 0..4 {
             while let Some(p) = server.poll_transmit() {
-                client.handle_input(&p);
+                client.handle_input(&p, t0);
             }
             while let Some(p) = client.poll_transmit() {
                 server.handle_input(&p);
@@ -1189,6 +1233,7 @@ mod tests {
                 name: vec![],
             }
             .encode(),
+            Instant::now(),
         );
         assert!(client.poll_transmit().is_some());
         let forged = b"S=0000000000000000000000000000000000000000 M=welcome".to_vec();
@@ -1199,6 +1244,7 @@ mod tests {
                 message: forged.clone(),
             }
             .encode(),
+            Instant::now(),
         );
         assert!(client.outcome().is_none());
         client.handle_input(
@@ -1207,6 +1253,7 @@ mod tests {
                 message: forged,
             }
             .encode(),
+            Instant::now(),
         );
         assert_eq!(client.outcome(), Some(&ChapOutcome::BadAuthenticator));
     }
@@ -1221,9 +1268,9 @@ mod tests {
             name: vec![],
         }
         .encode();
-        client.handle_input(&c);
+        client.handle_input(&c, Instant::now());
         let a = client.poll_transmit();
-        client.handle_input(&c);
+        client.handle_input(&c, Instant::now());
         assert_eq!(client.poll_transmit(), a);
     }
 
@@ -1262,7 +1309,7 @@ mod tests {
             let _ = SuccessMessage::parse(&bytes);
             let _ = FailureMessage::parse(&bytes);
             let mut client = MsChapClient::with_peer_challenge("u", Secret::new("p"), [1; 16]);
-            client.handle_input(&bytes);
+            client.handle_input(&bytes, Instant::now());
         }
 
         #[test]

@@ -82,11 +82,11 @@ fn replay(
     pc.copy_from_slice(&hex(peer_challenge));
     let mut client = MsChapClient::with_peer_challenge("alice", Secret::new(password), pc);
     // pppd applies ACFC to CHAP frames: the captures start with the protocol field.
-    client.handle_input(&hex(challenge)[2..]);
+    client.handle_input(&hex(challenge)[2..], Instant::now());
     let sent = client.poll_transmit().unwrap();
     // Byte for byte the Response pppd received (and, for the right password, accepted).
     assert_eq!(sent, hex(response)[4..]);
-    client.handle_input(&hex(result)[2..]);
+    client.handle_input(&hex(result)[2..], Instant::now());
     client.outcome().cloned().unwrap()
 }
 

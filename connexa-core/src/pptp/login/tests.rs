@@ -626,3 +626,166 @@ fn lcp_packet_helper_is_consistent() {
         }
     );
 }
+
+// ---------------------------------------------------------------------------
+// Lossy, reordering, duplicating link
+// ---------------------------------------------------------------------------
+
+/// What the link does to the n-th frame: extra delay (ms) and 0, 1 or 2 copies.
+fn link_strategy() -> impl Strategy<Value = Vec<(u16, u8)>> {
+    proptest::collection::vec(
+        (
+            0u16..400,
+            prop_oneof![1 => Just(0u8), 6 => Just(1u8), 1 => Just(2u8)],
+        ),
+        1..40,
+    )
+}
+
+/// Runs a full login over the hostile link; returns the client's outcome and
+/// whether the client ended in a stable state.
+fn lossy_login(
+    password: &str,
+    link: &[(u16, u8)],
+    seed: [u8; 32],
+) -> (Option<LoginOutcome>, bool, Duration) {
+    let t0 = Instant::now();
+    let mut c = LoginClient::with_seed(LoginConfig::new("alice", Secret::new(password)), seed, t0);
+    let mut s = LoginServer::with_seed(ServerConfig::new(table()), [seed[0] ^ 0x55; 32], t0);
+    let mut now = t0;
+    let mut flight: Vec<(Instant, bool, Vec<u8>)> = Vec::new();
+    let mut n = 0usize;
+    for _ in 0..100_000 {
+        let mut out: Vec<(bool, Vec<u8>)> = Vec::new();
+        while let Some(f) = c.poll_transmit() {
+            out.push((true, f));
+        }
+        while let Some(f) = s.poll_transmit() {
+            out.push((false, f));
+        }
+        for (to_server, f) in out {
+            // The script repeats; after it, the link is clean (so logins can finish).
+            let (delay, copies) = if n < link.len() * 3 {
+                link[n % link.len()]
+            } else {
+                (0, 1)
+            };
+            n += 1;
+            for k in 0..copies {
+                let at = now + LATENCY + Duration::from_millis(u64::from(delay) + 7 * u64::from(k));
+                flight.push((at, to_server, f.clone()));
+            }
+        }
+        let stable =
+            c.is_done() || (c.phase() == LoginPhase::Authenticated && s.outcome().is_some());
+        if stable && flight.is_empty() {
+            return (c.outcome().cloned(), true, now - t0);
+        }
+        let next = [
+            flight.iter().map(|(t, ..)| *t).min(),
+            c.poll_timeout(),
+            s.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else {
+            return (c.outcome().cloned(), stable, now - t0);
+        };
+        now = next.max(now);
+        let (due, rest): (Vec<_>, Vec<_>) = flight.into_iter().partition(|(t, ..)| *t <= now);
+        flight = rest;
+        for (_, to_server, f) in due {
+            if to_server {
+                s.handle_input(&f, now);
+            } else {
+                c.handle_input(&f, now);
+            }
+        }
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+    }
+    (c.outcome().cloned(), false, now - t0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Loss, duplication and reordering never turn a right password into a
+    /// rejection or a wrong one into a success; every login ends in bounded time.
+    #[test]
+    fn hostile_link_never_lies_and_always_ends(link in link_strategy(), seed: [u8; 32], right: bool) {
+        let (outcome, stable, took) = lossy_login(if right { "s3cret" } else { "nope" }, &link, seed);
+        prop_assert!(stable, "did not settle: {:?}", outcome);
+        prop_assert!(took <= Duration::from_secs(40 + 15 + 10), "took {:?}", took);
+        match outcome {
+            Some(LoginOutcome::Success { .. }) => prop_assert!(right, "wrong password accepted"),
+            Some(LoginOutcome::AuthRejected { .. }) => prop_assert!(!right, "right password rejected"),
+            Some(LoginOutcome::LcpFailed(_) | LoginOutcome::AuthTimeout) => {}
+            other => prop_assert!(false, "unexpected outcome {:?}", other),
+        }
+    }
+}
+
+#[test]
+fn a_clean_link_always_logs_in() {
+    // The hostile-link property must not be vacuous: with a clean link every run
+    // succeeds.
+    for seed in 0..20u8 {
+        let (outcome, stable, _) = lossy_login("s3cret", &[(0, 1)], [seed; 32]);
+        assert!(
+            stable && outcome.as_ref().is_some_and(LoginOutcome::is_success),
+            "{outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn lost_failure_then_terminate_is_still_a_rejection() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client("alice", "wrong", t0), server(t0));
+    let tamper: Tamper = Box::new(|to_server, _, f| {
+        let failure = PppFrame::decode(&f)
+            .is_ok_and(|fr| fr.protocol == PROTO_CHAP && fr.information.first() == Some(&4));
+        (to_server || !failure).then_some(f)
+    });
+    drive(&mut c, &mut s, t0, Some(tamper));
+    match c.outcome() {
+        Some(LoginOutcome::AuthRejected {
+            code: None,
+            message,
+            ..
+        }) => {
+            assert!(
+                message.starts_with("link terminated after our Response"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.is_done());
+}
+
+#[test]
+fn lost_success_is_recovered_by_repeating_the_response() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client("alice", "s3cret", t0), server(t0));
+    let mut dropped = 0;
+    let tamper: Tamper = Box::new(move |to_server, _, f| {
+        let success = PppFrame::decode(&f)
+            .is_ok_and(|fr| fr.protocol == PROTO_CHAP && fr.information.first() == Some(&3));
+        if !to_server && success && dropped < 2 {
+            dropped += 1;
+            return None;
+        }
+        Some(f)
+    });
+    let run = drive(&mut c, &mut s, t0, Some(tamper));
+    assert!(
+        c.outcome().is_some_and(LoginOutcome::is_success),
+        "{:?}",
+        c.outcome()
+    );
+    // Two lost Successes: the Response was repeated twice, 3 s apart.
+    assert!(run.now - t0 >= Duration::from_secs(6), "{:?}", run.now - t0);
+}
