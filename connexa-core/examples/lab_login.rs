@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use connexa_core::domain::Secret;
-use connexa_core::pptp::gre::{GrePacket, parse_ipv4_gre};
+use connexa_core::pptp::gre::{Accepted, GreSession, parse_ipv4_gre};
 use connexa_core::pptp::login::{LoginClient, LoginConfig, LoginOutcome};
 
 fn main() {
@@ -51,26 +51,13 @@ fn main() {
         LoginConfig::new(a[3].clone(), Secret::new(a[4].clone())),
         t0,
     );
-    let (mut seq, mut last_rx, mut acked): (u32, Option<u32>, Option<u32>) = (0, None, None);
+    let mut gre = GreSession::new(our_call, peer_call, Duration::from_millis(100));
     let mut reported = false;
     loop {
         while let Some(f) = c.poll_transmit() {
             eprintln!("TX {:02x?}", &f[..]);
-            let ack = if last_rx != acked {
-                acked = last_rx;
-                last_rx
-            } else {
-                None
-            };
-            let g = GrePacket {
-                call_id: peer_call,
-                seq: Some(seq),
-                ack,
-                payload: &f,
-            }
-            .encode()
-            .unwrap();
-            seq += 1;
+            let mut g = Vec::new();
+            gre.encode(&f, &mut g).unwrap();
             out.write_all(&(g.len() as u16).to_be_bytes()).unwrap();
             out.write_all(&g).unwrap();
             out.flush().unwrap();
@@ -109,18 +96,16 @@ fn main() {
             .min(Duration::from_secs(1));
         match rx.recv_timeout(wait) {
             Ok(d) => match parse_ipv4_gre(&d) {
-                Ok(p) if p.source == server && p.gre.call_id == our_call => {
-                    if let Some(s) = p.gre.seq {
-                        last_rx = Some(s);
-                    }
-                    if !p.gre.payload.is_empty() {
+                Ok(p) if p.source == server => match gre.accept(&p.gre, Instant::now()) {
+                    Accepted::Payload(payload) => {
                         eprintln!(
                             "RX seq={:?} ack={:?} {:02x?}",
-                            p.gre.seq, p.gre.ack, p.gre.payload
+                            p.gre.seq, p.gre.ack, payload
                         );
-                        c.handle_input(p.gre.payload, Instant::now());
+                        c.handle_input(payload, Instant::now());
                     }
-                }
+                    other => eprintln!("GRE {other:?} seq={:?} ack={:?}", p.gre.seq, p.gre.ack),
+                },
                 Ok(p) => eprintln!("ignored GRE from {} call {}", p.source, p.gre.call_id),
                 Err(e) => eprintln!("bad datagram: {e}"),
             },
@@ -128,5 +113,10 @@ fn main() {
             Err(_) => return,
         }
         c.handle_timeout(Instant::now());
+        if let Some(ack) = gre.poll_ack_only(Instant::now()) {
+            out.write_all(&(ack.len() as u16).to_be_bytes()).unwrap();
+            out.write_all(&ack).unwrap();
+            out.flush().unwrap();
+        }
     }
 }

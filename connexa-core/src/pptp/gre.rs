@@ -18,6 +18,8 @@
 //! type is `0x880B` (PPP). Decoding is strict and never panics: anything else is a
 //! [`GreError`].
 //!
+//! [`GreSession`] keeps one call's sequence and acknowledgment numbers.
+//!
 //! [`parse_ipv4_gre`] additionally unwraps a raw IPv4 datagram as a raw
 //! `IPPROTO_GRE` socket delivers it (IP header included), so the socket layer can
 //! demultiplex by `(source address, call id)`.
@@ -236,6 +238,121 @@ pub fn parse_ipv4_gre(datagram: &[u8]) -> Result<Ipv4Gre<'_>, GreError> {
     })
 }
 
+/// What [`GreSession::accept`] made of an inbound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted<'a> {
+    /// A new in-sequence (or later) payload for PPP.
+    Payload(&'a [u8]),
+    /// An acknowledgment without payload (nothing for PPP).
+    AckOnly,
+    /// A duplicate or older sequence number: dropped (RFC 2637 §4.3 lets the
+    /// receiver discard out-of-order packets).
+    Stale,
+    /// Not for this call (another call id).
+    WrongCall,
+}
+
+/// The sequence/acknowledgment bookkeeping of one call's GRE data channel,
+/// sans-IO: numbering outbound payloads, piggy-backing acknowledgments, dropping
+/// stale packets, and sending an ack-only packet when nothing else carries the
+/// acknowledgment within `ack_delay`.
+#[derive(Debug, Clone)]
+pub struct GreSession {
+    our_call_id: u16,
+    peer_call_id: u16,
+    next_seq: u32,
+    highest_rx: Option<u32>,
+    acked_rx: Option<u32>,
+    ack_deadline: Option<std::time::Instant>,
+    ack_delay: std::time::Duration,
+}
+
+impl GreSession {
+    /// A session for a call: `our_call_id` is what the peer puts in the key of
+    /// packets to us; `peer_call_id` goes into the key of packets we send.
+    pub fn new(our_call_id: u16, peer_call_id: u16, ack_delay: std::time::Duration) -> Self {
+        GreSession {
+            our_call_id,
+            peer_call_id,
+            next_seq: 0,
+            highest_rx: None,
+            acked_rx: None,
+            ack_deadline: None,
+            ack_delay,
+        }
+    }
+
+    fn pending_ack(&mut self) -> Option<u32> {
+        if self.highest_rx != self.acked_rx {
+            self.acked_rx = self.highest_rx;
+            self.ack_deadline = None;
+            self.highest_rx
+        } else {
+            None
+        }
+    }
+
+    /// Appends the GRE packet carrying `payload` (a PPP frame) to `out`, with the
+    /// next sequence number and any pending acknowledgment.
+    pub fn encode(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), GreError> {
+        let ack = self.pending_ack();
+        let packet = GrePacket {
+            call_id: self.peer_call_id,
+            seq: Some(self.next_seq),
+            ack,
+            payload,
+        };
+        packet.encode_into(out)?;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Takes an inbound packet: returns its payload if it is new.
+    pub fn accept<'a>(&mut self, packet: &GrePacket<'a>, now: std::time::Instant) -> Accepted<'a> {
+        if packet.call_id != self.our_call_id {
+            return Accepted::WrongCall;
+        }
+        let Some(seq) = packet.seq else {
+            return Accepted::AckOnly;
+        };
+        if let Some(h) = self.highest_rx
+            && (seq.wrapping_sub(h) as i32) <= 0
+        {
+            return Accepted::Stale;
+        }
+        self.highest_rx = Some(seq);
+        if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now + self.ack_delay);
+        }
+        if packet.payload.is_empty() {
+            Accepted::AckOnly
+        } else {
+            Accepted::Payload(packet.payload)
+        }
+    }
+
+    /// When an ack-only packet may be due ([`GreSession::poll_ack_only`]).
+    pub fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.ack_deadline
+    }
+
+    /// An ack-only packet, if an acknowledgment is pending past `ack_delay`.
+    pub fn poll_ack_only(&mut self, now: std::time::Instant) -> Option<Vec<u8>> {
+        if self.ack_deadline.is_none_or(|d| now < d) {
+            return None;
+        }
+        let ack = self.pending_ack()?;
+        GrePacket {
+            call_id: self.peer_call_id,
+            seq: None,
+            ack: Some(ack),
+            payload: &[],
+        }
+        .encode()
+        .ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +469,67 @@ mod tests {
         frag[6] = 0x20; // MF
         assert_eq!(parse_ipv4_gre(&frag), Err(GreError::BadIp("fragment")));
         assert_eq!(parse_ipv4_gre(&d[..d.len() - 1]), Err(GreError::Truncated));
+    }
+
+    #[test]
+    fn session_numbers_acks_and_drops_stale() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut a = GreSession::new(10, 20, Duration::from_millis(100));
+        let mut out = Vec::new();
+        a.encode(b"one", &mut out).unwrap();
+        let p = GrePacket::decode(&out).unwrap();
+        assert_eq!((p.call_id, p.seq, p.ack), (20, Some(0), None));
+
+        // Inbound seq 5 for us: payload; a duplicate and an older one are stale.
+        let inbound = |seq| GrePacket {
+            call_id: 10,
+            seq: Some(seq),
+            ack: None,
+            payload: b"x",
+        };
+        assert_eq!(a.accept(&inbound(5), t0), Accepted::Payload(b"x"));
+        assert_eq!(a.accept(&inbound(5), t0), Accepted::Stale);
+        assert_eq!(a.accept(&inbound(4), t0), Accepted::Stale);
+        assert_eq!(
+            a.accept(
+                &GrePacket {
+                    call_id: 11,
+                    ..inbound(6)
+                },
+                t0
+            ),
+            Accepted::WrongCall
+        );
+        // The ack rides on the next payload ...
+        out.clear();
+        a.encode(b"two", &mut out).unwrap();
+        let p = GrePacket::decode(&out).unwrap();
+        assert_eq!((p.seq, p.ack), (Some(1), Some(5)));
+        assert_eq!(
+            a.poll_ack_only(t0 + Duration::from_secs(1)),
+            None,
+            "already acked"
+        );
+        // ... or goes alone after the delay.
+        assert_eq!(a.accept(&inbound(6), t0), Accepted::Payload(b"x"));
+        let due = a.poll_timeout().unwrap();
+        assert_eq!(due - t0, Duration::from_millis(100));
+        assert_eq!(a.poll_ack_only(t0), None, "not yet");
+        let ack = a.poll_ack_only(due).unwrap();
+        let p = GrePacket::decode(&ack).unwrap();
+        assert_eq!((p.seq, p.ack, p.payload.len()), (None, Some(6), 0));
+        // Sequence numbers wrap around.
+        let mut b = GreSession::new(1, 2, Duration::from_millis(1));
+        let w = |seq| GrePacket {
+            call_id: 1,
+            seq: Some(seq),
+            ack: None,
+            payload: b"y",
+        };
+        assert_eq!(b.accept(&w(u32::MAX), t0), Accepted::Payload(b"y"));
+        assert_eq!(b.accept(&w(0), t0), Accepted::Payload(b"y"));
+        assert_eq!(b.accept(&w(u32::MAX), t0), Accepted::Stale);
     }
 
     proptest! {
