@@ -13,6 +13,10 @@
 //!     10.77.0.2 alice s3cret target/debug/examples/lab_login
 //! ```
 //!
+//! Seen with pptpd 1.4 / pppd 2.4.9: pptpd's manager drops a control connection
+//! whose SCCRQ does not follow the TCP connect promptly ("MGR: dropped slow initial
+//! connection"), so a transport must send SCCRQ right after connecting.
+//!
 //! Arguments of this binary: `<our call id> <peer call id> <user> <password> <server ipv4>`.
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;

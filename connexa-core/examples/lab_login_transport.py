@@ -6,9 +6,15 @@ MAGIC = 0x1a2b3c4d
 def ctrl(t, body): return struct.pack('!HHLHH', 12 + len(body), 1, MAGIC, t, 0) + body
 def recv_msg(s):
     hdr = b''
-    while len(hdr) < 2: hdr += s.recv(2 - len(hdr))
+    while len(hdr) < 2:
+        c = s.recv(2 - len(hdr))
+        if not c: raise ConnectionError("control connection closed")
+        hdr += c
     n = struct.unpack('!H', hdr)[0]; body = hdr
-    while len(body) < n: body += s.recv(n - len(body))
+    while len(body) < n:
+        c = s.recv(n - len(body))
+        if not c: raise ConnectionError("control connection closed")
+        body += c
     return body
 g = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
 s = socket.create_connection((srv, 1723), timeout=5)
