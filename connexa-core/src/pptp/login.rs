@@ -280,7 +280,10 @@ impl LoginClient {
 
     /// When [`LoginClient::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let chap = if self.phase == LoginPhase::Authenticate {
+        let chap = if matches!(
+            self.phase,
+            LoginPhase::Authenticate | LoginPhase::Authenticated
+        ) {
             self.chap.poll_timeout()
         } else {
             None
@@ -295,7 +298,10 @@ impl LoginClient {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.lcp.handle_timeout(now);
         self.pump(now);
-        if self.phase == LoginPhase::Authenticate {
+        if matches!(
+            self.phase,
+            LoginPhase::Authenticate | LoginPhase::Authenticated
+        ) {
             self.chap.handle_timeout(now);
             self.check_chap(now);
         }
@@ -380,7 +386,7 @@ impl LoginClient {
                 }
             }
             PROTO_CHAP => match self.phase {
-                LoginPhase::Authenticate => {
+                LoginPhase::Authenticate | LoginPhase::Authenticated => {
                     self.chap.handle_input(f.information, now);
                     self.check_chap(now);
                 }
@@ -416,6 +422,17 @@ impl LoginClient {
                 }
                 .encode(false, false),
             );
+        }
+        if self.phase == LoginPhase::Authenticated {
+            // A re-challenge: the login stands; a failed re-authentication ends
+            // the link (the outcome of the login is kept).
+            if matches!(
+                self.chap.outcome(),
+                Some(ChapOutcome::Failure(_) | ChapOutcome::BadAuthenticator)
+            ) {
+                self.close(now);
+            }
+            return;
         }
         match self.chap.outcome().cloned() {
             None => {}

@@ -664,13 +664,35 @@ impl MsChapClient {
 
     /// A CHAP packet arrived. Malformed packets and packets that do not match the
     /// outstanding exchange are ignored.
+    ///
+    /// After a Success, a new Challenge (another id or value) is a re-challenge
+    /// (RFC 1994 §4, pppd's `chap-interval`): it is answered with a fresh peer
+    /// challenge and the exchange starts over.
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
-        if self.outcome.is_some() {
-            return;
-        }
         let Ok(packet) = ChapPacket::decode(bytes) else {
             return;
         };
+        match (&self.outcome, &packet) {
+            (None, _) => {}
+            (Some(ChapOutcome::Success { .. }), ChapPacket::Challenge { id, challenge, .. })
+                if self
+                    .answered
+                    .as_ref()
+                    .is_none_or(|a| a.id != *id || a.challenge != *challenge) =>
+            {
+                self.outcome = None;
+                self.answered = None;
+                self.peer_challenge = Entropy::from_os().bytes();
+            }
+            (Some(ChapOutcome::Success { .. }), ChapPacket::Challenge { .. }) => {
+                // The same challenge again: the authenticator missed our Response.
+                if let Some(a) = &self.answered {
+                    self.transmit.push(a.packet.clone());
+                }
+                return;
+            }
+            (Some(_), _) => return,
+        }
         match packet {
             ChapPacket::Challenge { id, challenge, .. } => {
                 if let Some(a) = &self.answered
@@ -1256,6 +1278,51 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(client.outcome(), Some(&ChapOutcome::BadAuthenticator));
+    }
+
+    #[test]
+    fn rechallenge_after_success_is_answered_afresh() {
+        let t0 = Instant::now();
+        let mut server = MsChapAuthenticator::with_challenge(table(), "srv", AUTH_CHALLENGE, 9);
+        let mut client =
+            MsChapClient::with_peer_challenge("User", Secret::new("clientPass"), PEER_CHALLENGE);
+        server.start(t0);
+        for _ in 0..3 {
+            while let Some(p) = server.poll_transmit() {
+                client.handle_input(&p, t0);
+            }
+            while let Some(p) = client.poll_transmit() {
+                server.handle_input(&p);
+            }
+        }
+        assert!(matches!(
+            client.outcome(),
+            Some(ChapOutcome::Success { .. })
+        ));
+        // A second authenticator challenges again with a new id and value.
+        let mut again = MsChapAuthenticator::with_challenge(table(), "srv", [7; 16], 10);
+        again.start(t0);
+        for _ in 0..3 {
+            while let Some(p) = again.poll_transmit() {
+                client.handle_input(&p, t0);
+            }
+            while let Some(p) = client.poll_transmit() {
+                if let Ok(ChapPacket::Response { peer_challenge, .. }) = ChapPacket::decode(&p) {
+                    assert_ne!(peer_challenge, PEER_CHALLENGE, "fresh peer challenge");
+                }
+                again.handle_input(&p);
+            }
+        }
+        assert_eq!(
+            again.outcome(),
+            Some(&AuthenticatorOutcome::Accepted {
+                user: "User".into()
+            })
+        );
+        assert!(matches!(
+            client.outcome(),
+            Some(ChapOutcome::Success { .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::pptp::mschapv2::ChapPacket;
+use crate::pptp::mschapv2::{AuthenticatorOutcome, ChapPacket, MsChapAuthenticator};
 use crate::pptp::ppp::fsm::{CONFIGURE_REQUEST, TERMINATE_REQUEST};
 use crate::pptp::ppp::lcp::{LcpOption, LcpPacket};
 use crate::pptp::ppp::{CpPacket, RawOption};
@@ -788,4 +788,45 @@ fn lost_success_is_recovered_by_repeating_the_response() {
     );
     // Two lost Successes: the Response was repeated twice, 3 s apart.
     assert!(run.now - t0 >= Duration::from_secs(6), "{:?}", run.now - t0);
+}
+
+#[test]
+fn rechallenge_after_login_is_answered_and_the_link_stays_up() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = (client("alice", "s3cret", t0), server(t0));
+    let run = drive(&mut c, &mut s, t0, None);
+    assert_eq!(c.phase(), LoginPhase::Authenticated);
+    // pppd's chap-interval: the server challenges again.
+    let mut again = MsChapAuthenticator::with_challenge(table(), "srv", [9; 16], 200);
+    again.start(run.now);
+    let challenge = again.poll_transmit().unwrap();
+    c.handle_input(
+        &PppFrame {
+            protocol: PROTO_CHAP,
+            information: &challenge,
+        }
+        .encode(false, false),
+        run.now,
+    );
+    let response = c.poll_transmit().expect("a Response");
+    let response = PppFrame::decode(&response).unwrap();
+    assert_eq!(response.protocol, PROTO_CHAP);
+    again.handle_input(response.information);
+    assert_eq!(
+        again.outcome(),
+        Some(&AuthenticatorOutcome::Accepted {
+            user: "alice".into()
+        })
+    );
+    let success = again.poll_transmit().unwrap();
+    c.handle_input(
+        &PppFrame {
+            protocol: PROTO_CHAP,
+            information: &success,
+        }
+        .encode(false, false),
+        run.now,
+    );
+    assert_eq!(c.phase(), LoginPhase::Authenticated);
+    assert!(c.outcome().is_some_and(LoginOutcome::is_success));
 }
