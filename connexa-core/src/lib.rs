@@ -9,6 +9,7 @@
 //!   [`ServiceLauncher`](ports::ServiceLauncher)).
 //! * [`import`]: streaming parsers of every node-list format operators have, and
 //!   the import report; [`export`]: writers of txt, csv, json, pptp and socks lists.
+//! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver).
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
