@@ -339,7 +339,7 @@ mod tests {
         let shown = r.to_string();
         assert!(
             shown.starts_with(
-                "added 1, duplicates 0 (0 within the file, 0 already stored), conflicts 1, errors 1"
+                "added 1, replaced 0, duplicates 0 (0 within the file, 0 already stored), conflicts 1, errors 1"
             ),
             "{shown}"
         );
