@@ -7,6 +7,8 @@
 //! * [`ports`]: the traits the engine is generic over ([`NodeStore`](ports::NodeStore),
 //!   [`Prober`](ports::Prober), [`SpeedTester`](ports::SpeedTester),
 //!   [`ServiceLauncher`](ports::ServiceLauncher)).
+//! * [`engine`]: batch jobs with progress derived from committed rows, the service
+//!   reconciler and the health monitor, generic over the ports.
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod domain;
+pub mod engine;
 pub mod ports;
 pub mod pptp;
 pub mod probe;

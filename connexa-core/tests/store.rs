@@ -624,7 +624,10 @@ async fn service_wanted_filter_selects_the_desired_state(db: TestDb) {
             ..NodeFilter::all()
         };
         let page = s.list(&f, Page::default()).await.unwrap();
-        (page.total, page.nodes.iter().map(|n| n.id).collect::<Vec<_>>())
+        (
+            page.total,
+            page.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        )
     };
     assert_eq!(list(true).await, (2, vec![ids[1], ids[3]]));
     assert_eq!(list(false).await, (2, vec![ids[0], ids[2]]));
