@@ -361,7 +361,8 @@ async fn crash_and_restart_scenario(db: TestDb, scripts_in: Vec<Script>, crash_a
 
     check_invariants(store2.as_ref(), &nodes).await;
     // The monitor never looked at a node without a service.
-    for id in lock(&launcher2.health_checked).iter() {
+    let checked = lock(&launcher2.health_checked).clone();
+    for id in checked.iter() {
         let h = store2.history(*id).await.unwrap();
         assert!(
             h.iter().any(|r| r.to == Some(Status::Online)),

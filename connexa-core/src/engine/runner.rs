@@ -65,7 +65,7 @@ struct Ctx {
 }
 
 enum Msg {
-    Result(Pending),
+    Result(Box<Pending>),
     /// Commit everything sent before, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -326,7 +326,7 @@ async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
     while let Some(first) = rx.recv().await {
         let mut flush = None;
         match first {
-            Msg::Result(p) => batch.push(p),
+            Msg::Result(p) => batch.push(*p),
             Msg::Flush(ack) => {
                 let _ = ack.send(());
                 continue;
@@ -335,7 +335,7 @@ async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
         let until = Instant::now() + inner.config.commit_delay;
         while batch.len() < max {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(Msg::Result(p))) => batch.push(p),
+                Ok(Some(Msg::Result(p))) => batch.push(*p),
                 Ok(Some(Msg::Flush(ack))) => {
                     flush = Some(ack);
                     break;
@@ -415,10 +415,10 @@ async fn supervise(ctx: Arc<Ctx>, item: ClaimedItem, _slot: OwnedSemaphorePermit
     };
     let _ = ctx
         .results
-        .send(Msg::Result(Pending {
+        .send(Msg::Result(Box::new(Pending {
             result,
             _guard: finish.guard,
-        }))
+        })))
         .await;
 }
 
