@@ -442,7 +442,10 @@ async fn field_scenario(db: TestDb) {
         .start_job(JobKind::Speed, NodeFilter::all(), JobOptions::default())
         .await
         .unwrap();
-    let s = e.wait(speed).await.unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), e.wait(speed))
+        .await
+        .expect("job ends")
+        .unwrap();
     assert_eq!(s.progress.ok, N as u64);
     assert_eq!(
         store.counts().await.unwrap(),
@@ -459,7 +462,10 @@ async fn field_scenario(db: TestDb) {
         )
         .await
         .unwrap();
-    let s = e.wait(start).await.unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(60), e.wait(start))
+        .await
+        .expect("job ends")
+        .unwrap();
     assert_eq!(
         (s.progress.ok, s.progress.failed),
         (N as u64 / 2, N as u64 / 2)

@@ -445,22 +445,23 @@ impl Engine {
     }
 
     /// Progress events of a job, derived from committed rows: one at once, then one
-    /// after each commit of this process (or every [`EngineConfig::poll_interval`],
-    /// for commits of other processes), ending with a `finished` event once the job
+    /// whenever the counts or the state changed, looked at after each commit of
+    /// this process and every [`EngineConfig::poll_interval`] (for commits of
+    /// other processes), ending with a `finished` event once the job
     /// ended and every item has a result. The stream ends early if the job does not exist.
     pub fn progress(&self, job: JobId) -> impl Stream<Item = ProgressEvent> + Send + 'static {
         struct St {
             inner: Arc<Inner>,
             rx: watch::Receiver<u64>,
             samples: VecDeque<(Instant, u64)>,
-            first: bool,
+            last: Option<(Progress, JobState)>,
             ended: bool,
         }
         let st = St {
             rx: self.inner.commits.subscribe(),
             inner: Arc::clone(&self.inner),
             samples: VecDeque::new(),
-            first: true,
+            last: None,
             ended: false,
         };
         futures::stream::unfold(st, move |mut st| async move {
@@ -468,23 +469,27 @@ impl Engine {
                 return None;
             }
             let interval = st.inner.config.poll_interval;
-            if !st.first {
-                tokio::select! {
-                    r = st.rx.changed() => if r.is_err() { tokio::time::sleep(interval).await },
-                    () = tokio::time::sleep(interval) => {}
-                }
-            }
-            st.first = false;
             loop {
+                if st.last.is_some() {
+                    tokio::select! {
+                        r = st.rx.changed() => if r.is_err() { tokio::time::sleep(interval).await },
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
                 match snapshot(&st.inner, job, &mut st.samples).await {
+                    // Nothing new: no event.
+                    Ok(ev) if st.last == Some((ev.progress, ev.state)) => {}
                     Ok(ev) => {
                         st.ended = ev.finished;
+                        st.last = Some((ev.progress, ev.state));
                         return Some((ev, st));
                     }
                     Err(StoreError::JobNotFound(_)) => return None,
                     Err(e) => {
                         tracing::warn!(%job, error = %e, "progress: store error, retrying");
-                        tokio::time::sleep(interval).await;
+                        if st.last.is_none() {
+                            tokio::time::sleep(interval).await;
+                        }
                     }
                 }
             }

@@ -177,6 +177,14 @@ where
     }
 }
 
+/// `Engine::wait` with a limit, so that a broken engine fails the test instead of hanging it.
+async fn wait(e: &Engine, job: JobId) -> JobSummary {
+    tokio::time::timeout(Duration::from_secs(20), e.wait(job))
+        .await
+        .expect("job ends")
+        .unwrap()
+}
+
 fn light_ok() -> Outcome {
     Outcome::success(Level::Light)
 }
@@ -223,7 +231,7 @@ async fn light_job_commits_every_result_and_progress_ends_at_100() {
         assert!(w[0].progress.done() <= w[1].progress.done());
         assert!(!w[0].finished);
     }
-    let summary = e.wait(job).await.unwrap();
+    let summary = wait(&e, job).await;
     assert_eq!(summary.progress, last.progress);
     for id in &env.ids {
         let want = if id.0 % 2 == 1 {
@@ -391,7 +399,7 @@ async fn hanging_probe_times_out_and_the_node_records_it() {
         )
         .await
         .unwrap();
-    let s = e.wait(job).await.unwrap();
+    let s = wait(&e, job).await;
     assert_eq!((s.progress.ok, s.progress.timed_out), (4, 1));
     let n = env.store.get(stuck).await.unwrap().unwrap();
     assert_eq!(n.status, Status::PingFailed);
@@ -419,7 +427,7 @@ async fn panicking_probe_is_a_failed_item_and_the_node_is_not_marked() {
         .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
         .await
         .unwrap();
-    let s = e.wait(job).await.unwrap();
+    let s = wait(&e, job).await;
     assert_eq!(s.job.state, JobState::Done);
     assert_eq!((s.progress.ok, s.progress.failed), (5, 1));
     let it = items(&env, job)
@@ -460,7 +468,7 @@ async fn probe_error_fails_fast_and_marks_no_node() {
         .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
         .await
         .unwrap();
-    let s = e.wait(job).await.unwrap();
+    let s = wait(&e, job).await;
     assert_eq!(s.job.state, JobState::Cancelled);
     assert_eq!(s.progress.done(), 40);
     assert!(
@@ -506,7 +514,7 @@ async fn pipeline_goes_as_far_as_it_can_and_keeps_the_furthest_real_outcome() {
         .start_job(JobKind::Pipeline, NodeFilter::all(), JobOptions::default())
         .await
         .unwrap();
-    let s = e.wait(job).await.unwrap();
+    let s = wait(&e, job).await;
     assert_eq!(
         s.job.state,
         JobState::Done,
@@ -548,7 +556,7 @@ async fn pipeline_runs_speed_after_auth() {
         .start_job(JobKind::Pipeline, NodeFilter::all(), JobOptions::default())
         .await
         .unwrap();
-    assert_eq!(e.wait(job).await.unwrap().progress.ok, 1);
+    assert_eq!(wait(&e, job).await.progress.ok, 1);
     assert_eq!(status(&env, env.ids[0]).await, Status::SpeedOk);
 }
 
@@ -598,7 +606,7 @@ async fn service_start_below_level_3_is_refused_with_what_to_run_first() {
         )
         .await
         .unwrap();
-    let s = e.wait(job).await.unwrap();
+    let s = wait(&e, job).await;
     assert_eq!((s.progress.ok, s.progress.failed), (1, 1));
     let its = items(&env, job).await;
     let refusal = its[1].detail.clone().unwrap();
@@ -638,7 +646,7 @@ async fn failed_service_start_keeps_the_node_verified_and_stop_returns_it_to_spe
         )
         .await
         .unwrap();
-    let s = e.wait(job).await.unwrap();
+    let s = wait(&e, job).await;
     assert_eq!((s.progress.ok, s.progress.failed), (1, 1));
     assert_eq!(status(&env, env.ids[0]).await, Status::Online);
     let n1 = env.store.get(env.ids[1]).await.unwrap().unwrap();
@@ -653,7 +661,7 @@ async fn failed_service_start_keeps_the_node_verified_and_stop_returns_it_to_spe
         )
         .await
         .unwrap();
-    assert_eq!(e.wait(job).await.unwrap().progress.ok, 2);
+    assert_eq!(wait(&e, job).await.progress.ok, 2);
     for id in &env.ids {
         let n = env.store.get(*id).await.unwrap().unwrap();
         assert_eq!(n.status, Status::SpeedOk);
@@ -712,7 +720,7 @@ async fn restart_resumes_an_unfinished_job_to_100_percent() {
         cfg(),
     );
     assert_eq!(b.recover(RecoverPolicy::Resume).await.unwrap(), vec![job]);
-    let s = b.wait(job).await.unwrap();
+    let s = wait(&b, job).await;
     assert_eq!(s.job.state, JobState::Done);
     assert_eq!(
         (s.progress.ok, s.progress.failed, s.progress.done()),
@@ -754,7 +762,7 @@ async fn restart_with_interrupt_closes_the_job() {
         b.recover(RecoverPolicy::Interrupt).await.unwrap(),
         vec![job]
     );
-    let s = b.wait(job).await.unwrap();
+    let s = wait(&b, job).await;
     assert_eq!(s.job.state, JobState::Interrupted);
     assert_eq!(s.progress.cancelled, 8);
 }
