@@ -167,6 +167,9 @@ fn millis(t: Duration) -> u64 {
     u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How many recent jobs [`Engine::recover`] inspects for orphaned items.
+const RECOVER_SCAN: u64 = 100;
+
 /// What to do with unfinished jobs at start-up ([`Engine::recover`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -515,7 +518,8 @@ impl Engine {
     /// Start-up: for each unfinished job (queued or running) not running here,
     /// either resumes it (items that were running go back to pending and the job
     /// runs again) or closes it as `interrupted` (pending and running items end
-    /// as cancelled). Returns the jobs handled.
+    /// as cancelled). Jobs already cancelled whose items were still running in
+    /// a process that died get those items ended as cancelled. Returns the jobs handled.
     pub async fn recover(&self, policy: RecoverPolicy) -> Result<Vec<JobId>, EngineError> {
         let store = &self.inner.store;
         let mut handled = Vec::new();
@@ -539,6 +543,21 @@ impl Engine {
                     self.inner.notify();
                 }
             }
+            handled.push(job.id);
+        }
+        // A job cancelled while the process running its items died: those items
+        // would stay `running` for ever; end them as cancelled.
+        for job in store.jobs(RECOVER_SCAN).await? {
+            if !terminal(job.state) || self.is_running_here(job.id) {
+                continue;
+            }
+            if store.progress(job.id).await?.is_complete() {
+                continue;
+            }
+            store.requeue_running(job.id).await?;
+            let n = store.cancel_pending(job.id, Utc::now()).await?;
+            tracing::info!(job = %job.id, state = %job.state, cancelled = n, "closed orphaned items");
+            self.inner.notify();
             handled.push(job.id);
         }
         Ok(handled)

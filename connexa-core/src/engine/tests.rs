@@ -933,3 +933,30 @@ async fn reconciler_restarts_wanted_services_after_a_restart_and_stops_unwanted_
     assert_eq!(status(&env, a).await, Status::SpeedOk);
     assert_eq!(status(&env, c).await, Status::SpeedOk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_after_its_runner_died_is_completed_by_recover() {
+    let env = env(6).await;
+    let hang = || prober(|_, _| async { std::future::pending().await });
+    let a = engine(&env, hang(), cfg());
+    let job = a
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    let store = Arc::clone(&env.store);
+    until("running", || async {
+        store.progress(job).await.unwrap().running == 6
+    })
+    .await;
+    a.abort();
+    // Cancelled from another process while nobody runs the items.
+    let b = engine(&env, hang(), cfg());
+    b.cancel(job).await.unwrap();
+    assert_eq!(env.store.progress(job).await.unwrap().running, 6);
+    let c = engine(&env, hang(), cfg());
+    assert_eq!(c.recover(RecoverPolicy::Resume).await.unwrap(), vec![job]);
+    let s = wait(&c, job).await;
+    assert_eq!(s.job.state, JobState::Cancelled);
+    assert_eq!(s.progress.cancelled, 6);
+    assert!(!c.is_running_here(job), "a cancelled job is not run again");
+}
