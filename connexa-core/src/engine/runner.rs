@@ -175,6 +175,10 @@ async fn run(
             () = sleep_until_opt(deadline) => continue,
             Some(_) = tasks.join_next() => continue,
         };
+        if ctx.stop.borrow().is_some() {
+            // A slot freed by an item that stopped the job: claim nothing more.
+            break;
+        }
         let want = (slots.available_permits() as u64 + 1).min(cfg.claim_batch.max(1));
         let claimed = with_retries("claim", || {
             inner

@@ -307,12 +307,7 @@ async fn cancel_ends_running_and_pending_items_and_keeps_finished_results() {
         };
         assert_eq!(status(&env, *id).await, want, "node {i}");
     }
-    assert!(
-        !e.is_running_here(job) || {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            !e.is_running_here(job)
-        }
-    );
+    until("the runner ends", || async { !e.is_running_here(job) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
