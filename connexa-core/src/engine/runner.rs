@@ -1,6 +1,7 @@
 //! One job's runner: claims items, runs each in its own supervised task, and
 //! sends results to the job's committer, which group-commits them.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +12,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{AbortOnDrop, BusyGuard, Inner, JobOptions, lock, terminal};
-use crate::domain::{Event, Failure, Level, Node, Outcome, ServiceEndpoint, Status, transition};
+use crate::domain::{
+    Event, Failure, Level, Node, NodeFilter, NodeId, Outcome, Page, ServiceEndpoint, Status,
+    transition,
+};
 use crate::ports::{
     ClaimedItem, ItemResult, ItemState, Job, JobId, JobKind, JobState, ProbeDepth, ProbeError,
     ServiceError, StoreError,
@@ -179,7 +183,28 @@ async fn run(
             // A slot freed by an item that stopped the job: claim nothing more.
             break;
         }
-        let want = (slots.available_permits() as u64 + 1).min(cfg.claim_batch.max(1));
+        // Claim in chunks: wait a moment (at most `commit_delay`) for a quarter of
+        // the slots to be free, so that claims do not turn into one transaction
+        // per item competing with the committer.
+        let batch = usize::try_from(cfg.claim_batch.max(1)).unwrap_or(usize::MAX);
+        let low_water = (concurrency / 4).clamp(1, batch);
+        let mut permits = vec![permit];
+        let gather_until = Instant::now() + cfg.commit_delay;
+        while permits.len() < batch {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) if permits.len() >= low_water || deadline_passed() => break,
+                Err(_) => {
+                    match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(p)) => permits.push(p),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        let want = permits.len() as u64;
         let claimed = with_retries("claim", || {
             inner
                 .store
@@ -190,19 +215,23 @@ async fn run(
             break;
         }
         tracing::debug!(n = claimed.len(), "claimed");
-        let mut permit = Some(permit);
-        for item in claimed {
-            let p = match permit.take() {
-                Some(p) => p,
-                None => match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => match Arc::clone(&slots).acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                },
-            };
-            tasks.spawn(supervise(Arc::clone(&ctx), item, p));
+        // The claimed nodes in one query, not one per item.
+        let filter = NodeFilter::ids(claimed.iter().map(|c| c.node));
+        let page = Page {
+            limit: Page::MAX_LIMIT,
+            ..Page::default()
+        };
+        let mut nodes: HashMap<NodeId, Node> =
+            with_retries("read nodes", || inner.store.list(&filter, page))
+                .await?
+                .nodes
+                .into_iter()
+                .map(|n| (n.id, n))
+                .collect();
+        // Unused permits go back to the semaphore when `permits` is dropped.
+        for (item, p) in claimed.into_iter().zip(permits.drain(..)) {
+            let node = nodes.remove(&item.node);
+            tasks.spawn(supervise(Arc::clone(&ctx), item, node, p));
         }
     }
 
@@ -369,11 +398,16 @@ async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
 }
 
 /// Runs one item in its own task and turns whatever happens into a terminal result.
-async fn supervise(ctx: Arc<Ctx>, item: ClaimedItem, _slot: OwnedSemaphorePermit) {
+async fn supervise(
+    ctx: Arc<Ctx>,
+    item: ClaimedItem,
+    node: Option<Node>,
+    _slot: OwnedSemaphorePermit,
+) {
     let span = tracing::info_span!("node", id = %item.node, ip = tracing::field::Empty);
     let partial: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
     let mut work = AbortOnDrop(tokio::spawn(
-        work(Arc::clone(&ctx.inner), ctx.kind, item, Arc::clone(&partial)).instrument(span.clone()),
+        work(Arc::clone(&ctx.inner), ctx.kind, node, Arc::clone(&partial)).instrument(span.clone()),
     ));
     let mut stop_rx = ctx.stop.subscribe();
     let finish = tokio::select! {
@@ -458,22 +492,16 @@ fn timed_out(kind: JobKind, t: Duration, partial: Option<Outcome>) -> Finish {
 async fn work(
     inner: Arc<Inner>,
     kind: JobKind,
-    item: ClaimedItem,
+    node: Option<Node>,
     partial: Arc<Mutex<Option<Outcome>>>,
 ) -> Finish {
     let inner = &*inner;
-    let node = match inner.store.get(item.node).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return Finish::new(
-                ItemState::Failed,
-                None,
-                Some("node no longer exists".into()),
-            );
-        }
-        Err(e) => {
-            return Finish::new(ItemState::Failed, None, Some(format!("store: {e}")));
-        }
+    let Some(node) = node else {
+        return Finish::new(
+            ItemState::Failed,
+            None,
+            Some("node no longer exists".into()),
+        );
     };
     tracing::Span::current().record("ip", tracing::field::display(node.ip));
     match kind {
