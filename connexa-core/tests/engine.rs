@@ -507,6 +507,83 @@ async fn field_scenario(db: TestDb) {
     check_invariants(store.as_ref(), &nodes).await;
 }
 
+/// Two processes (two engines, two connection pools) share one job queue.
+async fn two_engines_share_one_job(db: TestDb) {
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let nodes = insert_fleet(store.as_ref(), 200).await;
+    let job = connexa_core::engine::queue_job(
+        store.as_ref(),
+        JobKind::Light,
+        NodeFilter::all(),
+        JobOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut engines = Vec::new();
+    let mut counters = Vec::new();
+    for _ in 0..2 {
+        let s: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&db.url).await.unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        counters.push(Arc::clone(&count));
+        let e = Engine::new(
+            s,
+            Arc::new(CountingProber(count)),
+            Arc::new(connexa_core::engine::NotAvailable),
+            Arc::new(connexa_core::engine::NotAvailable),
+            EngineConfig {
+                concurrency: 8,
+                ..config()
+            },
+        );
+        engines.push((run_in_background(&e), e));
+    }
+    let s = tokio::time::timeout(Duration::from_secs(60), engines[0].1.wait(job.id))
+        .await
+        .expect("job ends")
+        .unwrap();
+    assert_eq!(s.job.state, JobState::Done);
+    assert_eq!(s.progress.ok, 200);
+    let probed: Vec<usize> = counters
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        probed.iter().sum::<usize>(),
+        200,
+        "no item was tested twice: {probed:?}"
+    );
+    assert!(
+        probed.iter().all(|n| *n > 0),
+        "both processes worked: {probed:?}"
+    );
+    for ((stop, run), _) in engines {
+        stop.send(()).unwrap();
+        run.await.unwrap();
+    }
+    check_invariants(store.as_ref(), &nodes).await;
+}
+
+struct CountingProber(Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait]
+impl Prober for CountingProber {
+    async fn probe(&self, _node: &Node, _depth: ProbeDepth) -> Result<Outcome, ProbeError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(Outcome::success(Level::Light))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_share_one_job_sqlite() {
+    two_engines_share_one_job(common::sqlite().await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_engines_share_one_job_postgres() {
+    two_engines_share_one_job(common::postgres().await).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_regression_1000_verified_nodes_survive_service_starts_and_monitor() {
     field_scenario(common::sqlite().await).await

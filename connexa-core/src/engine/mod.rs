@@ -575,7 +575,8 @@ impl Engine {
     }
 
     /// Runs until `shutdown` completes: picks up queued jobs (created by another
-    /// process) every [`EngineConfig::queue_interval`], reconciles services and
+    /// process) and joins running jobs with pending items (another process's:
+    /// the queue is shared) every [`EngineConfig::queue_interval`], reconciles services and
     /// checks their health at their intervals. On shutdown, runners stop claiming,
     /// let items in flight finish and commit, and leave the rest pending (the next
     /// start resumes it); then `run` returns. Call [`recover`](Self::recover) first.
@@ -625,13 +626,21 @@ impl Engine {
         self.inner.draining.send_replace(false);
     }
 
-    /// Starts runners for queued jobs that no runner here works on.
+    /// Starts runners for unfinished jobs that no runner here works on: queued
+    /// jobs created by another process, and running jobs with pending items that
+    /// another process works on (claims never overlap, so both share the work).
     async fn pick_up_jobs(&self) -> Result<(), EngineError> {
         for job in self.inner.store.unfinished_jobs().await? {
-            if job.state == JobState::Queued && !self.is_running_here(job.id) {
-                tracing::info!(job = %job.id, kind = %job.kind, "picking up queued job");
-                self.spawn_runner(job);
+            if self.is_running_here(job.id) {
+                continue;
             }
+            if job.state == JobState::Running
+                && self.inner.store.progress(job.id).await?.pending == 0
+            {
+                continue;
+            }
+            tracing::info!(job = %job.id, kind = %job.kind, state = %job.state, "picking up job");
+            self.spawn_runner(job);
         }
         Ok(())
     }
