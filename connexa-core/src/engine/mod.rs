@@ -634,10 +634,12 @@ impl Engine {
             if self.is_running_here(job.id) {
                 continue;
             }
-            if job.state == JobState::Running
-                && self.inner.store.progress(job.id).await?.pending == 0
-            {
-                continue;
+            if job.state == JobState::Running {
+                let p = self.inner.store.progress(job.id).await?;
+                // Nothing to claim and nothing to close: someone else is on it.
+                if p.pending == 0 && !p.is_complete() {
+                    continue;
+                }
             }
             tracing::info!(job = %job.id, kind = %job.kind, state = %job.state, "picking up job");
             self.spawn_runner(job);
