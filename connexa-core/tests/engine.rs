@@ -569,7 +569,7 @@ struct CountingProber(Arc<std::sync::atomic::AtomicUsize>);
 impl Prober for CountingProber {
     async fn probe(&self, _node: &Node, _depth: ProbeDepth) -> Result<Outcome, ProbeError> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
         Ok(Outcome::success(Level::Light))
     }
 }

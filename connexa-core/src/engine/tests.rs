@@ -356,7 +356,7 @@ async fn job_deadline_times_out_what_is_left_without_marking_nodes() {
         .start_job(
             JobKind::Light,
             NodeFilter::all(),
-            JobOptions::default().deadline(Duration::from_millis(300)),
+            JobOptions::default().deadline(Duration::from_millis(1000)),
         )
         .await
         .unwrap();
@@ -390,7 +390,7 @@ async fn hanging_probe_times_out_and_the_node_records_it() {
         .start_job(
             JobKind::Light,
             NodeFilter::all(),
-            JobOptions::default().node_timeout(Duration::from_millis(100)),
+            JobOptions::default().node_timeout(Duration::from_millis(300)),
         )
         .await
         .unwrap();
