@@ -10,6 +10,8 @@
 //! * [`import`]: streaming parsers of every node-list format operators have, and
 //!   the import report; [`export`]: writers of txt, csv, json, pptp and socks lists.
 //! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver).
+//! * [`engine`]: batch jobs with progress derived from committed rows, the service
+//!   reconciler and the health monitor, generic over the ports.
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -23,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod domain;
+pub mod engine;
 pub mod export;
 pub mod import;
 pub mod ports;

@@ -586,6 +586,12 @@ pub trait ServiceLauncher: Send + Sync {
 
     /// Checks the node's service.
     async fn health(&self, node: &Node) -> Health;
+
+    /// The nodes whose service runs in this launcher right now. The engine's
+    /// reconciler compares it with the desired state (`service_wanted`): after a
+    /// process restart it is empty, so every wanted node's service is started
+    /// again (with its stored port and credentials).
+    async fn running(&self) -> Vec<NodeId>;
 }
 
 #[cfg(test)]

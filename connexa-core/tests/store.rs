@@ -19,6 +19,7 @@ on_both_backends!(
     service_wanted_and_meta_never_touch_status,
     jobs_claim_finish_progress_cancel_requeue,
     group_commit_applies_in_order_and_isolates_failures,
+    service_wanted_filter_selects_the_desired_state,
 );
 
 fn tested(level: Level) -> Event {
@@ -609,4 +610,32 @@ async fn group_commit_applies_in_order_and_isolates_failures(db: TestDb) {
         Status::NotTested
     );
     assert_eq!(s.history(ids[0]).await.unwrap().len(), 2);
+}
+
+async fn service_wanted_filter_selects_the_desired_state(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 4).await;
+    s.set_service_wanted(&NodeFilter::ids([ids[1], ids[3]]), true)
+        .await
+        .unwrap();
+    let list = |wanted: bool| async move {
+        let f = NodeFilter {
+            service_wanted: Some(wanted),
+            ..NodeFilter::all()
+        };
+        let page = s.list(&f, Page::default()).await.unwrap();
+        (
+            page.total,
+            page.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(list(true).await, (2, vec![ids[1], ids[3]]));
+    assert_eq!(list(false).await, (2, vec![ids[0], ids[2]]));
+    // The same filter drives bulk updates: clearing it for the wanted ones.
+    let f = NodeFilter {
+        service_wanted: Some(true),
+        ..NodeFilter::all()
+    };
+    assert_eq!(s.set_service_wanted(&f, false).await.unwrap(), 2);
+    assert_eq!(list(true).await, (0, vec![]));
 }

@@ -39,8 +39,11 @@ pub struct NodeFilter {
     pub checked_before: Option<DateTime<Utc>>,
     /// Last checked at or after this instant.
     pub checked_after: Option<DateTime<Utc>>,
-    /// With (`true`) or without (`false`) a running service.
+    /// With (`true`) or without (`false`) a running service (status `online` or `offline`).
     pub has_service: Option<bool>,
+    /// With (`true`) or without (`false`) a service wanted (the desired state the
+    /// engine's reconciler works towards).
+    pub service_wanted: Option<bool>,
 }
 
 impl NodeFilter {

@@ -68,6 +68,9 @@ pub(crate) fn condition(f: &NodeFilter) -> Condition {
         Some(false) => c = c.add(Column::Status.is_not_in(serving)),
         None => {}
     }
+    if let Some(wanted) = f.service_wanted {
+        c = c.add(Column::ServiceWanted.eq(wanted));
+    }
     c
 }
 

@@ -1,0 +1,763 @@
+//! The engine: batch jobs with true progress, a service reconciler and a health
+//! monitor, generic over the four [ports](crate::ports).
+//!
+//! ```no_run
+//! # async fn demo(engine: connexa_core::engine::Engine) -> Result<(), connexa_core::engine::EngineError> {
+//! use connexa_core::domain::NodeFilter;
+//! use connexa_core::engine::JobOptions;
+//! use connexa_core::ports::JobKind;
+//! use futures::StreamExt;
+//!
+//! let job = engine.start_job(JobKind::Light, NodeFilter::all(), JobOptions::default()).await?;
+//! let mut events = Box::pin(engine.progress(job));
+//! while let Some(ev) = events.next().await {
+//!     println!("{}/{} ok {} failed {}", ev.progress.done(), ev.progress.total, ev.progress.ok, ev.progress.failed);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! * **Progress** is read from committed `job_items` rows ([`NodeStore::progress`]):
+//!   a result is counted only once its transaction committed, so every observer
+//!   (this process, another CLI, the HTTP SSE stream, the next process after a
+//!   crash) sees the same numbers.
+//! * **Group commit**: item tasks send their results to one committer task per
+//!   job, which writes up to [`EngineConfig::commit_batch`] of them (or whatever
+//!   arrived within [`EngineConfig::commit_delay`]) in one
+//!   [`NodeStore::finish_items`] transaction.
+//! * **Every item ends**: each item runs in its own task under a supervisor that
+//!   enforces the per-node timeout, the job deadline and cancellation, and turns a
+//!   panic into a failed item. See `docs/architecture.md`, section "Engine".
+
+mod runner;
+mod services;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::domain::{NodeFilter, NodeId, Status};
+use crate::ports::{
+    ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore, Prober, Progress, ServiceLauncher,
+    SpeedTester, StoreError,
+};
+
+pub use services::{MonitorReport, ReconcileReport};
+
+/// Errors of the [`Engine`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Job options could not be turned into JSON.
+    #[error("job options: {0}")]
+    Options(String),
+}
+
+/// Settings of an [`Engine`]. Per-job [`JobOptions`] override some of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Items worked on at once per job. Default: [`default_concurrency`], sized to
+    /// the soft open-file limit.
+    pub concurrency: usize,
+    /// Time budget of one node's test (or service action). Default 60 s.
+    pub node_timeout: Duration,
+    /// Most items claimed from the store at once. Default 512.
+    pub claim_batch: u64,
+    /// Most results written in one group commit. Default 512.
+    pub commit_batch: usize,
+    /// How long the committer waits for more results before writing. Default 5 ms.
+    pub commit_delay: Duration,
+    /// How often progress streams and runners re-read the store even without a
+    /// local commit (other processes' commits, cross-process cancellation). Default 500 ms.
+    pub poll_interval: Duration,
+    /// Per-node results carried by each [`ProgressEvent`]. Default 5.
+    pub recent_items: u64,
+    /// How often [`Engine::run`] looks for queued jobs. Default 1 s.
+    pub queue_interval: Duration,
+    /// How often [`Engine::run`] reconciles services. Default 10 s.
+    pub reconcile_interval: Duration,
+    /// How often [`Engine::run`] checks service health. Default 30 s.
+    pub monitor_interval: Duration,
+    /// Failed health checks in a row before `HealthFailed`. Default 3.
+    pub health_threshold: u32,
+    /// Service starts, stops and health checks at once in the reconciler and the
+    /// monitor. Default 64.
+    pub service_concurrency: usize,
+    /// Name recorded on claimed items. Default `pid<process id>`.
+    pub worker: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            concurrency: default_concurrency(),
+            node_timeout: Duration::from_secs(60),
+            claim_batch: 512,
+            commit_batch: 512,
+            commit_delay: Duration::from_millis(5),
+            poll_interval: Duration::from_millis(500),
+            recent_items: 5,
+            queue_interval: Duration::from_secs(1),
+            reconcile_interval: Duration::from_secs(10),
+            monitor_interval: Duration::from_secs(30),
+            health_threshold: 3,
+            service_concurrency: 64,
+            worker: format!("pid{}", std::process::id()),
+        }
+    }
+}
+
+/// Concurrency that fits the soft `RLIMIT_NOFILE` (as RustScan and lychee do):
+/// `(limit - 64) / 2` (a test may hold a TCP socket and an ICMP socket), between 1
+/// and 4096. 256 when the limit cannot be read.
+pub fn default_concurrency() -> usize {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => concurrency_for_limit(soft),
+        Err(_) => 256,
+    }
+}
+
+fn concurrency_for_limit(soft: u64) -> usize {
+    let n = soft.saturating_sub(64) / 2;
+    usize::try_from(n.clamp(1, 4096)).unwrap_or(4096)
+}
+
+/// Per-job options, stored with the job as JSON so that any process can resume it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobOptions {
+    /// Per-node time budget in milliseconds (default: [`EngineConfig::node_timeout`]).
+    pub node_timeout_ms: Option<u64>,
+    /// Job deadline in milliseconds from creation: items not finished by then end `timed_out`.
+    pub deadline_ms: Option<u64>,
+    /// Items at once (default: [`EngineConfig::concurrency`]).
+    pub concurrency: Option<usize>,
+}
+
+impl JobOptions {
+    /// Sets the per-node time budget.
+    pub fn node_timeout(mut self, t: Duration) -> Self {
+        self.node_timeout_ms = Some(millis(t));
+        self
+    }
+
+    /// Sets the job deadline, counted from the job's creation.
+    pub fn deadline(mut self, t: Duration) -> Self {
+        self.deadline_ms = Some(millis(t));
+        self
+    }
+
+    /// Sets the concurrency.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(n);
+        self
+    }
+}
+
+fn millis(t: Duration) -> u64 {
+    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How many recent jobs [`Engine::recover`] inspects for orphaned items.
+const RECOVER_SCAN: u64 = 100;
+
+/// What to do with unfinished jobs at start-up ([`Engine::recover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoverPolicy {
+    /// Put items that were running back to pending and run the job again.
+    Resume,
+    /// End pending and running items as cancelled and mark the job `interrupted`.
+    Interrupt,
+}
+
+/// One progress report of a job, derived from committed rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressEvent {
+    /// The job.
+    pub job: JobId,
+    /// What it does.
+    pub kind: JobKind,
+    /// Its state.
+    pub state: JobState,
+    /// Committed counts: total, ok, failed, timed out, cancelled (and pending, running).
+    pub progress: Progress,
+    /// Items committed per second (over the last few seconds this observer saw).
+    pub rate: f64,
+    /// Estimated time to completion at `rate`; `None` when unknown.
+    pub eta: Option<Duration>,
+    /// The last few finished items, newest first.
+    pub recent: Vec<ItemView>,
+    /// `true` for the last event: the job ended and every item has a result.
+    pub finished: bool,
+}
+
+/// A finished job, as [`Engine::wait`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSummary {
+    /// The job row.
+    pub job: Job,
+    /// Its final counts.
+    pub progress: Progress,
+}
+
+/// The engine. Cheap to clone (all clones share the same state).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct LocalJob {
+    cancel: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+pub(crate) struct Inner {
+    store: Arc<dyn NodeStore>,
+    prober: Arc<dyn Prober>,
+    speed: Arc<dyn SpeedTester>,
+    launcher: Arc<dyn ServiceLauncher>,
+    config: EngineConfig,
+    /// Bumped after every commit this process makes (wakes progress streams early).
+    commits: watch::Sender<u64>,
+    /// Set on graceful shutdown: runners stop claiming and leave the rest pending.
+    draining: watch::Sender<bool>,
+    jobs: Mutex<HashMap<JobId, LocalJob>>,
+    /// Nodes with a service action (start, stop, health check) in flight.
+    busy: Arc<Mutex<HashSet<NodeId>>>,
+    /// Failed health checks in a row, per node (the monitor's threshold).
+    health_failures: Mutex<HashMap<NodeId, u32>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    fn notify(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// Marks a node busy with a service action while alive.
+pub(crate) struct BusyGuard {
+    set: Arc<Mutex<HashSet<NodeId>>>,
+    node: NodeId,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        lock(&self.set).remove(&self.node);
+    }
+}
+
+impl Inner {
+    fn try_busy(&self, node: NodeId) -> Option<BusyGuard> {
+        lock(&self.busy).insert(node).then(|| BusyGuard {
+            set: Arc::clone(&self.busy),
+            node,
+        })
+    }
+
+    async fn busy(&self, node: NodeId) -> BusyGuard {
+        loop {
+            if let Some(g) = self.try_busy(node) {
+                return g;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Aborts the task when dropped (so that dropping a runner stops everything it spawned).
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn terminal(state: JobState) -> bool {
+    matches!(
+        state,
+        JobState::Done | JobState::Cancelled | JobState::Interrupted
+    )
+}
+
+/// The selection narrowed to verified nodes (services run only through them).
+fn verified_only(mut f: NodeFilter) -> NodeFilter {
+    let level3 = [Status::SpeedOk, Status::Online, Status::Offline];
+    f.statuses = if f.statuses.is_empty() {
+        level3.to_vec()
+    } else {
+        f.statuses.into_iter().filter(|s| s.is_verified()).collect()
+    };
+    if f.statuses.is_empty() {
+        f.ids = Some(Vec::new());
+    }
+    f
+}
+
+/// Creates a job in the store without running it (for frontends that leave the
+/// work to a `connexa run` process: the HTTP API, `connexa test --detach`). The
+/// options are stored as JSON. A service start marks the verified nodes of the
+/// selection `service_wanted`; a service stop clears it for the whole selection.
+pub async fn queue_job(
+    store: &dyn NodeStore,
+    kind: JobKind,
+    selection: NodeFilter,
+    options: JobOptions,
+) -> Result<Job, EngineError> {
+    let now = Utc::now();
+    let deadline = options
+        .deadline_ms
+        .map(|ms| now + chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX)));
+    match kind {
+        JobKind::ServiceStart => {
+            store
+                .set_service_wanted(&verified_only(selection.clone()), true)
+                .await?;
+        }
+        JobKind::ServiceStop => {
+            store.set_service_wanted(&selection, false).await?;
+        }
+        _ => {}
+    }
+    let options =
+        serde_json::to_value(&options).map_err(|e| EngineError::Options(e.to_string()))?;
+    Ok(store
+        .create_job(
+            JobSpec {
+                kind,
+                filter: selection,
+                options,
+                deadline,
+            },
+            now,
+        )
+        .await?)
+}
+
+impl Engine {
+    /// An engine over these ports.
+    pub fn new(
+        store: Arc<dyn NodeStore>,
+        prober: Arc<dyn Prober>,
+        speed: Arc<dyn SpeedTester>,
+        launcher: Arc<dyn ServiceLauncher>,
+        config: EngineConfig,
+    ) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                prober,
+                speed,
+                launcher,
+                config,
+                commits: watch::channel(0).0,
+                draining: watch::channel(false).0,
+                jobs: Mutex::new(HashMap::new()),
+                busy: Arc::new(Mutex::new(HashSet::new())),
+                health_failures: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn NodeStore> {
+        &self.inner.store
+    }
+
+    /// Creates a job (see [`queue_job`]) and starts running it in this process.
+    pub async fn start_job(
+        &self,
+        kind: JobKind,
+        selection: NodeFilter,
+        options: JobOptions,
+    ) -> Result<JobId, EngineError> {
+        let job = queue_job(self.inner.store.as_ref(), kind, selection, options).await?;
+        tracing::info!(job = %job.id, %kind, total = job.total, "job created");
+        let id = job.id;
+        self.spawn_runner(job);
+        Ok(id)
+    }
+
+    /// `true` when this process runs the job right now.
+    pub fn is_running_here(&self, job: JobId) -> bool {
+        lock(&self.inner.jobs)
+            .get(&job)
+            .is_some_and(|j| !j.task.is_finished())
+    }
+
+    fn spawn_runner(&self, job: Job) {
+        let mut jobs = lock(&self.inner.jobs);
+        if jobs.get(&job.id).is_some_and(|j| !j.task.is_finished()) {
+            return;
+        }
+        let (cancel, _) = watch::channel(false);
+        let id = job.id;
+        let task = tokio::spawn(runner::run_job(
+            Arc::clone(&self.inner),
+            job,
+            cancel.clone(),
+        ));
+        jobs.insert(id, LocalJob { cancel, task });
+    }
+
+    /// Cancels a job, from any process: marks it `cancelled` in the store and ends
+    /// its pending items as cancelled. Runners (here or in another process, which
+    /// notices within [`EngineConfig::poll_interval`]) stop claiming and abort
+    /// running items, which end as cancelled. Finished results stay.
+    pub async fn cancel(&self, job: JobId) -> Result<(), EngineError> {
+        if let Some(j) = lock(&self.inner.jobs).get(&job) {
+            j.cancel.send_replace(true);
+        }
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let current = store.job(job).await?;
+        if !terminal(current.state) {
+            store.set_job_state(job, JobState::Cancelled, now).await?;
+        }
+        let n = store.cancel_pending(job, now).await?;
+        tracing::info!(%job, cancelled = n, "job cancelled");
+        self.inner.notify();
+        Ok(())
+    }
+
+    /// Progress events of a job, derived from committed rows: one at once, then one
+    /// whenever the counts or the state changed, looked at after each commit of
+    /// this process and every [`EngineConfig::poll_interval`] (for commits of
+    /// other processes), ending with a `finished` event once the job
+    /// ended and every item has a result. The stream ends early if the job does not exist.
+    pub fn progress(&self, job: JobId) -> impl Stream<Item = ProgressEvent> + Send + 'static {
+        struct St {
+            inner: Arc<Inner>,
+            rx: watch::Receiver<u64>,
+            samples: VecDeque<(Instant, u64)>,
+            last: Option<(Progress, JobState)>,
+            ended: bool,
+        }
+        let st = St {
+            rx: self.inner.commits.subscribe(),
+            inner: Arc::clone(&self.inner),
+            samples: VecDeque::new(),
+            last: None,
+            ended: false,
+        };
+        futures::stream::unfold(st, move |mut st| async move {
+            if st.ended {
+                return None;
+            }
+            let interval = st.inner.config.poll_interval;
+            loop {
+                if st.last.is_some() {
+                    tokio::select! {
+                        r = st.rx.changed() => if r.is_err() { tokio::time::sleep(interval).await },
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+                match snapshot(&st.inner, job, &mut st.samples).await {
+                    // Nothing new: no event.
+                    Ok(ev) if st.last == Some((ev.progress, ev.state)) => {}
+                    Ok(ev) => {
+                        st.ended = ev.finished;
+                        st.last = Some((ev.progress, ev.state));
+                        return Some((ev, st));
+                    }
+                    Err(StoreError::JobNotFound(_)) => return None,
+                    Err(e) => {
+                        tracing::warn!(%job, error = %e, "progress: store error, retrying");
+                        if st.last.is_none() {
+                            tokio::time::sleep(interval).await;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Waits until the job ended and every item has a result.
+    pub async fn wait(&self, job: JobId) -> Result<JobSummary, EngineError> {
+        let mut rx = self.inner.commits.subscribe();
+        loop {
+            let j = self.inner.store.job(job).await?;
+            let progress = self.inner.store.progress(job).await?;
+            if terminal(j.state) && progress.is_complete() {
+                return Ok(JobSummary { job: j, progress });
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { tokio::time::sleep(self.inner.config.poll_interval).await },
+                () = tokio::time::sleep(self.inner.config.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Start-up: for each unfinished job (queued or running) not running here,
+    /// either resumes it (items that were running go back to pending and the job
+    /// runs again) or closes it as `interrupted` (pending and running items end
+    /// as cancelled). Jobs already cancelled whose items were still running in
+    /// a process that died get those items ended as cancelled. Returns the jobs handled.
+    pub async fn recover(&self, policy: RecoverPolicy) -> Result<Vec<JobId>, EngineError> {
+        let store = &self.inner.store;
+        let mut handled = Vec::new();
+        for job in store.unfinished_jobs().await? {
+            if self.is_running_here(job.id) {
+                continue;
+            }
+            let requeued = store.requeue_running(job.id).await?;
+            match policy {
+                RecoverPolicy::Resume => {
+                    tracing::info!(job = %job.id, requeued, "resuming job");
+                    self.spawn_runner(job.clone());
+                }
+                RecoverPolicy::Interrupt => {
+                    let now = Utc::now();
+                    let cancelled = store.cancel_pending(job.id, now).await?;
+                    store
+                        .set_job_state(job.id, JobState::Interrupted, now)
+                        .await?;
+                    tracing::info!(job = %job.id, cancelled, "job interrupted");
+                    self.inner.notify();
+                }
+            }
+            handled.push(job.id);
+        }
+        // A job cancelled while the process running its items died: those items
+        // would stay `running` for ever; end them as cancelled.
+        for job in store.jobs(RECOVER_SCAN).await? {
+            if !terminal(job.state) || self.is_running_here(job.id) {
+                continue;
+            }
+            if store.progress(job.id).await?.is_complete() {
+                continue;
+            }
+            store.requeue_running(job.id).await?;
+            let n = store.cancel_pending(job.id, Utc::now()).await?;
+            tracing::info!(job = %job.id, state = %job.state, cancelled = n, "closed orphaned items");
+            self.inner.notify();
+            handled.push(job.id);
+        }
+        Ok(handled)
+    }
+
+    /// One reconciler pass: makes running services match `service_wanted` (see
+    /// [`ReconcileReport`]).
+    pub async fn reconcile(&self) -> Result<ReconcileReport, EngineError> {
+        services::reconcile(&self.inner).await
+    }
+
+    /// One monitor pass over the nodes with a service (see [`MonitorReport`]).
+    pub async fn monitor(&self) -> Result<MonitorReport, EngineError> {
+        services::monitor(&self.inner).await
+    }
+
+    /// Runs until `shutdown` completes: picks up queued jobs (created by another
+    /// process) and joins running jobs with pending items (another process's:
+    /// the queue is shared) every [`EngineConfig::queue_interval`], reconciles services and
+    /// checks their health at their intervals. On shutdown, runners stop claiming,
+    /// let items in flight finish and commit, and leave the rest pending (the next
+    /// start resumes it); then `run` returns. Call [`recover`](Self::recover) first.
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
+        let (stop, stop_rx) = watch::channel(false);
+        let every = |interval: Duration, what: &'static str| {
+            let mut stop_rx = stop_rx.clone();
+            let this = self.clone();
+            async move {
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop_rx.wait_for(|s| *s) => break,
+                        _ = tick.tick() => {}
+                    }
+                    let r = match what {
+                        "jobs" => this.pick_up_jobs().await,
+                        "reconcile" => this.reconcile().await.map(|_| ()),
+                        _ => this.monitor().await.map(|_| ()),
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "{what} pass failed");
+                    }
+                }
+            }
+        };
+        let cfg = &self.inner.config;
+        tokio::join!(
+            async {
+                shutdown.await;
+                stop.send_replace(true);
+            },
+            every(cfg.queue_interval, "jobs"),
+            every(cfg.reconcile_interval, "reconcile"),
+            every(cfg.monitor_interval, "monitor"),
+        );
+        tracing::info!("shutting down: draining job runners");
+        self.inner.draining.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.jobs)
+            .drain()
+            .map(|(_, j)| j.task)
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.inner.draining.send_replace(false);
+    }
+
+    /// Starts runners for unfinished jobs that no runner here works on: queued
+    /// jobs created by another process, and running jobs with pending items that
+    /// another process works on (claims never overlap, so both share the work).
+    async fn pick_up_jobs(&self) -> Result<(), EngineError> {
+        for job in self.inner.store.unfinished_jobs().await? {
+            if self.is_running_here(job.id) {
+                continue;
+            }
+            if job.state == JobState::Running {
+                let p = self.inner.store.progress(job.id).await?;
+                // Nothing to claim and nothing to close: someone else is on it.
+                if p.pending == 0 && !p.is_complete() {
+                    continue;
+                }
+            }
+            tracing::info!(job = %job.id, kind = %job.kind, state = %job.state, "picking up job");
+            self.spawn_runner(job);
+        }
+        Ok(())
+    }
+
+    /// For `connexa run --once`: resumes every unfinished job and waits for all of
+    /// them to end, then makes one reconciler pass and one monitor pass.
+    pub async fn run_once(&self) -> Result<(), EngineError> {
+        let jobs = self.recover(RecoverPolicy::Resume).await?;
+        for job in jobs {
+            self.wait(job).await?;
+        }
+        self.reconcile().await?;
+        self.monitor().await?;
+        Ok(())
+    }
+
+    /// Stops every task of this engine at once, as a crash would: runners, item
+    /// tasks and committers are aborted; results not yet committed are lost and
+    /// their items stay `running` until the next [`recover`](Self::recover).
+    pub fn abort(&self) {
+        for (_, j) in lock(&self.inner.jobs).drain() {
+            j.task.abort();
+        }
+    }
+}
+
+async fn snapshot(
+    inner: &Inner,
+    job: JobId,
+    samples: &mut VecDeque<(Instant, u64)>,
+) -> Result<ProgressEvent, StoreError> {
+    let store = &inner.store;
+    let j = store.job(job).await?;
+    let progress = store.progress(job).await?;
+    let recent = store.recent_items(job, inner.config.recent_items).await?;
+    let now = Instant::now();
+    let done = progress.done();
+    samples.push_back((now, done));
+    while samples.len() > 2
+        && samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(10))
+    {
+        samples.pop_front();
+    }
+    let window = samples.front().and_then(|(t0, d0)| {
+        let dt = now.duration_since(*t0).as_secs_f64();
+        (dt >= 0.2 && done > *d0).then(|| (done - d0) as f64 / dt)
+    });
+    let rate = window.unwrap_or_else(|| {
+        let dt = (Utc::now() - j.created_at).as_seconds_f64();
+        if dt > 0.0 { done as f64 / dt } else { 0.0 }
+    });
+    let remaining = progress.total.saturating_sub(done);
+    let eta = if remaining == 0 {
+        Some(Duration::ZERO)
+    } else if rate > 0.0 {
+        Duration::try_from_secs_f64(remaining as f64 / rate).ok()
+    } else {
+        None
+    };
+    Ok(ProgressEvent {
+        job,
+        kind: j.kind,
+        state: j.state,
+        finished: terminal(j.state) && progress.is_complete(),
+        progress,
+        rate,
+        eta,
+        recent,
+    })
+}
+
+/// A stand-in for ports that are not implemented yet: as a [`SpeedTester`] it
+/// answers `ProbeError::Config` (so no node is marked); as a
+/// [`ServiceLauncher`] it runs nothing and every start fails.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotAvailable;
+
+#[async_trait::async_trait]
+impl SpeedTester for NotAvailable {
+    async fn measure(
+        &self,
+        _node: &crate::domain::Node,
+    ) -> Result<crate::domain::Outcome, crate::ports::ProbeError> {
+        Err(crate::ports::ProbeError::Config(
+            "the speed test is not implemented yet".into(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl ServiceLauncher for NotAvailable {
+    async fn start(
+        &self,
+        _node: &crate::domain::Node,
+        _previous: Option<crate::domain::ServiceEndpoint>,
+    ) -> Result<crate::domain::ServiceEndpoint, crate::ports::ServiceError> {
+        Err(crate::ports::ServiceError::StartFailed(
+            "SOCKS5 services are not implemented yet".into(),
+        ))
+    }
+
+    async fn stop(&self, node: NodeId) -> Result<(), crate::ports::ServiceError> {
+        Err(crate::ports::ServiceError::NotRunning(node))
+    }
+
+    async fn health(&self, _node: &crate::domain::Node) -> crate::ports::Health {
+        crate::ports::Health::Unhealthy("no service runs here".into())
+    }
+
+    async fn running(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests;

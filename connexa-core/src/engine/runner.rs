@@ -1,0 +1,646 @@
+//! One job's runner: claims items, runs each in its own supervised task, and
+//! sends results to the job's committer, which group-commits them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{AbortOnDrop, BusyGuard, Inner, JobOptions, lock, terminal};
+use crate::domain::{
+    Event, Failure, Level, Node, NodeFilter, NodeId, Outcome, Page, ServiceEndpoint, Status,
+    transition,
+};
+use crate::ports::{
+    ClaimedItem, ItemResult, ItemState, Job, JobId, JobKind, JobState, ProbeDepth, ProbeError,
+    ServiceError, StoreError,
+};
+
+/// A result on its way to the committer, with the service guard held until it is committed.
+struct Pending {
+    result: ItemResult,
+    _guard: Option<BusyGuard>,
+}
+
+/// Why the runner stops before every item ran.
+#[derive(Debug, Clone, PartialEq)]
+enum Stop {
+    /// Cancelled (on request, or because the job cannot run: the reason).
+    Cancelled(String),
+    /// Graceful shutdown: leave the rest pending for the next process.
+    Drain,
+}
+
+/// What an item's work produced.
+struct Finish {
+    state: ItemState,
+    event: Option<Event>,
+    detail: Option<String>,
+    /// The job cannot run at all (a [`ProbeError`]): stop it, with this reason.
+    fatal: Option<String>,
+    guard: Option<BusyGuard>,
+}
+
+impl Finish {
+    fn new(state: ItemState, event: Option<Event>, detail: Option<String>) -> Self {
+        Finish {
+            state,
+            event,
+            detail,
+            fatal: None,
+            guard: None,
+        }
+    }
+}
+
+struct Ctx {
+    inner: Arc<Inner>,
+    job: JobId,
+    kind: JobKind,
+    node_timeout: Duration,
+    deadline: Option<Instant>,
+    stop: watch::Sender<Option<Stop>>,
+    results: mpsc::Sender<Msg>,
+}
+
+enum Msg {
+    Result(Box<Pending>),
+    /// Commit everything sent before, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+pub(super) async fn run_job(inner: Arc<Inner>, job: Job, cancel: watch::Sender<bool>) {
+    let span = tracing::info_span!("job", id = %job.id, kind = %job.kind);
+    async move {
+        let started = std::time::Instant::now();
+        match run(inner, job, cancel.subscribe()).await {
+            Ok(state) => tracing::info!(?state, elapsed = ?started.elapsed(), "runner finished"),
+            Err(e) => tracing::warn!(error = %e, "runner stopped by a store error"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn with_retries<T, F, Fut>(what: &str, mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(10);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 8 => {
+                tracing::warn!(attempt, error = %e, "{what} failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs the job until every item it can claim ended; returns the state it left the job in.
+async fn run(
+    inner: Arc<Inner>,
+    job: Job,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<JobState, StoreError> {
+    let opts: JobOptions = serde_json::from_value(job.options.clone()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "unreadable job options, using defaults");
+        JobOptions::default()
+    });
+    let cfg = &inner.config;
+    let concurrency = opts.concurrency.unwrap_or(cfg.concurrency).max(1);
+    let node_timeout = opts
+        .node_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(cfg.node_timeout);
+    let deadline = job
+        .deadline
+        .map(|d| Instant::now() + (d - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+    let (tx, rx) = mpsc::channel(concurrency.saturating_mul(2).clamp(64, 8192));
+    let committer = AbortOnDrop(tokio::spawn(
+        commit_loop(Arc::clone(&inner), rx).in_current_span(),
+    ));
+    let (stop, _) = watch::channel(None);
+    let ctx = Arc::new(Ctx {
+        inner: Arc::clone(&inner),
+        job: job.id,
+        kind: job.kind,
+        node_timeout,
+        deadline,
+        stop,
+        results: tx,
+    });
+    let mut draining = inner.draining.subscribe();
+    let mut stop_rx = ctx.stop.subscribe();
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = JoinSet::new();
+    let mut last_check = Instant::now();
+    let poll = cfg.poll_interval;
+    let deadline_passed = || deadline.is_some_and(|d| Instant::now() >= d);
+
+    // Claim and run.
+    loop {
+        if ctx.stop.borrow().is_some() || deadline_passed() {
+            break;
+        }
+        if *cancel.borrow() {
+            request_stop(&ctx, Stop::Cancelled("cancelled".into()));
+            break;
+        }
+        if *draining.borrow() {
+            request_stop(&ctx, Stop::Drain);
+            break;
+        }
+        if last_check.elapsed() >= poll {
+            last_check = Instant::now();
+            check_store_state(&ctx).await;
+            continue;
+        }
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = cancel.changed() => continue,
+            _ = stop_rx.changed() => continue,
+            _ = draining.changed() => continue,
+            () = tokio::time::sleep(poll) => continue,
+            () = sleep_until_opt(deadline) => continue,
+            Some(_) = tasks.join_next() => continue,
+        };
+        if ctx.stop.borrow().is_some() {
+            // A slot freed by an item that stopped the job: claim nothing more.
+            break;
+        }
+        // Claim in chunks: wait a moment (at most `commit_delay`) for a quarter of
+        // the slots to be free, so that claims do not turn into one transaction
+        // per item competing with the committer.
+        let batch = usize::try_from(cfg.claim_batch.max(1)).unwrap_or(usize::MAX);
+        let low_water = (concurrency / 4).clamp(1, batch);
+        let mut permits = vec![permit];
+        let gather_until = Instant::now() + cfg.commit_delay;
+        while permits.len() < batch {
+            match Arc::clone(&slots).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) if permits.len() >= low_water || deadline_passed() => break,
+                Err(_) => {
+                    match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned())
+                        .await
+                    {
+                        Ok(Ok(p)) => permits.push(p),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        let want = permits.len() as u64;
+        let claimed = with_retries("claim", || {
+            inner
+                .store
+                .claim_items(job.id, &cfg.worker, want, Utc::now())
+        })
+        .await?;
+        if claimed.is_empty() {
+            break;
+        }
+        tracing::debug!(n = claimed.len(), "claimed");
+        // The claimed nodes in one query, not one per item.
+        let filter = NodeFilter::ids(claimed.iter().map(|c| c.node));
+        let page = Page {
+            limit: Page::MAX_LIMIT,
+            ..Page::default()
+        };
+        let mut nodes: HashMap<NodeId, Node> =
+            with_retries("read nodes", || inner.store.list(&filter, page))
+                .await?
+                .nodes
+                .into_iter()
+                .map(|n| (n.id, n))
+                .collect();
+        // Unused permits go back to the semaphore when `permits` is dropped.
+        for (item, p) in claimed.into_iter().zip(permits.drain(..)) {
+            let node = nodes.remove(&item.node);
+            tasks.spawn(supervise(Arc::clone(&ctx), item, node, p));
+        }
+    }
+
+    // Let the items in flight end, still honouring cancellation.
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => if next.is_none() { break },
+            _ = cancel.changed(), if !*cancel.borrow() => {}
+            () = tokio::time::sleep(poll) => check_store_state(&ctx).await,
+        }
+        if *cancel.borrow() {
+            request_stop(&ctx, Stop::Cancelled("cancelled".into()));
+        }
+    }
+
+    // Items never claimed.
+    let stopped = ctx.stop.borrow().clone();
+    let expire = match &stopped {
+        Some(Stop::Cancelled(why)) => Some((ItemState::Cancelled, why.clone())),
+        Some(Stop::Drain) => None,
+        None if deadline_passed() => Some((ItemState::TimedOut, "job deadline reached".to_owned())),
+        None => None,
+    };
+    // Every result sent is committed once the committer answers the flush.
+    let (flushed, flushed_rx) = tokio::sync::oneshot::channel();
+    if ctx.results.send(Msg::Flush(flushed)).await.is_ok() {
+        let _ = flushed_rx.await;
+    }
+    drop(committer);
+    if let Some((state, why)) = expire {
+        let n = expire_pending(&inner, job.id, state, &why).await?;
+        if n > 0 {
+            tracing::info!(n, %state, reason = %why, "ended items that never ran");
+        }
+        inner.notify();
+    }
+
+    let now_state = inner.store.job(job.id).await?.state;
+    let progress = inner.store.progress(job.id).await?;
+    let final_state = match stopped {
+        Some(Stop::Drain) => now_state,
+        _ if terminal(now_state) => now_state,
+        Some(Stop::Cancelled(_)) => JobState::Cancelled,
+        None if progress.is_complete() => JobState::Done,
+        // Another process still works on items of this job; the last one to finish marks it.
+        None => now_state,
+    };
+    if final_state != now_state {
+        inner
+            .store
+            .set_job_state(job.id, final_state, Utc::now())
+            .await?;
+        inner.notify();
+    }
+    Ok(final_state)
+}
+
+/// Records why the runner stops (the first reason wins) and tells every item.
+fn request_stop(ctx: &Ctx, why: Stop) {
+    ctx.stop.send_if_modified(|s| {
+        if s.is_none() {
+            *s = Some(why);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Cross-process cancellation: a job cancelled (or closed) in the store stops here too.
+async fn check_store_state(ctx: &Ctx) {
+    match ctx.inner.store.job(ctx.job).await {
+        Ok(j) if terminal(j.state) => {
+            request_stop(ctx, Stop::Cancelled(format!("job {}", j.state)));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the job state"),
+    }
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Claims what is still pending and ends it with `state` (deadline, fail-fast).
+async fn expire_pending(
+    inner: &Inner,
+    job: JobId,
+    state: ItemState,
+    why: &str,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    loop {
+        let now = Utc::now();
+        let items = inner
+            .store
+            .claim_items(job, &inner.config.worker, 1_000, now)
+            .await?;
+        if items.is_empty() {
+            return Ok(n);
+        }
+        n += items.len() as u64;
+        let results = items
+            .into_iter()
+            .map(|i| ItemResult {
+                item: i.item,
+                state,
+                event: None,
+                detail: Some(why.to_owned()),
+                at: now,
+            })
+            .collect();
+        with_retries("finish", || inner.store.finish_items(Vec::clone(&results))).await?;
+    }
+}
+
+/// Group commit: write whatever arrived within `commit_delay` (at most
+/// `commit_batch`) in one transaction; only then are the results counted.
+async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
+    let max = inner.config.commit_batch.max(1);
+    let mut batch: Vec<Pending> = Vec::with_capacity(max);
+    while let Some(first) = rx.recv().await {
+        let mut flush = None;
+        match first {
+            Msg::Result(p) => batch.push(*p),
+            Msg::Flush(ack) => {
+                let _ = ack.send(());
+                continue;
+            }
+        }
+        let until = Instant::now() + inner.config.commit_delay;
+        while batch.len() < max {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(Msg::Result(p))) => batch.push(*p),
+                Ok(Some(Msg::Flush(ack))) => {
+                    flush = Some(ack);
+                    break;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let results: Vec<ItemResult> = batch.iter().map(|p| p.result.clone()).collect();
+        let n = results.len();
+        match with_retries("group commit", || inner.store.finish_items(results.clone())).await {
+            Ok(_) => {
+                tracing::debug!(n, "committed");
+                inner.notify();
+            }
+            Err(e) => tracing::error!(
+                n,
+                error = %e,
+                "results could not be committed; their items stay running until the job is recovered"
+            ),
+        }
+        // Service guards are released only now that the outcome is in the store.
+        batch.clear();
+        if let Some(ack) = flush {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Runs one item in its own task and turns whatever happens into a terminal result.
+async fn supervise(
+    ctx: Arc<Ctx>,
+    item: ClaimedItem,
+    node: Option<Node>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!("node", id = %item.node, ip = tracing::field::Empty);
+    let partial: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
+    let mut work = AbortOnDrop(tokio::spawn(
+        work(Arc::clone(&ctx.inner), ctx.kind, node, Arc::clone(&partial)).instrument(span.clone()),
+    ));
+    let mut stop_rx = ctx.stop.subscribe();
+    let finish = tokio::select! {
+        biased;
+        joined = &mut work.0 => match joined {
+            Ok(f) => f,
+            Err(e) if e.is_panic() => {
+                let why = panic_message(e.into_panic());
+                span.in_scope(|| tracing::error!(panic = %why, "test crashed"));
+                Finish::new(
+                    ItemState::Failed,
+                    None,
+                    Some(Failure::Crashed { detail: why }.to_string()),
+                )
+            }
+            Err(_) => Finish::new(ItemState::Cancelled, None, Some("aborted".into())),
+        },
+        reason = stop_rx.wait_for(|s| matches!(s, Some(Stop::Cancelled(_)))) => {
+            let why = match reason.as_deref() {
+                Ok(Some(Stop::Cancelled(why))) => why.clone(),
+                _ => "stopped".to_owned(),
+            };
+            Finish::new(ItemState::Cancelled, None, Some(why))
+        }
+        () = sleep_until_opt(ctx.deadline) => {
+            Finish::new(ItemState::TimedOut, None, Some("job deadline reached".into()))
+        }
+        () = tokio::time::sleep(ctx.node_timeout) => {
+            span.in_scope(|| tracing::debug!(timeout = ?ctx.node_timeout, "timed out"));
+            timed_out(ctx.kind, ctx.node_timeout, lock(&partial).take())
+        }
+    };
+    drop(work);
+    if let Some(why) = &finish.fatal {
+        request_stop(&ctx, Stop::Cancelled(format!("cancelled: {why}")));
+    }
+    let result = ItemResult {
+        item: item.item,
+        state: finish.state,
+        event: finish.event,
+        detail: finish.detail,
+        at: Utc::now(),
+    };
+    let _ = ctx
+        .results
+        .send(Msg::Result(Box::new(Pending {
+            result,
+            _guard: finish.guard,
+        })))
+        .await;
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
+
+/// The per-node budget ran out: a test records `Failure::Timeout` (keeping the
+/// furthest stage a pipeline reached); a service start records a failed start.
+fn timed_out(kind: JobKind, t: Duration, partial: Option<Outcome>) -> Finish {
+    let detail = format!("timed out after {t:?}");
+    let event = match kind {
+        JobKind::ServiceStart => Some(Event::ServiceStartFailed(detail.clone())),
+        JobKind::ServiceStop => None,
+        _ => {
+            let reached = partial.as_ref().map_or(Level::None, |o| o.reached);
+            let mut o = Outcome::failed(reached, Failure::Timeout);
+            if let Some(p) = partial {
+                o.measurements = p.measurements;
+            }
+            Some(Event::Tested(o))
+        }
+    };
+    Finish::new(ItemState::TimedOut, event, Some(detail))
+}
+
+async fn work(
+    inner: Arc<Inner>,
+    kind: JobKind,
+    node: Option<Node>,
+    partial: Arc<Mutex<Option<Outcome>>>,
+) -> Finish {
+    let inner = &*inner;
+    let Some(node) = node else {
+        return Finish::new(
+            ItemState::Failed,
+            None,
+            Some("node no longer exists".into()),
+        );
+    };
+    tracing::Span::current().record("ip", tracing::field::display(node.ip));
+    match kind {
+        JobKind::Light => tested(
+            inner.prober.probe(&node, ProbeDepth::Light).await,
+            Level::Light,
+        ),
+        JobKind::Auth => tested(
+            inner.prober.probe(&node, ProbeDepth::Auth).await,
+            Level::Auth,
+        ),
+        JobKind::Speed => tested(inner.speed.measure(&node).await, Level::Speed),
+        JobKind::Pipeline => pipeline(inner, &node, &partial).await,
+        JobKind::ServiceStart => start_service(inner, node.id).await,
+        JobKind::ServiceStop => stop_service(inner, node.id).await,
+    }
+}
+
+/// A test result: the node is marked with the outcome; a [`ProbeError`] marks nothing
+/// and stops the job (the test cannot run on any node).
+fn tested(result: Result<Outcome, ProbeError>, aim: Level) -> Finish {
+    match result {
+        Ok(o) => {
+            let ok = o.failure.is_none() && o.reached >= aim;
+            let detail = o.failure.as_ref().map(ToString::to_string);
+            let state = if ok { ItemState::Ok } else { ItemState::Failed };
+            Finish::new(state, Some(Event::Tested(o)), detail)
+        }
+        Err(e) => {
+            let mut f = Finish::new(
+                ItemState::Failed,
+                None,
+                Some(format!("could not test: {e}")),
+            );
+            f.fatal = Some(e.to_string());
+            f
+        }
+    }
+}
+
+fn reached_its_aim(o: &Outcome, aim: Level) -> bool {
+    o.failure.is_none() && o.reached >= aim
+}
+
+/// Light, then auth, then speed; stops at the first failure. A later stage that
+/// cannot run keeps the furthest real outcome and says why in the detail.
+async fn pipeline(inner: &Inner, node: &Node, partial: &Mutex<Option<Outcome>>) -> Finish {
+    let light = match inner.prober.probe(node, ProbeDepth::Light).await {
+        Ok(o) => o,
+        Err(e) => return tested(Err(e), Level::Speed),
+    };
+    *lock(partial) = Some(light.clone());
+    if !reached_its_aim(&light, Level::Light) {
+        return tested(Ok(light), Level::Speed);
+    }
+    let auth = match inner.prober.probe(node, ProbeDepth::Auth).await {
+        Ok(o) => o,
+        Err(e) => return stage_missing(light, "light", "auth", &e),
+    };
+    *lock(partial) = Some(auth.clone());
+    if !reached_its_aim(&auth, Level::Auth) {
+        return tested(Ok(auth), Level::Speed);
+    }
+    match inner.speed.measure(node).await {
+        Ok(o) => tested(Ok(o), Level::Speed),
+        Err(e) => stage_missing(auth, "auth", "speed", &e),
+    }
+}
+
+fn stage_missing(furthest: Outcome, done: &str, missing: &str, e: &ProbeError) -> Finish {
+    Finish::new(
+        ItemState::Failed,
+        Some(Event::Tested(furthest)),
+        Some(format!(
+            "stopped after the {done} stage: the {missing} stage could not run: {e}"
+        )),
+    )
+}
+
+async fn start_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
+    let guard = inner.busy(node).await;
+    let node = match inner.store.get(node).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Finish::new(
+                ItemState::Failed,
+                None,
+                Some("node no longer exists".into()),
+            );
+        }
+        Err(e) => return Finish::new(ItemState::Failed, None, Some(format!("store: {e}"))),
+    };
+    let probe_event = Event::ServiceStarted(ServiceEndpoint {
+        host: String::new(),
+        port: 0,
+        username: String::new(),
+        password: Default::default(),
+    });
+    if let Err(refused) = transition(node.status, &probe_event) {
+        return Finish::new(ItemState::Failed, None, Some(refused.to_string()));
+    }
+    if !node.service_wanted {
+        // An explicit start makes the service wanted (the reconciler keeps it up).
+        let f = crate::domain::NodeFilter::ids([node.id]);
+        if let Err(e) = inner.store.set_service_wanted(&f, true).await {
+            return Finish::new(ItemState::Failed, None, Some(format!("store: {e}")));
+        }
+    }
+    if node.status == Status::Online && inner.launcher.running().await.contains(&node.id) {
+        let mut f = Finish::new(ItemState::Ok, None, Some("already running".into()));
+        f.guard = Some(guard);
+        return f;
+    }
+    let mut f = match inner.launcher.start(&node, node.service.clone()).await {
+        Ok(ep) => {
+            let detail = format!("service on {}:{}", ep.host, ep.port);
+            Finish::new(ItemState::Ok, Some(Event::ServiceStarted(ep)), Some(detail))
+        }
+        Err(e) => Finish::new(
+            ItemState::Failed,
+            Some(Event::ServiceStartFailed(e.to_string())),
+            Some(e.to_string()),
+        ),
+    };
+    f.guard = Some(guard);
+    f
+}
+
+async fn stop_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
+    let guard = inner.busy(node).await;
+    let mut f = match inner.launcher.stop(node).await {
+        Ok(()) => Finish::new(ItemState::Ok, Some(Event::ServiceStopped), None),
+        Err(ServiceError::NotRunning(_)) => Finish::new(
+            ItemState::Ok,
+            Some(Event::ServiceStopped),
+            Some("was not running".into()),
+        ),
+        Err(e) => Finish::new(ItemState::Failed, None, Some(e.to_string())),
+    };
+    f.guard = Some(guard);
+    f
+}

@@ -1,0 +1,322 @@
+//! The service reconciler (desired state `service_wanted` -> running services)
+//! and the health monitor (only nodes with a service, only health events).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tracing::Instrument;
+
+use super::{BusyGuard, EngineError, Inner, lock};
+use crate::domain::{Event, Node, NodeFilter, NodeId, Page, Status};
+use crate::ports::{ApplyContext, ApplyRequest, Health, NodeStore, ServiceError, StoreError};
+
+/// What one reconciler pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Services started (`ServiceStarted` applied).
+    pub started: u64,
+    /// Starts that failed (`ServiceStartFailed` applied; the node keeps its status).
+    pub start_failed: u64,
+    /// Running services stopped because they are no longer wanted.
+    pub stopped: u64,
+    /// Nodes recorded `online`/`offline` whose service is neither wanted nor
+    /// running (e.g. stopped while the process was down): `ServiceStopped` applied.
+    pub marked_stopped: u64,
+    /// Nodes skipped because a job or the monitor was acting on them.
+    pub skipped_busy: u64,
+}
+
+/// What one monitor pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MonitorReport {
+    /// Nodes with a service that were checked.
+    pub checked: u64,
+    /// Checks that failed.
+    pub unhealthy: u64,
+    /// `HealthFailed` events applied (a node reached the failure threshold).
+    pub health_failed: u64,
+    /// `HealthOk` events applied (an `offline` node recovered, or a failure streak ended).
+    pub health_ok: u64,
+}
+
+fn verified() -> Vec<Status> {
+    vec![Status::SpeedOk, Status::Online, Status::Offline]
+}
+
+async fn list_all(store: &dyn NodeStore, filter: &NodeFilter) -> Result<Vec<Node>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .list(
+                filter,
+                Page {
+                    offset: out.len() as u64,
+                    limit: Page::MAX_LIMIT,
+                    ..Page::default()
+                },
+            )
+            .await?;
+        let n = page.nodes.len() as u64;
+        out.extend(page.nodes);
+        if n < Page::MAX_LIMIT {
+            return Ok(out);
+        }
+    }
+}
+
+fn wanted_filter() -> NodeFilter {
+    NodeFilter {
+        service_wanted: Some(true),
+        statuses: verified(),
+        ..NodeFilter::all()
+    }
+}
+
+fn now() -> ApplyContext {
+    ApplyContext::now()
+}
+
+pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, EngineError> {
+    async {
+        let store = inner.store.as_ref();
+        let launcher = &inner.launcher;
+        let mut report = ReconcileReport::default();
+
+        // Candidates, then their guards (no job or monitor acts on them meanwhile),
+        // then a fresh look at both the store and the launcher.
+        let wanted = list_all(store, &wanted_filter()).await?;
+        let wanted_ids: HashSet<NodeId> = wanted.iter().map(|n| n.id).collect();
+        let stale = list_all(
+            store,
+            &NodeFilter {
+                has_service: Some(true),
+                service_wanted: Some(false),
+                ..NodeFilter::all()
+            },
+        )
+        .await?;
+        let mut candidates: Vec<NodeId> = wanted_ids.iter().copied().collect();
+        candidates.extend(
+            launcher
+                .running()
+                .await
+                .into_iter()
+                .filter(|id| !wanted_ids.contains(id)),
+        );
+        candidates.extend(stale.iter().map(|n| n.id));
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut guards: HashMap<NodeId, BusyGuard> = HashMap::new();
+        for id in candidates {
+            match inner.try_busy(id) {
+                Some(g) => {
+                    guards.insert(id, g);
+                }
+                None => report.skipped_busy += 1,
+            }
+        }
+        let wanted: HashMap<NodeId, Node> = list_all(store, &wanted_filter())
+            .await?
+            .into_iter()
+            .filter(|n| guards.contains_key(&n.id))
+            .map(|n| (n.id, n))
+            .collect();
+        let running: HashSet<NodeId> = launcher.running().await.into_iter().collect();
+
+        // Start what is wanted and not running (after a restart: all of them, with
+        // their stored port and credentials).
+        let starts: Vec<Node> = wanted
+            .values()
+            .filter(|n| !running.contains(&n.id))
+            .cloned()
+            .collect();
+        let timeout = inner.config.node_timeout;
+        let events: Vec<Option<ApplyRequest>> = futures::stream::iter(starts)
+            .map(|node| {
+                let launcher = Arc::clone(launcher);
+                let span = tracing::info_span!("node", id = %node.id, ip = %node.ip);
+                async move {
+                    let id = node.id;
+                    let task = tokio::spawn(
+                        async move {
+                            let previous = node.service.clone();
+                            match tokio::time::timeout(timeout, launcher.start(&node, previous))
+                                .await
+                            {
+                                Ok(Ok(ep)) => Event::ServiceStarted(ep),
+                                Ok(Err(e)) => Event::ServiceStartFailed(e.to_string()),
+                                Err(_) => Event::ServiceStartFailed(format!(
+                                    "service start timed out after {timeout:?}"
+                                )),
+                            }
+                        }
+                        .instrument(span),
+                    );
+                    match task.await {
+                        Ok(event) => Some(ApplyRequest {
+                            node: id,
+                            event,
+                            ctx: now(),
+                        }),
+                        Err(e) => {
+                            tracing::error!(node = %id, error = %e, "service start crashed");
+                            None
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(inner.config.service_concurrency.max(1))
+            .collect()
+            .await;
+        let mut requests: Vec<ApplyRequest> = events.into_iter().flatten().collect();
+        for r in &requests {
+            match r.event {
+                Event::ServiceStarted(_) => report.started += 1,
+                _ => report.start_failed += 1,
+            }
+        }
+
+        // Stop what runs and is no longer wanted.
+        for id in running
+            .iter()
+            .filter(|id| guards.contains_key(id) && !wanted.contains_key(id))
+        {
+            match launcher.stop(*id).await {
+                Ok(()) | Err(ServiceError::NotRunning(_)) => {
+                    report.stopped += 1;
+                    requests.push(ApplyRequest {
+                        node: *id,
+                        event: Event::ServiceStopped,
+                        ctx: now(),
+                    });
+                }
+                Err(e) => tracing::warn!(node = %id, error = %e, "cannot stop service"),
+            }
+        }
+        // Record as stopped what the store says serves but nothing runs nor is wanted.
+        for n in &stale {
+            if guards.contains_key(&n.id) && !running.contains(&n.id) && !wanted.contains_key(&n.id)
+            {
+                report.marked_stopped += 1;
+                requests.push(ApplyRequest {
+                    node: n.id,
+                    event: Event::ServiceStopped,
+                    ctx: now(),
+                });
+            }
+        }
+        if !requests.is_empty() {
+            for (r, res) in requests
+                .iter()
+                .zip(store.apply_many(requests.clone()).await?)
+            {
+                if let Err(e) = res {
+                    tracing::debug!(node = %r.node, error = %e, "reconcile event not applied");
+                }
+            }
+        }
+        drop(guards);
+        if report != ReconcileReport::default() {
+            tracing::info!(?report, "reconciled services");
+        }
+        Ok(report)
+    }
+    .instrument(tracing::info_span!("reconcile"))
+    .await
+}
+
+pub(super) async fn monitor(inner: &Arc<Inner>) -> Result<MonitorReport, EngineError> {
+    async {
+        let store = inner.store.as_ref();
+        let nodes = list_all(
+            store,
+            &NodeFilter {
+                has_service: Some(true),
+                ..NodeFilter::all()
+            },
+        )
+        .await?;
+        let mut report = MonitorReport::default();
+        let mut guarded = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            if let Some(g) = inner.try_busy(n.id) {
+                guarded.push((n, g));
+            }
+        }
+        let timeout = inner.config.node_timeout;
+        let checks: Vec<(Node, Option<Health>, BusyGuard)> = futures::stream::iter(guarded)
+            .map(|(node, guard)| {
+                let launcher = Arc::clone(&inner.launcher);
+                async move {
+                    let n = node.clone();
+                    let task = tokio::spawn(async move {
+                        match tokio::time::timeout(timeout, launcher.health(&n)).await {
+                            Ok(h) => h,
+                            Err(_) => {
+                                Health::Unhealthy(format!("health check timed out after {timeout:?}"))
+                            }
+                        }
+                    });
+                    let health = match task.await {
+                        Ok(h) => Some(h),
+                        Err(e) => {
+                            // Our bug, not the node's: no verdict.
+                            tracing::error!(node = %node.id, error = %e, "health check crashed");
+                            None
+                        }
+                    };
+                    (node, health, guard)
+                }
+            })
+            .buffer_unordered(inner.config.service_concurrency.max(1))
+            .collect()
+            .await;
+
+        let threshold = inner.config.health_threshold.max(1);
+        let mut requests = Vec::new();
+        {
+            let mut failures = lock(&inner.health_failures);
+            let seen: HashSet<NodeId> = checks.iter().map(|(n, _, _)| n.id).collect();
+            failures.retain(|id, _| seen.contains(id) || lock(&inner.busy).contains(id));
+            for (node, health, _) in &checks {
+                let Some(health) = health else { continue };
+                report.checked += 1;
+                match health {
+                    Health::Healthy => {
+                        failures.remove(&node.id);
+                        if node.status == Status::Offline || node.consecutive_failures > 0 {
+                            report.health_ok += 1;
+                            requests.push(ApplyRequest {
+                                node: node.id,
+                                event: Event::HealthOk,
+                                ctx: now(),
+                            });
+                        }
+                    }
+                    Health::Unhealthy(why) => {
+                        report.unhealthy += 1;
+                        let streak = failures.entry(node.id).or_insert(0);
+                        *streak = streak.saturating_add(1);
+                        tracing::debug!(node = %node.id, streak = *streak, reason = %why, "unhealthy");
+                        if *streak >= threshold && node.status == Status::Online {
+                            report.health_failed += 1;
+                            requests.push(ApplyRequest {
+                                node: node.id,
+                                event: Event::HealthFailed(why.clone()),
+                                ctx: now(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if !requests.is_empty() {
+            store.apply_many(requests).await?;
+        }
+        drop(checks);
+        Ok(report)
+    }
+    .instrument(tracing::info_span!("monitor"))
+    .await
+}
