@@ -13,7 +13,107 @@ on_both_backends!(
     mixed_fixture_imports_and_reimport_is_all_duplicates,
     conflicts_are_kept_unless_replace_is_asked,
     importing_never_changes_a_tested_node,
+    test_after_import_tests_exactly_the_added_nodes,
 );
+
+/// Answers every light probe with success, and counts who was probed.
+struct CountingProber(std::sync::Mutex<Vec<NodeId>>);
+
+#[async_trait::async_trait]
+impl Prober for CountingProber {
+    async fn probe(&self, node: &Node, _depth: ProbeDepth) -> Result<Outcome, ProbeError> {
+        self.0.lock().unwrap().push(node.id);
+        Ok(Outcome::success(Level::Light))
+    }
+}
+
+async fn test_after_import_tests_exactly_the_added_nodes(db: TestDb) {
+    use connexa_core::engine::{Engine, EngineConfig, JobOptions, NotAvailable};
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let seeded = import_into(
+        store.clone(),
+        "192.0.2.30:admin:pw\n192.0.2.31:admin:pw\n".as_bytes(),
+        ImportOptions::default(),
+    )
+    .await;
+    let verified = seeded.added[0].1;
+    let conflicting = seeded.added[1].1;
+    store
+        .apply(
+            verified,
+            Event::Tested(Outcome::success(Level::Speed)),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    let before = (
+        store.get(verified).await.unwrap(),
+        store.get(conflicting).await.unwrap(),
+    );
+    let history_before = store.history(verified).await.unwrap().len();
+
+    let prober = Arc::new(CountingProber(Default::default()));
+    let engine = Engine::new(
+        store.clone(),
+        prober.clone(),
+        Arc::new(NotAvailable),
+        Arc::new(NotAvailable),
+        EngineConfig::default(),
+    );
+    let list = "192.0.2.30:admin:pw\n192.0.2.31:admin:other\n192.0.2.32:admin:a\n192.0.2.33:admin:b\n192.0.2.34:admin:c\n";
+    let (report, job) = engine
+        .import(
+            list.as_bytes(),
+            ImportOptions::default(),
+            Some((JobKind::Light, JobOptions::default())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            report.added.len(),
+            report.duplicates.len(),
+            report.conflicts.len()
+        ),
+        (3, 1, 1),
+        "{report}"
+    );
+    let summary = engine
+        .wait(job.expect("a job for the added nodes"))
+        .await
+        .unwrap();
+    assert_eq!((summary.progress.total, summary.progress.ok), (3, 3));
+    let mut probed = prober.0.lock().unwrap().clone();
+    probed.sort();
+    let mut added = report.added_ids();
+    added.sort();
+    assert_eq!(probed, added, "only the added nodes were tested");
+    for id in added {
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().status,
+            Status::PingLight
+        );
+    }
+    assert_eq!(
+        (
+            store.get(verified).await.unwrap(),
+            store.get(conflicting).await.unwrap()
+        ),
+        before
+    );
+    assert_eq!(store.history(verified).await.unwrap().len(), history_before);
+
+    // Nothing added: no job.
+    let (again, none) = engine
+        .import(
+            list.as_bytes(),
+            ImportOptions::default(),
+            Some((JobKind::Light, JobOptions::default())),
+        )
+        .await
+        .unwrap();
+    assert!(again.added.is_empty() && none.is_none());
+}
 
 const MIXED: &str = include_str!("fixtures/import/mixed.txt");
 

@@ -405,6 +405,34 @@ impl Engine {
         Ok(id)
     }
 
+    /// Imports a node list into the engine's store and, when `test` is given,
+    /// starts a normal job of that kind on exactly the nodes the import added.
+    /// Importing never changes the status of a node that was not tested: stored
+    /// duplicates and conflicts are left alone and are not part of the job.
+    ///
+    /// Returns the report and the job, if one was started (none when nothing was added).
+    pub async fn import<R>(
+        &self,
+        reader: R,
+        import: crate::import::ImportOptions,
+        test: Option<(JobKind, JobOptions)>,
+    ) -> Result<(crate::import::ImportReport, Option<JobId>), EngineError>
+    where
+        R: std::io::Read + Send + 'static,
+    {
+        let report =
+            crate::import::import_into(Arc::clone(&self.inner.store), reader, import).await;
+        let added = report.added_ids();
+        let job = match test {
+            Some((kind, options)) if !added.is_empty() => Some(
+                self.start_job(kind, NodeFilter::ids(added), options)
+                    .await?,
+            ),
+            _ => None,
+        };
+        Ok((report, job))
+    }
+
     /// `true` when this process runs the job right now.
     pub fn is_running_here(&self, job: JobId) -> bool {
         lock(&self.inner.jobs)
