@@ -9,6 +9,8 @@
 //!   [`ServiceLauncher`](ports::ServiceLauncher)).
 //! * [`import`]: streaming parsers of every node-list format operators have, and
 //!   the import report; [`export`]: writers of txt, csv, json, pptp and socks lists.
+//! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
+//!   JSON views; [`config`]: the operator's TOML configuration file.
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -21,9 +23,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod domain;
 pub mod export;
 pub mod import;
+pub mod ops;
 pub mod ports;
 pub mod pptp;
 pub mod probe;
