@@ -56,11 +56,20 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code.into(),
+        Err(err) if is_broken_pipe(&err) => Exit::Ok.into(), // `connexa ... | head`
         Err(err) => {
             eprintln!("error: {}", one_line(&err));
             classify(&err).into()
         }
     }
+}
+
+/// The reader of stdout went away: not an error worth a message.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Help and version go to stdout (exit 0); a usage error is one line on

@@ -931,3 +931,74 @@ fn sim_writes_csv_and_rejects_bad_mixes() {
         .unwrap();
     assert!(one_line_error(&out, 2).contains("127.0.0.0/8"));
 }
+
+/// Runs `connexa ARGS` under a pseudo-terminal (util-linux `script`), feeding
+/// `input` to its terminal; returns what the terminal showed.
+fn under_pty(env: &Env, args: &str, input: &str) -> (String, i32) {
+    let bin = assert_cmd::cargo::cargo_bin("connexa");
+    let cmdline = format!("{} --db '{}' {args}", bin.display(), env.db());
+    let mut child = StdCommand::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .current_dir(env.dir.path())
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` is needed for the terminal tests");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn delete_asks_on_a_terminal_and_tables_are_coloured_there() {
+    let env = Env::new();
+    imported(&env);
+    // Declined: nothing deleted.
+    let (screen, code) = under_pty(&env, "nodes delete --status not_tested", "n\n");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("3 nodes match and will be deleted. Delete them? [y/N]"),
+        "{screen}"
+    );
+    assert!(screen.contains("deleted 0 nodes"), "{screen}");
+    assert_eq!(env.json(&["stats"])["total"], 3);
+    // Colour on a terminal only (the table tests above check there is none in a pipe).
+    let (screen, _) = under_pty(&env, "nodes list", "");
+    assert!(screen.contains("\x1b[1mID"), "{screen:?}");
+    // Accepted: exactly the matching nodes go.
+    let (screen, code) = under_pty(&env, "nodes delete --country united", "y\n");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("1 nodes match") && screen.contains("deleted 1 nodes"),
+        "{screen}"
+    );
+    assert_eq!(env.json(&["stats"])["total"], 2);
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let env = Env::new();
+    imported(&env);
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args(["--db", &env.db(), "export", "--format", "pptp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -387,7 +387,6 @@ async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<Exit> {
             .read_line(&mut answer)
             .context("cannot read the answer")?;
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            ctx.out.note("nothing deleted");
             return finish_delete(ctx, 0, missing);
         }
     }
