@@ -29,7 +29,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error, 3 config or database error,
 
 /// Import, test, serve and export fleets of PPTP VPN servers.
 #[derive(Debug, Parser)]
-#[command(name = "connexa", version, about, long_about = None, after_help = EXAMPLES)]
+#[command(name = "connexa", version, about, long_about = None, after_help = EXAMPLES, arg_required_else_help = true)]
 pub struct Cli {
     /// Options every subcommand takes.
     #[command(flatten)]

@@ -1002,3 +1002,45 @@ fn a_closed_stdout_is_not_an_error() {
     assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn logs_go_to_stderr_and_never_carry_a_password() {
+    let env = Env::new();
+    let list = env.write("list.txt", LIST);
+    let out = env
+        .cmd(&["-vvv", "import", list.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("opening database"),
+        "-vvv shows debug logs: {err}"
+    );
+    for secret in ["pw1", "pw2", "pw3", "zq9secret"] {
+        assert!(
+            !err.contains(secret),
+            "{secret} leaked into the logs: {err}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    }
+    // -q: no notes on stderr.
+    let out = env
+        .cmd(&["-q", "export", "--format", "pptp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // Without a subcommand: the help, on stderr, exit 2.
+    let out = Command::cargo_bin("connexa").unwrap().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: connexa"));
+    // Options but no subcommand: one line.
+    let out = env.cmd(&["-v"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("subcommand"));
+}
