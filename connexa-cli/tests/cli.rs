@@ -780,9 +780,9 @@ fn wait_for(path: &Path, child: &mut std::process::Child) {
     }
 }
 
-fn sigterm_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
+fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::process::ExitStatus {
     let ok = StdCommand::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
@@ -865,7 +865,7 @@ fn sim_runs_a_fleet_whose_list_imports_and_stops_on_sigterm() {
         "80 % healthy + 10 % silent listen, 10 % refused do not"
     );
 
-    let status = sigterm_and_wait(&mut child);
+    let status = signal_and_wait(&mut child, "-TERM");
     assert_eq!(status.code(), Some(0));
     let mut stdout = String::new();
     child
@@ -910,7 +910,8 @@ fn sim_writes_csv_and_rejects_bad_mixes() {
     let text = std::fs::read_to_string(&list).unwrap();
     assert!(text.starts_with("ip,port,login,password,"), "{text}");
     assert_eq!(text.lines().count(), 4);
-    assert_eq!(sigterm_and_wait(&mut child).code(), Some(0));
+    // Ctrl-C (SIGINT) stops it cleanly too.
+    assert_eq!(signal_and_wait(&mut child, "-INT").code(), Some(0));
 
     let out = env
         .cmd(&["sim", "--nodes", "3", "--mix", "healthy=1,sleepy=2"])

@@ -84,6 +84,10 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
                 return Err(fail(Exit::Usage, "`-` (stdin) given twice"));
             }
             stdin_used = true;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                ctx.out
+                    .note("reading the node list from the terminal; end it with Ctrl-D");
+            }
             inputs.push(("-".into(), Box::new(std::io::stdin())));
         } else {
             let file = File::open(path)
