@@ -1045,3 +1045,74 @@ fn logs_go_to_stderr_and_never_carry_a_password() {
     let out = env.cmd(&["-v"]).output().unwrap();
     assert!(one_line_error(&out, 2).contains("subcommand"));
 }
+
+#[test]
+fn replaced_rows_and_pages_past_the_end_are_explained() {
+    let env = Env::new();
+    let first = env.write("a.txt", "127.0.0.5:admin:old\n127.0.0.6:admin:same\n");
+    env.cmd(&["import", first.to_str().unwrap()])
+        .assert()
+        .success();
+    env.write("b.txt", "127.0.0.6:admin:same\n127.0.0.5:admin:new\n");
+    let out = env
+        .cmd(&["import", "--on-conflict", "replace", "-v", "b.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains("b.txt line 2: replaced node 1 (new password) with node 3"),
+        "{s}"
+    );
+    assert!(
+        s.contains("b.txt line 1: duplicate of stored node 2"),
+        "-v lists duplicates: {s}"
+    );
+    env.cmd(&["nodes", "list", "--page", "9"])
+        .assert()
+        .success()
+        .stdout("page 9 is past the end (2 nodes match)\n");
+    env.cmd(&["nodes", "list", "--status", "online"])
+        .assert()
+        .success()
+        .stdout("no nodes match\n");
+    // CSV summaries.
+    env.cmd(&["--output", "csv", "import", "a.txt"])
+        .assert()
+        .success()
+        .stdout("source,added,replaced,duplicates,conflicts,errors\na.txt,0,0,1,1,0\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_shows_the_last_job_with_its_progress() {
+    use connexa_core::domain::NodeFilter;
+    use connexa_core::ports::{JobKind, JobSpec};
+    let env = Env::new();
+    imported(&env);
+    let store = env.store().await;
+    let job = store
+        .create_job(
+            JobSpec {
+                kind: JobKind::Light,
+                filter: NodeFilter::all(),
+                options: serde_json::json!({}),
+                deadline: None,
+            },
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let v = env.json(&["stats"]);
+    assert_eq!(v["last_job"]["id"], job.id.0);
+    assert_eq!(v["last_job"]["kind"], "light");
+    assert_eq!(v["last_job"]["state"], "queued");
+    assert_eq!(v["last_job"]["progress"]["total"], 3);
+    assert_eq!(v["last_job"]["progress"]["pending"], 3);
+    let out = env.cmd(&["stats"]).output().unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains(&format!("last job: #{} light queued, 0/3 done", job.id)),
+        "{s}"
+    );
+}

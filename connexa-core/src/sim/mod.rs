@@ -499,3 +499,72 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::ExportFormat;
+    use crate::import::parse;
+
+    #[test]
+    fn mix_errors_name_the_offending_part() {
+        for (text, part) in [
+            ("healthy", "healthy"),
+            ("healthy=x", "healthy=x"),
+            ("healthy=1,refused:3=1", "refused:3=1"),
+            ("wrong:1=1", "wrong:1=1"),
+            ("slow:soon=1", "slow:soon=1"),
+            ("healthy=0", "healthy=0"),
+            ("", ""),
+        ] {
+            let e = parse_mix(text).unwrap_err();
+            assert_eq!(e.given, part, "{text}");
+            assert!(e.to_string().contains("healthy, refused"), "{e}");
+        }
+        assert_eq!(
+            parse_mix(" Healthy = 3 , wrong=1 ").unwrap(),
+            vec![(Behaviour::Healthy, 3), (Behaviour::WrongResultCode(2), 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_in_every_import_format_read_back_with_the_port() {
+        let fleet = Fleet::start(
+            FleetSpec::new(3)
+                .first_ip(Ipv4Addr::new(127, 58, 0, 1))
+                .port(0)
+                .mix(vec![(Behaviour::Refused, 1)]),
+        )
+        .await
+        .unwrap();
+        let fleet = Fleet {
+            nodes: fleet
+                .nodes()
+                .iter()
+                .cloned()
+                .map(|mut n| {
+                    n.port = 21999;
+                    n
+                })
+                .collect(),
+            tasks: Vec::new(),
+        };
+        for format in [
+            ExportFormat::Pptp,
+            ExportFormat::Csv,
+            ExportFormat::Json,
+            ExportFormat::Txt,
+        ] {
+            let mut out = Vec::new();
+            assert_eq!(fleet.write_list(format, &mut out).unwrap(), 3);
+            let rows: Vec<_> = parse(&out[..]).map(|r| r.unwrap()).collect();
+            assert_eq!(rows.len(), 3, "{format}");
+            for (row, sim) in rows.iter().zip(fleet.nodes()) {
+                assert_eq!(row.node.ip(), IpAddr::V4(sim.ip), "{format}");
+                assert_eq!(row.node.port(), 21999, "{format}");
+                assert_eq!(row.node.login(), sim.login, "{format}");
+                assert_eq!(row.node.password(), &sim.password, "{format}");
+            }
+        }
+    }
+}
