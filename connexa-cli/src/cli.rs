@@ -54,7 +54,7 @@ pub struct GlobalArgs {
     )]
     pub db: Option<String>,
     /// TOML configuration file (test defaults, timeouts, ports; see docs/cli.md).
-    #[arg(long, global = true, value_name = "FILE", env = "CONNEXA_CONFIG")]
+    #[arg(long, global = true, value_name = "FILE", env = "CONNEXA_CONFIG", value_parser = any_path)]
     pub config: Option<PathBuf>,
     /// Output format on stdout.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
@@ -86,6 +86,11 @@ pub enum Command {
     Completions(commands::completions::CompletionsArgs),
 }
 
+/// A path, possibly empty (an empty `$CONNEXA_CONFIG` means "no file").
+fn any_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
 /// What every command gets: options, configuration, output.
 #[derive(Debug)]
 pub struct Ctx {
@@ -100,7 +105,7 @@ pub struct Ctx {
 impl Ctx {
     /// Reads the configuration file, if any.
     pub fn new(global: GlobalArgs) -> anyhow::Result<Ctx> {
-        let config = match &global.config {
+        let config = match global.config.as_ref().filter(|p| !p.as_os_str().is_empty()) {
             Some(path) => Config::load(path).code(Exit::Config)?,
             None => Config::default(),
         };

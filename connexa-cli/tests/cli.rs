@@ -317,11 +317,12 @@ fn db_comes_from_env_then_config_then_default() {
         .assert()
         .success();
     assert!(env.path("cfg.db").exists());
-    // The default: connexa.db in the current directory.
+    // The default: connexa.db in the current directory (empty variables count as unset).
     Command::cargo_bin("connexa")
         .unwrap()
         .current_dir(env.dir.path())
-        .env_remove("CONNEXA_DB")
+        .env("CONNEXA_DB", "")
+        .env("CONNEXA_CONFIG", "")
         .args(["stats"])
         .assert()
         .success();
