@@ -1117,3 +1117,67 @@ async fn stats_shows_the_last_job_with_its_progress() {
         "{s}"
     );
 }
+
+/// The same commands against PostgreSQL (`CONNEXA_TEST_PG_URL`, provided by
+/// tests/run.sh, which skips tests named `postgres` when it cannot start one).
+#[test]
+fn postgres_backend_runs_the_same_commands() {
+    let url = std::env::var("CONNEXA_TEST_PG_URL").expect(
+        "CONNEXA_TEST_PG_URL is not set: run tests/run.sh (it starts a throw-away PostgreSQL), or skip with --skip postgres",
+    );
+    let env = Env::new();
+    let run = |args: &[&str]| {
+        let mut c = Command::cargo_bin("connexa").unwrap();
+        c.current_dir(env.dir.path())
+            .env_remove("CONNEXA_CONFIG")
+            .env("CONNEXA_DB", &url)
+            .args(args);
+        c
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = run(&all).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    run(&["nodes", "delete", "--all", "--yes"])
+        .assert()
+        .success();
+    let list = env.write("list.txt", LIST);
+    run(&["import", list.to_str().unwrap()]).assert().code(4);
+    assert_eq!(json(&["nodes", "list"])["total"], 3);
+    assert_eq!(json(&["nodes", "list", "--country", "GERM"])["total"], 1);
+    let first = json(&["nodes", "list", "--limit", "1"])["nodes"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let id = first.to_string();
+    assert_eq!(
+        json(&["nodes", "edit", &id, "--city", "Austin"])["city"],
+        "Austin"
+    );
+    assert_eq!(json(&["nodes", "show", &id, "--reveal"])["password"], "pw1");
+    assert_eq!(json(&["stats"])["by_status"][0]["count"], 3);
+    let csv = run(&["export", "--format", "csv", "--city", "austin"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&csv.stdout).lines().count(), 2);
+    assert_eq!(
+        json(&["nodes", "delete", "--status", "not_tested", "--yes"])["deleted"],
+        3
+    );
+    assert_eq!(json(&["nodes", "history", &id])[0]["event"], "deleted");
+    // A wrong password in the URL is a config error, and is never printed.
+    let bad = url.replacen("postgres://postgres@", "postgres://nobody:hunter2@", 1);
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args(["--db", &bad, "stats"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 3);
+    assert!(!err.contains("hunter2"), "{err}");
+}
