@@ -92,6 +92,30 @@ pub async fn export<W: Write>(
     Ok(crate::export::write(format, &nodes, out)?)
 }
 
+/// What [`delete_ids`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deleted {
+    /// Nodes deleted.
+    pub deleted: u64,
+    /// Ids given that matched no node.
+    pub missing: Vec<NodeId>,
+}
+
+/// Deletes the nodes with these ids (each gets a `deleted` history row) and
+/// names the ids that did not exist.
+pub async fn delete_ids(store: &dyn NodeStore, ids: &[NodeId]) -> Result<Deleted, StoreError> {
+    let filter = NodeFilter::ids(ids.iter().copied());
+    let found = all_matching(store, &filter).await?;
+    let mut missing: Vec<NodeId> = ids
+        .iter()
+        .copied()
+        .filter(|id| !found.iter().any(|n| n.id == *id))
+        .collect();
+    missing.dedup();
+    let deleted = store.delete(&filter).await?;
+    Ok(Deleted { deleted, missing })
+}
+
 /// Changes to a node's descriptive fields: `None` keeps a field, `Some("")`
 /// clears it, anything else sets it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -584,6 +608,22 @@ mod tests {
         let masked = serde_json::to_string(&NodeView::new(&n, false)).unwrap();
         assert!(!masked.contains("s3cret") && masked.contains("\"password\":\"***\""));
         assert_eq!(NodeView::new(&n, true).password, "s3cret");
+    }
+
+    #[tokio::test]
+    async fn delete_ids_names_the_missing_ones() {
+        let (_dir, store) = store_with("127.0.0.5:a:b\n127.0.0.6:a:b\n").await;
+        let d = delete_ids(store.as_ref(), &[NodeId(2), NodeId(7)])
+            .await
+            .unwrap();
+        assert_eq!(
+            d,
+            Deleted {
+                deleted: 1,
+                missing: vec![NodeId(7)]
+            }
+        );
+        assert_eq!(count(store.as_ref(), &NodeFilter::all()).await.unwrap(), 1);
     }
 
     #[tokio::test]

@@ -4,13 +4,13 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use connexa_core::domain::{NodeFilter, NodeId, Page};
+use connexa_core::domain::{NodeId, Page};
 use connexa_core::ops::{self, HistoryView, MetaPatch, NodeView};
 use connexa_core::ports::NodeStore;
 use serde::Serialize;
 
 use crate::cli::Ctx;
-use crate::exit::{Exit, WithCode, fail};
+use crate::exit::{Exit, fail};
 use crate::filter::{FilterArgs, SortArg};
 use crate::output::{Cell, Color, OutputFormat, Table};
 
@@ -353,23 +353,24 @@ async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<Exit> {
         ));
     }
     let store = ctx.store().await?;
-    let (filter, missing) = if by_ids {
+    if by_ids {
         let ids: Vec<NodeId> = a.ids.iter().copied().map(NodeId).collect();
-        let filter = NodeFilter::ids(ids.clone());
-        let found = ops::all_matching(store.as_ref(), &filter).await?;
-        let missing: Vec<NodeId> = ids
-            .into_iter()
-            .filter(|id| !found.iter().any(|n| n.id == *id))
+        let d = ops::delete_ids(store.as_ref(), &ids).await?;
+        return finish_delete(ctx, d.deleted, d.missing);
+    }
+    let filter = a.filter.to_filter();
+    if !a.yes {
+        // Exactly the nodes counted and confirmed are deleted, even if more
+        // start matching while the question is on screen.
+        let ids: Vec<NodeId> = ops::all_matching(store.as_ref(), &filter)
+            .await?
+            .iter()
+            .map(|n| n.id)
             .collect();
-        (filter, missing)
-    } else {
-        (a.filter.to_filter(), Vec::new())
-    };
-    if !by_ids && !a.yes {
-        let n = ops::count(store.as_ref(), &filter).await?;
+        let n = ids.len();
         if n == 0 {
             ctx.out.note("no nodes match; nothing deleted");
-            return finish_delete(ctx, 0, missing);
+            return finish_delete(ctx, 0, Vec::new());
         }
         if !std::io::stdin().is_terminal() {
             return Err(fail(
@@ -387,11 +388,13 @@ async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<Exit> {
             .read_line(&mut answer)
             .context("cannot read the answer")?;
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            return finish_delete(ctx, 0, missing);
+            return finish_delete(ctx, 0, Vec::new());
         }
+        let d = ops::delete_ids(store.as_ref(), &ids).await?;
+        return finish_delete(ctx, d.deleted, Vec::new());
     }
-    let deleted = store.delete(&filter).await.code(Exit::Config)?;
-    finish_delete(ctx, deleted, missing)
+    let deleted = store.delete(&filter).await?;
+    finish_delete(ctx, deleted, Vec::new())
 }
 
 fn finish_delete(ctx: &Ctx, deleted: u64, missing: Vec<NodeId>) -> anyhow::Result<Exit> {
