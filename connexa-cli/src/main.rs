@@ -1,20 +1,123 @@
-//! `connexa`: the operator's command-line tool. Subcommands arrive with the
-//! issues that implement their backends; all logic lives in connexa-core.
+//! `connexa`: the operator's command-line tool. Each subcommand (one file under
+//! `commands/`) parses its input, calls one connexa-core function and formats
+//! the result; all logic lives in connexa-core. See docs/cli.md.
+
+mod cli;
+mod commands;
+mod exit;
+mod filter;
+mod output;
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
-/// Import, test, serve and export fleets of PPTP VPN servers.
-#[derive(Debug, Parser)]
-#[command(name = "connexa", version, about, long_about = None)]
-struct Cli {}
+use crate::cli::Cli;
+use crate::exit::{Exit, classify, collapse, one_line};
 
-fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    println!(
-        "connexa {}: no subcommands yet (see README.md)",
-        env!("CARGO_PKG_VERSION")
-    );
-    Ok(())
+fn main() -> ExitCode {
+    // Errors and panics are ONE line on stderr, never a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error{at}: {} (this is a bug)",
+            collapse(&msg)
+        );
+    }));
+
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_tracing(cli.global.quiet, cli.global.verbose);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!(
+                "error: cannot start the async runtime: {}",
+                collapse(&e.to_string())
+            );
+            return Exit::Failure.into();
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code.into(),
+        Err(err) if is_broken_pipe(&err) => Exit::Ok.into(), // `connexa ... | head`
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            classify(&err).into()
+        }
+    }
+}
+
+/// The reader of stdout went away: not an error worth a message.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Help and version go to stdout (exit 0); a usage error is one line on
+/// stderr with exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            Exit::Ok.into()
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Exit::Usage.into()
+        }
+        _ => {
+            let text = e.render().to_string();
+            let body: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
+                .collect();
+            let line = collapse(&body.join(" "));
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("error: {line} (see --help)");
+            Exit::Usage.into()
+        }
+    }
+}
+
+fn init_tracing(quiet: u8, verbose: u8) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match (quiet, verbose) {
+        (q, _) if q > 0 => LevelFilter::ERROR,
+        (_, 0) => LevelFilter::WARN,
+        (_, 1) => LevelFilter::INFO,
+        (_, 2) => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }
 
 #[cfg(test)]

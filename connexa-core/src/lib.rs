@@ -12,6 +12,8 @@
 //! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver).
 //! * [`engine`]: batch jobs with progress derived from committed rows, the service
 //!   reconciler and the health monitor, generic over the ports.
+//! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
+//!   JSON views; [`config`]: the operator's TOML configuration file.
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -24,10 +26,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod export;
 pub mod import;
+pub mod ops;
 pub mod ports;
 pub mod pptp;
 pub mod probe;

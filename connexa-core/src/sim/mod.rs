@@ -63,6 +63,87 @@ pub enum Behaviour {
     WrongResultCode(u8),
 }
 
+/// A `--mix` specification could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad fleet mix {given:?}: {why} (expected NAME=WEIGHT,... with NAME one of {MIX_NAMES})")]
+#[non_exhaustive]
+pub struct BadMix {
+    /// The offending part.
+    pub given: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// The behaviour names [`parse_mix`] accepts.
+pub const MIX_NAMES: &str =
+    "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), wrong[:CODE] (default 2)";
+
+/// Parses a behaviour mix such as `healthy=80,refused=10,silent=5,slow:2000=5`.
+///
+/// ```
+/// use connexa_core::sim::{parse_mix, Behaviour};
+/// use std::time::Duration;
+/// let mix = parse_mix("healthy=8, slow:250=1,wrong:4=1").unwrap();
+/// assert_eq!(mix, vec![
+///     (Behaviour::Healthy, 8),
+///     (Behaviour::Slow(Duration::from_millis(250)), 1),
+///     (Behaviour::WrongResultCode(4), 1),
+/// ]);
+/// assert!(parse_mix("healthy=8,sleepy=2").is_err());
+/// ```
+pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
+    let bad = |given: &str, why: &str| BadMix {
+        given: given.to_owned(),
+        why: why.to_owned(),
+    };
+    let mut mix = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, weight) = part
+            .split_once('=')
+            .ok_or_else(|| bad(part, "missing =WEIGHT"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| bad(part, "the weight is not a whole number"))?;
+        let (name, arg) = match name.trim().split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (name.trim(), None),
+        };
+        let num = |default: u64| -> Result<u64, BadMix> {
+            match arg {
+                None => Ok(default),
+                Some(a) => a
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(part, "the argument is not a number")),
+            }
+        };
+        let behaviour = match name.to_ascii_lowercase().as_str() {
+            "healthy" if arg.is_none() => Behaviour::Healthy,
+            "refused" if arg.is_none() => Behaviour::Refused,
+            "silent" if arg.is_none() => Behaviour::Silent,
+            "garbage" if arg.is_none() => Behaviour::Garbage,
+            "slow" => Behaviour::Slow(Duration::from_millis(num(3000)?)),
+            "wrong" => {
+                let code = u8::try_from(num(2)?)
+                    .ok()
+                    .filter(|c| (2..=255).contains(c))
+                    .ok_or_else(|| bad(part, "the result code must be 2..=255"))?;
+                Behaviour::WrongResultCode(code)
+            }
+            "healthy" | "refused" | "silent" | "garbage" => {
+                return Err(bad(part, "this behaviour takes no argument"));
+            }
+            _ => return Err(bad(part, "unknown behaviour")),
+        };
+        mix.push((behaviour, weight));
+    }
+    if mix.is_empty() || mix.iter().all(|(_, w)| *w == 0) {
+        return Err(bad(text, "no behaviour with a weight above 0"));
+    }
+    Ok(mix)
+}
+
 /// What to simulate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetSpec {
@@ -312,6 +393,23 @@ impl Fleet {
         Ok(())
     }
 
+    /// Writes the node list in an import-compatible export `format` (`pptp`
+    /// writes `[ip]:port:login:password` when the port is not 1723, `csv` and
+    /// `json` carry the port in a column). Returns the number of nodes written.
+    pub fn write_list<W: Write>(
+        &self,
+        format: crate::export::ExportFormat,
+        w: W,
+    ) -> Result<usize, crate::export::ExportError> {
+        let nodes: Vec<Node> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.node(NodeId(i as i64 + 1)))
+            .collect();
+        crate::export::write(format, &nodes, w)
+    }
+
     /// Stops every listener (connections already accepted finish on their own).
     pub fn shutdown(self) {
         drop(self);
@@ -398,6 +496,75 @@ async fn serve(
         if framer.check_prefix().is_err() {
             drain(&mut stream).await;
             return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::ExportFormat;
+    use crate::import::parse;
+
+    #[test]
+    fn mix_errors_name_the_offending_part() {
+        for (text, part) in [
+            ("healthy", "healthy"),
+            ("healthy=x", "healthy=x"),
+            ("healthy=1,refused:3=1", "refused:3=1"),
+            ("wrong:1=1", "wrong:1=1"),
+            ("slow:soon=1", "slow:soon=1"),
+            ("healthy=0", "healthy=0"),
+            ("", ""),
+        ] {
+            let e = parse_mix(text).unwrap_err();
+            assert_eq!(e.given, part, "{text}");
+            assert!(e.to_string().contains("healthy, refused"), "{e}");
+        }
+        assert_eq!(
+            parse_mix(" Healthy = 3 , wrong=1 ").unwrap(),
+            vec![(Behaviour::Healthy, 3), (Behaviour::WrongResultCode(2), 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_in_every_import_format_read_back_with_the_port() {
+        let fleet = Fleet::start(
+            FleetSpec::new(3)
+                .first_ip(Ipv4Addr::new(127, 58, 0, 1))
+                .port(0)
+                .mix(vec![(Behaviour::Refused, 1)]),
+        )
+        .await
+        .unwrap();
+        let fleet = Fleet {
+            nodes: fleet
+                .nodes()
+                .iter()
+                .cloned()
+                .map(|mut n| {
+                    n.port = 21999;
+                    n
+                })
+                .collect(),
+            tasks: Vec::new(),
+        };
+        for format in [
+            ExportFormat::Pptp,
+            ExportFormat::Csv,
+            ExportFormat::Json,
+            ExportFormat::Txt,
+        ] {
+            let mut out = Vec::new();
+            assert_eq!(fleet.write_list(format, &mut out).unwrap(), 3);
+            let rows: Vec<_> = parse(&out[..]).map(|r| r.unwrap()).collect();
+            assert_eq!(rows.len(), 3, "{format}");
+            for (row, sim) in rows.iter().zip(fleet.nodes()) {
+                assert_eq!(row.node.ip(), IpAddr::V4(sim.ip), "{format}");
+                assert_eq!(row.node.port(), 21999, "{format}");
+                assert_eq!(row.node.login(), sim.login, "{format}");
+                assert_eq!(row.node.password(), &sim.password, "{format}");
+            }
         }
     }
 }

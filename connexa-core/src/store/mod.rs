@@ -166,8 +166,14 @@ impl SqlStore {
     }
 }
 
-/// Hides the password of a `scheme://user:password@host` URL.
-fn redact_url(url: &str) -> String {
+/// Hides the password of a `scheme://user:password@host` URL, for messages and logs.
+///
+/// ```
+/// use connexa_core::store::redact_url;
+/// assert_eq!(redact_url("postgres://app:hunter2@db:5432/x"), "postgres://app:***@db:5432/x");
+/// assert_eq!(redact_url("sqlite://connexa.db?mode=rwc"), "sqlite://connexa.db?mode=rwc");
+/// ```
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];

@@ -1,0 +1,153 @@
+//! The command line: global options and the subcommands.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Args, Parser, Subcommand};
+use connexa_core::config::Config;
+use connexa_core::store::{SqlStore, redact_url};
+
+use crate::commands;
+use crate::exit::{Exit, WithCode};
+use crate::output::{Out, OutputFormat};
+
+/// The database used when neither `--db`, `$CONNEXA_DB` nor the config file names one.
+pub const DEFAULT_DB: &str = "sqlite://connexa.db?mode=rwc";
+
+const EXAMPLES: &str = "\
+Examples:
+  connexa sim --nodes 50 --port 21723 --list fleet.txt &   # a fleet to play with
+  connexa import fleet.txt                                 # import a node list
+  connexa nodes list --status not_tested --limit 20
+  connexa nodes show 7 --reveal
+  connexa export --format csv --country US -o us.csv
+  connexa stats --output json
+
+Exit codes: 0 ok, 1 failure, 2 usage error, 3 config or database error,
+4 finished with failures, 5 interrupted, 6 not found (docs/cli.md).";
+
+/// Import, test, serve and export fleets of PPTP VPN servers.
+#[derive(Debug, Parser)]
+#[command(name = "connexa", version, about, long_about = None, after_help = EXAMPLES, arg_required_else_help = true)]
+pub struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB
+    /// [default: $CONNEXA_DB, else `database` in the config file, else sqlite://connexa.db?mode=rwc]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "CONNEXA_DB",
+        hide_env_values = true
+    )]
+    pub db: Option<String>,
+    /// TOML configuration file (test defaults, timeouts, ports; see docs/cli.md).
+    #[arg(long, global = true, value_name = "FILE", env = "CONNEXA_CONFIG", value_parser = any_path)]
+    pub config: Option<PathBuf>,
+    /// Output format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// Less output: only errors (logs and notes on stderr are silenced).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The subcommands. Engine-backed ones (`test`, `jobs`, `service`, `run`,
+/// `demo`) are added as files under `commands/` when the engine lands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import node lists (every known format, mixable) into the database.
+    Import(commands::import::ImportArgs),
+    /// List, show, edit and delete nodes; show their status history.
+    #[command(subcommand)]
+    Nodes(commands::nodes::NodesCommand),
+    /// Write matching nodes as txt, csv, json, pptp, socks or socks-colon.
+    Export(commands::export::ExportArgs),
+    /// Counts per status, services running, the last job.
+    Stats(commands::stats::StatsArgs),
+    /// Run a simulated PPTP fleet on loopback and write its node list.
+    Sim(commands::sim::SimArgs),
+    /// Print a shell completion script.
+    Completions(commands::completions::CompletionsArgs),
+}
+
+/// A path, possibly empty (an empty `$CONNEXA_CONFIG` means "no file").
+fn any_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
+/// What every command gets: options, configuration, output.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The global options.
+    pub global: GlobalArgs,
+    /// The configuration (defaults when no file is given).
+    pub config: Config,
+    /// Output settings.
+    pub out: Out,
+}
+
+impl Ctx {
+    /// Reads the configuration file, if any.
+    pub fn new(global: GlobalArgs) -> anyhow::Result<Ctx> {
+        let config = match global.config.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+            Some(path) => Config::load(path).code(Exit::Config)?,
+            None => Config::default(),
+        };
+        let out = Out::new(global.output, global.quiet > 0);
+        Ok(Ctx {
+            global,
+            config,
+            out,
+        })
+    }
+
+    /// The database URL to use.
+    pub fn db_url(&self) -> String {
+        self.global
+            .db
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .or_else(|| self.config.database.clone())
+            .unwrap_or_else(|| DEFAULT_DB.to_owned())
+    }
+
+    /// Opens (and migrates) the database.
+    pub async fn store(&self) -> anyhow::Result<Arc<SqlStore>> {
+        let url = self.db_url();
+        tracing::debug!(db = %redact_url(&url), "opening database");
+        let store = SqlStore::connect(&url)
+            .await
+            .context("cannot open the database")
+            .code(Exit::Config)?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let ctx = Ctx::new(cli.global)?;
+    match cli.command {
+        Command::Import(a) => commands::import::exec(&ctx, a).await,
+        Command::Nodes(c) => commands::nodes::exec(&ctx, c).await,
+        Command::Export(a) => commands::export::exec(&ctx, a).await,
+        Command::Stats(a) => commands::stats::exec(&ctx, a).await,
+        Command::Sim(a) => commands::sim::exec(&ctx, a).await,
+        Command::Completions(a) => commands::completions::exec(a),
+    }
+}

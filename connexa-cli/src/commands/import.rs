@@ -1,0 +1,210 @@
+//! `connexa import FILE...`.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use connexa_core::import::{ImportOptions, OnConflict, import_into};
+use connexa_core::ops::ImportSummary;
+
+use crate::cli::Ctx;
+use crate::exit::{Exit, WithCode, fail};
+use crate::output::{Cell, Color, OutputFormat, Table};
+
+/// Import node lists into the database.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Every known list format is detected per block and may be mixed in one file
+(docs/import-export.md). Nodes are added as not_tested; importing never changes
+a stored node's status. Re-importing the same list adds nothing.
+
+Examples:
+  connexa import fleet.txt more.csv
+  cat list.txt | connexa import -
+  connexa import --on-conflict replace new-passwords.txt
+  connexa import fleet.txt --output json | jq '.[0].added | length'")]
+pub struct ImportArgs {
+    /// Node list files; `-` reads stdin.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// A row with the ip, port and login of a stored node but another password:
+    /// keep the stored node (skip) or replace it (replace).
+    #[arg(long, value_enum, default_value_t = ConflictArg::Skip)]
+    pub on_conflict: ConflictArg,
+    /// Test the added nodes after the import (needs the test runner).
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub test: Option<TestArg>,
+}
+
+/// `--on-conflict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConflictArg {
+    /// Keep the stored node and report the row.
+    Skip,
+    /// Delete the stored node (kept in its history) and add the row.
+    Replace,
+}
+
+/// `--test`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestArg {
+    /// The PPTP control-channel handshake.
+    Light,
+    /// Light, then login, then speed.
+    Pipeline,
+}
+
+/// Imports each file in turn and prints one report per file.
+pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
+    if let Some(test) = args.test {
+        let kind = test.to_possible_value().map(|v| v.get_name().to_owned());
+        return Err(fail(
+            Exit::Usage,
+            format_args!(
+                "--test {}: the test runner is not available in this build yet; nothing was imported (import without --test)",
+                kind.unwrap_or_default()
+            ),
+        ));
+    }
+    let options = ImportOptions {
+        on_conflict: match args.on_conflict {
+            ConflictArg::Skip => OnConflict::Skip,
+            ConflictArg::Replace => OnConflict::Replace,
+        },
+        ..ImportOptions::default()
+    };
+    // Open every input first: a missing file imports nothing.
+    let mut inputs: Vec<(String, Box<dyn Read + Send>)> = Vec::new();
+    let mut stdin_used = false;
+    for path in &args.files {
+        if path.as_os_str() == "-" {
+            if stdin_used {
+                return Err(fail(Exit::Usage, "`-` (stdin) given twice"));
+            }
+            stdin_used = true;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                ctx.out
+                    .note("reading the node list from the terminal; end it with Ctrl-D");
+            }
+            inputs.push(("-".into(), Box::new(std::io::stdin())));
+        } else {
+            let file = File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .code(Exit::Usage)?;
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(fail(
+                    Exit::Usage,
+                    format_args!("cannot read {}: is a directory", path.display()),
+                ));
+            }
+            inputs.push((path.display().to_string(), Box::new(file)));
+        }
+    }
+    let store = ctx.store().await?;
+    let mut summaries = Vec::new();
+    for (name, reader) in inputs {
+        let report = import_into(store.clone(), reader, options).await;
+        tracing::info!(source = %name, "{}", report.to_string().lines().next().unwrap_or(""));
+        summaries.push(ImportSummary::new(name, &report));
+        if report.failure.is_some() {
+            break;
+        }
+    }
+    print(ctx, &summaries)?;
+    if let Some(s) = summaries.iter().find(|s| s.failure.is_some()) {
+        return Err(fail(
+            Exit::Config,
+            format_args!(
+                "import of {} stopped: {}; {} parsed rows were not inserted",
+                s.source,
+                s.failure.as_deref().unwrap_or(""),
+                s.not_inserted.len()
+            ),
+        ));
+    }
+    Ok(if summaries.iter().any(|s| !s.errors.is_empty()) {
+        Exit::Partial
+    } else {
+        Exit::Ok
+    })
+}
+
+fn print(ctx: &Ctx, summaries: &[ImportSummary]) -> anyhow::Result<()> {
+    if ctx.out.format == OutputFormat::Json {
+        return ctx.out.json(&summaries);
+    }
+    let mut t = Table::new(&[
+        "SOURCE",
+        "ADDED",
+        "REPLACED",
+        "DUPLICATES",
+        "CONFLICTS",
+        "ERRORS",
+    ]);
+    for s in summaries {
+        let errors = Cell::num(s.errors.len());
+        t.row(vec![
+            Cell::text(&s.source),
+            Cell::num(s.added.len()).colored(Color::Green),
+            Cell::num(s.replaced.len()),
+            Cell::num(s.duplicates.len()),
+            Cell::num(s.conflicts.len()),
+            if s.errors.is_empty() {
+                errors
+            } else {
+                errors.colored(Color::Red)
+            },
+        ]);
+    }
+    ctx.out.table(&t)?;
+    if ctx.out.format == OutputFormat::Csv {
+        return Ok(());
+    }
+    // The rows that need a look, with their line numbers.
+    for s in summaries {
+        for r in &s.replaced {
+            ctx.out.line(format_args!(
+                "{} line {}: replaced node {} (new password) with node {}",
+                s.source, r.line, r.old, r.new
+            ))?;
+        }
+        for c in &s.conflicts {
+            let with = match (c.with_line, c.with_node) {
+                (Some(l), _) => format!("line {l}"),
+                (_, Some(id)) => format!("stored node {id}"),
+                _ => "another row".into(),
+            };
+            ctx.out.line(format_args!(
+                "{} line {}: conflict: same ip, port and login as {with} with another password (kept the existing one)",
+                s.source, c.line
+            ))?;
+        }
+        if ctx.global.verbose > 0 {
+            for d in &s.duplicates {
+                let of = match (d.with_line, d.with_node) {
+                    (Some(l), _) => format!("line {l}"),
+                    (_, Some(id)) => format!("stored node {id}"),
+                    _ => "another row".into(),
+                };
+                ctx.out.line(format_args!(
+                    "{} line {}: duplicate of {of}",
+                    s.source, d.line
+                ))?;
+            }
+        }
+        for e in &s.errors {
+            let text = if e.text.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", e.text)
+            };
+            ctx.out.line(format_args!(
+                "{} line {}: error: {}{text}",
+                s.source, e.line, e.reason
+            ))?;
+        }
+    }
+    Ok(())
+}

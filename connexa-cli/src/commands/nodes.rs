@@ -1,0 +1,454 @@
+//! `connexa nodes list|show|history|delete|edit`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use connexa_core::domain::{NodeId, Page};
+use connexa_core::ops::{self, HistoryView, MetaPatch, NodeView};
+use connexa_core::ports::NodeStore;
+use serde::Serialize;
+
+use crate::cli::Ctx;
+use crate::exit::{Exit, fail};
+use crate::filter::{FilterArgs, SortArg};
+use crate::output::{Cell, Color, OutputFormat, Table};
+
+/// The `nodes` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List nodes matching filters, one page at a time.
+    #[command(after_help = "\
+Examples:
+  connexa nodes list --status speed_ok,online --country US
+  connexa nodes list --min-speed 10 --sort speed --desc --limit 20
+  connexa nodes list --checked-before 2026-01-01T00:00:00Z --page 2
+  connexa nodes list --output csv > nodes.csv")]
+    List(ListArgs),
+    /// Show one node (password masked unless --reveal).
+    Show(ShowArgs),
+    /// Show a node's status history: when, from -> to, event, why.
+    History(HistoryArgs),
+    /// Delete nodes by id, or every node matching filters.
+    #[command(after_help = "\
+With filters, the exact number of matching nodes is printed and confirmation
+asked on the terminal; without a terminal, --yes is required. Deletions are
+recorded in each node's history.
+
+Examples:
+  connexa nodes delete 12 13 14
+  connexa nodes delete --status ping_failed --checked-before 2026-01-01T00:00:00Z --yes")]
+    Delete(DeleteArgs),
+    /// Change a node's descriptive fields (never its address, credentials or status).
+    #[command(after_help = "\
+An empty value clears a field.
+
+Examples:
+  connexa nodes edit 7 --city Austin --state Texas
+  connexa nodes edit 7 --comment ''")]
+    Edit(EditArgs),
+}
+
+/// `nodes list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Page number, from 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    page: u64,
+    /// Rows per page (at most 10000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=Page::MAX_LIMIT))]
+    limit: u64,
+    /// Sort key.
+    #[arg(long, value_enum, default_value_t = SortArg::Id)]
+    sort: SortArg,
+    /// Descending order.
+    #[arg(long)]
+    desc: bool,
+}
+
+/// `nodes show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Node id.
+    id: i64,
+    /// Print the password (and the service's) in clear.
+    #[arg(long)]
+    reveal: bool,
+}
+
+/// `nodes history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Node id (deleted nodes keep their history).
+    id: i64,
+}
+
+/// `nodes delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Node ids to delete (or use filters).
+    #[arg(value_name = "ID")]
+    ids: Vec<i64>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Delete every node (with no ids and no filters).
+    #[arg(long)]
+    all: bool,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    yes: bool,
+}
+
+/// `nodes edit`.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// Node id.
+    id: i64,
+    /// New comment.
+    #[arg(long)]
+    comment: Option<String>,
+    /// New city.
+    #[arg(long)]
+    city: Option<String>,
+    /// New state or region.
+    #[arg(long)]
+    state: Option<String>,
+    /// New country.
+    #[arg(long)]
+    country: Option<String>,
+    /// New zip code.
+    #[arg(long)]
+    zip: Option<String>,
+    /// New provider.
+    #[arg(long)]
+    provider: Option<String>,
+}
+
+/// Runs a `nodes` subcommand.
+pub async fn exec(ctx: &Ctx, cmd: NodesCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        NodesCommand::List(a) => list(ctx, a).await,
+        NodesCommand::Show(a) => show(ctx, a).await,
+        NodesCommand::History(a) => history(ctx, a).await,
+        NodesCommand::Delete(a) => delete(ctx, a).await,
+        NodesCommand::Edit(a) => edit(ctx, a).await,
+    }
+}
+
+#[derive(Serialize)]
+struct ListJson {
+    total: u64,
+    page: u64,
+    limit: u64,
+    nodes: Vec<NodeView>,
+}
+
+async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
+    let store = ctx.store().await?;
+    let mut page = Page::number(a.page, a.limit);
+    page.sort = a.sort.into();
+    page.desc = a.desc;
+    let got = store.list(&a.filter.to_filter(), page).await?;
+    let views: Vec<NodeView> = got.nodes.iter().map(|n| NodeView::new(n, false)).collect();
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&ListJson {
+            total: got.total,
+            page: a.page,
+            limit: a.limit,
+            nodes: views,
+        })?;
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&[
+        "ID",
+        "IP",
+        "PORT",
+        "LOGIN",
+        "STATUS",
+        "COUNTRY",
+        "STATE",
+        "CITY",
+        "DOWN_MBPS",
+        "PING_MS",
+        "CHECKED",
+        "COMMENT",
+    ]);
+    for v in &views {
+        t.row(vec![
+            Cell::num(v.id),
+            Cell::text(&v.ip),
+            Cell::num(v.port),
+            Cell::text(&v.login),
+            Cell::status(v.status),
+            Cell::opt(v.country.as_ref()),
+            Cell::opt(v.state.as_ref()),
+            Cell::opt(v.city.as_ref()),
+            Cell::opt(v.speed_down_mbps.map(|s| format!("{s:.2}"))).right(),
+            Cell::opt(v.ping_ms.map(|s| format!("{s:.1}"))).right(),
+            Cell::opt(
+                v.last_checked_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string()),
+            ),
+            Cell::opt(v.comment.as_ref()),
+        ]);
+    }
+    if ctx.out.format == OutputFormat::Csv {
+        ctx.out.table(&t)?;
+        return Ok(Exit::Ok);
+    }
+    if t.is_empty() {
+        ctx.out.line(if got.total == 0 {
+            "no nodes match".to_owned()
+        } else {
+            format!(
+                "page {} is past the end ({} nodes match)",
+                a.page, got.total
+            )
+        })?;
+        return Ok(Exit::Ok);
+    }
+    ctx.out.table(&t)?;
+    let first = page.offset + 1;
+    let last = page.offset + views.len() as u64;
+    let pages = got.total.div_ceil(a.limit);
+    ctx.out.line(format_args!(
+        "{first}-{last} of {} nodes (page {} of {pages})",
+        got.total, a.page
+    ))?;
+    Ok(Exit::Ok)
+}
+
+async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<Exit> {
+    let store = ctx.store().await?;
+    let node = ops::node(store.as_ref(), NodeId(a.id)).await?;
+    let v = NodeView::new(&node, a.reveal);
+    match ctx.out.format {
+        OutputFormat::Json => ctx.out.json(&v)?,
+        _ => {
+            let fmt_opt = |o: Option<String>| o.unwrap_or_else(|| "-".into());
+            let mut t = Table::new(&["FIELD", "VALUE"]);
+            let mut add = |k: &str, v: Cell| t.row(vec![Cell::text(k), v]);
+            add("id", Cell::text(v.id.to_string()));
+            add("address", Cell::text(format!("{}:{}", v.ip, v.port)));
+            add("login", Cell::text(&v.login));
+            add("password", Cell::text(&v.password));
+            add("status", Cell::status(v.status));
+            add("level", Cell::text(v.level.as_u8().to_string()));
+            add("provider", Cell::text(fmt_opt(v.provider.clone())));
+            add("country", Cell::text(fmt_opt(v.country.clone())));
+            add("state", Cell::text(fmt_opt(v.state.clone())));
+            add("city", Cell::text(fmt_opt(v.city.clone())));
+            add("zip", Cell::text(fmt_opt(v.zip.clone())));
+            add("comment", Cell::text(fmt_opt(v.comment.clone())));
+            add(
+                "last_checked_at",
+                Cell::text(fmt_opt(v.last_checked_at.map(|t| t.to_rfc3339()))),
+            );
+            add(
+                "last_error",
+                match &v.last_error {
+                    Some(e) => Cell::text(e).colored(Color::Red),
+                    None => Cell::text("-"),
+                },
+            );
+            add(
+                "consecutive_failures",
+                Cell::text(v.consecutive_failures.to_string()),
+            );
+            add(
+                "ping_ms",
+                Cell::text(fmt_opt(v.ping_ms.map(|p| format!("{p:.1}")))),
+            );
+            add(
+                "speed_down_mbps",
+                Cell::text(fmt_opt(v.speed_down_mbps.map(|p| format!("{p:.2}")))),
+            );
+            add(
+                "speed_up_mbps",
+                Cell::text(fmt_opt(v.speed_up_mbps.map(|p| format!("{p:.2}")))),
+            );
+            add(
+                "pptp",
+                Cell::text(fmt_opt(v.pptp.as_ref().map(|p| {
+                    format!(
+                        "{} / {} (protocol {:#06x}, firmware {})",
+                        p.hostname, p.vendor, p.protocol_version, p.firmware
+                    )
+                }))),
+            );
+            add(
+                "service",
+                Cell::text(fmt_opt(v.service.as_ref().map(|s| {
+                    format!(
+                        "socks5://{}:{}@{}:{}",
+                        s.username, s.password, s.host, s.port
+                    )
+                }))),
+            );
+            add("service_wanted", Cell::text(v.service_wanted.to_string()));
+            add("created_at", Cell::text(v.created_at.to_rfc3339()));
+            add("updated_at", Cell::text(v.updated_at.to_rfc3339()));
+            ctx.out.table(&t)?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn history(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<Exit> {
+    let store = ctx.store().await?;
+    let id = NodeId(a.id);
+    let rows = store.history(id).await?;
+    if rows.is_empty() {
+        // Distinguish "no such node" from "nothing happened yet".
+        ops::node(store.as_ref(), id).await?;
+    }
+    let views: Vec<HistoryView> = rows.iter().map(HistoryView::from).collect();
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&views)?;
+        return Ok(Exit::Ok);
+    }
+    let mut t = Table::new(&["WHEN", "FROM", "TO", "EVENT", "JOB", "WHY"]);
+    for v in &views {
+        t.row(vec![
+            Cell::text(v.at.format("%Y-%m-%d %H:%M:%S").to_string()),
+            Cell::status(v.from),
+            match v.to {
+                Some(s) => Cell::status(s),
+                None => Cell::text("(deleted)").colored(Color::Red),
+            },
+            Cell::text(v.event),
+            Cell::opt(v.job),
+            Cell::opt(v.why.as_ref()),
+        ]);
+    }
+    if t.is_empty() && ctx.out.format == OutputFormat::Human {
+        ctx.out
+            .line(format_args!("node {id}: no history yet (never tested)"))?;
+    } else {
+        ctx.out.table(&t)?;
+    }
+    Ok(Exit::Ok)
+}
+
+#[derive(Serialize)]
+struct DeleteJson {
+    deleted: u64,
+    missing: Vec<NodeId>,
+}
+
+async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<Exit> {
+    let by_ids = !a.ids.is_empty();
+    if by_ids && (!a.filter.is_empty() || a.all) {
+        return Err(fail(
+            Exit::Usage,
+            "give node ids or filters (or --all), not both",
+        ));
+    }
+    if !by_ids && a.filter.is_empty() && !a.all {
+        return Err(fail(
+            Exit::Usage,
+            "nothing selected: give node ids, filters, or --all to delete every node",
+        ));
+    }
+    let store = ctx.store().await?;
+    if by_ids {
+        let ids: Vec<NodeId> = a.ids.iter().copied().map(NodeId).collect();
+        let d = ops::delete_ids(store.as_ref(), &ids).await?;
+        return finish_delete(ctx, d.deleted, d.missing);
+    }
+    let filter = a.filter.to_filter();
+    if !a.yes {
+        // Exactly the nodes counted and confirmed are deleted, even if more
+        // start matching while the question is on screen.
+        let ids: Vec<NodeId> = ops::all_matching(store.as_ref(), &filter)
+            .await?
+            .iter()
+            .map(|n| n.id)
+            .collect();
+        let n = ids.len();
+        if n == 0 {
+            ctx.out.note("no nodes match; nothing deleted");
+            return finish_delete(ctx, 0, Vec::new());
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err(fail(
+                Exit::Usage,
+                format_args!(
+                    "refusing to delete {n} nodes without confirmation: stdin is not a terminal (pass --yes)"
+                ),
+            ));
+        }
+        eprint!("{n} nodes match and will be deleted. Delete them? [y/N] ");
+        std::io::stderr().flush().ok();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("cannot read the answer")?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            return finish_delete(ctx, 0, Vec::new());
+        }
+        let d = ops::delete_ids(store.as_ref(), &ids).await?;
+        return finish_delete(ctx, d.deleted, Vec::new());
+    }
+    let deleted = store.delete(&filter).await?;
+    finish_delete(ctx, deleted, Vec::new())
+}
+
+fn finish_delete(ctx: &Ctx, deleted: u64, missing: Vec<NodeId>) -> anyhow::Result<Exit> {
+    match ctx.out.format {
+        OutputFormat::Json => ctx.out.json(&DeleteJson {
+            deleted,
+            missing: missing.clone(),
+        })?,
+        OutputFormat::Csv => ctx.out.line(format_args!("deleted\n{deleted}"))?,
+        OutputFormat::Human => ctx.out.line(format_args!("deleted {deleted} nodes"))?,
+    }
+    if missing.is_empty() {
+        return Ok(Exit::Ok);
+    }
+    let list: Vec<String> = missing.iter().map(|m| m.to_string()).collect();
+    Err(fail(
+        Exit::NotFound,
+        format_args!("no node with id {}", list.join(", ")),
+    ))
+}
+
+async fn edit(ctx: &Ctx, a: EditArgs) -> anyhow::Result<Exit> {
+    let patch = MetaPatch {
+        provider: a.provider,
+        country: a.country,
+        state: a.state,
+        city: a.city,
+        zipcode: a.zip,
+        comment: a.comment,
+    };
+    if patch.is_empty() {
+        return Err(fail(
+            Exit::Usage,
+            "nothing to change: give --comment, --city, --state, --country, --zip or --provider",
+        ));
+    }
+    let store = ctx.store().await?;
+    let node = ops::edit_meta(store.as_ref() as &dyn NodeStore, NodeId(a.id), &patch).await?;
+    let v = NodeView::new(&node, false);
+    match ctx.out.format {
+        OutputFormat::Json => ctx.out.json(&v)?,
+        _ => {
+            let o = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+            ctx.out.line(format_args!(
+                "node {}: provider {}, country {}, state {}, city {}, zip {}, comment {}",
+                v.id,
+                o(&v.provider),
+                o(&v.country),
+                o(&v.state),
+                o(&v.city),
+                o(&v.zip),
+                o(&v.comment)
+            ))?;
+        }
+    }
+    Ok(Exit::Ok)
+}

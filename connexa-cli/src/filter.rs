@@ -1,0 +1,177 @@
+//! The node filter options, shared by `nodes list`, `nodes delete` and `export`.
+//! They map one to one onto `connexa_core::domain::NodeFilter`.
+
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use connexa_core::domain::{NodeFilter, SortKey, Status};
+
+/// Which nodes.
+#[derive(Debug, Clone, Default, Args)]
+#[command(
+    next_help_heading = "Filters (all given filters must match; text matches a case-insensitive substring)"
+)]
+pub struct FilterArgs {
+    /// Only nodes in this status (repeatable or comma-separated):
+    /// not_tested, ping_failed, ping_light, auth_failed, ping_ok, speed_ok, online, offline.
+    #[arg(long, value_name = "STATUS", value_delimiter = ',', value_parser = parse_status)]
+    pub status: Vec<Status>,
+    /// IP address contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub ip: Option<String>,
+    /// Login contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub login: Option<String>,
+    /// Provider contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub provider: Option<String>,
+    /// Country contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub country: Option<String>,
+    /// State or region contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub state: Option<String>,
+    /// City contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub city: Option<String>,
+    /// Zip code contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub zip: Option<String>,
+    /// Comment contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub comment: Option<String>,
+    /// Download speed at least MBPS (Mbit/s).
+    #[arg(long, value_name = "MBPS", value_parser = parse_speed)]
+    pub min_speed: Option<f64>,
+    /// Download speed at most MBPS (Mbit/s).
+    #[arg(long, value_name = "MBPS", value_parser = parse_speed)]
+    pub max_speed: Option<f64>,
+    /// Last checked before TIME (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub checked_before: Option<DateTime<Utc>>,
+    /// Last checked at or after TIME (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub checked_after: Option<DateTime<Utc>>,
+    /// Only nodes with a running service (online or offline).
+    #[arg(long, conflicts_with = "no_service")]
+    pub has_service: bool,
+    /// Only nodes without a running service.
+    #[arg(long)]
+    pub no_service: bool,
+}
+
+impl FilterArgs {
+    /// The core filter.
+    pub fn to_filter(&self) -> NodeFilter {
+        NodeFilter {
+            ids: None,
+            statuses: self.status.clone(),
+            ip: self.ip.clone(),
+            login: self.login.clone(),
+            provider: self.provider.clone(),
+            country: self.country.clone(),
+            state: self.state.clone(),
+            city: self.city.clone(),
+            zipcode: self.zip.clone(),
+            comment: self.comment.clone(),
+            min_down_mbps: self.min_speed,
+            max_down_mbps: self.max_speed,
+            checked_before: self.checked_before,
+            checked_after: self.checked_after,
+            has_service: match (self.has_service, self.no_service) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            service_wanted: None,
+        }
+    }
+
+    /// `true` when no filter was given.
+    pub fn is_empty(&self) -> bool {
+        self.to_filter() == NodeFilter::all()
+    }
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    s.trim().parse::<Status>().map_err(|e| e.to_string())
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a speed in Mbit/s (a non-negative number)"
+        )),
+    }
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z ({e})"))
+}
+
+/// Sort keys of `nodes list`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SortArg {
+    /// Import order.
+    #[default]
+    Id,
+    /// IP address (as text).
+    Ip,
+    /// Status name.
+    Status,
+    /// Last check time.
+    LastChecked,
+    /// Download speed.
+    Speed,
+    /// Latency.
+    Ping,
+    /// Country, state, city.
+    Location,
+}
+
+impl From<SortArg> for SortKey {
+    fn from(s: SortArg) -> Self {
+        match s {
+            SortArg::Id => SortKey::Id,
+            SortArg::Ip => SortKey::Ip,
+            SortArg::Status => SortKey::Status,
+            SortArg::LastChecked => SortKey::LastChecked,
+            SortArg::Speed => SortKey::SpeedDown,
+            SortArg::Ping => SortKey::Ping,
+            SortArg::Location => SortKey::Location,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_maps() {
+        let f = FilterArgs {
+            status: vec![Status::SpeedOk],
+            zip: Some("750".into()),
+            min_speed: Some(2.0),
+            no_service: true,
+            ..FilterArgs::default()
+        }
+        .to_filter();
+        assert_eq!(f.statuses, vec![Status::SpeedOk]);
+        assert_eq!(f.zipcode.as_deref(), Some("750"));
+        assert_eq!(f.min_down_mbps, Some(2.0));
+        assert_eq!(f.has_service, Some(false));
+        assert!(FilterArgs::default().is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_valid_ones() {
+        let e = parse_status("fast").unwrap_err();
+        assert!(e.contains("speed_ok") && e.contains("fast"), "{e}");
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2026-01-31T12:00:00+02:00").is_ok());
+        assert!(parse_speed("-1").is_err());
+    }
+}

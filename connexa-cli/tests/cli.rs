@@ -1,0 +1,1183 @@
+//! End-to-end tests of the `connexa` binary against temporary SQLite databases
+//! and the loopback simulator.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use connexa_core::domain::Event;
+use connexa_core::domain::{Failure, Level, NodeId, Outcome};
+use connexa_core::ports::{ApplyContext, NodeStore};
+use predicates::prelude::*;
+use serde_json::Value;
+
+/// A temp directory with a database URL in it.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn db(&self) -> String {
+        format!("sqlite://{}?mode=rwc", self.path("c.db").display())
+    }
+
+    /// `connexa --db <temp db> ARGS`, run in the temp dir, without inherited config.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::cargo_bin("connexa").unwrap();
+        c.current_dir(self.dir.path())
+            .env_remove("CONNEXA_DB")
+            .env_remove("CONNEXA_CONFIG")
+            .env("RUST_BACKTRACE", "1")
+            .arg("--db")
+            .arg(self.db())
+            .args(args);
+        c
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.cmd(&all).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    async fn store(&self) -> connexa_core::store::SqlStore {
+        connexa_core::store::SqlStore::connect(&self.db())
+            .await
+            .unwrap()
+    }
+}
+
+/// stderr is exactly one `error: ...` line, never a panic or a backtrace; the exit
+/// code is `code`. Returns the line.
+fn one_line_error(out: &Output, code: i32) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("error: "), "{err:?}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err:?}"
+    );
+    err
+}
+
+const LIST: &str = "\
+127.0.0.5:admin:pw1:US:Texas:75001
+127.0.0.6:root:pw2
+127.0.0.5:admin:pw1
+10.0.0.300:admin:x
+127.0.0.6:root:zq9secret
+127.0.0.7:guest:pw3:DE:Bavaria:80331
+";
+
+fn imported(env: &Env) {
+    let list = env.write("list.txt", LIST);
+    env.cmd(&["import", list.to_str().unwrap()])
+        .assert()
+        .code(4);
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let env = Env::new();
+    env.cmd(&["--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Examples:"))
+        .stdout(predicate::str::contains("Exit codes"));
+    for sub in [
+        &["import"][..],
+        &["nodes", "list"],
+        &["nodes", "delete"],
+        &["nodes", "edit"],
+        &["export"],
+        &["stats"],
+        &["sim"],
+        &["completions"],
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        env.cmd(&args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Examples:"));
+    }
+    env.cmd(&["--version"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn import_reports_counts_with_line_numbers() {
+    let env = Env::new();
+    let list = env.write("list.txt", LIST);
+    let out = env.cmd(&["import", "list.txt"]).output().unwrap();
+    // A row that could not be read: finished with failures.
+    assert_eq!(out.status.code(), Some(4));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let table = stdout.lines().nth(1).unwrap();
+    let cols: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(cols, ["list.txt", "3", "0", "1", "1", "1"], "{stdout}");
+    assert!(stdout.contains("list.txt line 5: conflict"), "{stdout}");
+    assert!(
+        stdout.contains("list.txt line 4: error: invalid IP address"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("pw1") && !stdout.contains("zq9secret"),
+        "a password leaked: {stdout}"
+    );
+
+    // Again: everything is now a duplicate of a stored node; JSON names them.
+    let out = env
+        .cmd(&[
+            "--output",
+            "json",
+            "import",
+            "--on-conflict",
+            "skip",
+            list.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &v[0];
+    assert_eq!(r["source"], list.to_str().unwrap());
+    assert_eq!(r["added"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        r["duplicates"][0],
+        serde_json::json!({"line": 1, "with_line": null, "with_node": 1})
+    );
+    assert_eq!(r["errors"][0]["line"], 4);
+    assert_eq!(r["errors"][0]["text"], "10.0.0.300:admin:***");
+}
+
+#[test]
+fn import_from_stdin_and_replace_on_conflict() {
+    let env = Env::new();
+    env.cmd(&["import", "-"])
+        .write_stdin("127.0.0.5:admin:old\n")
+        .assert()
+        .success();
+    let v = env.json(&["import", "--on-conflict", "replace", "-"]);
+    assert_eq!(
+        v[0]["replaced"].as_array().unwrap().len(),
+        0,
+        "stdin was consumed: {v}"
+    );
+    let out = env
+        .cmd(&[
+            "--output",
+            "json",
+            "import",
+            "--on-conflict",
+            "replace",
+            "-",
+        ])
+        .write_stdin("127.0.0.5:admin:new\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v[0]["replaced"][0],
+        serde_json::json!({"line": 1, "old": 1, "new": 2})
+    );
+    let list = env.json(&["nodes", "list"]);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["nodes"][0]["id"], 2);
+}
+
+#[test]
+fn import_test_flag_fails_cleanly_until_the_engine_lands() {
+    let env = Env::new();
+    let list = env.write("list.txt", "127.0.0.5:admin:pw\n");
+    for kind in ["light", "pipeline"] {
+        let out = env
+            .cmd(&["import", "--test", kind, list.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = one_line_error(&out, 2);
+        assert!(err.contains("test runner is not available"), "{err}");
+    }
+    // Nothing was imported.
+    assert_eq!(env.json(&["stats"])["total"], 0);
+}
+
+#[test]
+fn missing_input_file_is_a_usage_error_and_imports_nothing() {
+    let env = Env::new();
+    let good = env.write("good.txt", "127.0.0.5:admin:pw\n");
+    let out = env
+        .cmd(&["import", good.to_str().unwrap(), "nope.txt"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 2);
+    assert!(
+        err.contains("nope.txt") && err.contains("No such file"),
+        "{err}"
+    );
+    assert_eq!(env.json(&["stats"])["total"], 0);
+}
+
+#[test]
+fn bad_database_paths_are_config_errors() {
+    let env = Env::new();
+    // A directory that does not exist.
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args([
+            "--db",
+            "sqlite:///nonexistent-dir/sub/c.db?mode=rwc",
+            "stats",
+        ])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 3);
+    assert!(
+        err.contains("cannot open the database") && err.contains("nonexistent-dir"),
+        "{err}"
+    );
+    // A file that is not a database.
+    let junk = env.write("junk.db", &"this is not sqlite\n".repeat(200));
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args([
+            "--db",
+            &format!("sqlite://{}?mode=rwc", junk.display()),
+            "nodes",
+            "list",
+        ])
+        .output()
+        .unwrap();
+    one_line_error(&out, 3);
+    // A scheme the store does not speak; a password in it is never printed.
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args(["--db", "mysql://app:hunter2@127.0.0.1/x", "stats"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 3);
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn db_comes_from_env_then_config_then_default() {
+    let env = Env::new();
+    let list = env.write("l.txt", "127.0.0.5:a:b\n");
+    // $CONNEXA_DB.
+    let env_db = format!("sqlite://{}?mode=rwc", env.path("env.db").display());
+    Command::cargo_bin("connexa")
+        .unwrap()
+        .current_dir(env.dir.path())
+        .env("CONNEXA_DB", &env_db)
+        .args(["import", list.to_str().unwrap()])
+        .assert()
+        .success();
+    assert!(env.path("env.db").exists());
+    // `database` in the config file.
+    let cfg_db = format!("sqlite://{}?mode=rwc", env.path("cfg.db").display());
+    let cfg = env.write("c.toml", &format!("database = \"{cfg_db}\"\n"));
+    Command::cargo_bin("connexa")
+        .unwrap()
+        .current_dir(env.dir.path())
+        .env_remove("CONNEXA_DB")
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "import",
+            list.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    assert!(env.path("cfg.db").exists());
+    // The default: connexa.db in the current directory (empty variables count as unset).
+    Command::cargo_bin("connexa")
+        .unwrap()
+        .current_dir(env.dir.path())
+        .env("CONNEXA_DB", "")
+        .env("CONNEXA_CONFIG", "")
+        .args(["stats"])
+        .assert()
+        .success();
+    assert!(env.path("connexa.db").exists());
+}
+
+#[test]
+fn malformed_config_names_the_key_and_line() {
+    let env = Env::new();
+    let cfg = env.write(
+        "c.toml",
+        "[test]\nconcurrency = 10\nspeed_treshold_mbps = 2\n",
+    );
+    let out = env
+        .cmd(&["--config", cfg.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 3);
+    assert!(
+        err.contains("speed_treshold_mbps") && err.contains("line 3") && err.contains("c.toml"),
+        "{err}"
+    );
+
+    let cfg = env.write("bad.toml", "[test\nconcurrency = 1\n");
+    let out = env
+        .cmd(&["--config", cfg.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 3).contains("line 1"));
+
+    let cfg = env.write("zero.toml", "[test]\nconcurrency = 0\n");
+    let out = env
+        .cmd(&["--config", cfg.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 3).contains("concurrency"));
+
+    let out = env
+        .cmd(&["--config", "absent.toml", "stats"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 3).contains("absent.toml"));
+
+    let cfg = env.write(
+        "ok.toml",
+        "[test]\nconcurrency = 10\n[services]\nport_min = 30000\nport_max = 31000\n",
+    );
+    env.cmd(&["--config", cfg.to_str().unwrap(), "stats"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn unknown_filter_values_list_the_valid_ones() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["nodes", "list", "--status", "fast"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 2);
+    assert!(
+        err.contains("\"fast\"") && err.contains("speed_ok") && err.contains("not_tested"),
+        "{err}"
+    );
+    let out = env
+        .cmd(&["export", "--format", "csv", "--status", "ping_ok,nope"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("nope"));
+    let out = env
+        .cmd(&["nodes", "list", "--checked-after", "yesterday"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("RFC 3339"));
+    let out = env
+        .cmd(&["nodes", "list", "--sort", "colour"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("colour"));
+    let out = env.cmd(&["export", "--format", "ovpn"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("ovpn"));
+    let out = env
+        .cmd(&["nodes", "list", "--limit", "0"])
+        .output()
+        .unwrap();
+    one_line_error(&out, 2);
+    let out = env.cmd(&["frobnicate"]).output().unwrap();
+    one_line_error(&out, 2);
+}
+
+#[test]
+fn nodes_list_filters_pages_and_sorts() {
+    let env = Env::new();
+    imported(&env);
+    let v = env.json(&["nodes", "list"]);
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["nodes"][0]["password"], "***");
+    assert_eq!(v["nodes"][0]["status"], "not_tested");
+    assert_eq!(v["nodes"][0]["country"], "United States");
+
+    let v = env.json(&["nodes", "list", "--country", "germ"]);
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["nodes"][0]["ip"], "127.0.0.7");
+    assert_eq!(
+        env.json(&["nodes", "list", "--zip", "750", "--login", "ADM"])["total"],
+        1
+    );
+    assert_eq!(
+        env.json(&["nodes", "list", "--status", "speed_ok"])["total"],
+        0
+    );
+    assert_eq!(
+        env.json(&[
+            "nodes",
+            "list",
+            "--status",
+            "speed_ok",
+            "--status",
+            "not_tested"
+        ])["total"],
+        3
+    );
+    assert_eq!(env.json(&["nodes", "list", "--has-service"])["total"], 0);
+    assert_eq!(env.json(&["nodes", "list", "--no-service"])["total"], 3);
+    assert_eq!(
+        env.json(&["nodes", "list", "--checked-after", "2000-01-01T00:00:00Z"])["total"],
+        0
+    );
+
+    let v = env.json(&["nodes", "list", "--limit", "2", "--page", "2"]);
+    assert_eq!(
+        (v["total"].as_u64(), v["nodes"].as_array().unwrap().len()),
+        (Some(3), 1)
+    );
+    assert_eq!(v["nodes"][0]["id"], 3);
+    let v = env.json(&["nodes", "list", "--sort", "ip", "--desc", "--limit", "1"]);
+    assert_eq!(v["nodes"][0]["ip"], "127.0.0.7");
+
+    // Human: aligned table plus a footer; no colour when not a terminal.
+    let out = env
+        .cmd(&["nodes", "list", "--limit", "2"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(!s.contains('\x1b'), "{s:?}");
+    let lines: Vec<&str> = s.lines().collect();
+    let col = |l: &str| l.find("STATUS").or_else(|| l.find("not_tested"));
+    assert_eq!(col(lines[0]), col(lines[1]));
+    assert_eq!(col(lines[1]), col(lines[2]));
+    assert_eq!(lines[3], "1-2 of 3 nodes (page 1 of 2)");
+
+    // CSV: a header and one row per node.
+    let out = env
+        .cmd(&["--output", "csv", "nodes", "list"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.starts_with("id,ip,port,login,status,"), "{s}");
+    assert_eq!(s.lines().count(), 4);
+    assert!(
+        s.contains("1,127.0.0.5,1723,admin,not_tested,United States,Texas,,,,,"),
+        "{s}"
+    );
+}
+
+#[test]
+fn nodes_show_masks_the_password_unless_revealed() {
+    let env = Env::new();
+    imported(&env);
+    let out = env.cmd(&["nodes", "show", "1"]).output().unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("***") && !s.contains("pw1"), "{s}");
+    assert!(s.contains("127.0.0.5:1723"));
+    let v = env.json(&["nodes", "show", "1", "--reveal"]);
+    assert_eq!(v["password"], "pw1");
+    assert_eq!(v["zip"], "75001");
+    let out = env.cmd(&["nodes", "show", "99"]).output().unwrap();
+    assert!(one_line_error(&out, 6).contains("99"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_history_shows_from_to_event_and_why() {
+    let env = Env::new();
+    imported(&env);
+    let store = env.store().await;
+    store
+        .apply(
+            NodeId(1),
+            Event::Tested(Outcome::success(Level::Light)),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    store
+        .apply(
+            NodeId(1),
+            Event::Tested(Outcome::failed(
+                Level::Light,
+                Failure::AuthRejected {
+                    code: Some(691),
+                    message: "nope".into(),
+                },
+            )),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let out = env.cmd(&["nodes", "history", "1"]).output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = s.lines().collect();
+    assert_eq!(lines.len(), 3, "{s}");
+    assert!(
+        lines[1].contains("not_tested")
+            && lines[1].contains("ping_light")
+            && lines[1].contains("tested"),
+        "{s}"
+    );
+    assert!(
+        lines[2].contains("auth_failed") && lines[2].contains("credentials rejected (E=691)"),
+        "{s}"
+    );
+    let v = env.json(&["nodes", "history", "1"]);
+    assert_eq!(v[1]["from"], "ping_light");
+    assert_eq!(v[1]["to"], "auth_failed");
+    assert_eq!(v[1]["event"], "tested");
+    assert_eq!(v[1]["reached"], "light");
+    // A node that never changed has an empty history; an unknown one is an error.
+    assert_eq!(env.json(&["nodes", "history", "2"]), serde_json::json!([]));
+    one_line_error(&env.cmd(&["nodes", "history", "42"]).output().unwrap(), 6);
+    // Deleting keeps the history, with a `deleted` row.
+    env.cmd(&["nodes", "delete", "1"]).assert().success();
+    let v = env.json(&["nodes", "history", "1"]);
+    assert_eq!(v[2]["event"], "deleted");
+    assert_eq!(v[2]["to"], Value::Null);
+}
+
+#[test]
+fn nodes_delete_by_ids_and_by_filter() {
+    let env = Env::new();
+    imported(&env);
+    // Nothing selected: refused.
+    assert!(one_line_error(&env.cmd(&["nodes", "delete"]).output().unwrap(), 2).contains("--all"));
+    // Filters without a terminal and without --yes: refused, nothing deleted, count named.
+    let out = env
+        .cmd(&["nodes", "delete", "--status", "not_tested"])
+        .write_stdin("y\n")
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 2);
+    assert!(err.contains("3 nodes") && err.contains("--yes"), "{err}");
+    assert_eq!(env.json(&["stats"])["total"], 3);
+    // Ids and filters together: refused.
+    one_line_error(
+        &env.cmd(&["nodes", "delete", "1", "--country", "US"])
+            .output()
+            .unwrap(),
+        2,
+    );
+    // With --yes: exactly the matching nodes.
+    let v = env.json(&["nodes", "delete", "--country", "united", "--yes"]);
+    assert_eq!(v, serde_json::json!({"deleted": 1, "missing": []}));
+    // By ids; a missing id is reported (exit 6) after deleting the others.
+    let out = env.cmd(&["nodes", "delete", "2", "77"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "deleted 1 nodes"
+    );
+    assert!(one_line_error(&out, 6).contains("77"));
+    assert_eq!(env.json(&["nodes", "list"])["nodes"][0]["id"], 3);
+    env.cmd(&["nodes", "delete", "--all", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(env.json(&["stats"])["total"], 0);
+}
+
+#[test]
+fn nodes_edit_changes_metadata_only() {
+    let env = Env::new();
+    imported(&env);
+    let v = env.json(&[
+        "nodes",
+        "edit",
+        "1",
+        "--city",
+        "Austin",
+        "--comment",
+        "rack 4",
+        "--zip",
+        "",
+    ]);
+    assert_eq!(v["city"], "Austin");
+    assert_eq!(v["comment"], "rack 4");
+    assert_eq!(v["zip"], Value::Null);
+    assert_eq!(v["state"], "Texas");
+    assert_eq!(v["status"], "not_tested");
+    assert_eq!(
+        env.json(&["nodes", "list", "--comment", "RACK"])["total"],
+        1
+    );
+    let out = env.cmd(&["nodes", "edit", "1"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("nothing to change"));
+    one_line_error(
+        &env.cmd(&["nodes", "edit", "50", "--city", "x"])
+            .output()
+            .unwrap(),
+        6,
+    );
+}
+
+#[test]
+fn export_writes_files_that_read_back_and_never_overwrites() {
+    let env = Env::new();
+    imported(&env);
+    let out_path = env.path("us.csv");
+    let o = out_path.to_str().unwrap();
+    env.cmd(&["export", "--format", "csv", "--country", "united", "-o", o])
+        .assert()
+        .success()
+        .stdout("exported 1 nodes as csv to ".to_owned() + o + "\n");
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(
+        text,
+        "ip,port,login,password,country,state,city,zip,provider,comment\n127.0.0.5,1723,admin,pw1,United States,Texas,,75001,,\n"
+    );
+    // Existing file: refused, left as it was.
+    let out = env
+        .cmd(&["export", "--format", "pptp", "-o", o])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), text);
+    // --force overwrites.
+    let v = env.json(&["export", "--format", "pptp", "-o", o, "--force"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"written": 3, "format": "pptp", "file": o})
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out_path).unwrap().lines().count(),
+        3
+    );
+    // A directory that does not exist: a usage error naming the path.
+    let out = env
+        .cmd(&["export", "--format", "pptp", "-o", "no/such/dir/x.txt"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("no/such/dir/x.txt"));
+}
+
+#[test]
+fn export_json_round_trip_keeps_every_node() {
+    let env = Env::new();
+    imported(&env);
+    let csv = |e: &Env| {
+        String::from_utf8(
+            e.cmd(&["export", "--format", "csv"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let json = env
+        .cmd(&["export", "--format", "json"])
+        .output()
+        .unwrap()
+        .stdout;
+    let other = Env::new();
+    other
+        .cmd(&["import", "-"])
+        .write_stdin(json)
+        .assert()
+        .success();
+    assert_eq!(csv(&env), csv(&other));
+    // socks formats list only nodes with a running service: none here.
+    env.cmd(&["export", "--format", "socks"])
+        .assert()
+        .success()
+        .stdout("");
+}
+
+#[test]
+fn stats_counts_every_status() {
+    let env = Env::new();
+    imported(&env);
+    let v = env.json(&["stats"]);
+    assert_eq!(v["total"], 3);
+    assert_eq!(v["services_running"], 0);
+    assert_eq!(v["by_status"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        v["by_status"][0],
+        serde_json::json!({"status": "not_tested", "count": 3})
+    );
+    assert_eq!(v["last_job"], Value::Null);
+    let out = env.cmd(&["stats"]).output().unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains("not_tested       3")
+            && s.contains("services running: 0")
+            && s.contains("last job: none"),
+        "{s}"
+    );
+    let out = env.cmd(&["--output", "csv", "stats"]).output().unwrap();
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("status,nodes\nnot_tested,3\n")
+    );
+}
+
+#[test]
+fn completions_for_each_shell() {
+    let env = Env::new();
+    for (shell, marker) in [
+        ("bash", "complete"),
+        ("zsh", "#compdef connexa"),
+        ("fish", "complete -c connexa"),
+    ] {
+        env.cmd(&["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(marker))
+            .stdout(predicate::str::contains("import"));
+    }
+    one_line_error(&env.cmd(&["completions", "tcsh"]).output().unwrap(), 2);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let t0 = Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("sim exited early ({status}): {err}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no node list after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::process::ExitStatus {
+    let ok = StdCommand::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "sim did not stop within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sim_runs_a_fleet_whose_list_imports_and_stops_on_sigterm() {
+    let env = Env::new();
+    let port = free_port();
+    let list = env.path("fleet.txt");
+    let octet = (std::process::id() % 200 + 20).to_string();
+    let first_ip = format!("127.61.{octet}.1");
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args([
+            "--output",
+            "json",
+            "sim",
+            "--nodes",
+            "20",
+            "--mix",
+            "healthy=80,refused=10,silent=10",
+        ])
+        .args(["--port", &port.to_string(), "--first-ip", &first_ip])
+        .arg("--list")
+        .arg(&list)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&list, &mut child);
+    let text = std::fs::read_to_string(&list).unwrap();
+    assert_eq!(text.lines().count(), 20, "{text}");
+    assert!(
+        text.lines().all(|l| l.contains(&format!(":{port}:"))),
+        "{text}"
+    );
+
+    // Healthy nodes really listen; refused ones do not.
+    let first = text.lines().next().unwrap();
+    assert!(first.starts_with(&format!("[{first_ip}]")), "{first}");
+
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args(["--db", &env.db(), "--output", "json", "import"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["added"].as_array().unwrap().len(), 20);
+    let listed = env.json(&["nodes", "list", "--ip", &format!("127.61.{octet}.")]);
+    assert_eq!(listed["total"], 20);
+    assert_eq!(listed["nodes"][0]["port"], port);
+
+    let mut listening = 0;
+    for i in 1..=20u32 {
+        let ip = format!("127.61.{octet}.{i}");
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
+            listening += 1;
+        }
+    }
+    assert_eq!(
+        listening, 18,
+        "80 % healthy + 10 % silent listen, 10 % refused do not"
+    );
+
+    let status = signal_and_wait(&mut child, "-TERM");
+    assert_eq!(status.code(), Some(0));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let ready: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(ready["nodes"], 20);
+    assert_eq!(
+        ready["mix"],
+        serde_json::json!({"healthy": 16, "refused": 2, "silent": 2})
+    );
+}
+
+#[test]
+fn sim_writes_csv_and_rejects_bad_mixes() {
+    let env = Env::new();
+    let port = free_port();
+    let list = env.path("fleet.csv");
+    let octet = (std::process::id() % 200 + 20).to_string();
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args([
+            "-q",
+            "sim",
+            "--nodes",
+            "3",
+            "--format",
+            "csv",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--first-ip", &format!("127.62.{octet}.1")])
+        .arg("--list")
+        .arg(&list)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&list, &mut child);
+    let text = std::fs::read_to_string(&list).unwrap();
+    assert!(text.starts_with("ip,port,login,password,"), "{text}");
+    assert_eq!(text.lines().count(), 4);
+    // Ctrl-C (SIGINT) stops it cleanly too.
+    assert_eq!(signal_and_wait(&mut child, "-INT").code(), Some(0));
+
+    let out = env
+        .cmd(&["sim", "--nodes", "3", "--mix", "healthy=1,sleepy=2"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("sleepy"));
+    let out = env
+        .cmd(&[
+            "sim",
+            "--nodes",
+            "3",
+            "--first-ip",
+            "10.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("127.0.0.0/8"));
+}
+
+/// Runs `connexa ARGS` under a pseudo-terminal (util-linux `script`), feeding
+/// `input` to its terminal; returns what the terminal showed.
+fn under_pty(env: &Env, args: &str, input: &str) -> (String, i32) {
+    let bin = assert_cmd::cargo::cargo_bin("connexa");
+    let cmdline = format!("{} --db '{}' {args}", bin.display(), env.db());
+    let mut child = StdCommand::new("script")
+        .args(["-qec", &cmdline, "/dev/null"])
+        .current_dir(env.dir.path())
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` is needed for the terminal tests");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn delete_asks_on_a_terminal_and_tables_are_coloured_there() {
+    let env = Env::new();
+    imported(&env);
+    // Declined: nothing deleted.
+    let (screen, code) = under_pty(&env, "nodes delete --status not_tested", "n\n");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("3 nodes match and will be deleted. Delete them? [y/N]"),
+        "{screen}"
+    );
+    assert!(screen.contains("deleted 0 nodes"), "{screen}");
+    assert_eq!(env.json(&["stats"])["total"], 3);
+    // Colour on a terminal only (the table tests above check there is none in a pipe).
+    let (screen, _) = under_pty(&env, "nodes list", "");
+    assert!(screen.contains("\x1b[1mID"), "{screen:?}");
+    // Accepted: exactly the matching nodes go.
+    let (screen, code) = under_pty(&env, "nodes delete --country united", "y\n");
+    assert_eq!(code, 0, "{screen}");
+    assert!(
+        screen.contains("1 nodes match") && screen.contains("deleted 1 nodes"),
+        "{screen}"
+    );
+    assert_eq!(env.json(&["stats"])["total"], 2);
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let env = Env::new();
+    imported(&env);
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args(["--db", &env.db(), "export", "--format", "pptp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn logs_go_to_stderr_and_never_carry_a_password() {
+    let env = Env::new();
+    let list = env.write("list.txt", LIST);
+    let out = env
+        .cmd(&["-vvv", "import", list.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("opening database"),
+        "-vvv shows debug logs: {err}"
+    );
+    for secret in ["pw1", "pw2", "pw3", "zq9secret"] {
+        assert!(
+            !err.contains(secret),
+            "{secret} leaked into the logs: {err}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+    }
+    // -q: no notes on stderr.
+    let out = env
+        .cmd(&["-q", "export", "--format", "pptp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // Without a subcommand: the help, on stderr, exit 2.
+    let out = Command::cargo_bin("connexa").unwrap().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: connexa"));
+    // Options but no subcommand: one line.
+    let out = env.cmd(&["-v"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("subcommand"));
+}
+
+#[test]
+fn replaced_rows_and_pages_past_the_end_are_explained() {
+    let env = Env::new();
+    let first = env.write("a.txt", "127.0.0.5:admin:old\n127.0.0.6:admin:same\n");
+    env.cmd(&["import", first.to_str().unwrap()])
+        .assert()
+        .success();
+    env.write("b.txt", "127.0.0.6:admin:same\n127.0.0.5:admin:new\n");
+    let out = env
+        .cmd(&["import", "--on-conflict", "replace", "-v", "b.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains("b.txt line 2: replaced node 1 (new password) with node 3"),
+        "{s}"
+    );
+    assert!(
+        s.contains("b.txt line 1: duplicate of stored node 2"),
+        "-v lists duplicates: {s}"
+    );
+    env.cmd(&["nodes", "list", "--page", "9"])
+        .assert()
+        .success()
+        .stdout("page 9 is past the end (2 nodes match)\n");
+    env.cmd(&["nodes", "list", "--status", "online"])
+        .assert()
+        .success()
+        .stdout("no nodes match\n");
+    // CSV summaries.
+    env.cmd(&["--output", "csv", "import", "a.txt"])
+        .assert()
+        .success()
+        .stdout("source,added,replaced,duplicates,conflicts,errors\na.txt,0,0,1,1,0\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_shows_the_last_job_with_its_progress() {
+    use connexa_core::domain::NodeFilter;
+    use connexa_core::ports::{JobKind, JobSpec};
+    let env = Env::new();
+    imported(&env);
+    let store = env.store().await;
+    let job = store
+        .create_job(
+            JobSpec {
+                kind: JobKind::Light,
+                filter: NodeFilter::all(),
+                options: serde_json::json!({}),
+                deadline: None,
+            },
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    let v = env.json(&["stats"]);
+    assert_eq!(v["last_job"]["id"], job.id.0);
+    assert_eq!(v["last_job"]["kind"], "light");
+    assert_eq!(v["last_job"]["state"], "queued");
+    assert_eq!(v["last_job"]["progress"]["total"], 3);
+    assert_eq!(v["last_job"]["progress"]["pending"], 3);
+    let out = env.cmd(&["stats"]).output().unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        s.contains(&format!("last job: #{} light queued, 0/3 done", job.id)),
+        "{s}"
+    );
+}
+
+/// The same commands against PostgreSQL (`CONNEXA_TEST_PG_URL`, provided by
+/// tests/run.sh, which skips tests named `postgres` when it cannot start one).
+#[test]
+fn postgres_backend_runs_the_same_commands() {
+    let url = std::env::var("CONNEXA_TEST_PG_URL").expect(
+        "CONNEXA_TEST_PG_URL is not set: run tests/run.sh (it starts a throw-away PostgreSQL), or skip with --skip postgres",
+    );
+    let env = Env::new();
+    let run = |args: &[&str]| {
+        let mut c = Command::cargo_bin("connexa").unwrap();
+        c.current_dir(env.dir.path())
+            .env_remove("CONNEXA_CONFIG")
+            .env("CONNEXA_DB", &url)
+            .args(args);
+        c
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        let out = run(&all).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    run(&["nodes", "delete", "--all", "--yes"])
+        .assert()
+        .success();
+    let list = env.write("list.txt", LIST);
+    run(&["import", list.to_str().unwrap()]).assert().code(4);
+    assert_eq!(json(&["nodes", "list"])["total"], 3);
+    assert_eq!(json(&["nodes", "list", "--country", "GERM"])["total"], 1);
+    let first = json(&["nodes", "list", "--limit", "1"])["nodes"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let id = first.to_string();
+    assert_eq!(
+        json(&["nodes", "edit", &id, "--city", "Austin"])["city"],
+        "Austin"
+    );
+    assert_eq!(json(&["nodes", "show", &id, "--reveal"])["password"], "pw1");
+    assert_eq!(json(&["stats"])["by_status"][0]["count"], 3);
+    let csv = run(&["export", "--format", "csv", "--city", "austin"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&csv.stdout).lines().count(), 2);
+    assert_eq!(
+        json(&["nodes", "delete", "--status", "not_tested", "--yes"])["deleted"],
+        3
+    );
+    assert_eq!(json(&["nodes", "history", &id])[0]["event"], "deleted");
+    // A wrong password in the URL is a config error, and is never printed.
+    let bad = url.replacen("postgres://postgres@", "postgres://nobody:hunter2@", 1);
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args(["--db", &bad, "stats"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 3);
+    assert!(!err.contains("hunter2"), "{err}");
+}

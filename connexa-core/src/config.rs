@@ -1,0 +1,373 @@
+//! The operator's configuration file (TOML), shared by the CLI and the HTTP server.
+//!
+//! Every key is optional; a missing key takes the default shown below. An unknown
+//! key is an error that names the key and its line, so a typo never silently
+//! falls back to a default.
+//!
+//! ```toml
+//! # connexa.toml
+//! database = "sqlite://connexa.db?mode=rwc"
+//!
+//! [test]
+//! concurrency = 500            # nodes tested at once
+//! connect_timeout_secs = 5.0   # TCP connect
+//! light_timeout_secs = 10.0    # the whole control-channel handshake
+//! auth_timeout_secs = 25.0     # login (MS-CHAPv2)
+//! speed_timeout_secs = 60.0    # the whole speed test
+//! speed_threshold_mbps = 1.0   # at or above: speed_ok
+//! test_url = "http://speedtest.invalid/10MB.bin"
+//!
+//! [services]
+//! bind = "127.0.0.1"           # where SOCKS5 services listen
+//! port_min = 20000
+//! port_max = 29999
+//!
+//! [http]
+//! listen = "127.0.0.1:8080"
+//! ```
+//!
+//! ```
+//! use connexa_core::config::Config;
+//! let cfg = Config::from_toml_str("[test]\nconcurrency = 64\n").unwrap();
+//! assert_eq!(cfg.test.concurrency, 64);
+//! assert_eq!(cfg.services.port_min, 20000);
+//!
+//! let err = Config::from_toml_str("[test]\nconcurency = 64\n").unwrap_err();
+//! assert_eq!(err.line(), Some(2));
+//! assert!(err.to_string().contains("concurency"));
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Database URL used when neither `--db` nor `$CONNEXA_DB` is given.
+    pub database: Option<String>,
+    /// Defaults of test jobs.
+    pub test: TestConfig,
+    /// SOCKS5 services.
+    pub services: ServicesConfig,
+    /// The HTTP server.
+    pub http: HttpConfig,
+}
+
+/// Defaults of test jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestConfig {
+    /// Nodes tested at once.
+    pub concurrency: u32,
+    /// TCP connect timeout, seconds.
+    pub connect_timeout_secs: f64,
+    /// Time budget of a light test (the control-channel handshake), seconds.
+    pub light_timeout_secs: f64,
+    /// Time budget of a login test, seconds.
+    pub auth_timeout_secs: f64,
+    /// Time budget of a speed test, seconds.
+    pub speed_timeout_secs: f64,
+    /// Download speed (Mbit/s) at or above which a node is `speed_ok`.
+    pub speed_threshold_mbps: f64,
+    /// What the speed test downloads through the tunnel.
+    pub test_url: String,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig {
+            concurrency: 500,
+            connect_timeout_secs: 5.0,
+            light_timeout_secs: 10.0,
+            auth_timeout_secs: 25.0,
+            speed_timeout_secs: 60.0,
+            speed_threshold_mbps: 1.0,
+            test_url: "http://speedtest.invalid/10MB.bin".into(),
+        }
+    }
+}
+
+impl TestConfig {
+    /// The connect timeout as a [`Duration`].
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.connect_timeout_secs)
+    }
+
+    /// The light-test budget as a [`Duration`].
+    pub fn light_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.light_timeout_secs)
+    }
+
+    /// The login-test budget as a [`Duration`].
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.auth_timeout_secs)
+    }
+
+    /// The speed-test budget as a [`Duration`].
+    pub fn speed_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.speed_timeout_secs)
+    }
+}
+
+/// SOCKS5 services.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// Address services listen on.
+    pub bind: IpAddr,
+    /// Lowest port given to a service.
+    pub port_min: u16,
+    /// Highest port given to a service.
+    pub port_max: u16,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_min: 20000,
+            port_max: 29999,
+        }
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// A configuration file could not be used. Displays on one line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("{}line {line}, column {column}: {message}", origin(path))]
+    Parse {
+        /// The file, if read from one.
+        path: Option<PathBuf>,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
+        /// What is wrong (names the key).
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("{}invalid value: {message}", origin(path))]
+    Invalid {
+        /// The file, if read from one.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("config file {}: ", p.display()),
+        None => "config: ".into(),
+    }
+}
+
+impl ConfigError {
+    /// The 1-based line of a parse error.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Parse { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+
+    fn with_path(self, p: &Path) -> Self {
+        match self {
+            ConfigError::Parse {
+                line,
+                column,
+                message,
+                ..
+            } => ConfigError::Parse {
+                path: Some(p.to_owned()),
+                line,
+                column,
+                message,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                path: Some(p.to_owned()),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+            let before = text.get(..offset).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit('\n')
+                .next()
+                .map(|l| l.chars().count())
+                .unwrap_or(0)
+                + 1;
+            ConfigError::Parse {
+                path: None,
+                line,
+                column,
+                message: one_line(e.message()),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| e.with_path(path))
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| {
+            Err(ConfigError::Invalid {
+                path: None,
+                message,
+            })
+        };
+        let t = &self.test;
+        if t.concurrency == 0 {
+            return bad("test.concurrency must be at least 1".into());
+        }
+        for (name, v) in [
+            ("connect_timeout_secs", t.connect_timeout_secs),
+            ("light_timeout_secs", t.light_timeout_secs),
+            ("auth_timeout_secs", t.auth_timeout_secs),
+            ("speed_timeout_secs", t.speed_timeout_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return bad(format!(
+                    "test.{name} must be between 0 and 86400 seconds, got {v}"
+                ));
+            }
+        }
+        if !(t.speed_threshold_mbps.is_finite() && t.speed_threshold_mbps >= 0.0) {
+            return bad(format!(
+                "test.speed_threshold_mbps must be a non-negative number, got {}",
+                t.speed_threshold_mbps
+            ));
+        }
+        let s = &self.services;
+        if s.port_min == 0 || s.port_min > s.port_max {
+            return bad(format!(
+                "services.port_min ({}) must be at least 1 and at most services.port_max ({})",
+                s.port_min, s.port_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::from_toml_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn every_documented_key_parses() {
+        let text = "database = \"sqlite://x.db?mode=rwc\"\n[test]\nconcurrency = 8\nconnect_timeout_secs = 1\n\
+                    light_timeout_secs = 2.5\nauth_timeout_secs = 3\nspeed_timeout_secs = 4\n\
+                    speed_threshold_mbps = 0.5\ntest_url = \"http://127.0.0.1/x\"\n\
+                    [services]\nbind = \"127.0.0.2\"\nport_min = 100\nport_max = 200\n\
+                    [http]\nlisten = \"127.0.0.1:9000\"\n";
+        let c = Config::from_toml_str(text).unwrap();
+        assert_eq!(c.database.as_deref(), Some("sqlite://x.db?mode=rwc"));
+        assert_eq!(c.test.concurrency, 8);
+        assert_eq!(c.test.light_timeout(), Duration::from_millis(2500));
+        assert_eq!(c.services.port_max, 200);
+        assert_eq!(c.http.listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err =
+            Config::from_toml_str("[test]\nconcurrency = 8\n\nspeed_treshold = 1\n").unwrap_err();
+        assert_eq!(err.line(), Some(4));
+        let msg = err.to_string();
+        assert!(msg.contains("speed_treshold"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_and_wrong_type_are_errors() {
+        let e = Config::from_toml_str("[tset]\n").unwrap_err();
+        assert!(e.to_string().contains("tset"), "{e}");
+        let e = Config::from_toml_str("[test]\nconcurrency = \"many\"\n").unwrap_err();
+        assert_eq!(e.line(), Some(2));
+        let e = Config::from_toml_str("[test\n").unwrap_err();
+        assert_eq!(e.line(), Some(1));
+    }
+
+    #[test]
+    fn nonsense_values_are_rejected() {
+        for text in [
+            "[test]\nconcurrency = 0\n",
+            "[test]\nlight_timeout_secs = -1\n",
+            "[services]\nport_min = 300\nport_max = 200\n",
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "bogus = 1\n").unwrap();
+        let e = Config::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("c.toml") && e.contains("line 1") && e.contains("bogus"),
+            "{e}"
+        );
+        let e = Config::load(&dir.path().join("missing.toml")).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+}

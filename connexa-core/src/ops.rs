@@ -1,0 +1,643 @@
+//! The operations behind the frontends: each CLI subcommand and HTTP handler
+//! parses its input, calls one function here (or one [`NodeStore`] method), and
+//! formats the result. The serialisable views (`*View`, [`Stats`],
+//! [`ImportSummary`]) are the stable JSON shapes both frontends print
+//! (documented in `docs/cli.md`); passwords in them are masked unless asked for.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use connexa_core::domain::NodeFilter;
+//! use connexa_core::import::{import_into, ImportOptions};
+//! use connexa_core::{ops, store::SqlStore};
+//! use std::sync::Arc;
+//! let db = std::env::temp_dir().join(format!("connexa-ops-doc-{}.db", std::process::id()));
+//! let store = Arc::new(SqlStore::connect(&format!("sqlite://{}?mode=rwc", db.display())).await.unwrap());
+//! import_into(store.clone(), &b"127.0.0.5:admin:pw\n"[..], ImportOptions::default()).await;
+//! let stats = ops::stats(store.as_ref()).await.unwrap();
+//! assert_eq!((stats.total, stats.services_running), (1, 0));
+//! assert_eq!(ops::count(store.as_ref(), &NodeFilter::all()).await.unwrap(), 1);
+//! # drop(store); let _ = std::fs::remove_file(&db);
+//! # }
+//! ```
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::{
+    Failure, Level, Node, NodeFilter, NodeId, NodeMeta, Page, PptpIdentity, SortKey, Status,
+};
+use crate::export::{ExportError, ExportFormat};
+use crate::import::{Existing, ImportReport};
+use crate::ports::{HistoryRow, Job, JobId, JobKind, JobState, NodeStore, Progress, StoreError};
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpsError {
+    /// The store failed (or the node does not exist: [`StoreError::NotFound`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the output failed.
+    #[error(transparent)]
+    Export(#[from] ExportError),
+}
+
+/// How many nodes match `filter`.
+pub async fn count(store: &dyn NodeStore, filter: &NodeFilter) -> Result<u64, StoreError> {
+    let page = Page {
+        limit: 0,
+        ..Page::default()
+    };
+    Ok(store.list(filter, page).await?.total)
+}
+
+/// One node, or [`StoreError::NotFound`].
+pub async fn node(store: &dyn NodeStore, id: NodeId) -> Result<Node, StoreError> {
+    store.get(id).await?.ok_or(StoreError::NotFound(id))
+}
+
+/// Every node matching `filter`, in id order (read page by page).
+pub async fn all_matching(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+) -> Result<Vec<Node>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let page = Page {
+            offset: out.len() as u64,
+            limit: Page::MAX_LIMIT,
+            sort: SortKey::Id,
+            desc: false,
+        };
+        let got = store.list(filter, page).await?;
+        let n = got.nodes.len();
+        out.extend(got.nodes);
+        if n == 0 || out.len() as u64 >= got.total {
+            return Ok(out);
+        }
+    }
+}
+
+/// Writes every node matching `filter` in `format` to `out`; returns how many
+/// were written (the socks formats skip nodes without a running service).
+pub async fn export<W: Write>(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+    format: ExportFormat,
+    out: W,
+) -> Result<usize, OpsError> {
+    let nodes = all_matching(store, filter).await?;
+    Ok(crate::export::write(format, &nodes, out)?)
+}
+
+/// What [`delete_ids`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deleted {
+    /// Nodes deleted.
+    pub deleted: u64,
+    /// Ids given that matched no node.
+    pub missing: Vec<NodeId>,
+}
+
+/// Deletes the nodes with these ids (each gets a `deleted` history row) and
+/// names the ids that did not exist.
+pub async fn delete_ids(store: &dyn NodeStore, ids: &[NodeId]) -> Result<Deleted, StoreError> {
+    let filter = NodeFilter::ids(ids.iter().copied());
+    let found = all_matching(store, &filter).await?;
+    let mut missing: Vec<NodeId> = ids
+        .iter()
+        .copied()
+        .filter(|id| !found.iter().any(|n| n.id == *id))
+        .collect();
+    missing.dedup();
+    let deleted = store.delete(&filter).await?;
+    Ok(Deleted { deleted, missing })
+}
+
+/// Changes to a node's descriptive fields: `None` keeps a field, `Some("")`
+/// clears it, anything else sets it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaPatch {
+    /// Provider.
+    pub provider: Option<String>,
+    /// Country.
+    pub country: Option<String>,
+    /// State or region.
+    pub state: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Zip code.
+    pub zipcode: Option<String>,
+    /// Comment.
+    pub comment: Option<String>,
+}
+
+impl MetaPatch {
+    /// `true` when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == MetaPatch::default()
+    }
+
+    /// `meta` with the patch applied.
+    pub fn apply_to(&self, mut meta: NodeMeta) -> NodeMeta {
+        let set = |field: &mut Option<String>, v: &Option<String>| {
+            if let Some(v) = v {
+                let v = v.trim();
+                *field = (!v.is_empty()).then(|| v.to_owned());
+            }
+        };
+        set(&mut meta.provider, &self.provider);
+        set(&mut meta.country, &self.country);
+        set(&mut meta.state, &self.state);
+        set(&mut meta.city, &self.city);
+        set(&mut meta.zipcode, &self.zipcode);
+        set(&mut meta.comment, &self.comment);
+        meta
+    }
+}
+
+/// Applies `patch` to a node's descriptive fields (never its identity or
+/// status); returns the node as stored afterwards.
+pub async fn edit_meta(
+    store: &dyn NodeStore,
+    id: NodeId,
+    patch: &MetaPatch,
+) -> Result<Node, StoreError> {
+    let current = node(store, id).await?;
+    store.update_meta(id, patch.apply_to(current.meta)).await?;
+    node(store, id).await
+}
+
+/// Counts of one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatusCount {
+    /// The status.
+    pub status: Status,
+    /// Nodes in it.
+    pub count: u64,
+}
+
+/// A job, with its progress.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobView {
+    /// Identifier.
+    pub id: JobId,
+    /// What it does.
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: JobState,
+    /// Number of items.
+    pub total: u64,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Item counts from committed rows.
+    pub progress: Progress,
+}
+
+impl JobView {
+    /// A job and its progress.
+    pub fn new(job: &Job, progress: Progress) -> Self {
+        JobView {
+            id: job.id,
+            kind: job.kind,
+            state: job.state,
+            total: job.total,
+            created_at: job.created_at,
+            finished_at: job.finished_at,
+            progress,
+        }
+    }
+}
+
+/// What `connexa stats` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// All nodes.
+    pub total: u64,
+    /// Every status, in level order, zeros included.
+    pub by_status: Vec<StatusCount>,
+    /// Nodes with a service (`online` + `offline`).
+    pub services_running: u64,
+    /// The most recent job, if any.
+    pub last_job: Option<JobView>,
+}
+
+/// Counts per status, services running, and the last job.
+pub async fn stats(store: &dyn NodeStore) -> Result<Stats, StoreError> {
+    let counts = store.counts().await?;
+    let get = |s: Status| {
+        counts
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let by_status: Vec<StatusCount> = Status::ALL
+        .into_iter()
+        .map(|status| StatusCount {
+            status,
+            count: get(status),
+        })
+        .collect();
+    let last_job = match store.jobs(1).await?.into_iter().next() {
+        Some(job) => {
+            let progress = store.progress(job.id).await?;
+            Some(JobView::new(&job, progress))
+        }
+        None => None,
+    };
+    Ok(Stats {
+        total: by_status.iter().map(|c| c.count).sum(),
+        services_running: get(Status::Online) + get(Status::Offline),
+        by_status,
+        last_job,
+    })
+}
+
+/// A running service, as shown (password masked unless revealed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceView {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// SOCKS5 user name.
+    pub username: String,
+    /// SOCKS5 password, or `***`.
+    pub password: String,
+}
+
+/// A node, as shown and printed as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeView {
+    /// Identifier.
+    pub id: NodeId,
+    /// Address.
+    pub ip: String,
+    /// Control port.
+    pub port: u16,
+    /// Login.
+    pub login: String,
+    /// The password, or `***` unless revealed.
+    pub password: String,
+    /// Status.
+    pub status: Status,
+    /// Its level of evidence.
+    pub level: Level,
+    /// Provider.
+    pub provider: Option<String>,
+    /// Country.
+    pub country: Option<String>,
+    /// State or region.
+    pub state: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Zip code.
+    pub zip: Option<String>,
+    /// Comment.
+    pub comment: Option<String>,
+    /// Last test.
+    pub last_checked_at: Option<DateTime<Utc>>,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// Failed tests in a row.
+    pub consecutive_failures: u32,
+    /// Latency.
+    pub ping_ms: Option<f64>,
+    /// Download speed.
+    pub speed_down_mbps: Option<f64>,
+    /// Upload speed.
+    pub speed_up_mbps: Option<f64>,
+    /// What the server announced.
+    pub pptp: Option<PptpIdentity>,
+    /// The running service.
+    pub service: Option<ServiceView>,
+    /// Whether a service is wanted.
+    pub service_wanted: bool,
+    /// Imported.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl NodeView {
+    /// The view of `node`; passwords (the node's and its service's) are `***`
+    /// unless `reveal`.
+    pub fn new(node: &Node, reveal: bool) -> Self {
+        let secret = |s: &crate::domain::Secret| {
+            if reveal {
+                s.expose().to_owned()
+            } else {
+                s.masked().to_owned()
+            }
+        };
+        NodeView {
+            id: node.id,
+            ip: node.ip.to_string(),
+            port: node.port,
+            login: node.login.clone(),
+            password: secret(&node.password),
+            status: node.status,
+            level: node.status.level(),
+            provider: node.meta.provider.clone(),
+            country: node.meta.country.clone(),
+            state: node.meta.state.clone(),
+            city: node.meta.city.clone(),
+            zip: node.meta.zipcode.clone(),
+            comment: node.meta.comment.clone(),
+            last_checked_at: node.last_checked_at,
+            last_error: node.last_error.clone(),
+            consecutive_failures: node.consecutive_failures,
+            ping_ms: node.ping_ms,
+            speed_down_mbps: node.speed_down_mbps,
+            speed_up_mbps: node.speed_up_mbps,
+            pptp: node.pptp.clone(),
+            service: node.service.as_ref().map(|s| ServiceView {
+                host: s.host.clone(),
+                port: s.port,
+                username: s.username.clone(),
+                password: secret(&s.password),
+            }),
+            service_wanted: node.service_wanted,
+            created_at: node.created_at,
+            updated_at: node.updated_at,
+        }
+    }
+}
+
+/// One status-history row, as shown.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryView {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Status before.
+    pub from: Status,
+    /// Status after (`null` for a deletion).
+    pub to: Option<Status>,
+    /// `tested`, `service_started`, ..., `deleted`.
+    pub event: &'static str,
+    /// For tests: the level reached.
+    pub reached: Option<Level>,
+    /// The failure, if any.
+    pub failure: Option<Failure>,
+    /// Why, in words.
+    pub why: Option<String>,
+    /// The job, if any.
+    pub job: Option<JobId>,
+}
+
+impl From<&HistoryRow> for HistoryView {
+    fn from(r: &HistoryRow) -> Self {
+        HistoryView {
+            at: r.at,
+            from: r.from,
+            to: r.to,
+            event: r.event.as_str(),
+            reached: r.reached,
+            why: r
+                .detail
+                .clone()
+                .or_else(|| r.failure.as_ref().map(|f| f.to_string())),
+            failure: r.failure.clone(),
+            job: r.job,
+        }
+    }
+}
+
+/// One row of an import that collided with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Collision {
+    /// The row's line.
+    pub line: usize,
+    /// The earlier line of the same input it collides with, if so.
+    pub with_line: Option<usize>,
+    /// The stored node it collides with, if so.
+    pub with_node: Option<NodeId>,
+}
+
+impl Collision {
+    fn new(line: usize, with: Existing) -> Self {
+        let (with_line, with_node) = match with {
+            Existing::Line(l) => (Some(l), None),
+            Existing::Stored(id) => (None, Some(id)),
+        };
+        Collision {
+            line,
+            with_line,
+            with_node,
+        }
+    }
+}
+
+/// An added row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AddedRow {
+    /// The row's line.
+    pub line: usize,
+    /// The new node.
+    pub id: NodeId,
+}
+
+/// A replaced node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplacedView {
+    /// The row's line.
+    pub line: usize,
+    /// The deleted node.
+    pub old: NodeId,
+    /// The node added instead.
+    pub new: NodeId,
+}
+
+/// A row that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorRow {
+    /// The row's line.
+    pub line: usize,
+    /// Why.
+    pub reason: String,
+    /// The row, password masked.
+    pub text: String,
+}
+
+/// An [`ImportReport`] as printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    /// Where the rows came from (a file name or `-`).
+    pub source: String,
+    /// Added rows.
+    pub added: Vec<AddedRow>,
+    /// Replaced nodes.
+    pub replaced: Vec<ReplacedView>,
+    /// Duplicates (in the input or stored).
+    pub duplicates: Vec<Collision>,
+    /// Conflicts (same ip, port and login, another password), kept out.
+    pub conflicts: Vec<Collision>,
+    /// Unreadable rows.
+    pub errors: Vec<ErrorRow>,
+    /// Lines parsed but not inserted because the store failed.
+    pub not_inserted: Vec<usize>,
+    /// Why the import stopped early, if it did.
+    pub failure: Option<String>,
+}
+
+impl ImportSummary {
+    /// The summary of `report`, read from `source`.
+    pub fn new(source: impl Into<String>, report: &ImportReport) -> Self {
+        ImportSummary {
+            source: source.into(),
+            added: report
+                .added
+                .iter()
+                .map(|(line, id)| AddedRow {
+                    line: *line,
+                    id: *id,
+                })
+                .collect(),
+            replaced: report
+                .replaced
+                .iter()
+                .map(|r| ReplacedView {
+                    line: r.line,
+                    old: r.old,
+                    new: r.new,
+                })
+                .collect(),
+            duplicates: report
+                .duplicates
+                .iter()
+                .map(|d| Collision::new(d.line, d.of))
+                .collect(),
+            conflicts: report
+                .conflicts
+                .iter()
+                .map(|c| Collision::new(c.line, c.with))
+                .collect(),
+            errors: report
+                .errors
+                .iter()
+                .map(|e| ErrorRow {
+                    line: e.line,
+                    reason: e.reason.to_string(),
+                    text: e.text.clone(),
+                })
+                .collect(),
+            not_inserted: report.not_inserted.clone(),
+            failure: report.failure.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::import::{ImportOptions, import_into};
+    use crate::store::SqlStore;
+
+    async fn temp_store() -> (tempfile::TempDir, Arc<SqlStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        (dir, Arc::new(SqlStore::connect(&url).await.unwrap()))
+    }
+
+    async fn store_with(list: &'static str) -> (tempfile::TempDir, Arc<SqlStore>) {
+        let (dir, store) = temp_store().await;
+        let r = import_into(store.clone(), list.as_bytes(), ImportOptions::default()).await;
+        assert!(r.failure.is_none());
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn edit_meta_patches_only_given_fields() {
+        let (_dir, store) = store_with("127.0.0.5:admin:pw:US:Texas:75001\n").await;
+        let patch = MetaPatch {
+            city: Some("Austin".into()),
+            zipcode: Some(String::new()),
+            ..MetaPatch::default()
+        };
+        let n = edit_meta(store.as_ref(), NodeId(1), &patch).await.unwrap();
+        assert_eq!(n.meta.city.as_deref(), Some("Austin"));
+        assert_eq!(n.meta.zipcode, None);
+        assert_eq!(n.meta.state.as_deref(), Some("Texas"));
+        let e = edit_meta(store.as_ref(), NodeId(9), &patch)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NotFound(NodeId(9))));
+    }
+
+    #[tokio::test]
+    async fn export_reads_past_one_page() {
+        let mut list = String::new();
+        for i in 0..(Page::MAX_LIMIT + 5) {
+            list.push_str(&format!("127.0.{}.{}:u:p\n", i / 250, i % 250 + 1));
+        }
+        let (_dir, store) = temp_store().await;
+        let r = import_into(
+            store.clone(),
+            std::io::Cursor::new(list),
+            ImportOptions::default(),
+        )
+        .await;
+        assert_eq!(r.added.len() as u64, Page::MAX_LIMIT + 5);
+        let mut out = Vec::new();
+        let n = export(
+            store.as_ref(),
+            &NodeFilter::all(),
+            ExportFormat::Pptp,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        assert_eq!(n as u64, Page::MAX_LIMIT + 5);
+        assert_eq!(
+            out.iter().filter(|b| **b == b'\n').count() as u64,
+            Page::MAX_LIMIT + 5
+        );
+    }
+
+    #[tokio::test]
+    async fn views_mask_passwords_unless_revealed() {
+        let (_dir, store) = store_with("127.0.0.5:admin:s3cret\n").await;
+        let n = node(store.as_ref(), NodeId(1)).await.unwrap();
+        let masked = serde_json::to_string(&NodeView::new(&n, false)).unwrap();
+        assert!(!masked.contains("s3cret") && masked.contains("\"password\":\"***\""));
+        assert_eq!(NodeView::new(&n, true).password, "s3cret");
+    }
+
+    #[tokio::test]
+    async fn delete_ids_names_the_missing_ones() {
+        let (_dir, store) = store_with("127.0.0.5:a:b\n127.0.0.6:a:b\n").await;
+        let d = delete_ids(store.as_ref(), &[NodeId(2), NodeId(7)])
+            .await
+            .unwrap();
+        assert_eq!(
+            d,
+            Deleted {
+                deleted: 1,
+                missing: vec![NodeId(7)]
+            }
+        );
+        assert_eq!(count(store.as_ref(), &NodeFilter::all()).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn stats_lists_every_status() {
+        let (_dir, store) = store_with("127.0.0.5:a:b\n127.0.0.6:a:b\n").await;
+        let s = stats(store.as_ref()).await.unwrap();
+        assert_eq!(s.by_status.len(), Status::ALL.len());
+        assert_eq!(
+            s.by_status[0],
+            StatusCount {
+                status: Status::NotTested,
+                count: 2
+            }
+        );
+        assert!(s.last_job.is_none());
+    }
+}
