@@ -1,0 +1,33 @@
+//! The I/O half of the auth test: one raw GRE socket per process and the driver
+//! of a PPTP call from TCP connect to polite teardown.
+//!
+//! * [`GreSocket`]: the raw `IPPROTO_GRE` socket (needs `CAP_NET_RAW`), read by
+//!   one background task that demultiplexes inbound packets by `(peer address,
+//!   our call id)` to the live tunnels ([`GreRoute`]); anything else is dropped.
+//! * [`login`]: control connection (SCCRQ/SCCRP), Outgoing-Call-Request/Reply,
+//!   LCP + MS-CHAPv2 over GRE with [`LoginClient`](crate::pptp::login::LoginClient),
+//!   then LCP Terminate, Call-Clear-Request and Stop-Control-Connection-Request,
+//!   also after a failure or timeout. It returns a [`LoginReport`].
+//!
+//! The probe layer ([`LightProber`](crate::probe::LightProber) at
+//! [`ProbeDepth::Auth`](crate::ports::ProbeDepth::Auth)) turns the report into an
+//! [`Outcome`](crate::domain::Outcome).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), connexa_core::ports::ProbeError> {
+//! use connexa_core::domain::Secret;
+//! use connexa_core::tunnel::{AuthConfig, GreSocket, login};
+//! let gre = GreSocket::open()?; // Err(NotPermitted) without CAP_NET_RAW
+//! let report = login(&gre, "127.0.0.1:1723".parse().unwrap(), "alice",
+//!                    &Secret::new("s3cret"), &AuthConfig::default()).await;
+//! println!("{:?} {:?}", report.reached, report.failure);
+//! # Ok(()) }
+//! ```
+
+mod call;
+mod fd;
+mod socket;
+
+pub use call::{AuthConfig, LoginReport, Teardown, login};
+pub(crate) use call::ipv4_only;
+pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};
