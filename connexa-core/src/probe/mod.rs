@@ -408,8 +408,12 @@ impl Prober for LightProber {
         match depth {
             ProbeDepth::Light => self.probe_addr(SocketAddr::new(node.ip, node.port)).await,
             ProbeDepth::Auth => {
-                self.probe_auth(SocketAddr::new(node.ip, node.port), &node.login, &node.password)
-                    .await
+                self.probe_auth(
+                    SocketAddr::new(node.ip, node.port),
+                    &node.login,
+                    &node.password,
+                )
+                .await
             }
         }
     }

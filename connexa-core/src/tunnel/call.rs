@@ -80,6 +80,10 @@ pub struct Teardown {
     pub call_cleared: bool,
     /// The control connection ended with Stop-Control-Connection-Request/Reply.
     pub control_stopped: bool,
+    /// The server closed the control connection itself during the teardown
+    /// (pptpd's control process exits as soon as its pppd has terminated the
+    /// link, without waiting for our Call-Clear-Request).
+    pub server_closed: bool,
 }
 
 /// What one authenticating call found.
@@ -501,10 +505,12 @@ impl CallState<'_> {
                             match msg {
                                 ControlMessage::CallDisconnectNotify(cdn) => {
                                     if let Some((_, d)) = &mut self.call { *d = true; }
+                                    self.report.teardown.call_cleared = true;
                                     Some(format!("the server disconnected the call (result {})", cdn.result_code))
                                 }
                                 ControlMessage::StopControlConnectionRequest(_) => {
                                     if let Some((_, d)) = &mut self.call { *d = true; }
+                                    self.report.teardown.control_stopped = true;
                                     Some("the server stopped the control connection".into())
                                 }
                                 other => {
@@ -516,6 +522,7 @@ impl CallState<'_> {
                     }
                     Err(e) => {
                         if let Some((_, d)) = &mut self.call { *d = true; }
+                        self.report.teardown.server_closed = true;
                         Some(format!("the control connection ended ({})", e.failure()))
                     }
                 },
@@ -576,10 +583,19 @@ impl CallState<'_> {
                 },
                 msg = self.ctl.recv() => match msg {
                     Ok(msg) => {
-                        if !self.ctl.answer_housekeeping(&msg).await
-                            && matches!(msg, ControlMessage::CallDisconnectNotify(_)
-                                | ControlMessage::StopControlConnectionRequest(_))
-                        {
+                        let handled = self.ctl.answer_housekeeping(&msg).await;
+                        let end = match msg {
+                            ControlMessage::CallDisconnectNotify(_) => {
+                                self.report.teardown.call_cleared = true;
+                                true
+                            }
+                            ControlMessage::StopControlConnectionRequest(_) => {
+                                self.report.teardown.control_stopped = true;
+                                true
+                            }
+                            _ => false,
+                        };
+                        if end && !(handled && !self.ctl.dead) {
                             if let Some((_, d)) = &mut self.call { *d = true; }
                             self.report.teardown.lcp_closed = link.login.is_done();
                             return;
@@ -587,6 +603,7 @@ impl CallState<'_> {
                     }
                     Err(_) => {
                         if let Some((_, d)) = &mut self.call { *d = true; }
+                        self.report.teardown.server_closed = true;
                         return;
                     }
                 },
@@ -603,7 +620,8 @@ impl CallState<'_> {
     async fn teardown(&mut self) {
         let t = self.config.teardown_timeout;
         match self.call {
-            Some((_, true)) => self.report.teardown.call_cleared = true,
+            // Already ended by the server (Call-Disconnect-Notify, Stop or hang-up).
+            Some((_, true)) => {}
             Some((our_id, false)) => {
                 if self
                     .ctl
@@ -616,6 +634,7 @@ impl CallState<'_> {
                     let cleared = tokio::time::timeout(t, async {
                         loop {
                             let Ok(msg) = self.ctl.recv().await else {
+                                self.report.teardown.server_closed = true;
                                 return false;
                             };
                             if self.ctl.answer_housekeeping(&msg).await {
@@ -623,7 +642,10 @@ impl CallState<'_> {
                             }
                             match msg {
                                 ControlMessage::CallDisconnectNotify(_) => return true,
-                                ControlMessage::StopControlConnectionRequest(_) => return false,
+                                ControlMessage::StopControlConnectionRequest(_) => {
+                                    self.report.teardown.control_stopped = true;
+                                    return false;
+                                }
                                 _ => {}
                             }
                         }
@@ -635,6 +657,9 @@ impl CallState<'_> {
             None => {}
         }
         if self.ctl.dead {
+            if !self.report.teardown.control_stopped {
+                self.report.teardown.server_closed = true;
+            }
             return;
         }
         if self
@@ -645,11 +670,13 @@ impl CallState<'_> {
             .await
             .is_err()
         {
+            self.report.teardown.server_closed = true;
             return;
         }
         let stopped = tokio::time::timeout(t, async {
             loop {
                 let Ok(msg) = self.ctl.recv().await else {
+                    self.report.teardown.server_closed = true;
                     return false;
                 };
                 if self.ctl.answer_housekeeping(&msg).await {

@@ -28,6 +28,6 @@ mod call;
 mod fd;
 mod socket;
 
-pub use call::{AuthConfig, LoginReport, Teardown, login};
 pub(crate) use call::ipv4_only;
+pub use call::{AuthConfig, LoginReport, Teardown, login};
 pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};

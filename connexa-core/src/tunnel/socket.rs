@@ -121,7 +121,8 @@ impl GreSocket {
         })?;
         let fd = {
             let _guard = runtime.enter();
-            super::fd::register(socket).map_err(|e| ProbeError::Config(format!("raw GRE socket: {e}")))?
+            super::fd::register(socket)
+                .map_err(|e| ProbeError::Config(format!("raw GRE socket: {e}")))?
         };
         let shared = Arc::new(Shared {
             fd,
