@@ -583,7 +583,7 @@ impl CallState<'_> {
                 },
                 msg = self.ctl.recv() => match msg {
                     Ok(msg) => {
-                        let handled = self.ctl.answer_housekeeping(&msg).await;
+                        self.ctl.answer_housekeeping(&msg).await;
                         let end = match msg {
                             ControlMessage::CallDisconnectNotify(_) => {
                                 self.report.teardown.call_cleared = true;
@@ -595,7 +595,7 @@ impl CallState<'_> {
                             }
                             _ => false,
                         };
-                        if end && !(handled && !self.ctl.dead) {
+                        if end {
                             if let Some((_, d)) = &mut self.call { *d = true; }
                             self.report.teardown.lcp_closed = link.login.is_done();
                             return;
@@ -623,14 +623,14 @@ impl CallState<'_> {
             // Already ended by the server (Call-Disconnect-Notify, Stop or hang-up).
             Some((_, true)) => {}
             Some((our_id, false)) => {
-                if self
+                let sent = self
                     .ctl
                     .send(ControlMessage::CallClearRequest(CallClearRequest {
                         call_id: our_id,
                     }))
                     .await
-                    .is_ok()
-                {
+                    .is_ok();
+                if sent {
                     let cleared = tokio::time::timeout(t, async {
                         loop {
                             let Ok(msg) = self.ctl.recv().await else {
@@ -715,10 +715,10 @@ impl Link<'_> {
         let mut out = Vec::with_capacity(128);
         while let Some(frame) = self.login.poll_transmit() {
             out.clear();
-            if self.session.encode(&frame, &mut out).is_ok() {
-                if let Err(e) = self.route.send(&out).await {
-                    tracing::debug!(error = %e, "GRE send");
-                }
+            if self.session.encode(&frame, &mut out).is_ok()
+                && let Err(e) = self.route.send(&out).await
+            {
+                tracing::debug!(error = %e, "GRE send");
             }
         }
         if let Some(ack) = self.session.poll_ack_only(now) {
