@@ -86,7 +86,7 @@ impl Default for ProbeConfig {
 /// (rejected, not PPTP, bad reply) is not asked again.
 ///
 /// At [`ProbeDepth::Auth`] it logs in with the node's credentials
-/// ([`tunnel::login`](crate::tunnel::login): call, LCP, MS-CHAPv2 over GRE, polite
+/// ([`tunnel::login`]: call, LCP, MS-CHAPv2 over GRE, polite
 /// teardown) and returns
 ///
 /// * `reached: Level::Auth` (`ping_ok`) when the server accepted the credentials

@@ -9,6 +9,18 @@
 //!   then LCP Terminate, Call-Clear-Request and Stop-Control-Connection-Request,
 //!   also after a failure or timeout. It returns a [`LoginReport`].
 //!
+//! **One socket per process.** A raw socket receives every GRE datagram of its
+//! network namespace, so two `GreSocket`s in one process would both see all
+//! traffic and could hand out the same call id to different tunnels. Open one
+//! and share the `Arc` (e.g. [`LightProber::with_gre_socket`](crate::probe::LightProber::with_gre_socket));
+//! a server side in the same process (the loopback example, a simulator)
+//! registers its calls on the same socket, and the demultiplexer keeps them
+//! apart by call id. The socket belongs to the network namespace of the thread
+//! that opened it, and its reader task to that thread's tokio runtime.
+//!
+//! Nothing here needs `/dev/ppp` or pppd: LCP and MS-CHAPv2 run in user space.
+//! IPv6 nodes are refused with [`ProbeError::Config`](crate::ports::ProbeError).
+//!
 //! The probe layer ([`LightProber`](crate::probe::LightProber) at
 //! [`ProbeDepth::Auth`](crate::ports::ProbeDepth::Auth)) turns the report into an
 //! [`Outcome`](crate::domain::Outcome).
