@@ -38,3 +38,4 @@ pub mod probe;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
+pub mod tunnel;

@@ -14,6 +14,7 @@ use connexa_core::pptp::control::{
 };
 use connexa_core::probe::{IcmpConfig, IcmpPinger, LightProber, ProbeConfig};
 use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
+use connexa_core::tunnel::{AuthConfig, NEED_CAP_NET_RAW};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -76,17 +77,32 @@ async fn healthy_sim_node_reaches_light_with_identity_and_times() {
 }
 
 #[tokio::test]
-async fn prober_trait_uses_node_address_and_refuses_auth_depth() {
+async fn prober_trait_uses_node_address_and_runs_auth_depth() {
     let f = fleet(2, vec![(Behaviour::Healthy, 1)], 1).await;
-    let prober = LightProber::new(config(1000, 1));
+    let prober = LightProber::new(config(1000, 1)).with_auth_config(AuthConfig {
+        call_timeout: Duration::from_millis(300),
+        teardown_timeout: Duration::from_millis(200),
+        ..AuthConfig::default()
+    });
     let node = f.nodes()[0].node(NodeId(7));
     let out = prober.probe(&node, ProbeDepth::Light).await.unwrap();
     assert_eq!(out.reached, Level::Light);
-    let err = prober.probe(&node, ProbeDepth::Auth).await.unwrap_err();
-    assert!(
-        matches!(&err, ProbeError::Config(m) if m.contains("auth depth not implemented yet")),
-        "{err:?}"
-    );
+    // The light-only simulated node answers the handshake but never the
+    // Outgoing-Call-Request: level 1 with the call's failure. Without
+    // CAP_NET_RAW the auth test cannot run at all and says why.
+    match prober.probe(&node, ProbeDepth::Auth).await {
+        Ok(out) => {
+            assert_eq!(out.reached, Level::Light, "{out:?}");
+            assert!(
+                matches!(&out.failure, Some(Failure::TunnelFailed { detail }) if detail.contains("Outgoing-Call-Reply")),
+                "{out:?}"
+            );
+        }
+        Err(err) => assert!(
+            matches!(&err, ProbeError::NotPermitted(m) if m == NEED_CAP_NET_RAW),
+            "{err:?}"
+        ),
+    }
 }
 
 #[tokio::test]

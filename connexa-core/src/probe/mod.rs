@@ -17,15 +17,17 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::domain::{Failure, Level, Measurements, Node, Outcome};
+use crate::domain::{Failure, Level, Measurements, Node, Outcome, Secret};
 use crate::ports::{ProbeDepth, ProbeError, Prober};
 use crate::pptp::control::{HandshakeConfig, HandshakeResult, LightHandshake};
+use crate::tunnel::{self, AuthConfig, GreSocket, ipv4_only};
 
 mod icmp;
 
@@ -83,12 +85,30 @@ impl Default for ProbeConfig {
 /// [`ProbeConfig::attempts`] times with a short back-off; a server that answered
 /// (rejected, not PPTP, bad reply) is not asked again.
 ///
-/// [`ProbeDepth::Auth`] is **not implemented yet** (a later issue adds the
-/// MS-CHAPv2 login): it returns `Err(ProbeError::Config(..))` and the node is not marked.
+/// At [`ProbeDepth::Auth`] it logs in with the node's credentials
+/// ([`tunnel::login`]: call, LCP, MS-CHAPv2 over GRE, polite
+/// teardown) and returns
+///
+/// * `reached: Level::Auth` (`ping_ok`) when the server accepted the credentials
+///   and proved it knows them (authenticator response verified);
+/// * `reached: Level::Light` with [`Failure::AuthRejected`] (`auth_failed`; the
+///   server's `E=` code, 691 for a wrong password, `None` when the server sent no
+///   code), or with the precise failure of a later phase: [`Failure::CallRejected`],
+///   [`Failure::LcpFailed`] (including a server that never answers LCP),
+///   [`Failure::AuthTimeout`], [`Failure::TunnelFailed`], [`Failure::BadReply`];
+/// * `reached: Level::None` with the light test's failures.
+///
+/// It needs a raw GRE socket, opened on the first auth probe (in the network
+/// namespace of that thread) or given with [`LightProber::with_gre_socket`].
+/// Without `CAP_NET_RAW` every auth probe returns
+/// `Err(ProbeError::NotPermitted(..))` at once, before any traffic, so no node
+/// is marked.
 #[derive(Debug)]
 pub struct LightProber {
     config: ProbeConfig,
     icmp: Option<IcmpPinger>,
+    auth: AuthConfig,
+    gre: tokio::sync::OnceCell<Arc<GreSocket>>,
 }
 
 struct Attempt {
@@ -102,7 +122,115 @@ impl LightProber {
     /// A prober with these settings. ICMP sockets are opened on first use.
     pub fn new(config: ProbeConfig) -> Self {
         let icmp = config.icmp.clone().map(IcmpPinger::new);
-        LightProber { config, icmp }
+        let auth = AuthConfig {
+            connect_timeout: config.connect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            host_name: config.host_name.clone(),
+            vendor: config.vendor.clone(),
+            ..AuthConfig::default()
+        };
+        LightProber {
+            config,
+            icmp,
+            auth,
+            gre: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Replaces the settings of the auth test (its connect and handshake
+    /// timeouts default to the light test's).
+    #[must_use]
+    pub fn with_auth_config(mut self, auth: AuthConfig) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Uses this raw GRE socket for auth probes instead of opening one on
+    /// first use (share one socket between all probers of a process).
+    #[must_use]
+    pub fn with_gre_socket(self, gre: Arc<GreSocket>) -> Self {
+        let _ = self.gre.set(gre);
+        self
+    }
+
+    /// The settings of the auth test.
+    pub fn auth_config(&self) -> &AuthConfig {
+        &self.auth
+    }
+
+    /// The raw GRE socket, opened now if needed.
+    ///
+    /// # Errors
+    /// [`ProbeError::NotPermitted`] without `CAP_NET_RAW`.
+    pub async fn gre_socket(&self) -> Result<&Arc<GreSocket>, ProbeError> {
+        self.gre
+            .get_or_try_init(|| async { GreSocket::open() })
+            .await
+    }
+
+    /// The auth test of the PPTP server at `addr` with these credentials
+    /// (see the type's docs for the outcomes).
+    ///
+    /// # Errors
+    /// No raw GRE socket ([`ProbeError::NotPermitted`] without `CAP_NET_RAW`),
+    /// an IPv6 address, or this machine ran out of sockets: the node must not
+    /// be marked.
+    pub async fn probe_auth(
+        &self,
+        addr: SocketAddr,
+        username: &str,
+        password: &Secret,
+    ) -> Result<Outcome, ProbeError> {
+        let v4 = ipv4_only(addr)?;
+        let gre = Arc::clone(self.gre_socket().await?);
+        let ping = async {
+            match &self.icmp {
+                Some(p) => p.ping(addr.ip()).await,
+                None => None,
+            }
+        };
+        let attempts = async {
+            let mut backoff = self.config.backoff;
+            let mut report = tunnel::login(&gre, v4, username, password, &self.auth).await;
+            for _ in 1..self.config.attempts.max(1) {
+                let retry = report.local_error.is_none()
+                    && report.reached == Level::None
+                    && report.failure.as_ref().is_some_and(is_transient);
+                if !retry {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+                report = tunnel::login(&gre, v4, username, password, &self.auth).await;
+            }
+            report
+        };
+        let (report, ping) = tokio::join!(attempts, ping);
+        if let Some(e) = report.local_error {
+            return Err(ProbeError::Config(format!(
+                "local resources exhausted ({e}): raise the open-file limit or lower the concurrency"
+            )));
+        }
+        let mut m = Measurements {
+            connect_ms: report.connect_ms,
+            handshake_ms: report.handshake_ms,
+            pptp: report.pptp,
+            ..Measurements::default()
+        };
+        m.ping_ms = ping.and_then(|s| s.avg_ms).or(report.handshake_ms);
+        tracing::debug!(%addr, reached = ?report.reached, failure = ?report.failure,
+            teardown = ?report.teardown, login_ms = ?report.login_ms, "auth probe");
+        let outcome = match report.failure {
+            None if report.reached == Level::Auth => Outcome::success(Level::Auth),
+            None => Outcome::failed(
+                report.reached,
+                Failure::Other {
+                    detail: "login ended without a result".into(),
+                },
+            ),
+            Some(f) => Outcome::failed(report.reached.min(Level::Light), f),
+        };
+        Ok(outcome.with_measurements(m))
     }
 
     /// The settings.
@@ -279,9 +407,14 @@ impl Prober for LightProber {
     async fn probe(&self, node: &Node, depth: ProbeDepth) -> Result<Outcome, ProbeError> {
         match depth {
             ProbeDepth::Light => self.probe_addr(SocketAddr::new(node.ip, node.port)).await,
-            ProbeDepth::Auth => Err(ProbeError::Config(
-                "auth depth not implemented yet (LightProber only runs the light test)".into(),
-            )),
+            ProbeDepth::Auth => {
+                self.probe_auth(
+                    SocketAddr::new(node.ip, node.port),
+                    &node.login,
+                    &node.password,
+                )
+                .await
+            }
         }
     }
 }

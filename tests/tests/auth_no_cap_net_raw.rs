@@ -1,0 +1,106 @@
+//! Without CAP_NET_RAW the auth test fails fast with a clear reason and no
+//! traffic, instead of marking nodes.
+//!
+//! The test re-runs itself as a child process whose capability bounding set
+//! lacks CAP_NET_RAW (`setpriv --bounding-set -net_raw`, so this also holds when
+//! the suite runs as root). The child points the prober at a TCP listener of its
+//! own on 127.0.0.1 and checks that nothing connected to it.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use connexa_core::domain::{NodeId, Secret};
+use connexa_core::ports::{ProbeDepth, ProbeError, Prober};
+use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::sim::{Behaviour, SimNode};
+use connexa_core::tunnel::NEED_CAP_NET_RAW;
+
+const CHILD: &str = "CONNEXA_NO_NET_RAW_CHILD";
+const NAME: &str = "auth_without_cap_net_raw_fails_fast_with_the_reason";
+
+fn has_cap_net_raw() -> bool {
+    // CapEff bit 13 (CAP_NET_RAW)
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 13) != 0)
+}
+
+fn child() {
+    assert!(!has_cap_net_raw(), "the child must run without CAP_NET_RAW");
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a local listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let node = SimNode {
+        ip: Ipv4Addr::LOCALHOST,
+        port,
+        login: "alice".into(),
+        password: Secret::new("s3cret"),
+        behaviour: Behaviour::Healthy,
+    }
+    .node(NodeId(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let prober = LightProber::new(ProbeConfig {
+        icmp: None,
+        attempts: 1,
+        handshake_timeout: Duration::from_millis(300),
+        ..ProbeConfig::default()
+    });
+    let started = Instant::now();
+    for _ in 0..3 {
+        let r = rt.block_on(prober.probe(&node, ProbeDepth::Auth));
+        match r {
+            Err(ProbeError::NotPermitted(msg)) => {
+                assert_eq!(msg, NEED_CAP_NET_RAW);
+                assert!(msg.contains("setcap cap_net_raw+ep"));
+            }
+            other => panic!("expected NotPermitted, got {other:?}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "fails fast");
+    assert!(
+        listener.accept().is_err(),
+        "no control connection may be attempted without the GRE socket"
+    );
+    // The light test still works without the capability.
+    let light = rt.block_on(prober.probe(&node, ProbeDepth::Light));
+    assert!(light.is_ok(), "{light:?}");
+    println!("CHILD-OK");
+}
+
+#[test]
+fn auth_without_cap_net_raw_fails_fast_with_the_reason() {
+    if std::env::var_os(CHILD).is_some() {
+        child();
+        return;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = if has_cap_net_raw() {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw", "--"]);
+        c.arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let out = cmd
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the child (setpriv from util-linux when root)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("CHILD-OK"),
+        "child failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+}
