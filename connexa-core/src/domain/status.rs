@@ -157,6 +157,8 @@ mod tests {
             assert_eq!(st.level(), lvl, "{st}");
         }
         assert!(Status::Offline.is_verified());
+        assert_eq!(Level::ALL.map(Level::as_u8), [0, 1, 2, 3]);
+        assert!(Level::None < Level::Light && Level::Auth < Level::Speed);
         assert!(!Status::PingOk.is_verified());
     }
 }

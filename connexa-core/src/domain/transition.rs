@@ -70,15 +70,6 @@ impl Event {
             Event::HealthFailed(_) => EventKind::HealthFailed,
         }
     }
-
-    /// `true` when the event reports a failure (counted in `consecutive_failures`).
-    pub fn is_failure(&self) -> bool {
-        match self {
-            Event::Tested(o) => o.failure.is_some(),
-            Event::ServiceStartFailed(_) | Event::HealthFailed(_) => true,
-            Event::ServiceStarted(_) | Event::ServiceStopped | Event::HealthOk => false,
-        }
-    }
 }
 
 /// A transition the table forbids. Nothing is written; the caller is told why.

@@ -177,6 +177,32 @@ fn refusal_tells_the_operator_what_to_run() {
         msg.contains("ping_ok") && msg.contains("connexa test speed"),
         "{msg}"
     );
+    assert!(msg.contains("mark a service started"), "{msg}");
     let err = transition(Status::NotTested, &Event::ServiceStartFailed("x".into())).unwrap_err();
     assert!(err.to_string().contains("connexa test pipeline"), "{err}");
+    assert!(
+        err.to_string().contains("record a failed service start"),
+        "{err}"
+    );
+}
+
+#[test]
+fn event_kinds_have_distinct_stored_names() {
+    let kinds: Vec<EventKind> = (0..10).map(|c| column_event(c).kind()).collect();
+    let mut names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    names.dedup();
+    assert_eq!(
+        names,
+        [
+            "tested",
+            "service_started",
+            "service_start_failed",
+            "service_stopped",
+            "health_ok",
+            "health_failed"
+        ]
+    );
+    for k in kinds {
+        assert_eq!(k.to_string(), k.as_str());
+    }
 }
