@@ -19,6 +19,7 @@ const EXAMPLES: &str = "\
 Examples:
   connexa sim --nodes 50 --port 21723 --list fleet.txt &   # a fleet to play with
   connexa import fleet.txt                                 # import a node list
+  connexa test light --all                                 # light-test every node
   connexa nodes list --status not_tested --limit 20
   connexa nodes show 7 --reveal
   connexa export --format csv --country US -o us.csv
@@ -67,8 +68,7 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
-/// The subcommands. Engine-backed ones (`test`, `jobs`, `service`, `run`,
-/// `demo`) are added as files under `commands/` when the engine lands.
+/// The subcommands (`service`, `run` and `demo` are still to come).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Import node lists (every known format, mixable) into the database.
@@ -80,6 +80,11 @@ pub enum Command {
     Export(commands::export::ExportArgs),
     /// Counts per status, services running, the last job.
     Stats(commands::stats::StatsArgs),
+    /// Test nodes (light, auth or pipeline) with live progress; Ctrl-C cancels.
+    Test(commands::test::TestArgs),
+    /// List, show, follow or cancel jobs started anywhere.
+    #[command(subcommand)]
+    Jobs(commands::jobs::JobsCommand),
     /// Run a simulated PPTP fleet on loopback and write its node list.
     Sim(commands::sim::SimArgs),
     /// Print a shell completion script.
@@ -147,6 +152,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Nodes(c) => commands::nodes::exec(&ctx, c).await,
         Command::Export(a) => commands::export::exec(&ctx, a).await,
         Command::Stats(a) => commands::stats::exec(&ctx, a).await,
+        Command::Test(a) => commands::test::exec(&ctx, a).await,
+        Command::Jobs(c) => commands::jobs::exec(&ctx, c).await,
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,
         Command::Completions(a) => commands::completions::exec(a),
     }

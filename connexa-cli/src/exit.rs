@@ -23,7 +23,6 @@ pub enum Exit {
     /// imported; later: job items that failed).
     Partial = 4,
     /// Interrupted (Ctrl-C) before the work finished.
-    #[allow(dead_code)] // used by the job subcommands once the engine lands
     Interrupted = 5,
     /// A node (or job) id given does not exist.
     NotFound = 6,

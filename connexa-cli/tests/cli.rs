@@ -1181,3 +1181,117 @@ fn postgres_backend_runs_the_same_commands() {
     let err = one_line_error(&out, 3);
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn test_light_on_a_simulated_fleet_matches_its_mix_and_jobs_show_it() {
+    let env = Env::new();
+    let port = free_port();
+    let list = env.path("fleet.txt");
+    let octet = (std::process::id() % 200 + 20).to_string();
+    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args([
+            "-q",
+            "sim",
+            "--nodes",
+            "20",
+            "--mix",
+            "healthy=70,refused=20,garbage=10",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--first-ip",
+            &format!("127.63.{octet}.1"),
+        ])
+        .arg("--list")
+        .arg(&list)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&list, &mut child);
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args(["--db", &env.db(), "-q", "import"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = env
+        .cmd(&[
+            "--output",
+            "json",
+            "test",
+            "light",
+            "--all",
+            "--timeout",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    // Some nodes fail (refused, garbage): the job finished with failures.
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["total"], 20, "{summary}");
+    assert_eq!(summary["ok"], 14, "{summary}");
+    assert_eq!(summary["failed"], 6, "{summary}");
+    assert_eq!(summary["state"], "done", "{summary}");
+    assert_eq!(signal_and_wait(&mut child, "-TERM").code(), Some(0));
+
+    let stats = env.cmd(&["--output", "json", "stats"]).output().unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let count = |s: &str| {
+        stats["by_status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["status"] == s)
+            .map(|c| c["count"].clone())
+    };
+    assert_eq!(count("ping_light"), Some(serde_json::json!(14)), "{stats}");
+    assert_eq!(count("ping_failed"), Some(serde_json::json!(6)), "{stats}");
+
+    let jobs = env
+        .cmd(&["--output", "json", "jobs", "list"])
+        .output()
+        .unwrap();
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    assert_eq!(jobs[0]["kind"], "light");
+    assert_eq!(jobs[0]["done"], 20);
+    let id = jobs[0]["id"].to_string();
+    let show = env.cmd(&["jobs", "show", &id]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&show.stdout).contains("20/20 done (100.0 %)"),
+        "{}",
+        String::from_utf8_lossy(&show.stdout)
+    );
+    let missing = env.cmd(&["jobs", "show", "999"]).output().unwrap();
+    assert_eq!(
+        one_line_error(&missing, 6).trim(),
+        "error: no job with id 999"
+    );
+}
+
+#[test]
+fn test_needs_a_selection() {
+    let env = Env::new();
+    let out = env.cmd(&["test", "light"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("nothing selected"));
+    let out = env.cmd(&["test", "light", "1", "--all"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("not both"));
+    let out = env
+        .cmd(&["test", "light", "--all", "--timeout=0"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("--timeout"));
+}

@@ -63,7 +63,7 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
         return Err(fail(
             Exit::Usage,
             format_args!(
-                "--test {}: the test runner is not available in this build yet; nothing was imported (import without --test)",
+                "--test {}: the test runner is not available in `import` yet; nothing was imported (import without --test, then run `connexa test`)",
                 kind.unwrap_or_default()
             ),
         ));

@@ -1,0 +1,115 @@
+//! `connexa jobs list|show|watch|cancel`: follow or stop a job started anywhere.
+
+use clap::{Args, Subcommand};
+use connexa_core::ports::JobId;
+
+use crate::cli::Ctx;
+use crate::commands::test::{engine, follow};
+use crate::exit::{Exit, fail};
+use crate::output::{Cell, OutputFormat, Table};
+
+/// Jobs: list them, show one, follow one, cancel one.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// The most recent jobs.
+    List(ListArgs),
+    /// One job's progress and last results.
+    Show(IdArg),
+    /// Follow a job's progress until it ends (Ctrl-C stops watching and cancels it).
+    Watch(IdArg),
+    /// Cancel a job: finished results stay, the rest end as cancelled.
+    Cancel(IdArg),
+}
+
+/// `jobs list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// How many jobs.
+    #[arg(long, default_value_t = 20)]
+    limit: u64,
+}
+
+/// A job id.
+#[derive(Debug, Args)]
+pub struct IdArg {
+    /// Job id.
+    id: i64,
+}
+
+/// Runs a `jobs` subcommand.
+pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
+    let engine = engine(ctx).await?;
+    let store = engine.store().clone();
+    let not_found = |id: i64| fail(Exit::NotFound, format!("no job with id {id}"));
+    match c {
+        JobsCommand::List(a) => {
+            let jobs = store.jobs(a.limit).await?;
+            let mut t = Table::new(&[
+                "ID", "KIND", "STATE", "TOTAL", "DONE", "OK", "FAILED", "CREATED",
+            ]);
+            let mut json = Vec::new();
+            for j in jobs {
+                let p = store.progress(j.id).await?;
+                json.push(serde_json::json!({"id": j.id.0, "kind": j.kind.as_str(), "state": j.state.as_str(),
+                    "total": p.total, "done": p.done(), "ok": p.ok, "failed": p.failed + p.timed_out}));
+                t.row(vec![
+                    Cell::num(j.id.0 as u64),
+                    Cell::text(j.kind.as_str()),
+                    Cell::text(j.state.as_str()),
+                    Cell::num(p.total),
+                    Cell::num(p.done()),
+                    Cell::num(p.ok),
+                    Cell::num(p.failed + p.timed_out),
+                    Cell::text(j.created_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+                ]);
+            }
+            if ctx.out.format == OutputFormat::Json {
+                ctx.out.json(&json)?;
+            } else {
+                ctx.out.table(&t)?;
+            }
+            Ok(Exit::Ok)
+        }
+        JobsCommand::Show(a) => {
+            let job = store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
+            let p = store.progress(job.id).await?;
+            let recent = store.recent_items(job.id, 10).await?;
+            if ctx.out.format == OutputFormat::Json {
+                ctx.out.json(&serde_json::json!({"id": job.id.0, "kind": job.kind.as_str(), "state": job.state.as_str(),
+                    "progress": p, "recent": recent.iter().map(|i| serde_json::json!({"node": i.node.0,
+                    "state": i.state.as_str(), "status": i.status.map(|s| s.as_str()), "detail": i.detail})).collect::<Vec<_>>()}))?;
+                return Ok(Exit::Ok);
+            }
+            ctx.out.line(format_args!(
+                "job #{} {} {}: {}/{} done ({:.1} %), ok {}, failed {}, timed out {}, cancelled {}, pending {}, running {}",
+                job.id, job.kind, job.state, p.done(), p.total, p.percent(), p.ok, p.failed, p.timed_out, p.cancelled, p.pending, p.running
+            ))?;
+            for i in recent {
+                ctx.out.line(format_args!(
+                    "  node {} {} {} {}",
+                    i.node,
+                    i.state,
+                    i.status.map(|s| s.as_str()).unwrap_or("-"),
+                    i.detail.unwrap_or_default()
+                ))?;
+            }
+            Ok(Exit::Ok)
+        }
+        JobsCommand::Watch(a) => {
+            store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
+            follow(ctx, &engine, JobId(a.id)).await
+        }
+        JobsCommand::Cancel(a) => {
+            store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
+            engine.cancel(JobId(a.id)).await?;
+            let p = store.progress(JobId(a.id)).await?;
+            ctx.out.line(format_args!(
+                "job #{} cancelled: {} finished results kept, {} cancelled",
+                a.id,
+                p.ok + p.failed + p.timed_out,
+                p.cancelled
+            ))?;
+            Ok(Exit::Ok)
+        }
+    }
+}
