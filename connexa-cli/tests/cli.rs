@@ -800,31 +800,45 @@ fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::proces
     }
 }
 
-#[test]
-fn sim_runs_a_fleet_whose_list_imports_and_stops_on_sigterm() {
-    let env = Env::new();
+/// Starts `connexa <args> sim ... --port P --first-ip 127.<block>.<pid>.1 --list LIST`
+/// and waits until its node list is written. Returns the child and the port.
+fn start_sim(
+    global: &[&str],
+    sim: &[&str],
+    block: u8,
+    list: &Path,
+) -> (std::process::Child, u16, String) {
     let port = free_port();
-    let list = env.path("fleet.txt");
-    let octet = (std::process::id() % 200 + 20).to_string();
-    let first_ip = format!("127.61.{octet}.1");
+    let first_ip = format!("127.{block}.{}.1", std::process::id() % 200 + 20);
     let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
-        .args([
-            "--output",
-            "json",
-            "sim",
-            "--nodes",
-            "20",
-            "--mix",
-            "healthy=80,refused=10,silent=10",
-        ])
+        .args(global)
+        .arg("sim")
+        .args(sim)
         .args(["--port", &port.to_string(), "--first-ip", &first_ip])
         .arg("--list")
-        .arg(&list)
+        .arg(list)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&list, &mut child);
+    wait_for(list, &mut child);
+    (child, port, first_ip)
+}
+
+#[test]
+fn sim_runs_a_fleet_whose_list_imports_and_stops_on_sigterm() {
+    let env = Env::new();
+    let list = env.path("fleet.txt");
+    let (mut child, port, first_ip) = start_sim(
+        &["--output", "json"],
+        &["--nodes", "20", "--mix", "healthy=80,refused=10,silent=10"],
+        61,
+        &list,
+    );
+    let prefix = first_ip
+        .rsplit_once('.')
+        .map(|(p, _)| p.to_owned())
+        .unwrap();
     let text = std::fs::read_to_string(&list).unwrap();
     assert_eq!(text.lines().count(), 20, "{text}");
     assert!(
@@ -849,13 +863,13 @@ fn sim_runs_a_fleet_whose_list_imports_and_stops_on_sigterm() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["added"].as_array().unwrap().len(), 20);
-    let listed = env.json(&["nodes", "list", "--ip", &format!("127.61.{octet}.")]);
+    let listed = env.json(&["nodes", "list", "--ip", &format!("{prefix}.")]);
     assert_eq!(listed["total"], 20);
     assert_eq!(listed["nodes"][0]["port"], port);
 
     let mut listening = 0;
     for i in 1..=20u32 {
-        let ip = format!("127.61.{octet}.{i}");
+        let ip = format!("{prefix}.{i}");
         let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok() {
             listening += 1;
@@ -886,28 +900,8 @@ fn sim_runs_a_fleet_whose_list_imports_and_stops_on_sigterm() {
 #[test]
 fn sim_writes_csv_and_rejects_bad_mixes() {
     let env = Env::new();
-    let port = free_port();
     let list = env.path("fleet.csv");
-    let octet = (std::process::id() % 200 + 20).to_string();
-    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
-        .args([
-            "-q",
-            "sim",
-            "--nodes",
-            "3",
-            "--format",
-            "csv",
-            "--port",
-            &port.to_string(),
-        ])
-        .args(["--first-ip", &format!("127.62.{octet}.1")])
-        .arg("--list")
-        .arg(&list)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&list, &mut child);
+    let (mut child, port, _) = start_sim(&["-q"], &["--nodes", "3", "--format", "csv"], 62, &list);
     let text = std::fs::read_to_string(&list).unwrap();
     assert!(text.starts_with("ip,port,login,password,"), "{text}");
     assert_eq!(text.lines().count(), 4);
@@ -1185,31 +1179,13 @@ fn postgres_backend_runs_the_same_commands() {
 #[test]
 fn test_light_on_a_simulated_fleet_matches_its_mix_and_jobs_show_it() {
     let env = Env::new();
-    let port = free_port();
     let list = env.path("fleet.txt");
-    let octet = (std::process::id() % 200 + 20).to_string();
-    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
-        .args([
-            "-q",
-            "sim",
-            "--nodes",
-            "20",
-            "--mix",
-            "healthy=70,refused=20,garbage=10",
-        ])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--first-ip",
-            &format!("127.63.{octet}.1"),
-        ])
-        .arg("--list")
-        .arg(&list)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&list, &mut child);
+    let (mut child, _, _) = start_sim(
+        &["-q"],
+        &["--nodes", "20", "--mix", "healthy=70,refused=20,garbage=10"],
+        63,
+        &list,
+    );
     let out = Command::cargo_bin("connexa")
         .unwrap()
         .args(["--db", &env.db(), "-q", "import"])
