@@ -532,6 +532,193 @@ impl ImportSummary {
     }
 }
 
+/// What [`want_services`] changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceChange {
+    /// `true` for a start (services wanted), `false` for a stop.
+    pub wanted: bool,
+    /// Nodes the selection matched.
+    pub matched: u64,
+    /// Nodes whose desired state changed, in id order.
+    pub changed: Vec<NodeId>,
+    /// Nodes that already were in the desired state.
+    pub unchanged: u64,
+    /// For a start: matching nodes left alone because they are not verified
+    /// (services run only through `speed_ok`, `online` or `offline` nodes).
+    pub not_verified: u64,
+}
+
+/// Sets the desired service state (`service_wanted`) of the selected nodes and
+/// says what changed. A start only marks verified nodes (level 3); a stop
+/// clears every selected node. Nothing is started or stopped here: the engine's
+/// reconciler (in `connexa run` or connexa-http) makes running services match.
+pub async fn want_services(
+    store: &dyn NodeStore,
+    selection: &NodeFilter,
+    wanted: bool,
+) -> Result<ServiceChange, StoreError> {
+    let matched = all_matching(store, selection).await?;
+    let eligible: Vec<&Node> = matched
+        .iter()
+        .filter(|n| !wanted || n.status.is_verified())
+        .collect();
+    let changed: Vec<NodeId> = eligible
+        .iter()
+        .filter(|n| n.service_wanted != wanted)
+        .map(|n| n.id)
+        .collect();
+    if !changed.is_empty() {
+        // Only the nodes read above: a node imported meanwhile is not touched.
+        let f = NodeFilter {
+            statuses: if wanted {
+                vec![Status::SpeedOk, Status::Online, Status::Offline]
+            } else {
+                Vec::new()
+            },
+            ..NodeFilter::ids(changed.iter().copied())
+        };
+        store.set_service_wanted(&f, wanted).await?;
+    }
+    Ok(ServiceChange {
+        wanted,
+        matched: matched.len() as u64,
+        unchanged: (eligible.len() - changed.len()) as u64,
+        not_verified: (matched.len() - eligible.len()) as u64,
+        changed,
+    })
+}
+
+/// A running service as `connexa service list` shows it (credentials included:
+/// they are what a client needs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningService {
+    /// The node it goes through.
+    pub node: NodeId,
+    /// The node's address.
+    pub node_ip: String,
+    /// `online` or `offline` (health check failing).
+    pub status: Status,
+    /// Where the SOCKS5 listener is.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// RFC 1929 user name.
+    pub username: String,
+    /// RFC 1929 password.
+    pub password: String,
+    /// Whether the service is still wanted (a stop not yet carried out shows `false`).
+    pub wanted: bool,
+}
+
+/// The services recorded as running (nodes `online` or `offline` with an
+/// endpoint) among the nodes matching `filter`, in node id order.
+pub async fn running_services(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+) -> Result<Vec<RunningService>, StoreError> {
+    let f = NodeFilter {
+        has_service: Some(true),
+        ..filter.clone()
+    };
+    Ok(all_matching(store, &f)
+        .await?
+        .into_iter()
+        .filter_map(|n| {
+            let s = n.service.as_ref()?;
+            Some(RunningService {
+                node: n.id,
+                node_ip: n.ip.to_string(),
+                status: n.status,
+                host: s.host.clone(),
+                port: s.port,
+                username: s.username.clone(),
+                password: s.password.expose().to_owned(),
+                wanted: n.service_wanted,
+            })
+        })
+        .collect())
+}
+
+/// The deepest test that can run here against one known-good node, and why
+/// deeper ones cannot (see [`deepest_test`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestPlan {
+    /// The job to run: `light`, `auth` or `pipeline` (light, auth and speed).
+    pub kind: JobKind,
+    /// Why the next deeper test is skipped (`None` when the whole pipeline runs).
+    pub skipped: Option<String>,
+}
+
+/// Finds the deepest test this process can run, by trying it on `sample` (a node
+/// known to pass the light test, e.g. a healthy simulated node), marking nothing:
+///
+/// * the auth test needs `CAP_NET_RAW` (raw GRE) and a server that answers
+///   logins: the sample must log in, or have its password rejected, within `budget`;
+/// * the speed test needs a [`SpeedTester`](crate::ports::SpeedTester) (`None`
+///   when this build has none) that measures the sample within `budget`.
+///
+/// The result is `pipeline` when both work, else `auth`, else `light`.
+pub async fn deepest_test(
+    prober: &dyn crate::ports::Prober,
+    speed: Option<&dyn crate::ports::SpeedTester>,
+    sample: &Node,
+    budget: std::time::Duration,
+) -> TestPlan {
+    use crate::ports::ProbeDepth;
+    let light = |why: String| TestPlan {
+        kind: JobKind::Light,
+        skipped: Some(why),
+    };
+    match tokio::time::timeout(budget, prober.probe(sample, ProbeDepth::Auth)).await {
+        Err(_) => {
+            return light(format!(
+                "auth and speed tests skipped: a healthy node did not answer a login within {budget:?}"
+            ));
+        }
+        Ok(Err(e)) => return light(format!("auth and speed tests skipped: {e}")),
+        Ok(Ok(o))
+            if o.reached >= Level::Auth
+                || matches!(o.failure, Some(Failure::AuthRejected { .. })) => {}
+        Ok(Ok(o)) => {
+            let why = o
+                .failure
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| format!("reached only {:?}", o.reached));
+            return light(format!(
+                "auth and speed tests skipped: a healthy node does not answer logins ({why})"
+            ));
+        }
+    }
+    let auth = |why: String| TestPlan {
+        kind: JobKind::Auth,
+        skipped: Some(why),
+    };
+    let Some(speed) = speed else {
+        return auth("speed test skipped: this build has no speed tester yet".into());
+    };
+    match tokio::time::timeout(budget, speed.measure(sample)).await {
+        Err(_) => auth(format!(
+            "speed test skipped: measuring a healthy node did not finish within {budget:?}"
+        )),
+        Ok(Err(e)) => auth(format!("speed test skipped: {e}")),
+        Ok(Ok(o))
+            if o.reached >= Level::Speed
+                || matches!(o.failure, Some(Failure::TooSlow { .. })) =>
+        {
+            TestPlan {
+                kind: JobKind::Pipeline,
+                skipped: None,
+            }
+        }
+        Ok(Ok(o)) => auth(format!(
+            "speed test skipped: a healthy node could not be measured ({})",
+            o.failure
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| format!("reached only {:?}", o.reached))
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
