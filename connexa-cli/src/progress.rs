@@ -93,10 +93,8 @@ fn display(ctx: &Ctx) -> Display {
 /// kept, the rest end as cancelled) and the bar says how many were cancelled.
 pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Followed> {
     let display = display(ctx);
-    let bar = match display {
-        Display::Bar => Some(new_bar(job)),
-        _ => None,
-    };
+    // Created at the first event, so that it never shows a length of 0.
+    let mut bar: Option<ProgressBar> = None;
     let mut stream = Box::pin(engine.progress(job));
     let mut interrupted = false;
     let mut last: Option<ProgressEvent> = None;
@@ -106,10 +104,10 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
         tokio::select! {
             ev = stream.next() => {
                 let Some(ev) = ev else { break };
-                match (&bar, display) {
-                    (Some(bar), _) => update_bar(bar, &ev, interrupted),
-                    (None, Display::Lines) => eprintln!("{}", progress_line(&ev)),
-                    _ => {}
+                match display {
+                    Display::Bar => update_bar(bar.get_or_insert_with(|| new_bar(&ev)), &ev, interrupted),
+                    Display::Lines => eprintln!("{}", progress_line(&ev)),
+                    Display::Silent => {}
                 }
                 let done = ev.finished;
                 last = Some(ev);
@@ -119,7 +117,7 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
                 interrupted = true;
                 if let Some(bar) = &bar {
                     bar.set_message("Ctrl-C: cancelling…");
-                } else if display == Display::Lines {
+                } else if display != Display::Silent {
                     eprintln!("Ctrl-C: cancelling job #{job}");
                 }
                 engine.cancel(job).await?;
@@ -140,6 +138,7 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
         bar.set_length(p.total);
         bar.set_position(p.done());
         if interrupted || p.cancelled > 0 {
+            bar.disable_steady_tick();
             bar.abandon_with_message(format!(
                 "{}: {} cancelled, {} results kept (ok {}, failed {})",
                 last.state,
@@ -149,14 +148,16 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
                 p.failed + p.timed_out
             ));
         } else {
+            bar.disable_steady_tick();
             bar.finish_with_message(format!(
-                "{}: ok {}, failed {}{}",
+                "{}: ok {}, failed {}",
                 last.state,
                 p.ok,
                 p.failed + p.timed_out,
-                rate_text(last.rate)
             ));
         }
+        // The bar stays on screen; what follows starts on a line of its own.
+        eprintln!();
     }
     Ok(Followed { last, interrupted })
 }
@@ -172,22 +173,24 @@ pub async fn follow_and_report(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow
     Ok(f.exit())
 }
 
-fn new_bar(job: JobId) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
+fn new_bar(ev: &ProgressEvent) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(ev.progress.total),
+        ProgressDrawTarget::stderr_with_hz(10),
+    );
     let style = ProgressStyle::with_template(
         "{prefix} [{elapsed_precise}] [{bar:30.green/white}] {pos}/{len} {percent:>3}% {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(format!("job #{job}"));
+    bar.set_prefix(format!("job #{} {}", ev.job, ev.kind));
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
 }
 
 fn update_bar(bar: &ProgressBar, ev: &ProgressEvent, interrupted: bool) {
     let p = &ev.progress;
-    bar.set_prefix(format!("job #{} {}", ev.job, ev.kind));
     bar.set_length(p.total);
     bar.set_position(p.done());
     if interrupted {

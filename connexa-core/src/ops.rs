@@ -702,8 +702,7 @@ pub async fn deepest_test(
         )),
         Ok(Err(e)) => auth(format!("speed test skipped: {e}")),
         Ok(Ok(o))
-            if o.reached >= Level::Speed
-                || matches!(o.failure, Some(Failure::TooSlow { .. })) =>
+            if o.reached >= Level::Speed || matches!(o.failure, Some(Failure::TooSlow { .. })) =>
         {
             TestPlan {
                 kind: JobKind::Pipeline,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use connexa_core::import::{ImportOptions, OnConflict, import_into};
 use connexa_core::domain::{NodeFilter, NodeId};
 use connexa_core::engine::JobOptions;
+use connexa_core::import::{ImportOptions, OnConflict, import_into};
 use connexa_core::ops::ImportSummary;
 use connexa_core::ports::JobKind;
 

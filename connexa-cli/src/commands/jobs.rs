@@ -4,10 +4,10 @@ use clap::{Args, Subcommand};
 use connexa_core::ports::JobId;
 
 use crate::cli::Ctx;
-use crate::progress::follow_and_report;
-use crate::wiring::engine;
 use crate::exit::{Exit, fail};
 use crate::output::{Cell, OutputFormat, Table};
+use crate::progress::follow_and_report;
+use crate::wiring::engine;
 
 /// Jobs: list them, show one, follow one, cancel one.
 #[derive(Debug, Subcommand)]

@@ -138,7 +138,11 @@ fn describe(c: &ServiceChange) -> String {
     } else {
         String::new()
     };
-    let what = if c.wanted { "wanted" } else { "no longer wanted" };
+    let what = if c.wanted {
+        "wanted"
+    } else {
+        "no longer wanted"
+    };
     if c.changed.is_empty() {
         format!(
             "no change: {} matching nodes, {} already {what}",
