@@ -2044,3 +2044,25 @@ fn import_test_light_tests_exactly_the_added_nodes() {
     one_line_error(&out, 2);
     assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
 }
+
+#[test]
+fn run_once_interrupted_drains_and_exits_5() {
+    let env = Env::new();
+    let mut sim = imported_fleet(&env, "10", "slow:1500=1", 73);
+    let (v, _) = json_and_code(
+        &env,
+        &["test", "light", "--all", "--detach", "--concurrency", "2"],
+    );
+    let id = v["job"].as_i64().unwrap();
+    let mut once = spawn_run(&env, &["--once"]);
+    wait_until("two results", 30, || {
+        job_state(&env, id)["progress"]["ok"].as_u64() >= Some(2)
+    });
+    let (code, err) = stop_and_wait(&mut once, "-INT", 15);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let p = job_state(&env, id);
+    assert_eq!(p["progress"]["running"], 0, "in-flight items finished: {p}");
+    assert!(p["progress"]["pending"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+}

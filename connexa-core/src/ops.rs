@@ -826,4 +826,212 @@ mod tests {
         );
         assert!(s.last_job.is_none());
     }
+
+    #[tokio::test]
+    async fn want_services_marks_only_verified_nodes_and_says_what_changed() {
+        let (_dir, store) = store_with("127.0.0.5:a:b\n127.0.0.6:a:b\n127.0.0.7:a:b\n").await;
+        store
+            .apply(
+                NodeId(1),
+                crate::domain::Event::Tested(crate::domain::Outcome::success(Level::Speed)),
+                crate::ports::ApplyContext::now(),
+            )
+            .await
+            .unwrap();
+        let sel = NodeFilter::ids([NodeId(1), NodeId(2)]);
+        let c = want_services(store.as_ref(), &sel, true).await.unwrap();
+        assert_eq!(
+            c,
+            ServiceChange {
+                wanted: true,
+                matched: 2,
+                changed: vec![NodeId(1)],
+                unchanged: 0,
+                not_verified: 1,
+            }
+        );
+        assert!(
+            node(store.as_ref(), NodeId(1))
+                .await
+                .unwrap()
+                .service_wanted
+        );
+        assert!(
+            !node(store.as_ref(), NodeId(2))
+                .await
+                .unwrap()
+                .service_wanted
+        );
+        let again = want_services(store.as_ref(), &sel, true).await.unwrap();
+        assert_eq!((again.changed.len(), again.unchanged), (0, 1));
+        let stop = want_services(store.as_ref(), &NodeFilter::all(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            (stop.changed, stop.unchanged, stop.matched),
+            (vec![NodeId(1)], 2, 3)
+        );
+        assert!(
+            !node(store.as_ref(), NodeId(1))
+                .await
+                .unwrap()
+                .service_wanted
+        );
+    }
+
+    #[tokio::test]
+    async fn running_services_carry_their_credentials() {
+        use crate::domain::{Event, Outcome, Secret, ServiceEndpoint};
+        let (_dir, store) = store_with("127.0.0.5:a:nodepw\n127.0.0.6:a:b\n").await;
+        assert!(
+            running_services(store.as_ref(), &NodeFilter::all())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let ctx = crate::ports::ApplyContext::now;
+        store
+            .apply(
+                NodeId(2),
+                Event::Tested(Outcome::success(Level::Speed)),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        store
+            .apply(
+                NodeId(2),
+                Event::ServiceStarted(ServiceEndpoint {
+                    host: "127.0.0.1".into(),
+                    port: 20001,
+                    username: "u".into(),
+                    password: Secret::new("sockspw"),
+                }),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        let list = running_services(store.as_ref(), &NodeFilter::all())
+            .await
+            .unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].node, NodeId(2));
+        assert_eq!(list[0].status, Status::Online);
+        assert_eq!(
+            (list[0].port, list[0].password.as_str()),
+            (20001, "sockspw")
+        );
+        let none = running_services(store.as_ref(), &NodeFilter::ids([NodeId(1)]))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    fn sample() -> Node {
+        let now = Utc::now();
+        Node {
+            id: NodeId(0),
+            ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 5)),
+            port: 1723,
+            login: "u".into(),
+            password: crate::domain::Secret::new("p"),
+            meta: NodeMeta::default(),
+            status: Status::NotTested,
+            last_checked_at: None,
+            last_error: None,
+            consecutive_failures: 0,
+            ping_ms: None,
+            speed_down_mbps: None,
+            speed_up_mbps: None,
+            pptp: None,
+            service: None,
+            service_wanted: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn prober_answering(
+        r: Result<crate::domain::Outcome, crate::ports::ProbeError>,
+    ) -> crate::ports::MockProber {
+        let mut p = crate::ports::MockProber::new();
+        p.expect_probe()
+            .withf(|_, d| *d == crate::ports::ProbeDepth::Auth)
+            .returning(move |_, _| r.clone());
+        p
+    }
+
+    #[tokio::test]
+    async fn deepest_test_goes_as_deep_as_privileges_and_ports_allow() {
+        use crate::domain::Outcome;
+        use crate::ports::{MockSpeedTester, ProbeError};
+        use std::time::Duration;
+        let t = Duration::from_secs(1);
+        let n = sample();
+        // No CAP_NET_RAW: light, with the reason.
+        let p = prober_answering(Err(ProbeError::NotPermitted("need CAP_NET_RAW".into())));
+        let plan = deepest_test(&p, None, &n, t).await;
+        assert_eq!(plan.kind, JobKind::Light);
+        assert!(plan.skipped.unwrap().contains("need CAP_NET_RAW"));
+        // A server that does not answer logins: light.
+        let p = prober_answering(Ok(Outcome::failed(
+            Level::Light,
+            Failure::CallRejected { code: 2 },
+        )));
+        let plan = deepest_test(&p, None, &n, t).await;
+        assert_eq!(plan.kind, JobKind::Light);
+        assert!(plan.skipped.unwrap().contains("does not answer logins"));
+        // Logins work (a rejected password counts: the server speaks MS-CHAPv2), no speed tester: auth.
+        let rejected = Outcome::failed(
+            Level::Light,
+            Failure::AuthRejected {
+                code: Some(691),
+                message: String::new(),
+            },
+        );
+        let p = prober_answering(Ok(rejected));
+        let plan = deepest_test(&p, None, &n, t).await;
+        assert_eq!(plan.kind, JobKind::Auth);
+        assert!(plan.skipped.unwrap().contains("no speed tester"));
+        // Both: the pipeline.
+        let p = prober_answering(Ok(Outcome::success(Level::Auth)));
+        let mut s = MockSpeedTester::new();
+        s.expect_measure()
+            .returning(|_| Ok(Outcome::success(Level::Speed)));
+        let plan = deepest_test(&p, Some(&s), &n, t).await;
+        assert_eq!(
+            plan,
+            TestPlan {
+                kind: JobKind::Pipeline,
+                skipped: None
+            }
+        );
+        // A speed tester that cannot run: auth.
+        let p = prober_answering(Ok(Outcome::success(Level::Auth)));
+        let mut s = MockSpeedTester::new();
+        s.expect_measure()
+            .returning(|_| Err(ProbeError::Config("no test URL".into())));
+        let plan = deepest_test(&p, Some(&s), &n, t).await;
+        assert_eq!(plan.kind, JobKind::Auth);
+        assert!(plan.skipped.unwrap().contains("no test URL"));
+    }
+
+    #[tokio::test]
+    async fn deepest_test_gives_up_after_the_budget() {
+        struct Hangs;
+        #[async_trait::async_trait]
+        impl crate::ports::Prober for Hangs {
+            async fn probe(
+                &self,
+                _: &Node,
+                _: crate::ports::ProbeDepth,
+            ) -> Result<crate::domain::Outcome, crate::ports::ProbeError> {
+                std::future::pending().await
+            }
+        }
+        let budget = std::time::Duration::from_millis(200);
+        let plan = deepest_test(&Hangs, None, &sample(), budget).await;
+        assert_eq!(plan.kind, JobKind::Light);
+        assert!(plan.skipped.unwrap().contains("within 200ms"));
+    }
 }

@@ -160,12 +160,12 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
         TestArg::Pipeline => JobKind::Pipeline,
     };
     let prober = wiring::prober(ctx);
-    if kind == JobKind::Pipeline {
-        if let Err(e) = prober.gre_socket().await {
-            ctx.out.note(format_args!(
-                "note: the pipeline stops after the light stage: {e}"
-            ));
-        }
+    if kind == JobKind::Pipeline
+        && let Err(e) = prober.gre_socket().await
+    {
+        ctx.out.note(format_args!(
+            "note: the pipeline stops after the light stage: {e}"
+        ));
     }
     let engine = wiring::engine_with(ctx, Arc::new(prober)).await?;
     let job = engine
