@@ -1533,6 +1533,13 @@ fn progress_bar_reaches_100_percent_on_a_terminal() {
         plain.contains("job #1 light [") && plain.contains("/s"),
         "{plain}"
     );
+    // `jobs watch` draws the same bar (here for a job that already ended).
+    let (screen, code) = under_pty(&env, "jobs watch 1", "");
+    assert_eq!(code, 4, "{screen}");
+    assert!(
+        strip_ansi(&screen).contains("] 20/20 100% done: ok 15, failed 5"),
+        "{screen}"
+    );
     // Not a terminal: progress lines, no bar.
     let out = env
         .cmd(&["test", "light", "--all", "--timeout", "5"])
