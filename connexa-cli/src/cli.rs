@@ -17,6 +17,7 @@ pub const DEFAULT_DB: &str = "sqlite://connexa.db?mode=rwc";
 
 const EXAMPLES: &str = "\
 Examples:
+  connexa demo                                             # try it: a simulated fleet, tested
   connexa sim --nodes 50 --port 21723 --list fleet.txt &   # a fleet to play with
   connexa import fleet.txt                                 # import a node list
   connexa test light --all                                 # light-test every node
@@ -68,9 +69,11 @@ pub struct GlobalArgs {
     pub verbose: u8,
 }
 
-/// The subcommands (`service`, `run` and `demo` are still to come).
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Try Connexa in seconds: a simulated fleet on loopback, imported and tested with live progress.
+    Demo(commands::demo::DemoArgs),
     /// Import node lists (every known format, mixable) into the database.
     Import(commands::import::ImportArgs),
     /// List, show, edit and delete nodes; show their status history.
@@ -80,11 +83,16 @@ pub enum Command {
     Export(commands::export::ExportArgs),
     /// Counts per status, services running, the last job.
     Stats(commands::stats::StatsArgs),
-    /// Test nodes (light, auth or pipeline) with live progress; Ctrl-C cancels.
+    /// Test nodes (light, auth, speed or pipeline) with live progress; Ctrl-C cancels.
     Test(commands::test::TestArgs),
     /// List, show, follow or cancel jobs started anywhere.
     #[command(subcommand)]
     Jobs(commands::jobs::JobsCommand),
+    /// Want SOCKS5 services on nodes (start/stop), or list the running ones.
+    #[command(subcommand)]
+    Service(commands::service::ServiceCommand),
+    /// The long-running worker: queued jobs, service reconciler, health monitor (--once: one pass).
+    Run(commands::run::RunArgs),
     /// Run a simulated PPTP fleet on loopback and write its node list.
     Sim(commands::sim::SimArgs),
     /// Print a shell completion script.
@@ -154,6 +162,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Stats(a) => commands::stats::exec(&ctx, a).await,
         Command::Test(a) => commands::test::exec(&ctx, a).await,
         Command::Jobs(c) => commands::jobs::exec(&ctx, c).await,
+        Command::Service(c) => commands::service::exec(&ctx, c).await,
+        Command::Run(a) => commands::run::exec(&ctx, a).await,
+        Command::Demo(a) => commands::demo::exec(&ctx, a).await,
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,
         Command::Completions(a) => commands::completions::exec(a),
     }

@@ -7,6 +7,8 @@ mod commands;
 mod exit;
 mod filter;
 mod output;
+mod progress;
+mod wiring;
 
 use std::process::ExitCode;
 

@@ -118,6 +118,12 @@ fn help_teaches_with_examples() {
         &["stats"],
         &["sim"],
         &["completions"],
+        &["test"],
+        &["demo"],
+        &["run"],
+        &["service", "start"],
+        &["service", "stop"],
+        &["service", "list"],
     ] {
         let mut args = sub.to_vec();
         args.push("--help");
@@ -212,22 +218,6 @@ fn import_from_stdin_and_replace_on_conflict() {
     let list = env.json(&["nodes", "list"]);
     assert_eq!(list["total"], 1);
     assert_eq!(list["nodes"][0]["id"], 2);
-}
-
-#[test]
-fn import_test_flag_fails_cleanly_until_the_engine_lands() {
-    let env = Env::new();
-    let list = env.write("list.txt", "127.0.0.5:admin:pw\n");
-    for kind in ["light", "pipeline"] {
-        let out = env
-            .cmd(&["import", "--test", kind, list.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let err = one_line_error(&out, 2);
-        assert!(err.contains("test runner is not available"), "{err}");
-    }
-    // Nothing was imported.
-    assert_eq!(env.json(&["stats"])["total"], 0);
 }
 
 #[test]
@@ -1270,4 +1260,816 @@ fn test_needs_a_selection() {
         .output()
         .unwrap();
     assert!(one_line_error(&out, 2).contains("--timeout"));
+}
+
+// ---------------------------------------------------------------------------
+// demo, progress bar, --detach, run, service, test speed, import --test
+// ---------------------------------------------------------------------------
+
+/// Runs `connexa --db <temp db> --output json ARGS`; returns the JSON printed
+/// on stdout and the exit code.
+fn json_and_code(env: &Env, args: &[&str]) -> (Value, i32) {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    let out = env.cmd(&all).output().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} (exit {code}): not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (v, code)
+}
+
+/// The count of one status in `stats --output json`.
+fn status_count(env: &Env, status: &str) -> u64 {
+    let v = env.json(&["stats"]);
+    v["by_status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["status"] == status)
+        .and_then(|c| c["count"].as_u64())
+        .unwrap()
+}
+
+/// Behaviour counts of the fleet `connexa demo --nodes n` starts with the default mix.
+fn demo_mix(n: usize) -> std::collections::BTreeMap<String, u64> {
+    use connexa_core::sim::{Behaviour, FleetSpec, parse_mix};
+    let mix = parse_mix("healthy=70,refused=10,silent=10,garbage=5,wrong=5").unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for b in FleetSpec::new(n).mix(mix).behaviours() {
+        let name = match b {
+            Behaviour::Healthy => "healthy".to_owned(),
+            Behaviour::Refused => "refused".to_owned(),
+            Behaviour::Silent => "silent".to_owned(),
+            Behaviour::Garbage => "garbage".to_owned(),
+            Behaviour::WrongResultCode(c) => format!("wrong:{c}"),
+            other => panic!("unexpected behaviour {other:?}"),
+        };
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Checks a `connexa demo --output json` document against the simulator's mix.
+fn check_demo_counts(v: &Value, nodes: usize) {
+    let mix = demo_mix(nodes);
+    assert_eq!(v["fleet"]["nodes"], nodes as u64, "{v}");
+    assert_eq!(v["fleet"]["mix"], serde_json::json!(mix), "{v}");
+    let healthy = mix["healthy"];
+    let unhealthy = nodes as u64 - healthy;
+    let by = &v["by_status"];
+    let n = |s: &str| by[s].as_u64().unwrap_or(0);
+    assert_eq!(v["job"]["total"], nodes as u64, "{v}");
+    assert_eq!(v["job"]["state"], "done", "{v}");
+    match v["test"]["kind"].as_str().unwrap() {
+        "light" => {
+            // Healthy nodes answer the handshake; refused, silent, garbage and
+            // wrong-result-code nodes do not.
+            assert_eq!(n("ping_light"), healthy, "{v}");
+            assert_eq!(n("ping_failed"), unhealthy, "{v}");
+            assert_eq!(v["job"]["ok"], healthy, "{v}");
+            assert_eq!(v["job"]["failed"], unhealthy, "{v}");
+            assert!(v["test"]["skipped"].as_str().is_some(), "{v}");
+        }
+        // Once the simulator answers logins: every healthy node got past the
+        // handshake, the others did not.
+        _ => {
+            assert_eq!(n("ping_failed"), unhealthy, "{v}");
+            assert_eq!(
+                n("ping_light") + n("auth_failed") + n("ping_ok") + n("speed_ok"),
+                healthy,
+                "{v}"
+            );
+        }
+    }
+    assert_eq!(
+        by.as_object()
+            .unwrap()
+            .values()
+            .map(|c| c.as_u64().unwrap())
+            .sum::<u64>(),
+        nodes as u64,
+        "{v}"
+    );
+}
+
+fn demo_ip(block: u8) -> String {
+    format!("127.{block}.{}.1", std::process::id() % 200 + 20)
+}
+
+#[test]
+fn demo_runs_end_to_end_and_its_counts_match_the_simulated_mix() {
+    let env = Env::new();
+    let port = free_port().to_string();
+    let ip = demo_ip(70);
+    let list = env.path("demo-fleet.txt");
+    let args = [
+        "demo",
+        "--nodes",
+        "100",
+        "--first-ip",
+        &ip,
+        "--port",
+        &port,
+        "--list",
+        list.to_str().unwrap(),
+    ];
+    let t0 = Instant::now();
+    let (v, code) = json_and_code(&env, &args);
+    assert_eq!(code, 0, "{v}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    check_demo_counts(&v, 100);
+    assert_eq!(v["import"]["added"], 100);
+    assert_eq!(std::fs::read_to_string(&list).unwrap().lines().count(), 100);
+    // The results are in the database, for the commands it suggests next.
+    assert_eq!(env.json(&["stats"])["total"], 100);
+    assert_eq!(
+        env.json(&["nodes", "list", "--status", "ping_light"])["total"],
+        demo_mix(100)["healthy"]
+    );
+
+    // Again on the same database: nothing new is imported, the same nodes are tested again.
+    let out = env.cmd(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("0 nodes added, 100 already there"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("ping_light") && stdout.contains("Next, try:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("job #2 ") && stdout.contains("100/100 done"),
+        "{stdout}"
+    );
+    assert_eq!(env.json(&["stats"])["total"], 100);
+}
+
+#[test]
+fn demo_runs_unprivileged_and_says_what_it_skipped() {
+    let env = Env::new();
+    let is_root = StdCommand::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let port = free_port().to_string();
+    let ip = demo_ip(71);
+    let bin = assert_cmd::cargo::cargo_bin("connexa");
+    let mut cmd = if is_root {
+        // Drop to `nobody` without capabilities: the auth test cannot open raw GRE sockets.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = StdCommand::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bin);
+        c
+    } else {
+        StdCommand::new(&bin)
+    };
+    let out = cmd
+        .current_dir(env.dir.path())
+        .env_remove("CONNEXA_DB")
+        .env_remove("CONNEXA_CONFIG")
+        .args([
+            "--output",
+            "json",
+            "demo",
+            "--nodes",
+            "40",
+            "--first-ip",
+            &ip,
+            "--port",
+            &port,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The default database in the current directory.
+    assert!(env.path("connexa.db").exists());
+    assert_eq!(v["test"]["kind"], "light", "{v}");
+    let skipped = v["test"]["skipped"].as_str().unwrap();
+    assert!(skipped.contains("CAP_NET_RAW"), "{skipped}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("CAP_NET_RAW"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one clear line: {stderr}");
+    assert!(lines[0].contains("running the light test"), "{stderr}");
+    check_demo_counts(&v, 40);
+}
+
+#[test]
+fn demo_bad_input_is_one_line() {
+    let env = Env::new();
+    let out = env
+        .cmd(&["demo", "--mix", "healthy=1,sleepy=1"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("sleepy"));
+    let out = env
+        .cmd(&["demo", "--first-ip", "10.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("127.0.0.0/8"));
+    let out = env.cmd(&["demo", "--nodes", "0"]).output().unwrap();
+    one_line_error(&out, 2);
+    // A database that cannot be opened: nothing starts.
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args(["--db", "sqlite:///nonexistent-dir/x.db?mode=rwc", "demo"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 3).contains("cannot open the database"));
+    // The addresses are taken: one line naming them and what to change.
+    let port = free_port();
+    let ip = demo_ip(72);
+    let _taken = std::net::TcpListener::bind(format!("{ip}:{port}")).unwrap();
+    let out = env
+        .cmd(&["demo", "--first-ip", &ip, "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 2);
+    assert!(err.contains(&ip) && err.contains("--port"), "{err}");
+}
+
+/// A fleet of `mix` on `n` nodes, imported into `env`'s database.
+fn imported_fleet(env: &Env, n: &str, mix: &str, block: u8) -> std::process::Child {
+    let list = env.path(&format!("fleet{block}.txt"));
+    let (child, _, _) = start_sim(&["-q"], &["--nodes", n, "--mix", mix], block, &list);
+    env.cmd(&["-q", "import", list.to_str().unwrap()])
+        .assert()
+        .success();
+    child
+}
+
+#[test]
+fn progress_bar_reaches_100_percent_on_a_terminal() {
+    let env = Env::new();
+    let mut sim = imported_fleet(&env, "20", "healthy=3,refused=1", 64);
+    let (screen, code) = under_pty(&env, "test light --all --timeout 5", "");
+    assert_eq!(code, 4, "{screen}");
+    let plain = strip_ansi(&screen);
+    assert!(
+        plain.contains("] 20/20 100% done: ok 15, failed 5"),
+        "the bar ends at 100 %: {plain}"
+    );
+    assert!(
+        plain.contains("job #1 light [") && plain.contains("/s"),
+        "{plain}"
+    );
+    // `jobs watch` draws the same bar (here for a job that already ended).
+    let (screen, code) = under_pty(&env, "jobs watch 1", "");
+    assert_eq!(code, 4, "{screen}");
+    assert!(
+        strip_ansi(&screen).contains("] 20/20 100% done: ok 15, failed 5"),
+        "{screen}"
+    );
+    // Not a terminal: progress lines, no bar.
+    let out = env
+        .cmd(&["test", "light", "--all", "--timeout", "5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[100.0%] 20/20 ok 15 failed 5"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+fn ctrl_c_under_a_terminal_cancels_keeps_results_and_exits_5() {
+    let env = Env::new();
+    let mut sim = imported_fleet(&env, "20", "healthy=1,silent=1", 65);
+    // Silent nodes would keep the job busy for two minutes.
+    let cfg = env.write(
+        "slow.toml",
+        "[test]\nlight_timeout_secs = 120.0\nconnect_timeout_secs = 120.0\n",
+    );
+    let bin = assert_cmd::cargo::cargo_bin("connexa");
+    let cmdline = format!(
+        "{} --db '{}' --config '{}' test light --all --timeout 120",
+        bin.display(),
+        env.db(),
+        cfg.display()
+    );
+    let mut child = StdCommand::new("script")
+        .args(["-qfec", &cmdline, "/dev/null"])
+        .current_dir(env.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let screen = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    // Wait until the healthy half is committed and shown, then press Ctrl-C.
+    let t0 = Instant::now();
+    while !strip_ansi(&screen.lock().unwrap()).contains("10/20  50% ok 10 failed 0") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no progress: {}",
+            screen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(15),
+            "Ctrl-C did not stop the job: {}",
+            screen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    reader.join().unwrap();
+    let plain = strip_ansi(&screen.lock().unwrap());
+    assert_eq!(status.code(), Some(5), "{plain}");
+    assert!(
+        plain.contains("20/20 100% cancelled: 10 cancelled, 10 results kept"),
+        "the bar says how many were cancelled: {plain}"
+    );
+    // The finished results are kept; the cancelled nodes are untouched.
+    assert_eq!(status_count(&env, "ping_light"), 10);
+    assert_eq!(status_count(&env, "not_tested"), 10);
+    let job = &env.json(&["jobs", "list"])[0];
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert_eq!(job["ok"], 10, "{job}");
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+}
+
+#[test]
+fn detached_job_is_completed_by_run_once() {
+    let env = Env::new();
+    let mut sim = imported_fleet(&env, "12", "healthy=3,refused=1", 66);
+    let (v, code) = json_and_code(&env, &["test", "light", "--all", "--detach"]);
+    assert_eq!(code, 0);
+    let id = v["job"].as_i64().unwrap();
+    assert_eq!(v, serde_json::json!({ "job": id }));
+    let show = env.json(&["jobs", "show", &id.to_string()]);
+    assert_eq!(show["state"], "queued", "{show}");
+    assert_eq!(show["progress"]["pending"], 12, "{show}");
+    assert_eq!(status_count(&env, "not_tested"), 12);
+    // Human: the id and where it will run.
+    let out = env
+        .cmd(&["test", "light", "1", "2", "--detach"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("queued job #{} (light, 2 nodes)", id + 1))
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connexa run --once"));
+
+    let (v, code) = json_and_code(&env, &["run", "--once"]);
+    assert_eq!(code, 4, "some nodes failed: {v}");
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{v}");
+    let first = jobs.iter().find(|j| j["job"] == id).unwrap();
+    assert_eq!(first["state"], "done", "{v}");
+    assert_eq!(
+        (first["ok"].as_u64(), first["failed"].as_u64()),
+        (Some(9), Some(3))
+    );
+    assert_eq!(v["reconcile"]["started"], 0);
+    assert_eq!(status_count(&env, "ping_light"), 9);
+    // Nothing left: a second pass has nothing to do.
+    let out = env.cmd(&["run", "--once"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no unfinished jobs"));
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+}
+
+/// `jobs show ID --output json`.
+fn job_state(env: &Env, id: i64) -> Value {
+    env.json(&["jobs", "show", &id.to_string()])
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_run(env: &Env, args: &[&str]) -> std::process::Child {
+    StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args(["--db", &env.db(), "run"])
+        .args(args)
+        .current_dir(env.dir.path())
+        .env_remove("CONNEXA_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stop_and_wait(child: &mut std::process::Child, signal: &str, secs: u64) -> (i32, String) {
+    let ok = StdCommand::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "did not stop within {secs} s of {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn run_drains_on_sigterm_and_the_next_run_resumes_the_job() {
+    let env = Env::new();
+    // Slow nodes (1.5 s each), two at a time: the job takes about 9 s.
+    let mut sim = imported_fleet(&env, "12", "slow:1500=1", 67);
+    let (v, _) = json_and_code(
+        &env,
+        &["test", "light", "--all", "--detach", "--concurrency", "2"],
+    );
+    let id = v["job"].as_i64().unwrap();
+    let mut run = spawn_run(&env, &["--grace", "20"]);
+    wait_until("two results", 30, || {
+        job_state(&env, id)["progress"]["ok"].as_u64() >= Some(2)
+    });
+    let (code, err) = stop_and_wait(&mut run, "-TERM", 15);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("every item in flight finished"), "{err}");
+    // Items in flight finished and were committed; the rest stayed pending.
+    let p = job_state(&env, id);
+    assert_eq!(p["progress"]["running"], 0, "{p}");
+    let pending = p["progress"]["pending"].as_u64().unwrap();
+    assert!(pending > 0 && pending < 12, "{p}");
+    assert_eq!(p["state"], "running", "{p}");
+    assert_eq!(p["progress"]["ok"].as_u64().unwrap() + pending, 12, "{p}");
+
+    // The next run resumes it to the end (Ctrl-C stops it cleanly too).
+    let mut run = spawn_run(&env, &[]);
+    wait_until("the job to end", 60, || {
+        job_state(&env, id)["state"] == "done"
+    });
+    let (code, err) = stop_and_wait(&mut run, "-INT", 15);
+    assert_eq!(code, 0, "{err}");
+    let p = job_state(&env, id);
+    assert_eq!(p["progress"]["ok"], 12, "{p}");
+    assert_eq!(status_count(&env, "ping_light"), 12);
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+}
+
+#[test]
+fn run_stops_after_the_grace_period_and_leaves_items_for_the_next_run() {
+    let env = Env::new();
+    let mut sim = imported_fleet(&env, "8", "healthy=1,silent=1", 68);
+    let cfg = env.write("slow.toml", "[test]\nlight_timeout_secs = 120.0\n");
+    let out = env
+        .cmd(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--output",
+            "json",
+            "test",
+            "light",
+            "--all",
+            "--detach",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let id = serde_json::from_slice::<Value>(&out.stdout).unwrap()["job"]
+        .as_i64()
+        .unwrap();
+    let mut run = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args([
+            "--db",
+            &env.db(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            "--grace",
+            "0.5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the healthy half", 30, || {
+        job_state(&env, id)["progress"]["ok"].as_u64() == Some(4)
+    });
+    let (code, err) = stop_and_wait(&mut run, "-TERM", 10);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("items still in flight"), "{err}");
+    let p = job_state(&env, id);
+    assert_eq!(
+        p["progress"]["running"], 4,
+        "the silent nodes were in flight: {p}"
+    );
+    // The silent nodes go away (now refused): `run --once` resumes and ends the job.
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+    let (v, code) = json_and_code(&env, &["run", "--once"]);
+    assert_eq!(code, 4, "{v}");
+    let p = job_state(&env, id);
+    assert_eq!(p["state"], "done", "{p}");
+    assert_eq!(
+        (
+            p["progress"]["ok"].as_u64(),
+            p["progress"]["failed"].as_u64()
+        ),
+        (Some(4), Some(4)),
+        "{p}"
+    );
+}
+
+#[test]
+fn run_bad_input_is_one_line() {
+    let env = Env::new();
+    let out = env.cmd(&["run", "--grace", "-1"]).output().unwrap();
+    one_line_error(&out, 2);
+    let out = env.cmd(&["run", "--grace", "soon"]).output().unwrap();
+    one_line_error(&out, 2);
+    let out = Command::cargo_bin("connexa")
+        .unwrap()
+        .args([
+            "--db",
+            "sqlite:///nonexistent-dir/x.db?mode=rwc",
+            "run",
+            "--once",
+        ])
+        .output()
+        .unwrap();
+    one_line_error(&out, 3);
+    let out = env.cmd(&["jobs", "watch", "999"]).output().unwrap();
+    assert!(one_line_error(&out, 6).contains("999"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_start_stop_set_the_desired_state_and_list_shows_running_ones() {
+    use connexa_core::domain::{Secret, ServiceEndpoint};
+    let env = Env::new();
+    imported(&env);
+    // Node 1 verified (speed_ok), node 3 online with a service; node 2 untested.
+    let store = env.store().await;
+    for id in [1, 3] {
+        store
+            .apply(
+                NodeId(id),
+                Event::Tested(Outcome::success(Level::Speed)),
+                ApplyContext::now(),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .apply(
+            NodeId(3),
+            Event::ServiceStarted(ServiceEndpoint {
+                host: "127.0.0.1".into(),
+                port: 20007,
+                username: "u3".into(),
+                password: Secret::new("sockspw"),
+            }),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    let v = env.json(&["service", "start", "1", "2"]);
+    assert_eq!(v["changed"], serde_json::json!([1]), "{v}");
+    assert_eq!(v["not_verified"], 1, "{v}");
+    assert_eq!(env.json(&["nodes", "show", "1"])["service_wanted"], true);
+    assert_eq!(env.json(&["nodes", "show", "2"])["service_wanted"], false);
+    let out = env.cmd(&["service", "start", "1"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("no change: 1 matching nodes, 1 already wanted")
+    );
+    let out = env
+        .cmd(&["service", "start", "--status", "speed_ok,online"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("service wanted on 1 nodes (3); 1 already wanted"),
+        "{s}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reconciler"),
+        "says who starts it"
+    );
+
+    // The running service, with what a client needs.
+    env.cmd(&["service", "list"])
+        .assert()
+        .success()
+        .stdout("127.0.0.1:20007:u3:sockspw\n");
+    let v = env.json(&["service", "list"]);
+    assert_eq!(v[0]["node"], 3);
+    assert_eq!(v[0]["status"], "online");
+    assert_eq!(v[0]["port"], 20007);
+    let out = env
+        .cmd(&["--output", "csv", "service", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "node,node_ip,status,host,port,username,password,wanted\n3,127.0.0.7,online,127.0.0.1,20007,u3,sockspw,true\n"
+    );
+
+    let v = env.json(&["service", "stop", "--all"]);
+    assert_eq!(v["changed"], serde_json::json!([1, 3]), "{v}");
+    assert_eq!(env.json(&["nodes", "show", "3"])["service_wanted"], false);
+
+    // Bad input.
+    let out = env.cmd(&["service", "start"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("nothing selected"));
+    let out = env.cmd(&["service", "stop", "1", "77"]).output().unwrap();
+    assert!(one_line_error(&out, 6).contains("77"));
+    let out = env
+        .cmd(&["service", "start", "--status", "fastest"])
+        .output()
+        .unwrap();
+    one_line_error(&out, 2);
+    let out = env.cmd(&["service", "restart"]).output().unwrap();
+    one_line_error(&out, 2);
+}
+
+#[test]
+fn service_list_is_empty_and_says_who_starts_services() {
+    let env = Env::new();
+    imported(&env);
+    let out = env.cmd(&["service", "list"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "no services running\n"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connexa run"));
+    assert_eq!(env.json(&["service", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn test_speed_fails_fast_and_marks_nothing() {
+    let env = Env::new();
+    imported(&env);
+    for args in [
+        &["test", "speed", "--all"][..],
+        &["test", "speed", "1", "--detach"],
+    ] {
+        let t0 = Instant::now();
+        let out = env.cmd(args).output().unwrap();
+        let err = one_line_error(&out, 2);
+        assert!(err.contains("speed test is not available"), "{err}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(env.json(&["jobs", "list"]), serde_json::json!([]));
+    assert_eq!(status_count(&env, "not_tested"), 3);
+}
+
+#[test]
+fn import_test_light_tests_exactly_the_added_nodes() {
+    let env = Env::new();
+    // A node imported before: it must not be part of the job.
+    env.cmd(&["import", "-"])
+        .write_stdin("127.0.0.9:old:pw\n")
+        .assert()
+        .success();
+    let list = env.path("fleet.txt");
+    let (mut sim, _, _) = start_sim(
+        &["-q"],
+        &["--nodes", "10", "--mix", "healthy=4,refused=1"],
+        69,
+        &list,
+    );
+    let (v, code) = json_and_code(&env, &["import", list.to_str().unwrap(), "--test", "light"]);
+    assert_eq!(code, 4, "refused nodes failed: {v}");
+    assert_eq!(v["import"][0]["added"].as_array().unwrap().len(), 10, "{v}");
+    assert_eq!(v["job"]["kind"], "light", "{v}");
+    assert_eq!(v["job"]["total"], 10, "{v}");
+    assert_eq!(v["job"]["state"], "done", "{v}");
+    assert_eq!(
+        (v["job"]["ok"].as_u64(), v["job"]["failed"].as_u64()),
+        (Some(8), Some(2))
+    );
+    assert_eq!(env.json(&["nodes", "show", "1"])["status"], "not_tested");
+    // Again: nothing added, no job.
+    let (v, code) = json_and_code(&env, &["import", list.to_str().unwrap(), "--test", "light"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["job"], Value::Null, "{v}");
+    // Human output: the report table, then the job's summary line.
+    env.cmd(&["nodes", "delete", "--status", "ping_failed", "--yes"])
+        .assert()
+        .success();
+    let out = env
+        .cmd(&["import", list.to_str().unwrap(), "--test", "pipeline"])
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("SOURCE"), "{s}");
+    assert!(s.contains("pipeline: done — 2/2 done"), "{s}");
+    // Bad input.
+    let out = env
+        .cmd(&["import", list.to_str().unwrap(), "--test", "speedy"])
+        .output()
+        .unwrap();
+    one_line_error(&out, 2);
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
+}
+
+#[test]
+fn run_once_interrupted_drains_and_exits_5() {
+    let env = Env::new();
+    let mut sim = imported_fleet(&env, "10", "slow:1500=1", 73);
+    let (v, _) = json_and_code(
+        &env,
+        &["test", "light", "--all", "--detach", "--concurrency", "2"],
+    );
+    let id = v["job"].as_i64().unwrap();
+    let mut once = spawn_run(&env, &["--once"]);
+    wait_until("two results", 30, || {
+        job_state(&env, id)["progress"]["ok"].as_u64() >= Some(2)
+    });
+    let (code, err) = stop_and_wait(&mut once, "-INT", 15);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let p = job_state(&env, id);
+    assert_eq!(p["progress"]["running"], 0, "in-flight items finished: {p}");
+    assert!(p["progress"]["pending"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
 }

@@ -532,6 +532,192 @@ impl ImportSummary {
     }
 }
 
+/// What [`want_services`] changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceChange {
+    /// `true` for a start (services wanted), `false` for a stop.
+    pub wanted: bool,
+    /// Nodes the selection matched.
+    pub matched: u64,
+    /// Nodes whose desired state changed, in id order.
+    pub changed: Vec<NodeId>,
+    /// Nodes that already were in the desired state.
+    pub unchanged: u64,
+    /// For a start: matching nodes left alone because they are not verified
+    /// (services run only through `speed_ok`, `online` or `offline` nodes).
+    pub not_verified: u64,
+}
+
+/// Sets the desired service state (`service_wanted`) of the selected nodes and
+/// says what changed. A start only marks verified nodes (level 3); a stop
+/// clears every selected node. Nothing is started or stopped here: the engine's
+/// reconciler (in `connexa run` or connexa-http) makes running services match.
+pub async fn want_services(
+    store: &dyn NodeStore,
+    selection: &NodeFilter,
+    wanted: bool,
+) -> Result<ServiceChange, StoreError> {
+    let matched = all_matching(store, selection).await?;
+    let eligible: Vec<&Node> = matched
+        .iter()
+        .filter(|n| !wanted || n.status.is_verified())
+        .collect();
+    let changed: Vec<NodeId> = eligible
+        .iter()
+        .filter(|n| n.service_wanted != wanted)
+        .map(|n| n.id)
+        .collect();
+    if !changed.is_empty() {
+        // Only the nodes read above: a node imported meanwhile is not touched.
+        let f = NodeFilter {
+            statuses: if wanted {
+                vec![Status::SpeedOk, Status::Online, Status::Offline]
+            } else {
+                Vec::new()
+            },
+            ..NodeFilter::ids(changed.iter().copied())
+        };
+        store.set_service_wanted(&f, wanted).await?;
+    }
+    Ok(ServiceChange {
+        wanted,
+        matched: matched.len() as u64,
+        unchanged: (eligible.len() - changed.len()) as u64,
+        not_verified: (matched.len() - eligible.len()) as u64,
+        changed,
+    })
+}
+
+/// A running service as `connexa service list` shows it (credentials included:
+/// they are what a client needs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningService {
+    /// The node it goes through.
+    pub node: NodeId,
+    /// The node's address.
+    pub node_ip: String,
+    /// `online` or `offline` (health check failing).
+    pub status: Status,
+    /// Where the SOCKS5 listener is.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// RFC 1929 user name.
+    pub username: String,
+    /// RFC 1929 password.
+    pub password: String,
+    /// Whether the service is still wanted (a stop not yet carried out shows `false`).
+    pub wanted: bool,
+}
+
+/// The services recorded as running (nodes `online` or `offline` with an
+/// endpoint) among the nodes matching `filter`, in node id order.
+pub async fn running_services(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+) -> Result<Vec<RunningService>, StoreError> {
+    let f = NodeFilter {
+        has_service: Some(true),
+        ..filter.clone()
+    };
+    Ok(all_matching(store, &f)
+        .await?
+        .into_iter()
+        .filter_map(|n| {
+            let s = n.service.as_ref()?;
+            Some(RunningService {
+                node: n.id,
+                node_ip: n.ip.to_string(),
+                status: n.status,
+                host: s.host.clone(),
+                port: s.port,
+                username: s.username.clone(),
+                password: s.password.expose().to_owned(),
+                wanted: n.service_wanted,
+            })
+        })
+        .collect())
+}
+
+/// The deepest test that can run here against one known-good node, and why
+/// deeper ones cannot (see [`deepest_test`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TestPlan {
+    /// The job to run: `light`, `auth` or `pipeline` (light, auth and speed).
+    pub kind: JobKind,
+    /// Why the next deeper test is skipped (`None` when the whole pipeline runs).
+    pub skipped: Option<String>,
+}
+
+/// Finds the deepest test this process can run, by trying it on `sample` (a node
+/// known to pass the light test, e.g. a healthy simulated node), marking nothing:
+///
+/// * the auth test needs `CAP_NET_RAW` (raw GRE) and a server that answers
+///   logins: the sample must log in, or have its password rejected, within `budget`;
+/// * the speed test needs a [`SpeedTester`](crate::ports::SpeedTester) (`None`
+///   when this build has none) that measures the sample within `budget`.
+///
+/// The result is `pipeline` when both work, else `auth`, else `light`.
+pub async fn deepest_test(
+    prober: &dyn crate::ports::Prober,
+    speed: Option<&dyn crate::ports::SpeedTester>,
+    sample: &Node,
+    budget: std::time::Duration,
+) -> TestPlan {
+    use crate::ports::ProbeDepth;
+    let light = |why: String| TestPlan {
+        kind: JobKind::Light,
+        skipped: Some(why),
+    };
+    match tokio::time::timeout(budget, prober.probe(sample, ProbeDepth::Auth)).await {
+        Err(_) => {
+            return light(format!(
+                "auth and speed tests skipped: a healthy node did not answer a login within {budget:?}"
+            ));
+        }
+        Ok(Err(e)) => return light(format!("auth and speed tests skipped: {e}")),
+        Ok(Ok(o))
+            if o.reached >= Level::Auth
+                || matches!(o.failure, Some(Failure::AuthRejected { .. })) => {}
+        Ok(Ok(o)) => {
+            let why = o
+                .failure
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| format!("reached only {:?}", o.reached));
+            return light(format!(
+                "auth and speed tests skipped: a healthy node does not answer logins ({why})"
+            ));
+        }
+    }
+    let auth = |why: String| TestPlan {
+        kind: JobKind::Auth,
+        skipped: Some(why),
+    };
+    let Some(speed) = speed else {
+        return auth("speed test skipped: this build has no speed tester yet".into());
+    };
+    match tokio::time::timeout(budget, speed.measure(sample)).await {
+        Err(_) => auth(format!(
+            "speed test skipped: measuring a healthy node did not finish within {budget:?}"
+        )),
+        Ok(Err(e)) => auth(format!("speed test skipped: {e}")),
+        Ok(Ok(o))
+            if o.reached >= Level::Speed || matches!(o.failure, Some(Failure::TooSlow { .. })) =>
+        {
+            TestPlan {
+                kind: JobKind::Pipeline,
+                skipped: None,
+            }
+        }
+        Ok(Ok(o)) => auth(format!(
+            "speed test skipped: a healthy node could not be measured ({})",
+            o.failure
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| format!("reached only {:?}", o.reached))
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -639,5 +825,213 @@ mod tests {
             }
         );
         assert!(s.last_job.is_none());
+    }
+
+    #[tokio::test]
+    async fn want_services_marks_only_verified_nodes_and_says_what_changed() {
+        let (_dir, store) = store_with("127.0.0.5:a:b\n127.0.0.6:a:b\n127.0.0.7:a:b\n").await;
+        store
+            .apply(
+                NodeId(1),
+                crate::domain::Event::Tested(crate::domain::Outcome::success(Level::Speed)),
+                crate::ports::ApplyContext::now(),
+            )
+            .await
+            .unwrap();
+        let sel = NodeFilter::ids([NodeId(1), NodeId(2)]);
+        let c = want_services(store.as_ref(), &sel, true).await.unwrap();
+        assert_eq!(
+            c,
+            ServiceChange {
+                wanted: true,
+                matched: 2,
+                changed: vec![NodeId(1)],
+                unchanged: 0,
+                not_verified: 1,
+            }
+        );
+        assert!(
+            node(store.as_ref(), NodeId(1))
+                .await
+                .unwrap()
+                .service_wanted
+        );
+        assert!(
+            !node(store.as_ref(), NodeId(2))
+                .await
+                .unwrap()
+                .service_wanted
+        );
+        let again = want_services(store.as_ref(), &sel, true).await.unwrap();
+        assert_eq!((again.changed.len(), again.unchanged), (0, 1));
+        let stop = want_services(store.as_ref(), &NodeFilter::all(), false)
+            .await
+            .unwrap();
+        assert_eq!(
+            (stop.changed, stop.unchanged, stop.matched),
+            (vec![NodeId(1)], 2, 3)
+        );
+        assert!(
+            !node(store.as_ref(), NodeId(1))
+                .await
+                .unwrap()
+                .service_wanted
+        );
+    }
+
+    #[tokio::test]
+    async fn running_services_carry_their_credentials() {
+        use crate::domain::{Event, Outcome, Secret, ServiceEndpoint};
+        let (_dir, store) = store_with("127.0.0.5:a:nodepw\n127.0.0.6:a:b\n").await;
+        assert!(
+            running_services(store.as_ref(), &NodeFilter::all())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let ctx = crate::ports::ApplyContext::now;
+        store
+            .apply(
+                NodeId(2),
+                Event::Tested(Outcome::success(Level::Speed)),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        store
+            .apply(
+                NodeId(2),
+                Event::ServiceStarted(ServiceEndpoint {
+                    host: "127.0.0.1".into(),
+                    port: 20001,
+                    username: "u".into(),
+                    password: Secret::new("sockspw"),
+                }),
+                ctx(),
+            )
+            .await
+            .unwrap();
+        let list = running_services(store.as_ref(), &NodeFilter::all())
+            .await
+            .unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].node, NodeId(2));
+        assert_eq!(list[0].status, Status::Online);
+        assert_eq!(
+            (list[0].port, list[0].password.as_str()),
+            (20001, "sockspw")
+        );
+        let none = running_services(store.as_ref(), &NodeFilter::ids([NodeId(1)]))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+
+    fn sample() -> Node {
+        let now = Utc::now();
+        Node {
+            id: NodeId(0),
+            ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 5)),
+            port: 1723,
+            login: "u".into(),
+            password: crate::domain::Secret::new("p"),
+            meta: NodeMeta::default(),
+            status: Status::NotTested,
+            last_checked_at: None,
+            last_error: None,
+            consecutive_failures: 0,
+            ping_ms: None,
+            speed_down_mbps: None,
+            speed_up_mbps: None,
+            pptp: None,
+            service: None,
+            service_wanted: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn prober_answering(
+        r: Result<crate::domain::Outcome, crate::ports::ProbeError>,
+    ) -> crate::ports::MockProber {
+        let mut p = crate::ports::MockProber::new();
+        p.expect_probe()
+            .withf(|_, d| *d == crate::ports::ProbeDepth::Auth)
+            .returning(move |_, _| r.clone());
+        p
+    }
+
+    #[tokio::test]
+    async fn deepest_test_goes_as_deep_as_privileges_and_ports_allow() {
+        use crate::domain::Outcome;
+        use crate::ports::{MockSpeedTester, ProbeError};
+        use std::time::Duration;
+        let t = Duration::from_secs(1);
+        let n = sample();
+        // No CAP_NET_RAW: light, with the reason.
+        let p = prober_answering(Err(ProbeError::NotPermitted("need CAP_NET_RAW".into())));
+        let plan = deepest_test(&p, None, &n, t).await;
+        assert_eq!(plan.kind, JobKind::Light);
+        assert!(plan.skipped.unwrap().contains("need CAP_NET_RAW"));
+        // A server that does not answer logins: light.
+        let p = prober_answering(Ok(Outcome::failed(
+            Level::Light,
+            Failure::CallRejected { code: 2 },
+        )));
+        let plan = deepest_test(&p, None, &n, t).await;
+        assert_eq!(plan.kind, JobKind::Light);
+        assert!(plan.skipped.unwrap().contains("does not answer logins"));
+        // Logins work (a rejected password counts: the server speaks MS-CHAPv2), no speed tester: auth.
+        let rejected = Outcome::failed(
+            Level::Light,
+            Failure::AuthRejected {
+                code: Some(691),
+                message: String::new(),
+            },
+        );
+        let p = prober_answering(Ok(rejected));
+        let plan = deepest_test(&p, None, &n, t).await;
+        assert_eq!(plan.kind, JobKind::Auth);
+        assert!(plan.skipped.unwrap().contains("no speed tester"));
+        // Both: the pipeline.
+        let p = prober_answering(Ok(Outcome::success(Level::Auth)));
+        let mut s = MockSpeedTester::new();
+        s.expect_measure()
+            .returning(|_| Ok(Outcome::success(Level::Speed)));
+        let plan = deepest_test(&p, Some(&s), &n, t).await;
+        assert_eq!(
+            plan,
+            TestPlan {
+                kind: JobKind::Pipeline,
+                skipped: None
+            }
+        );
+        // A speed tester that cannot run: auth.
+        let p = prober_answering(Ok(Outcome::success(Level::Auth)));
+        let mut s = MockSpeedTester::new();
+        s.expect_measure()
+            .returning(|_| Err(ProbeError::Config("no test URL".into())));
+        let plan = deepest_test(&p, Some(&s), &n, t).await;
+        assert_eq!(plan.kind, JobKind::Auth);
+        assert!(plan.skipped.unwrap().contains("no test URL"));
+    }
+
+    #[tokio::test]
+    async fn deepest_test_gives_up_after_the_budget() {
+        struct Hangs;
+        #[async_trait::async_trait]
+        impl crate::ports::Prober for Hangs {
+            async fn probe(
+                &self,
+                _: &Node,
+                _: crate::ports::ProbeDepth,
+            ) -> Result<crate::domain::Outcome, crate::ports::ProbeError> {
+                std::future::pending().await
+            }
+        }
+        let budget = std::time::Duration::from_millis(200);
+        let plan = deepest_test(&Hangs, None, &sample(), budget).await;
+        assert_eq!(plan.kind, JobKind::Light);
+        assert!(plan.skipped.unwrap().contains("within 200ms"));
     }
 }

@@ -3,15 +3,21 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use connexa_core::domain::{NodeFilter, NodeId};
+use connexa_core::engine::JobOptions;
 use connexa_core::import::{ImportOptions, OnConflict, import_into};
 use connexa_core::ops::ImportSummary;
+use connexa_core::ports::JobKind;
 
 use crate::cli::Ctx;
 use crate::exit::{Exit, WithCode, fail};
 use crate::output::{Cell, Color, OutputFormat, Table};
+use crate::progress::follow;
+use crate::wiring;
 
 /// Import node lists into the database.
 #[derive(Debug, Args)]
@@ -24,6 +30,7 @@ Examples:
   connexa import fleet.txt more.csv
   cat list.txt | connexa import -
   connexa import --on-conflict replace new-passwords.txt
+  connexa import fleet.txt --test light                   # and light-test the added nodes
   connexa import fleet.txt --output json | jq '.[0].added | length'")]
 pub struct ImportArgs {
     /// Node list files; `-` reads stdin.
@@ -33,7 +40,8 @@ pub struct ImportArgs {
     /// keep the stored node (skip) or replace it (replace).
     #[arg(long, value_enum, default_value_t = ConflictArg::Skip)]
     pub on_conflict: ConflictArg,
-    /// Test the added nodes after the import (needs the test runner).
+    /// Then test exactly the nodes this import added, with live progress
+    /// (`--output json` prints {"import": [...], "job": {...}}).
     #[arg(long, value_enum, value_name = "KIND")]
     pub test: Option<TestArg>,
 }
@@ -58,16 +66,6 @@ pub enum TestArg {
 
 /// Imports each file in turn and prints one report per file.
 pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
-    if let Some(test) = args.test {
-        let kind = test.to_possible_value().map(|v| v.get_name().to_owned());
-        return Err(fail(
-            Exit::Usage,
-            format_args!(
-                "--test {}: the test runner is not available in `import` yet; nothing was imported (import without --test, then run `connexa test`)",
-                kind.unwrap_or_default()
-            ),
-        ));
-    }
     let options = ImportOptions {
         on_conflict: match args.on_conflict {
             ConflictArg::Skip => OnConflict::Skip,
@@ -112,8 +110,15 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
             break;
         }
     }
-    print(ctx, &summaries)?;
+    let json = ctx.out.format == OutputFormat::Json;
+    if !json || args.test.is_none() {
+        print(ctx, &summaries)?;
+    }
     if let Some(s) = summaries.iter().find(|s| s.failure.is_some()) {
+        if json && args.test.is_some() {
+            ctx.out
+                .json(&serde_json::json!({ "import": summaries, "job": null }))?;
+        }
         return Err(fail(
             Exit::Config,
             format_args!(
@@ -124,10 +129,59 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
             ),
         ));
     }
-    Ok(if summaries.iter().any(|s| !s.errors.is_empty()) {
+    let import_exit = if summaries.iter().any(|s| !s.errors.is_empty()) {
         Exit::Partial
     } else {
         Exit::Ok
+    };
+    let Some(test) = args.test else {
+        return Ok(import_exit);
+    };
+    // Test exactly the nodes this import added (replacements included).
+    let ids: Vec<NodeId> = summaries
+        .iter()
+        .flat_map(|s| {
+            s.added
+                .iter()
+                .map(|a| a.id)
+                .chain(s.replaced.iter().map(|r| r.new))
+        })
+        .collect();
+    if ids.is_empty() {
+        ctx.out.note("no nodes were added: nothing to test");
+        if json {
+            ctx.out
+                .json(&serde_json::json!({ "import": summaries, "job": null }))?;
+        }
+        return Ok(import_exit);
+    }
+    let kind = match test {
+        TestArg::Light => JobKind::Light,
+        TestArg::Pipeline => JobKind::Pipeline,
+    };
+    let prober = wiring::prober(ctx);
+    if kind == JobKind::Pipeline
+        && let Err(e) = prober.gre_socket().await
+    {
+        ctx.out.note(format_args!(
+            "note: the pipeline stops after the light stage: {e}"
+        ));
+    }
+    let engine = wiring::engine_with(ctx, Arc::new(prober)).await?;
+    let job = engine
+        .start_job(kind, NodeFilter::ids(ids), JobOptions::default())
+        .await?;
+    let followed = follow(ctx, &engine, job).await?;
+    if json {
+        ctx.out
+            .json(&serde_json::json!({ "import": summaries, "job": followed.json() }))?;
+    } else {
+        ctx.out.line(followed.line())?;
+    }
+    Ok(match (followed.exit(), import_exit) {
+        (Exit::Interrupted, _) => Exit::Interrupted,
+        (Exit::Ok, e) => e,
+        (e, _) => e,
     })
 }
 

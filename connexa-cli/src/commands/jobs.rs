@@ -4,9 +4,10 @@ use clap::{Args, Subcommand};
 use connexa_core::ports::JobId;
 
 use crate::cli::Ctx;
-use crate::commands::test::{engine, follow};
 use crate::exit::{Exit, fail};
 use crate::output::{Cell, OutputFormat, Table};
+use crate::progress::follow_and_report;
+use crate::wiring::engine;
 
 /// Jobs: list them, show one, follow one, cancel one.
 #[derive(Debug, Subcommand)]
@@ -97,7 +98,7 @@ pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
         }
         JobsCommand::Watch(a) => {
             store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
-            follow(ctx, &engine, JobId(a.id)).await
+            follow_and_report(ctx, &engine, JobId(a.id)).await
         }
         JobsCommand::Cancel(a) => {
             store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;

@@ -88,7 +88,8 @@ struct Ready {
     mix: BTreeMap<String, usize>,
 }
 
-fn name(b: &Behaviour) -> String {
+/// The `--mix` name of a behaviour.
+pub fn behaviour_name(b: &Behaviour) -> String {
     match b {
         Behaviour::Healthy => "healthy".into(),
         Behaviour::Refused => "refused".into(),
@@ -109,7 +110,7 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
         .port(args.port);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for b in spec.behaviours() {
-        *counts.entry(name(&b)).or_default() += 1;
+        *counts.entry(behaviour_name(&b)).or_default() += 1;
     }
     // Signals are hooked before anything is announced, so a SIGTERM that
     // follows the list at once is never missed.

@@ -1,33 +1,38 @@
-//! `connexa test light|auth|pipeline`: runs a test job through the engine in
-//! this process, shows progress from committed rows, and cancels on Ctrl-C.
+//! `connexa test light|auth|speed|pipeline`: runs a test job through the engine
+//! in this process, shows progress from committed rows, and cancels on Ctrl-C;
+//! or, with `--detach`, queues it for a `connexa run` process.
 
-use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use connexa_core::domain::{NodeFilter, NodeId};
-use connexa_core::engine::{Engine, EngineConfig, JobOptions, NotAvailable, ProgressEvent};
+use connexa_core::engine::{JobOptions, queue_job};
 use connexa_core::ports::JobKind;
-use connexa_core::probe::{LightProber, ProbeConfig};
-use futures::StreamExt as _;
 
 use crate::cli::Ctx;
 use crate::exit::{Exit, fail};
 use crate::filter::FilterArgs;
 use crate::output::OutputFormat;
+use crate::progress::follow_and_report;
+use crate::wiring;
 
-/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login) or pipeline.
+/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login), speed or pipeline.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Progress is read from committed results, so it always ends at 100 %.
-Ctrl-C cancels the job: finished results are kept, the rest end as cancelled
-(exit code 5). The auth depth needs CAP_NET_RAW (root) for GRE.
+Progress is read from committed results, so it always ends at 100 %; on a
+terminal it is a live bar (done/total, ok/failed, rate, ETA), otherwise one
+line per change. Ctrl-C cancels the job: finished results are kept, the rest
+end as cancelled (exit code 5). The auth depth needs CAP_NET_RAW (root) for GRE.
+
+--detach only queues the job and prints its id: a `connexa run` process (already
+running, or started later) runs it, or `connexa run --once` does and exits.
 
 Examples:
   connexa test light --all
   connexa test light --status not_tested --concurrency 500
-  connexa test pipeline 12 13 14 --timeout 30")]
+  connexa test pipeline 12 13 14 --timeout 30
+  connexa test auth --status ping_light --detach && connexa run --once")]
 pub struct TestArgs {
     /// What to test.
     #[arg(value_enum)]
@@ -46,6 +51,9 @@ pub struct TestArgs {
     /// Time budget per node, in seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Only queue the job and print its id; `connexa run` (or `run --once`) runs it.
+    #[arg(long)]
+    pub detach: bool,
 }
 
 /// `test KIND`.
@@ -55,6 +63,8 @@ pub enum KindArg {
     Light,
     /// Handshake, call and MS-CHAPv2 login.
     Auth,
+    /// Throughput through the tunnel (not in this build yet: fails at once).
+    Speed,
     /// Light, then auth, then speed; each node goes as far as it can.
     Pipeline,
 }
@@ -64,6 +74,7 @@ impl From<KindArg> for JobKind {
         match k {
             KindArg::Light => JobKind::Light,
             KindArg::Auth => JobKind::Auth,
+            KindArg::Speed => JobKind::Speed,
             KindArg::Pipeline => JobKind::Pipeline,
         }
     }
@@ -90,135 +101,71 @@ pub fn selection(ids: &[i64], filter: &FilterArgs, all: bool) -> anyhow::Result<
     Ok(filter.to_filter())
 }
 
-/// An engine with the network prober configured from the config file.
-pub async fn engine(ctx: &Ctx) -> anyhow::Result<Engine> {
-    let store = ctx.store().await?;
-    let t = &ctx.config.test;
-    let prober = LightProber::new(ProbeConfig {
-        connect_timeout: t.connect_timeout(),
-        handshake_timeout: t.light_timeout(),
-        ..ProbeConfig::default()
-    });
-    let mut config = EngineConfig::default();
-    if t.concurrency > 0 {
-        config.concurrency = t.concurrency as usize;
-    }
-    Ok(Engine::new(
-        store,
-        Arc::new(prober),
-        Arc::new(NotAvailable),
-        Arc::new(NotAvailable),
-        config,
-    ))
-}
-
-/// Starts the job, follows it to the end, prints the summary.
+/// Starts the job (or queues it with `--detach`), follows it to the end, prints the summary.
 pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
     let filter = selection(&a.ids, &a.filter, a.all)?;
-    if let Some(t) = a.timeout.filter(|t| !(t.is_finite() && *t > 0.0)) {
+    let options = job_options(a.timeout, a.concurrency)?;
+    let kind = JobKind::from(a.kind);
+    if kind == JobKind::Speed && wiring::speed_tester(ctx).is_none() {
+        return Err(fail(
+            Exit::Usage,
+            "the speed test is not available in this build yet; nothing was tested (`connexa test pipeline` runs light and auth)",
+        ));
+    }
+    if a.detach {
+        let store = ctx.store().await?;
+        let job = queue_job(store.as_ref(), kind, filter, options).await?;
+        if ctx.out.format == OutputFormat::Json {
+            ctx.out.json(&serde_json::json!({ "job": job.id.0 }))?;
+        } else {
+            ctx.out.line(format_args!(
+                "queued job #{} ({kind}, {} nodes)",
+                job.id, job.total
+            ))?;
+            ctx.out.note(format_args!(
+                "it runs in a `connexa run` process (started now or already running), or with `connexa run --once`; follow it with `connexa jobs watch {}`",
+                job.id
+            ));
+        }
+        return Ok(Exit::Ok);
+    }
+    let prober = wiring::prober(ctx);
+    if matches!(kind, JobKind::Auth | JobKind::Pipeline) {
+        // Logins need a raw GRE socket: find out now, before any node is touched.
+        if let Err(e) = prober.gre_socket().await {
+            if kind == JobKind::Auth {
+                return Err(fail(
+                    Exit::Failure,
+                    format_args!("the auth test cannot run: {e}; nothing was tested"),
+                ));
+            }
+            ctx.out.note(format_args!(
+                "note: the pipeline stops after the light stage: {e}"
+            ));
+        }
+    }
+    let engine = wiring::engine_with(ctx, Arc::new(prober)).await?;
+    let job = engine.start_job(kind, filter, options).await?;
+    follow_and_report(ctx, &engine, job).await
+}
+
+/// Job options from `--timeout` and `--concurrency`, checked.
+pub fn job_options(timeout: Option<f64>, concurrency: Option<usize>) -> anyhow::Result<JobOptions> {
+    if let Some(t) = timeout.filter(|t| !(t.is_finite() && *t > 0.0)) {
         return Err(fail(
             Exit::Usage,
             format!("--timeout must be a positive number of seconds, not {t}"),
         ));
     }
-    if a.concurrency == Some(0) {
+    if concurrency == Some(0) {
         return Err(fail(Exit::Usage, "--concurrency must be at least 1"));
     }
-    let engine = engine(ctx).await?;
     let mut options = JobOptions::default();
-    if let Some(t) = a.timeout {
+    if let Some(t) = timeout {
         options = options.node_timeout(Duration::from_secs_f64(t));
     }
-    if let Some(n) = a.concurrency {
+    if let Some(n) = concurrency {
         options = options.concurrency(n);
     }
-    let job = engine.start_job(a.kind.into(), filter, options).await?;
-    follow(ctx, &engine, job).await
-}
-
-/// Shows progress until the job ends; Ctrl-C cancels it.
-pub async fn follow(
-    ctx: &Ctx,
-    engine: &Engine,
-    job: connexa_core::ports::JobId,
-) -> anyhow::Result<Exit> {
-    let tty = std::io::stderr().is_terminal();
-    let show = ctx.out.format == OutputFormat::Human && !ctx.global.quiet.gt(&0);
-    let mut stream = Box::pin(engine.progress(job));
-    let mut interrupted = false;
-    let mut last: Option<ProgressEvent> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            ev = stream.next() => {
-                let Some(ev) = ev else { break };
-                if show {
-                    let line = progress_line(&ev);
-                    if tty { eprint!("\r\x1b[2K{line}"); } else { eprintln!("{line}"); }
-                }
-                let done = ev.finished;
-                last = Some(ev);
-                if done { break; }
-            }
-            _ = &mut ctrl_c, if !interrupted => {
-                interrupted = true;
-                engine.cancel(job).await?;
-            }
-        }
-    }
-    if show && tty {
-        eprintln!();
-    }
-    let Some(ev) = last else {
-        return Err(fail(
-            Exit::Failure,
-            format!("job {job} produced no progress"),
-        ));
-    };
-    let p = ev.progress;
-    if ctx.out.format == OutputFormat::Json {
-        ctx.out.json(&serde_json::json!({
-            "job": job.0, "kind": ev.kind.as_str(), "state": ev.state.as_str(),
-            "total": p.total, "ok": p.ok, "failed": p.failed, "timed_out": p.timed_out, "cancelled": p.cancelled,
-        }))?;
-    } else {
-        ctx.out.line(format_args!(
-            "job #{job} {}: {} — {}/{} done: ok {}, failed {}, timed out {}, cancelled {}",
-            ev.kind,
-            ev.state,
-            p.done(),
-            p.total,
-            p.ok,
-            p.failed,
-            p.timed_out,
-            p.cancelled
-        ))?;
-    }
-    Ok(if interrupted {
-        Exit::Interrupted
-    } else if p.failed + p.timed_out + p.cancelled > 0 {
-        Exit::Partial
-    } else {
-        Exit::Ok
-    })
-}
-
-fn progress_line(ev: &ProgressEvent) -> String {
-    let p = &ev.progress;
-    let eta = ev
-        .eta
-        .map(|d| format!(", ETA {}s", d.as_secs()))
-        .unwrap_or_default();
-    format!(
-        "[{:>5.1}%] {}/{} ok {} failed {} timed out {} cancelled {} — {:.0}/s{eta}",
-        p.percent(),
-        p.done(),
-        p.total,
-        p.ok,
-        p.failed,
-        p.timed_out,
-        p.cancelled,
-        ev.rate
-    )
+    Ok(options)
 }

@@ -210,6 +210,17 @@ pub struct JobSummary {
     pub progress: Progress,
 }
 
+/// What [`Engine::run_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnceReport {
+    /// The unfinished jobs it resumed (or closed), as they ended.
+    pub jobs: Vec<JobSummary>,
+    /// The reconciler pass.
+    pub reconcile: ReconcileReport,
+    /// The monitor pass.
+    pub monitor: MonitorReport,
+}
+
 /// The engine. Cheap to clone (all clones share the same state).
 #[derive(Clone)]
 pub struct Engine {
@@ -643,6 +654,14 @@ impl Engine {
             every(cfg.monitor_interval, "monitor"),
         );
         tracing::info!("shutting down: draining job runners");
+        self.drain().await;
+    }
+
+    /// Graceful stop of every job runner of this process: they stop claiming,
+    /// let the items in flight finish and commit, and leave the rest pending
+    /// (the next [`recover`](Self::recover) or [`run`](Self::run) resumes it).
+    /// Returns once they all stopped; the engine can be used again afterwards.
+    pub async fn drain(&self) {
         self.inner.draining.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = lock(&self.inner.jobs)
             .drain()
@@ -677,14 +696,19 @@ impl Engine {
 
     /// For `connexa run --once`: resumes every unfinished job and waits for all of
     /// them to end, then makes one reconciler pass and one monitor pass.
-    pub async fn run_once(&self) -> Result<(), EngineError> {
+    pub async fn run_once(&self) -> Result<OnceReport, EngineError> {
         let jobs = self.recover(RecoverPolicy::Resume).await?;
+        let mut finished = Vec::with_capacity(jobs.len());
         for job in jobs {
-            self.wait(job).await?;
+            finished.push(self.wait(job).await?);
         }
-        self.reconcile().await?;
-        self.monitor().await?;
-        Ok(())
+        let reconcile = self.reconcile().await?;
+        let monitor = self.monitor().await?;
+        Ok(OnceReport {
+            jobs: finished,
+            reconcile,
+            monitor,
+        })
     }
 
     /// Stops every task of this engine at once, as a crash would: runners, item

@@ -12,7 +12,7 @@ use crate::domain::{Event, Node, NodeFilter, NodeId, Page, Status};
 use crate::ports::{ApplyContext, ApplyRequest, Health, NodeStore, ServiceError, StoreError};
 
 /// What one reconciler pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileReport {
     /// Services started (`ServiceStarted` applied).
     pub started: u64,
@@ -28,7 +28,7 @@ pub struct ReconcileReport {
 }
 
 /// What one monitor pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MonitorReport {
     /// Nodes with a service that were checked.
     pub checked: u64,

@@ -1,0 +1,301 @@
+//! `connexa demo`: the README's first command. A simulated fleet on loopback,
+//! imported into the database and tested (the deepest test this machine can
+//! run against it) with the live progress bar, then the counts per status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Cursor;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use connexa_core::domain::{NodeFilter, NodeId, Status};
+use connexa_core::engine::JobOptions;
+use connexa_core::export::ExportFormat;
+use connexa_core::import::{Existing, ImportOptions, import_into};
+use connexa_core::ops::{self, TestPlan};
+use connexa_core::ports::JobKind;
+use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::sim::{Behaviour, Fleet, FleetSpec, SimError, parse_mix};
+use connexa_core::store::redact_url;
+
+use crate::cli::{Ctx, DEFAULT_DB};
+use crate::commands::sim::behaviour_name;
+use crate::exit::{Exit, WithCode, fail};
+use crate::output::{Cell, OutputFormat, Table};
+use crate::progress::follow;
+use crate::wiring;
+
+/// The default behaviour mix of the demo fleet.
+pub const DEFAULT_MIX: &str = "healthy=70,refused=10,silent=10,garbage=5,wrong=5";
+
+/// Run a simulated fleet on loopback, import it and test it with live progress.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+What it does, in a few seconds and only on 127.0.0.0/8:
+  1. starts a simulated PPTP fleet in this process (--nodes, --mix as in `connexa sim`);
+  2. writes its node list in the pptp import format (also to --list FILE) and
+     imports it into the database (--db; default connexa.db in this directory);
+  3. runs the deepest test this machine can run against it with the live
+     progress bar: the pipeline (light, auth, speed) when every stage works;
+     stages that cannot run are named in one line and skipped (the auth and
+     speed tests need CAP_NET_RAW, i.e. root, and a fleet that answers logins);
+  4. prints the counts per status and what to try next.
+The fleet stops when the demo ends; the results stay in the database.
+
+Examples:
+  connexa demo
+  connexa demo --nodes 1000 --mix healthy=90,silent=10
+  connexa --db sqlite:///tmp/demo.db?mode=rwc demo --output json")]
+pub struct DemoArgs {
+    /// Number of simulated nodes.
+    #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub nodes: u32,
+    /// Behaviour mix as NAME=WEIGHT,... (see `connexa sim --help`).
+    #[arg(long, value_name = "MIX", default_value = DEFAULT_MIX)]
+    pub mix: String,
+    /// Control port of the simulated nodes.
+    #[arg(long, value_name = "P", default_value_t = 1723)]
+    pub port: u16,
+    /// Address of the first simulated node (in 127.0.0.0/8).
+    #[arg(long, value_name = "IP", default_value = "127.1.0.1")]
+    pub first_ip: Ipv4Addr,
+    /// Also write the fleet's node list (pptp format) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub list: Option<PathBuf>,
+}
+
+/// Runs the demo.
+pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
+    let mix = parse_mix(&a.mix).code(Exit::Usage)?;
+    let spec = FleetSpec::new(a.nodes as usize)
+        .mix(mix)
+        .first_ip(a.first_ip)
+        .port(a.port);
+    // Open the database first: a bad --db fails before anything starts.
+    let store = ctx.store().await?;
+    let fleet = Fleet::start(spec).await.map_err(|e| match e {
+        e @ SimError::Bind { .. } => fail(
+            Exit::Usage,
+            format_args!(
+                "cannot start the simulated fleet: {e} (choose other addresses with --first-ip or --port)"
+            ),
+        ),
+        e => fail(Exit::Usage, format_args!("cannot start the simulated fleet: {e}")),
+    })?;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for n in fleet.nodes() {
+        *counts.entry(behaviour_name(&n.behaviour)).or_default() += 1;
+    }
+    let last_ip = fleet.nodes().last().map(|n| n.ip).unwrap_or(a.first_ip);
+    let mix_text: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    ctx.out.note(format_args!(
+        "fleet: {} simulated nodes on {}..{} port {} ({})",
+        fleet.nodes().len(),
+        a.first_ip,
+        last_ip,
+        a.port,
+        mix_text.join(", ")
+    ));
+
+    // The node list, in an import format.
+    let mut list = Vec::new();
+    fleet
+        .write_list(ExportFormat::Pptp, &mut list)
+        .context("writing the node list")?;
+    if let Some(path) = &a.list {
+        std::fs::write(path, &list)
+            .with_context(|| format!("cannot write the node list to {}", path.display()))
+            .code(Exit::Usage)?;
+    }
+
+    // Import; nodes of an earlier demo run are tested again.
+    let report = import_into(store.clone(), Cursor::new(list), ImportOptions::default()).await;
+    if let Some(why) = &report.failure {
+        return Err(fail(Exit::Config, format_args!("import stopped: {why}")));
+    }
+    let added = report.added.len();
+    let mut ids: Vec<NodeId> = report.added_ids();
+    ids.extend(report.duplicates.iter().filter_map(|d| match d.of {
+        Existing::Stored(id) => Some(id),
+        Existing::Line(_) => None,
+    }));
+    ids.sort_unstable();
+    ids.dedup();
+    ctx.out.note(format_args!(
+        "database: {} — {added} nodes added, {} already there",
+        redact_url(&ctx.db_url()),
+        ids.len() - added
+    ));
+
+    // The deepest test this machine can run against the fleet.
+    // Short timeouts (loopback answers at once); no ICMP: on loopback it adds
+    // nothing, and unprivileged it would only warn.
+    let prober = Arc::new(LightProber::new(ProbeConfig {
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        icmp: None,
+        ..ProbeConfig::default()
+    }));
+    let plan = match fleet
+        .nodes()
+        .iter()
+        .position(|n| n.behaviour == Behaviour::Healthy)
+    {
+        Some(i) => {
+            let sample = fleet.nodes()[i].node(NodeId(0));
+            let speed = wiring::speed_tester(ctx);
+            ops::deepest_test(
+                prober.as_ref(),
+                speed.as_deref(),
+                &sample,
+                Duration::from_secs(5),
+            )
+            .await
+        }
+        None => TestPlan {
+            kind: JobKind::Light,
+            skipped: Some(
+                "auth and speed tests skipped: the mix has no healthy node to try them on".into(),
+            ),
+        },
+    };
+    let test_name = match plan.kind {
+        JobKind::Pipeline => "the pipeline (light, auth, speed)".to_owned(),
+        k => format!("the {k} test"),
+    };
+    match &plan.skipped {
+        Some(why) => ctx.out.note(format_args!("{why}; running {test_name}")),
+        None => ctx.out.note(format_args!("running {test_name}")),
+    }
+
+    let engine = wiring::engine_with(ctx, prober).await?;
+    let options = JobOptions::default().node_timeout(Duration::from_secs(30));
+    let job = engine
+        .start_job(plan.kind, NodeFilter::ids(ids.iter().copied()), options)
+        .await?;
+    let followed = follow(ctx, &engine, job).await?;
+    fleet.shutdown();
+
+    // Counts per status of the demo's nodes.
+    let nodes = ops::all_matching(store.as_ref(), &NodeFilter::ids(ids.iter().copied())).await?;
+    let mut by_status: HashMap<Status, u64> = HashMap::new();
+    for n in &nodes {
+        *by_status.entry(n.status).or_default() += 1;
+    }
+    if ctx.out.format == OutputFormat::Json {
+        let statuses: serde_json::Map<String, serde_json::Value> = Status::ALL
+            .iter()
+            .filter_map(|s| {
+                by_status
+                    .get(s)
+                    .map(|n| (s.as_str().to_owned(), (*n).into()))
+            })
+            .collect();
+        ctx.out.json(&serde_json::json!({
+            "fleet": {
+                "nodes": fleet_len(&counts), "first_ip": a.first_ip, "last_ip": last_ip,
+                "port": a.port, "mix": counts,
+            },
+            "database": redact_url(&ctx.db_url()),
+            "import": {"added": added, "already_stored": ids.len() - added},
+            "test": {"kind": plan.kind.as_str(), "skipped": plan.skipped},
+            "job": followed.json(),
+            "by_status": statuses,
+        }))?;
+    } else {
+        ctx.out.line(followed.line())?;
+        let mut t = Table::new(&["STATUS", "NODES"]);
+        for s in Status::ALL {
+            if let Some(n) = by_status.get(&s) {
+                t.row(vec![Cell::status(s), Cell::num(n)]);
+            }
+        }
+        ctx.out.table(&t)?;
+        if ctx.out.format == OutputFormat::Human {
+            next_steps(ctx, &by_status, nodes.first().map(|n| n.id))?;
+        }
+    }
+    Ok(if followed.interrupted {
+        Exit::Interrupted
+    } else if followed.last.state == connexa_core::ports::JobState::Done {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
+}
+
+fn fleet_len(counts: &BTreeMap<String, usize>) -> usize {
+    counts.values().sum()
+}
+
+fn next_steps(
+    ctx: &Ctx,
+    by_status: &HashMap<Status, u64>,
+    first: Option<NodeId>,
+) -> anyhow::Result<()> {
+    let best = [
+        Status::Online,
+        Status::SpeedOk,
+        Status::PingOk,
+        Status::PingLight,
+    ]
+    .into_iter()
+    .find(|s| by_status.contains_key(s))
+    .unwrap_or(Status::PingLight);
+    let first = first.map(|id| id.to_string()).unwrap_or_else(|| "1".into());
+    let out = &ctx.out;
+    let steps = [
+        (
+            format!("connexa nodes list --status {best}"),
+            "the nodes that got furthest",
+        ),
+        (
+            format!("connexa nodes show {first}"),
+            "one node and what its server said",
+        ),
+        (
+            format!("connexa nodes history {first}"),
+            "how its status changed, and why",
+        ),
+        (
+            format!("connexa export --format csv --status {best} -o working.csv"),
+            "",
+        ),
+        ("connexa stats".into(), "counts, services, the last job"),
+        (
+            "connexa sim --nodes 200 --port 21723 --list fleet.txt &".into(),
+            "a fleet that keeps running",
+        ),
+        (
+            "connexa import fleet.txt --test light".into(),
+            "import it and test the added nodes",
+        ),
+        ("connexa --help".into(), "everything else (docs/cli.md)"),
+    ];
+    let width = steps
+        .iter()
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(s, _)| s.len())
+        .max()
+        .unwrap_or(0);
+    out.line("")?;
+    out.line("Next, try:")?;
+    for (cmd, comment) in steps {
+        if comment.is_empty() {
+            out.line(format_args!("  {cmd}"))?;
+        } else {
+            out.line(format_args!("  {cmd:width$}  # {comment}"))?;
+        }
+    }
+    if ctx.db_url() != DEFAULT_DB {
+        out.line(format_args!(
+            "(these use the default database; add --db '{}' or set CONNEXA_DB to use this one)",
+            redact_url(&ctx.db_url())
+        ))?;
+    }
+    out.line("The simulated fleet stopped with the demo; the results stay in the database.")?;
+    Ok(())
+}

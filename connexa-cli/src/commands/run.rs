@@ -1,0 +1,188 @@
+//! `connexa run [--once]`: the engine's job workers, service reconciler and
+//! health monitor, in the foreground (for systemd), or one pass (for cron).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use connexa_core::engine::{JobSummary, RecoverPolicy};
+use connexa_core::store::redact_url;
+use tokio::sync::watch;
+
+use crate::cli::Ctx;
+use crate::exit::{Exit, fail};
+use crate::output::OutputFormat;
+use crate::wiring;
+
+/// Work on the database: run queued and unfinished jobs, keep wanted services
+/// up, check their health.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+`connexa run` runs until SIGTERM or Ctrl-C: it resumes unfinished jobs, picks up
+jobs queued anywhere (`connexa test --detach`, the HTTP API) every second,
+reconciles services (service_wanted) every 10 s and checks their health every
+30 s. On SIGTERM or Ctrl-C it stops claiming, lets the items in flight finish and
+commit (for at most --grace seconds; a second signal stops at once), leaves the
+rest pending for the next `connexa run`, and exits 0.
+
+`connexa run --once` resumes every unfinished job and waits for them to end,
+makes one reconciler pass and one monitor pass, prints what it did and exits
+(4 when a job had failures, 5 when interrupted).
+
+Examples:
+  connexa run                       # e.g. as a systemd service
+  connexa test light --all --detach && connexa run --once
+  connexa run --once --output json  # from cron")]
+pub struct RunArgs {
+    /// Do the pending work once, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// After SIGTERM or Ctrl-C, seconds to let the items in flight finish before
+    /// exiting anyway (unfinished items are resumed by the next run).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub grace: f64,
+}
+
+/// Counts SIGINT and SIGTERM: 0 until the first one.
+fn signals() -> anyhow::Result<watch::Receiver<u32>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let (tx, rx) = watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tx.send_modify(|n| *n += 1);
+        }
+    });
+    Ok(rx)
+}
+
+async fn nth_signal(mut rx: watch::Receiver<u32>, n: u32) {
+    if rx.wait_for(|c| *c >= n).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Runs `connexa run`.
+pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
+    if !(a.grace.is_finite() && a.grace >= 0.0) {
+        return Err(fail(
+            Exit::Usage,
+            format!("--grace must be a number of seconds, not {}", a.grace),
+        ));
+    }
+    let grace = Duration::from_secs_f64(a.grace);
+    let sig = signals()?;
+    let engine = wiring::engine(ctx).await?;
+    if a.once {
+        return once(ctx, &engine, sig, grace).await;
+    }
+    let resumed = engine.recover(RecoverPolicy::Resume).await?;
+    let cfg = engine.config();
+    ctx.out.note(format_args!(
+        "connexa run: working on {}: {} unfinished jobs resumed; queued jobs picked up every {:?}, services reconciled every {:?}, health checked every {:?}; stop with Ctrl-C or SIGTERM",
+        redact_url(&ctx.db_url()),
+        resumed.len(),
+        cfg.queue_interval,
+        cfg.reconcile_interval,
+        cfg.monitor_interval
+    ));
+    let run = engine.run(nth_signal(sig.clone(), 1));
+    tokio::pin!(run);
+    let forced = async {
+        nth_signal(sig.clone(), 1).await;
+        ctx.out.note(format_args!(
+            "stopping: no new items are claimed; waiting up to {grace:?} for the items in flight (again to stop at once)"
+        ));
+        tokio::select! {
+            () = tokio::time::sleep(grace) => Exit::Ok,
+            () = nth_signal(sig.clone(), 2) => Exit::Interrupted,
+        }
+    };
+    tokio::select! {
+        () = &mut run => {
+            ctx.out.note("stopped: every item in flight finished and was committed; the rest stays pending for the next run");
+            Ok(Exit::Ok)
+        }
+        code = forced => {
+            ctx.out.note("stopped with items still in flight: they stay `running` and the next `connexa run` resumes them");
+            Ok(code)
+        }
+    }
+}
+
+async fn once(
+    ctx: &Ctx,
+    engine: &connexa_core::engine::Engine,
+    sig: watch::Receiver<u32>,
+    grace: Duration,
+) -> anyhow::Result<Exit> {
+    let report = tokio::select! {
+        r = engine.run_once() => r?,
+        () = nth_signal(sig.clone(), 1) => {
+            ctx.out.note(format_args!(
+                "interrupted: waiting up to {grace:?} for the items in flight; the rest stays pending for the next run"
+            ));
+            tokio::select! {
+                () = engine.drain() => {}
+                () = tokio::time::sleep(grace) => {}
+                () = nth_signal(sig.clone(), 2) => {}
+            }
+            return Ok(Exit::Interrupted);
+        }
+    };
+    let failed = report.jobs.iter().any(|j| {
+        let p = &j.progress;
+        p.failed + p.timed_out + p.cancelled > 0
+    });
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&serde_json::json!({
+            "jobs": report.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "reconcile": report.reconcile,
+            "monitor": report.monitor,
+        }))?;
+    } else {
+        if report.jobs.is_empty() {
+            ctx.out.line("no unfinished jobs")?;
+        }
+        for j in &report.jobs {
+            let p = &j.progress;
+            ctx.out.line(format_args!(
+                "job #{} {}: {} — {}/{} done: ok {}, failed {}, timed out {}, cancelled {}",
+                j.job.id,
+                j.job.kind,
+                j.job.state,
+                p.done(),
+                p.total,
+                p.ok,
+                p.failed,
+                p.timed_out,
+                p.cancelled
+            ))?;
+        }
+        let r = &report.reconcile;
+        let m = &report.monitor;
+        ctx.out.line(format_args!(
+            "services: {} started, {} failed to start, {} stopped; health: {} checked, {} unhealthy",
+            r.started,
+            r.start_failed,
+            r.stopped + r.marked_stopped,
+            m.checked,
+            m.unhealthy
+        ))?;
+    }
+    Ok(if failed { Exit::Partial } else { Exit::Ok })
+}
+
+/// A finished job as JSON (the same shape `connexa test --output json` prints).
+pub fn job_json(j: &JobSummary) -> serde_json::Value {
+    let p = &j.progress;
+    serde_json::json!({
+        "job": j.job.id.0, "kind": j.job.kind.as_str(), "state": j.job.state.as_str(),
+        "total": p.total, "ok": p.ok, "failed": p.failed, "timed_out": p.timed_out, "cancelled": p.cancelled,
+    })
+}
