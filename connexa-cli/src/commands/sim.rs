@@ -28,8 +28,15 @@ Behaviours for --mix: healthy, refused (nothing listens), silent (accepts, never
 answers), garbage (answers non-PPTP bytes), slow[:MILLIS] (answers late; default
 3000), wrong[:CODE] (rejects the handshake with result CODE; default 2).
 
+Nodes also serve logins (`connexa test auth`): each has the login and password
+written to the list, answers calls and runs LCP + MS-CHAPv2 over GRE (needs
+CAP_NET_RAW: run as root). Login behaviours: auth_reject (password rejected,
+E=691), call_reject[:CODE] (call refused with result CODE; default 7),
+lcp_silent (never answers LCP), auth_silent (LCP up, then no MS-CHAPv2).
+
 Examples:
   connexa sim --nodes 300 --mix healthy=80,refused=10,silent=10 --list fleet.txt
+  connexa sim --nodes 1000 --mix healthy=90,auth_reject=10 --list fleet.txt
   connexa sim --nodes 20 --port 21723 --format csv --list fleet.csv &
   connexa import fleet.csv")]
 pub struct SimArgs {
@@ -90,15 +97,7 @@ struct Ready {
 
 /// The `--mix` name of a behaviour.
 pub fn behaviour_name(b: &Behaviour) -> String {
-    match b {
-        Behaviour::Healthy => "healthy".into(),
-        Behaviour::Refused => "refused".into(),
-        Behaviour::Silent => "silent".into(),
-        Behaviour::Garbage => "garbage".into(),
-        Behaviour::Slow(d) => format!("slow:{}", d.as_millis()),
-        Behaviour::WrongResultCode(c) => format!("wrong:{c}"),
-        other => format!("{other:?}").to_lowercase(),
-    }
+    b.to_string()
 }
 
 /// Starts the fleet, writes the list, waits for a signal.
@@ -117,6 +116,11 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     let fleet = Fleet::start(spec).await.code(Exit::Usage)?;
+    if let Some(why) = fleet.logins_unavailable() {
+        ctx.out.note(format_args!(
+            "warning: the nodes answer the handshake only, no logins: {why}"
+        ));
+    }
     let format = ExportFormat::from(args.format);
     match &args.list {
         Some(path) => write_atomically(&fleet, format, path)?,
@@ -164,7 +168,7 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
         r = tokio::signal::ctrl_c() => { r.context("cannot watch Ctrl-C")?; }
         _ = term.recv() => {}
     }
-    fleet.shutdown();
+    fleet.close().await;
     ctx.out.note("simulated fleet stopped");
     Ok(Exit::Ok)
 }

@@ -4,9 +4,26 @@
 //! [`Fleet::start`] binds one PPTP responder per node on its own loopback
 //! address (`127.1.0.1`, `127.1.0.2`, ... by default — never `0.0.0.0`), each
 //! with a [`Behaviour`]: healthy, refused (no listener), silent, slow, garbage,
-//! or a wrong result code. One tokio task per listener, one per connection.
-//! [`Fleet::write_node_list`] writes the fleet in the `ip:login:password` import
-//! format.
+//! a wrong result code, or one of the login behaviours (rejected password,
+//! rejected call, silent LCP, silent authentication). One tokio task per
+//! listener, one per connection. [`Fleet::write_node_list`] writes the fleet in
+//! the `ip:login:password` import format.
+//!
+//! **Logins.** Every node has its own credentials (`user<i>` / `pass<i>`, as
+//! written to the node list) and answers Outgoing-Call-Requests: the call's PPP
+//! runs over GRE through one raw `IPPROTO_GRE` socket of the fleet, which sends
+//! with each node's own source address (`IP_HDRINCL`) and demultiplexes by
+//! `(destination = node, call id)`, so a client's [`GreSocket`](crate::tunnel::GreSocket)
+//! in the same process (demultiplexing by source) and the fleet ignore each
+//! other's packets. The node authenticates with [`LoginServer`](crate::pptp::login::LoginServer)
+//! (LCP + MS-CHAPv2); after a successful login an optional [`DataPath`] takes
+//! the call's other protocols (CCP, IPCP, IP). Opening the raw socket needs
+//! `CAP_NET_RAW`; without it the fleet still starts ([`Fleet::serves_logins`]
+//! is `false`) and answers every call with result 2 (general error).
+//!
+//! **Shutdown.** [`Fleet::close`] disconnects live calls (Call-Disconnect-Notify),
+//! stops every control connection (Stop-Control-Connection-Request) and returns
+//! when every task of the fleet has ended; dropping a `Fleet` aborts them all.
 //!
 //! **File descriptors.** A listener is one descriptor, a connection two (both
 //! ends, when the prober is in the same process). 10,000 nodes need more than the
@@ -31,21 +48,29 @@
 //! # }
 //! ```
 
+use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::domain::{Node, NodeId, NodeMeta, Secret, Status};
-use crate::pptp::control::{
-    ControlMessage, EchoReply, Framer, StartControlConnectionReply, StopControlConnectionReply,
-};
+use crate::pptp::control::StartControlConnectionReply;
 
-/// How a simulated node behaves. Later issues add login and tunnel behaviours.
+mod gre;
+mod session;
+
+use gre::SimGre;
+pub use gre::SimGreStats;
+use session::NodeServer;
+
+/// How a simulated node behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Behaviour {
@@ -61,6 +86,35 @@ pub enum Behaviour {
     Garbage,
     /// Answers the handshake with this result code (2..=5 are the RFC's errors).
     WrongResultCode(u8),
+    /// Logs in, but its password differs from the node list's: MS-CHAPv2
+    /// Failure `E=691`.
+    AuthReject,
+    /// Answers the Outgoing-Call-Request with this result code (2..=7, RFC 2637
+    /// §2.8: 7 = do not accept).
+    CallReject(u8),
+    /// Accepts the call, then never answers LCP.
+    LcpSilent,
+    /// Accepts the call and negotiates LCP, then falls silent instead of
+    /// sending the MS-CHAPv2 Challenge.
+    AuthSilent,
+}
+
+impl fmt::Display for Behaviour {
+    /// The name [`parse_mix`] reads, e.g. `slow:250` or `call_reject:7`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Behaviour::Healthy => f.write_str("healthy"),
+            Behaviour::Refused => f.write_str("refused"),
+            Behaviour::Silent => f.write_str("silent"),
+            Behaviour::Garbage => f.write_str("garbage"),
+            Behaviour::Slow(d) => write!(f, "slow:{}", d.as_millis()),
+            Behaviour::WrongResultCode(c) => write!(f, "wrong:{c}"),
+            Behaviour::AuthReject => f.write_str("auth_reject"),
+            Behaviour::CallReject(c) => write!(f, "call_reject:{c}"),
+            Behaviour::LcpSilent => f.write_str("lcp_silent"),
+            Behaviour::AuthSilent => f.write_str("auth_silent"),
+        }
+    }
 }
 
 /// A `--mix` specification could not be read.
@@ -75,20 +129,26 @@ pub struct BadMix {
 }
 
 /// The behaviour names [`parse_mix`] accepts.
-pub const MIX_NAMES: &str =
-    "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), wrong[:CODE] (default 2)";
+pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), \
+     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent";
 
 /// Parses a behaviour mix such as `healthy=80,refused=10,silent=5,slow:2000=5`.
 ///
 /// ```
 /// use connexa_core::sim::{parse_mix, Behaviour};
 /// use std::time::Duration;
-/// let mix = parse_mix("healthy=8, slow:250=1,wrong:4=1").unwrap();
+/// let mix = parse_mix("healthy=8, slow:250=1,wrong:4=1,auth_reject=2,call_reject=1").unwrap();
 /// assert_eq!(mix, vec![
 ///     (Behaviour::Healthy, 8),
 ///     (Behaviour::Slow(Duration::from_millis(250)), 1),
 ///     (Behaviour::WrongResultCode(4), 1),
+///     (Behaviour::AuthReject, 2),
+///     (Behaviour::CallReject(7), 1),
 /// ]);
+/// // Every behaviour's name reads back.
+/// for (b, _) in &mix {
+///     assert_eq!(&parse_mix(&format!("{b}=1")).unwrap()[0].0, b);
+/// }
 /// assert!(parse_mix("healthy=8,sleepy=2").is_err());
 /// ```
 pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
@@ -131,7 +191,18 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
                     .ok_or_else(|| bad(part, "the result code must be 2..=255"))?;
                 Behaviour::WrongResultCode(code)
             }
-            "healthy" | "refused" | "silent" | "garbage" => {
+            "call_reject" => {
+                let code = u8::try_from(num(7)?)
+                    .ok()
+                    .filter(|c| (2..=255).contains(c))
+                    .ok_or_else(|| bad(part, "the result code must be 2..=255"))?;
+                Behaviour::CallReject(code)
+            }
+            "auth_reject" if arg.is_none() => Behaviour::AuthReject,
+            "lcp_silent" if arg.is_none() => Behaviour::LcpSilent,
+            "auth_silent" if arg.is_none() => Behaviour::AuthSilent,
+            "healthy" | "refused" | "silent" | "garbage" | "auth_reject" | "lcp_silent"
+            | "auth_silent" => {
                 return Err(bad(part, "this behaviour takes no argument"));
             }
             _ => return Err(bad(part, "unknown behaviour")),
@@ -162,6 +233,10 @@ pub struct FleetSpec {
     pub vendor: String,
     /// Seed of the shuffle.
     pub seed: u64,
+    /// Serve logins (calls, LCP, MS-CHAPv2 over GRE). Needs `CAP_NET_RAW`;
+    /// without it the fleet starts anyway, light only ([`Fleet::serves_logins`]).
+    /// Default `true`.
+    pub logins: bool,
 }
 
 impl FleetSpec {
@@ -175,7 +250,14 @@ impl FleetSpec {
             host_name: "sim".into(),
             vendor: "connexa-sim".into(),
             seed: 1,
+            logins: true,
         }
+    }
+
+    /// Turns serving logins on or off (no raw GRE socket when off).
+    pub fn logins(mut self, on: bool) -> Self {
+        self.logins = on;
+        self
     }
 
     /// Sets the behaviour mix.
@@ -286,6 +368,25 @@ impl SimNode {
     }
 }
 
+/// The data path of a simulated call after a successful login: it receives
+/// every PPP frame (a GRE payload) whose protocol is neither LCP nor CHAP —
+/// CCP, IPCP, IP, ... — and sends frames back through the call. Sans-IO, like
+/// [`LoginServer`](crate::pptp::login::LoginServer).
+pub trait DataPath: Send {
+    /// A PPP frame arrived.
+    fn handle_frame(&mut self, frame: &[u8], now: Instant);
+    /// The next PPP frame to send.
+    fn poll_transmit(&mut self) -> Option<Vec<u8>>;
+    /// When [`DataPath::handle_timeout`] must be called next.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Timers.
+    fn handle_timeout(&mut self, now: Instant);
+}
+
+/// Makes the [`DataPath`] of a call once `user` has logged in to `node`.
+pub type DataPathFactory =
+    Arc<dyn Fn(&SimNode, String, Instant) -> Box<dyn DataPath> + Send + Sync>;
+
 /// Why a fleet could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -308,11 +409,27 @@ pub enum SimError {
     },
 }
 
-/// A running simulated fleet. Dropping it stops every responder.
-#[derive(Debug)]
+/// How long [`Fleet::close`] lets connections say goodbye before aborting them.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A running simulated fleet. [`Fleet::close`] stops it politely; dropping it
+/// aborts every task at once.
 pub struct Fleet {
     nodes: Vec<SimNode>,
     tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    gre: Option<Arc<SimGre>>,
+    gre_error: Option<String>,
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("nodes", &self.nodes.len())
+            .field("tasks", &self.tasks.len())
+            .field("serves_logins", &self.gre.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
@@ -321,8 +438,25 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 }
 
 impl Fleet {
-    /// Raises the fd limit ([`raise_fd_limit`]), then binds every node's responder.
+    /// Raises the fd limit ([`raise_fd_limit`]), opens the fleet's raw GRE
+    /// socket (if [`FleetSpec::logins`]), then binds every node's responder.
     pub async fn start(spec: FleetSpec) -> Result<Fleet, SimError> {
+        Self::start_with(spec, None).await
+    }
+
+    /// As [`Fleet::start`]; after a successful login each call hands its other
+    /// protocols to a [`DataPath`] made by `data_path`.
+    pub async fn start_with_data_path(
+        spec: FleetSpec,
+        data_path: DataPathFactory,
+    ) -> Result<Fleet, SimError> {
+        Self::start_with(spec, Some(data_path)).await
+    }
+
+    async fn start_with(
+        spec: FleetSpec,
+        data_path: Option<DataPathFactory>,
+    ) -> Result<Fleet, SimError> {
         let first = u32::from(spec.first_ip);
         let last = u64::from(first) + spec.count as u64;
         if spec.first_ip.octets()[0] != 127
@@ -337,11 +471,41 @@ impl Fleet {
             Ok(n) => tracing::debug!(limit = n, "RLIMIT_NOFILE soft limit raised"),
             Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
         }
+        let behaviours = spec.behaviours();
+        let ips: Vec<Ipv4Addr> = (0..spec.count)
+            .map(|i| Ipv4Addr::from(first + i as u32))
+            .collect();
+        let (stop, _) = watch::channel(false);
+        let mut tasks = Vec::with_capacity(spec.count + 1);
+        let (gre, gre_error) = if spec.logins && spec.count > 0 {
+            // The client's own address (127.0.0.1) must not be a node: both
+            // directions of a call would look alike (see `gre`).
+            let nodes: HashSet<Ipv4Addr> = ips
+                .iter()
+                .copied()
+                .filter(|ip| *ip != Ipv4Addr::LOCALHOST)
+                .collect();
+            match SimGre::open(nodes) {
+                Ok(g) => {
+                    tasks.push(tokio::spawn(Arc::clone(&g).read_loop()));
+                    (Some(g), None)
+                }
+                Err(e) => {
+                    let why = if e.kind() == io::ErrorKind::PermissionDenied {
+                        crate::tunnel::NEED_CAP_NET_RAW.to_owned()
+                    } else {
+                        format!("cannot open a raw GRE socket: {e}")
+                    };
+                    tracing::warn!(reason = %why, "simulated fleet serves no logins");
+                    (None, Some(why))
+                }
+            }
+        } else {
+            (None, None)
+        };
         let identity = StartControlConnectionReply::success(&spec.host_name, &spec.vendor, 1);
         let mut nodes = Vec::with_capacity(spec.count);
-        let mut tasks = Vec::with_capacity(spec.count);
-        for (i, behaviour) in spec.behaviours().into_iter().enumerate() {
-            let ip = Ipv4Addr::from(first + i as u32);
+        for (i, (behaviour, ip)) in behaviours.into_iter().zip(ips).enumerate() {
             let node = SimNode {
                 ip,
                 port: spec.port,
@@ -358,30 +522,55 @@ impl Fleet {
                     s.listen(1024)
                 })()
                 .map_err(|source| SimError::Bind { addr, source })?;
-                let identity = identity.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        let Ok((stream, _)) = listener.accept().await else {
-                            // Out of descriptors: back off instead of spinning.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        };
-                        let behaviour = behaviour.clone();
-                        let identity = identity.clone();
-                        tokio::spawn(async move {
-                            let _ = serve(stream, behaviour, identity).await;
-                        });
-                    }
-                }));
+                let server_password = if behaviour == Behaviour::AuthReject {
+                    Secret::new(format!("not-{}", node.password.expose()))
+                } else {
+                    node.password.clone()
+                };
+                let server = Arc::new(NodeServer {
+                    node: node.clone(),
+                    identity: identity.clone(),
+                    credentials: Arc::new(HashMap::from([(node.login.clone(), server_password)])),
+                    gre: gre.clone(),
+                    data_path: data_path.clone(),
+                });
+                tasks.push(tokio::spawn(listen(listener, server, stop.subscribe())));
             }
             nodes.push(node);
         }
-        Ok(Fleet { nodes, tasks })
+        Ok(Fleet {
+            nodes,
+            tasks,
+            stop,
+            gre,
+            gre_error,
+        })
     }
 
     /// The nodes, in order.
     pub fn nodes(&self) -> &[SimNode] {
         &self.nodes
+    }
+
+    /// Whether the nodes answer calls and logins (the raw GRE socket is open).
+    pub fn serves_logins(&self) -> bool {
+        self.gre.is_some()
+    }
+
+    /// Why the fleet serves no logins although [`FleetSpec::logins`] asked for
+    /// them (e.g. [`NEED_CAP_NET_RAW`](crate::tunnel::NEED_CAP_NET_RAW)).
+    pub fn logins_unavailable(&self) -> Option<&str> {
+        self.gre_error.as_deref()
+    }
+
+    /// Calls in progress (registered on the GRE socket).
+    pub fn live_calls(&self) -> usize {
+        self.gre.as_ref().map_or(0, |g| g.live_calls())
+    }
+
+    /// Counters of the fleet's GRE socket (`None` when it serves no logins).
+    pub fn gre_stats(&self) -> Option<SimGreStats> {
+        self.gre.as_ref().map(|g| g.stats())
     }
 
     /// Writes `ip:login:password` lines, one per node (the port is not part of
@@ -410,94 +599,75 @@ impl Fleet {
         crate::export::write(format, &nodes, w)
     }
 
-    /// Stops every listener (connections already accepted finish on their own).
+    /// Stops every responder at once (tasks are aborted; see [`Fleet::close`]
+    /// for the polite way).
     pub fn shutdown(self) {
         drop(self);
+    }
+
+    /// Stops the fleet politely: listeners close, live calls get a
+    /// Call-Disconnect-Notify and every control connection a
+    /// Stop-Control-Connection-Request; returns once every task of the fleet
+    /// has ended (those still busy after 2 s are aborted) and the raw GRE
+    /// socket is closed.
+    pub async fn close(mut self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        let (reader, listeners): (Vec<_>, Vec<_>) = match self.gre {
+            Some(_) => {
+                let mut t = tasks;
+                let rest = t.split_off(1.min(t.len()));
+                (t, rest)
+            }
+            None => (Vec::new(), tasks),
+        };
+        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+        for mut t in listeners {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
+        }
+        for t in reader {
+            t.abort();
+            let _ = t.await;
+        }
+        self.gre = None;
     }
 }
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        let _ = self.stop.send(true);
         for t in &self.tasks {
             t.abort();
         }
     }
 }
 
-/// Reads until the peer closes (or errors): the polite way to end, without
-/// resetting a peer whose bytes are unread.
-async fn drain(stream: &mut TcpStream) {
-    let mut buf = [0u8; 512];
-    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-}
-
-async fn serve(
-    mut stream: TcpStream,
-    behaviour: Behaviour,
-    identity: StartControlConnectionReply,
-) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let (delay, result_code) = match behaviour {
-        Behaviour::Silent | Behaviour::Refused => {
-            drain(&mut stream).await;
-            return Ok(());
-        }
-        Behaviour::Garbage => {
-            let mut buf = [0u8; 512];
-            let _ = stream.read(&mut buf).await?;
-            stream
-                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                .await?;
-            drain(&mut stream).await;
-            return Ok(());
-        }
-        Behaviour::Healthy => (Duration::ZERO, 1),
-        Behaviour::Slow(d) => (d, 1),
-        Behaviour::WrongResultCode(c) => (Duration::ZERO, c),
-    };
-    let mut framer = Framer::new();
-    let mut buf = [0u8; 1024];
+/// A node's listener: accepts connections and serves each in its own task.
+/// The tasks belong to this one (a [`JoinSet`]): aborting it aborts them.
+async fn listen(listener: TcpListener, node: Arc<NodeServer>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
     loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        framer.push(&buf[..n]);
-        while let Ok(Some(frame)) = framer.next_frame() {
-            let reply = match ControlMessage::decode(&frame) {
-                Ok(ControlMessage::StartControlConnectionRequest(_)) => {
-                    if !delay.is_zero() {
-                        tokio::time::sleep(delay).await;
-                    }
-                    let mut r = identity.clone();
-                    r.result_code = result_code;
-                    ControlMessage::StartControlConnectionReply(r)
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let node = Arc::clone(&node);
+                    let stop = stop.clone();
+                    conns.spawn(async move {
+                        let _ = session::serve(stream, node, stop).await;
+                    });
                 }
-                Ok(ControlMessage::StopControlConnectionRequest(_)) => {
-                    let r =
-                        ControlMessage::StopControlConnectionReply(StopControlConnectionReply {
-                            result_code: 1,
-                            error_code: 0,
-                        });
-                    stream.write_all(&r.encode()).await?;
-                    drain(&mut stream).await;
-                    return Ok(());
-                }
-                Ok(ControlMessage::EchoRequest(e)) => ControlMessage::EchoReply(EchoReply {
-                    identifier: e.identifier,
-                    result_code: 1,
-                    error_code: 0,
-                }),
-                // Anything else is ignored by this light responder.
-                _ => continue,
-            };
-            stream.write_all(&reply.encode()).await?;
-        }
-        if framer.check_prefix().is_err() {
-            drain(&mut stream).await;
-            return Ok(());
+                // Out of descriptors: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = stop.changed() => break,
         }
     }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
 }
 
 #[cfg(test)]
@@ -529,26 +699,18 @@ mod tests {
 
     #[tokio::test]
     async fn lists_in_every_import_format_read_back_with_the_port() {
-        let fleet = Fleet::start(
+        let mut fleet = Fleet::start(
             FleetSpec::new(3)
                 .first_ip(Ipv4Addr::new(127, 58, 0, 1))
                 .port(0)
+                .logins(false)
                 .mix(vec![(Behaviour::Refused, 1)]),
         )
         .await
         .unwrap();
-        let fleet = Fleet {
-            nodes: fleet
-                .nodes()
-                .iter()
-                .cloned()
-                .map(|mut n| {
-                    n.port = 21999;
-                    n
-                })
-                .collect(),
-            tasks: Vec::new(),
-        };
+        for n in &mut fleet.nodes {
+            n.port = 21999;
+        }
         for format in [
             ExportFormat::Pptp,
             ExportFormat::Csv,

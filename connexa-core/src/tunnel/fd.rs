@@ -7,7 +7,7 @@ use socket2::Socket;
 use tokio::io::unix::AsyncFd;
 
 /// Registers `socket` with the current tokio reactor.
-pub(super) fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+pub(crate) fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
     // SAFETY: `AsyncFd::register` requires that the value owns a valid file
     // descriptor which is neither closed nor replaced while the `AsyncFd` owns
     // it. `socket2::Socket` owns its descriptor (an `OwnedFd`) and closes it

@@ -1,0 +1,416 @@
+//! The simulator's server side for logins, against the real client over real
+//! sockets in one process: the client's raw GRE socket (demultiplexing by
+//! source) and the fleet's (`IP_HDRINCL`, demultiplexing by destination) both
+//! see every GRE packet on loopback and must each ignore the other's.
+//!
+//! Needs CAP_NET_RAW (root), like the auth test itself: without it these tests
+//! fail (they do not skip), because the fleet cannot serve logins.
+//!
+//! Every fleet here uses its own 127.44.N.0/24 block.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connexa_core::domain::{Failure, Level, NewNode, NodeFilter, NodeId, Outcome, Status};
+use connexa_core::engine::{Engine, EngineConfig, JobOptions, NotAvailable};
+use connexa_core::ports::{InsertOutcome, JobKind, JobState, NodeStore, ProbeDepth, Prober};
+use connexa_core::pptp::ppp::fsm::FsmConfig;
+use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::sim::{Behaviour, Fleet, FleetSpec, SimNode};
+use connexa_core::store::SqlStore;
+use connexa_core::tunnel::{self, AuthConfig, GreSocket};
+
+const PORT: u16 = 21731;
+
+/// Short timers so that silent nodes fail in about a second.
+fn auth_config() -> AuthConfig {
+    AuthConfig {
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        call_timeout: Duration::from_secs(2),
+        lcp: FsmConfig {
+            restart: Duration::from_millis(150),
+            max_configure: 4,
+            ..FsmConfig::default()
+        },
+        lcp_timeout: Duration::from_secs(5),
+        auth_timeout: Duration::from_millis(800),
+        teardown_timeout: Duration::from_millis(500),
+        ..AuthConfig::default()
+    }
+}
+
+fn prober(gre: &Arc<GreSocket>) -> LightProber {
+    LightProber::new(ProbeConfig {
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        attempts: 1,
+        icmp: None,
+        ..ProbeConfig::default()
+    })
+    .with_auth_config(auth_config())
+    .with_gre_socket(Arc::clone(gre))
+}
+
+async fn fleet(block: u8, mix: Vec<(Behaviour, u32)>, count: usize) -> Fleet {
+    let f = Fleet::start(
+        FleetSpec::new(count)
+            .first_ip(Ipv4Addr::new(127, 44, block, 1))
+            .port(PORT)
+            .mix(mix),
+    )
+    .await
+    .expect("simulated fleet starts");
+    assert!(
+        f.serves_logins(),
+        "the fleet cannot serve logins: {:?} (run as root)",
+        f.logins_unavailable()
+    );
+    f
+}
+
+fn gre() -> Arc<GreSocket> {
+    GreSocket::open().expect("raw GRE socket (run as root)")
+}
+
+fn v4(n: &SimNode) -> SocketAddrV4 {
+    SocketAddrV4::new(n.ip, n.port)
+}
+
+fn expect_outcome(b: &Behaviour, out: &Outcome) {
+    let ctx = format!("{b}: {out:?}");
+    match b {
+        Behaviour::Healthy => {
+            assert_eq!(out.reached, Level::Auth, "{ctx}");
+            assert_eq!(out.failure, None, "{ctx}");
+            let id = out.measurements.pptp.as_ref().expect("identity");
+            assert_eq!(id.vendor, "connexa-sim", "{ctx}");
+        }
+        Behaviour::AuthReject => {
+            assert_eq!(out.reached, Level::Light, "{ctx}");
+            assert!(out.is_auth_rejected(), "{ctx}");
+            match &out.failure {
+                Some(Failure::AuthRejected { code, message }) => {
+                    assert_eq!(*code, Some(691), "{ctx}");
+                    assert_eq!(message, "Authentication failure", "{ctx}");
+                }
+                other => panic!("{ctx}: {other:?}"),
+            }
+        }
+        Behaviour::LcpSilent => {
+            assert_eq!(out.reached, Level::Light, "{ctx}");
+            match &out.failure {
+                Some(Failure::LcpFailed { detail }) => {
+                    assert!(detail.contains("no answer to LCP"), "{ctx}");
+                }
+                other => panic!("{ctx}: {other:?}"),
+            }
+        }
+        Behaviour::AuthSilent => {
+            assert_eq!(out.reached, Level::Light, "{ctx}");
+            assert_eq!(out.failure, Some(Failure::AuthTimeout), "{ctx}");
+        }
+        Behaviour::CallReject(code) => {
+            assert_eq!(out.reached, Level::Light, "{ctx}");
+            assert_eq!(
+                out.failure,
+                Some(Failure::CallRejected { code: *code }),
+                "{ctx}"
+            );
+        }
+        Behaviour::Refused => {
+            assert_eq!(out.reached, Level::None, "{ctx}");
+            assert_eq!(out.failure, Some(Failure::Refused), "{ctx}");
+        }
+        Behaviour::WrongResultCode(code) => {
+            assert_eq!(out.reached, Level::None, "{ctx}");
+            assert_eq!(
+                out.failure,
+                Some(Failure::ControlRejected { code: *code }),
+                "{ctx}"
+            );
+        }
+        other => panic!("no expectation for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn auth_probe_of_each_sim_behaviour_gives_its_outcome() {
+    let mix = vec![
+        (Behaviour::Healthy, 1),
+        (Behaviour::AuthReject, 1),
+        (Behaviour::LcpSilent, 1),
+        (Behaviour::AuthSilent, 1),
+        (Behaviour::CallReject(7), 1),
+        (Behaviour::CallReject(4), 1),
+        (Behaviour::Refused, 1),
+        (Behaviour::WrongResultCode(4), 1),
+    ];
+    let f = fleet(1, mix, 8).await;
+    let gre = gre();
+    let prober = prober(&gre);
+    let outs = futures::future::join_all(f.nodes().iter().enumerate().map(|(i, n)| {
+        let node = n.node(NodeId(i as i64 + 1));
+        let prober = &prober;
+        async move {
+            prober
+                .probe(&node, ProbeDepth::Auth)
+                .await
+                .expect("probe runs")
+        }
+    }))
+    .await;
+    let mut seen: Vec<String> = Vec::new();
+    for (n, out) in f.nodes().iter().zip(&outs) {
+        expect_outcome(&n.behaviour, out);
+        seen.push(n.behaviour.to_string());
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 8);
+    // The same healthy node at light depth is ping_light, not more.
+    let healthy = f
+        .nodes()
+        .iter()
+        .find(|n| n.behaviour == Behaviour::Healthy)
+        .unwrap();
+    let light = prober
+        .probe(&healthy.node(NodeId(1)), ProbeDepth::Light)
+        .await
+        .unwrap();
+    assert_eq!(light.reached, Level::Light);
+    // A wrong password for a healthy node is rejected too: the node checks
+    // the credentials, it does not just say yes.
+    let out = prober
+        .probe_auth(
+            SocketAddr::V4(v4(healthy)),
+            &healthy.login,
+            &connexa_core::domain::Secret::new("guess"),
+        )
+        .await
+        .unwrap();
+    assert!(out.is_auth_rejected(), "{out:?}");
+    assert_eq!(f.live_calls(), 0, "every call was cleared");
+    assert_eq!(gre.live_routes(), 0);
+    f.close().await;
+}
+
+#[tokio::test]
+async fn logins_to_the_sim_tear_down_politely_after_success_and_failure() {
+    let f = fleet(
+        2,
+        vec![
+            (Behaviour::Healthy, 1),
+            (Behaviour::AuthReject, 1),
+            (Behaviour::LcpSilent, 1),
+        ],
+        3,
+    )
+    .await;
+    let gre = gre();
+    let cfg = auth_config();
+    for n in f.nodes() {
+        let r = tunnel::login(&gre, v4(n), &n.login, &n.password, &cfg).await;
+        let ctx = format!("{}: {r:?}", n.behaviour);
+        match n.behaviour {
+            Behaviour::Healthy => {
+                assert_eq!(r.reached, Level::Auth, "{ctx}");
+                assert_eq!(r.message.as_deref(), Some("Access granted"), "{ctx}");
+                assert!(r.teardown.lcp_closed, "{ctx}");
+            }
+            Behaviour::AuthReject => {
+                assert!(
+                    matches!(
+                        r.failure,
+                        Some(Failure::AuthRejected {
+                            code: Some(691),
+                            ..
+                        })
+                    ),
+                    "{ctx}"
+                );
+                assert!(r.teardown.lcp_closed, "{ctx}");
+            }
+            _ => assert!(
+                matches!(r.failure, Some(Failure::LcpFailed { .. })),
+                "{ctx}"
+            ),
+        }
+        // Call-Clear-Request answered with Call-Disconnect-Notify, then
+        // Stop-Control-Connection-Request with its reply: the sim never hangs up first.
+        assert!(r.teardown.call_cleared, "{ctx}");
+        assert!(r.teardown.control_stopped, "{ctx}");
+        assert!(!r.teardown.server_closed, "{ctx}");
+        assert!(r.call_ms.is_some() && r.login_ms.is_some(), "{ctx}");
+    }
+    assert_eq!(f.live_calls(), 0);
+    f.close().await;
+}
+
+#[tokio::test]
+async fn client_and_sim_gre_sockets_ignore_each_others_packets() {
+    let f = fleet(3, vec![(Behaviour::Healthy, 1)], 20).await;
+    let gre = gre();
+    let cfg = auth_config();
+    let before = gre.stats();
+    let reports = futures::future::join_all(
+        f.nodes()
+            .iter()
+            .map(|n| tunnel::login(&gre, v4(n), &n.login, &n.password, &cfg)),
+    )
+    .await;
+    for r in &reports {
+        assert_eq!(r.reached, Level::Auth, "{r:?}");
+    }
+    let sim = f.gre_stats().expect("sim GRE stats");
+    let client = gre.stats();
+    // Every packet the nodes sent came back to the fleet's own socket (a raw
+    // socket sees all GRE on loopback) and was ignored as not addressed to a node.
+    assert!(sim.sent > 0);
+    assert!(
+        sim.foreign >= sim.sent,
+        "fleet ignored {} of its own {} packets",
+        sim.foreign,
+        sim.sent
+    );
+    assert_eq!(sim.malformed, 0);
+    // The client's packets reached the calls; the client saw its own packets
+    // too and dropped them (their source is not a registered peer).
+    assert!(sim.delivered > 0);
+    let delivered = client.delivered - before.delivered;
+    let unrouted = client.unrouted - before.unrouted;
+    assert!(delivered > 0);
+    assert!(
+        unrouted >= sim.delivered,
+        "client dropped {unrouted} packets, the fleet received {} from it",
+        sim.delivered
+    );
+    assert_eq!(client.overflow, before.overflow);
+    f.close().await;
+}
+
+#[tokio::test]
+async fn closing_the_fleet_mid_login_ends_the_call_and_leaves_no_task() {
+    let gre = gre();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let f = fleet(4, vec![(Behaviour::LcpSilent, 1)], 2).await;
+    assert!(metrics.num_alive_tasks() > tasks_before);
+    let node = f.nodes()[0].clone();
+    let mut cfg = auth_config();
+    cfg.lcp = FsmConfig {
+        restart: Duration::from_secs(5),
+        max_configure: 10,
+        ..FsmConfig::default()
+    };
+    cfg.lcp_timeout = Duration::from_secs(60);
+    let login = tunnel::login(&gre, v4(&node), &node.login, &node.password, &cfg);
+    let close = async {
+        // Wait until the call is up, then stop the fleet under it.
+        for _ in 0..200 {
+            if f.live_calls() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(f.live_calls(), 1, "the call is up");
+        f.close().await;
+    };
+    let (report, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(login, close)
+    })
+    .await
+    .expect("the login ends once the fleet closes");
+    assert_eq!(report.reached, Level::Light, "{report:?}");
+    match &report.failure {
+        Some(Failure::LcpFailed { detail }) => assert!(
+            detail.contains("disconnected the call") || detail.contains("stopped the control"),
+            "{report:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Every listener, connection and the GRE reader are gone.
+    assert_eq!(metrics.num_alive_tasks(), tasks_before);
+    // The addresses are free again.
+    let again = fleet(4, vec![(Behaviour::Healthy, 1)], 2).await;
+    let n = &again.nodes()[0];
+    let r = tunnel::login(&gre, v4(n), &n.login, &n.password, &auth_config()).await;
+    assert_eq!(r.reached, Level::Auth, "{r:?}");
+    again.close().await;
+    assert_eq!(metrics.num_alive_tasks(), tasks_before);
+}
+
+#[tokio::test]
+async fn auth_job_over_a_mixed_sim_fleet_ends_with_counts_matching_the_mix() {
+    let f = fleet(
+        5,
+        vec![
+            (Behaviour::Healthy, 20),
+            (Behaviour::AuthReject, 10),
+            (Behaviour::CallReject(7), 3),
+            (Behaviour::LcpSilent, 2),
+            (Behaviour::AuthSilent, 1),
+            (Behaviour::Refused, 4),
+        ],
+        40,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let new: Vec<NewNode> = f
+        .nodes()
+        .iter()
+        .map(|n| {
+            NewNode::new(
+                &n.ip.to_string(),
+                u64::from(n.port),
+                &n.login,
+                n.password.expose(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let inserted = store.insert(new).await.unwrap();
+    assert!(
+        inserted
+            .iter()
+            .all(|o| matches!(o, InsertOutcome::Inserted(_)))
+    );
+    let gre = gre();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(prober(&gre)),
+        Arc::new(NotAvailable),
+        Arc::new(NotAvailable),
+        EngineConfig {
+            poll_interval: Duration::from_millis(100),
+            ..EngineConfig::default()
+        },
+    );
+    let job = engine
+        .start_job(
+            JobKind::Auth,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), engine.wait(job))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(summary.job.state, JobState::Done);
+    assert_eq!(summary.progress.total, 40);
+    assert!(summary.progress.is_complete());
+    let counts: HashMap<Status, u64> = store.counts().await.unwrap().into_iter().collect();
+    let get = |s| counts.get(&s).copied().unwrap_or(0);
+    assert_eq!(get(Status::PingOk), 20, "{counts:?}");
+    assert_eq!(get(Status::AuthFailed), 10, "{counts:?}");
+    // Calls rejected, LCP or authentication silent: the server answered PPTP.
+    assert_eq!(get(Status::PingLight), 6, "{counts:?}");
+    assert_eq!(get(Status::PingFailed), 4, "{counts:?}");
+    assert_eq!(f.live_calls(), 0);
+    f.close().await;
+}
