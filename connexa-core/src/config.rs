@@ -21,6 +21,14 @@
 //! bind = "127.0.0.1"           # where SOCKS5 services listen
 //! port_min = 20000
 //! port_max = 29999
+//! # public_host = "proxy.example.net"  # host clients are given (default: bind)
+//! max_connections = 256        # client connections at once per service
+//! handshake_timeout_secs = 10.0
+//! connect_timeout_secs = 10.0
+//! idle_timeout_secs = 300.0
+//! drain_timeout_secs = 2.0     # on stop, time open connections get to finish
+//! dns = "tunnel"               # or "local": where CONNECT host names are resolved
+//! # check_target = "192.0.2.1:80"  # health: also CONNECT here through the tunnel
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -123,6 +131,23 @@ pub struct ServicesConfig {
     pub port_min: u16,
     /// Highest port given to a service.
     pub port_max: u16,
+    /// Host name or address clients are given (default: `bind`).
+    pub public_host: Option<String>,
+    /// Client connections at once per service.
+    pub max_connections: usize,
+    /// Time a client has for the whole SOCKS5 negotiation, seconds.
+    pub handshake_timeout_secs: f64,
+    /// Time for resolving and connecting through the tunnel, seconds.
+    pub connect_timeout_secs: f64,
+    /// A relayed connection idle this long is closed, seconds.
+    pub idle_timeout_secs: f64,
+    /// On stop, how long open connections may finish, seconds.
+    pub drain_timeout_secs: f64,
+    /// Where host names of CONNECT requests are resolved.
+    pub dns: crate::socks::DnsMode,
+    /// `host:port` the health check connects to through the tunnel (none: the
+    /// check is the tunnel's liveness only).
+    pub check_target: Option<String>,
 }
 
 impl Default for ServicesConfig {
@@ -131,6 +156,14 @@ impl Default for ServicesConfig {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port_min: 20000,
             port_max: 29999,
+            public_host: None,
+            max_connections: 256,
+            handshake_timeout_secs: 10.0,
+            connect_timeout_secs: 10.0,
+            idle_timeout_secs: 300.0,
+            drain_timeout_secs: 2.0,
+            dns: crate::socks::DnsMode::Tunnel,
+            check_target: None,
         }
     }
 }
@@ -293,6 +326,28 @@ impl Config {
                 s.port_min, s.port_max
             ));
         }
+        if s.max_connections == 0 {
+            return bad("services.max_connections must be at least 1".into());
+        }
+        for (name, v) in [
+            ("handshake_timeout_secs", s.handshake_timeout_secs),
+            ("connect_timeout_secs", s.connect_timeout_secs),
+            ("idle_timeout_secs", s.idle_timeout_secs),
+            ("drain_timeout_secs", s.drain_timeout_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                return bad(format!(
+                    "services.{name} must be between 0 and 86400 seconds, got {v}"
+                ));
+            }
+        }
+        if let Some(t) = &s.check_target
+            && crate::socks::proto::TargetAddr::parse(t).is_none()
+        {
+            return bad(format!(
+                "services.check_target must be host:port, got {t:?}"
+            ));
+        }
         Ok(())
     }
 }
@@ -351,6 +406,9 @@ mod tests {
             "[test]\nconcurrency = 0\n",
             "[test]\nlight_timeout_secs = -1\n",
             "[services]\nport_min = 300\nport_max = 200\n",
+            "[services]\nmax_connections = 0\n",
+            "[services]\nidle_timeout_secs = 0\n",
+            "[services]\ncheck_target = \"no-port\"\n",
         ] {
             let e = Config::from_toml_str(text).unwrap_err();
             assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e}");

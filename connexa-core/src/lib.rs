@@ -12,6 +12,9 @@
 //! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver).
 //! * [`engine`]: batch jobs with progress derived from committed rows, the service
 //!   reconciler and the health monitor, generic over the ports.
+//! * [`socks`]: the SOCKS5 [`SocksLauncher`](socks::SocksLauncher) and its sans-IO
+//!   protocol; [`service`]: what a service needs from a node's tunnel
+//!   ([`TunnelOpener`](service::TunnelOpener), [`TunnelLink`](service::TunnelLink)).
 //! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
 //!   JSON views; [`config`]: the operator's TOML configuration file.
 //!
@@ -35,7 +38,9 @@ pub mod ops;
 pub mod ports;
 pub mod pptp;
 pub mod probe;
+pub mod service;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod socks;
 pub mod store;
 pub mod tunnel;

@@ -1,0 +1,257 @@
+//! SOCKS5 services driven by the engine on a real SQLite store: the reconciler
+//! brings services back after a SIGKILL on the same port with the same
+//! credentials, and the monitor moves a node `online` -> `offline` -> `online`
+//! as its tunnel dies and returns, never below level 3.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use connexa_core::domain::{
+    Event, Level, NewNode, Node, NodeFilter, NodeId, Outcome, ServiceEndpoint, Status,
+};
+use connexa_core::engine::{Engine, EngineConfig, NotAvailable};
+use connexa_core::ports::{
+    ApplyContext, HistoryEvent, InsertOutcome, NodeStore, ProbeDepth, ProbeError, Prober,
+};
+use connexa_core::socks::proto::TargetAddr;
+use connexa_core::socks::{SocksConfig, SocksLauncher};
+use connexa_core::store::SqlStore;
+use connexa_tests::socks_kit::*;
+
+/// A verified node wanting a service, in `store`.
+async fn wanted_node(store: &dyn NodeStore) -> NodeId {
+    let new = NewNode::new("127.0.0.1", 1723, "svc", "pw").unwrap();
+    let [InsertOutcome::Inserted(id)] = store.insert(vec![new]).await.unwrap()[..] else {
+        panic!("insert")
+    };
+    let applied = store
+        .apply(
+            id,
+            Event::Tested(Outcome::success(Level::Speed)),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.to, Status::SpeedOk);
+    store
+        .set_service_wanted(&NodeFilter::ids([id]), true)
+        .await
+        .unwrap();
+    id
+}
+
+/// Every status the node had since it was verified is at level 3.
+async fn assert_never_below_level_3(store: &dyn NodeStore, id: NodeId) {
+    let history = store.history(id).await.unwrap();
+    let verified_at = history
+        .iter()
+        .position(|h| h.to == Some(Status::SpeedOk))
+        .expect("verified");
+    for h in &history[verified_at..] {
+        let to = h.to.expect("not deleted");
+        assert!(to.is_verified(), "dropped below level 3: {h:?}");
+    }
+}
+
+fn proxy(ep: &ServiceEndpoint) -> SocketAddr {
+    SocketAddr::new(ep.host.parse().unwrap(), ep.port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_comes_back_on_the_same_port_with_the_same_credentials_after_sigkill() {
+    let files = FileServer::start(256 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("svc.db").display());
+    let store = SqlStore::connect(&url).await.unwrap();
+    let id = wanted_node(&store).await;
+
+    let mut first: Option<ServiceEndpoint> = None;
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_socks_service"))
+            .args([&url, "31700", "31799", &files.addr.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn socks_service");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        // Wait for the service: online in the store and downloading through it.
+        let t0 = Instant::now();
+        let (node, body) = loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "round {round}: no service"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let node = store.get(id).await.unwrap().unwrap();
+            let Some(ep) = node.service.clone() else {
+                continue;
+            };
+            if node.status != Status::Online {
+                continue;
+            }
+            let t = TargetAddr::Ip(files.addr);
+            if let Ok(body) =
+                fetch_via_socks(proxy(&ep), &ep.username, ep.password.expose(), &t).await
+            {
+                break (node, body);
+            }
+        };
+        assert_eq!(sha256_hex(&body), files.sha256);
+        let ep = node.service.clone().unwrap();
+        match &first {
+            None => first = Some(ep.clone()),
+            Some(f) => {
+                assert_eq!(&ep, f, "same port and credentials after the restart");
+            }
+        }
+        if round == 1 {
+            // With curl too, as an operator would.
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "20", "--socks5-hostname"])
+                .arg(format!(
+                    "{}:{}@127.0.0.1:{}",
+                    ep.username,
+                    ep.password.expose(),
+                    ep.port
+                ))
+                .arg(files.url())
+                .output()
+                .expect("curl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(sha256_hex(&out.stdout), files.sha256);
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        let lines = lines.join().unwrap();
+        assert!(lines.iter().any(|l| l.contains("started 1")), "{lines:?}");
+        // The process is gone, and so is its port.
+        assert!(tokio::net::TcpStream::connect(proxy(&ep)).await.is_err());
+        // The store still says online: the next process picks the service up.
+        assert_eq!(store.get(id).await.unwrap().unwrap().status, Status::Online);
+    }
+    let history = store.history(id).await.unwrap();
+    let starts = history
+        .iter()
+        .filter(|h| {
+            h.event == HistoryEvent::Applied(connexa_core::domain::EventKind::ServiceStarted)
+        })
+        .count();
+    assert_eq!(starts, 2, "{history:?}");
+    assert_never_below_level_3(&store, id).await;
+}
+
+struct NoProber;
+
+#[async_trait]
+impl Prober for NoProber {
+    async fn probe(&self, _: &Node, _: ProbeDepth) -> Result<Outcome, ProbeError> {
+        Err(ProbeError::Config("unused".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_moves_a_dead_tunnel_offline_after_the_threshold_and_back_online() {
+    let files = FileServer::start(100 * 1024).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("mon.db").display());
+    let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let id = wanted_node(store.as_ref()).await;
+    let opener = ControlledOpener::new(&[]);
+    let launcher = Arc::new(SocksLauncher::new(
+        Arc::new(opener.clone()),
+        SocksConfig {
+            port_min: 31800,
+            port_max: 31849,
+            check_target: Some(TargetAddr::Ip(files.addr)),
+            ..SocksConfig::default()
+        },
+    ));
+    let engine = Engine::new(
+        Arc::clone(&store),
+        Arc::new(NoProber),
+        Arc::new(NotAvailable),
+        launcher.clone(),
+        EngineConfig {
+            node_timeout: Duration::from_secs(5),
+            health_threshold: 2,
+            ..EngineConfig::default()
+        },
+    );
+    let status = || async { store.get(id).await.unwrap().unwrap().status };
+
+    // The node is down when the service is first wanted: the start fails and
+    // the node stays speed_ok.
+    opener.set_up(false);
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!((r.started, r.start_failed), (0, 1));
+    assert_eq!(status().await, Status::SpeedOk);
+    opener.set_up(true);
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!(r.started, 1);
+    assert_eq!(status().await, Status::Online);
+    let ep = store.get(id).await.unwrap().unwrap().service.unwrap();
+    let fetch = || {
+        let ep = ep.clone();
+        let t = TargetAddr::Ip(files.addr);
+        async move { fetch_via_socks(proxy(&ep), &ep.username, ep.password.expose(), &t).await }
+    };
+    assert_eq!(sha256_hex(&fetch().await.unwrap()), files.sha256);
+    let m = engine.monitor().await.unwrap();
+    assert_eq!((m.checked, m.unhealthy), (1, 0));
+
+    // The tunnel dies (and cannot be reopened): one failure is not enough...
+    opener.set_up(false);
+    assert!(fetch().await.is_err());
+    let m = engine.monitor().await.unwrap();
+    assert_eq!((m.unhealthy, m.health_failed), (1, 0));
+    assert_eq!(status().await, Status::Online);
+    // ...the threshold (2) is.
+    let m = engine.monitor().await.unwrap();
+    assert_eq!(m.health_failed, 1);
+    let node = store.get(id).await.unwrap().unwrap();
+    assert_eq!(node.status, Status::Offline);
+    assert!(
+        node.last_error.as_deref().unwrap_or("").contains("tunnel"),
+        "{:?}",
+        node.last_error
+    );
+    engine.monitor().await.unwrap();
+    assert_eq!(status().await, Status::Offline);
+    // The reconciler leaves an offline service alone (it still runs, wanted).
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!((r.started, r.stopped), (0, 0));
+
+    // The node returns: the next check reopens the tunnel, the node is online
+    // and the service works again on the same port.
+    opener.set_up(true);
+    let m = engine.monitor().await.unwrap();
+    assert_eq!((m.unhealthy, m.health_ok), (0, 1));
+    assert_eq!(status().await, Status::Online);
+    assert_eq!(sha256_hex(&fetch().await.unwrap()), files.sha256);
+    assert_eq!(opener.opens(), 2, "one start, one reopen");
+    assert_never_below_level_3(store.as_ref(), id).await;
+
+    // Stopping the service (no longer wanted) returns the node to speed_ok.
+    store
+        .set_service_wanted(&NodeFilter::ids([id]), false)
+        .await
+        .unwrap();
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!(r.stopped, 1);
+    assert_eq!(status().await, Status::SpeedOk);
+    assert!(tokio::net::TcpStream::connect(proxy(&ep)).await.is_err());
+    assert_never_below_level_3(store.as_ref(), id).await;
+}
