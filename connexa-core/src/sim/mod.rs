@@ -496,7 +496,9 @@ impl Fleet {
                     } else {
                         format!("cannot open a raw GRE socket: {e}")
                     };
-                    tracing::warn!(reason = %why, "simulated fleet serves no logins");
+                    // Info, not warn: callers read it from `logins_unavailable()`
+                    // and say it once in their own words.
+                    tracing::info!(reason = %why, "simulated fleet serves no logins");
                     (None, Some(why))
                 }
             }
