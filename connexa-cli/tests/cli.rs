@@ -976,17 +976,26 @@ fn delete_asks_on_a_terminal_and_tables_are_coloured_there() {
 fn a_closed_stdout_is_not_an_error() {
     let env = Env::new();
     imported(&env);
-    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
-        .args(["--db", &env.db(), "export", "--format", "pptp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take()); // the reader goes away at once
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
-    assert_eq!(out.status.code(), Some(0));
+    for args in [
+        &["export", "--format", "pptp"][..],
+        &["--output", "json", "nodes", "list"],
+    ] {
+        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+            .args(["--db", &env.db()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("error") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
 }
 
 #[test]

@@ -167,7 +167,14 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         k => format!("the {k} test"),
     };
     match &plan.skipped {
-        Some(why) => ctx.out.note(format_args!("{why}; running {test_name}")),
+        Some(why) => {
+            // Name this binary where the hint says `<binary>`.
+            let why = match std::env::current_exe() {
+                Ok(exe) => why.replace("<binary>", &exe.display().to_string()),
+                Err(_) => why.clone(),
+            };
+            ctx.out.note(format_args!("{why}; running {test_name}"))
+        }
         None => ctx.out.note(format_args!("running {test_name}")),
     }
 
