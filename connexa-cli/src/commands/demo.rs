@@ -203,7 +203,7 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
             .collect();
         ctx.out.json(&serde_json::json!({
             "fleet": {
-                "nodes": fleet_len(&counts), "first_ip": a.first_ip, "last_ip": last_ip,
+                "nodes": counts.values().sum::<usize>(), "first_ip": a.first_ip, "last_ip": last_ip,
                 "port": a.port, "mix": counts,
             },
             "database": redact_url(&ctx.db_url()),
@@ -232,10 +232,6 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Partial
     })
-}
-
-fn fleet_len(counts: &BTreeMap<String, usize>) -> usize {
-    counts.values().sum()
 }
 
 fn next_steps(
