@@ -1837,6 +1837,13 @@ fn run_drains_on_sigterm_and_the_next_run_resumes_the_job() {
     assert_eq!(job_state(&env, second)["progress"]["ok"], 2);
     let (code, err) = stop_and_wait(&mut run, "-INT", 15);
     assert_eq!(code, 0, "{err}");
+    // Its journal: jobs resumed, picked up and finished (info level by default).
+    assert!(
+        err.contains("resuming job")
+            && err.contains("picking up job")
+            && err.contains("runner finished"),
+        "{err}"
+    );
     let p = job_state(&env, id);
     assert_eq!(p["progress"]["ok"], 12, "{p}");
     assert_eq!(status_count(&env, "ping_light"), 12);
