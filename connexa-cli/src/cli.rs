@@ -72,7 +72,7 @@ pub struct GlobalArgs {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Try Connexa in seconds: a simulated fleet on loopback, imported and tested with live progress.
+    /// Try it: a simulated fleet on loopback, imported and tested with live progress.
     Demo(commands::demo::DemoArgs),
     /// Import node lists (every known format, mixable) into the database.
     Import(commands::import::ImportArgs),
@@ -91,7 +91,7 @@ pub enum Command {
     /// Want SOCKS5 services on nodes (start/stop), or list the running ones.
     #[command(subcommand)]
     Service(commands::service::ServiceCommand),
-    /// The long-running worker: queued jobs, service reconciler, health monitor (--once: one pass).
+    /// The worker: queued jobs, service reconciler, health monitor (--once: one pass).
     Run(commands::run::RunArgs),
     /// Run a simulated PPTP fleet on loopback and write its node list.
     Sim(commands::sim::SimArgs),

@@ -41,7 +41,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_tracing(cli.global.quiet, cli.global.verbose);
+    // The long-running worker logs what it does (jobs picked up and finished)
+    // at the info level by default: that is what its journal is for.
+    let daemon = matches!(&cli.command, cli::Command::Run(a) if !a.once);
+    init_tracing(
+        cli.global.quiet,
+        cli.global.verbose.saturating_add(u8::from(daemon)),
+    );
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -42,7 +42,8 @@ impl Out {
     /// Prints a value as pretty JSON on stdout.
     pub fn json<T: Serialize>(&self, value: &T) -> anyhow::Result<()> {
         let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut stdout, value)?;
+        // As an io::Error, so that a closed stdout (`| head`) is recognised.
+        serde_json::to_writer_pretty(&mut stdout, value).map_err(std::io::Error::from)?;
         writeln!(stdout)?;
         Ok(())
     }

@@ -70,7 +70,7 @@ impl Followed {
 
 /// What progress looks like on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Display {
+enum Show {
     /// An indicatif bar (human output, stderr is a terminal).
     Bar,
     /// One line per change (human output, stderr is not a terminal).
@@ -79,20 +79,20 @@ enum Display {
     Silent,
 }
 
-fn display(ctx: &Ctx) -> Display {
+fn show(ctx: &Ctx) -> Show {
     if ctx.out.format != OutputFormat::Human || ctx.out.quiet {
-        Display::Silent
+        Show::Silent
     } else if std::io::stderr().is_terminal() {
-        Display::Bar
+        Show::Bar
     } else {
-        Display::Lines
+        Show::Lines
     }
 }
 
 /// Shows progress until the job ends; Ctrl-C cancels it (finished results are
 /// kept, the rest end as cancelled) and the bar says how many were cancelled.
 pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Followed> {
-    let display = display(ctx);
+    let display = show(ctx);
     // Created at the first event, so that it never shows a length of 0.
     let mut bar: Option<ProgressBar> = None;
     let mut stream = Box::pin(engine.progress(job));
@@ -105,9 +105,9 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
             ev = stream.next() => {
                 let Some(ev) = ev else { break };
                 match display {
-                    Display::Bar => update_bar(bar.get_or_insert_with(|| new_bar(&ev)), &ev, interrupted),
-                    Display::Lines => eprintln!("{}", progress_line(&ev)),
-                    Display::Silent => {}
+                    Show::Bar => update_bar(bar.get_or_insert_with(|| new_bar(&ev)), &ev, interrupted),
+                    Show::Lines => eprintln!("{}", progress_line(&ev)),
+                    Show::Silent => {}
                 }
                 let done = ev.finished;
                 last = Some(ev);
@@ -117,7 +117,7 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
                 interrupted = true;
                 if let Some(bar) = &bar {
                     bar.set_message("Ctrl-C: cancelling…");
-                } else if display != Display::Silent {
+                } else if display != Show::Silent {
                     eprintln!("Ctrl-C: cancelling job #{job}");
                 }
                 engine.cancel(job).await?;

@@ -976,17 +976,26 @@ fn delete_asks_on_a_terminal_and_tables_are_coloured_there() {
 fn a_closed_stdout_is_not_an_error() {
     let env = Env::new();
     imported(&env);
-    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
-        .args(["--db", &env.db(), "export", "--format", "pptp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take()); // the reader goes away at once
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("error") && !err.contains("panicked"), "{err}");
-    assert_eq!(out.status.code(), Some(0));
+    for args in [
+        &["export", "--format", "pptp"][..],
+        &["--output", "json", "nodes", "list"],
+    ] {
+        let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+            .args(["--db", &env.db()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("error") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
 }
 
 #[test]
@@ -1422,32 +1431,10 @@ fn demo_runs_end_to_end_and_its_counts_match_the_simulated_mix() {
 #[test]
 fn demo_runs_unprivileged_and_says_what_it_skipped() {
     let env = Env::new();
-    let is_root = StdCommand::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
+    let is_root = running_as_root();
     let port = free_port().to_string();
     let ip = demo_ip(71);
-    let bin = assert_cmd::cargo::cargo_bin("connexa");
-    let mut cmd = if is_root {
-        // Drop to `nobody` without capabilities: the auth test cannot open raw GRE sockets.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let mut c = StdCommand::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(&bin);
-        c
-    } else {
-        StdCommand::new(&bin)
-    };
-    let out = cmd
+    let out = unprivileged(&env, is_root)
         .current_dir(env.dir.path())
         .env_remove("CONNEXA_DB")
         .env_remove("CONNEXA_CONFIG")
@@ -1479,6 +1466,64 @@ fn demo_runs_unprivileged_and_says_what_it_skipped() {
     assert_eq!(lines.len(), 1, "one clear line: {stderr}");
     assert!(lines[0].contains("running the light test"), "{stderr}");
     check_demo_counts(&v, 40);
+}
+
+/// `connexa` as `nobody` without capabilities when we are root (raw GRE
+/// sockets cannot be opened), else as ourselves.
+fn unprivileged(env: &Env, is_root: bool) -> StdCommand {
+    let bin = assert_cmd::cargo::cargo_bin("connexa");
+    if is_root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = StdCommand::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bin);
+        c
+    } else {
+        StdCommand::new(&bin)
+    }
+}
+
+fn running_as_root() -> bool {
+    StdCommand::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn test_auth_without_cap_net_raw_fails_at_once_and_marks_nothing() {
+    let env = Env::new();
+    imported(&env);
+    let root = running_as_root();
+    if root {
+        // `nobody` must be able to write the database.
+        use std::os::unix::fs::PermissionsExt;
+        for f in std::fs::read_dir(env.dir.path()).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
+    let out = unprivileged(&env, root)
+        .current_dir(env.dir.path())
+        .env_remove("CONNEXA_CONFIG")
+        .args(["--db", &env.db(), "test", "auth", "--all"])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 1);
+    assert!(
+        err.contains("CAP_NET_RAW") && err.contains("nothing was tested"),
+        "{err}"
+    );
+    assert_eq!(env.json(&["jobs", "list"]), serde_json::json!([]));
+    assert_eq!(status_count(&env, "not_tested"), 3);
 }
 
 #[test]
@@ -1785,13 +1830,27 @@ fn run_drains_on_sigterm_and_the_next_run_resumes_the_job() {
     assert_eq!(p["state"], "running", "{p}");
     assert_eq!(p["progress"]["ok"].as_u64().unwrap() + pending, 12, "{p}");
 
-    // The next run resumes it to the end (Ctrl-C stops it cleanly too).
+    // The next run resumes it to the end, and runs a job queued while it is up
+    // (Ctrl-C stops it cleanly too).
     let mut run = spawn_run(&env, &[]);
     wait_until("the job to end", 60, || {
         job_state(&env, id)["state"] == "done"
     });
+    let (v, _) = json_and_code(&env, &["test", "light", "1", "2", "--detach"]);
+    let second = v["job"].as_i64().unwrap();
+    wait_until("the queued job to end", 60, || {
+        job_state(&env, second)["state"] == "done"
+    });
+    assert_eq!(job_state(&env, second)["progress"]["ok"], 2);
     let (code, err) = stop_and_wait(&mut run, "-INT", 15);
     assert_eq!(code, 0, "{err}");
+    // Its journal: jobs resumed, picked up and finished (info level by default).
+    assert!(
+        err.contains("resuming job")
+            && err.contains("picking up job")
+            && err.contains("runner finished"),
+        "{err}"
+    );
     let p = job_state(&env, id);
     assert_eq!(p["progress"]["ok"], 12, "{p}");
     assert_eq!(status_count(&env, "ping_light"), 12);
@@ -1882,6 +1941,19 @@ fn run_bad_input_is_one_line() {
     one_line_error(&out, 3);
     let out = env.cmd(&["jobs", "watch", "999"]).output().unwrap();
     assert!(one_line_error(&out, 6).contains("999"));
+    let out = env
+        .cmd(&["test", "light", "--all", "--detach", "--concurrency", "0"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("--concurrency"));
+    let out = env.cmd(&["test", "light", "--detach"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("nothing selected"));
+    let out = env
+        .cmd(&["service", "list", "--status", "up"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 2).contains("\"up\""));
+    assert_eq!(env.json(&["jobs", "list"]), serde_json::json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -167,7 +167,14 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         k => format!("the {k} test"),
     };
     match &plan.skipped {
-        Some(why) => ctx.out.note(format_args!("{why}; running {test_name}")),
+        Some(why) => {
+            // Name this binary where the hint says `<binary>`.
+            let why = match std::env::current_exe() {
+                Ok(exe) => why.replace("<binary>", &exe.display().to_string()),
+                Err(_) => why.clone(),
+            };
+            ctx.out.note(format_args!("{why}; running {test_name}"))
+        }
         None => ctx.out.note(format_args!("running {test_name}")),
     }
 
@@ -196,7 +203,7 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
             .collect();
         ctx.out.json(&serde_json::json!({
             "fleet": {
-                "nodes": fleet_len(&counts), "first_ip": a.first_ip, "last_ip": last_ip,
+                "nodes": counts.values().sum::<usize>(), "first_ip": a.first_ip, "last_ip": last_ip,
                 "port": a.port, "mix": counts,
             },
             "database": redact_url(&ctx.db_url()),
@@ -225,10 +232,6 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Partial
     })
-}
-
-fn fleet_len(counts: &BTreeMap<String, usize>) -> usize {
-    counts.values().sum()
 }
 
 fn next_steps(
