@@ -22,7 +22,8 @@ pub struct SocksConfig {
     /// Address the listeners bind to. Default `127.0.0.1`.
     pub bind: IpAddr,
     /// Host name or address clients are told to use (stored in the endpoint and
-    /// exported). Default: `bind` as text.
+    /// exported). Default: `bind` as text — set it when `bind` is a wildcard
+    /// address (`0.0.0.0`, `::`), which clients cannot connect to.
     pub public_host: Option<String>,
     /// Lowest port given to a service.
     pub port_min: u16,
@@ -325,6 +326,11 @@ impl ServiceLauncher for SocksLauncher {
                 Ok(new) => {
                     let old = shared.replace_link(Arc::clone(&new));
                     old.close().await;
+                    if !self.lock().contains_key(&node.id) {
+                        // Stopped meanwhile: `stop` may have closed the old link only.
+                        new.close().await;
+                        return Health::Unhealthy("the service was stopped".into());
+                    }
                     tracing::info!(node = %node.id, "tunnel reopened");
                     link = new;
                 }
