@@ -94,9 +94,9 @@ struct Running {
 /// * **stop**: closes the listener (the port is free when `stop` returns),
 ///   lets open connections finish for the drain timeout, closes the tunnel.
 ///
-/// Fresh ports start at a random offset in the range, so that a node without
-/// a stored endpoint rarely takes the port another node's stored endpoint
-/// names while a restarted process starts all services at once.
+/// The engine's reconciler starts the services with a stored endpoint before
+/// the new ones, so after a restart a new service cannot take a stored port
+/// first; fresh ports are tried from a random offset in the range.
 pub struct SocksLauncher {
     opener: Arc<dyn TunnelOpener>,
     config: SocksConfig,
