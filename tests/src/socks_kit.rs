@@ -61,7 +61,7 @@ impl Drop for FileServer {
 impl FileServer {
     /// Serves `len` pseudo-random bytes on 127.0.0.1 and a free port.
     pub async fn start(len: usize) -> FileServer {
-        let body = Arc::new(test_bytes(len, 0x005e_ed0f_f11e));
+        let body = Arc::new(test_bytes(len, 0x5eed_0ff1_1e00));
         let sha256 = sha256_hex(&body);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");

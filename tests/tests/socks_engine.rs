@@ -255,3 +255,69 @@ async fn monitor_moves_a_dead_tunnel_offline_after_the_threshold_and_back_online
     assert!(tokio::net::TcpStream::connect(proxy(&ep)).await.is_err());
     assert_never_below_level_3(store.as_ref(), id).await;
 }
+
+/// After a restart the reconciler starts services with a stored endpoint
+/// before new ones, so a new service never takes a stored port first (here the
+/// range has two ports: without that order the new service would take the
+/// stored one in about a quarter of the rounds).
+#[tokio::test]
+async fn after_a_restart_stored_ports_go_back_to_their_nodes_before_new_services_start() {
+    for round in 0..16 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.unwrap());
+        let a = wanted_node(store.as_ref()).await;
+        let stored = ServiceEndpoint {
+            host: "127.0.0.1".into(),
+            port: 31850,
+            username: "stored-user-0123456".into(),
+            password: "stored-password-0123456789".into(),
+        };
+        store
+            .apply(
+                a,
+                Event::ServiceStarted(stored.clone()),
+                ApplyContext::now(),
+            )
+            .await
+            .unwrap();
+        let new = NewNode::new("127.0.0.2", 1723, "svc", "pw").unwrap();
+        let [InsertOutcome::Inserted(b)] = store.insert(vec![new]).await.unwrap()[..] else {
+            panic!("insert")
+        };
+        store
+            .apply(
+                b,
+                Event::Tested(Outcome::success(Level::Speed)),
+                ApplyContext::now(),
+            )
+            .await
+            .unwrap();
+        store
+            .set_service_wanted(&NodeFilter::ids([b]), true)
+            .await
+            .unwrap();
+        let launcher = Arc::new(SocksLauncher::new(
+            Arc::new(ControlledOpener::new(&[])),
+            SocksConfig {
+                port_min: 31850,
+                port_max: 31851,
+                ..SocksConfig::default()
+            },
+        ));
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Arc::new(NoProber),
+            Arc::new(NotAvailable),
+            launcher.clone(),
+            EngineConfig::default(),
+        );
+        let r = engine.reconcile().await.unwrap();
+        assert_eq!(r.started, 2, "round {round}");
+        let ep_a = store.get(a).await.unwrap().unwrap().service.unwrap();
+        let ep_b = store.get(b).await.unwrap().unwrap().service.unwrap();
+        assert_eq!(ep_a, stored, "round {round}");
+        assert_eq!(ep_b.port, 31851, "round {round}");
+        launcher.stop_all().await;
+    }
+}

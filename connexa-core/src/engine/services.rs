@@ -126,49 +126,58 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
 
         // Start what is wanted and not running (after a restart: all of them, with
         // their stored port and credentials).
-        let starts: Vec<Node> = wanted
+        // Nodes with a stored endpoint first, so that a fresh service never takes
+        // a port another node's stored endpoint names before that node restarts.
+        let (stored, fresh): (Vec<Node>, Vec<Node>) = wanted
             .values()
             .filter(|n| !running.contains(&n.id))
             .cloned()
-            .collect();
+            .partition(|n| n.service.is_some());
         let timeout = inner.config.node_timeout;
-        let events: Vec<Option<ApplyRequest>> = futures::stream::iter(starts)
-            .map(|node| {
-                let launcher = Arc::clone(launcher);
-                let span = tracing::info_span!("node", id = %node.id, ip = %node.ip);
-                async move {
-                    let id = node.id;
-                    let task = tokio::spawn(
-                        async move {
-                            let previous = node.service.clone();
-                            match tokio::time::timeout(timeout, launcher.start(&node, previous))
-                                .await
-                            {
-                                Ok(Ok(ep)) => Event::ServiceStarted(ep),
-                                Ok(Err(e)) => Event::ServiceStartFailed(e.to_string()),
-                                Err(_) => Event::ServiceStartFailed(format!(
-                                    "service start timed out after {timeout:?}"
-                                )),
+        let mut events: Vec<Option<ApplyRequest>> = Vec::new();
+        for starts in [stored, fresh] {
+            if starts.is_empty() {
+                continue;
+            }
+            let batch: Vec<Option<ApplyRequest>> = futures::stream::iter(starts)
+                .map(|node| {
+                    let launcher = Arc::clone(launcher);
+                    let span = tracing::info_span!("node", id = %node.id, ip = %node.ip);
+                    async move {
+                        let id = node.id;
+                        let task = tokio::spawn(
+                            async move {
+                                let previous = node.service.clone();
+                                match tokio::time::timeout(timeout, launcher.start(&node, previous))
+                                    .await
+                                {
+                                    Ok(Ok(ep)) => Event::ServiceStarted(ep),
+                                    Ok(Err(e)) => Event::ServiceStartFailed(e.to_string()),
+                                    Err(_) => Event::ServiceStartFailed(format!(
+                                        "service start timed out after {timeout:?}"
+                                    )),
+                                }
+                            }
+                            .instrument(span),
+                        );
+                        match task.await {
+                            Ok(event) => Some(ApplyRequest {
+                                node: id,
+                                event,
+                                ctx: now(),
+                            }),
+                            Err(e) => {
+                                tracing::error!(node = %id, error = %e, "service start crashed");
+                                None
                             }
                         }
-                        .instrument(span),
-                    );
-                    match task.await {
-                        Ok(event) => Some(ApplyRequest {
-                            node: id,
-                            event,
-                            ctx: now(),
-                        }),
-                        Err(e) => {
-                            tracing::error!(node = %id, error = %e, "service start crashed");
-                            None
-                        }
                     }
-                }
-            })
-            .buffer_unordered(inner.config.service_concurrency.max(1))
-            .collect()
-            .await;
+                })
+                .buffer_unordered(inner.config.service_concurrency.max(1))
+                .collect()
+                .await;
+            events.extend(batch);
+        }
         let mut requests: Vec<ApplyRequest> = events.into_iter().flatten().collect();
         for r in &requests {
             match r.event {

@@ -22,7 +22,8 @@ pub struct SocksConfig {
     /// Address the listeners bind to. Default `127.0.0.1`.
     pub bind: IpAddr,
     /// Host name or address clients are told to use (stored in the endpoint and
-    /// exported). Default: `bind` as text.
+    /// exported). Default: `bind` as text — set it when `bind` is a wildcard
+    /// address (`0.0.0.0`, `::`), which clients cannot connect to.
     pub public_host: Option<String>,
     /// Lowest port given to a service.
     pub port_min: u16,
@@ -93,9 +94,9 @@ struct Running {
 /// * **stop**: closes the listener (the port is free when `stop` returns),
 ///   lets open connections finish for the drain timeout, closes the tunnel.
 ///
-/// Fresh ports start at a random offset in the range, so that a node without
-/// a stored endpoint rarely takes the port another node's stored endpoint
-/// names while a restarted process starts all services at once.
+/// The engine's reconciler starts the services with a stored endpoint before
+/// the new ones, so after a restart a new service cannot take a stored port
+/// first; fresh ports are tried from a random offset in the range.
 pub struct SocksLauncher {
     opener: Arc<dyn TunnelOpener>,
     config: SocksConfig,
@@ -325,6 +326,11 @@ impl ServiceLauncher for SocksLauncher {
                 Ok(new) => {
                     let old = shared.replace_link(Arc::clone(&new));
                     old.close().await;
+                    if !self.lock().contains_key(&node.id) {
+                        // Stopped meanwhile: `stop` may have closed the old link only.
+                        new.close().await;
+                        return Health::Unhealthy("the service was stopped".into());
+                    }
                     tracing::info!(node = %node.id, "tunnel reopened");
                     link = new;
                 }
