@@ -384,18 +384,18 @@ fn finish_text(r: &FinishReason) -> String {
 pub struct SessionClient {
     login: LoginClient,
     net: Option<Network>,
-    net_config: NetworkConfig,
+    net_config: Option<NetworkConfig>,
 }
 
 impl SessionClient {
     /// Starts the login (LCP Configure-Request ready to send).
     pub fn new(config: LoginConfig, now: Instant) -> Self {
-        Self::from_login(LoginClient::new(config, now), NetworkConfig::client())
+        Self::from_login(LoginClient::new(config, now), Some(NetworkConfig::client()))
     }
 
     /// A session driving an existing login client, continuing with `net_config`
-    /// after a successful login.
-    pub fn from_login(login: LoginClient, net_config: NetworkConfig) -> Self {
+    /// after a successful login (`None`: stop at the login, as the auth test does).
+    pub fn from_login(login: LoginClient, net_config: Option<NetworkConfig>) -> Self {
         SessionClient {
             login,
             net: None,
@@ -411,6 +411,11 @@ impl SessionClient {
     /// The network phase, once the login succeeded.
     pub fn network(&self) -> Option<&Network> {
         self.net.as_ref()
+    }
+
+    /// Whether the session goes on to CCP/IPCP after the login.
+    pub fn has_network_phase(&self) -> bool {
+        self.net_config.is_some()
     }
 
     /// Whether datagrams can flow (logged in, CCP and IPCP open, link open).
@@ -458,13 +463,10 @@ impl SessionClient {
     fn start_network(&mut self, now: Instant) {
         if self.net.is_none()
             && self.login.phase() == LoginPhase::Authenticated
+            && let Some(cfg) = &self.net_config
             && let Some(LoginOutcome::Success { master_key, .. }) = self.login.outcome()
         {
-            self.net = Some(Network::new(
-                master_key.clone(),
-                self.net_config.clone(),
-                now,
-            ));
+            self.net = Some(Network::new(master_key.clone(), cfg.clone(), now));
         }
     }
 

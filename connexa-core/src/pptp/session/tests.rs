@@ -18,7 +18,7 @@ fn pair(password: &str, t0: Instant) -> (SessionClient, SessionServer) {
             [1; 32],
             t0,
         ),
-        NetworkConfig::client(),
+        Some(NetworkConfig::client()),
     );
     let s = SessionServer::from_login(
         LoginServer::with_seed(ServerConfig::new(table()), [2; 32], t0),
