@@ -438,6 +438,19 @@ impl Tunnel {
         self.shared.lock().stats
     }
 
+    /// Octets written to TCP connections through the tunnel that the remote
+    /// ends have not acknowledged yet (all connections together).
+    pub fn tcp_unacked(&self) -> usize {
+        let st = self.shared.lock();
+        st.sockets
+            .iter()
+            .map(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => t.send_queue(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Whether the tunnel is up (not closed, not ended by the server, echoes
     /// answered).
     pub fn is_alive(&self) -> bool {
@@ -800,6 +813,16 @@ impl TunnelStream {
     /// The remote end.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// Octets written but not yet acknowledged by the remote end (still in
+    /// the send buffer): `written - unacked` is what the peer has received.
+    pub fn unacked(&self) -> usize {
+        let mut st = self.shared.lock();
+        match st.sockets.iter_mut().find(|(h, _)| *h == self.handle) {
+            Some((_, smoltcp::socket::Socket::Tcp(sock))) => sock.send_queue(),
+            _ => 0,
+        }
     }
 
     fn with_socket<R>(

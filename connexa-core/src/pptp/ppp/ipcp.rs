@@ -173,7 +173,10 @@ impl Negotiator for IpcpNegotiator {
                     }
                     self.negotiated.local = Some(a);
                 }
-                (OPT_PRIMARY_DNS | OPT_SECONDARY_DNS, Some(a)) if !a.is_unspecified() => {
+                // pppd with one `ms-dns` hands out the same server twice.
+                (OPT_PRIMARY_DNS | OPT_SECONDARY_DNS, Some(a))
+                    if !a.is_unspecified() && !dns.contains(&a) =>
+                {
                     dns.push(a)
                 }
                 _ => {}
