@@ -675,7 +675,7 @@ fn alloc_port(st: &mut Stack) -> u16 {
     };
     let mut port = st.next_port;
     for _ in 0..16_384 {
-        port = if port >= 65_535 { 49_152 } else { port + 1 };
+        port = port.checked_add(1).unwrap_or(49_152).max(49_152);
         if !used(&st.sockets, port) {
             break;
         }
