@@ -107,10 +107,13 @@ pub async fn engine(ctx: &Ctx) -> anyhow::Result<Engine> {
     if t.concurrency > 0 {
         config.concurrency = t.concurrency as usize;
     }
-    let speed = HttpSpeedTester::new(SpeedConfig::from_test_config(t));
+    // One raw GRE socket per process: the speed test shares the prober's.
+    let prober = Arc::new(prober);
+    let speed =
+        HttpSpeedTester::sharing_gre_with(SpeedConfig::from_test_config(t), Arc::clone(&prober));
     Ok(Engine::new(
         store,
-        Arc::new(prober),
+        prober,
         Arc::new(speed),
         Arc::new(NotAvailable),
         config,

@@ -38,6 +38,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::TestConfig;
 use crate::domain::{Failure, Level, Measurements, Node, Outcome};
 use crate::ports::{ProbeError, SpeedTester};
+use crate::probe::LightProber;
 use crate::tunnel::{GreSocket, Tunnel, TunnelConfig, TunnelError};
 use http::HttpUrl;
 
@@ -303,6 +304,7 @@ pub async fn measure_tunnel(tunnel: &Tunnel, cfg: &SpeedConfig) -> io::Result<Sp
 pub struct HttpSpeedTester {
     config: SpeedConfig,
     gre: tokio::sync::OnceCell<Arc<GreSocket>>,
+    prober: Option<Arc<LightProber>>,
 }
 
 impl HttpSpeedTester {
@@ -311,6 +313,19 @@ impl HttpSpeedTester {
         HttpSpeedTester {
             config,
             gre: tokio::sync::OnceCell::new(),
+            prober: None,
+        }
+    }
+
+    /// A tester that uses the raw GRE socket of `prober` (opened by whichever
+    /// of the two needs it first), so that auth and speed tests of one process
+    /// share one socket and one call-id space, as they must
+    /// (see [`tunnel`](crate::tunnel)).
+    pub fn sharing_gre_with(config: SpeedConfig, prober: Arc<LightProber>) -> Self {
+        HttpSpeedTester {
+            config,
+            gre: tokio::sync::OnceCell::new(),
+            prober: Some(prober),
         }
     }
 
@@ -319,6 +334,7 @@ impl HttpSpeedTester {
         HttpSpeedTester {
             config,
             gre: tokio::sync::OnceCell::new_with(Some(gre)),
+            prober: None,
         }
     }
 
@@ -332,11 +348,14 @@ impl HttpSpeedTester {
     /// # Errors
     /// The test could not run here (no `CAP_NET_RAW`, IPv6 node).
     pub async fn measure_node(&self, node: &Node) -> Result<Outcome, ProbeError> {
-        let gre = self
-            .gre
-            .get_or_try_init(|| async { GreSocket::open() })
-            .await?
-            .clone();
+        let gre = match &self.prober {
+            Some(p) => Arc::clone(p.gre_socket().await?),
+            None => self
+                .gre
+                .get_or_try_init(|| async { GreSocket::open() })
+                .await?
+                .clone(),
+        };
         let tunnel = match Tunnel::open(node, &self.config.tunnel, gre).await {
             Ok(t) => t,
             Err(TunnelError::Probe(e)) => return Err(e),
