@@ -153,3 +153,111 @@ async fn a_server_without_ccp_is_logged_in_but_the_tunnel_fails() {
     assert!(log.lock().unwrap().contains(&"stop".to_owned()));
     assert_eq!(gre.live_routes(), 0);
 }
+
+fn loopback_node(addr: SocketAddr, password: &str) -> connexa_core::domain::Node {
+    use connexa_core::domain::{Node, NodeId, NodeMeta, Status};
+    let now = chrono::Utc::now();
+    Node {
+        id: NodeId(1),
+        ip: addr.ip(),
+        port: addr.port(),
+        login: "alice".into(),
+        password: Secret::new(password),
+        meta: NodeMeta::default(),
+        status: Status::NotTested,
+        last_checked_at: None,
+        last_error: None,
+        consecutive_failures: 0,
+        ping_ms: None,
+        speed_down_mbps: None,
+        speed_up_mbps: None,
+        pptp: None,
+        service: None,
+        service_wanted: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn speed_tester_outcomes_on_loopback() {
+    use connexa_core::domain::{Event, Status, transition};
+    use connexa_core::ports::SpeedTester;
+    use connexa_core::speed::HttpSpeedTester;
+    let _serial = SERIAL.lock().await;
+    let gre = GreSocket::open().unwrap_or_else(|e| panic!("{e} (needs CAP_NET_RAW)"));
+    let log: Log = Arc::default();
+    let addr = connexa_tests::loopback_pptp::listen(Arc::clone(&gre), Mode::Full, log).await;
+    let cfg = |threshold_mbps| SpeedConfig {
+        download_urls: vec!["http://10.78.0.1/bytes?2000000".into()],
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        streams: 2,
+        threshold_mbps,
+        ..SpeedConfig::default()
+    };
+    let node = loopback_node(addr, "s3cret");
+    let fast = HttpSpeedTester::with_gre_socket(cfg(0.5), Arc::clone(&gre))
+        .measure(&node)
+        .await
+        .unwrap();
+    assert_eq!(
+        (fast.reached, &fast.failure),
+        (Level::Speed, &None),
+        "{fast:?}"
+    );
+    let m = &fast.measurements;
+    assert!(m.speed_down_mbps.is_some_and(|d| d >= 0.5), "{m:?}");
+    assert!(
+        m.bytes_moved.is_some_and(|b| b > 0) && m.ping_ms.is_some(),
+        "{m:?}"
+    );
+    assert_eq!(
+        transition(Status::NotTested, &Event::Tested(fast)),
+        Ok(Status::SpeedOk)
+    );
+
+    let slow = HttpSpeedTester::with_gre_socket(cfg(1e9), Arc::clone(&gre))
+        .measure(&node)
+        .await
+        .unwrap();
+    assert_eq!(slow.reached, Level::Auth, "{slow:?}");
+    assert!(
+        matches!(slow.failure, Some(Failure::TooSlow { .. })),
+        "{slow:?}"
+    );
+    assert_eq!(
+        transition(Status::NotTested, &Event::Tested(slow)),
+        Ok(Status::PingOk)
+    );
+
+    let rejected = HttpSpeedTester::with_gre_socket(cfg(0.5), Arc::clone(&gre))
+        .measure(&loopback_node(addr, "nope"))
+        .await
+        .unwrap();
+    assert_eq!(rejected.reached, Level::Light, "{rejected:?}");
+    assert!(
+        matches!(
+            rejected.failure,
+            Some(Failure::AuthRejected {
+                code: Some(691),
+                ..
+            })
+        ),
+        "{rejected:?}"
+    );
+
+    // An endpoint that does not answer through a working tunnel: logged in, so
+    // level 2 with the reason, never ping_failed.
+    let mut bad = cfg(0.5);
+    bad.download_urls = vec!["http://10.78.0.1:81/x".into()];
+    let unreachable = HttpSpeedTester::with_gre_socket(bad, Arc::clone(&gre))
+        .measure(&node)
+        .await
+        .unwrap();
+    assert_eq!(unreachable.reached, Level::Auth, "{unreachable:?}");
+    assert!(
+        matches!(unreachable.failure, Some(Failure::Other { .. })),
+        "{unreachable:?}"
+    );
+}

@@ -650,7 +650,13 @@ impl Tunnel {
             }
         });
         let result = tokio::time::timeout(self.shared.config.dns_timeout, answer).await;
-        self.shared.lock().sockets.remove(handle);
+        {
+            let mut st = self.shared.lock();
+            // The tunnel's task removes every socket when it goes down.
+            if st.sockets.iter().any(|(h, _)| h == handle) {
+                st.sockets.remove(handle);
+            }
+        }
         match result {
             Ok(Ok(v)) if v.is_empty() => Err(io::Error::new(
                 io::ErrorKind::NotFound,
