@@ -1,12 +1,15 @@
 //! How the CLI builds connexa-core's engine: one function per port, so that
-//! plugging in a new implementation (the real speed tester, the SOCKS5
-//! launcher) is a one-line change here and every subcommand gets it.
+//! every subcommand gets the same prober, speed tester and SOCKS5 launcher.
+//! The three share one raw GRE socket (the prober's), opened on first use.
 
 use std::sync::Arc;
 
-use connexa_core::engine::{Engine, EngineConfig, NotAvailable};
-use connexa_core::ports::{Prober, ServiceLauncher, SpeedTester};
+use connexa_core::engine::{Engine, EngineConfig};
+use connexa_core::ports::{ServiceLauncher, SpeedTester};
 use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::service::PptpOpener;
+use connexa_core::socks::{SocksConfig, SocksLauncher};
+use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
 
 use crate::cli::Ctx;
 
@@ -20,15 +23,24 @@ pub fn prober(ctx: &Ctx) -> LightProber {
     })
 }
 
-/// The speed tester, or `None` while this build has none (`test speed` then
-/// fails fast; the pipeline's speed stage reports that it could not run).
-pub fn speed_tester(_ctx: &Ctx) -> Option<Arc<dyn SpeedTester>> {
-    None
+/// The speed tester (through each node's MPPE tunnel, `[test]` URLs), sharing
+/// the prober's raw GRE socket.
+pub fn speed_tester(ctx: &Ctx, prober: &Arc<LightProber>) -> Arc<HttpSpeedTester> {
+    Arc::new(HttpSpeedTester::sharing_gre_with(
+        SpeedConfig::from_test_config(&ctx.config.test),
+        Arc::clone(prober),
+    ))
 }
 
-/// The SOCKS5 service launcher used by the reconciler and service jobs.
-pub fn launcher(_ctx: &Ctx) -> Arc<dyn ServiceLauncher> {
-    Arc::new(NotAvailable)
+/// The SOCKS5 service launcher used by the reconciler and service jobs: each
+/// service relays through its node's PPTP tunnel (`[services]` settings).
+pub fn launcher(ctx: &Ctx, prober: &Arc<LightProber>) -> Arc<SocksLauncher> {
+    let tunnel = SpeedConfig::from_test_config(&ctx.config.test).tunnel;
+    let opener = PptpOpener::sharing_gre_with(tunnel, Arc::clone(prober));
+    Arc::new(SocksLauncher::new(
+        Arc::new(opener),
+        SocksConfig::from_services(&ctx.config.services),
+    ))
 }
 
 /// The engine settings (concurrency from the config file).
@@ -46,14 +58,22 @@ pub async fn engine(ctx: &Ctx) -> anyhow::Result<Engine> {
 }
 
 /// An engine over the database with this prober and the other ports above.
-pub async fn engine_with(ctx: &Ctx, prober: Arc<dyn Prober>) -> anyhow::Result<Engine> {
+pub async fn engine_with(ctx: &Ctx, prober: Arc<LightProber>) -> anyhow::Result<Engine> {
+    Ok(engine_and_launcher(ctx, prober).await?.0)
+}
+
+/// An engine and its launcher (for `connexa run`, which stops every service
+/// on a graceful shutdown).
+pub async fn engine_and_launcher(
+    ctx: &Ctx,
+    prober: Arc<LightProber>,
+) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
     let store = ctx.store().await?;
-    let speed = speed_tester(ctx).unwrap_or_else(|| Arc::new(NotAvailable));
-    Ok(Engine::new(
-        store,
-        prober,
-        speed,
-        launcher(ctx),
-        engine_config(ctx),
+    let speed: Arc<dyn SpeedTester> = speed_tester(ctx, &prober);
+    let launcher = launcher(ctx, &prober);
+    let services: Arc<dyn ServiceLauncher> = launcher.clone();
+    Ok((
+        Engine::new(store, prober, speed, services, engine_config(ctx)),
+        launcher,
     ))
 }

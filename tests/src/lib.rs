@@ -2,3 +2,4 @@
 
 pub mod lab;
 pub mod socks_kit;
+pub mod loopback_pptp;

@@ -146,10 +146,10 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     {
         Some(i) => {
             let sample = fleet.nodes()[i].node(NodeId(0));
-            let speed = wiring::speed_tester(ctx);
+            let speed = wiring::speed_tester(ctx, &prober);
             ops::deepest_test(
                 prober.as_ref(),
-                speed.as_deref(),
+                Some(speed.as_ref()),
                 &sample,
                 Duration::from_secs(5),
             )

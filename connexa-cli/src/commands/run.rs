@@ -13,6 +13,7 @@ use crate::cli::Ctx;
 use crate::exit::{Exit, fail};
 use crate::output::OutputFormat;
 use crate::wiring;
+use connexa_core::ports::ServiceLauncher as _;
 
 /// Work on the database: run queued and unfinished jobs, keep wanted services
 /// up, check their health.
@@ -77,7 +78,8 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     }
     let grace = Duration::from_secs_f64(a.grace);
     let sig = signals()?;
-    let engine = wiring::engine(ctx).await?;
+    let (engine, launcher) =
+        wiring::engine_and_launcher(ctx, std::sync::Arc::new(wiring::prober(ctx))).await?;
     if a.once {
         return once(ctx, &engine, sig, grace).await;
     }
@@ -103,16 +105,26 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
             () = nth_signal(sig.clone(), 2) => Exit::Interrupted,
         }
     };
-    tokio::select! {
+    let code = tokio::select! {
         () = &mut run => {
             ctx.out.note("stopped: every item in flight finished and was committed; the rest stays pending for the next run");
             Ok(Exit::Ok)
         }
         code = forced => {
             ctx.out.note("stopped with items still in flight: they stay `running` and the next `connexa run` resumes them");
-            Ok(code)
+            code
         }
+    };
+    // Services stop with the process; they stay wanted, so the next run starts
+    // them again on their stored ports with their stored credentials.
+    let services = launcher.running().await.len();
+    launcher.stop_all().await;
+    if services > 0 {
+        ctx.out.note(format_args!(
+            "{services} services stopped; the next `connexa run` starts them again"
+        ));
     }
+    Ok(code)
 }
 
 async fn once(

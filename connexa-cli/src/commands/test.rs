@@ -17,7 +17,7 @@ use crate::output::OutputFormat;
 use crate::progress::follow_and_report;
 use crate::wiring;
 
-/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login), speed or pipeline.
+/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login), speed (through the tunnel) or pipeline.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Progress is read from committed results, so it always ends at 100 %; on a
@@ -63,7 +63,7 @@ pub enum KindArg {
     Light,
     /// Handshake, call and MS-CHAPv2 login.
     Auth,
-    /// Throughput through the tunnel (not in this build yet: fails at once).
+    /// Throughput through the node's MPPE tunnel (download/upload from `[test]` URLs).
     Speed,
     /// Light, then auth, then speed; each node goes as far as it can.
     Pipeline,
@@ -106,12 +106,6 @@ pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
     let filter = selection(&a.ids, &a.filter, a.all)?;
     let options = job_options(a.timeout, a.concurrency)?;
     let kind = JobKind::from(a.kind);
-    if kind == JobKind::Speed && wiring::speed_tester(ctx).is_none() {
-        return Err(fail(
-            Exit::Usage,
-            "the speed test is not available in this build yet; nothing was tested (`connexa test pipeline` runs light and auth)",
-        ));
-    }
     if a.detach {
         let store = ctx.store().await?;
         let job = queue_job(store.as_ref(), kind, filter, options).await?;
@@ -130,13 +124,13 @@ pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     let prober = wiring::prober(ctx);
-    if matches!(kind, JobKind::Auth | JobKind::Pipeline) {
+    if matches!(kind, JobKind::Auth | JobKind::Speed | JobKind::Pipeline) {
         // Logins need a raw GRE socket: find out now, before any node is touched.
         if let Err(e) = prober.gre_socket().await {
-            if kind == JobKind::Auth {
+            if kind != JobKind::Pipeline {
                 return Err(fail(
                     Exit::Failure,
-                    format_args!("the auth test cannot run: {e}; nothing was tested"),
+                    format_args!("the {kind} test cannot run: {e}; nothing was tested"),
                 ));
             }
             ctx.out.note(format_args!(

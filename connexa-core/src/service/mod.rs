@@ -29,6 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::domain::Node;
 
+mod pptp;
+pub use pptp::PptpOpener;
+
 /// A byte stream opened through a tunnel (a TCP connection to the target).
 pub trait LinkStream: AsyncRead + AsyncWrite + Send + Unpin {}
 

@@ -1,0 +1,104 @@
+//! The real [`TunnelOpener`]: each service's link is a user-space PPTP tunnel
+//! ([`Tunnel`]) through its node — MPPE-128, IPCP, smoltcp TCP/IP — so SOCKS5
+//! connections leave from the node, names resolve with the node's DNS servers
+//! and liveness is an LCP Echo answered by the node.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{LinkStream, TunnelError, TunnelLink, TunnelOpener};
+use crate::domain::Node;
+use crate::probe::LightProber;
+use crate::tunnel::{GreSocket, Tunnel, TunnelConfig};
+
+/// Where a [`PptpOpener`] gets its raw GRE socket (one per process).
+#[derive(Debug)]
+enum Gre {
+    /// Shared with the prober (opened on first use, in its namespace).
+    Prober(Arc<LightProber>),
+    /// Given.
+    Socket(Arc<GreSocket>),
+}
+
+/// Opens a node's PPTP tunnel for a SOCKS5 service. Needs `CAP_NET_RAW` (raw
+/// GRE); without it `open` fails with the reason and the engine records a
+/// `ServiceStartFailed`, which never demotes a `speed_ok` node.
+#[derive(Debug)]
+pub struct PptpOpener {
+    config: TunnelConfig,
+    gre: Gre,
+}
+
+impl PptpOpener {
+    /// An opener that shares `prober`'s raw GRE socket (the process's only one).
+    pub fn sharing_gre_with(config: TunnelConfig, prober: Arc<LightProber>) -> Self {
+        PptpOpener {
+            config,
+            gre: Gre::Prober(prober),
+        }
+    }
+
+    /// An opener over an already open GRE socket.
+    pub fn with_gre_socket(config: TunnelConfig, gre: Arc<GreSocket>) -> Self {
+        PptpOpener {
+            config,
+            gre: Gre::Socket(gre),
+        }
+    }
+
+    async fn gre(&self) -> Result<Arc<GreSocket>, TunnelError> {
+        match &self.gre {
+            Gre::Socket(g) => Ok(Arc::clone(g)),
+            Gre::Prober(p) => p
+                .gre_socket()
+                .await
+                .map(Arc::clone)
+                .map_err(|e| TunnelError::Open(e.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl TunnelOpener for PptpOpener {
+    async fn open(&self, node: &Node) -> Result<Arc<dyn TunnelLink>, TunnelError> {
+        let gre = self.gre().await?;
+        let tunnel = Tunnel::open(node, &self.config, gre)
+            .await
+            .map_err(|e| TunnelError::Open(e.to_string()))?;
+        Ok(Arc::new(PptpLink(tunnel)))
+    }
+}
+
+/// A [`TunnelLink`] over a [`Tunnel`].
+#[derive(Debug)]
+struct PptpLink(Tunnel);
+
+#[async_trait]
+impl TunnelLink for PptpLink {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn LinkStream>> {
+        let stream = self.0.connect(addr).await?;
+        Ok(Box::new(stream))
+    }
+
+    async fn resolve(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+        self.0.resolve(host).await
+    }
+
+    async fn alive(&self) -> io::Result<()> {
+        if !self.0.is_alive() {
+            let why = self
+                .0
+                .down_reason()
+                .unwrap_or_else(|| "the tunnel is down".into());
+            return Err(io::Error::new(io::ErrorKind::NotConnected, why));
+        }
+        self.0.echo().await.map(|_| ())
+    }
+
+    async fn close(&self) {
+        let _ = self.0.close().await;
+    }
+}
