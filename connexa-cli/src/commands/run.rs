@@ -108,7 +108,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     let code = tokio::select! {
         () = &mut run => {
             ctx.out.note("stopped: every item in flight finished and was committed; the rest stays pending for the next run");
-            Ok(Exit::Ok)
+            Exit::Ok
         }
         code = forced => {
             ctx.out.note("stopped with items still in flight: they stay `running` and the next `connexa run` resumes them");
