@@ -1,0 +1,3 @@
+//! `connexa-http`: the REST API and the web console.
+
+pub mod console;
