@@ -70,7 +70,7 @@ export function filterQuery(f) {
   return q;
 }
 
-/** The same filter as the JSON `NodeFilter` body of jobs, services and delete. */
+/** The same filter as the JSON `NodeFilter` body of jobs and services. */
 export function filterBody(f) {
   const b = {};
   if (f.statuses.length) b.statuses = [...f.statuses];
@@ -83,28 +83,62 @@ export function filterBody(f) {
   return b;
 }
 
-/** A target: explicit ids, or every node matching a filter. */
-function target(t) {
-  return t.ids ? { ids: t.ids } : { filter: filterBody(t.filter) };
+/**
+ * A selection body: explicit ids, or every node matching a filter (an empty
+ * filter must be said as `all: true`, so a typo never selects every node).
+ */
+function selection(t) {
+  if (t.ids) return { ids: t.ids };
+  const filter = filterBody(t.filter);
+  return Object.keys(filter).length ? { filter } : { all: true };
 }
+
+/** Ids per DELETE request (keeps the URL a few kB long). */
+const DELETE_CHUNK = 500;
+/** Rows per page when collecting the ids of every matching node. */
+const ID_PAGE = 10000;
 
 export const api = {
   stats: () => getJson("/stats"),
   nodes: (filter, { page, limit, sort, desc }) =>
-    getJson("/nodes", [...filterQuery(filter), ["page", String(page)], ["limit", String(limit)],
+    getJson("/nodes", [...filterQuery(filter), ["offset", String((page - 1) * limit)], ["limit", String(limit)],
       ["sort", sort], ["desc", String(desc)]]),
   count: async (filter) => (await getJson("/nodes", [...filterQuery(filter), ["limit", "1"]])).total,
+  /** The ids of every node matching `filter`, in id order. */
+  matchingIds: async (filter) => {
+    const ids = [];
+    for (let offset = 0; ; offset += ID_PAGE) {
+      const page = await getJson("/nodes", [...filterQuery(filter), ["offset", String(offset)],
+        ["limit", String(ID_PAGE)], ["sort", "id"]]);
+      for (const n of page.items) ids.push(n.id);
+      if (page.items.length < ID_PAGE) return ids;
+    }
+  },
   node: (id, reveal) => getJson(`/nodes/${id}`, reveal ? [["reveal", "true"]] : []),
   history: (id) => getJson(`/nodes/${id}/history`),
-  remove: async (t) => (await request("POST", "/nodes/delete", { json: target(t) })).json(),
-  startJob: async (kind, t) => (await request("POST", "/jobs", { json: { kind, ...target(t) } })).json(),
-  services: async (action, t) => (await request("POST", `/services/${action}`, { json: target(t) })).json(),
-  jobs: () => getJson("/jobs"),
+  /**
+   * Deletes exactly these ids (in chunks); `{deleted, missing}` added up. Ids
+   * that no longer exist are reported as missing, never replaced by others.
+   */
+  deleteIds: async (ids, onProgress) => {
+    const out = { deleted: 0, missing: [] };
+    for (let i = 0; i < ids.length; i += DELETE_CHUNK) {
+      const chunk = ids.slice(i, i + DELETE_CHUNK);
+      const r = await (await request("DELETE", "/nodes", { query: [["ids", chunk.join(",")]] })).json();
+      out.deleted += r.deleted;
+      out.missing.push(...(r.missing || []));
+      if (onProgress) onProgress(Math.min(ids.length, i + DELETE_CHUNK), ids.length);
+    }
+    return out;
+  },
+  startJob: async (kind, t) => (await request("POST", "/jobs", { json: { kind, ...selection(t) } })).json(),
+  services: async (action, t) => (await request("POST", `/services/${action}`, { json: selection(t) })).json(),
+  jobs: () => getJson("/jobs", [["limit", "50"]]),
   job: (id) => getJson(`/jobs/${id}`),
   cancel: (id) => request("POST", `/jobs/${id}/cancel`),
-  import: async (text, onConflict) =>
+  import: async (body, onConflict) =>
     (await request("POST", "/import", {
-      query: [["on_conflict", onConflict]], body: text, contentType: "text/plain; charset=utf-8",
+      query: [["on_conflict", onConflict]], body, contentType: "text/plain; charset=utf-8",
     })).json(),
   export: async (format, t) => {
     const q = [["format", format]];

@@ -171,7 +171,7 @@ async function loadNodes() {
   const res = await api.nodes(state.filter, state);
   if (seq !== state.loadSeq) return; // a newer request is on its way
   state.total = res.total;
-  state.rows = res.nodes;
+  state.rows = res.items;
   const pages = Math.max(1, Math.ceil(res.total / state.limit));
   if (state.page > pages && res.total > 0) { state.page = pages; return loadNodes(); }
   renderTable();
@@ -286,10 +286,19 @@ async function runAction(action) {
     what = `${plural(count, "selected node")}`;
   } else {
     const filter = structuredClone(state.filter);
-    count = await guard(() => api.count(filter));
-    if (count === undefined) return;
+    // A delete removes exactly the nodes counted here, by id, even if more
+    // start matching meanwhile; other actions take the filter as it is.
+    if (action === "delete") {
+      const ids = await guard(() => api.matchingIds(filter));
+      if (ids === undefined) return;
+      t = { ids };
+      count = ids.length;
+    } else {
+      count = await guard(() => api.count(filter));
+      if (count === undefined) return;
+      t = { filter };
+    }
     if (count === 0) { toast("No node matches the filter."); return; }
-    t = { filter };
     what = `all ${plural(count, "node")} matching ${describeFilter(filter)}`;
   }
   if (action === "export") return doExport(t, count);
@@ -300,20 +309,16 @@ async function runAction(action) {
   if (!(await confirmDialog(title, text, okLabel, danger))) return;
   await guard(async () => {
     if (action === "delete") {
-      const r = await api.remove(t.filter ? { ...t, expected: count } : t);
-      const deleted = r.deleted ?? 0;
-      toast(`Deleted ${plural(deleted, "node")}${r.missing && r.missing.length ? `; ${r.missing.length} no longer existed` : ""}.`);
-      for (const id of t.ids || []) state.selected.delete(id);
-      if (t.filter) state.selected.clear();
+      const r = await api.deleteIds(t.ids, (done, total) => toast(`Deleting… ${nf.format(done)} / ${nf.format(total)}`));
+      toast(`Deleted ${plural(r.deleted, "node")}${r.missing.length ? `; ${nf.format(r.missing.length)} no longer existed` : ""}.`);
+      for (const id of t.ids) state.selected.delete(id);
       refresh();
     } else if (action === "service_start" || action === "service_stop") {
-      const r = await api.services(action === "service_start" ? "start" : "stop", t);
-      const id = r.job ?? r.id;
-      if (id != null) watchJob(id); else toast("Done.");
-      refresh();
+      const job = await api.services(action === "service_start" ? "start" : "stop", t);
+      watchJob(job.id);
     } else {
-      const r = await api.startJob(action, t);
-      watchJob(r.job ?? r.id);
+      const job = await api.startJob(action, t);
+      watchJob(job.id);
     }
   });
 }
@@ -365,7 +370,8 @@ function renderProgress(id, ev) {
   const j = state.jobs.get(id);
   if (!j) return;
   const el = j.el;
-  const p = ev.progress || {};
+  // An SSE `progress`/`done` event carries the counts flat; a JobView nests them.
+  const p = ev.progress || ev;
   const total = p.total ?? 0;
   const failed = (p.failed ?? 0) + (p.timed_out ?? 0);
   const done = (p.ok ?? 0) + (p.failed ?? 0) + (p.timed_out ?? 0) + (p.cancelled ?? 0);
@@ -417,9 +423,12 @@ async function follow(id, signal) {
   for (let attempt = 0; attempt < 1000 && !signal.aborted; attempt++) {
     try {
       for await (const ev of events(`/jobs/${id}/events`, signal)) {
+        if (ev.event !== "progress" && ev.event !== "done") continue; // `result`: one node's result
         let data;
         try { data = JSON.parse(ev.data); } catch { continue; }
-        if (data.progress) renderProgress(id, data);
+        const j = state.jobs.get(id);
+        if (j) j.el.dataset.events = String(Number(j.el.dataset.events || 0) + 1);
+        renderProgress(id, data);
         // keep the table roughly live while a long job runs
         if (Date.now() - lastRefresh > 3000) { lastRefresh = Date.now(); refresh(); }
       }
@@ -460,8 +469,7 @@ function dismissJob(id) {
 async function attachRunningJobs() {
   const list = await guard(() => api.jobs());
   if (!list) return;
-  const jobs = Array.isArray(list) ? list : list.jobs || [];
-  for (const j of jobs) if (j.state === "queued" || j.state === "running") watchJob(j.id);
+  for (const j of list) if (j.state === "queued" || j.state === "running") watchJob(j.id);
 }
 
 // --- history drawer -----------------------------------------------------------------
@@ -480,7 +488,7 @@ async function openHistory(id) {
     ["Service", n.service ? `${n.service.host}:${n.service.port}` : "—"], ["Comment", n.comment || "—"],
   ];
   $("#history-node").replaceChildren(...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
-  const rows = [...(Array.isArray(hist) ? hist : hist.history || [])].reverse().map((r) => h("tr", {},
+  const rows = [...hist].reverse().map((r) => h("tr", {},
     h("td", { class: "num" }, fmtTime(r.at)),
     h("td", {}, `${STATUS_LABEL[r.from] || r.from} → ${r.to ? STATUS_LABEL[r.to] || r.to : "deleted"}`),
     h("td", {}, r.event),
@@ -511,12 +519,8 @@ async function submitImport(e) {
   const r = await guard(() => api.import(text, $("#import-conflict").value));
   $("#import-submit").disabled = false;
   if (!r) { $("#import-report").replaceChildren(); return; }
-  if (r.job != null && r.added === undefined) {
-    $("#import-report").replaceChildren(h("p", {}, `Import runs as job ${r.job}; follow it in the job panel.`));
-    watchJob(r.job);
-    return;
-  }
-  renderImportReport(r);
+  renderImportReport(r.summary);
+  if (r.job != null) watchJob(r.job);
   $("#import-text").value = "";
   $("#import-file").value = "";
   refresh();
