@@ -99,6 +99,26 @@ start_postgres
 start_pptpd
 [ -n "${CONNEXA_TEST_PPTPD:-}" ] || cargo_skip+=(--skip pptpd)
 
+# --- Chromium: Debian's headless browser + chromedriver for the console's browser tests --
+# The tests (named *browser*) start chromedriver themselves on a free loopback port;
+# here we only make sure both binaries exist and run.
+start_chromium() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver fonts-dejavu-core \
+      || { unavailable chromium "apt-get install chromium chromium-driver failed"; return; }
+  fi
+  local v
+  v=$(chromium --headless --no-sandbox --disable-gpu --version 2>/dev/null) \
+    || { unavailable chromium "chromium --version failed"; return; }
+  chromedriver --version >/dev/null 2>&1 || { unavailable chromium "chromedriver --version failed"; return; }
+  export CONNEXA_TEST_CHROMIUM=$(command -v chromium)
+  export CONNEXA_TEST_CHROMEDRIVER=$(command -v chromedriver)
+  log "Chromium ready: $v ($CONNEXA_TEST_CHROMEDRIVER)"
+}
+
+start_chromium
+[ -n "${CONNEXA_TEST_CHROMEDRIVER:-}" ] || cargo_skip+=(--skip browser)
+
 # --- The PPTP lab: a real pptpd (Debian) in a QEMU VM, inside a private netns ------
 # tests/lab/README.md. Lab tests are the test functions named lab_*; they enter
 # the lab's network namespace themselves (setns), so they must run as root.
