@@ -9,9 +9,12 @@
 #[path = "browser/harness.rs"]
 mod harness;
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use harness::{Browser, screenshot_dir, serve};
+use connexa_core::export::ExportFormat;
+use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
+use harness::{Browser, Server, screenshot_dir, serve};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(15);
@@ -83,4 +86,328 @@ async fn browser_console_page_loads_under_a_strict_csp() {
     );
     b.screenshot(&screenshot_dir(), "console-signin-phone").await;
     b.close().await;
+}
+
+/// A simulator fleet on `127.X.0.1...` (X per test, so tests never share
+/// addresses) and a free port; the node list in the `[ip]:port:login:password`
+/// format an operator would paste.
+async fn fleet(
+    second_octet: u8,
+    mix: Vec<(Behaviour, u32)>,
+    count: usize,
+) -> (Fleet, String) {
+    let fleet = Fleet::start(
+        FleetSpec::new(count)
+            .first_ip(Ipv4Addr::new(127, second_octet, 0, 1))
+            .port(harness::free_port())
+            .mix(mix),
+    )
+    .await
+    .expect("start the simulator fleet");
+    let mut list = Vec::new();
+    fleet
+        .write_list(ExportFormat::Pptp, &mut list)
+        .expect("node list");
+    (fleet, String::from_utf8(list).expect("utf-8 list"))
+}
+
+/// Opens the console and signs in with the server's token.
+async fn sign_in(b: &Browser, server: &Server) {
+    b.goto(&format!("{}/", server.base)).await;
+    b.wait_js("the sign-in form", T, "return !!document.querySelector('#token:focus')")
+        .await;
+    b.type_into("#token", &server.token).await;
+    b.click("#signin-form button[type=submit]").await;
+    b.wait_js(
+        "the console after sign-in",
+        T,
+        "return !document.querySelector('#console').hidden && document.querySelectorAll('#cards .card').length === 9",
+    )
+    .await;
+}
+
+/// `[{id, status}]` of the table's rows, as the page shows them.
+const TABLE_ROWS: &str = "return [...document.querySelectorAll('#rows tr[data-id]')]\
+    .map(r => ({id: Number(r.dataset.id), status: r.dataset.status}))";
+
+/// Waits until the job panel shows job `id` finished; returns its figures.
+async fn wait_job_finished(b: &Browser, id: i64, timeout: Duration) -> serde_json::Value {
+    b.wait_js(
+        &format!("job {id} to reach 100 %"),
+        timeout,
+        &format!(
+            "const el = document.querySelector('#job-list [data-job=\"{id}\"]'); \
+             return el && el.dataset.finished === 'true' && \
+               {{pct: el.dataset.pct, done: el.dataset.done, total: el.dataset.total, \
+                 bar: el.querySelector('progress').value / el.querySelector('progress').max, \
+                 text: el.querySelector('.figures').textContent, state: el.dataset.state}}"
+        ),
+    )
+    .await
+}
+
+/// The whole operator's path: sign in, import a simulator fleet by pasting it
+/// (with one bad row, reported by its line number), run a pipeline test and
+/// watch the bar reach 100 % and the table refresh, filter by a status card and
+/// check the table and the count against the API, then delete all matching and
+/// check through the API that exactly those nodes are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_import_test_filter_and_delete_all_matching() {
+    let (fleet, list) = fleet(
+        61,
+        vec![
+            (Behaviour::Healthy, 5),
+            (Behaviour::Refused, 4),
+            (Behaviour::Garbage, 3),
+        ],
+        12,
+    )
+    .await;
+    let server = Server::start();
+    let b = Browser::start().await;
+    let shots = screenshot_dir();
+    sign_in(&b, &server).await;
+    assert_eq!(b.text("#count").await, "0 nodes match");
+
+    // Import: paste the list with one broken row on line 4.
+    let mut lines: Vec<&str> = list.lines().collect();
+    lines.insert(3, "10.0.0.300:admin:secret");
+    let pasted = lines.join("\n");
+    b.click("#import-open").await;
+    b.wait_js("the import dialog", T, "return document.querySelector('#import').open")
+        .await;
+    b.type_into("#import-text", &pasted).await;
+    b.click("#import-submit").await;
+    b.wait_js(
+        "the import report",
+        T,
+        "return document.querySelector('#import-report .import-summary')",
+    )
+    .await;
+    let summary = b.text("#import-report .import-summary").await;
+    assert!(summary.starts_with("Added 12,"), "{summary}");
+    assert!(summary.ends_with("rejected 1."), "{summary}");
+    let bad_lines = b
+        .js(
+            "return [...document.querySelectorAll('#import-report tr[data-line]')].map(r => Number(r.dataset.line))",
+            vec![],
+        )
+        .await;
+    assert_eq!(bad_lines, json!([4]), "the rejected row's line number");
+    b.screenshot(&shots, "console-import").await;
+    b.click("#import-close").await;
+    b.wait_js(
+        "the table to show the 12 nodes",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 12",
+    )
+    .await;
+    assert_eq!(server.get("/nodes?limit=1").await["total"], json!(12));
+
+    // Pipeline test on all matching nodes (no filter = every node).
+    b.click("#actions input[value=matching]").await;
+    b.click("[data-action=pipeline]").await;
+    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
+        .await;
+    let confirm = b.text("#confirm-text").await;
+    assert!(confirm.contains("all 12 nodes"), "{confirm}");
+    b.click("#confirm-ok").await;
+    let job = b
+        .wait_js(
+            "the job to appear in the job panel",
+            T,
+            "const el = document.querySelector('#job-list [data-job]'); return el && Number(el.dataset.job)",
+        )
+        .await
+        .as_i64()
+        .expect("job id");
+    let done = wait_job_finished(&b, job, Duration::from_secs(90)).await;
+    assert_eq!(done["pct"], json!("100"), "{done}");
+    assert_eq!(done["done"], json!("12"), "{done}");
+    assert_eq!(done["total"], json!("12"), "{done}");
+    assert_eq!(done["bar"], json!(1.0), "{done}");
+    let api_job = server.get(&format!("/jobs/{job}")).await;
+    assert_eq!(api_job["state"], json!("done"), "{api_job}");
+    assert_eq!(api_job["progress"]["pending"], json!(0), "{api_job}");
+
+    // The table refreshed: no node is still not_tested, and each row shows the
+    // status the API has.
+    b.wait_js(
+        "the table to refresh after the job",
+        T,
+        "const r = [...document.querySelectorAll('#rows tr[data-id]')]; \
+         return r.length === 12 && r.every(x => x.dataset.status !== 'not_tested')",
+    )
+    .await;
+    let api_all = server.get("/nodes?limit=100&sort=id").await;
+    let api_rows: Vec<_> = api_all["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|n| json!({"id": n["id"], "status": n["status"]}))
+        .collect();
+    assert_eq!(b.js(TABLE_ROWS, vec![]).await, json!(api_rows));
+    b.screenshot(&shots, "console-after-pipeline").await;
+
+    // Filter by the ping_failed card: the table and the count agree with the API.
+    let failed_ids = server.ids("status=ping_failed").await;
+    assert_eq!(
+        failed_ids.len(),
+        7,
+        "refused and garbage nodes fail the light stage: {api_all}"
+    );
+    b.click("#cards [data-status=ping_failed]").await;
+    b.wait_js(
+        "the ping_failed filter",
+        T,
+        "const r = [...document.querySelectorAll('#rows tr[data-id]')]; \
+         return document.querySelector('#cards [data-status=ping_failed]').getAttribute('aria-pressed') === 'true' \
+           && r.length > 0 && r.every(x => x.dataset.status === 'ping_failed')",
+    )
+    .await;
+    let shown: Vec<i64> = b
+        .js(TABLE_ROWS, vec![])
+        .await
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(shown, failed_ids, "the table shows exactly the API's ping_failed nodes");
+    assert_eq!(b.text("#count").await, "7 nodes match");
+    assert_eq!(
+        b.text("#cards [data-status=ping_failed] .n").await,
+        failed_ids.len().to_string(),
+        "the card's count"
+    );
+    b.screenshot(&shots, "console-filtered").await;
+
+    // Delete all matching: the dialog names the exact count first.
+    let survivors = server.ids("status=ping_light,ping_ok,auth_failed,not_tested").await;
+    assert_eq!(survivors.len(), 5, "{api_all}");
+    b.click("#actions input[value=matching]").await;
+    b.click("[data-action=delete]").await;
+    b.wait_js("the delete confirmation", T, "return document.querySelector('#confirm').open")
+        .await;
+    assert_eq!(b.text("#confirm-title").await, "Delete 7 nodes?");
+    let text = b.text("#confirm-text").await;
+    assert!(
+        text.contains("all 7 nodes matching status ping_failed"),
+        "{text}"
+    );
+    b.screenshot(&shots, "console-confirm-delete").await;
+    b.click("#confirm-ok").await;
+    b.wait_js(
+        "the table to empty",
+        T,
+        "return document.querySelector('#count').dataset.total === '0'",
+    )
+    .await;
+    assert_eq!(server.ids("status=ping_failed").await, Vec::<i64>::new());
+    for id in &failed_ids {
+        let (status, _) = server.api("GET", &format!("/nodes/{id}")).await;
+        assert_eq!(status, 404, "deleted node {id} still answers");
+    }
+    assert_eq!(server.ids("").await, survivors, "exactly the matching nodes are gone");
+    assert_eq!(
+        b.js("return document.documentElement.dataset.cspViolations || '0'", vec![])
+            .await,
+        json!("0")
+    );
+
+    // Back to every node, for the main view's screenshot.
+    b.click("#cards [data-status='']").await;
+    b.wait_js(
+        "the unfiltered table",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 5",
+    )
+    .await;
+    b.screenshot(&shots, "console-main").await;
+    b.close().await;
+    drop(fleet);
+    drop(server);
+}
+
+/// Reloading the page while a job runs re-attaches its progress bar to the SSE
+/// stream, which then goes on to 100 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_reload_reattaches_to_a_running_job() {
+    let (fleet, list) = fleet(
+        62,
+        vec![
+            (Behaviour::Healthy, 2),
+            (Behaviour::Slow(Duration::from_millis(6000)), 4),
+        ],
+        6,
+    )
+    .await;
+    let server = Server::start();
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    b.click("#import-open").await;
+    b.type_into("#import-text", &list).await;
+    b.click("#import-submit").await;
+    b.wait_js(
+        "the import report",
+        T,
+        "return document.querySelector('#import-report .import-summary')",
+    )
+    .await;
+    b.click("#import-close").await;
+    b.wait_js(
+        "the 6 nodes",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 6",
+    )
+    .await;
+
+    // Select two rows and the rest by "select page": a light test on the 6 selected.
+    b.click("#select-page").await;
+    assert_eq!(b.text("#scope-selected").await, "selected rows (6)");
+    b.click("[data-action=light]").await;
+    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
+        .await;
+    b.click("#confirm-ok").await;
+    let job = b
+        .wait_js(
+            "the job in the panel",
+            T,
+            "const el = document.querySelector('#job-list [data-job]'); return el && el.dataset.events && Number(el.dataset.job)",
+        )
+        .await
+        .as_i64()
+        .expect("job id");
+
+    // Reload while the slow nodes still hold the job open.
+    b.client.refresh().await.expect("reload");
+    let state = server.get(&format!("/jobs/{job}")).await;
+    assert_ne!(
+        state["state"],
+        json!("done"),
+        "the job ended before the reload: {state}"
+    );
+    let attached = b
+        .wait_js(
+            "the job panel to re-attach after the reload",
+            T,
+            &format!(
+                "const el = document.querySelector('#job-list [data-job=\"{job}\"]'); \
+                 return el && Number(el.dataset.events) > 0 && {{pct: Number(el.dataset.pct), finished: el.dataset.finished === 'true'}}"
+            ),
+        )
+        .await;
+    assert_eq!(
+        attached["finished"],
+        json!(false),
+        "re-attached only after the end: {attached}"
+    );
+    b.screenshot(&screenshot_dir(), "console-job-running").await;
+    let done = wait_job_finished(&b, job, Duration::from_secs(60)).await;
+    assert_eq!(done["pct"], json!("100"), "{done}");
+    assert_eq!(done["total"], json!("6"), "{done}");
+    assert_eq!(server.get(&format!("/jobs/{job}")).await["state"], json!("done"));
+    b.close().await;
+    drop(fleet);
+    drop(server);
 }

@@ -230,3 +230,136 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
     });
     addr
 }
+
+/// The real `connexa-http` binary on a loopback port over a temporary SQLite
+/// database, with one API token. Killed (and its database removed) on drop.
+pub struct Server {
+    pub base: String,
+    pub token: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = format!("sqlite://{}?mode=rwc", dir.path().join("connexa.db").display());
+        let exe = env!("CARGO_BIN_EXE_connexa-http");
+        let out = Command::new(exe)
+            .args(["--db", &db, "token", "create", "--name", "browser-test"])
+            .env_remove("CONNEXA_CONFIG")
+            .output()
+            .expect("run connexa-http token create");
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_owned();
+        assert!(!token.is_empty(), "no token printed");
+        let mut child = Command::new(exe)
+            .args(["--db", &db, "serve", "--listen", "127.0.0.1:0"])
+            .env_remove("CONNEXA_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn connexa-http");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut tx = Some(tx);
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.split("listening on http://").nth(1)
+                        && let Some(t) = tx.take()
+                    {
+                        let _ = t.send(addr.trim().to_owned());
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            panic!(
+                "connexa-http did not say where it listens: {}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            )
+        });
+        Server {
+            base: format!("http://{addr}"),
+            token,
+            child,
+            _dir: dir,
+            log,
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// `METHOD /api/v1{path}` with the token; the status and the JSON body (Null if none).
+    pub async fn api(&self, method: &str, path: &str) -> (u16, Value) {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}/api/v1{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let res = client.request(req).await.expect("API request");
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        let json = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
+        (status, json)
+    }
+
+    /// `GET` that must answer 200.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.api("GET", path).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Ids of every node matching a query string (`status=ping_failed`), in id order.
+    pub async fn ids(&self, query: &str) -> Vec<i64> {
+        let v = self
+            .get(&format!("/nodes?limit=10000&sort=id&{query}"))
+            .await;
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|n| n["id"].as_i64().expect("id"))
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- connexa-http's log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
