@@ -324,6 +324,16 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     )
     .await;
     b.screenshot(&shots, "console-main").await;
+
+    // Phone width: the table becomes cards, nothing scrolls sideways.
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.wait_js(
+        "the phone layout",
+        T,
+        "return document.documentElement.scrollWidth <= window.innerWidth",
+    )
+    .await;
+    b.screenshot(&shots, "console-main-phone").await;
     b.close().await;
     drop(fleet);
     drop(server);
