@@ -288,18 +288,38 @@ pub trait NodeStore: Send + Sync {
     /// The last `limit` finished items of a job, newest first.
     async fn recent_items(&self, job: JobId, limit: u64) -> Result<Vec<ItemView>, StoreError>;
 
-    /// Finished items of a job committed after commit number `after` (0 = from
-    /// the start), in commit order, at most `limit`. Every transaction that ends
-    /// items of a job (a group commit, a cancellation) gets the next commit
-    /// number of that job and commits of one job are serialised, so reading
-    /// "after the last number seen" again and again never misses a result: this
-    /// is how the HTTP event stream resumes after a reconnect.
+    /// Finished items of a job after `cursor` in (commit number, item id) order,
+    /// at most `limit`. Every transaction that ends items of a job (a group
+    /// commit, a cancellation) gets the next commit number of that job, and
+    /// commits of one job are serialised, so reading "after the last item seen"
+    /// again and again never misses a result nor repeats one: this is how the
+    /// HTTP event stream resumes after a reconnect (`Last-Event-ID`).
     async fn items_since(
         &self,
         job: JobId,
-        after: u64,
+        cursor: ItemCursor,
         limit: u64,
     ) -> Result<Vec<CommittedItem>, StoreError>;
+}
+
+/// A position in a job's stream of finished items ([`NodeStore::items_since`]):
+/// the commit number and the item id of the last item seen. The default is the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ItemCursor {
+    /// Commit number.
+    pub seq: u64,
+    /// Item id within that commit.
+    pub item: i64,
+}
+
+impl CommittedItem {
+    /// The cursor just after this item.
+    pub fn cursor(&self) -> ItemCursor {
+        ItemCursor {
+            seq: self.seq,
+            item: self.item.item.0,
+        }
+    }
 }
 
 /// A finished item and the commit number of the transaction that ended it

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::convert::{self, ms};
@@ -14,8 +14,8 @@ use super::entity::{job_items, jobs, nodes};
 use super::{apply, db_err, query};
 use crate::domain::NodeId;
 use crate::ports::{
-    ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, ItemFinished, ItemId, ItemResult,
-    ItemState, ItemView, Job, JobId, JobSpec, JobState, Progress, StoreError,
+    ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, ItemCursor, ItemFinished, ItemId,
+    ItemResult, ItemState, ItemView, Job, JobId, JobSpec, JobState, Progress, StoreError,
 };
 
 pub(crate) async fn create<C: ConnectionTrait>(
@@ -418,13 +418,19 @@ pub(crate) async fn recent_items<C: ConnectionTrait>(
 pub(crate) async fn items_since<C: ConnectionTrait>(
     conn: &C,
     job: JobId,
-    after: u64,
+    cursor: ItemCursor,
     limit: u64,
 ) -> Result<Vec<CommittedItem>, StoreError> {
-    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let seq = i64::try_from(cursor.seq).unwrap_or(i64::MAX);
     job_items::Entity::find()
         .filter(job_items::Column::JobId.eq(job.0))
-        .filter(job_items::Column::Seq.gt(after))
+        .filter(
+            Condition::any().add(job_items::Column::Seq.gt(seq)).add(
+                Condition::all()
+                    .add(job_items::Column::Seq.eq(seq))
+                    .add(job_items::Column::Id.gt(cursor.item)),
+            ),
+        )
         .order_by_asc(job_items::Column::Seq)
         .order_by_asc(job_items::Column::Id)
         .limit(limit)
@@ -444,7 +450,7 @@ mod tests {
     use chrono::Utc;
 
     use crate::domain::{NewNode, NodeFilter};
-    use crate::ports::{ItemResult, ItemState, JobKind, JobSpec, NodeStore};
+    use crate::ports::{ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore};
     use crate::store::SqlStore;
 
     #[tokio::test]
@@ -463,7 +469,13 @@ mod tests {
             deadline: None,
         };
         let job = store.create_job(spec, Utc::now()).await.unwrap();
-        assert!(store.items_since(job.id, 0, 100).await.unwrap().is_empty());
+        assert!(
+            store
+                .items_since(job.id, ItemCursor::default(), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let claimed = store.claim_items(job.id, "w", 2, Utc::now()).await.unwrap();
         // The higher item id commits first: commit order, not id order.
         for c in claimed.iter().rev() {
@@ -476,21 +488,31 @@ mod tests {
             };
             store.finish_items(vec![r]).await.unwrap();
         }
-        let got = store.items_since(job.id, 0, 100).await.unwrap();
+        let got = store
+            .items_since(job.id, ItemCursor::default(), 100)
+            .await
+            .unwrap();
         let seen: Vec<_> = got.iter().map(|c| (c.seq, c.item.item)).collect();
         assert_eq!(seen, vec![(1, claimed[1].item), (2, claimed[0].item)]);
         assert_eq!(store.cancel_pending(job.id, Utc::now()).await.unwrap(), 2);
-        let rest = store.items_since(job.id, 2, 100).await.unwrap();
+        let rest = store
+            .items_since(job.id, got[1].cursor(), 100)
+            .await
+            .unwrap();
         assert_eq!(rest.len(), 2);
         assert!(
             rest.iter()
                 .all(|c| c.seq == 3 && c.item.state == ItemState::Cancelled)
         );
-        assert_eq!(
-            store.items_since(job.id, 1, 1).await.unwrap().len(),
-            1,
-            "limit"
-        );
+        let first = store.items_since(job.id, got[1].cursor(), 1).await.unwrap();
+        assert_eq!(first.len(), 1, "limit");
+        // Resuming inside one commit gives the rest of it.
+        let second = store
+            .items_since(job.id, first[0].cursor(), 100)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].item.item, first[0].item.item);
         // A result given twice is not numbered again.
         let again = ItemResult {
             item: claimed[0].item,
@@ -500,6 +522,12 @@ mod tests {
             at: Utc::now(),
         };
         store.finish_items(vec![again]).await.unwrap();
-        assert!(store.items_since(job.id, 3, 100).await.unwrap().is_empty());
+        assert!(
+            store
+                .items_since(job.id, second[0].cursor(), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -43,8 +43,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
     Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
-    ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage, NodeStore,
-    Progress, StoreError,
+    ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
+    NodeStore, Progress, StoreError,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -426,10 +426,10 @@ impl NodeStore for SqlStore {
     async fn items_since(
         &self,
         job: JobId,
-        after: u64,
+        cursor: ItemCursor,
         limit: u64,
     ) -> Result<Vec<CommittedItem>, StoreError> {
-        jobs::items_since(&self.db, job, after, limit).await
+        jobs::items_since(&self.db, job, cursor, limit).await
     }
 }
 
