@@ -23,6 +23,7 @@ mod entity;
 mod jobs;
 pub mod migration;
 mod query;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,8 +42,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
-    Applied, ApplyContext, ApplyRequest, ClaimedItem, HistoryRow, InsertOutcome, ItemFinished,
-    ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage, NodeStore, Progress, StoreError,
+    Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
+    ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
+    NodeStore, Progress, StoreError,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -419,6 +421,15 @@ impl NodeStore for SqlStore {
 
     async fn recent_items(&self, job: JobId, limit: u64) -> Result<Vec<ItemView>, StoreError> {
         jobs::recent_items(&self.db, job, limit).await
+    }
+
+    async fn items_since(
+        &self,
+        job: JobId,
+        cursor: ItemCursor,
+        limit: u64,
+    ) -> Result<Vec<CommittedItem>, StoreError> {
+        jobs::items_since(&self.db, job, cursor, limit).await
     }
 }
 
