@@ -216,7 +216,7 @@ function renderRow(n) {
     h("td", { class: "num", dataset: { label: "ID" } }, String(n.id)),
     h("td", { class: "num", dataset: { label: "Address" } }, n.port === 1723 ? n.ip : `${n.ip}:${n.port}`),
     h("td", { dataset: { label: "Login" } }, n.login),
-    h("td", { dataset: { label: "Password" } }, h("span", {}, pw, reveal)),
+    h("td", { class: "pwcell", dataset: { label: "Password" } }, h("span", {}, pw, reveal)),
     h("td", { dataset: { label: "Status" } }, h("span", { class: `badge ${STATUS_TONE[n.status] || ""}` }, STATUS_LABEL[n.status] || n.status)),
     h("td", { dataset: { label: "Location" } }, loc || "—"),
     h("td", { class: "num", dataset: { label: "Speed" } }, speed),
