@@ -421,3 +421,218 @@ async fn browser_reload_reattaches_to_a_running_job() {
     drop(fleet);
     drop(server);
 }
+
+/// Paging, sorting, the per-row password reveal, the history drawer, and
+/// keyboard use (a status card pressed with Enter, the drawer closed with Escape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_paging_sorting_reveal_history_and_keyboard() {
+    let (fleet, list) = fleet(63, vec![(Behaviour::Healthy, 1)], 30).await;
+    let server = Server::start();
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    b.click("#import-open").await;
+    b.type_into("#import-text", &list).await;
+    b.click("#import-submit").await;
+    b.wait_js(
+        "the import report",
+        T,
+        "return document.querySelector('#import-report .import-summary')",
+    )
+    .await;
+    b.click("#import-close").await;
+
+    // 25 rows a page: page 1 then page 2 are the API's pages.
+    b.client
+        .find(fantoccini::Locator::Css("#limit"))
+        .await
+        .expect("page size")
+        .select_by_value("25")
+        .await
+        .expect("select 25");
+    b.wait_js(
+        "25 rows",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 25",
+    )
+    .await;
+    assert_eq!(b.text("#page-info").await, "1–25 of 30 (page 1 of 2)");
+    b.click("#next").await;
+    b.wait_js(
+        "page 2",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 5",
+    )
+    .await;
+    let page2: Vec<i64> = server
+        .get("/nodes?offset=25&limit=25&sort=id")
+        .await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|n| n["id"].as_i64().expect("id"))
+        .collect();
+    let shown = b.js(TABLE_ROWS, vec![]).await;
+    let shown: Vec<i64> = shown
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(shown, page2);
+    assert!(b.client.find(fantoccini::Locator::Css("#next")).await.expect("next").attr("disabled").await.expect("attr").is_some());
+
+    // Sort by address, descending (second click): the API's order.
+    b.click("#prev").await;
+    b.click("th[data-sort=ip] button").await;
+    b.click("th[data-sort=ip] button").await;
+    b.wait_js(
+        "descending sort by address",
+        T,
+        "return document.querySelector('th[data-sort=ip]').getAttribute('aria-sort') === 'descending' \
+           && document.querySelectorAll('#rows tr[data-id]').length === 25",
+    )
+    .await;
+    let api_order: Vec<i64> = server
+        .get("/nodes?limit=25&sort=ip&desc=true")
+        .await["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|n| n["id"].as_i64().expect("id"))
+        .collect();
+    let shown = b.js(TABLE_ROWS, vec![]).await;
+    let shown: Vec<i64> = shown
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(shown, api_order);
+
+    // Passwords are masked until one row is revealed (with reveal=true).
+    let first = api_order[0];
+    let secret = server.get(&format!("/nodes/{first}?reveal=true")).await["password"]
+        .as_str()
+        .expect("password")
+        .to_owned();
+    assert_ne!(secret, "***");
+    let page_text = |b: &Browser| {
+        let b = b.client.clone();
+        async move {
+            b.execute("return document.body.innerText", vec![])
+                .await
+                .expect("text")
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    assert!(!page_text(&b).await.contains(&secret), "a password is shown unmasked");
+    b.click(&format!("[data-reveal=\"{first}\"]")).await;
+    b.wait_js(
+        "the revealed password",
+        T,
+        &format!("return document.querySelector('#rows tr[data-id=\"{first}\"] .pw').textContent"),
+    )
+    .await;
+    b.wait_js(
+        "the revealed password",
+        T,
+        &format!(
+            "return document.querySelector('#rows tr[data-id=\"{first}\"] .pw').textContent === {}",
+            json!(secret)
+        ),
+    )
+    .await;
+    assert_eq!(
+        b.js(
+            &format!("return document.querySelector('[data-reveal=\"{first}\"]').getAttribute('aria-pressed')"),
+            vec![]
+        )
+        .await,
+        json!("true")
+    );
+    b.click(&format!("[data-reveal=\"{first}\"]")).await;
+    b.wait_js(
+        "the password hidden again",
+        T,
+        &format!("return document.querySelector('#rows tr[data-id=\"{first}\"] .pw').textContent === '••••••'"),
+    )
+    .await;
+
+    // A light test on one selected row, then its history in the drawer.
+    b.click(&format!("#rows tr[data-id=\"{first}\"] input[type=checkbox]")).await;
+    assert_eq!(b.text("#scope-selected").await, "selected rows (1)");
+    b.click("#actions input[value=selected]").await;
+    b.click("[data-action=light]").await;
+    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
+        .await;
+    assert_eq!(b.text("#confirm-title").await, "Run a light test on 1 node?");
+    b.click("#confirm-ok").await;
+    let job = b
+        .wait_js(
+            "the job",
+            T,
+            "const el = document.querySelector('#job-list [data-job]'); return el && Number(el.dataset.job)",
+        )
+        .await
+        .as_i64()
+        .expect("job id");
+    wait_job_finished(&b, job, Duration::from_secs(30)).await;
+    b.wait_js(
+        "the node's new status in the table",
+        T,
+        &format!("return document.querySelector('#rows tr[data-id=\"{first}\"]').dataset.status === 'ping_light'"),
+    )
+    .await;
+    b.click(&format!("#rows tr[data-id=\"{first}\"] td:last-child button")).await;
+    b.wait_js("the history drawer", T, "return document.querySelector('#history').open")
+        .await;
+    let hist = b
+        .wait_js(
+            "a history row",
+            T,
+            "const r = document.querySelector('#history-rows tr'); return r && [...r.cells].map(c => c.textContent)",
+        )
+        .await;
+    assert_eq!(hist[1], json!("Not tested → Ping light"), "{hist}");
+    assert_eq!(hist[2], json!("tested"), "{hist}");
+    assert_eq!(hist[4], json!(job.to_string()), "{hist}");
+    b.screenshot(&screenshot_dir(), "console-history").await;
+    // Escape closes the drawer and the focus comes back to the page.
+    b.client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys(&fantoccini::key::Key::Escape.to_string())
+        .await
+        .expect("Escape");
+    b.wait_js("the drawer to close", T, "return !document.querySelector('#history').open")
+        .await;
+
+    // Keyboard: focus the "Ping light" card and press Enter.
+    b.js("document.querySelector('#cards [data-status=ping_light]').focus()", vec![])
+        .await;
+    b.client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys(&fantoccini::key::Key::Enter.to_string())
+        .await
+        .expect("Enter");
+    b.wait_js(
+        "the ping_light filter from the keyboard",
+        T,
+        "return document.querySelector('#cards [data-status=ping_light]').getAttribute('aria-pressed') === 'true' \
+           && document.querySelector('#count').dataset.total === '1'",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.activeElement.dataset.status", vec![]).await,
+        json!("ping_light"),
+        "the focus stays on the card after the cards re-render"
+    );
+    b.close().await;
+    drop(fleet);
+    drop(server);
+}
