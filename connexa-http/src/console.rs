@@ -14,8 +14,8 @@
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -156,7 +156,10 @@ fn security_headers() -> HeaderMap {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
@@ -184,7 +187,7 @@ mod tests {
             .expect("infallible")
     }
 
-    fn h<'a>(res: &'a axum::response::Response, name: header::HeaderName) -> &'a str {
+    fn h(res: &axum::response::Response, name: header::HeaderName) -> &str {
         res.headers()
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -199,7 +202,10 @@ mod tests {
         let csp = h(&res, header::CONTENT_SECURITY_POLICY);
         assert!(csp.contains("default-src 'none'"), "{csp}");
         assert!(csp.contains("script-src 'self';"), "{csp}");
-        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
         assert_eq!(h(&res, header::X_CONTENT_TYPE_OPTIONS), "nosniff");
         assert_eq!(h(&res, header::X_FRAME_OPTIONS), "DENY");
         let body = res.into_body().collect().await.expect("body").to_bytes();
@@ -220,7 +226,10 @@ mod tests {
             let res = get(path, None).await;
             assert_eq!(res.status(), StatusCode::OK, "{path}");
             assert_eq!(h(&res, header::CONTENT_TYPE), ty, "{path}");
-            assert!(!h(&res, header::CONTENT_SECURITY_POLICY).is_empty(), "{path}");
+            assert!(
+                !h(&res, header::CONTENT_SECURITY_POLICY).is_empty(),
+                "{path}"
+            );
         }
     }
 
@@ -269,7 +278,15 @@ mod tests {
         assert_eq!(h(&first, header::CACHE_CONTROL), "no-cache");
         let again = get("/assets/app.js", Some(&tag)).await;
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
-        assert!(again.into_body().collect().await.expect("body").to_bytes().is_empty());
+        assert!(
+            again
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .is_empty()
+        );
         let weak = get("/assets/app.js", Some(&format!("\"x\", W/{tag}"))).await;
         assert_eq!(weak.status(), StatusCode::NOT_MODIFIED);
         let other = get("/assets/app.js", Some("\"0000000000000000\"")).await;

@@ -37,8 +37,11 @@ async fn browser_console_page_loads_under_a_strict_csp() {
     .await;
     assert_eq!(b.client.title().await.expect("title"), "Connexa console");
     assert_eq!(
-        b.js("return document.documentElement.dataset.cspViolations || '0'", vec![])
-            .await,
+        b.js(
+            "return document.documentElement.dataset.cspViolations || '0'",
+            vec![]
+        )
+        .await,
         json!("0"),
         "the page's own files violate its CSP"
     );
@@ -61,7 +64,11 @@ async fn browser_console_page_loads_under_a_strict_csp() {
             vec![],
         )
         .await;
-    assert_eq!(ran, json!(false), "an inline script ran: the CSP is not enforced");
+    assert_eq!(
+        ran,
+        json!(false),
+        "an inline script ran: the CSP is not enforced"
+    );
     b.wait_js(
         "the CSP violation to be reported",
         T,
@@ -72,8 +79,12 @@ async fn browser_console_page_loads_under_a_strict_csp() {
     // Phone width: nothing wider than the viewport.
     b.client.set_window_size(390, 844).await.expect("resize");
     b.goto(&format!("http://{addr}/")).await;
-    b.wait_js("the sign-in form", T, "return !!document.querySelector('#token:focus')")
-        .await;
+    b.wait_js(
+        "the sign-in form",
+        T,
+        "return !!document.querySelector('#token:focus')",
+    )
+    .await;
     let overflow = b
         .js(
             "return document.documentElement.scrollWidth - window.innerWidth",
@@ -84,18 +95,15 @@ async fn browser_console_page_loads_under_a_strict_csp() {
         overflow.as_i64().is_some_and(|o| o <= 0),
         "the page is wider than a phone: {overflow}"
     );
-    b.screenshot(&screenshot_dir(), "console-signin-phone").await;
+    b.screenshot(&screenshot_dir(), "console-signin-phone")
+        .await;
     b.close().await;
 }
 
 /// A simulator fleet on `127.X.0.1...` (X per test, so tests never share
 /// addresses) and a free port; the node list in the `[ip]:port:login:password`
 /// format an operator would paste.
-async fn fleet(
-    second_octet: u8,
-    mix: Vec<(Behaviour, u32)>,
-    count: usize,
-) -> (Fleet, String) {
+async fn fleet(second_octet: u8, mix: Vec<(Behaviour, u32)>, count: usize) -> (Fleet, String) {
     let fleet = Fleet::start(
         FleetSpec::new(count)
             .first_ip(Ipv4Addr::new(127, second_octet, 0, 1))
@@ -114,8 +122,12 @@ async fn fleet(
 /// Opens the console and signs in with the server's token.
 async fn sign_in(b: &Browser, server: &Server) {
     b.goto(&format!("{}/", server.base)).await;
-    b.wait_js("the sign-in form", T, "return !!document.querySelector('#token:focus')")
-        .await;
+    b.wait_js(
+        "the sign-in form",
+        T,
+        "return !!document.querySelector('#token:focus')",
+    )
+    .await;
     b.type_into("#token", &server.token).await;
     b.click("#signin-form button[type=submit]").await;
     b.wait_js(
@@ -174,8 +186,12 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     lines.insert(3, "10.0.0.300:admin:secret");
     let pasted = lines.join("\n");
     b.click("#import-open").await;
-    b.wait_js("the import dialog", T, "return document.querySelector('#import').open")
-        .await;
+    b.wait_js(
+        "the import dialog",
+        T,
+        "return document.querySelector('#import').open",
+    )
+    .await;
     b.type_into("#import-text", &pasted).await;
     b.click("#import-submit").await;
     b.wait_js(
@@ -207,8 +223,12 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     // Pipeline test on all matching nodes (no filter = every node).
     b.click("#actions input[value=matching]").await;
     b.click("[data-action=pipeline]").await;
-    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
-        .await;
+    b.wait_js(
+        "the confirmation",
+        T,
+        "return document.querySelector('#confirm').open",
+    )
+    .await;
     let confirm = b.text("#confirm-text").await;
     assert!(confirm.contains("all 12 nodes"), "{confirm}");
     b.click("#confirm-ok").await;
@@ -273,7 +293,10 @@ async fn browser_import_test_filter_and_delete_all_matching() {
         .iter()
         .map(|r| r["id"].as_i64().expect("id"))
         .collect();
-    assert_eq!(shown, failed_ids, "the table shows exactly the API's ping_failed nodes");
+    assert_eq!(
+        shown, failed_ids,
+        "the table shows exactly the API's ping_failed nodes"
+    );
     assert_eq!(b.text("#count").await, "7 nodes match");
     assert_eq!(
         b.text("#cards [data-status=ping_failed] .n").await,
@@ -283,12 +306,18 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     b.screenshot(&shots, "console-filtered").await;
 
     // Delete all matching: the dialog names the exact count first.
-    let survivors = server.ids("status=ping_light,ping_ok,auth_failed,not_tested").await;
+    let survivors = server
+        .ids("status=ping_light,ping_ok,auth_failed,not_tested")
+        .await;
     assert_eq!(survivors.len(), 5, "{api_all}");
     b.click("#actions input[value=matching]").await;
     b.click("[data-action=delete]").await;
-    b.wait_js("the delete confirmation", T, "return document.querySelector('#confirm').open")
-        .await;
+    b.wait_js(
+        "the delete confirmation",
+        T,
+        "return document.querySelector('#confirm').open",
+    )
+    .await;
     assert_eq!(b.text("#confirm-title").await, "Delete 7 nodes?");
     let text = b.text("#confirm-text").await;
     assert!(
@@ -308,10 +337,17 @@ async fn browser_import_test_filter_and_delete_all_matching() {
         let (status, _) = server.api("GET", &format!("/nodes/{id}")).await;
         assert_eq!(status, 404, "deleted node {id} still answers");
     }
-    assert_eq!(server.ids("").await, survivors, "exactly the matching nodes are gone");
     assert_eq!(
-        b.js("return document.documentElement.dataset.cspViolations || '0'", vec![])
-            .await,
+        server.ids("").await,
+        survivors,
+        "exactly the matching nodes are gone"
+    );
+    assert_eq!(
+        b.js(
+            "return document.documentElement.dataset.cspViolations || '0'",
+            vec![]
+        )
+        .await,
         json!("0")
     );
 
@@ -376,8 +412,12 @@ async fn browser_reload_reattaches_to_a_running_job() {
     b.click("#select-page").await;
     assert_eq!(b.text("#scope-selected").await, "selected rows (6)");
     b.click("[data-action=light]").await;
-    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
-        .await;
+    b.wait_js(
+        "the confirmation",
+        T,
+        "return document.querySelector('#confirm').open",
+    )
+    .await;
     b.click("#confirm-ok").await;
     let job = b
         .wait_js(
@@ -416,7 +456,10 @@ async fn browser_reload_reattaches_to_a_running_job() {
     let done = wait_job_finished(&b, job, Duration::from_secs(60)).await;
     assert_eq!(done["pct"], json!("100"), "{done}");
     assert_eq!(done["total"], json!("6"), "{done}");
-    assert_eq!(server.get(&format!("/jobs/{job}")).await["state"], json!("done"));
+    assert_eq!(
+        server.get(&format!("/jobs/{job}")).await["state"],
+        json!("done")
+    );
     b.close().await;
     drop(fleet);
     drop(server);
@@ -463,9 +506,7 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
         "return document.querySelectorAll('#rows tr[data-id]').length === 5",
     )
     .await;
-    let page2: Vec<i64> = server
-        .get("/nodes?offset=25&limit=25&sort=id")
-        .await["items"]
+    let page2: Vec<i64> = server.get("/nodes?offset=25&limit=25&sort=id").await["items"]
         .as_array()
         .expect("items")
         .iter()
@@ -479,7 +520,16 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
         .map(|r| r["id"].as_i64().expect("id"))
         .collect();
     assert_eq!(shown, page2);
-    assert!(b.client.find(fantoccini::Locator::Css("#next")).await.expect("next").attr("disabled").await.expect("attr").is_some());
+    assert!(
+        b.client
+            .find(fantoccini::Locator::Css("#next"))
+            .await
+            .expect("next")
+            .attr("disabled")
+            .await
+            .expect("attr")
+            .is_some()
+    );
 
     // Sort by address, descending (second click): the API's order.
     b.click("#prev").await;
@@ -492,9 +542,7 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
            && document.querySelectorAll('#rows tr[data-id]').length === 25",
     )
     .await;
-    let api_order: Vec<i64> = server
-        .get("/nodes?limit=25&sort=ip&desc=true")
-        .await["items"]
+    let api_order: Vec<i64> = server.get("/nodes?limit=25&sort=ip&desc=true").await["items"]
         .as_array()
         .expect("items")
         .iter()
@@ -527,7 +575,10 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
                 .to_owned()
         }
     };
-    assert!(!page_text(&b).await.contains(&secret), "a password is shown unmasked");
+    assert!(
+        !page_text(&b).await.contains(&secret),
+        "a password is shown unmasked"
+    );
     b.click(&format!("[data-reveal=\"{first}\"]")).await;
     b.wait_js(
         "the revealed password",
@@ -561,13 +612,23 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
     .await;
 
     // A light test on one selected row, then its history in the drawer.
-    b.click(&format!("#rows tr[data-id=\"{first}\"] input[type=checkbox]")).await;
+    b.click(&format!(
+        "#rows tr[data-id=\"{first}\"] input[type=checkbox]"
+    ))
+    .await;
     assert_eq!(b.text("#scope-selected").await, "selected rows (1)");
     b.click("#actions input[value=selected]").await;
     b.click("[data-action=light]").await;
-    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
-        .await;
-    assert_eq!(b.text("#confirm-title").await, "Run a light test on 1 node?");
+    b.wait_js(
+        "the confirmation",
+        T,
+        "return document.querySelector('#confirm').open",
+    )
+    .await;
+    assert_eq!(
+        b.text("#confirm-title").await,
+        "Run a light test on 1 node?"
+    );
     b.click("#confirm-ok").await;
     let job = b
         .wait_js(
@@ -585,9 +646,16 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
         &format!("return document.querySelector('#rows tr[data-id=\"{first}\"]').dataset.status === 'ping_light'"),
     )
     .await;
-    b.click(&format!("#rows tr[data-id=\"{first}\"] td:last-child button")).await;
-    b.wait_js("the history drawer", T, "return document.querySelector('#history').open")
-        .await;
+    b.click(&format!(
+        "#rows tr[data-id=\"{first}\"] td:last-child button"
+    ))
+    .await;
+    b.wait_js(
+        "the history drawer",
+        T,
+        "return document.querySelector('#history').open",
+    )
+    .await;
     let hist = b
         .wait_js(
             "a history row",
@@ -607,12 +675,19 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
         .send_keys(&fantoccini::key::Key::Escape.to_string())
         .await
         .expect("Escape");
-    b.wait_js("the drawer to close", T, "return !document.querySelector('#history').open")
-        .await;
+    b.wait_js(
+        "the drawer to close",
+        T,
+        "return !document.querySelector('#history').open",
+    )
+    .await;
 
     // Keyboard: focus the "Ping light" card and press Enter.
-    b.js("document.querySelector('#cards [data-status=ping_light]').focus()", vec![])
-        .await;
+    b.js(
+        "document.querySelector('#cards [data-status=ping_light]').focus()",
+        vec![],
+    )
+    .await;
     b.client
         .active_element()
         .await
@@ -628,7 +703,8 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
     )
     .await;
     assert_eq!(
-        b.js("return document.activeElement.dataset.status", vec![]).await,
+        b.js("return document.activeElement.dataset.status", vec![])
+            .await,
         json!("ping_light"),
         "the focus stays on the card after the cards re-render"
     );

@@ -78,7 +78,8 @@ impl Browser {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = loop {
-            let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+            let mut builder =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
             builder.capabilities(caps.clone());
             match builder.connect(&url).await {
                 Ok(c) => break c,
@@ -176,10 +177,8 @@ impl Browser {
     async fn screenshot_to_temp(&self, name: &str) -> String {
         match self.client.screenshot().await {
             Ok(png) => {
-                let path = std::env::temp_dir().join(format!(
-                    "connexa-browser-{name}-{}.png",
-                    std::process::id()
-                ));
+                let path = std::env::temp_dir()
+                    .join(format!("connexa-browser-{name}-{}.png", std::process::id()));
                 match std::fs::write(&path, png) {
                     Ok(()) => path.display().to_string(),
                     Err(e) => format!("(not written: {e})"),
@@ -244,7 +243,10 @@ pub struct Server {
 impl Server {
     pub fn start() -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = format!("sqlite://{}?mode=rwc", dir.path().join("connexa.db").display());
+        let db = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("connexa.db").display()
+        );
         let exe = env!("CARGO_BIN_EXE_connexa-http");
         let out = Command::new(exe)
             .args(["--db", &db, "token", "create", "--name", "browser-test"])
@@ -276,7 +278,10 @@ impl Server {
             std::thread::spawn(move || {
                 use std::io::BufRead;
                 let mut tx = Some(tx);
-                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     if let Some(addr) = line.split("listening on http://").nth(1)
                         && let Some(t) = tx.take()
                     {
@@ -289,12 +294,14 @@ impl Server {
                 }
             });
         }
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!(
-                "connexa-http did not say where it listens: {}",
-                log.lock().map(|l| l.clone()).unwrap_or_default()
-            )
-        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "connexa-http did not say where it listens: {}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                )
+            });
         Server {
             base: format!("http://{addr}"),
             token,
@@ -312,10 +319,9 @@ impl Server {
     /// `METHOD /api/v1{path}` with the token; the status and the JSON body (Null if none).
     pub async fn api(&self, method: &str, path: &str) -> (u16, Value) {
         use http_body_util::BodyExt;
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}/api/v1{path}", self.base))
@@ -328,7 +334,8 @@ impl Server {
         let json = if body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
         };
         (status, json)
     }
