@@ -82,6 +82,7 @@ const fmtTime = (t) => (t ? new Date(t).toLocaleString() : "never");
 const fmtNum = (n, unit) => (n == null ? "—" : `${Number(n).toFixed(n < 10 ? 2 : 1)} ${unit}`);
 function fmtDuration(s) {
   if (s == null || !isFinite(s)) return "—";
+  if (s < 1) return "< 1 s";
   s = Math.round(s);
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
@@ -387,7 +388,7 @@ function renderProgress(id, ev) {
   $(".failed", el).textContent = nf.format(failed);
   if (ev.rate != null) $(".rate", el).textContent = `${Number(ev.rate).toFixed(1)} /s`;
   const eta = ev.eta_secs ?? ev.eta_seconds ?? ev.eta;
-  $(".eta", el).textContent = ev.finished || done === total ? "0 s" : fmtDuration(typeof eta === "number" ? eta : null);
+  $(".eta", el).textContent = ev.finished || done === total ? "done" : fmtDuration(typeof eta === "number" ? eta : null);
   const st = ev.state || "running";
   $(".job-state", el).textContent = st;
   el.dataset.state = st;
@@ -585,6 +586,8 @@ function init() {
     renderTable();
   });
   for (const b of $$("#actions [data-action]")) b.addEventListener("click", () => runAction(b.dataset.action));
+  // On a phone the filters start folded, so the table is in view.
+  if (matchMedia("(max-width: 720px)").matches) $("#filters-box").open = false;
   if (token.get()) showConsole(); else $("#token").focus();
 }
 

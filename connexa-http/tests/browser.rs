@@ -361,12 +361,16 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     .await;
     b.screenshot(&shots, "console-main").await;
 
-    // Phone width: the table becomes cards, nothing scrolls sideways.
+    // Phone width (reloaded: the token survives in sessionStorage): the table
+    // becomes cards, the filters start folded, nothing scrolls sideways.
     b.client.set_window_size(390, 844).await.expect("resize");
+    b.client.refresh().await.expect("reload");
     b.wait_js(
         "the phone layout",
         T,
-        "return document.documentElement.scrollWidth <= window.innerWidth",
+        "return document.querySelectorAll('#rows tr[data-id]').length === 5 \
+           && !document.querySelector('#filters-box').open \
+           && document.documentElement.scrollWidth <= window.innerWidth",
     )
     .await;
     b.screenshot(&shots, "console-main-phone").await;

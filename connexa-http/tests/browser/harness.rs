@@ -210,12 +210,17 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-/// Where screenshots go: `$CONNEXA_SCREENSHOTS` (e.g. `docs` to refresh the
-/// committed ones), else a temporary directory.
+/// Where screenshots go: `$CONNEXA_SCREENSHOTS` (a relative path is taken from
+/// the workspace root, so `docs/console` refreshes the committed ones), else a
+/// temporary directory.
 pub fn screenshot_dir() -> PathBuf {
-    std::env::var_os("CONNEXA_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("connexa-screenshots"))
+    match std::env::var_os("CONNEXA_SCREENSHOTS").map(PathBuf::from) {
+        Some(dir) if dir.is_relative() => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(dir),
+        Some(dir) => dir,
+        None => std::env::temp_dir().join("connexa-screenshots"),
+    }
 }
 
 /// Serves a router on a free loopback port in this process.
