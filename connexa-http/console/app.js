@@ -388,7 +388,7 @@ function renderProgress(id, ev) {
   $(".failed", el).textContent = nf.format(failed);
   if (ev.rate != null) $(".rate", el).textContent = `${Number(ev.rate).toFixed(1)} /s`;
   const eta = ev.eta_secs ?? ev.eta_seconds ?? ev.eta;
-  $(".eta", el).textContent = ev.finished || done === total ? "done" : fmtDuration(typeof eta === "number" ? eta : null);
+  $(".eta", el).textContent = ev.finished || done === total ? "—" : fmtDuration(typeof eta === "number" ? eta : null);
   const st = ev.state || "running";
   $(".job-state", el).textContent = st;
   el.dataset.state = st;

@@ -716,3 +716,106 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
     drop(fleet);
     drop(server);
 }
+
+/// Cancel in the job panel: the job ends as cancelled and its bar still reaches
+/// 100 % (every item gets a result); and Export downloads exactly what the API
+/// exports for the selected rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection() {
+    let (fleet, list) = fleet(
+        64,
+        vec![(Behaviour::Healthy, 2), (Behaviour::Silent, 4)],
+        6,
+    )
+    .await;
+    let server = Server::start();
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    b.click("#import-open").await;
+    b.type_into("#import-text", &list).await;
+    b.click("#import-submit").await;
+    b.wait_js(
+        "the import report",
+        T,
+        "return document.querySelector('#import-report .import-summary')",
+    )
+    .await;
+    b.click("#import-close").await;
+    b.wait_js(
+        "the 6 nodes",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 6",
+    )
+    .await;
+
+    // Export the first two rows as CSV: capture the download the page makes.
+    b.js(
+        "window.__downloads = []; HTMLAnchorElement.prototype.click = function () { \
+           const a = this; fetch(a.href).then(r => r.text()).then(t => window.__downloads.push({name: a.download, text: t})); }",
+        vec![],
+    )
+    .await;
+    b.click("#rows tr[data-id='1'] input[type=checkbox]").await;
+    b.click("#rows tr[data-id='2'] input[type=checkbox]").await;
+    b.client
+        .find(fantoccini::Locator::Css("#export-format"))
+        .await
+        .expect("format")
+        .select_by_value("csv")
+        .await
+        .expect("csv");
+    b.click("[data-action=export]").await;
+    let download = b
+        .wait_js("the download", T, "return window.__downloads[0]")
+        .await;
+    let (status, _) = server.api("GET", "/export?format=csv&ids=1,2").await;
+    assert_eq!(status, 200);
+    let api_csv = {
+        use http_body_util::BodyExt;
+        let client = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        let req = hyper::Request::get(format!("{}/api/v1/export?format=csv&ids=1,2", server.base))
+            .header("authorization", format!("Bearer {}", server.token))
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let res = client.request(req).await.expect("export");
+        String::from_utf8(res.into_body().collect().await.expect("body").to_bytes().to_vec())
+            .expect("utf-8")
+    };
+    assert_eq!(download["text"], json!(api_csv), "the download is the API's export");
+    assert_eq!(api_csv.lines().count(), 3, "a header and two nodes: {api_csv}");
+    assert!(
+        download["name"].as_str().is_some_and(|n| n.ends_with(".csv")),
+        "{download}"
+    );
+
+    // A light test on every node; the silent ones hold it open until Cancel.
+    b.click("#actions input[value=matching]").await;
+    b.click("[data-action=light]").await;
+    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
+        .await;
+    b.click("#confirm-ok").await;
+    let job = b
+        .wait_js(
+            "the job to report the healthy nodes",
+            T,
+            "const el = document.querySelector('#job-list [data-job]'); \
+             return el && el.dataset.done === '2' && Number(el.dataset.job)",
+        )
+        .await
+        .as_i64()
+        .expect("job id");
+    b.click(&format!("#job-list [data-job=\"{job}\"] .job-cancel")).await;
+    let done = wait_job_finished(&b, job, Duration::from_secs(30)).await;
+    assert_eq!(done["pct"], json!("100"), "{done}");
+    assert_eq!(done["state"], json!("cancelled"), "{done}");
+    let api_job = server.get(&format!("/jobs/{job}")).await;
+    assert_eq!(api_job["state"], json!("cancelled"), "{api_job}");
+    assert_eq!(api_job["progress"]["ok"], json!(2), "{api_job}");
+    assert_eq!(api_job["progress"]["cancelled"], json!(4), "{api_job}");
+    b.close().await;
+    drop(fleet);
+    drop(server);
+}
