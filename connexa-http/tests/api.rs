@@ -400,9 +400,12 @@ async fn hostile_bodies_get_the_right_4xx_and_change_nothing() {
     post("application/json", b"not json".to_vec())
         .await
         .problem(400, "invalid-json");
-    post("application/json", br#"{"kind": "light", "ids": "1"}"#.to_vec())
-        .await
-        .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "ids": "1"}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
     post(
         "application/json",
         br#"{"kind": "light", "all": "yes"}"#.to_vec(),
