@@ -85,20 +85,20 @@ pub async fn export(
         }
         None => format!("connexa-nodes.{}", format.extension()),
     };
+    // Read first (errors become a problem response), then write on a blocking
+    // thread that streams 64 KiB chunks to the client.
+    let nodes = ops::all_matching(st.store().as_ref(), &filter).await?;
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    let store = st.store().clone();
-    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut w = ChunkWriter {
             tx: tx.clone(),
             buf: Vec::new(),
         };
-        let r = handle.block_on(ops::export(store.as_ref(), &filter, format, &mut w));
-        let r = r
+        let r = connexa_core::export::write(format, &nodes, &mut w)
             .map_err(|e| e.to_string())
             .and_then(|_| w.flush().map_err(|e| e.to_string()));
         if let Err(e) = r {
-            tracing::warn!(error = %e, "export failed midway");
+            tracing::debug!(error = %e, "export stopped midway");
             // Breaks the response body, so the client sees an incomplete download.
             let _ = tx.blocking_send(Err(std::io::Error::other(e)));
         }
