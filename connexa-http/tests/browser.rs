@@ -722,12 +722,7 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
 /// exports for the selected rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection() {
-    let (fleet, list) = fleet(
-        64,
-        vec![(Behaviour::Healthy, 2), (Behaviour::Silent, 4)],
-        6,
-    )
-    .await;
+    let (fleet, list) = fleet(64, vec![(Behaviour::Healthy, 2), (Behaviour::Silent, 4)], 6).await;
     let server = Server::start();
     let b = Browser::start().await;
     sign_in(&b, &server).await;
@@ -750,8 +745,12 @@ async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection()
 
     // Export the first two rows as CSV: capture the download the page makes.
     b.js(
-        "window.__downloads = []; HTMLAnchorElement.prototype.click = function () { \
-           const a = this; fetch(a.href).then(r => r.text()).then(t => window.__downloads.push({name: a.download, text: t})); }",
+        "window.__blobs = new Map(); window.__downloads = []; \
+         const create = URL.createObjectURL; \
+         URL.createObjectURL = (blob) => { const u = create(blob); window.__blobs.set(u, blob); return u; }; \
+         HTMLAnchorElement.prototype.click = function () { \
+           const a = this; window.__blobs.get(a.href).text() \
+             .then(t => window.__downloads.push({name: a.download, text: t})); }",
         vec![],
     )
     .await;
@@ -772,30 +771,50 @@ async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection()
     assert_eq!(status, 200);
     let api_csv = {
         use http_body_util::BodyExt;
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
         let req = hyper::Request::get(format!("{}/api/v1/export?format=csv&ids=1,2", server.base))
             .header("authorization", format!("Bearer {}", server.token))
             .body(http_body_util::Empty::new())
             .expect("request");
         let res = client.request(req).await.expect("export");
-        String::from_utf8(res.into_body().collect().await.expect("body").to_bytes().to_vec())
-            .expect("utf-8")
+        String::from_utf8(
+            res.into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes()
+                .to_vec(),
+        )
+        .expect("utf-8")
     };
-    assert_eq!(download["text"], json!(api_csv), "the download is the API's export");
-    assert_eq!(api_csv.lines().count(), 3, "a header and two nodes: {api_csv}");
+    assert_eq!(
+        download["text"],
+        json!(api_csv),
+        "the download is the API's export"
+    );
+    assert_eq!(
+        api_csv.lines().count(),
+        3,
+        "a header and two nodes: {api_csv}"
+    );
     assert!(
-        download["name"].as_str().is_some_and(|n| n.ends_with(".csv")),
+        download["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(".csv")),
         "{download}"
     );
 
     // A light test on every node; the silent ones hold it open until Cancel.
     b.click("#actions input[value=matching]").await;
     b.click("[data-action=light]").await;
-    b.wait_js("the confirmation", T, "return document.querySelector('#confirm').open")
-        .await;
+    b.wait_js(
+        "the confirmation",
+        T,
+        "return document.querySelector('#confirm').open",
+    )
+    .await;
     b.click("#confirm-ok").await;
     let job = b
         .wait_js(
@@ -807,7 +826,8 @@ async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection()
         .await
         .as_i64()
         .expect("job id");
-    b.click(&format!("#job-list [data-job=\"{job}\"] .job-cancel")).await;
+    b.click(&format!("#job-list [data-job=\"{job}\"] .job-cancel"))
+        .await;
     let done = wait_job_finished(&b, job, Duration::from_secs(30)).await;
     assert_eq!(done["pct"], json!("100"), "{done}");
     assert_eq!(done["state"], json!("cancelled"), "{done}");
