@@ -152,10 +152,11 @@ export const api = {
  * Server-Sent Events over fetch (EventSource cannot send an Authorization
  * header). Yields `{id, event, data}`; on a dropped connection it reconnects
  * with `Last-Event-ID`, so no event is lost. Ends when the server closes the
- * stream after its final event, or when `signal` aborts.
+ * stream after its final event, or when `signal` aborts. `resumeAfter` is an
+ * event id seen earlier (e.g. before a page reload): the stream starts after it.
  */
-export async function* events(path, signal) {
-  let lastId = null;
+export async function* events(path, signal, resumeAfter = null) {
+  let lastId = resumeAfter;
   let failures = 0;
   for (;;) {
     let res;

@@ -398,6 +398,7 @@ function renderProgress(id, ev) {
   const finished = ev.finished === true || (["done", "cancelled", "interrupted"].includes(st) && done === total);
   if (finished && !j.finished) {
     j.finished = true;
+    sessionStorage.removeItem(`connexa.job.${id}.last-event`);
     el.classList.add("finished");
     el.dataset.finished = "true";
     $(".job-cancel", el).hidden = true;
@@ -423,7 +424,11 @@ async function follow(id, signal) {
   let lastRefresh = 0;
   for (let attempt = 0; attempt < 1000 && !signal.aborted; attempt++) {
     try {
-      for await (const ev of events(`/jobs/${id}/events`, signal)) {
+      // Resume after the last event this tab saw (kept across reloads), so a
+      // reload does not replay every per-node result of a long job.
+      const key = `connexa.job.${id}.last-event`;
+      for await (const ev of events(`/jobs/${id}/events`, signal, sessionStorage.getItem(key))) {
+        if (ev.id) sessionStorage.setItem(key, ev.id);
         if (ev.event !== "progress" && ev.event !== "done") continue; // `result`: one node's result
         let data;
         try { data = JSON.parse(ev.data); } catch { continue; }
@@ -462,6 +467,7 @@ function dismissJob(id) {
   if (!j) return;
   j.abort.abort();
   j.el.remove();
+  sessionStorage.removeItem(`connexa.job.${id}.last-event`);
   state.jobs.delete(id);
   $("#jobs").hidden = state.jobs.size === 0;
 }

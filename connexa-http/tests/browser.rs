@@ -17,7 +17,7 @@ use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
 use harness::{Browser, Server, screenshot_dir, serve};
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(15);
+const T: Duration = Duration::from_secs(30);
 
 /// The page alone (no API behind it): it loads its modules under the strict CSP,
 /// the CSP really blocks an injected inline script, the sign-in form works from
@@ -433,6 +433,20 @@ async fn browser_reload_reattaches_to_a_running_job() {
         .as_i64()
         .expect("job id");
 
+    // The tab remembers the last event id, to resume after it when reloaded.
+    let key = format!("connexa.job.{job}.last-event");
+    let cursor = b
+        .wait_js(
+            "the remembered event id",
+            T,
+            &format!("return sessionStorage.getItem('{key}')"),
+        )
+        .await;
+    assert!(
+        cursor.as_str().is_some_and(|c| c.contains('.')),
+        "SEQ.ITEM: {cursor}"
+    );
+
     // Reload while the slow nodes still hold the job open.
     b.client.refresh().await.expect("reload");
     let state = server.get(&format!("/jobs/{job}")).await;
@@ -463,6 +477,12 @@ async fn browser_reload_reattaches_to_a_running_job() {
     assert_eq!(
         server.get(&format!("/jobs/{job}")).await["state"],
         json!("done")
+    );
+    assert_eq!(
+        b.js(&format!("return sessionStorage.getItem('{key}')"), vec![])
+            .await,
+        serde_json::Value::Null,
+        "a finished job's event id is forgotten"
     );
     b.close().await;
     drop(fleet);
