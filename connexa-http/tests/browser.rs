@@ -737,11 +737,11 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
     drop(server);
 }
 
-/// Cancel in the job panel: the job ends as cancelled and its bar still reaches
-/// 100 % (every item gets a result); and Export downloads exactly what the API
-/// exports for the selected rows.
+/// Export downloads exactly what the API exports for the selected rows; Cancel
+/// in the job panel ends the job as cancelled and its bar still reaches 100 %
+/// (every item gets a result); markup in node data is shown as text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection() {
+async fn browser_cancel_export_and_node_markup_stays_text() {
     let (fleet, list) = fleet(64, vec![(Behaviour::Healthy, 2), (Behaviour::Silent, 4)], 6).await;
     let server = Server::start();
     let b = Browser::start().await;
@@ -855,6 +855,47 @@ async fn browser_cancel_reaches_100_percent_and_export_downloads_the_selection()
     assert_eq!(api_job["state"], json!("cancelled"), "{api_job}");
     assert_eq!(api_job["progress"]["ok"], json!(2), "{api_job}");
     assert_eq!(api_job["progress"]["cancelled"], json!(4), "{api_job}");
+
+    // Markup in node data stays text: nothing is parsed as HTML, nothing runs.
+    let hostile = "<img src=x onerror=\"window.__xss=1\"><b>bold</b>";
+    let (status, created) = server
+        .api_json(
+            "POST",
+            "/nodes",
+            Some(json!({"ip": "127.64.9.9", "login": "x", "password": "y",
+                        "city": hostile, "comment": hostile})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_i64().expect("id");
+    b.click("#refresh").await;
+    let cell = b
+        .wait_js(
+            "the node with markup in its city",
+            T,
+            &format!("const r = document.querySelector('#rows tr[data-id=\"{id}\"]'); return r && r.cells[6].textContent"),
+        )
+        .await;
+    assert_eq!(cell, json!(hostile));
+    b.click(&format!("#rows tr[data-id=\"{id}\"] td:last-child button"))
+        .await;
+    b.wait_js(
+        "the history drawer",
+        T,
+        "return document.querySelector('#history').open",
+    )
+    .await;
+    let facts = b.text("#history-node").await;
+    assert!(facts.contains(hostile), "{facts}");
+    assert_eq!(
+        b.js(
+            "return [window.__xss === undefined, document.querySelectorAll('#rows img, #history img, #rows b').length]",
+            vec![]
+        )
+        .await,
+        json!([true, 0]),
+        "node data was parsed as HTML"
+    );
     b.close().await;
     drop(fleet);
     drop(server);

@@ -323,16 +323,27 @@ impl Server {
 
     /// `METHOD /api/v1{path}` with the token; the status and the JSON body (Null if none).
     pub async fn api(&self, method: &str, path: &str) -> (u16, Value) {
+        self.api_json(method, path, None).await
+    }
+
+    /// Like [`Server::api`], with an optional JSON request body.
+    pub async fn api_json(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         use http_body_util::BodyExt;
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
-        let req = hyper::Request::builder()
+                .build_http::<http_body_util::Full<hyper::body::Bytes>>();
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{}/api/v1{path}", self.base))
-            .header("authorization", format!("Bearer {}", self.token))
-            .body(http_body_util::Empty::new())
-            .expect("request");
+            .header("authorization", format!("Bearer {}", self.token));
+        let bytes = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                hyper::body::Bytes::from(v.to_string())
+            }
+            None => hyper::body::Bytes::new(),
+        };
+        let req = req.body(http_body_util::Full::new(bytes)).expect("request");
         let res = client.request(req).await.expect("API request");
         let status = res.status().as_u16();
         let body = res.into_body().collect().await.expect("body").to_bytes();
