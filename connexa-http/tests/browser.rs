@@ -379,8 +379,8 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     drop(server);
 }
 
-/// Reloading the page while a job runs re-attaches its progress bar to the SSE
-/// stream, which then goes on to 100 %.
+/// Importing by file upload; reloading the page while a job runs re-attaches its
+/// progress bar to the SSE stream, which then goes on to 100 %.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_reload_reattaches_to_a_running_job() {
     let (fleet, list) = fleet(
@@ -396,7 +396,17 @@ async fn browser_reload_reattaches_to_a_running_job() {
     let b = Browser::start().await;
     sign_in(&b, &server).await;
     b.click("#import-open").await;
-    b.type_into("#import-text", &list).await;
+    // This time the list is uploaded as a file (the dialog's file input).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("fleet.txt");
+    std::fs::write(&file, &list).expect("write the list");
+    b.client
+        .find(fantoccini::Locator::Css("#import-file"))
+        .await
+        .expect("file input")
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
     b.click("#import-submit").await;
     b.wait_js(
         "the import report",
