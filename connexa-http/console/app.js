@@ -518,12 +518,13 @@ function openImport() {
 
 async function submitImport(e) {
   e.preventDefault();
+  // A chosen file is sent as it is (the browser streams it); else the pasted text.
   const file = $("#import-file").files[0];
-  const text = file ? await file.text() : $("#import-text").value;
-  if (!text.trim()) { $("#import-report").replaceChildren(h("p", { class: "error" }, "Paste a node list or choose a file.")); return; }
+  const text = file ? "" : $("#import-text").value;
+  if (!file && !text.trim()) { $("#import-report").replaceChildren(h("p", { class: "error" }, "Paste a node list or choose a file.")); return; }
   $("#import-submit").disabled = true;
   $("#import-report").replaceChildren(h("p", {}, "Importing…"));
-  const r = await guard(() => api.import(text, $("#import-conflict").value));
+  const r = await guard(() => api.import(file || text, $("#import-conflict").value));
   $("#import-submit").disabled = false;
   if (!r) { $("#import-report").replaceChildren(); return; }
   renderImportReport(r.summary);

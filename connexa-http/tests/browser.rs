@@ -359,6 +359,12 @@ async fn browser_import_test_filter_and_delete_all_matching() {
         "return document.querySelectorAll('#rows tr[data-id]').length === 5",
     )
     .await;
+    b.client.set_window_size(1280, 1200).await.expect("resize");
+    b.js(
+        "const t = document.querySelector('#toast'); t.classList.remove('show'); t.hidden = true",
+        vec![],
+    )
+    .await;
     b.screenshot(&shots, "console-main").await;
 
     // Phone width (reloaded: the token survives in sessionStorage): the table
