@@ -35,8 +35,15 @@ use crate::routes;
         routes::export::export,
         serve,
     ),
-    components(schemas(routes::jobs::ProgressData, routes::jobs::ItemResultView)),
-    modifiers(&Bearer),
+    components(schemas(
+        routes::jobs::ProgressData,
+        routes::jobs::ItemResultView,
+        routes::jobs::TestKind,
+        connexa_core::domain::SortKey,
+        connexa_core::import::OnConflict,
+        crate::problem::Problem,
+    )),
+    modifiers(&Bearer, &CommonErrors),
     security(("bearer" = [])),
     tags(
         (name = "nodes", description = "The fleet"),
@@ -64,6 +71,60 @@ impl Modify for Bearer {
                     .build(),
             ),
         );
+    }
+}
+
+/// Documents the problems any authenticated operation can answer (bad query,
+/// no token, rate limit, server failure, time limit) where a handler did not.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            ("400", "Invalid query parameters or path (`bad-request`)"),
+            ("401", "No valid bearer token (`unauthorized`)"),
+            ("405", "Method not allowed (`method-not-allowed`)"),
+            (
+                "429",
+                "Too many failed authentication attempts (`rate-limited`)",
+            ),
+            ("500", "Server failure (`internal`)"),
+            ("503", "Request took too long (`timeout`)"),
+        ];
+        for (path, item) in api.paths.paths.iter_mut() {
+            if path == "/healthz" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (code, what) in common {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| problem(what).into());
+                }
+            }
+        }
     }
 }
 

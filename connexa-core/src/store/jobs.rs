@@ -77,7 +77,7 @@ pub(crate) async fn recent<C: ConnectionTrait>(
 ) -> Result<Vec<Job>, StoreError> {
     jobs::Entity::find()
         .order_by_desc(jobs::Column::Id)
-        .limit(limit)
+        .limit(limit.min(i64::MAX as u64))
         .all(conn)
         .await
         .map_err(db_err)?
@@ -406,7 +406,7 @@ pub(crate) async fn recent_items<C: ConnectionTrait>(
         .filter(job_items::Column::FinishedAt.is_not_null())
         .order_by_desc(job_items::Column::FinishedAt)
         .order_by_desc(job_items::Column::Id)
-        .limit(limit)
+        .limit(limit.min(i64::MAX as u64))
         .all(conn)
         .await
         .map_err(db_err)?
@@ -433,7 +433,7 @@ pub(crate) async fn items_since<C: ConnectionTrait>(
         )
         .order_by_asc(job_items::Column::Seq)
         .order_by_asc(job_items::Column::Id)
-        .limit(limit)
+        .limit(limit.min(i64::MAX as u64))
         .all(conn)
         .await
         .map_err(db_err)?

@@ -234,8 +234,10 @@ impl NodeStore for SqlStore {
         for (col, dir) in query::order(page.sort, page.desc) {
             q = q.order_by(col, dir);
         }
+        // The drivers bind signed 64-bit integers (a larger value panics in
+        // sea-query-sqlx); no table has that many rows anyway.
         let rows = q
-            .offset(page.offset)
+            .offset(page.offset.min(i64::MAX as u64))
             .limit(page.limit.min(Page::MAX_LIMIT))
             .all(&self.db)
             .await

@@ -65,7 +65,8 @@ impl Write for ChunkWriter {
 
 /// The nodes matching the filter in a node-list format, as a download.
 #[utoipa::path(get, path = "/api/v1/export", tag = "export", params(ExportQuery),
-    responses((status = 200, description = "The file (passwords in clear: that is what an export is for)", body = String, content_type = "text/plain"),
+    responses((status = 200, description = "The file (passwords in clear: that is what an export is for)",
+               content((String = "text/csv"), (String = "text/plain"), (String = "application/json"))),
               (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn export(
     State(st): State<AppState>,

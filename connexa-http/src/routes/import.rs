@@ -74,7 +74,12 @@ enum PumpEnd {
 
 /// Feeds the body to the importer. On a limit or a read error, the importer
 /// gets an I/O error (never a clean end, which could turn a cut row into a valid one).
-async fn pump<S, E>(mut s: S, tx: mpsc::Sender<std::io::Result<Bytes>>, limit: u64) -> PumpEnd
+async fn pump<S, E>(
+    mut s: S,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    limit: u64,
+    seen: &std::sync::atomic::AtomicU64,
+) -> PumpEnd
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -91,6 +96,7 @@ where
             }
         };
         total += chunk.len() as u64;
+        seen.store(total, std::sync::atomic::Ordering::Relaxed);
         if total > limit {
             let _ = tx
                 .send(Err(std::io::Error::other(
@@ -148,6 +154,7 @@ pub async fn import(
     };
     let test = q.test.map(|k| (k.into(), JobOptions::default()));
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
+    let body_len = std::sync::atomic::AtomicU64::new(0);
     let reader = ChanReader {
         rx,
         cur: Bytes::new(),
@@ -171,15 +178,24 @@ pub async fn import(
             }
         };
         let source = field.file_name().map(str::to_owned);
-        let chunks = pump(Box::pin(field), tx, limit);
+        let chunks = pump(Box::pin(field), tx, limit, &body_len);
         let (r, e) = tokio::join!(import, chunks);
         (r, e, source)
     } else {
         let body = req.into_body().into_data_stream();
-        let (r, e) = tokio::join!(import, pump(body, tx, limit));
+        let (r, e) = tokio::join!(import, pump(body, tx, limit, &body_len));
         (r, e, None)
     };
     let (report, job) = result?;
+    if report.added.is_empty()
+        && report.duplicates.is_empty()
+        && report.conflicts.is_empty()
+        && report.errors.is_empty()
+        && matches!(end, PumpEnd::Done)
+        && body_len.load(std::sync::atomic::Ordering::Relaxed) == 0
+    {
+        return Err(ApiError::bad_request("the body is empty: send a node list"));
+    }
     let source = q.source.or(source).unwrap_or_else(|| "body".into());
     let summary = ImportSummary::new(source, &report);
     match end {
