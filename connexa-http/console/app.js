@@ -179,9 +179,18 @@ async function loadNodes() {
 }
 
 function renderTable() {
+  // Live refreshes must not steal the keyboard focus from a row's control.
+  const active = document.activeElement;
+  const activeRow = active && active.closest ? active.closest("#rows tr[data-id]") : null;
+  const activeIndex = activeRow ? $$("button, input", activeRow).indexOf(active) : -1;
   const rows = state.rows.map(renderRow);
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, "No node matches.")));
   $("#rows").replaceChildren(...rows);
+  if (activeRow && activeIndex >= 0) {
+    const again = $(`#rows tr[data-id="${activeRow.dataset.id}"]`);
+    const control = again && $$("button, input", again)[activeIndex];
+    if (control) control.focus();
+  }
   const first = state.total === 0 ? 0 : (state.page - 1) * state.limit + 1;
   const last = Math.min(state.total, state.page * state.limit);
   const pages = Math.max(1, Math.ceil(state.total / state.limit));

@@ -722,6 +722,25 @@ async fn browser_paging_sorting_reveal_history_and_keyboard() {
     )
     .await;
 
+    // A refresh re-renders the table but keeps the focus on the same control.
+    b.js(
+        &format!(
+            "const r = document.querySelector('#rows tr[data-id=\"{first}\"]'); r.__old = true; \
+             r.querySelector('input[type=checkbox]').focus(); document.querySelector('#refresh').click()"
+        ),
+        vec![],
+    )
+    .await;
+    b.wait_js(
+        "the re-rendered row to have the focus",
+        T,
+        &format!(
+            "const r = document.querySelector('#rows tr[data-id=\"{first}\"]'); \
+             return r && !r.__old && document.activeElement === r.querySelector('input[type=checkbox]')"
+        ),
+    )
+    .await;
+
     // Keyboard: focus the "Ping light" card and press Enter.
     b.js(
         "document.querySelector('#cards [data-status=ping_light]').focus()",

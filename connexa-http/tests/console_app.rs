@@ -16,12 +16,21 @@ async fn the_console_is_public_and_the_api_is_not() {
             .get(header::CONTENT_SECURITY_POLICY)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        assert_eq!(csp, connexa_http::console::CONTENT_SECURITY_POLICY, "{path}");
+        assert_eq!(
+            csp,
+            connexa_http::console::CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
     }
     // The API and the metrics still need a token.
     for path in ["/api/v1/nodes", "/api/v1/stats", "/metrics"] {
         let res = api.req(Method::GET, path, None, None, None).await;
-        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{path}: {}", res.text());
+        assert_eq!(
+            res.status,
+            StatusCode::UNAUTHORIZED,
+            "{path}: {}",
+            res.text()
+        );
     }
     // The token the page sends works for the page's first call.
     assert_eq!(api.get("/api/v1/stats").await.status, StatusCode::OK);
