@@ -117,10 +117,19 @@ impl Modify for CommonErrors {
             .into_iter()
             .flatten()
             {
-                for (code, what) in common {
+                let with_body = [
+                    ("413", "Body too large (`payload-too-large`)"),
+                    ("415", "Wrong content type (`unsupported-media-type`)"),
+                ];
+                let extra = if op.request_body.is_some() {
+                    &with_body[..]
+                } else {
+                    &[]
+                };
+                for (code, what) in common.iter().chain(extra) {
                     op.responses
                         .responses
-                        .entry(code.to_owned())
+                        .entry((*code).to_owned())
                         .or_insert_with(|| problem(what).into());
                 }
             }

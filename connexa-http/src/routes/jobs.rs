@@ -299,7 +299,7 @@ const RESULTS_PAGE: u64 = 1000;
     params(("id" = i64, Path, description = "Job id"),
            ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
            EventsQuery),
-    responses((status = 200, description = "An event stream: `event: result` (data: ItemResultView), `event: progress` and a final `event: done` (data: ProgressData)", content_type = "text/event-stream", body = String),
+    responses((status = 200, description = "An event stream: `event: result` (data: ItemResultView), `event: progress` and a final `event: done` (data: ProgressData)", content_type = "text/event-stream", body = Object),
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn events(

@@ -183,8 +183,12 @@ pub(crate) fn page(
             Page::MAX_LIMIT
         )));
     }
+    let offset = offset.unwrap_or(0);
+    if offset > i64::MAX as u64 {
+        return Err(ApiError::bad_request("offset: too large"));
+    }
     Ok(Page {
-        offset: offset.unwrap_or(0),
+        offset,
         limit,
         sort: sort.unwrap_or_default(),
         desc: desc.unwrap_or(false),
