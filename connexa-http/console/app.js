@@ -371,6 +371,7 @@ function jobElement(id) {
       h("span", { class: "failed" }, "0"), " · ",
       h("span", { class: "rate" }, "— /s"), " · ETA ",
       h("span", { class: "eta" }, "—")),
+    h("ul", { class: "recent", "aria-label": `Latest results of job ${id}` }),
     h("p", { class: "job-result visually-hidden", role: "status" }));
   return li;
 }
@@ -438,9 +439,10 @@ async function follow(id, signal) {
       const key = `connexa.job.${id}.last-event`;
       for await (const ev of events(`/jobs/${id}/events`, signal, sessionStorage.getItem(key))) {
         if (ev.id) sessionStorage.setItem(key, ev.id);
-        if (ev.event !== "progress" && ev.event !== "done") continue; // `result`: one node's result
         let data;
         try { data = JSON.parse(ev.data); } catch { continue; }
+        if (ev.event === "result") { showResult(id, data); continue; }
+        if (ev.event !== "progress" && ev.event !== "done") continue;
         const j = state.jobs.get(id);
         if (j) j.el.dataset.events = String(Number(j.el.dataset.events || 0) + 1);
         renderProgress(id, data);
@@ -462,6 +464,18 @@ async function follow(id, signal) {
     if (state.jobs.get(id)?.finished) return;
     await sleep(1000);
   }
+}
+
+/** The latest per-node results of a job (newest first, at most 5). */
+function showResult(id, r) {
+  const j = state.jobs.get(id);
+  if (!j) return;
+  const list = $(".recent", j.el);
+  const status = r.status ? STATUS_LABEL[r.status] || r.status : r.state;
+  list.prepend(h("li", { dataset: { node: String(r.node), state: r.state } },
+    h("span", { class: `badge ${STATUS_TONE[r.status] || ""}` }, status), ` node ${r.node}`,
+    r.detail ? h("span", { class: "muted" }, ` — ${r.detail}`) : null));
+  while (list.children.length > 5) list.lastElementChild.remove();
 }
 
 async function cancelJob(id) {

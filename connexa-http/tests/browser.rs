@@ -249,6 +249,29 @@ async fn browser_import_test_filter_and_delete_all_matching() {
     let api_job = server.get(&format!("/jobs/{job}")).await;
     assert_eq!(api_job["state"], json!("done"), "{api_job}");
     assert_eq!(api_job["progress"]["pending"], json!(0), "{api_job}");
+    // The panel lists the latest five per-node results from the stream, each as
+    // `GET /jobs/{id}` reports it (all 12 are in its `recent`).
+    let recent = b
+        .js(
+            &format!(
+                "return [...document.querySelectorAll('#job-list [data-job=\"{job}\"] .recent li')]\
+                   .map(l => ({{node: Number(l.dataset.node), state: l.dataset.state}}))"
+            ),
+            vec![],
+        )
+        .await;
+    let recent = recent.as_array().expect("recent");
+    assert_eq!(recent.len(), 5, "{recent:?}");
+    let api_recent = api_job["recent"].as_array().expect("recent");
+    assert_eq!(api_recent.len(), 12, "{api_job}");
+    for r in recent {
+        assert!(
+            api_recent
+                .iter()
+                .any(|a| a["node"] == r["node"] && a["state"] == r["state"]),
+            "{r} is not among the job's results: {api_job}"
+        );
+    }
 
     // The table refreshed: no node is still not_tested, and each row shows the
     // status the API has.
