@@ -69,13 +69,12 @@ impl Browser {
             .spawn()
             .expect("spawn chromedriver");
         let url = format!("http://127.0.0.1:{port}");
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": { "binary": chromium_path(), "args": CHROMIUM_FLAGS },
-        });
-        let Value::Object(caps) = caps else {
-            unreachable!()
-        };
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": chromium_path(), "args": CHROMIUM_FLAGS }),
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = loop {
             let mut builder =
