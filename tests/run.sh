@@ -99,6 +99,26 @@ start_postgres
 start_pptpd
 [ -n "${CONNEXA_TEST_PPTPD:-}" ] || cargo_skip+=(--skip pptpd)
 
+# --- Chromium: Debian's headless browser + chromedriver for the console's browser tests --
+# The tests (named *browser*) start chromedriver themselves on a free loopback port;
+# here we only make sure both binaries exist and run.
+start_chromium() {
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver fonts-dejavu-core \
+      || { unavailable chromium "apt-get install chromium chromium-driver failed"; return; }
+  fi
+  local v
+  v=$(chromium --headless --no-sandbox --disable-gpu --version 2>/dev/null) \
+    || { unavailable chromium "chromium --version failed"; return; }
+  chromedriver --version >/dev/null 2>&1 || { unavailable chromium "chromedriver --version failed"; return; }
+  export CONNEXA_TEST_CHROMIUM=$(command -v chromium)
+  export CONNEXA_TEST_CHROMEDRIVER=$(command -v chromedriver)
+  log "Chromium ready: $v ($CONNEXA_TEST_CHROMEDRIVER)"
+}
+
+start_chromium
+[ -n "${CONNEXA_TEST_CHROMEDRIVER:-}" ] || cargo_skip+=(--skip browser)
+
 # --- The PPTP lab: a real pptpd (Debian) in a QEMU VM, inside a private netns ------
 # tests/lab/README.md. Lab tests are the test functions named lab_*; they enter
 # the lab's network namespace themselves (setns), so they must run as root.
@@ -141,6 +161,48 @@ for dir in examples/*/; do
   log "example $name"
   timeout 120 "$target_dir/debug/$name"
 done
+
+# --- schemathesis (PyPI) against connexa-http's OpenAPI document ------------------
+# A venv of its own (pinned version), the debug binary on an ephemeral loopback
+# port with a throw-away SQLite database and a first-run token. Every generated
+# request must get a documented status, content type and body; the check
+# positive_data_acceptance is off because the API has rules beyond the schema
+# ("exactly one of ids, filter, all"), which it answers with a documented 422.
+SCHEMATHESIS_VERSION=4.32.5
+run_schemathesis() {
+  local venv=${CONNEXA_ST_VENV:-/tmp/connexa-schemathesis-venv}
+  if [ ! -x "$venv/bin/st" ] || ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    command -v python3 >/dev/null || { unavailable schemathesis "no python3"; return; }
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv \
+      || { unavailable schemathesis "apt-get install python3-venv failed"; return; }
+    rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" \
+      || { unavailable schemathesis "pip install schemathesis==$SCHEMATHESIS_VERSION failed"; return; }
+  fi
+  local dir bin pid addr token rc=0
+  dir=$(mktemp -d /tmp/connexa-st.XXXXXX)
+  bin="$target_dir/debug/connexa-http"
+  "$bin" --db "sqlite://$dir/st.db?mode=rwc" serve --listen 127.0.0.1:0 --init-admin >"$dir/token" 2>"$dir/log" &
+  pid=$!
+  for _ in $(seq 100); do grep -q 'listening on' "$dir/log" 2>/dev/null && break; sleep 0.1; done
+  addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)
+  token=$(cat "$dir/token")
+  if [ -z "$addr" ] || [ -z "$token" ]; then
+    kill "$pid" 2>/dev/null; cat "$dir/log" >&2; log "FAILED: connexa-http did not start for schemathesis"; return 1
+  fi
+  printf '127.9.0.1:admin:pw\n127.9.0.2:admin:pw\n' | python3 -c '
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.stdin.buffer.read(), headers={"Authorization": "Bearer " + sys.argv[2], "Content-Type": "text/plain"})
+urllib.request.urlopen(req).read()' "http://$addr/api/v1/import" "$token"
+  log "schemathesis $SCHEMATHESIS_VERSION against http://$addr/api/v1/openapi.json"
+  "$venv/bin/st" run "http://$addr/api/v1/openapi.json" -H "Authorization: Bearer $token" \
+    -n 30 --request-timeout 20 --exclude-checks positive_data_acceptance || rc=$?
+  if grep -q panicked "$dir/log"; then log "FAILED: connexa-http panicked under schemathesis (see $dir/log)"; rc=1; fi
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  [ "$rc" = 0 ] && rm -rf "$dir"
+  return "$rc"
+}
+run_schemathesis
 
 if [ ${#skipped[@]} -gt 0 ]; then
   printf '\n\033[1;31m!!! NOT EVERYTHING RAN: %d part(s) could not be provisioned:\033[0m\n' "${#skipped[@]}" >&2

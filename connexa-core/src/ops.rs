@@ -94,6 +94,7 @@ pub async fn export<W: Write>(
 
 /// What [`delete_ids`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Deleted {
     /// Nodes deleted.
     pub deleted: u64,
@@ -172,6 +173,7 @@ pub async fn edit_meta(
 
 /// Counts of one status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusCount {
     /// The status.
     pub status: Status,
@@ -181,6 +183,7 @@ pub struct StatusCount {
 
 /// A job, with its progress.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobView {
     /// Identifier.
     pub id: JobId,
@@ -215,6 +218,7 @@ impl JobView {
 
 /// What `connexa stats` shows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Stats {
     /// All nodes.
     pub total: u64,
@@ -260,6 +264,7 @@ pub async fn stats(store: &dyn NodeStore) -> Result<Stats, StoreError> {
 
 /// A running service, as shown (password masked unless revealed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceView {
     /// Host.
     pub host: String,
@@ -273,6 +278,7 @@ pub struct ServiceView {
 
 /// A node, as shown and printed as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     /// Identifier.
     pub id: NodeId,
@@ -371,6 +377,7 @@ impl NodeView {
 
 /// One status-history row, as shown.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryView {
     /// When.
     pub at: DateTime<Utc>,
@@ -410,6 +417,7 @@ impl From<&HistoryRow> for HistoryView {
 
 /// One row of an import that collided with a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Collision {
     /// The row's line.
     pub line: usize,
@@ -435,6 +443,7 @@ impl Collision {
 
 /// An added row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddedRow {
     /// The row's line.
     pub line: usize,
@@ -444,6 +453,7 @@ pub struct AddedRow {
 
 /// A replaced node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplacedView {
     /// The row's line.
     pub line: usize,
@@ -455,6 +465,7 @@ pub struct ReplacedView {
 
 /// A row that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorRow {
     /// The row's line.
     pub line: usize,
@@ -466,6 +477,7 @@ pub struct ErrorRow {
 
 /// An [`ImportReport`] as printed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportSummary {
     /// Where the rows came from (a file name or `-`).
     pub source: String,

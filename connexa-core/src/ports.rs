@@ -17,6 +17,7 @@ use crate::domain::{
 
 /// Identifier of a job (a batch test, an import, a service start or stop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct JobId(pub i64);
 
@@ -286,6 +287,113 @@ pub trait NodeStore: Send + Sync {
 
     /// The last `limit` finished items of a job, newest first.
     async fn recent_items(&self, job: JobId, limit: u64) -> Result<Vec<ItemView>, StoreError>;
+
+    /// Finished items of a job after `cursor` in (commit number, item id) order,
+    /// at most `limit`. Every transaction that ends items of a job (a group
+    /// commit, a cancellation) gets the next commit number of that job, and
+    /// commits of one job are serialised, so reading "after the last item seen"
+    /// again and again never misses a result nor repeats one: this is how the
+    /// HTTP event stream resumes after a reconnect (`Last-Event-ID`).
+    async fn items_since(
+        &self,
+        job: JobId,
+        cursor: ItemCursor,
+        limit: u64,
+    ) -> Result<Vec<CommittedItem>, StoreError>;
+}
+
+/// A position in a job's stream of finished items ([`NodeStore::items_since`]):
+/// the commit number and the item id of the last item seen. The default is the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ItemCursor {
+    /// Commit number.
+    pub seq: u64,
+    /// Item id within that commit.
+    pub item: i64,
+}
+
+impl CommittedItem {
+    /// The cursor just after this item.
+    pub fn cursor(&self) -> ItemCursor {
+        ItemCursor {
+            seq: self.seq,
+            item: self.item.item.0,
+        }
+    }
+}
+
+/// A finished item and the commit number of the transaction that ended it
+/// ([`NodeStore::items_since`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommittedItem {
+    /// The job's commit number (1, 2, ...; items ended together share it).
+    pub seq: u64,
+    /// The item.
+    pub item: ItemView,
+}
+
+/// Identifier of an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct TokenId(pub i64);
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An API token as stored: never the token itself, only the SHA-256 hash of it
+/// (in [`TokenStore`]); this view carries neither.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiToken {
+    /// Identifier.
+    pub id: TokenId,
+    /// The name given at creation (who or what uses it).
+    pub name: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last accepted (updated at most about once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it stops being accepted, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revoked tokens are never accepted again.
+    pub revoked: bool,
+}
+
+/// Persistence of API bearer tokens (used by connexa-http). Tokens are random
+/// 256-bit values; the store only ever sees their hash (lower-case hex SHA-256),
+/// so a copy of the database does not give access to the API.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Stores a new token under `name`. Fails if the hash is already stored.
+    async fn create_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        expires_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Result<ApiToken, StoreError>;
+
+    /// The token with this hash, if it is stored, not revoked and not expired
+    /// at `at`. Reads only (see [`touch_token`](Self::touch_token)).
+    async fn find_token(
+        &self,
+        token_hash: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Records that the token was used at `at`.
+    async fn touch_token(&self, id: TokenId, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Every token (revoked ones included), oldest first.
+    async fn tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Revokes a token; `false` if there is no such token or it was already revoked.
+    async fn revoke_token(&self, id: TokenId) -> Result<bool, StoreError>;
 }
 
 /// Identifier of one job item (one node in one job).
@@ -295,6 +403,7 @@ pub struct ItemId(pub i64);
 
 /// What a job does to each of its nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobKind {
@@ -314,6 +423,7 @@ pub enum JobKind {
 
 /// The lifecycle of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Created, no worker yet.
@@ -330,6 +440,7 @@ pub enum JobState {
 
 /// The lifecycle of one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ItemState {
     /// Waiting for a worker.
@@ -469,6 +580,7 @@ pub struct ItemView {
 
 /// A job's progress, computed from committed rows: every observer sees the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// Items in all.
     pub total: u64,

@@ -1,19 +1,307 @@
-//! `connexa-http`: the REST API and web console (arrives with its issue).
+//! `connexa-http`: serves Connexa's REST API and runs the engine (job workers,
+//! service reconciler, health monitor) in the same process. See docs/http.md.
 
-use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Serve Connexa's REST API and web console.
+use anyhow::Context as _;
+use axum::http::HeaderValue;
+use clap::{Parser, Subcommand};
+use connexa_core::config::Config;
+use connexa_core::engine::{Engine, EngineConfig, NotAvailable, RecoverPolicy};
+use connexa_core::ports::{TokenId, TokenStore};
+use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::store::{SqlStore, redact_url};
+use connexa_http::{AppState, HttpOptions, app, metrics_router};
+
+/// The database used when neither `--db`, `$CONNEXA_DB` nor the config file names one.
+const DEFAULT_DB: &str = "sqlite://connexa.db?mode=rwc";
+
+/// Serve Connexa's REST API (and run its job workers, reconciler and monitor).
 #[derive(Debug, Parser)]
 #[command(name = "connexa-http", version, about, long_about = None)]
-struct Args {}
+struct Args {
+    /// Database URL [default: $CONNEXA_DB, else `database` in the config file, else sqlite://connexa.db?mode=rwc].
+    #[arg(long, global = true, env = "CONNEXA_DB", hide_env_values = true)]
+    db: Option<String>,
+    /// The TOML configuration file shared with the `connexa` CLI.
+    #[arg(long, global = true, value_name = "FILE", env = "CONNEXA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve(ServeArgs),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct ServeArgs {
+    /// Listen address [default: `http.listen` in the config file, else 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Also serve /metrics WITHOUT authentication on this address (for a scraper).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// If no token exists yet, create one named "admin" and print it once on stdout.
+    #[arg(long)]
+    init_admin: bool,
+    /// Allow this browser origin (CORS; repeatable). Without it, no CORS headers are sent.
+    #[arg(long, value_name = "ORIGIN")]
+    cors_origin: Vec<String>,
+    /// Largest import body, MiB.
+    #[arg(long, default_value_t = 512)]
+    max_import_mib: u64,
+    /// What to do at start-up with jobs a previous process left unfinished.
+    #[arg(long, value_enum, default_value_t = Recover::Resume)]
+    recover: Recover,
+}
+
+#[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
+enum Recover {
+    /// Run them again from where they stopped.
+    #[default]
+    Resume,
+    /// Close them as interrupted.
+    Interrupt,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (it is shown once and stored only hashed).
+    Create {
+        /// Who or what uses it.
+        #[arg(long)]
+        name: String,
+        /// Expire after this many days.
+        #[arg(long)]
+        expires_days: Option<u32>,
+    },
+    /// List tokens (never the tokens themselves).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// Token id (from `token list`).
+        id: i64,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    println!(
-        "connexa-http {}: the API is not built yet (see README.md)",
-        env!("CARGO_PKG_VERSION")
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = match args.config.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let command = args.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    if let Command::Openapi = command {
+        println!("{}", connexa_http::openapi::json());
+        return Ok(());
+    }
+    let url = args
+        .db
+        .filter(|s| !s.is_empty())
+        .or(config.database.clone())
+        .unwrap_or_else(|| DEFAULT_DB.to_owned());
+    let store = Arc::new(
+        SqlStore::connect(&url)
+            .await
+            .with_context(|| format!("opening {}", redact_url(&url)))?,
     );
+    match command {
+        Command::Token(t) => token(store.as_ref(), t).await,
+        Command::Serve(s) => serve(store, &config, s).await,
+        Command::Openapi => Ok(()),
+    }
+}
+
+async fn token(store: &SqlStore, t: TokenCommand) -> anyhow::Result<()> {
+    match t {
+        TokenCommand::Create { name, expires_days } => {
+            let expires =
+                expires_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d.into()));
+            let (token, row) = connexa_http::auth::create_token(store, &name, expires).await?;
+            eprintln!(
+                "token #{} {:?} created; it is shown once:",
+                row.id, row.name
+            );
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            for t in store.tokens().await? {
+                println!(
+                    "{}\t{}\tcreated {}\tlast used {}\t{}",
+                    t.id,
+                    t.name,
+                    t.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    t.last_used_at
+                        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+                        .unwrap_or_else(|| "never".into()),
+                    if t.revoked {
+                        "revoked".to_owned()
+                    } else {
+                        t.expires_at
+                            .map(|e| format!("expires {}", e.format("%Y-%m-%d")))
+                            .unwrap_or_else(|| "active".into())
+                    }
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !store.revoke_token(TokenId(id)).await? {
+                anyhow::bail!("no active token with id {id}");
+            }
+            eprintln!("token #{id} revoked");
+        }
+    }
     Ok(())
+}
+
+async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::Result<()> {
+    if s.init_admin {
+        if store.tokens().await?.is_empty() {
+            let (token, _) =
+                connexa_http::auth::create_token(store.as_ref(), "admin", None).await?;
+            eprintln!("first run: admin token created; it is shown once:");
+            println!("{token}");
+        } else {
+            eprintln!("--init-admin: tokens exist already; none created");
+        }
+    }
+    let t = &config.test;
+    let prober = LightProber::new(ProbeConfig {
+        connect_timeout: t.connect_timeout(),
+        handshake_timeout: t.light_timeout(),
+        ..ProbeConfig::default()
+    });
+    let engine_config = EngineConfig {
+        concurrency: t.concurrency as usize,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(prober),
+        Arc::new(NotAvailable),
+        Arc::new(NotAvailable),
+        engine_config,
+    );
+    let policy = match s.recover {
+        Recover::Resume => RecoverPolicy::Resume,
+        Recover::Interrupt => RecoverPolicy::Interrupt,
+    };
+    let recovered = engine.recover(policy).await?;
+    if !recovered.is_empty() {
+        tracing::info!(jobs = ?recovered, "recovered unfinished jobs");
+    }
+    let cors_origins = s
+        .cors_origin
+        .iter()
+        .map(|o| HeaderValue::from_str(o).with_context(|| format!("bad --cors-origin {o:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = HttpOptions {
+        cors_origins,
+        max_import_bytes: s.max_import_mib.saturating_mul(1 << 20),
+        ..HttpOptions::default()
+    };
+    let state = AppState::new(engine.clone(), store.clone(), options);
+    let listen = s.listen.unwrap_or(config.http.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    // The test harness and scripts read this line to find an ephemeral port.
+    eprintln!("listening on http://{}", listener.local_addr()?);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(addr) = s.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!("metrics on http://{}/metrics", l.local_addr()?);
+        let router = metrics_router(state.clone());
+        let rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await;
+        });
+    }
+    let signals = {
+        let state = state.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!(
+                "shutting down: no new requests; running jobs stop claiming and resume at the next start"
+            );
+            state.shutdown();
+            stop_tx.send_replace(true);
+        }
+    };
+    tokio::spawn(signals);
+    let engine_task = {
+        let rx = stop_rx.clone();
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run(stopped(rx)).await })
+    };
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    server.await?;
+    // The engine lets items in flight finish and commit; give it a bound.
+    if tokio::time::timeout(Duration::from_secs(30), engine_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "engine did not stop within 30 s; unfinished items resume at the next start"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }
 
 #[cfg(test)]

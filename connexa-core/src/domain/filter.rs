@@ -9,6 +9,7 @@ use super::{NodeId, Status};
 /// Which nodes. Every set field narrows the selection (AND); text fields match a
 /// case-insensitive substring. The default filter matches every node.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct NodeFilter {
     /// Only these ids (`None` = any id; `Some(vec![])` matches nothing).
@@ -71,6 +72,7 @@ impl NodeFilter {
 
 /// Sort order of a listing. Ties are always broken by id, so pages are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SortKey {
@@ -93,6 +95,7 @@ pub enum SortKey {
 
 /// A page of a listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Page {
     /// Rows to skip.

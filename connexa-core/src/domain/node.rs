@@ -10,6 +10,7 @@ use super::{Secret, Status};
 
 /// The store's identifier of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct NodeId(pub i64);
 
@@ -52,6 +53,7 @@ pub struct ServiceEndpoint {
 
 /// What the PPTP server said about itself in its Start-Control-Connection-Reply.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PptpIdentity {
     /// Protocol version (0x0100 for RFC 2637).
     pub protocol_version: u16,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Levels are ordered: `None < Light < Auth < Speed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Level 0: nothing answered (or nothing was tried yet).
@@ -36,6 +37,7 @@ impl Level {
 /// See the table in `docs/architecture.md`; [`transition`](super::transition) is
 /// the only function that computes a new status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Imported, no evidence yet (level 0).

@@ -10,6 +10,7 @@ use crate::ports::{InsertOutcome, NodeStore};
 
 /// What to do with a row whose ip, port and login are stored with another password.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnConflict {
     /// Keep the stored node and report the row (the default).

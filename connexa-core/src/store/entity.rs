@@ -117,6 +117,33 @@ pub mod job_items {
         pub finished_at: Option<i64>,
         pub result_status: Option<String>,
         pub detail: Option<String>,
+        /// The job's commit number that ended the item (migration m0002).
+        pub seq: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `api_tokens` table (connexa-http's bearer tokens, stored as SHA-256 hashes).
+pub mod api_tokens {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `api_tokens`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub name: String,
+        pub token_hash: String,
+        pub user_id: Option<i64>,
+        pub created_at: i64,
+        pub last_used_at: Option<i64>,
+        pub expires_at: Option<i64>,
+        pub revoked: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

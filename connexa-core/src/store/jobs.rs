@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::convert::{self, ms};
@@ -14,8 +14,8 @@ use super::entity::{job_items, jobs, nodes};
 use super::{apply, db_err, query};
 use crate::domain::NodeId;
 use crate::ports::{
-    ApplyContext, ApplyRequest, ClaimedItem, ItemFinished, ItemId, ItemResult, ItemState, ItemView,
-    Job, JobId, JobSpec, JobState, Progress, StoreError,
+    ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, ItemCursor, ItemFinished, ItemId,
+    ItemResult, ItemState, ItemView, Job, JobId, JobSpec, JobState, Progress, StoreError,
 };
 
 pub(crate) async fn create<C: ConnectionTrait>(
@@ -77,7 +77,7 @@ pub(crate) async fn recent<C: ConnectionTrait>(
 ) -> Result<Vec<Job>, StoreError> {
     jobs::Entity::find()
         .order_by_desc(jobs::Column::Id)
-        .limit(limit)
+        .limit(limit.min(i64::MAX as u64))
         .all(conn)
         .await
         .map_err(db_err)?
@@ -173,11 +173,49 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         .collect())
 }
 
+/// The next commit number of `job` (see migration m0002). On Postgres the job
+/// row is locked first, so that commits of one job are serialised and numbers
+/// are handed out in commit order; SQLite has a single writer already.
+pub(crate) async fn next_seq<C: ConnectionTrait>(conn: &C, job: i64) -> Result<i64, StoreError> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        jobs::Entity::find_by_id(job)
+            .lock_exclusive()
+            .one(conn)
+            .await
+            .map_err(db_err)?;
+    }
+    let max: Option<Option<i64>> = job_items::Entity::find()
+        .select_only()
+        .column_as(job_items::Column::Seq.max(), "max")
+        .filter(job_items::Column::JobId.eq(job))
+        .into_tuple()
+        .one(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(max.flatten().unwrap_or(0) + 1)
+}
+
 pub(crate) async fn finish<C: ConnectionTrait>(
     conn: &C,
     results: Vec<ItemResult>,
 ) -> Result<Vec<ItemFinished>, StoreError> {
     let ids: Vec<i64> = results.iter().map(|r| r.item.0).collect();
+    // Commit numbers first (this takes the job locks before the item locks, the
+    // same order as every other writer of a job's items).
+    let mut job_ids: Vec<i64> = job_items::Entity::find()
+        .select_only()
+        .column(job_items::Column::JobId)
+        .distinct()
+        .filter(job_items::Column::Id.is_in(ids.iter().copied()))
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    job_ids.sort_unstable();
+    let mut seqs = HashMap::new();
+    for j in job_ids {
+        seqs.insert(j, next_seq(conn, j).await?);
+    }
     let mut q = job_items::Entity::find().filter(job_items::Column::Id.is_in(ids.iter().copied()));
     if conn.get_database_backend() == DbBackend::Postgres {
         q = q.order_by_asc(job_items::Column::Id).lock_exclusive();
@@ -251,6 +289,7 @@ pub(crate) async fn finish<C: ConnectionTrait>(
             m.finished_at = Some(ms(r.at));
             m.result_status = applied.map(|a| a.to.as_str().to_owned());
             m.detail = detail;
+            m.seq = seqs.get(&m.job_id).copied();
             updates.push(m.into_active_model().reset_all());
         }
         out.push(ItemFinished {
@@ -269,6 +308,7 @@ pub(crate) async fn finish<C: ConnectionTrait>(
                         job_items::Column::FinishedAt,
                         job_items::Column::ResultStatus,
                         job_items::Column::Detail,
+                        job_items::Column::Seq,
                     ])
                     .to_owned(),
             )
@@ -284,11 +324,13 @@ pub(crate) async fn cancel_pending<C: ConnectionTrait>(
     job: JobId,
     at: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
+    let seq = next_seq(conn, job.0).await?;
     Ok(job_items::Entity::update_many()
         .col_expr(
             job_items::Column::State,
             Expr::value(ItemState::Cancelled.as_str()),
         )
+        .col_expr(job_items::Column::Seq, Expr::value(seq))
         .col_expr(job_items::Column::FinishedAt, Expr::value(ms(at)))
         .col_expr(job_items::Column::Detail, Expr::value("cancelled"))
         .filter(job_items::Column::JobId.eq(job.0))
@@ -364,11 +406,128 @@ pub(crate) async fn recent_items<C: ConnectionTrait>(
         .filter(job_items::Column::FinishedAt.is_not_null())
         .order_by_desc(job_items::Column::FinishedAt)
         .order_by_desc(job_items::Column::Id)
-        .limit(limit)
+        .limit(limit.min(i64::MAX as u64))
         .all(conn)
         .await
         .map_err(db_err)?
         .into_iter()
         .map(convert::item_view)
         .collect()
+}
+
+pub(crate) async fn items_since<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    cursor: ItemCursor,
+    limit: u64,
+) -> Result<Vec<CommittedItem>, StoreError> {
+    let seq = i64::try_from(cursor.seq).unwrap_or(i64::MAX);
+    job_items::Entity::find()
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(
+            Condition::any().add(job_items::Column::Seq.gt(seq)).add(
+                Condition::all()
+                    .add(job_items::Column::Seq.eq(seq))
+                    .add(job_items::Column::Id.gt(cursor.item)),
+            ),
+        )
+        .order_by_asc(job_items::Column::Seq)
+        .order_by_asc(job_items::Column::Id)
+        .limit(limit.min(i64::MAX as u64))
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .map(|m| {
+            let seq = m.seq.unwrap_or(0).max(0) as u64;
+            convert::item_view(m).map(|item| CommittedItem { seq, item })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use crate::domain::{NewNode, NodeFilter};
+    use crate::ports::{ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore};
+    use crate::store::SqlStore;
+
+    #[tokio::test]
+    async fn items_since_returns_each_commit_once_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = SqlStore::connect(&url).await.unwrap();
+        let nodes = (1..=4)
+            .map(|i| NewNode::new(&format!("127.0.0.{i}"), 1723, "u", "p").unwrap())
+            .collect();
+        store.insert(nodes).await.unwrap();
+        let spec = JobSpec {
+            kind: JobKind::Light,
+            filter: NodeFilter::all(),
+            options: serde_json::json!({}),
+            deadline: None,
+        };
+        let job = store.create_job(spec, Utc::now()).await.unwrap();
+        assert!(
+            store
+                .items_since(job.id, ItemCursor::default(), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let claimed = store.claim_items(job.id, "w", 2, Utc::now()).await.unwrap();
+        // The higher item id commits first: commit order, not id order.
+        for c in claimed.iter().rev() {
+            let r = ItemResult {
+                item: c.item,
+                state: ItemState::Failed,
+                event: None,
+                detail: Some("x".into()),
+                at: Utc::now(),
+            };
+            store.finish_items(vec![r]).await.unwrap();
+        }
+        let got = store
+            .items_since(job.id, ItemCursor::default(), 100)
+            .await
+            .unwrap();
+        let seen: Vec<_> = got.iter().map(|c| (c.seq, c.item.item)).collect();
+        assert_eq!(seen, vec![(1, claimed[1].item), (2, claimed[0].item)]);
+        assert_eq!(store.cancel_pending(job.id, Utc::now()).await.unwrap(), 2);
+        let rest = store
+            .items_since(job.id, got[1].cursor(), 100)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 2);
+        assert!(
+            rest.iter()
+                .all(|c| c.seq == 3 && c.item.state == ItemState::Cancelled)
+        );
+        let first = store.items_since(job.id, got[1].cursor(), 1).await.unwrap();
+        assert_eq!(first.len(), 1, "limit");
+        // Resuming inside one commit gives the rest of it.
+        let second = store
+            .items_since(job.id, first[0].cursor(), 100)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].item.item, first[0].item.item);
+        // A result given twice is not numbered again.
+        let again = ItemResult {
+            item: claimed[0].item,
+            state: ItemState::Ok,
+            event: None,
+            detail: None,
+            at: Utc::now(),
+        };
+        store.finish_items(vec![again]).await.unwrap();
+        assert!(
+            store
+                .items_since(job.id, second[0].cursor(), 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

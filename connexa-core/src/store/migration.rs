@@ -9,7 +9,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial)]
+        vec![Box::new(M0001Initial), Box::new(M0002ItemSeq)]
     }
 }
 
@@ -319,5 +319,54 @@ impl MigrationTrait for M0001Initial {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// `job_items.seq`: the per-job commit number of the transaction that ended the
+/// item. Commits of one job are serialised (SQLite: one writer; Postgres: the
+/// job row is locked), so "items with `seq` > N" never misses a result that
+/// commits later: the HTTP event stream resumes from it (`Last-Event-ID`).
+struct M0002ItemSeq;
+
+impl MigrationName for M0002ItemSeq {
+    fn name(&self) -> &str {
+        "m0002_job_items_seq"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0002ItemSeq {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(JobItems::Table)
+                .add_column(big_integer_null(Alias::new("seq")))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(index(
+            "job_items_job_seq",
+            JobItems::Table,
+            &["job_id", "seq"],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(
+            Index::drop()
+                .name("job_items_job_seq")
+                .table(JobItems::Table)
+                .to_owned(),
+        )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(JobItems::Table)
+                .drop_column(Alias::new("seq"))
+                .to_owned(),
+        )
+        .await
     }
 }

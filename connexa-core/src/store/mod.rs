@@ -23,6 +23,7 @@ mod entity;
 mod jobs;
 pub mod migration;
 mod query;
+mod tokens;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,8 +42,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
-    Applied, ApplyContext, ApplyRequest, ClaimedItem, HistoryRow, InsertOutcome, ItemFinished,
-    ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage, NodeStore, Progress, StoreError,
+    Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
+    ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
+    NodeStore, Progress, StoreError,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -232,8 +234,10 @@ impl NodeStore for SqlStore {
         for (col, dir) in query::order(page.sort, page.desc) {
             q = q.order_by(col, dir);
         }
+        // The drivers bind signed 64-bit integers (a larger value panics in
+        // sea-query-sqlx); no table has that many rows anyway.
         let rows = q
-            .offset(page.offset)
+            .offset(page.offset.min(i64::MAX as u64))
             .limit(page.limit.min(Page::MAX_LIMIT))
             .all(&self.db)
             .await
@@ -419,6 +423,15 @@ impl NodeStore for SqlStore {
 
     async fn recent_items(&self, job: JobId, limit: u64) -> Result<Vec<ItemView>, StoreError> {
         jobs::recent_items(&self.db, job, limit).await
+    }
+
+    async fn items_since(
+        &self,
+        job: JobId,
+        cursor: ItemCursor,
+        limit: u64,
+    ) -> Result<Vec<CommittedItem>, StoreError> {
+        jobs::items_since(&self.db, job, cursor, limit).await
     }
 }
 

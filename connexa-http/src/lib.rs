@@ -1,0 +1,234 @@
+//! `connexa-http`: Connexa's REST API (axum). [`app`] builds the router over an
+//! [`AppState`] (the engine, whose store holds the nodes, and a token store);
+//! handlers only parse, call connexa-core and serialise. See `docs/http.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use connexa_core::engine::{Engine, EngineConfig, NotAvailable};
+//! use connexa_core::probe::{LightProber, ProbeConfig};
+//! use connexa_core::store::SqlStore;
+//! use connexa_http::{AppState, HttpOptions, app};
+//!
+//! let store = Arc::new(SqlStore::connect("sqlite://connexa.db?mode=rwc").await?);
+//! let engine = Engine::new(store.clone(), Arc::new(LightProber::new(ProbeConfig::default())),
+//!     Arc::new(NotAvailable), Arc::new(NotAvailable), EngineConfig::default());
+//! let state = AppState::new(engine, store, HttpOptions::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app(state)).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod console;
+pub mod extract;
+mod metrics;
+pub mod openapi;
+pub mod problem;
+mod routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use connexa_core::engine::Engine;
+use connexa_core::ports::{NodeStore, TokenId, TokenStore};
+use tokio::sync::watch;
+
+use crate::auth::AuthLimiter;
+use crate::metrics::Metrics;
+use crate::problem::{ApiError, Kind};
+
+pub use crate::metrics::metrics_router;
+
+/// Limits and switches of the API.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest JSON body accepted, bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Largest import body accepted, bytes. Default 512 MiB (the import streams).
+    pub max_import_bytes: u64,
+    /// Time limit of a request (not of streams: imports, exports, events). Default 30 s.
+    pub request_timeout: Duration,
+    /// Origins allowed by CORS; empty (the default) = no CORS headers at all.
+    pub cors_origins: Vec<HeaderValue>,
+    /// Failed authentication attempts allowed per client address and minute. Default 20.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_body_bytes: 1 << 20,
+            max_import_bytes: 512 << 20,
+            request_timeout: Duration::from_secs(30),
+            cors_origins: Vec::new(),
+            auth_failures_per_minute: 20,
+        }
+    }
+}
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    engine: Engine,
+    tokens: Arc<dyn TokenStore>,
+    options: HttpOptions,
+    limiter: AuthLimiter,
+    metrics: Metrics,
+    touched: Mutex<HashMap<TokenId, std::time::Instant>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("options", &self.0.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over an engine (whose store the API reads and writes) and a token store.
+    pub fn new(engine: Engine, tokens: Arc<dyn TokenStore>, options: HttpOptions) -> Self {
+        AppState(Arc::new(Shared {
+            limiter: AuthLimiter::new(options.auth_failures_per_minute, Duration::from_secs(60)),
+            engine,
+            tokens,
+            options,
+            metrics: Metrics::default(),
+            touched: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    /// The node store.
+    pub fn store(&self) -> &Arc<dyn NodeStore> {
+        self.0.engine.store()
+    }
+
+    /// The options.
+    pub fn options(&self) -> &HttpOptions {
+        &self.0.options
+    }
+
+    /// Ends every open event stream (call on shutdown, so that graceful shutdown
+    /// does not wait for clients that follow a job).
+    pub fn shutdown(&self) {
+        self.0.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.0.shutdown.subscribe()
+    }
+}
+
+/// The whole API: `/healthz` and the web console at `/` (no auth), and, behind a bearer token, `/metrics`
+/// and everything under `/api/v1` (see [`openapi::ApiDoc`]).
+pub fn app(state: AppState) -> Router {
+    let o = state.options().clone();
+    // Requests that finish quickly: a time limit and the JSON body limit.
+    let quick = Router::new()
+        .route(
+            "/nodes",
+            get(routes::nodes::list)
+                .post(routes::nodes::create)
+                .delete(routes::nodes::delete_matching),
+        )
+        .route(
+            "/nodes/{id}",
+            get(routes::nodes::get_one)
+                .patch(routes::nodes::patch)
+                .delete(routes::nodes::delete_one),
+        )
+        .route("/nodes/{id}/history", get(routes::nodes::history))
+        .route("/jobs", get(routes::jobs::list).post(routes::jobs::create))
+        .route("/jobs/{id}", get(routes::jobs::get_one))
+        .route("/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/services", get(routes::services::list))
+        .route("/services/start", post(routes::services::start))
+        .route("/services/stop", post(routes::services::stop))
+        .route("/stats", get(routes::stats::stats))
+        .route("/openapi.json", get(openapi::serve))
+        .layer(DefaultBodyLimit::max(o.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit));
+    // Streams: no overall time limit.
+    let streams = Router::new()
+        .route(
+            "/import",
+            post(routes::import::import).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/export", get(routes::export::export))
+        .route("/jobs/{id}/events", get(routes::jobs::events));
+    let api = quick
+        .merge(streams)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed);
+    let protected = Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(metrics::metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        // The web console's static files: no token (the page holds no data).
+        .merge(console::router())
+        .merge(protected)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ));
+    if !o.cors_origins.is_empty() {
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(o.cors_origins.clone()))
+                .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderName::from_static("last-event-id"),
+                ]),
+        );
+    }
+    router.with_state(state)
+}
+
+/// `GET /healthz`: liveness, no authentication.
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+    responses((status = 200, description = "The process is up", body = String, content_type = "text/plain")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(Kind::MethodNotAllowed, "method not allowed on this path")
+}
+
+async fn time_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(st.options().request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(Kind::Timeout, "the request took too long").into_response(),
+    }
+}

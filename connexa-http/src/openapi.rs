@@ -1,0 +1,152 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations
+//! (utoipa). Served at `/api/v1/openapi.json`; `docs/openapi.json` is a copy
+//! that a test keeps equal to it.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// The API document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Connexa API", description = "REST API of Connexa, a toolkit for PPTP VPN server fleets. See docs/http.md."),
+    paths(
+        crate::healthz,
+        crate::metrics::metrics,
+        routes::nodes::list,
+        routes::nodes::create,
+        routes::nodes::delete_matching,
+        routes::nodes::get_one,
+        routes::nodes::patch,
+        routes::nodes::delete_one,
+        routes::nodes::history,
+        routes::jobs::list,
+        routes::jobs::create,
+        routes::jobs::get_one,
+        routes::jobs::cancel,
+        routes::jobs::events,
+        routes::services::list,
+        routes::services::start,
+        routes::services::stop,
+        routes::stats::stats,
+        routes::import::import,
+        routes::export::export,
+        serve,
+    ),
+    components(schemas(
+        routes::jobs::ProgressData,
+        routes::jobs::ItemResultView,
+        routes::jobs::TestKind,
+        connexa_core::domain::SortKey,
+        connexa_core::import::OnConflict,
+        crate::problem::Problem,
+    )),
+    modifiers(&Bearer, &CommonErrors),
+    security(("bearer" = [])),
+    tags(
+        (name = "nodes", description = "The fleet"),
+        (name = "jobs", description = "Test jobs and their live progress"),
+        (name = "services", description = "SOCKS5 services through verified nodes"),
+        (name = "import", description = "Node lists in"),
+        (name = "export", description = "Node lists out"),
+        (name = "stats", description = "Counts"),
+        (name = "meta", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A token from `connexa-http token create --name NAME`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Documents the problems any authenticated operation can answer (bad query,
+/// no token, rate limit, server failure, time limit) where a handler did not.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            ("400", "Invalid query parameters or path (`bad-request`)"),
+            ("401", "No valid bearer token (`unauthorized`)"),
+            ("405", "Method not allowed (`method-not-allowed`)"),
+            (
+                "429",
+                "Too many failed authentication attempts (`rate-limited`)",
+            ),
+            ("500", "Server failure (`internal`)"),
+            ("503", "Request took too long (`timeout`)"),
+        ];
+        for (path, item) in api.paths.paths.iter_mut() {
+            if path == "/healthz" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let with_body = [
+                    ("413", "Body too large (`payload-too-large`)"),
+                    ("415", "Wrong content type (`unsupported-media-type`)"),
+                ];
+                let extra = if op.request_body.is_some() {
+                    &with_body[..]
+                } else {
+                    &[]
+                };
+                for (code, what) in common.iter().chain(extra) {
+                    op.responses
+                        .responses
+                        .entry((*code).to_owned())
+                        .or_insert_with(|| problem(what).into());
+                }
+            }
+        }
+    }
+}
+
+/// The document as pretty JSON (what `connexa-http openapi` prints).
+pub fn json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

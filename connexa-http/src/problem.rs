@@ -1,0 +1,222 @@
+//! RFC 9457 problem details: every error of the API is `application/problem+json`
+//! with a stable `type` (`urn:connexa:problem:<slug>`), a `title`, the HTTP
+//! `status` and a `detail` in words.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use connexa_core::domain::NodeId;
+use connexa_core::engine::EngineError;
+use connexa_core::ops::{ImportSummary, OpsError};
+use connexa_core::ports::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The prefix of every problem `type`.
+pub const TYPE_PREFIX: &str = "urn:connexa:problem:";
+
+/// The kinds of problem. The slug (the `type` after [`TYPE_PREFIX`]) never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// No, a malformed, an unknown, a revoked or an expired bearer token (401).
+    Unauthorized,
+    /// Too many failed authentication attempts from this address (429).
+    RateLimited,
+    /// No such node, job or route (404).
+    NotFound,
+    /// The method is not allowed on this path (405).
+    MethodNotAllowed,
+    /// A query parameter or path segment is invalid (400).
+    BadRequest,
+    /// The body is not valid JSON (400).
+    InvalidJson,
+    /// The JSON is well formed but has wrong types, unknown or missing fields (422).
+    InvalidBody,
+    /// The body is larger than allowed (413).
+    PayloadTooLarge,
+    /// The body's content type is not accepted (415).
+    UnsupportedMediaType,
+    /// The request conflicts with stored data (a duplicate node, a refused transition) (409).
+    Conflict,
+    /// The request took longer than the server's time limit (503).
+    Timeout,
+    /// The server failed (500); the detail is in the server log.
+    Internal,
+}
+
+impl Kind {
+    /// The stable slug.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Kind::Unauthorized => "unauthorized",
+            Kind::RateLimited => "rate-limited",
+            Kind::NotFound => "not-found",
+            Kind::MethodNotAllowed => "method-not-allowed",
+            Kind::BadRequest => "bad-request",
+            Kind::InvalidJson => "invalid-json",
+            Kind::InvalidBody => "invalid-body",
+            Kind::PayloadTooLarge => "payload-too-large",
+            Kind::UnsupportedMediaType => "unsupported-media-type",
+            Kind::Conflict => "conflict",
+            Kind::Timeout => "timeout",
+            Kind::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::BadRequest | Kind::InvalidJson => StatusCode::BAD_REQUEST,
+            Kind::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Unauthorized => "Authentication required",
+            Kind::RateLimited => "Too many failed authentication attempts",
+            Kind::NotFound => "Not found",
+            Kind::MethodNotAllowed => "Method not allowed",
+            Kind::BadRequest => "Bad request",
+            Kind::InvalidJson => "Malformed JSON",
+            Kind::InvalidBody => "Invalid request body",
+            Kind::PayloadTooLarge => "Request body too large",
+            Kind::UnsupportedMediaType => "Unsupported media type",
+            Kind::Conflict => "Conflict",
+            Kind::Timeout => "Request timed out",
+            Kind::Internal => "Internal server error",
+        }
+    }
+}
+
+/// A problem document (RFC 9457).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:connexa:problem:<slug>`; the slug is stable (see docs/http.md).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong, in words.
+    pub detail: String,
+    /// For `rate-limited`: seconds before trying again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// For `conflict` on node creation: the stored node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// For `payload-too-large` on import: what was imported before the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportSummary>,
+}
+
+/// An error response of a handler.
+#[derive(Debug, Clone)]
+pub struct ApiError(pub Box<Problem>);
+
+impl ApiError {
+    /// A problem of `kind` with `detail`.
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
+        ApiError(Box::new(Problem {
+            type_: format!("{TYPE_PREFIX}{}", kind.slug()),
+            title: kind.title().to_owned(),
+            status: kind.status().as_u16(),
+            detail: detail.into(),
+            retry_after: None,
+            node: None,
+            import: None,
+        }))
+    }
+
+    /// 400 `bad-request`.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(Kind::BadRequest, detail)
+    }
+
+    /// 404 `not-found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, detail)
+    }
+
+    /// 422 `invalid-body`.
+    pub fn invalid_body(detail: impl Into<String>) -> Self {
+        Self::new(Kind::InvalidBody, detail)
+    }
+
+    /// 500 `internal`: the cause is logged, not sent.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(Kind::Internal, "internal error (see the server log)")
+    }
+
+    /// The problem.
+    pub fn problem(&self) -> &Problem {
+        &self.0
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry = self.0.retry_after;
+        let unauthorized = status == StatusCode::UNAUTHORIZED;
+        let body = serde_json::to_vec(&*self.0).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = retry {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if unauthorized {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => ApiError::not_found(format!("no node with id {id}")),
+            StoreError::JobNotFound(id) => ApiError::not_found(format!("no job with id {id}")),
+            StoreError::Refused(r) => ApiError::new(Kind::Conflict, r.to_string()),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Store(s) => s.into(),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        match e {
+            OpsError::Store(s) => s.into(),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+/// The result type of handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

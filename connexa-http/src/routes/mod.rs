@@ -1,0 +1,246 @@
+//! The handlers, one module per resource. Each parses, calls connexa-core, and
+//! serialises.
+
+pub mod export;
+pub mod import;
+pub mod jobs;
+pub mod nodes;
+pub mod services;
+pub mod stats;
+
+use chrono::{DateTime, Utc};
+use connexa_core::domain::{NodeFilter, NodeId, Page, SortKey, Status};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::problem::ApiError;
+
+/// Declares a query-string struct with the node filter parameters (the same
+/// names everywhere: list, delete, export, services) plus `$extra` fields.
+macro_rules! filter_query {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Default, ::serde::Deserialize, ::utoipa::IntoParams)]
+        #[serde(deny_unknown_fields)]
+        #[into_params(parameter_in = Query)]
+        pub struct $name {
+            /// Only these node ids, comma-separated (`1,2,3`).
+            pub ids: Option<String>,
+            /// Only these statuses, comma-separated: not_tested, ping_failed,
+            /// ping_light, auth_failed, ping_ok, speed_ok, online, offline.
+            pub status: Option<String>,
+            /// IP address contains (case-insensitive).
+            pub ip: Option<String>,
+            /// Login contains.
+            pub login: Option<String>,
+            /// Provider contains.
+            pub provider: Option<String>,
+            /// Country contains.
+            pub country: Option<String>,
+            /// State or region contains.
+            pub state: Option<String>,
+            /// City contains.
+            pub city: Option<String>,
+            /// Zip code contains.
+            pub zip: Option<String>,
+            /// Comment contains.
+            pub comment: Option<String>,
+            /// Download speed at least this many Mbit/s.
+            pub min_speed: Option<f64>,
+            /// Download speed at most this many Mbit/s.
+            pub max_speed: Option<f64>,
+            /// Last checked before this RFC 3339 time.
+            pub checked_before: Option<::chrono::DateTime<::chrono::Utc>>,
+            /// Last checked at or after this RFC 3339 time.
+            pub checked_after: Option<::chrono::DateTime<::chrono::Utc>>,
+            /// With (`true`) or without (`false`) a running service.
+            pub has_service: Option<bool>,
+            /// With (`true`) or without (`false`) a service wanted.
+            pub service_wanted: Option<bool>,
+            $($(#[$fm])* pub $f: $t,)*
+        }
+
+        impl $name {
+            /// The core filter, validated.
+            pub fn filter(&self) -> Result<::connexa_core::domain::NodeFilter, $crate::problem::ApiError> {
+                $crate::routes::filter_from($crate::routes::FilterParts {
+                    ids: self.ids.as_deref(),
+                    status: self.status.as_deref(),
+                    text: [
+                        self.ip.clone(), self.login.clone(), self.provider.clone(),
+                        self.country.clone(), self.state.clone(), self.city.clone(),
+                        self.zip.clone(), self.comment.clone(),
+                    ],
+                    min_speed: self.min_speed,
+                    max_speed: self.max_speed,
+                    checked_before: self.checked_before,
+                    checked_after: self.checked_after,
+                    has_service: self.has_service,
+                    service_wanted: self.service_wanted,
+                })
+            }
+        }
+    };
+}
+pub(crate) use filter_query;
+
+pub(crate) struct FilterParts<'a> {
+    ids: Option<&'a str>,
+    status: Option<&'a str>,
+    text: [Option<String>; 8],
+    min_speed: Option<f64>,
+    max_speed: Option<f64>,
+    checked_before: Option<DateTime<Utc>>,
+    checked_after: Option<DateTime<Utc>>,
+    has_service: Option<bool>,
+    service_wanted: Option<bool>,
+}
+
+/// Longest text filter accepted.
+const MAX_TEXT: usize = 256;
+/// Most ids in one `ids` parameter.
+const MAX_IDS: usize = 10_000;
+
+pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
+    let ids = match p.ids {
+        None => None,
+        Some(s) => {
+            let ids: Vec<NodeId> = s
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.parse::<i64>()
+                        .map(NodeId)
+                        .map_err(|_| ApiError::bad_request(format!("ids: {t:?} is not a node id")))
+                })
+                .collect::<Result<_, _>>()?;
+            if ids.len() > MAX_IDS {
+                return Err(ApiError::bad_request(format!("ids: at most {MAX_IDS} ids")));
+            }
+            Some(ids)
+        }
+    };
+    let statuses = match p.status {
+        None => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<Status>()
+                    .map_err(|e| ApiError::bad_request(format!("status: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    for v in p.text.iter().flatten() {
+        if v.chars().count() > MAX_TEXT {
+            return Err(ApiError::bad_request(format!(
+                "text filters are at most {MAX_TEXT} characters"
+            )));
+        }
+    }
+    for (name, v) in [("min_speed", p.min_speed), ("max_speed", p.max_speed)] {
+        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            return Err(ApiError::bad_request(format!(
+                "{name}: must be a non-negative number of Mbit/s"
+            )));
+        }
+    }
+    let empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+    let [ip, login, provider, country, state, city, zipcode, comment] = p.text;
+    Ok(NodeFilter {
+        ids,
+        statuses,
+        ip: empty(ip),
+        login: empty(login),
+        provider: empty(provider),
+        country: empty(country),
+        state: empty(state),
+        city: empty(city),
+        zipcode: empty(zipcode),
+        comment: empty(comment),
+        min_down_mbps: p.min_speed,
+        max_down_mbps: p.max_speed,
+        checked_before: p.checked_before,
+        checked_after: p.checked_after,
+        has_service: p.has_service,
+        service_wanted: p.service_wanted,
+    })
+}
+
+/// A page request from `offset`, `limit`, `sort`, `desc`.
+pub(crate) fn page(
+    offset: Option<u64>,
+    limit: Option<u64>,
+    sort: Option<SortKey>,
+    desc: Option<bool>,
+) -> Result<Page, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit > Page::MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit: at most {}",
+            Page::MAX_LIMIT
+        )));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset > i64::MAX as u64 {
+        return Err(ApiError::bad_request("offset: too large"));
+    }
+    Ok(Page {
+        offset,
+        limit,
+        sort: sort.unwrap_or_default(),
+        desc: desc.unwrap_or(false),
+    })
+}
+
+/// Which nodes an action applies to: exactly one of `ids`, `filter` or `all: true`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// These nodes.
+    #[serde(default)]
+    pub ids: Option<Vec<NodeId>>,
+    /// The nodes matching this filter (the JSON form of the store's filter).
+    #[serde(default)]
+    #[schema(value_type = Option<NodeFilter>)]
+    pub filter: Option<serde_json::Value>,
+    /// Every node.
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl Selection {
+    /// The core filter. An unknown key in `filter` is an error (a typo must not
+    /// widen the selection to every node).
+    pub fn filter(&self) -> Result<NodeFilter, ApiError> {
+        match (&self.ids, &self.filter, self.all) {
+            (Some(ids), None, false) => Ok(NodeFilter::ids(ids.iter().copied())),
+            (None, Some(f), false) => {
+                let known = serde_json::to_value(NodeFilter::all()).unwrap_or_default();
+                let (Some(obj), Some(known)) = (f.as_object(), known.as_object()) else {
+                    return Err(ApiError::invalid_body("filter: must be an object"));
+                };
+                if let Some(k) = obj.keys().find(|k| !known.contains_key(*k)) {
+                    return Err(ApiError::invalid_body(format!(
+                        "filter: unknown key {k:?} (known: {})",
+                        known.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                let filter: NodeFilter = serde_json::from_value(f.clone())
+                    .map_err(|e| ApiError::invalid_body(format!("filter: {e}")))?;
+                if filter == NodeFilter::all() {
+                    return Err(ApiError::invalid_body(
+                        "filter: empty; to select every node say \"all\": true",
+                    ));
+                }
+                Ok(filter)
+            }
+            (None, None, true) => Ok(NodeFilter::all()),
+            _ => Err(ApiError::invalid_body(
+                "give exactly one of \"ids\", \"filter\" or \"all\": true",
+            )),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! `/api/v1/nodes`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use connexa_core::domain::{NewNode, NodeFilter, NodeId, NodeMeta, SortKey};
+use connexa_core::ops::{self, Deleted, HistoryView, MetaPatch, NodeView};
+use connexa_core::ports::InsertOutcome;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{filter_query, page};
+use crate::AppState;
+use crate::extract::{Json, Path, Query};
+use crate::problem::{ApiError, ApiResult, Kind, Problem};
+
+filter_query! {
+    /// `GET /nodes` parameters.
+    ListQuery {
+        /// Rows to skip (default 0).
+        offset: Option<u64>,
+        /// Rows to return, at most 10000 (default 100).
+        limit: Option<u64>,
+        /// Sort key: id, ip, status, last_checked, speed_down, ping, location.
+        sort: Option<SortKey>,
+        /// Descending order.
+        desc: Option<bool>,
+        /// Show passwords instead of `***`.
+        reveal: Option<bool>,
+    }
+}
+
+filter_query! {
+    /// `DELETE /nodes` parameters: the list's filter (without paging).
+    DeleteQuery {
+        /// Required to delete every node when no filter is given.
+        all: Option<bool>,
+    }
+}
+
+/// A page of nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    /// The nodes of this page.
+    pub items: Vec<NodeView>,
+    /// Nodes matching the filter in all.
+    pub total: u64,
+    /// The page's offset.
+    pub offset: u64,
+    /// The page's limit.
+    pub limit: u64,
+}
+
+/// `reveal` alone.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RevealQuery {
+    /// Show passwords instead of `***`.
+    pub reveal: Option<bool>,
+}
+
+/// Nodes matching the filter, one page, with the total.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(ListQuery),
+    responses((status = 200, body = NodeList),
+              (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json2<NodeList>> {
+    let filter = q.filter()?;
+    let page = page(q.offset, q.limit, q.sort, q.desc)?;
+    let got = st.store().list(&filter, page).await?;
+    let reveal = q.reveal.unwrap_or(false);
+    Ok(axum::Json(NodeList {
+        items: got.nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
+        total: got.total,
+        offset: page.offset,
+        limit: page.limit,
+    }))
+}
+
+pub(crate) type Json2<T> = axum::Json<T>;
+
+/// One node.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes",
+    params(("id" = i64, Path, description = "Node id"), RevealQuery),
+    responses((status = 200, body = NodeView),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<RevealQuery>,
+) -> ApiResult<Json2<NodeView>> {
+    let n = ops::node(st.store().as_ref(), NodeId(id)).await?;
+    Ok(axum::Json(NodeView::new(&n, q.reveal.unwrap_or(false))))
+}
+
+/// A node to add (identity fields are immutable afterwards).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNode {
+    /// IPv4 or IPv6 address.
+    pub ip: String,
+    /// PPTP control port (default 1723).
+    #[serde(default = "default_port")]
+    pub port: u64,
+    /// Login.
+    pub login: String,
+    /// Password.
+    pub password: String,
+    /// Provider.
+    pub provider: Option<String>,
+    /// Country.
+    pub country: Option<String>,
+    /// State or region.
+    pub state: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Zip code.
+    pub zip: Option<String>,
+    /// Comment.
+    pub comment: Option<String>,
+}
+
+fn default_port() -> u64 {
+    1723
+}
+
+/// Adds a node as `not_tested`.
+#[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = CreateNode,
+    responses((status = 201, body = NodeView),
+              (status = 409, description = "The node (or one with the same ip, port and login) exists; `node` names it", body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn create(
+    State(st): State<AppState>,
+    Json(b): Json<CreateNode>,
+) -> ApiResult<(StatusCode, Json2<NodeView>)> {
+    let mut node = NewNode::new(&b.ip, b.port, &b.login, &b.password)
+        .map_err(|e| ApiError::invalid_body(e.to_string()))?;
+    let clean = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    node.meta = NodeMeta {
+        provider: clean(b.provider),
+        country: clean(b.country),
+        state: clean(b.state),
+        city: clean(b.city),
+        zipcode: clean(b.zip),
+        comment: clean(b.comment),
+    };
+    let out = st.store().insert(vec![node]).await?;
+    let (id, why) = match out.first() {
+        Some(InsertOutcome::Inserted(id)) => (*id, None),
+        Some(InsertOutcome::Duplicate(id)) => (*id, Some("the same node is already stored")),
+        Some(InsertOutcome::Conflict(id)) => (
+            *id,
+            Some("a node with the same ip, port and login but another password is stored"),
+        ),
+        None => return Err(ApiError::internal(&"insert returned no outcome")),
+    };
+    if let Some(why) = why {
+        let mut e = ApiError::new(Kind::Conflict, why);
+        e.0.node = Some(id);
+        return Err(e);
+    }
+    let n = ops::node(st.store().as_ref(), id).await?;
+    Ok((StatusCode::CREATED, axum::Json(NodeView::new(&n, false))))
+}
+
+/// Changes to a node's descriptive fields: absent keeps, `""` clears.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchNode {
+    /// Provider.
+    pub provider: Option<String>,
+    /// Country.
+    pub country: Option<String>,
+    /// State or region.
+    pub state: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Zip code.
+    pub zip: Option<String>,
+    /// Comment.
+    pub comment: Option<String>,
+}
+
+/// Edits a node's descriptive fields (never its identity or status).
+#[utoipa::path(patch, path = "/api/v1/nodes/{id}", tag = "nodes", request_body = PatchNode,
+    params(("id" = i64, Path, description = "Node id")),
+    responses((status = 200, body = NodeView),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn patch(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+    Json(b): Json<PatchNode>,
+) -> ApiResult<Json2<NodeView>> {
+    let p = MetaPatch {
+        provider: b.provider,
+        country: b.country,
+        state: b.state,
+        city: b.city,
+        zipcode: b.zip,
+        comment: b.comment,
+    };
+    if p.is_empty() {
+        return Err(ApiError::invalid_body("nothing to change"));
+    }
+    if [
+        &p.provider,
+        &p.country,
+        &p.state,
+        &p.city,
+        &p.zipcode,
+        &p.comment,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|v| v.chars().count() > 1024)
+    {
+        return Err(ApiError::invalid_body("fields are at most 1024 characters"));
+    }
+    let n = ops::edit_meta(st.store().as_ref(), NodeId(id), &p).await?;
+    Ok(axum::Json(NodeView::new(&n, false)))
+}
+
+/// Deletes one node.
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes",
+    params(("id" = i64, Path, description = "Node id")),
+    responses((status = 200, body = Deleted),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_one(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json2<Deleted>> {
+    let d = ops::delete_ids(st.store().as_ref(), &[NodeId(id)]).await?;
+    if d.deleted == 0 {
+        return Err(ApiError::not_found(format!("no node with id {id}")));
+    }
+    Ok(axum::Json(d))
+}
+
+/// Deletes exactly the nodes `GET /nodes` lists with the same filter
+/// (`ids=...` reports the ids that did not exist). Deleting every node needs `all=true`.
+#[utoipa::path(delete, path = "/api/v1/nodes", tag = "nodes", params(DeleteQuery),
+    responses((status = 200, body = Deleted),
+              (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn delete_matching(
+    State(st): State<AppState>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<Json2<Deleted>> {
+    let filter = q.filter()?;
+    let all = q.all.unwrap_or(false);
+    if filter == NodeFilter::all() && !all {
+        return Err(ApiError::bad_request(
+            "no filter given: to delete every node add all=true",
+        ));
+    }
+    if filter != NodeFilter::all() && all {
+        return Err(ApiError::bad_request(
+            "all=true cannot be combined with filters",
+        ));
+    }
+    let only_ids = NodeFilter {
+        ids: None,
+        ..filter.clone()
+    } == NodeFilter::all();
+    let d = match &filter.ids {
+        Some(ids) if only_ids => ops::delete_ids(st.store().as_ref(), ids).await?,
+        _ => Deleted {
+            deleted: st.store().delete(&filter).await?,
+            missing: Vec::new(),
+        },
+    };
+    Ok(axum::Json(d))
+}
+
+/// A node's status history, oldest first.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/history", tag = "nodes",
+    params(("id" = i64, Path, description = "Node id")),
+    responses((status = 200, body = Vec<HistoryView>),
+              (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn history(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json2<Vec<HistoryView>>> {
+    let rows = st.store().history(NodeId(id)).await?;
+    if rows.is_empty() {
+        // No history: the node must exist (a deleted node has a `deleted` row).
+        ops::node(st.store().as_ref(), NodeId(id)).await?;
+    }
+    Ok(axum::Json(rows.iter().map(HistoryView::from).collect()))
+}

@@ -1,0 +1,93 @@
+//! `/api/v1/services`: start and stop SOCKS5 services (sets the desired state,
+//! `service_wanted`, through the engine; its reconciler makes it so), list them.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use connexa_core::domain::{NodeFilter, SortKey};
+use connexa_core::engine::JobOptions;
+use connexa_core::ops::{JobView, NodeView};
+use connexa_core::ports::JobKind;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::Selection;
+use super::jobs::view;
+use super::nodes::{Json2, NodeList};
+use crate::AppState;
+use crate::extract::{Json, Query};
+use crate::problem::{ApiResult, Problem};
+
+/// `GET /services` parameters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ServicesQuery {
+    /// Rows to skip.
+    pub offset: Option<u64>,
+    /// Rows to return (default 100, at most 10000).
+    pub limit: Option<u64>,
+    /// Sort key.
+    pub sort: Option<SortKey>,
+    /// Descending.
+    pub desc: Option<bool>,
+    /// Show the SOCKS5 and node passwords instead of `***`.
+    pub reveal: Option<bool>,
+}
+
+/// Nodes with a running service (`online` or `offline`).
+#[utoipa::path(get, path = "/api/v1/services", tag = "services", params(ServicesQuery),
+    responses((status = 200, body = NodeList)))]
+pub async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<ServicesQuery>,
+) -> ApiResult<Json2<NodeList>> {
+    let page = super::page(q.offset, q.limit, q.sort, q.desc)?;
+    let filter = NodeFilter {
+        has_service: Some(true),
+        ..NodeFilter::all()
+    };
+    let got = st.store().list(&filter, page).await?;
+    let reveal = q.reveal.unwrap_or(false);
+    Ok(axum::Json(NodeList {
+        items: got.nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
+        total: got.total,
+        offset: page.offset,
+        limit: page.limit,
+    }))
+}
+
+async fn act(
+    st: &AppState,
+    kind: JobKind,
+    sel: &Selection,
+) -> ApiResult<(StatusCode, Json2<JobView>)> {
+    let filter = sel.filter()?;
+    let id = st
+        .engine()
+        .start_job(kind, filter, JobOptions::default())
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view(st, id).await?)))
+}
+
+/// Wants a service on the selected verified nodes (`speed_ok`, `online`,
+/// `offline`; others are left alone) and starts a job that starts them.
+#[utoipa::path(post, path = "/api/v1/services/start", tag = "services", request_body = Selection,
+    responses((status = 202, body = JobView),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn start(
+    State(st): State<AppState>,
+    Json(sel): Json<Selection>,
+) -> ApiResult<(StatusCode, Json2<JobView>)> {
+    act(&st, JobKind::ServiceStart, &sel).await
+}
+
+/// No longer wants a service on the selected nodes and starts a job that stops them.
+#[utoipa::path(post, path = "/api/v1/services/stop", tag = "services", request_body = Selection,
+    responses((status = 202, body = JobView),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn stop(
+    State(st): State<AppState>,
+    Json(sel): Json<Selection>,
+) -> ApiResult<(StatusCode, Json2<JobView>)> {
+    act(&st, JobKind::ServiceStop, &sel).await
+}

@@ -1,0 +1,1063 @@
+//! In-process tests of every endpoint and its error paths (`tower::ServiceExt::oneshot`
+//! against `connexa_http::app` over a real SQLite store and a real engine).
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode, header};
+use common::{Api, api, api_with, fleet_list};
+use connexa_core::domain::{NodeFilter, NodeId, Status};
+use connexa_core::ports::{NodeStore, TokenStore};
+use connexa_http::HttpOptions;
+use serde_json::json;
+
+/// Parses an SSE body into (event, id, data) triples.
+fn sse(body: &str) -> Vec<(String, String, serde_json::Value)> {
+    body.split("\n\n")
+        .filter(|b| !b.trim().is_empty() && !b.starts_with(':'))
+        .map(|block| {
+            let mut ev = String::new();
+            let mut id = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    ev = v.into();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.into();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            (ev, id, serde_json::from_str(&data).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn healthz_needs_no_token_and_unknown_routes_are_problems() {
+    let a = api().await;
+    let r = a.req(Method::GET, "/healthz", None, None, None).await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok\n"));
+    a.get("/api/v1/nope").await.problem(404, "not-found");
+    a.get("/nope").await.problem(404, "not-found");
+    a.req(Method::PUT, "/api/v1/nodes", Some(&a.token), None, None)
+        .await
+        .problem(405, "method-not-allowed");
+}
+
+#[tokio::test]
+async fn every_documented_route_exists_and_needs_a_valid_token() {
+    let a = api().await;
+    let revoked = connexa_http::auth::create_token(a.store.as_ref(), "gone", None)
+        .await
+        .unwrap();
+    a.store.revoke_token(revoked.1.id).await.unwrap();
+    let expired = connexa_http::auth::create_token(
+        a.store.as_ref(),
+        "old",
+        Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+    )
+    .await
+    .unwrap();
+    let forged = connexa_http::auth::generate_token().unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&connexa_http::openapi::json()).unwrap();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let uri = path.replace("{id}", "1");
+            if path == "/healthz" {
+                continue;
+            }
+            for (i, bad) in [
+                None,
+                Some(forged.as_str()),
+                Some("not-a-token"),
+                Some(revoked.0.as_str()),
+                Some(expired.0.as_str()),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                // One address per attempt: this test is not about the rate limit.
+                let from = Some(std::net::SocketAddr::from((
+                    [127, 1, checked as u8, i as u8],
+                    1,
+                )));
+                a.req(m.clone(), &uri, bad, None, from)
+                    .await
+                    .problem(401, "unauthorized");
+            }
+            // With a valid token the route exists (whatever the answer).
+            let r = a.req(m.clone(), &uri, Some(&a.token), None, None).await;
+            assert!(
+                r.status != StatusCode::METHOD_NOT_ALLOWED
+                    && !(r.status == StatusCode::NOT_FOUND
+                        && r.json()["detail"] == "no such route"),
+                "{method} {path}: {} {}",
+                r.status,
+                r.text()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "{checked}");
+    // A non-Bearer scheme is refused too.
+    let r = a.req(Method::GET, "/api/v1/stats", None, None, None).await;
+    assert_eq!(r.headers.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_matches_docs_copy() {
+    let a = api().await;
+    let served = a.get("/api/v1/openapi.json").await.json();
+    let generated: serde_json::Value =
+        serde_json::from_str(&connexa_http::openapi::json()).unwrap();
+    assert_eq!(served, generated);
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .expect("docs/openapi.json");
+    let committed: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is stale: run `cargo run -p connexa-http -- openapi > docs/openapi.json`"
+    );
+}
+
+#[tokio::test]
+async fn nodes_create_get_patch_history_delete() {
+    let a = api().await;
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/nodes",
+            json!({"ip": "127.9.0.1", "login": "admin", "password": "s3cret", "country": "US"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let n = r.json();
+    assert_eq!(
+        (n["id"].as_i64(), &n["password"], &n["port"]),
+        (Some(1), &json!("***"), &json!(1723))
+    );
+    assert!(!r.text().contains("s3cret"));
+    // Duplicate and conflict name the stored node.
+    let dup = a
+        .send_json(
+            Method::POST,
+            "/api/v1/nodes",
+            json!({"ip": "127.9.0.1", "login": "admin", "password": "s3cret"}),
+        )
+        .await
+        .problem(409, "conflict");
+    assert_eq!(dup["node"], 1);
+    a.send_json(
+        Method::POST,
+        "/api/v1/nodes",
+        json!({"ip": "127.9.0.1", "login": "admin", "password": "other"}),
+    )
+    .await
+    .problem(409, "conflict");
+    a.send_json(
+        Method::POST,
+        "/api/v1/nodes",
+        json!({"ip": "999.1.1.1", "login": "a", "password": "b"}),
+    )
+    .await
+    .problem(422, "invalid-body");
+    a.send_json(
+        Method::POST,
+        "/api/v1/nodes",
+        json!({"ip": "127.9.0.2", "login": "a", "password": "b", "status": "online"}),
+    )
+    .await
+    .problem(422, "invalid-body");
+    // Get, masked and revealed.
+    assert_eq!(a.get("/api/v1/nodes/1").await.json()["password"], "***");
+    assert_eq!(
+        a.get("/api/v1/nodes/1?reveal=true").await.json()["password"],
+        "s3cret"
+    );
+    a.get("/api/v1/nodes/1?reveal=maybe")
+        .await
+        .problem(400, "bad-request");
+    a.get("/api/v1/nodes/99").await.problem(404, "not-found");
+    a.get("/api/v1/nodes/abc").await.problem(400, "bad-request");
+    // Patch: only descriptive fields.
+    let p = a
+        .send_json(
+            Method::PATCH,
+            "/api/v1/nodes/1",
+            json!({"city": "Austin", "country": ""}),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.text());
+    assert_eq!(
+        (&p.json()["city"], &p.json()["country"]),
+        (&json!("Austin"), &json!(null))
+    );
+    a.send_json(
+        Method::PATCH,
+        "/api/v1/nodes/1",
+        json!({"status": "online"}),
+    )
+    .await
+    .problem(422, "invalid-body");
+    a.send_json(Method::PATCH, "/api/v1/nodes/1", json!({"password": "x"}))
+        .await
+        .problem(422, "invalid-body");
+    a.send_json(Method::PATCH, "/api/v1/nodes/1", json!({}))
+        .await
+        .problem(422, "invalid-body");
+    a.send_json(Method::PATCH, "/api/v1/nodes/99", json!({"city": "x"}))
+        .await
+        .problem(404, "not-found");
+    assert_eq!(
+        a.store.get(NodeId(1)).await.unwrap().unwrap().status,
+        Status::NotTested
+    );
+    // History: empty for a fresh node, a `deleted` row after deletion.
+    assert_eq!(a.get("/api/v1/nodes/1/history").await.json(), json!([]));
+    a.get("/api/v1/nodes/99/history")
+        .await
+        .problem(404, "not-found");
+    let d = a.delete("/api/v1/nodes/1").await;
+    assert_eq!(d.json(), json!({"deleted": 1, "missing": []}));
+    a.delete("/api/v1/nodes/1").await.problem(404, "not-found");
+    a.get("/api/v1/nodes/1").await.problem(404, "not-found");
+    let h = a.get("/api/v1/nodes/1/history").await.json();
+    assert_eq!(h[0]["event"], "deleted");
+}
+
+#[tokio::test]
+async fn list_filters_paginates_and_delete_by_filter_deletes_exactly_the_list() {
+    let a = api().await;
+    let r = a.import(&fleet_list(30)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["summary"]["added"].as_array().unwrap().len(), 30);
+    let page = a.get("/api/v1/nodes?limit=10&offset=10").await.json();
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["items"].as_array().unwrap().len()
+        ),
+        (Some(30), 10)
+    );
+    assert_eq!(page["items"][0]["id"], 11);
+    let desc = a
+        .get("/api/v1/nodes?limit=1&sort=id&desc=true")
+        .await
+        .json();
+    assert_eq!(desc["items"][0]["id"], 30);
+    let us = a
+        .get("/api/v1/nodes?country=united&status=not_tested,ping_failed&limit=0")
+        .await
+        .json();
+    assert_eq!(us["total"], 10);
+    let ids = a.get("/api/v1/nodes?ids=1,2,3,999").await.json();
+    assert_eq!(ids["total"], 3);
+    for bad in [
+        "limit=10001",
+        "status=green",
+        "ids=1,x",
+        "min_speed=NaN",
+        "min_speed=-1",
+        "sort=password",
+        "limit=-1",
+        "checked_before=yesterday",
+        "colour=red",
+        "has_service=2",
+    ] {
+        a.get(&format!("/api/v1/nodes?{bad}"))
+            .await
+            .problem(400, "bad-request");
+    }
+    // Delete by filter = what the list shows.
+    let listed = a
+        .get("/api/v1/nodes?country=germany&limit=10000")
+        .await
+        .json();
+    let listed_ids: Vec<i64> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(listed_ids.len(), 10);
+    a.delete("/api/v1/nodes").await.problem(400, "bad-request");
+    a.delete("/api/v1/nodes?country=germany&all=true")
+        .await
+        .problem(400, "bad-request");
+    let d = a.delete("/api/v1/nodes?country=germany").await.json();
+    assert_eq!(d, json!({"deleted": 10, "missing": []}));
+    for id in listed_ids {
+        assert!(a.store.get(NodeId(id)).await.unwrap().is_none());
+    }
+    assert_eq!(a.get("/api/v1/nodes?limit=0").await.json()["total"], 20);
+    // By ids: the missing ones are named.
+    let d = a.delete("/api/v1/nodes?ids=1,2,3").await.json();
+    assert_eq!(d["deleted"], 2, "node 2 was a DE node: {d}");
+    assert_eq!(d["missing"], json!([2]));
+    let d = a.delete("/api/v1/nodes?all=true").await.json();
+    assert_eq!(d["deleted"], 18);
+}
+
+#[tokio::test]
+async fn sql_looking_strings_in_every_filter_change_nothing() {
+    let a = api().await;
+    a.import(&fleet_list(12)).await;
+    let before = a.snapshot().await;
+    let evil = [
+        "' OR '1'='1",
+        "1; DROP TABLE nodes; --",
+        "%' OR 1=1 --",
+        "\" OR \"\"=\"",
+        "x') UNION SELECT password FROM nodes --",
+        "\\",
+        "%_%",
+    ];
+    for e in evil {
+        let enc: String = url_encode(e);
+        for field in [
+            "ip", "login", "provider", "country", "state", "city", "zip", "comment",
+        ] {
+            let r = a.get(&format!("/api/v1/nodes?{field}={enc}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{field}={e}: {}", r.text());
+            assert_eq!(r.json()["total"], 0, "{field}={e} matched something");
+            let d = a.delete(&format!("/api/v1/nodes?{field}={enc}")).await;
+            assert_eq!(d.json()["deleted"], 0, "{field}={e}");
+            let x = a
+                .get(&format!("/api/v1/export?format=pptp&{field}={enc}"))
+                .await;
+            assert_eq!((x.status, x.body.len()), (StatusCode::OK, 0), "{field}={e}");
+        }
+        for field in [
+            "status",
+            "ids",
+            "min_speed",
+            "checked_after",
+            "sort",
+            "has_service",
+        ] {
+            a.get(&format!("/api/v1/nodes?{field}={enc}"))
+                .await
+                .problem(400, "bad-request");
+            a.delete(&format!("/api/v1/nodes?{field}={enc}"))
+                .await
+                .problem(400, "bad-request");
+        }
+        let j = a
+            .send_json(
+                Method::POST,
+                "/api/v1/jobs",
+                json!({"kind": "light", "filter": {"country": e, "ip": e}}),
+            )
+            .await;
+        assert_eq!(j.status, StatusCode::ACCEPTED, "{}", j.text());
+        assert_eq!(j.json()["total"], 0);
+    }
+    assert_eq!(a.snapshot().await, before, "the database changed");
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_the_right_4xx_and_change_nothing() {
+    let a = api_with(HttpOptions {
+        max_body_bytes: 64 << 10,
+        ..HttpOptions::default()
+    })
+    .await;
+    a.import(&fleet_list(5)).await;
+    let before = a.snapshot().await;
+    let post = |ct: &'static str, body: Vec<u8>| {
+        let a = &a;
+        async move {
+            a.req(
+                Method::POST,
+                "/api/v1/jobs",
+                Some(&a.token),
+                Some((ct, body)),
+                None,
+            )
+            .await
+        }
+    };
+    post("application/json", b"{\"kind\": \"light\", ".to_vec())
+        .await
+        .problem(400, "invalid-json");
+    post("application/json", b"not json".to_vec())
+        .await
+        .problem(400, "invalid-json");
+    post(
+        "application/json",
+        br#"{"kind": "light", "ids": "1"}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "all": "yes"}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "all": true, "ids": [1]}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post("application/json", br#"{"kind": "light"}"#.to_vec())
+        .await
+        .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "filter": {}}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "filter": {"status": ["ok"]}}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "service_start", "all": true}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "all": true, "concurrency": 0}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post(
+        "application/json",
+        br#"{"kind": "light", "all": true, "node_timeout_secs": -1}"#.to_vec(),
+    )
+    .await
+    .problem(422, "invalid-body");
+    post("text/plain", br#"{"kind": "light", "all": true}"#.to_vec())
+        .await
+        .problem(415, "unsupported-media-type");
+    let mut huge = br#"{"kind": "light", "ids": ["#.to_vec();
+    huge.extend(std::iter::repeat_n(b"1,".as_slice(), 400_000).flatten());
+    huge.extend(b"1]}");
+    post("application/json", huge)
+        .await
+        .problem(413, "payload-too-large");
+    a.req(
+        Method::PATCH,
+        "/api/v1/nodes/1",
+        Some(&a.token),
+        Some(("application/json", vec![b' '; 1 << 20])),
+        None,
+    )
+    .await
+    .problem(413, "payload-too-large");
+    a.get("/api/v1/nodes/1%3BDROP%20TABLE%20nodes")
+        .await
+        .problem(400, "bad-request");
+    a.get("/api/v1/nodes/99999999999999999999999")
+        .await
+        .problem(400, "bad-request");
+    assert!(
+        a.store.jobs(10).await.unwrap().is_empty(),
+        "a job was created"
+    );
+    assert_eq!(a.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn ten_thousand_parallel_forged_tokens_are_refused_and_rate_limited() {
+    let a = api().await;
+    a.import(&fleet_list(3)).await;
+    let before = a.snapshot().await;
+    let tokens_before = a.store.tokens().await.unwrap();
+    let attacker: std::net::SocketAddr = "127.0.0.66:4000".parse().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..10_000 {
+        let app = a.app.clone();
+        let forged = if i % 2 == 0 {
+            connexa_http::auth::generate_token().unwrap()
+        } else {
+            format!("guess-{i}")
+        };
+        tasks.spawn(async move {
+            use tower::ServiceExt;
+            let mut req = axum::http::Request::builder()
+                .method(Method::DELETE)
+                .uri("/api/v1/nodes?all=true")
+                .header(header::AUTHORIZATION, format!("Bearer {forged}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(attacker));
+            app.oneshot(req).await.unwrap().status()
+        });
+    }
+    let (mut unauthorized, mut limited) = (0, 0);
+    while let Some(s) = tasks.join_next().await {
+        match s.unwrap() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(unauthorized + limited, 10_000);
+    assert!(
+        unauthorized <= 20,
+        "at most the limit got an answer other than 429: {unauthorized}"
+    );
+    assert!(limited >= 9_980, "{limited}");
+    // The attacker stays limited, even with a valid token; others are not affected.
+    let r = a
+        .req(
+            Method::GET,
+            "/api/v1/stats",
+            Some(&a.token),
+            None,
+            Some(attacker),
+        )
+        .await;
+    let p = r.problem(429, "rate-limited");
+    assert!(p["retry_after"].as_u64().unwrap() >= 1);
+    assert!(r.headers.get(header::RETRY_AFTER).is_some());
+    let ok = a
+        .req(
+            Method::GET,
+            "/api/v1/stats",
+            Some(&a.token),
+            None,
+            Some("127.0.0.67:1".parse().unwrap()),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(a.snapshot().await, before, "nodes changed");
+    let tokens_after = a.store.tokens().await.unwrap();
+    assert_eq!(tokens_after.len(), tokens_before.len());
+}
+
+#[tokio::test]
+async fn import_text_multipart_and_limits() {
+    let a = api_with(HttpOptions {
+        max_import_bytes: 4096,
+        ..HttpOptions::default()
+    })
+    .await;
+    let r = a
+        .req(
+            Method::POST,
+            "/api/v1/import?on_conflict=skip&source=list.txt",
+            Some(&a.token),
+            Some((
+                "text/plain",
+                b"127.9.0.1:a:b\n127.9.0.1:a:b\n127.9.0.1:a:c\n127.9.0.300:a:b\n".to_vec(),
+            )),
+            None,
+        )
+        .await;
+    let s = &r.json()["summary"];
+    assert_eq!(s["source"], "list.txt");
+    assert_eq!(
+        (
+            s["added"].as_array().unwrap().len(),
+            s["duplicates"].as_array().unwrap().len(),
+            s["errors"].as_array().unwrap().len()
+        ),
+        (1, 1, 1),
+        "{s}"
+    );
+    assert_eq!(s["conflicts"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json()["job"], json!(null));
+    // Replace on conflict.
+    let r = a
+        .req(
+            Method::POST,
+            "/api/v1/import?on_conflict=replace",
+            Some(&a.token),
+            Some(("text/plain", b"127.9.0.1:a:c\n".to_vec())),
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["summary"]["replaced"].as_array().unwrap().len(), 1);
+    a.req(
+        Method::POST,
+        "/api/v1/import?on_conflict=merge",
+        Some(&a.token),
+        Some(("text/plain", vec![])),
+        None,
+    )
+    .await
+    .problem(400, "bad-request");
+    // Multipart: the file field.
+    let boundary = "XyZ123";
+    let mut body = Vec::new();
+    body.extend(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhello\r\n")
+            .as_bytes(),
+    );
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"fleet.txt\"\r\nContent-Type: text/plain\r\n\r\n").as_bytes());
+    body.extend(b"127.9.0.5:u:p\n127.9.0.6:u:p\n");
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = a
+        .req(
+            Method::POST,
+            "/api/v1/import",
+            Some(&a.token),
+            Some((&ct, body)),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["summary"]["source"], "fleet.txt");
+    assert_eq!(r.json()["summary"]["added"].as_array().unwrap().len(), 2);
+    let empty_form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nx\r\n--{boundary}--\r\n"
+    );
+    a.req(
+        Method::POST,
+        "/api/v1/import",
+        Some(&a.token),
+        Some((&ct, empty_form.into_bytes())),
+        None,
+    )
+    .await
+    .problem(400, "bad-request");
+    // Over the limit: 413, and what went in before is reported.
+    let big = fleet_list(200);
+    assert!(big.len() > 4096);
+    let before = a.get("/api/v1/nodes?limit=0").await.json()["total"]
+        .as_u64()
+        .unwrap();
+    let r = a.import(&big).await;
+    let p = r.problem(413, "payload-too-large");
+    let added = p["import"]["added"].as_array().map(Vec::len).unwrap_or(0) as u64;
+    let after = a.get("/api/v1/nodes?limit=0").await.json()["total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        after,
+        before + added,
+        "the report names exactly what was imported"
+    );
+    assert!(added < 200);
+    // Every imported row is whole: a row cut at the limit is not imported.
+    let all = a.get("/api/v1/nodes?limit=10000&reveal=true").await.json();
+    for n in all["items"].as_array().unwrap() {
+        let login = n["login"].as_str().unwrap();
+        if let Some(i) = login.strip_prefix("user") {
+            assert_eq!(n["password"], format!("pw{i}"), "{n}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn import_starts_a_test_job_on_the_added_nodes() {
+    let a = api().await;
+    a.import("127.9.0.1:u:p\n").await;
+    let r = a
+        .req(
+            Method::POST,
+            "/api/v1/import?test=light",
+            Some(&a.token),
+            Some(("text/plain", b"127.9.0.1:u:p\n127.9.0.2:u:p\n".to_vec())),
+            None,
+        )
+        .await;
+    let job = r.json()["job"].as_i64().expect("a job");
+    let j = a.get(&format!("/api/v1/jobs/{job}")).await.json();
+    assert_eq!(
+        (j["kind"].as_str(), j["total"].as_u64()),
+        (Some("light"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn export_streams_every_format_and_refuses_path_names() {
+    let a = api().await;
+    a.import(&fleet_list(7)).await;
+    let before = a.snapshot().await;
+    let csv = a.get("/api/v1/export?format=csv&country=united").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(csv.headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+    assert_eq!(
+        csv.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"connexa-nodes.csv\""
+    );
+    assert_eq!(csv.text().lines().count(), 1 + 3, "{}", csv.text());
+    let txt = a.get("/api/v1/export?format=pptp&filename=mine.txt").await;
+    assert_eq!(
+        txt.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"mine.txt\""
+    );
+    assert!(
+        txt.text().lines().any(|l| l == "127.9.0.1:user0:pw0"),
+        "{}",
+        txt.text()
+    );
+    let js = a.get("/api/v1/export?format=json").await.json();
+    assert_eq!(js.as_array().unwrap().len(), 7);
+    for f in ["txt", "socks", "socks-colon"] {
+        assert_eq!(
+            a.get(&format!("/api/v1/export?format={f}")).await.status,
+            StatusCode::OK
+        );
+    }
+    a.get("/api/v1/export?format=xml")
+        .await
+        .problem(400, "bad-request");
+    for name in [
+        "../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        ".bashrc",
+        "a%0d%0aSet-Cookie:%20x",
+        "dir%5Cfile",
+    ] {
+        a.get(&format!("/api/v1/export?filename={name}"))
+            .await
+            .problem(400, "bad-request");
+    }
+    a.get("/api/v1/export?format=csv&path=x")
+        .await
+        .problem(400, "bad-request");
+    assert_eq!(a.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn jobs_create_list_show_cancel() {
+    let a = api().await;
+    a.import(&fleet_list(4)).await;
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "ids": [1, 2]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let job = r.json();
+    assert_eq!(
+        (job["kind"].as_str(), job["total"].as_u64()),
+        (Some("light"), Some(2))
+    );
+    let id = job["id"].as_i64().unwrap();
+    a.state
+        .engine()
+        .wait(connexa_core::ports::JobId(id))
+        .await
+        .unwrap();
+    let j = a.get(&format!("/api/v1/jobs/{id}")).await.json();
+    assert_eq!(j["state"], "done");
+    assert_eq!(
+        j["progress"]["failed"], 2,
+        "nothing listens on 127.9.0.x: {j}"
+    );
+    assert_eq!(j["recent"].as_array().unwrap().len(), 2);
+    let f = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "filter": {"country": "Germany"}, "deadline_secs": 60}),
+        )
+        .await
+        .json();
+    assert_eq!(f["total"], 1);
+    let list = a.get("/api/v1/jobs?limit=5").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["id"], f["id"]);
+    a.get("/api/v1/jobs?limit=5000")
+        .await
+        .problem(400, "bad-request");
+    a.get("/api/v1/jobs/99").await.problem(404, "not-found");
+    a.req(
+        Method::POST,
+        "/api/v1/jobs/99/cancel",
+        Some(&a.token),
+        None,
+        None,
+    )
+    .await
+    .problem(404, "not-found");
+    // Cancel a job whose nodes hang: the silent sim fleet would be slower; a
+    // deadline-free job on all nodes with concurrency 1 is cancelled midway or done.
+    let c = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "all": true, "concurrency": 1}),
+        )
+        .await
+        .json();
+    let cid = c["id"].as_i64().unwrap();
+    let r = a
+        .req(
+            Method::POST,
+            &format!("/api/v1/jobs/{cid}/cancel"),
+            Some(&a.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert!(["cancelled", "done"].contains(&r.json()["state"].as_str().unwrap()));
+    let fin = a
+        .state
+        .engine()
+        .wait(connexa_core::ports::JobId(cid))
+        .await
+        .unwrap();
+    assert_eq!(fin.progress.done(), 4);
+}
+
+#[tokio::test]
+async fn job_events_stream_every_result_then_done_and_resume_without_loss() {
+    let a = api().await;
+    a.import(&fleet_list(25)).await;
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "all": true}),
+        )
+        .await;
+    let id = r.json()["id"].as_i64().unwrap();
+    let uri = format!("/api/v1/jobs/{id}/events");
+    let res = tokio::time::timeout(Duration::from_secs(60), a.get(&uri))
+        .await
+        .expect("stream ended");
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.headers[header::CONTENT_TYPE], "text/event-stream");
+    let events = sse(&res.text());
+    let results: Vec<_> = events.iter().filter(|e| e.0 == "result").collect();
+    let mut nodes: Vec<i64> = results
+        .iter()
+        .map(|e| e.2["node"].as_i64().unwrap())
+        .collect();
+    nodes.sort_unstable();
+    assert_eq!(
+        nodes,
+        (1..=25).collect::<Vec<_>>(),
+        "every node exactly once"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "done");
+    assert_eq!(
+        (last.2["percent"].as_f64(), last.2["finished"].as_bool()),
+        (Some(100.0), Some(true))
+    );
+    assert_eq!(last.2["done"], 25);
+    assert!(events.iter().filter(|e| e.0 == "done").count() == 1);
+    // Resume after the 10th result: exactly the other 15, then done.
+    let tenth = &results[9].1;
+    let mut req_headers = a.req(Method::GET, &uri, Some(&a.token), None, None).await; // warm
+    req_headers.body.clear();
+    let resumed = {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder()
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", a.token))
+            .header("Last-Event-ID", tenth.as_str())
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = a.app.clone().oneshot(req).await.unwrap();
+        use http_body_util::BodyExt;
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    };
+    let ev2 = sse(&resumed);
+    let rest: Vec<i64> = ev2
+        .iter()
+        .filter(|e| e.0 == "result")
+        .map(|e| e.2["item"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = results[10..]
+        .iter()
+        .map(|e| e.2["item"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rest, expected);
+    assert_eq!(ev2.last().unwrap().0, "done");
+    // The same through ?after=.
+    let q = sse(&a.get(&format!("{uri}?after={tenth}")).await.text());
+    assert_eq!(q.iter().filter(|e| e.0 == "result").count(), 15);
+    a.req(Method::GET, &uri, Some(&a.token), None, None).await;
+    a.get(&format!("{uri}?after=garbage"))
+        .await
+        .problem(400, "bad-request");
+    a.get("/api/v1/jobs/999/events")
+        .await
+        .problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn services_start_stop_and_list() {
+    let a = api().await;
+    a.import(&fleet_list(3)).await;
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/services/start",
+            json!({"ids": [1, 2]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["kind"], "service_start");
+    // Not verified: no service is wanted for them.
+    let wanted = a
+        .store
+        .list(
+            &NodeFilter {
+                service_wanted: Some(true),
+                ..NodeFilter::all()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wanted.total, 0);
+    let r = a
+        .send_json(Method::POST, "/api/v1/services/stop", json!({"all": true}))
+        .await;
+    assert_eq!(
+        (r.status, r.json()["kind"].as_str()),
+        (StatusCode::ACCEPTED, Some("service_stop"))
+    );
+    a.send_json(Method::POST, "/api/v1/services/start", json!({}))
+        .await
+        .problem(422, "invalid-body");
+    a.send_json(
+        Method::POST,
+        "/api/v1/services/start",
+        json!({"filter": {"bogus": 1}}),
+    )
+    .await
+    .problem(422, "invalid-body");
+    let l = a.get("/api/v1/services").await.json();
+    assert_eq!(
+        (l["total"].as_u64(), l["items"].as_array().unwrap().len()),
+        (Some(0), 0)
+    );
+    a.get("/api/v1/services?limit=x")
+        .await
+        .problem(400, "bad-request");
+}
+
+#[tokio::test]
+async fn stats_and_metrics() {
+    let a = api().await;
+    a.import(&fleet_list(6)).await;
+    let s = a.get("/api/v1/stats").await.json();
+    assert_eq!(
+        (
+            s["total"].as_u64(),
+            s["services_running"].as_u64(),
+            s["jobs_unfinished"].as_u64()
+        ),
+        (Some(6), Some(0), Some(0))
+    );
+    assert_eq!(
+        s["by_status"][0],
+        json!({"status": "not_tested", "count": 6})
+    );
+    assert_eq!(s["by_status"].as_array().unwrap().len(), 8);
+    let m = a.get("/metrics").await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(
+        m.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let t = m.text();
+    assert!(t.contains("connexa_nodes{status=\"not_tested\"} 6"), "{t}");
+    assert!(t.contains("connexa_nodes{status=\"online\"} 0"), "{t}");
+    assert!(
+        t.contains(
+            "connexa_http_requests_total{method=\"GET\",route=\"/api/v1/stats\",status=\"200\"} 1"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("connexa_http_request_duration_seconds_count"),
+        "{t}"
+    );
+    // A separate, unauthenticated metrics router.
+    use tower::ServiceExt;
+    let res = connexa_http::metrics_router(a.state.clone())
+        .oneshot(
+            axum::http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cors_is_off_unless_configured() {
+    let a = api().await;
+    let pre = |a: &Api| {
+        let a = a.app.clone();
+        async move {
+            use tower::ServiceExt;
+            a.oneshot(
+                axum::http::Request::builder()
+                    .method(Method::OPTIONS)
+                    .uri("/api/v1/nodes")
+                    .header(header::ORIGIN, "http://console.example")
+                    .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = pre(&a).await;
+    assert!(
+        r.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+    let b = api_with(HttpOptions {
+        cors_origins: vec!["http://console.example".parse().unwrap()],
+        ..HttpOptions::default()
+    })
+    .await;
+    let r = pre(&b).await;
+    assert_eq!(
+        r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "http://console.example"
+    );
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_as_problems() {
+    let a = api_with(HttpOptions {
+        request_timeout: Duration::from_millis(1),
+        ..HttpOptions::default()
+    })
+    .await;
+    a.import(&fleet_list(300)).await;
+    // Listing 10000 rows with a 1 ms limit: times out (or, on a very fast machine, succeeds).
+    let r = a.get("/api/v1/nodes?limit=10000&reveal=true").await;
+    if r.status != StatusCode::OK {
+        r.problem(503, "timeout");
+    }
+}

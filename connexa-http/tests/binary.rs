@@ -1,0 +1,248 @@
+//! The real thing over real sockets: starts the `connexa-http` binary on an
+//! ephemeral loopback port, creates a token with `connexa-http token create`,
+//! imports a simulated PPTP fleet over HTTP, starts a light job, reads the SSE
+//! stream to the final 100 % event, checks the results in the database, and
+//! stops the server with SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use connexa_core::domain::{NodeFilter, Status};
+use connexa_core::ops;
+use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
+use connexa_core::store::SqlStore;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_connexa-http");
+
+/// One HTTP/1.1 request with `Connection: close`; returns status, headers, body
+/// (chunked transfer decoded).
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &[u8])>,
+) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some((ct, b)) = body {
+        req.push_str(&format!(
+            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    if let Some((_, b)) = body {
+        s.write_all(b).await.unwrap();
+    }
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), s.read_to_end(&mut raw))
+        .await
+        .expect("response within 120 s")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest = &raw[split + 4..];
+    let status: u16 = head[9..12].parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = Vec::new();
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            rest = &rest[eol + 2..];
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..n]);
+            rest = &rest[n + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    (status, head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_imports_a_sim_fleet_runs_a_job_and_streams_it_to_100_percent() {
+    let fleet = Fleet::start(
+        FleetSpec::new(40)
+            .first_ip([127, 41, 0, 1].into())
+            .port(21841)
+            .mix(vec![(Behaviour::Healthy, 3), (Behaviour::Refused, 1)]),
+    )
+    .await
+    .unwrap();
+    let healthy = fleet
+        .nodes()
+        .iter()
+        .filter(|n| n.behaviour == Behaviour::Healthy)
+        .count();
+    // CSV carries the port (the plain list assumes 1723).
+    let mut list = Vec::new();
+    fleet
+        .write_list(connexa_core::export::ExportFormat::Csv, &mut list)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let cfg = dir.path().join("connexa.toml");
+    std::fs::write(
+        &cfg,
+        "[test]\nconcurrency = 32\nconnect_timeout_secs = 2\nlight_timeout_secs = 3\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+
+    // A token, printed once on stdout.
+    let out = Command::new(BIN)
+        .args(["--db", &db, "--config"])
+        .arg(&cfg)
+        .args(["token", "create", "--name", "ci"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(connexa_http::auth::well_formed(&token), "{token}");
+
+    let mut child = Command::new(BIN)
+        .args(["--db", &db, "--config"])
+        .arg(&cfg)
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if let Some(a) = l.strip_prefix("listening on http://") {
+                return a.to_owned();
+            }
+        }
+        panic!("the server exited before listening");
+    })
+    .await
+    .unwrap();
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+
+    let (s, _, _) = http(&addr, "GET", "/healthz", None, None).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = http(&addr, "GET", "/api/v1/stats", None, None).await;
+    assert_eq!(s, 401);
+
+    let (s, _, body) = http(
+        &addr,
+        "POST",
+        "/api/v1/import",
+        Some(&token),
+        Some(("text/csv", &list)),
+    )
+    .await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r["summary"]["added"].as_array().unwrap().len(), 40);
+
+    let job = br#"{"kind": "light", "all": true}"#;
+    let (s, _, body) = http(
+        &addr,
+        "POST",
+        "/api/v1/jobs",
+        Some(&token),
+        Some(("application/json", job)),
+    )
+    .await;
+    assert_eq!(s, 202, "{}", String::from_utf8_lossy(&body));
+    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    let (s, head, body) = http(
+        &addr,
+        "GET",
+        &format!("/api/v1/jobs/{id}/events"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    let mut results = 0;
+    let mut last = (String::new(), serde_json::Value::Null);
+    for block in text.split("\n\n").filter(|b| b.contains("data: ")) {
+        let ev = block
+            .lines()
+            .find_map(|l| l.strip_prefix("event: "))
+            .unwrap_or("")
+            .to_owned();
+        let data = block
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        if ev == "result" {
+            results += 1;
+        }
+        last = (ev, data);
+    }
+    assert_eq!(results, 40, "one result per node");
+    assert_eq!(last.0, "done");
+    assert_eq!(last.1["percent"], 100.0);
+    assert_eq!(
+        (last.1["ok"].as_u64(), last.1["failed"].as_u64()),
+        (Some(healthy as u64), Some(40 - healthy as u64))
+    );
+
+    // SIGTERM: a graceful exit.
+    let pid = child.id().unwrap() as i32;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    // The results are in the database.
+    let store = SqlStore::connect(&db).await.unwrap();
+    let nodes = ops::all_matching(&store, &NodeFilter::all()).await.unwrap();
+    for (n, sim) in nodes.iter().zip(fleet.nodes()) {
+        assert_eq!((n.ip, n.port), (std::net::IpAddr::V4(sim.ip), sim.port));
+        let want = if sim.behaviour == Behaviour::Healthy {
+            Status::PingLight
+        } else {
+            Status::PingFailed
+        };
+        assert_eq!(n.status, want, "{}", n.ip);
+    }
+    fleet.shutdown();
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# HTTP API benchmark: `GET /api/v1/nodes?limit=100` on a 100,000-node SQLite
+# database, 64 connections, with wrk; the baseline is `GET /healthz` (no auth,
+# no database) measured by the same wrk on the same server in the same run.
+#
+#   tests/bench_http.sh [NODES] [SECONDS]      # defaults: 100000 15
+#
+# Installs wrk (Debian) if missing. Loopback only. Prints a Markdown table row
+# set for docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=${1:-100000}
+secs=${2:-15}
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! command -v wrk >/dev/null; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends wrk >/dev/null
+fi
+cargo build -q --release -p connexa-http
+bin="${CARGO_TARGET_DIR:-target}/release/connexa-http"
+dir=$(mktemp -d /tmp/connexa-bench-http.XXXXXX)
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+db="sqlite://$dir/bench.db?mode=rwc"
+
+# The node list: documentation-free private addresses 10.x.y.z, one per line.
+python3 - "$nodes" >"$dir/list.txt" <<'PY'
+import sys
+n = int(sys.argv[1])
+for i in range(n):
+    print(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}:user{i}:pw{i}")
+PY
+
+"$bin" --db "$db" serve --listen 127.0.0.1:0 --init-admin >"$dir/token" 2>"$dir/log" &
+pid=$!
+for _ in $(seq 100); do grep -q 'listening on' "$dir/log" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)
+token=$(cat "$dir/token")
+[ -n "$addr" ] && [ -n "$token" ] || { cat "$dir/log" >&2; exit 1; }
+
+t0=$(date +%s.%N)
+curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: text/plain' \
+  --data-binary @"$dir/list.txt" "http://$addr/api/v1/import" -o "$dir/import.json"
+t1=$(date +%s.%N)
+total=$(curl -sf -H "Authorization: Bearer $token" "http://$addr/api/v1/nodes?limit=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
+echo "imported $total nodes over HTTP in $(python3 -c "print(round($t1-$t0,1))") s" >&2
+
+run() { # name, url, auth?
+  local out
+  if [ "$3" = auth ]; then
+    out=$(wrk -t2 -c64 -d"${secs}s" --latency -H "Authorization: Bearer $token" "$2")
+  else
+    out=$(wrk -t2 -c64 -d"${secs}s" --latency "$2")
+  fi
+  echo "$out" >&2
+  local rps p50 p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$rps" "$p50" "$p99" "${non2xx:-0}"
+}
+base=$(run "GET /healthz (baseline)" "http://$addr/healthz" noauth)
+list=$(run "GET /api/v1/nodes?limit=100" "http://$addr/api/v1/nodes?limit=100" auth)
+deep=$(run "GET /api/v1/nodes?limit=100&offset=50000" "http://$addr/api/v1/nodes?limit=100&offset=50000" auth)
+flt=$(run "GET /api/v1/nodes?limit=100&login=user9" "http://$addr/api/v1/nodes?limit=100&login=user9" auth)
+echo
+echo "| request ($total nodes, SQLite, 64 connections, wrk -t2, ${secs}s) | requests/s | p50 | p99 | non-2xx | rps vs baseline |"
+echo "|---|---|---|---|---|---|"
+b=$(echo "$base" | cut -f2)
+for row in "$base" "$list" "$deep" "$flt"; do
+  IFS=$'\t' read -r name rps p50 p99 bad <<<"$row"
+  ratio=$(python3 -c "print(f'{float(\"$rps\")/float(\"$b\"):.3f}')")
+  echo "| \`$name\` | $rps | $p50 | $p99 | $bad | $ratio |"
+done
