@@ -42,6 +42,7 @@ pub mod ops;
 pub mod ports;
 pub mod pptp;
 pub mod probe;
+pub mod runtime;
 pub mod service;
 #[cfg(feature = "sim")]
 pub mod sim;

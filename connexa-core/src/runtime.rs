@@ -1,0 +1,93 @@
+//! The engine's network ports built from the operator's configuration file,
+//! the same way for every front end (the `connexa` CLI, `connexa-http`, your
+//! own program): the light/auth prober, the speed tester and the SOCKS5
+//! launcher share one raw GRE socket (the prober's, opened on first use).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use connexa_core::config::Config;
+//! use connexa_core::runtime::NetworkPorts;
+//! use connexa_core::store::SqlStore;
+//!
+//! let config = Config::default();
+//! let store = Arc::new(SqlStore::connect("sqlite://connexa.db?mode=rwc").await?);
+//! let ports = NetworkPorts::from_config(&config);
+//! let engine = ports.engine(store, &config);
+//! # let _ = engine; Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use crate::config::{Config, TestConfig};
+use crate::engine::{Engine, EngineConfig};
+use crate::ports::NodeStore;
+use crate::probe::{LightProber, ProbeConfig};
+use crate::service::PptpOpener;
+use crate::socks::{SocksConfig, SocksLauncher};
+use crate::speed::{HttpSpeedTester, SpeedConfig};
+
+/// The prober of the `[test]` settings (connect and handshake timeouts; ICMP on).
+pub fn prober(t: &TestConfig) -> LightProber {
+    LightProber::new(ProbeConfig {
+        connect_timeout: t.connect_timeout(),
+        handshake_timeout: t.light_timeout(),
+        ..ProbeConfig::default()
+    })
+}
+
+/// The engine settings of the configuration (`[test] concurrency`; 0 keeps
+/// the default).
+pub fn engine_config(config: &Config) -> EngineConfig {
+    let mut c = EngineConfig::default();
+    if config.test.concurrency > 0 {
+        c.concurrency = config.test.concurrency as usize;
+    }
+    c
+}
+
+/// The three network ports of an [`Engine`], sharing one raw GRE socket.
+#[derive(Debug, Clone)]
+pub struct NetworkPorts {
+    /// Light and auth tests.
+    pub prober: Arc<LightProber>,
+    /// Speed tests through each node's MPPE tunnel (`[test]` URLs).
+    pub speed: Arc<HttpSpeedTester>,
+    /// SOCKS5 services through each node's tunnel (`[services]`).
+    pub launcher: Arc<SocksLauncher>,
+}
+
+impl NetworkPorts {
+    /// The ports of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        Self::with_prober(config, Arc::new(prober(&config.test)))
+    }
+
+    /// The ports of `config` around a prober of your own (its GRE socket is shared).
+    pub fn with_prober(config: &Config, prober: Arc<LightProber>) -> Self {
+        let speed_config = SpeedConfig::from_test_config(&config.test);
+        let opener = PptpOpener::sharing_gre_with(speed_config.tunnel.clone(), Arc::clone(&prober));
+        NetworkPorts {
+            speed: Arc::new(HttpSpeedTester::sharing_gre_with(
+                speed_config,
+                Arc::clone(&prober),
+            )),
+            launcher: Arc::new(SocksLauncher::new(
+                Arc::new(opener),
+                SocksConfig::from_services(&config.services),
+            )),
+            prober,
+        }
+    }
+
+    /// An engine over `store` with these ports and [`engine_config`].
+    pub fn engine(&self, store: Arc<dyn NodeStore>, config: &Config) -> Engine {
+        Engine::new(
+            store,
+            self.prober.clone(),
+            self.speed.clone(),
+            self.launcher.clone(),
+            engine_config(config),
+        )
+    }
+}
