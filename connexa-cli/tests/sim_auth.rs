@@ -26,10 +26,7 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
     let first_ip = format!("127.91.{}.1", std::process::id() % 200 + 20);
     let mut sim = connexa()
         .args(["sim", "--nodes", "10"])
-        .args([
-            "--mix",
-            "healthy=6,auth_reject=2,call_reject=2",
-        ])
+        .args(["--mix", "healthy=6,auth_reject=2,call_reject=2"])
         .args(["--port", &port.to_string(), "--first-ip", &first_ip])
         .arg("--list")
         .arg(&list)

@@ -414,3 +414,147 @@ async fn auth_job_over_a_mixed_sim_fleet_ends_with_counts_matching_the_mix() {
     assert_eq!(f.live_calls(), 0);
     f.close().await;
 }
+
+/// A data path that echoes every frame back, and records who logged in.
+struct Echo {
+    out: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl connexa_core::sim::DataPath for Echo {
+    fn handle_frame(&mut self, frame: &[u8], _now: std::time::Instant) {
+        self.out.push_back(frame.to_vec());
+    }
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _now: std::time::Instant) {}
+}
+
+#[tokio::test]
+async fn after_login_other_protocols_go_to_the_plugged_in_data_path() {
+    use connexa_core::pptp::control::{
+        ControlMessage, Framer, OutgoingCallRequest, StartControlConnectionRequest, Text64,
+    };
+    use connexa_core::pptp::gre::{Accepted, GrePacket, GreSession};
+    use connexa_core::pptp::login::{LoginClient, LoginConfig};
+    use connexa_core::pptp::ppp::{PROTO_IPCP, PppFrame};
+    use std::sync::Mutex;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let logged_in: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&logged_in);
+    let factory: connexa_core::sim::DataPathFactory = Arc::new(move |node, user, _now| {
+        seen.lock().unwrap().push(format!("{} {user}", node.ip));
+        Box::new(Echo {
+            out: Default::default(),
+        })
+    });
+    let f = Fleet::start_with_data_path(
+        FleetSpec::new(1)
+            .first_ip(Ipv4Addr::new(127, 44, 6, 1))
+            .port(PORT),
+        factory,
+    )
+    .await
+    .unwrap();
+    assert!(f.serves_logins(), "{:?}", f.logins_unavailable());
+    let node = f.nodes()[0].clone();
+    let gre = gre();
+
+    // Control connection and call, by hand.
+    let mut tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    let mut framer = Framer::new();
+    let mut buf = vec![0u8; 2048];
+    async fn next(
+        tcp: &mut tokio::net::TcpStream,
+        framer: &mut Framer,
+        buf: &mut [u8],
+    ) -> ControlMessage {
+        loop {
+            if let Some(frame) = framer.next_frame().unwrap() {
+                return ControlMessage::decode(&frame).unwrap();
+            }
+            let n = tcp.read(buf).await.unwrap();
+            assert!(n > 0, "control connection closed");
+            framer.push(&buf[..n]);
+        }
+    }
+    let sccrq =
+        ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new("t", "t"));
+    tcp.write_all(&sccrq.encode()).await.unwrap();
+    assert!(matches!(
+        next(&mut tcp, &mut framer, &mut buf).await,
+        ControlMessage::StartControlConnectionReply(r) if r.result_code == 1
+    ));
+    let mut route = gre.register(node.ip).unwrap();
+    let ocrq = ControlMessage::OutgoingCallRequest(OutgoingCallRequest {
+        call_id: route.call_id(),
+        call_serial_number: 1,
+        minimum_bps: 2400,
+        maximum_bps: 10_000_000,
+        bearer_type: 3,
+        framing_type: 3,
+        packet_recv_window_size: 64,
+        packet_processing_delay: 0,
+        phone_number_length: 0,
+        phone_number: Text64::default(),
+        subaddress: Text64::default(),
+    });
+    tcp.write_all(&ocrq.encode()).await.unwrap();
+    let ControlMessage::OutgoingCallReply(ocrp) = next(&mut tcp, &mut framer, &mut buf).await
+    else {
+        panic!("no Outgoing-Call-Reply")
+    };
+    assert_eq!((ocrp.result_code, ocrp.peer_call_id), (1, route.call_id()));
+
+    // LCP + MS-CHAPv2, then one IPCP frame; its echo comes back.
+    let mut login = LoginClient::new(
+        LoginConfig::new(node.login.clone(), node.password.clone()),
+        Instant::now(),
+    );
+    let mut session = GreSession::new(route.call_id(), ocrp.call_id, Duration::from_millis(50));
+    let ipcp = PppFrame {
+        protocol: PROTO_IPCP,
+        information: &[1, 7, 0, 4],
+    }
+    .encode(false, false);
+    let mut sent_ipcp = false;
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if login.outcome().is_some_and(|o| o.is_success()) && !sent_ipcp {
+                let mut out = Vec::new();
+                session.encode(&ipcp, &mut out).unwrap();
+                route.send(&out).await.unwrap();
+                sent_ipcp = true;
+            }
+            while let Some(frame) = login.poll_transmit() {
+                let mut out = Vec::new();
+                session.encode(&frame, &mut out).unwrap();
+                route.send(&out).await.unwrap();
+            }
+            if let Some(up) = login.poll_upper() {
+                return up;
+            }
+            let pkt = route.recv().await.unwrap();
+            let pkt = GrePacket::decode(&pkt).unwrap();
+            if let Accepted::Payload(p) = session.accept(&pkt, Instant::now()) {
+                login.handle_input(p, Instant::now());
+            }
+        }
+    })
+    .await
+    .expect("the data path answers");
+    assert!(login.outcome().unwrap().is_success());
+    assert_eq!(echoed, ipcp);
+    assert_eq!(
+        *logged_in.lock().unwrap(),
+        vec![format!("{} {}", node.ip, node.login)]
+    );
+    drop(route);
+    drop(tcp);
+    f.close().await;
+}
