@@ -14,8 +14,13 @@
 //! light_timeout_secs = 10.0    # the whole control-channel handshake
 //! auth_timeout_secs = 25.0     # login (MS-CHAPv2)
 //! speed_timeout_secs = 60.0    # the whole speed test
-//! speed_threshold_mbps = 1.0   # at or above: speed_ok
-//! test_url = "http://speedtest.invalid/10MB.bin"
+//! speed_threshold_mbps = 1.0   # download goodput at or above: speed_ok
+//! test_url = "http://speedtest.invalid/10MB.bin"   # downloaded through the tunnel (http:// only)
+//! extra_test_urls = []         # more download URLs; parallel streams are spread over all
+//! upload_url = ""              # POST endpoint for the upload test; empty: no upload test
+//! speed_duration_secs = 10.0   # each direction, warm-up included
+//! speed_warmup_secs = 2.0      # discarded start of each direction
+//! speed_streams = 4            # parallel connections per direction
 //!
 //! [services]
 //! bind = "127.0.0.1"           # where SOCKS5 services listen
@@ -73,8 +78,18 @@ pub struct TestConfig {
     pub speed_timeout_secs: f64,
     /// Download speed (Mbit/s) at or above which a node is `speed_ok`.
     pub speed_threshold_mbps: f64,
-    /// What the speed test downloads through the tunnel.
+    /// What the speed test downloads through the tunnel (`http://` only).
     pub test_url: String,
+    /// More download URLs; the parallel streams are spread over all of them.
+    pub extra_test_urls: Vec<String>,
+    /// Where the speed test uploads (`POST`); `None` or empty: no upload test.
+    pub upload_url: Option<String>,
+    /// Length of each direction of the speed test, warm-up included, seconds.
+    pub speed_duration_secs: f64,
+    /// Discarded start of each direction, seconds.
+    pub speed_warmup_secs: f64,
+    /// Parallel connections per direction.
+    pub speed_streams: u32,
 }
 
 impl Default for TestConfig {
@@ -87,6 +102,11 @@ impl Default for TestConfig {
             speed_timeout_secs: 60.0,
             speed_threshold_mbps: 1.0,
             test_url: "http://speedtest.invalid/10MB.bin".into(),
+            extra_test_urls: Vec::new(),
+            upload_url: None,
+            speed_duration_secs: 10.0,
+            speed_warmup_secs: 2.0,
+            speed_streams: 4,
         }
     }
 }
@@ -279,6 +299,30 @@ impl Config {
                     "test.{name} must be between 0 and 86400 seconds, got {v}"
                 ));
             }
+        }
+        if !(t.speed_duration_secs.is_finite()
+            && t.speed_duration_secs > 0.0
+            && t.speed_duration_secs <= 3600.0)
+        {
+            return bad(format!(
+                "test.speed_duration_secs must be between 0 and 3600 seconds, got {}",
+                t.speed_duration_secs
+            ));
+        }
+        if !(t.speed_warmup_secs.is_finite()
+            && t.speed_warmup_secs >= 0.0
+            && t.speed_warmup_secs < t.speed_duration_secs)
+        {
+            return bad(format!(
+                "test.speed_warmup_secs must be at least 0 and below speed_duration_secs, got {}",
+                t.speed_warmup_secs
+            ));
+        }
+        if t.speed_streams == 0 || t.speed_streams > 64 {
+            return bad(format!(
+                "test.speed_streams must be between 1 and 64, got {}",
+                t.speed_streams
+            ));
         }
         if !(t.speed_threshold_mbps.is_finite() && t.speed_threshold_mbps >= 0.0) {
             return bad(format!(

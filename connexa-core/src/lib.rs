@@ -9,7 +9,11 @@
 //!   [`ServiceLauncher`](ports::ServiceLauncher)).
 //! * [`import`]: streaming parsers of every node-list format operators have, and
 //!   the import report; [`export`]: writers of txt, csv, json, pptp and socks lists.
-//! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver).
+//! * [`pptp`]: sans-IO PPTP protocol parts (GRE, PPP/LCP, MS-CHAPv2, login driver,
+//!   CCP/MPPE, IPCP, the session after login).
+//! * [`tunnel`]: the raw GRE socket, the call driver and [`Tunnel`](tunnel::Tunnel):
+//!   a live MPPE tunnel with a user-space TCP/IP stack; [`speed`]: the speed test
+//!   through it.
 //! * [`engine`]: batch jobs with progress derived from committed rows, the service
 //!   reconciler and the health monitor, generic over the ports.
 //! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
@@ -37,5 +41,6 @@ pub mod pptp;
 pub mod probe;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod speed;
 pub mod store;
 pub mod tunnel;

@@ -1,3 +1,4 @@
 //! Shared helpers for Connexa's cross-crate end-to-end tests (`tests/tests/*.rs`).
 
 pub mod lab;
+pub mod loopback_pptp;

@@ -1,4 +1,4 @@
-//! `connexa test light|auth|pipeline`: runs a test job through the engine in
+//! `connexa test light|auth|speed|pipeline`: runs a test job through the engine in
 //! this process, shows progress from committed rows, and cancels on Ctrl-C.
 
 use std::io::IsTerminal as _;
@@ -10,6 +10,7 @@ use connexa_core::domain::{NodeFilter, NodeId};
 use connexa_core::engine::{Engine, EngineConfig, JobOptions, NotAvailable, ProgressEvent};
 use connexa_core::ports::JobKind;
 use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
 use futures::StreamExt as _;
 
 use crate::cli::Ctx;
@@ -17,7 +18,7 @@ use crate::exit::{Exit, fail};
 use crate::filter::FilterArgs;
 use crate::output::OutputFormat;
 
-/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login) or pipeline.
+/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login), speed (through the tunnel) or pipeline.
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Progress is read from committed results, so it always ends at 100 %.
@@ -55,6 +56,8 @@ pub enum KindArg {
     Light,
     /// Handshake, call and MS-CHAPv2 login.
     Auth,
+    /// Throughput through the node's MPPE tunnel (download/upload from `[test]` URLs).
+    Speed,
     /// Light, then auth, then speed; each node goes as far as it can.
     Pipeline,
 }
@@ -64,6 +67,7 @@ impl From<KindArg> for JobKind {
         match k {
             KindArg::Light => JobKind::Light,
             KindArg::Auth => JobKind::Auth,
+            KindArg::Speed => JobKind::Speed,
             KindArg::Pipeline => JobKind::Pipeline,
         }
     }
@@ -103,10 +107,14 @@ pub async fn engine(ctx: &Ctx) -> anyhow::Result<Engine> {
     if t.concurrency > 0 {
         config.concurrency = t.concurrency as usize;
     }
+    // One raw GRE socket per process: the speed test shares the prober's.
+    let prober = Arc::new(prober);
+    let speed =
+        HttpSpeedTester::sharing_gre_with(SpeedConfig::from_test_config(t), Arc::clone(&prober));
     Ok(Engine::new(
         store,
-        Arc::new(prober),
-        Arc::new(NotAvailable),
+        prober,
+        Arc::new(speed),
         Arc::new(NotAvailable),
         config,
     ))

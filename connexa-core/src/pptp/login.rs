@@ -188,6 +188,15 @@ pub enum LoginPhase {
     Done,
 }
 
+fn protocol_reject(lcp: &mut Fsm<LcpNegotiator>, protocol: u16, information: &[u8]) {
+    if lcp.state() != State::Opened {
+        return;
+    }
+    let mut data = protocol.to_be_bytes().to_vec();
+    data.extend_from_slice(&information[..information.len().min(1000)]);
+    lcp.send_extended(super::ppp::lcp::PROTOCOL_REJECT, data);
+}
+
 fn lcp_failure(reason: &FinishReason) -> LcpFailure {
     match reason {
         FinishReason::NoResponse => LcpFailure::NoResponse,
@@ -330,6 +339,13 @@ impl LoginClient {
             .send_extended(super::ppp::lcp::ECHO_REQUEST, magic.to_be_bytes().to_vec());
         self.pump(now);
         Some(id)
+    }
+
+    /// Sends an LCP Protocol-Reject for a frame of a protocol the caller does
+    /// not run (only while LCP is open).
+    pub fn protocol_reject(&mut self, protocol: u16, information: &[u8], now: Instant) {
+        protocol_reject(&mut self.lcp, protocol, information);
+        self.pump(now);
     }
 
     /// Ids of the LCP Echo-Replies received since the last call (oldest first).
@@ -612,6 +628,23 @@ impl LoginServer {
     /// How the login ended, once known.
     pub fn outcome(&self) -> Option<&ServerOutcome> {
         self.outcome.as_ref()
+    }
+
+    /// The MPPE master key of an accepted peer (RFC 3079), for CCP/MPPE.
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.auth.master_key()
+    }
+
+    /// The LCP automaton (negotiated values, state).
+    pub fn lcp(&self) -> &Fsm<LcpNegotiator> {
+        &self.lcp
+    }
+
+    /// Sends an LCP Protocol-Reject for a frame of a protocol the caller does
+    /// not run (only while LCP is open).
+    pub fn protocol_reject(&mut self, protocol: u16, information: &[u8], now: Instant) {
+        protocol_reject(&mut self.lcp, protocol, information);
+        self.pump(now);
     }
 
     /// Whether LCP has finished (link closed or failed).

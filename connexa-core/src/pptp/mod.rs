@@ -19,3 +19,4 @@ pub mod login;
 pub mod mppe;
 pub mod mschapv2;
 pub mod ppp;
+pub mod session;

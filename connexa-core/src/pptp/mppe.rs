@@ -1,7 +1,28 @@
-//! MPPE key derivation from MS-CHAPv2 (RFC 3079) and the RC4-based key change of
-//! RFC 3078 §7.3. The datapath (CCP negotiation, coherency counts, encryption of
-//! frames) comes with the tunnel (issue 8); this module holds the key schedule,
-//! checked byte for byte against RFC 3079 §3.5.
+//! MPPE (RFC 3078): the key derivation from MS-CHAPv2 (RFC 3079) and the RC4-based
+//! key change of RFC 3078 §7.3, checked byte for byte against RFC 3079 §3.5, and
+//! the stateless datapath ([`MppeSender`], [`MppeReceiver`]): coherency counts,
+//! the flushed bit, a key change before every packet (RFC 3078 §8.1, as Linux's
+//! `ppp_mppe` does it). CCP negotiation lives in [`ccp`](super::ppp::ccp).
+//!
+//! An MPPE packet is the PPP protocol `0x00FD` with this information field:
+//!
+//! ```text
+//! |A|B|C|D| coherency count (12 bits) | RC4(protocol (2 octets) | data) |
+//! ```
+//!
+//! A = flushed (always set in stateless mode), D = encrypted (always set),
+//! B/C = MPPC compression (never set: compression is refused).
+//!
+//! ```
+//! use connexa_core::pptp::mppe::{KeyStrength, MppeReceiver, MppeSender, SessionKey};
+//! let master = [7u8; 16];
+//! let mut tx = MppeSender::new(SessionKey::initial(&master, KeyStrength::Bits128, true, false));
+//! let mut rx = MppeReceiver::new(SessionKey::initial(&master, KeyStrength::Bits128, false, true));
+//! let mut wire = Vec::new();
+//! tx.encrypt(0x0021, b"an IPv4 packet", &mut wire);
+//! assert_eq!(rx.decrypt(&wire).unwrap(), (0x0021, b"an IPv4 packet".to_vec()));
+//! ```
+//!
 //!
 //! ```
 //! use connexa_core::pptp::mppe::{KeyStrength, SessionKey};
@@ -163,6 +184,154 @@ pub fn rc4_apply(key: &[u8], data: &mut [u8]) {
     }
 }
 
+/// Flag A of the MPPE header: the RC4 state was re-initialised (flushed).
+pub const MPPE_FLUSHED: u8 = 0x80;
+/// Flag B and C of the MPPE header: MPPC compression (never used here).
+pub const MPPE_COMPRESSED: u8 = 0x60;
+/// Flag D of the MPPE header: the packet is encrypted.
+pub const MPPE_ENCRYPTED: u8 = 0x10;
+/// The coherency count is 12 bits wide.
+pub const CCOUNT_SPACE: u16 = 4096;
+/// Octets MPPE adds in front of the encrypted protocol field.
+pub const MPPE_OVERHEAD: usize = 2;
+
+/// Why an MPPE packet was dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MppeError {
+    /// Shorter than the header plus a protocol field.
+    #[error("truncated MPPE packet")]
+    Truncated,
+    /// The D (encrypted) bit is clear.
+    #[error("MPPE packet not encrypted")]
+    NotEncrypted,
+    /// MPPC compression bits are set (we refused compression).
+    #[error("MPPC-compressed packet (compression was refused)")]
+    Compressed,
+    /// Stateless mode requires the flushed bit on every packet.
+    #[error("flushed bit missing in stateless mode")]
+    NotFlushed,
+    /// The coherency count is not ahead of the last one (a duplicate or a packet
+    /// more than half the count space late).
+    #[error("late or repeated coherency count {0}")]
+    Late(u16),
+    /// The decrypted protocol field is not a valid PPP protocol number.
+    #[error("bad protocol field after decryption")]
+    BadProtocol,
+}
+
+/// The sending half of a stateless MPPE channel: a key change before every
+/// packet, fresh RC4 state per packet, flushed + encrypted bits set.
+#[derive(Debug, Clone)]
+pub struct MppeSender {
+    key: SessionKey,
+    ccount: u16,
+    sent: u64,
+}
+
+impl MppeSender {
+    /// A sender starting from the initial session key of its direction.
+    pub fn new(key: SessionKey) -> Self {
+        MppeSender {
+            key,
+            ccount: 0,
+            sent: 0,
+        }
+    }
+
+    /// Packets encrypted so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Appends the information field of an MPPE packet (protocol `0x00FD`)
+    /// carrying `protocol` and `data` to `out`.
+    pub fn encrypt(&mut self, protocol: u16, data: &[u8], out: &mut Vec<u8>) {
+        // RFC 3078 §8.1 / Linux ppp_mppe: stateless mode changes the key before
+        // every packet, the first included.
+        self.key.change();
+        let c = self.ccount;
+        self.ccount = (c + 1) % CCOUNT_SPACE;
+        self.sent += 1;
+        out.reserve(MPPE_OVERHEAD + 2 + data.len());
+        out.push(MPPE_FLUSHED | MPPE_ENCRYPTED | (c >> 8) as u8);
+        out.push(c as u8);
+        let start = out.len();
+        out.extend_from_slice(&protocol.to_be_bytes());
+        out.extend_from_slice(data);
+        rc4_apply(self.key.key(), &mut out[start..]);
+    }
+}
+
+/// The receiving half of a stateless MPPE channel. Lost packets cost nothing
+/// (the key is advanced by the coherency-count distance); late and repeated
+/// packets are dropped.
+#[derive(Debug, Clone)]
+pub struct MppeReceiver {
+    key: SessionKey,
+    ccount: u16,
+    received: u64,
+}
+
+impl MppeReceiver {
+    /// A receiver starting from the initial session key of its direction.
+    pub fn new(key: SessionKey) -> Self {
+        MppeReceiver {
+            key,
+            ccount: CCOUNT_SPACE - 1,
+            received: 0,
+        }
+    }
+
+    /// Packets decrypted so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Decrypts the information field of an MPPE packet: the inner protocol and
+    /// its data.
+    ///
+    /// # Errors
+    /// See [`MppeError`]; the receiver's state is unchanged by a rejected packet.
+    pub fn decrypt(&mut self, info: &[u8]) -> Result<(u16, Vec<u8>), MppeError> {
+        let (hdr, body) = info.split_first_chunk::<2>().ok_or(MppeError::Truncated)?;
+        let [b0, b1] = *hdr;
+        if body.is_empty() {
+            return Err(MppeError::Truncated);
+        }
+        if b0 & MPPE_ENCRYPTED == 0 {
+            return Err(MppeError::NotEncrypted);
+        }
+        if b0 & MPPE_COMPRESSED != 0 {
+            return Err(MppeError::Compressed);
+        }
+        if b0 & MPPE_FLUSHED == 0 {
+            return Err(MppeError::NotFlushed);
+        }
+        let ccount = (u16::from(b0 & 0x0F) << 8) | u16::from(b1);
+        let dist = (ccount + CCOUNT_SPACE - self.ccount) % CCOUNT_SPACE;
+        if dist == 0 || dist > CCOUNT_SPACE / 2 {
+            return Err(MppeError::Late(ccount));
+        }
+        let mut key = self.key.clone();
+        for _ in 0..dist {
+            key.change();
+        }
+        let mut plain = body.to_vec();
+        rc4_apply(key.key(), &mut plain);
+        let (protocol, skip) = match plain.as_slice() {
+            [p, ..] if p & 1 == 1 => (u16::from(*p), 1),
+            [a, b, ..] if b & 1 == 1 => (u16::from_be_bytes([*a, *b]), 2),
+            _ => return Err(MppeError::BadProtocol),
+        };
+        plain.drain(..skip);
+        self.key = key;
+        self.ccount = ccount;
+        self.received += 1;
+        Ok((protocol, plain))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +431,109 @@ mod tests {
         k40.change();
         assert_eq!(&k40.key()[..3], &[0xD1, 0x26, 0x9E]);
         assert!(!format!("{k40:?}").contains("209"));
+    }
+
+    fn pair(m: &[u8; 16]) -> (MppeSender, MppeReceiver) {
+        (
+            MppeSender::new(SessionKey::initial(m, KeyStrength::Bits128, true, false)),
+            MppeReceiver::new(SessionKey::initial(m, KeyStrength::Bits128, false, true)),
+        )
+    }
+
+    #[test]
+    fn stateless_round_trip_rekeys_every_packet() {
+        let m = master();
+        let (mut tx, mut rx) = pair(&m);
+        let mut wires = Vec::new();
+        for i in 0..300u32 {
+            let mut w = Vec::new();
+            tx.encrypt(0x0021, &i.to_be_bytes().repeat(10), &mut w);
+            assert_eq!(w[0] & 0xF0, MPPE_FLUSHED | MPPE_ENCRYPTED);
+            assert_eq!(((u16::from(w[0] & 0x0F)) << 8) | u16::from(w[1]), i as u16);
+            wires.push(w);
+        }
+        // Same plaintext, different ciphertext: the key changed between packets.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (mut t2, _) = pair(&m);
+        t2.encrypt(0x0021, b"same", &mut a);
+        t2.encrypt(0x0021, b"same", &mut b);
+        assert_ne!(a[2..], b[2..]);
+        // The first packet uses the initial key changed once (as Linux does).
+        let mut k = SessionKey::initial(&m, KeyStrength::Bits128, true, false);
+        k.change();
+        let mut expect = vec![0x00, 0x21];
+        expect.extend_from_slice(b"same");
+        rc4_apply(k.key(), &mut expect);
+        assert_eq!(a[2..], expect[..]);
+        // Lose every third packet: the receiver catches up by the count distance.
+        for (i, w) in wires.iter().enumerate() {
+            if i % 3 == 1 {
+                continue;
+            }
+            let (proto, data) = rx.decrypt(w).unwrap();
+            assert_eq!(proto, 0x0021);
+            assert_eq!(data, (i as u32).to_be_bytes().repeat(10));
+        }
+        // A repeated or late packet is refused and changes nothing.
+        assert_eq!(rx.decrypt(&wires[299]), Err(MppeError::Late(299)));
+        assert_eq!(rx.decrypt(&wires[10]), Err(MppeError::Late(10)));
+        let mut w = Vec::new();
+        tx.encrypt(0x0021, b"after", &mut w);
+        assert_eq!(rx.decrypt(&w).unwrap().1, b"after");
+    }
+
+    #[test]
+    fn coherency_count_wraps_and_bad_headers_are_refused() {
+        let m = master();
+        let (mut tx, mut rx) = pair(&m);
+        for i in 0..5000u32 {
+            let mut w = Vec::new();
+            tx.encrypt(0x0021, &i.to_le_bytes(), &mut w);
+            assert_eq!(rx.decrypt(&w).unwrap().1, i.to_le_bytes());
+        }
+        let mut w = Vec::new();
+        tx.encrypt(0x0021, b"x", &mut w);
+        let mut no_flush = w.clone();
+        no_flush[0] &= !MPPE_FLUSHED;
+        assert_eq!(rx.decrypt(&no_flush), Err(MppeError::NotFlushed));
+        let mut plain = w.clone();
+        plain[0] &= !MPPE_ENCRYPTED;
+        assert_eq!(rx.decrypt(&plain), Err(MppeError::NotEncrypted));
+        let mut mppc = w.clone();
+        mppc[0] |= 0x20;
+        assert_eq!(rx.decrypt(&mppc), Err(MppeError::Compressed));
+        assert_eq!(rx.decrypt(&w[..2]), Err(MppeError::Truncated));
+        assert_eq!(rx.decrypt(&w).unwrap().1, b"x");
+        // A wrong key gives garbage that fails the protocol check, or at least
+        // not the plaintext.
+        let (mut tx2, _) = pair(&[1u8; 16]);
+        let mut w2 = Vec::new();
+        tx2.encrypt(0x0021, b"secret payload", &mut w2);
+        let (_, mut rx3) = pair(&m);
+        assert_ne!(
+            rx3.decrypt(&w2).map(|x| x.1),
+            Ok(b"secret payload".to_vec())
+        );
+    }
+
+    #[test]
+    fn compressed_protocol_field_inside_is_accepted() {
+        let m = master();
+        let (_, mut rx) = pair(&m);
+        let mut k = SessionKey::initial(&m, KeyStrength::Bits128, true, false);
+        k.change();
+        let mut body = vec![0x21, 0x45, 0x00];
+        rc4_apply(k.key(), &mut body);
+        let mut w = vec![0x90, 0x00];
+        w.extend(body);
+        assert_eq!(rx.decrypt(&w).unwrap(), (0x0021, vec![0x45, 0x00]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decrypt_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let (_, mut rx) = pair(&[3u8; 16]);
+            let _ = rx.decrypt(&bytes);
+        }
     }
 }

@@ -827,6 +827,7 @@ pub struct MsChapAuthenticator {
     result_packet: Option<Vec<u8>>,
     transmit: Vec<Vec<u8>>,
     outcome: Option<AuthenticatorOutcome>,
+    master_key: Option<MasterKey>,
     started: bool,
 }
 
@@ -849,8 +850,14 @@ impl MsChapAuthenticator {
             result_packet: None,
             transmit: Vec::new(),
             outcome: None,
+            master_key: None,
             started: false,
         }
+    }
+
+    /// The MPPE master key (RFC 3079 §3.4) once the peer was accepted.
+    pub fn master_key(&self) -> Option<&MasterKey> {
+        self.master_key.as_ref()
     }
 
     /// An authenticator with a random challenge.
@@ -958,6 +965,10 @@ impl MsChapAuthenticator {
                 );
                 let mut msg = s.into_bytes();
                 msg.extend_from_slice(b" M=Access granted");
+                self.master_key = Some(MasterKey(crate::pptp::mppe::get_master_key(
+                    &hash_nt_password_hash(&nt_password_hash(pw.expose())),
+                    &nt_response,
+                )));
                 (
                     ChapPacket::Success { id, message: msg },
                     AuthenticatorOutcome::Accepted { user },

@@ -19,6 +19,7 @@ use crate::pptp::control::{
 use crate::pptp::gre::{Accepted, GrePacket, GreSession};
 use crate::pptp::login::{LoginClient, LoginConfig, LoginOutcome, LoginPhase};
 use crate::pptp::ppp::fsm::FsmConfig;
+use crate::pptp::session::{NetworkConfig, NetworkState, SessionClient};
 
 /// Settings of an authenticating call ([`login`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,55 +270,131 @@ pub async fn login(
     password: &Secret,
     config: &AuthConfig,
 ) -> LoginReport {
-    let report = LoginReport::new();
-    let start = Instant::now();
-    let stream = match tokio::time::timeout(
-        config.connect_timeout,
-        TcpStream::connect(SocketAddr::V4(addr)),
-    )
-    .await
-    {
-        Err(_) => return report.fail(Failure::ConnectTimeout),
-        Ok(Err(e)) => {
-            let mut r = report.fail(connect_failure(&e));
-            r.local_error = is_local_exhaustion(&e).then(|| e.to_string());
-            return r;
-        }
-        Ok(Ok(s)) => s,
+    let mut call = match Call::connect(addr, config).await {
+        Ok(c) => c,
+        Err(report) => return report,
     };
-    let mut report = report;
-    report.connect_ms = Some(ms(start.elapsed()));
-    let _ = stream.set_nodelay(true);
-    let mut ctl = Control {
-        stream,
-        framer: Framer::new(),
-        buf: vec![0u8; 2048],
-        dead: false,
-    };
-    let mut call = CallState {
-        ctl: &mut ctl,
-        report,
-        call: None,
-        config,
-    };
-    call.run(gre, *addr.ip(), username, password).await;
+    if let Some(mut link) = call.setup(gre, *addr.ip()).await {
+        call.login(&mut link, username, password, None).await;
+        // Close the PPP link politely while the call is still there.
+        call.close_link(&mut link).await;
+    }
     call.teardown().await;
-    let report = call.report;
-    let _ = ctl.stream.shutdown().await;
-    report
+    call.finish().await
 }
 
-struct CallState<'a> {
-    ctl: &'a mut Control,
-    report: LoginReport,
+/// One PPTP call in progress: the control connection, what was found so far,
+/// and the call's state. Used by [`login`] and by the tunnel.
+pub(super) struct Call {
+    ctl: Control,
+    pub(super) report: LoginReport,
     /// `(our call id, disconnected)` once the call is up.
     call: Option<(u16, bool)>,
-    config: &'a AuthConfig,
+    config: AuthConfig,
 }
 
-impl CallState<'_> {
-    async fn run(&mut self, gre: &Arc<GreSocket>, peer: Ipv4Addr, user: &str, password: &Secret) {
-        let cfg = self.config;
+/// What ended a call from the server side while it was in use.
+pub(super) enum CtlEvent {
+    /// Housekeeping answered or nothing of interest.
+    Nothing,
+    /// The server cleared the call, stopped or closed the control connection.
+    Gone(String),
+}
+
+impl Call {
+    pub(super) fn new(stream: TcpStream, report: LoginReport, config: AuthConfig) -> Self {
+        Call {
+            ctl: Control {
+                stream,
+                framer: Framer::new(),
+                buf: vec![0u8; 2048],
+                dead: false,
+            },
+            report,
+            call: None,
+            config,
+        }
+    }
+
+    /// Connects to `addr` (own timeout); a report with the failure otherwise.
+    pub(super) async fn connect(
+        addr: SocketAddrV4,
+        config: &AuthConfig,
+    ) -> Result<Call, LoginReport> {
+        let report = LoginReport::new();
+        let start = Instant::now();
+        let stream = match tokio::time::timeout(
+            config.connect_timeout,
+            TcpStream::connect(SocketAddr::V4(addr)),
+        )
+        .await
+        {
+            Err(_) => return Err(report.fail(Failure::ConnectTimeout)),
+            Ok(Err(e)) => {
+                let mut r = report.fail(connect_failure(&e));
+                r.local_error = is_local_exhaustion(&e).then(|| e.to_string());
+                return Err(r);
+            }
+            Ok(Ok(s)) => s,
+        };
+        let mut report = report;
+        report.connect_ms = Some(ms(start.elapsed()));
+        let _ = stream.set_nodelay(true);
+        Ok(Call::new(stream, report, config.clone()))
+    }
+
+    /// Shuts the control connection and returns the report.
+    pub(super) async fn finish(mut self) -> LoginReport {
+        let _ = self.ctl.stream.shutdown().await;
+        self.report
+    }
+
+    /// Reads the control connection once: answers housekeeping, reports a
+    /// server-side end of the call. Cancel-safe.
+    pub(super) async fn control_event(&mut self) -> CtlEvent {
+        match self.ctl.recv().await {
+            Ok(msg) => {
+                if self.ctl.answer_housekeeping(&msg).await {
+                    return CtlEvent::Nothing;
+                }
+                match msg {
+                    ControlMessage::CallDisconnectNotify(cdn) => {
+                        if let Some((_, d)) = &mut self.call {
+                            *d = true;
+                        }
+                        self.report.teardown.call_cleared = true;
+                        CtlEvent::Gone(format!(
+                            "the server disconnected the call (result {})",
+                            cdn.result_code
+                        ))
+                    }
+                    ControlMessage::StopControlConnectionRequest(_) => {
+                        if let Some((_, d)) = &mut self.call {
+                            *d = true;
+                        }
+                        self.report.teardown.control_stopped = true;
+                        CtlEvent::Gone("the server stopped the control connection".into())
+                    }
+                    other => {
+                        tracing::debug!(msg = %other.control_type(), "ignored on an open call");
+                        CtlEvent::Nothing
+                    }
+                }
+            }
+            Err(e) => {
+                if let Some((_, d)) = &mut self.call {
+                    *d = true;
+                }
+                self.report.teardown.server_closed = true;
+                CtlEvent::Gone(format!("the control connection ended ({})", e.failure()))
+            }
+        }
+    }
+
+    /// Start-Control-Connection and Outgoing-Call; the GRE link on success
+    /// (failures are in the report).
+    pub(super) async fn setup(&mut self, gre: &Arc<GreSocket>, peer: Ipv4Addr) -> Option<Link> {
+        let cfg = self.config.clone();
         // 1. Start-Control-Connection.
         let sent = Instant::now();
         let sccrq = StartControlConnectionRequest::new(&cfg.host_name, &cfg.vendor);
@@ -327,7 +404,7 @@ impl CallState<'_> {
             .await
         {
             self.report.failure = Some(io_failure(&e));
-            return;
+            return None;
         }
         let reply = tokio::time::timeout(cfg.handshake_timeout, async {
             loop {
@@ -350,11 +427,11 @@ impl CallState<'_> {
         let reply = match reply {
             Err(_) => {
                 self.report.failure = Some(Failure::HandshakeTimeout);
-                return;
+                return None;
             }
             Ok(Err(f)) => {
                 self.report.failure = Some(f);
-                return;
+                return None;
             }
             Ok(Ok(r)) => r,
         };
@@ -362,7 +439,7 @@ impl CallState<'_> {
             self.report.failure = Some(Failure::ControlRejected {
                 code: reply.result_code,
             });
-            return;
+            return None;
         }
         self.report.handshake_ms = Some(ms(sent.elapsed()));
         self.report.pptp = Some(reply.identity());
@@ -370,14 +447,14 @@ impl CallState<'_> {
 
         // 2. The call. Register the route first: the server's LCP may arrive
         //    right after its reply.
-        let mut route = match gre.register(peer) {
+        let route = match gre.register(peer) {
             Ok(r) => r,
             Err(e) => {
                 self.report.local_error = Some(e.to_string());
                 self.report.failure = Some(Failure::Other {
                     detail: e.to_string(),
                 });
-                return;
+                return None;
             }
         };
         let our_id = route.call_id();
@@ -401,7 +478,7 @@ impl CallState<'_> {
             .await
         {
             self.report.failure = Some(io_failure(&e));
-            return;
+            return None;
         }
         let reply = tokio::time::timeout(cfg.call_timeout, async {
             loop {
@@ -432,11 +509,11 @@ impl CallState<'_> {
                 self.report.failure = Some(Failure::TunnelFailed {
                     detail: "no Outgoing-Call-Reply in time".into(),
                 });
-                return;
+                return None;
             }
             Ok(Err(f)) => {
                 self.report.failure = Some(f);
-                return;
+                return None;
             }
             Ok(Ok(r)) => r,
         };
@@ -444,48 +521,92 @@ impl CallState<'_> {
             self.report.failure = Some(Failure::CallRejected {
                 code: reply.result_code,
             });
-            return;
+            return None;
         }
         self.report.call_ms = Some(ms(sent.elapsed()));
         self.call = Some((our_id, false));
 
-        // 3. PPP over GRE.
+        Some(Link {
+            session: None,
+            gre: GreSession::new(our_id, reply.call_id, cfg.ack_delay),
+            route,
+        })
+    }
+
+    /// LCP + MS-CHAPv2 (and, with `network`, CCP/MPPE + IPCP) over the link
+    /// until the login outcome is known (and the network phase is up or
+    /// failed). Fills the report; `true` when the session is up (or, without
+    /// `network`, logged in).
+    pub(super) async fn login(
+        &mut self,
+        link: &mut Link,
+        user: &str,
+        password: &Secret,
+        network: Option<NetworkConfig>,
+    ) -> bool {
+        let cfg = &self.config;
         let mut login_cfg = LoginConfig::new(user, password.clone());
         login_cfg.lcp = cfg.lcp;
         login_cfg.lcp_timeout = cfg.lcp_timeout;
         login_cfg.auth_timeout = cfg.auth_timeout;
         let t0 = Instant::now();
-        let mut link = Link {
-            login: LoginClient::new(login_cfg, t0),
-            session: GreSession::new(our_id, reply.call_id, cfg.ack_delay),
-            route: &mut route,
-        };
-        let result = self.ppp(&mut link, t0).await;
+        let with_network = network.is_some();
+        let hard_deadline = t0
+            + cfg.lcp_timeout
+            + cfg.auth_timeout
+            + network.as_ref().map_or(Duration::ZERO, |n| n.timeout)
+            + Duration::from_secs(1);
+        link.session = Some(SessionClient::from_login(
+            LoginClient::new(login_cfg, t0),
+            network,
+        ));
+        let result = self.ppp(link, hard_deadline).await;
         self.report.login_ms = Some(ms(t0.elapsed()));
         match result {
             Ok(LoginOutcome::Success { message, .. }) => {
                 self.report.reached = Level::Auth;
                 self.report.message = Some(message);
+                if !with_network {
+                    return true;
+                }
+                let session = link.session();
+                if session.is_up() {
+                    return true;
+                }
+                let detail = match session.network().map(|n| n.state().clone()) {
+                    Some(NetworkState::Failed(why)) => why,
+                    _ if session.is_done() => "the link closed before CCP/IPCP came up".into(),
+                    _ => "CCP/IPCP did not come up in time".into(),
+                };
+                self.report.failure = Some(Failure::TunnelFailed { detail });
+                false
             }
-            Ok(other) => self.report.failure = other.to_failure(),
-            Err(f) => self.report.failure = Some(f),
+            Ok(other) => {
+                self.report.failure = other.to_failure();
+                false
+            }
+            Err(f) => {
+                self.report.failure = Some(f);
+                false
+            }
         }
-        // Close the PPP link politely while the call is still there.
-        self.close_link(&mut link).await;
     }
 
-    /// Runs LCP + MS-CHAPv2 until the login outcome is known.
-    async fn ppp(&mut self, link: &mut Link<'_>, t0: Instant) -> Result<LoginOutcome, Failure> {
-        let cfg = self.config;
-        let hard_deadline = t0 + cfg.lcp_timeout + cfg.auth_timeout + Duration::from_secs(1);
+    /// Runs the session until the login outcome is known and, when the
+    /// session has a network phase, until that is up or failed.
+    async fn ppp(
+        &mut self,
+        link: &mut Link,
+        hard_deadline: Instant,
+    ) -> Result<LoginOutcome, Failure> {
         loop {
             link.flush(Instant::now()).await;
-            if let Some(o) = link.login.outcome() {
-                return Ok(o.clone());
+            if let Some(o) = link.settled() {
+                return Ok(o);
             }
             let wake = [
-                link.login.poll_timeout(),
-                link.session.poll_timeout(),
+                link.session().poll_timeout(),
+                link.gre.poll_timeout(),
                 Some(hard_deadline),
             ]
             .into_iter()
@@ -528,8 +649,11 @@ impl CallState<'_> {
                 },
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
-                    link.login.handle_timeout(now);
-                    if now >= hard_deadline && link.login.outcome().is_none() {
+                    link.session_mut().handle_timeout(now);
+                    if now >= hard_deadline {
+                        if let Some(o) = link.session().login().outcome() {
+                            return Ok(o.clone());
+                        }
                         return Err(Failure::Timeout);
                     }
                     None
@@ -542,10 +666,10 @@ impl CallState<'_> {
                 while let Some(pkt) = link.route.try_recv() {
                     link.input(&pkt, now);
                 }
-                if let Some(o) = link.login.outcome() {
+                if let Some(o) = link.session().login().outcome() {
                     return Ok(o.clone());
                 }
-                return Err(match link.login.phase() {
+                return Err(match link.session().login().phase() {
                     LoginPhase::Establish => Failure::LcpFailed {
                         detail: format!("{why} during LCP negotiation"),
                     },
@@ -558,22 +682,22 @@ impl CallState<'_> {
     }
 
     /// LCP Terminate (bounded by the teardown timeout), unless the call is gone.
-    async fn close_link(&mut self, link: &mut Link<'_>) {
+    pub(super) async fn close_link(&mut self, link: &mut Link) {
         let now = Instant::now();
-        link.login.close(now);
+        link.session_mut().close(now);
         if self.call.is_some_and(|(_, disconnected)| disconnected) {
-            self.report.teardown.lcp_closed = link.login.is_done();
+            self.report.teardown.lcp_closed = link.session().is_done();
             return;
         }
         let deadline = now + self.config.teardown_timeout;
         loop {
             link.flush(Instant::now()).await;
-            if link.login.is_done() {
+            if link.session().is_done() {
                 self.report.teardown.lcp_closed = true;
                 return;
             }
             let wake = link
-                .login
+                .session()
                 .poll_timeout()
                 .map_or(deadline, |t| t.min(deadline));
             tokio::select! {
@@ -597,7 +721,7 @@ impl CallState<'_> {
                         };
                         if end {
                             if let Some((_, d)) = &mut self.call { *d = true; }
-                            self.report.teardown.lcp_closed = link.login.is_done();
+                            self.report.teardown.lcp_closed = link.session().is_done();
                             return;
                         }
                     }
@@ -610,14 +734,14 @@ impl CallState<'_> {
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     if now >= deadline { return; }
-                    link.login.handle_timeout(now);
+                    link.session_mut().handle_timeout(now);
                 }
             }
         }
     }
 
     /// Call-Clear-Request → Call-Disconnect-Notify, then Stop-Control-Connection.
-    async fn teardown(&mut self) {
+    pub(super) async fn teardown(&mut self) {
         let t = self.config.teardown_timeout;
         match self.call {
             // Already ended by the server (Call-Disconnect-Notify, Stop or hang-up).
@@ -694,34 +818,64 @@ impl CallState<'_> {
     }
 }
 
-/// The PPP link of a call: login driver + GRE numbering + route.
-struct Link<'r> {
-    login: LoginClient,
-    session: GreSession,
-    route: &'r mut GreRoute,
+/// The PPP link of a call: session driver + GRE numbering + route.
+pub(super) struct Link {
+    session: Option<SessionClient>,
+    pub(super) gre: GreSession,
+    pub(super) route: GreRoute,
 }
 
-impl Link<'_> {
-    fn input(&mut self, gre: &[u8], now: Instant) {
-        let Ok(pkt) = GrePacket::decode(gre) else {
-            return;
-        };
-        if let Accepted::Payload(payload) = self.session.accept(&pkt, now) {
-            self.login.handle_input(payload, now);
+impl Link {
+    /// The session (set by [`Call::login`]).
+    pub(super) fn session(&self) -> &SessionClient {
+        self.session
+            .as_ref()
+            .expect("Call::login sets the session first")
+    }
+
+    /// The session, mutably.
+    pub(super) fn session_mut(&mut self) -> &mut SessionClient {
+        self.session
+            .as_mut()
+            .expect("Call::login sets the session first")
+    }
+
+    /// The login outcome once the session has settled: a failed login at once;
+    /// a successful one when there is no network phase, or it is up or failed.
+    fn settled(&self) -> Option<LoginOutcome> {
+        let s = self.session();
+        let o = s.login().outcome()?;
+        if !o.is_success() || !s.has_network_phase() || s.is_up() || s.is_done() {
+            return Some(o.clone());
+        }
+        match s.network().map(|n| n.state()) {
+            Some(NetworkState::Failed(_)) => Some(o.clone()),
+            _ => None,
         }
     }
 
-    async fn flush(&mut self, now: Instant) {
-        let mut out = Vec::with_capacity(128);
-        while let Some(frame) = self.login.poll_transmit() {
+    pub(super) fn input(&mut self, gre: &[u8], now: Instant) {
+        let Ok(pkt) = GrePacket::decode(gre) else {
+            return;
+        };
+        if let Accepted::Payload(payload) = self.gre.accept(&pkt, now)
+            && let Some(s) = self.session.as_mut()
+        {
+            s.handle_input(payload, now);
+        }
+    }
+
+    pub(super) async fn flush(&mut self, now: Instant) {
+        let mut out = Vec::with_capacity(1500);
+        while let Some(frame) = self.session.as_mut().and_then(SessionClient::poll_transmit) {
             out.clear();
-            if self.session.encode(&frame, &mut out).is_ok()
+            if self.gre.encode(&frame, &mut out).is_ok()
                 && let Err(e) = self.route.send(&out).await
             {
                 tracing::debug!(error = %e, "GRE send");
             }
         }
-        if let Some(ack) = self.session.poll_ack_only(now) {
+        if let Some(ack) = self.gre.poll_ack_only(now) {
             let _ = self.route.send(&ack).await;
         }
     }

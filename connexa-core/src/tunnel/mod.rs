@@ -39,9 +39,11 @@
 mod call;
 mod fd;
 mod socket;
+mod stack;
 
 pub(crate) use call::ipv4_only;
 pub use call::{AuthConfig, LoginReport, Teardown, login};
 #[cfg(feature = "sim")]
 pub(crate) use fd::register as register_async_fd;
 pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};
+pub use stack::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, TunnelUdp};

@@ -19,7 +19,7 @@ pub const NEED_CAP_NET_RAW: &str =
     "raw GRE sockets need CAP_NET_RAW: run as root or `setcap cap_net_raw+ep <binary>`";
 
 /// Inbound GRE packets queued per tunnel before further ones are dropped.
-const ROUTE_QUEUE: usize = 64;
+const ROUTE_QUEUE: usize = 512;
 /// Largest datagram read (IPv4 total length is 16 bits).
 const MAX_DATAGRAM: usize = 65_535;
 

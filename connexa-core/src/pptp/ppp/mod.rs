@@ -1,6 +1,6 @@
 //! PPP over PPTP: frame header handling, the control-protocol packet format shared
-//! by LCP/CCP/IPCP, the generic RFC 1661 option-negotiation automaton ([`fsm`]) and
-//! LCP ([`lcp`]).
+//! by LCP/CCP/IPCP, the generic RFC 1661 option-negotiation automaton ([`fsm`]),
+//! LCP ([`lcp`]), CCP with MPPE ([`ccp`]) and IPCP ([`ipcp`]).
 //!
 //! Over PPTP, a PPP frame travels in a GRE payload without HDLC flags, escaping or
 //! FCS (RFC 2637 §4): `[FF 03] protocol information`. The address/control field
@@ -15,7 +15,9 @@
 //! assert_eq!(PppFrame::decode(&wire).unwrap().protocol, PROTO_LCP);
 //! ```
 
+pub mod ccp;
 pub mod fsm;
+pub mod ipcp;
 pub mod lcp;
 
 /// PPP protocol number of LCP.
