@@ -558,3 +558,104 @@ async fn after_login_other_protocols_go_to_the_plugged_in_data_path() {
     drop(tcp);
     f.close().await;
 }
+
+/// GET /bytes?n through the tunnel; returns the body length, the number of
+/// octets that differ from the pattern, and the time the body took.
+async fn fetch(t: &connexa_core::tunnel::Tunnel, n: u64) -> (u64, u64, Duration) {
+    use connexa_core::sim::{TUNNEL_HOST, pattern};
+    use connexa_core::speed::http::{self, HttpUrl};
+    let url = HttpUrl::parse(&format!("http://{TUNNEL_HOST}/bytes?{n}")).unwrap();
+    let mut s = t
+        .connect(SocketAddr::from((TUNNEL_HOST, 80)))
+        .await
+        .expect("connect through the tunnel");
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    let mut bad = 0u64;
+    let (_, len) = http::get(&mut s, &url, |d| {
+        for b in d {
+            bad += u64::from(*b != pattern(i));
+            i += 1;
+        }
+    })
+    .await
+    .expect("GET");
+    (len, bad, started.elapsed())
+}
+
+#[tokio::test]
+async fn sim_tunnels_carry_http_bytes_through_mppe_within_each_nodes_rate_limit() {
+    use connexa_core::sim::{TUNNEL_HOST, TunnelSpec};
+    use connexa_core::tunnel::{Tunnel, TunnelConfig};
+    let gre = gre();
+    let open = |f: &Fleet| {
+        let n = f.nodes()[0].clone();
+        let gre = Arc::clone(&gre);
+        async move {
+            Tunnel::open_addr(
+                n.addr(),
+                &n.login,
+                &n.password,
+                &TunnelConfig::default(),
+                gre,
+            )
+            .await
+            .expect("tunnel up")
+        }
+    };
+    // Unlimited: 2 MB through MPPE, every octet checked.
+    let free = Fleet::start(
+        FleetSpec::new(1)
+            .first_ip(Ipv4Addr::new(127, 44, 7, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec::default()),
+    )
+    .await
+    .unwrap();
+    let t = open(&free).await;
+    assert_eq!(t.local_addr(), Ipv4Addr::new(10, 78, 0, 100));
+    assert_eq!(t.peer_addr(), Some(TUNNEL_HOST));
+    let (len, bad, _) = fetch(&t, 2_000_000).await;
+    assert_eq!((len, bad), (2_000_000, 0));
+    let teardown = t.close().await;
+    assert!(
+        teardown.lcp_closed && teardown.call_cleared && teardown.control_stopped,
+        "{teardown:?}"
+    );
+    free.close().await;
+
+    // 100 kB/s per node: 250 kB cannot arrive faster than the bucket allows
+    // (its burst is a tenth of a second's worth), and two calls to two nodes
+    // each get their own budget.
+    let rate = 100_000u64;
+    let limited = Fleet::start(
+        FleetSpec::new(2)
+            .first_ip(Ipv4Addr::new(127, 44, 8, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec {
+                rate_limit: Some(rate),
+            }),
+    )
+    .await
+    .unwrap();
+    let a = open(&limited).await;
+    let second = limited.nodes()[1].clone();
+    let b = Tunnel::open_addr(
+        second.addr(),
+        &second.login,
+        &second.password,
+        &TunnelConfig::default(),
+        Arc::clone(&gre),
+    )
+    .await
+    .expect("second tunnel up");
+    let n = 250_000u64;
+    let ((la, bada, ta), (lb, badb, tb)) = tokio::join!(fetch(&a, n), fetch(&b, n));
+    assert_eq!((la, bada, lb, badb), (n, 0, n, 0));
+    let floor = Duration::from_secs_f64((n - rate / 10) as f64 / rate as f64 * 0.95);
+    assert!(ta >= floor && tb >= floor, "{ta:?} {tb:?} < {floor:?}");
+    a.close().await;
+    b.close().await;
+    assert_eq!(limited.live_calls(), 0);
+    limited.close().await;
+}

@@ -64,7 +64,10 @@ use crate::domain::{Node, NodeId, NodeMeta, Secret, Status};
 use crate::pptp::control::StartControlConnectionReply;
 
 mod gre;
+mod host;
 mod session;
+
+pub use host::pattern;
 
 use gre::SimGre;
 pub use gre::SimGreStats;
@@ -237,7 +240,27 @@ pub struct FleetSpec {
     /// without it the fleet starts anyway, light only ([`Fleet::serves_logins`]).
     /// Default `true`.
     pub logins: bool,
+    /// After a successful login, run the network phase too (server-side
+    /// CCP/MPPE and IPCP) with an HTTP byte source behind each node; `None`
+    /// (the default): logins only.
+    pub tunnels: Option<TunnelSpec>,
 }
+
+/// The tunnel behind each simulated node ([`FleetSpec::tunnels`]).
+///
+/// After login the node negotiates MPPE-128 and IPCP as a server (its tunnel
+/// address is [`TUNNEL_HOST`], the client gets 10.78.0.100) and serves
+/// `GET /bytes?N` on [`TUNNEL_HOST`]:80: N bytes of [`pattern`], at most
+/// `rate_limit` bytes/s per call (a token bucket with a tenth of a second of
+/// burst). Up to 4 HTTP connections per call at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunnelSpec {
+    /// Bytes per second of each call's HTTP bodies; `None`: unlimited.
+    pub rate_limit: Option<u64>,
+}
+
+/// The address of the host behind every simulated node's tunnel.
+pub const TUNNEL_HOST: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 
 impl FleetSpec {
     /// `count` healthy nodes from 127.1.0.1, port 1723.
@@ -251,7 +274,14 @@ impl FleetSpec {
             vendor: "connexa-sim".into(),
             seed: 1,
             logins: true,
+            tunnels: None,
         }
+    }
+
+    /// Serves tunnels after login ([`TunnelSpec`]).
+    pub fn tunnels(mut self, spec: TunnelSpec) -> Self {
+        self.tunnels = Some(spec);
+        self
     }
 
     /// Turns serving logins on or off (no raw GRE socket when off).
@@ -533,6 +563,7 @@ impl Fleet {
                     credentials: Arc::new(HashMap::from([(node.login.clone(), server_password)])),
                     gre: gre.clone(),
                     data_path: data_path.clone(),
+                    tunnel: spec.tunnels,
                 });
                 tasks.push(tokio::spawn(listen(listener, server, stop.subscribe())));
             }
