@@ -659,3 +659,88 @@ async fn sim_tunnels_carry_http_bytes_through_mppe_within_each_nodes_rate_limit(
     assert_eq!(limited.live_calls(), 0);
     limited.close().await;
 }
+
+#[tokio::test]
+async fn pipeline_job_over_sim_fleets_with_tunnels_ends_speed_ok_only_where_fast_enough() {
+    use connexa_core::sim::TunnelSpec;
+    use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
+    // Fast nodes (no limit, one of them rejects the password) and slow nodes
+    // (50 kB/s = 0.4 Mbit/s each, below the 1 Mbit/s threshold).
+    let fast = Fleet::start(
+        FleetSpec::new(3)
+            .first_ip(Ipv4Addr::new(127, 44, 10, 1))
+            .port(PORT)
+            .mix(vec![(Behaviour::Healthy, 2), (Behaviour::AuthReject, 1)])
+            .tunnels(TunnelSpec::default()),
+    )
+    .await
+    .unwrap();
+    let slow = Fleet::start(
+        FleetSpec::new(2)
+            .first_ip(Ipv4Addr::new(127, 44, 11, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec {
+                rate_limit: Some(50_000),
+            }),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let new: Vec<NewNode> = fast
+        .nodes()
+        .iter()
+        .chain(slow.nodes())
+        .map(|n| {
+            NewNode::new(
+                &n.ip.to_string(),
+                u64::from(n.port),
+                &n.login,
+                n.password.expose(),
+            )
+            .unwrap()
+        })
+        .collect();
+    store.insert(new).await.unwrap();
+    let gre = gre();
+    let speed = SpeedConfig {
+        download_urls: vec!["http://10.78.0.1/bytes?100000000".into()],
+        duration: Duration::from_millis(2000),
+        warmup: Duration::from_millis(400),
+        streams: 2,
+        threshold_mbps: 1.0,
+        ..SpeedConfig::default()
+    };
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(prober(&gre)),
+        Arc::new(HttpSpeedTester::with_gre_socket(speed, Arc::clone(&gre))),
+        Arc::new(NotAvailable),
+        EngineConfig {
+            poll_interval: Duration::from_millis(100),
+            ..EngineConfig::default()
+        },
+    );
+    let job = engine
+        .start_job(
+            JobKind::Pipeline,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(90), engine.wait(job))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(summary.job.state, JobState::Done);
+    let counts: HashMap<Status, u64> = store.counts().await.unwrap().into_iter().collect();
+    let get = |s| counts.get(&s).copied().unwrap_or(0);
+    assert_eq!(get(Status::SpeedOk), 2, "{counts:?}");
+    assert_eq!(get(Status::PingOk), 2, "too slow stays ping_ok: {counts:?}");
+    assert_eq!(get(Status::AuthFailed), 1, "{counts:?}");
+    assert_eq!(fast.live_calls() + slow.live_calls(), 0);
+    fast.close().await;
+    slow.close().await;
+}

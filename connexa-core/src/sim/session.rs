@@ -52,7 +52,7 @@ pub(crate) struct NodeServer {
 
 /// The PPP server of a call: login only, or login + network phase (tunnel).
 enum Ppp {
-    Login(LoginServer),
+    Login(Box<LoginServer>),
     Session(Box<SessionServer>),
 }
 
@@ -308,7 +308,7 @@ fn answer_call(
                 login,
                 ServerNetworkConfig::default(),
             ))),
-            None => Ppp::Login(login),
+            None => Ppp::Login(Box::new(login)),
         }
     });
     *call = Some(Call {
