@@ -17,7 +17,12 @@
 //! in the same process (demultiplexing by source) and the fleet ignore each
 //! other's packets. The node authenticates with [`LoginServer`](crate::pptp::login::LoginServer)
 //! (LCP + MS-CHAPv2); after a successful login an optional [`DataPath`] takes
-//! the call's other protocols (CCP, IPCP, IP). Opening the raw socket needs
+//! the call's other protocols (CCP, IPCP, IP). With [`FleetSpec::tunnels`] the
+//! node instead runs the network phase itself ([`SessionServer`](crate::pptp::session::SessionServer):
+//! CCP/MPPE-128 and IPCP as a server) with a user-space host behind it:
+//! `GET /bytes?N` on [`TUNNEL_HOST`]:80, rate-limited per call
+//! ([`TunnelSpec::rate_limit`]), so speed tests have something to measure.
+//! Opening the raw socket needs
 //! `CAP_NET_RAW`; without it the fleet still starts ([`Fleet::serves_logins`]
 //! is `false`) and answers every call with result 2 (general error).
 //!
