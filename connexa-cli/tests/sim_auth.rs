@@ -1,6 +1,7 @@
 //! `connexa sim` serves logins: `connexa test auth` over a simulated fleet ends
-//! with statuses matching its mix. Needs CAP_NET_RAW (root) for both processes'
-//! raw GRE sockets; fails (does not skip) without it.
+//! with statuses matching its mix; with `--tunnels` / `--tunnel-rate` it serves
+//! tunnels too and `connexa test pipeline` measures them. Needs CAP_NET_RAW
+//! (root) for both processes' raw GRE sockets; fails (does not skip) without it.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,10 +27,7 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
     let first_ip = format!("127.91.{}.1", std::process::id() % 200 + 20);
     let mut sim = connexa()
         .args(["sim", "--nodes", "10"])
-        .args([
-            "--mix",
-            "healthy=6,auth_reject=2,call_reject=2",
-        ])
+        .args(["--mix", "healthy=6,auth_reject=2,call_reject=2"])
         .args(["--port", &port.to_string(), "--first-ip", &first_ip])
         .arg("--list")
         .arg(&list)
@@ -104,4 +102,95 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut sim.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!err.contains("no logins"), "{err}");
+}
+
+/// Starts `connexa sim ARGS --list LIST` on its own block; waits for the list.
+fn sim(args: &[&str], block: u8, list: &std::path::Path) -> std::process::Child {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let first_ip = format!("127.{block}.{}.1", std::process::id() % 200 + 20);
+    let mut child = connexa()
+        .arg("sim")
+        .args(args)
+        .args(["--port", &port.to_string(), "--first-ip", &first_ip])
+        .arg("--list")
+        .arg(list)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !list.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "sim exited early");
+        assert!(t0.elapsed() < Duration::from_secs(30), "no node list");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn test_pipeline_over_sim_tunnels_measures_each_nodes_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[test]\ntest_url = \"http://10.78.0.1/bytes?100000000\"\n\
+         speed_duration_secs = 2.0\nspeed_warmup_secs = 0.4\nspeed_streams = 2\n\
+         speed_threshold_mbps = 1.0\n",
+    )
+    .unwrap();
+    let fast_list = dir.path().join("fast.txt");
+    let slow_list = dir.path().join("slow.txt");
+    // 2 unlimited nodes; 2 nodes at 50 kB/s (0.4 Mbit/s, below the threshold).
+    let mut fast = sim(&["--nodes", "2", "--tunnels"], 92, &fast_list);
+    let mut slow = sim(&["--nodes", "2", "--tunnel-rate", "50000"], 93, &slow_list);
+    for list in [&fast_list, &slow_list] {
+        let out = connexa()
+            .args(["--db", &db, "-q", "import"])
+            .arg(list)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = connexa()
+        .args(["--db", &db, "--output", "json", "test", "pipeline", "--all"])
+        .args(["--timeout", "60"])
+        .env("CONNEXA_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code().is_some(), "{stderr}");
+    let stats = connexa()
+        .args(["--db", &db, "--output", "json", "stats"])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let count = |s: &str| {
+        stats["by_status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["status"] == s)
+            .map_or(0, |c| c["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("speed_ok"), 2, "{stats} {stderr}");
+    assert_eq!(
+        count("ping_ok"),
+        2,
+        "too slow stays ping_ok: {stats} {stderr}"
+    );
+    for child in [&mut fast, &mut slow] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
 }

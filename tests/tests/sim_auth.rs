@@ -414,3 +414,333 @@ async fn auth_job_over_a_mixed_sim_fleet_ends_with_counts_matching_the_mix() {
     assert_eq!(f.live_calls(), 0);
     f.close().await;
 }
+
+/// A data path that echoes every frame back, and records who logged in.
+struct Echo {
+    out: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl connexa_core::sim::DataPath for Echo {
+    fn handle_frame(&mut self, frame: &[u8], _now: std::time::Instant) {
+        self.out.push_back(frame.to_vec());
+    }
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.out.pop_front()
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _now: std::time::Instant) {}
+}
+
+#[tokio::test]
+async fn after_login_other_protocols_go_to_the_plugged_in_data_path() {
+    use connexa_core::pptp::control::{
+        ControlMessage, Framer, OutgoingCallRequest, StartControlConnectionRequest, Text64,
+    };
+    use connexa_core::pptp::gre::{Accepted, GrePacket, GreSession};
+    use connexa_core::pptp::login::{LoginClient, LoginConfig};
+    use connexa_core::pptp::ppp::{PROTO_IPCP, PppFrame};
+    use std::sync::Mutex;
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let logged_in: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = Arc::clone(&logged_in);
+    let factory: connexa_core::sim::DataPathFactory = Arc::new(move |node, user, _now| {
+        seen.lock().unwrap().push(format!("{} {user}", node.ip));
+        Box::new(Echo {
+            out: Default::default(),
+        })
+    });
+    let f = Fleet::start_with_data_path(
+        FleetSpec::new(1)
+            .first_ip(Ipv4Addr::new(127, 44, 6, 1))
+            .port(PORT),
+        factory,
+    )
+    .await
+    .unwrap();
+    assert!(f.serves_logins(), "{:?}", f.logins_unavailable());
+    let node = f.nodes()[0].clone();
+    let gre = gre();
+
+    // Control connection and call, by hand.
+    let mut tcp = tokio::net::TcpStream::connect(node.addr()).await.unwrap();
+    let mut framer = Framer::new();
+    let mut buf = vec![0u8; 2048];
+    async fn next(
+        tcp: &mut tokio::net::TcpStream,
+        framer: &mut Framer,
+        buf: &mut [u8],
+    ) -> ControlMessage {
+        loop {
+            if let Some(frame) = framer.next_frame().unwrap() {
+                return ControlMessage::decode(&frame).unwrap();
+            }
+            let n = tcp.read(buf).await.unwrap();
+            assert!(n > 0, "control connection closed");
+            framer.push(&buf[..n]);
+        }
+    }
+    let sccrq =
+        ControlMessage::StartControlConnectionRequest(StartControlConnectionRequest::new("t", "t"));
+    tcp.write_all(&sccrq.encode()).await.unwrap();
+    assert!(matches!(
+        next(&mut tcp, &mut framer, &mut buf).await,
+        ControlMessage::StartControlConnectionReply(r) if r.result_code == 1
+    ));
+    let mut route = gre.register(node.ip).unwrap();
+    let ocrq = ControlMessage::OutgoingCallRequest(OutgoingCallRequest {
+        call_id: route.call_id(),
+        call_serial_number: 1,
+        minimum_bps: 2400,
+        maximum_bps: 10_000_000,
+        bearer_type: 3,
+        framing_type: 3,
+        packet_recv_window_size: 64,
+        packet_processing_delay: 0,
+        phone_number_length: 0,
+        phone_number: Text64::default(),
+        subaddress: Text64::default(),
+    });
+    tcp.write_all(&ocrq.encode()).await.unwrap();
+    let ControlMessage::OutgoingCallReply(ocrp) = next(&mut tcp, &mut framer, &mut buf).await
+    else {
+        panic!("no Outgoing-Call-Reply")
+    };
+    assert_eq!((ocrp.result_code, ocrp.peer_call_id), (1, route.call_id()));
+
+    // LCP + MS-CHAPv2, then one IPCP frame; its echo comes back.
+    let mut login = LoginClient::new(
+        LoginConfig::new(node.login.clone(), node.password.clone()),
+        Instant::now(),
+    );
+    let mut session = GreSession::new(route.call_id(), ocrp.call_id, Duration::from_millis(50));
+    let ipcp = PppFrame {
+        protocol: PROTO_IPCP,
+        information: &[1, 7, 0, 4],
+    }
+    .encode(false, false);
+    let mut sent_ipcp = false;
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if login.outcome().is_some_and(|o| o.is_success()) && !sent_ipcp {
+                let mut out = Vec::new();
+                session.encode(&ipcp, &mut out).unwrap();
+                route.send(&out).await.unwrap();
+                sent_ipcp = true;
+            }
+            while let Some(frame) = login.poll_transmit() {
+                let mut out = Vec::new();
+                session.encode(&frame, &mut out).unwrap();
+                route.send(&out).await.unwrap();
+            }
+            if let Some(up) = login.poll_upper() {
+                return up;
+            }
+            let pkt = route.recv().await.unwrap();
+            let pkt = GrePacket::decode(&pkt).unwrap();
+            if let Accepted::Payload(p) = session.accept(&pkt, Instant::now()) {
+                login.handle_input(p, Instant::now());
+            }
+        }
+    })
+    .await
+    .expect("the data path answers");
+    assert!(login.outcome().unwrap().is_success());
+    assert_eq!(echoed, ipcp);
+    assert_eq!(
+        *logged_in.lock().unwrap(),
+        vec![format!("{} {}", node.ip, node.login)]
+    );
+    drop(route);
+    drop(tcp);
+    f.close().await;
+}
+
+/// GET /bytes?n through the tunnel; returns the body length, the number of
+/// octets that differ from the pattern, and the time the body took.
+async fn fetch(t: &connexa_core::tunnel::Tunnel, n: u64) -> (u64, u64, Duration) {
+    use connexa_core::sim::{TUNNEL_HOST, pattern};
+    use connexa_core::speed::http::{self, HttpUrl};
+    let url = HttpUrl::parse(&format!("http://{TUNNEL_HOST}/bytes?{n}")).unwrap();
+    let mut s = t
+        .connect(SocketAddr::from((TUNNEL_HOST, 80)))
+        .await
+        .expect("connect through the tunnel");
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    let mut bad = 0u64;
+    let (_, len) = http::get(&mut s, &url, |d| {
+        for b in d {
+            bad += u64::from(*b != pattern(i));
+            i += 1;
+        }
+    })
+    .await
+    .expect("GET");
+    (len, bad, started.elapsed())
+}
+
+#[tokio::test]
+async fn sim_tunnels_carry_http_bytes_through_mppe_within_each_nodes_rate_limit() {
+    use connexa_core::sim::{TUNNEL_HOST, TunnelSpec};
+    use connexa_core::tunnel::{Tunnel, TunnelConfig};
+    let gre = gre();
+    let open = |f: &Fleet| {
+        let n = f.nodes()[0].clone();
+        let gre = Arc::clone(&gre);
+        async move {
+            Tunnel::open_addr(
+                n.addr(),
+                &n.login,
+                &n.password,
+                &TunnelConfig::default(),
+                gre,
+            )
+            .await
+            .expect("tunnel up")
+        }
+    };
+    // Unlimited: 2 MB through MPPE, every octet checked.
+    let free = Fleet::start(
+        FleetSpec::new(1)
+            .first_ip(Ipv4Addr::new(127, 44, 7, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec::default()),
+    )
+    .await
+    .unwrap();
+    let t = open(&free).await;
+    assert_eq!(t.local_addr(), Ipv4Addr::new(10, 78, 0, 100));
+    assert_eq!(t.peer_addr(), Some(TUNNEL_HOST));
+    let (len, bad, _) = fetch(&t, 2_000_000).await;
+    assert_eq!((len, bad), (2_000_000, 0));
+    let teardown = t.close().await;
+    assert!(
+        teardown.lcp_closed && teardown.call_cleared && teardown.control_stopped,
+        "{teardown:?}"
+    );
+    free.close().await;
+
+    // 100 kB/s per node: 250 kB cannot arrive faster than the bucket allows
+    // (its burst is a tenth of a second's worth), and two calls to two nodes
+    // each get their own budget.
+    let rate = 100_000u64;
+    let limited = Fleet::start(
+        FleetSpec::new(2)
+            .first_ip(Ipv4Addr::new(127, 44, 8, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec {
+                rate_limit: Some(rate),
+            }),
+    )
+    .await
+    .unwrap();
+    let a = open(&limited).await;
+    let second = limited.nodes()[1].clone();
+    let b = Tunnel::open_addr(
+        second.addr(),
+        &second.login,
+        &second.password,
+        &TunnelConfig::default(),
+        Arc::clone(&gre),
+    )
+    .await
+    .expect("second tunnel up");
+    let n = 250_000u64;
+    let ((la, bada, ta), (lb, badb, tb)) = tokio::join!(fetch(&a, n), fetch(&b, n));
+    assert_eq!((la, bada, lb, badb), (n, 0, n, 0));
+    let floor = Duration::from_secs_f64((n - rate / 10) as f64 / rate as f64 * 0.95);
+    assert!(ta >= floor && tb >= floor, "{ta:?} {tb:?} < {floor:?}");
+    a.close().await;
+    b.close().await;
+    assert_eq!(limited.live_calls(), 0);
+    limited.close().await;
+}
+
+#[tokio::test]
+async fn pipeline_job_over_sim_fleets_with_tunnels_ends_speed_ok_only_where_fast_enough() {
+    use connexa_core::sim::TunnelSpec;
+    use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
+    // Fast nodes (no limit, one of them rejects the password) and slow nodes
+    // (50 kB/s = 0.4 Mbit/s each, below the 1 Mbit/s threshold).
+    let fast = Fleet::start(
+        FleetSpec::new(3)
+            .first_ip(Ipv4Addr::new(127, 44, 10, 1))
+            .port(PORT)
+            .mix(vec![(Behaviour::Healthy, 2), (Behaviour::AuthReject, 1)])
+            .tunnels(TunnelSpec::default()),
+    )
+    .await
+    .unwrap();
+    let slow = Fleet::start(
+        FleetSpec::new(2)
+            .first_ip(Ipv4Addr::new(127, 44, 11, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec {
+                rate_limit: Some(50_000),
+            }),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let new: Vec<NewNode> = fast
+        .nodes()
+        .iter()
+        .chain(slow.nodes())
+        .map(|n| {
+            NewNode::new(
+                &n.ip.to_string(),
+                u64::from(n.port),
+                &n.login,
+                n.password.expose(),
+            )
+            .unwrap()
+        })
+        .collect();
+    store.insert(new).await.unwrap();
+    let gre = gre();
+    let speed = SpeedConfig {
+        download_urls: vec!["http://10.78.0.1/bytes?100000000".into()],
+        duration: Duration::from_millis(2000),
+        warmup: Duration::from_millis(400),
+        streams: 2,
+        threshold_mbps: 1.0,
+        ..SpeedConfig::default()
+    };
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(prober(&gre)),
+        Arc::new(HttpSpeedTester::with_gre_socket(speed, Arc::clone(&gre))),
+        Arc::new(NotAvailable),
+        EngineConfig {
+            poll_interval: Duration::from_millis(100),
+            ..EngineConfig::default()
+        },
+    );
+    let job = engine
+        .start_job(
+            JobKind::Pipeline,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(90), engine.wait(job))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(summary.job.state, JobState::Done);
+    let counts: HashMap<Status, u64> = store.counts().await.unwrap().into_iter().collect();
+    let get = |s| counts.get(&s).copied().unwrap_or(0);
+    assert_eq!(get(Status::SpeedOk), 2, "{counts:?}");
+    assert_eq!(get(Status::PingOk), 2, "too slow stays ping_ok: {counts:?}");
+    assert_eq!(get(Status::AuthFailed), 1, "{counts:?}");
+    assert_eq!(fast.live_calls() + slow.live_calls(), 0);
+    fast.close().await;
+    slow.close().await;
+}

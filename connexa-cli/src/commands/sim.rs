@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use connexa_core::export::ExportFormat;
-use connexa_core::sim::{Behaviour, Fleet, FleetSpec, parse_mix};
+use connexa_core::sim::{Behaviour, Fleet, FleetSpec, TunnelSpec, parse_mix};
 use serde::Serialize;
 
 use crate::cli::Ctx;
@@ -33,10 +33,14 @@ written to the list, answers calls and runs LCP + MS-CHAPv2 over GRE (needs
 CAP_NET_RAW: run as root). Login behaviours: auth_reject (password rejected,
 E=691), call_reject[:CODE] (call refused with result CODE; default 7),
 lcp_silent (never answers LCP), auth_silent (LCP up, then no MS-CHAPv2).
+With --tunnels (or --tunnel-rate) a login goes on to MPPE + IPCP and a host
+behind each node serves `GET /bytes?N` on 10.78.0.1:80, for `connexa test
+speed` (set test_url = \"http://10.78.0.1/bytes?100000000\").
 
 Examples:
   connexa sim --nodes 300 --mix healthy=80,refused=10,silent=10 --list fleet.txt
   connexa sim --nodes 1000 --mix healthy=90,auth_reject=10 --list fleet.txt
+  connexa sim --nodes 10 --tunnel-rate 250000 --list fleet.txt
   connexa sim --nodes 20 --port 21723 --format csv --list fleet.csv &
   connexa import fleet.csv")]
 pub struct SimArgs {
@@ -58,6 +62,12 @@ pub struct SimArgs {
     /// Address of the first node (must be in 127.0.0.0/8).
     #[arg(long, value_name = "IP", default_value = "127.1.0.1")]
     pub first_ip: Ipv4Addr,
+    /// Serve tunnels after login: MPPE + IPCP, HTTP bytes on 10.78.0.1:80.
+    #[arg(long)]
+    pub tunnels: bool,
+    /// Rate limit of each node's tunnel, bytes/s (implies --tunnels).
+    #[arg(long, value_name = "BYTES_PER_S")]
+    pub tunnel_rate: Option<u64>,
 }
 
 /// Node list formats the import reads back.
@@ -107,6 +117,13 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
         .mix(mix)
         .first_ip(args.first_ip)
         .port(args.port);
+    let spec = if args.tunnels || args.tunnel_rate.is_some() {
+        spec.tunnels(TunnelSpec {
+            rate_limit: args.tunnel_rate,
+        })
+    } else {
+        spec
+    };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for b in spec.behaviours() {
         *counts.entry(behaviour_name(&b)).or_default() += 1;

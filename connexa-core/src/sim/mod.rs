@@ -17,7 +17,12 @@
 //! in the same process (demultiplexing by source) and the fleet ignore each
 //! other's packets. The node authenticates with [`LoginServer`](crate::pptp::login::LoginServer)
 //! (LCP + MS-CHAPv2); after a successful login an optional [`DataPath`] takes
-//! the call's other protocols (CCP, IPCP, IP). Opening the raw socket needs
+//! the call's other protocols (CCP, IPCP, IP). With [`FleetSpec::tunnels`] the
+//! node instead runs the network phase itself ([`SessionServer`](crate::pptp::session::SessionServer):
+//! CCP/MPPE-128 and IPCP as a server) with a user-space host behind it:
+//! `GET /bytes?N` on [`TUNNEL_HOST`]:80, rate-limited per call
+//! ([`TunnelSpec::rate_limit`]), so speed tests have something to measure.
+//! Opening the raw socket needs
 //! `CAP_NET_RAW`; without it the fleet still starts ([`Fleet::serves_logins`]
 //! is `false`) and answers every call with result 2 (general error).
 //!
@@ -64,7 +69,10 @@ use crate::domain::{Node, NodeId, NodeMeta, Secret, Status};
 use crate::pptp::control::StartControlConnectionReply;
 
 mod gre;
+mod host;
 mod session;
+
+pub use host::pattern;
 
 use gre::SimGre;
 pub use gre::SimGreStats;
@@ -237,7 +245,27 @@ pub struct FleetSpec {
     /// without it the fleet starts anyway, light only ([`Fleet::serves_logins`]).
     /// Default `true`.
     pub logins: bool,
+    /// After a successful login, run the network phase too (server-side
+    /// CCP/MPPE and IPCP) with an HTTP byte source behind each node; `None`
+    /// (the default): logins only.
+    pub tunnels: Option<TunnelSpec>,
 }
+
+/// The tunnel behind each simulated node ([`FleetSpec::tunnels`]).
+///
+/// After login the node negotiates MPPE-128 and IPCP as a server (its tunnel
+/// address is [`TUNNEL_HOST`], the client gets 10.78.0.100) and serves
+/// `GET /bytes?N` on [`TUNNEL_HOST`]:80: N bytes of [`pattern`], at most
+/// `rate_limit` bytes/s per call (a token bucket with a tenth of a second of
+/// burst). Up to 4 HTTP connections per call at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunnelSpec {
+    /// Bytes per second of each call's HTTP bodies; `None`: unlimited.
+    pub rate_limit: Option<u64>,
+}
+
+/// The address of the host behind every simulated node's tunnel.
+pub const TUNNEL_HOST: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 
 impl FleetSpec {
     /// `count` healthy nodes from 127.1.0.1, port 1723.
@@ -251,7 +279,14 @@ impl FleetSpec {
             vendor: "connexa-sim".into(),
             seed: 1,
             logins: true,
+            tunnels: None,
         }
+    }
+
+    /// Serves tunnels after login ([`TunnelSpec`]).
+    pub fn tunnels(mut self, spec: TunnelSpec) -> Self {
+        self.tunnels = Some(spec);
+        self
     }
 
     /// Turns serving logins on or off (no raw GRE socket when off).
@@ -535,6 +570,7 @@ impl Fleet {
                     credentials: Arc::new(HashMap::from([(node.login.clone(), server_password)])),
                     gre: gre.clone(),
                     data_path: data_path.clone(),
+                    tunnel: spec.tunnels,
                 });
                 tasks.push(tokio::spawn(listen(listener, server, stop.subscribe())));
             }
@@ -685,6 +721,9 @@ mod tests {
             ("healthy=x", "healthy=x"),
             ("healthy=1,refused:3=1", "refused:3=1"),
             ("wrong:1=1", "wrong:1=1"),
+            ("call_reject:1=1", "call_reject:1=1"),
+            ("healthy=1,auth_reject:2=1", "auth_reject:2=1"),
+            ("lcp_silent:5=1", "lcp_silent:5=1"),
             ("slow:soon=1", "slow:soon=1"),
             ("healthy=0", "healthy=0"),
             ("", ""),

@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::gre::{SimGre, SimRoute};
-use super::{Behaviour, DataPath, DataPathFactory, SimNode};
+use super::host::HttpHost;
+use super::{Behaviour, DataPath, DataPathFactory, SimNode, TunnelSpec};
 use crate::pptp::control::{
     CallDisconnectNotify, ControlMessage, EchoReply, FixedText, Framer, OutgoingCallReply,
     OutgoingCallRequest, StartControlConnectionReply, StopControlConnectionReply,
@@ -24,6 +25,7 @@ use crate::pptp::gre::{Accepted, GrePacket, GreSession};
 use crate::pptp::login::{LoginServer, ServerConfig, ServerOutcome};
 use crate::pptp::mschapv2::Credentials;
 use crate::pptp::ppp::{PROTO_CHAP, PROTO_LCP, PppFrame};
+use crate::pptp::session::{ServerNetworkConfig, SessionServer};
 
 /// Call-Disconnect-Notify result codes (RFC 2637 §2.13).
 const CDN_ADMIN_SHUTDOWN: u8 = 3;
@@ -44,6 +46,47 @@ pub(crate) struct NodeServer {
     /// `None`: the fleet cannot serve logins (no `CAP_NET_RAW`).
     pub(crate) gre: Option<Arc<SimGre>>,
     pub(crate) data_path: Option<DataPathFactory>,
+    /// Tunnels after login (CCP/MPPE, IPCP, the HTTP host).
+    pub(crate) tunnel: Option<TunnelSpec>,
+}
+
+/// The PPP server of a call: login only, or login + network phase (tunnel).
+enum Ppp {
+    Login(Box<LoginServer>),
+    Session(Box<SessionServer>),
+}
+
+impl Ppp {
+    fn handle_input(&mut self, frame: &[u8], now: Instant) {
+        match self {
+            Ppp::Login(l) => l.handle_input(frame, now),
+            Ppp::Session(s) => s.handle_input(frame, now),
+        }
+    }
+    fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Ppp::Login(l) => l.poll_transmit(),
+            Ppp::Session(s) => s.poll_transmit(),
+        }
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Ppp::Login(l) => l.poll_timeout(),
+            Ppp::Session(s) => s.poll_timeout(),
+        }
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Ppp::Login(l) => l.handle_timeout(now),
+            Ppp::Session(s) => s.handle_timeout(now),
+        }
+    }
+    fn outcome(&self) -> Option<&ServerOutcome> {
+        match self {
+            Ppp::Login(l) => l.outcome(),
+            Ppp::Session(s) => s.login().outcome(),
+        }
+    }
 }
 
 /// Reads until the peer closes (or errors): the polite way to end, without
@@ -259,7 +302,14 @@ fn answer_call(
     let login = (node.node.behaviour != Behaviour::LcpSilent).then(|| {
         let mut cfg = ServerConfig::new(Arc::clone(&node.credentials));
         cfg.name = "connexa-sim".into();
-        LoginServer::new(cfg, now)
+        let login = LoginServer::new(cfg, now);
+        match node.tunnel {
+            Some(_) => Ppp::Session(Box::new(SessionServer::from_login(
+                login,
+                ServerNetworkConfig::default(),
+            ))),
+            None => Ppp::Login(Box::new(login)),
+        }
     });
     *call = Some(Call {
         route,
@@ -270,6 +320,9 @@ fn answer_call(
         data: None,
         factory: node.data_path.clone(),
         node: node.node.clone(),
+        tunnel: node.tunnel,
+        host: None,
+        host_wake: None,
     });
     call_reply(id, req.call_id, OCRP_CONNECTED)
 }
@@ -279,13 +332,17 @@ struct Call {
     route: SimRoute,
     session: GreSession,
     /// `None` for a node that never answers LCP.
-    login: Option<LoginServer>,
+    login: Option<Ppp>,
     /// Fall silent (both directions) when the login reaches MS-CHAPv2.
     mute_at_chap: bool,
     muted: bool,
     data: Option<Box<dyn DataPath>>,
     factory: Option<DataPathFactory>,
     node: SimNode,
+    tunnel: Option<TunnelSpec>,
+    /// The host behind the tunnel, once the network phase is up.
+    host: Option<Box<HttpHost>>,
+    host_wake: Option<Instant>,
 }
 
 impl Call {
@@ -310,6 +367,7 @@ impl Call {
             _ => login.handle_input(frame, now),
         }
         self.start_data_path(now);
+        self.pump_ip(now);
     }
 
     /// After a successful login, the data path (if the fleet has one) takes the
@@ -321,9 +379,10 @@ impl Call {
         let Some(factory) = &self.factory else {
             return;
         };
-        if let Some(ServerOutcome::Accepted { user }) =
-            self.login.as_ref().and_then(LoginServer::outcome)
-        {
+        if self.tunnel.is_some() {
+            return;
+        }
+        if let Some(ServerOutcome::Accepted { user }) = self.login.as_ref().and_then(Ppp::outcome) {
             self.data = Some(factory(&self.node, user.clone(), now));
         }
     }
@@ -333,9 +392,10 @@ impl Call {
             return None;
         }
         [
-            self.login.as_ref().and_then(LoginServer::poll_timeout),
+            self.login.as_ref().and_then(Ppp::poll_timeout),
             self.session.poll_timeout(),
             self.data.as_ref().and_then(|d| d.poll_timeout()),
+            self.host_wake,
         ]
         .into_iter()
         .flatten()
@@ -349,6 +409,30 @@ impl Call {
         if let Some(d) = self.data.as_mut() {
             d.handle_timeout(now);
         }
+        self.pump_ip(now);
+    }
+
+    /// Moves IPv4 datagrams between the tunnel and the host behind it.
+    fn pump_ip(&mut self, now: Instant) {
+        let Some(Ppp::Session(session)) = self.login.as_mut() else {
+            return;
+        };
+        if self.host.is_none() && session.is_up() {
+            let rate = self.tunnel.and_then(|t| t.rate_limit);
+            let local = ServerNetworkConfig::default().local;
+            self.host = Some(Box::new(HttpHost::new(local, rate, now)));
+        }
+        let Some(host) = self.host.as_mut() else {
+            return;
+        };
+        while let Some(p) = session.poll_ip() {
+            host.push_ip(p);
+        }
+        host.poll(now);
+        while let Some(p) = host.pop_ip() {
+            session.send_ip(&p);
+        }
+        self.host_wake = host.poll_at(now);
     }
 
     async fn flush(&mut self, peer: Ipv4Addr) {
@@ -357,7 +441,7 @@ impl Call {
         }
         let mut out = Vec::with_capacity(128);
         loop {
-            let frame = match self.login.as_mut().and_then(LoginServer::poll_transmit) {
+            let frame = match self.login.as_mut().and_then(Ppp::poll_transmit) {
                 Some(f) => f,
                 None => match self.data.as_mut().and_then(|d| d.poll_transmit()) {
                     Some(f) => f,

@@ -1,0 +1,277 @@
+//! The host behind a simulated node's tunnel: a smoltcp interface at the
+//! node's tunnel address with an HTTP byte source on port 80
+//! (`GET /bytes?N` answers N bytes of [`pattern`]), rate-limited per call by a
+//! token bucket. Sans-IO: IPv4 datagrams in and out, time as an argument.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+
+/// HTTP connections served at once per call.
+const SLOTS: usize = 4;
+const RX_BUFFER: usize = 4 * 1024;
+const TX_BUFFER: usize = 64 * 1024;
+/// The largest chunk queued at once.
+const CHUNK: usize = 16 * 1024;
+/// Tokens are spent in units of at least this many bytes (one segment).
+const MIN_SEND: f64 = 1400.0;
+
+/// Byte `i` of every `/bytes` body: a pattern a client can verify.
+pub fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(7) ^ (i >> 10)) as u8
+}
+
+#[derive(Default)]
+struct Queues {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut b = vec![0u8; len];
+        let r = f(&mut b);
+        self.0.push_back(b);
+        r
+    }
+}
+
+impl Device for Queues {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((Rx(p), Tx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = 1400;
+        c
+    }
+}
+
+struct Slot {
+    handle: SocketHandle,
+    request: Vec<u8>,
+    head: Vec<u8>,
+    /// (next octet, total) of the body being sent.
+    body: Option<(u64, u64)>,
+}
+
+/// A token bucket: `rate` bytes/s, at most `burst` bytes at once.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.at = now;
+    }
+
+    /// When `MIN_SEND` tokens will be there.
+    fn ready_at(&self) -> Instant {
+        let missing = (MIN_SEND - self.tokens).max(0.0);
+        self.at + Duration::from_secs_f64(missing / self.rate)
+    }
+}
+
+pub(crate) struct HttpHost {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dev: Queues,
+    slots: Vec<Slot>,
+    epoch: Instant,
+    bucket: Option<Bucket>,
+    /// A body is waiting for tokens.
+    starved: bool,
+}
+
+fn listener() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; RX_BUFFER]),
+        tcp::SocketBuffer::new(vec![0; TX_BUFFER]),
+    );
+    // A fresh socket always accepts `listen` on a non-zero port.
+    let _ = s.listen(80);
+    s
+}
+
+impl HttpHost {
+    /// A host at `addr` whose bodies go out at most at `rate` bytes/s.
+    pub(crate) fn new(addr: Ipv4Addr, rate: Option<u64>, now: Instant) -> Self {
+        let mut dev = Queues::default();
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ip),
+            &mut dev,
+            smoltcp::time::Instant::from_micros(0),
+        );
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(addr), 24));
+        });
+        let mut sockets = SocketSet::new(Vec::new());
+        let slots = (0..SLOTS)
+            .map(|_| Slot {
+                handle: sockets.add(listener()),
+                request: Vec::new(),
+                head: Vec::new(),
+                body: None,
+            })
+            .collect();
+        let bucket = rate.filter(|r| *r > 0).map(|r| {
+            let rate = r as f64;
+            // A tenth of a second's worth, at least a few segments.
+            let burst = (rate / 10.0).max(4.0 * MIN_SEND);
+            Bucket {
+                rate,
+                burst,
+                tokens: burst,
+                at: now,
+            }
+        });
+        HttpHost {
+            iface,
+            sockets,
+            dev,
+            slots,
+            epoch: now,
+            bucket,
+            starved: false,
+        }
+    }
+
+    fn ts(&self, now: Instant) -> smoltcp::time::Instant {
+        let us = now.saturating_duration_since(self.epoch).as_micros();
+        smoltcp::time::Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+    }
+
+    /// An IPv4 datagram from the tunnel.
+    pub(crate) fn push_ip(&mut self, packet: Vec<u8>) {
+        if self.dev.rx.len() < 256 {
+            self.dev.rx.push_back(packet);
+        }
+    }
+
+    /// The next IPv4 datagram for the tunnel.
+    pub(crate) fn pop_ip(&mut self) -> Option<Vec<u8>> {
+        self.dev.tx.pop_front()
+    }
+
+    /// When [`HttpHost::poll`] must run again (smoltcp's timers, the bucket).
+    pub(crate) fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        let ts = self.ts(now);
+        let stack = self
+            .iface
+            .poll_delay(ts, &self.sockets)
+            .map(|d| now + Duration::from_micros(d.total_micros()));
+        let bucket = match (&self.bucket, self.starved) {
+            (Some(b), true) => Some(b.ready_at()),
+            _ => None,
+        };
+        [stack, bucket].into_iter().flatten().min()
+    }
+
+    /// Runs the interface and the HTTP slots.
+    pub(crate) fn poll(&mut self, now: Instant) {
+        let ts = self.ts(now);
+        self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+        if let Some(b) = self.bucket.as_mut() {
+            b.refill(now);
+        }
+        self.starved = false;
+        for slot in &mut self.slots {
+            let s = self.sockets.get_mut::<tcp::Socket>(slot.handle);
+            if s.can_recv() {
+                let mut buf = [0u8; 1024];
+                if let Ok(n) = s.recv_slice(&mut buf) {
+                    slot.request
+                        .extend_from_slice(buf.get(..n).unwrap_or_default());
+                }
+                if slot.body.is_none()
+                    && let Some(end) = slot.request.windows(4).position(|w| w == b"\r\n\r\n")
+                {
+                    let head = String::from_utf8_lossy(slot.request.get(..end).unwrap_or_default())
+                        .into_owned();
+                    let n: Option<u64> = head
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.strip_prefix("/bytes?"))
+                        .and_then(|n| n.parse().ok());
+                    slot.head = match n {
+                        Some(n) => format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+                        ),
+                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+                    }
+                    .into_bytes();
+                    slot.body = Some((0, n.unwrap_or(0)));
+                }
+                if slot.request.len() > 8 * 1024 && slot.body.is_none() {
+                    s.abort();
+                }
+            }
+            if !slot.head.is_empty() && s.can_send() {
+                let n = s.send_slice(&slot.head).unwrap_or(0);
+                slot.head.drain(..n);
+            }
+            if slot.head.is_empty()
+                && let Some((next, total)) = slot.body
+            {
+                if next >= total {
+                    s.close();
+                } else if s.can_send() {
+                    let mut len = (total - next).min(CHUNK as u64) as usize;
+                    len = len.min(s.send_capacity() - s.send_queue());
+                    if let Some(b) = self.bucket.as_mut() {
+                        if b.tokens < MIN_SEND.min(len as f64) {
+                            self.starved = true;
+                            len = 0;
+                        } else {
+                            len = len.min(b.tokens as usize);
+                        }
+                    }
+                    if len > 0 {
+                        let chunk: Vec<u8> = (next..next + len as u64).map(pattern).collect();
+                        let n = s.send_slice(&chunk).unwrap_or(0);
+                        if let Some(b) = self.bucket.as_mut() {
+                            b.tokens -= n as f64;
+                        }
+                        slot.body = Some((next + n as u64, total));
+                    }
+                }
+            }
+            if s.state() == tcp::State::Closed
+                || (s.state() == tcp::State::TimeWait && slot.body.is_some())
+            {
+                s.abort();
+                *s = listener();
+                slot.request.clear();
+                slot.head.clear();
+                slot.body = None;
+            }
+        }
+        self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+    }
+}
