@@ -9,18 +9,12 @@ use connexa_core::engine::Engine;
 use connexa_core::probe::LightProber;
 use connexa_core::runtime::{self, NetworkPorts};
 use connexa_core::socks::SocksLauncher;
-use connexa_core::speed::HttpSpeedTester;
 
 use crate::cli::Ctx;
 
 /// The network prober (light and auth depths), configured from the config file.
 pub fn prober(ctx: &Ctx) -> LightProber {
     runtime::prober(&ctx.config.test)
-}
-
-/// The speed tester, sharing `prober`'s raw GRE socket.
-pub fn speed_tester(ctx: &Ctx, prober: &Arc<LightProber>) -> Arc<HttpSpeedTester> {
-    NetworkPorts::with_prober(&ctx.config, Arc::clone(prober)).speed
 }
 
 /// An engine over the database with the configured ports.

@@ -73,7 +73,10 @@ fn child(allowed: bool) {
         if allowed {
             let s = stats.expect("stats from a ping socket");
             assert_eq!((s.sent, s.received), (3, 3), "{s:?}");
-            assert!(s.avg_ms.is_some_and(|ms| (0.0..800.0).contains(&ms)), "{s:?}");
+            assert!(
+                s.avg_ms.is_some_and(|ms| (0.0..800.0).contains(&ms)),
+                "{s:?}"
+            );
         } else {
             assert_eq!(stats, None, "no ICMP without a socket");
         }

@@ -18,15 +18,39 @@ use connexa_core::import::{Existing, ImportOptions, import_into};
 use connexa_core::ops::{self, TestPlan};
 use connexa_core::ports::JobKind;
 use connexa_core::probe::{LightProber, ProbeConfig};
-use connexa_core::sim::{Behaviour, Fleet, FleetSpec, SimError, parse_mix};
+use connexa_core::runtime::NetworkPorts;
+use connexa_core::sim::{
+    Behaviour, Fleet, FleetSpec, SimError, TUNNEL_HOST, TunnelSpec, parse_mix,
+};
+use connexa_core::socks::client as socks_client;
+use connexa_core::socks::proto::TargetAddr;
 use connexa_core::store::redact_url;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::cli::{Ctx, DEFAULT_DB};
 use crate::commands::sim::behaviour_name;
 use crate::exit::{Exit, WithCode, fail};
 use crate::output::{Cell, OutputFormat, Table};
 use crate::progress::follow;
-use crate::wiring;
+
+/// Bytes per second each simulated node's tunnel serves (4 Mbit/s).
+const DEMO_RATE: u64 = 500_000;
+
+/// What the demo fetches through a started SOCKS5 service.
+const DEMO_FETCH_BYTES: u64 = 1_000_000;
+
+/// The demo's settings: the configuration file's, with the speed test pointed
+/// at the simulator's tunnel host and kept short.
+fn demo_config(ctx: &Ctx) -> connexa_core::config::Config {
+    let mut c = ctx.config.clone();
+    c.test.test_url = format!("http://{TUNNEL_HOST}/bytes?1000000000");
+    c.test.extra_test_urls.clear();
+    c.test.upload_url = None;
+    c.test.speed_duration_secs = 2.0;
+    c.test.speed_warmup_secs = 0.5;
+    c.test.speed_streams = 2;
+    c
+}
 
 /// The default behaviour mix of the demo fleet.
 pub const DEFAULT_MIX: &str = "healthy=70,refused=10,silent=10,garbage=5,wrong=5";
@@ -73,7 +97,13 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     let spec = FleetSpec::new(a.nodes as usize)
         .mix(mix)
         .first_ip(a.first_ip)
-        .port(a.port);
+        .port(a.port)
+        // Nodes that log in also bring tunnels up (MPPE, IPCP) with an HTTP
+        // byte source behind them, so the speed test and a SOCKS5 service
+        // have something real to measure and fetch.
+        .tunnels(TunnelSpec {
+            rate_limit: Some(DEMO_RATE),
+        });
     // Open the database first: a bad --db fails before anything starts.
     let store = ctx.store().await?;
     let fleet = Fleet::start(spec).await.map_err(|e| match e {
@@ -139,6 +169,7 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         icmp: None,
         ..ProbeConfig::default()
     }));
+    let config = demo_config(ctx);
     let plan = match fleet
         .nodes()
         .iter()
@@ -146,7 +177,7 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     {
         Some(i) => {
             let sample = fleet.nodes()[i].node(NodeId(0));
-            let speed = wiring::speed_tester(ctx, &prober);
+            let speed = NetworkPorts::with_prober(&config, Arc::clone(&prober)).speed;
             ops::deepest_test(
                 prober.as_ref(),
                 Some(speed.as_ref()),
@@ -178,13 +209,18 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         None => ctx.out.note(format_args!("running {test_name}")),
     }
 
-    let engine = wiring::engine_with(ctx, prober).await?;
+    let engine = NetworkPorts::with_prober(&config, prober).engine(store.clone(), &config);
     let options = JobOptions::default().node_timeout(Duration::from_secs(30));
     let job = engine
         .start_job(plan.kind, NodeFilter::ids(ids.iter().copied()), options)
         .await?;
     let followed = follow(ctx, &engine, job).await?;
-    fleet.shutdown();
+    let service = if followed.interrupted {
+        None
+    } else {
+        service_step(ctx, &engine, store.as_ref(), &ids).await
+    };
+    fleet.close().await;
 
     // Counts per status of the demo's nodes.
     let nodes = ops::all_matching(store.as_ref(), &NodeFilter::ids(ids.iter().copied())).await?;
@@ -211,6 +247,7 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
             "test": {"kind": plan.kind.as_str(), "skipped": plan.skipped},
             "job": followed.json(),
             "by_status": statuses,
+            "service": service,
         }))?;
     } else {
         ctx.out.line(followed.line())?;
@@ -301,4 +338,82 @@ fn next_steps(
     }
     out.line("The simulated fleet stopped with the demo; the results stay in the database.")?;
     Ok(())
+}
+
+/// Starts a SOCKS5 service through the first `speed_ok` node (through the
+/// engine's reconciler, as `connexa service start` + `connexa run` would),
+/// fetches bytes from the simulator's tunnel host through it, and stops it.
+/// Says what happened on stderr; returns the JSON summary.
+async fn service_step(
+    ctx: &Ctx,
+    engine: &connexa_core::engine::Engine,
+    store: &dyn connexa_core::ports::NodeStore,
+    ids: &[NodeId],
+) -> Option<serde_json::Value> {
+    let nodes = ops::all_matching(store, &NodeFilter::ids(ids.iter().copied()))
+        .await
+        .ok()?;
+    let node = nodes.iter().find(|n| n.status == Status::SpeedOk)?;
+    let one = NodeFilter::ids([node.id]);
+    let result = async {
+        ops::want_services(store, &one, true).await?;
+        engine.reconcile().await?;
+        let started = store
+            .get(node.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("node #{} vanished", node.id))?;
+        let ep = started.service.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "the service did not start: {}",
+                started.last_error.as_deref().unwrap_or("no reason recorded")
+            )
+        })?;
+        let t0 = std::time::Instant::now();
+        let proxy: std::net::SocketAddr = format!("{}:{}", ep.host, ep.port).parse()?;
+        let mut s = socks_client::connect(
+            proxy,
+            &ep.username,
+            ep.password.expose(),
+            &TargetAddr::Ip((TUNNEL_HOST, 80).into()),
+            Duration::from_secs(10),
+        )
+        .await?;
+        s.write_all(
+            format!(
+                "GET /bytes?{DEMO_FETCH_BYTES} HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut response)).await??;
+        let body = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| response.len() - i - 4);
+        let secs = t0.elapsed().as_secs_f64();
+        ctx.out.note(format_args!(
+            "service: socks5://{}:***@{}:{} through node #{} ({}) fetched {} bytes of http://{TUNNEL_HOST}/bytes?{DEMO_FETCH_BYTES} in {:.2} s",
+            ep.username, ep.host, ep.port, node.id, node.ip, body, secs
+        ));
+        anyhow::Ok(serde_json::json!({
+            "node": node.id.0, "host": ep.host, "port": ep.port,
+            "fetched_bytes": body, "seconds": secs,
+        }))
+    }
+    .await;
+    // Stop it again, so the demo leaves no service wanted behind.
+    let stopped = async {
+        ops::want_services(store, &one, false).await?;
+        engine.reconcile().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    match (result, stopped) {
+        (Ok(v), Ok(())) => Some(v),
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            ctx.out.note(format_args!("service step failed: {e:#}"));
+            Some(serde_json::json!({ "node": node.id.0, "error": format!("{e:#}") }))
+        }
+    }
 }

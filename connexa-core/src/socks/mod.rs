@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client;
 mod launcher;
 pub mod proto;
 mod server;
