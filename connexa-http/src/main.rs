@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use axum::http::HeaderValue;
 use clap::{Parser, Subcommand};
 use connexa_core::config::Config;
-use connexa_core::engine::{Engine, EngineConfig, NotAvailable, RecoverPolicy};
+use connexa_core::engine::RecoverPolicy;
 use connexa_core::ports::{TokenId, TokenStore};
-use connexa_core::probe::{LightProber, ProbeConfig};
+use connexa_core::runtime::NetworkPorts;
 use connexa_core::store::{SqlStore, redact_url};
 use connexa_http::{AppState, HttpOptions, app, metrics_router};
 
@@ -188,23 +188,10 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
             eprintln!("--init-admin: tokens exist already; none created");
         }
     }
-    let t = &config.test;
-    let prober = LightProber::new(ProbeConfig {
-        connect_timeout: t.connect_timeout(),
-        handshake_timeout: t.light_timeout(),
-        ..ProbeConfig::default()
-    });
-    let engine_config = EngineConfig {
-        concurrency: t.concurrency as usize,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(prober),
-        Arc::new(NotAvailable),
-        Arc::new(NotAvailable),
-        engine_config,
-    );
+    // The same ports as the CLI: prober, speed tester and SOCKS5 launcher
+    // from the config file, sharing one raw GRE socket.
+    let ports = NetworkPorts::from_config(config);
+    let engine = ports.engine(store.clone(), config);
     let policy = match s.recover {
         Recover::Resume => RecoverPolicy::Resume,
         Recover::Interrupt => RecoverPolicy::Interrupt,
@@ -280,6 +267,9 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
             "engine did not stop within 30 s; unfinished items resume at the next start"
         );
     }
+    // Services stop with the process; they stay wanted, so the next start
+    // brings them back on their stored ports with their stored credentials.
+    ports.launcher.stop_all().await;
     Ok(())
 }
 
