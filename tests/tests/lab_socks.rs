@@ -86,7 +86,14 @@ async fn curl(lab: &Lab, user: &str, pass: &str, port: u16, url: &str) -> Output
 /// curl through the service fetches the lab's file with the right sha256.
 async fn assert_curl_fetches_the_file(lab: &Lab, ep: &ServiceEndpoint) {
     let started = Instant::now();
-    let out = curl(lab, &ep.username, ep.password.expose(), ep.port, &lab.file_url).await;
+    let out = curl(
+        lab,
+        &ep.username,
+        ep.password.expose(),
+        ep.port,
+        &lab.file_url,
+    )
+    .await;
     let took = started.elapsed();
     assert!(
         out.status.success(),
@@ -227,8 +234,13 @@ fn lab_socks_service_serves_curl_refuses_a_wrong_password_and_stop_closes_the_po
 
 /// The lab node in a fresh store, `speed_ok` and wanting a service.
 async fn wanted_lab_node(store: &dyn NodeStore, lab: &Lab) -> NodeId {
-    let new = NewNode::new(&lab.server.to_string(), u64::from(lab.pptp_port), &lab.user, &lab.password)
-        .expect("node");
+    let new = NewNode::new(
+        &lab.server.to_string(),
+        u64::from(lab.pptp_port),
+        &lab.user,
+        &lab.password,
+    )
+    .expect("node");
     let [InsertOutcome::Inserted(id)] = store.insert(vec![new]).await.expect("insert")[..] else {
         panic!("insert")
     };
@@ -438,14 +450,7 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
                 ..EngineConfig::default()
             },
         );
-        let status = || async {
-            store
-                .get(id)
-                .await
-                .expect("get")
-                .expect("node")
-                .status
-        };
+        let status = || async { store.get(id).await.expect("get").expect("node").status };
         let interval = Duration::from_secs(1);
 
         let r = engine.reconcile().await.expect("reconcile");
@@ -484,7 +489,11 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
         }
         let node = store.get(id).await.expect("get").expect("node");
         assert_eq!(node.status, Status::Offline);
-        assert_eq!(unhealthy, u64::from(threshold), "offline exactly at the threshold");
+        assert_eq!(
+            unhealthy,
+            u64::from(threshold),
+            "offline exactly at the threshold"
+        );
         eprintln!(
             "offline {:.2?} after the VM stopped ({passes} monitor passes), last error: {:?}",
             off_at.elapsed(),
@@ -512,9 +521,16 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
                 tokio::time::sleep(interval).await;
             }
         }
-        eprintln!("online again {:.2?} after the VM was ready", back_at.elapsed());
+        eprintln!(
+            "online again {:.2?} after the VM was ready",
+            back_at.elapsed()
+        );
         let node = store.get(id).await.expect("get").expect("node");
-        assert_eq!(node.service.as_ref(), Some(&ep), "same port and credentials");
+        assert_eq!(
+            node.service.as_ref(),
+            Some(&ep),
+            "same port and credentials"
+        );
         assert_curl_fetches_the_file(&lab, &ep).await;
         let seen = assert_never_below_level_3(store.as_ref(), id).await;
         eprintln!("status history since verified: {seen:?}");
