@@ -4,7 +4,8 @@
 //! SOCKS password and frees its port on stop; the engine's reconciler brings
 //! the service back after a SIGKILL of the Connexa process on the same port
 //! with the same credentials; the monitor moves the node `offline` when the
-//! VM is powered off and back `online` when it returns, never below level 3.
+//! VM is powered off and back `online` when it returns, never below level 3;
+//! a start that fails (pptpd stopped) leaves the node `speed_ok`.
 //!
 //! The whole Connexa side runs inside the lab's network namespace (the test
 //! thread enters it; the child process and curl are started with
@@ -546,6 +547,90 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
         assert_eq!(status().await, Status::SpeedOk);
         assert_port_closed(ep.port).await;
         assert_never_below_level_3(store.as_ref(), id).await;
+        wait_sessions_idle(&lab).await;
+    });
+}
+
+/// Stops pptpd; starts it again when dropped unless [`PptpdStopped::start`] did.
+struct PptpdStopped<'a>(&'a Lab, bool);
+
+impl<'a> PptpdStopped<'a> {
+    fn stop(lab: &'a Lab) -> Self {
+        lab.script(&["pptpd-stop"]).expect("lab.sh pptpd-stop");
+        PptpdStopped(lab, true)
+    }
+
+    fn start(&mut self) {
+        self.0.script(&["pptpd-start"]).expect("lab.sh pptpd-start");
+        self.1 = false;
+    }
+}
+
+impl Drop for PptpdStopped<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = self.0.script(&["pptpd-start"]);
+        }
+    }
+}
+
+#[test]
+fn lab_socks_start_failure_while_pptpd_is_stopped_keeps_the_node_speed_ok() {
+    let lab = Lab::require();
+    let _g = exclusive();
+    in_lab(&lab, || async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("sf.db").display());
+        let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.expect("store"));
+        let id = wanted_lab_node(store.as_ref(), &lab).await;
+        let gre = GreSocket::open().expect("raw GRE socket (root)");
+        let launcher = Arc::new(SocksLauncher::new(
+            Arc::new(PptpOpener::with_gre_socket(TunnelConfig::default(), gre)),
+            SocksConfig {
+                port_min: 31900,
+                port_max: 31949,
+                check_target: Some(check_target(&lab)),
+                ..SocksConfig::default()
+            },
+        ));
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Arc::new(NoProber),
+            Arc::new(NotAvailable),
+            launcher.clone(),
+            EngineConfig {
+                node_timeout: Duration::from_secs(15),
+                health_threshold: 2,
+                ..EngineConfig::default()
+            },
+        );
+
+        // pptpd is down (TCP 1723 refused): the start fails, the node stays
+        // verified, nothing listens.
+        let mut pptpd = PptpdStopped::stop(&lab);
+        let r = engine.reconcile().await.expect("reconcile");
+        assert_eq!((r.started, r.start_failed), (0, 1), "{r:?}");
+        let node = store.get(id).await.expect("get").expect("node");
+        assert_eq!(node.status, Status::SpeedOk);
+        assert!(node.service.is_none());
+        eprintln!("start failure recorded: {:?}", node.last_error);
+        assert!(launcher.running().await.is_empty());
+        for port in 31900..=31949 {
+            assert_port_closed(port).await;
+        }
+
+        // pptpd is back: the next reconcile starts the service.
+        pptpd.start();
+        let r = engine.reconcile().await.expect("reconcile");
+        assert_eq!(r.started, 1, "{r:?}");
+        let node = store.get(id).await.expect("get").expect("node");
+        assert_eq!(node.status, Status::Online);
+        let ep = node.service.expect("endpoint");
+        assert_curl_fetches_the_file(&lab, &ep).await;
+        let seen = assert_never_below_level_3(store.as_ref(), id).await;
+        assert_eq!(seen, vec![Status::SpeedOk, Status::SpeedOk, Status::Online]);
+        launcher.stop_all().await;
+        assert_port_closed(ep.port).await;
         wait_sessions_idle(&lab).await;
     });
 }
