@@ -140,14 +140,14 @@ start_lab
 
 # --- curl: the SOCKS5 service tests fetch files through services with it --------
 # (tests/tests/socks.rs and socks_engine.rs; their curl-using tests are named curl_*
-# or end in _after_sigkill).
+# or end in _after_sigkill; every lab_socks_* test in tests/tests/lab_socks.rs uses it).
 need_curl() {
   command -v curl >/dev/null 2>&1 && return 0
   apt_install curl || { unavailable curl "apt-get install curl failed"; return 1; }
   command -v curl >/dev/null 2>&1 || { unavailable curl "no curl after install"; return 1; }
 }
 
-need_curl || cargo_skip+=(--skip curl_ --skip _after_sigkill)
+need_curl || cargo_skip+=(--skip curl_ --skip _after_sigkill --skip lab_socks_)
 
 # --- The suite --------------------------------------------------------------------
 log "cargo test --workspace"

@@ -1,9 +1,14 @@
-//! Test helper for the service restart test: a Connexa process that runs the
-//! engine's reconciler and monitor with a `SocksLauncher` (loopback-only
-//! `DirectOpener`) on a SQLite store, every 100 ms, printing `pass <n>` after
-//! each. The parent kills it with SIGKILL and starts it again.
+//! Test helper for the service restart tests: a Connexa process that runs the
+//! engine's reconciler and monitor with a `SocksLauncher` on a SQLite store,
+//! printing `pass <n> ...` after each pass. The parent kills it with SIGKILL
+//! and starts it again.
 //!
-//! Usage: socks_service DB_URL PORT_MIN PORT_MAX CHECK_TARGET
+//! * `socks_service DB_URL PORT_MIN PORT_MAX CHECK_TARGET`: loopback-only
+//!   `DirectOpener`, a pass every 100 ms (`tests/tests/socks_engine.rs`);
+//! * `socks_service --pptp DB_URL PORT_MIN PORT_MAX CHECK_TARGET`: the real
+//!   `PptpOpener` (MPPE-128 tunnel through the node; needs CAP_NET_RAW and
+//!   is run inside the lab's network namespace), a pass every second
+//!   (`tests/tests/lab_socks.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +17,11 @@ use async_trait::async_trait;
 use connexa_core::domain::{Node, Outcome};
 use connexa_core::engine::{Engine, EngineConfig, NotAvailable};
 use connexa_core::ports::{ProbeDepth, ProbeError, Prober};
-use connexa_core::service::DirectOpener;
+use connexa_core::service::{DirectOpener, PptpOpener, TunnelOpener};
 use connexa_core::socks::proto::TargetAddr;
 use connexa_core::socks::{SocksConfig, SocksLauncher};
 use connexa_core::store::SqlStore;
+use connexa_core::tunnel::{GreSocket, TunnelConfig};
 use std::io::Write;
 
 struct NoProber;
@@ -27,11 +33,17 @@ impl Prober for NoProber {
     }
 }
 
+const USAGE: &str = "usage: socks_service [--pptp] DB_URL PORT_MIN PORT_MAX CHECK_TARGET";
+
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, url, min, max, check] = &args[..] else {
-        panic!("usage: socks_service DB_URL PORT_MIN PORT_MAX CHECK_TARGET");
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let pptp = args.first().is_some_and(|a| a == "--pptp");
+    if pptp {
+        args.remove(0);
+    }
+    let [url, min, max, check] = &args[..] else {
+        panic!("{USAGE}");
     };
     let store = SqlStore::connect(url).await.expect("open store");
     let config = SocksConfig {
@@ -40,14 +52,26 @@ async fn main() {
         check_target: TargetAddr::parse(check),
         ..SocksConfig::default()
     };
-    let launcher = SocksLauncher::new(Arc::new(DirectOpener::loopback_only()), config);
+    let (opener, pause): (Arc<dyn TunnelOpener>, Duration) = if pptp {
+        let gre = GreSocket::open().expect("raw GRE socket (run as root)");
+        (
+            Arc::new(PptpOpener::with_gre_socket(TunnelConfig::default(), gre)),
+            Duration::from_secs(1),
+        )
+    } else {
+        (
+            Arc::new(DirectOpener::loopback_only()),
+            Duration::from_millis(100),
+        )
+    };
+    let launcher = SocksLauncher::new(opener, config);
     let engine = Engine::new(
         Arc::new(store),
         Arc::new(NoProber),
         Arc::new(NotAvailable),
         Arc::new(launcher),
         EngineConfig {
-            node_timeout: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(if pptp { 30 } else { 5 }),
             health_threshold: 2,
             ..EngineConfig::default()
         },
@@ -58,12 +82,13 @@ async fn main() {
         let m = engine.monitor().await.expect("monitor");
         writeln!(
             out,
-            "pass {n} started {} healthy {}",
+            "pass {n} started {} start_failed {} healthy {}",
             r.started,
+            r.start_failed,
             m.checked - m.unhealthy
         )
         .ok();
         out.flush().ok();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
     }
 }
