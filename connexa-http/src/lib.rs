@@ -84,6 +84,8 @@ struct Shared {
     limiter: AuthLimiter,
     metrics: Metrics,
     touched: Mutex<HashMap<TokenId, std::time::Instant>>,
+    /// Accepted token hashes, for [`auth::TOKEN_CACHE_TTL`].
+    token_cache: Mutex<HashMap<String, (connexa_core::ports::ApiToken, std::time::Instant)>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -105,6 +107,7 @@ impl AppState {
             options,
             metrics: Metrics::default(),
             touched: Mutex::new(HashMap::new()),
+            token_cache: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
         }))
     }
