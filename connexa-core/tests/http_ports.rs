@@ -128,3 +128,47 @@ async fn items_since_under_concurrent_commits_sqlite() {
 async fn items_since_under_concurrent_commits_postgres() {
     items_since_under_concurrent_commits(postgres().await).await;
 }
+
+async fn list_page_is_list_without_the_count(db: TestDb) {
+    use connexa_core::domain::{Page, SortKey, Status};
+    seed(&db.store, 30).await;
+    for (filter, page) in [
+        (NodeFilter::all(), Page::default()),
+        (
+            NodeFilter::statuses([Status::NotTested]),
+            Page {
+                offset: 5,
+                limit: 7,
+                sort: SortKey::Ip,
+                desc: true,
+            },
+        ),
+        (
+            NodeFilter {
+                login: Some("user1".into()),
+                ..NodeFilter::all()
+            },
+            Page::number(2, 3),
+        ),
+        (
+            NodeFilter::all(),
+            Page {
+                offset: u64::MAX,
+                ..Page::default()
+            },
+        ),
+    ] {
+        let full = db.store.list(&filter, page).await.unwrap();
+        assert_eq!(db.store.list_page(&filter, page).await.unwrap(), full.nodes);
+    }
+}
+
+#[tokio::test]
+async fn list_page_is_list_without_the_count_sqlite() {
+    list_page_is_list_without_the_count(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn list_page_is_list_without_the_count_postgres() {
+    list_page_is_list_without_the_count(postgres().await).await;
+}
