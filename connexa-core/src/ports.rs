@@ -213,6 +213,12 @@ pub trait NodeStore: Send + Sync {
     /// Nodes matching `filter`, one page of them, with the total count.
     async fn list(&self, filter: &NodeFilter, page: Page) -> Result<NodePage, StoreError>;
 
+    /// One page of the nodes matching `filter`, without counting them all (the
+    /// count is the expensive part of [`list`](Self::list) on large tables).
+    async fn list_page(&self, filter: &NodeFilter, page: Page) -> Result<Vec<Node>, StoreError> {
+        Ok(self.list(filter, page).await?.nodes)
+    }
+
     /// Inserts nodes as `not_tested`; one outcome per input row, in order.
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError>;
 

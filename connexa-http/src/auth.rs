@@ -88,14 +88,32 @@ pub async fn create_token(
 }
 
 /// Failed authentication attempts per client address: at most `max` per
-/// `window`. An attempt is counted *before* the token is looked up and refunded
-/// when it succeeds, so a flood of parallel forged tokens is cut off at `max`
-/// database look-ups per window.
+/// `window`. Database look-ups in flight count against the limit too, so a flood
+/// of parallel forged tokens costs at most `max` look-ups per window; a request
+/// that finds the limit taken only by look-ups in flight waits for them (a
+/// client's first burst of requests with a valid token is not refused).
 #[derive(Debug)]
 pub struct AuthLimiter {
     max: u32,
     window: Duration,
-    map: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    map: Mutex<HashMap<IpAddr, Slot>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    since: Instant,
+    failures: u32,
+    inflight: u32,
+}
+
+/// What [`AuthLimiter::enter`] decided.
+enum Gate {
+    /// A look-up may run (and must be ended with [`AuthLimiter::leave`]).
+    Go,
+    /// The limit is taken by look-ups in flight: try again shortly.
+    Wait,
+    /// Over the limit: retry after this long.
+    Limited(Duration),
 }
 
 impl AuthLimiter {
@@ -108,31 +126,84 @@ impl AuthLimiter {
         }
     }
 
-    /// Counts an attempt; `Err(retry_after)` when the address is over the limit.
-    fn reserve(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+    fn slot<'a>(
+        &self,
+        map: &'a mut HashMap<IpAddr, Slot>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> &'a mut Slot {
         if map.len() > 100_000 {
             let w = self.window;
-            map.retain(|_, (t, _)| now.duration_since(*t) < w);
+            map.retain(|_, s| s.inflight > 0 || now.duration_since(s.since) < w);
         }
-        let e = map.entry(ip).or_insert((now, 0));
-        if now.duration_since(e.0) >= self.window {
-            *e = (now, 0);
+        let s = map.entry(ip).or_insert(Slot {
+            since: now,
+            failures: 0,
+            inflight: 0,
+        });
+        if now.duration_since(s.since) >= self.window {
+            s.since = now;
+            s.failures = 0;
         }
-        if e.1 >= self.max {
-            return Err(self.window.saturating_sub(now.duration_since(e.0)));
-        }
-        e.1 += 1;
-        Ok(())
+        s
     }
 
-    fn refund(&self, ip: IpAddr) {
+    fn enter(&self, ip: IpAddr) -> Gate {
+        let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = map.get_mut(&ip) {
-            e.1 = e.1.saturating_sub(1);
+        let window = self.window;
+        let max = self.max;
+        let s = self.slot(&mut map, ip, now);
+        if s.failures >= max {
+            return Gate::Limited(window.saturating_sub(now.duration_since(s.since)));
+        }
+        if s.failures + s.inflight >= max {
+            return Gate::Wait;
+        }
+        s.inflight += 1;
+        Gate::Go
+    }
+
+    fn leave(&self, ip: IpAddr, failed: bool) {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = self.slot(&mut map, ip, now);
+        s.inflight = s.inflight.saturating_sub(1);
+        if failed {
+            s.failures += 1;
         }
     }
+
+    /// Counts a failure that needed no look-up; `Err` when already over the limit.
+    fn fail(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let (window, max) = (self.window, self.max);
+        let s = self.slot(&mut map, ip, now);
+        if s.failures + s.inflight >= max {
+            return Err(window
+                .saturating_sub(now.duration_since(s.since))
+                .max(Duration::from_secs(1)));
+        }
+        s.failures += 1;
+        Ok(())
+    }
+}
+
+/// How long an accepted token is remembered without asking the store again
+/// (a revocation takes effect within this time).
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Longest a request waits for look-ups in flight from its address.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+fn rate_limited(retry: Duration) -> Response {
+    let mut e = ApiError::new(
+        Kind::RateLimited,
+        "too many failed authentication attempts from this address",
+    );
+    e.0.retry_after = Some(retry.as_secs().max(1));
+    e.into_response()
 }
 
 fn unauthorized(detail: &str) -> Response {
@@ -161,34 +232,75 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
     let limiter = &st.0.limiter;
-    if let Err(retry) = limiter.reserve(ip) {
-        let mut e = ApiError::new(
-            Kind::RateLimited,
-            "too many failed authentication attempts from this address",
-        );
-        e.0.retry_after = Some(retry.as_secs().max(1));
-        return e.into_response();
-    }
     if !well_formed(&token) {
-        return unauthorized("invalid bearer token");
+        return match limiter.fail(ip) {
+            Ok(()) => unauthorized("invalid bearer token"),
+            Err(retry) => rate_limited(retry),
+        };
     }
+    let hash = hash_token(&token);
     let now = Utc::now();
-    match st.0.tokens.find_token(&hash_token(&token), now).await {
+    let started = Instant::now();
+    loop {
+        if let Some(t) = st.cached(&hash, now) {
+            st.touch(t.id);
+            req.extensions_mut().insert(t);
+            return next.run(req).await;
+        }
+        match limiter.enter(ip) {
+            Gate::Go => break,
+            Gate::Limited(retry) => return rate_limited(retry),
+            Gate::Wait if started.elapsed() > MAX_WAIT => {
+                return rate_limited(Duration::from_secs(1));
+            }
+            Gate::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    match st.0.tokens.find_token(&hash, now).await {
         Ok(Some(t)) => {
-            limiter.refund(ip);
+            limiter.leave(ip, false);
+            st.remember(hash, &t);
             st.touch(t.id);
             req.extensions_mut().insert(t);
             next.run(req).await
         }
-        Ok(None) => unauthorized("invalid bearer token"),
+        Ok(None) => {
+            limiter.leave(ip, true);
+            unauthorized("invalid bearer token")
+        }
         Err(e) => {
-            limiter.refund(ip);
+            limiter.leave(ip, false);
             ApiError::internal(&e).into_response()
         }
     }
 }
 
 impl AppState {
+    fn cached(&self, hash: &str, now: DateTime<Utc>) -> Option<ApiToken> {
+        let c = self
+            .0
+            .token_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        c.get(hash)
+            .filter(|(t, at)| {
+                at.elapsed() < TOKEN_CACHE_TTL && t.expires_at.is_none_or(|e| e > now)
+            })
+            .map(|(t, _)| t.clone())
+    }
+
+    fn remember(&self, hash: String, t: &ApiToken) {
+        let mut c = self
+            .0
+            .token_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.len() > 10_000 {
+            c.clear();
+        }
+        c.insert(hash, (t.clone(), Instant::now()));
+    }
+
     /// Records the token's use, at most once a minute per token, off the request path.
     fn touch(&self, id: TokenId) {
         let now = Instant::now();
@@ -239,16 +351,20 @@ mod tests {
     }
 
     #[test]
-    fn limiter_counts_failures_and_refunds_successes() {
+    fn limiter_counts_failures_and_in_flight_look_ups() {
         let l = AuthLimiter::new(2, Duration::from_secs(60));
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        l.reserve(ip).unwrap();
-        l.refund(ip);
-        l.reserve(ip).unwrap();
-        l.reserve(ip).unwrap();
-        assert!(l.reserve(ip).is_err());
+        assert!(matches!(l.enter(ip), Gate::Go));
+        assert!(matches!(l.enter(ip), Gate::Go));
+        assert!(matches!(l.enter(ip), Gate::Wait), "two look-ups in flight");
+        l.leave(ip, false);
+        l.leave(ip, true);
+        assert!(matches!(l.enter(ip), Gate::Go));
+        l.leave(ip, true);
+        assert!(matches!(l.enter(ip), Gate::Limited(_)), "two failures");
+        assert!(l.fail(ip).is_err());
         assert!(
-            l.reserve("127.0.0.2".parse().unwrap()).is_ok(),
+            matches!(l.enter("127.0.0.2".parse().unwrap()), Gate::Go),
             "per address"
         );
     }

@@ -85,6 +85,10 @@ struct Shared {
     limiter: AuthLimiter,
     metrics: Metrics,
     touched: Mutex<HashMap<TokenId, std::time::Instant>>,
+    /// Totals of recent listings per filter (see [`AppState::total`]).
+    totals: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// Accepted token hashes, for [`auth::TOKEN_CACHE_TTL`].
+    token_cache: Mutex<HashMap<String, (connexa_core::ports::ApiToken, std::time::Instant)>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -106,6 +110,8 @@ impl AppState {
             options,
             metrics: Metrics::default(),
             touched: Mutex::new(HashMap::new()),
+            token_cache: Mutex::new(HashMap::new()),
+            totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
         }))
     }
@@ -131,10 +137,49 @@ impl AppState {
         self.0.shutdown.send_replace(true);
     }
 
+    /// How many nodes match `filter`: counted at most once per [`TOTAL_TTL`]
+    /// per distinct filter (counting is what makes a listing of a large table
+    /// slow); any write request through the API forgets the cached totals.
+    pub async fn total(
+        &self,
+        filter: &connexa_core::domain::NodeFilter,
+    ) -> Result<u64, connexa_core::ports::StoreError> {
+        let key = serde_json::to_string(filter).unwrap_or_default();
+        let lock = || {
+            self.0
+                .totals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((n, at)) = lock().get(&key)
+            && at.elapsed() < TOTAL_TTL
+        {
+            return Ok(*n);
+        }
+        let n = connexa_core::ops::count(self.store().as_ref(), filter).await?;
+        let mut t = lock();
+        if t.len() > 1_000 {
+            t.clear();
+        }
+        t.insert(key, (n, std::time::Instant::now()));
+        Ok(n)
+    }
+
+    fn forget_totals(&self) {
+        self.0
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.0.shutdown.subscribe()
     }
 }
+
+/// How long a listing's `total` may be reused (see [`AppState::total`]).
+pub const TOTAL_TTL: Duration = Duration::from_secs(1);
 
 /// The whole API: `/healthz` and the web console at `/` (no auth), and, behind a bearer token, `/metrics`
 /// and everything under `/api/v1` (see [`openapi::ApiDoc`]).
@@ -175,6 +220,10 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}/events", get(routes::jobs::events));
     let api = quick
         .merge(streams)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forget_totals_on_write,
+        ))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed);
     let protected = Router::new()
@@ -224,6 +273,15 @@ async fn unknown_route() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(Kind::MethodNotAllowed, "method not allowed on this path")
+}
+
+async fn forget_totals_on_write(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let write = req.method() != Method::GET;
+    let res = next.run(req).await;
+    if write {
+        st.forget_totals();
+    }
+    res
 }
 
 async fn time_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {

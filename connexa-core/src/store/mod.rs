@@ -224,13 +224,17 @@ impl NodeStore for SqlStore {
     }
 
     async fn list(&self, filter: &NodeFilter, page: Page) -> Result<NodePage, StoreError> {
-        let cond = query::condition(filter);
         let total = nodes::Entity::find()
-            .filter(cond.clone())
+            .filter(query::condition(filter))
             .count(&self.db)
             .await
             .map_err(db_err)?;
-        let mut q = nodes::Entity::find().filter(cond);
+        let nodes = self.list_page(filter, page).await?;
+        Ok(NodePage { nodes, total })
+    }
+
+    async fn list_page(&self, filter: &NodeFilter, page: Page) -> Result<Vec<Node>, StoreError> {
+        let mut q = nodes::Entity::find().filter(query::condition(filter));
         for (col, dir) in query::order(page.sort, page.desc) {
             q = q.order_by(col, dir);
         }
@@ -242,11 +246,7 @@ impl NodeStore for SqlStore {
             .all(&self.db)
             .await
             .map_err(db_err)?;
-        let nodes = rows
-            .into_iter()
-            .map(convert::node)
-            .collect::<Result<_, _>>()?;
-        Ok(NodePage { nodes, total })
+        rows.into_iter().map(convert::node).collect()
     }
 
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError> {

@@ -59,7 +59,8 @@ pub struct RevealQuery {
     pub reveal: Option<bool>,
 }
 
-/// Nodes matching the filter, one page, with the total.
+/// Nodes matching the filter, one page, with the total (the total is at most
+/// one second old; writes through the API refresh it at once).
 #[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(ListQuery),
     responses((status = 200, body = NodeList),
               (status = 400, body = Problem, content_type = "application/problem+json")))]
@@ -69,11 +70,12 @@ pub async fn list(
 ) -> ApiResult<Json2<NodeList>> {
     let filter = q.filter()?;
     let page = page(q.offset, q.limit, q.sort, q.desc)?;
-    let got = st.store().list(&filter, page).await?;
+    let nodes = st.store().list_page(&filter, page).await?;
+    let total = st.total(&filter).await?;
     let reveal = q.reveal.unwrap_or(false);
     Ok(axum::Json(NodeList {
-        items: got.nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
-        total: got.total,
+        items: nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
+        total,
         offset: page.offset,
         limit: page.limit,
     }))

@@ -46,11 +46,12 @@ pub async fn list(
         has_service: Some(true),
         ..NodeFilter::all()
     };
-    let got = st.store().list(&filter, page).await?;
+    let nodes = st.store().list_page(&filter, page).await?;
+    let total = st.total(&filter).await?;
     let reveal = q.reveal.unwrap_or(false);
     Ok(axum::Json(NodeList {
-        items: got.nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
-        total: got.total,
+        items: nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
+        total,
         offset: page.offset,
         limit: page.limit,
     }))
