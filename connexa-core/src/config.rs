@@ -15,9 +15,10 @@
 //! auth_timeout_secs = 25.0     # login (MS-CHAPv2)
 //! speed_timeout_secs = 60.0    # the whole speed test
 //! speed_threshold_mbps = 1.0   # download goodput at or above: speed_ok
-//! test_url = "http://speedtest.invalid/10MB.bin"   # downloaded through the tunnel (http:// only)
+//! test_url = "http://speedtest.invalid/10MB.bin"   # downloaded through the tunnel (http:// or https://)
 //! extra_test_urls = []         # more download URLs; parallel streams are spread over all
 //! upload_url = ""              # POST endpoint for the upload test; empty: no upload test
+//! test_ca_file = ""            # PEM CA certificates trusted for https:// besides the Mozilla roots
 //! speed_duration_secs = 10.0   # each direction, warm-up included
 //! speed_warmup_secs = 2.0      # discarded start of each direction
 //! speed_streams = 4            # parallel connections per direction
@@ -86,12 +87,15 @@ pub struct TestConfig {
     pub speed_timeout_secs: f64,
     /// Download speed (Mbit/s) at or above which a node is `speed_ok`.
     pub speed_threshold_mbps: f64,
-    /// What the speed test downloads through the tunnel (`http://` only).
+    /// What the speed test downloads through the tunnel (`http://` or `https://`).
     pub test_url: String,
     /// More download URLs; the parallel streams are spread over all of them.
     pub extra_test_urls: Vec<String>,
     /// Where the speed test uploads (`POST`); `None` or empty: no upload test.
     pub upload_url: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` test endpoints in
+    /// addition to the built-in Mozilla roots; `None` or empty: only those.
+    pub test_ca_file: Option<String>,
     /// Length of each direction of the speed test, warm-up included, seconds.
     pub speed_duration_secs: f64,
     /// Discarded start of each direction, seconds.
@@ -112,6 +116,7 @@ impl Default for TestConfig {
             test_url: "http://speedtest.invalid/10MB.bin".into(),
             extra_test_urls: Vec::new(),
             upload_url: None,
+            test_ca_file: None,
             speed_duration_secs: 10.0,
             speed_warmup_secs: 2.0,
             speed_streams: 4,
@@ -362,6 +367,11 @@ impl Config {
                 "test.speed_threshold_mbps must be a non-negative number, got {}",
                 t.speed_threshold_mbps
             ));
+        }
+        if let Some(path) = t.test_ca_file.as_deref().filter(|p| !p.is_empty())
+            && let Err(e) = crate::speed::tls::load_ca_file(Path::new(path))
+        {
+            return bad(format!("test.test_ca_file: {e}"));
         }
         let s = &self.services;
         if s.port_min == 0 || s.port_min > s.port_max {
