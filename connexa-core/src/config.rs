@@ -470,6 +470,42 @@ mod tests {
     }
 
     #[test]
+    fn test_ca_file_must_hold_a_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            |path: &Path| format!("[test]\ntest_ca_file = {:?}\n", path.display().to_string());
+        let missing = dir.path().join("missing.pem");
+        let e = Config::from_toml_str(&cfg(&missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.test_ca_file") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = Config::from_toml_str(&cfg(&empty)).unwrap_err().to_string();
+        assert!(e.contains("no PEM CERTIFICATE"), "{e}");
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        let c = Config::from_toml_str(&cfg(&good)).unwrap();
+        let speed = crate::speed::SpeedConfig::from_test_config(&c.test);
+        assert_eq!(speed.ca_file.as_deref(), Some(good.as_path()));
+        assert!(crate::speed::tls::connector(speed.ca_file.as_deref()).is_ok());
+        // Empty means none.
+        let c = Config::from_toml_str("[test]\ntest_ca_file = \"\"\n").unwrap();
+        assert_eq!(
+            crate::speed::SpeedConfig::from_test_config(&c.test).ca_file,
+            None
+        );
+    }
+
+    #[test]
     fn load_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
