@@ -360,6 +360,10 @@ async fn https_speed_test_verifies_the_certificate_through_the_tunnel() {
     }
     assert!(unknown_ca.measurements.speed_down_mbps.is_none());
 
+    eprintln!(
+        "https: {:?} Mbit/s; wrong name: {:?}; unknown CA: {:?}",
+        ok.measurements.speed_down_mbps, wrong_name.failure, unknown_ca.failure
+    );
     // Plain http on the same host still works.
     let plain = run(cfg("http://files.example/bytes?2000000", None)).await;
     assert_eq!(
