@@ -15,9 +15,10 @@
 //! auth_timeout_secs = 25.0     # login (MS-CHAPv2)
 //! speed_timeout_secs = 60.0    # the whole speed test
 //! speed_threshold_mbps = 1.0   # download goodput at or above: speed_ok
-//! test_url = "http://speedtest.invalid/10MB.bin"   # downloaded through the tunnel (http:// only)
+//! test_url = "http://speedtest.invalid/10MB.bin"   # downloaded through the tunnel (http:// or https://)
 //! extra_test_urls = []         # more download URLs; parallel streams are spread over all
 //! upload_url = ""              # POST endpoint for the upload test; empty: no upload test
+//! test_ca_file = ""            # PEM CA certificates trusted for https:// besides the Mozilla roots
 //! speed_duration_secs = 10.0   # each direction, warm-up included
 //! speed_warmup_secs = 2.0      # discarded start of each direction
 //! speed_streams = 4            # parallel connections per direction
@@ -86,12 +87,15 @@ pub struct TestConfig {
     pub speed_timeout_secs: f64,
     /// Download speed (Mbit/s) at or above which a node is `speed_ok`.
     pub speed_threshold_mbps: f64,
-    /// What the speed test downloads through the tunnel (`http://` only).
+    /// What the speed test downloads through the tunnel (`http://` or `https://`).
     pub test_url: String,
     /// More download URLs; the parallel streams are spread over all of them.
     pub extra_test_urls: Vec<String>,
     /// Where the speed test uploads (`POST`); `None` or empty: no upload test.
     pub upload_url: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` test endpoints in
+    /// addition to the built-in Mozilla roots; `None` or empty: only those.
+    pub test_ca_file: Option<String>,
     /// Length of each direction of the speed test, warm-up included, seconds.
     pub speed_duration_secs: f64,
     /// Discarded start of each direction, seconds.
@@ -112,6 +116,7 @@ impl Default for TestConfig {
             test_url: "http://speedtest.invalid/10MB.bin".into(),
             extra_test_urls: Vec::new(),
             upload_url: None,
+            test_ca_file: None,
             speed_duration_secs: 10.0,
             speed_warmup_secs: 2.0,
             speed_streams: 4,
@@ -363,6 +368,11 @@ impl Config {
                 t.speed_threshold_mbps
             ));
         }
+        if let Some(path) = t.test_ca_file.as_deref().filter(|p| !p.is_empty())
+            && let Err(e) = crate::speed::tls::load_ca_file(Path::new(path))
+        {
+            return bad(format!("test.test_ca_file: {e}"));
+        }
         let s = &self.services;
         if s.port_min == 0 || s.port_min > s.port_max {
             return bad(format!(
@@ -457,6 +467,42 @@ mod tests {
             let e = Config::from_toml_str(text).unwrap_err();
             assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn test_ca_file_must_hold_a_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            |path: &Path| format!("[test]\ntest_ca_file = {:?}\n", path.display().to_string());
+        let missing = dir.path().join("missing.pem");
+        let e = Config::from_toml_str(&cfg(&missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.test_ca_file") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = Config::from_toml_str(&cfg(&empty)).unwrap_err().to_string();
+        assert!(e.contains("no PEM CERTIFICATE"), "{e}");
+
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        let c = Config::from_toml_str(&cfg(&good)).unwrap();
+        let speed = crate::speed::SpeedConfig::from_test_config(&c.test);
+        assert_eq!(speed.ca_file.as_deref(), Some(good.as_path()));
+        assert!(crate::speed::tls::connector(speed.ca_file.as_deref()).is_ok());
+        // Empty means none.
+        let c = Config::from_toml_str("[test]\ntest_ca_file = \"\"\n").unwrap();
+        assert_eq!(
+            crate::speed::SpeedConfig::from_test_config(&c.test).ca_file,
+            None
+        );
     }
 
     #[test]

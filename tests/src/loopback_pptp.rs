@@ -2,11 +2,14 @@
 //! `connexa_core::tunnel::Tunnel`: control channel, GRE on the process's raw
 //! socket, `pptp::session::SessionServer` (LCP, MS-CHAPv2, CCP/MPPE, IPCP,
 //! server role) and a small smoltcp host behind it at 10.78.0.1 (HTTP
-//! `GET /bytes?N` byte source on port 80, DNS answering every A question with
-//! 10.78.0.1 on UDP 53). User `alice`, password `s3cret`. Needs CAP_NET_RAW.
+//! `GET /bytes?N` byte source on port 80, the same over TLS on port 443 when a
+//! rustls server configuration is given ([`listen_tls`]), DNS answering every
+//! A question with 10.78.0.1 on UDP 53). User `alice`, password `s3cret`.
+//! Needs CAP_NET_RAW.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,10 +80,98 @@ impl Device for Queues {
 /// One HTTP connection slot: listening, reading the request, sending bytes.
 struct Slot {
     handle: SocketHandle,
+    port: u16,
     request: Vec<u8>,
     /// (next octet index, total) of the body being sent.
     sending: Option<(u64, u64)>,
     head: Vec<u8>,
+    /// HTTPS: the TLS server side of this connection.
+    tls: Option<rustls::ServerConnection>,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    /// TLS records not yet taken by the TCP socket.
+    out: Vec<u8>,
+    /// close_notify queued.
+    closing: bool,
+}
+
+impl Slot {
+    fn new(handle: SocketHandle, port: u16, tls_config: Option<Arc<rustls::ServerConfig>>) -> Slot {
+        Slot {
+            handle,
+            port,
+            request: Vec::new(),
+            sending: None,
+            head: Vec::new(),
+            tls: tls_config
+                .as_ref()
+                .map(|c| rustls::ServerConnection::new(Arc::clone(c)).unwrap()),
+            tls_config,
+            out: Vec::new(),
+            closing: false,
+        }
+    }
+
+    fn reset(&mut self) {
+        *self = Slot::new(self.handle, self.port, self.tls_config.take());
+    }
+
+    /// Takes received octets: plaintext straight, TLS through the server
+    /// connection. `false`: a TLS failure (the connection is to be aborted).
+    fn input(&mut self, data: &[u8]) -> bool {
+        let Some(conn) = self.tls.as_mut() else {
+            self.request.extend_from_slice(data);
+            return true;
+        };
+        let mut rd = data;
+        while !rd.is_empty() {
+            match conn.read_tls(&mut rd) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            if conn.process_new_packets().is_err() {
+                let _ = conn.write_tls(&mut self.out);
+                return false;
+            }
+        }
+        let mut pt = [0u8; 2048];
+        while let Ok(n) = conn.reader().read(&mut pt) {
+            if n == 0 {
+                break;
+            }
+            self.request.extend_from_slice(&pt[..n]);
+        }
+        true
+    }
+
+    /// Offers plaintext to send; returns how much was taken.
+    fn send(&mut self, s: &mut tcp::Socket, data: &[u8]) -> usize {
+        match self.tls.as_mut() {
+            None if s.can_send() => s.send_slice(data).unwrap(),
+            None => 0,
+            Some(_) if self.out.len() > 32 * 1024 => 0,
+            Some(conn) => conn.writer().write(data).unwrap_or(0),
+        }
+    }
+
+    /// Moves pending TLS records into the socket.
+    fn flush(&mut self, s: &mut tcp::Socket) {
+        if let Some(conn) = self.tls.as_mut() {
+            while conn.wants_write() {
+                if conn.write_tls(&mut self.out).is_err() {
+                    break;
+                }
+            }
+        }
+        if !self.out.is_empty() && s.can_send() {
+            let n = s.send_slice(&self.out).unwrap_or(0);
+            self.out.drain(..n);
+        }
+    }
+
+    /// Whether the TLS handshake is done (always, for plain HTTP).
+    fn ready(&self) -> bool {
+        self.tls.as_ref().is_none_or(|c| !c.is_handshaking())
+    }
 }
 
 struct Host {
@@ -92,17 +183,17 @@ struct Host {
     epoch: Instant,
 }
 
-fn listener() -> tcp::Socket<'static> {
+fn listener(port: u16) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; 64 * 1024]),
         tcp::SocketBuffer::new(vec![0; 128 * 1024]),
     );
-    s.listen(80).unwrap();
+    s.listen(port).unwrap();
     s
 }
 
 impl Host {
-    fn new() -> Host {
+    fn new(tls: Option<Arc<rustls::ServerConfig>>) -> Host {
         let mut dev = Queues::default();
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
@@ -113,14 +204,18 @@ impl Host {
             a.push(IpCidr::new(IpAddress::Ipv4(HOST), 24)).unwrap();
         });
         let mut sockets = SocketSet::new(Vec::new());
-        let slots = (0..6)
-            .map(|_| Slot {
-                handle: sockets.add(listener()),
-                request: Vec::new(),
-                sending: None,
-                head: Vec::new(),
-            })
+        let mut slots: Vec<Slot> = (0..6)
+            .map(|_| Slot::new(sockets.add(listener(80)), 80, None))
             .collect();
+        if let Some(cfg) = tls {
+            for _ in 0..6 {
+                slots.push(Slot::new(
+                    sockets.add(listener(443)),
+                    443,
+                    Some(Arc::clone(&cfg)),
+                ));
+            }
+        }
         let mut dns = udp::Socket::new(
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
             udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
@@ -145,8 +240,15 @@ impl Host {
             if s.can_recv() {
                 let mut buf = [0u8; 2048];
                 let n = s.recv_slice(&mut buf).unwrap();
-                slot.request.extend_from_slice(&buf[..n]);
+                if !slot.input(&buf[..n]) {
+                    slot.flush(s);
+                    s.close();
+                    slot.sending = None;
+                    slot.closing = true;
+                }
                 if slot.sending.is_none()
+                    && !slot.closing
+                    && slot.ready()
                     && let Some(end) = slot.request.windows(4).position(|w| w == b"\r\n\r\n")
                 {
                     let head = String::from_utf8_lossy(&slot.request[..end]).into_owned();
@@ -163,31 +265,43 @@ impl Host {
                     slot.sending = Some((0, n));
                 }
             }
-            if !slot.head.is_empty() && s.can_send() {
-                let n = s.send_slice(&slot.head).unwrap();
-                slot.head.drain(..n);
+            if !slot.head.is_empty() {
+                let head = std::mem::take(&mut slot.head);
+                let n = slot.send(s, &head);
+                slot.head = head[n..].to_vec();
             }
             if slot.head.is_empty()
                 && let Some((next, total)) = slot.sending
             {
-                if next < total && s.can_send() {
+                if next < total {
                     let len = (total - next).min(16 * 1024) as usize;
                     let chunk: Vec<u8> = (next..next + len as u64).map(pattern).collect();
-                    let n = s.send_slice(&chunk).unwrap();
+                    let n = slot.send(s, &chunk);
                     slot.sending = Some((next + n as u64, total));
-                } else if next >= total {
-                    s.close();
+                } else if !slot.closing {
+                    if let Some(c) = slot.tls.as_mut() {
+                        c.send_close_notify();
+                    }
+                    slot.closing = true;
                 }
             }
+            slot.flush(s);
+            if slot.closing
+                && slot.out.is_empty()
+                && slot.tls.as_ref().is_none_or(|c| !c.wants_write())
+                && s.is_open()
+                && s.state() != tcp::State::Listen
+                && s.may_send()
+            {
+                s.close();
+            }
             if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
-                && slot.sending.is_some()
+                && (slot.sending.is_some() || slot.closing)
                 || s.state() == tcp::State::Closed
             {
                 s.abort();
-                *s = listener();
-                slot.request.clear();
-                slot.sending = None;
-                slot.head.clear();
+                *s = listener(slot.port);
+                slot.reset();
             }
         }
         // DNS: answer every A question with HOST.
@@ -239,7 +353,18 @@ async fn recv(call: &mut Option<Call>) -> Option<Vec<u8>> {
     }
 }
 
-pub async fn serve(gre: Arc<GreSocket>, mut tcp: TcpStream, mode: Mode, log: Log) {
+pub async fn serve(gre: Arc<GreSocket>, tcp: TcpStream, mode: Mode, log: Log) {
+    serve_tls(gre, tcp, mode, log, None).await;
+}
+
+/// [`serve`], with HTTPS on port 443 of the host when `tls` is given.
+pub async fn serve_tls(
+    gre: Arc<GreSocket>,
+    mut tcp: TcpStream,
+    mode: Mode,
+    log: Log,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let table = Arc::new(HashMap::from([("alice".to_owned(), Secret::new("s3cret"))]));
     let mut framer = Framer::new();
     let mut buf = vec![0u8; 2048];
@@ -275,7 +400,7 @@ pub async fn serve(gre: Arc<GreSocket>, mut tcp: TcpStream, mode: Mode, log: Log
                                 route,
                                 ppp: SessionServer::new(ServerConfig::new(Arc::clone(&table)),
                                     ServerNetworkConfig::default(), Instant::now()),
-                                host: (mode != Mode::Bare).then(Host::new),
+                                host: (mode != Mode::Bare).then(|| Host::new(tls.clone())),
                             });
                         }
                         ControlMessage::CallClearRequest(_) => {
@@ -348,11 +473,28 @@ pub async fn serve(gre: Arc<GreSocket>, mut tcp: TcpStream, mode: Mode, log: Log
 /// Accepts PPTP control connections on a fresh loopback port and serves each
 /// with [`serve`]; returns the address.
 pub async fn listen(gre: Arc<GreSocket>, mode: Mode, log: Log) -> SocketAddr {
+    listen_tls(gre, mode, log, None).await
+}
+
+/// [`listen`], with HTTPS (`GET /bytes?N` on port 443 of the host) served
+/// with `tls` when given.
+pub async fn listen_tls(
+    gre: Arc<GreSocket>,
+    mode: Mode,
+    log: Log,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(serve(Arc::clone(&gre), tcp, mode, Arc::clone(&log)));
+            tokio::spawn(serve_tls(
+                Arc::clone(&gre),
+                tcp,
+                mode,
+                Arc::clone(&log),
+                tls.clone(),
+            ));
         }
     });
     addr

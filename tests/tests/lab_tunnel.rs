@@ -96,6 +96,7 @@ fn speed_config(lab: &Lab) -> SpeedConfig {
         streams: 4,
         warmup: Duration::from_secs(2),
         threshold_mbps: 1.0,
+        ca_file: None,
         tunnel: TunnelConfig::default(),
     }
 }

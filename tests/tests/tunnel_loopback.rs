@@ -261,3 +261,114 @@ async fn speed_tester_outcomes_on_loopback() {
         "{unreachable:?}"
     );
 }
+
+/// A CA made for the test, a server certificate it signed for
+/// `files.example`, and the CA certificate written to a PEM file.
+fn test_pki(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Connexa test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["files.example".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (Arc::new(config), ca_file)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn https_speed_test_verifies_the_certificate_through_the_tunnel() {
+    use connexa_core::ports::SpeedTester;
+    use connexa_core::speed::HttpSpeedTester;
+    let _serial = SERIAL.lock().await;
+    let gre = GreSocket::open().unwrap_or_else(|e| panic!("{e} (needs CAP_NET_RAW)"));
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, ca_file) = test_pki(dir.path());
+    let log: Log = Arc::default();
+    let addr =
+        connexa_tests::loopback_pptp::listen_tls(Arc::clone(&gre), Mode::Full, log, Some(tls))
+            .await;
+    let node = loopback_node(addr, "s3cret");
+    let cfg = |url: &str, ca: Option<&std::path::Path>| SpeedConfig {
+        download_urls: vec![url.to_owned()],
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(300),
+        streams: 2,
+        threshold_mbps: 0.5,
+        ca_file: ca.map(std::path::Path::to_owned),
+        ..SpeedConfig::default()
+    };
+    let run = |cfg: SpeedConfig| {
+        let gre = Arc::clone(&gre);
+        let node = node.clone();
+        async move {
+            HttpSpeedTester::with_gre_socket(cfg, gre)
+                .measure(&node)
+                .await
+                .unwrap()
+        }
+    };
+
+    // The CA from the config: verified, measured, speed_ok.
+    let ok = run(cfg("https://files.example/bytes?2000000", Some(&ca_file))).await;
+    assert_eq!((ok.reached, &ok.failure), (Level::Speed, &None), "{ok:?}");
+    let m = &ok.measurements;
+    assert!(m.speed_down_mbps.is_some_and(|d| d >= 0.5), "{m:?}");
+    assert!(m.bytes_moved.is_some_and(|b| b > 0), "{m:?}");
+
+    // The same server under another name: logged in, the endpoint is wrong.
+    let wrong_name = run(cfg("https://other.example/bytes?2000000", Some(&ca_file))).await;
+    assert_eq!(wrong_name.reached, Level::Auth, "{wrong_name:?}");
+    match &wrong_name.failure {
+        Some(Failure::Other { detail }) => assert!(
+            detail.contains("https://other.example:443")
+                && detail.contains("invalid peer certificate")
+                && detail.contains("not valid for name"),
+            "{detail}"
+        ),
+        f => panic!("{f:?}"),
+    }
+
+    // Without the test CA only the Mozilla roots are trusted: unknown issuer.
+    let unknown_ca = run(cfg("https://files.example/bytes?2000000", None)).await;
+    assert_eq!(unknown_ca.reached, Level::Auth, "{unknown_ca:?}");
+    match &unknown_ca.failure {
+        Some(Failure::Other { detail }) => assert!(
+            detail.contains("invalid peer certificate") && detail.contains("UnknownIssuer"),
+            "{detail}"
+        ),
+        f => panic!("{f:?}"),
+    }
+    assert!(unknown_ca.measurements.speed_down_mbps.is_none());
+
+    eprintln!(
+        "https: {:?} Mbit/s; wrong name: {:?}; unknown CA: {:?}",
+        ok.measurements.speed_down_mbps, wrong_name.failure, unknown_ca.failure
+    );
+    // Plain http on the same host still works.
+    let plain = run(cfg("http://files.example/bytes?2000000", None)).await;
+    assert_eq!(
+        (plain.reached, &plain.failure),
+        (Level::Speed, &None),
+        "{plain:?}"
+    );
+}

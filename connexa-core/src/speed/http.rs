@@ -1,5 +1,7 @@
-//! A minimal HTTP/1.1 client over any tokio stream (plain `http://` only):
-//! enough to download a file or stream an upload body through a tunnel.
+//! A minimal HTTP/1.1 client over any tokio stream: enough to download a file
+//! or stream an upload body through a tunnel. It speaks plain HTTP over
+//! whatever stream it is given; for `https://` URLs ([`HttpUrl::tls`]) the
+//! caller wraps the stream in TLS first (see [`super::tls`]).
 
 use std::io;
 
@@ -8,39 +10,47 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Largest response header block accepted.
 const MAX_HEAD: usize = 16 * 1024;
 
-/// A parsed `http://host[:port]/path` URL.
+/// A parsed `http://host[:port]/path` or `https://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https://`: the connection is TLS (SNI and certificate name: [`HttpUrl::host`]).
+    pub tls: bool,
     /// Host name or IP literal.
     pub host: String,
-    /// Port (80 when absent).
+    /// Port (80, or 443 for `https://`, when absent).
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path: String,
 }
 
 impl HttpUrl {
-    /// Parses a plain-HTTP URL.
+    /// Parses an `http://` or `https://` URL.
     ///
     /// # Errors
-    /// Not `http://` (https is not supported), no host, or a bad port.
+    /// Another scheme, no host, or a bad port.
     pub fn parse(url: &str) -> io::Result<HttpUrl> {
         let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {why}"));
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only plain http:// URLs are supported"))?;
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else {
+            return Err(bad("only http:// and https:// URLs are supported"));
+        };
+        let default_port = if tls { 443 } else { 80 };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-            None => (authority, 80),
+            None => (authority, default_port),
         };
         if host.is_empty() {
             return Err(bad("no host"));
         }
         Ok(HttpUrl {
+            tls,
             host: host.to_owned(),
             port,
             path: path.to_owned(),
@@ -48,7 +58,7 @@ impl HttpUrl {
     }
 
     fn host_header(&self) -> String {
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
@@ -122,8 +132,9 @@ fn require_ok(head: &ResponseHead, url: &HttpUrl) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "HTTP {} from http://{}{}",
+            "HTTP {} from {}://{}{}",
             head.status,
+            if url.tls { "https" } else { "http" },
             url.host_header(),
             url.path
         )))
@@ -221,6 +232,7 @@ mod tests {
         assert_eq!(
             HttpUrl::parse("http://10.78.0.1/10M.bin").unwrap(),
             HttpUrl {
+                tls: false,
                 host: "10.78.0.1".into(),
                 port: 80,
                 path: "/10M.bin".into()
@@ -228,7 +240,12 @@ mod tests {
         );
         assert_eq!(HttpUrl::parse("http://h:8080").unwrap().path, "/");
         assert_eq!(HttpUrl::parse("http://h:8080/x?y").unwrap().port, 8080);
-        assert!(HttpUrl::parse("https://h/").is_err());
+        let u = HttpUrl::parse("https://files.example/x").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.port, u.host_header()), (443, "files.example".to_owned()));
+        assert_eq!(HttpUrl::parse("https://h:8443/").unwrap().port, 8443);
+        assert!(!HttpUrl::parse("http://h/").unwrap().tls);
+        assert!(HttpUrl::parse("ftp://h/").is_err());
         assert!(HttpUrl::parse("http:///x").is_err());
         assert!(HttpUrl::parse("http://h:99999/").is_err());
     }
