@@ -23,9 +23,9 @@ use connexa_core::pptp::gre::{Accepted, GrePacket, GreSession};
 use connexa_core::pptp::login::ServerConfig;
 use connexa_core::pptp::ppp::{PROTO_CCP, PppFrame};
 use connexa_core::pptp::session::{ServerNetworkConfig, SessionServer};
+use connexa_core::tunnel::PacketQueues;
 use connexa_core::tunnel::{GreRoute, GreSocket};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,44 +38,6 @@ pub fn pattern(i: u64) -> u8 {
 }
 
 // ----- the server's host: a smoltcp interface with an HTTP byte source and DNS -----
-
-#[derive(Default)]
-struct Queues {
-    rx: std::collections::VecDeque<Vec<u8>>,
-    tx: std::collections::VecDeque<Vec<u8>>,
-}
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut std::collections::VecDeque<Vec<u8>>);
-impl RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-impl TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut b = vec![0u8; len];
-        let r = f(&mut b);
-        self.0.push_back(b);
-        r
-    }
-}
-impl Device for Queues {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ip;
-        c.max_transmission_unit = 1396;
-        c
-    }
-}
 
 /// One HTTP connection slot: listening, reading the request, sending bytes.
 struct Slot {
@@ -177,7 +139,7 @@ impl Slot {
 struct Host {
     iface: Interface,
     sockets: SocketSet<'static>,
-    dev: Queues,
+    dev: PacketQueues,
     slots: Vec<Slot>,
     dns: SocketHandle,
     epoch: Instant,
@@ -194,7 +156,7 @@ fn listener(port: u16) -> tcp::Socket<'static> {
 
 impl Host {
     fn new(tls: Option<Arc<rustls::ServerConfig>>) -> Host {
-        let mut dev = Queues::default();
+        let mut dev = PacketQueues::new(1396);
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
             &mut dev,

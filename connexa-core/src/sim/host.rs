@@ -3,12 +3,12 @@
 //! (`GET /bytes?N` answers N bytes of [`pattern`]), rate-limited per call by a
 //! token bucket. Sans-IO: IPv4 datagrams in and out, time as an argument.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+
+use crate::tunnel::PacketQueues;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
@@ -24,48 +24,6 @@ const MIN_SEND: f64 = 1400.0;
 /// Byte `i` of every `/bytes` body: a pattern a client can verify.
 pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(7) ^ (i >> 10)) as u8
-}
-
-#[derive(Default)]
-struct Queues {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut b = vec![0u8; len];
-        let r = f(&mut b);
-        self.0.push_back(b);
-        r
-    }
-}
-
-impl Device for Queues {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-    fn receive(&mut self, _: smoltcp::time::Instant) -> Option<(Rx, Tx<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut c = DeviceCapabilities::default();
-        c.medium = Medium::Ip;
-        c.max_transmission_unit = 1400;
-        c
-    }
 }
 
 struct Slot {
@@ -101,7 +59,7 @@ impl Bucket {
 pub(crate) struct HttpHost {
     iface: Interface,
     sockets: SocketSet<'static>,
-    dev: Queues,
+    dev: PacketQueues,
     slots: Vec<Slot>,
     epoch: Instant,
     bucket: Option<Bucket>,
@@ -122,7 +80,7 @@ fn listener() -> tcp::Socket<'static> {
 impl HttpHost {
     /// A host at `addr` whose bodies go out at most at `rate` bytes/s.
     pub(crate) fn new(addr: Ipv4Addr, rate: Option<u64>, now: Instant) -> Self {
-        let mut dev = Queues::default();
+        let mut dev = PacketQueues::new(1400);
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
             &mut dev,

@@ -37,12 +37,14 @@
 //! ```
 
 mod call;
+mod device;
 mod fd;
 mod socket;
 mod stack;
 
 pub(crate) use call::ipv4_only;
 pub use call::{AuthConfig, LoginReport, Teardown, login};
+pub use device::PacketQueues;
 #[cfg(feature = "sim")]
 pub(crate) use fd::register as register_async_fd;
 pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};

@@ -10,13 +10,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{dns, tcp, udp};
 use smoltcp::wire::{DnsQueryType, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::call::{AuthConfig, Call, CtlEvent, Link, LoginReport, Teardown, ipv4_only};
+use super::device::PacketQueues;
 use super::socket::GreSocket;
 use crate::domain::{Failure, Level, Node, Secret};
 use crate::ports::ProbeError;
@@ -119,59 +119,10 @@ enum Cmd {
     Close(oneshot::Sender<Teardown>),
 }
 
-/// The smoltcp device: queues of whole IPv4 datagrams.
-struct Queues {
-    rx: std::collections::VecDeque<Vec<u8>>,
-    tx: std::collections::VecDeque<Vec<u8>>,
-    mtu: usize,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut std::collections::VecDeque<Vec<u8>>);
-
-impl RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
-        self.0.push_back(buf);
-        r
-    }
-}
-
-impl Device for Queues {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-
-    fn receive(
-        &mut self,
-        _timestamp: smoltcp::time::Instant,
-    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
-    }
-
-    fn transmit(&mut self, _timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
-        Some(Tx(&mut self.tx))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
-        caps
-    }
-}
-
 struct Stack {
     iface: Interface,
     sockets: SocketSet<'static>,
-    device: Queues,
+    device: PacketQueues,
     dead: Option<String>,
     next_port: u16,
     orphans: Vec<(SocketHandle, Instant)>,
@@ -368,11 +319,7 @@ impl Tunnel {
         };
         let mtu = session.mtu();
         let epoch = Instant::now();
-        let mut device = Queues {
-            rx: Default::default(),
-            tx: Default::default(),
-            mtu: usize::from(mtu),
-        };
+        let mut device = PacketQueues::new(usize::from(mtu));
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
         let mut icfg = IfaceConfig::new(HardwareAddress::Ip);
