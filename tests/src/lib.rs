@@ -1,6 +1,6 @@
 //! Shared helpers for Connexa's cross-crate end-to-end tests (`tests/tests/*.rs`).
 
 pub mod lab;
-pub mod sim_socks;
 pub mod loopback_pptp;
+pub mod sim_socks;
 pub mod socks_kit;

@@ -160,7 +160,10 @@ fn check(
         }
     }
     if !bad.is_empty() {
-        eprintln!("{label}: {} downloads failed or had a wrong checksum:", bad.len());
+        eprintln!(
+            "{label}: {} downloads failed or had a wrong checksum:",
+            bad.len()
+        );
         for b in bad.iter().take(10) {
             eprintln!("  {b}");
         }
@@ -286,7 +289,9 @@ async fn bench(a: &Args) {
         a.services,
         start_s,
         failed.len(),
-        failed.first().map_or(String::new(), |e| format!(", first: {e}"))
+        failed
+            .first()
+            .map_or(String::new(), |e| format!(", first: {e}"))
     );
     if !failed.is_empty() {
         std::process::exit(1);
