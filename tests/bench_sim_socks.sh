@@ -6,7 +6,7 @@
 # is the same downloads straight through 100 tunnels (no SOCKS). Loopback only.
 #
 #   tests/bench_sim_socks.sh [--debug] [bench_sim_socks options...]
-#     options: --services N (100) --mib M (2) --rounds R (2) --rate BYTES_PER_S (unlimited) --port P
+#     options: --services N (100) --mib M (2) --rounds R (3) --rate BYTES_PER_S (unlimited) --port P
 #
 # Run as root (raw GRE sockets need CAP_NET_RAW). The bench spawns the fleet
 # as its own child process, so the memory figures are the client's alone.

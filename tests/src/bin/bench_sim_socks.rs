@@ -57,7 +57,7 @@ fn parse(args: &[String]) -> Args {
     let mut a = Args {
         services: 100,
         mib: 2.0,
-        rounds: 2,
+        rounds: 3,
         rate: None,
         port: 21751,
     };
