@@ -2,4 +2,5 @@
 
 pub mod lab;
 pub mod loopback_pptp;
+pub mod sim_socks;
 pub mod socks_kit;
