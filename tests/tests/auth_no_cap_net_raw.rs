@@ -6,8 +6,8 @@
 //! the suite runs as root). The child points the prober at a TCP listener of its
 //! own on 127.0.0.1 and checks that nothing connected to it.
 
+use connexa_tests::child::{has_cap_net_raw, run_without_cap_net_raw};
 use std::net::{Ipv4Addr, TcpListener};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use connexa_core::domain::{NodeId, Secret};
@@ -18,18 +18,6 @@ use connexa_core::tunnel::NEED_CAP_NET_RAW;
 
 const CHILD: &str = "CONNEXA_NO_NET_RAW_CHILD";
 const NAME: &str = "auth_without_cap_net_raw_fails_fast_with_the_reason";
-
-fn has_cap_net_raw() -> bool {
-    // CapEff bit 13 (CAP_NET_RAW)
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << 13) != 0)
-}
 
 fn child() {
     assert!(!has_cap_net_raw(), "the child must run without CAP_NET_RAW");
@@ -82,25 +70,5 @@ fn auth_without_cap_net_raw_fails_fast_with_the_reason() {
         child();
         return;
     }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut cmd = if has_cap_net_raw() {
-        let mut c = Command::new("setpriv");
-        c.args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw", "--"]);
-        c.arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let out = cmd
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("run the child (setpriv from util-linux when root)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("CHILD-OK"),
-        "child failed: {}\n{stdout}\n{stderr}",
-        out.status
-    );
+    run_without_cap_net_raw(NAME, CHILD);
 }

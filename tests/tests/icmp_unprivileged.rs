@@ -7,6 +7,7 @@
 //! setting is untouched) as user/group `nobody`/`nogroup` (65534) with no
 //! capabilities (`setpriv`). Needs root to set that up; CI runs it as root.
 
+use connexa_tests::child::{effective_caps, is_root};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Duration;
@@ -19,28 +20,6 @@ const CHILD: &str = "CONNEXA_ICMP_UNPRIV_CHILD";
 const UNAVAILABLE: &str = "ICMP (V4) is unavailable";
 const PROBES_MARK: &str = "--- probes start ---";
 
-fn caps_effective() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX)
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
 fn icmp_config() -> IcmpConfig {
     IcmpConfig {
         count: 3,
@@ -52,7 +31,7 @@ fn icmp_config() -> IcmpConfig {
 /// Runs inside the namespace as `nobody`; `allowed` says what the parent set.
 fn child(allowed: bool) {
     assert!(!is_root(), "the child must not run as root");
-    assert_eq!(caps_effective(), 0, "the child must have no capabilities");
+    assert_eq!(effective_caps(), 0, "the child must have no capabilities");
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)

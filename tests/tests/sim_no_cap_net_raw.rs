@@ -6,8 +6,8 @@
 //! lacks CAP_NET_RAW (`setpriv --bounding-set -net_raw`, as in
 //! auth_no_cap_net_raw.rs), so it also holds when the suite runs as root.
 
+use connexa_tests::child::{has_cap_net_raw, run_without_cap_net_raw};
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use connexa_core::pptp::control::{
     ControlMessage, Framer, OutgoingCallRequest, StartControlConnectionRequest, Text64,
@@ -18,17 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHILD: &str = "CONNEXA_SIM_NO_NET_RAW_CHILD";
 const NAME: &str = "fleet_without_cap_net_raw_starts_light_only_and_refuses_calls";
-
-fn has_cap_net_raw() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << 13) != 0)
-}
 
 async fn next(tcp: &mut tokio::net::TcpStream, framer: &mut Framer) -> ControlMessage {
     let mut buf = [0u8; 1024];
@@ -101,25 +90,5 @@ fn fleet_without_cap_net_raw_starts_light_only_and_refuses_calls() {
             .block_on(child());
         return;
     }
-    let exe = std::env::current_exe().expect("current exe");
-    let mut cmd = if has_cap_net_raw() {
-        let mut c = Command::new("setpriv");
-        c.args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw", "--"]);
-        c.arg(&exe);
-        c
-    } else {
-        Command::new(&exe)
-    };
-    let out = cmd
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("run the child (setpriv from util-linux when root)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("CHILD-OK"),
-        "child failed: {}\n{stdout}\n{stderr}",
-        out.status
-    );
+    run_without_cap_net_raw(NAME, CHILD);
 }
