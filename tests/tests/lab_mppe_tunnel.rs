@@ -5,6 +5,13 @@
 //!
 //! Needs the lab and root (`tests/run.sh` as root starts it). The tests here
 //! run one at a time (shaping changes the lab for everybody).
+//!
+//! Known lab issue: once the lab VM has been stopped and started again (as
+//! `lab_socks`'s monitor test does), the `tc` shaping of the lab link stops
+//! taking effect (the download no longer passes the tbf on the bridge port;
+//! seen on this sandbox's kernel, cause not found yet). `cargo test` runs a
+//! package's test binaries in name order, so this file is named to run
+//! before `lab_socks`; a fresh `tests/lab/lab.sh up` also restores shaping.
 
 use std::future::Future;
 use std::net::SocketAddr;
