@@ -4,7 +4,7 @@
 //! launcher share one raw GRE socket (the prober's, opened on first use).
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use connexa_core::config::Config;
 //! use connexa_core::runtime::NetworkPorts;
