@@ -2,7 +2,7 @@
 //! and the loopback simulator.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,9 @@ use connexa_core::domain::{Failure, Level, NodeId, Outcome};
 use connexa_core::ports::{ApplyContext, NodeStore};
 use predicates::prelude::*;
 use serde_json::Value;
+
+mod common;
+use common::{free_port, signal_and_wait, start_sim};
 
 /// A temp directory with a database URL in it.
 struct Env {
@@ -740,79 +743,6 @@ fn completions_for_each_shell() {
             .stdout(predicate::str::contains("import"));
     }
     one_line_error(&env.cmd(&["completions", "tcsh"]).output().unwrap(), 2);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(path: &Path, child: &mut std::process::Child) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("sim exited early ({status}): {err}");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no node list after 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::process::ExitStatus {
-    let ok = StdCommand::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let t0 = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "sim did not stop within 5 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Starts `connexa <args> sim ... --port P --first-ip 127.<block>.<pid>.1 --list LIST`
-/// and waits until its node list is written. Returns the child and the port.
-fn start_sim(
-    global: &[&str],
-    sim: &[&str],
-    block: u8,
-    list: &Path,
-) -> (std::process::Child, u16, String) {
-    let port = free_port();
-    let first_ip = format!("127.{block}.{}.1", std::process::id() % 200 + 20);
-    let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
-        .args(global)
-        .arg("sim")
-        .args(sim)
-        .args(["--port", &port.to_string(), "--first-ip", &first_ip])
-        .arg("--list")
-        .arg(list)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(list, &mut child);
-    (child, port, first_ip)
 }
 
 #[test]

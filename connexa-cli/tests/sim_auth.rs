@@ -3,8 +3,10 @@
 //! tunnels too and `connexa test pipeline` measures them. Needs CAP_NET_RAW
 //! (root) for both processes' raw GRE sockets; fails (does not skip) without it.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+mod common;
+use common::{signal_and_wait, start_sim};
 
 fn connexa() -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("connexa"));
@@ -19,28 +21,17 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
     let list = dir.path().join("fleet.txt");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let first_ip = format!("127.91.{}.1", std::process::id() % 200 + 20);
-    let mut sim = connexa()
-        .args(["sim", "--nodes", "10"])
-        .args(["--mix", "healthy=6,auth_reject=2,call_reject=2"])
-        .args(["--port", &port.to_string(), "--first-ip", &first_ip])
-        .arg("--list")
-        .arg(&list)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !list.exists() {
-        assert!(sim.try_wait().unwrap().is_none(), "sim exited early");
-        assert!(t0.elapsed() < Duration::from_secs(30), "no node list");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut sim, _, _) = start_sim(
+        &[],
+        &[
+            "--nodes",
+            "10",
+            "--mix",
+            "healthy=6,auth_reject=2,call_reject=2",
+        ],
+        91,
+        &list,
+    );
     let out = connexa()
         .args(["--db", &db, "-q", "import"])
         .arg(&list)
@@ -85,19 +76,7 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
     assert_eq!(count("ping_light"), 2, "{stats}");
 
     // SIGTERM: the fleet closes politely and the command exits 0.
-    let ok = Command::new("kill")
-        .args(["-TERM", &sim.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = sim.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(5), "sim did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = signal_and_wait(&mut sim, "-TERM");
     assert_eq!(status.code(), Some(0));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut sim.stderr.take().unwrap(), &mut err).unwrap();
@@ -106,29 +85,7 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
 
 /// Starts `connexa sim ARGS --list LIST` on its own block; waits for the list.
 fn sim(args: &[&str], block: u8, list: &std::path::Path) -> std::process::Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let first_ip = format!("127.{block}.{}.1", std::process::id() % 200 + 20);
-    let mut child = connexa()
-        .arg("sim")
-        .args(args)
-        .args(["--port", &port.to_string(), "--first-ip", &first_ip])
-        .arg("--list")
-        .arg(list)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !list.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "sim exited early");
-        assert!(t0.elapsed() < Duration::from_secs(30), "no node list");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    start_sim(&[], args, block, list).0
 }
 
 #[test]
