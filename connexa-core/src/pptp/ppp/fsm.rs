@@ -478,17 +478,8 @@ impl<N: Negotiator> Fsm<N> {
     }
 
     fn rca(&mut self, packet: &CpPacket, now: Instant) {
-        match self.state {
-            State::Closed | State::Stopped => {
-                self.send(CpPacket {
-                    code: TERMINATE_ACK,
-                    id: packet.id,
-                    data: vec![],
-                });
-                return;
-            }
-            State::ReqSent | State::AckRcvd | State::AckSent | State::Opened => {}
-            _ => return,
+        if !self.config_reply_applies(packet.id) {
+            return;
         }
         if packet.id != self.req_id || packet.data != self.last_request {
             return; // not an answer to our outstanding request
@@ -519,6 +510,23 @@ impl<N: Negotiator> Fsm<N> {
         }
     }
 
+    /// RCA/RCN (RFC 1661 §4.1): in Closed or Stopped answer Terminate-Ack;
+    /// the event only applies while a negotiation is open.
+    fn config_reply_applies(&mut self, id: u8) -> bool {
+        match self.state {
+            State::Closed | State::Stopped => {
+                self.send(CpPacket {
+                    code: TERMINATE_ACK,
+                    id,
+                    data: vec![],
+                });
+                false
+            }
+            State::ReqSent | State::AckRcvd | State::AckSent | State::Opened => true,
+            _ => false,
+        }
+    }
+
     fn ack_received(&mut self) {
         if let Ok(opts) = RawOption::parse_list(&self.last_request) {
             self.negotiator.acked(&opts);
@@ -526,17 +534,8 @@ impl<N: Negotiator> Fsm<N> {
     }
 
     fn rcn(&mut self, packet: &CpPacket, now: Instant) {
-        match self.state {
-            State::Closed | State::Stopped => {
-                self.send(CpPacket {
-                    code: TERMINATE_ACK,
-                    id: packet.id,
-                    data: vec![],
-                });
-                return;
-            }
-            State::ReqSent | State::AckRcvd | State::AckSent | State::Opened => {}
-            _ => return,
+        if !self.config_reply_applies(packet.id) {
+            return;
         }
         if packet.id != self.req_id {
             return;
