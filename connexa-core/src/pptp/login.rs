@@ -188,6 +188,19 @@ pub enum LoginPhase {
     Done,
 }
 
+/// Moves the LCP packets the state machine wants sent into `out` as PPP frames.
+fn queue_lcp(lcp: &mut Fsm<LcpNegotiator>, out: &mut VecDeque<Vec<u8>>) {
+    while let Some(p) = lcp.poll_transmit() {
+        out.push_back(
+            PppFrame {
+                protocol: PROTO_LCP,
+                information: &p,
+            }
+            .encode(false, false),
+        );
+    }
+}
+
 fn protocol_reject(lcp: &mut Fsm<LcpNegotiator>, protocol: u16, information: &[u8]) {
     if lcp.state() != State::Opened {
         return;
@@ -478,15 +491,7 @@ impl LoginClient {
     /// Moves LCP output to the wire and reacts to LCP events.
     fn pump(&mut self, now: Instant) {
         loop {
-            while let Some(p) = self.lcp.poll_transmit() {
-                self.transmit.push_back(
-                    PppFrame {
-                        protocol: PROTO_LCP,
-                        information: &p,
-                    }
-                    .encode(false, false),
-                );
-            }
+            queue_lcp(&mut self.lcp, &mut self.transmit);
             let Some(event) = self.lcp.poll_event() else {
                 break;
             };
@@ -738,15 +743,7 @@ impl LoginServer {
 
     fn pump(&mut self, now: Instant) {
         loop {
-            while let Some(p) = self.lcp.poll_transmit() {
-                self.transmit.push_back(
-                    PppFrame {
-                        protocol: PROTO_LCP,
-                        information: &p,
-                    }
-                    .encode(false, false),
-                );
-            }
+            queue_lcp(&mut self.lcp, &mut self.transmit);
             let Some(event) = self.lcp.poll_event() else {
                 break;
             };
