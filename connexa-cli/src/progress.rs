@@ -98,8 +98,10 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
     let mut stream = Box::pin(engine.progress(job));
     let mut interrupted = false;
     let mut last: Option<ProgressEvent> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Registered now, not on first poll (`tokio::signal::ctrl_c()` is lazy and
+    // `select!` may never poll it while progress events keep arriving, leaving
+    // SIGINT's default action — killing the process — in place).
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             ev = stream.next() => {
@@ -113,7 +115,7 @@ pub async fn follow(ctx: &Ctx, engine: &Engine, job: JobId) -> anyhow::Result<Fo
                 last = Some(ev);
                 if done { break; }
             }
-            _ = &mut ctrl_c, if !interrupted => {
+            _ = sigint.recv(), if !interrupted => {
                 interrupted = true;
                 if let Some(bar) = &bar {
                     bar.set_message("Ctrl-C: cancelling…");
