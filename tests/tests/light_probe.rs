@@ -402,3 +402,21 @@ async fn pptpd_raw_reply_offsets() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_connection_dropped_before_the_handshake_is_retried() {
+    // The node closes its first control connection at once (as pptpd does with
+    // a connection that arrives while it reaps a child).
+    let f = fleet(7, vec![(Behaviour::Flaky(1), 1)], 1).await;
+    let (out, _) = probe(&LightProber::new(config(500, 2)), f.nodes()[0].addr()).await;
+    assert_eq!(out.reached, Level::Light, "{out:?}");
+    assert_eq!(out.failure, None);
+    f.close().await;
+
+    // With one attempt the same drop is the result.
+    let f = fleet(8, vec![(Behaviour::Flaky(1), 1)], 1).await;
+    let (out, _) = probe(&LightProber::new(config(500, 1)), f.nodes()[0].addr()).await;
+    assert_eq!(out.reached, Level::None, "{out:?}");
+    assert_eq!(out.failure, Some(Failure::ClosedEarly));
+    f.close().await;
+}

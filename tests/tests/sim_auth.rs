@@ -744,3 +744,69 @@ async fn pipeline_job_over_sim_fleets_with_tunnels_ends_speed_ok_only_where_fast
     fast.close().await;
     slow.close().await;
 }
+
+#[tokio::test]
+async fn tunnels_and_auth_logins_retry_a_connection_dropped_before_the_handshake() {
+    use connexa_core::tunnel::{Tunnel, TunnelConfig, TunnelError};
+    let gre = gre();
+    let open = |f: &Fleet, attempts: u32| {
+        let n = f.nodes()[0].clone();
+        let gre = Arc::clone(&gre);
+        async move {
+            let config = TunnelConfig {
+                attempts,
+                backoff: Duration::from_millis(50),
+                ..TunnelConfig::default()
+            };
+            Tunnel::open_addr(n.addr(), &n.login, &n.password, &config, gre).await
+        }
+    };
+    // The default (2 tries) gets through a node that drops the first connection.
+    let flaky = |block: u8| async move {
+        Fleet::start(
+            FleetSpec::new(1)
+                .first_ip(Ipv4Addr::new(127, 44, block, 1))
+                .port(PORT)
+                .mix(vec![(Behaviour::Flaky(1), 1)])
+                .tunnels(connexa_core::sim::TunnelSpec::default()),
+        )
+        .await
+        .expect("simulated fleet starts")
+    };
+    let f = flaky(12).await;
+    let t = open(&f, 2).await.expect("the second try opens the tunnel");
+    t.close().await;
+    f.close().await;
+    // One try: the dropped connection is the answer, at level None.
+    let f = flaky(13).await;
+    match open(&f, 1).await {
+        Err(TunnelError::Failed {
+            reached, failure, ..
+        }) => {
+            assert_eq!(reached, Level::None);
+            assert_eq!(failure, Failure::ClosedEarly);
+        }
+        other => panic!("expected ClosedEarly, got {other:?}"),
+    }
+    f.close().await;
+    // The auth probe retries the same way (2 attempts by default).
+    let f = fleet(14, vec![(Behaviour::Flaky(1), 1)], 1).await;
+    let retrying = LightProber::new(ProbeConfig {
+        attempts: 2,
+        backoff: Duration::from_millis(50),
+        icmp: None,
+        ..ProbeConfig::default()
+    })
+    .with_auth_config(auth_config())
+    .with_gre_socket(Arc::clone(&gre));
+    let out = retrying
+        .probe_auth(
+            v4(&f.nodes()[0]).into(),
+            &f.nodes()[0].login,
+            &f.nodes()[0].password,
+        )
+        .await
+        .expect("probe runs");
+    assert_eq!(out.reached, Level::Auth, "{out:?}");
+    f.close().await;
+}

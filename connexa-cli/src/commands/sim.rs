@@ -32,7 +32,8 @@ Nodes also serve logins (`connexa test auth`): each has the login and password
 written to the list, answers calls and runs LCP + MS-CHAPv2 over GRE (needs
 CAP_NET_RAW: run as root). Login behaviours: auth_reject (password rejected,
 E=691), call_reject[:CODE] (call refused with result CODE; default 7),
-lcp_silent (never answers LCP), auth_silent (LCP up, then no MS-CHAPv2).
+lcp_silent (never answers LCP), auth_silent (LCP up, then no MS-CHAPv2),
+flaky[:N] (closes its first N connections at once, then healthy; default 1).
 With --tunnels (or --tunnel-rate) a login goes on to MPPE + IPCP and a host
 behind each node serves `GET /bytes?N` on 10.78.0.1:80, for `connexa test
 speed` (set test_url = \"http://10.78.0.1/bytes?100000000\").

@@ -98,6 +98,24 @@ pub enum Failure {
     },
 }
 
+impl Failure {
+    /// `true` for transport failures before the server answered the control
+    /// handshake (refused, connect timeout, reset, closed early, handshake
+    /// timeout): worth another try after a short pause, because a busy or
+    /// restarting server (pptpd drops a new connection while it reaps a
+    /// child, for one) looks like this for a moment.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Failure::Refused
+                | Failure::ConnectTimeout
+                | Failure::Reset
+                | Failure::ClosedEarly
+                | Failure::HandshakeTimeout
+        )
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::domain::{Failure, Level, Measurements, Node, Outcome, Secret};
 use crate::ports::{ProbeDepth, ProbeError, Prober};
 use crate::pptp::control::{HandshakeConfig, HandshakeResult, LightHandshake};
-use crate::tunnel::{self, AuthConfig, GreSocket, ipv4_only};
+use crate::tunnel::{self, AuthConfig, GreSocket, LoginReport, ipv4_only};
 
 mod icmp;
 
@@ -189,22 +189,12 @@ impl LightProber {
                 None => None,
             }
         };
-        let attempts = async {
-            let mut backoff = self.config.backoff;
-            let mut report = tunnel::login(&gre, v4, username, password, &self.auth).await;
-            for _ in 1..self.config.attempts.max(1) {
-                let retry = report.local_error.is_none()
-                    && report.reached == Level::None
-                    && report.failure.as_ref().is_some_and(is_transient);
-                if !retry {
-                    break;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-                report = tunnel::login(&gre, v4, username, password, &self.auth).await;
-            }
-            report
-        };
+        let attempts = retrying(
+            self.config.attempts,
+            self.config.backoff,
+            || tunnel::login(&gre, v4, username, password, &self.auth),
+            LoginReport::is_transient,
+        );
         let (report, ping) = tokio::join!(attempts, ping);
         if let Some(e) = report.local_error {
             return Err(ProbeError::Config(format!(
@@ -278,23 +268,19 @@ impl LightProber {
     }
 
     async fn handshake_with_retries(&self, addr: SocketAddr) -> Attempt {
-        let attempts = self.config.attempts.max(1);
-        let mut backoff = self.config.backoff;
-        let mut attempt = self.attempt(addr).await;
-        for _ in 1..attempts {
-            let retry = attempt.local_error.is_none()
-                && match &attempt.result {
-                    Ok(HandshakeResult::Established { .. }) => false,
-                    Ok(HandshakeResult::Failed(f)) | Err(f) => is_transient(f),
-                };
-            if !retry {
-                break;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-            attempt = self.attempt(addr).await;
-        }
-        attempt
+        retrying(
+            self.config.attempts,
+            self.config.backoff,
+            || self.attempt(addr),
+            |a: &Attempt| {
+                a.local_error.is_none()
+                    && match &a.result {
+                        Ok(HandshakeResult::Established { .. }) => false,
+                        Ok(HandshakeResult::Failed(f)) | Err(f) => f.is_transient(),
+                    }
+            },
+        )
+        .await
     }
 
     async fn attempt(&self, addr: SocketAddr) -> Attempt {
@@ -367,15 +353,31 @@ async fn drive(mut stream: TcpStream, mut hs: LightHandshake) -> Result<Handshak
         .unwrap_or(HandshakeResult::Failed(Failure::ClosedEarly)))
 }
 
-fn is_transient(f: &Failure) -> bool {
-    matches!(
-        f,
-        Failure::Refused
-            | Failure::ConnectTimeout
-            | Failure::Reset
-            | Failure::ClosedEarly
-            | Failure::HandshakeTimeout
-    )
+/// Runs `op` up to `attempts` times (at least once) while `again` says its
+/// result deserves another try, pausing `backoff` before the second try and
+/// twice as long before each further one. Shared by the light handshake, the
+/// auth login and the tunnel (speed tests, services).
+pub(crate) async fn retrying<T, F, Fut>(
+    attempts: u32,
+    backoff: Duration,
+    mut op: F,
+    again: impl Fn(&T) -> bool,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut pause = backoff;
+    let mut result = op().await;
+    for _ in 1..attempts.max(1) {
+        if !again(&result) {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+        pause = pause.saturating_mul(2);
+        result = op().await;
+    }
+    result
 }
 
 fn connect_failure(e: &io::Error) -> Failure {

@@ -105,6 +105,11 @@ pub enum Behaviour {
     /// Accepts the call and negotiates LCP, then falls silent instead of
     /// sending the MS-CHAPv2 Challenge.
     AuthSilent,
+    /// Closes its first `n` control connections as soon as they are accepted
+    /// (as Debian's pptpd does with a connection that arrives while it reaps a
+    /// child), then behaves as [`Behaviour::Healthy`]: a client that retries
+    /// transport failures gets in.
+    Flaky(u32),
 }
 
 impl fmt::Display for Behaviour {
@@ -121,6 +126,7 @@ impl fmt::Display for Behaviour {
             Behaviour::CallReject(c) => write!(f, "call_reject:{c}"),
             Behaviour::LcpSilent => f.write_str("lcp_silent"),
             Behaviour::AuthSilent => f.write_str("auth_silent"),
+            Behaviour::Flaky(n) => write!(f, "flaky:{n}"),
         }
     }
 }
@@ -138,7 +144,7 @@ pub struct BadMix {
 
 /// The behaviour names [`parse_mix`] accepts.
 pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), \
-     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent";
+     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1)";
 
 /// Parses a behaviour mix such as `healthy=80,refused=10,silent=5,slow:2000=5`.
 ///
@@ -209,6 +215,9 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
             "auth_reject" if arg.is_none() => Behaviour::AuthReject,
             "lcp_silent" if arg.is_none() => Behaviour::LcpSilent,
             "auth_silent" if arg.is_none() => Behaviour::AuthSilent,
+            "flaky" => Behaviour::Flaky(
+                u32::try_from(num(1)?).map_err(|_| bad(part, "the count is too large"))?,
+            ),
             "healthy" | "refused" | "silent" | "garbage" | "auth_reject" | "lcp_silent"
             | "auth_silent" => {
                 return Err(bad(part, "this behaviour takes no argument"));
@@ -571,6 +580,7 @@ impl Fleet {
                     gre: gre.clone(),
                     data_path: data_path.clone(),
                     tunnel: spec.tunnels,
+                    accepted: std::sync::atomic::AtomicU32::new(0),
                 });
                 tasks.push(tokio::spawn(listen(listener, server, stop.subscribe())));
             }

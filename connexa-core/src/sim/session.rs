@@ -48,6 +48,8 @@ pub(crate) struct NodeServer {
     pub(crate) data_path: Option<DataPathFactory>,
     /// Tunnels after login (CCP/MPPE, IPCP, the HTTP host).
     pub(crate) tunnel: Option<TunnelSpec>,
+    /// Control connections accepted so far (for [`Behaviour::Flaky`]).
+    pub(crate) accepted: std::sync::atomic::AtomicU32,
 }
 
 /// The PPP server of a call: login only, or login + network phase (tunnel).
@@ -105,7 +107,20 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let nth = node
+        .accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (delay, result_code) = match &node.node.behaviour {
+        Behaviour::Flaky(n) if nth < *n => {
+            // FIN first, then read what the client sent, so that it sees the
+            // close (ClosedEarly) rather than a reset.
+            let _ = stream.shutdown().await;
+            tokio::select! {
+                () = drain(&mut stream) => {}
+                _ = stop.changed() => {}
+            }
+            return Ok(());
+        }
         Behaviour::Silent | Behaviour::Refused => {
             tokio::select! {
                 () = drain(&mut stream) => {}

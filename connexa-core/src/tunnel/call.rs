@@ -116,6 +116,15 @@ pub struct LoginReport {
 }
 
 impl LoginReport {
+    /// `true` when the attempt failed in transit before the server answered
+    /// the control handshake ([`Failure::is_transient`]), not because of this
+    /// machine: worth another try.
+    pub fn is_transient(&self) -> bool {
+        self.local_error.is_none()
+            && self.reached == Level::None
+            && self.failure.as_ref().is_some_and(Failure::is_transient)
+    }
+
     fn new() -> Self {
         LoginReport {
             reached: Level::None,

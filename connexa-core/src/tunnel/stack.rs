@@ -44,6 +44,11 @@ pub struct TunnelConfig {
     pub echo_timeout: Duration,
     /// Time [`Tunnel::resolve`] waits for the DNS answer.
     pub dns_timeout: Duration,
+    /// Tries of the control connection before a transport failure (refused,
+    /// reset, closed before the handshake, ...) is final (at least 1).
+    pub attempts: u32,
+    /// Pause before the second try; doubled for each further try.
+    pub backoff: Duration,
 }
 
 impl Default for TunnelConfig {
@@ -58,6 +63,8 @@ impl Default for TunnelConfig {
             echo_failures: 3,
             echo_timeout: Duration::from_secs(3),
             dns_timeout: Duration::from_secs(5),
+            attempts: 2,
+            backoff: Duration::from_millis(250),
         }
     }
 }
@@ -291,13 +298,24 @@ impl Tunnel {
         gre: Arc<GreSocket>,
     ) -> Result<Tunnel, TunnelError> {
         let addr = ipv4_only(addr)?;
-        let mut call = Call::connect(addr, &config.auth)
-            .await
-            .map_err(TunnelError::from_report)?;
-        let Some(mut link) = call.setup(&gre, *addr.ip()).await else {
-            call.teardown().await;
-            return Err(TunnelError::from_report(call.finish().await));
+        let connect = || async {
+            let mut call = Call::connect(addr, &config.auth).await?;
+            match call.setup(&gre, *addr.ip()).await {
+                Some(link) => Ok((call, link)),
+                None => {
+                    call.teardown().await;
+                    Err(call.finish().await)
+                }
+            }
         };
+        let (mut call, mut link) = crate::probe::retrying(
+            config.attempts,
+            config.backoff,
+            connect,
+            |r: &Result<_, LoginReport>| r.as_ref().is_err_and(LoginReport::is_transient),
+        )
+        .await
+        .map_err(TunnelError::from_report)?;
         let net = NetworkConfig {
             timeout: config.network_timeout,
             ..NetworkConfig::client()
