@@ -332,7 +332,7 @@ pub enum ProbeResult {
     Ok,
     /// `Ok(Outcome)` with a failure (or below the level aimed at): the node failed.
     Failed,
-    /// `Err(ProbeError)`: the test could not be run.
+    /// `Err(ProbeError)`, or the port panicked: the test could not be run.
     Error,
     /// The caller dropped the call before it ended (the engine's per-node time
     /// limit, a cancelled job, shutdown).
@@ -535,7 +535,8 @@ impl ProbeStats {
     }
 }
 
-/// Times one call; records it as [`ProbeResult::Cancelled`] if dropped unfinished.
+/// Times one call; records it as [`ProbeResult::Cancelled`] if dropped
+/// unfinished ([`ProbeResult::Error`] if dropped by a panic).
 struct Timer<'a> {
     stats: &'a ProbeStats,
     kind: ProbeKind,
@@ -562,8 +563,16 @@ impl<'a> Timer<'a> {
 impl Drop for Timer<'_> {
     fn drop(&mut self) {
         if !self.done {
+            // Unwinding from a panic of the inner port: the test crashed (the
+            // engine reports it as `Failure::Crashed`); otherwise the caller
+            // dropped the call.
+            let result = if std::thread::panicking() {
+                ProbeResult::Error
+            } else {
+                ProbeResult::Cancelled
+            };
             self.stats
-                .record_duration(self.kind, ProbeResult::Cancelled, self.start.elapsed());
+                .record_duration(self.kind, result, self.start.elapsed());
         }
     }
 }

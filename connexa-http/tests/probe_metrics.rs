@@ -24,6 +24,9 @@ use serde_json::json;
 /// One sample: metric name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
+/// A metric family and the labels of one series (without `le`).
+type SeriesKey = (String, BTreeMap<String, String>);
+
 /// Parses the text format (HELP/TYPE comments and samples; label values with
 /// `\\`, `\"`, `\n` escapes and any other character, braces included) and
 /// checks that every sample belongs to a family declared by a `# TYPE` line
@@ -93,8 +96,7 @@ fn parse(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
 /// Every histogram: `le` ascending and ending with `+Inf`, counts
 /// non-decreasing, `+Inf` equal to `_count`. Returns how many series.
 fn check_histograms(types: &BTreeMap<String, String>, samples: &[Sample]) -> usize {
-    let mut buckets: BTreeMap<(String, BTreeMap<String, String>), Vec<(f64, f64)>> =
-        BTreeMap::new();
+    let mut buckets: BTreeMap<SeriesKey, Vec<(f64, f64)>> = BTreeMap::new();
     let mut counts = BTreeMap::new();
     for (name, labels, v) in samples {
         for (suffix, is_bucket) in [("_bucket", true), ("_count", false)] {

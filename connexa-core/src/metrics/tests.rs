@@ -179,6 +179,9 @@ struct Sample {
     value: f64,
 }
 
+/// A metric family and the labels of one series (without `le`).
+type SeriesKey = (String, BTreeMap<String, String>);
+
 /// A strict parser of the subset of the text format we write: `# HELP` and
 /// `# TYPE` lines, and `name{k="v",...} value` samples with escaped values.
 fn parse(text: &str) -> (BTreeMap<String, (String, String)>, Vec<Sample>) {
@@ -269,7 +272,7 @@ fn parse_labels(mut s: &str) -> (BTreeMap<String, String>, &str) {
 /// with `+Inf`, non-decreasing, `+Inf` = `_count`; returns the samples.
 fn check_histograms(text: &str) -> Vec<Sample> {
     let (meta, samples) = parse(text);
-    let mut series: BTreeMap<(String, BTreeMap<String, String>), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut series: BTreeMap<SeriesKey, Vec<(f64, f64)>> = BTreeMap::new();
     let mut counts = BTreeMap::new();
     for s in &samples {
         let base = ["_bucket", "_sum", "_count"]
@@ -511,6 +514,34 @@ async fn a_dropped_probe_counts_as_cancelled_with_its_time() {
         .map(|r| stats.duration(ProbeKind::Light, r).count())
         .sum();
     assert_eq!(others, 0);
+}
+
+/// A speed tester that panics.
+struct Panics;
+
+#[async_trait]
+impl SpeedTester for Panics {
+    async fn measure(&self, _: &Node) -> Result<Outcome, ProbeError> {
+        panic!("bug in the test code")
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_port_counts_as_error_and_still_panics() {
+    let stats = Arc::new(ProbeStats::new());
+    let s = Instrumented::new(Arc::new(Panics), Arc::clone(&stats));
+    let joined = tokio::spawn(async move { s.measure(&node()).await }).await;
+    assert!(joined.is_err_and(|e| e.is_panic()));
+    assert_eq!(
+        stats.duration(ProbeKind::Speed, ProbeResult::Error).count(),
+        1
+    );
+    assert_eq!(
+        stats
+            .duration(ProbeKind::Speed, ProbeResult::Cancelled)
+            .count(),
+        0
+    );
 }
 
 #[test]
