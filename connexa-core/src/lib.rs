@@ -21,6 +21,9 @@
 //!   ([`TunnelOpener`](service::TunnelOpener), [`TunnelLink`](service::TunnelLink)).
 //! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
 //!   JSON views; [`config`]: the operator's TOML configuration file.
+//! * [`metrics`]: probe latency histograms ([`ProbeStats`](metrics::ProbeStats),
+//!   filled by the [`Instrumented`](metrics::Instrumented) prober and speed
+//!   tester) in the Prometheus text format.
 //!
 //! The central promise: a node that passed the speed test is never demoted.
 //!
@@ -38,6 +41,7 @@ pub mod domain;
 pub mod engine;
 pub mod export;
 pub mod import;
+pub mod metrics;
 pub mod ops;
 pub mod ports;
 pub mod pptp;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, TestConfig};
 use crate::engine::{Engine, EngineConfig};
+use crate::metrics::{Instrumented, ProbeStats};
 use crate::ports::NodeStore;
 use crate::probe::{LightProber, ProbeConfig};
 use crate::service::PptpOpener;
@@ -86,6 +87,41 @@ impl NetworkPorts {
             store,
             self.prober.clone(),
             self.speed.clone(),
+            self.launcher.clone(),
+            engine_config(config),
+        )
+    }
+
+    /// As [`engine`](Self::engine), with the prober and the speed tester
+    /// [`Instrumented`]: every light, auth and speed test the engine runs is
+    /// recorded in `stats` (export it with [`ProbeStats::render`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use connexa_core::config::Config;
+    /// use connexa_core::metrics::ProbeStats;
+    /// use connexa_core::runtime::NetworkPorts;
+    /// use connexa_core::store::SqlStore;
+    ///
+    /// let config = Config::default();
+    /// let store = Arc::new(SqlStore::connect("sqlite://connexa.db?mode=rwc").await?);
+    /// let stats = Arc::new(ProbeStats::new());
+    /// let engine = NetworkPorts::from_config(&config).engine_with_stats(store, &config, stats.clone());
+    /// // ... run jobs ...
+    /// print!("{}", stats.render());
+    /// # let _ = engine; Ok(()) }
+    /// ```
+    pub fn engine_with_stats(
+        &self,
+        store: Arc<dyn NodeStore>,
+        config: &Config,
+        stats: Arc<ProbeStats>,
+    ) -> Engine {
+        Engine::new(
+            store,
+            Arc::new(Instrumented::new(self.prober.clone(), Arc::clone(&stats))),
+            Arc::new(Instrumented::new(self.speed.clone(), stats)),
             self.launcher.clone(),
             engine_config(config),
         )

@@ -38,6 +38,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use connexa_core::engine::Engine;
+use connexa_core::metrics::ProbeStats;
 use connexa_core::ports::{NodeStore, TokenId, TokenStore};
 use tokio::sync::watch;
 
@@ -84,6 +85,8 @@ struct Shared {
     options: HttpOptions,
     limiter: AuthLimiter,
     metrics: Metrics,
+    /// Probe latency histograms exported by `/metrics`, if the engine's ports record them.
+    probe_stats: Mutex<Option<Arc<ProbeStats>>>,
     touched: Mutex<HashMap<TokenId, std::time::Instant>>,
     /// Totals of recent listings per filter (see [`AppState::total`]).
     totals: Mutex<HashMap<String, (u64, std::time::Instant)>>,
@@ -109,11 +112,35 @@ impl AppState {
             tokens,
             options,
             metrics: Metrics::default(),
+            probe_stats: Mutex::new(None),
             touched: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
         }))
+    }
+
+    /// Exports `stats` on `/metrics` (`connexa_probe_*` histograms): pass the
+    /// collector the engine's ports record into, e.g. the one given to
+    /// [`NetworkPorts::engine_with_stats`](connexa_core::runtime::NetworkPorts::engine_with_stats).
+    /// Without it `/metrics` has no probe histograms. A later call replaces
+    /// the collector.
+    pub fn with_probe_stats(self, stats: Arc<ProbeStats>) -> Self {
+        *self
+            .0
+            .probe_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stats);
+        self
+    }
+
+    /// The probe histograms exported on `/metrics`, if any ([`with_probe_stats`](Self::with_probe_stats)).
+    pub fn probe_stats(&self) -> Option<Arc<ProbeStats>> {
+        self.0
+            .probe_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The engine.

@@ -11,6 +11,7 @@ use axum::http::HeaderValue;
 use clap::{Parser, Subcommand};
 use connexa_core::config::Config;
 use connexa_core::engine::RecoverPolicy;
+use connexa_core::metrics::ProbeStats;
 use connexa_core::ports::{TokenId, TokenStore};
 use connexa_core::runtime::NetworkPorts;
 use connexa_core::store::{SqlStore, redact_url};
@@ -189,9 +190,11 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         }
     }
     // The same ports as the CLI: prober, speed tester and SOCKS5 launcher
-    // from the config file, sharing one raw GRE socket.
+    // from the config file, sharing one raw GRE socket; every probe the
+    // engine runs is timed for /metrics.
     let ports = NetworkPorts::from_config(config);
-    let engine = ports.engine(store.clone(), config);
+    let probe_stats = Arc::new(ProbeStats::new());
+    let engine = ports.engine_with_stats(store.clone(), config, Arc::clone(&probe_stats));
     let policy = match s.recover {
         Recover::Resume => RecoverPolicy::Resume,
         Recover::Interrupt => RecoverPolicy::Interrupt,
@@ -210,7 +213,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         max_import_bytes: s.max_import_mib.saturating_mul(1 << 20),
         ..HttpOptions::default()
     };
-    let state = AppState::new(engine.clone(), store.clone(), options);
+    let state = AppState::new(engine.clone(), store.clone(), options).with_probe_stats(probe_stats);
     let listen = s.listen.unwrap_or(config.http.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -1,5 +1,7 @@
 //! `/metrics` in the Prometheus text format: nodes per status, services, job
-//! progress, and HTTP request counts and latencies.
+//! progress, HTTP request counts and latencies, and (when the state carries a
+//! [`ProbeStats`](connexa_core::metrics::ProbeStats)) the probe latency
+//! histograms. Histograms and escaping come from [`connexa_core::metrics`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,41 +15,44 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use connexa_core::domain::Status;
+use connexa_core::metrics::{
+    Histogram, MetricType, escape_label_value, format_value, write_header,
+};
 
 use crate::AppState;
 use crate::problem::ApiResult;
 
-const BUCKETS: [f64; 11] = [
+/// Upper bounds (seconds) of `connexa_http_request_duration_seconds`.
+const HTTP_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-#[derive(Debug, Default)]
+const REQUEST_DURATION: &str = "connexa_http_request_duration_seconds";
+
+#[derive(Debug)]
 pub(crate) struct Metrics {
-    inner: Mutex<Inner>,
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    duration: Histogram,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    requests: BTreeMap<(String, String, u16), u64>,
-    /// Cumulative counts per bucket, then +Inf; sum; count.
-    buckets: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Mutex::new(BTreeMap::new()),
+            duration: Histogram::new(&HTTP_BUCKETS),
+        }
+    }
 }
 
 impl Metrics {
     fn record(&self, method: &str, route: &str, status: u16, secs: f64) {
-        let mut m = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        *m.requests
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .entry((method.to_owned(), route.to_owned(), status))
             .or_insert(0) += 1;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                m.buckets[i] += 1;
-            }
-        }
-        m.sum += secs;
-        m.count += 1;
+        self.duration.observe(secs);
     }
 }
 
@@ -86,9 +91,11 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     let store = st.store();
     let counts = store.counts().await?;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP connexa_nodes Nodes per status.\n# TYPE connexa_nodes gauge"
+    write_header(
+        &mut out,
+        "connexa_nodes",
+        "Nodes per status.",
+        MetricType::Gauge,
     );
     for s in Status::ALL {
         let n = counts
@@ -103,13 +110,18 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
         .filter(|(s, _)| matches!(s, Status::Online | Status::Offline))
         .map(|(_, n)| n)
         .sum();
-    let _ = writeln!(
-        out,
-        "# HELP connexa_services_running Nodes with a SOCKS5 service (online or offline).\n# TYPE connexa_services_running gauge\nconnexa_services_running {services}"
+    write_header(
+        &mut out,
+        "connexa_services_running",
+        "Nodes with a SOCKS5 service (online or offline).",
+        MetricType::Gauge,
     );
-    let _ = writeln!(
-        out,
-        "# HELP connexa_job_items Items of recent jobs per state.\n# TYPE connexa_job_items gauge"
+    let _ = writeln!(out, "connexa_services_running {services}");
+    write_header(
+        &mut out,
+        "connexa_job_items",
+        "Items of recent jobs per state.",
+        MetricType::Gauge,
     );
     let mut ratio = String::new();
     for job in store.jobs(20).await? {
@@ -134,46 +146,49 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
             job.id,
             job.kind,
             job.state,
-            p.percent() / 100.0
+            format_value(p.percent() / 100.0)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP connexa_job_progress_ratio Committed fraction of recent jobs (0..1).\n# TYPE connexa_job_progress_ratio gauge\n{}",
-        ratio.trim_end()
+    write_header(
+        &mut out,
+        "connexa_job_progress_ratio",
+        "Committed fraction of recent jobs (0..1).",
+        MetricType::Gauge,
     );
-    let m =
+    out.push_str(&ratio);
+    write_header(
+        &mut out,
+        "connexa_http_requests_total",
+        "HTTP requests per method, route and status.",
+        MetricType::Counter,
+    );
+    let requests =
         st.0.metrics
-            .inner
+            .requests
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-    let _ = writeln!(
-        out,
-        "# HELP connexa_http_requests_total HTTP requests per method, route and status.\n# TYPE connexa_http_requests_total counter"
-    );
-    for ((method, route, status), n) in &m.requests {
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+    for ((method, route, status), n) in &requests {
         let _ = writeln!(
             out,
-            "connexa_http_requests_total{{method=\"{method}\",route=\"{}\",status=\"{status}\"}} {n}",
-            route.replace('\\', "\\\\").replace('"', "\\\"")
+            "connexa_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+            escape_label_value(method),
+            escape_label_value(route)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP connexa_http_request_duration_seconds Time to the response head.\n# TYPE connexa_http_request_duration_seconds histogram"
+    write_header(
+        &mut out,
+        REQUEST_DURATION,
+        "Time to the response head.",
+        MetricType::Histogram,
     );
-    for (b, n) in BUCKETS.iter().zip(m.buckets) {
-        let _ = writeln!(
-            out,
-            "connexa_http_request_duration_seconds_bucket{{le=\"{b}\"}} {n}"
-        );
+    st.0.metrics
+        .duration
+        .snapshot()
+        .write_series(&mut out, REQUEST_DURATION, &[]);
+    if let Some(probes) = st.probe_stats() {
+        probes.write_prometheus(&mut out);
     }
-    let _ = writeln!(
-        out,
-        "connexa_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\nconnexa_http_request_duration_seconds_sum {}\nconnexa_http_request_duration_seconds_count {}",
-        m.count, m.sum, m.count
-    );
-    drop(m);
     let mut res = out.into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

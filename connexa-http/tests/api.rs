@@ -1008,6 +1008,9 @@ async fn stats_and_metrics() {
         t.contains("connexa_http_request_duration_seconds_count"),
         "{t}"
     );
+    // This state was given no probe collector: no probe histograms.
+    assert!(!t.contains("connexa_probe_"), "{t}");
+    assert!(!t.contains("\n\n"), "no empty line: {t}");
     // A separate, unauthenticated metrics router.
     use tower::ServiceExt;
     let res = connexa_http::metrics_router(a.state.clone())

@@ -1,8 +1,8 @@
 //! The real thing over real sockets: starts the `connexa-http` binary on an
 //! ephemeral loopback port, creates a token with `connexa-http token create`,
 //! imports a simulated PPTP fleet over HTTP, starts a light job, reads the SSE
-//! stream to the final 100 % event, checks the results in the database, and
-//! stops the server with SIGTERM.
+//! stream to the final 100 % event, checks the probe histograms on `/metrics`
+//! and the results in the database, and stops the server with SIGTERM.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -218,6 +218,19 @@ async fn binary_imports_a_sim_fleet_runs_a_job_and_streams_it_to_100_percent() {
         (last.1["ok"].as_u64(), last.1["failed"].as_u64()),
         (Some(healthy as u64), Some(40 - healthy as u64))
     );
+
+    // Every probe the engine ran is on /metrics (the binary instruments its ports).
+    let (s, _, body) = http(&addr, "GET", "/metrics", Some(&token), None).await;
+    assert_eq!(s, 200);
+    let metrics = String::from_utf8(body).unwrap();
+    for (result, n) in [("ok", healthy), ("failed", 40 - healthy), ("error", 0)] {
+        let line = format!(
+            "connexa_probe_duration_seconds_count{{depth=\"light\",result=\"{result}\"}} {n}\n"
+        );
+        assert!(metrics.contains(&line), "{line}{metrics}");
+    }
+    let line = format!("connexa_probe_handshake_seconds_count{{depth=\"light\"}} {healthy}\n");
+    assert!(metrics.contains(&line), "{line}{metrics}");
 
     // SIGTERM: a graceful exit.
     let pid = child.id().unwrap() as i32;
