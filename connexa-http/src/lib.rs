@@ -46,6 +46,10 @@ use crate::metrics::Metrics;
 use crate::problem::{ApiError, Kind};
 
 pub use crate::metrics::metrics_router;
+pub use crate::routes::import::{
+    FINISHED_KEPT as FINISHED_BACKGROUND_IMPORTS_KEPT,
+    FINISHED_TTL as FINISHED_BACKGROUND_IMPORTS_TTL,
+};
 
 /// Limits and switches of the API.
 #[derive(Debug, Clone)]

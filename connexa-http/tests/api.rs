@@ -1446,3 +1446,55 @@ async fn background_import_stops_on_shutdown_and_reports_what_went_in() {
     );
     assert_eq!(spool_files(spool.path()), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn finished_background_imports_are_kept_up_to_a_bound() {
+    let a = api().await;
+    let mut ids = Vec::new();
+    for i in 0..connexa_http::FINISHED_BACKGROUND_IMPORTS_KEPT + 2 {
+        let r = post_import(
+            &a,
+            "?background=true",
+            "text/plain",
+            format!("127.11.0.{}:u:p\n", i + 1).into_bytes(),
+            false,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+        let url = r.json()["url"].as_str().unwrap().to_owned();
+        assert_eq!(wait_import(&a, &url).await["state"], "done");
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let list = a.get("/api/v1/imports").await.json();
+    let listed: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut newest: Vec<_> = ids[2..].to_vec();
+    newest.reverse();
+    assert_eq!(listed, newest);
+    // The list leaves the reports out; each import's own resource has it.
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["summary"].is_null())
+    );
+    let last = a
+        .get(&format!("/api/v1/imports/{}", ids[ids.len() - 1]))
+        .await
+        .json();
+    assert_eq!(last["summary"]["added"].as_array().unwrap().len(), 1);
+    // The two oldest are forgotten; the rows they imported stay.
+    for old in &ids[..2] {
+        a.get(&format!("/api/v1/imports/{old}"))
+            .await
+            .problem(404, "not-found");
+    }
+    assert_eq!(
+        a.get("/api/v1/nodes?limit=0&ip=127.11.").await.json()["total"],
+        ids.len()
+    );
+}

@@ -285,7 +285,7 @@ async fn import_now(
 // --- background imports ------------------------------------------------------------
 
 /// Finished background imports kept for `GET /imports` (the oldest go first).
-pub const FINISHED_KEPT: usize = 50;
+pub const FINISHED_KEPT: usize = 20;
 /// How long a finished background import stays visible.
 pub const FINISHED_TTL: Duration = Duration::from_secs(3600);
 /// Bytes buffered in memory while an upload is written to its spool file.
@@ -327,7 +327,8 @@ pub struct BackgroundImport {
     pub started_at: DateTime<Utc>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
-    /// The report, once ended (the same as a synchronous import's `summary`).
+    /// The report, once ended (the same as a synchronous import's `summary`);
+    /// always null in the list of imports.
     pub summary: Option<ImportSummary>,
     /// The test job started on the added nodes, if `test` was asked and any were added.
     pub job: Option<JobId>,
@@ -365,7 +366,8 @@ impl Entry {
         self.end().is_none()
     }
 
-    fn view(&self) -> BackgroundImport {
+    /// The state; `summary` only `with_summary` (a report can be large).
+    fn view(&self, with_summary: bool) -> BackgroundImport {
         let end = self.end();
         let processed = self.processed.load(Ordering::Relaxed).min(self.bytes_total);
         let percent = match &*end {
@@ -384,7 +386,10 @@ impl Entry {
             percent,
             started_at: self.started_at,
             finished_at: end.as_ref().map(|e| e.at),
-            summary: end.as_ref().and_then(|e| e.summary.clone()),
+            summary: end
+                .as_ref()
+                .filter(|_| with_summary)
+                .and_then(|e| e.summary.clone()),
             job: end.as_ref().and_then(|e| e.job),
             error: end.as_ref().and_then(|e| e.error.clone()),
         }
@@ -636,7 +641,7 @@ async fn start_background(
         ended: watch::channel(false).0,
     });
     st.imports().insert(entry.clone());
-    let view = entry.view();
+    let view = entry.view(true);
     let stopped = Arc::new(AtomicBool::new(false));
     let reader = SpoolReader {
         file: reader_file,
@@ -710,7 +715,9 @@ fn find(st: &AppState, id: &str) -> ApiResult<Arc<Entry>> {
 }
 
 /// Recent background imports, newest first: those running and the last
-/// finished ones (at most 50, for at most an hour; in memory, so a restart forgets them).
+/// finished ones (at most 20, for at most an hour; in memory, so a restart
+/// forgets them). Without their reports (`summary` is null here: a report can
+/// be large; `GET /imports/{id}` has it).
 #[utoipa::path(get, path = "/api/v1/imports", tag = "import",
     responses((status = 200, body = Vec<BackgroundImport>)))]
 pub async fn list(State(st): State<AppState>) -> Json2<Vec<BackgroundImport>> {
@@ -718,7 +725,7 @@ pub async fn list(State(st): State<AppState>) -> Json2<Vec<BackgroundImport>> {
         st.imports()
             .newest_first()
             .iter()
-            .map(|e| e.view())
+            .map(|e| e.view(false))
             .collect(),
     )
 }
@@ -732,7 +739,7 @@ pub async fn get_one(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json2<BackgroundImport>> {
-    Ok(axum::Json(find(&st, &id)?.view()))
+    Ok(axum::Json(find(&st, &id)?.view(true)))
 }
 
 /// How often the event stream looks at the progress.
@@ -759,7 +766,7 @@ pub async fn events(
                 return None;
             }
             loop {
-                let view = entry.view();
+                let view = entry.view(true);
                 if view.state != ImportState::Running {
                     let e = Event::default().event("done").json_data(&view).ok()?;
                     return Some((Ok(e), (entry, ended, shutdown, last, true)));
