@@ -1498,3 +1498,44 @@ async fn finished_background_imports_are_kept_up_to_a_bound() {
         ids.len()
     );
 }
+
+#[tokio::test]
+async fn background_import_events_show_progress_and_end_at_100_percent() {
+    let a = api_with(HttpOptions {
+        background_import_bytes: 1024,
+        ..HttpOptions::default()
+    })
+    .await;
+    let list = fleet_list(40_000);
+    let r = post_import(&a, "", "text/plain", list.clone().into_bytes(), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let url = r.json()["url"].as_str().unwrap().to_owned();
+    // The stream ends by itself after the final event.
+    let ev = tokio::time::timeout(Duration::from_secs(120), a.get(&format!("{url}/events")))
+        .await
+        .expect("the stream ends");
+    assert_eq!(ev.status, StatusCode::OK);
+    assert_eq!(ev.headers[header::CONTENT_TYPE], "text/event-stream");
+    let events = sse(&ev.text());
+    let (last, progress) = events.split_last().expect("events");
+    assert_eq!(last.0, "done");
+    assert_eq!(
+        (
+            last.2["state"].as_str(),
+            last.2["percent"].as_f64(),
+            last.2["bytes_processed"].as_u64()
+        ),
+        (Some("done"), Some(100.0), Some(list.len() as u64))
+    );
+    assert_eq!(last.2["summary"]["added"].as_array().unwrap().len(), 40_000);
+    let mut seen = 0;
+    for (name, _, data) in progress {
+        assert_eq!(name, "progress");
+        assert_eq!(data["state"], "running");
+        let p = data["percent"].as_f64().unwrap();
+        assert!((0.0..100.0).contains(&p), "{p}");
+        let b = data["bytes_processed"].as_u64().unwrap();
+        assert!(b >= seen, "progress went back: {b} < {seen}");
+        seen = b;
+    }
+}
