@@ -136,10 +136,16 @@ export const api = {
   jobs: () => getJson("/jobs", [["limit", "50"]]),
   job: (id) => getJson(`/jobs/${id}`),
   cancel: (id) => request("POST", `/jobs/${id}/cancel`),
+  /**
+   * Imports a list. Small bodies answer the report (`{summary, job}`); a large
+   * file is imported in the background: the answer is the import's state
+   * (`{id, state: "running", ...}`), whose progress `importStatus` reads.
+   */
   import: async (body, onConflict) =>
     (await request("POST", "/import", {
       query: [["on_conflict", onConflict]], body, contentType: "text/plain; charset=utf-8",
     })).json(),
+  importStatus: (id) => getJson(`/imports/${encodeURIComponent(id)}`),
   export: async (format, t) => {
     const q = [["format", format]];
     if (t.ids) q.push(["ids", t.ids.join(",")]);

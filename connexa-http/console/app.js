@@ -547,14 +547,29 @@ async function submitImport(e) {
   if (!file && !text.trim()) { $("#import-report").replaceChildren(h("p", { class: "error" }, "Paste a node list or choose a file.")); return; }
   $("#import-submit").disabled = true;
   $("#import-report").replaceChildren(h("p", {}, "Importing…"));
-  const r = await guard(() => api.import(file || text, $("#import-conflict").value));
+  let r = await guard(() => api.import(file || text, $("#import-conflict").value));
+  // A large file is imported in the background: follow its progress.
+  if (r && r.state) r = await followImport(r);
   $("#import-submit").disabled = false;
   if (!r) { $("#import-report").replaceChildren(); return; }
-  renderImportReport(r.summary);
+  if (r.summary) renderImportReport(r.summary);
+  if (r.error) $("#import-report").prepend(h("p", { class: "error" }, `The import failed: ${r.error}`));
   if (r.job != null) watchJob(r.job);
   $("#import-text").value = "";
   $("#import-file").value = "";
   refresh();
+}
+
+/** Polls a background import until it ends; shows its progress meanwhile. */
+async function followImport(imp) {
+  while (imp && imp.state === "running") {
+    $("#import-report").replaceChildren(h("p", { class: "import-progress" },
+      `Importing in the background… ${imp.percent.toFixed(1)} % (${nf.format(imp.bytes_processed)} of ${nf.format(imp.bytes_total)} bytes)`));
+    await sleep(500);
+    const id = imp.id;
+    imp = await guard(() => api.importStatus(id));
+  }
+  return imp;
 }
 
 function renderImportReport(r) {

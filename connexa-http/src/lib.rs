@@ -47,6 +47,10 @@ use crate::metrics::Metrics;
 use crate::problem::{ApiError, Kind};
 
 pub use crate::metrics::metrics_router;
+pub use crate::routes::import::{
+    FINISHED_KEPT as FINISHED_BACKGROUND_IMPORTS_KEPT,
+    FINISHED_TTL as FINISHED_BACKGROUND_IMPORTS_TTL,
+};
 
 /// Limits and switches of the API.
 #[derive(Debug, Clone)]
@@ -55,6 +59,13 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Largest import body accepted, bytes. Default 512 MiB (the import streams).
     pub max_import_bytes: u64,
+    /// An import body whose `Content-Length` is larger than this runs in the
+    /// background (`202` and a progress resource) unless the request says
+    /// `background=false`. Default 4 MiB.
+    pub background_import_bytes: u64,
+    /// Where background imports spool their upload; `None` (the default): the
+    /// system's temporary directory. Each spool file is deleted when its import ends.
+    pub spool_dir: Option<std::path::PathBuf>,
     /// Time limit of a request (not of streams: imports, exports, events). Default 30 s.
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty (the default) = no CORS headers at all.
@@ -68,6 +79,8 @@ impl Default for HttpOptions {
         HttpOptions {
             max_body_bytes: 1 << 20,
             max_import_bytes: 512 << 20,
+            background_import_bytes: 4 << 20,
+            spool_dir: None,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             auth_failures_per_minute: 20,
@@ -93,6 +106,7 @@ struct Shared {
     /// Accepted token hashes, for [`auth::TOKEN_CACHE_TTL`].
     token_cache: Mutex<HashMap<String, (connexa_core::ports::ApiToken, std::time::Instant)>>,
     shutdown: watch::Sender<bool>,
+    imports: routes::import::Registry,
 }
 
 impl std::fmt::Debug for AppState {
@@ -117,6 +131,7 @@ impl AppState {
             token_cache: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
+            imports: routes::import::Registry::default(),
         }))
     }
 
@@ -159,9 +174,20 @@ impl AppState {
     }
 
     /// Ends every open event stream (call on shutdown, so that graceful shutdown
-    /// does not wait for clients that follow a job).
+    /// does not wait for clients that follow a job) and stops background imports
+    /// after their current batch (see [`AppState::background_imports_ended`]).
     pub fn shutdown(&self) {
         self.0.shutdown.send_replace(true);
+    }
+
+    /// Resolves when no background import runs (after [`AppState::shutdown`],
+    /// they stop after their current batch and delete their spool files).
+    pub async fn background_imports_ended(&self) {
+        self.0.imports.idle().await;
+    }
+
+    pub(crate) fn imports(&self) -> &routes::import::Registry {
+        &self.0.imports
     }
 
     /// How many nodes match `filter`: counted at most once per [`TOTAL_TTL`]
@@ -192,7 +218,7 @@ impl AppState {
         Ok(n)
     }
 
-    fn forget_totals(&self) {
+    pub(crate) fn forget_totals(&self) {
         self.0
             .totals
             .lock()
@@ -230,6 +256,8 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs", get(routes::jobs::list).post(routes::jobs::create))
         .route("/jobs/{id}", get(routes::jobs::get_one))
         .route("/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/imports", get(routes::import::list))
+        .route("/imports/{id}", get(routes::import::get_one))
         .route("/services", get(routes::services::list))
         .route("/services/start", post(routes::services::start))
         .route("/services/stop", post(routes::services::stop))
@@ -244,7 +272,8 @@ pub fn app(state: AppState) -> Router {
             post(routes::import::import).layer(DefaultBodyLimit::disable()),
         )
         .route("/export", get(routes::export::export))
-        .route("/jobs/{id}/events", get(routes::jobs::events));
+        .route("/jobs/{id}/events", get(routes::jobs::events))
+        .route("/imports/{id}/events", get(routes::import::events));
     let api = quick
         .merge(streams)
         .layer(middleware::from_fn_with_state(

@@ -45,7 +45,12 @@ enum Command {
     Openapi,
 }
 
-#[derive(Debug, Default, clap::Args)]
+/// `--max-import-mib` when not given.
+const MAX_IMPORT_MIB: u64 = 512;
+/// `--background-import-mib` when not given.
+const BACKGROUND_IMPORT_MIB: u64 = 4;
+
+#[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Listen address [default: `http.listen` in the config file, else 127.0.0.1:8080].
     #[arg(long)]
@@ -60,11 +65,35 @@ struct ServeArgs {
     #[arg(long, value_name = "ORIGIN")]
     cors_origin: Vec<String>,
     /// Largest import body, MiB.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = MAX_IMPORT_MIB)]
     max_import_mib: u64,
+    /// Import bodies whose Content-Length is over this many MiB run in the
+    /// background (202 + progress at /api/v1/imports/{id}) unless `background=false`.
+    #[arg(long, default_value_t = BACKGROUND_IMPORT_MIB)]
+    background_import_mib: u64,
+    /// Directory for the spool files of background imports [default: the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
     /// What to do at start-up with jobs a previous process left unfinished.
     #[arg(long, value_enum, default_value_t = Recover::Resume)]
     recover: Recover,
+}
+
+/// `serve` without options (what runs without a subcommand): the same defaults
+/// as clap's (a derived `Default` would make the import limits 0 MiB).
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            listen: None,
+            metrics_listen: None,
+            init_admin: false,
+            cors_origin: Vec::new(),
+            max_import_mib: MAX_IMPORT_MIB,
+            background_import_mib: BACKGROUND_IMPORT_MIB,
+            spool_dir: None,
+            recover: Recover::Resume,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, clap::ValueEnum)]
@@ -211,6 +240,8 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     let options = HttpOptions {
         cors_origins,
         max_import_bytes: s.max_import_mib.saturating_mul(1 << 20),
+        background_import_bytes: s.background_import_mib.saturating_mul(1 << 20),
+        spool_dir: s.spool_dir.clone(),
         ..HttpOptions::default()
     };
     let state = AppState::new(engine.clone(), store.clone(), options).with_probe_stats(probe_stats);
@@ -257,10 +288,17 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     };
     let server = axum::serve(
         listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     server.await?;
+    // Background imports stop after their current batch and delete their spool files.
+    if tokio::time::timeout(Duration::from_secs(30), state.background_imports_ended())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background imports did not stop within 30 s");
+    }
     // The engine lets items in flight finish and commit; give it a bound.
     if tokio::time::timeout(Duration::from_secs(30), engine_task)
         .await
@@ -304,5 +342,20 @@ mod tests {
     #[test]
     fn args_definition_is_valid() {
         super::Args::command().debug_assert();
+    }
+
+    /// No subcommand runs `serve` with `ServeArgs::default()`: it must equal
+    /// what `serve` without options parses to.
+    #[test]
+    fn serve_defaults_match_clap_defaults() {
+        use clap::Parser;
+        let parsed = super::Args::parse_from(["connexa-http", "serve"]);
+        let Some(super::Command::Serve(s)) = parsed.command else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            format!("{s:?}"),
+            format!("{:?}", super::ServeArgs::default())
+        );
     }
 }

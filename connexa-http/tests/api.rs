@@ -1076,3 +1076,469 @@ async fn slow_requests_time_out_as_problems() {
         r.problem(503, "timeout");
     }
 }
+
+// --- background imports ---------------------------------------------------------------
+
+/// `POST /api/v1/import{query}` with a `Content-Length` (as every browser and
+/// HTTP client sends for a sized body) or without one (like a chunked upload).
+async fn post_import(
+    a: &Api,
+    query: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    with_length: bool,
+) -> common::Res {
+    let mut b = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/import{query}"))
+        .header(header::AUTHORIZATION, format!("Bearer {}", a.token))
+        .header(header::CONTENT_TYPE, content_type);
+    if with_length {
+        b = b.header(header::CONTENT_LENGTH, body.len());
+    }
+    a.send(b.body(axum::body::Body::from(body)).unwrap()).await
+}
+
+/// Polls a background import until it is no longer running.
+async fn wait_import(a: &Api, url: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = a.get(url).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let v = r.json();
+        if v["state"] != "running" {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn spool_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A list of `n` good rows with two broken ones (lines 5 and 150) and a
+/// duplicate of line 1 at the end: `n + 3` lines.
+fn list_with_bad_lines(n: usize) -> String {
+    let mut lines: Vec<String> = fleet_list(n).lines().map(str::to_owned).collect();
+    lines.insert(4, "127.9.250.1:admin".into());
+    lines.insert(149, "127.9.0.300:admin:x".into());
+    lines.push(lines[0].clone());
+    lines.join("\n") + "\n"
+}
+
+#[tokio::test]
+async fn background_import_reports_what_a_sync_import_reports() {
+    let spool = tempfile::tempdir().unwrap();
+    let a = api_with(HttpOptions {
+        background_import_bytes: 1024,
+        spool_dir: Some(spool.path().to_owned()),
+        ..HttpOptions::default()
+    })
+    .await;
+    let reference = api().await;
+    let text = list_with_bad_lines(300);
+    assert!(text.len() > 1024);
+
+    // The same text, synchronously, into another database.
+    let sync = reference.import(&text).await;
+    assert_eq!(sync.status, StatusCode::OK, "{}", sync.text());
+    let sync = sync.json()["summary"].clone();
+
+    let r = post_import(&a, "", "text/plain", text.clone().into_bytes(), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let accepted = r.json();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let url = format!("/api/v1/imports/{id}");
+    assert_eq!(accepted["url"], url);
+    assert_eq!(r.headers[header::LOCATION], url.as_str());
+    assert_eq!(accepted["state"], "running");
+    assert_eq!(accepted["bytes_total"], text.len() as u64);
+    assert_eq!(accepted["summary"], json!(null));
+
+    let done = wait_import(&a, &url).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["percent"], 100.0);
+    assert_eq!(done["bytes_processed"], text.len() as u64);
+    assert_eq!(done["error"], json!(null));
+    assert_eq!(done["job"], json!(null));
+    assert!(done["finished_at"].is_string());
+    // The whole report equals the synchronous one (both databases were empty,
+    // so even the node ids agree).
+    assert_eq!(done["summary"], sync);
+    let s = &done["summary"];
+    let lines = |k: &str| -> Vec<u64> {
+        s[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["line"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(lines("errors"), vec![5, 150], "{s}");
+    assert_eq!(lines("duplicates"), vec![303], "{s}");
+    assert_eq!(lines("added").len(), 300);
+    // The rows are in the store, exactly the reported ones.
+    let untimed = |snap: String| -> Vec<serde_json::Value> {
+        snap.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                o.remove("created_at");
+                o.remove("updated_at");
+                v
+            })
+            .collect()
+    };
+    let stored = untimed(a.snapshot().await);
+    assert_eq!(stored.len(), 300);
+    assert_eq!(stored, untimed(reference.snapshot().await));
+    let total = a.get("/api/v1/nodes?limit=0").await.json()["total"].clone();
+    assert_eq!(total, 300);
+    for row in s["added"].as_array().unwrap().iter().take(5) {
+        a.get(&format!("/api/v1/nodes/{}", row["id"])).await.json();
+    }
+    // The spool file is gone.
+    assert_eq!(spool_files(spool.path()), Vec::<String>::new());
+    // The list shows it; its event stream is one final `done` at 100 %.
+    let list = a.get("/api/v1/imports").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    let ev = a.get(&format!("{url}/events")).await;
+    assert_eq!(ev.status, StatusCode::OK);
+    let events = sse(&ev.text());
+    assert_eq!(events.len(), 1, "{}", ev.text());
+    assert_eq!(events[0].0, "done");
+    assert_eq!(events[0].2["percent"], 100.0);
+    assert_eq!(events[0].2["summary"], sync);
+}
+
+#[tokio::test]
+async fn background_or_not_auto_and_by_parameter_and_forms() {
+    let spool = tempfile::tempdir().unwrap();
+    let a = api_with(HttpOptions {
+        background_import_bytes: 1024,
+        spool_dir: Some(spool.path().to_owned()),
+        ..HttpOptions::default()
+    })
+    .await;
+    // Under the threshold with a length, or without a length: synchronous.
+    let small = fleet_list(3);
+    let r = post_import(&a, "", "text/plain", small.into_bytes(), true).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["summary"]["added"].as_array().unwrap().len(), 3);
+    let big = fleet_list(100);
+    assert!(big.len() > 1024);
+    let r = post_import(&a, "", "text/plain", big.clone().into_bytes(), false).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["summary"]["duplicates"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(r.json()["summary"]["added"].as_array().unwrap().len(), 97);
+    // Over the threshold but `background=false`: synchronous.
+    let r = post_import(
+        &a,
+        "?background=false&on_conflict=replace",
+        "text/plain",
+        big.clone().into_bytes(),
+        true,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["summary"]["duplicates"].as_array().unwrap().len(),
+        100
+    );
+    // Small, no length, but `background=true`: background.
+    let r = post_import(
+        &a,
+        "?background=true&source=tiny",
+        "text/plain",
+        b"127.9.9.9:x:y\n".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let done = wait_import(&a, r.json()["url"].as_str().unwrap()).await;
+    assert_eq!(
+        (
+            done["state"].as_str(),
+            done["summary"]["source"].as_str(),
+            done["summary"]["added"].as_array().map(Vec::len)
+        ),
+        (Some("done"), Some("tiny"), Some(1)),
+        "{done}"
+    );
+    // A form over the threshold: the file field is spooled and imported.
+    let boundary = "b0undary";
+    let mut body = Vec::new();
+    body.extend(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n")
+            .as_bytes(),
+    );
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"fleet.txt\"\r\nContent-Type: text/plain\r\n\r\n").as_bytes());
+    let form_list: String = (0..60)
+        .map(|i| format!("127.10.0.{}:form{i}:pw\n", i + 1))
+        .collect();
+    body.extend(form_list.as_bytes());
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    assert!(body.len() > 1024);
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = post_import(&a, "", &ct, body, true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["bytes_total"], form_list.len() as u64);
+    let done = wait_import(&a, r.json()["url"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["summary"]["source"], "fleet.txt");
+    assert_eq!(done["summary"]["added"].as_array().unwrap().len(), 60);
+    assert_eq!(
+        a.get("/api/v1/nodes?limit=0&login=form").await.json()["total"],
+        60
+    );
+    // A form without a file field: 400, nothing registered.
+    let empty_form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nx\r\n--{boundary}--\r\n"
+    );
+    post_import(&a, "?background=true", &ct, empty_form.into_bytes(), true)
+        .await
+        .problem(400, "bad-request");
+    // An empty body: 400.
+    post_import(&a, "?background=true", "text/plain", vec![], false)
+        .await
+        .problem(400, "bad-request");
+    // Newest first: the form, then the tiny one.
+    let list = a.get("/api/v1/imports").await.json();
+    let sources: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["source"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sources, ["fleet.txt", "tiny"]);
+    assert_eq!(spool_files(spool.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn background_import_over_the_limit_imports_nothing() {
+    let spool = tempfile::tempdir().unwrap();
+    let a = api_with(HttpOptions {
+        max_import_bytes: 4096,
+        background_import_bytes: 1024,
+        spool_dir: Some(spool.path().to_owned()),
+        ..HttpOptions::default()
+    })
+    .await;
+    let big = fleet_list(200);
+    assert!(big.len() > 4096);
+    // Without a length: found out while spooling.
+    let p = post_import(
+        &a,
+        "?background=true",
+        "text/plain",
+        big.clone().into_bytes(),
+        false,
+    )
+    .await
+    .problem(413, "payload-too-large");
+    assert!(p.get("import").is_none(), "{p}");
+    // With a length: refused before reading.
+    post_import(&a, "", "text/plain", big.into_bytes(), true)
+        .await
+        .problem(413, "payload-too-large");
+    assert_eq!(a.snapshot().await, "");
+    assert_eq!(a.get("/api/v1/imports").await.json(), json!([]));
+    assert_eq!(spool_files(spool.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn background_import_errors_unknown_ids_and_tokens() {
+    let a = api().await;
+    a.get("/api/v1/imports/0123456789abcdef")
+        .await
+        .problem(404, "not-found");
+    a.get("/api/v1/imports/nope/events")
+        .await
+        .problem(404, "not-found");
+    for uri in [
+        "/api/v1/imports",
+        "/api/v1/imports/0123456789abcdef",
+        "/api/v1/imports/0123456789abcdef/events",
+    ] {
+        a.req(Method::GET, uri, None, None, None)
+            .await
+            .problem(401, "unauthorized");
+    }
+    let r = a
+        .req(
+            Method::POST,
+            "/api/v1/import?background=true",
+            None,
+            Some(("text/plain", b"127.9.0.1:u:p\n".to_vec())),
+            None,
+        )
+        .await;
+    r.problem(401, "unauthorized");
+    assert_eq!(a.snapshot().await, "");
+    assert_eq!(a.get("/api/v1/imports").await.json(), json!([]));
+}
+
+#[tokio::test]
+async fn background_import_starts_the_test_job() {
+    let a = api_with(HttpOptions {
+        background_import_bytes: 10,
+        ..HttpOptions::default()
+    })
+    .await;
+    a.import("127.9.0.1:u:p\n").await;
+    let r = post_import(
+        &a,
+        "?test=light",
+        "text/plain",
+        b"127.9.0.1:u:p\n127.9.0.2:u:p\n127.9.0.3:u:p\n".to_vec(),
+        true,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let done = wait_import(&a, r.json()["url"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let job = done["job"].as_i64().expect("a job id");
+    let j = a.get(&format!("/api/v1/jobs/{job}")).await.json();
+    assert_eq!(
+        (j["kind"].as_str(), j["total"].as_u64()),
+        (Some("light"), Some(2)),
+        "{j}"
+    );
+}
+
+#[tokio::test]
+async fn background_import_stops_on_shutdown_and_reports_what_went_in() {
+    let spool = tempfile::tempdir().unwrap();
+    let a = api_with(HttpOptions {
+        background_import_bytes: 1024,
+        spool_dir: Some(spool.path().to_owned()),
+        ..HttpOptions::default()
+    })
+    .await;
+    let big = fleet_list(60_000);
+    let r = post_import(&a, "", "text/plain", big.into_bytes(), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    a.state.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), a.state.background_imports_ended())
+        .await
+        .expect("the import stops");
+    let v = a.get(r.json()["url"].as_str().unwrap()).await.json();
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("shut down"),
+        "{}",
+        v["error"]
+    );
+    assert!(v["percent"].as_f64().unwrap() < 100.0);
+    let added = v["summary"]["added"].as_array().unwrap().len();
+    assert!(added < 60_000, "{added}");
+    let stored = connexa_core::ops::count(a.store.as_ref(), &NodeFilter::all())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, added as u64,
+        "the report names exactly what went in"
+    );
+    assert_eq!(spool_files(spool.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn finished_background_imports_are_kept_up_to_a_bound() {
+    let a = api().await;
+    let mut ids = Vec::new();
+    for i in 0..connexa_http::FINISHED_BACKGROUND_IMPORTS_KEPT + 2 {
+        let r = post_import(
+            &a,
+            "?background=true",
+            "text/plain",
+            format!("127.11.0.{}:u:p\n", i + 1).into_bytes(),
+            false,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+        let url = r.json()["url"].as_str().unwrap().to_owned();
+        assert_eq!(wait_import(&a, &url).await["state"], "done");
+        ids.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    let list = a.get("/api/v1/imports").await.json();
+    let listed: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut newest: Vec<_> = ids[2..].to_vec();
+    newest.reverse();
+    assert_eq!(listed, newest);
+    // The list leaves the reports out; each import's own resource has it.
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["summary"].is_null())
+    );
+    let last = a
+        .get(&format!("/api/v1/imports/{}", ids[ids.len() - 1]))
+        .await
+        .json();
+    assert_eq!(last["summary"]["added"].as_array().unwrap().len(), 1);
+    // The two oldest are forgotten; the rows they imported stay.
+    for old in &ids[..2] {
+        a.get(&format!("/api/v1/imports/{old}"))
+            .await
+            .problem(404, "not-found");
+    }
+    assert_eq!(
+        a.get("/api/v1/nodes?limit=0&ip=127.11.").await.json()["total"],
+        ids.len()
+    );
+}
+
+#[tokio::test]
+async fn background_import_events_show_progress_and_end_at_100_percent() {
+    let a = api_with(HttpOptions {
+        background_import_bytes: 1024,
+        ..HttpOptions::default()
+    })
+    .await;
+    let list = fleet_list(40_000);
+    let r = post_import(&a, "", "text/plain", list.clone().into_bytes(), true).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let url = r.json()["url"].as_str().unwrap().to_owned();
+    // The stream ends by itself after the final event.
+    let ev = tokio::time::timeout(Duration::from_secs(120), a.get(&format!("{url}/events")))
+        .await
+        .expect("the stream ends");
+    assert_eq!(ev.status, StatusCode::OK);
+    assert_eq!(ev.headers[header::CONTENT_TYPE], "text/event-stream");
+    let events = sse(&ev.text());
+    let (last, progress) = events.split_last().expect("events");
+    assert_eq!(last.0, "done");
+    assert_eq!(
+        (
+            last.2["state"].as_str(),
+            last.2["percent"].as_f64(),
+            last.2["bytes_processed"].as_u64()
+        ),
+        (Some("done"), Some(100.0), Some(list.len() as u64))
+    );
+    assert_eq!(last.2["summary"]["added"].as_array().unwrap().len(), 40_000);
+    let mut seen = 0;
+    for (name, _, data) in progress {
+        assert_eq!(name, "progress");
+        assert_eq!(data["state"], "running");
+        let p = data["percent"].as_f64().unwrap();
+        assert!((0.0..100.0).contains(&p), "{p}");
+        let b = data["bytes_processed"].as_u64().unwrap();
+        assert!(b >= seen, "progress went back: {b} < {seen}");
+        seen = b;
+    }
+}

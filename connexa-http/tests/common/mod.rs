@@ -125,6 +125,11 @@ impl Api {
         if let Some(addr) = from {
             req.extensions_mut().insert(ConnectInfo(addr));
         }
+        self.send(req).await
+    }
+
+    /// Sends a request as it is and reads the whole answer.
+    pub async fn send(&self, req: Request<Body>) -> Res {
         let res = self.app.clone().oneshot(req).await.unwrap();
         let status = res.status();
         let headers = res.headers().clone();
