@@ -18,6 +18,11 @@ use clap::error::ErrorKind;
 use crate::cli::Cli;
 use crate::exit::{Exit, classify, collapse, one_line};
 
+/// mimalloc instead of glibc malloc: under concurrent load glibc's arenas and
+/// `malloc_consolidate` cost a fifth of the CPU time (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Errors and panics are ONE line on stderr, never a backtrace.
     std::panic::set_hook(Box::new(|info| {

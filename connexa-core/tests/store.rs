@@ -158,6 +158,30 @@ async fn apply_writes_status_evidence_and_history(db: TestDb) {
         n.service.as_ref().unwrap().password.expose(),
         "svc-password-123456"
     );
+    // A listing reads the node exactly as `get` does (listings decode rows by
+    // column position, `get` by column name), every column filled in.
+    s.update_meta(
+        id,
+        NodeMeta {
+            provider: Some("prov".into()),
+            country: Some("DE".into()),
+            state: Some("BE".into()),
+            city: Some("Berlin".into()),
+            zipcode: Some("10115".into()),
+            comment: Some("c".into()),
+        },
+    )
+    .await
+    .unwrap();
+    s.set_service_wanted(&NodeFilter::ids([id]), true)
+        .await
+        .unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    let listed = s
+        .list_page(&NodeFilter::ids([id]), Page::default())
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![n]);
 
     let h = s.history(id).await.unwrap();
     let path: Vec<_> = h.iter().map(|r| (r.from, r.to.unwrap(), r.event)).collect();

@@ -102,7 +102,7 @@ struct Shared {
     probe_stats: Mutex<Option<Arc<ProbeStats>>>,
     touched: Mutex<HashMap<TokenId, std::time::Instant>>,
     /// Totals of recent listings per filter (see [`AppState::total`]).
-    totals: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    totals: Mutex<HashMap<String, TotalSlot>>,
     /// Accepted token hashes, for [`auth::TOKEN_CACHE_TTL`].
     token_cache: Mutex<HashMap<String, (connexa_core::ports::ApiToken, std::time::Instant)>>,
     shutdown: watch::Sender<bool>,
@@ -192,29 +192,33 @@ impl AppState {
 
     /// How many nodes match `filter`: counted at most once per [`TOTAL_TTL`]
     /// per distinct filter (counting is what makes a listing of a large table
-    /// slow); any write request through the API forgets the cached totals.
+    /// slow), and by one request at a time: concurrent listings with the same
+    /// filter wait for that one count instead of each counting the table. Any
+    /// write request through the API forgets the cached totals.
     pub async fn total(
         &self,
         filter: &connexa_core::domain::NodeFilter,
     ) -> Result<u64, connexa_core::ports::StoreError> {
         let key = serde_json::to_string(filter).unwrap_or_default();
-        let lock = || {
-            self.0
+        let slot = {
+            let mut totals = self
+                .0
                 .totals
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if totals.len() > 1_000 {
+                totals.clear();
+            }
+            Arc::clone(totals.entry(key).or_default())
         };
-        if let Some((n, at)) = lock().get(&key)
+        let mut cached = slot.lock().await;
+        if let Some((n, at)) = *cached
             && at.elapsed() < TOTAL_TTL
         {
-            return Ok(*n);
+            return Ok(n);
         }
         let n = connexa_core::ops::count(self.store().as_ref(), filter).await?;
-        let mut t = lock();
-        if t.len() > 1_000 {
-            t.clear();
-        }
-        t.insert(key, (n, std::time::Instant::now()));
+        *cached = Some((n, std::time::Instant::now()));
         Ok(n)
     }
 
@@ -230,6 +234,10 @@ impl AppState {
         self.0.shutdown.subscribe()
     }
 }
+
+/// A cached listing total and when it was counted; the async lock lets one
+/// request count while the others with the same filter wait for its result.
+type TotalSlot = Arc<tokio::sync::Mutex<Option<(u64, std::time::Instant)>>>;
 
 /// How long a listing's `total` may be reused (see [`AppState::total`]).
 pub const TOTAL_TTL: Duration = Duration::from_secs(1);

@@ -17,6 +17,11 @@ use connexa_core::runtime::NetworkPorts;
 use connexa_core::store::{SqlStore, redact_url};
 use connexa_http::{AppState, HttpOptions, app, metrics_router};
 
+/// mimalloc instead of glibc malloc: under concurrent load glibc's arenas and
+/// `malloc_consolidate` cost a fifth of the CPU time (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The database used when neither `--db`, `$CONNEXA_DB` nor the config file names one.
 const DEFAULT_DB: &str = "sqlite://connexa.db?mode=rwc";
 
