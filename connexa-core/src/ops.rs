@@ -941,26 +941,14 @@ mod tests {
 
     fn sample() -> Node {
         let now = Utc::now();
-        Node {
-            id: NodeId(0),
-            ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 5)),
-            port: 1723,
-            login: "u".into(),
-            password: crate::domain::Secret::new("p"),
-            meta: NodeMeta::default(),
-            status: Status::NotTested,
-            last_checked_at: None,
-            last_error: None,
-            consecutive_failures: 0,
-            ping_ms: None,
-            speed_down_mbps: None,
-            speed_up_mbps: None,
-            pptp: None,
-            service: None,
-            service_wanted: false,
-            created_at: now,
-            updated_at: now,
-        }
+        Node::added(
+            NodeId(0),
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 5)),
+            1723,
+            "u",
+            crate::domain::Secret::new("p"),
+            now,
+        )
     }
 
     fn prober_answering(

@@ -726,26 +726,14 @@ mod tests {
             .expect_probe()
             .returning(|_, _| Ok(Outcome::success(Level::Light)));
         let prober: Arc<dyn Prober> = Arc::new(prober);
-        let node = crate::domain::Node {
-            id: NodeId(1),
-            ip: "127.0.0.1".parse().unwrap(),
-            port: 1723,
-            login: "a".into(),
-            password: "b".into(),
-            meta: NodeMeta::default(),
-            status: Status::NotTested,
-            last_checked_at: None,
-            last_error: None,
-            consecutive_failures: 0,
-            ping_ms: None,
-            speed_down_mbps: None,
-            speed_up_mbps: None,
-            pptp: None,
-            service: None,
-            service_wanted: false,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        };
+        let node = crate::domain::Node::added(
+            NodeId(1),
+            "127.0.0.1".parse().unwrap(),
+            1723,
+            "a",
+            "b".into(),
+            Utc::now(),
+        );
         let out = prober.probe(&node, ProbeDepth::Light).await.unwrap();
         assert_eq!(out.reached, Level::Light);
         let _store: Option<Arc<dyn NodeStore>> = None::<Arc<MockNodeStore>>.map(|s| s as _);

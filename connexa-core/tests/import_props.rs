@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{TimeZone, Utc};
-use connexa_core::domain::{MAX_LOGIN, MAX_PASSWORD, Node, NodeId, NodeMeta, Secret, Status};
+use connexa_core::domain::{MAX_LOGIN, MAX_PASSWORD, Node, NodeId, NodeMeta, Secret};
 use connexa_core::export::{ExportFormat, write};
 use connexa_core::import::{ImportError, ParsedNode, parse};
 use proptest::prelude::*;
@@ -85,24 +85,8 @@ fn node(id: i64, (ip, port, login, password): Identity, meta: NodeMeta) -> Node 
         .single()
         .unwrap_or_default();
     Node {
-        id: NodeId(id),
-        ip,
-        port,
-        login,
-        password: Secret::new(password),
         meta,
-        status: Status::NotTested,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
-        service_wanted: false,
-        created_at: t,
-        updated_at: t,
+        ..Node::added(NodeId(id), ip, port, login, Secret::new(password), t)
     }
 }
 

@@ -1131,15 +1131,22 @@ fn list_with_bad_lines(n: usize) -> String {
     lines.join("\n") + "\n"
 }
 
-#[tokio::test]
-async fn background_import_reports_what_a_sync_import_reports() {
+/// An API whose imports over 1 KiB run in the background, spooled to a
+/// temporary directory of the test's own (returned, so that it lives as long).
+async fn background_api(options: HttpOptions) -> (tempfile::TempDir, Api) {
     let spool = tempfile::tempdir().unwrap();
     let a = api_with(HttpOptions {
         background_import_bytes: 1024,
         spool_dir: Some(spool.path().to_owned()),
-        ..HttpOptions::default()
+        ..options
     })
     .await;
+    (spool, a)
+}
+
+#[tokio::test]
+async fn background_import_reports_what_a_sync_import_reports() {
+    let (spool, a) = background_api(HttpOptions::default()).await;
     let reference = api().await;
     let text = list_with_bad_lines(300);
     assert!(text.len() > 1024);
@@ -1218,13 +1225,7 @@ async fn background_import_reports_what_a_sync_import_reports() {
 
 #[tokio::test]
 async fn background_or_not_auto_and_by_parameter_and_forms() {
-    let spool = tempfile::tempdir().unwrap();
-    let a = api_with(HttpOptions {
-        background_import_bytes: 1024,
-        spool_dir: Some(spool.path().to_owned()),
-        ..HttpOptions::default()
-    })
-    .await;
+    let (spool, a) = background_api(HttpOptions::default()).await;
     // Under the threshold with a length, or without a length: synchronous.
     let small = fleet_list(3);
     let r = post_import(&a, "", "text/plain", small.into_bytes(), true).await;
@@ -1324,11 +1325,8 @@ async fn background_or_not_auto_and_by_parameter_and_forms() {
 
 #[tokio::test]
 async fn background_import_over_the_limit_imports_nothing() {
-    let spool = tempfile::tempdir().unwrap();
-    let a = api_with(HttpOptions {
+    let (spool, a) = background_api(HttpOptions {
         max_import_bytes: 4096,
-        background_import_bytes: 1024,
-        spool_dir: Some(spool.path().to_owned()),
         ..HttpOptions::default()
     })
     .await;
@@ -1416,13 +1414,7 @@ async fn background_import_starts_the_test_job() {
 
 #[tokio::test]
 async fn background_import_stops_on_shutdown_and_reports_what_went_in() {
-    let spool = tempfile::tempdir().unwrap();
-    let a = api_with(HttpOptions {
-        background_import_bytes: 1024,
-        spool_dir: Some(spool.path().to_owned()),
-        ..HttpOptions::default()
-    })
-    .await;
+    let (spool, a) = background_api(HttpOptions::default()).await;
     let big = fleet_list(60_000);
     let r = post_import(&a, "", "text/plain", big.into_bytes(), true).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use connexa_core::domain::{Node, NodeId, NodeMeta, Status};
+use connexa_core::domain::{Node, NodeId, Status};
 use connexa_core::service::{LinkStream, TunnelError, TunnelLink, TunnelOpener};
 use connexa_core::socks::proto::{self, Reply, TargetAddr};
 use sha2::{Digest, Sha256};
@@ -328,24 +328,16 @@ impl TunnelLink for CtlLink {
 /// A verified (`speed_ok`) node value, for launcher tests without a store.
 pub fn verified_node(id: i64) -> Node {
     Node {
-        id: NodeId(id),
-        ip: IpAddr::from([127, 0, 0, 1]),
-        port: 1723,
-        login: "u".into(),
-        password: "p".into(),
-        meta: NodeMeta::default(),
         status: Status::SpeedOk,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
         service_wanted: true,
-        created_at: chrono::Utc::now(),
-        updated_at: chrono::Utc::now(),
+        ..Node::added(
+            NodeId(id),
+            IpAddr::from([127, 0, 0, 1]),
+            1723,
+            "u",
+            "p".into(),
+            chrono::Utc::now(),
+        )
     }
 }
 

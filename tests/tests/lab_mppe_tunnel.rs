@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use connexa_core::domain::{
-    Event, Failure, Level, Node, NodeId, NodeMeta, Outcome, Secret, Status, transition,
+    Event, Failure, Level, Node, NodeId, Outcome, Secret, Status, transition,
 };
 use connexa_core::speed::http::{self, HttpUrl};
 use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
@@ -46,26 +46,14 @@ fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
 }
 
 fn node(lab: &Lab) -> Node {
-    Node {
-        id: NodeId(1),
-        ip: lab.server.into(),
-        port: lab.pptp_port,
-        login: lab.user.clone(),
-        password: Secret::new(lab.password.clone()),
-        meta: NodeMeta::default(),
-        status: Status::NotTested,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
-        service_wanted: false,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
-    }
+    Node::added(
+        NodeId(1),
+        lab.server.into(),
+        lab.pptp_port,
+        lab.user.clone(),
+        Secret::new(lab.password.clone()),
+        Utc::now(),
+    )
 }
 
 fn status_after(outcome: &Outcome) -> Status {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use connexa_core::domain::{
-    Event, EventKind, Level, NewNode, Node, NodeFilter, NodeId, NodeMeta, Outcome, Secret,
-    ServiceEndpoint, Status,
+    Event, EventKind, Level, NewNode, Node, NodeFilter, NodeId, Outcome, Secret, ServiceEndpoint,
+    Status,
 };
 use connexa_core::engine::{Engine, EngineConfig, NotAvailable};
 use connexa_core::ports::{
@@ -124,24 +124,16 @@ async fn assert_port_closed(port: u16) {
 
 fn lab_node(lab: &Lab) -> Node {
     Node {
-        id: NodeId(1),
-        ip: lab.server.into(),
-        port: lab.pptp_port,
-        login: lab.user.clone(),
-        password: Secret::new(lab.password.clone()),
-        meta: NodeMeta::default(),
         status: Status::SpeedOk,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
         service_wanted: true,
-        created_at: Utc::now(),
-        updated_at: Utc::now(),
+        ..Node::added(
+            NodeId(1),
+            lab.server.into(),
+            lab.pptp_port,
+            lab.user.clone(),
+            Secret::new(lab.password.clone()),
+            Utc::now(),
+        )
     }
 }
 

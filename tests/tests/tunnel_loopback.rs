@@ -155,28 +155,16 @@ async fn a_server_without_ccp_is_logged_in_but_the_tunnel_fails() {
 }
 
 fn loopback_node(addr: SocketAddr, password: &str) -> connexa_core::domain::Node {
-    use connexa_core::domain::{Node, NodeId, NodeMeta, Status};
+    use connexa_core::domain::{Node, NodeId};
     let now = chrono::Utc::now();
-    Node {
-        id: NodeId(1),
-        ip: addr.ip(),
-        port: addr.port(),
-        login: "alice".into(),
-        password: Secret::new(password),
-        meta: NodeMeta::default(),
-        status: Status::NotTested,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
-        service_wanted: false,
-        created_at: now,
-        updated_at: now,
-    }
+    Node::added(
+        NodeId(1),
+        addr.ip(),
+        addr.port(),
+        "alice",
+        Secret::new(password),
+        now,
+    )
 }
 
 #[tokio::test(flavor = "current_thread")]

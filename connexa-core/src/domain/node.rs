@@ -106,6 +106,50 @@ pub struct Node {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Node {
+    /// The node as a store holds it right after adding it: `not_tested`, no
+    /// evidence, no service wanted, created and updated at `at`. For stores of
+    /// your own and for tests; the values are taken as given (validate operator
+    /// input with [`NewNode::new`]).
+    ///
+    /// ```
+    /// use connexa_core::domain::{Node, NodeId, Secret, Status};
+    /// let n = Node::added(NodeId(1), "127.0.0.1".parse()?, 1723, "user", Secret::new("pw"), chrono::Utc::now());
+    /// assert_eq!(n.status, Status::NotTested);
+    /// assert!(n.service.is_none() && !n.service_wanted);
+    /// # Ok::<(), std::net::AddrParseError>(())
+    /// ```
+    pub fn added(
+        id: NodeId,
+        ip: IpAddr,
+        port: u16,
+        login: impl Into<String>,
+        password: Secret,
+        at: DateTime<Utc>,
+    ) -> Node {
+        Node {
+            id,
+            ip,
+            port,
+            login: login.into(),
+            password,
+            meta: NodeMeta::default(),
+            status: Status::NotTested,
+            last_checked_at: None,
+            last_error: None,
+            consecutive_failures: 0,
+            ping_ms: None,
+            speed_down_mbps: None,
+            speed_up_mbps: None,
+            pptp: None,
+            service: None,
+            service_wanted: false,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
 /// Why a [`NewNode`] could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

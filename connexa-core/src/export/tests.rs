@@ -1,33 +1,21 @@
 use chrono::{TimeZone, Utc};
 
 use super::*;
-use crate::domain::{NodeId, NodeMeta, Secret, ServiceEndpoint};
+use crate::domain::{NodeId, Secret, ServiceEndpoint};
 
 pub(crate) fn node(id: i64, ip: &str, port: u16, login: &str, password: &str) -> Node {
     let t = Utc
         .with_ymd_and_hms(2025, 9, 3, 16, 5, 25)
         .single()
         .unwrap_or_default();
-    Node {
-        id: NodeId(id),
-        ip: ip.parse().unwrap(),
+    Node::added(
+        NodeId(id),
+        ip.parse().unwrap(),
         port,
-        login: login.to_owned(),
-        password: Secret::new(password),
-        meta: NodeMeta::default(),
-        status: Status::NotTested,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
-        service_wanted: false,
-        created_at: t,
-        updated_at: t,
-    }
+        login,
+        Secret::new(password),
+        t,
+    )
 }
 
 fn sample() -> Vec<Node> {

@@ -7,26 +7,14 @@ use crate::ports::{MockProber, MockSpeedTester};
 
 fn node() -> Node {
     let t = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
-    Node {
-        id: crate::domain::NodeId(7),
-        ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        port: 1723,
-        login: "user".into(),
-        password: crate::domain::Secret::new("pw"),
-        meta: crate::domain::NodeMeta::default(),
-        status: crate::domain::Status::NotTested,
-        last_checked_at: None,
-        last_error: None,
-        consecutive_failures: 0,
-        ping_ms: None,
-        speed_down_mbps: None,
-        speed_up_mbps: None,
-        pptp: None,
-        service: None,
-        service_wanted: false,
-        created_at: t,
-        updated_at: t,
-    }
+    Node::added(
+        crate::domain::NodeId(7),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        1723,
+        "user",
+        crate::domain::Secret::new("pw"),
+        t,
+    )
 }
 
 #[test]

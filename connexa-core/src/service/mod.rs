@@ -189,24 +189,16 @@ mod tests {
 
     fn node() -> Node {
         Node {
-            id: crate::domain::NodeId(1),
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            port: 1723,
-            login: "a".into(),
-            password: "b".into(),
-            meta: Default::default(),
             status: crate::domain::Status::SpeedOk,
-            last_checked_at: None,
-            last_error: None,
-            consecutive_failures: 0,
-            ping_ms: None,
-            speed_down_mbps: None,
-            speed_up_mbps: None,
-            pptp: None,
-            service: None,
             service_wanted: true,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
+            ..Node::added(
+                crate::domain::NodeId(1),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                1723,
+                "a",
+                "b".into(),
+                chrono::Utc::now(),
+            )
         }
     }
 

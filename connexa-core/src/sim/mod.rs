@@ -65,7 +65,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::domain::{Node, NodeId, NodeMeta, Secret, Status};
+use crate::domain::{Node, NodeId, Secret};
 use crate::pptp::control::StartControlConnectionReply;
 
 mod gre;
@@ -389,26 +389,14 @@ impl SimNode {
     /// The node as a fresh, untested store row with this id (for probing without a store).
     pub fn node(&self, id: NodeId) -> Node {
         let now = Utc::now();
-        Node {
+        Node::added(
             id,
-            ip: IpAddr::V4(self.ip),
-            port: self.port,
-            login: self.login.clone(),
-            password: self.password.clone(),
-            meta: NodeMeta::default(),
-            status: Status::NotTested,
-            last_checked_at: None,
-            last_error: None,
-            consecutive_failures: 0,
-            ping_ms: None,
-            speed_down_mbps: None,
-            speed_up_mbps: None,
-            pptp: None,
-            service: None,
-            service_wanted: false,
-            created_at: now,
-            updated_at: now,
-        }
+            IpAddr::V4(self.ip),
+            self.port,
+            self.login.clone(),
+            self.password.clone(),
+            now,
+        )
     }
 }
 

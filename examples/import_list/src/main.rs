@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use connexa_core::domain::{Node, NodeId, Secret, Status};
+use connexa_core::domain::{Node, NodeId, Secret};
 use connexa_core::export::{ExportFormat, write};
 use connexa_core::import::{Importer, parse};
 use connexa_core::ports::InsertOutcome;
@@ -91,24 +91,15 @@ fn main() {
     let nodes: Vec<Node> = added
         .into_iter()
         .map(|(id, n)| Node {
-            id,
-            ip: n.ip(),
-            port: n.port(),
-            login: n.login().to_owned(),
-            password: Secret::new(n.password().expose()),
             meta: n.meta.clone(),
-            status: Status::NotTested,
-            last_checked_at: None,
-            last_error: None,
-            consecutive_failures: 0,
-            ping_ms: None,
-            speed_down_mbps: None,
-            speed_up_mbps: None,
-            pptp: None,
-            service: None,
-            service_wanted: false,
-            created_at: Default::default(),
-            updated_at: Default::default(),
+            ..Node::added(
+                id,
+                n.ip(),
+                n.port(),
+                n.login(),
+                Secret::new(n.password().expose()),
+                Default::default(),
+            )
         })
         .collect();
     println!("\nexported as pptp:");
