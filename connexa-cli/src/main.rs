@@ -24,6 +24,10 @@ use crate::exit::{Exit, classify, collapse, one_line};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Before any thread exists, so before any use of SQLite (see its docs).
+    #[allow(unsafe_code)]
+    // SAFETY: nothing has used SQLite yet; the process is single-threaded here.
+    let _ = unsafe { connexa_core::store::disable_sqlite_memory_statistics() };
     // Errors and panics are ONE line on stderr, never a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

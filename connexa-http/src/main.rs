@@ -131,6 +131,10 @@ enum TokenCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread exists, so before any use of SQLite (see its docs).
+    #[allow(unsafe_code)]
+    // SAFETY: nothing has used SQLite yet; the process is single-threaded here.
+    let _ = unsafe { connexa_core::store::disable_sqlite_memory_statistics() };
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::INFO)

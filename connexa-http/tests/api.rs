@@ -987,6 +987,19 @@ async fn stats_and_metrics() {
         json!({"status": "not_tested", "count": 6})
     );
     assert_eq!(s["by_status"].as_array().unwrap().len(), 8);
+    // Extension methods from anyone are counted, but under one label value.
+    for m in ["FOO", "BAR"] {
+        let r = a
+            .req(
+                Method::from_bytes(m.as_bytes()).unwrap(),
+                "/healthz",
+                None,
+                None,
+                None,
+            )
+            .await;
+        assert!(r.status.is_client_error(), "{m}: {}", r.status);
+    }
     let m = a.get("/metrics").await;
     assert_eq!(m.status, StatusCode::OK);
     assert!(
@@ -1006,6 +1019,16 @@ async fn stats_and_metrics() {
     );
     assert!(
         t.contains("connexa_http_request_duration_seconds_count"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("method=\"FOO\"") && !t.contains("method=\"BAR\""),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "connexa_http_requests_total{method=\"other\",route=\"/healthz\",status=\"405\"} 2"
+        ),
         "{t}"
     );
     // This state was given no probe collector: no probe histograms.

@@ -25,6 +25,8 @@ pub mod migration;
 mod query;
 #[cfg(feature = "sqlite")]
 mod sqlite_memstatus;
+#[cfg(feature = "sqlite")]
+pub use sqlite_memstatus::disable_sqlite_memory_statistics;
 mod tokens;
 
 use std::collections::HashMap;
@@ -120,8 +122,6 @@ impl SqlStore {
             .acquire_timeout(Duration::from_secs(60));
         match backend {
             Backend::Sqlite => {
-                #[cfg(feature = "sqlite")]
-                sqlite_memstatus::disable();
                 // One connection per core plus one, 3..=8: SQLite runs each
                 // query on its connection's thread, and more threads than
                 // cores only add context switches (the HTTP API benchmark on
