@@ -958,3 +958,213 @@ async fn browser_cancel_export_and_node_markup_stays_text() {
     drop(fleet);
     drop(server);
 }
+
+/// What the import dialog showed for one file upload.
+struct Upload {
+    /// Every "Importing in the background…" text the dialog showed, in order.
+    progress: Vec<String>,
+    summary: String,
+    /// The line numbers of the report's "Rows not imported" table.
+    bad_lines: serde_json::Value,
+}
+
+/// Opens the import dialog, chooses `file` in its file input, submits, and
+/// waits for the report. A MutationObserver (installed before the submit)
+/// records each progress text the dialog shows, however briefly.
+async fn upload_in_dialog(b: &Browser, file: &std::path::Path) -> Upload {
+    b.click("#import-open").await;
+    b.wait_js(
+        "the import dialog",
+        T,
+        "return document.querySelector('#import').open",
+    )
+    .await;
+    b.js(
+        "window.__progress = []; \
+         const report = document.querySelector('#import-report'); \
+         new MutationObserver(() => { \
+           const p = report.querySelector('.import-progress'); \
+           if (p) window.__progress.push(p.textContent); \
+         }).observe(report, {childList: true, subtree: true, characterData: true}); \
+         return true",
+        vec![],
+    )
+    .await;
+    b.client
+        .find(fantoccini::Locator::Css("#import-file"))
+        .await
+        .expect("file input")
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    b.click("#import-submit").await;
+    b.wait_js(
+        "the import report",
+        T,
+        "return document.querySelector('#import-report .import-summary')",
+    )
+    .await;
+    let progress = b
+        .js("return window.__progress", vec![])
+        .await
+        .as_array()
+        .expect("progress texts")
+        .iter()
+        .map(|t| t.as_str().expect("a text").to_owned())
+        .collect();
+    let summary = b.text("#import-report .import-summary").await;
+    let bad_lines = b
+        .js(
+            "return [...document.querySelectorAll('#import-report tr[data-line]')].map(r => Number(r.dataset.line))",
+            vec![],
+        )
+        .await;
+    // The dialog was reset for the next import.
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#import-file').files.length",
+            vec![]
+        )
+        .await,
+        json!(0),
+        "the file input was not cleared"
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelector('#import-submit').disabled",
+            vec![]
+        )
+        .await,
+        json!(false)
+    );
+    b.click("#import-close").await;
+    Upload {
+        progress,
+        summary,
+        bad_lines,
+    }
+}
+
+/// A file over the server's background threshold is imported in the
+/// background: the dialog shows "Importing in the background… N %" while it
+/// polls `GET /imports/{id}`, then the same report a synchronous import shows
+/// (counts and the malformed rows' line numbers), and the table shows the added
+/// nodes. The same file under the default threshold (4 MiB) is imported
+/// synchronously: no progress, no background import in `GET /imports`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_background_import_of_a_large_file() {
+    // 45 good rows (never tested: no fleet behind them), two malformed ones on
+    // lines 5 and 30, and a duplicate of line 1 at the end: 48 lines.
+    let places = ["US:Texas:75001", "DE:Berlin:10115", "FR:Paris:75002"];
+    let mut lines: Vec<String> = (0..45)
+        .map(|i| format!("127.63.0.{}:user{i}:pw{i}:{}", i + 1, places[i % 3]))
+        .collect();
+    lines.insert(4, "127.63.1.1:admin".into());
+    lines.insert(29, "127.63.1.300:admin:x".into());
+    lines.push(lines[0].clone());
+    let list = lines.join("\n") + "\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("large-fleet.txt");
+    std::fs::write(&file, &list).expect("write the list");
+    let expected_summary = "Added 45, replaced 0, duplicates 1, conflicts 0, rejected 2.";
+
+    // Threshold 0 MiB: any upload with a length (this one is list.len() bytes)
+    // goes to the background.
+    let server = Server::start_with(&["--background-import-mib", "0"]);
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    assert_eq!(b.text("#count").await, "0 nodes match");
+    let up = upload_in_dialog(&b, &file).await;
+    assert!(
+        !up.progress.is_empty(),
+        "the dialog never showed the background progress (report: {})",
+        up.summary
+    );
+    let bytes = list.len();
+    // "Importing in the background… 12.5 % (1,024 of 1,815 bytes)" (the
+    // numbers in the browser's locale: only their digits are compared).
+    let digits = |t: &str| -> u64 {
+        t.chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("no number in {t:?}"))
+    };
+    for p in &up.progress {
+        let rest = p
+            .strip_prefix("Importing in the background… ")
+            .and_then(|r| r.strip_suffix(" bytes)"))
+            .unwrap_or_else(|| panic!("progress text: {p:?}"));
+        let (pct, counts) = rest
+            .split_once(" % (")
+            .unwrap_or_else(|| panic!("progress text: {p:?}"));
+        let (done, total) = counts
+            .split_once(" of ")
+            .unwrap_or_else(|| panic!("progress text: {p:?}"));
+        assert!(digits(pct) < 1000, "running, so under 100.0 %: {p:?}");
+        assert_eq!(digits(total), bytes as u64, "{p:?}");
+        assert!(digits(done) <= bytes as u64, "{p:?}");
+    }
+    assert_eq!(up.summary, expected_summary);
+    assert_eq!(up.bad_lines, json!([5, 30]), "the malformed rows' lines");
+    // The API knows exactly one background import, done, of the whole file.
+    let imports = server.get("/imports").await;
+    let imports = imports.as_array().expect("imports");
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    assert_eq!(imports[0]["state"], json!("done"), "{imports:?}");
+    assert_eq!(imports[0]["bytes_total"], json!(bytes), "{imports:?}");
+    assert_eq!(imports[0]["percent"], json!(100.0), "{imports:?}");
+    let id = imports[0]["id"].as_str().expect("import id");
+    let report = server.get(&format!("/imports/{id}")).await;
+    let s = &report["summary"];
+    assert_eq!(s["added"].as_array().map(Vec::len), Some(45), "{report}");
+    assert_eq!(s["duplicates"][0]["line"], json!(48), "{report}");
+    // The table shows the 45 added nodes, those the API has.
+    b.wait_js(
+        "the table to show the 45 nodes",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 45",
+    )
+    .await;
+    assert_eq!(b.text("#count").await, "45 nodes match");
+    let shown: Vec<i64> = b
+        .js(TABLE_ROWS, vec![])
+        .await
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(shown, server.ids("").await);
+    assert_eq!(
+        b.js(
+            "return document.documentElement.dataset.cspViolations || '0'",
+            vec![]
+        )
+        .await,
+        json!("0")
+    );
+    drop(server);
+
+    // The default threshold: the same upload is synchronous, with the same report.
+    let server = Server::start();
+    sign_in(&b, &server).await;
+    let up = upload_in_dialog(&b, &file).await;
+    assert_eq!(
+        up.progress,
+        Vec::<String>::new(),
+        "a synchronous import showed background progress"
+    );
+    assert_eq!(up.summary, expected_summary);
+    assert_eq!(up.bad_lines, json!([5, 30]));
+    assert_eq!(server.get("/imports").await, json!([]));
+    b.wait_js(
+        "the table to show the 45 nodes",
+        T,
+        "return document.querySelectorAll('#rows tr[data-id]').length === 45",
+    )
+    .await;
+    assert_eq!(server.ids("").await.len(), 45);
+    b.close().await;
+    drop(server);
+}

@@ -246,6 +246,11 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Like [`Server::start`], with more `serve` options (`--background-import-mib 0`).
+    pub fn start_with(serve_args: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = format!(
             "sqlite://{}?mode=rwc",
@@ -269,6 +274,7 @@ impl Server {
         assert!(!token.is_empty(), "no token printed");
         let mut child = Command::new(exe)
             .args(["--db", &db, "serve", "--listen", "127.0.0.1:0"])
+            .args(serve_args)
             .env_remove("CONNEXA_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
