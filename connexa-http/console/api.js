@@ -140,10 +140,12 @@ export const api = {
    * Imports a list. Small bodies answer the report (`{summary, job}`); a large
    * file is imported in the background: the answer is the import's state
    * (`{id, state: "running", ...}`), whose progress `importStatus` reads.
+   * `source` names the list in the report (a file's name).
    */
-  import: async (body, onConflict) =>
+  import: async (body, onConflict, source) =>
     (await request("POST", "/import", {
-      query: [["on_conflict", onConflict]], body, contentType: "text/plain; charset=utf-8",
+      query: [["on_conflict", onConflict], ...(source ? [["source", source]] : [])],
+      body, contentType: "text/plain; charset=utf-8",
     })).json(),
   importStatus: (id) => getJson(`/imports/${encodeURIComponent(id)}`),
   export: async (format, t) => {

@@ -547,7 +547,7 @@ async function submitImport(e) {
   if (!file && !text.trim()) { $("#import-report").replaceChildren(h("p", { class: "error" }, "Paste a node list or choose a file.")); return; }
   $("#import-submit").disabled = true;
   $("#import-report").replaceChildren(h("p", {}, "Importing…"));
-  let r = await guard(() => api.import(file || text, $("#import-conflict").value));
+  let r = await guard(() => api.import(file || text, $("#import-conflict").value, file ? file.name : ""));
   // A large file is imported in the background: follow its progress.
   if (r && r.state) r = await followImport(r);
   $("#import-submit").disabled = false;

@@ -1114,6 +1114,11 @@ async fn browser_background_import_of_a_large_file() {
     assert_eq!(imports[0]["state"], json!("done"), "{imports:?}");
     assert_eq!(imports[0]["bytes_total"], json!(bytes), "{imports:?}");
     assert_eq!(imports[0]["percent"], json!(100.0), "{imports:?}");
+    assert_eq!(
+        imports[0]["source"],
+        json!("large-fleet.txt"),
+        "named after the file: {imports:?}"
+    );
     let id = imports[0]["id"].as_str().expect("import id");
     let report = server.get(&format!("/imports/{id}")).await;
     let s = &report["summary"];
