@@ -151,7 +151,9 @@ where
               (status = 202, description = "Received; importing in the background", body = BackgroundImport,
                headers(("Location" = String, description = "The import's progress: /api/v1/imports/{id}"))),
               (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 413, description = "Larger than the import limit; synchronous: `import` says what went in before; background: nothing was imported", body = Problem, content_type = "application/problem+json")))]
+              (status = 413, description = "Larger than the import limit; synchronous: `import` says what went in before; background: nothing was imported", body = Problem, content_type = "application/problem+json"),
+              (status = 503, description = "Background: `unavailable` — too many background imports running, or the server is shutting down; nothing was imported (try again after `Retry-After`)", body = Problem, content_type = "application/problem+json",
+               headers(("Retry-After" = u64, description = "Seconds before trying again")))))]
 pub async fn import(
     State(st): State<AppState>,
     Query(q): Query<ImportQuery>,
