@@ -446,7 +446,9 @@ impl Registry {
             entries: Mutex::default(),
             running: Mutex::default(),
             idle: tokio::sync::Notify::new(),
-            slots: Arc::new(tokio::sync::Semaphore::new(max_running)),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                max_running.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             row_budget,
         }
     }
