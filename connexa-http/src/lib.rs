@@ -66,6 +66,14 @@ pub struct HttpOptions {
     /// Where background imports spool their upload; `None` (the default): the
     /// system's temporary directory. Each spool file is deleted when its import ends.
     pub spool_dir: Option<std::path::PathBuf>,
+    /// Background imports that may run (spooling or importing) at once; one
+    /// more is answered `503 unavailable` (with `Retry-After`) before its body
+    /// is read. Default 4.
+    pub max_background_imports: usize,
+    /// Report rows (added, replaced, duplicate, conflict, error and
+    /// not-inserted rows) that finished background imports may hold in memory
+    /// together; past it the oldest finished imports are forgotten. Default 2,000,000.
+    pub finished_import_rows: usize,
     /// Time limit of a request (not of streams: imports, exports, events). Default 30 s.
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty (the default) = no CORS headers at all.
@@ -81,6 +89,8 @@ impl Default for HttpOptions {
             max_import_bytes: 512 << 20,
             background_import_bytes: 4 << 20,
             spool_dir: None,
+            max_background_imports: 4,
+            finished_import_rows: 2_000_000,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             auth_failures_per_minute: 20,
@@ -120,6 +130,10 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State over an engine (whose store the API reads and writes) and a token store.
     pub fn new(engine: Engine, tokens: Arc<dyn TokenStore>, options: HttpOptions) -> Self {
+        let imports = routes::import::Registry::new(
+            options.max_background_imports,
+            options.finished_import_rows,
+        );
         AppState(Arc::new(Shared {
             limiter: AuthLimiter::new(options.auth_failures_per_minute, Duration::from_secs(60)),
             engine,
@@ -131,7 +145,7 @@ impl AppState {
             token_cache: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
-            imports: routes::import::Registry::default(),
+            imports,
         }))
     }
 

@@ -40,6 +40,9 @@ pub enum Kind {
     Conflict,
     /// The request took longer than the server's time limit (503).
     Timeout,
+    /// The server cannot take the request now (too many background imports
+    /// running, or it is shutting down); try again after `Retry-After` (503).
+    Unavailable,
     /// The server failed (500); the detail is in the server log.
     Internal,
 }
@@ -59,6 +62,7 @@ impl Kind {
             Kind::UnsupportedMediaType => "unsupported-media-type",
             Kind::Conflict => "conflict",
             Kind::Timeout => "timeout",
+            Kind::Unavailable => "unavailable",
             Kind::Internal => "internal",
         }
     }
@@ -75,7 +79,7 @@ impl Kind {
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Conflict => StatusCode::CONFLICT,
-            Kind::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Timeout | Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -93,6 +97,7 @@ impl Kind {
             Kind::UnsupportedMediaType => "Unsupported media type",
             Kind::Conflict => "Conflict",
             Kind::Timeout => "Request timed out",
+            Kind::Unavailable => "Service unavailable",
             Kind::Internal => "Internal server error",
         }
     }
@@ -110,7 +115,7 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong, in words.
     pub detail: String,
-    /// For `rate-limited`: seconds before trying again.
+    /// For `rate-limited` and `unavailable`: seconds before trying again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
     /// For `conflict` on node creation: the stored node.

@@ -1455,6 +1455,8 @@ async fn background_import_stops_on_shutdown_and_reports_what_went_in() {
     assert!(v["percent"].as_f64().unwrap() < 100.0);
     let added = v["summary"]["added"].as_array().unwrap().len();
     assert!(added < 60_000, "{added}");
+    // The refused read of the stopped import is not reported as a bad line.
+    assert_eq!(v["summary"]["errors"], json!([]), "{v}");
     let stored = connexa_core::ops::count(a.store.as_ref(), &NodeFilter::all())
         .await
         .unwrap();
@@ -1546,6 +1548,8 @@ async fn background_import_events_show_progress_and_end_at_100_percent() {
         (Some("done"), Some(100.0), Some(list.len() as u64))
     );
     assert_eq!(last.2["summary"]["added"].as_array().unwrap().len(), 40_000);
+    // The import is long enough to be seen running at least once.
+    assert!(!progress.is_empty(), "no progress event: {}", ev.text());
     let mut seen = 0;
     for (name, _, data) in progress {
         assert_eq!(name, "progress");
@@ -1556,4 +1560,171 @@ async fn background_import_events_show_progress_and_end_at_100_percent() {
         assert!(b >= seen, "progress went back: {b} < {seen}");
         seen = b;
     }
+}
+
+/// A body that sends `first` and then waits for chunks from the returned sender
+/// (it ends when the sender is dropped).
+fn held_body(
+    first: &str,
+) -> (
+    futures::channel::mpsc::UnboundedSender<Result<bytes::Bytes, std::io::Error>>,
+    axum::body::Body,
+) {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(Ok(bytes::Bytes::from(first.to_owned())))
+        .unwrap();
+    (tx, axum::body::Body::from_stream(rx))
+}
+
+fn background_request(a: &Api, body: axum::body::Body) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/import?background=true")
+        .header(header::AUTHORIZATION, format!("Bearer {}", a.token))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn background_imports_over_the_running_limit_are_refused_before_the_body_is_read() {
+    let (spool, a) = background_api(HttpOptions {
+        max_background_imports: 1,
+        ..HttpOptions::default()
+    })
+    .await;
+    // The one slot: an upload still being received.
+    let (tx, body) = held_body("127.12.0.1:u:p\n");
+    let first = tokio::spawn({
+        let req = background_request(&a, body);
+        let app = a.app.clone();
+        async move { tower::ServiceExt::oneshot(app, req).await.unwrap().status() }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while spool_files(spool.path()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no spool file");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A second one is answered at once, though its body never ends.
+    let (_tx2, body2) = held_body("127.12.0.2:u:p\n");
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        a.send(background_request(&a, body2)),
+    )
+    .await
+    .expect("answered without reading the body");
+    let p = r.problem(503, "unavailable");
+    assert_eq!(p["retry_after"], 5, "{p}");
+    assert_eq!(r.headers[header::RETRY_AFTER], "5");
+    // The first one finishes; its slot is free again once it has ended.
+    drop(tx);
+    assert_eq!(first.await.unwrap(), StatusCode::ACCEPTED);
+    a.state.background_imports_ended().await;
+    let r = post_import(
+        &a,
+        "?background=true",
+        "text/plain",
+        b"127.12.0.3:u:p\n".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(
+        wait_import(&a, r.json()["url"].as_str().unwrap()).await["state"],
+        "done"
+    );
+    let list = a.get("/api/v1/imports").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(
+        a.get("/api/v1/nodes?limit=0&ip=127.12.").await.json()["total"],
+        2
+    );
+    assert_eq!(spool_files(spool.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn background_import_during_shutdown_is_refused_and_imports_nothing() {
+    let (spool, a) = background_api(HttpOptions::default()).await;
+    // The upload started before the shutdown and finishes after it.
+    let (tx, body) = held_body("127.13.0.1:u:p\n");
+    let pending = tokio::spawn({
+        let req = background_request(&a, body);
+        let app = a.app.clone();
+        async move {
+            let res = tower::ServiceExt::oneshot(app, req).await.unwrap();
+            let retry = res.headers().get(header::RETRY_AFTER).cloned();
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                retry,
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while spool_files(spool.path()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no spool file");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.state.shutdown();
+    tx.unbounded_send(Ok(bytes::Bytes::from_static(b"127.13.0.2:u:p\n")))
+        .unwrap();
+    drop(tx);
+    let (retry, p) = pending.await.unwrap();
+    assert_eq!(p["status"], 503, "{p}");
+    assert_eq!(p["type"], "urn:connexa:problem:unavailable", "{p}");
+    assert!(retry.is_some());
+    // A new one after the shutdown: refused too.
+    post_import(
+        &a,
+        "?background=true",
+        "text/plain",
+        b"127.13.0.3:u:p\n".to_vec(),
+        true,
+    )
+    .await
+    .problem(503, "unavailable");
+    assert_eq!(a.snapshot().await, "");
+    assert_eq!(a.get("/api/v1/imports").await.json(), json!([]));
+    assert_eq!(spool_files(spool.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn finished_background_imports_are_forgotten_past_the_row_budget() {
+    let a = api_with(HttpOptions {
+        finished_import_rows: 5,
+        ..HttpOptions::default()
+    })
+    .await;
+    let mut urls = Vec::new();
+    for first in [1, 4] {
+        let list: String = (first..first + 3)
+            .map(|i| format!("127.14.0.{i}:u:p\n"))
+            .collect();
+        let r = post_import(
+            &a,
+            "?background=true",
+            "text/plain",
+            list.into_bytes(),
+            true,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+        let url = r.json()["url"].as_str().unwrap().to_owned();
+        urls.push(url);
+        // Polled until it ends: the first one (3 rows) is still there then.
+        let done = wait_import(&a, urls.last().unwrap()).await;
+        assert_eq!(done["summary"]["added"].as_array().unwrap().len(), 3);
+    }
+    // 3 + 3 rows > 5: the older report is forgotten, the newer kept.
+    a.get(&urls[0]).await.problem(404, "not-found");
+    assert_eq!(a.get(&urls[1]).await.json()["state"], "done");
+    let list = a.get("/api/v1/imports").await.json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(
+        a.get("/api/v1/nodes?limit=0&ip=127.14.").await.json()["total"],
+        6
+    );
 }

@@ -151,7 +151,9 @@ where
               (status = 202, description = "Received; importing in the background", body = BackgroundImport,
                headers(("Location" = String, description = "The import's progress: /api/v1/imports/{id}"))),
               (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 413, description = "Larger than the import limit; synchronous: `import` says what went in before; background: nothing was imported", body = Problem, content_type = "application/problem+json")))]
+              (status = 413, description = "Larger than the import limit; synchronous: `import` says what went in before; background: nothing was imported", body = Problem, content_type = "application/problem+json"),
+              (status = 503, description = "Background: `unavailable` — too many background imports running, or the server is shutting down; nothing was imported (try again after `Retry-After`)", body = Problem, content_type = "application/problem+json",
+               headers(("Retry-After" = u64, description = "Seconds before trying again")))))]
 pub async fn import(
     State(st): State<AppState>,
     Query(q): Query<ImportQuery>,
@@ -290,6 +292,11 @@ pub const FINISHED_KEPT: usize = 20;
 pub const FINISHED_TTL: Duration = Duration::from_secs(3600);
 /// Bytes buffered in memory while an upload is written to its spool file.
 const SPOOL_BUFFER: usize = 1 << 20;
+/// `Retry-After` (seconds) of a `503 unavailable` answer to a background import.
+const RETRY_AFTER_SECS: u64 = 5;
+/// What the spool reader answers the importer once the server shuts down (the
+/// importer reports it as a row error, which is then dropped from the report).
+const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// Where a background import is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -328,8 +335,9 @@ pub struct BackgroundImport {
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
     /// The report, once ended (the same as a synchronous import's `summary`);
-    /// always null in the list of imports.
-    pub summary: Option<ImportSummary>,
+    /// always null in the list of imports. Shared with the registry, never copied.
+    #[schema(value_type = Option<ImportSummary>)]
+    pub summary: Option<Arc<ImportSummary>>,
     /// The test job started on the added nodes, if `test` was asked and any were added.
     pub job: Option<JobId>,
     /// Why the import failed.
@@ -340,7 +348,7 @@ struct End {
     at: DateTime<Utc>,
     since: Instant,
     state: ImportState,
-    summary: Option<ImportSummary>,
+    summary: Option<Arc<ImportSummary>>,
     job: Option<JobId>,
     error: Option<String>,
 }
@@ -396,21 +404,55 @@ impl Entry {
     }
 }
 
+/// The rows a report holds (what a finished import keeps in memory).
+fn report_rows(s: &ImportSummary) -> usize {
+    s.added.len()
+        + s.replaced.len()
+        + s.duplicates.len()
+        + s.conflicts.len()
+        + s.errors.len()
+        + s.not_inserted.len()
+}
+
+/// `503 unavailable` with `Retry-After`.
+fn unavailable(detail: &str) -> ApiError {
+    let mut e = ApiError::new(Kind::Unavailable, detail);
+    e.0.retry_after = Some(RETRY_AFTER_SECS);
+    e
+}
+
 fn import_url(id: &str) -> String {
     format!("/api/v1/imports/{id}")
 }
 
 /// The background imports of this process (in memory: a restart forgets the
 /// reports; the rows the importer committed stay committed).
-#[derive(Default)]
 pub(crate) struct Registry {
     /// Oldest first.
     entries: Mutex<VecDeque<Arc<Entry>>>,
     running: Mutex<usize>,
     idle: tokio::sync::Notify,
+    /// One permit per background import allowed to spool or run at once.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Report rows the finished imports may hold together.
+    row_budget: usize,
 }
 
 impl Registry {
+    /// A registry letting `max_running` imports spool or run at once, whose
+    /// finished imports hold at most `row_budget` report rows together.
+    pub(crate) fn new(max_running: usize, row_budget: usize) -> Self {
+        Registry {
+            entries: Mutex::default(),
+            running: Mutex::default(),
+            idle: tokio::sync::Notify::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                max_running.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            row_budget,
+        }
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Entry>>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -419,8 +461,10 @@ impl Registry {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Forgets finished imports past [`FINISHED_TTL`] and beyond the newest [`FINISHED_KEPT`].
-    fn prune(entries: &mut VecDeque<Arc<Entry>>) {
+    /// Forgets finished imports past [`FINISHED_TTL`], beyond the newest
+    /// [`FINISHED_KEPT`], and (oldest first) while their reports together hold
+    /// more than the row budget.
+    fn prune(&self, entries: &mut VecDeque<Arc<Entry>>) {
         entries.retain(|e| {
             e.end()
                 .as_ref()
@@ -435,12 +479,27 @@ impl Registry {
                 true
             }
         });
+        let rows = |e: &Entry| {
+            e.end()
+                .as_ref()
+                .and_then(|end| end.summary.as_deref())
+                .map_or(0, report_rows)
+        };
+        let mut held: usize = entries.iter().map(|e| rows(e)).sum();
+        entries.retain(|e| {
+            if held > self.row_budget && !e.is_running() {
+                held -= rows(e);
+                false
+            } else {
+                true
+            }
+        });
     }
 
     fn insert(&self, e: Arc<Entry>) {
         *self.running() += 1;
         let mut entries = self.entries();
-        Self::prune(&mut entries);
+        self.prune(&mut entries);
         entries.push_back(e);
     }
 
@@ -453,6 +512,10 @@ impl Registry {
             *slot = Some(end);
         }
         e.ended.send_replace(true);
+        {
+            let mut entries = self.entries();
+            self.prune(&mut entries);
+        }
         let mut running = self.running();
         *running = running.saturating_sub(1);
         if *running == 0 {
@@ -462,13 +525,13 @@ impl Registry {
 
     fn get(&self, id: &str) -> Option<Arc<Entry>> {
         let mut entries = self.entries();
-        Self::prune(&mut entries);
+        self.prune(&mut entries);
         entries.iter().find(|e| e.id == id).cloned()
     }
 
     fn newest_first(&self) -> Vec<Arc<Entry>> {
         let mut entries = self.entries();
-        Self::prune(&mut entries);
+        self.prune(&mut entries);
         entries.iter().rev().cloned().collect()
     }
 
@@ -519,7 +582,7 @@ impl Read for SpoolReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if *self.shutdown.borrow() {
             self.stopped.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("the server is shutting down"));
+            return Err(std::io::Error::other(SHUTTING_DOWN));
         }
         let n = self.file.read(buf)?;
         self.processed.fetch_add(n as u64, Ordering::Relaxed);
@@ -528,7 +591,8 @@ impl Read for SpoolReader {
 }
 
 /// Writes a body stream to a new spool file in `dir`: at most `limit` bytes
-/// (else `413`, and the file is gone), with at most [`SPOOL_BUFFER`] bytes in memory.
+/// (else `413`, and the file is gone), with at most [`SPOOL_BUFFER`] bytes in
+/// memory (or one chunk, if a single chunk is larger).
 async fn spool<S, E>(mut s: S, dir: PathBuf, limit: u64) -> ApiResult<(NamedTempFile, u64)>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -562,6 +626,9 @@ where
                 Kind::PayloadTooLarge,
                 format!("the import limit is {limit} bytes; nothing was imported"),
             ));
+        }
+        if !buf.is_empty() && buf.len() + chunk.len() > SPOOL_BUFFER {
+            (file, buf) = write_out(file, buf).await?;
         }
         buf.extend_from_slice(&chunk);
         if buf.len() >= SPOOL_BUFFER {
@@ -598,6 +665,22 @@ async fn start_background(
     multipart: bool,
     limit: u64,
 ) -> ApiResult<Response> {
+    // Refused before the body is read: a slot (bounds the spool disk and the
+    // importers at once), and not during a shutdown.
+    let permit = st
+        .imports()
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            unavailable(&format!(
+                "{} background imports are running; try again later",
+                st.options().max_background_imports
+            ))
+        })?;
+    if *st.shutdown_rx().borrow() {
+        return Err(unavailable("the server is shutting down"));
+    }
     let dir = st
         .options()
         .spool_dir
@@ -617,6 +700,13 @@ async fn start_background(
     };
     if size == 0 {
         return Err(ApiError::bad_request("the body is empty: send a node list"));
+    }
+    // The upload may have taken long: a shutdown since then would stop the
+    // import before its first row, so nothing is started (the spool file goes).
+    if *st.shutdown_rx().borrow() {
+        return Err(unavailable(
+            "the server is shutting down; nothing was imported",
+        ));
     }
     let reader_file = tmp.reopen().map_err(|e| ApiError::internal(&e))?;
     // The path guard: dropping it (at the end, on failure, on a panic) deletes the file.
@@ -655,6 +745,7 @@ async fn start_background(
         entry,
     };
     tokio::spawn(async move {
+        let _permit = permit;
         let result = guard.st.engine().import(reader, options, test).await;
         if let Err(e) = spooled.close() {
             tracing::warn!(import = %guard.entry.id, error = %e, "cannot delete the spool file");
@@ -662,8 +753,16 @@ async fn start_background(
         guard.st.forget_totals();
         let (state, summary, job, error) = match result {
             Ok((report, job)) => {
-                let summary = ImportSummary::new(source, &report);
+                let mut summary = ImportSummary::new(source, &report);
                 if stopped.load(Ordering::Relaxed) {
+                    // The refused read is no bad line: the state says why it stopped.
+                    if summary
+                        .errors
+                        .last()
+                        .is_some_and(|e| e.reason.ends_with(SHUTTING_DOWN))
+                    {
+                        summary.errors.pop();
+                    }
                     let why = "the server shut down during the import; the rows in `summary.added` were imported";
                     (
                         ImportState::Failed,
@@ -686,6 +785,7 @@ async fn start_background(
                 )),
             ),
         };
+        let summary = summary.map(Arc::new);
         tracing::info!(import = %guard.entry.id, state = ?state, "background import ended");
         guard.st.imports().finish(
             &guard.entry,
@@ -759,9 +859,10 @@ pub async fn events(
     let entry = find(&st, &id)?;
     let ended = entry.ended.subscribe();
     let shutdown = st.shutdown_rx();
+    // `next`: no `progress` event before this instant (at most one per EVENT_TICK).
     let stream = futures::stream::unfold(
-        (entry, ended, shutdown, None::<u64>, false),
-        |(entry, mut ended, mut shutdown, last, over)| async move {
+        (entry, ended, shutdown, None::<u64>, Instant::now(), false),
+        |(entry, mut ended, mut shutdown, last, next, over)| async move {
             if over {
                 return None;
             }
@@ -769,15 +870,22 @@ pub async fn events(
                 let view = entry.view(true);
                 if view.state != ImportState::Running {
                     let e = Event::default().event("done").json_data(&view).ok()?;
-                    return Some((Ok(e), (entry, ended, shutdown, last, true)));
+                    return Some((Ok(e), (entry, ended, shutdown, last, next, true)));
                 }
-                if last != Some(view.bytes_processed) {
+                let now = Instant::now();
+                let changed = last != Some(view.bytes_processed);
+                if changed && now >= next {
                     let seen = Some(view.bytes_processed);
                     let e = Event::default().event("progress").json_data(&view).ok()?;
-                    return Some((Ok(e), (entry, ended, shutdown, seen, false)));
+                    return Some((
+                        Ok(e),
+                        (entry, ended, shutdown, seen, now + EVENT_TICK, false),
+                    ));
                 }
+                // Changed: wait for the next allowed instant; else look again a tick later.
+                let until = if changed { next } else { now + EVENT_TICK };
                 tokio::select! {
-                    () = tokio::time::sleep(EVENT_TICK) => {}
+                    () = tokio::time::sleep_until(until.into()) => {}
                     _ = ended.wait_for(|e| *e) => {}
                     _ = shutdown.wait_for(|s| *s) => return None,
                 }
