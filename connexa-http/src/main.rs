@@ -54,6 +54,8 @@ enum Command {
 const MAX_IMPORT_MIB: u64 = 512;
 /// `--background-import-mib` when not given.
 const BACKGROUND_IMPORT_MIB: u64 = 4;
+/// `--max-background-imports` when not given.
+const MAX_BACKGROUND_IMPORTS: u64 = 4;
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
@@ -79,6 +81,10 @@ struct ServeArgs {
     /// Directory for the spool files of background imports [default: the system's temporary directory].
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
+    /// Background imports receiving or importing at once; more are refused
+    /// with 503 and Retry-After before their body is read.
+    #[arg(long, default_value_t = MAX_BACKGROUND_IMPORTS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_background_imports: u64,
     /// What to do at start-up with jobs a previous process left unfinished.
     #[arg(long, value_enum, default_value_t = Recover::Resume)]
     recover: Recover,
@@ -96,6 +102,7 @@ impl Default for ServeArgs {
             max_import_mib: MAX_IMPORT_MIB,
             background_import_mib: BACKGROUND_IMPORT_MIB,
             spool_dir: None,
+            max_background_imports: MAX_BACKGROUND_IMPORTS,
             recover: Recover::Resume,
         }
     }
@@ -251,6 +258,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         max_import_bytes: s.max_import_mib.saturating_mul(1 << 20),
         background_import_bytes: s.background_import_mib.saturating_mul(1 << 20),
         spool_dir: s.spool_dir.clone(),
+        max_background_imports: usize::try_from(s.max_background_imports).unwrap_or(usize::MAX),
         ..HttpOptions::default()
     };
     let state = AppState::new(engine.clone(), store.clone(), options).with_probe_stats(probe_stats);
