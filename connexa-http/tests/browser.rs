@@ -424,26 +424,15 @@ async fn browser_reload_reattaches_to_a_running_job() {
     let server = Server::start();
     let b = Browser::start().await;
     sign_in(&b, &server).await;
-    b.click("#import-open").await;
     // This time the list is uploaded as a file (the dialog's file input).
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("fleet.txt");
     std::fs::write(&file, &list).expect("write the list");
-    b.client
-        .find(fantoccini::Locator::Css("#import-file"))
-        .await
-        .expect("file input")
-        .send_keys(&file.display().to_string())
-        .await
-        .expect("choose the file");
-    b.click("#import-submit").await;
-    b.wait_js(
-        "the import report",
-        T,
-        "return document.querySelector('#import-report .import-summary')",
-    )
-    .await;
-    b.click("#import-close").await;
+    let up = upload_in_dialog(&b, &file).await;
+    assert!(
+        up.progress.is_empty(),
+        "a small file imports at once: {up:?}"
+    );
     b.wait_js(
         "the 6 nodes",
         T,
@@ -960,6 +949,7 @@ async fn browser_cancel_export_and_node_markup_stays_text() {
 }
 
 /// What the import dialog showed for one file upload.
+#[derive(Debug)]
 struct Upload {
     /// Every "Importing in the background…" text the dialog showed, in order.
     progress: Vec<String>,

@@ -179,6 +179,18 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The lab's account as a node just added (id 1, `not_tested`).
+    pub fn node(&self) -> connexa_core::domain::Node {
+        connexa_core::domain::Node::added(
+            connexa_core::domain::NodeId(1),
+            self.server.into(),
+            self.pptp_port,
+            self.user.clone(),
+            connexa_core::domain::Secret::new(self.password.clone()),
+            chrono::Utc::now(),
+        )
+    }
+
     /// The server's log so far (console + syslog of pptpd, pptpctrl, pppd).
     ///
     /// # Errors

@@ -18,10 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use connexa_core::domain::{
-    Event, Failure, Level, Node, NodeId, Outcome, Secret, Status, transition,
-};
+use connexa_core::domain::{Event, Failure, Level, Outcome, Secret, Status, transition};
 use connexa_core::speed::http::{self, HttpUrl};
 use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
 use connexa_core::tunnel::{GreSocket, Tunnel, TunnelConfig};
@@ -43,17 +40,6 @@ fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
         .build()
         .expect("tokio runtime");
     rt.block_on(f())
-}
-
-fn node(lab: &Lab) -> Node {
-    Node::added(
-        NodeId(1),
-        lab.server.into(),
-        lab.pptp_port,
-        lab.user.clone(),
-        Secret::new(lab.password.clone()),
-        Utc::now(),
-    )
 }
 
 fn status_after(outcome: &Outcome) -> Status {
@@ -175,7 +161,7 @@ fn measure(lab: &Lab, cfg: SpeedConfig) -> Outcome {
     in_lab(lab, || async {
         let gre = GreSocket::open().expect("raw GRE socket (root)");
         HttpSpeedTester::with_gre_socket(cfg, gre)
-            .measure_node(&node(lab))
+            .measure_node(&lab.node())
             .await
             .expect("the speed test runs")
     })
@@ -267,7 +253,7 @@ fn lab_speed_wrong_password_is_auth_failed() {
     let _g = exclusive();
     let outcome = in_lab(&lab, || async {
         let gre = GreSocket::open().expect("raw GRE socket (root)");
-        let mut n = node(&lab);
+        let mut n = lab.node();
         n.password = Secret::new("wrong");
         HttpSpeedTester::with_gre_socket(speed_config(&lab), gre)
             .measure_node(&n)

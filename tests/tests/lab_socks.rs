@@ -19,10 +19,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use connexa_core::domain::{
-    Event, EventKind, Level, NewNode, Node, NodeFilter, NodeId, Outcome, Secret, ServiceEndpoint,
-    Status,
+    Event, EventKind, Level, NewNode, Node, NodeFilter, NodeId, Outcome, ServiceEndpoint, Status,
 };
 use connexa_core::engine::{Engine, EngineConfig, NotAvailable};
 use connexa_core::ports::{
@@ -126,14 +124,7 @@ fn lab_node(lab: &Lab) -> Node {
     Node {
         status: Status::SpeedOk,
         service_wanted: true,
-        ..Node::added(
-            NodeId(1),
-            lab.server.into(),
-            lab.pptp_port,
-            lab.user.clone(),
-            Secret::new(lab.password.clone()),
-            Utc::now(),
-        )
+        ..lab.node()
     }
 }
 
