@@ -370,31 +370,49 @@ impl Prober for NoProber {
     }
 }
 
-/// Powers the VM off; boots it again when dropped unless [`VmOff::start`] did.
-struct VmOff<'a>(&'a Lab, bool);
+/// A part of the lab switched off (`lab.sh STOP`) for a test; switched on again
+/// (`lab.sh START`) by [`Off::restore`], or when dropped.
+struct Off<'a> {
+    lab: &'a Lab,
+    start: &'static str,
+    off: bool,
+}
 
-impl<'a> VmOff<'a> {
-    fn stop(lab: &'a Lab) -> Self {
-        lab.script(&["vm-stop"]).expect("lab.sh vm-stop");
-        VmOff(lab, true)
+impl<'a> Off<'a> {
+    fn new(lab: &'a Lab, stop: &'static str, start: &'static str) -> Self {
+        lab.script(&[stop])
+            .unwrap_or_else(|e| panic!("lab.sh {stop}: {e}"));
+        Off {
+            lab,
+            start,
+            off: true,
+        }
     }
 
-    async fn start(&mut self) {
-        let l = self.0.clone();
-        tokio::task::spawn_blocking(move || l.script(&["vm-start"]))
+    async fn restore(&mut self) {
+        let (lab, start) = (self.lab.clone(), self.start);
+        tokio::task::spawn_blocking(move || lab.script(&[start]))
             .await
-            .expect("vm-start thread")
-            .expect("lab.sh vm-start");
-        self.1 = false;
+            .expect("lab.sh thread")
+            .unwrap_or_else(|e| panic!("lab.sh {start}: {e}"));
+        self.off = false;
     }
 }
 
-impl Drop for VmOff<'_> {
+impl Drop for Off<'_> {
     fn drop(&mut self) {
-        if self.1 {
-            let _ = self.0.script(&["vm-start"]);
+        if self.off {
+            let _ = self.lab.script(&[self.start]);
         }
     }
+}
+
+/// A SQLite store in a temporary directory (returned, so it lives as long).
+async fn temp_store(name: &str) -> (tempfile::TempDir, Arc<dyn NodeStore>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join(name).display());
+    let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.expect("store"));
+    (dir, store)
 }
 
 #[test]
@@ -402,9 +420,7 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
     let lab = Lab::require();
     let _g = exclusive();
     in_lab(&lab, || async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("mon.db").display());
-        let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.expect("store"));
+        let (_dir, store) = temp_store("mon.db").await;
         let id = wanted_lab_node(store.as_ref(), &lab).await;
         // Short timers so a dead node is noticed in seconds.
         let mut tunnel = TunnelConfig::default();
@@ -452,7 +468,7 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
         assert_curl_fetches_the_file(&lab, &ep).await;
 
         // Power the VM off: the node vanishes (no RST, no LCP Terminate).
-        let mut vm = VmOff::stop(&lab);
+        let mut vm = Off::new(&lab, "vm-stop", "vm-start");
         let off_at = Instant::now();
         let mut unhealthy = 0;
         let mut passes = 0;
@@ -492,7 +508,7 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
         assert_eq!(status().await, Status::Offline);
 
         // Boot the VM again: the next checks reopen the tunnel -> online.
-        vm.start().await;
+        vm.restore().await;
         let back_at = Instant::now();
         while status().await != Status::Online {
             assert!(
@@ -534,37 +550,12 @@ fn lab_socks_monitor_moves_the_node_offline_when_the_vm_stops_and_online_when_it
     });
 }
 
-/// Stops pptpd; starts it again when dropped unless [`PptpdStopped::start`] did.
-struct PptpdStopped<'a>(&'a Lab, bool);
-
-impl<'a> PptpdStopped<'a> {
-    fn stop(lab: &'a Lab) -> Self {
-        lab.script(&["pptpd-stop"]).expect("lab.sh pptpd-stop");
-        PptpdStopped(lab, true)
-    }
-
-    fn start(&mut self) {
-        self.0.script(&["pptpd-start"]).expect("lab.sh pptpd-start");
-        self.1 = false;
-    }
-}
-
-impl Drop for PptpdStopped<'_> {
-    fn drop(&mut self) {
-        if self.1 {
-            let _ = self.0.script(&["pptpd-start"]);
-        }
-    }
-}
-
 #[test]
 fn lab_socks_start_failure_while_pptpd_is_stopped_keeps_the_node_speed_ok() {
     let lab = Lab::require();
     let _g = exclusive();
     in_lab(&lab, || async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("sf.db").display());
-        let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.expect("store"));
+        let (_dir, store) = temp_store("sf.db").await;
         let id = wanted_lab_node(store.as_ref(), &lab).await;
         let gre = GreSocket::open().expect("raw GRE socket (root)");
         let launcher = Arc::new(SocksLauncher::new(
@@ -590,7 +581,7 @@ fn lab_socks_start_failure_while_pptpd_is_stopped_keeps_the_node_speed_ok() {
 
         // pptpd is down (TCP 1723 refused): the start fails, the node stays
         // verified, nothing listens.
-        let mut pptpd = PptpdStopped::stop(&lab);
+        let mut pptpd = Off::new(&lab, "pptpd-stop", "pptpd-start");
         let r = engine.reconcile().await.expect("reconcile");
         assert_eq!((r.started, r.start_failed), (0, 1), "{r:?}");
         let node = store.get(id).await.expect("get").expect("node");
@@ -603,7 +594,7 @@ fn lab_socks_start_failure_while_pptpd_is_stopped_keeps_the_node_speed_ok() {
         }
 
         // pptpd is back: the next reconcile starts the service.
-        pptpd.start();
+        pptpd.restore().await;
         let r = engine.reconcile().await.expect("reconcile");
         assert_eq!(r.started, 1, "{r:?}");
         let node = store.get(id).await.expect("get").expect("node");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use connexa_core::domain::{Failure, Level, NewNode, NodeFilter, NodeId, Outcome, Status};
-use connexa_core::engine::{Engine, EngineConfig, JobOptions, NotAvailable};
+use connexa_core::engine::{Engine, EngineConfig, JobOptions, JobSummary, NotAvailable};
 use connexa_core::ports::{InsertOutcome, JobKind, JobState, NodeStore, ProbeDepth, Prober};
 use connexa_core::pptp::ppp::fsm::FsmConfig;
 use connexa_core::probe::{LightProber, ProbeConfig};
@@ -69,6 +69,25 @@ async fn fleet(block: u8, mix: Vec<(Behaviour, u32)>, count: usize) -> Fleet {
         f.logins_unavailable()
     );
     f
+}
+
+/// Runs a job over every node (`node_secs` per node) and waits for it (at
+/// most `job_secs`); it must end done.
+async fn run_to_end(engine: &Engine, kind: JobKind, node_secs: u64, job_secs: u64) -> JobSummary {
+    let job = engine
+        .start_job(
+            kind,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_secs(node_secs)),
+        )
+        .await
+        .unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(job_secs), engine.wait(job))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!(summary.job.state, JobState::Done);
+    summary
 }
 
 fn gre() -> Arc<GreSocket> {
@@ -389,19 +408,7 @@ async fn auth_job_over_a_mixed_sim_fleet_ends_with_counts_matching_the_mix() {
             ..EngineConfig::default()
         },
     );
-    let job = engine
-        .start_job(
-            JobKind::Auth,
-            NodeFilter::all(),
-            JobOptions::default().node_timeout(Duration::from_secs(20)),
-        )
-        .await
-        .unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(60), engine.wait(job))
-        .await
-        .expect("the job ends")
-        .unwrap();
-    assert_eq!(summary.job.state, JobState::Done);
+    let summary = run_to_end(&engine, JobKind::Auth, 20, 60).await;
     assert_eq!(summary.progress.total, 40);
     assert!(summary.progress.is_complete());
     let counts: HashMap<Status, u64> = store.counts().await.unwrap().into_iter().collect();
@@ -722,19 +729,7 @@ async fn pipeline_job_over_sim_fleets_with_tunnels_ends_speed_ok_only_where_fast
             ..EngineConfig::default()
         },
     );
-    let job = engine
-        .start_job(
-            JobKind::Pipeline,
-            NodeFilter::all(),
-            JobOptions::default().node_timeout(Duration::from_secs(30)),
-        )
-        .await
-        .unwrap();
-    let summary = tokio::time::timeout(Duration::from_secs(90), engine.wait(job))
-        .await
-        .expect("the job ends")
-        .unwrap();
-    assert_eq!(summary.job.state, JobState::Done);
+    run_to_end(&engine, JobKind::Pipeline, 30, 90).await;
     let counts: HashMap<Status, u64> = store.counts().await.unwrap().into_iter().collect();
     let get = |s| counts.get(&s).copied().unwrap_or(0);
     assert_eq!(get(Status::SpeedOk), 2, "{counts:?}");
