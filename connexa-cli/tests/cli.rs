@@ -852,9 +852,12 @@ fn sim_writes_csv_and_rejects_bad_mixes() {
 /// `input` to its terminal; returns what the terminal showed.
 fn under_pty(env: &Env, args: &str, input: &str) -> (String, i32) {
     let bin = assert_cmd::cargo::cargo_bin("connexa");
-    let cmdline = format!("{} --db '{}' {args}", bin.display(), env.db());
+    // `exec`: no shell between `script` and connexa, whatever $SHELL is (a
+    // shell that waits for connexa would also see the terminal's Ctrl-C).
+    let cmdline = format!("exec {} --db '{}' {args}", bin.display(), env.db());
     let mut child = StdCommand::new("script")
         .args(["-qec", &cmdline, "/dev/null"])
+        .env("SHELL", "/bin/sh")
         .current_dir(env.dir.path())
         .env_remove("NO_COLOR")
         .stdin(Stdio::piped())
@@ -1587,14 +1590,17 @@ fn ctrl_c_under_a_terminal_cancels_keeps_results_and_exits_5() {
         "[test]\nlight_timeout_secs = 120.0\nconnect_timeout_secs = 120.0\n",
     );
     let bin = assert_cmd::cargo::cargo_bin("connexa");
+    // `exec`: dash (CI's /bin/sh) does not exec the command itself, and the
+    // waiting shell also gets the terminal's SIGINT and dies of it (130).
     let cmdline = format!(
-        "{} --db '{}' --config '{}' test light --all --timeout 120",
+        "exec {} --db '{}' --config '{}' test light --all --timeout 120",
         bin.display(),
         env.db(),
         cfg.display()
     );
     let mut child = StdCommand::new("script")
         .args(["-qfec", &cmdline, "/dev/null"])
+        .env("SHELL", "/bin/sh")
         .current_dir(env.dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
