@@ -35,6 +35,11 @@
 //! drain_timeout_secs = 2.0     # on stop, time open connections get to finish
 //! dns = "tunnel"               # or "local": where CONNECT host names are resolved
 //! # check_target = "192.0.2.1:80"  # health: also CONNECT here through the tunnel
+//! reconcile_interval_secs = 10.0  # `connexa run`: services made to match service_wanted
+//! monitor_interval_secs = 30.0    # `connexa run`: health of running services checked
+//! health_threshold = 3            # failed checks in a row before a node goes offline
+//! restart_backoff_secs = 30.0     # wait after a failed start, doubled per failure...
+//! restart_backoff_max_secs = 600.0  # ...up to this
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -173,6 +178,18 @@ pub struct ServicesConfig {
     /// `host:port` the health check connects to through the tunnel (none: the
     /// check is the tunnel's liveness only).
     pub check_target: Option<String>,
+    /// How often a running engine (`connexa run`, connexa-http) makes services
+    /// match `service_wanted`, seconds.
+    pub reconcile_interval_secs: f64,
+    /// How often a running engine checks the health of running services, seconds.
+    pub monitor_interval_secs: f64,
+    /// Failed health checks in a row before an `online` node goes `offline`.
+    pub health_threshold: u32,
+    /// Wait after a failed service start before the reconciler tries that node
+    /// again, seconds; doubled after each further failure (0: every pass).
+    pub restart_backoff_secs: f64,
+    /// Longest wait between start attempts of one node, seconds.
+    pub restart_backoff_max_secs: f64,
 }
 
 impl Default for ServicesConfig {
@@ -189,6 +206,11 @@ impl Default for ServicesConfig {
             drain_timeout_secs: 2.0,
             dns: crate::socks::DnsMode::Tunnel,
             check_target: None,
+            reconcile_interval_secs: 10.0,
+            monitor_interval_secs: 30.0,
+            health_threshold: 3,
+            restart_backoff_secs: 30.0,
+            restart_backoff_max_secs: 600.0,
         }
     }
 }
@@ -388,12 +410,28 @@ impl Config {
             ("connect_timeout_secs", s.connect_timeout_secs),
             ("idle_timeout_secs", s.idle_timeout_secs),
             ("drain_timeout_secs", s.drain_timeout_secs),
+            ("reconcile_interval_secs", s.reconcile_interval_secs),
+            ("monitor_interval_secs", s.monitor_interval_secs),
         ] {
             if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
                 return bad(format!(
                     "services.{name} must be between 0 and 86400 seconds, got {v}"
                 ));
             }
+        }
+        if s.health_threshold == 0 {
+            return bad("services.health_threshold must be at least 1".into());
+        }
+        if !(s.restart_backoff_secs.is_finite()
+            && s.restart_backoff_secs >= 0.0
+            && s.restart_backoff_max_secs.is_finite()
+            && s.restart_backoff_max_secs >= s.restart_backoff_secs
+            && s.restart_backoff_max_secs <= 86_400.0)
+        {
+            return bad(format!(
+                "services.restart_backoff_secs ({}) must be at least 0 and at most services.restart_backoff_max_secs ({}), itself at most 86400",
+                s.restart_backoff_secs, s.restart_backoff_max_secs
+            ));
         }
         if let Some(t) = &s.check_target
             && crate::socks::proto::TargetAddr::parse(t).is_none()
@@ -425,13 +463,43 @@ mod tests {
                     light_timeout_secs = 2.5\nauth_timeout_secs = 3\nspeed_timeout_secs = 4\n\
                     speed_threshold_mbps = 0.5\ntest_url = \"http://127.0.0.1/x\"\n\
                     [services]\nbind = \"127.0.0.2\"\nport_min = 100\nport_max = 200\n\
+                    reconcile_interval_secs = 5\nmonitor_interval_secs = 7.5\nhealth_threshold = 2\n\
+                    restart_backoff_secs = 0\nrestart_backoff_max_secs = 60\n\
                     [http]\nlisten = \"127.0.0.1:9000\"\n";
         let c = Config::from_toml_str(text).unwrap();
         assert_eq!(c.database.as_deref(), Some("sqlite://x.db?mode=rwc"));
         assert_eq!(c.test.concurrency, 8);
         assert_eq!(c.test.light_timeout(), Duration::from_millis(2500));
         assert_eq!(c.services.port_max, 200);
+        assert_eq!(c.services.monitor_interval_secs, 7.5);
+        assert_eq!(c.services.health_threshold, 2);
+        assert_eq!(c.services.restart_backoff_max_secs, 60.0);
         assert_eq!(c.http.listen.port(), 9000);
+        let e = crate::runtime::engine_config(&c);
+        assert_eq!(e.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(e.monitor_interval, Duration::from_millis(7500));
+        assert_eq!(e.health_threshold, 2);
+        assert_eq!(e.restart_backoff, Duration::ZERO);
+        assert_eq!(e.restart_backoff_max, Duration::from_secs(60));
+        let d = crate::runtime::engine_config(&Config::default());
+        let engine_default = crate::engine::EngineConfig::default();
+        assert_eq!(
+            (
+                d.reconcile_interval,
+                d.monitor_interval,
+                d.health_threshold,
+                d.restart_backoff,
+                d.restart_backoff_max
+            ),
+            (
+                engine_default.reconcile_interval,
+                engine_default.monitor_interval,
+                engine_default.health_threshold,
+                engine_default.restart_backoff,
+                engine_default.restart_backoff_max
+            ),
+            "the file's defaults are the engine's"
+        );
     }
 
     #[test]
@@ -463,6 +531,10 @@ mod tests {
             "[services]\nmax_connections = 0\n",
             "[services]\nidle_timeout_secs = 0\n",
             "[services]\ncheck_target = \"no-port\"\n",
+            "[services]\nreconcile_interval_secs = 0\n",
+            "[services]\nhealth_threshold = 0\n",
+            "[services]\nrestart_backoff_secs = -1\n",
+            "[services]\nrestart_backoff_secs = 60\nrestart_backoff_max_secs = 30\n",
         ] {
             let e = Config::from_toml_str(text).unwrap_err();
             assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e}");

@@ -18,6 +18,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, TestConfig};
 use crate::engine::{Engine, EngineConfig};
@@ -37,13 +38,19 @@ pub fn prober(t: &TestConfig) -> LightProber {
     })
 }
 
-/// The engine settings of the configuration (`[test] concurrency`; 0 keeps
-/// the default).
+/// The engine settings of the configuration: `[test] concurrency` (0 keeps
+/// the default) and the `[services]` reconciler and monitor settings.
 pub fn engine_config(config: &Config) -> EngineConfig {
     let mut c = EngineConfig::default();
     if config.test.concurrency > 0 {
         c.concurrency = config.test.concurrency as usize;
     }
+    let s = &config.services;
+    c.reconcile_interval = Duration::from_secs_f64(s.reconcile_interval_secs);
+    c.monitor_interval = Duration::from_secs_f64(s.monitor_interval_secs);
+    c.health_threshold = s.health_threshold;
+    c.restart_backoff = Duration::from_secs_f64(s.restart_backoff_secs);
+    c.restart_backoff_max = Duration::from_secs_f64(s.restart_backoff_max_secs);
     c
 }
 

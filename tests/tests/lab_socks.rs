@@ -575,6 +575,8 @@ fn lab_socks_start_failure_while_pptpd_is_stopped_keeps_the_node_speed_ok() {
             EngineConfig {
                 node_timeout: Duration::from_secs(15),
                 health_threshold: 2,
+                // This test reconciles by hand: retry as soon as asked.
+                restart_backoff: Duration::ZERO,
                 ..EngineConfig::default()
             },
         );

@@ -22,7 +22,9 @@ use connexa_core::ports::ServiceLauncher as _;
 `connexa run` runs until SIGTERM or Ctrl-C: it resumes unfinished jobs, picks up
 jobs queued anywhere (`connexa test --detach`, the HTTP API) every second,
 reconciles services (service_wanted) every 10 s and checks their health every
-30 s. On SIGTERM or Ctrl-C it stops claiming, lets the items in flight finish and
+30 s ([services] reconcile_interval_secs, monitor_interval_secs). A node whose
+service fails to start is tried again after 30 s, then 1, 2, 4... minutes, at most
+10 ([services] restart_backoff_secs, restart_backoff_max_secs). On SIGTERM or Ctrl-C it stops claiming, lets the items in flight finish and
 commit (for at most --grace seconds; a second signal stops at once), leaves the
 rest pending for the next `connexa run`, and exits 0.
 

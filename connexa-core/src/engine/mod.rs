@@ -89,6 +89,14 @@ pub struct EngineConfig {
     pub monitor_interval: Duration,
     /// Failed health checks in a row before `HealthFailed`. Default 3.
     pub health_threshold: u32,
+    /// After a failed service start, the reconciler waits this long before it
+    /// tries that node again, doubling after each further failure up to
+    /// [`restart_backoff_max`](Self::restart_backoff_max). A success, or the
+    /// node no longer being wanted, resets it. Zero retries on every pass.
+    /// Default 30 s.
+    pub restart_backoff: Duration,
+    /// Longest wait between the reconciler's start attempts of one node. Default 10 min.
+    pub restart_backoff_max: Duration,
     /// Service starts, stops and health checks at once in the reconciler and the
     /// monitor. Default 64.
     pub service_concurrency: usize,
@@ -110,6 +118,8 @@ impl Default for EngineConfig {
             reconcile_interval: Duration::from_secs(10),
             monitor_interval: Duration::from_secs(30),
             health_threshold: 3,
+            restart_backoff: Duration::from_secs(30),
+            restart_backoff_max: Duration::from_secs(600),
             service_concurrency: 64,
             worker: format!("pid{}", std::process::id()),
         }
@@ -255,6 +265,8 @@ pub(crate) struct Inner {
     busy: Arc<Mutex<HashSet<NodeId>>>,
     /// Failed health checks in a row, per node (the monitor's threshold).
     health_failures: Mutex<HashMap<NodeId, u32>>,
+    /// Failed service starts in a row, per node, and when to try again.
+    start_backoff: Mutex<HashMap<NodeId, services::Backoff>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -388,6 +400,7 @@ impl Engine {
                 jobs: Mutex::new(HashMap::new()),
                 busy: Arc::new(Mutex::new(HashSet::new())),
                 health_failures: Mutex::new(HashMap::new()),
+                start_backoff: Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -615,7 +615,9 @@ async fn start_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
         f.guard = Some(guard);
         return f;
     }
-    let mut f = match inner.launcher.start(&node, node.service.clone()).await {
+    let started = inner.launcher.start(&node, node.service.clone()).await;
+    inner.start_attempted(node.id, started.is_ok());
+    let mut f = match started {
         Ok(ep) => {
             let detail = format!("service on {}:{}", ep.host, ep.port);
             Finish::new(ItemState::Ok, Some(Event::ServiceStarted(ep)), Some(detail))

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use tracing::Instrument;
@@ -25,6 +26,9 @@ pub struct ReconcileReport {
     pub marked_stopped: u64,
     /// Nodes skipped because a job or the monitor was acting on them.
     pub skipped_busy: u64,
+    /// Wanted services not started this pass: their last start failed and the
+    /// node's [restart backoff](super::EngineConfig::restart_backoff) has not run out.
+    pub deferred: u64,
 }
 
 /// What one monitor pass did.
@@ -38,6 +42,46 @@ pub struct MonitorReport {
     pub health_failed: u64,
     /// `HealthOk` events applied (an `offline` node recovered, or a failure streak ended).
     pub health_ok: u64,
+}
+
+/// Failed starts of one node in a row, and when the reconciler may try again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Backoff {
+    failures: u32,
+    retry_at: tokio::time::Instant,
+}
+
+/// The wait after `failures` failed starts in a row: `base`, doubled for each
+/// further failure, at most `max`.
+fn backoff_delay(base: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    base.saturating_mul(1u32 << doublings).min(max)
+}
+
+impl Inner {
+    /// Records the outcome of a service start (by the reconciler or a job).
+    pub(super) fn start_attempted(&self, node: NodeId, ok: bool) {
+        let mut backoff = lock(&self.start_backoff);
+        if ok {
+            backoff.remove(&node);
+            return;
+        }
+        let cfg = &self.config;
+        let b = backoff.entry(node).or_insert(Backoff {
+            failures: 0,
+            retry_at: tokio::time::Instant::now(),
+        });
+        b.failures = b.failures.saturating_add(1);
+        b.retry_at = tokio::time::Instant::now()
+            + backoff_delay(cfg.restart_backoff, cfg.restart_backoff_max, b.failures);
+    }
+
+    /// `true` while the node's last start failed and its backoff has not run out.
+    fn start_deferred(&self, node: NodeId) -> bool {
+        lock(&self.start_backoff)
+            .get(&node)
+            .is_some_and(|b| tokio::time::Instant::now() < b.retry_at)
+    }
 }
 
 fn verified() -> Vec<Status> {
@@ -87,6 +131,8 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         // then a fresh look at both the store and the launcher.
         let wanted = list_all(store, &wanted_filter()).await?;
         let wanted_ids: HashSet<NodeId> = wanted.iter().map(|n| n.id).collect();
+        // A node no longer wanted forgets its failed starts.
+        lock(&inner.start_backoff).retain(|id, _| wanted_ids.contains(id));
         let stale = list_all(
             store,
             &NodeFilter {
@@ -131,6 +177,11 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         let (stored, fresh): (Vec<Node>, Vec<Node>) = wanted
             .values()
             .filter(|n| !running.contains(&n.id))
+            .filter(|n| {
+                let deferred = inner.start_deferred(n.id);
+                report.deferred += u64::from(deferred);
+                !deferred
+            })
             .cloned()
             .partition(|n| n.service.is_some());
         let timeout = inner.config.node_timeout;
@@ -180,9 +231,12 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         }
         let mut requests: Vec<ApplyRequest> = events.into_iter().flatten().collect();
         for r in &requests {
-            match r.event {
-                Event::ServiceStarted(_) => report.started += 1,
-                _ => report.start_failed += 1,
+            let ok = matches!(r.event, Event::ServiceStarted(_));
+            inner.start_attempted(r.node, ok);
+            if ok {
+                report.started += 1;
+            } else {
+                report.start_failed += 1;
             }
         }
 
@@ -328,4 +382,25 @@ pub(super) async fn monitor(inner: &Arc<Inner>) -> Result<MonitorReport, EngineE
     }
     .instrument(tracing::info_span!("monitor"))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_max() {
+        let s = Duration::from_secs;
+        let waits: Vec<Duration> = (1..=7).map(|n| backoff_delay(s(30), s(600), n)).collect();
+        assert_eq!(
+            waits,
+            [s(30), s(60), s(120), s(240), s(480), s(600), s(600)]
+        );
+        assert_eq!(
+            backoff_delay(s(30), s(600), u32::MAX),
+            s(600),
+            "no overflow"
+        );
+        assert_eq!(backoff_delay(Duration::ZERO, s(600), 9), Duration::ZERO);
+    }
 }

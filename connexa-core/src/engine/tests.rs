@@ -930,6 +930,86 @@ async fn reconciler_restarts_wanted_services_after_a_restart_and_stops_unwanted_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_backs_off_a_failing_start_and_forgets_it_when_no_longer_wanted() {
+    let env = env(2).await;
+    let (a, b) = (env.ids[0], env.ids[1]);
+    for id in [a, b] {
+        verify(&env, id).await;
+    }
+    env.store
+        .set_service_wanted(&NodeFilter::ids([a, b]), true)
+        .await
+        .unwrap();
+    let launcher = Arc::new(FakeLauncher::default());
+    lock(&launcher.fail).insert(b);
+    let backoff = Duration::from_secs(2);
+    let e = Engine::new(
+        Arc::clone(&env.store),
+        prober(|_, _| async { unreachable!() }),
+        no_speed(),
+        launcher.clone(),
+        EngineConfig {
+            restart_backoff: backoff,
+            ..cfg()
+        },
+    );
+    let starts_of_b = || {
+        lock(&launcher.starts)
+            .iter()
+            .filter(|(n, _)| *n == b)
+            .count()
+    };
+    let failed_at = Instant::now();
+    let r = e.reconcile().await.unwrap();
+    assert_eq!((r.started, r.start_failed, r.deferred), (1, 1, 0));
+    // The next passes leave b alone until its backoff runs out, even once it could start.
+    let r = e.reconcile().await.unwrap();
+    assert_eq!((r.started, r.start_failed, r.deferred), (0, 0, 1));
+    lock(&launcher.fail).clear();
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(r.deferred, 1, "{r:?}");
+    assert!(
+        failed_at.elapsed() < backoff,
+        "the passes were too slow to check the backoff"
+    );
+    assert_eq!(starts_of_b(), 1);
+    assert_eq!(
+        status(&env, b).await,
+        Status::SpeedOk,
+        "a failed start never demotes"
+    );
+    tokio::time::sleep(backoff.saturating_sub(failed_at.elapsed()) + Duration::from_millis(50))
+        .await;
+    let r = e.reconcile().await.unwrap();
+    assert_eq!((r.started, r.deferred), (1, 0), "{r:?}");
+    assert_eq!(status(&env, b).await, Status::Online);
+
+    // A node that stops being wanted forgets its failures: wanted again, it is
+    // tried on the next pass.
+    lock(&launcher.fail).insert(a);
+    lock(&launcher.running).remove(&a);
+    let r = e.reconcile().await.unwrap();
+    assert_eq!((r.start_failed, r.deferred), (1, 0), "{r:?}");
+    assert_eq!(e.reconcile().await.unwrap().deferred, 1);
+    for wanted in [false, true] {
+        env.store
+            .set_service_wanted(&NodeFilter::ids([a]), wanted)
+            .await
+            .unwrap();
+        e.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        lock(&launcher.starts)
+            .iter()
+            .filter(|(n, _)| *n == a)
+            .count(),
+        3,
+        "tried again at once after being unwanted"
+    );
+    assert_eq!(status(&env, a).await, Status::SpeedOk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_after_its_runner_died_is_completed_by_recover() {
     let env = env(6).await;
     let hang = || prober(|_, _| async { std::future::pending().await });
