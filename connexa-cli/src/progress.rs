@@ -71,9 +71,10 @@ impl Followed {
 /// What progress looks like on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Show {
-    /// An indicatif bar (human output, stderr is a terminal).
+    /// An indicatif bar (human output, stderr is a terminal that can draw one).
     Bar,
-    /// One line per change (human output, stderr is not a terminal).
+    /// One line per change (human output, stderr is not a terminal, or a
+    /// terminal without cursor control: `TERM` unset or `dumb`).
     Lines,
     /// Nothing (`--output json|csv`, `-q`).
     Silent,
@@ -82,7 +83,9 @@ enum Show {
 fn show(ctx: &Ctx) -> Show {
     if ctx.out.format != OutputFormat::Human || ctx.out.quiet {
         Show::Silent
-    } else if std::io::stderr().is_terminal() {
+    } else if std::io::stderr().is_terminal() && !ProgressDrawTarget::stderr().is_hidden() {
+        // indicatif draws nothing where `TERM` is unset or `dumb`: lines there,
+        // never silence.
         Show::Bar
     } else {
         Show::Lines

@@ -851,13 +851,23 @@ fn sim_writes_csv_and_rejects_bad_mixes() {
 /// Runs `connexa ARGS` under a pseudo-terminal (util-linux `script`), feeding
 /// `input` to its terminal; returns what the terminal showed.
 fn under_pty(env: &Env, args: &str, input: &str) -> (String, i32) {
+    under_pty_with_term(env, args, input, "xterm")
+}
+
+/// [`under_pty`] with this `TERM` (`""`: unset).
+fn under_pty_with_term(env: &Env, args: &str, input: &str, term: &str) -> (String, i32) {
     let bin = assert_cmd::cargo::cargo_bin("connexa");
     // `exec`: no shell between `script` and connexa, whatever $SHELL is (a
     // shell that waits for connexa would also see the terminal's Ctrl-C).
     let cmdline = format!("exec {} --db '{}' {args}", bin.display(), env.db());
-    let mut child = StdCommand::new("script")
-        .args(["-qec", &cmdline, "/dev/null"])
+    let mut cmd = StdCommand::new("script");
+    cmd.args(["-qec", &cmdline, "/dev/null"])
         .env("SHELL", "/bin/sh")
+        .env("TERM", term);
+    if term.is_empty() {
+        cmd.env_remove("TERM");
+    }
+    let mut child = cmd
         .current_dir(env.dir.path())
         .env_remove("NO_COLOR")
         .stdin(Stdio::piped())
@@ -1549,6 +1559,16 @@ fn progress_bar_reaches_100_percent_on_a_terminal() {
         strip_ansi(&screen).contains("] 20/20 100% done: ok 15, failed 5"),
         "{screen}"
     );
+    // A terminal that cannot draw a bar (`TERM` unset or `dumb`): progress
+    // lines, never silence.
+    for term in ["", "dumb"] {
+        let (screen, code) = under_pty_with_term(&env, "jobs watch 1", "", term);
+        assert_eq!(code, 4, "{screen}");
+        assert!(
+            screen.contains("[100.0%] 20/20 ok 15 failed 5") && !screen.contains("] 20/20 100%"),
+            "TERM={term:?}: {screen}"
+        );
+    }
     // Not a terminal: progress lines, no bar.
     let out = env
         .cmd(&["test", "light", "--all", "--timeout", "5"])
@@ -1601,6 +1621,7 @@ fn ctrl_c_under_a_terminal_cancels_keeps_results_and_exits_5() {
     let mut child = StdCommand::new("script")
         .args(["-qfec", &cmdline, "/dev/null"])
         .env("SHELL", "/bin/sh")
+        .env("TERM", "xterm")
         .current_dir(env.dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
