@@ -39,8 +39,7 @@ pub struct ServicesQuery {
 
 /// Nodes with a running service (`online` or `offline`).
 #[utoipa::path(get, path = "/api/v1/services", tag = "services", params(ServicesQuery),
-    responses((status = 200, body = NodeList),
-              (status = 400, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = NodeList)))]
 pub async fn list(
     State(st): State<AppState>,
     Query(q): Query<ServicesQuery>,
