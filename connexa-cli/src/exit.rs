@@ -83,6 +83,7 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
                 StoreError::NotFound(_) | StoreError::JobNotFound(_) => Exit::NotFound,
+                StoreError::Page(_) => Exit::Usage,
                 _ => Exit::Config,
             };
         }

@@ -453,6 +453,33 @@ fn nodes_list_filters_pages_and_sorts() {
     assert_eq!(v["nodes"][0]["id"], 3);
     let v = env.json(&["nodes", "list", "--sort", "ip", "--desc", "--limit", "1"]);
     assert_eq!(v["nodes"][0]["ip"], "127.0.0.7");
+    // Cursor pages: the next id to ask for, until a short page.
+    let v = env.json(&["nodes", "list", "--limit", "2", "--after", "1"]);
+    assert_eq!(
+        (&v["nodes"][0]["id"], &v["nodes"][1]["id"], &v["next_after"]),
+        (&2.into(), &3.into(), &3.into())
+    );
+    assert!(v["page"].is_null() && v["total"] == 3, "{v}");
+    let v = env.json(&["nodes", "list", "--limit", "2", "--after", "3", "--desc"]);
+    assert_eq!(v["nodes"][0]["id"], 2);
+    assert_eq!(v["nodes"][1]["id"], 1);
+    let v = env.json(&["nodes", "list", "--after", "3"]);
+    assert_eq!(
+        (v["nodes"].as_array().unwrap().len(), &v["next_after"]),
+        (0, &Value::Null)
+    );
+    assert!(env.json(&["nodes", "list"])["next_after"].is_null());
+    let out = env
+        .cmd(&["nodes", "list", "--after", "1", "--sort", "ip"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        one_line_error(&out, 2),
+        "error: cursor pagination (after) needs sort=id\n"
+    );
+    env.cmd(&["nodes", "list", "--after", "1", "--page", "2"])
+        .assert()
+        .code(2);
 
     // Human: aligned table plus a footer; no colour when not a terminal.
     let out = env
@@ -466,6 +493,30 @@ fn nodes_list_filters_pages_and_sorts() {
     assert_eq!(col(lines[0]), col(lines[1]));
     assert_eq!(col(lines[1]), col(lines[2]));
     assert_eq!(lines[3], "1-2 of 3 nodes (page 1 of 2)");
+    let out = env
+        .cmd(&["nodes", "list", "--limit", "1", "--after", "1"])
+        .output()
+        .unwrap();
+    let s2 = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        s2.lines().last(),
+        Some("1 of 3 nodes, ids 2-2 (next: --after 2)"),
+        "{s2}"
+    );
+    let out = env
+        .cmd(&["nodes", "list", "--after", "2"])
+        .output()
+        .unwrap();
+    let s2 = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        s2.lines().last(),
+        Some("1 of 3 nodes, ids 3-3 (last page)"),
+        "{s2}"
+    );
+    env.cmd(&["nodes", "list", "--after", "9"])
+        .assert()
+        .success()
+        .stdout("no nodes after id 9 (3 nodes match)\n");
 
     // CSV: a header and one row per node.
     let out = env

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Event, EventKind, Failure, Level, NewNode, Node, NodeFilter, NodeId, NodeMeta, Outcome, Page,
-    Refused, ServiceEndpoint, Status,
+    PageError, Refused, ServiceEndpoint, Status,
 };
 
 /// Identifier of a job (a batch test, an import, a service start or stop).
@@ -180,6 +180,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Backend(String),
+    /// The page cannot be served (e.g. a cursor with a sort key other than id).
+    #[error(transparent)]
+    Page(#[from] PageError),
 }
 
 /// Persistence of nodes and their history. `apply` is the only method that

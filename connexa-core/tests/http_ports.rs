@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::{TestDb, postgres, seed, sqlite};
-use connexa_core::domain::NodeFilter;
+use connexa_core::domain::{NodeFilter, NodeId};
 use connexa_core::ports::{
     ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore, TokenStore,
 };
@@ -141,8 +141,10 @@ async fn list_page_is_list_without_the_count(db: TestDb) {
                 limit: 7,
                 sort: SortKey::Ip,
                 desc: true,
+                after: None,
             },
         ),
+        (NodeFilter::all(), Page::cursor(Some(NodeId(9)), 5)),
         (
             NodeFilter {
                 login: Some("user1".into()),

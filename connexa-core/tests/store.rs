@@ -16,6 +16,9 @@ on_both_backends!(
     filters_list_and_delete_select_the_same_rows,
     hostile_filter_text_is_just_text,
     pagination_is_stable_and_total_is_right,
+    cursor_pages_follow_ids_and_keep_the_filter_total,
+    cursor_needs_id_sort_and_no_offset,
+    cursor_walk_neither_skips_nor_repeats_while_nodes_change,
     service_wanted_and_meta_never_touch_status,
     jobs_claim_finish_progress_cancel_requeue,
     group_commit_applies_in_order_and_isolates_failures,
@@ -453,6 +456,169 @@ async fn pagination_is_stable_and_total_is_right(db: TestDb) {
         .unwrap();
     assert_eq!(desc.nodes.len(), 3);
     assert!(desc.nodes[0].ip.to_string() >= desc.nodes[1].ip.to_string());
+}
+
+async fn cursor_pages_follow_ids_and_keep_the_filter_total(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 57).await;
+    // user1, user10..user19: 11 nodes, spread over the id range.
+    let filter = NodeFilter {
+        login: Some("user1".into()),
+        ..Default::default()
+    };
+    let want: Vec<NodeId> = [1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+        .iter()
+        .map(|&i| ids[i])
+        .collect();
+    for desc in [false, true] {
+        let mut seen = Vec::new();
+        let mut page = Page {
+            limit: 4,
+            desc,
+            ..Page::default()
+        };
+        loop {
+            let p = s.list(&filter, page).await.unwrap();
+            assert_eq!(p.total, 11, "the total is the filter's, not what is left");
+            assert_eq!(s.list_page(&filter, page).await.unwrap(), p.nodes);
+            seen.extend(p.nodes.iter().map(|n| n.id));
+            match page.next_after(&p.nodes) {
+                Some(last) => page.after = Some(last),
+                None => break,
+            }
+        }
+        let mut expect = want.clone();
+        if desc {
+            expect.reverse();
+        }
+        assert_eq!(seen, expect, "desc={desc}");
+    }
+    // The cursor need not be a stored id, nor one the filter matches.
+    s.delete(&NodeFilter::ids([ids[12]])).await.unwrap();
+    let p = s
+        .list(&filter, Page::cursor(Some(ids[12]), 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![ids[13], ids[14]]
+    );
+    assert_eq!(p.total, 10);
+    let p = s
+        .list(&NodeFilter::all(), Page::cursor(Some(ids[56]), 10))
+        .await
+        .unwrap();
+    assert_eq!((p.nodes.len(), p.total), (0, 56));
+    let back = Page {
+        desc: true,
+        ..Page::cursor(Some(ids[3]), 10)
+    };
+    let p = s.list_page(&NodeFilter::all(), back).await.unwrap();
+    assert_eq!(
+        p.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1], ids[0]]
+    );
+}
+
+async fn cursor_needs_id_sort_and_no_offset(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 3).await;
+    let by_ip = Page {
+        sort: SortKey::Ip,
+        ..Page::cursor(Some(ids[0]), 10)
+    };
+    let e = s.list(&NodeFilter::all(), by_ip).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Page(PageError::AfterNeedsIdSort)),
+        "{e:?}"
+    );
+    assert_eq!(e.to_string(), "cursor pagination (after) needs sort=id");
+    let e = s.list_page(&NodeFilter::all(), by_ip).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Page(PageError::AfterNeedsIdSort)),
+        "{e:?}"
+    );
+    let with_offset = Page {
+        offset: 1,
+        ..Page::cursor(Some(ids[0]), 10)
+    };
+    let e = s.list(&NodeFilter::all(), with_offset).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Page(PageError::AfterWithOffset)),
+        "{e:?}"
+    );
+    // Without a cursor, every sort key and offset still works.
+    let p = Page {
+        sort: SortKey::Ip,
+        offset: 1,
+        ..Page::default()
+    };
+    assert_eq!(s.list(&NodeFilter::all(), p).await.unwrap().nodes.len(), 2);
+}
+
+async fn cursor_walk_neither_skips_nor_repeats_while_nodes_change(db: TestDb) {
+    use connexa_core::ops::NodeWalk;
+    let s = &db.store;
+    let ids = seed(s, 25).await;
+    // Between the first and the second page: a node already read and one not
+    // yet read are deleted, and a node is added.
+    let change = || async {
+        assert_eq!(
+            s.delete(&NodeFilter::ids([ids[0], ids[15]])).await.unwrap(),
+            2
+        );
+        match s
+            .insert(vec![node("192.0.2.77", "late", "pw")])
+            .await
+            .unwrap()[..]
+        {
+            [InsertOutcome::Inserted(id)] => id,
+            ref o => panic!("{o:?}"),
+        }
+    };
+
+    let mut walk = NodeWalk::new(NodeFilter::all()).with_limit(10);
+    let mut seen: Vec<NodeId> = walk
+        .next_page(s)
+        .await
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    let late = change().await;
+    while let Some(page) = walk.next_page(s).await.unwrap() {
+        seen.extend(page.iter().map(|n| n.id));
+    }
+    // Every node that existed for the whole walk exactly once, in id order,
+    // the deleted unread one not at all, the added one (its id is ahead) once.
+    let mut expect: Vec<NodeId> = ids.iter().copied().filter(|&i| i != ids[15]).collect();
+    expect.push(late);
+    assert_eq!(seen, expect);
+
+    // The same change under an offset walk skips a node that was there all
+    // along (ids[10] moves onto the page already read): what the cursor fixes.
+    let s = &db.store;
+    let now: Vec<NodeId> = s
+        .list_page(&NodeFilter::all(), Page::cursor(None, 100))
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.id)
+        .collect();
+    let first = s
+        .list_page(&NodeFilter::all(), Page::number(1, 10))
+        .await
+        .unwrap();
+    s.delete(&NodeFilter::ids([first[0].id])).await.unwrap();
+    let second = s
+        .list_page(&NodeFilter::all(), Page::number(2, 10))
+        .await
+        .unwrap();
+    assert!(
+        !second.iter().chain(&first).any(|n| n.id == now[10]),
+        "offset paging no longer skips: the test above proves nothing"
+    );
 }
 
 async fn service_wanted_and_meta_never_touch_status(db: TestDb) {

@@ -104,14 +104,19 @@ export const api = {
     getJson("/nodes", [...filterQuery(filter), ["offset", String((page - 1) * limit)], ["limit", String(limit)],
       ["sort", sort], ["desc", String(desc)]]),
   count: async (filter) => (await getJson("/nodes", [...filterQuery(filter), ["limit", "1"]])).total,
-  /** The ids of every node matching `filter`, in id order. */
+  /**
+   * The ids of every node matching `filter`, in id order. Follows the cursor
+   * (`next_after`), so nodes deleted or added meanwhile never make it skip one.
+   */
   matchingIds: async (filter) => {
     const ids = [];
-    for (let offset = 0; ; offset += ID_PAGE) {
-      const page = await getJson("/nodes", [...filterQuery(filter), ["offset", String(offset)],
-        ["limit", String(ID_PAGE)], ["sort", "id"]]);
+    for (let after = null; ;) {
+      const query = [...filterQuery(filter), ["limit", String(ID_PAGE)], ["sort", "id"]];
+      if (after !== null) query.push(["after", String(after)]);
+      const page = await getJson("/nodes", query);
       for (const n of page.items) ids.push(n.id);
-      if (page.items.length < ID_PAGE) return ids;
+      if (page.next_after == null) return ids;
+      after = page.next_after;
     }
   },
   node: (id, reveal) => getJson(`/nodes/${id}`, reveal ? [["reveal", "true"]] : []),

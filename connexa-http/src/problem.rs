@@ -200,6 +200,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(id) => ApiError::not_found(format!("no node with id {id}")),
             StoreError::JobNotFound(id) => ApiError::not_found(format!("no job with id {id}")),
             StoreError::Refused(r) => ApiError::new(Kind::Conflict, r.to_string()),
+            StoreError::Page(p) => ApiError::bad_request(p.to_string()),
             other => ApiError::internal(&other),
         }
     }

@@ -230,6 +230,110 @@ async fn nodes_create_get_patch_history_delete() {
     assert_eq!(h[0]["event"], "deleted");
 }
 
+/// Follows `next_after` from the first page; the ids seen, and the number of requests.
+async fn follow(a: &Api, query: &str) -> (Vec<i64>, usize) {
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    for requests in 1.. {
+        let page = a.get(&format!("/api/v1/nodes?{query}{after}")).await.json();
+        assert_eq!(
+            page["total"], 32,
+            "the filter's total on every page: {page}"
+        );
+        ids.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["id"].as_i64().unwrap()),
+        );
+        match page["next_after"].as_i64() {
+            Some(next) => {
+                assert_eq!(Some(next), ids.last().copied(), "{page}");
+                after = format!("&after={next}");
+            }
+            None => {
+                assert!(page["next_after"].is_null(), "{page}");
+                return (ids, requests);
+            }
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn following_next_after_returns_every_matching_node_once() {
+    let a = api().await;
+    let r = a.import(&fleet_list(95)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // The US nodes: every third of the fleet, 32 of them.
+    let want: Vec<i64> = a
+        .store
+        .list(
+            &NodeFilter {
+                country: Some("united".into()),
+                ..NodeFilter::all()
+            },
+            connexa_core::domain::Page::cursor(None, 1000),
+        )
+        .await
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.id.0)
+        .collect();
+    assert_eq!(want.len(), 32);
+    // A short last page ends the walk; after a full last page one empty page does.
+    let (ids, requests) = follow(&a, "country=united&limit=7").await;
+    assert_eq!((ids.as_slice(), requests), (want.as_slice(), 5));
+    let (ids, requests) = follow(&a, "country=united&limit=8&sort=id").await;
+    assert_eq!((ids.as_slice(), requests), (want.as_slice(), 5));
+    let (mut ids, _) = follow(&a, "country=united&limit=5&desc=true").await;
+    ids.reverse();
+    assert_eq!(ids, want);
+    // Other sort keys page by offset only: no cursor to follow.
+    let by_ip = a
+        .get("/api/v1/nodes?country=united&limit=5&sort=ip")
+        .await
+        .json();
+    assert_eq!(by_ip["items"].as_array().unwrap().len(), 5);
+    assert!(by_ip["next_after"].is_null(), "{by_ip}");
+    // Services list the same way (none here).
+    let s = a.get("/api/v1/services?after=3").await.json();
+    assert_eq!(
+        (s["total"].as_u64(), s["next_after"].is_null()),
+        (Some(0), true)
+    );
+}
+
+#[tokio::test]
+async fn after_with_another_sort_or_an_offset_is_a_bad_request() {
+    let a = api().await;
+    a.import(&fleet_list(5)).await;
+    let p = a
+        .get("/api/v1/nodes?after=2&sort=ip")
+        .await
+        .problem(400, "bad-request");
+    assert_eq!(p["detail"], "cursor pagination (after) needs sort=id");
+    let p = a
+        .get("/api/v1/nodes?after=2&offset=1")
+        .await
+        .problem(400, "bad-request");
+    assert_eq!(
+        p["detail"],
+        "cursor pagination (after) cannot be combined with offset"
+    );
+    a.get("/api/v1/nodes?after=x")
+        .await
+        .problem(400, "bad-request");
+    a.get("/api/v1/services?after=2&sort=location")
+        .await
+        .problem(400, "bad-request");
+    // `after=2&offset=0` is a plain cursor page.
+    let p = a.get("/api/v1/nodes?after=2&offset=0").await.json();
+    assert_eq!(p["items"][0]["id"], 3);
+}
+
 #[tokio::test]
 async fn list_filters_paginates_and_delete_by_filter_deletes_exactly_the_list() {
     let a = api().await;

@@ -57,6 +57,10 @@ pub struct ListArgs {
     /// Page number, from 1.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     page: u64,
+    /// Cursor: the nodes after this id (before it with --desc) instead of a page
+    /// number; needs --sort id. The output names the id to pass for the next page.
+    #[arg(long, value_name = "ID", conflicts_with = "page")]
+    after: Option<i64>,
     /// Rows per page (at most 10000).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=Page::MAX_LIMIT))]
     limit: u64,
@@ -140,23 +144,30 @@ pub async fn exec(ctx: &Ctx, cmd: NodesCommand) -> anyhow::Result<Exit> {
 #[derive(Serialize)]
 struct ListJson {
     total: u64,
-    page: u64,
+    /// `None` with `--after`.
+    page: Option<u64>,
     limit: u64,
+    next_after: Option<NodeId>,
     nodes: Vec<NodeView>,
 }
 
 async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
     let store = ctx.store().await?;
-    let mut page = Page::number(a.page, a.limit);
+    let mut page = match a.after {
+        Some(id) => Page::cursor(Some(NodeId(id)), a.limit),
+        None => Page::number(a.page, a.limit),
+    };
     page.sort = a.sort.into();
     page.desc = a.desc;
     let got = store.list(&a.filter.to_filter(), page).await?;
+    let next_after = page.next_after(&got.nodes);
     let views: Vec<NodeView> = got.nodes.iter().map(|n| NodeView::new(n, false)).collect();
     if ctx.out.format == OutputFormat::Json {
         ctx.out.json(&ListJson {
             total: got.total,
-            page: a.page,
+            page: a.after.is_none().then_some(a.page),
             limit: a.limit,
+            next_after,
             nodes: views,
         })?;
         return Ok(Exit::Ok);
@@ -199,17 +210,29 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     if t.is_empty() {
-        ctx.out.line(if got.total == 0 {
-            "no nodes match".to_owned()
-        } else {
-            format!(
-                "page {} is past the end ({} nodes match)",
-                a.page, got.total
-            )
+        ctx.out.line(match (got.total, a.after) {
+            (0, _) => "no nodes match".to_owned(),
+            (total, Some(after)) => format!("no nodes after id {after} ({total} nodes match)"),
+            (total, None) => format!("page {} is past the end ({total} nodes match)", a.page),
         })?;
         return Ok(Exit::Ok);
     }
     ctx.out.table(&t)?;
+    if a.after.is_some() {
+        let next = match next_after {
+            Some(id) => format!("next: --after {id}"),
+            None => "last page".to_owned(),
+        };
+        let ids = |v: Option<&NodeView>| v.map_or(0, |v| v.id.0);
+        ctx.out.line(format_args!(
+            "{} of {} nodes, ids {}-{} ({next})",
+            views.len(),
+            got.total,
+            ids(views.first()),
+            ids(views.last())
+        ))?;
+        return Ok(Exit::Ok);
+    }
     let first = page.offset + 1;
     let last = page.offset + views.len() as u64;
     let pages = got.total.div_ceil(a.limit);

@@ -93,12 +93,29 @@ pub enum SortKey {
     Location,
 }
 
-/// A page of a listing.
+/// A page of a listing: by position (`offset`) or, with `sort = id`, by cursor
+/// (`after`).
+///
+/// Offset pages cost more the deeper they are (the database reads and throws
+/// away `offset` rows) and shift when nodes are added or deleted between two
+/// requests, so a walk by growing offsets can skip or repeat nodes. A cursor page
+/// starts right after the id `after` (before it when `desc`): every page costs
+/// the same, and a walk that follows the last id of each page returns every node
+/// that exists for the whole walk exactly once (nodes added meanwhile appear
+/// only if their id is still ahead of the cursor; ids only grow).
+///
+/// ```
+/// use connexa_core::domain::{NodeId, Page, PageError, SortKey};
+/// let next = Page { after: Some(NodeId(41)), limit: 500, ..Page::default() };
+/// assert_eq!(next.check(), Ok(()));
+/// let by_ip = Page { sort: SortKey::Ip, ..next };
+/// assert_eq!(by_ip.check(), Err(PageError::AfterNeedsIdSort));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Page {
-    /// Rows to skip.
+    /// Rows to skip (must be 0 with `after`).
     pub offset: u64,
     /// Rows to return (the store caps it at 10,000).
     pub limit: u64,
@@ -106,6 +123,10 @@ pub struct Page {
     pub sort: SortKey,
     /// Descending order.
     pub desc: bool,
+    /// Cursor: only nodes with an id greater than this one (smaller when `desc`).
+    /// Needs `sort = id` and `offset = 0` ([`Page::check`]); `None` starts at
+    /// the first node.
+    pub after: Option<NodeId>,
 }
 
 impl Default for Page {
@@ -115,8 +136,21 @@ impl Default for Page {
             limit: 100,
             sort: SortKey::Id,
             desc: false,
+            after: None,
         }
     }
+}
+
+/// Why a [`Page`] cannot be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PageError {
+    /// `after` with a sort key other than `id`.
+    #[error("cursor pagination (after) needs sort=id")]
+    AfterNeedsIdSort,
+    /// `after` together with a non-zero `offset`.
+    #[error("cursor pagination (after) cannot be combined with offset")]
+    AfterWithOffset,
 }
 
 impl Page {
@@ -129,6 +163,36 @@ impl Page {
             offset: number.saturating_sub(1).saturating_mul(limit),
             limit,
             ..Page::default()
+        }
+    }
+
+    /// `limit` rows in id order after the node `after` (from the first node when `None`).
+    pub fn cursor(after: Option<NodeId>, limit: u64) -> Self {
+        Page {
+            limit,
+            after,
+            ..Page::default()
+        }
+    }
+
+    /// Whether a store can serve this page: `after` needs `sort = id` and `offset = 0`.
+    pub fn check(&self) -> Result<(), PageError> {
+        match self.after {
+            Some(_) if self.sort != SortKey::Id => Err(PageError::AfterNeedsIdSort),
+            Some(_) if self.offset != 0 => Err(PageError::AfterWithOffset),
+            _ => Ok(()),
+        }
+    }
+
+    /// The cursor of the page after one that returned `rows`: the id of the
+    /// last row when this page is sorted by id and full (a shorter page is the
+    /// last one), else `None`.
+    pub fn next_after(&self, rows: &[super::Node]) -> Option<NodeId> {
+        let full = self.limit > 0 && rows.len() as u64 >= self.limit.min(Self::MAX_LIMIT);
+        if self.sort == SortKey::Id && full {
+            rows.last().map(|n| n.id)
+        } else {
+            None
         }
     }
 }

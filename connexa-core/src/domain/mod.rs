@@ -8,7 +8,7 @@ mod secret;
 mod status;
 mod transition;
 
-pub use filter::{NodeFilter, Page, SortKey};
+pub use filter::{NodeFilter, Page, PageError, SortKey};
 pub use node::{
     DEFAULT_PORT, InvalidNode, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,
     PptpIdentity, ServiceEndpoint,

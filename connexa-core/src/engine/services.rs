@@ -9,8 +9,9 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use super::{BusyGuard, EngineError, Inner, lock};
-use crate::domain::{Event, Node, NodeFilter, NodeId, Page, Status};
-use crate::ports::{ApplyContext, ApplyRequest, Health, NodeStore, ServiceError, StoreError};
+use crate::domain::{Event, Node, NodeFilter, NodeId, Status};
+use crate::ops::all_matching;
+use crate::ports::{ApplyContext, ApplyRequest, Health, ServiceError};
 
 /// What one reconciler pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -88,27 +89,6 @@ fn verified() -> Vec<Status> {
     vec![Status::SpeedOk, Status::Online, Status::Offline]
 }
 
-async fn list_all(store: &dyn NodeStore, filter: &NodeFilter) -> Result<Vec<Node>, StoreError> {
-    let mut out = Vec::new();
-    loop {
-        let page = store
-            .list(
-                filter,
-                Page {
-                    offset: out.len() as u64,
-                    limit: Page::MAX_LIMIT,
-                    ..Page::default()
-                },
-            )
-            .await?;
-        let n = page.nodes.len() as u64;
-        out.extend(page.nodes);
-        if n < Page::MAX_LIMIT {
-            return Ok(out);
-        }
-    }
-}
-
 fn wanted_filter() -> NodeFilter {
     NodeFilter {
         service_wanted: Some(true),
@@ -129,11 +109,11 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
 
         // Candidates, then their guards (no job or monitor acts on them meanwhile),
         // then a fresh look at both the store and the launcher.
-        let wanted = list_all(store, &wanted_filter()).await?;
+        let wanted = all_matching(store, &wanted_filter()).await?;
         let wanted_ids: HashSet<NodeId> = wanted.iter().map(|n| n.id).collect();
         // A node no longer wanted forgets its failed starts.
         lock(&inner.start_backoff).retain(|id, _| wanted_ids.contains(id));
-        let stale = list_all(
+        let stale = all_matching(
             store,
             &NodeFilter {
                 has_service: Some(true),
@@ -162,7 +142,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
                 None => report.skipped_busy += 1,
             }
         }
-        let wanted: HashMap<NodeId, Node> = list_all(store, &wanted_filter())
+        let wanted: HashMap<NodeId, Node> = all_matching(store, &wanted_filter())
             .await?
             .into_iter()
             .filter(|n| guards.contains_key(&n.id))
@@ -292,7 +272,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
 pub(super) async fn monitor(inner: &Arc<Inner>) -> Result<MonitorReport, EngineError> {
     async {
         let store = inner.store.as_ref();
-        let nodes = list_all(
+        let nodes = all_matching(
             store,
             &NodeFilter {
                 has_service: Some(true),

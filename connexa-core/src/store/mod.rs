@@ -234,6 +234,7 @@ impl NodeStore for SqlStore {
     }
 
     async fn list(&self, filter: &NodeFilter, page: Page) -> Result<NodePage, StoreError> {
+        page.check()?;
         let total = nodes::Entity::find()
             .filter(query::condition(filter))
             .count(&self.db)
@@ -244,7 +245,17 @@ impl NodeStore for SqlStore {
     }
 
     async fn list_page(&self, filter: &NodeFilter, page: Page) -> Result<Vec<Node>, StoreError> {
+        page.check()?;
         let mut q = nodes::Entity::find().filter(query::condition(filter));
+        if let Some(after) = page.after {
+            // Keyset pagination: the primary key index finds the start, so a
+            // deep page costs what the first one does.
+            q = q.filter(if page.desc {
+                nodes::Column::Id.lt(after.0)
+            } else {
+                nodes::Column::Id.gt(after.0)
+            });
+        }
         for (col, dir) in query::order(page.sort, page.desc) {
             q = q.order_by(col, dir);
         }

@@ -169,12 +169,13 @@ pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
     })
 }
 
-/// A page request from `offset`, `limit`, `sort`, `desc`.
+/// A page request from `offset`, `limit`, `sort`, `desc`, `after`.
 pub(crate) fn page(
     offset: Option<u64>,
     limit: Option<u64>,
     sort: Option<SortKey>,
     desc: Option<bool>,
+    after: Option<i64>,
 ) -> Result<Page, ApiError> {
     let limit = limit.unwrap_or(100);
     if limit > Page::MAX_LIMIT {
@@ -187,12 +188,16 @@ pub(crate) fn page(
     if offset > i64::MAX as u64 {
         return Err(ApiError::bad_request("offset: too large"));
     }
-    Ok(Page {
+    let page = Page {
         offset,
         limit,
         sort: sort.unwrap_or_default(),
         desc: desc.unwrap_or(false),
-    })
+        after: after.map(NodeId),
+    };
+    page.check()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(page)
 }
 
 /// Which nodes an action applies to: exactly one of `ids`, `filter` or `all: true`.

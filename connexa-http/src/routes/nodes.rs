@@ -16,7 +16,7 @@ use crate::problem::{ApiError, ApiResult, Kind, Problem};
 filter_query! {
     /// `GET /nodes` parameters.
     ListQuery {
-        /// Rows to skip (default 0).
+        /// Rows to skip (default 0; must be 0 with `after`).
         offset: Option<u64>,
         /// Rows to return, at most 10000 (default 100).
         limit: Option<u64>,
@@ -24,6 +24,9 @@ filter_query! {
         sort: Option<SortKey>,
         /// Descending order.
         desc: Option<bool>,
+        /// Cursor: only nodes with an id greater than this (smaller with
+        /// `desc=true`); needs `sort=id`. Follow the response's `next_after`.
+        after: Option<i64>,
         /// Show passwords instead of `***`.
         reveal: Option<bool>,
     }
@@ -48,6 +51,10 @@ pub struct NodeList {
     pub offset: u64,
     /// The page's limit.
     pub limit: u64,
+    /// With `sort=id` and a full page: the last id of this page, to pass as
+    /// `after` for the next page; `null` otherwise (last page, or another sort).
+    #[schema(value_type = Option<i64>)]
+    pub next_after: Option<NodeId>,
 }
 
 /// `reveal` alone.
@@ -69,7 +76,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json2<NodeList>> {
     let filter = q.filter()?;
-    let page = page(q.offset, q.limit, q.sort, q.desc)?;
+    let page = page(q.offset, q.limit, q.sort, q.desc, q.after)?;
     let nodes = st.store().list_page(&filter, page).await?;
     let total = st.total(&filter).await?;
     let reveal = q.reveal.unwrap_or(false);
@@ -78,6 +85,7 @@ pub async fn list(
         total,
         offset: page.offset,
         limit: page.limit,
+        next_after: page.next_after(&nodes),
     }))
 }
 

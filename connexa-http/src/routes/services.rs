@@ -22,7 +22,7 @@ use crate::problem::{ApiResult, Problem};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ServicesQuery {
-    /// Rows to skip.
+    /// Rows to skip (must be 0 with `after`).
     pub offset: Option<u64>,
     /// Rows to return (default 100, at most 10000).
     pub limit: Option<u64>,
@@ -30,6 +30,9 @@ pub struct ServicesQuery {
     pub sort: Option<SortKey>,
     /// Descending.
     pub desc: Option<bool>,
+    /// Cursor: only services of nodes with an id greater than this (smaller
+    /// with `desc=true`); needs `sort=id`. Follow the response's `next_after`.
+    pub after: Option<i64>,
     /// Show the SOCKS5 and node passwords instead of `***`.
     pub reveal: Option<bool>,
 }
@@ -41,7 +44,7 @@ pub async fn list(
     State(st): State<AppState>,
     Query(q): Query<ServicesQuery>,
 ) -> ApiResult<Json2<NodeList>> {
-    let page = super::page(q.offset, q.limit, q.sort, q.desc)?;
+    let page = super::page(q.offset, q.limit, q.sort, q.desc, q.after)?;
     let filter = NodeFilter {
         has_service: Some(true),
         ..NodeFilter::all()
@@ -54,6 +57,7 @@ pub async fn list(
         total,
         offset: page.offset,
         limit: page.limit,
+        next_after: page.next_after(&nodes),
     }))
 }
 

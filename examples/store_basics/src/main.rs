@@ -1,5 +1,6 @@
 //! Embeds the store: opens a SQLite file (created if missing), inserts nodes,
-//! applies test results through the transition table and prints what happened.
+//! applies test results through the transition table, prints what happened and
+//! walks the nodes page by page with a cursor.
 //!
 //! Run: `cargo run -p example-store-basics [DB_URL]` (default: a file in the temp dir).
 //! Any URL `SqlStore::connect` accepts works, e.g. `postgres://user@127.0.0.1/db`.
@@ -7,6 +8,7 @@
 use connexa_core::domain::{
     Event, Failure, Level, NewNode, NodeFilter, NodeMeta, Outcome, Page, Status,
 };
+use connexa_core::ops;
 use connexa_core::ports::{ApplyContext, InsertOutcome, NodeStore};
 use connexa_core::store::SqlStore;
 
@@ -85,6 +87,15 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("counts: {:?}", store.counts().await?);
+
+    // Reading a whole fleet: page by cursor (each page starts after the last id
+    // of the one before), so deep pages stay cheap and nodes added or deleted
+    // meanwhile never make the walk skip or repeat one.
+    let mut walk = ops::NodeWalk::new(NodeFilter::all()).with_limit(1);
+    while let Some(page) = walk.next_page(&store).await? {
+        let ids: Vec<_> = page.iter().map(|n| n.id).collect();
+        println!("cursor page: {ids:?}");
+    }
     if url.contains(&path.display().to_string()) {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
