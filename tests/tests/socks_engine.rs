@@ -187,6 +187,8 @@ async fn monitor_moves_a_dead_tunnel_offline_after_the_threshold_and_back_online
         EngineConfig {
             node_timeout: Duration::from_secs(5),
             health_threshold: 2,
+            // This test reconciles by hand: retry a failed start as soon as asked.
+            restart_backoff: Duration::ZERO,
             ..EngineConfig::default()
         },
     );

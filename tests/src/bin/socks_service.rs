@@ -73,6 +73,9 @@ async fn main() {
         EngineConfig {
             node_timeout: Duration::from_secs(if pptp { 30 } else { 5 }),
             health_threshold: 2,
+            // A failed start is tried again on the next pass, as the tests expect.
+            restart_backoff: pause,
+            restart_backoff_max: pause,
             ..EngineConfig::default()
         },
     );
