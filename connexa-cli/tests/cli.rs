@@ -757,6 +757,7 @@ fn stats_counts_every_status() {
     let v = env.json(&["stats"]);
     assert_eq!(v["total"], 3);
     assert_eq!(v["services_running"], 0);
+    assert_eq!(v["services_waiting"], 0);
     assert_eq!(v["by_status"].as_array().unwrap().len(), 8);
     assert_eq!(
         v["by_status"][0],

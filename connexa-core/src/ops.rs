@@ -283,6 +283,9 @@ pub struct Stats {
     pub by_status: Vec<StatusCount>,
     /// Nodes with a service (`online` + `offline`).
     pub services_running: u64,
+    /// Verified nodes whose service is wanted but not running: waiting for the
+    /// reconciler, or failing to start (the reason is the node's `last_error`).
+    pub services_waiting: u64,
     /// The most recent job, if any.
     pub last_job: Option<JobView>,
 }
@@ -311,9 +314,25 @@ pub async fn stats(store: &dyn NodeStore) -> Result<Stats, StoreError> {
         }
         None => None,
     };
+    let waiting = NodeFilter {
+        statuses: vec![Status::SpeedOk],
+        service_wanted: Some(true),
+        ..NodeFilter::all()
+    };
+    let services_waiting = store
+        .list(
+            &waiting,
+            Page {
+                limit: 0,
+                ..Page::default()
+            },
+        )
+        .await?
+        .total;
     Ok(Stats {
         total: by_status.iter().map(|c| c.count).sum(),
         services_running: get(Status::Online) + get(Status::Offline),
+        services_waiting,
         by_status,
         last_job,
     })

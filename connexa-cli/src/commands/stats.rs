@@ -34,8 +34,8 @@ pub async fn exec(ctx: &Ctx, _args: StatsArgs) -> anyhow::Result<Exit> {
     t.row(vec![Cell::text("total"), Cell::num(s.total)]);
     ctx.out.table(&t)?;
     ctx.out.line(format_args!(
-        "services running: {} (online + offline)",
-        s.services_running
+        "services running: {} (online + offline); waiting to start: {}",
+        s.services_running, s.services_waiting
     ))?;
     match &s.last_job {
         None => ctx.out.line("last job: none")?,

@@ -978,11 +978,15 @@ async fn reconciler_backs_off_a_failing_start_and_forgets_it_when_no_longer_want
         Status::SpeedOk,
         "a failed start never demotes"
     );
+    let stats = crate::ops::stats(env.store.as_ref()).await.unwrap();
+    assert_eq!((stats.services_running, stats.services_waiting), (1, 1));
     tokio::time::sleep(backoff.saturating_sub(failed_at.elapsed()) + Duration::from_millis(50))
         .await;
     let r = e.reconcile().await.unwrap();
     assert_eq!((r.started, r.deferred), (1, 0), "{r:?}");
     assert_eq!(status(&env, b).await, Status::Online);
+    let stats = crate::ops::stats(env.store.as_ref()).await.unwrap();
+    assert_eq!((stats.services_running, stats.services_waiting), (2, 0));
 
     // A node that stops being wanted forgets its failures: wanted again, it is
     // tried on the next pass.
