@@ -130,6 +130,14 @@ impl NodeWalk {
         }
         let nodes = store.list_page(&self.filter, self.page).await?;
         match self.page.next_after(&nodes) {
+            // A store that ignored the cursor would make this walk endless.
+            Some(last) if self.page.after.is_some_and(|prev| last <= prev) => {
+                self.done = true;
+                return Err(StoreError::Backend(format!(
+                    "the store ignored the page cursor (after={}): cannot walk the nodes",
+                    last
+                )));
+            }
             Some(last) => self.page.after = Some(last),
             None => self.done = true,
         }
@@ -283,8 +291,11 @@ pub struct Stats {
     pub by_status: Vec<StatusCount>,
     /// Nodes with a service (`online` + `offline`).
     pub services_running: u64,
-    /// Verified nodes whose service is wanted but not running: waiting for the
-    /// reconciler, or failing to start (the reason is the node's `last_error`).
+    /// `speed_ok` nodes whose service is wanted but has never come up: waiting
+    /// for the reconciler, or failing to start (the reason is the node's
+    /// `last_error`). A node that had a service keeps `online`/`offline` (the
+    /// monitor moves it to `offline` when its service is gone) and counts in
+    /// `services_running`.
     pub services_waiting: u64,
     /// The most recent job, if any.
     pub last_job: Option<JobView>,
@@ -825,6 +836,34 @@ mod tests {
         let r = import_into(store.clone(), list.as_bytes(), ImportOptions::default()).await;
         assert!(r.failure.is_none());
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_store_that_ignores_the_cursor_ends_the_walk_with_an_error() {
+        let mut store = crate::ports::MockNodeStore::new();
+        let page: Vec<Node> = (1..=3)
+            .map(|i| {
+                Node::added(
+                    NodeId(i),
+                    std::net::IpAddr::from([127, 0, 0, 1]),
+                    1723,
+                    "u",
+                    crate::domain::Secret::new("p"),
+                    Utc::now(),
+                )
+            })
+            .collect();
+        store
+            .expect_list_page()
+            .returning(move |_, _| Ok(page.clone()));
+        let mut walk = NodeWalk::new(NodeFilter::all()).with_limit(3);
+        assert_eq!(
+            walk.next_page(&store).await.unwrap().map(|p| p.len()),
+            Some(3)
+        );
+        let e = walk.next_page(&store).await.unwrap_err();
+        assert!(e.to_string().contains("ignored the page cursor"), "{e}");
+        assert!(walk.next_page(&store).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -214,6 +214,9 @@ pub trait NodeStore: Send + Sync {
     async fn get(&self, node: NodeId) -> Result<Option<Node>, StoreError>;
 
     /// Nodes matching `filter`, one page of them, with the total count.
+    /// Implementations must honour [`Page::after`] (the cursor) and reject the
+    /// pages [`Page::check`] refuses; [`ops::NodeWalk`](crate::ops::NodeWalk)
+    /// relies on it.
     async fn list(&self, filter: &NodeFilter, page: Page) -> Result<NodePage, StoreError>;
 
     /// One page of the nodes matching `filter`, without counting them all (the

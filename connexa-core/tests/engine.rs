@@ -175,6 +175,9 @@ fn config() -> EngineConfig {
         reconcile_interval: Duration::from_millis(7),
         monitor_interval: Duration::from_millis(3),
         health_threshold: 2,
+        // The reconciler retries failed starts on every pass, so they keep
+        // racing the monitor and the jobs.
+        restart_backoff: Duration::ZERO,
         ..EngineConfig::default()
     }
 }

@@ -437,6 +437,9 @@ async fn supervise(
         }
         () = tokio::time::sleep(ctx.node_timeout) => {
             span.in_scope(|| tracing::debug!(timeout = ?ctx.node_timeout, "timed out"));
+            if ctx.kind == JobKind::ServiceStart {
+                ctx.inner.start_attempted(item.node, false);
+            }
             timed_out(ctx.kind, ctx.node_timeout, lock(&partial).take())
         }
     };

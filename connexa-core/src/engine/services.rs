@@ -73,8 +73,10 @@ impl Inner {
             retry_at: tokio::time::Instant::now(),
         });
         b.failures = b.failures.saturating_add(1);
-        b.retry_at = tokio::time::Instant::now()
-            + backoff_delay(cfg.restart_backoff, cfg.restart_backoff_max, b.failures);
+        // At most a year ahead: `Instant + Duration::MAX` would panic.
+        let delay = backoff_delay(cfg.restart_backoff, cfg.restart_backoff_max, b.failures)
+            .min(Duration::from_secs(365 * 86_400));
+        b.retry_at = tokio::time::Instant::now() + delay;
     }
 
     /// `true` while the node's last start failed and its backoff has not run out.
@@ -111,8 +113,12 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         // then a fresh look at both the store and the launcher.
         let wanted = all_matching(store, &wanted_filter()).await?;
         let wanted_ids: HashSet<NodeId> = wanted.iter().map(|n| n.id).collect();
-        // A node no longer wanted forgets its failed starts.
-        lock(&inner.start_backoff).retain(|id, _| wanted_ids.contains(id));
+        // A node no longer wanted forgets its failed starts (unless a job is
+        // acting on it: it may have just made it wanted).
+        {
+            let busy = lock(&inner.busy);
+            lock(&inner.start_backoff).retain(|id, _| wanted_ids.contains(id) || busy.contains(id));
+        }
         let stale = all_matching(
             store,
             &NodeFilter {
@@ -173,6 +179,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             let batch: Vec<Option<ApplyRequest>> = futures::stream::iter(starts)
                 .map(|node| {
                     let launcher = Arc::clone(launcher);
+                    let inner = Arc::clone(inner);
                     let span = tracing::info_span!("node", id = %node.id, ip = %node.ip);
                     async move {
                         let id = node.id;
@@ -198,7 +205,10 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
                                 ctx: now(),
                             }),
                             Err(e) => {
+                                // Our bug, not the node's: no event, but no
+                                // retry on every pass either.
                                 tracing::error!(node = %id, error = %e, "service start crashed");
+                                inner.start_attempted(id, false);
                                 None
                             }
                         }
