@@ -325,21 +325,7 @@ pub async fn stats(store: &dyn NodeStore) -> Result<Stats, StoreError> {
         }
         None => None,
     };
-    let waiting = NodeFilter {
-        statuses: vec![Status::SpeedOk],
-        service_wanted: Some(true),
-        ..NodeFilter::all()
-    };
-    let services_waiting = store
-        .list(
-            &waiting,
-            Page {
-                limit: 0,
-                ..Page::default()
-            },
-        )
-        .await?
-        .total;
+    let services_waiting = services_waiting(store).await?;
     Ok(Stats {
         total: by_status.iter().map(|c| c.count).sum(),
         services_running: get(Status::Online) + get(Status::Offline),
@@ -347,6 +333,21 @@ pub async fn stats(store: &dyn NodeStore) -> Result<Stats, StoreError> {
         by_status,
         last_job,
     })
+}
+
+/// `speed_ok` nodes whose service is wanted but has not come up
+/// ([`Stats::services_waiting`]).
+pub async fn services_waiting(store: &dyn NodeStore) -> Result<u64, StoreError> {
+    let waiting = NodeFilter {
+        statuses: vec![Status::SpeedOk],
+        service_wanted: Some(true),
+        ..NodeFilter::all()
+    };
+    let page = Page {
+        limit: 0,
+        ..Page::default()
+    };
+    Ok(store.list(&waiting, page).await?.total)
 }
 
 /// A running service, as shown (password masked unless revealed).

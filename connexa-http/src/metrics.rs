@@ -131,6 +131,14 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
         MetricType::Gauge,
     );
     let _ = writeln!(out, "connexa_services_running {services}");
+    let waiting = connexa_core::ops::services_waiting(store.as_ref()).await?;
+    write_header(
+        &mut out,
+        "connexa_services_waiting",
+        "speed_ok nodes whose wanted service has not come up (not reconciled yet, or failing to start).",
+        MetricType::Gauge,
+    );
+    let _ = writeln!(out, "connexa_services_waiting {waiting}");
     write_header(
         &mut out,
         "connexa_job_items",

@@ -1077,18 +1077,40 @@ async fn services_start_stop_and_list() {
 async fn stats_and_metrics() {
     let a = api().await;
     a.import(&fleet_list(6)).await;
+    // One verified node whose service is wanted (no reconciler runs here).
+    let one = a
+        .store
+        .list_page(&NodeFilter::all(), Default::default())
+        .await
+        .unwrap()[0]
+        .id;
+    a.store
+        .apply(
+            one,
+            connexa_core::domain::Event::Tested(connexa_core::domain::Outcome::success(
+                connexa_core::domain::Level::Speed,
+            )),
+            connexa_core::ports::ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    a.store
+        .set_service_wanted(&NodeFilter::ids([one]), true)
+        .await
+        .unwrap();
     let s = a.get("/api/v1/stats").await.json();
     assert_eq!(
         (
             s["total"].as_u64(),
             s["services_running"].as_u64(),
+            s["services_waiting"].as_u64(),
             s["jobs_unfinished"].as_u64()
         ),
-        (Some(6), Some(0), Some(0))
+        (Some(6), Some(0), Some(1), Some(0))
     );
     assert_eq!(
         s["by_status"][0],
-        json!({"status": "not_tested", "count": 6})
+        json!({"status": "not_tested", "count": 5})
     );
     assert_eq!(s["by_status"].as_array().unwrap().len(), 8);
     // Extension methods from anyone are counted, but under one label value.
@@ -1113,8 +1135,9 @@ async fn stats_and_metrics() {
             .starts_with("text/plain; version=0.0.4")
     );
     let t = m.text();
-    assert!(t.contains("connexa_nodes{status=\"not_tested\"} 6"), "{t}");
+    assert!(t.contains("connexa_nodes{status=\"not_tested\"} 5"), "{t}");
     assert!(t.contains("connexa_nodes{status=\"online\"} 0"), "{t}");
+    assert!(t.contains("\nconnexa_services_waiting 1\n"), "{t}");
     assert!(
         t.contains(
             "connexa_http_requests_total{method=\"GET\",route=\"/api/v1/stats\",status=\"200\"} 1"
