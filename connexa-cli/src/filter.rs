@@ -57,6 +57,13 @@ pub struct FilterArgs {
     /// Only nodes without a running service.
     #[arg(long)]
     pub no_service: bool,
+    /// Only nodes whose service is wanted (`service start`): with
+    /// `--status speed_ok`, the ones waiting to start (see their last error).
+    #[arg(long, conflicts_with = "not_wanted")]
+    pub wanted: bool,
+    /// Only nodes whose service is not wanted.
+    #[arg(long)]
+    pub not_wanted: bool,
 }
 
 impl FilterArgs {
@@ -82,7 +89,11 @@ impl FilterArgs {
                 (_, true) => Some(false),
                 _ => None,
             },
-            service_wanted: None,
+            service_wanted: match (self.wanted, self.not_wanted) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
         }
     }
 
@@ -156,9 +167,11 @@ mod tests {
             zip: Some("750".into()),
             min_speed: Some(2.0),
             no_service: true,
+            wanted: true,
             ..FilterArgs::default()
         }
         .to_filter();
+        assert_eq!(f.service_wanted, Some(true));
         assert_eq!(f.statuses, vec![Status::SpeedOk]);
         assert_eq!(f.zipcode.as_deref(), Some("750"));
         assert_eq!(f.min_down_mbps, Some(2.0));

@@ -2045,6 +2045,21 @@ async fn service_start_stop_set_the_desired_state_and_list_shows_running_ones() 
         String::from_utf8_lossy(&out.stderr).contains("reconciler"),
         "says who starts it"
     );
+    // Node 1 is wanted and not running (no reconciler here): waiting to start.
+    assert_eq!(env.json(&["stats"])["services_waiting"], 1);
+    let v = env.json(&["nodes", "list", "--wanted", "--status", "speed_ok"]);
+    assert_eq!(
+        (v["total"].clone(), v["nodes"][0]["id"].clone()),
+        (1.into(), 1.into()),
+        "{v}"
+    );
+    assert_eq!(env.json(&["nodes", "list", "--wanted"])["total"], 2);
+    let v = env.json(&["nodes", "list", "--not-wanted"]);
+    assert_eq!(
+        (v["total"].clone(), v["nodes"][0]["id"].clone()),
+        (1.into(), 2.into()),
+        "{v}"
+    );
 
     // The running service, with what a client needs.
     env.cmd(&["service", "list"])

@@ -34,8 +34,14 @@ pub async fn exec(ctx: &Ctx, _args: StatsArgs) -> anyhow::Result<Exit> {
     t.row(vec![Cell::text("total"), Cell::num(s.total)]);
     ctx.out.table(&t)?;
     ctx.out.line(format_args!(
-        "services running: {} (online + offline); waiting to start: {}",
-        s.services_running, s.services_waiting
+        "services running: {} (online + offline); waiting to start: {}{}",
+        s.services_running,
+        s.services_waiting,
+        if s.services_waiting > 0 {
+            " (connexa nodes list --wanted --status speed_ok)"
+        } else {
+            ""
+        }
     ))?;
     match &s.last_job {
         None => ctx.out.line("last job: none")?,
