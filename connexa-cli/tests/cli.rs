@@ -14,7 +14,7 @@ use predicates::prelude::*;
 use serde_json::Value;
 
 mod common;
-use common::{free_port, signal_and_wait, start_sim};
+use common::{Sim, free_port, signal_and_wait, start_sim};
 
 /// A temp directory with a database URL in it.
 struct Env {
@@ -1580,7 +1580,7 @@ fn demo_bad_input_is_one_line() {
 }
 
 /// A fleet of `mix` on `n` nodes, imported into `env`'s database.
-fn imported_fleet(env: &Env, n: &str, mix: &str, block: u8) -> std::process::Child {
+fn imported_fleet(env: &Env, n: &str, mix: &str, block: u8) -> Sim {
     let list = env.path(&format!("fleet{block}.txt"));
     let (child, _, _) = start_sim(&["-q"], &["--nodes", n, "--mix", mix], block, &list);
     env.cmd(&["-q", "import", list.to_str().unwrap()])

@@ -84,7 +84,7 @@ fn test_auth_on_a_simulated_fleet_matches_its_mix() {
 }
 
 /// Starts `connexa sim ARGS --list LIST` on its own block; waits for the list.
-fn sim(args: &[&str], block: u8, list: &std::path::Path) -> std::process::Child {
+fn sim(args: &[&str], block: u8, list: &std::path::Path) -> common::Sim {
     start_sim(&[], args, block, list).0
 }
 

@@ -7,6 +7,32 @@ use std::path::Path;
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `connexa sim` child process, killed when dropped (a failing test must
+/// not leave its fleet running).
+pub struct Sim(pub std::process::Child);
+
+impl std::ops::Deref for Sim {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Sim {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -57,12 +83,7 @@ pub fn signal_and_wait(child: &mut std::process::Child, signal: &str) -> std::pr
 
 /// Starts `connexa <args> sim ... --port P --first-ip 127.<block>.<pid>.1 --list LIST`
 /// and waits until its node list is written. Returns the child and the port.
-pub fn start_sim(
-    global: &[&str],
-    sim: &[&str],
-    block: u8,
-    list: &Path,
-) -> (std::process::Child, u16, String) {
+pub fn start_sim(global: &[&str], sim: &[&str], block: u8, list: &Path) -> (Sim, u16, String) {
     let port = free_port();
     let first_ip = format!("127.{block}.{}.1", std::process::id() % 200 + 20);
     let mut child = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
@@ -77,5 +98,5 @@ pub fn start_sim(
         .spawn()
         .unwrap();
     wait_for(list, &mut child);
-    (child, port, first_ip)
+    (Sim(child), port, first_ip)
 }
