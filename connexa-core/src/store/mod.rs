@@ -83,6 +83,21 @@ pub(crate) fn db_err(e: DbErr) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// `true` for PostgreSQL errors that abort a statement through no fault of its
+/// own and succeed when it runs again: `deadlock_detected` (40P01) and
+/// `serialization_failure` (40001).
+fn is_transient_conflict(e: &DbErr) -> bool {
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(s))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(s))) = e
+    else {
+        return false;
+    };
+    matches!(
+        s.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("40P01" | "40001")
+    )
+}
+
 /// A write transaction; dropping it without [`WriteTxn::finish`] rolls back.
 pub(crate) struct WriteTxn {
     txn: DatabaseTransaction,
@@ -339,17 +354,29 @@ impl NodeStore for SqlStore {
         filter: &NodeFilter,
         wanted: bool,
     ) -> Result<u64, StoreError> {
-        let w = self.begin_write().await?;
-        let r = nodes::Entity::update_many()
-            .col_expr(nodes::Column::ServiceWanted, Expr::value(wanted))
-            .col_expr(nodes::Column::UpdatedAt, Expr::value(ms(Utc::now())))
-            .filter(query::condition(filter))
-            .filter(nodes::Column::ServiceWanted.ne(wanted))
-            .exec(&w.txn)
-            .await
-            .map(|r| r.rows_affected)
-            .map_err(db_err);
-        w.finish(r).await
+        // One idempotent statement over many rows: on PostgreSQL it can lose a
+        // deadlock against a concurrent `apply_many` that locks the same rows in
+        // another order; it is then simply run again.
+        let mut attempt = 0u32;
+        loop {
+            let w = self.begin_write().await?;
+            let r = nodes::Entity::update_many()
+                .col_expr(nodes::Column::ServiceWanted, Expr::value(wanted))
+                .col_expr(nodes::Column::UpdatedAt, Expr::value(ms(Utc::now())))
+                .filter(query::condition(filter))
+                .filter(nodes::Column::ServiceWanted.ne(wanted))
+                .exec(&w.txn)
+                .await;
+            match r {
+                Err(e) if attempt < 5 && is_transient_conflict(&e) => {
+                    tracing::debug!(error = %e, attempt, "set_service_wanted: retrying");
+                    let _ = w.txn.rollback().await;
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
+                }
+                r => return w.finish(r.map(|r| r.rows_affected).map_err(db_err)).await,
+            }
+        }
     }
 
     async fn history(&self, node: NodeId) -> Result<Vec<HistoryRow>, StoreError> {
