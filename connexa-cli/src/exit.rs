@@ -83,7 +83,10 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return match e {
                 StoreError::NotFound(_) | StoreError::JobNotFound(_) => Exit::NotFound,
-                StoreError::Page(_) => Exit::Usage,
+                StoreError::Page(_)
+                | StoreError::Invalid(_)
+                | StoreError::Selection(_)
+                | StoreError::NothingSelected => Exit::Usage,
                 _ => Exit::Config,
             };
         }
@@ -99,9 +102,11 @@ pub fn one_line(err: &anyhow::Error) -> String {
     collapse(&format!("{err:#}"))
 }
 
-/// Collapses runs of white space (newlines included) into single spaces.
+/// Collapses runs of white space (newlines included) into single spaces and
+/// shows other control characters escaped (an error may quote the input).
 pub fn collapse(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::output::escape(&text).into_owned()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
-use connexa_core::domain::{NodeFilter, SortKey, Status};
+use connexa_core::domain::{FilterError, NodeFilter, SelectionError, SortKey, Status};
 
 /// Which nodes.
 #[derive(Debug, Clone, Default, Args)]
@@ -97,9 +97,49 @@ impl FilterArgs {
         }
     }
 
+    /// The core filter, checked by connexa-core's one rule
+    /// ([`NodeFilter::validate`]); a bad value is a usage error.
+    pub fn validated(&self) -> anyhow::Result<NodeFilter> {
+        let f = self.to_filter();
+        f.validate().map_err(|e| {
+            crate::exit::fail(
+                crate::exit::Exit::Usage,
+                cli_words(&SelectionError::Filter(e)),
+            )
+        })?;
+        Ok(f)
+    }
+
     /// `true` when no filter was given.
     pub fn is_empty(&self) -> bool {
         self.to_filter() == NodeFilter::all()
+    }
+}
+
+/// A selection error in the command line's words (`--zip`, `--all`).
+pub fn cli_words(e: &SelectionError) -> String {
+    let flag = |field: &str| match field {
+        "zipcode" => "--zip".to_owned(),
+        "min_down_mbps" => "--min-speed".to_owned(),
+        "max_down_mbps" => "--max-speed".to_owned(),
+        f => format!("--{f}"),
+    };
+    match e {
+        SelectionError::Ambiguous => "give node ids or filters (or --all), not both".into(),
+        SelectionError::Nothing => "nothing selected: give node ids, filters, or --all".into(),
+        SelectionError::FilterSelectsAll => {
+            "the filters select every node: to select every node say --all".into()
+        }
+        SelectionError::Filter(
+            FilterError::ControlCharacter { field }
+            | FilterError::EmptyText { field }
+            | FilterError::TooLong { field }
+            | FilterError::BadSpeed { field },
+        ) => {
+            let msg = e.to_string();
+            msg.replacen(field, &flag(field), 1)
+        }
+        other => other.to_string(),
     }
 }
 

@@ -48,16 +48,17 @@ impl Out {
         Ok(())
     }
 
-    /// Prints text on stdout.
+    /// Prints text on stdout (control characters shown escaped: see [`escape`]).
     pub fn line(&self, text: impl std::fmt::Display) -> anyhow::Result<()> {
-        writeln!(std::io::stdout().lock(), "{text}")?;
+        writeln!(std::io::stdout().lock(), "{}", escape(&text.to_string()))?;
         Ok(())
     }
 
-    /// An informational message on stderr (silenced by `-q`).
+    /// An informational message on stderr (silenced by `-q`; control
+    /// characters shown escaped).
     pub fn note(&self, text: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("{text}");
+            eprintln!("{}", escape(&text.to_string()));
         }
     }
 
@@ -277,6 +278,25 @@ fn push_row(out: &mut String, row: &[Cell], widths: &[usize], color: bool, bold:
     out.push('\n');
 }
 
+/// Text from the store or the input made safe for a terminal: every control
+/// character but a line break and a tab is shown escaped (`\u{1b}]0;x\u{7}`),
+/// so an imported line or a node's comment cannot move the cursor, set the
+/// window title or clear the screen.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Control characters (from imported data) never reach the terminal.
 fn sanitize(s: &str) -> String {
     s.chars()
@@ -318,6 +338,16 @@ mod tests {
         let mut t = Table::new(&["X"]);
         t.row(vec![Cell::text("a\x1b[31mb")]);
         assert!(!t.render(false).contains('\x1b'));
+    }
+
+    #[test]
+    fn escape_shows_control_characters_and_keeps_line_breaks() {
+        assert_eq!(escape("plain\ntext\there"), "plain\ntext\there");
+        assert_eq!(
+            escape("a\u{1b}]0;pwned\u{7}\u{1b}[2Jb\r\0"),
+            "a\\u{1b}]0;pwned\\u{7}\\u{1b}[2Jb\\r\\u{0}"
+        );
+        assert!(!escape("\u{9b}31m").contains('\u{9b}'));
     }
 
     #[test]

@@ -26,10 +26,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::{
-    Failure, Level, Node, NodeFilter, NodeId, NodeMeta, Page, PptpIdentity, Status,
+    Failure, Level, Node, NodeFilter, NodeId, NodeMeta, Page, PptpIdentity, Selection, Status,
 };
 use crate::export::{ExportError, ExportFormat};
-use crate::import::{Existing, ImportReport};
+use crate::import::{Existing, ImportError, ImportReport};
 use crate::ports::{HistoryRow, Job, JobId, JobKind, JobState, NodeStore, Progress, StoreError};
 
 /// Why an operation failed.
@@ -171,15 +171,39 @@ pub struct Deleted {
 /// names the ids that did not exist.
 pub async fn delete_ids(store: &dyn NodeStore, ids: &[NodeId]) -> Result<Deleted, StoreError> {
     let filter = NodeFilter::ids(ids.iter().copied());
-    let found = all_matching(store, &filter).await?;
+    let found: std::collections::HashSet<NodeId> = all_matching(store, &filter)
+        .await?
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
     let mut missing: Vec<NodeId> = ids
         .iter()
         .copied()
-        .filter(|id| !found.iter().any(|n| n.id == *id))
+        .filter(|id| !found.contains(id))
         .collect();
+    missing.sort_unstable();
     missing.dedup();
     let deleted = store.delete(&filter).await?;
     Ok(Deleted { deleted, missing })
+}
+
+/// The store filter of a selection that matches at least one node: an action
+/// (a test job, a service start or stop) on no node is refused with
+/// [`StoreError::NothingSelected`] instead of becoming a job of 0 items. The
+/// selection itself was validated when it was built ([`Selection::new`]).
+pub async fn selected(
+    store: &dyn NodeStore,
+    selection: &Selection,
+) -> Result<NodeFilter, StoreError> {
+    let filter = selection.to_filter();
+    let page = Page {
+        limit: 0,
+        ..Page::default()
+    };
+    if store.list(&filter, page).await?.total == 0 {
+        return Err(StoreError::NothingSelected);
+    }
+    Ok(filter)
 }
 
 /// Changes to a node's descriptive fields: `None` keeps a field, `Some("")`
@@ -232,7 +256,9 @@ pub async fn edit_meta(
     patch: &MetaPatch,
 ) -> Result<Node, StoreError> {
     let current = node(store, id).await?;
-    store.update_meta(id, patch.apply_to(current.meta)).await?;
+    let meta = patch.apply_to(current.meta);
+    meta.check()?;
+    store.update_meta(id, meta).await?;
     node(store, id).await
 }
 
@@ -563,6 +589,16 @@ pub struct ErrorRow {
     pub text: String,
 }
 
+impl ErrorRow {
+    fn new(e: &ImportError) -> Self {
+        ErrorRow {
+            line: e.line,
+            reason: e.reason.to_string(),
+            text: e.text.clone(),
+        }
+    }
+}
+
 /// An [`ImportReport`] as printed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -579,6 +615,8 @@ pub struct ImportSummary {
     pub conflicts: Vec<Collision>,
     /// Unreadable rows.
     pub errors: Vec<ErrorRow>,
+    /// Lines that hold no node (headers, sellers' names): not errors.
+    pub ignored: Vec<ErrorRow>,
     /// Lines parsed but not inserted because the store failed.
     pub not_inserted: Vec<usize>,
     /// Why the import stopped early, if it did.
@@ -617,15 +655,8 @@ impl ImportSummary {
                 .iter()
                 .map(|c| Collision::new(c.line, c.with))
                 .collect(),
-            errors: report
-                .errors
-                .iter()
-                .map(|e| ErrorRow {
-                    line: e.line,
-                    reason: e.reason.to_string(),
-                    text: e.text.clone(),
-                })
-                .collect(),
+            errors: report.errors.iter().map(ErrorRow::new).collect(),
+            ignored: report.ignored.iter().map(ErrorRow::new).collect(),
             not_inserted: report.not_inserted.clone(),
             failure: report.failure.clone(),
         }

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Event, EventKind, Failure, Level, NewNode, Node, NodeFilter, NodeId, NodeMeta, Outcome, Page,
-    PageError, Refused, ServiceEndpoint, Status,
+    Event, EventKind, Failure, InvalidNode, Level, NewNode, Node, NodeFilter, NodeId, NodeMeta,
+    Outcome, Page, PageError, Refused, SelectionError, ServiceEndpoint, Status,
 };
 
 /// Identifier of a job (a batch test, an import, a service start or stop).
@@ -183,6 +183,15 @@ pub enum StoreError {
     /// The page cannot be served (e.g. a cursor with a sort key other than id).
     #[error(transparent)]
     Page(#[from] PageError),
+    /// The node data given is invalid (a field too long, a control character).
+    #[error(transparent)]
+    Invalid(#[from] InvalidNode),
+    /// The selection or filter given is invalid.
+    #[error(transparent)]
+    Selection(#[from] SelectionError),
+    /// The selection matches no node: an action on it would do nothing.
+    #[error("no node matches the selection")]
+    NothingSelected,
 }
 
 /// Persistence of nodes and their history. `apply` is the only method that

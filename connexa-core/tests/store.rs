@@ -15,6 +15,8 @@ on_both_backends!(
     failed_retest_of_verified_node_records_but_keeps_status,
     filters_list_and_delete_select_the_same_rows,
     hostile_filter_text_is_just_text,
+    control_characters_in_a_filter_match_nothing,
+    a_hundred_thousand_ids_make_one_job_and_one_delete,
     pagination_is_stable_and_total_is_right,
     cursor_pages_follow_ids_and_keep_the_filter_total,
     cursor_needs_id_sort_and_no_offset,
@@ -427,6 +429,69 @@ async fn hostile_filter_text_is_just_text(db: TestDb) {
         assert_eq!(s.delete(&f).await.unwrap(), 0);
     }
     assert_eq!(count(&db, "nodes").await, 3);
+}
+
+/// A NUL byte once made SQLite read the LIKE pattern as `%` (every node), also
+/// for DELETE. Frontends refuse such filters; the store fails closed too.
+async fn control_characters_in_a_filter_match_nothing(db: TestDb) {
+    let s = &db.store;
+    seed(s, 4).await;
+    for evil in ["\0", "\u{1b}[2J", "1\n", "\u{7f}"] {
+        let f = NodeFilter {
+            ip: Some(evil.to_owned()),
+            ..Default::default()
+        };
+        assert!(f.validate().is_err(), "{evil:?} passes validation");
+        assert_eq!(
+            s.list(&f, Page::default()).await.unwrap().total,
+            0,
+            "{evil:?}"
+        );
+        assert_eq!(s.delete(&f).await.unwrap(), 0, "{evil:?} deleted nodes");
+        let job = s
+            .create_job(
+                JobSpec {
+                    kind: JobKind::Light,
+                    filter: f,
+                    options: serde_json::json!({}),
+                    deadline: None,
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(job.total, 0, "{evil:?} selected nodes for a job");
+    }
+    assert_eq!(count(&db, "nodes").await, 4);
+}
+
+/// SQLite allows 32,766 bind parameters per statement and PostgreSQL 65,535:
+/// an id list is bound as one parameter, so any length works everywhere.
+async fn a_hundred_thousand_ids_make_one_job_and_one_delete(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 100_000).await;
+    // Every other id, plus ids that do not exist.
+    let mut wanted: Vec<NodeId> = ids.iter().copied().step_by(2).collect();
+    let half = wanted.len() as u64;
+    wanted.extend((0..50_000).map(|i| NodeId(10_000_000 + i)));
+    let f = NodeFilter::ids(wanted.iter().copied());
+    assert_eq!(s.list(&f, Page::default()).await.unwrap().total, half);
+    let job = s
+        .create_job(
+            JobSpec {
+                kind: JobKind::Light,
+                filter: NodeFilter::ids(ids.iter().copied()),
+                options: serde_json::json!({}),
+                deadline: None,
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.total, 100_000);
+    assert_eq!(s.set_service_wanted(&f, true).await.unwrap(), half);
+    assert_eq!(s.delete(&f).await.unwrap(), half);
+    assert_eq!(count(&db, "nodes").await, 50_000);
 }
 
 async fn pagination_is_stable_and_total_is_right(db: TestDb) {

@@ -201,6 +201,9 @@ impl From<StoreError> for ApiError {
             StoreError::JobNotFound(id) => ApiError::not_found(format!("no job with id {id}")),
             StoreError::Refused(r) => ApiError::new(Kind::Conflict, r.to_string()),
             StoreError::Page(p) => ApiError::bad_request(p.to_string()),
+            StoreError::Invalid(e) => ApiError::invalid_body(e.to_string()),
+            StoreError::Selection(e) => ApiError::bad_request(e.to_string()),
+            StoreError::NothingSelected => ApiError::bad_request("no node matches the selection"),
             other => ApiError::internal(&other),
         }
     }

@@ -458,10 +458,177 @@ async fn sql_looking_strings_in_every_filter_change_nothing() {
                 json!({"kind": "light", "filter": {"country": e, "ip": e}}),
             )
             .await;
-        assert_eq!(j.status, StatusCode::ACCEPTED, "{}", j.text());
-        assert_eq!(j.json()["total"], 0);
+        // Matches no node: refused, not a job of 0 items.
+        let p = j.problem(400, "bad-request");
+        assert_eq!(p["detail"], "no node matches the selection");
     }
     assert_eq!(a.snapshot().await, before, "the database changed");
+}
+
+/// Issue 23: `ip=%00` once selected every node (also for DELETE), and
+/// `{"filter": {"ip": ""}}` every node for a job. One rule in connexa-core now
+/// refuses control characters, empty text, long text and bad numbers everywhere.
+#[tokio::test]
+async fn nul_bytes_control_characters_and_empty_text_select_nothing_and_are_refused() {
+    let a = api().await;
+    a.import(&fleet_list(9)).await;
+    let before = a.snapshot().await;
+    let long = "x".repeat(257);
+    for field in [
+        "ip", "login", "provider", "country", "state", "city", "zip", "comment",
+    ] {
+        for bad in ["%00", "1%00", "%1b%5B2J", "%0a", "%7f", "", &long] {
+            let q = format!("{field}={bad}");
+            let p = a
+                .get(&format!("/api/v1/nodes?{q}"))
+                .await
+                .problem(400, "bad-request");
+            assert!(
+                p["detail"].as_str().unwrap().contains(if field == "zip" {
+                    "zipcode"
+                } else {
+                    field
+                }),
+                "{q}: {p}"
+            );
+            a.delete(&format!("/api/v1/nodes?{q}"))
+                .await
+                .problem(400, "bad-request");
+            a.get(&format!("/api/v1/export?format=txt&{q}"))
+                .await
+                .problem(400, "bad-request");
+        }
+    }
+    for filter in [
+        json!({"ip": ""}),
+        json!({"ip": "\u{0}"}),
+        json!({"comment": "a\u{1b}]0;x\u{7}"}),
+        json!({"country": "x".repeat(257)}),
+        json!({"min_down_mbps": -5}),
+        json!({"ids": []}),
+    ] {
+        for (method, uri, body) in [
+            (
+                Method::POST,
+                "/api/v1/jobs",
+                json!({"kind": "light", "filter": filter}),
+            ),
+            (
+                Method::POST,
+                "/api/v1/services/start",
+                json!({"filter": filter}),
+            ),
+            (
+                Method::POST,
+                "/api/v1/services/stop",
+                json!({"filter": filter}),
+            ),
+        ] {
+            a.send_json(method, uri, body)
+                .await
+                .problem(422, "invalid-body");
+        }
+    }
+    // An empty id list and ids that match no node: refused, never an empty job.
+    a.send_json(
+        Method::POST,
+        "/api/v1/jobs",
+        json!({"kind": "light", "ids": []}),
+    )
+    .await
+    .problem(422, "invalid-body");
+    a.send_json(
+        Method::POST,
+        "/api/v1/jobs",
+        json!({"kind": "light", "ids": [777, 778]}),
+    )
+    .await
+    .problem(400, "bad-request");
+    a.send_json(Method::POST, "/api/v1/services/stop", json!({"ids": [777]}))
+        .await
+        .problem(400, "bad-request");
+    assert!(
+        a.store.jobs(10).await.unwrap().is_empty(),
+        "a job was created"
+    );
+    assert_eq!(a.snapshot().await, before, "the database changed");
+}
+
+/// Node fields written through the API obey the import's limits.
+#[tokio::test]
+async fn node_fields_are_bounded_like_an_import() {
+    let a = api().await;
+    let node = |extra: serde_json::Value| {
+        let mut b = json!({"ip": "127.9.9.9", "login": "u", "password": "p"});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    for extra in [
+        json!({"comment": "c".repeat(100_000)}),
+        json!({"zip": "7".repeat(300)}),
+        json!({"city": "c".repeat(129)}),
+        json!({"provider": "evil\u{1b}[2J"}),
+    ] {
+        let p = a
+            .send_json(Method::POST, "/api/v1/nodes", node(extra.clone()))
+            .await
+            .problem(422, "invalid-body");
+        assert!(!p["detail"].as_str().unwrap().is_empty(), "{extra}");
+    }
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/nodes",
+            node(json!({"comment": "fine"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let id = r.json()["id"].as_i64().unwrap();
+    for patch in [
+        json!({"comment": "c".repeat(1025)}),
+        json!({"zip": "7".repeat(17)}),
+        json!({"state": "a\nb"}),
+    ] {
+        a.send_json(Method::PATCH, &format!("/api/v1/nodes/{id}"), patch)
+            .await
+            .problem(422, "invalid-body");
+    }
+    let n = a.get(&format!("/api/v1/nodes/{id}")).await.json();
+    assert_eq!(n["comment"], "fine");
+}
+
+/// 100,000 ids in one JSON selection: SQLite refuses more than 32,766 bind
+/// parameters in a statement, PostgreSQL more than 65,535; the store binds an
+/// id list as one parameter, so the job has every node.
+#[tokio::test]
+async fn a_hundred_thousand_ids_make_a_job_of_a_hundred_thousand_items() {
+    let a = api().await;
+    let nodes: Vec<_> = (0..100_000u32)
+        .map(|i| {
+            let [_, b, c, d] = i.to_be_bytes();
+            connexa_core::domain::NewNode::new(&format!("10.{b}.{c}.{d}"), 1723, "u", "p").unwrap()
+        })
+        .collect();
+    a.store.insert(nodes).await.unwrap();
+    let ids: Vec<i64> = (1..=100_000).collect();
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "ids": ids}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["total"], 100_000);
+    let job = r.json()["id"].as_i64().unwrap();
+    a.send_json(
+        Method::POST,
+        &format!("/api/v1/jobs/{job}/cancel"),
+        json!({}),
+    )
+    .await;
 }
 
 fn url_encode(s: &str) -> String {

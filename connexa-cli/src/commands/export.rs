@@ -54,7 +54,7 @@ struct ExportJson<'a> {
 
 /// Writes the export.
 pub async fn exec(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<Exit> {
-    let filter = args.filter.to_filter();
+    let filter = args.filter.validated()?;
     let Some(path) = &args.out else {
         let store = ctx.store().await?;
         let n = ops::export(

@@ -196,6 +196,7 @@ fn print(ctx: &Ctx, summaries: &[ImportSummary]) -> anyhow::Result<()> {
         "DUPLICATES",
         "CONFLICTS",
         "ERRORS",
+        "IGNORED",
     ]);
     for s in summaries {
         let errors = Cell::num(s.errors.len());
@@ -210,6 +211,7 @@ fn print(ctx: &Ctx, summaries: &[ImportSummary]) -> anyhow::Result<()> {
             } else {
                 errors.colored(Color::Red)
             },
+            Cell::num(s.ignored.len()),
         ]);
     }
     ctx.out.table(&t)?;
@@ -258,6 +260,20 @@ fn print(ctx: &Ctx, summaries: &[ImportSummary]) -> anyhow::Result<()> {
                 "{} line {}: error: {}{text}",
                 s.source, e.line, e.reason
             ))?;
+        }
+        if ctx.global.verbose > 0 {
+            for e in &s.ignored {
+                ctx.out.line(format_args!(
+                    "{} line {}: ignored (not a node): {}",
+                    s.source, e.line, e.text
+                ))?;
+            }
+        } else if !s.ignored.is_empty() {
+            ctx.out.note(format_args!(
+                "{}: {} lines hold no node (headers, names) and were ignored; -v lists them",
+                s.source,
+                s.ignored.len()
+            ));
         }
     }
     Ok(())

@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use connexa_core::domain::{NodeId, Page};
+use connexa_core::domain::{NodeId, Page, Selection};
 use connexa_core::ops::{self, HistoryView, MetaPatch, NodeView};
 use connexa_core::ports::NodeStore;
 use serde::Serialize;
@@ -159,7 +159,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
     };
     page.sort = a.sort.into();
     page.desc = a.desc;
-    let got = store.list(&a.filter.to_filter(), page).await?;
+    let got = store.list(&a.filter.validated()?, page).await?;
     let next_after = page.next_after(&got.nodes);
     let views: Vec<NodeView> = got.nodes.iter().map(|n| NodeView::new(n, false)).collect();
     if ctx.out.format == OutputFormat::Json {
@@ -362,26 +362,19 @@ struct DeleteJson {
 }
 
 async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<Exit> {
-    let by_ids = !a.ids.is_empty();
-    if by_ids && (!a.filter.is_empty() || a.all) {
-        return Err(fail(
-            Exit::Usage,
-            "give node ids or filters (or --all), not both",
-        ));
-    }
-    if !by_ids && a.filter.is_empty() && !a.all {
+    if a.ids.is_empty() && a.filter.is_empty() && !a.all {
         return Err(fail(
             Exit::Usage,
             "nothing selected: give node ids, filters, or --all to delete every node",
         ));
     }
+    let selection = super::test::selection(&a.ids, &a.filter, a.all)?;
     let store = ctx.store().await?;
-    if by_ids {
-        let ids: Vec<NodeId> = a.ids.iter().copied().map(NodeId).collect();
-        let d = ops::delete_ids(store.as_ref(), &ids).await?;
+    if let Selection::Ids(ids) = &selection {
+        let d = ops::delete_ids(store.as_ref(), ids).await?;
         return finish_delete(ctx, d.deleted, d.missing);
     }
-    let filter = a.filter.to_filter();
+    let filter = selection.into_filter();
     if !a.yes {
         // Exactly the nodes counted and confirmed are deleted, even if more
         // start matching while the question is on screen.

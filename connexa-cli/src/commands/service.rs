@@ -83,20 +83,25 @@ pub async fn exec(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<Exit> {
 }
 
 async fn want(ctx: &Ctx, a: SelectArgs, wanted: bool) -> anyhow::Result<Exit> {
-    let filter = selection(&a.ids, &a.filter, a.all)?;
+    let filter = selection(&a.ids, &a.filter, a.all)?.into_filter();
     let store = ctx.store().await?;
     let change = ops::want_services(store.as_ref(), &filter, wanted).await?;
     // Ids given that match no node.
     let missing: Vec<i64> = if a.ids.is_empty() {
         Vec::new()
     } else {
-        let found = ops::all_matching(store.as_ref(), &filter).await?;
+        let found: std::collections::HashSet<NodeId> = ops::all_matching(store.as_ref(), &filter)
+            .await?
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
         let mut m: Vec<i64> = a
             .ids
             .iter()
             .copied()
-            .filter(|id| !found.iter().any(|n| n.id == NodeId(*id)))
+            .filter(|id| !found.contains(&NodeId(*id)))
             .collect();
+        m.sort_unstable();
         m.dedup();
         m
     };
@@ -160,7 +165,7 @@ fn describe(c: &ServiceChange) -> String {
 
 async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
     let store = ctx.store().await?;
-    let services = ops::running_services(store.as_ref(), &a.filter.to_filter()).await?;
+    let services = ops::running_services(store.as_ref(), &a.filter.validated()?).await?;
     match ctx.out.format {
         OutputFormat::Json => ctx.out.json(&services)?,
         OutputFormat::Csv => {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use connexa_core::domain::{NodeFilter, NodeId};
+use connexa_core::domain::{NodeId, Selection};
 use connexa_core::engine::{JobOptions, queue_job};
+use connexa_core::ops;
 use connexa_core::ports::JobKind;
 
 use crate::cli::Ctx;
@@ -80,34 +81,23 @@ impl From<KindArg> for JobKind {
     }
 }
 
-/// The node selection of a command: ids, filters or --all (exactly one).
-pub fn selection(ids: &[i64], filter: &FilterArgs, all: bool) -> anyhow::Result<NodeFilter> {
-    let by_ids = !ids.is_empty();
-    if by_ids && (!filter.is_empty() || all) {
-        return Err(fail(
-            Exit::Usage,
-            "give node ids or filters (or --all), not both",
-        ));
-    }
-    if by_ids {
-        return Ok(NodeFilter::ids(ids.iter().copied().map(NodeId)));
-    }
-    if filter.is_empty() && !all {
-        return Err(fail(
-            Exit::Usage,
-            "nothing selected: give node ids, filters, or --all",
-        ));
-    }
-    Ok(filter.to_filter())
+/// The node selection of a command: ids, filters or --all (exactly one),
+/// validated by connexa-core's one rule ([`Selection::new`]).
+pub fn selection(ids: &[i64], filter: &FilterArgs, all: bool) -> anyhow::Result<Selection> {
+    let ids = (!ids.is_empty()).then(|| ids.iter().copied().map(NodeId).collect());
+    let filter = filter.to_filter();
+    let filter = (!filter.is_everything()).then_some(filter);
+    Selection::new(ids, filter, all).map_err(|e| fail(Exit::Usage, crate::filter::cli_words(&e)))
 }
 
 /// Starts the job (or queues it with `--detach`), follows it to the end, prints the summary.
 pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
-    let filter = selection(&a.ids, &a.filter, a.all)?;
+    let selection = selection(&a.ids, &a.filter, a.all)?;
     let options = job_options(a.timeout, a.concurrency)?;
     let kind = JobKind::from(a.kind);
+    let store = ctx.store().await?;
+    let filter = ops::selected(store.as_ref(), &selection).await?;
     if a.detach {
-        let store = ctx.store().await?;
         let job = queue_job(store.as_ref(), kind, filter, options).await?;
         if ctx.out.format == OutputFormat::Json {
             ctx.out.json(&serde_json::json!({ "job": job.id.0 }))?;

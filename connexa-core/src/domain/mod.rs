@@ -5,6 +5,7 @@ mod filter;
 mod node;
 mod outcome;
 mod secret;
+mod selection;
 mod status;
 mod transition;
 
@@ -15,6 +16,7 @@ pub use node::{
 };
 pub use outcome::{Failure, Measurements, Outcome, control_result_meaning};
 pub use secret::Secret;
+pub use selection::{FilterError, Selection, SelectionError};
 pub use status::{Level, Status, UnknownStatus};
 pub use transition::{Event, EventKind, Refused, transition};
 

@@ -38,6 +38,48 @@ pub struct NodeMeta {
     pub comment: Option<String>,
 }
 
+impl NodeMeta {
+    /// Longest provider, country, state or city name, in characters.
+    pub const MAX_NAME: usize = 128;
+    /// Longest postal code, in characters.
+    pub const MAX_ZIP: usize = 16;
+    /// Longest comment, in characters.
+    pub const MAX_COMMENT: usize = 1024;
+
+    /// Checks the limits every way of writing a node shares (import, `POST
+    /// /nodes`, `PATCH`, `connexa nodes edit`): names at most
+    /// [`NodeMeta::MAX_NAME`] characters, the zip code at most
+    /// [`NodeMeta::MAX_ZIP`], the comment at most [`NodeMeta::MAX_COMMENT`], and
+    /// no control characters (they would reach operators' terminals) except
+    /// line breaks and tabs in the comment.
+    ///
+    /// ```
+    /// use connexa_core::domain::{InvalidNode, NodeMeta};
+    /// let m = NodeMeta { zipcode: Some("7".repeat(300)), ..NodeMeta::default() };
+    /// assert_eq!(m.check(), Err(InvalidNode::TooLong { field: "zipcode", max: NodeMeta::MAX_ZIP }));
+    /// ```
+    pub fn check(&self) -> Result<(), InvalidNode> {
+        let fields = [
+            ("provider", &self.provider, Self::MAX_NAME),
+            ("country", &self.country, Self::MAX_NAME),
+            ("state", &self.state, Self::MAX_NAME),
+            ("city", &self.city, Self::MAX_NAME),
+            ("zipcode", &self.zipcode, Self::MAX_ZIP),
+        ];
+        for (field, value, max) in fields {
+            if let Some(v) = value {
+                check_text(field, v, max)?;
+            }
+        }
+        if let Some(c) = &self.comment {
+            // A comment may span lines (CSV cells do); nothing else is allowed.
+            let other = c.replace(['\n', '\r', '\t'], " ");
+            check_text("comment", &other, Self::MAX_COMMENT)?;
+        }
+        Ok(())
+    }
+}
+
 /// A running SOCKS5 service's address and credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEndpoint {

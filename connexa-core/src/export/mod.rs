@@ -148,16 +148,21 @@ pub fn write<'a, W: Write>(
             }
             out.write_all(b"\n]\n")?;
         }
-        ExportFormat::Txt => {
+        ExportFormat::Txt | ExportFormat::Pptp => {
             for node in nodes {
-                writeln!(out, "{}", txt_line(node))?;
-                n += 1;
-            }
-        }
-        ExportFormat::Pptp => {
-            for node in nodes {
-                writeln!(out, "{}", pptp_line(node))?;
-                n += 1;
+                let line = if format == ExportFormat::Txt {
+                    txt_line(node)
+                } else {
+                    pptp_line(node)
+                };
+                let pass = node.password.expose();
+                if crate::import::line_reads_back(&line, node.ip, node.port, &node.login, pass) {
+                    writeln!(out, "{line}")?;
+                    n += 1;
+                } else {
+                    // A comment: importers skip it, a reader sees why.
+                    writeln!(out, "{}", unrepresentable(node, format))?;
+                }
             }
         }
         ExportFormat::Socks | ExportFormat::SocksColon => {
@@ -302,6 +307,16 @@ fn txt_line(node: &Node) -> String {
         Some(c) => format!("{addr} {} {pass} {c}", node.login),
         None => format!("{addr} {} {pass}", node.login),
     }
+}
+
+/// The line written instead of a node that a line format cannot hold (a login
+/// with `:` in the pptp format, white space in the txt format): a `#` comment
+/// that names the node and says why, with no secret in it.
+fn unrepresentable(node: &Node, format: ExportFormat) -> String {
+    format!(
+        "# node {} ({}) not exported: its login or password cannot be written in the {format} format so that it reads back (use csv or json)",
+        node.id, node.ip
+    )
 }
 
 /// `ip:login:password` when that reads back to the same node, else

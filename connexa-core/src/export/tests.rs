@@ -62,7 +62,7 @@ fn txt() {
         export(ExportFormat::Txt),
         "198.51.100.23 admin admin United States\n\
          [2001:db8::1]:1724 v6 pa:ss\n\
-         192.0.2.35 user  spaced \n\
+         # node 3 (192.0.2.35) not exported: its login or password cannot be written in the txt format so that it reads back (use csv or json)\n\
          192.0.2.36 user a:US:Arizona:85001\n"
     );
 }
@@ -99,7 +99,7 @@ fn pptp_brackets_only_what_would_misread() {
         export(ExportFormat::Pptp),
         "198.51.100.23:admin:admin\n\
          [2001:db8::1]:1724:v6:pa:ss\n\
-         [192.0.2.35]:1723:user: spaced \n\
+         # node 3 (192.0.2.35) not exported: its login or password cannot be written in the pptp format so that it reads back (use csv or json)\n\
          [192.0.2.36]:1723:user:a:US:Arizona:85001\n"
     );
 }
@@ -142,4 +142,40 @@ fn a_failing_writer_is_an_error() {
     }
     let err = write(ExportFormat::Csv, &sample(), Full).unwrap_err();
     assert!(matches!(err, ExportError::Io(e) if e.kind() == io::ErrorKind::StorageFull));
+}
+
+/// A login with `:` cannot be written in the pptp format (`[ip]:port:a:b:c:d`
+/// read back as login `a`): the node is refused with a comment that names it,
+/// never written as a line that imports as another node, and no secret shows.
+#[test]
+fn line_formats_refuse_what_would_read_back_as_another_node() {
+    let nodes = [
+        node(7, "192.0.2.7", 1723, "a:b", "c:d"),
+        node(8, "192.0.2.8", 1723, "ok", "fine"),
+    ];
+    for format in [ExportFormat::Pptp, ExportFormat::Txt] {
+        let mut out = Vec::new();
+        let n = write(format, &nodes, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            n,
+            if format == ExportFormat::Pptp { 1 } else { 2 },
+            "{text}"
+        );
+        let report = crate::import::parse(text.as_bytes()).collect::<Vec<_>>();
+        for row in report.iter().flatten() {
+            assert!(
+                nodes.iter().any(|n| n.login == row.node.login()
+                    && n.password.expose() == row.node.password().expose()),
+                "{format}: {text:?} read back as another node"
+            );
+        }
+        if format == ExportFormat::Pptp {
+            assert!(
+                text.starts_with("# node 7 (192.0.2.7) not exported"),
+                "{text}"
+            );
+            assert!(!text.contains("c:d"), "{text}");
+        }
+    }
 }

@@ -162,7 +162,9 @@ impl Fields {
             .as_deref()
             .ok_or(ErrorReason::MissingPassword)?;
         let node = NewNode::new(ip, port, login, password)?;
-        Ok(node.with_meta(self.meta()))
+        let meta = self.meta();
+        meta.check()?;
+        Ok(node.with_meta(meta))
     }
 
     fn meta(self) -> NodeMeta {
@@ -227,14 +229,37 @@ pub(crate) fn offset_in(whole: &str, part: &str) -> usize {
     (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
 }
 
-/// Masks a line no format recognised: everything after its first `:` is hidden
-/// (it may be credentials), and the rest is cut to a readable length.
+/// Masks a line no format recognised, or one that failed before its password
+/// was found. The separator is not known, so any of `:`, `;`, `|`, `,` and
+/// white space ends a field: the first field is shown, the second too when the
+/// first looks like an address (it is then a login, `1.2.3.999;user;***`), and
+/// everything after is hidden (it may be a password). The rest is cut to a
+/// readable length.
 pub(crate) fn mask_unknown(line: &str) -> String {
-    let shown = match line.find(':') {
-        Some(i) => format!("{}:***", &line[..i]),
-        None => line.to_owned(),
+    let sep = |c: char| matches!(c, ':' | ';' | '|' | ',') || c.is_whitespace();
+    let Some(first_end) = line.find(sep) else {
+        return truncate(line, 120);
     };
-    truncate(&shown, 120)
+    let first = &line[..first_end];
+    let address_like = first.parse::<std::net::IpAddr>().is_ok()
+        || (!first.is_empty() && first.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+    let mut keep = first_end;
+    if address_like {
+        // One separator (or one run of white space), then the second field:
+        // shown only when it is not empty and not the last field (a last
+        // field after an address may well be a password).
+        let rest = &line[first_end..];
+        let after = match rest.chars().next() {
+            Some(c) if c.is_whitespace() => rest.trim_start(),
+            Some(c) => &rest[c.len_utf8()..],
+            None => rest,
+        };
+        if let Some(end) = after.find(sep).filter(|e| *e > 0) {
+            keep = line.len() - after.len() + end;
+        }
+    }
+    let sep_char = line[keep..].chars().next().unwrap_or(':');
+    truncate(&format!("{}{sep_char}***", &line[..keep]), 120)
 }
 
 /// Cuts text to at most `max` characters, marking the cut with `…`.
@@ -273,5 +298,15 @@ mod tests {
         let line = "1.2.3.4:admin:hunter2";
         assert_eq!(mask_span(line, 14, 21), "1.2.3.4:admin:***");
         assert_eq!(mask_unknown("admin:hunter2 xyz"), "admin:***");
+        assert_eq!(mask_unknown("1.2.3.999;user;SECRET"), "1.2.3.999;user;***");
+        assert_eq!(mask_unknown("ip|user|SECRET|x"), "ip|***");
+        assert_eq!(
+            mask_unknown("1.2.3.4 user  SECRET more"),
+            "1.2.3.4 user ***"
+        );
+        assert_eq!(mask_unknown("2001:db8::1;u;SECRET"), "2001:db8:***");
+        assert_eq!(mask_unknown("1.2.3.4:admin"), "1.2.3.4:***");
+        assert_eq!(mask_unknown("1.2.3.4,,SECRET"), "1.2.3.4,***");
+        assert_eq!(mask_unknown("justoneword"), "justoneword");
     }
 }

@@ -206,7 +206,10 @@ fn finish(line: &str, format: Format, f: Fields, pass_span: Option<(usize, usize
     f.build().map(|n| (format, n)).map_err(|reason| {
         let text = match pass_span {
             Some((s, e)) => mask_span(line, s, e),
-            None => line.to_owned(),
+            // The line has an address and a login and nothing after them.
+            None if reason == ErrorReason::MissingPassword => line.to_owned(),
+            // The password was not found: hide whatever could be one.
+            None => super::fields::mask_unknown(line),
         };
         (reason, super::fields::truncate(&text, 200))
     })
@@ -224,6 +227,24 @@ pub(crate) fn plain_colon_reads_back(ip: Ipv4Addr, login: &str, password: &str) 
     matches!(parse_ip_line(trimmed), Some(Ok((_, n)))
         if n.ip() == IpAddr::V4(ip) && n.port() == crate::domain::DEFAULT_PORT
             && n.login() == login && n.password().expose() == password)
+}
+
+/// Does this exported line read back, by itself, to exactly this node
+/// (address, port, login and password)? The pptp and txt writers refuse a
+/// node whose line would not.
+pub(crate) fn line_reads_back(
+    line: &str,
+    ip: IpAddr,
+    port: u16,
+    login: &str,
+    password: &str,
+) -> bool {
+    if line.trim().len() != line.len() {
+        return false;
+    }
+    matches!(parse_ip_line(line), Some(Ok((_, n)))
+        if n.ip() == ip && n.port() == port && n.login() == login
+            && n.password().expose() == password)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ use std::io::Read;
 
 pub use dedup::{Classified, Dedup};
 pub use input::{MAX_ELEMENT, MAX_LINE};
-pub(crate) use lines::plain_colon_reads_back;
+pub(crate) use lines::{line_reads_back, plain_colon_reads_back};
 pub use parser::Parser;
 pub use report::{
     ConflictRow, DuplicateRow, Existing, ImportReport, Importer, OutcomeMismatch, ReplacedRow,
@@ -172,6 +172,10 @@ pub enum ErrorReason {
     /// The line has digits or a colon but matches no known format.
     #[error("unrecognised line (matches none of the known formats)")]
     Unrecognised,
+    /// The line holds no node: a header, a seller's name, a decoration. It is
+    /// reported in [`ImportReport::ignored`], not counted as an error.
+    #[error("not a node (a header or a name): ignored")]
+    NotANode,
     /// The line is longer than the parser keeps; it was skipped.
     #[error("line longer than {max} bytes")]
     LineTooLong {

@@ -192,14 +192,31 @@ impl<R: Read> Parser<R> {
                 return;
             }
             if is_word_like(k) {
-                // An unknown key (`Scamalytics Risk: medium`): ignored.
+                // An unknown key (`Scamalytics Risk: medium`): ignored, and said so.
+                self.error(
+                    number,
+                    ErrorReason::NotANode,
+                    mask_unknown(&truncate(t, 60)),
+                );
                 return;
             }
         }
         let first = t.chars().next().unwrap_or(' ');
         let no_digit_no_colon = !t.contains(|c: char| c.is_ascii_digit() || c == ':');
-        if !first.is_alphanumeric() || no_digit_no_colon {
-            // An emoji/symbol header (`🚨 PPTP Connection`) or a seller's name.
+        let has_content = t.contains(char::is_alphanumeric);
+        if has_content && (!first.is_alphanumeric() || no_digit_no_colon) {
+            // An emoji/symbol header (`🚨 PPTP Connection`) or a seller's name:
+            // reported as ignored, so no line vanishes without a word.
+            self.flush_block();
+            self.error(
+                number,
+                ErrorReason::NotANode,
+                mask_unknown(&truncate(t, 60)),
+            );
+            return;
+        }
+        if !has_content && !t.contains([':', ';', '|', ',']) {
+            // Pure decoration (`★★★`, `🚨🚨`).
             self.flush_block();
             return;
         }

@@ -69,6 +69,10 @@ pub struct ImportReport {
     pub replaced: Vec<ReplacedRow>,
     /// Rows that could not be read, with line numbers and masked text.
     pub errors: Vec<ImportError>,
+    /// Lines that hold no node (headers, sellers' names), with line numbers
+    /// and masked text: not errors, but no line is dropped without a word.
+    /// Blank lines, `#` comments and separator lines (`-----`) are not listed.
+    pub ignored: Vec<ImportError>,
     /// Parsed rows that were not inserted because the store failed (their batch
     /// was rolled back), by line.
     pub not_inserted: Vec<usize>,
@@ -102,14 +106,15 @@ impl fmt::Display for ImportReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "added {}, replaced {}, duplicates {} ({} within the file, {} already stored), conflicts {}, errors {}",
+            "added {}, replaced {}, duplicates {} ({} within the file, {} already stored), conflicts {}, errors {}, ignored {}",
             self.added.len(),
             self.replaced.len(),
             self.duplicates.len(),
             self.duplicates_in_file(),
             self.duplicates_stored(),
             self.conflicts.len(),
-            self.errors.len()
+            self.errors.len(),
+            self.ignored.len()
         )?;
         if let Some(why) = &self.failure {
             write!(
@@ -133,6 +138,9 @@ impl fmt::Display for ImportReport {
             )?;
         }
         for e in &self.errors {
+            write!(f, "\n{e}")?;
+        }
+        for e in &self.ignored {
             write!(f, "\n{e}")?;
         }
         Ok(())
@@ -204,6 +212,7 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
         while batch.len() < max.max(1) {
             let Some(row) = self.rows.next() else { break };
             match row {
+                Err(e) if e.reason == super::ErrorReason::NotANode => self.report.ignored.push(e),
                 Err(e) => self.report.errors.push(e),
                 Ok(parsed) => match self.dedup.classify(parsed) {
                     Classified::New(p) => batch.push(p),
@@ -286,6 +295,7 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
         self.report.duplicates.sort_by_key(|d| d.line);
         self.report.conflicts.sort_by_key(|c| c.line);
         self.report.errors.sort_by_key(|e| e.line);
+        self.report.ignored.sort_by_key(|e| e.line);
         self.report.added.sort_by_key(|a| a.0);
         self.report.replaced.sort_by_key(|r| r.line);
         self.report

@@ -42,7 +42,7 @@ pub(crate) async fn create<C: ConnectionTrait>(
         .column_as(Expr::val(row.id), "job_id")
         .column(nodes::Column::Id)
         .column_as(Expr::val(ItemState::Pending.as_str()), "state")
-        .filter(query::condition(&spec.filter))
+        .filter(query::condition(&spec.filter, conn.get_database_backend()))
         .order_by_asc(nodes::Column::Id)
         .into_query();
     let insert = Query::insert()

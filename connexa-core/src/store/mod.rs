@@ -251,7 +251,7 @@ impl NodeStore for SqlStore {
     async fn list(&self, filter: &NodeFilter, page: Page) -> Result<NodePage, StoreError> {
         page.check()?;
         let total = nodes::Entity::find()
-            .filter(query::condition(filter))
+            .filter(query::condition(filter, self.db.get_database_backend()))
             .count(&self.db)
             .await
             .map_err(db_err)?;
@@ -261,7 +261,8 @@ impl NodeStore for SqlStore {
 
     async fn list_page(&self, filter: &NodeFilter, page: Page) -> Result<Vec<Node>, StoreError> {
         page.check()?;
-        let mut q = nodes::Entity::find().filter(query::condition(filter));
+        let mut q =
+            nodes::Entity::find().filter(query::condition(filter, self.db.get_database_backend()));
         if let Some(after) = page.after {
             // Keyset pagination: the primary key index finds the start, so a
             // deep page costs what the first one does.
@@ -363,7 +364,7 @@ impl NodeStore for SqlStore {
             let r = nodes::Entity::update_many()
                 .col_expr(nodes::Column::ServiceWanted, Expr::value(wanted))
                 .col_expr(nodes::Column::UpdatedAt, Expr::value(ms(Utc::now())))
-                .filter(query::condition(filter))
+                .filter(query::condition(filter, self.db.get_database_backend()))
                 .filter(nodes::Column::ServiceWanted.ne(wanted))
                 .exec(&w.txn)
                 .await;
@@ -620,7 +621,7 @@ async fn delete_nodes<C: ConnectionTrait>(
     let victims: Vec<(i64, String)> = nodes::Entity::find()
         .select_only()
         .columns([nodes::Column::Id, nodes::Column::Status])
-        .filter(query::condition(filter))
+        .filter(query::condition(filter, conn.get_database_backend()))
         .order_by_asc(nodes::Column::Id)
         .into_tuple()
         .all(conn)

@@ -2,7 +2,7 @@
 //! export, jobs and services, so every "all matching" means the same rows.
 
 use sea_orm::sea_query::{Expr, ExprTrait, Func, LikeExpr};
-use sea_orm::{ColumnTrait, Condition, Order};
+use sea_orm::{ColumnTrait, Condition, DbBackend, Order};
 
 use super::convert::ms;
 use super::entity::nodes::Column;
@@ -26,11 +26,42 @@ fn contains(col: Column, text: &str) -> sea_orm::sea_query::SimpleExpr {
     Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(like_pattern(text)).escape('\\'))
 }
 
+/// Id lists longer than this are bound as ONE parameter (a JSON array on
+/// SQLite, an array literal on PostgreSQL) instead of one parameter per id:
+/// SQLite refuses more than 32,766 variables in a statement and PostgreSQL more
+/// than 65,535, and a long `IN (?, ?, ...)` list is slow to prepare anyway.
+const INLINE_IDS: usize = 64;
+
+/// `id IN ids` with a bounded number of bind parameters on every backend.
+fn id_in(ids: &[i64], backend: DbBackend) -> sea_orm::sea_query::SimpleExpr {
+    if ids.len() <= INLINE_IDS {
+        return Column::Id.is_in(ids.iter().copied());
+    }
+    let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    match backend {
+        DbBackend::Postgres => Expr::cust_with_values(
+            r#""nodes"."id" IN (SELECT unnest(CAST($1 AS BIGINT[])))"#,
+            [format!("{{{list}}}")],
+        ),
+        _ => Expr::cust_with_values(
+            r#""nodes"."id" IN (SELECT "value" FROM json_each(?))"#,
+            [format!("[{list}]")],
+        ),
+    }
+}
+
 /// The SQL condition for a filter.
-pub(crate) fn condition(f: &NodeFilter) -> Condition {
+///
+/// A text filter holding a control character matches no node: such text cannot
+/// be stored in a node (import and edits refuse it), and SQLite would read a
+/// NUL byte as the end of the LIKE pattern, which then matched every node.
+/// Frontends refuse such filters first ([`NodeFilter::validate`]); this is the
+/// store failing closed for callers that did not.
+pub(crate) fn condition(f: &NodeFilter, backend: DbBackend) -> Condition {
     let mut c = Condition::all();
     if let Some(ids) = &f.ids {
-        c = c.add(Column::Id.is_in(ids.iter().map(|i| i.0)));
+        let ids: Vec<i64> = ids.iter().map(|i| i.0).collect();
+        c = c.add(id_in(&ids, backend));
     }
     if !f.statuses.is_empty() {
         c = c.add(Column::Status.is_in(f.statuses.iter().map(|s| s.as_str())));
@@ -47,7 +78,11 @@ pub(crate) fn condition(f: &NodeFilter) -> Condition {
     ];
     for (col, value) in texts {
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-            c = c.add(contains(col, v));
+            if v.chars().any(char::is_control) {
+                c = c.add(Expr::val(1).eq(0));
+            } else {
+                c = c.add(contains(col, v));
+            }
         }
     }
     if let Some(v) = f.min_down_mbps {

@@ -9,7 +9,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use connexa_core::domain::{NodeId, Status};
 use connexa_core::engine::{JobOptions, ProgressEvent};
-use connexa_core::ops::JobView;
+use connexa_core::ops::{self, JobView};
 use connexa_core::ports::{ItemCursor, ItemId, ItemState, ItemView, JobId, JobKind, JobState};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -89,12 +89,12 @@ pub async fn create(
     State(st): State<AppState>,
     Json(b): Json<CreateJob>,
 ) -> ApiResult<(StatusCode, Json2<JobView>)> {
-    let filter = Selection {
+    let selection = Selection {
         ids: b.ids,
         filter: b.filter,
         all: b.all,
     }
-    .filter()?;
+    .selection()?;
     let mut o = JobOptions::default();
     if let Some(n) = b.concurrency {
         if n == 0 || n > 100_000 {
@@ -108,6 +108,7 @@ pub async fn create(
     if let Some(d) = secs("deadline_secs", b.deadline_secs)? {
         o = o.deadline(d);
     }
+    let filter = ops::selected(st.store().as_ref(), &selection).await?;
     let id = st.engine().start_job(b.kind.into(), filter, o).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(view(&st, id).await?)))
 }

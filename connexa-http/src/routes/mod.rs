@@ -9,7 +9,7 @@ pub mod services;
 pub mod stats;
 
 use chrono::{DateTime, Utc};
-use connexa_core::domain::{NodeFilter, NodeId, Page, SortKey, Status};
+use connexa_core::domain::{NodeFilter, NodeId, Page, Selection as CoreSelection, SortKey, Status};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -96,11 +96,13 @@ pub(crate) struct FilterParts<'a> {
     service_wanted: Option<bool>,
 }
 
-/// Longest text filter accepted.
-const MAX_TEXT: usize = 256;
-/// Most ids in one `ids` parameter.
-const MAX_IDS: usize = 10_000;
+/// Most ids in one `ids` query parameter (a URL stays a few hundred kB at
+/// most; JSON selections take up to [`CoreSelection::MAX_IDS`]).
+const MAX_QUERY_IDS: usize = 10_000;
 
+/// The filter of a query string, validated by the one rule of connexa-core
+/// ([`NodeFilter::validate`]: no control characters, no empty text, bounded
+/// lengths and numbers).
 pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
     let ids = match p.ids {
         None => None,
@@ -115,8 +117,10 @@ pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
                         .map_err(|_| ApiError::bad_request(format!("ids: {t:?} is not a node id")))
                 })
                 .collect::<Result<_, _>>()?;
-            if ids.len() > MAX_IDS {
-                return Err(ApiError::bad_request(format!("ids: at most {MAX_IDS} ids")));
+            if ids.len() > MAX_QUERY_IDS {
+                return Err(ApiError::bad_request(format!(
+                    "ids: at most {MAX_QUERY_IDS} ids in a query string (send more in a JSON selection)"
+                )));
             }
             Some(ids)
         }
@@ -133,40 +137,29 @@ pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
             })
             .collect::<Result<_, _>>()?,
     };
-    for v in p.text.iter().flatten() {
-        if v.chars().count() > MAX_TEXT {
-            return Err(ApiError::bad_request(format!(
-                "text filters are at most {MAX_TEXT} characters"
-            )));
-        }
-    }
-    for (name, v) in [("min_speed", p.min_speed), ("max_speed", p.max_speed)] {
-        if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            return Err(ApiError::bad_request(format!(
-                "{name}: must be a non-negative number of Mbit/s"
-            )));
-        }
-    }
-    let empty = |v: Option<String>| v.filter(|s| !s.is_empty());
     let [ip, login, provider, country, state, city, zipcode, comment] = p.text;
-    Ok(NodeFilter {
+    let filter = NodeFilter {
         ids,
         statuses,
-        ip: empty(ip),
-        login: empty(login),
-        provider: empty(provider),
-        country: empty(country),
-        state: empty(state),
-        city: empty(city),
-        zipcode: empty(zipcode),
-        comment: empty(comment),
+        ip,
+        login,
+        provider,
+        country,
+        state,
+        city,
+        zipcode,
+        comment,
         min_down_mbps: p.min_speed,
         max_down_mbps: p.max_speed,
         checked_before: p.checked_before,
         checked_after: p.checked_after,
         has_service: p.has_service,
         service_wanted: p.service_wanted,
-    })
+    };
+    filter
+        .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(filter)
 }
 
 /// A page request from `offset`, `limit`, `sort`, `desc`, `after`.
@@ -217,12 +210,13 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The core filter. An unknown key in `filter` is an error (a typo must not
-    /// widen the selection to every node).
-    pub fn filter(&self) -> Result<NodeFilter, ApiError> {
-        match (&self.ids, &self.filter, self.all) {
-            (Some(ids), None, false) => Ok(NodeFilter::ids(ids.iter().copied())),
-            (None, Some(f), false) => {
+    /// The core selection, validated by connexa-core's one rule
+    /// ([`CoreSelection::new`]). An unknown key in `filter` is an error (a typo
+    /// must not widen the selection to every node).
+    pub fn selection(&self) -> Result<CoreSelection, ApiError> {
+        let filter = match &self.filter {
+            None => None,
+            Some(f) => {
                 let known = serde_json::to_value(NodeFilter::all()).unwrap_or_default();
                 let (Some(obj), Some(known)) = (f.as_object(), known.as_object()) else {
                     return Err(ApiError::invalid_body("filter: must be an object"));
@@ -235,17 +229,10 @@ impl Selection {
                 }
                 let filter: NodeFilter = serde_json::from_value(f.clone())
                     .map_err(|e| ApiError::invalid_body(format!("filter: {e}")))?;
-                if filter == NodeFilter::all() {
-                    return Err(ApiError::invalid_body(
-                        "filter: empty; to select every node say \"all\": true",
-                    ));
-                }
-                Ok(filter)
+                Some(filter)
             }
-            (None, None, true) => Ok(NodeFilter::all()),
-            _ => Err(ApiError::invalid_body(
-                "give exactly one of \"ids\", \"filter\" or \"all\": true",
-            )),
-        }
+        };
+        CoreSelection::new(self.ids.clone(), filter, self.all)
+            .map_err(|e| ApiError::invalid_body(e.to_string()))
     }
 }

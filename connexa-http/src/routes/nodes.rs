@@ -2,7 +2,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use connexa_core::domain::{NewNode, NodeFilter, NodeId, NodeMeta, SortKey};
+use connexa_core::domain::{
+    NewNode, NodeFilter, NodeId, NodeMeta, Selection as CoreSelection, SelectionError, SortKey,
+};
 use connexa_core::ops::{self, Deleted, HistoryView, MetaPatch, NodeView};
 use connexa_core::ports::InsertOutcome;
 use serde::{Deserialize, Serialize};
@@ -156,6 +158,9 @@ pub async fn create(
         zipcode: clean(b.zip),
         comment: clean(b.comment),
     };
+    node.meta
+        .check()
+        .map_err(|e| ApiError::invalid_body(e.to_string()))?;
     let out = st.store().insert(vec![node]).await?;
     let (id, why) = match out.first() {
         Some(InsertOutcome::Inserted(id)) => (*id, None),
@@ -215,20 +220,6 @@ pub async fn patch(
     if p.is_empty() {
         return Err(ApiError::invalid_body("nothing to change"));
     }
-    if [
-        &p.provider,
-        &p.country,
-        &p.state,
-        &p.city,
-        &p.zipcode,
-        &p.comment,
-    ]
-    .into_iter()
-    .flatten()
-    .any(|v| v.chars().count() > 1024)
-    {
-        return Err(ApiError::invalid_body("fields are at most 1024 characters"));
-    }
     let n = ops::edit_meta(st.store().as_ref(), NodeId(id), &p).await?;
     Ok(axum::Json(NodeView::new(&n, false)))
 }
@@ -259,17 +250,26 @@ pub async fn delete_matching(
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<Json2<Deleted>> {
     let filter = q.filter()?;
-    let all = q.all.unwrap_or(false);
-    if filter == NodeFilter::all() && !all {
-        return Err(ApiError::bad_request(
-            "no filter given: to delete every node add all=true",
-        ));
-    }
-    if filter != NodeFilter::all() && all {
-        return Err(ApiError::bad_request(
-            "all=true cannot be combined with filters",
-        ));
-    }
+    // One rule (connexa-core's `Selection`): a filter must narrow, and every
+    // node takes the explicit all=true.
+    let filter = if q.all.unwrap_or(false) {
+        if !filter.is_everything() {
+            return Err(ApiError::bad_request(
+                "all=true cannot be combined with filters",
+            ));
+        }
+        filter
+    } else {
+        match CoreSelection::filter(filter) {
+            Ok(sel) => sel.into_filter(),
+            Err(SelectionError::FilterSelectsAll) => {
+                return Err(ApiError::bad_request(
+                    "no filter given: to delete every node add all=true",
+                ));
+            }
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+        }
+    };
     let only_ids = NodeFilter {
         ids: None,
         ..filter.clone()

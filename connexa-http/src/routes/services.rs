@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use connexa_core::domain::{NodeFilter, SortKey};
 use connexa_core::engine::JobOptions;
-use connexa_core::ops::{JobView, NodeView};
+use connexa_core::ops::{self, JobView, NodeView};
 use connexa_core::ports::JobKind;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -66,7 +66,7 @@ async fn act(
     kind: JobKind,
     sel: &Selection,
 ) -> ApiResult<(StatusCode, Json2<JobView>)> {
-    let filter = sel.filter()?;
+    let filter = ops::selected(st.store().as_ref(), &sel.selection()?).await?;
     let id = st
         .engine()
         .start_job(kind, filter, JobOptions::default())
