@@ -151,7 +151,7 @@ fn import_reports_counts_with_line_numbers() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let table = stdout.lines().nth(1).unwrap();
     let cols: Vec<&str> = table.split_whitespace().collect();
-    assert_eq!(cols, ["list.txt", "3", "0", "1", "1", "1"], "{stdout}");
+    assert_eq!(cols, ["list.txt", "3", "0", "1", "1", "1", "0"], "{stdout}");
     assert!(stdout.contains("list.txt line 5: conflict"), "{stdout}");
     assert!(
         stdout.contains("list.txt line 4: error: invalid IP address"),
@@ -676,6 +676,82 @@ fn nodes_edit_changes_metadata_only() {
             .unwrap(),
         6,
     );
+}
+
+/// Issue 23: empty and control-character filters never select every node, a
+/// selection that matches nothing is not a job, and text from the input or the
+/// store reaches the terminal escaped.
+#[test]
+fn hostile_filters_are_refused_and_hostile_text_is_shown_escaped() {
+    let env = Env::new();
+    imported(&env);
+    for args in [
+        &["nodes", "delete", "--ip", "", "--yes"][..],
+        &["nodes", "delete", "--comment", "\u{1b}[2J", "--yes"],
+        &["nodes", "list", "--country", "x\u{7}"],
+        &["export", "--format", "txt", "--login", "\u{9b}"],
+        &["test", "light", "--city", ""],
+        &["service", "stop", "--zip", "\n"],
+    ] {
+        let out = env.cmd(args).output().unwrap();
+        let err = one_line_error(&out, 2);
+        assert!(
+            err.contains("empty") || err.contains("control characters"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    }
+    assert_eq!(
+        env.json(&["stats"])["total"],
+        3,
+        "a hostile filter deleted nodes"
+    );
+    // Ids that match nothing: refused, no job.
+    let out = env.cmd(&["test", "light", "999"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("no node matches"));
+    assert_eq!(
+        env.json(&["jobs", "list"]).as_array().map(Vec::len),
+        Some(0)
+    );
+    // An edit with an escape sequence is refused; nothing is stored.
+    let out = env
+        .cmd(&[
+            "nodes",
+            "edit",
+            "1",
+            "--comment",
+            "evil\u{1b}]0;pwned\u{7}\u{1b}[2J",
+        ])
+        .output()
+        .unwrap();
+    let err = one_line_error(&out, 2);
+    assert!(
+        err.contains("comment") && err.contains("control character"),
+        "{err}"
+    );
+    assert_eq!(env.json(&["nodes", "show", "1"])["comment"], Value::Null);
+    // An import line with escape sequences: reported escaped, password masked.
+    let list = env.write(
+        "evil.txt",
+        "1.2.3.999\u{1b}]0;title\u{7}\u{1b}[2J:user:SECRET1\nSeller \u{1b}[m RED\n",
+    );
+    let out = env
+        .cmd(&["-v", "import", list.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(text.contains("\\u{1b}"), "{text}");
+    assert!(!text.contains("SECRET1"), "{text}");
+    assert!(text.contains("line 2: ignored"), "{text}");
 }
 
 #[test]
