@@ -1145,7 +1145,7 @@ fn replaced_rows_and_pages_past_the_end_are_explained() {
     env.cmd(&["--output", "csv", "import", "a.txt"])
         .assert()
         .success()
-        .stdout("source,added,replaced,duplicates,conflicts,errors\na.txt,0,0,1,1,0\n");
+        .stdout("source,added,replaced,duplicates,conflicts,errors,ignored\na.txt,0,0,1,1,0,0\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
