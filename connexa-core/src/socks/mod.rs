@@ -27,6 +27,7 @@
 
 pub mod client;
 mod launcher;
+mod preauth;
 pub mod proto;
 mod server;
 
