@@ -115,12 +115,12 @@ impl PreAuthBudget {
         let source = source_of(peer);
         let mut g = self.lock();
         let own_full = g.count(&source) >= self.max_per_source;
-        if own_full || g.entries.len() >= self.max_total {
-            if let Some(i) = g.victim(source, own_full) {
-                let mut e = g.take(i);
-                if let Some(tx) = e.evict.take() {
-                    let _ = tx.send(());
-                }
+        if (own_full || g.entries.len() >= self.max_total)
+            && let Some(i) = g.victim(source, own_full)
+        {
+            let mut e = g.take(i);
+            if let Some(tx) = e.evict.take() {
+                let _ = tx.send(());
             }
         }
         let (tx, rx) = oneshot::channel();

@@ -18,8 +18,7 @@ use connexa_core::service::DirectOpener;
 use connexa_core::socks::proto::TargetAddr;
 use connexa_core::socks::{SocksConfig, SocksLauncher};
 use connexa_tests::socks_kit::{
-    FileServer, PreAuthFlood, SocksOutcome, http_get_file, sha256_hex, socks_connect,
-    verified_node,
+    FileServer, PreAuthFlood, SocksOutcome, http_get_file, sha256_hex, socks_connect, verified_node,
 };
 
 struct Run {
