@@ -28,8 +28,11 @@
 //! port_min = 20000
 //! port_max = 29999
 //! # public_host = "proxy.example.net"  # host clients are given (default: bind)
-//! max_connections = 256        # client connections at once per service
-//! handshake_timeout_secs = 10.0
+//! max_connections = 256        # logged-in client connections at once per service
+//! max_preauth = 128            # connections not logged in yet, per service (full: oldest idle evicted)
+//! max_preauth_per_source = 16  # ...of them per source IPv4 address / IPv6 /64
+//! preauth_timeout_secs = 3.0   # accept to completed login (greeting + username/password)
+//! handshake_timeout_secs = 10.0  # accept to CONNECT request
 //! connect_timeout_secs = 10.0
 //! idle_timeout_secs = 300.0
 //! drain_timeout_secs = 2.0     # on stop, time open connections get to finish
@@ -151,6 +154,9 @@ impl TestConfig {
     }
 }
 
+/// Largest `services.max_preauth` (each admission scans the pre-auth slots).
+pub const MAX_PREAUTH: usize = 65_536;
+
 /// SOCKS5 services.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,8 +169,17 @@ pub struct ServicesConfig {
     pub port_max: u16,
     /// Host name or address clients are given (default: `bind`).
     pub public_host: Option<String>,
-    /// Client connections at once per service.
+    /// Logged-in client connections at once per service.
     pub max_connections: usize,
+    /// Connections that have not logged in yet, at once per service (when
+    /// full, an older one is evicted for a newcomer).
+    pub max_preauth: usize,
+    /// Connections that have not logged in yet, at once per source address
+    /// (IPv4 address, IPv6 /64) per service; at most `max_preauth`.
+    pub max_preauth_per_source: usize,
+    /// Time a client has from connecting to a completed login (greeting +
+    /// username/password), seconds.
+    pub preauth_timeout_secs: f64,
     /// Time a client has for the whole SOCKS5 negotiation, seconds.
     pub handshake_timeout_secs: f64,
     /// Time for resolving and connecting through the tunnel, seconds.
@@ -200,6 +215,9 @@ impl Default for ServicesConfig {
             port_max: 29999,
             public_host: None,
             max_connections: 256,
+            max_preauth: 128,
+            max_preauth_per_source: 16,
+            preauth_timeout_secs: 3.0,
             handshake_timeout_secs: 10.0,
             connect_timeout_secs: 10.0,
             idle_timeout_secs: 300.0,
@@ -405,7 +423,20 @@ impl Config {
         if s.max_connections == 0 {
             return bad("services.max_connections must be at least 1".into());
         }
+        if !(1..=MAX_PREAUTH).contains(&s.max_preauth) {
+            return bad(format!(
+                "services.max_preauth must be between 1 and {MAX_PREAUTH}, got {}",
+                s.max_preauth
+            ));
+        }
+        if s.max_preauth_per_source == 0 || s.max_preauth_per_source > s.max_preauth {
+            return bad(format!(
+                "services.max_preauth_per_source ({}) must be at least 1 and at most services.max_preauth ({})",
+                s.max_preauth_per_source, s.max_preauth
+            ));
+        }
         for (name, v) in [
+            ("preauth_timeout_secs", s.preauth_timeout_secs),
             ("handshake_timeout_secs", s.handshake_timeout_secs),
             ("connect_timeout_secs", s.connect_timeout_secs),
             ("idle_timeout_secs", s.idle_timeout_secs),
@@ -529,6 +560,11 @@ mod tests {
             "[test]\nlight_timeout_secs = -1\n",
             "[services]\nport_min = 300\nport_max = 200\n",
             "[services]\nmax_connections = 0\n",
+            "[services]\nmax_preauth = 0\n",
+            "[services]\nmax_preauth = 70000\n",
+            "[services]\nmax_preauth_per_source = 0\n",
+            "[services]\nmax_preauth = 8\nmax_preauth_per_source = 9\n",
+            "[services]\npreauth_timeout_secs = 0\n",
             "[services]\nidle_timeout_secs = 0\n",
             "[services]\ncheck_target = \"no-port\"\n",
             "[services]\nreconcile_interval_secs = 0\n",

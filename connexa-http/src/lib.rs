@@ -40,6 +40,7 @@ use axum::routing::{get, post};
 use connexa_core::engine::Engine;
 use connexa_core::metrics::ProbeStats;
 use connexa_core::ports::{NodeStore, TokenId, TokenStore};
+use connexa_core::socks::SocksLauncher;
 use tokio::sync::watch;
 
 use crate::auth::AuthLimiter;
@@ -110,6 +111,8 @@ struct Shared {
     metrics: Metrics,
     /// Probe latency histograms exported by `/metrics`, if the engine's ports record them.
     probe_stats: Mutex<Option<Arc<ProbeStats>>>,
+    /// SOCKS5 service counters exported by `/metrics`, if set.
+    socks: Mutex<Option<Arc<SocksLauncher>>>,
     touched: Mutex<HashMap<TokenId, std::time::Instant>>,
     /// Totals of recent listings per filter (see [`AppState::total`]).
     totals: Mutex<HashMap<String, TotalSlot>>,
@@ -141,6 +144,7 @@ impl AppState {
             options,
             metrics: Metrics::default(),
             probe_stats: Mutex::new(None),
+            socks: Mutex::new(None),
             touched: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
@@ -167,6 +171,28 @@ impl AppState {
     pub fn probe_stats(&self) -> Option<Arc<ProbeStats>> {
         self.0
             .probe_stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Exports the counters of `launcher`'s SOCKS5 services on `/metrics`
+    /// (`connexa_socks_*`: connections, pre-auth evictions and timeouts, relays,
+    /// bytes), totalled over every service it ran. A later call replaces it.
+    pub fn with_socks_launcher(self, launcher: Arc<SocksLauncher>) -> Self {
+        *self
+            .0
+            .socks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(launcher);
+        self
+    }
+
+    /// The launcher whose counters `/metrics` exports, if any
+    /// ([`with_socks_launcher`](Self::with_socks_launcher)).
+    pub fn socks_launcher(&self) -> Option<Arc<SocksLauncher>> {
+        self.0
+            .socks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()

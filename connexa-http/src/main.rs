@@ -261,7 +261,9 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         max_background_imports: usize::try_from(s.max_background_imports).unwrap_or(usize::MAX),
         ..HttpOptions::default()
     };
-    let state = AppState::new(engine.clone(), store.clone(), options).with_probe_stats(probe_stats);
+    let state = AppState::new(engine.clone(), store.clone(), options)
+        .with_probe_stats(probe_stats)
+        .with_socks_launcher(ports.launcher.clone());
     let listen = s.listen.unwrap_or(config.http.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -1,7 +1,9 @@
 //! `/metrics` in the Prometheus text format: nodes per status, services, job
 //! progress, HTTP request counts and latencies, and (when the state carries a
 //! [`ProbeStats`](connexa_core::metrics::ProbeStats)) the probe latency
-//! histograms. Histograms and escaping come from [`connexa_core::metrics`].
+//! histograms, and (when it carries a
+//! [`SocksLauncher`](connexa_core::socks::SocksLauncher)) the SOCKS5 service
+//! counters. Histograms and escaping come from [`connexa_core::metrics`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -210,6 +212,9 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
         .write_series(&mut out, REQUEST_DURATION, &[]);
     if let Some(probes) = st.probe_stats() {
         probes.write_prometheus(&mut out);
+    }
+    if let Some(socks) = st.socks_launcher() {
+        socks.write_prometheus(&mut out);
     }
     let mut res = out.into_response();
     res.headers_mut().insert(

@@ -1341,6 +1341,62 @@ async fn stats_and_metrics() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
+/// With a SOCKS5 launcher attached, `/metrics` carries its counters: an idle
+/// unauthenticated connection shows as a pre-auth timeout.
+#[tokio::test]
+async fn metrics_export_socks_service_counters() {
+    use connexa_core::ports::ServiceLauncher;
+    use connexa_core::service::DirectOpener;
+    use connexa_core::socks::{SocksConfig, SocksLauncher};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let a = api().await;
+    a.import(&fleet_list(1)).await;
+    let node = a
+        .store
+        .list_page(&NodeFilter::all(), Default::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let mut cfg = SocksConfig {
+        port_min: 33600,
+        port_max: 33649,
+        ..SocksConfig::default()
+    };
+    cfg.server.preauth_timeout = Duration::from_millis(200);
+    let launcher = Arc::new(SocksLauncher::new(
+        Arc::new(DirectOpener::loopback_only()),
+        cfg,
+    ));
+    let _ = a.state.clone().with_socks_launcher(launcher.clone());
+    let ep = launcher.start(&node, None).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", ep.port))
+        .await
+        .unwrap();
+    idle.write_all(&[5]).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut out)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    // The server counts it right after closing; wait for that event.
+    let t0 = std::time::Instant::now();
+    while launcher.total_stats().preauth_timeouts == 0 && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    launcher.stop(node.id).await.unwrap();
+    let t = a.get("/metrics").await.text();
+    for line in [
+        "# TYPE connexa_socks_preauth_timeouts_total counter\nconnexa_socks_preauth_timeouts_total 1\n",
+        "# TYPE connexa_socks_preauth_evicted_total counter\nconnexa_socks_preauth_evicted_total 0\n",
+        "# TYPE connexa_socks_accepted_total counter\nconnexa_socks_accepted_total 1\n",
+        "# TYPE connexa_socks_preauth_connections gauge\nconnexa_socks_preauth_connections 0\n",
+        "# HELP connexa_socks_preauth_evicted_total Connections closed before login",
+    ] {
+        assert!(t.contains(line), "{line}\n{t}");
+    }
+    assert!(!t.contains("\n\n"), "no empty line: {t}");
+}
+
 #[tokio::test]
 async fn cors_is_off_unless_configured() {
     let a = api().await;

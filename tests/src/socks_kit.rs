@@ -354,3 +354,68 @@ pub fn rss_kib() -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// Unauthenticated SOCKS5 connections held open against one service port, as
+/// an attacker trying to use up its slots would: each of `count` sockets
+/// connects from one of `sources` (addresses in 127.0.0.0/8), sends part of a
+/// greeting (or nothing), stays silent until the server closes it, waits
+/// `pause`, and connects again — until [`stop`](Self::stop) or drop.
+pub struct PreAuthFlood {
+    connects: Arc<AtomicU64>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl PreAuthFlood {
+    /// Starts the `count` attackers.
+    pub fn start(
+        proxy: SocketAddr,
+        sources: &[std::net::Ipv4Addr],
+        count: usize,
+        pause: Duration,
+    ) -> PreAuthFlood {
+        let connects = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..count {
+            let Some(src) = sources.get(i % sources.len().max(1)).copied() else {
+                break;
+            };
+            let connects = Arc::clone(&connects);
+            let partial: &'static [u8] = match i % 4 {
+                0 => &[5],
+                1 => &[5, 3, 0],
+                2 => &[5, 2, 0, 2, 1, 10, b'a'], // greeting, then a login that never ends
+                _ => &[],
+            };
+            tasks.spawn(async move {
+                loop {
+                    if let Ok(mut s) = connect_from(src, proxy).await {
+                        connects.fetch_add(1, Ordering::Relaxed);
+                        if s.write_all(partial).await.is_ok() {
+                            let mut sink = [0u8; 64];
+                            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            });
+        }
+        PreAuthFlood { connects, tasks }
+    }
+
+    /// Connections opened so far (first ones and re-opened ones).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    /// Stops every attacker and closes its socket.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// A TCP connection to `to` from the address `from` (any port).
+pub async fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::from((from, 0)))?;
+    s.connect(to).await
+}

@@ -53,6 +53,9 @@ impl SocksConfig {
             port_max: c.port_max.max(c.port_min.max(1)),
             server: ServerOptions {
                 max_connections: c.max_connections.max(1),
+                max_preauth: c.max_preauth.max(1),
+                max_preauth_per_source: c.max_preauth_per_source.max(1),
+                preauth_timeout: secs(c.preauth_timeout_secs),
                 handshake_timeout: secs(c.handshake_timeout_secs),
                 connect_timeout: secs(c.connect_timeout_secs),
                 idle_timeout: secs(c.idle_timeout_secs),
@@ -101,6 +104,8 @@ pub struct SocksLauncher {
     opener: Arc<dyn TunnelOpener>,
     config: SocksConfig,
     services: Mutex<HashMap<NodeId, Running>>,
+    /// The final counters of the services stopped so far (so totals never go back).
+    retired: Mutex<ServiceStats>,
     /// Serializes port allocation (bind attempts) within the process.
     binding: Mutex<()>,
 }
@@ -156,6 +161,7 @@ impl SocksLauncher {
             opener,
             config,
             services: Mutex::new(HashMap::new()),
+            retired: Mutex::new(ServiceStats::default()),
             binding: Mutex::new(()),
         }
     }
@@ -179,10 +185,39 @@ impl SocksLauncher {
         self.lock().get(&node).map(|r| r.shared.stats())
     }
 
+    /// The counters of every service this launcher ran, running or stopped,
+    /// added up (gauges: of the running ones).
+    pub fn total_stats(&self) -> ServiceStats {
+        let mut total = *self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        for r in self.lock().values() {
+            total.add(&r.shared.stats());
+        }
+        total
+    }
+
+    /// Appends [`total_stats`](Self::total_stats) in the Prometheus text
+    /// format (`connexa_socks_*`, see [`ServiceStats::write_prometheus`]).
+    pub fn write_prometheus(&self, out: &mut String) {
+        self.total_stats().write_prometheus(out);
+    }
+
     /// Stops every service (for a graceful process exit).
     pub async fn stop_all(&self) {
         let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
-        futures::future::join_all(all.into_iter().map(stop_running)).await;
+        futures::future::join_all(all.into_iter().map(|r| self.retire(r))).await;
+    }
+
+    async fn retire(&self, r: Running) {
+        let shared = Arc::clone(&r.shared);
+        stop_running(r).await;
+        let mut last = shared.stats();
+        // Stopped: nothing is open any more.
+        last.active = 0;
+        last.preauth_active = 0;
+        self.retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(&last);
     }
 
     /// Binds the previous port when given, in range and free, else the first free
@@ -310,7 +345,7 @@ impl ServiceLauncher for SocksLauncher {
             .lock()
             .remove(&node)
             .ok_or(ServiceError::NotRunning(node))?;
-        stop_running(running).await;
+        self.retire(running).await;
         tracing::info!(%node, "SOCKS5 service stopped");
         Ok(())
     }
@@ -390,12 +425,26 @@ mod tests {
     fn config_from_services_section() {
         let text = "[services]\nbind = \"127.0.0.3\"\nport_min = 31000\nport_max = 31010\n\
                     public_host = \"proxy.example\"\nmax_connections = 7\nidle_timeout_secs = 1.5\n\
+                    max_preauth = 40\nmax_preauth_per_source = 4\npreauth_timeout_secs = 0.25\n\
                     dns = \"local\"\ncheck_target = \"127.0.0.1:80\"\n";
         let cfg = crate::config::Config::from_toml_str(text).unwrap();
         let s = SocksConfig::from_services(&cfg.services);
         assert_eq!(s.host(), "proxy.example");
         assert_eq!((s.port_min, s.port_max), (31000, 31010));
         assert_eq!(s.server.max_connections, 7);
+        assert_eq!(
+            (s.server.max_preauth, s.server.max_preauth_per_source),
+            (40, 4)
+        );
+        assert_eq!(
+            s.server.preauth_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            SocksConfig::default().server,
+            super::super::ServerOptions::default(),
+            "the config defaults are the server defaults"
+        );
         assert_eq!(
             s.server.idle_timeout,
             std::time::Duration::from_millis(1500)

@@ -9,7 +9,10 @@
 //!   credentials, connections opened through the node's
 //!   [`TunnelLink`](crate::service::TunnelLink), names resolved through the
 //!   tunnel by default, bytes relayed untouched with an idle timeout and a
-//!   per-service connection limit.
+//!   per-service limit of logged-in connections; connections that have not
+//!   logged in yet hold separate pre-auth slots (bounded per source and in
+//!   total, older ones evicted for newcomers, a short login deadline), so
+//!   unauthenticated sockets cannot lock clients out (see [`ServerOptions`]).
 //!
 //! ```no_run
 //! # async fn demo(node: connexa_core::domain::Node) -> Result<(), connexa_core::ports::ServiceError> {
@@ -27,6 +30,7 @@
 
 pub mod client;
 mod launcher;
+mod preauth;
 pub mod proto;
 mod server;
 

@@ -290,6 +290,7 @@ enum Phase {
 /// The server's side of a SOCKS5 negotiation that requires username/password.
 pub struct ServerHandshake {
     phase: Phase,
+    authenticated: bool,
     user: String,
     password: Secret,
 }
@@ -371,6 +372,7 @@ impl ServerHandshake {
     pub fn new(user: impl Into<String>, password: impl Into<Secret>) -> Self {
         ServerHandshake {
             phase: Phase::Greeting,
+            authenticated: false,
             user: user.into(),
             password: password.into(),
         }
@@ -379,6 +381,12 @@ impl ServerHandshake {
     /// `true` once a `Connect` or `Close` was returned.
     pub fn is_done(&self) -> bool {
         self.phase == Phase::Done
+    }
+
+    /// `true` once the client logged in with the right credentials (the
+    /// RFC 1929 success reply was returned to be sent).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     fn close(&mut self, reply: Vec<u8>, reason: Reject) -> (usize, Action) {
@@ -457,6 +465,7 @@ impl ServerHandshake {
         let pass_ok = same(pass, self.password.expose().as_bytes());
         if user_ok & pass_ok {
             self.phase = Phase::Request;
+            self.authenticated = true;
             (end, Action::Send(vec![AUTH_VERSION, 0]))
         } else {
             self.close(fail, Reject::BadCredentials)
@@ -551,6 +560,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn authenticated_only_after_the_right_login() {
+        let mut h = hs();
+        assert!(!h.is_authenticated());
+        let (used, a) = h.handle_input(&[5, 1, 2]);
+        assert_eq!((used, a), (3, Action::Send(vec![5, 2])));
+        assert!(!h.is_authenticated(), "a greeting is not a login");
+        let (_, a) = h.handle_input(&encode_auth(USER, PASS).unwrap());
+        assert_eq!(a, Action::Send(vec![1, 0]));
+        assert!(h.is_authenticated());
+
+        let mut wrong = hs();
+        wrong.handle_input(&[5, 1, 2]);
+        let (_, a) = wrong.handle_input(&encode_auth(USER, "nope").unwrap());
+        assert!(matches!(a, Action::Close { .. }));
+        assert!(!wrong.is_authenticated());
     }
 
     #[test]

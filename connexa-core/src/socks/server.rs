@@ -1,5 +1,11 @@
 //! One service's listener: accepts clients, runs the negotiation with a time
 //! limit, connects through the node's link and relays bytes untouched.
+//!
+//! A connection lives in two phases with separate budgets: until it has logged
+//! in (greeting + RFC 1929) it holds a *pre-auth* slot ([`super::preauth`]:
+//! bounded per source and in total, the oldest idle ones evicted for newcomers,
+//! closed after `preauth_timeout`); once logged in it takes one of the
+//! `max_connections` relay slots, which unauthenticated connections never hold.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::preauth::{Admission, PreAuthBudget};
 use super::proto::{self, Action, Reject, Reply, ServerHandshake, TargetAddr};
 use crate::domain::Secret;
 use crate::service::{LinkStream, TunnelLink};
@@ -34,10 +41,26 @@ pub enum DnsMode {
 /// Limits and timeouts of each service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerOptions {
-    /// Client connections at once per service; more are closed on accept. Default 256.
+    /// Logged-in client connections (relays, and their CONNECT requests) at once
+    /// per service; a client that logs in while this many are open is closed.
+    /// Connections that have not logged in never count here. Default 256.
     pub max_connections: usize,
+    /// Connections that have not logged in yet, at once per service. When
+    /// full, a new connection still gets in and an older pre-auth connection
+    /// is closed (evicted) instead: one of the newcomer's own source when that
+    /// source holds `max_preauth_per_source`, else one of the source holding
+    /// the most slots, connections without a complete greeting and then the
+    /// oldest first. Default 128.
+    pub max_preauth: usize,
+    /// Connections that have not logged in yet, at once per source (IPv4
+    /// address or IPv6 /64) per service. Default 16.
+    pub max_preauth_per_source: usize,
+    /// Time from accept to a completed login (greeting + username/password);
+    /// a client that has not logged in by then is closed. Default 3 s.
+    pub preauth_timeout: Duration,
     /// Time for the whole negotiation (greeting, login, request); a client that
-    /// stalls is closed after it. Default 10 s.
+    /// stalls is closed after it. Also bounds the pre-auth phase when shorter
+    /// than `preauth_timeout`. Default 10 s.
     pub handshake_timeout: Duration,
     /// Time for resolving and connecting through the tunnel. Default 10 s.
     pub connect_timeout: Duration,
@@ -53,6 +76,9 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_connections: 256,
+            max_preauth: 128,
+            max_preauth_per_source: 16,
+            preauth_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
@@ -65,13 +91,23 @@ impl Default for ServerOptions {
 /// Counters of one service since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ServiceStats {
-    /// Client connections accepted (including those closed at once for the limit).
+    /// Client connections accepted.
     pub accepted: u64,
-    /// Client connections open now.
+    /// Client connections open now (pre-auth and logged in).
     pub active: u64,
-    /// Closed at once because the service had `max_connections` open.
+    /// Client connections open now that have not logged in yet.
+    pub preauth_active: u64,
+    /// Pre-auth connections closed because a newer connection took their slot
+    /// (the pre-auth budget was full).
+    pub preauth_evicted: u64,
+    /// Pre-auth connections closed because they had not logged in within the
+    /// pre-auth deadline (`preauth_timeout`, or `handshake_timeout` if shorter).
+    pub preauth_timeouts: u64,
+    /// Closed right after a successful login because the service had
+    /// `max_connections` logged-in connections open.
     pub over_limit: u64,
-    /// Closed because the negotiation took longer than the handshake timeout.
+    /// Logged in, then closed because the CONNECT request did not arrive
+    /// within the handshake timeout.
     pub handshake_timeouts: u64,
     /// Closed for wrong credentials.
     pub auth_failures: u64,
@@ -90,10 +126,146 @@ pub struct ServiceStats {
     pub bytes_down: u64,
 }
 
+impl ServiceStats {
+    /// Adds `other`'s counts to these (to total several services).
+    pub fn add(&mut self, other: &ServiceStats) {
+        let ServiceStats {
+            accepted,
+            active,
+            preauth_active,
+            preauth_evicted,
+            preauth_timeouts,
+            over_limit,
+            handshake_timeouts,
+            auth_failures,
+            protocol_errors,
+            connect_failures,
+            relayed,
+            idle_timeouts,
+            bytes_up,
+            bytes_down,
+        } = *other;
+        self.accepted += accepted;
+        self.active += active;
+        self.preauth_active += preauth_active;
+        self.preauth_evicted += preauth_evicted;
+        self.preauth_timeouts += preauth_timeouts;
+        self.over_limit += over_limit;
+        self.handshake_timeouts += handshake_timeouts;
+        self.auth_failures += auth_failures;
+        self.protocol_errors += protocol_errors;
+        self.connect_failures += connect_failures;
+        self.relayed += relayed;
+        self.idle_timeouts += idle_timeouts;
+        self.bytes_up += bytes_up;
+        self.bytes_down += bytes_down;
+    }
+
+    /// Appends these counts in the Prometheus text format (`connexa_socks_*`,
+    /// each with `# HELP` and `# TYPE`).
+    pub fn write_prometheus(&self, out: &mut String) {
+        use crate::metrics::{MetricType, write_header};
+        use std::fmt::Write as _;
+        let series: [(&str, &str, MetricType, u64); 14] = [
+            (
+                "connexa_socks_accepted_total",
+                "Client connections accepted by SOCKS5 services.",
+                MetricType::Counter,
+                self.accepted,
+            ),
+            (
+                "connexa_socks_connections",
+                "Client connections open now on SOCKS5 services (pre-auth and logged in).",
+                MetricType::Gauge,
+                self.active,
+            ),
+            (
+                "connexa_socks_preauth_connections",
+                "Client connections open now that have not logged in yet (they hold pre-auth slots, not relay slots).",
+                MetricType::Gauge,
+                self.preauth_active,
+            ),
+            (
+                "connexa_socks_preauth_evicted_total",
+                "Connections closed before login because the pre-auth budget (max_preauth, max_preauth_per_source) was full and a newer connection took their slot.",
+                MetricType::Counter,
+                self.preauth_evicted,
+            ),
+            (
+                "connexa_socks_preauth_timeouts_total",
+                "Connections closed because they had not logged in within preauth_timeout_secs.",
+                MetricType::Counter,
+                self.preauth_timeouts,
+            ),
+            (
+                "connexa_socks_over_limit_total",
+                "Connections closed right after a successful login because max_connections logged-in connections were open.",
+                MetricType::Counter,
+                self.over_limit,
+            ),
+            (
+                "connexa_socks_handshake_timeouts_total",
+                "Logged-in connections closed because the CONNECT request did not arrive within handshake_timeout_secs.",
+                MetricType::Counter,
+                self.handshake_timeouts,
+            ),
+            (
+                "connexa_socks_auth_failures_total",
+                "Connections closed for wrong credentials.",
+                MetricType::Counter,
+                self.auth_failures,
+            ),
+            (
+                "connexa_socks_protocol_errors_total",
+                "Connections closed for a SOCKS5 protocol violation or an early close.",
+                MetricType::Counter,
+                self.protocol_errors,
+            ),
+            (
+                "connexa_socks_connect_failures_total",
+                "CONNECT requests that failed through the tunnel.",
+                MetricType::Counter,
+                self.connect_failures,
+            ),
+            (
+                "connexa_socks_relayed_total",
+                "CONNECT requests that succeeded (relays started).",
+                MetricType::Counter,
+                self.relayed,
+            ),
+            (
+                "connexa_socks_idle_timeouts_total",
+                "Relays closed by idle_timeout_secs.",
+                MetricType::Counter,
+                self.idle_timeouts,
+            ),
+            (
+                "connexa_socks_bytes_up_total",
+                "Bytes from clients to targets, of relays that ended.",
+                MetricType::Counter,
+                self.bytes_up,
+            ),
+            (
+                "connexa_socks_bytes_down_total",
+                "Bytes from targets to clients, of relays that ended.",
+                MetricType::Counter,
+                self.bytes_down,
+            ),
+        ];
+        for (name, help, kind, v) in series {
+            write_header(out, name, help, kind);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     accepted: AtomicU64,
     active: AtomicU64,
+    preauth_active: AtomicU64,
+    preauth_evicted: AtomicU64,
+    preauth_timeouts: AtomicU64,
     over_limit: AtomicU64,
     handshake_timeouts: AtomicU64,
     auth_failures: AtomicU64,
@@ -115,6 +287,9 @@ impl Counters {
         ServiceStats {
             accepted: g(&self.accepted),
             active: g(&self.active),
+            preauth_active: g(&self.preauth_active),
+            preauth_evicted: g(&self.preauth_evicted),
+            preauth_timeouts: g(&self.preauth_timeouts),
             over_limit: g(&self.over_limit),
             handshake_timeouts: g(&self.handshake_timeouts),
             auth_failures: g(&self.auth_failures),
@@ -135,6 +310,8 @@ pub(crate) struct Shared {
     password: Secret,
     opts: ServerOptions,
     counters: Counters,
+    preauth: PreAuthBudget,
+    relays: Semaphore,
 }
 
 impl Shared {
@@ -148,6 +325,8 @@ impl Shared {
             link: RwLock::new(link),
             user,
             password,
+            preauth: PreAuthBudget::new(opts.max_preauth, opts.max_preauth_per_source),
+            relays: Semaphore::new(opts.max_connections.max(1)),
             opts,
             counters: Counters::default(),
         }
@@ -202,28 +381,19 @@ impl Drop for ServerHandle {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let limit = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             r = listener.accept() => match r {
-                Ok((sock, _peer)) => {
+                Ok((sock, peer)) => {
                     bump(&shared.counters.accepted);
-                    match Arc::clone(&limit).try_acquire_owned() {
-                        Ok(permit) => {
-                            let shared = Arc::clone(&shared);
-                            conns.spawn(async move {
-                                serve(sock, &shared).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            bump(&shared.counters.over_limit);
-                            drop(sock);
-                        }
-                    }
+                    // Never refused: a full pre-auth budget evicts an older
+                    // unauthenticated connection instead (see `preauth`).
+                    let admission = shared.preauth.admit(peer.ip());
+                    let shared = Arc::clone(&shared);
+                    conns.spawn(async move { serve(sock, &shared, admission).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: do not spin.
@@ -244,43 +414,97 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
     }
 }
 
-struct Active<'a>(&'a Counters);
+/// Decrements a gauge when dropped.
+struct Gauge<'a>(&'a AtomicU64);
 
-impl Drop for Active<'_> {
+impl<'a> Gauge<'a> {
+    fn up(c: &'a AtomicU64) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Gauge(c)
+    }
+}
+
+impl Drop for Gauge<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds a pre-auth slot; gives it back when dropped.
+struct PreAuthSlot<'a>(&'a PreAuthBudget, u64);
+
+impl Drop for PreAuthSlot<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
     }
 }
 
 enum NegotiationEnd {
+    /// The client logged in; the RFC 1929 success reply is still to be sent.
+    Authenticated(Vec<u8>),
     Connect(TargetAddr, Vec<u8>),
     Rejected(Reject),
     Io,
 }
 
-/// Runs the negotiation on a bounded buffer.
-async fn negotiate(sock: &mut TcpStream, hs: &mut ServerHandshake) -> NegotiationEnd {
-    let mut buf = vec![0u8; 2 * proto::MAX_MESSAGE];
-    let mut len = 0usize;
+/// The negotiation's bounded input buffer, kept across its two phases (a
+/// client may send its CONNECT request right behind its login).
+struct Input {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Input {
+    fn new() -> Self {
+        Input {
+            buf: vec![0u8; 2 * proto::MAX_MESSAGE],
+            len: 0,
+        }
+    }
+
+    fn consume(&mut self, used: usize) {
+        let used = used.min(self.len);
+        self.buf.copy_within(used..self.len, 0);
+        self.len -= used;
+    }
+}
+
+/// Runs the negotiation on a bounded buffer: to its end, or, when the client
+/// has not logged in yet, up to the login (then returns
+/// [`NegotiationEnd::Authenticated`] with the success reply unsent).
+/// `greeted` is called when the greeting has been answered.
+async fn negotiate(
+    sock: &mut TcpStream,
+    hs: &mut ServerHandshake,
+    input: &mut Input,
+    mut greeted: impl FnMut(),
+) -> NegotiationEnd {
+    let pre_auth = !hs.is_authenticated();
     loop {
-        let (used, action) = hs.handle_input(&buf[..len]);
+        let (used, action) = hs.handle_input(&input.buf[..input.len]);
         match action {
             Action::NeedMore => {
-                if len == buf.len() {
+                if input.len == input.buf.len() {
                     // Cannot happen (a message fits in half the buffer), but never grow.
                     return NegotiationEnd::Rejected(Reject::BadRequest);
                 }
-                match sock.read(&mut buf[len..]).await {
+                match sock.read(&mut input.buf[input.len..]).await {
                     Ok(0) | Err(_) => return NegotiationEnd::Io,
-                    Ok(n) => len += n,
+                    Ok(n) => input.len += n,
                 }
             }
             Action::Send(bytes) => {
+                input.consume(used);
+                if pre_auth {
+                    if hs.is_authenticated() {
+                        return NegotiationEnd::Authenticated(bytes);
+                    }
+                    // Before the login, the only reply is the method choice.
+                    greeted();
+                }
                 if sock.write_all(&bytes).await.is_err() {
                     return NegotiationEnd::Io;
                 }
-                buf.copy_within(used..len, 0);
-                len -= used;
             }
             Action::Close { reply, reason } => {
                 if !reply.is_empty() {
@@ -290,29 +514,72 @@ async fn negotiate(sock: &mut TcpStream, hs: &mut ServerHandshake) -> Negotiatio
                 return NegotiationEnd::Rejected(reason);
             }
             Action::Connect(target) => {
-                let early = buf.get(used..len).unwrap_or_default().to_vec();
+                let early = input.buf.get(used..input.len).unwrap_or_default().to_vec();
                 return NegotiationEnd::Connect(target, early);
             }
         }
     }
 }
 
-async fn serve(mut sock: TcpStream, shared: &Shared) {
+/// Counts a negotiation that ended without a CONNECT.
+fn count_failed(c: &Counters, end: &NegotiationEnd) {
+    match end {
+        NegotiationEnd::Rejected(Reject::BadCredentials) => bump(&c.auth_failures),
+        _ => bump(&c.protocol_errors),
+    }
+}
+
+async fn serve(mut sock: TcpStream, shared: &Shared, admission: Admission) {
     let c = &shared.counters;
-    c.active.fetch_add(1, Ordering::Relaxed);
-    let _active = Active(c);
-    let _ = sock.set_nodelay(true);
+    let _active = Gauge::up(&c.active);
     let opts = &shared.opts;
+    let start = tokio::time::Instant::now();
+    let handshake_deadline = start + opts.handshake_timeout;
+    let preauth_deadline = start + opts.preauth_timeout.min(opts.handshake_timeout);
+    let _ = sock.set_nodelay(true);
     let mut hs = ServerHandshake::new(shared.user.clone(), shared.password.clone());
-    let (target, early) =
-        match tokio::time::timeout(opts.handshake_timeout, negotiate(&mut sock, &mut hs)).await {
-            Err(_) => return bump(&c.handshake_timeouts),
-            Ok(NegotiationEnd::Rejected(Reject::BadCredentials)) => return bump(&c.auth_failures),
-            Ok(NegotiationEnd::Rejected(_) | NegotiationEnd::Io) => {
-                return bump(&c.protocol_errors);
-            }
-            Ok(NegotiationEnd::Connect(t, early)) => (t, early),
-        };
+    let mut input = Input::new();
+
+    // Phase 1: greeting + login, on a pre-auth slot.
+    let Admission { id, mut evicted } = admission;
+    let login = {
+        let _slot = PreAuthSlot(&shared.preauth, id);
+        let _gauge = Gauge::up(&c.preauth_active);
+        let phase = tokio::time::timeout_at(
+            preauth_deadline,
+            negotiate(&mut sock, &mut hs, &mut input, || {
+                shared.preauth.greeted(id)
+            }),
+        );
+        tokio::select! {
+            r = phase => r,
+            _ = &mut evicted => return bump(&c.preauth_evicted),
+        }
+    };
+    let success = match login {
+        Err(_) => return bump(&c.preauth_timeouts),
+        Ok(NegotiationEnd::Authenticated(reply)) => reply,
+        Ok(end) => return count_failed(c, &end),
+    };
+
+    // Phase 2: logged in, on a relay slot: the CONNECT request, then the relay.
+    let Ok(_relay) = shared.relays.try_acquire() else {
+        bump(&c.over_limit);
+        let _ = sock.shutdown().await;
+        return;
+    };
+    let request = tokio::time::timeout_at(handshake_deadline, async {
+        if sock.write_all(&success).await.is_err() {
+            return NegotiationEnd::Io;
+        }
+        negotiate(&mut sock, &mut hs, &mut input, || {}).await
+    })
+    .await;
+    let (target, early) = match request {
+        Err(_) => return bump(&c.handshake_timeouts),
+        Ok(NegotiationEnd::Connect(t, early)) => (t, early),
+        Ok(end) => return count_failed(c, &end),
+    };
     let link = shared.link();
     let upstream = tokio::time::timeout(
         opts.connect_timeout,
