@@ -132,7 +132,7 @@ pub enum Selection {
     /// These nodes (validated: 1 to [`Selection::MAX_IDS`] ids).
     Ids(Vec<NodeId>),
     /// The nodes matching this filter (validated, never the empty filter).
-    Filter(NodeFilter),
+    Filter(Box<NodeFilter>),
     /// Every node, said explicitly.
     All,
 }
@@ -201,14 +201,14 @@ impl Selection {
         if filter.is_everything() {
             return Err(SelectionError::FilterSelectsAll);
         }
-        Ok(Selection::Filter(filter))
+        Ok(Selection::Filter(Box::new(filter)))
     }
 
     /// The store filter of this selection.
     pub fn to_filter(&self) -> NodeFilter {
         match self {
             Selection::Ids(ids) => NodeFilter::ids(ids.iter().copied()),
-            Selection::Filter(f) => f.clone(),
+            Selection::Filter(f) => (**f).clone(),
             Selection::All => NodeFilter::all(),
         }
     }
@@ -217,7 +217,7 @@ impl Selection {
     pub fn into_filter(self) -> NodeFilter {
         match self {
             Selection::Ids(ids) => NodeFilter::ids(ids),
-            Selection::Filter(f) => f,
+            Selection::Filter(f) => *f,
             Selection::All => NodeFilter::all(),
         }
     }
@@ -326,9 +326,9 @@ mod tests {
         );
         assert_eq!(
             Selection::new(None, Some(f.clone()), false),
-            Ok(Selection::Filter(f.clone()))
+            Ok(Selection::Filter(Box::new(f.clone())))
         );
         assert!(Selection::All.to_filter().is_everything());
-        assert_eq!(Selection::Filter(f.clone()).into_filter(), f);
+        assert_eq!(Selection::Filter(Box::new(f.clone())).into_filter(), f);
     }
 }
