@@ -84,7 +84,10 @@ pub enum Failure {
         /// The configured threshold, Mbit/s.
         threshold_mbps: f64,
     },
-    /// The whole per-node test exceeded its time budget.
+    /// The whole per-node test exceeded its time budget. The engine no longer
+    /// records this (our budget is not evidence about the node: it records
+    /// [`Event::Inconclusive`](super::Event::Inconclusive)); it remains
+    /// readable in history rows written before.
     Timeout,
     /// The test code itself crashed; the node is not to blame.
     Crashed {
