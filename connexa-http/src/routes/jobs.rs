@@ -84,7 +84,7 @@ fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, ApiError> {
 /// Starts a test job; follow it at `/jobs/{id}/events`.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJob,
     responses((status = 202, body = JobView),
-              (status = 400, description = "node_timeout_secs below the minimum for the kind", body = Problem, content_type = "application/problem+json"),
+              (status = 400, description = "`bad-request`: node_timeout_secs below the minimum for the kind (or invalid query parameters or path)", body = Problem, content_type = "application/problem+json"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(st): State<AppState>,
