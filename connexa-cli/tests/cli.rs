@@ -1276,7 +1276,7 @@ fn test_light_on_a_simulated_fleet_matches_its_mix_and_jobs_show_it() {
             "light",
             "--all",
             "--timeout",
-            "5",
+            "10",
         ])
         .output()
         .unwrap();
@@ -1340,6 +1340,50 @@ fn test_needs_a_selection() {
         .output()
         .unwrap();
     assert!(one_line_error(&out, 2).contains("--timeout"));
+}
+
+#[test]
+fn test_timeout_below_the_kinds_minimum_is_a_usage_error_and_queues_nothing() {
+    let env = Env::new();
+    for (kind, secs, want) in [
+        (
+            "auth",
+            "2",
+            "a per-node time budget of 2 s is too short for auth tests: give at least 20 s",
+        ),
+        (
+            "light",
+            "9.5",
+            "a per-node time budget of 9.5 s is too short for light tests: give at least 10 s",
+        ),
+        (
+            "speed",
+            "29",
+            "too short for speed tests: give at least 30 s",
+        ),
+        (
+            "pipeline",
+            "39",
+            "too short for pipeline tests: give at least 40 s",
+        ),
+    ] {
+        for detach in [false, true] {
+            let mut args = vec!["test", kind, "--all", "--timeout", secs];
+            if detach {
+                args.push("--detach");
+            }
+            let out = env.cmd(&args).output().unwrap();
+            let err = one_line_error(&out, 2);
+            assert!(err.starts_with("error: --timeout: "), "{err}");
+            assert!(err.contains(want), "{kind} {secs}: {err}");
+        }
+    }
+    let jobs = env
+        .cmd(&["--output", "json", "jobs", "list"])
+        .output()
+        .unwrap();
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    assert_eq!(jobs, serde_json::json!([]), "a refused test queues no job");
 }
 
 // ---------------------------------------------------------------------------
@@ -1669,7 +1713,7 @@ fn imported_fleet(env: &Env, n: &str, mix: &str, block: u8) -> Sim {
 fn progress_bar_reaches_100_percent_on_a_terminal() {
     let env = Env::new();
     let mut sim = imported_fleet(&env, "20", "healthy=3,refused=1", 64);
-    let (screen, code) = under_pty(&env, "test light --all --timeout 5", "");
+    let (screen, code) = under_pty(&env, "test light --all --timeout 10", "");
     assert_eq!(code, 4, "{screen}");
     let plain = strip_ansi(&screen);
     assert!(
@@ -1699,7 +1743,7 @@ fn progress_bar_reaches_100_percent_on_a_terminal() {
     }
     // Not a terminal: progress lines, no bar.
     let out = env
-        .cmd(&["test", "light", "--all", "--timeout", "5"])
+        .cmd(&["test", "light", "--all", "--timeout", "10"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -126,6 +126,11 @@ impl HistoryRow {
             HistoryEvent::Applied(EventKind::ServiceStopped) => Event::ServiceStopped,
             HistoryEvent::Applied(EventKind::HealthOk) => Event::HealthOk,
             HistoryEvent::Applied(EventKind::HealthFailed) => Event::HealthFailed(reason()),
+            HistoryEvent::Applied(EventKind::Inconclusive) => Event::Inconclusive {
+                reason: reason(),
+                proven: self.reached.unwrap_or(Level::None),
+                measurements: Default::default(),
+            },
         })
     }
 }

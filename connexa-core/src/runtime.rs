@@ -28,14 +28,22 @@ use crate::probe::{LightProber, ProbeConfig};
 use crate::service::PptpOpener;
 use crate::socks::{SocksConfig, SocksLauncher};
 use crate::speed::{HttpSpeedTester, SpeedConfig};
+use crate::tunnel::AuthConfig;
 
-/// The prober of the `[test]` settings (connect and handshake timeouts; ICMP on).
+/// The prober of the `[test]` settings: `connect_timeout_secs` and
+/// `light_timeout_secs` for the handshake (light and auth), `auth_timeout_secs`
+/// for the login's MS-CHAPv2 exchange; ICMP on.
 pub fn prober(t: &TestConfig) -> LightProber {
-    LightProber::new(ProbeConfig {
+    let p = LightProber::new(ProbeConfig {
         connect_timeout: t.connect_timeout(),
         handshake_timeout: t.light_timeout(),
         ..ProbeConfig::default()
-    })
+    });
+    let auth = AuthConfig {
+        auth_timeout: t.auth_timeout(),
+        ..p.auth_config().clone()
+    };
+    p.with_auth_config(auth)
 }
 
 /// The engine settings of the configuration: `[test] concurrency` (0 keeps
@@ -132,5 +140,45 @@ impl NetworkPorts {
             self.launcher.clone(),
             engine_config(config),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `[test]` timeout reaches the component that enforces it.
+    #[test]
+    fn test_timeouts_of_the_config_file_reach_the_prober_and_the_speed_tester() {
+        let t = TestConfig {
+            connect_timeout_secs: 1.5,
+            light_timeout_secs: 2.5,
+            auth_timeout_secs: 3.5,
+            speed_timeout_secs: 4.5,
+            ..TestConfig::default()
+        };
+        let p = prober(&t);
+        let auth = p.auth_config();
+        assert_eq!(auth.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(auth.handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(auth.auth_timeout, Duration::from_millis(3500));
+        let ports = NetworkPorts::with_prober(
+            &Config {
+                test: t,
+                ..Config::default()
+            },
+            Arc::new(p),
+        );
+        let speed = ports.speed.config();
+        assert_eq!(speed.timeout, Duration::from_millis(4500));
+        assert_eq!(
+            speed.tunnel.auth.connect_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            speed.tunnel.auth.handshake_timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(speed.tunnel.auth.auth_timeout, Duration::from_millis(3500));
     }
 }

@@ -18,7 +18,7 @@ const NODES: usize = 6;
 fn event() -> impl Strategy<Value = Event> {
     let level = proptest::sample::select(Level::ALL.to_vec());
     prop_oneof![
-        4 => (level, any::<u8>()).prop_map(|(reached, f)| Event::Tested(match f % 4 {
+        4 => (level.clone(), any::<u8>()).prop_map(|(reached, f)| Event::Tested(match f % 4 {
             0 => Outcome::success(reached),
             1 => Outcome::failed(reached, Failure::Refused),
             2 => Outcome::failed(Level::Light, Failure::AuthRejected { code: Some(691), message: String::new() }),
@@ -31,6 +31,11 @@ fn event() -> impl Strategy<Value = Event> {
         1 => Just(Event::ServiceStopped),
         2 => Just(Event::HealthOk),
         2 => Just(Event::HealthFailed("check failed".into())),
+        1 => level.prop_map(|proven| Event::Inconclusive {
+            reason: "budget exceeded after 2 s at stage auth".into(),
+            proven,
+            measurements: Default::default(),
+        }),
     ]
 }
 

@@ -644,6 +644,60 @@ fn url_encode(s: &str) -> String {
 }
 
 #[tokio::test]
+async fn job_with_a_per_node_budget_below_the_kinds_minimum_is_refused_with_400() {
+    let a = api().await;
+    a.import(&fleet_list(3)).await;
+    let before = a.snapshot().await;
+    for (kind, secs, want) in [
+        (
+            "auth",
+            2.0,
+            "a per-node time budget of 2 s is too short for auth tests: give at least 20 s",
+        ),
+        (
+            "light",
+            9.5,
+            "a per-node time budget of 9.5 s is too short for light tests: give at least 10 s",
+        ),
+        (
+            "speed",
+            29.0,
+            "too short for speed tests: give at least 30 s",
+        ),
+        (
+            "pipeline",
+            39.0,
+            "too short for pipeline tests: give at least 40 s",
+        ),
+    ] {
+        let p = a
+            .send_json(
+                Method::POST,
+                "/api/v1/jobs",
+                json!({"kind": kind, "all": true, "node_timeout_secs": secs}),
+            )
+            .await
+            .problem(400, "bad-request");
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.starts_with("node_timeout_secs: "), "{detail}");
+        assert!(detail.contains(want), "{kind} {secs}: {detail}");
+    }
+    assert_eq!(a.snapshot().await, before, "a refused job changes nothing");
+    let jobs = a.get("/api/v1/jobs").await;
+    assert_eq!(jobs.json(), json!([]), "no job was created");
+    // At the minimum the job starts (on no node, so nothing is probed).
+    let ok = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "filter": {"country": "ZZ"}, "node_timeout_secs": 10}),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.text());
+    assert_eq!(ok.json()["total"], 0);
+}
+
+#[tokio::test]
 async fn hostile_bodies_get_the_right_4xx_and_change_nothing() {
     let a = api_with(HttpOptions {
         max_body_bytes: 64 << 10,

@@ -79,6 +79,7 @@ fn speed_config(lab: &Lab) -> SpeedConfig {
         threshold_mbps: 1.0,
         ca_file: None,
         tunnel: TunnelConfig::default(),
+        timeout: Duration::from_secs(60),
     }
 }
 

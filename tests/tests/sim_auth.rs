@@ -805,3 +805,213 @@ async fn tunnels_and_auth_logins_retry_a_connection_dropped_before_the_handshake
     assert_eq!(out.reached, Level::Auth, "{out:?}");
     f.close().await;
 }
+
+/// `[test] auth_timeout_secs` of the configuration file reaches the login: a
+/// node that falls silent instead of sending the MS-CHAPv2 Challenge fails
+/// after the configured 1 s, not after the built-in 15 s.
+#[tokio::test]
+async fn auth_timeout_of_the_config_file_ends_a_silent_login() {
+    use connexa_core::config::TestConfig;
+    let f = fleet(15, vec![(Behaviour::AuthSilent, 1)], 1).await;
+    let gre = gre();
+    let t = TestConfig {
+        connect_timeout_secs: 2.0,
+        light_timeout_secs: 2.0,
+        auth_timeout_secs: 1.0,
+        ..TestConfig::default()
+    };
+    let prober = connexa_core::runtime::prober(&t).with_gre_socket(Arc::clone(&gre));
+    let node = f.nodes()[0].node(NodeId(1));
+    // Far below the built-in 15 s (plus LCP and teardown), far above 1 s.
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        prober.probe(&node, ProbeDepth::Auth),
+    )
+    .await
+    .expect("the configured auth timeout ends the login, not the 15 s default")
+    .expect("probe runs");
+    assert_eq!(out.reached, Level::Light, "{out:?}");
+    assert_eq!(out.failure, Some(Failure::AuthTimeout), "{out:?}");
+    assert_eq!(f.live_calls(), 0, "the call was cleared");
+    f.close().await;
+}
+
+/// `[test] speed_timeout_secs` bounds the whole speed test: a 30 s
+/// measurement configured with a 3 s timeout ends after about 3 s, logged in
+/// (`ping_ok`, level 2) with the reason.
+#[tokio::test]
+async fn speed_timeout_of_the_config_file_ends_a_long_measurement_at_level_2() {
+    use connexa_core::config::TestConfig;
+    use connexa_core::sim::TunnelSpec;
+    use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
+    let f = Fleet::start(
+        FleetSpec::new(1)
+            .first_ip(Ipv4Addr::new(127, 44, 16, 1))
+            .port(PORT)
+            .tunnels(TunnelSpec::default()),
+    )
+    .await
+    .unwrap();
+    let gre = gre();
+    let t = TestConfig {
+        test_url: "http://10.78.0.1/bytes?100000000".into(),
+        speed_duration_secs: 30.0,
+        speed_warmup_secs: 1.0,
+        speed_streams: 1,
+        speed_timeout_secs: 3.0,
+        ..TestConfig::default()
+    };
+    let speed =
+        HttpSpeedTester::with_gre_socket(SpeedConfig::from_test_config(&t), Arc::clone(&gre));
+    let node = f.nodes()[0].node(NodeId(1));
+    let out = tokio::time::timeout(Duration::from_secs(20), speed.measure_node(&node))
+        .await
+        .expect("speed_timeout_secs ends the 30 s measurement")
+        .expect("the test runs");
+    assert_eq!(out.reached, Level::Auth, "{out:?}");
+    match &out.failure {
+        Some(Failure::Other { detail }) => {
+            assert!(detail.contains("did not finish within 3 s"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.live_calls(), 0, "the tunnel was closed");
+    f.close().await;
+}
+
+/// The reported bug on real sockets: an auth job whose per-node budget is
+/// shorter than the login turned `ping_light` nodes into `ping_failed`. Now the
+/// overrun is inconclusive: `ping_light` and `auth_failed` stay, a pipeline
+/// past light ends `ping_light`, and the history says why.
+#[tokio::test]
+async fn budget_shorter_than_the_login_demotes_no_node() {
+    use connexa_core::domain::EventKind;
+    use connexa_core::ports::{ApplyContext, HistoryEvent};
+    let f = fleet(17, vec![(Behaviour::AuthSilent, 1)], 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let new: Vec<NewNode> = f
+        .nodes()
+        .iter()
+        .map(|n| {
+            NewNode::new(
+                &n.ip.to_string(),
+                u64::from(n.port),
+                &n.login,
+                n.password.expose(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let ids: Vec<NodeId> = store
+        .insert(new)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            InsertOutcome::Inserted(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let (light, rejected, fresh) = (ids[0], ids[1], ids[2]);
+    let mark = |id, o| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .apply(
+                    id,
+                    connexa_core::domain::Event::Tested(o),
+                    ApplyContext::now(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    mark(light, Outcome::success(Level::Light)).await;
+    mark(
+        rejected,
+        Outcome::failed(
+            Level::Light,
+            Failure::AuthRejected {
+                code: Some(691),
+                message: String::new(),
+            },
+        ),
+    )
+    .await;
+    // The login would take 20 s (the node never sends its Challenge); the budget is 2 s.
+    let gre = gre();
+    let slow_login = LightProber::new(ProbeConfig {
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        attempts: 1,
+        icmp: None,
+        ..ProbeConfig::default()
+    })
+    .with_auth_config(AuthConfig {
+        auth_timeout: Duration::from_secs(20),
+        ..auth_config()
+    })
+    .with_gre_socket(Arc::clone(&gre));
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(slow_login),
+        Arc::new(NotAvailable),
+        Arc::new(NotAvailable),
+        EngineConfig {
+            poll_interval: Duration::from_millis(100),
+            ..EngineConfig::default()
+        },
+    );
+    let run = |kind, filter| {
+        let engine = &engine;
+        async move {
+            let job = engine
+                .start_job(
+                    kind,
+                    filter,
+                    JobOptions::default().node_timeout(Duration::from_secs(2)),
+                )
+                .await
+                .unwrap();
+            let s = tokio::time::timeout(Duration::from_secs(30), engine.wait(job))
+                .await
+                .expect("the job ends")
+                .unwrap();
+            assert_eq!(s.job.state, JobState::Done);
+            s
+        }
+    };
+    let s = run(JobKind::Auth, NodeFilter::ids([light, rejected])).await;
+    assert_eq!(s.progress.timed_out, 2, "{:?}", s.progress);
+    let s = run(JobKind::Pipeline, NodeFilter::ids([fresh])).await;
+    assert_eq!(s.progress.timed_out, 1, "{:?}", s.progress);
+    for (id, from, to) in [
+        (light, Status::PingLight, Status::PingLight),
+        (rejected, Status::AuthFailed, Status::AuthFailed),
+        (fresh, Status::NotTested, Status::PingLight),
+    ] {
+        let n = store.get(id).await.unwrap().unwrap();
+        assert_eq!(n.status, to);
+        let h = store.history(id).await.unwrap();
+        let last = h.last().unwrap();
+        assert_eq!(last.event, HistoryEvent::Applied(EventKind::Inconclusive));
+        assert_eq!((last.from, last.to), (from, Some(to)));
+        assert_eq!(
+            last.detail.as_deref(),
+            Some("budget exceeded after 2 s at stage auth")
+        );
+    }
+    assert_eq!(
+        store
+            .get(rejected)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        1,
+        "only the real rejection counts"
+    );
+    f.close().await;
+}

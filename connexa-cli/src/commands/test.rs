@@ -93,8 +93,8 @@ pub fn selection(ids: &[i64], filter: &FilterArgs, all: bool) -> anyhow::Result<
 /// Starts the job (or queues it with `--detach`), follows it to the end, prints the summary.
 pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
     let selection = selection(&a.ids, &a.filter, a.all)?;
-    let options = job_options(a.timeout, a.concurrency)?;
     let kind = JobKind::from(a.kind);
+    let options = job_options(kind, a.timeout, a.concurrency)?;
     let store = ctx.store().await?;
     let filter = ops::selected(store.as_ref(), &selection).await?;
     if a.detach {
@@ -133,8 +133,13 @@ pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
     follow_and_report(ctx, &engine, job).await
 }
 
-/// Job options from `--timeout` and `--concurrency`, checked.
-pub fn job_options(timeout: Option<f64>, concurrency: Option<usize>) -> anyhow::Result<JobOptions> {
+/// Job options from `--timeout` and `--concurrency`, checked (a `--timeout`
+/// below the kind's minimum is a usage error, see [`JobOptions::validate`]).
+pub fn job_options(
+    kind: JobKind,
+    timeout: Option<f64>,
+    concurrency: Option<usize>,
+) -> anyhow::Result<JobOptions> {
     if let Some(t) = timeout.filter(|t| !(t.is_finite() && *t > 0.0)) {
         return Err(fail(
             Exit::Usage,
@@ -151,5 +156,8 @@ pub fn job_options(timeout: Option<f64>, concurrency: Option<usize>) -> anyhow::
     if let Some(n) = concurrency {
         options = options.concurrency(n);
     }
+    options
+        .validate(kind)
+        .map_err(|e| fail(Exit::Usage, format_args!("--timeout: {e}")))?;
     Ok(options)
 }

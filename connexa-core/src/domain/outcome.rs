@@ -84,7 +84,9 @@ pub enum Failure {
         /// The configured threshold, Mbit/s.
         threshold_mbps: f64,
     },
-    /// The whole per-node test exceeded its time budget.
+    /// The whole per-node test exceeded its time budget. Found only in history
+    /// rows written before an exceeded budget became an inconclusive event
+    /// (our budget is not evidence about the node); no longer produced.
     Timeout,
     /// The test code itself crashed; the node is not to blame.
     Crashed {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{Level, Outcome, ServiceEndpoint, Status};
+use super::{Level, Measurements, Outcome, ServiceEndpoint, Status};
 
 /// Something that happened to a node. Events carry their evidence.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +19,20 @@ pub enum Event {
     HealthOk,
     /// The service's health check failed (after the monitor's threshold).
     HealthFailed(String),
+    /// A test stopped for a reason on *our* side (the per-node budget ran out,
+    /// the job deadline passed): not evidence about the node. It keeps the
+    /// status, except that a level the test had already `proven` (a pipeline
+    /// whose light stage passed before the budget ran out in auth) counts like
+    /// a successful test of that level. It never counts as a node failure.
+    Inconclusive {
+        /// Why, in words ("budget exceeded after 20 s at stage auth").
+        reason: String,
+        /// The level the test had proven before it stopped ([`Level::None`]:
+        /// nothing).
+        proven: Level,
+        /// What was measured up to there.
+        measurements: Measurements,
+    },
 }
 
 /// The kind of an [`Event`], without its data: what `status_history` records.
@@ -36,6 +50,21 @@ pub enum EventKind {
     HealthOk,
     /// [`Event::HealthFailed`].
     HealthFailed,
+    /// [`Event::Inconclusive`].
+    Inconclusive,
+}
+
+impl EventKind {
+    /// Every kind, in table order.
+    pub const ALL: [EventKind; 7] = [
+        EventKind::Tested,
+        EventKind::ServiceStarted,
+        EventKind::ServiceStartFailed,
+        EventKind::ServiceStopped,
+        EventKind::HealthOk,
+        EventKind::HealthFailed,
+        EventKind::Inconclusive,
+    ];
 }
 
 impl EventKind {
@@ -48,6 +77,7 @@ impl EventKind {
             EventKind::ServiceStopped => "service_stopped",
             EventKind::HealthOk => "health_ok",
             EventKind::HealthFailed => "health_failed",
+            EventKind::Inconclusive => "inconclusive",
         }
     }
 }
@@ -68,6 +98,7 @@ impl Event {
             Event::ServiceStopped => EventKind::ServiceStopped,
             Event::HealthOk => EventKind::HealthOk,
             Event::HealthFailed(_) => EventKind::HealthFailed,
+            Event::Inconclusive { .. } => EventKind::Inconclusive,
         }
     }
 }
@@ -100,7 +131,9 @@ pub enum Refused {
 /// 1. a node at level 3 (`speed_ok`, `online`, `offline`) never leaves level 3;
 /// 2. a node at level 2 or 3 never drops a level;
 /// 3. health events only move `online` ↔ `offline`;
-/// 4. `online` is reachable only from level 3.
+/// 4. `online` is reachable only from level 3;
+/// 5. [`Event::Inconclusive`] never lowers a level and never moves a node
+///    into `ping_failed` or `auth_failed`.
 ///
 /// ```
 /// use connexa_core::domain::{transition, Event, Failure, Level, Outcome, Status};
@@ -111,6 +144,13 @@ pub enum Refused {
 /// assert_eq!(transition(Status::Online, &dead), Ok(Status::Online));
 /// // Starting a service on an untested node is refused.
 /// assert!(transition(Status::NotTested, &Event::ServiceStartFailed("x".into())).is_err());
+/// // Our budget running out is not evidence: the node keeps its status.
+/// let overrun = Event::Inconclusive {
+///     reason: "budget exceeded after 2 s at stage auth".into(),
+///     proven: Level::None,
+///     measurements: Default::default(),
+/// };
+/// assert_eq!(transition(Status::PingLight, &overrun), Ok(Status::PingLight));
 /// ```
 pub fn transition(current: Status, event: &Event) -> Result<Status, Refused> {
     use Status::*;
@@ -144,6 +184,11 @@ pub fn transition(current: Status, event: &Event) -> Result<Status, Refused> {
         Event::HealthFailed(_) => Ok(match current {
             Online => Offline,
             other => other,
+        }),
+        Event::Inconclusive { proven, .. } => Ok(match proven {
+            Level::None => current,
+            // What was proven counts as a passed test of that level.
+            level => after_test(current, &Outcome::success(*level)),
         }),
     }
 }

@@ -49,6 +49,11 @@ fn event() -> impl Strategy<Value = Event> {
         1 => Just(Event::ServiceStopped),
         1 => Just(Event::HealthOk),
         1 => Just(Event::HealthFailed("down".into())),
+        2 => level().prop_map(|proven| Event::Inconclusive {
+            reason: "budget exceeded after 2 s at stage auth".into(),
+            proven,
+            measurements: Measurements::default(),
+        }),
     ]
 }
 
@@ -120,6 +125,27 @@ proptest! {
         let a = transition(start, &e);
         let b = transition(start, &e);
         prop_assert_eq!(a, b);
+    }
+
+    /// Our side's trouble is not evidence: an inconclusive event never lowers a
+    /// level, never moves a node into `ping_failed` or `auth_failed`, and with
+    /// nothing proven keeps the status exactly.
+    #[test]
+    fn inconclusive_never_demotes(start in status(), events in prop::collection::vec(event(), 0..64)) {
+        for (before, e, after) in run(start, &events) {
+            if let Event::Inconclusive { proven, .. } = &e {
+                prop_assert!(after.level() >= before.level(), "{before} --inconclusive--> {after}");
+                if after != before {
+                    prop_assert!(
+                        !matches!(after, Status::PingFailed | Status::AuthFailed),
+                        "{before} --inconclusive--> {after}"
+                    );
+                }
+                if *proven == Level::None {
+                    prop_assert_eq!(after, before);
+                }
+            }
+        }
     }
 
     /// Refusals change nothing and only happen for service starts below level 3.

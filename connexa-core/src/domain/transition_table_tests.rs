@@ -2,7 +2,7 @@
 
 use super::*;
 
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 12] = [
     "reached 0",
     "reached 1",
     "reached 1, auth rejected",
@@ -13,10 +13,12 @@ const COLUMNS: [&str; 10] = [
     "ServiceStopped",
     "HealthOk",
     "HealthFailed",
+    "Inconclusive",
+    "Inconclusive, proven 1",
 ];
 
 /// Rows exactly as in the design table; `=` keeps the status, `refused` is an error.
-const TABLE: [(&str, [&str; 10]); 8] = [
+const TABLE: [(&str, [&str; 12]); 8] = [
     (
         "not_tested",
         [
@@ -30,6 +32,8 @@ const TABLE: [(&str, [&str; 10]); 8] = [
             "=",
             "=",
             "=",
+            "=",
+            "ping_light",
         ],
     ),
     (
@@ -45,6 +49,8 @@ const TABLE: [(&str, [&str; 10]); 8] = [
             "=",
             "=",
             "=",
+            "=",
+            "ping_light",
         ],
     ),
     (
@@ -60,6 +66,8 @@ const TABLE: [(&str, [&str; 10]); 8] = [
             "=",
             "=",
             "=",
+            "=",
+            "ping_light",
         ],
     ),
     (
@@ -75,28 +83,32 @@ const TABLE: [(&str, [&str; 10]); 8] = [
             "=",
             "=",
             "=",
+            "=",
+            "=",
         ],
     ),
     (
         "ping_ok",
         [
-            "=", "=", "=", "=", "speed_ok", "refused", "refused", "=", "=", "=",
+            "=", "=", "=", "=", "speed_ok", "refused", "refused", "=", "=", "=", "=", "=",
         ],
     ),
     (
         "speed_ok",
-        ["=", "=", "=", "=", "=", "online", "=", "=", "=", "="],
+        [
+            "=", "=", "=", "=", "=", "online", "=", "=", "=", "=", "=", "=",
+        ],
     ),
     (
         "online",
         [
-            "=", "=", "=", "=", "=", "=", "=", "speed_ok", "=", "offline",
+            "=", "=", "=", "=", "=", "=", "=", "speed_ok", "=", "offline", "=", "=",
         ],
     ),
     (
         "offline",
         [
-            "=", "=", "=", "=", "=", "online", "=", "speed_ok", "online", "=",
+            "=", "=", "=", "=", "=", "online", "=", "speed_ok", "online", "=", "=", "=",
         ],
     ),
 ];
@@ -129,6 +141,16 @@ pub(super) fn column_event(col: usize) -> Event {
         7 => Event::ServiceStopped,
         8 => Event::HealthOk,
         9 => Event::HealthFailed("check target unreachable".into()),
+        10 => Event::Inconclusive {
+            reason: "budget exceeded after 2 s at stage auth".into(),
+            proven: Level::None,
+            measurements: Measurements::default(),
+        },
+        11 => Event::Inconclusive {
+            reason: "budget exceeded after 9 s at stage auth".into(),
+            proven: Level::Light,
+            measurements: Measurements::default(),
+        },
         _ => unreachable!(),
     }
 }
@@ -149,7 +171,7 @@ fn every_cell_of_the_design_table() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 80);
+    assert_eq!(checked, 96);
 }
 
 #[test]
@@ -167,6 +189,41 @@ fn failures_that_still_reached_a_level_are_judged_by_the_level() {
     // A light probe that answered but whose login phase timed out is still ping_light.
     let lcp = Event::Tested(Outcome::failed(Level::Light, Failure::AuthTimeout));
     assert_eq!(transition(Status::PingFailed, &lcp), Ok(Status::PingLight));
+}
+
+#[test]
+fn our_budget_running_out_is_never_evidence_against_the_node() {
+    let overrun = |proven| Event::Inconclusive {
+        reason: "budget exceeded after 2 s at stage auth".into(),
+        proven,
+        measurements: Measurements::default(),
+    };
+    // Nothing proven: every status is kept, also the ones a failed test would move.
+    for s in Status::ALL {
+        assert_eq!(transition(s, &overrun(Level::None)), Ok(s), "{s}");
+    }
+    // A pipeline that passed light before its budget ran out in auth earns ping_light,
+    // exactly as a passed light test would; an auth_failed node stays auth_failed.
+    assert_eq!(
+        transition(Status::NotTested, &overrun(Level::Light)),
+        transition(
+            Status::NotTested,
+            &Event::Tested(Outcome::success(Level::Light))
+        )
+    );
+    assert_eq!(
+        transition(Status::PingFailed, &overrun(Level::Light)),
+        Ok(Status::PingLight)
+    );
+    assert_eq!(
+        transition(Status::AuthFailed, &overrun(Level::Light)),
+        Ok(Status::AuthFailed)
+    );
+    // A login proven before the speed stage overran: ping_ok.
+    assert_eq!(
+        transition(Status::PingLight, &overrun(Level::Auth)),
+        Ok(Status::PingOk)
+    );
 }
 
 #[test]
@@ -188,7 +245,7 @@ fn refusal_tells_the_operator_what_to_run() {
 
 #[test]
 fn event_kinds_have_distinct_stored_names() {
-    let kinds: Vec<EventKind> = (0..10).map(|c| column_event(c).kind()).collect();
+    let kinds: Vec<EventKind> = (0..COLUMNS.len()).map(|c| column_event(c).kind()).collect();
     let mut names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
     names.dedup();
     assert_eq!(
@@ -199,8 +256,14 @@ fn event_kinds_have_distinct_stored_names() {
             "service_start_failed",
             "service_stopped",
             "health_ok",
-            "health_failed"
+            "health_failed",
+            "inconclusive"
         ]
+    );
+    assert_eq!(
+        EventKind::ALL.map(EventKind::as_str),
+        names.as_slice(),
+        "EventKind::ALL lists every kind once"
     );
     for k in kinds {
         assert_eq!(k.to_string(), k.as_str());

@@ -173,6 +173,85 @@ impl JobOptions {
     }
 }
 
+impl JobOptions {
+    /// Checks the options for a job of `kind`: a per-node budget
+    /// (`node_timeout_ms`) below [`minimum_node_timeout`] is refused, because a
+    /// budget shorter than the protocol's own timers makes most tests end
+    /// inconclusive instead of proving anything. The CLI (`--timeout`) and the
+    /// HTTP API (`node_timeout_secs`) call this before starting a job, so both
+    /// refuse with the same message; the engine itself accepts any budget (tests
+    /// with fake ports use tiny ones).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use connexa_core::engine::JobOptions;
+    /// use connexa_core::ports::JobKind;
+    /// let short = JobOptions::default().node_timeout(Duration::from_secs(2));
+    /// let err = short.validate(JobKind::Auth).unwrap_err();
+    /// assert!(err.to_string().contains("at least 20 s"), "{err}");
+    /// assert!(JobOptions::default().validate(JobKind::Auth).is_ok());
+    /// ```
+    ///
+    /// # Errors
+    /// [`BudgetTooShort`] when the budget is below the kind's minimum.
+    pub fn validate(&self, kind: JobKind) -> Result<(), BudgetTooShort> {
+        let Some(ms) = self.node_timeout_ms else {
+            return Ok(());
+        };
+        let given = Duration::from_millis(ms);
+        let minimum = minimum_node_timeout(kind);
+        if given < minimum {
+            return Err(BudgetTooShort {
+                kind,
+                given,
+                minimum,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The smallest per-node time budget [`JobOptions::validate`] accepts for a
+/// job of `kind`. Each leaves room for the protocol's own timers at their
+/// defaults, so that a node that does not answer fails on them (evidence)
+/// rather than on our budget (inconclusive):
+///
+/// * light, 10 s: the TCP connect timeout (5 s) plus the control-channel
+///   handshake timeout (5 s);
+/// * auth, 20 s: the light test's 10 s plus a login at 300 ms round trip
+///   (call, LCP, MS-CHAPv2 and teardown: about ten round trips, 3 s) with two
+///   lost packets each costing a PPP restart (3 s);
+/// * speed, 30 s: the auth test's 20 s plus the default 10 s measurement;
+/// * pipeline, 40 s: light, then auth, then speed's measurement;
+/// * service start and stop: no minimum.
+pub fn minimum_node_timeout(kind: JobKind) -> Duration {
+    Duration::from_secs(match kind {
+        JobKind::Light => 10,
+        JobKind::Auth => 20,
+        JobKind::Speed => 30,
+        JobKind::Pipeline => 40,
+        JobKind::ServiceStart | JobKind::ServiceStop => 0,
+    })
+}
+
+/// A per-node time budget below [`minimum_node_timeout`] ([`JobOptions::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a per-node time budget of {} s is too short for {kind} tests: give at least {} s, \
+     the time its own protocol timers need (a shorter budget ends most tests inconclusive)",
+    .given.as_secs_f64(),
+    .minimum.as_secs()
+)]
+#[non_exhaustive]
+pub struct BudgetTooShort {
+    /// The job's kind.
+    pub kind: JobKind,
+    /// The budget asked for.
+    pub given: Duration,
+    /// The smallest budget accepted for `kind`.
+    pub minimum: Duration,
+}
+
 fn millis(t: Duration) -> u64 {
     u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
 }

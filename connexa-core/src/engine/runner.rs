@@ -13,8 +13,8 @@ use tracing::Instrument;
 
 use super::{AbortOnDrop, BusyGuard, Inner, JobOptions, lock, terminal};
 use crate::domain::{
-    Event, Failure, Level, Node, NodeFilter, NodeId, Outcome, Page, ServiceEndpoint, Status,
-    transition,
+    Event, Failure, Level, Measurements, Node, NodeFilter, NodeId, Outcome, Page, ServiceEndpoint,
+    Status, transition,
 };
 use crate::ports::{
     ClaimedItem, ItemResult, ItemState, Job, JobId, JobKind, JobState, ProbeDepth, ProbeError,
@@ -406,6 +406,7 @@ async fn supervise(
 ) {
     let span = tracing::info_span!("node", id = %item.node, ip = tracing::field::Empty);
     let partial: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
+    let started = Instant::now();
     let mut work = AbortOnDrop(tokio::spawn(
         work(Arc::clone(&ctx.inner), ctx.kind, node, Arc::clone(&partial)).instrument(span.clone()),
     ));
@@ -433,7 +434,7 @@ async fn supervise(
             Finish::new(ItemState::Cancelled, None, Some(why))
         }
         () = sleep_until_opt(ctx.deadline) => {
-            Finish::new(ItemState::TimedOut, None, Some("job deadline reached".into()))
+            deadline_reached(ctx.kind, started.elapsed(), lock(&partial).take())
         }
         () = tokio::time::sleep(ctx.node_timeout) => {
             span.in_scope(|| tracing::debug!(timeout = ?ctx.node_timeout, "timed out"));
@@ -473,23 +474,94 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// The per-node budget ran out: a test records `Failure::Timeout` (keeping the
-/// furthest stage a pipeline reached); a service start records a failed start.
+/// The per-node budget ran out. That is our side, not evidence about the node
+/// (DESIGN.md "Verdicts"): a test records [`Event::Inconclusive`] with the
+/// level it had proven so far (a pipeline whose light stage passed keeps or
+/// earns `ping_light`) and the stage it was in; no failure is counted against
+/// the node. A service start records a failed start (which keeps the status).
 fn timed_out(kind: JobKind, t: Duration, partial: Option<Outcome>) -> Finish {
-    let detail = format!("timed out after {t:?}");
-    let event = match kind {
-        JobKind::ServiceStart => Some(Event::ServiceStartFailed(detail.clone())),
-        JobKind::ServiceStop => None,
-        _ => {
-            let reached = partial.as_ref().map_or(Level::None, |o| o.reached);
-            let mut o = Outcome::failed(reached, Failure::Timeout);
-            if let Some(p) = partial {
-                o.measurements = p.measurements;
-            }
-            Some(Event::Tested(o))
+    match kind {
+        JobKind::ServiceStart => {
+            let detail = format!("timed out after {t:?}");
+            Finish::new(
+                ItemState::TimedOut,
+                Some(Event::ServiceStartFailed(detail.clone())),
+                Some(detail),
+            )
         }
-    };
-    Finish::new(ItemState::TimedOut, event, Some(detail))
+        JobKind::ServiceStop => Finish::new(
+            ItemState::TimedOut,
+            None,
+            Some(format!("timed out after {t:?}")),
+        ),
+        _ => {
+            let reason = format!(
+                "budget exceeded after {} s at stage {}",
+                t.as_secs_f64(),
+                stage(kind, partial.as_ref())
+            );
+            Finish::new(
+                ItemState::TimedOut,
+                Some(inconclusive(reason.clone(), partial)),
+                Some(reason),
+            )
+        }
+    }
+}
+
+/// The job deadline passed while the item ran: like an exceeded budget, not
+/// evidence (services record nothing).
+fn deadline_reached(kind: JobKind, ran: Duration, partial: Option<Outcome>) -> Finish {
+    if matches!(kind, JobKind::ServiceStart | JobKind::ServiceStop) {
+        return Finish::new(
+            ItemState::TimedOut,
+            None,
+            Some("job deadline reached".into()),
+        );
+    }
+    let reason = format!(
+        "job deadline reached after {:.1} s at stage {}",
+        ran.as_secs_f64(),
+        stage(kind, partial.as_ref())
+    );
+    Finish::new(
+        ItemState::TimedOut,
+        Some(inconclusive(reason.clone(), partial)),
+        Some(reason),
+    )
+}
+
+/// The stage a test was in: its own for single-stage jobs; for a pipeline the
+/// one after the furthest stage that passed.
+fn stage(kind: JobKind, partial: Option<&Outcome>) -> &'static str {
+    match kind {
+        JobKind::Light => "light",
+        JobKind::Auth => "auth",
+        JobKind::Speed => "speed",
+        _ => match partial.map(|o| o.reached) {
+            None | Some(Level::None) => "light",
+            Some(Level::Light) => "auth",
+            Some(Level::Auth | Level::Speed) => "speed",
+        },
+    }
+}
+
+/// The event of a test stopped on our side, keeping what it had proven.
+fn inconclusive(reason: String, partial: Option<Outcome>) -> Event {
+    match partial {
+        // A stage that failed is evidence (the pipeline was about to report it).
+        Some(o) if o.failure.is_some() => Event::Tested(o),
+        Some(o) => Event::Inconclusive {
+            reason,
+            proven: o.reached,
+            measurements: o.measurements,
+        },
+        None => Event::Inconclusive {
+            reason,
+            proven: Level::None,
+            measurements: Measurements::default(),
+        },
+    }
 }
 
 async fn work(

@@ -9,10 +9,12 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use super::*;
-use crate::domain::{Event, Failure, Level, NewNode, Node, Outcome, Secret, ServiceEndpoint};
+use crate::domain::{
+    Event, EventKind, Failure, Level, NewNode, Node, Outcome, Secret, ServiceEndpoint, transition,
+};
 use crate::ports::{
-    ApplyContext, Health, InsertOutcome, ItemState, MockServiceLauncher, MockSpeedTester,
-    ProbeDepth, ProbeError, ServiceError,
+    ApplyContext, Health, HistoryEvent, InsertOutcome, ItemState, MockServiceLauncher,
+    MockSpeedTester, ProbeDepth, ProbeError, ServiceError,
 };
 use crate::store::SqlStore;
 
@@ -366,14 +368,35 @@ async fn job_deadline_times_out_what_is_left_without_marking_nodes() {
         .unwrap();
     assert_eq!(s.job.state, JobState::Done);
     assert_eq!((s.progress.ok, s.progress.timed_out), (1, 11));
+    let mut in_flight = 0;
     for it in items(&env, job).await.iter().filter(|i| i.node != first) {
-        assert_eq!(it.detail.as_deref(), Some("job deadline reached"));
+        let d = it.detail.as_deref().unwrap_or_default();
+        assert!(d.starts_with("job deadline reached"), "{d}");
         assert_eq!(status(&env, it.node).await, Status::NotTested);
+        // Items that were running record the deadline as inconclusive; the
+        // ones never claimed record nothing. Neither is a node failure.
+        let n = env.store.get(it.node).await.unwrap().unwrap();
+        assert_eq!((n.consecutive_failures, n.last_error), (0, None));
+        let h = env.store.history(it.node).await.unwrap();
+        if let Some(row) = h.first() {
+            in_flight += 1;
+            assert_eq!(row.event, HistoryEvent::Applied(EventKind::Inconclusive));
+            assert_eq!(row.to, Some(Status::NotTested));
+            let why = row.detail.as_deref().unwrap_or_default();
+            assert!(
+                why.starts_with("job deadline reached after") && why.ends_with("at stage light"),
+                "{why}"
+            );
+        }
     }
+    assert!(
+        in_flight >= 1,
+        "at least the items running at the deadline say why"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hanging_probe_times_out_and_the_node_records_it() {
+async fn hanging_probe_times_out_as_inconclusive_and_the_node_is_not_blamed() {
     let env = env(5).await;
     let stuck = env.ids[2];
     let e = engine(
@@ -397,11 +420,168 @@ async fn hanging_probe_times_out_and_the_node_records_it() {
     let s = wait(&e, job).await;
     assert_eq!((s.progress.ok, s.progress.timed_out), (4, 1));
     let n = env.store.get(stuck).await.unwrap().unwrap();
-    assert_eq!(n.status, Status::PingFailed);
-    assert_eq!(n.last_error.as_deref(), Some("test timed out"));
+    assert_eq!(n.status, Status::NotTested, "our budget is not evidence");
+    assert_eq!((n.consecutive_failures, n.last_error), (0, None));
     let h = env.store.history(stuck).await.unwrap();
     assert_eq!(h.len(), 1);
-    assert_eq!(h[0].failure, Some(Failure::Timeout));
+    assert_eq!(h[0].event, HistoryEvent::Applied(EventKind::Inconclusive));
+    assert_eq!(
+        (h[0].from, h[0].to),
+        (Status::NotTested, Some(Status::NotTested))
+    );
+    assert_eq!(h[0].failure, None);
+    assert_eq!(
+        h[0].detail.as_deref(),
+        Some("budget exceeded after 0.3 s at stage light")
+    );
+    let it = items(&env, job)
+        .await
+        .into_iter()
+        .find(|i| i.node == stuck)
+        .unwrap();
+    assert_eq!(it.state, ItemState::TimedOut);
+    assert_eq!(
+        it.detail.as_deref(),
+        Some("budget exceeded after 0.3 s at stage light")
+    );
+}
+
+/// Gives `id` the status a real test of `outcome` would.
+async fn mark(env: &Env, id: NodeId, outcome: Outcome) {
+    env.store
+        .apply(id, Event::Tested(outcome), ApplyContext::now())
+        .await
+        .unwrap();
+}
+
+/// A prober whose light probe answers at once and whose login never ends
+/// (a login slower than any per-node budget).
+fn login_never_ends() -> Arc<dyn Prober> {
+    prober(|_, depth| async move {
+        if depth == ProbeDepth::Auth {
+            std::future::pending::<()>().await;
+        }
+        Ok(light_ok())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_budget_shorter_than_the_login_keeps_ping_light_and_auth_failed() {
+    let env = env(3).await;
+    let (light, rejected, counted) = (env.ids[0], env.ids[1], env.ids[2]);
+    mark(&env, light, light_ok()).await;
+    let auth_rejected = Outcome::failed(
+        Level::Light,
+        Failure::AuthRejected {
+            code: Some(691),
+            message: "bad password".into(),
+        },
+    );
+    mark(&env, rejected, auth_rejected.clone()).await;
+    // A node with real failures on record keeps exactly that record.
+    mark(&env, counted, auth_rejected).await;
+    mark(
+        &env,
+        counted,
+        Outcome::failed(Level::None, Failure::Refused),
+    )
+    .await;
+    mark(&env, counted, light_ok()).await;
+    mark(
+        &env,
+        counted,
+        Outcome::failed(Level::Light, Failure::AuthTimeout),
+    )
+    .await;
+    let before = env.store.get(counted).await.unwrap().unwrap();
+    assert_eq!(before.consecutive_failures, 1);
+
+    let e = engine(&env, login_never_ends(), cfg());
+    let job = e
+        .start_job(
+            JobKind::Auth,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_millis(400)),
+        )
+        .await
+        .unwrap();
+    let s = wait(&e, job).await;
+    assert_eq!((s.progress.timed_out, s.progress.failed), (3, 0));
+
+    assert_eq!(status(&env, light).await, Status::PingLight);
+    assert_eq!(status(&env, rejected).await, Status::AuthFailed);
+    let after = env.store.get(counted).await.unwrap().unwrap();
+    assert_eq!(after.status, Status::PingLight);
+    assert_eq!(
+        (after.consecutive_failures, &after.last_error),
+        (before.consecutive_failures, &before.last_error),
+        "an overrun counts nothing against the node"
+    );
+    for (id, st) in [
+        (light, Status::PingLight),
+        (rejected, Status::AuthFailed),
+        (counted, Status::PingLight),
+    ] {
+        let h = env.store.history(id).await.unwrap();
+        let last = h.iter().max_by_key(|r| r.at).unwrap();
+        assert_eq!(last.event, HistoryEvent::Applied(EventKind::Inconclusive));
+        assert_eq!((last.from, last.to), (st, Some(st)));
+        assert_eq!(last.job, Some(job));
+        assert_eq!(
+            last.detail.as_deref(),
+            Some("budget exceeded after 0.4 s at stage auth")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_that_passed_light_and_overran_in_auth_ends_ping_light() {
+    let env = env(2).await;
+    let (fresh, failed_before) = (env.ids[0], env.ids[1]);
+    mark(&env, failed_before, refused()).await;
+    let e = engine(&env, login_never_ends(), cfg());
+    let job = e
+        .start_job(
+            JobKind::Pipeline,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_millis(400)),
+        )
+        .await
+        .unwrap();
+    let s = wait(&e, job).await;
+    assert_eq!(s.progress.timed_out, 2);
+    for (id, from) in [
+        (fresh, Status::NotTested),
+        (failed_before, Status::PingFailed),
+    ] {
+        let n = env.store.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            n.status,
+            Status::PingLight,
+            "light was proven before the overrun"
+        );
+        assert!(n.last_checked_at.is_some());
+        let h = env.store.history(id).await.unwrap();
+        let last = h.iter().max_by_key(|r| r.at).unwrap();
+        assert_eq!(last.event, HistoryEvent::Applied(EventKind::Inconclusive));
+        assert_eq!((last.from, last.to), (from, Some(Status::PingLight)));
+        assert_eq!(last.reached, Some(Level::Light));
+        assert_eq!(last.failure, None);
+        assert_eq!(
+            last.detail.as_deref(),
+            Some("budget exceeded after 0.4 s at stage auth")
+        );
+        // Replaying the history gives the stored status.
+        let mut st = Status::NotTested;
+        for r in &h {
+            st = transition(st, &r.replay_event().unwrap()).unwrap_or(st);
+        }
+        assert_eq!(st, Status::PingLight);
+    }
+    // The node whose last real test failed keeps that failure on record.
+    let n = env.store.get(failed_before).await.unwrap().unwrap();
+    assert_eq!(n.consecutive_failures, 1);
+    assert_eq!(n.last_error.as_deref(), Some("connection refused"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

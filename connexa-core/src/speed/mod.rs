@@ -80,6 +80,10 @@ pub struct SpeedConfig {
     pub ca_file: Option<PathBuf>,
     /// The tunnel's settings.
     pub tunnel: TunnelConfig,
+    /// Deadline of the whole test, tunnel opening included (default 60 s,
+    /// `[test] speed_timeout_secs`). A test still measuring then ends at the
+    /// level it proved (logged in: level 2) with [`Failure::Other`] saying so.
+    pub timeout: Duration,
 }
 
 impl Default for SpeedConfig {
@@ -93,6 +97,7 @@ impl Default for SpeedConfig {
             threshold_mbps: 1.0,
             ca_file: None,
             tunnel: TunnelConfig::default(),
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -117,10 +122,13 @@ impl SpeedConfig {
             tunnel: TunnelConfig {
                 auth: crate::tunnel::AuthConfig {
                     connect_timeout: t.connect_timeout(),
+                    handshake_timeout: t.light_timeout(),
+                    auth_timeout: t.auth_timeout(),
                     ..Default::default()
                 },
                 ..TunnelConfig::default()
             },
+            timeout: t.speed_timeout(),
         }
     }
 }
@@ -445,6 +453,7 @@ impl HttpSpeedTester {
     /// # Errors
     /// The test could not run here (no `CAP_NET_RAW`, IPv6 node).
     pub async fn measure_node(&self, node: &Node) -> Result<Outcome, ProbeError> {
+        let started = Instant::now();
         let gre = match &self.prober {
             Some(p) => Arc::clone(p.gre_socket().await?),
             None => self
@@ -478,11 +487,24 @@ impl HttpSpeedTester {
             pptp: r.pptp.clone(),
             ..Measurements::default()
         };
-        let result = measure_tunnel(&tunnel, &self.config).await;
+        let left = self.config.timeout.saturating_sub(started.elapsed());
+        let result = tokio::time::timeout(left, measure_tunnel(&tunnel, &self.config)).await;
         tunnel.close().await;
         let report = match result {
-            Ok(report) => report,
-            Err(e) => {
+            Ok(Ok(report)) => report,
+            Err(_) => {
+                return Ok(Outcome::failed(
+                    Level::Auth,
+                    Failure::Other {
+                        detail: format!(
+                            "the speed test did not finish within {} s (speed_timeout_secs)",
+                            self.config.timeout.as_secs_f64()
+                        ),
+                    },
+                )
+                .with_measurements(m));
+            }
+            Ok(Err(e)) => {
                 return Ok(Outcome::failed(
                     Level::Auth,
                     Failure::Other {

@@ -17,7 +17,7 @@ use sea_orm::{
 
 use super::convert::{self, ms};
 use super::entity::{nodes, status_history};
-use crate::domain::{Event, Status, transition};
+use crate::domain::{Event, Level, Measurements, Status, transition};
 use crate::ports::{Applied, ApplyRequest, StoreError};
 
 /// Rows per upsert statement (29 columns: well under SQLite's and Postgres' parameter limits).
@@ -151,22 +151,20 @@ fn record_evidence(row: &mut nodes::Model, event: &Event, to: Status, at: i64) {
                 Some(f) => fail(row, f.to_string()),
                 None => succeed(row),
             }
-            let m = &outcome.measurements;
-            if let Some(v) = m.ping_ms.or(m.handshake_ms) {
-                row.ping_ms = Some(v);
+            record_measurements(row, &outcome.measurements);
+        }
+        // Not evidence: `last_error` and `consecutive_failures` describe the
+        // node and stay as they were (the reason is in the history row and the
+        // job item). What was proven on the way is recorded like a test's.
+        Event::Inconclusive {
+            proven,
+            measurements,
+            ..
+        } => {
+            if *proven > Level::None {
+                row.last_checked_at = Some(at);
             }
-            if let Some(v) = m.speed_down_mbps {
-                row.speed_down_mbps = Some(v);
-            }
-            if let Some(v) = m.speed_up_mbps {
-                row.speed_up_mbps = Some(v);
-            }
-            if let Some(id) = &m.pptp {
-                row.pptp_version = Some(i32::from(id.protocol_version));
-                row.pptp_hostname = Some(id.hostname.clone());
-                row.pptp_vendor = Some(id.vendor.clone());
-                row.pptp_firmware = Some(i32::from(id.firmware));
-            }
+            record_measurements(row, measurements);
         }
         Event::ServiceStarted(ep) => {
             succeed(row);
@@ -179,6 +177,24 @@ fn record_evidence(row: &mut nodes::Model, event: &Event, to: Status, at: i64) {
         // The endpoint is kept so that the next start reuses port and credentials.
         Event::ServiceStopped => {}
         Event::HealthOk => succeed(row),
+    }
+}
+
+fn record_measurements(row: &mut nodes::Model, m: &Measurements) {
+    if let Some(v) = m.ping_ms.or(m.handshake_ms) {
+        row.ping_ms = Some(v);
+    }
+    if let Some(v) = m.speed_down_mbps {
+        row.speed_down_mbps = Some(v);
+    }
+    if let Some(v) = m.speed_up_mbps {
+        row.speed_up_mbps = Some(v);
+    }
+    if let Some(id) = &m.pptp {
+        row.pptp_version = Some(i32::from(id.protocol_version));
+        row.pptp_hostname = Some(id.hostname.clone());
+        row.pptp_vendor = Some(id.vendor.clone());
+        row.pptp_firmware = Some(i32::from(id.firmware));
     }
 }
 
@@ -202,6 +218,9 @@ fn history_row(
         }
         Event::ServiceStarted(ep) => (None, None, Some(format!("{}:{}", ep.host, ep.port))),
         Event::ServiceStopped | Event::HealthOk => (None, None, None),
+        Event::Inconclusive { reason, proven, .. } => {
+            (Some(i16::from(proven.as_u8())), None, Some(reason.clone()))
+        }
     };
     status_history::ActiveModel {
         node_id: Set(node),

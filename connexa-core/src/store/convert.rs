@@ -161,18 +161,10 @@ pub(crate) fn history(m: status_history::Model) -> Result<HistoryRow, StoreError
     let event = if m.event == "deleted" {
         HistoryEvent::Deleted
     } else {
-        use crate::domain::EventKind::*;
-        let kind = [
-            Tested,
-            ServiceStarted,
-            ServiceStartFailed,
-            ServiceStopped,
-            HealthOk,
-            HealthFailed,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == m.event)
-        .ok_or_else(|| corrupt("event", &m.event))?;
+        let kind = crate::domain::EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == m.event)
+            .ok_or_else(|| corrupt("event", &m.event))?;
         HistoryEvent::Applied(kind)
     };
     Ok(HistoryRow {

@@ -84,6 +84,7 @@ fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, ApiError> {
 /// Starts a test job; follow it at `/jobs/{id}/events`.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJob,
     responses((status = 202, body = JobView),
+              (status = 400, description = "`bad-request`: node_timeout_secs below the minimum for the kind (or invalid query parameters or path)", body = Problem, content_type = "application/problem+json"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(st): State<AppState>,
@@ -108,8 +109,11 @@ pub async fn create(
     if let Some(d) = secs("deadline_secs", b.deadline_secs)? {
         o = o.deadline(d);
     }
+    let kind = b.kind.into();
+    o.validate(kind)
+        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
     let filter = ops::selected(st.store().as_ref(), &selection).await?;
-    let id = st.engine().start_job(b.kind.into(), filter, o).await?;
+    let id = st.engine().start_job(kind, filter, o).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(view(&st, id).await?)))
 }
 
