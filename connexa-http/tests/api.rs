@@ -1214,17 +1214,32 @@ async fn cors_is_off_unless_configured() {
 
 #[tokio::test]
 async fn slow_requests_time_out_as_problems() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
     let a = api_with(HttpOptions {
-        request_timeout: Duration::from_millis(1),
+        request_timeout: Duration::from_millis(200),
         ..HttpOptions::default()
     })
     .await;
-    a.import(&fleet_list(300)).await;
-    // Listing 10000 rows with a 1 ms limit: times out (or, on a very fast machine, succeeds).
-    let r = a.get("/api/v1/nodes?limit=10000&reveal=true").await;
-    if r.status != StatusCode::OK {
-        r.problem(503, "timeout");
-    }
+    // Another connection holds SQLite's write lock: a write through the API
+    // cannot finish (it waits on the lock) until the time limit answers.
+    let url = format!("sqlite://{}?mode=rwc", a.dir.path().join("t.db").display());
+    let holder = connexa_core::store::SqlStore::connect(&url).await.unwrap();
+    let tx = holder.connection().begin().await.unwrap();
+    tx.execute_unprepared("CREATE TABLE lock_holder (x INTEGER)")
+        .await
+        .unwrap();
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/nodes",
+            json!({"ip": "127.9.9.9", "login": "u", "password": "p"}),
+        )
+        .await;
+    let p = r.problem(503, "timeout");
+    assert_eq!(p["detail"], "the request took too long", "{p}");
+    tx.rollback().await.unwrap();
+    // Reads and writes are served again once the lock is gone.
+    assert_eq!(a.get("/api/v1/stats").await.status, StatusCode::OK);
 }
 
 // --- background imports ---------------------------------------------------------------
