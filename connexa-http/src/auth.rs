@@ -609,4 +609,82 @@ mod tests {
             "per address"
         );
     }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let l = AuthLimiter::new(2, Duration::from_secs(60));
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.fail(a).is_ok());
+        assert!(l.fail(same_64).is_ok());
+        assert!(l.fail(a).is_err(), "one /64, one counter");
+        assert!(l.fail(other_64).is_ok());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(limit_key(mapped), v4);
+        assert_eq!(limit_key(v4), v4);
+        assert_eq!(limit_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_limiter_forgets_the_least_recently_seen_clients_first() {
+        let l = AuthLimiter::new(1, Duration::from_secs(60)).with_capacity(3);
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        for i in 1..=3 {
+            assert!(l.fail(ip(i)).is_ok());
+        }
+        // 1 is seen again (still limited), so 2 is the least recently seen.
+        assert!(l.fail(ip(1)).is_err());
+        assert!(l.fail(ip(4)).is_ok());
+        assert_eq!(l.len(), 3);
+        assert!(l.fail(ip(1)).is_err(), "1 was kept");
+        assert!(l.fail(ip(3)).is_err(), "3 was kept");
+        assert!(l.fail(ip(2)).is_ok(), "2 was forgotten");
+        for i in 0..200 {
+            let _ = l.fail(IpAddr::from([10, 1, 0, i]));
+        }
+        assert_eq!(l.len(), 3, "bounded");
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        use axum::http::HeaderMap;
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::1".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.4".parse().unwrap(),
+        );
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_addr(stranger, &h, &trusted), stranger);
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "198.51.100.4".parse::<IpAddr>().unwrap(),
+            "the right-most untrusted entry"
+        );
+        h.append("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "198.51.100.4".parse::<IpAddr>().unwrap(),
+            "trusted hops are skipped, over several header lines"
+        );
+        h.insert("x-forwarded-for", "junk, 10.9.9.9".parse().unwrap());
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap(),
+            "a malformed entry stops at the last trusted hop"
+        );
+        assert_eq!(client_addr(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(
+            client_addr("fd00::1".parse().unwrap(), &h, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        for bad in ["", "10.0.0.0/33", "fd00::/129", "host", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(stranger) && !all.contains("::2".parse().unwrap()));
+    }
 }
