@@ -131,15 +131,19 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 /// Keeps one slowloris connection open until `stop`: a partial head, then a
 /// header byte a second; reconnects when the server closes it.
-async fn loris(addr: SocketAddr, open: Arc<AtomicUsize>, opened: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+async fn loris(
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+    opened: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut s) = TcpStream::connect(addr).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         opened.fetch_add(1, Ordering::Relaxed);
-        if s
-            .write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
+        if s.write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHost: bench\r\nX-Slow: ")
             .await
             .is_err()
         {
