@@ -44,7 +44,8 @@ addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)
 token=$(cat "$dir/token")
 [ -n "$addr" ] && [ -n "$token" ] || { cat "$dir/log" >&2; exit 1; }
 curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: text/plain' \
-  --data-binary @"$dir/list.txt" "http://$addr/api/v1/import?background=false" -o /dev/null
+  --data-binary @"$dir/list.txt" "http://$addr/api/v1/import?background=false" -o "$dir/import.json" \
+  || { echo "import failed:" >&2; cat "$dir/import.json" "$dir/log" >&2; exit 1; }
 total=$(curl -sf -H "Authorization: Bearer $token" "http://$addr/api/v1/nodes?limit=0" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
 echo "$total nodes, $profile build, $(nproc) cores" >&2
 "$out/bench_slowloris" "$addr" "$token" --slow "$slow" --requests "$requests"
