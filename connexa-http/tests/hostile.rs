@@ -266,8 +266,10 @@ async fn slow_background_uploads_are_cut_and_free_their_slots() {
             ..HttpOptions::default()
         },
         ServeOptions {
+            // 3000 bytes per 3 s of waiting: the slow ones are cut 3 s after
+            // their first row, time enough for the checks in between.
             min_body_rate: 1000,
-            body_rate_window: Duration::from_millis(500),
+            body_rate_window: Duration::from_secs(3),
             ..ServeOptions::default()
         },
     )
@@ -285,30 +287,23 @@ async fn slow_background_uploads_are_cut_and_free_their_slots() {
         s.write_all(head.as_bytes()).await.unwrap();
         slow.push(s);
     }
-    // Both hold a slot: a third background import is refused meanwhile …
+    // Both hold a slot once their spool files exist: a third background
+    // import is refused meanwhile …
     let deadline = Instant::now() + BOUND;
-    let list = fleet_list(50);
-    loop {
-        let a = request(
-            addr,
-            "POST",
-            "/api/v1/import?background=true",
-            &format!("{}Content-Type: text/plain\r\n", bearer(&token)),
-            list.as_bytes(),
-        )
-        .await;
-        if a.status == 503 {
-            a.problem(503, "unavailable");
-            break;
-        }
-        // The slow ones may not have been read yet: their slots are taken soon.
-        assert_eq!(a.status, 202, "{a:?}");
-        assert!(
-            Instant::now() < deadline,
-            "the slow uploads never held the slots"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while std::fs::read_dir(spool.path()).unwrap().count() < 2 {
+        assert!(Instant::now() < deadline, "the slow uploads never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let list = fleet_list(50);
+    request(
+        addr,
+        "POST",
+        "/api/v1/import?background=true",
+        &format!("{}Content-Type: text/plain\r\n", bearer(&token)),
+        list.as_bytes(),
+    )
+    .await
+    .problem(503, "unavailable");
     // … while synchronous imports and listings are served.
     let a = request(
         addr,
