@@ -5,7 +5,7 @@
 //! Only its SHA-256 (hex) is stored ([`TokenStore`]): with that much entropy a
 //! fast hash is enough, and a copy of the database grants nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -87,16 +87,160 @@ pub async fn create_token(
     Ok((token, row))
 }
 
-/// Failed authentication attempts per client address: at most `max` per
-/// `window`. Database look-ups in flight count against the limit too, so a flood
-/// of parallel forged tokens costs at most `max` look-ups per window; a request
-/// that finds the limit taken only by look-ups in flight waits for them (a
-/// client's first burst of requests with a valid token is not refused).
+/// An IP address or a CIDR prefix (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`):
+/// how `--trusted-proxy` names the reverse proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+/// A malformed [`IpNet`].
+#[derive(Debug, thiserror::Error)]
+#[error("not an IP address or CIDR prefix: {0:?}")]
+pub struct IpNetError(String);
+
+impl IpNet {
+    /// `true` if `ip` is in this network (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = IpNetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || IpNetError(s.to_owned());
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr = canonical(a.parse::<IpAddr>().map_err(|_| bad())?);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An IPv4-mapped IPv6 address as IPv4; others unchanged.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The key a client's failures are counted under: its IPv4 address, or the
+/// /64 prefix of its IPv6 address (one host usually has a whole /64).
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
+/// The client's address: `peer`, unless `peer` is one of the `trusted`
+/// proxies; then the right-most address of `X-Forwarded-For` that is not a
+/// trusted proxy (the left part of the header is written by the client and
+/// proves nothing). A malformed entry stops the walk at the last trusted hop.
+pub fn client_addr(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let mut client = peer;
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let e = entry.trim();
+        let ip = e
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| e.parse::<SocketAddr>().ok().map(|s| s.ip()));
+        let Some(ip) = ip else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// Failed authentication attempts per client ([`limit_key`]): at most `max`
+/// per `window`. Database look-ups of unknown tokens in flight count against
+/// the limit too, so a flood of parallel forged tokens costs at most `max`
+/// look-ups per window; a request that finds the limit taken only by look-ups
+/// in flight waits for them. Tokens accepted before skip the limit
+/// altogether (see [`require_token`]), so failures of others never lock out
+/// a valid token. The counters live in a least-recently-used map of bounded size.
 #[derive(Debug)]
 pub struct AuthLimiter {
     max: u32,
     window: Duration,
-    map: Mutex<HashMap<IpAddr, Slot>>,
+    map: Mutex<Lru>,
+}
+
+/// Slots by key, and their use order (oldest first) for eviction without scans.
+#[derive(Debug)]
+struct Lru {
+    cap: usize,
+    next: u64,
+    slots: HashMap<IpAddr, (Slot, u64)>,
+    order: BTreeMap<u64, IpAddr>,
+}
+
+impl Lru {
+    fn get(&mut self, key: IpAddr, now: Instant) -> &mut Slot {
+        let stamp = self.next;
+        self.next += 1;
+        let fresh = Slot {
+            since: now,
+            failures: 0,
+            inflight: 0,
+        };
+        if let Some((_, g)) = self.slots.get_mut(&key) {
+            self.order.remove(g);
+            *g = stamp;
+        } else {
+            while self.slots.len() >= self.cap {
+                let Some((_, old)) = self.order.pop_first() else {
+                    break;
+                };
+                self.slots.remove(&old);
+            }
+        }
+        self.order.insert(stamp, key);
+        &mut self.slots.entry(key).or_insert((fresh, stamp)).0
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,30 +261,42 @@ enum Gate {
 }
 
 impl AuthLimiter {
-    /// At most `max` failures per `window` and address.
+    /// At most `max` failures per `window` and client, for up to 100,000 clients.
     pub fn new(max: u32, window: Duration) -> Self {
         AuthLimiter {
             max,
             window,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Lru {
+                cap: 100_000,
+                next: 0,
+                slots: HashMap::new(),
+                order: BTreeMap::new(),
+            }),
         }
     }
 
-    fn slot<'a>(
-        &self,
-        map: &'a mut HashMap<IpAddr, Slot>,
-        ip: IpAddr,
-        now: Instant,
-    ) -> &'a mut Slot {
-        if map.len() > 100_000 {
-            let w = self.window;
-            map.retain(|_, s| s.inflight > 0 || now.duration_since(s.since) < w);
-        }
-        let s = map.entry(ip).or_insert(Slot {
-            since: now,
-            failures: 0,
-            inflight: 0,
-        });
+    /// Remembers at most `cap` clients (at least 1); the least recently seen go first.
+    pub fn with_capacity(self, cap: usize) -> Self {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner).cap = cap.max(1);
+        self
+    }
+
+    /// Clients remembered now.
+    pub fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .slots
+            .len()
+    }
+
+    /// `true` when no client is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slot<'a>(&self, map: &'a mut Lru, ip: IpAddr, now: Instant) -> &'a mut Slot {
+        let s = map.get(limit_key(ip), now);
         if now.duration_since(s.since) >= self.window {
             s.since = now;
             s.failures = 0;
@@ -194,6 +350,10 @@ impl AuthLimiter {
 /// (a revocation takes effect within this time).
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 
+/// How long an accepted token skips the rate limit on failures of its address
+/// (after its last acceptance; a failed look-up ends it at once).
+pub const KNOWN_TTL: Duration = Duration::from_secs(3600);
+
 /// Longest a request waits for look-ups in flight from its address.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
@@ -226,11 +386,23 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
                 .then(|| rest.trim().to_owned())
         })
         .unwrap_or_default();
-    let ip = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-        .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        .map(|c| c.0.ip());
+    let Some(peer) = peer else {
+        // Served without the peer address: counting every client under one
+        // key would let anyone lock everyone out, so there is no limit.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "requests carry no peer address (serve with connexa_http::serve::serve or \
+                 into_make_service_with_connect_info): the rate limit on failed authentications is OFF"
+            );
+        });
+        return check_unlimited(&st, req, next, &token).await;
+    };
+    let ip = client_addr(peer, req.headers(), &st.options().trusted_proxies);
     let limiter = &st.0.limiter;
     if !well_formed(&token) {
         return match limiter.fail(ip) {
@@ -247,6 +419,12 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
             req.extensions_mut().insert(t);
             return next.run(req).await;
         }
+        // A token accepted before is looked up again (it may be revoked)
+        // whatever others sent from its address: guessing a token whose hash is
+        // known costs as much as guessing any token.
+        if st.known(&hash) {
+            return look_up(&st, req, next, hash, now, None).await;
+        }
         match limiter.enter(ip) {
             Gate::Go => break,
             Gate::Limited(retry) => return rate_limited(retry),
@@ -256,20 +434,54 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
             Gate::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     }
+    look_up(&st, req, next, hash, now, Some(ip)).await
+}
+
+/// Without a peer address: the token is checked, nothing is counted.
+async fn check_unlimited(st: &AppState, req: Request, next: Next, token: &str) -> Response {
+    if !well_formed(token) {
+        return unauthorized("invalid bearer token");
+    }
+    let hash = hash_token(token);
+    let now = Utc::now();
+    if let Some(t) = st.cached(&hash, now) {
+        let mut req = req;
+        st.touch(t.id);
+        req.extensions_mut().insert(t);
+        return next.run(req).await;
+    }
+    look_up(st, req, next, hash, now, None).await
+}
+
+/// Looks the token up in the store; `gated`: the limiter slot entered for it.
+async fn look_up(
+    st: &AppState,
+    mut req: Request,
+    next: Next,
+    hash: String,
+    now: DateTime<Utc>,
+    gated: Option<IpAddr>,
+) -> Response {
+    let leave = |failed: bool| {
+        if let Some(ip) = gated {
+            st.0.limiter.leave(ip, failed);
+        }
+    };
     match st.0.tokens.find_token(&hash, now).await {
         Ok(Some(t)) => {
-            limiter.leave(ip, false);
+            leave(false);
             st.remember(hash, &t);
             st.touch(t.id);
             req.extensions_mut().insert(t);
             next.run(req).await
         }
         Ok(None) => {
-            limiter.leave(ip, true);
+            leave(true);
+            st.forget_known(&hash);
             unauthorized("invalid bearer token")
         }
         Err(e) => {
-            limiter.leave(ip, false);
+            leave(false);
             ApiError::internal(&e).into_response()
         }
     }
@@ -289,7 +501,36 @@ impl AppState {
             .map(|(t, _)| t.clone())
     }
 
+    /// `true` if the token of this hash was accepted within [`KNOWN_TTL`].
+    fn known(&self, hash: &str) -> bool {
+        let k = self
+            .0
+            .known_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        k.get(hash).is_some_and(|at| at.elapsed() < KNOWN_TTL)
+    }
+
+    fn forget_known(&self, hash: &str) {
+        self.0
+            .known_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(hash);
+    }
+
     fn remember(&self, hash: String, t: &ApiToken) {
+        {
+            let mut k = self
+                .0
+                .known_tokens
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if k.len() > 10_000 {
+                k.retain(|_, at| at.elapsed() < KNOWN_TTL);
+            }
+            k.insert(hash.clone(), Instant::now());
+        }
         let mut c = self
             .0
             .token_cache
@@ -367,5 +608,83 @@ mod tests {
             matches!(l.enter("127.0.0.2".parse().unwrap()), Gate::Go),
             "per address"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() {
+        let l = AuthLimiter::new(2, Duration::from_secs(60));
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.fail(a).is_ok());
+        assert!(l.fail(same_64).is_ok());
+        assert!(l.fail(a).is_err(), "one /64, one counter");
+        assert!(l.fail(other_64).is_ok());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(limit_key(mapped), v4);
+        assert_eq!(limit_key(v4), v4);
+        assert_eq!(limit_key(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_limiter_forgets_the_least_recently_seen_clients_first() {
+        let l = AuthLimiter::new(1, Duration::from_secs(60)).with_capacity(3);
+        let ip = |i: u8| IpAddr::from([10, 0, 0, i]);
+        for i in 1..=3 {
+            assert!(l.fail(ip(i)).is_ok());
+        }
+        // 1 is seen again (still limited), so 2 is the least recently seen.
+        assert!(l.fail(ip(1)).is_err());
+        assert!(l.fail(ip(4)).is_ok());
+        assert_eq!(l.len(), 3);
+        assert!(l.fail(ip(1)).is_err(), "1 was kept");
+        assert!(l.fail(ip(3)).is_err(), "3 was kept");
+        assert!(l.fail(ip(2)).is_ok(), "2 was forgotten");
+        for i in 0..200 {
+            let _ = l.fail(IpAddr::from([10, 1, 0, i]));
+        }
+        assert_eq!(l.len(), 3, "bounded");
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_proxies() {
+        use axum::http::HeaderMap;
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::1".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.4".parse().unwrap(),
+        );
+        let proxy: IpAddr = "10.1.2.3".parse().unwrap();
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_addr(stranger, &h, &trusted), stranger);
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "198.51.100.4".parse::<IpAddr>().unwrap(),
+            "the right-most untrusted entry"
+        );
+        h.append("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "198.51.100.4".parse::<IpAddr>().unwrap(),
+            "trusted hops are skipped, over several header lines"
+        );
+        h.insert("x-forwarded-for", "junk, 10.9.9.9".parse().unwrap());
+        assert_eq!(
+            client_addr(proxy, &h, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap(),
+            "a malformed entry stops at the last trusted hop"
+        );
+        assert_eq!(client_addr(proxy, &HeaderMap::new(), &trusted), proxy);
+        assert_eq!(
+            client_addr("fd00::1".parse().unwrap(), &h, &trusted),
+            "10.9.9.9".parse::<IpAddr>().unwrap()
+        );
+        for bad in ["", "10.0.0.0/33", "fd00::/129", "host", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(stranger) && !all.contains("::2".parse().unwrap()));
     }
 }

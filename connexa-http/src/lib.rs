@@ -15,9 +15,17 @@
 //!     Arc::new(NotAvailable), Arc::new(NotAvailable), EngineConfig::default());
 //! let state = AppState::new(engine, store, HttpOptions::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app(state)).await?;
+//! // The serve loop of the binary: timeouts, a connection cap, a minimum body
+//! // rate, and the peer address the authentication rate limit needs.
+//! connexa_http::serve::serve(listener, app(state), Default::default(), std::future::pending())
+//!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Served another way (e.g. `axum::serve` without
+//! `into_make_service_with_connect_info`), the API has none of
+//! [`serve`]'s protections, and without the peer address the rate limit on
+//! failed authentications is off (a warning says so once).
 
 pub mod auth;
 pub mod console;
@@ -26,6 +34,7 @@ mod metrics;
 pub mod openapi;
 pub mod problem;
 mod routes;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -79,8 +88,18 @@ pub struct HttpOptions {
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty (the default) = no CORS headers at all.
     pub cors_origins: Vec<HeaderValue>,
-    /// Failed authentication attempts allowed per client address and minute. Default 20.
+    /// Failed authentication attempts allowed per client address and minute
+    /// (IPv6 addresses count per /64). Default 20.
     pub auth_failures_per_minute: u32,
+    /// Client addresses the failure counter remembers (least recently used
+    /// forgotten first). Default 100,000.
+    pub auth_limiter_capacity: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or
+    /// CIDR prefixes); from any other peer the header is ignored. Default: none.
+    pub trusted_proxies: Vec<auth::IpNet>,
+    /// Synchronous imports that may run at once; one more is answered
+    /// `503 unavailable` (with `Retry-After`) before its body is read. Default 4.
+    pub max_sync_imports: usize,
 }
 
 impl Default for HttpOptions {
@@ -95,6 +114,9 @@ impl Default for HttpOptions {
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             auth_failures_per_minute: 20,
+            auth_limiter_capacity: 100_000,
+            trusted_proxies: Vec::new(),
+            max_sync_imports: 4,
         }
     }
 }
@@ -118,8 +140,12 @@ struct Shared {
     totals: Mutex<HashMap<String, TotalSlot>>,
     /// Accepted token hashes, for [`auth::TOKEN_CACHE_TTL`].
     token_cache: Mutex<HashMap<String, (connexa_core::ports::ApiToken, std::time::Instant)>>,
+    /// Hashes of tokens accepted recently, and when (see [`auth::KNOWN_TTL`]).
+    known_tokens: Mutex<HashMap<String, std::time::Instant>>,
     shutdown: watch::Sender<bool>,
     imports: routes::import::Registry,
+    /// One permit per synchronous import running.
+    sync_imports: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -138,7 +164,13 @@ impl AppState {
             options.finished_import_rows,
         );
         AppState(Arc::new(Shared {
-            limiter: AuthLimiter::new(options.auth_failures_per_minute, Duration::from_secs(60)),
+            limiter: AuthLimiter::new(options.auth_failures_per_minute, Duration::from_secs(60))
+                .with_capacity(options.auth_limiter_capacity),
+            sync_imports: Arc::new(tokio::sync::Semaphore::new(
+                options
+                    .max_sync_imports
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             engine,
             tokens,
             options,
@@ -147,6 +179,7 @@ impl AppState {
             socks: Mutex::new(None),
             touched: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
+            known_tokens: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             imports,
@@ -228,6 +261,10 @@ impl AppState {
 
     pub(crate) fn imports(&self) -> &routes::import::Registry {
         &self.0.imports
+    }
+
+    pub(crate) fn sync_imports(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.0.sync_imports
     }
 
     /// How many nodes match `filter`: counted at most once per [`TOTAL_TTL`]
@@ -344,6 +381,8 @@ pub fn app(state: AppState) -> Router {
         .merge(protected)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        // Every error answer is a problem, also axum's own (405, 413, …).
+        .layer(middleware::from_fn(problem::problem_bodies))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

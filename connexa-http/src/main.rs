@@ -15,6 +15,7 @@ use connexa_core::metrics::ProbeStats;
 use connexa_core::ports::{TokenId, TokenStore};
 use connexa_core::runtime::NetworkPorts;
 use connexa_core::store::{SqlStore, redact_url};
+use connexa_http::serve::ServeOptions;
 use connexa_http::{AppState, HttpOptions, app, metrics_router};
 
 /// mimalloc instead of glibc malloc: under concurrent load glibc's arenas and
@@ -85,10 +86,50 @@ struct ServeArgs {
     /// with 503 and Retry-After before their body is read.
     #[arg(long, default_value_t = MAX_BACKGROUND_IMPORTS, value_parser = clap::value_parser!(u64).range(1..))]
     max_background_imports: u64,
+    /// Synchronous imports running at once; more are refused with 503 and
+    /// Retry-After before their body is read.
+    #[arg(long, default_value_t = MAX_SYNC_IMPORTS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_sync_imports: u64,
     /// What to do at start-up with jobs a previous process left unfinished.
     #[arg(long, value_enum, default_value_t = Recover::Resume)]
     recover: Recover,
+    /// Close a connection whose request head is not complete this many seconds
+    /// after its first byte (or after the connection opened).
+    #[arg(long, value_name = "SECS", default_value_t = HEADER_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Close a keep-alive connection idle (no request in flight) this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = IDLE_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Connections open at once; more are answered 503 and closed (keep it
+    /// under the process's file limit, `ulimit -n`).
+    #[arg(long, default_value_t = MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Cut a request body (408) slower than this many bytes/s over
+    /// --body-rate-window seconds of waiting for it; 0: no minimum.
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value_t = MIN_BODY_RATE)]
+    min_body_rate: u64,
+    /// The window of --min-body-rate, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = BODY_RATE_WINDOW_SECS, value_parser = clap::value_parser!(u64).range(1..))]
+    body_rate_window: u64,
+    /// A reverse proxy (address or CIDR prefix; repeatable) whose
+    /// X-Forwarded-For names the client for the authentication rate limit.
+    /// Without it, X-Forwarded-For is ignored.
+    #[arg(long, value_name = "ADDR")]
+    trusted_proxy: Vec<connexa_http::auth::IpNet>,
 }
+
+/// `--max-sync-imports` when not given.
+const MAX_SYNC_IMPORTS: u64 = 4;
+/// `--header-timeout` when not given.
+const HEADER_TIMEOUT_SECS: u64 = 10;
+/// `--idle-timeout` when not given.
+const IDLE_TIMEOUT_SECS: u64 = 60;
+/// `--max-connections` when not given.
+const MAX_CONNECTIONS: u64 = 1024;
+/// `--min-body-rate` when not given.
+const MIN_BODY_RATE: u64 = 1024;
+/// `--body-rate-window` when not given.
+const BODY_RATE_WINDOW_SECS: u64 = 10;
 
 /// `serve` without options (what runs without a subcommand): the same defaults
 /// as clap's (a derived `Default` would make the import limits 0 MiB).
@@ -103,7 +144,14 @@ impl Default for ServeArgs {
             background_import_mib: BACKGROUND_IMPORT_MIB,
             spool_dir: None,
             max_background_imports: MAX_BACKGROUND_IMPORTS,
+            max_sync_imports: MAX_SYNC_IMPORTS,
             recover: Recover::Resume,
+            header_timeout: HEADER_TIMEOUT_SECS,
+            idle_timeout: IDLE_TIMEOUT_SECS,
+            max_connections: MAX_CONNECTIONS,
+            min_body_rate: MIN_BODY_RATE,
+            body_rate_window: BODY_RATE_WINDOW_SECS,
+            trusted_proxy: Vec::new(),
         }
     }
 }
@@ -143,8 +191,12 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: nothing has used SQLite yet; the process is single-threaded here.
     let _ = unsafe { connexa_core::store::disable_sqlite_memory_statistics() };
     let args = Args::parse();
+    // RUST_LOG (e.g. `RUST_LOG=connexa_http=debug,info`) when set; else INFO.
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
+        .from_env_lossy();
     tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -259,6 +311,8 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         background_import_bytes: s.background_import_mib.saturating_mul(1 << 20),
         spool_dir: s.spool_dir.clone(),
         max_background_imports: usize::try_from(s.max_background_imports).unwrap_or(usize::MAX),
+        max_sync_imports: usize::try_from(s.max_sync_imports).unwrap_or(usize::MAX),
+        trusted_proxies: s.trusted_proxy.clone(),
         ..HttpOptions::default()
     };
     let state = AppState::new(engine.clone(), store.clone(), options)
@@ -305,12 +359,21 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         let engine = engine.clone();
         tokio::spawn(async move { engine.run(stopped(rx)).await })
     };
-    let server = axum::serve(
+    let limits = ServeOptions {
+        header_timeout: Duration::from_secs(s.header_timeout),
+        idle_timeout: Duration::from_secs(s.idle_timeout),
+        max_connections: usize::try_from(s.max_connections).unwrap_or(usize::MAX),
+        min_body_rate: s.min_body_rate,
+        body_rate_window: Duration::from_secs(s.body_rate_window),
+        ..ServeOptions::default()
+    };
+    connexa_http::serve::serve(
         listener,
-        app(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        app(state.clone()),
+        limits,
+        stopped(stop_rx.clone()),
     )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    server.await?;
+    .await?;
     // Background imports stop after their current batch and delete their spool files.
     if tokio::time::timeout(Duration::from_secs(30), state.background_imports_ended())
         .await

@@ -26,6 +26,12 @@ pub enum Kind {
     NotFound,
     /// The method is not allowed on this path (405).
     MethodNotAllowed,
+    /// The request body came too slowly (under the server's minimum body rate) (408).
+    RequestTimeout,
+    /// The request target (path and query) is too long (414).
+    UriTooLong,
+    /// The request has too many or too large header fields (431).
+    HeadersTooLarge,
     /// A query parameter or path segment is invalid (400).
     BadRequest,
     /// The body is not valid JSON (400).
@@ -55,6 +61,9 @@ impl Kind {
             Kind::RateLimited => "rate-limited",
             Kind::NotFound => "not-found",
             Kind::MethodNotAllowed => "method-not-allowed",
+            Kind::RequestTimeout => "request-timeout",
+            Kind::UriTooLong => "uri-too-long",
+            Kind::HeadersTooLarge => "headers-too-large",
             Kind::BadRequest => "bad-request",
             Kind::InvalidJson => "invalid-json",
             Kind::InvalidBody => "invalid-body",
@@ -74,6 +83,9 @@ impl Kind {
             Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::UriTooLong => StatusCode::URI_TOO_LONG,
+            Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::BadRequest | Kind::InvalidJson => StatusCode::BAD_REQUEST,
             Kind::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -90,6 +102,9 @@ impl Kind {
             Kind::RateLimited => "Too many failed authentication attempts",
             Kind::NotFound => "Not found",
             Kind::MethodNotAllowed => "Method not allowed",
+            Kind::RequestTimeout => "Request body too slow",
+            Kind::UriTooLong => "Request target too long",
+            Kind::HeadersTooLarge => "Request headers too large",
             Kind::BadRequest => "Bad request",
             Kind::InvalidJson => "Malformed JSON",
             Kind::InvalidBody => "Invalid request body",
@@ -225,6 +240,92 @@ impl From<OpsError> for ApiError {
             other => ApiError::internal(&other),
         }
     }
+}
+
+impl Kind {
+    /// The kind of an error status, if one has a kind of its own (`404` →
+    /// [`Kind::NotFound`], …); `None` for the other statuses.
+    pub fn of_status(status: StatusCode) -> Option<Kind> {
+        const ALL: [Kind; 16] = [
+            Kind::Unauthorized,
+            Kind::RateLimited,
+            Kind::NotFound,
+            Kind::MethodNotAllowed,
+            Kind::RequestTimeout,
+            Kind::UriTooLong,
+            Kind::HeadersTooLarge,
+            Kind::BadRequest,
+            Kind::InvalidBody,
+            Kind::PayloadTooLarge,
+            Kind::UnsupportedMediaType,
+            Kind::Conflict,
+            Kind::Unavailable,
+            Kind::Internal,
+            Kind::InvalidJson,
+            Kind::Timeout,
+        ];
+        // The first of a status wins: 400 is bad-request, 503 unavailable.
+        ALL.into_iter().find(|k| k.status() == status)
+    }
+}
+
+/// Middleware: an error answer (4xx, 5xx) that is not `application/problem+json`
+/// yet (axum's own 405 and 413, a body-limit rejection, …) becomes a problem of
+/// the same status; its text, if any, becomes the `detail`.
+pub async fn problem_bodies(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // Error bodies are short; a long one is cut (it only becomes the detail).
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let detail = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut e = match Kind::of_status(status) {
+        Some(k) => ApiError::new(k, detail),
+        None => {
+            let mut e = ApiError::new(Kind::BadRequest, detail);
+            e.0.status = status.as_u16();
+            e.0.title = status.canonical_reason().unwrap_or("Error").to_owned();
+            if status.is_server_error() {
+                e.0.type_ = format!("{TYPE_PREFIX}{}", Kind::Internal.slug());
+            }
+            e
+        }
+    };
+    e.0.retry_after = parts
+        .headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut out = e.into_response();
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE
+            && k != header::CONTENT_LENGTH
+            && !out.headers().contains_key(k)
+        {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The result type of handlers.

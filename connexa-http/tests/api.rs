@@ -1491,17 +1491,32 @@ async fn cors_is_off_unless_configured() {
 
 #[tokio::test]
 async fn slow_requests_time_out_as_problems() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
     let a = api_with(HttpOptions {
-        request_timeout: Duration::from_millis(1),
+        request_timeout: Duration::from_millis(200),
         ..HttpOptions::default()
     })
     .await;
-    a.import(&fleet_list(300)).await;
-    // Listing 10000 rows with a 1 ms limit: times out (or, on a very fast machine, succeeds).
-    let r = a.get("/api/v1/nodes?limit=10000&reveal=true").await;
-    if r.status != StatusCode::OK {
-        r.problem(503, "timeout");
-    }
+    // Another connection holds SQLite's write lock: a write through the API
+    // cannot finish (it waits on the lock) until the time limit answers.
+    let url = format!("sqlite://{}?mode=rwc", a.dir.path().join("t.db").display());
+    let holder = connexa_core::store::SqlStore::connect(&url).await.unwrap();
+    let tx = holder.connection().begin().await.unwrap();
+    tx.execute_unprepared("CREATE TABLE lock_holder (x INTEGER)")
+        .await
+        .unwrap();
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/nodes",
+            json!({"ip": "127.9.9.9", "login": "u", "password": "p"}),
+        )
+        .await;
+    let p = r.problem(503, "timeout");
+    assert_eq!(p["detail"], "the request took too long", "{p}");
+    tx.rollback().await.unwrap();
+    // Reads and writes are served again once the lock is gone.
+    assert_eq!(a.get("/api/v1/stats").await.status, StatusCode::OK);
 }
 
 // --- background imports ---------------------------------------------------------------
@@ -2131,4 +2146,88 @@ async fn finished_background_imports_are_forgotten_past_the_row_budget() {
         a.get("/api/v1/nodes?limit=0&ip=127.14.").await.json()["total"],
         6
     );
+}
+
+#[tokio::test]
+async fn synchronous_imports_over_the_running_limit_are_refused_before_the_body_is_read() {
+    let a = api_with(HttpOptions {
+        max_sync_imports: 1,
+        ..HttpOptions::default()
+    })
+    .await;
+    let sync_request = |body| {
+        axum::http::Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/import?background=false")
+            .header(header::AUTHORIZATION, format!("Bearer {}", a.token))
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .unwrap()
+    };
+    // Two imports whose bodies never end (until the test says): one takes
+    // the slot, the other is refused at once, without its body.
+    let (tx1, body1) = held_body("127.15.0.1:u:p\n");
+    let (tx2, body2) = held_body("127.15.0.2:u:p\n");
+    let spawn = |body| {
+        let req = sync_request(body);
+        let app = a.app.clone();
+        tokio::spawn(async move {
+            let res = tower::ServiceExt::oneshot(app, req).await.unwrap();
+            let status = res.status();
+            let headers = res.headers().clone();
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec();
+            common::Res {
+                status,
+                headers,
+                body,
+            }
+        })
+    };
+    let (mut one, mut two) = (spawn(body1), spawn(body2));
+    let (refused, other, held) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::select! {
+            r = &mut one => (r.unwrap(), two, tx2),
+            r = &mut two => (r.unwrap(), one, tx1),
+        }
+    })
+    .await
+    .expect("one is answered while both bodies are open");
+    let p = refused.problem(503, "unavailable");
+    assert_eq!(p["retry_after"], 5, "{p}");
+    assert!(!other.is_finished());
+    drop(held);
+    let r = other.await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.json()["summary"]["added"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // The slot is free again.
+    let r = a.import("127.15.0.3:u:p\n").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
+async fn without_the_peer_address_failed_tokens_are_not_limited_under_one_shared_key() {
+    let a = api_with(HttpOptions {
+        auth_failures_per_minute: 3,
+        ..HttpOptions::default()
+    })
+    .await;
+    for i in 0..30 {
+        let bad = if i % 2 == 0 {
+            connexa_http::auth::generate_token().unwrap()
+        } else {
+            format!("guess-{i}")
+        };
+        let r = a
+            .req(Method::GET, "/api/v1/stats", Some(&bad), None, None)
+            .await;
+        r.problem(401, "unauthorized");
+    }
+    assert_eq!(a.get("/api/v1/stats").await.status, StatusCode::OK);
 }

@@ -259,3 +259,87 @@ async fn binary_imports_a_sim_fleet_runs_a_job_and_streams_it_to_100_percent() {
     }
     fleet.shutdown();
 }
+
+/// Starts `connexa-http serve` on an ephemeral port with `RUST_LOG` as given
+/// (`None`: unset), opens a connection that sends nothing, waits until the
+/// server closes it (`--header-timeout 1`), stops the server with SIGTERM and
+/// returns its stderr.
+async fn serve_log(rust_log: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--db",
+        &db,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--header-timeout",
+        "1",
+    ])
+    .env_remove("RUST_LOG")
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .kill_on_drop(true);
+    if let Some(l) = rust_log {
+        cmd.env("RUST_LOG", l);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            log.push_str(&l);
+            log.push('\n');
+            if let Some(a) = l.strip_prefix("listening on http://") {
+                return a.to_owned();
+            }
+        }
+        panic!("no listening line: {log}");
+    })
+    .await
+    .expect("listening within 60 s");
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buf))
+        .await
+        .expect("closed by the header timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            log.push_str(&l);
+            log.push('\n');
+        }
+    })
+    .await
+    .expect("stderr ends");
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{log}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_log_sets_the_log_level() {
+    // Unset: INFO (the shutdown line), no DEBUG (the closed connection).
+    let log = serve_log(None).await;
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("header or idle timeout"), "{log}");
+    // RUST_LOG=connexa_http=debug: the closed connection is logged.
+    let log = serve_log(Some("info,connexa_http=debug")).await;
+    assert!(
+        log.contains("closing a connection: header or idle timeout"),
+        "{log}"
+    );
+    // RUST_LOG=warn: no INFO lines.
+    let log = serve_log(Some("warn")).await;
+    assert!(!log.contains("shutting down"), "{log}");
+}

@@ -229,6 +229,13 @@ async fn import_now(
     multipart: bool,
     limit: u64,
 ) -> ApiResult<Json2<ImportResult>> {
+    // Refused before the body is read: each one holds a database writer and a connection.
+    let _permit = st.sync_imports().clone().try_acquire_owned().map_err(|_| {
+        unavailable(&format!(
+            "{} synchronous imports are running; try again later",
+            st.options().max_sync_imports
+        ))
+    })?;
     let (options, test) = import_options(&q);
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
     let body_len = AtomicU64::new(0);

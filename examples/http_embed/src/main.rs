@@ -37,7 +37,14 @@ async fn main() -> anyhow::Result<()> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await });
+    // connexa_http's serve loop: header/idle timeouts, a connection cap, a
+    // minimum body rate, and the peer address the auth rate limit needs.
+    let server = tokio::spawn(connexa_http::serve::serve(
+        listener,
+        app(state),
+        connexa_http::serve::ServeOptions::default(),
+        std::future::pending(),
+    ));
 
     // One request over a real socket.
     let mut s = tokio::net::TcpStream::connect(addr).await?;
