@@ -2302,3 +2302,47 @@ fn run_once_interrupted_drains_and_exits_5() {
     assert!(p["progress"]["pending"].as_u64().unwrap() > 0, "{p}");
     assert_eq!(signal_and_wait(&mut sim, "-TERM").code(), Some(0));
 }
+
+/// Issue 23: read-only commands work on a database opened read-only.
+#[test]
+fn read_only_database_serves_read_only_commands() {
+    let env = Env::new();
+    imported(&env);
+    let ro = format!("sqlite://{}?mode=ro", env.path("c.db").display());
+    for args in [
+        &["stats"][..],
+        &["nodes", "list"],
+        &["export", "--format", "csv"],
+    ] {
+        let mut c = Command::cargo_bin("connexa").unwrap();
+        let out = c
+            .current_dir(env.dir.path())
+            .env_remove("CONNEXA_DB")
+            .env_remove("CONNEXA_CONFIG")
+            .arg("--db")
+            .arg(&ro)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut c = Command::cargo_bin("connexa").unwrap();
+    let out = c
+        .current_dir(env.dir.path())
+        .env_remove("CONNEXA_DB")
+        .env_remove("CONNEXA_CONFIG")
+        .args(["--db", &ro, "nodes", "delete", "--all", "--yes"])
+        .output()
+        .unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a delete on a read-only database"
+    );
+    assert_eq!(env.json(&["stats"])["total"], 3);
+}

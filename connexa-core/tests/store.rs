@@ -894,3 +894,54 @@ async fn service_wanted_filter_selects_the_desired_state(db: TestDb) {
     assert_eq!(s.set_service_wanted(&f, false).await.unwrap(), 2);
     assert_eq!(list(true).await, (0, vec![]));
 }
+
+/// Issue 23: `?mode=ro` once failed even for read-only work (the store set the
+/// journal mode and ran migrations, both writes). A current database opened
+/// read-only serves reads and refuses writes; an outdated one says why.
+#[tokio::test]
+async fn a_read_only_sqlite_database_serves_reads_and_refuses_writes() {
+    use connexa_core::store::SqlStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ro.db");
+    let rw = SqlStore::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    seed(&rw, 3).await;
+    drop(rw);
+    let ro = SqlStore::connect(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .expect("a current database opens read-only");
+    assert_eq!(
+        ro.list(&NodeFilter::all(), Page::default())
+            .await
+            .unwrap()
+            .total,
+        3
+    );
+    assert_eq!(
+        ro.counts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<u64>(),
+        3
+    );
+    assert!(ro.insert(vec![node("192.0.2.1", "u", "p")]).await.is_err());
+    assert!(ro.delete(&NodeFilter::all()).await.is_err());
+    assert_eq!(
+        ro.list(&NodeFilter::all(), Page::default())
+            .await
+            .unwrap()
+            .total,
+        3
+    );
+    // An empty file has no schema: a clear refusal, not a write.
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let e = SqlStore::connect(&format!("sqlite://{}?mode=ro", empty.display()))
+        .await
+        .err()
+        .expect("an empty database cannot be used read-only");
+    assert!(e.to_string().contains("read-only"), "{e}");
+}

@@ -131,6 +131,12 @@ impl SqlStore {
         } else {
             return Err(StoreError::BadUrl(redact_url(url)));
         };
+        // `sqlite://PATH?mode=ro`: read-only commands (stats, lists, exports)
+        // work on a file this process may not write.
+        let read_only = backend == Backend::Sqlite
+            && url
+                .split_once('?')
+                .is_some_and(|(_, q)| q.split('&').any(|kv| kv == "mode=ro"));
         let mut opt = ConnectOptions::new(url.to_owned());
         opt.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -144,12 +150,16 @@ impl SqlStore {
                 let cores = std::thread::available_parallelism().map_or(2, usize::from);
                 let conns = u32::try_from(cores + 1).unwrap_or(8).clamp(3, 8);
                 opt.max_connections(conns).min_connections(1);
-                opt.map_sqlx_sqlite_opts(|o| {
+                opt.map_sqlx_sqlite_opts(move |o| {
                     use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-                    o.journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
-                        .busy_timeout(Duration::from_secs(30))
-                        .foreign_keys(true)
+                    let o = o.busy_timeout(Duration::from_secs(30)).foreign_keys(true);
+                    if read_only {
+                        // Setting the journal mode is a write: keep the file's.
+                        o.read_only(true)
+                    } else {
+                        o.journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(SqliteSynchronous::Normal)
+                    }
                 });
             }
             Backend::Postgres => {
@@ -159,7 +169,26 @@ impl SqlStore {
         let db = Database::connect(opt)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", redact_url(url))))?;
-        migration::Migrator::up(&db, None).await.map_err(db_err)?;
+        if read_only {
+            // Migrating writes: a read-only database must already be current.
+            let pending = migration::Migrator::get_pending_migrations(&db)
+                .await
+                .map_err(|e| {
+                    StoreError::Backend(format!(
+                        "{} is opened read-only and holds no Connexa schema to read ({e}): open it read-write once",
+                        redact_url(url)
+                    ))
+                })?;
+            if !pending.is_empty() {
+                return Err(StoreError::Backend(format!(
+                    "{} is opened read-only but needs {} schema migrations: open it read-write once",
+                    redact_url(url),
+                    pending.len()
+                )));
+            }
+        } else {
+            migration::Migrator::up(&db, None).await.map_err(db_err)?;
+        }
         Ok(SqlStore {
             db,
             backend,
