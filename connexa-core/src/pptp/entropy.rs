@@ -21,22 +21,21 @@ impl Entropy {
         Entropy { seed, counter: 0 }
     }
 
-    /// Seeds from the operating system; falls back to a time/address-derived seed
-    /// if the OS source fails (never on Linux).
+    /// Seeds from the operating system.
+    ///
+    /// # Panics
+    ///
+    /// When the OS random source fails. There is no weaker fallback (a seed
+    /// from the clock would make challenges and magic numbers predictable);
+    /// the I/O layer draws its seeds itself and reports such a failure as an
+    /// error (`tunnel::call`), so only the sans-IO convenience constructors
+    /// (`LoginClient::new`, `LoginServer::new`, ...) can reach this.
     pub(crate) fn from_os() -> Self {
         let mut seed = [0u8; 32];
-        if getrandom::fill(&mut seed).is_err() {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let local = 0u8;
-            let addr = &local as *const u8 as usize;
-            let mut h = Sha1::new();
-            h.update(t.to_le_bytes());
-            h.update(addr.to_le_bytes());
-            let d = h.finalize();
-            seed[..20].copy_from_slice(&d);
+        if let Err(e) = getrandom::fill(&mut seed) {
+            panic!(
+                "the OS random source failed ({e}): refusing to run PPP with a predictable seed"
+            );
         }
         Entropy::from_seed(seed)
     }

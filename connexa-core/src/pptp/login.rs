@@ -238,6 +238,11 @@ pub struct LoginClient {
 
 impl LoginClient {
     /// Starts a login: the first LCP Configure-Request is ready to send.
+    ///
+    /// # Panics
+    ///
+    /// When the OS random source fails (see [`LoginClient::with_seed`] to
+    /// supply the seed and handle that failure yourself).
     pub fn new(config: LoginConfig, now: Instant) -> Self {
         Self::with_seed(config, Entropy::from_os().bytes(), now)
     }
@@ -601,6 +606,10 @@ pub struct LoginServer {
 
 impl LoginServer {
     /// A server waiting for (and already requesting) LCP.
+    ///
+    /// # Panics
+    ///
+    /// When the OS random source fails (see [`LoginServer::with_seed`]).
     pub fn new(config: ServerConfig, now: Instant) -> Self {
         Self::with_seed(config, Entropy::from_os().bytes(), now)
     }

@@ -585,6 +585,10 @@ pub struct MsChapClient {
     username: String,
     password: Secret,
     peer_challenge: [u8; 16],
+    /// Peer challenges for later challenges of the same session (a
+    /// re-authentication): drawn from a seed of the first peer challenge and
+    /// the password, so no OS randomness (that could fail) is needed mid-session.
+    rechallenge: Entropy,
     answered: Option<Answered>,
     transmit: Vec<Vec<u8>>,
     outcome: Option<ChapOutcome>,
@@ -607,10 +611,18 @@ impl MsChapClient {
         password: Secret,
         peer_challenge: [u8; 16],
     ) -> Self {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(b"connexa mschapv2 rechallenge");
+        h.update(peer_challenge);
+        h.update(password.expose().as_bytes());
+        let mut seed = [0u8; 32];
+        seed[..20].copy_from_slice(&h.finalize());
         MsChapClient {
             username: username.into(),
             password,
             peer_challenge,
+            rechallenge: Entropy::from_seed(seed),
             answered: None,
             transmit: Vec::new(),
             outcome: None,
@@ -620,6 +632,11 @@ impl MsChapClient {
     }
 
     /// A client with a peer challenge from the OS random source.
+    ///
+    /// # Panics
+    ///
+    /// When the OS random source fails (no weaker fallback exists; the tunnel
+    /// draws its own seed and reports that failure as an error).
     pub fn new(username: impl Into<String>, password: Secret) -> Self {
         Self::with_peer_challenge(username, password, Entropy::from_os().bytes())
     }
@@ -682,7 +699,7 @@ impl MsChapClient {
             {
                 self.outcome = None;
                 self.answered = None;
-                self.peer_challenge = Entropy::from_os().bytes();
+                self.peer_challenge = self.rechallenge.bytes();
             }
             (Some(ChapOutcome::Success { .. }), ChapPacket::Challenge { .. }) => {
                 // The same challenge again: the authenticator missed our Response.
@@ -861,6 +878,10 @@ impl MsChapAuthenticator {
     }
 
     /// An authenticator with a random challenge.
+    ///
+    /// # Panics
+    ///
+    /// When the OS random source fails.
     pub fn new(credentials: Credentials, name: impl Into<Vec<u8>>) -> Self {
         let mut e = Entropy::from_os();
         let challenge = e.bytes();

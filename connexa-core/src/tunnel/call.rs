@@ -565,8 +565,15 @@ impl Call {
             + cfg.auth_timeout
             + network.as_ref().map_or(Duration::ZERO, |n| n.timeout)
             + Duration::from_secs(1);
+        // The peer challenge, LCP magic numbers and MPPE state come from this
+        // seed. A failed OS random source is our failure, never a weaker seed.
+        let mut seed = [0u8; 32];
+        if let Err(e) = getrandom::fill(&mut seed) {
+            self.report.local_error = Some(format!("the OS random source failed: {e}"));
+            return false;
+        }
         link.session = Some(SessionClient::from_login(
-            LoginClient::new(login_cfg, t0),
+            LoginClient::with_seed(login_cfg, seed, t0),
             network,
         ));
         let result = self.ppp(link, hard_deadline).await;

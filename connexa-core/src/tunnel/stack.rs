@@ -338,8 +338,17 @@ impl Tunnel {
         let mtu = session.mtu();
         let epoch = Instant::now();
         let mut device = PacketQueues::new(usize::from(mtu));
+        // smoltcp's initial sequence numbers and our first local port come
+        // from this seed: a failed OS random source ends the open (our
+        // failure, not the node's), never a zero seed.
         let mut seed = [0u8; 8];
-        let _ = getrandom::fill(&mut seed);
+        if let Err(e) = getrandom::fill(&mut seed) {
+            call.close_link(&mut link).await;
+            call.teardown().await;
+            return Err(TunnelError::Probe(ProbeError::Config(format!(
+                "the OS random source failed: {e}"
+            ))));
+        }
         let mut icfg = IfaceConfig::new(HardwareAddress::Ip);
         icfg.random_seed = u64::from_le_bytes(seed);
         let mut iface = Interface::new(icfg, &mut device, smoltcp::time::Instant::from_micros(0));
