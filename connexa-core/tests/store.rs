@@ -939,9 +939,8 @@ async fn a_read_only_sqlite_database_serves_reads_and_refuses_writes() {
     // An empty file has no schema: a clear refusal, not a write.
     let empty = dir.path().join("empty.db");
     std::fs::write(&empty, b"").unwrap();
-    let e = SqlStore::connect(&format!("sqlite://{}?mode=ro", empty.display()))
-        .await
-        .err()
-        .expect("an empty database cannot be used read-only");
+    let Err(e) = SqlStore::connect(&format!("sqlite://{}?mode=ro", empty.display())).await else {
+        panic!("an empty database cannot be used read-only");
+    };
     assert!(e.to_string().contains("read-only"), "{e}");
 }
