@@ -16,7 +16,7 @@
 //! use connexa_core::import::{parse, Format};
 //!
 //! let list = "\
-//! # my list
+//! // my list
 //! Ip: 203.0.113.7\tseller_tag_17
 //! Login: admin
 //! Pass: admin
