@@ -168,6 +168,10 @@ done
 # request must get a documented status, content type and body; the check
 # positive_data_acceptance is off because the API has rules beyond the schema
 # ("exactly one of ids, filter, all"), which it answers with a documented 422.
+# The failed-authentication limit is lifted: schemathesis sends hundreds of
+# forged tokens from one address and its check wants 401, not the 429 the
+# limiter answers past 20 a minute (tests/hostile.rs and the api tests prove
+# the limiter).
 SCHEMATHESIS_VERSION=4.32.5
 run_schemathesis() {
   local venv=${CONNEXA_ST_VENV:-/tmp/connexa-schemathesis-venv}
@@ -182,7 +186,8 @@ run_schemathesis() {
   local dir bin pid addr token rc=0
   dir=$(mktemp -d /tmp/connexa-st.XXXXXX)
   bin="$target_dir/debug/connexa-http"
-  "$bin" --db "sqlite://$dir/st.db?mode=rwc" serve --listen 127.0.0.1:0 --init-admin >"$dir/token" 2>"$dir/log" &
+  "$bin" --db "sqlite://$dir/st.db?mode=rwc" serve --listen 127.0.0.1:0 --init-admin \
+    --auth-failures-per-minute 1000000 >"$dir/token" 2>"$dir/log" &
   pid=$!
   for _ in $(seq 100); do grep -q 'listening on' "$dir/log" 2>/dev/null && break; sleep 0.1; done
   addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)

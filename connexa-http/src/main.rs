@@ -116,7 +116,15 @@ struct ServeArgs {
     /// Without it, X-Forwarded-For is ignored.
     #[arg(long, value_name = "ADDR")]
     trusted_proxy: Vec<connexa_http::auth::IpNet>,
+    /// Failed authentication attempts allowed per client address (IPv6: per
+    /// /64) and minute; past it the address is answered 429 until the
+    /// minute has passed.
+    #[arg(long, value_name = "N", default_value_t = AUTH_FAILURES_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures_per_minute: u32,
 }
+
+/// `--auth-failures-per-minute` when not given.
+const AUTH_FAILURES_PER_MINUTE: u32 = 20;
 
 /// `--max-sync-imports` when not given.
 const MAX_SYNC_IMPORTS: u64 = 4;
@@ -152,6 +160,7 @@ impl Default for ServeArgs {
             min_body_rate: MIN_BODY_RATE,
             body_rate_window: BODY_RATE_WINDOW_SECS,
             trusted_proxy: Vec::new(),
+            auth_failures_per_minute: AUTH_FAILURES_PER_MINUTE,
         }
     }
 }
@@ -313,6 +322,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         max_background_imports: usize::try_from(s.max_background_imports).unwrap_or(usize::MAX),
         max_sync_imports: usize::try_from(s.max_sync_imports).unwrap_or(usize::MAX),
         trusted_proxies: s.trusted_proxy.clone(),
+        auth_failures_per_minute: s.auth_failures_per_minute,
         ..HttpOptions::default()
     };
     let state = AppState::new(engine.clone(), store.clone(), options)
