@@ -27,8 +27,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::Impairment;
 use crate::pptp::gre::{IPPROTO_GRE, parse_ipv4_gre};
+
+/// Packets an impaired call's delay line holds; more are dropped (a full
+/// router queue).
+const DELAY_LINE: usize = 4096;
 
 /// Inbound packets queued per call before further ones are dropped.
 const CALL_QUEUE: usize = 64;
@@ -52,6 +58,8 @@ pub struct SimGreStats {
     pub malformed: u64,
     /// Datagrams sent.
     pub sent: u64,
+    /// GRE packets an impaired link lost (both ways, [`Impairment`]).
+    pub lost: u64,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +70,7 @@ struct Counters {
     unrouted: AtomicU64,
     malformed: AtomicU64,
     sent: AtomicU64,
+    lost: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -103,8 +112,14 @@ impl SimGre {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A fresh call id of `node` (never 0) and the queue of its inbound packets.
-    pub(crate) fn register(self: &Arc<Self>, node: Ipv4Addr) -> Option<SimRoute> {
+    /// A fresh call id of `node` (never 0) and the queue of its inbound
+    /// packets, behind a link with `impairment` (losses drawn from `seed`).
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        node: Ipv4Addr,
+        impairment: Impairment,
+        seed: u64,
+    ) -> Option<SimRoute> {
         let (tx, rx) = mpsc::channel(CALL_QUEUE);
         let mut next = self
             .next_id
@@ -118,11 +133,19 @@ impl SimGre {
                 continue;
             }
             routes.insert((node, id), tx);
+            let delay_line = (!impairment.latency.is_zero()).then(|| {
+                let (tx, rx) = mpsc::channel(DELAY_LINE);
+                tokio::spawn(delay_line(Arc::clone(self), node, rx));
+                tx
+            });
             return Some(SimRoute {
                 gre: Arc::clone(self),
                 node,
                 call_id: id,
                 rx,
+                loss: Loss::new(impairment.loss_ppm, seed ^ (u64::from(id) << 32)),
+                latency: impairment.latency,
+                delay_line,
             });
         }
         None
@@ -142,6 +165,7 @@ impl SimGre {
             unrouted: c.unrouted.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
             sent: c.sent.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
         }
     }
 
@@ -217,13 +241,64 @@ impl SimGre {
     }
 }
 
-/// One simulated call's registration: inbound packets for `(node, call_id)`.
+/// Sends what an impaired call queued, each packet when it is due (a
+/// constant delay: the queue is in due order). Ends when the call is gone.
+async fn delay_line(
+    gre: Arc<SimGre>,
+    node: Ipv4Addr,
+    mut rx: mpsc::Receiver<(Instant, Ipv4Addr, Vec<u8>)>,
+) {
+    while let Some((due, peer, pkt)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        if let Err(e) = gre.send(node, peer, &pkt).await {
+            tracing::debug!(error = %e, "simulator GRE send (delayed)");
+        }
+    }
+}
+
+/// Seeded packet loss (splitmix64, lock-free: the route is shared by `&`).
+#[derive(Debug)]
+pub(crate) struct Loss {
+    ppm: u32,
+    state: AtomicU64,
+}
+
+impl Loss {
+    pub(crate) fn new(ppm: u32, seed: u64) -> Self {
+        Loss {
+            ppm,
+            state: AtomicU64::new(seed),
+        }
+    }
+
+    /// Whether the next packet is lost.
+    pub(crate) fn lost(&self) -> bool {
+        if self.ppm == 0 {
+            return false;
+        }
+        let s = self
+            .state
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z % 1_000_000) < u64::from(self.ppm)
+    }
+}
+
+/// One simulated call's registration: inbound packets for `(node, call_id)`,
+/// and the node's side of its link (loss both ways, latency on the way out).
 #[derive(Debug)]
 pub(crate) struct SimRoute {
     gre: Arc<SimGre>,
     node: Ipv4Addr,
     call_id: u16,
     rx: mpsc::Receiver<Vec<u8>>,
+    loss: Loss,
+    latency: std::time::Duration,
+    delay_line: Option<mpsc::Sender<(Instant, Ipv4Addr, Vec<u8>)>>,
 }
 
 impl SimRoute {
@@ -231,13 +306,32 @@ impl SimRoute {
         self.call_id
     }
 
+    /// The next inbound packet the link did not lose (cancel safe).
     pub(crate) async fn recv(&mut self) -> Option<Vec<u8>> {
-        self.rx.recv().await
+        loop {
+            let pkt = self.rx.recv().await?;
+            if !self.loss.lost() {
+                return Some(pkt);
+            }
+            self.gre.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
-    /// Sends a GRE packet from the node to `peer`.
+    /// Sends a GRE packet from the node to `peer` (unless the link loses it;
+    /// after the link's latency).
     pub(crate) async fn send(&self, peer: Ipv4Addr, gre: &[u8]) -> io::Result<()> {
-        self.gre.send(self.node, peer, gre).await
+        if self.loss.lost() {
+            self.gre.counters.lost.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        match &self.delay_line {
+            None => self.gre.send(self.node, peer, gre).await,
+            Some(line) => {
+                // A full line drops the packet, as a full router queue would.
+                let _ = line.try_send((Instant::now() + self.latency, peer, gre.to_vec()));
+                Ok(())
+            }
+        }
     }
 }
 
@@ -303,6 +397,23 @@ mod tests {
         let p = parse_ipv4_gre(&d).unwrap();
         assert_eq!((p.source, p.destination, p.gre.call_id), (src, dst, 9));
         assert_eq!(usize::from(u16::from_be_bytes([d[2], d[3]])), d.len());
+    }
+
+    #[test]
+    fn loss_draws_the_configured_share_and_repeats_with_its_seed() {
+        let draws = |ppm, seed| {
+            let l = Loss::new(ppm, seed);
+            (0..100_000).filter(|_| l.lost()).count()
+        };
+        assert_eq!(draws(0, 7), 0);
+        assert_eq!(draws(1_000_000, 7), 100_000);
+        let five = draws(50_000, 7);
+        assert!(
+            (4_500..5_500).contains(&five),
+            "{five} of 100,000 lost at 5 %"
+        );
+        assert_eq!(draws(50_000, 7), five, "same seed, same losses");
+        assert_ne!(draws(50_000, 8), five, "another seed, other losses");
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub use gre::SimGreStats;
 use session::NodeServer;
 
 /// How a simulated node behaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Behaviour {
     /// A PPTP server that answers the handshake with result 1.
@@ -110,6 +110,111 @@ pub enum Behaviour {
     /// child), then behaves as [`Behaviour::Healthy`]: a client that retries
     /// transport failures gets in.
     Flaky(u32),
+    /// Another behaviour (healthy by default) behind a link that loses and
+    /// delays packets ([`Impairment`]); `--mix` names `lossy:P`,
+    /// `latency:MS` and combinations such as `auth_reject+lossy:5+latency:150`.
+    Impaired(Box<Behaviour>, Impairment),
+}
+
+/// A node's link conditions ([`Behaviour::Impaired`]).
+///
+/// **Loss** drops each GRE packet with probability `loss` in each direction
+/// (client to node and node to client), from a generator seeded by the
+/// fleet's seed, the node and the call, so runs repeat. The control
+/// connection is TCP, which does not lose messages but retransmits them: each
+/// control message the node answers is held back by one retransmission timeout
+/// (`max(200 ms, 3 × latency)`, Linux's minimum RTO and its estimate after a
+/// few round trips) with the probability that the request or the reply was
+/// lost (`1 - (1 - loss)²`).
+///
+/// **Latency** is the round-trip time the link adds: every GRE packet and
+/// control message the node sends is delayed by it, in order (a delay line,
+/// no reordering). Delaying one direction by the whole round trip is the same,
+/// for every timer of either side, as delaying both by half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Impairment {
+    /// Probability of losing a packet each way, in parts per million
+    /// (`lossy:5` = 50,000).
+    pub loss_ppm: u32,
+    /// Round-trip time added by the link.
+    pub latency: Duration,
+}
+
+impl Impairment {
+    /// A link losing `percent` % of packets each way (clamped to 0..=100).
+    pub fn lossy(percent: f64) -> Self {
+        Impairment {
+            loss_ppm: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            latency: Duration::ZERO,
+        }
+    }
+
+    /// Adds `latency` of round-trip time.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Whether the link is perfect.
+    pub fn is_none(&self) -> bool {
+        self.loss_ppm == 0 && self.latency.is_zero()
+    }
+
+    /// Loss in per cent.
+    pub fn loss_percent(&self) -> f64 {
+        f64::from(self.loss_ppm) / 10_000.0
+    }
+
+    /// How long a lost control message delays its answer (one retransmission
+    /// timeout).
+    pub(crate) fn control_rto(&self) -> Duration {
+        (self.latency * 3).max(Duration::from_millis(200))
+    }
+}
+
+impl fmt::Display for Impairment {
+    /// `lossy:P+latency:MS`, omitting what is zero (`none` when both are).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.loss_ppm > 0 {
+            parts.push(format!("lossy:{}", self.loss_percent()));
+        }
+        if !self.latency.is_zero() {
+            parts.push(format!("latency:{}", self.latency.as_millis()));
+        }
+        if parts.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&parts.join("+"))
+    }
+}
+
+impl Behaviour {
+    /// The behaviour without its link conditions.
+    pub fn base(&self) -> &Behaviour {
+        match self {
+            Behaviour::Impaired(b, _) => b.base(),
+            b => b,
+        }
+    }
+
+    /// The link conditions (none for an unimpaired behaviour).
+    pub fn impairment(&self) -> Impairment {
+        match self {
+            Behaviour::Impaired(_, i) => *i,
+            _ => Impairment::default(),
+        }
+    }
+
+    /// This behaviour behind a link with `impairment` (replacing any earlier one).
+    pub fn impaired(self, impairment: Impairment) -> Behaviour {
+        let base = self.base().clone();
+        if impairment.is_none() {
+            base
+        } else {
+            Behaviour::Impaired(Box::new(base), impairment)
+        }
+    }
 }
 
 impl fmt::Display for Behaviour {
@@ -127,6 +232,10 @@ impl fmt::Display for Behaviour {
             Behaviour::LcpSilent => f.write_str("lcp_silent"),
             Behaviour::AuthSilent => f.write_str("auth_silent"),
             Behaviour::Flaky(n) => write!(f, "flaky:{n}"),
+            Behaviour::Impaired(b, i) => match b.base() {
+                Behaviour::Healthy => write!(f, "{i}"),
+                b => write!(f, "{b}+{i}"),
+            },
         }
     }
 }
@@ -144,7 +253,8 @@ pub struct BadMix {
 
 /// The behaviour names [`parse_mix`] accepts.
 pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), \
-     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1)";
+     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1), \
+     lossy:PERCENT, latency:MILLIS (joined with + to another behaviour, e.g. auth_reject+lossy:5+latency:150)";
 
 /// Parses a behaviour mix such as `healthy=80,refused=10,silent=5,slow:2000=5`.
 ///
@@ -179,57 +289,103 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
             .trim()
             .parse()
             .map_err(|_| bad(part, "the weight is not a whole number"))?;
-        let (name, arg) = match name.trim().split_once(':') {
-            Some((n, a)) => (n, Some(a)),
-            None => (name.trim(), None),
-        };
-        let num = |default: u64| -> Result<u64, BadMix> {
-            match arg {
-                None => Ok(default),
-                Some(a) => a
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(part, "the argument is not a number")),
+        let mut base: Option<Behaviour> = None;
+        let mut impairment = Impairment::default();
+        for word in name.split('+') {
+            match parse_word(word, part)? {
+                Word::Loss(ppm) if impairment.loss_ppm == 0 => impairment.loss_ppm = ppm,
+                Word::Latency(d) if impairment.latency.is_zero() => impairment.latency = d,
+                Word::Behaviour(b) if base.is_none() => base = Some(b),
+                _ => {
+                    return Err(bad(
+                        part,
+                        "each of behaviour, lossy and latency may appear once",
+                    ));
+                }
             }
-        };
-        let behaviour = match name.to_ascii_lowercase().as_str() {
-            "healthy" if arg.is_none() => Behaviour::Healthy,
-            "refused" if arg.is_none() => Behaviour::Refused,
-            "silent" if arg.is_none() => Behaviour::Silent,
-            "garbage" if arg.is_none() => Behaviour::Garbage,
-            "slow" => Behaviour::Slow(Duration::from_millis(num(3000)?)),
-            "wrong" => {
-                let code = u8::try_from(num(2)?)
-                    .ok()
-                    .filter(|c| (2..=255).contains(c))
-                    .ok_or_else(|| bad(part, "the result code must be 2..=255"))?;
-                Behaviour::WrongResultCode(code)
-            }
-            "call_reject" => {
-                let code = u8::try_from(num(7)?)
-                    .ok()
-                    .filter(|c| (2..=255).contains(c))
-                    .ok_or_else(|| bad(part, "the result code must be 2..=255"))?;
-                Behaviour::CallReject(code)
-            }
-            "auth_reject" if arg.is_none() => Behaviour::AuthReject,
-            "lcp_silent" if arg.is_none() => Behaviour::LcpSilent,
-            "auth_silent" if arg.is_none() => Behaviour::AuthSilent,
-            "flaky" => Behaviour::Flaky(
-                u32::try_from(num(1)?).map_err(|_| bad(part, "the count is too large"))?,
-            ),
-            "healthy" | "refused" | "silent" | "garbage" | "auth_reject" | "lcp_silent"
-            | "auth_silent" => {
-                return Err(bad(part, "this behaviour takes no argument"));
-            }
-            _ => return Err(bad(part, "unknown behaviour")),
-        };
+        }
+        let behaviour = base.unwrap_or(Behaviour::Healthy).impaired(impairment);
         mix.push((behaviour, weight));
     }
     if mix.is_empty() || mix.iter().all(|(_, w)| *w == 0) {
         return Err(bad(text, "no behaviour with a weight above 0"));
     }
     Ok(mix)
+}
+
+/// One `+`-separated word of a `--mix` name.
+enum Word {
+    Behaviour(Behaviour),
+    Loss(u32),
+    Latency(Duration),
+}
+
+fn parse_word(word: &str, part: &str) -> Result<Word, BadMix> {
+    let bad = |why: &str| BadMix {
+        given: part.to_owned(),
+        why: why.to_owned(),
+    };
+    let (name, arg) = match word.trim().split_once(':') {
+        Some((n, a)) => (n.trim(), Some(a.trim())),
+        None => (word.trim(), None),
+    };
+    let num = |default: u64| -> Result<u64, BadMix> {
+        match arg {
+            None => Ok(default),
+            Some(a) => a.parse().map_err(|_| bad("the argument is not a number")),
+        }
+    };
+    let behaviour = match name.to_ascii_lowercase().as_str() {
+        "lossy" => {
+            let percent: f64 = arg
+                .ok_or_else(|| bad("lossy needs a percentage, e.g. lossy:5"))?
+                .parse()
+                .ok()
+                .filter(|p: &f64| (0.0..=100.0).contains(p))
+                .ok_or_else(|| bad("the loss must be a percentage 0..=100"))?;
+            return Ok(Word::Loss(Impairment::lossy(percent).loss_ppm));
+        }
+        "latency" => {
+            let ms = arg.ok_or_else(|| bad("latency needs milliseconds, e.g. latency:150"))?;
+            let ms: u64 = ms
+                .parse()
+                .ok()
+                .filter(|ms| *ms <= 60_000)
+                .ok_or_else(|| bad("the latency must be 0..=60000 milliseconds"))?;
+            return Ok(Word::Latency(Duration::from_millis(ms)));
+        }
+        "healthy" if arg.is_none() => Behaviour::Healthy,
+        "refused" if arg.is_none() => Behaviour::Refused,
+        "silent" if arg.is_none() => Behaviour::Silent,
+        "garbage" if arg.is_none() => Behaviour::Garbage,
+        "slow" => Behaviour::Slow(Duration::from_millis(num(3000)?)),
+        "wrong" => {
+            let code = u8::try_from(num(2)?)
+                .ok()
+                .filter(|c| (2..=255).contains(c))
+                .ok_or_else(|| bad("the result code must be 2..=255"))?;
+            Behaviour::WrongResultCode(code)
+        }
+        "call_reject" => {
+            let code = u8::try_from(num(7)?)
+                .ok()
+                .filter(|c| (2..=255).contains(c))
+                .ok_or_else(|| bad("the result code must be 2..=255"))?;
+            Behaviour::CallReject(code)
+        }
+        "auth_reject" if arg.is_none() => Behaviour::AuthReject,
+        "lcp_silent" if arg.is_none() => Behaviour::LcpSilent,
+        "auth_silent" if arg.is_none() => Behaviour::AuthSilent,
+        "flaky" => {
+            Behaviour::Flaky(u32::try_from(num(1)?).map_err(|_| bad("the count is too large"))?)
+        }
+        "healthy" | "refused" | "silent" | "garbage" | "auth_reject" | "lcp_silent"
+        | "auth_silent" => {
+            return Err(bad("this behaviour takes no argument"));
+        }
+        _ => return Err(bad("unknown behaviour")),
+    };
+    Ok(Word::Behaviour(behaviour))
 }
 
 /// What to simulate.
@@ -547,7 +703,7 @@ impl Fleet {
                 password: Secret::new(format!("pass{i}")),
                 behaviour: behaviour.clone(),
             };
-            if behaviour != Behaviour::Refused {
+            if *behaviour.base() != Behaviour::Refused {
                 let addr = node.addr();
                 let listener = (|| {
                     let s = TcpSocket::new_v4()?;
@@ -556,7 +712,7 @@ impl Fleet {
                     s.listen(1024)
                 })()
                 .map_err(|source| SimError::Bind { addr, source })?;
-                let server_password = if behaviour == Behaviour::AuthReject {
+                let server_password = if *behaviour.base() == Behaviour::AuthReject {
                     Secret::new(format!("not-{}", node.password.expose()))
                 } else {
                     node.password.clone()
@@ -569,6 +725,7 @@ impl Fleet {
                     data_path: data_path.clone(),
                     tunnel: spec.tunnels,
                     accepted: std::sync::atomic::AtomicU32::new(0),
+                    seed: spec.seed ^ u64::from(u32::from(ip)).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 });
                 tasks.push(tokio::spawn(listen(listener, server, stop.subscribe())));
             }
@@ -734,6 +891,63 @@ mod tests {
             parse_mix(" Healthy = 3 , wrong=1 ").unwrap(),
             vec![(Behaviour::Healthy, 3), (Behaviour::WrongResultCode(2), 1)]
         );
+    }
+
+    #[test]
+    fn link_conditions_parse_combine_and_read_back() {
+        let mix = parse_mix(
+            "lossy:5=2,latency:150=1,lossy:2.5+latency:300=1,auth_reject+lossy:5+latency:150=1,\
+             latency:100+slow:200=1,lossy:0=1",
+        )
+        .unwrap();
+        let lossy5 = Impairment::lossy(5.0);
+        assert_eq!(
+            mix,
+            vec![
+                (Behaviour::Healthy.impaired(lossy5), 2),
+                (
+                    Behaviour::Healthy
+                        .impaired(Impairment::default().with_latency(Duration::from_millis(150))),
+                    1
+                ),
+                (
+                    Behaviour::Healthy
+                        .impaired(Impairment::lossy(2.5).with_latency(Duration::from_millis(300))),
+                    1
+                ),
+                (
+                    Behaviour::AuthReject.impaired(lossy5.with_latency(Duration::from_millis(150))),
+                    1
+                ),
+                (
+                    Behaviour::Slow(Duration::from_millis(200))
+                        .impaired(Impairment::default().with_latency(Duration::from_millis(100))),
+                    1
+                ),
+                // No loss, no latency: the plain behaviour.
+                (Behaviour::Healthy, 1),
+            ]
+        );
+        assert_eq!(mix[0].0.impairment().loss_ppm, 50_000);
+        assert_eq!(*mix[3].0.base(), Behaviour::AuthReject);
+        for (b, _) in &mix {
+            assert_eq!(&parse_mix(&format!("{b}=1")).unwrap()[0].0, b, "{b}");
+        }
+        assert_eq!(mix[3].0.to_string(), "auth_reject+lossy:5+latency:150");
+        assert_eq!(mix[2].0.to_string(), "lossy:2.5+latency:300");
+        for bad in [
+            "lossy=1",
+            "lossy:x=1",
+            "lossy:101=1",
+            "latency=1",
+            "latency:-5=1",
+            "latency:60001=1",
+            "lossy:1+lossy:2=1",
+            "healthy+auth_reject=1",
+            "healthy+sleepy=1",
+        ] {
+            assert!(parse_mix(bad).is_err(), "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -13,9 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::gre::{SimGre, SimRoute};
+use std::collections::VecDeque;
+
+use super::gre::{Loss, SimGre, SimRoute};
 use super::host::HttpHost;
-use super::{Behaviour, DataPath, DataPathFactory, SimNode, TunnelSpec};
+use super::{Behaviour, DataPath, DataPathFactory, Impairment, SimNode, TunnelSpec};
 use crate::pptp::control::{
     CallDisconnectNotify, ControlMessage, EchoReply, FixedText, Framer, OutgoingCallReply,
     OutgoingCallRequest, StartControlConnectionReply, StopControlConnectionReply,
@@ -50,6 +52,64 @@ pub(crate) struct NodeServer {
     pub(crate) tunnel: Option<TunnelSpec>,
     /// Control connections accepted so far (for [`Behaviour::Flaky`]).
     pub(crate) accepted: std::sync::atomic::AtomicU32,
+    /// Seed of the node's packet losses ([`Behaviour::Impaired`]).
+    pub(crate) seed: u64,
+}
+
+/// Control messages on their way to the client through an impaired link:
+/// each is due after the link's latency, plus a retransmission timeout when
+/// TCP had to resend the request or the reply; TCP delivers in order, so a
+/// late message holds back those after it.
+struct ControlLine {
+    impairment: Impairment,
+    loss: Loss,
+    queue: VecDeque<(Instant, Vec<u8>)>,
+}
+
+impl ControlLine {
+    fn new(impairment: Impairment, seed: u64) -> Self {
+        ControlLine {
+            impairment,
+            loss: Loss::new(impairment.loss_ppm, seed),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Queues `bytes` (written at once on a perfect link).
+    async fn send(&mut self, stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+        if self.impairment.is_none() {
+            return stream.write_all(bytes).await;
+        }
+        let mut due = Instant::now() + self.impairment.latency;
+        // The request or the reply was lost: one RTO each.
+        for _ in 0..2 {
+            if self.loss.lost() {
+                due += self.impairment.control_rto();
+            }
+        }
+        if let Some((last, _)) = self.queue.back() {
+            due = due.max(*last);
+        }
+        self.queue.push_back((due, bytes.to_vec()));
+        Ok(())
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(t, _)| *t)
+    }
+
+    /// Writes what is due by `now` (everything with `all`).
+    async fn flush(&mut self, stream: &mut TcpStream, now: Instant, all: bool) -> io::Result<()> {
+        while let Some((due, _)) = self.queue.front() {
+            if !all && *due > now {
+                break;
+            }
+            if let Some((_, bytes)) = self.queue.pop_front() {
+                stream.write_all(&bytes).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The PPP server of a call: login only, or login + network phase (tunnel).
@@ -110,7 +170,7 @@ pub(crate) async fn serve(
     let nth = node
         .accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (delay, result_code) = match &node.node.behaviour {
+    let (delay, result_code) = match node.node.behaviour.base() {
         Behaviour::Flaky(n) if nth < *n => {
             // FIN first, then read what the client sent, so that it sees the
             // close (ClosedEarly) rather than a reset.
@@ -151,14 +211,23 @@ pub(crate) async fn serve(
     let mut framer = Framer::new();
     let mut buf = [0u8; 1024];
     let mut call: Option<Call> = None;
+    let mut line = ControlLine::new(
+        node.node.behaviour.impairment(),
+        node.seed ^ u64::from(nth).rotate_left(17),
+    );
     loop {
         if let Some(c) = call.as_mut() {
             c.flush(peer).await;
         }
         let wake = call.as_ref().and_then(Call::poll_timeout);
+        let due = line.next_due();
         let mut replies: Vec<ControlMessage> = Vec::new();
         tokio::select! {
+            () = sleep_until(due) => {
+                line.flush(&mut stream, Instant::now(), false).await?;
+            }
             _ = stop.changed() => {
+                let _ = line.flush(&mut stream, Instant::now(), true).await;
                 if let Some(c) = call.take() {
                     let cdn = disconnect(c.route.call_id(), CDN_ADMIN_SHUTDOWN);
                     let _ = stream.write_all(&cdn.encode()).await;
@@ -213,6 +282,8 @@ pub(crate) async fn serve(
                         ControlMessage::StopControlConnectionRequest(_) => {
                             // A call still up ends with the control connection.
                             drop(call.take());
+                            // Teardown is not delayed: what is queued goes first.
+                            line.flush(&mut stream, Instant::now(), true).await?;
                             for r in replies.drain(..) {
                                 stream.write_all(&r.encode()).await?;
                             }
@@ -250,7 +321,7 @@ pub(crate) async fn serve(
             }
         }
         for r in replies {
-            stream.write_all(&r.encode()).await?;
+            line.send(&mut stream, &r.encode()).await?;
         }
     }
 }
@@ -299,7 +370,7 @@ fn answer_call(
     req: &OutgoingCallRequest,
     call: &mut Option<Call>,
 ) -> ControlMessage {
-    if let Behaviour::CallReject(code) = node.node.behaviour {
+    if let Behaviour::CallReject(code) = *node.node.behaviour.base() {
         return call_reply(0, req.call_id, code);
     }
     if call.is_some() {
@@ -309,12 +380,16 @@ fn answer_call(
     let Some(gre) = &node.gre else {
         return call_reply(0, req.call_id, OCRP_GENERAL_ERROR);
     };
-    let Some(route) = gre.register(node.node.ip) else {
+    let Some(route) = gre.register(
+        node.node.ip,
+        node.node.behaviour.impairment(),
+        node.seed ^ u64::from(req.call_id),
+    ) else {
         return call_reply(0, req.call_id, OCRP_BUSY);
     };
     let now = Instant::now();
     let id = route.call_id();
-    let login = (node.node.behaviour != Behaviour::LcpSilent).then(|| {
+    let login = (*node.node.behaviour.base() != Behaviour::LcpSilent).then(|| {
         let mut cfg = ServerConfig::new(Arc::clone(&node.credentials));
         cfg.name = "connexa-sim".into();
         let login = LoginServer::new(cfg, now);
@@ -330,7 +405,7 @@ fn answer_call(
         route,
         session: GreSession::new(id, req.call_id, ACK_DELAY),
         login,
-        mute_at_chap: node.node.behaviour == Behaviour::AuthSilent,
+        mute_at_chap: *node.node.behaviour.base() == Behaviour::AuthSilent,
         muted: false,
         data: None,
         factory: node.data_path.clone(),
