@@ -47,9 +47,10 @@ SELFTEST_CALLS=20        # concurrent calls `selftest` opens
 FILE_NAME=10M.bin FILE_SIZE=$((10 * 1024 * 1024))
 VM_MEM=256               # MiB for the server VM
 # Debian packages that must be inside the VM (plus their dependency closure)
-VM_PKGS=(ppp pptpd pptp-linux busybox-static)
+VM_PKGS=(ppp pptpd pptp-linux busybox-static iproute2)
 # kernel modules the VM loads (their dependencies are added automatically)
-VM_MODS=(virtio_pci virtio_net ppp_generic ppp_async ppp_mppe)
+# (netem, ifb, ingress, mirred, matchall: `lab.sh netem`, loss and delay inside the guest)
+VM_MODS=(virtio_pci virtio_net ppp_generic ppp_async ppp_mppe sch_netem ifb sch_ingress act_mirred cls_matchall)
 
 log() { printf '\033[1m[lab %s]\033[0m %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -110,7 +111,7 @@ fetch_debs() {
   local pkgs
   pkgs=$(apt-get -s -o Dir::State::status="$DEBS/empty-status" install --no-install-recommends "${VM_PKGS[@]}" |
     awk '/^Inst / { print $2 }' |
-    grep -v -E '^(perl|perl-.*|lib.*-perl|libperl.*|dpkg|tar|usrmerge|debconf|init-system-helpers|sysvinit-utils|lsb-base|procps|libproc2-0|libpam-modules.*|libpam-runtime|libdb5\.3|libgdbm.*|libtinfo6|libncursesw6|libacl1|libbz2-1\.0|libmd0|gcc-12-base|libaudit-common)$') ||
+    grep -v -E '^(perl|perl-.*|lib.*-perl|libperl.*|dpkg|tar|usrmerge|debconf|init-system-helpers|sysvinit-utils|lsb-base|procps|libproc2-0|libpam-modules.*|libpam-runtime|libdb5\.3|libgdbm.*|libtinfo6|libncursesw6|libacl1|libbz2-1\.0|gcc-12-base|libaudit-common)$') ||
     die "apt-get could not resolve ${VM_PKGS[*]}"
   # shellcheck disable=SC2086
   (cd "$DEBS" && { apt-get download -qq $pkgs "$kernel" 2>&1 | grep -v 'Download is performed unsandboxed' || true; })
@@ -199,9 +200,9 @@ build() {
   chroot "$ROOTFS" /bin/busybox --install -s
   [ -e "$ROOTFS/bin/ip" ] || ln -s busybox "$ROOTFS/bin/ip" # pptp-linux runs /bin/ip
   local bin
-  for bin in pppd pptpd pptpctrl pptp; do
-    if chroot "$ROOTFS" /lib64/ld-linux-x86-64.so.2 --list "/usr/sbin/$bin" | grep 'not found'; then
-      die "/usr/sbin/$bin: missing shared libraries in the image"
+  for bin in /usr/sbin/pppd /usr/sbin/pptpd /usr/sbin/pptpctrl /usr/sbin/pptp /sbin/tc; do
+    if chroot "$ROOTFS" /lib64/ld-linux-x86-64.so.2 --list "$bin" | grep 'not found'; then
+      die "$bin: missing shared libraries in the image"
     fi
   done
   local m mods
@@ -423,6 +424,21 @@ shape() {
   log "shaped to $rate both ways (tbf on lab0 and host0 in $NS)"
 }
 
+# Loss and delay inside the server VM's own kernel (sch_netem; the host's
+# kernel may have none): egress (server -> tests) delays every packet by the
+# whole round trip DELAY_MS (± JITTER_MS, normal distribution) and loses
+# LOSS %; ingress (tests -> server, through ifb0) loses LOSS % too. Delaying
+# one direction by the round trip is the same for both ends' timers as
+# delaying each by half.
+netem() {
+  ns_exists || die "the lab is not up"
+  case ${1:-} in
+    off) ctl netem-off ;;
+    '') die "usage: lab.sh netem LOSS_PERCENT DELAY_MS [JITTER_MS] | off" ;;
+    *) ctl netem "$1" "${2:-0}" "${3:-0}" ;;
+  esac
+}
+
 unshape() {
   ns_exists || die "the lab is not up"
   local dev
@@ -508,6 +524,26 @@ selftest() {
   log "SELFTEST PASSED in $((SECONDS - t0))s (client VM: wrong password, unknown user, right password + MPPE-128 + $FILE_NAME sha256; $SELFTEST_CALLS concurrent calls, all cleaned up)"
 }
 
+# The kernel's PPTP client as a speed baseline: the client VM logs in with
+# pptp-linux + pppd (kernel MPPE, kernel TCP) and downloads the file with
+# STREAMS connections for SECS seconds; prints the Mbit/s of the window after
+# WARMUP seconds (body octets, as Connexa's speed test counts them).
+kernel_speed() {
+  local streams=${1:-4} secs=${2:-10} warmup=${3:-2}
+  [ -n "$(qemu_pid "$RUN/server.pid" connexa-lab-server)" ] || die "the lab is not up: run '$SELF up' first"
+  : >"$RUN/speed.log"
+  # shellcheck disable=SC2046
+  nsx timeout 300 qemu-system-x86_64 -name connexa-lab-client $(accel_args) -smp 1 -m 256 \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -serial file:"$RUN/speed.log" -pidfile "$RUN/client.pid" \
+    -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd" \
+    -append "console=ttyS0 quiet panic=-1 lab.role=speed lab.ip=$CLIENT_IP/24 lab.server=$SERVER_IP lab.user=$LAB_USER lab.pass=$LAB_PASS lab.fetch=/$FILE_NAME lab.streams=$streams lab.secs=$secs lab.warmup=$warmup" \
+    -netdev tap,id=n1,ifname=tap1,script=no,downscript=no \
+    -device virtio-net-pci,netdev=n1,mac=52:54:00:77:00:03 || true
+  rm -f "$RUN/client.pid"
+  grep -E '^LAB: RESULT kernel-speed' "$RUN/speed.log" | sed 's/^LAB: RESULT //' || die "no result (log: $RUN/speed.log)"
+}
+
 # ---------------------------------------------------------------------- main
 cmd=${1:-help}
 case $cmd:$ACCEL in
@@ -524,6 +560,8 @@ case $cmd in
   exec) need_root; ns_exists || die "the lab is not up"; [ $# -gt 0 ] || die "usage: lab.sh exec CMD..."; exec ip netns exec "$NS" "$@" ;;
   logs) if [ "${1:-}" = -f ]; then exec tail -n +1 -f "$RUN/server.log"; else cat "$RUN/server.log"; fi ;;
   sessions) sessions ;;
+  netem) netem "$@" ;;
+  kernel-speed) need_root; kernel_speed "$@" ;;
   ctl) ctl "$@" ;;
   pptpd-stop) ctl pptpd-stop ;;
   pptpd-kill) ctl pptpd-kill ;;

@@ -35,6 +35,9 @@ for arg in $(cat /proc/cmdline); do
     lab.conns=*) conns=${arg#*=} ;;
     lab.fetch=*) fetch=${arg#*=} ;;
     lab.filesize=*) filesize=${arg#*=} ;;
+    lab.streams=*) streams=${arg#*=} ;;
+    lab.secs=*) secs=${arg#*=} ;;
+    lab.warmup=*) warmup=${arg#*=} ;;
   esac
 done
 
@@ -125,6 +128,16 @@ pptpd_supervisor() {
   done
 }
 
+# iproute2's tc and ip (busybox's sh runs its own applets before $PATH, and
+# busybox's tc has no netem)
+TC=/sbin/tc
+netem_off() {
+  $TC qdisc del dev eth0 root 2>/dev/null
+  $TC qdisc del dev eth0 ingress 2>/dev/null
+  $TC qdisc del dev ifb0 root 2>/dev/null
+  return 0
+}
+
 # Commands from the host arrive line by line on /dev/ttyS1 (a unix socket on
 # the host side, see `lab.sh ctl`). Each reply ends with "LABCTL-END rc=N".
 ctl_cmd() {
@@ -156,7 +169,27 @@ ctl_cmd() {
     ps) ps ;;
     mem) free -k | awk '/^Mem:/ { printf "mem_total_kib=%s mem_used_kib=%s mem_free_kib=%s\n", $2, $3, $4 }' ;;
     mark) shift; logger -t lab "MARK $*"; echo "marked" ;;
-    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-kill pptpd-start ps mem mark)"; return 2 ;;
+    netem)
+      # netem LOSS_PERCENT DELAY_MS JITTER_MS: see `lab.sh netem`
+      loss=$2 delay=$3 jitter=${4:-0}
+      jit=""
+      [ "$jitter" != 0 ] && jit="$jitter""ms distribution normal"
+      netem_off
+      # shellcheck disable=SC2086
+      $TC qdisc add dev eth0 root netem limit 10000 delay "$delay"ms $jit loss "$loss"% || return 1
+      /bin/ip link add ifb0 type ifb 2>/dev/null
+      /bin/ip link set ifb0 up
+      $TC qdisc add dev eth0 handle ffff: ingress || return 1
+      $TC filter add dev eth0 parent ffff: matchall action mirred egress redirect dev ifb0 || return 1
+      $TC qdisc add dev ifb0 root netem limit 10000 loss "$loss"% || return 1
+      logger -t lab "netem loss=$loss% delay=${delay}ms jitter=${jitter}ms"
+      echo "netem loss=$loss% delay=${delay}ms jitter=${jitter}ms" ;;
+    ppp-txqueuelen)
+      # txqueuelen of every live ppp interface (pppd's default is 3)
+      for d in $(ls /sys/class/net | grep '^ppp'); do /bin/ip link set "$d" txqueuelen "$2"; done
+      ls /sys/class/net | grep '^ppp' | while read -r d; do echo "$d $(cat /sys/class/net/$d/tx_queue_len)"; done ;;
+    netem-off) netem_off; logger -t lab "netem off"; echo "netem off" ;;
+    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-kill pptpd-start ps mem mark netem netem-off)"; return 2 ;;
   esac
 }
 
@@ -193,7 +226,39 @@ fi
 opts="noauth refuse-pap refuse-chap refuse-mschap refuse-eap require-mppe-128 remotename pptpd
  nobsdcomp nodeflate novj novjccomp nodefaultroute nodetach maxfail 1 lcp-echo-interval 0"
 pty="pptp $server --nolaunchpppd --nohostroute --loglevel 0"
-# pptp-linux calls /bin/ip, which busybox provides
+# pptp-linux calls /bin/ip (iproute2's, in the image for `lab.sh netem`)
+
+# Role speed: the kernel's PPTP client (pptp-linux + pppd + ppp_mppe) logs in
+# and downloads the file with STREAMS parallel connections (re-opened as they
+# finish) for SECS seconds; the octets of the window after WARMUP seconds give
+# the kernel TCP baseline of `lab.sh kernel-speed`.
+if [ "$role" = speed ]; then
+  # shellcheck disable=SC2086
+  pppd pty "$pty" name "$user" password "$pass" $opts &
+  pppd_pid=$!
+  i=0
+  while ! ip -4 addr show dev ppp0 2>/dev/null | grep -q inet; do
+    sleep 0.1; i=$((i + 1)); [ $i -gt 600 ] && break
+  done
+  if ip -4 addr show dev ppp0 2>/dev/null | grep -q inet; then
+    n=0
+    while [ $n -lt "${streams:-4}" ]; do
+      (while :; do wget -q -O - "http://10.78.0.1$fetch"; done) >/tmp/s$n 2>/dev/null &
+      n=$((n + 1))
+    done
+    total() { cat /tmp/s* | wc -c; }
+    sleep "${warmup:-2}"
+    a=$(uptime_s); b0=$(total)
+    sleep $(( ${secs:-10} - ${warmup:-2} ))
+    b=$(uptime_s); b1=$(total)
+    echo "LAB: RESULT kernel-speed streams=${streams:-4} bytes=$((b1 - b0)) secs=$(awk "BEGIN{print $b-$a}") mbps=$(awk "BEGIN{printf \"%.3f\", ($b1-$b0)*8/($b-$a)/1e6}")"
+  else
+    echo "LAB: RESULT kernel-speed ppp0 did not come up"
+  fi
+  kill $pppd_pid 2>/dev/null
+  echo "LAB: CLIENT DONE"
+  poweroff -f
+fi
 
 echo "LAB: client: wrong password"
 # shellcheck disable=SC2086

@@ -1,0 +1,147 @@
+//! Verdicts and speed over a lossy, distant link to a real pptpd: the lab's
+//! server VM runs `netem` inside its own kernel (`lab.sh netem LOSS DELAY
+//! [JITTER]`: loss both ways, the round trip as delay on the server's way
+//! out). Everything runs with the settings a user gets by default.
+//!
+//! One test at a time changes the link (a mutex), and a guard puts it back
+//! whatever the test did. The speed figures over the same link (against
+//! kernel TCP) are a benchmark: `bench_loss --lab`.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use connexa_core::config::TestConfig;
+use connexa_core::domain::{Level, Node, NodeId, Outcome, Secret};
+use connexa_core::ports::{ProbeDepth, Prober};
+use connexa_core::runtime::prober;
+use connexa_tests::lab::Lab;
+
+static LAB: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    LAB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
+    lab.enter_netns()
+        .expect("enter the lab's network namespace (run as root)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(f())
+}
+
+/// netem in the server VM until dropped.
+struct Netem<'a>(&'a Lab);
+
+impl<'a> Netem<'a> {
+    fn new(lab: &'a Lab, loss: &str, delay_ms: &str, jitter_ms: &str) -> Self {
+        let out = lab
+            .script(&["netem", loss, delay_ms, jitter_ms])
+            .expect("lab.sh netem");
+        eprintln!("{}", out.trim());
+        Netem(lab)
+    }
+}
+
+impl Drop for Netem<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.script(&["netem", "off"]);
+    }
+}
+
+fn wrong_password(lab: &Lab, i: i64) -> Node {
+    Node::added(
+        NodeId(1000 + i),
+        lab.server.into(),
+        lab.pptp_port,
+        lab.user.clone(),
+        Secret::new(format!("wrong-{i}-{}", lab.password)),
+        chrono::Utc::now(),
+    )
+}
+
+/// `right` logins with the lab's password and `wrong` with wrong ones, all
+/// at once, with the default prober; returns the outcomes of each kind.
+fn logins(lab: &Lab, right: usize, wrong: usize) -> (Vec<Outcome>, Vec<Outcome>) {
+    in_lab(lab, || async {
+        let p = Arc::new(prober(&TestConfig::default()));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..right + wrong {
+            let p = Arc::clone(&p);
+            let node = if i < right {
+                lab.node()
+            } else {
+                wrong_password(lab, i as i64)
+            };
+            set.spawn(async move {
+                let out = p
+                    .probe(&node, ProbeDepth::Auth)
+                    .await
+                    .expect("the test runs");
+                (i < right, out)
+            });
+        }
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        while let Some(r) = set.join_next().await {
+            let (is_right, out) = r.unwrap();
+            if is_right {
+                ok.push(out)
+            } else {
+                bad.push(out)
+            }
+        }
+        (ok, bad)
+    })
+}
+
+fn summary(outs: &[Outcome]) -> String {
+    outs.iter()
+        .map(|o| {
+            format!(
+                "{:?}/{:?}",
+                o.reached,
+                o.failure.as_ref().map(|f| f.to_string())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn lab_logins_at_5_percent_loss_and_100_ms_are_truthful() {
+    let lab = Lab::require();
+    let _g = exclusive();
+    let _netem = Netem::new(&lab, "5", "100", "0");
+    let (ok, bad) = logins(&lab, 20, 5);
+    let passed = ok.iter().filter(|o| o.reached == Level::Auth).count();
+    assert_eq!(passed, 20, "right password: {}", summary(&ok));
+    assert!(
+        bad.iter()
+            .all(|o| o.reached == Level::Light && o.is_auth_rejected()),
+        "wrong password: {}",
+        summary(&bad)
+    );
+}
+
+#[test]
+fn lab_logins_at_10_percent_loss_and_300_ms_jitter_50_mostly_pass() {
+    let lab = Lab::require();
+    let _g = exclusive();
+    let _netem = Netem::new(&lab, "10", "300", "50");
+    let (ok, bad) = logins(&lab, 20, 5);
+    let passed = ok.iter().filter(|o| o.reached == Level::Auth).count();
+    assert!(
+        passed >= 19,
+        "{passed} of 20 right passwords: {}",
+        summary(&ok)
+    );
+    assert!(
+        bad.iter()
+            .all(|o| o.reached == Level::Light && o.is_auth_rejected()),
+        "wrong password: {}",
+        summary(&bad)
+    );
+}
