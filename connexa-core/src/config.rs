@@ -10,6 +10,7 @@
 //!
 //! [test]
 //! concurrency = 500            # nodes tested at once
+//! speed_concurrency = 4        # speed tests at once (they share this host's link)
 //! connect_timeout_secs = 5.0   # TCP connect
 //! light_timeout_secs = 10.0    # the whole control-channel handshake
 //! auth_timeout_secs = 25.0     # login (MS-CHAPv2)
@@ -85,6 +86,10 @@ pub struct Config {
 pub struct TestConfig {
     /// Nodes tested at once.
     pub concurrency: u32,
+    /// Speed tests at once in a process (default 4): parallel downloads share
+    /// this host's link, so too many make every node look slower than it is.
+    /// Waiting for a slot does not count against a node's budget.
+    pub speed_concurrency: u32,
     /// TCP connect timeout, seconds.
     pub connect_timeout_secs: f64,
     /// Time budget of a light test (the control-channel handshake), seconds.
@@ -116,6 +121,7 @@ impl Default for TestConfig {
     fn default() -> Self {
         TestConfig {
             concurrency: 500,
+            speed_concurrency: 4,
             connect_timeout_secs: 5.0,
             light_timeout_secs: 10.0,
             auth_timeout_secs: 25.0,
@@ -365,6 +371,9 @@ impl Config {
         let t = &self.test;
         if t.concurrency == 0 {
             return bad("test.concurrency must be at least 1".into());
+        }
+        if t.speed_concurrency == 0 {
+            return bad("test.speed_concurrency must be at least 1".into());
         }
         for (name, v) in [
             ("connect_timeout_secs", t.connect_timeout_secs),

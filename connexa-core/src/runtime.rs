@@ -47,12 +47,13 @@ pub fn prober(t: &TestConfig) -> LightProber {
 }
 
 /// The engine settings of the configuration: `[test] concurrency` (0 keeps
-/// the default) and the `[services]` reconciler and monitor settings.
+/// the default), `[test] speed_concurrency` and the `[services]` reconciler and monitor settings.
 pub fn engine_config(config: &Config) -> EngineConfig {
     let mut c = EngineConfig::default();
     if config.test.concurrency > 0 {
         c.concurrency = config.test.concurrency as usize;
     }
+    c.speed_concurrency = (config.test.speed_concurrency as usize).max(1);
     let s = &config.services;
     c.reconcile_interval = Duration::from_secs_f64(s.reconcile_interval_secs);
     c.monitor_interval = Duration::from_secs_f64(s.monitor_interval_secs);

@@ -100,6 +100,12 @@ pub struct EngineConfig {
     /// Service starts, stops and health checks at once in the reconciler and the
     /// monitor. Default 64.
     pub service_concurrency: usize,
+    /// Speed tests at once in this process, over every job (speed jobs and the
+    /// speed stage of pipelines). Parallel downloads share this host's own
+    /// link: many at once would make every node look slower than it is. A node
+    /// waiting for a slot does not spend its [`node_timeout`](Self::node_timeout).
+    /// Default 4 (`[test] speed_concurrency`).
+    pub speed_concurrency: usize,
     /// Name recorded on claimed items. Default `pid<process id>`.
     pub worker: String,
 }
@@ -121,6 +127,7 @@ impl Default for EngineConfig {
             restart_backoff: Duration::from_secs(30),
             restart_backoff_max: Duration::from_secs(600),
             service_concurrency: 64,
+            speed_concurrency: 4,
             worker: format!("pid{}", std::process::id()),
         }
     }
@@ -346,6 +353,8 @@ pub(crate) struct Inner {
     health_failures: Mutex<HashMap<NodeId, u32>>,
     /// Failed service starts in a row, per node, and when to try again.
     start_backoff: Mutex<HashMap<NodeId, services::Backoff>>,
+    /// Speed tests at once ([`EngineConfig::speed_concurrency`]).
+    speed_slots: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -473,13 +482,14 @@ impl Engine {
                 prober,
                 speed,
                 launcher,
-                config,
                 commits: watch::channel(0).0,
                 draining: watch::channel(false).0,
                 jobs: Mutex::new(HashMap::new()),
                 busy: Arc::new(Mutex::new(HashSet::new())),
                 health_failures: Mutex::new(HashMap::new()),
                 start_backoff: Mutex::new(HashMap::new()),
+                speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
+                config,
             }),
         }
     }

@@ -397,6 +397,52 @@ async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
     }
 }
 
+/// One item's time budget: [`Ctx::node_timeout`] of work, not counting the
+/// time spent waiting for a speed slot (the wait is ours, not the node's).
+#[derive(Default)]
+struct Budget {
+    /// Time waited so far, and since when the item is waiting now.
+    paused: Mutex<(Duration, Option<Instant>)>,
+    changed: tokio::sync::Notify,
+}
+
+impl Budget {
+    /// Waits for a slot of `slots`, pausing the budget meanwhile.
+    async fn wait_for(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        lock(&self.paused).1 = Some(Instant::now());
+        self.changed.notify_waiters();
+        let permit = Arc::clone(slots).acquire_owned().await.ok();
+        {
+            let mut p = lock(&self.paused);
+            if let Some(since) = p.1.take() {
+                p.0 += since.elapsed();
+            }
+        }
+        self.changed.notify_waiters();
+        permit
+    }
+
+    /// Returns once `timeout` of unpaused time has passed since `started`.
+    async fn expired(&self, started: Instant, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            let (waited, waiting) = *lock(&self.paused);
+            if waiting.is_none() {
+                let due = started + timeout + waited;
+                if Instant::now() >= due {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(due.into()) => {}
+                    () = changed => {}
+                }
+            } else {
+                changed.await;
+            }
+        }
+    }
+}
+
 /// Runs one item in its own task and turns whatever happens into a terminal result.
 async fn supervise(
     ctx: Arc<Ctx>,
@@ -406,9 +452,17 @@ async fn supervise(
 ) {
     let span = tracing::info_span!("node", id = %item.node, ip = tracing::field::Empty);
     let partial: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
+    let budget = Arc::new(Budget::default());
     let started = Instant::now();
     let mut work = AbortOnDrop(tokio::spawn(
-        work(Arc::clone(&ctx.inner), ctx.kind, node, Arc::clone(&partial)).instrument(span.clone()),
+        work(
+            Arc::clone(&ctx.inner),
+            ctx.kind,
+            node,
+            Arc::clone(&partial),
+            Arc::clone(&budget),
+        )
+        .instrument(span.clone()),
     ));
     let mut stop_rx = ctx.stop.subscribe();
     let finish = tokio::select! {
@@ -436,7 +490,7 @@ async fn supervise(
         () = sleep_until_opt(ctx.deadline) => {
             deadline_reached(ctx.kind, started.elapsed(), lock(&partial).take())
         }
-        () = tokio::time::sleep(ctx.node_timeout) => {
+        () = budget.expired(started, ctx.node_timeout) => {
             span.in_scope(|| tracing::debug!(timeout = ?ctx.node_timeout, "timed out"));
             if ctx.kind == JobKind::ServiceStart {
                 ctx.inner.start_attempted(item.node, false);
@@ -569,6 +623,7 @@ async fn work(
     kind: JobKind,
     node: Option<Node>,
     partial: Arc<Mutex<Option<Outcome>>>,
+    budget: Arc<Budget>,
 ) -> Finish {
     let inner = &*inner;
     let Some(node) = node else {
@@ -588,8 +643,11 @@ async fn work(
             inner.prober.probe(&node, ProbeDepth::Auth).await,
             Level::Auth,
         ),
-        JobKind::Speed => tested(inner.speed.measure(&node).await, Level::Speed),
-        JobKind::Pipeline => pipeline(inner, &node, &partial).await,
+        JobKind::Speed => {
+            let _slot = budget.wait_for(&inner.speed_slots).await;
+            tested(inner.speed.measure(&node).await, Level::Speed)
+        }
+        JobKind::Pipeline => pipeline(inner, &node, &partial, &budget).await,
         JobKind::ServiceStart => start_service(inner, node.id).await,
         JobKind::ServiceStop => stop_service(inner, node.id).await,
     }
@@ -623,7 +681,12 @@ fn reached_its_aim(o: &Outcome, aim: Level) -> bool {
 
 /// Light, then auth, then speed; stops at the first failure. A later stage that
 /// cannot run keeps the furthest real outcome and says why in the detail.
-async fn pipeline(inner: &Inner, node: &Node, partial: &Mutex<Option<Outcome>>) -> Finish {
+async fn pipeline(
+    inner: &Inner,
+    node: &Node,
+    partial: &Mutex<Option<Outcome>>,
+    budget: &Budget,
+) -> Finish {
     let light = match inner.prober.probe(node, ProbeDepth::Light).await {
         Ok(o) => o,
         Err(e) => return tested(Err(e), Level::Speed),
@@ -640,6 +703,7 @@ async fn pipeline(inner: &Inner, node: &Node, partial: &Mutex<Option<Outcome>>) 
     if !reached_its_aim(&auth, Level::Auth) {
         return tested(Ok(auth), Level::Speed);
     }
+    let _slot = budget.wait_for(&inner.speed_slots).await;
     match inner.speed.measure(node).await {
         Ok(o) => tested(Ok(o), Level::Speed),
         Err(e) => stage_missing(auth, "auth", "speed", &e),
