@@ -73,6 +73,9 @@ pub struct ResponseHead {
     pub status: u16,
     /// `Content-Length`, if given.
     pub content_length: Option<u64>,
+    /// The client address a keyed speed endpoint saw
+    /// ([`super::keyed::CLIENT_ADDR_HEADER`]), if given.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// Reads the response head; returns it and the body bytes read past it.
@@ -95,17 +98,24 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<(ResponseHead,
                         format!("bad status line {status_line:?}"),
                     )
                 })?;
-            let content_length = lines.find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())
-                    .flatten()
-            });
+            let mut content_length = None;
+            let mut client_addr = None;
+            for l in lines {
+                let Some((k, v)) = l.split_once(':') else {
+                    continue;
+                };
+                let k = k.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().ok();
+                } else if k.eq_ignore_ascii_case(super::keyed::CLIENT_ADDR_HEADER) {
+                    client_addr = v.trim().parse().ok();
+                }
+            }
             return Ok((
                 ResponseHead {
                     status,
                     content_length,
+                    client_addr,
                 },
                 rest,
             ));

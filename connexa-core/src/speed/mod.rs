@@ -38,6 +38,7 @@
 //! `bytes_moved` the octets of both measuring windows.
 
 pub mod http;
+pub mod keyed;
 pub mod tls;
 
 use std::io;
