@@ -158,14 +158,39 @@ fn require_ok(head: &ResponseHead, url: &HttpUrl) -> io::Result<()> {
 /// # Errors
 /// I/O errors, a malformed head, a non-2xx status, or a body shorter than its
 /// `Content-Length`.
-pub async fn get<S, F>(
+pub async fn get<S, F>(stream: &mut S, url: &HttpUrl, on_body: F) -> io::Result<(ResponseHead, u64)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&[u8]),
+{
+    let mut on_body = on_body;
+    get_with_head(
+        stream,
+        url,
+        |_| {},
+        |d| {
+            on_body(d);
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// As [`get`], with `on_head` called with the (2xx) response head before the
+/// body arrives, and an `on_body` that can end the download with an error.
+///
+/// # Errors
+/// As [`get`], and the first error of `on_body`.
+pub async fn get_with_head<S, H, F>(
     stream: &mut S,
     url: &HttpUrl,
+    on_head: H,
     mut on_body: F,
 ) -> io::Result<(ResponseHead, u64)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnMut(&[u8]),
+    H: FnOnce(&ResponseHead),
+    F: FnMut(&[u8]) -> io::Result<()>,
 {
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: connexa\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -175,22 +200,23 @@ where
     stream.write_all(req.as_bytes()).await?;
     let (head, first) = read_head(stream).await?;
     require_ok(&head, url)?;
+    on_head(&head);
     let limit = head.content_length.unwrap_or(u64::MAX);
     let mut total = 0u64;
     let take = |data: &[u8], total: &mut u64, on_body: &mut F| {
         let room = usize::try_from(limit - *total).unwrap_or(usize::MAX);
         let data = &data[..data.len().min(room)];
         *total += data.len() as u64;
-        on_body(data);
+        on_body(data)
     };
-    take(&first, &mut total, &mut on_body);
+    take(&first, &mut total, &mut on_body)?;
     let mut buf = vec![0u8; 64 * 1024];
     while total < limit {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        take(&buf[..n], &mut total, &mut on_body);
+        take(&buf[..n], &mut total, &mut on_body)?;
     }
     if head.content_length.is_some_and(|l| total < l) {
         return Err(io::Error::new(
