@@ -103,6 +103,7 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         // have something real to measure and fetch.
         .tunnels(TunnelSpec {
             rate_limit: Some(DEMO_RATE),
+            ..TunnelSpec::default()
         });
     // Open the database first: a bad --db fails before anything starts.
     let store = ctx.store().await?;

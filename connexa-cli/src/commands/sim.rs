@@ -121,6 +121,7 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
     let spec = if args.tunnels || args.tunnel_rate.is_some() {
         spec.tunnels(TunnelSpec {
             rate_limit: args.tunnel_rate,
+            ..TunnelSpec::default()
         })
     } else {
         spec

@@ -21,7 +21,10 @@
 //! node instead runs the network phase itself ([`SessionServer`](crate::pptp::session::SessionServer):
 //! CCP/MPPE-128 and IPCP as a server) with a user-space host behind it:
 //! `GET /bytes?N` on [`TUNNEL_HOST`]:80, rate-limited per call
-//! ([`TunnelSpec::rate_limit`]), so speed tests have something to measure.
+//! ([`TunnelSpec::rate_limit`]), so speed tests have something to measure;
+//! with [`TunnelSpec::speed_key`] also the keyed speed endpoint
+//! (`GET /speed/down?nonce=..&bytes=N`, [`crate::speed::keyed`]), which a
+//! [`Behaviour::FakeSpeed`] node answers with bytes of its own instead.
 //! Opening the raw socket needs
 //! `CAP_NET_RAW`; without it the fleet still starts ([`Fleet::serves_logins`]
 //! is `false`) and answers every call with result 2 (general error).
@@ -110,6 +113,11 @@ pub enum Behaviour {
     /// child), then behaves as [`Behaviour::Healthy`]: a client that retries
     /// transport failures gets in.
     Flaky(u32),
+    /// Healthy, but its tunnel host answers the keyed speed endpoint's
+    /// download (`/speed/down`) with bytes of its own (no nonce check): a node
+    /// faking a fast link. A verifying speed test fails it with
+    /// [`Failure::ContentMismatch`](crate::domain::Failure::ContentMismatch).
+    FakeSpeed,
 }
 
 impl fmt::Display for Behaviour {
@@ -127,6 +135,7 @@ impl fmt::Display for Behaviour {
             Behaviour::LcpSilent => f.write_str("lcp_silent"),
             Behaviour::AuthSilent => f.write_str("auth_silent"),
             Behaviour::Flaky(n) => write!(f, "flaky:{n}"),
+            Behaviour::FakeSpeed => f.write_str("fake_speed"),
         }
     }
 }
@@ -144,7 +153,7 @@ pub struct BadMix {
 
 /// The behaviour names [`parse_mix`] accepts.
 pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), \
-     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1)";
+     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1), fake_speed";
 
 /// Parses a behaviour mix such as `healthy=80,refused=10,silent=5,slow:2000=5`.
 ///
@@ -215,11 +224,12 @@ pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
             "auth_reject" if arg.is_none() => Behaviour::AuthReject,
             "lcp_silent" if arg.is_none() => Behaviour::LcpSilent,
             "auth_silent" if arg.is_none() => Behaviour::AuthSilent,
+            "fake_speed" if arg.is_none() => Behaviour::FakeSpeed,
             "flaky" => Behaviour::Flaky(
                 u32::try_from(num(1)?).map_err(|_| bad(part, "the count is too large"))?,
             ),
             "healthy" | "refused" | "silent" | "garbage" | "auth_reject" | "lcp_silent"
-            | "auth_silent" => {
+            | "auth_silent" | "fake_speed" => {
                 return Err(bad(part, "this behaviour takes no argument"));
             }
             _ => return Err(bad(part, "unknown behaviour")),
@@ -267,10 +277,18 @@ pub struct FleetSpec {
 /// `GET /bytes?N` on [`TUNNEL_HOST`]:80: N bytes of [`pattern`], at most
 /// `rate_limit` bytes/s per call (a token bucket with a tenth of a second of
 /// burst). Up to 4 HTTP connections per call at once.
+///
+/// With `speed_key` the host also serves the keyed speed endpoint
+/// (`GET /speed/down?nonce=..&bytes=N`): the nonce is checked with the key
+/// and the body is its keyed stream, the client's address echoed in
+/// `X-Connexa-Client-Addr` — what `connexa-http` serves, so a tester with
+/// `self_url = "http://10.78.0.1"` and the same key passes honest nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TunnelSpec {
     /// Bytes per second of each call's HTTP bodies; `None`: unlimited.
     pub rate_limit: Option<u64>,
+    /// The key of the keyed speed endpoint; `None`: `/speed/down` is `404`.
+    pub speed_key: Option<crate::speed::keyed::SpeedKey>,
 }
 
 /// The address of the host behind every simulated node's tunnel.

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::gre::{SimGre, SimRoute};
-use super::host::HttpHost;
+use super::host::{HttpHost, SpeedRoute};
 use super::{Behaviour, DataPath, DataPathFactory, SimNode, TunnelSpec};
 use crate::pptp::control::{
     CallDisconnectNotify, ControlMessage, EchoReply, FixedText, Framer, OutgoingCallReply,
@@ -435,7 +435,12 @@ impl Call {
         if self.host.is_none() && session.is_up() {
             let rate = self.tunnel.and_then(|t| t.rate_limit);
             let local = ServerNetworkConfig::default().local;
-            self.host = Some(Box::new(HttpHost::new(local, rate, now)));
+            let speed = if self.node.behaviour == Behaviour::FakeSpeed {
+                SpeedRoute::Fake
+            } else {
+                SpeedRoute::Keyed(self.tunnel.and_then(|t| t.speed_key))
+            };
+            self.host = Some(Box::new(HttpHost::new(local, rate, speed, now)));
         }
         let Some(host) = self.host.as_mut() else {
             return;

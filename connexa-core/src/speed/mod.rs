@@ -252,19 +252,28 @@ async fn target(
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, u.host.clone()))?
     } else {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, u.port))
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("resolving {host}: {e}")))?
-            .collect();
-        addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or(addrs.first())
-            .map(SocketAddr::ip)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, u.host.clone()))?
+        resolve_here(host, u.port).await?
     };
     let addr = SocketAddr::new(ip, u.port);
     Ok((u, addr))
+}
+
+/// Resolves `host` on this host (the system resolver: `/etc/hosts`, DNS...),
+/// preferring IPv4 (tunnels carry IPv4).
+///
+/// # Errors
+/// The name does not resolve.
+pub async fn resolve_here(host: &str, port: u16) -> io::Result<IpAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("resolving {host}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .map(SocketAddr::ip)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, host.to_owned()))
 }
 
 /// A downloaded body that is not the keyed stream (see [`is_content_mismatch`]).
@@ -841,6 +850,12 @@ mod tests {
         // A counter that went backwards (cannot happen) moves nothing.
         assert_eq!(window_goodput(10, 5, Duration::from_secs(1)).1, 0);
         assert_eq!(window_goodput(0, 5, Duration::ZERO).0, 0.0);
+    }
+
+    #[tokio::test]
+    async fn host_names_resolve_on_this_host() {
+        let ip = resolve_here("localhost", 80).await.unwrap();
+        assert!(ip.is_loopback(), "{ip}");
     }
 
     #[test]
