@@ -90,6 +90,28 @@ pub fn speed_endpoint(config: &Config) -> std::io::Result<Arc<SpeedEndpoint>> {
     )))
 }
 
+/// The keyed speed endpoint a server process (`connexa-http`, `connexa run`)
+/// serves: [`speed_endpoint`] when a self URL is configured
+/// ([`Config::speed_self_url`]), `[test] speed_key_file` is set, or the key
+/// file exists already; `None` otherwise (no key file is created then).
+///
+/// # Errors
+/// As [`speed_key`].
+pub fn served_speed_endpoint(config: &Config) -> std::io::Result<Option<Arc<SpeedEndpoint>>> {
+    let wanted = config.speed_self_url().is_some()
+        || config
+            .test
+            .speed_key_file
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+        || config.speed_key_path().exists();
+    if wanted {
+        speed_endpoint(config).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// The three network ports of an [`Engine`], sharing one raw GRE socket.
 #[derive(Debug, Clone)]
 pub struct NetworkPorts {

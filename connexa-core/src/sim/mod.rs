@@ -172,6 +172,9 @@ pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (d
 /// for (b, _) in &mix {
 ///     assert_eq!(&parse_mix(&format!("{b}=1")).unwrap()[0].0, b);
 /// }
+/// assert_eq!(parse_mix("fake_speed=1").unwrap(), vec![(Behaviour::FakeSpeed, 1)]);
+/// assert_eq!(Behaviour::FakeSpeed.to_string(), "fake_speed");
+/// assert!(parse_mix("fake_speed:3=1").is_err());
 /// assert!(parse_mix("healthy=8,sleepy=2").is_err());
 /// ```
 pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
