@@ -237,7 +237,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     match command {
         Command::Token(t) => token(store.as_ref(), t).await,
-        Command::Serve(s) => serve(store, &config, s).await,
+        Command::Serve(s) => {
+            // The effective database: the speed key file defaults to its directory.
+            let mut config = config.clone();
+            config.database = Some(url.clone());
+            serve(store, &config, s).await
+        }
         Command::Openapi => Ok(()),
     }
 }

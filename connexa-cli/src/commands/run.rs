@@ -101,7 +101,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     ));
     // The keyed speed endpoint, for hosts without connexa-http.
     if let Some(listen) = ctx.config.test.speed_listen {
-        let endpoint = connexa_core::runtime::speed_endpoint(&ctx.config)
+        let endpoint = connexa_core::runtime::speed_endpoint(&ctx.effective_config())
             .map_err(|e| fail(Exit::Config, format!("the keyed speed endpoint's key: {e}")))?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
