@@ -294,6 +294,16 @@ pub fn is_content_mismatch(e: &io::Error) -> bool {
         .is_some_and(|inner| inner.downcast_ref::<ContentMismatch>().is_some())
 }
 
+/// The path of a keyed request under the base URL's path: the download
+/// (`bytes` given) or the upload sink.
+fn keyed_path(base: &str, nonce: &str, bytes: Option<u64>) -> String {
+    let base = base.trim_end_matches('/');
+    match bytes {
+        Some(b) => format!("{base}{}?nonce={nonce}&bytes={b}", keyed::DOWN_PATH),
+        None => format!("{base}{}?nonce={nonce}", keyed::UP_PATH),
+    }
+}
+
 /// How long a nonce the tester issues stays valid.
 fn nonce_ttl(cfg: &SpeedConfig) -> Duration {
     cfg.timeout + Duration::from_secs(60)
@@ -395,12 +405,7 @@ async fn download_worker(tunnel: Tunnel, target: Target, bytes: Arc<AtomicU64>) 
                 .map_err(io::Error::other)?;
             let mut verifier = keyed::StreamVerifier::new(&k.key, &valid);
             let mut url = target.url.clone();
-            url.path = format!(
-                "{}{}?nonce={nonce}&bytes={}",
-                url.path.trim_end_matches('/'),
-                keyed::DOWN_PATH,
-                k.bytes
-            );
+            url.path = keyed_path(&url.path, &nonce, Some(k.bytes));
             let mut s = target.open(&tunnel).await?;
             http::get_with_head(
                 &mut s,
@@ -447,19 +452,18 @@ async fn upload_worker(tunnel: Tunnel, target: Target, written: Arc<AtomicU64>) 
     loop {
         let r: io::Result<()> = async {
             let mut url = target.url.clone();
+            // The keyed sink takes at most its limit: ask for a request's size.
+            let mut length = UPLOAD_LENGTH;
             if let Some(k) = &target.keyed {
                 let nonce = k.key.issue(std::time::SystemTime::now(), k.ttl)?;
-                url.path = format!(
-                    "{}{}?nonce={nonce}",
-                    url.path.trim_end_matches('/'),
-                    keyed::UP_PATH
-                );
+                url.path = keyed_path(&url.path, &nonce, None);
+                length = k.bytes;
             }
             let url = &url;
             let mut s = target.open(&tunnel).await?;
-            http::post_head(&mut s, url, UPLOAD_LENGTH).await?;
+            http::post_head(&mut s, url, length).await?;
             let mut sent = 0u64;
-            while sent < UPLOAD_LENGTH {
+            while sent < length {
                 let n = s.write(&chunk).await?;
                 sent += n as u64;
                 written.fetch_add(n as u64, Ordering::Relaxed);
@@ -850,6 +854,31 @@ mod tests {
         // A counter that went backwards (cannot happen) moves nothing.
         assert_eq!(window_goodput(10, 5, Duration::from_secs(1)).1, 0);
         assert_eq!(window_goodput(0, 5, Duration::ZERO).0, 0.0);
+    }
+
+    #[test]
+    fn keyed_request_paths() {
+        assert_eq!(
+            keyed_path("/", "ab", Some(5)),
+            "/speed/down?nonce=ab&bytes=5"
+        );
+        assert_eq!(keyed_path("", "ab", None), "/speed/up?nonce=ab");
+        assert_eq!(keyed_path("/cx/", "ab", None), "/cx/speed/up?nonce=ab");
+        let ep = keyed::SpeedEndpoint::new(
+            keyed::SpeedKey::from_bytes([3; 32]),
+            keyed::EndpointLimits::default(),
+        );
+        let nonce = keyed::SpeedKey::from_bytes([3; 32])
+            .issue(std::time::SystemTime::now(), Duration::from_secs(60))
+            .unwrap();
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        // What the tester asks is what the endpoint grants.
+        let down = keyed_path("/", &nonce, Some(1000));
+        let (_, q) = down.split_once('?').unwrap();
+        assert_eq!(ep.download(q, peer).unwrap().bytes, 1000);
+        let up = keyed_path("/", &nonce, None);
+        let (_, q) = up.split_once('?').unwrap();
+        assert_eq!(ep.upload(q, Some(256 << 20), peer), Ok(256 << 20));
     }
 
     #[tokio::test]
