@@ -29,6 +29,19 @@
 //! endpoint is the problem — as level 2 with [`Failure::Other`] naming the
 //! endpoint and the reason.
 //!
+//! **Verified content.** With [`SpeedConfig::keyed`] (the operator's own
+//! endpoint, `[test] self_url`) every download request carries a fresh nonce
+//! signed with the shared [`keyed::SpeedKey`], and every body byte is checked
+//! against the nonce's keyed stream as it arrives ([`keyed::StreamVerifier`]);
+//! only verified bytes are counted, and the first wrong byte ends the test as
+//! level 2 with [`Failure::ContentMismatch`]. The client address the endpoint
+//! echoes becomes [`Measurements::exit_ip`]. Plain `http://` targets without a
+//! key cannot be verified: [`HttpSpeedTester`] warns once that their verdict
+//! is spoofable ([`SpeedConfig::spoofable_urls`]). Host names are resolved on
+//! this host ([`resolve_here`]) unless [`SpeedConfig::resolve_through_node`].
+//! The verdict counts only bytes inside the window ([`window_goodput`],
+//! [`passes`]).
+//!
 //! The [`Outcome`]: level 3 (`speed_ok`) when the download reaches
 //! [`SpeedConfig::threshold_mbps`]; a node that logged in but was slower, or
 //! whose test endpoint could not be reached through the tunnel, is level 2
