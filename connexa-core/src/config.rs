@@ -118,7 +118,8 @@ pub struct TestConfig {
     /// Where `connexa run` serves the keyed endpoint (`None`: it does not;
     /// `connexa-http` serves it on its own listener at `/speed/...`).
     pub speed_listen: Option<SocketAddr>,
-    /// The endpoint's largest download (`bytes`) and upload body, bytes.
+    /// The endpoint's largest download (`bytes`) and upload body, bytes; the
+    /// tester's requests (256 MiB each) are capped to it too.
     pub speed_max_bytes: u64,
     /// The endpoint's requests per source address (IPv6: /64) and minute.
     pub speed_requests_per_minute: u32,
@@ -758,6 +759,27 @@ mod tests {
             Some("https://me.example:8443")
         );
         assert_eq!(c.speed_key_path(), PathBuf::from("/k"));
+        let key = crate::speed::keyed::SpeedKey::from_bytes([2; 32]);
+        let keyed = crate::speed::SpeedConfig::from_config(&c, Some(key))
+            .keyed
+            .expect("a self URL and a key make a keyed target");
+        assert_eq!(keyed.base_url, "https://me.example:8443");
+        assert_eq!(keyed.request_bytes, 256 << 20);
+        assert!(
+            crate::speed::SpeedConfig::from_config(&c, None)
+                .keyed
+                .is_none()
+        );
+        let small =
+            Config::from_toml_str("[test]\nself_url = \"http://h\"\nspeed_max_bytes = 1000\n")
+                .unwrap();
+        let keyed = crate::speed::SpeedConfig::from_config(&small, Some(key))
+            .keyed
+            .unwrap();
+        assert_eq!(
+            keyed.request_bytes, 1000,
+            "never more than the endpoint serves"
+        );
     }
 
     #[test]

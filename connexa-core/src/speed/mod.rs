@@ -196,6 +196,8 @@ impl SpeedConfig {
         if let (Some(url), Some(key)) = (config.speed_self_url(), key) {
             let mut k = KeyedTarget::new(&url, key);
             k.upload = config.test.self_upload;
+            // Never more than our own endpoint would serve.
+            k.request_bytes = k.request_bytes.min(config.test.speed_max_bytes.max(1));
             c.keyed = Some(k);
         }
         c
