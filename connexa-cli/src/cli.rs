@@ -140,6 +140,15 @@ impl Ctx {
             .unwrap_or_else(|| DEFAULT_DB.to_owned())
     }
 
+    /// The configuration with `database` set to the effective database URL
+    /// ([`Ctx::db_url`]), so that what defaults to "next to the database"
+    /// (the speed key file) follows `--db`.
+    pub fn effective_config(&self) -> Config {
+        let mut c = self.config.clone();
+        c.database = Some(self.db_url());
+        c
+    }
+
     /// Opens (and migrates) the database.
     pub async fn store(&self) -> anyhow::Result<Arc<SqlStore>> {
         let url = self.db_url();

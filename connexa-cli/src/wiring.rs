@@ -34,6 +34,6 @@ pub async fn engine_and_launcher(
     prober: Arc<LightProber>,
 ) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
     let store = ctx.store().await?;
-    let ports = NetworkPorts::with_prober(&ctx.config, prober);
+    let ports = NetworkPorts::with_prober(&ctx.effective_config(), prober);
     Ok((ports.engine(store, &ctx.config), ports.launcher))
 }

@@ -2346,3 +2346,68 @@ fn read_only_database_serves_read_only_commands() {
     );
     assert_eq!(env.json(&["stats"])["total"], 3);
 }
+
+/// `connexa run` with `[test] speed_listen` serves the keyed speed endpoint:
+/// refused without a nonce, the keyed stream with one signed by the key file
+/// (generated 0600 on first use).
+#[test]
+fn run_serves_the_keyed_speed_endpoint_on_speed_listen() {
+    use connexa_core::speed::keyed::SpeedKey;
+    use std::io::Write as _;
+    let env = Env::new();
+    let port = free_port();
+    let key_file = env.path("speed.key");
+    let cfg = env.path("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[test]\nspeed_listen = \"127.0.0.1:{port}\"\nspeed_key_file = {:?}\n",
+            key_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut run = StdCommand::new(assert_cmd::cargo::cargo_bin("connexa"))
+        .args(["--db", &env.db(), "--config"])
+        .arg(&cfg)
+        .arg("run")
+        .current_dir(env.dir.path())
+        .env_remove("CONNEXA_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = |target: &str| -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    wait_until("the speed endpoint", 30, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let r = request("/speed/down?bytes=10");
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let key = SpeedKey::from_hex(&std::fs::read_to_string(&key_file).unwrap()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let nonce = key
+        .issue(std::time::SystemTime::now(), Duration::from_secs(60))
+        .unwrap();
+    let r = request(&format!("/speed/down?nonce={nonce}&bytes=1000"));
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains("Content-Length: 1000\r\n"), "{r}");
+    assert!(r.contains("X-Connexa-Client-Addr: 127.0.0.1\r\n"), "{r}");
+    let (code, err) = stop_and_wait(&mut run, "-TERM", 15);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("serving the keyed speed endpoint"), "{err}");
+}

@@ -151,3 +151,92 @@ fn test_pipeline_over_sim_tunnels_measures_each_nodes_rate() {
         let _ = child.wait();
     }
 }
+
+/// `connexa sim --speed-key` serves the keyed endpoint behind each node; with
+/// `self_url` and the same key file the speed test verifies every byte: the
+/// honest nodes reach `speed_ok`, the `fake_speed` node (its own bytes) stays
+/// `ping_ok` with a content mismatch — and no "spoofable" warning is logged.
+#[test]
+fn speed_test_against_the_keyed_endpoint_fails_the_faking_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let key = dir.path().join("speed.key");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[test]\nself_url = \"http://10.78.0.1\"\nspeed_key_file = {:?}\n\
+             speed_duration_secs = 2.0\nspeed_warmup_secs = 0.4\nspeed_streams = 2\n\
+             speed_threshold_mbps = 1.0\n",
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let list = dir.path().join("fleet.txt");
+    let key_arg = key.display().to_string();
+    let mut fleet = sim(
+        &[
+            "--nodes",
+            "3",
+            "--mix",
+            "healthy=2,fake_speed=1",
+            "--speed-key",
+            &key_arg,
+        ],
+        94,
+        &list,
+    );
+    let out = connexa()
+        .args(["--db", &db, "-q", "import"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = connexa()
+        .args(["--db", &db, "--output", "json", "test", "speed", "--all"])
+        .args(["--timeout", "60"])
+        .env("CONNEXA_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("spoofable"), "{stderr}");
+    let nodes = connexa()
+        .args(["--db", &db, "--output", "json", "nodes", "list"])
+        .output()
+        .unwrap();
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.stdout).unwrap();
+    let rows = nodes["nodes"]
+        .as_array()
+        .or(nodes.as_array())
+        .unwrap()
+        .clone();
+    let mut statuses: Vec<(String, String)> = rows
+        .iter()
+        .map(|n| {
+            (
+                n["status"].as_str().unwrap_or_default().to_owned(),
+                n["last_error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses.len(), 3, "{nodes}");
+    assert_eq!(statuses[0].0, "ping_ok", "{statuses:?} {stderr}");
+    assert!(
+        statuses[0].1.contains("content mismatch"),
+        "{statuses:?} {stderr}"
+    );
+    assert_eq!(
+        (statuses[1].0.as_str(), statuses[2].0.as_str()),
+        ("speed_ok", "speed_ok"),
+        "{statuses:?} {stderr}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &fleet.id().to_string()])
+        .status();
+    let _ = fleet.wait();
+}

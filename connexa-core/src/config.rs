@@ -16,7 +16,17 @@
 //! auth_timeout_secs = 25.0     # login (MS-CHAPv2)
 //! speed_timeout_secs = 60.0    # the whole speed test
 //! speed_threshold_mbps = 1.0   # download goodput at or above: speed_ok
-//! test_url = "http://speedtest.invalid/10MB.bin"   # downloaded through the tunnel (http:// or https://)
+//! # self_url = "http://203.0.113.5:8080"  # your own keyed speed endpoint, as nodes reach it
+//! #   (default: http://<services.public_host>:<http.listen port> when public_host is set)
+//! self_upload = false          # also upload to <self_url>/speed/up
+//! # speed_key_file = "/var/lib/connexa/connexa-speed.key"  # shared secret of the keyed endpoint
+//! #   (default: connexa-speed.key next to the SQLite database, else in the working directory;
+//! #   generated with mode 0600 on first use)
+//! # speed_listen = "0.0.0.0:8081"  # `connexa run` serves the keyed endpoint here
+//! speed_max_bytes = 1073741824 # the endpoint's largest download / upload
+//! speed_requests_per_minute = 600  # the endpoint's requests per source address and minute
+//! resolve_through_node = false # resolve test host names through the node's DNS
+//! test_url = "https://speed.cloudflare.com/__down?bytes=25000000"   # without a self_url (http:// or https://)
 //! extra_test_urls = []         # more download URLs; parallel streams are spread over all
 //! upload_url = ""              # POST endpoint for the upload test; empty: no upload test
 //! test_ca_file = ""            # PEM CA certificates trusted for https:// besides the Mozilla roots
@@ -98,9 +108,31 @@ pub struct TestConfig {
     pub auth_timeout_secs: f64,
     /// Time budget of a speed test, seconds.
     pub speed_timeout_secs: f64,
-    /// Download speed (Mbit/s) at or above which a node is `speed_ok`.
+    /// Download speed (Mbit/s) at or above which a node is `speed_ok` (> 0).
     pub speed_threshold_mbps: f64,
-    /// What the speed test downloads through the tunnel (`http://` or `https://`).
+    /// Base URL (`http[s]://host[:port]`) of the operator's own keyed speed
+    /// endpoint as the nodes reach it; when set (or derived from
+    /// `[services] public_host`, see [`Config::speed_self_url`]) the speed
+    /// test downloads its verified keyed stream instead of `test_url`.
+    pub self_url: Option<String>,
+    /// With a self URL, also run the upload test against its `/speed/up`.
+    pub self_upload: bool,
+    /// File of the keyed endpoint's shared secret (64 hex digits), generated
+    /// with mode 0600 when absent (see [`Config::speed_key_path`]).
+    pub speed_key_file: Option<String>,
+    /// Where `connexa run` serves the keyed endpoint (`None`: it does not;
+    /// `connexa-http` serves it on its own listener at `/speed/...`).
+    pub speed_listen: Option<SocketAddr>,
+    /// The endpoint's largest download (`bytes`) and upload body, bytes; the
+    /// tester's requests (256 MiB each) are capped to it too.
+    pub speed_max_bytes: u64,
+    /// The endpoint's requests per source address (IPv6: /64) and minute.
+    pub speed_requests_per_minute: u32,
+    /// Resolve test host names through the node's DNS instead of on this
+    /// host (default `false`: a node cannot redirect the test by lying).
+    pub resolve_through_node: bool,
+    /// What the speed test downloads through the tunnel when no self URL is
+    /// set (`http://` or `https://`).
     pub test_url: String,
     /// More download URLs; the parallel streams are spread over all of them.
     pub extra_test_urls: Vec<String>,
@@ -127,7 +159,16 @@ impl Default for TestConfig {
             auth_timeout_secs: 25.0,
             speed_timeout_secs: 60.0,
             speed_threshold_mbps: 1.0,
-            test_url: "http://speedtest.invalid/10MB.bin".into(),
+            self_url: None,
+            self_upload: false,
+            speed_key_file: None,
+            speed_listen: None,
+            speed_max_bytes: 1 << 30,
+            speed_requests_per_minute: 600,
+            resolve_through_node: false,
+            // Public, HTTPS (verified with TLS, so a node cannot answer it
+            // itself), no account, sized by the query.
+            test_url: DEFAULT_TEST_URL.into(),
             extra_test_urls: Vec::new(),
             upload_url: None,
             test_ca_file: None,
@@ -159,6 +200,10 @@ impl TestConfig {
         Duration::from_secs_f64(self.speed_timeout_secs)
     }
 }
+
+/// The speed test's download without a self URL: Cloudflare's public speed
+/// test endpoint (HTTPS, no account, `bytes` chooses the size).
+pub const DEFAULT_TEST_URL: &str = "https://speed.cloudflare.com/__down?bytes=25000000";
 
 /// Largest `services.max_preauth` (each admission scans the pre-auth slots).
 pub const MAX_PREAUTH: usize = 65_536;
@@ -411,11 +456,22 @@ impl Config {
                 t.speed_streams
             ));
         }
-        if !(t.speed_threshold_mbps.is_finite() && t.speed_threshold_mbps >= 0.0) {
+        if !(t.speed_threshold_mbps.is_finite() && t.speed_threshold_mbps > 0.0) {
             return bad(format!(
-                "test.speed_threshold_mbps must be a non-negative number, got {}",
+                "test.speed_threshold_mbps must be above 0 (0 would pass a node that moved nothing), got {}",
                 t.speed_threshold_mbps
             ));
+        }
+        if let Some(u) = t.self_url.as_deref().filter(|u| !u.is_empty())
+            && let Err(e) = crate::speed::http::HttpUrl::parse(u)
+        {
+            return bad(format!("test.self_url: {e}"));
+        }
+        if t.speed_max_bytes == 0 {
+            return bad("test.speed_max_bytes must be at least 1".into());
+        }
+        if t.speed_requests_per_minute == 0 {
+            return bad("test.speed_requests_per_minute must be at least 1".into());
         }
         if let Some(path) = t.test_ca_file.as_deref().filter(|p| !p.is_empty())
             && let Err(e) = crate::speed::tls::load_ca_file(Path::new(path))
@@ -481,6 +537,54 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The base URL of the operator's own keyed speed endpoint, as nodes reach
+    /// it: `[test] self_url`, else `http://<[services] public_host>:<[http]
+    /// listen port>` when `public_host` is set (connexa-http serves
+    /// `/speed/...` there), else none.
+    pub fn speed_self_url(&self) -> Option<String> {
+        if let Some(u) = self.test.self_url.as_deref().filter(|u| !u.is_empty()) {
+            return Some(u.trim_end_matches('/').to_owned());
+        }
+        let host = self
+            .services
+            .public_host
+            .as_deref()
+            .filter(|h| !h.is_empty())?;
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        Some(format!("http://{host}:{}", self.http.listen.port()))
+    }
+
+    /// The file of the keyed endpoint's shared secret: `[test]
+    /// speed_key_file`, else `connexa-speed.key` next to the SQLite database
+    /// of `database` (`sqlite://path...`), else in the working directory.
+    pub fn speed_key_path(&self) -> PathBuf {
+        if let Some(p) = self
+            .test
+            .speed_key_file
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            return PathBuf::from(p);
+        }
+        const NAME: &str = "connexa-speed.key";
+        let db = self
+            .database
+            .as_deref()
+            .and_then(|d| d.strip_prefix("sqlite://").or(d.strip_prefix("sqlite:")))
+            .map(|d| d.split('?').next().unwrap_or(d))
+            .filter(|d| !d.is_empty() && !d.starts_with(':'));
+        match db.and_then(|d| Path::new(d).parent()) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(NAME),
+            _ => PathBuf::from(NAME),
+        }
     }
 }
 
@@ -580,6 +684,11 @@ mod tests {
             "[services]\nhealth_threshold = 0\n",
             "[services]\nrestart_backoff_secs = -1\n",
             "[services]\nrestart_backoff_secs = 60\nrestart_backoff_max_secs = 30\n",
+            "[test]\nspeed_threshold_mbps = 0\n",
+            "[test]\nspeed_threshold_mbps = -1\n",
+            "[test]\nself_url = \"ftp://x/\"\n",
+            "[test]\nspeed_max_bytes = 0\n",
+            "[test]\nspeed_requests_per_minute = 0\n",
         ] {
             let e = Config::from_toml_str(text).unwrap_err();
             assert!(matches!(e, ConfigError::Invalid { .. }), "{text}: {e}");
@@ -619,6 +728,66 @@ mod tests {
         assert_eq!(
             crate::speed::SpeedConfig::from_test_config(&c.test).ca_file,
             None
+        );
+    }
+
+    #[test]
+    fn threshold_zero_is_refused_with_a_reason() {
+        let e = Config::from_toml_str("[test]\nspeed_threshold_mbps = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("speed_threshold_mbps must be above 0"), "{e}");
+        assert!(Config::from_toml_str("[test]\nspeed_threshold_mbps = 0.01\n").is_ok());
+    }
+
+    #[test]
+    fn self_url_and_key_path_defaults() {
+        let c = Config::default();
+        assert_eq!(c.speed_self_url(), None);
+        assert_eq!(c.test.test_url, DEFAULT_TEST_URL);
+        assert!(c.test.test_url.starts_with("https://"));
+        assert_eq!(c.speed_key_path(), PathBuf::from("connexa-speed.key"));
+        let c = Config::from_toml_str(
+            "database = \"sqlite:///var/lib/cx/c.db?mode=rwc\"\n[services]\npublic_host = \"vpn.example\"\n[http]\nlisten = \"0.0.0.0:9000\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.speed_self_url().as_deref(),
+            Some("http://vpn.example:9000")
+        );
+        assert_eq!(
+            c.speed_key_path(),
+            PathBuf::from("/var/lib/cx/connexa-speed.key")
+        );
+        let c = Config::from_toml_str(
+            "[test]\nself_url = \"https://me.example:8443/\"\nspeed_key_file = \"/k\"\n[services]\npublic_host = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.speed_self_url().as_deref(),
+            Some("https://me.example:8443")
+        );
+        assert_eq!(c.speed_key_path(), PathBuf::from("/k"));
+        let key = crate::speed::keyed::SpeedKey::from_bytes([2; 32]);
+        let keyed = crate::speed::SpeedConfig::from_config(&c, Some(key))
+            .keyed
+            .expect("a self URL and a key make a keyed target");
+        assert_eq!(keyed.base_url, "https://me.example:8443");
+        assert_eq!(keyed.request_bytes, 256 << 20);
+        assert!(
+            crate::speed::SpeedConfig::from_config(&c, None)
+                .keyed
+                .is_none()
+        );
+        let small =
+            Config::from_toml_str("[test]\nself_url = \"http://h\"\nspeed_max_bytes = 1000\n")
+                .unwrap();
+        let keyed = crate::speed::SpeedConfig::from_config(&small, Some(key))
+            .keyed
+            .unwrap();
+        assert_eq!(
+            keyed.request_bytes, 1000,
+            "never more than the endpoint serves"
         );
     }
 

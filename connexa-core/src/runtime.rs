@@ -27,6 +27,7 @@ use crate::ports::NodeStore;
 use crate::probe::{LightProber, ProbeConfig};
 use crate::service::PptpOpener;
 use crate::socks::{SocksConfig, SocksLauncher};
+use crate::speed::keyed::{EndpointLimits, SpeedEndpoint, SpeedKey};
 use crate::speed::{HttpSpeedTester, SpeedConfig};
 use crate::tunnel::AuthConfig;
 
@@ -63,6 +64,55 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c
 }
 
+/// The keyed speed endpoint's shared secret: the file
+/// [`Config::speed_key_path`], generated (mode 0600) when absent.
+///
+/// # Errors
+/// The file cannot be read or written, or holds no key.
+pub fn speed_key(config: &Config) -> std::io::Result<SpeedKey> {
+    SpeedKey::load_or_create(&config.speed_key_path())
+}
+
+/// The keyed speed endpoint of `config` (its key from [`speed_key`], its
+/// limits from `[test] speed_max_bytes` and `speed_requests_per_minute`),
+/// which `connexa-http` serves at `/speed/...` and `connexa run` on
+/// `[test] speed_listen`.
+///
+/// # Errors
+/// As [`speed_key`].
+pub fn speed_endpoint(config: &Config) -> std::io::Result<Arc<SpeedEndpoint>> {
+    Ok(Arc::new(SpeedEndpoint::new(
+        speed_key(config)?,
+        EndpointLimits {
+            max_bytes: config.test.speed_max_bytes,
+            requests_per_minute: config.test.speed_requests_per_minute,
+            ..EndpointLimits::default()
+        },
+    )))
+}
+
+/// The keyed speed endpoint a server process (`connexa-http`, `connexa run`)
+/// serves: [`speed_endpoint`] when a self URL is configured
+/// ([`Config::speed_self_url`]), `[test] speed_key_file` is set, or the key
+/// file exists already; `None` otherwise (no key file is created then).
+///
+/// # Errors
+/// As [`speed_key`].
+pub fn served_speed_endpoint(config: &Config) -> std::io::Result<Option<Arc<SpeedEndpoint>>> {
+    let wanted = config.speed_self_url().is_some()
+        || config
+            .test
+            .speed_key_file
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+        || config.speed_key_path().exists();
+    if wanted {
+        speed_endpoint(config).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// The three network ports of an [`Engine`], sharing one raw GRE socket.
 #[derive(Debug, Clone)]
 pub struct NetworkPorts {
@@ -81,14 +131,30 @@ impl NetworkPorts {
     }
 
     /// The ports of `config` around a prober of your own (its GRE socket is shared).
+    ///
+    /// With a self URL ([`Config::speed_self_url`]) the speed tester tests
+    /// against the keyed endpoint with the key of [`speed_key`]; when that key
+    /// cannot be read or created, every speed test is refused as not runnable
+    /// (`Err`, no node is marked) with the reason.
     pub fn with_prober(config: &Config, prober: Arc<LightProber>) -> Self {
-        let speed_config = SpeedConfig::from_test_config(&config.test);
+        let (speed_config, key_error) = match config.speed_self_url() {
+            None => (SpeedConfig::from_config(config, None), None),
+            Some(_) => match speed_key(config) {
+                Ok(key) => (SpeedConfig::from_config(config, Some(key)), None),
+                Err(e) => (
+                    SpeedConfig::from_config(config, None),
+                    Some(format!("the keyed speed endpoint's key: {e}")),
+                ),
+            },
+        };
         let opener = PptpOpener::sharing_gre_with(speed_config.tunnel.clone(), Arc::clone(&prober));
+        let mut speed = HttpSpeedTester::sharing_gre_with(speed_config, Arc::clone(&prober));
+        if let Some(e) = key_error {
+            tracing::error!("{e}");
+            speed = speed.refusing(e);
+        }
         NetworkPorts {
-            speed: Arc::new(HttpSpeedTester::sharing_gre_with(
-                speed_config,
-                Arc::clone(&prober),
-            )),
+            speed: Arc::new(speed),
             launcher: Arc::new(SocksLauncher::new(
                 Arc::new(opener),
                 SocksConfig::from_services(&config.services),

@@ -50,6 +50,7 @@ use connexa_core::engine::Engine;
 use connexa_core::metrics::ProbeStats;
 use connexa_core::ports::{NodeStore, TokenId, TokenStore};
 use connexa_core::socks::SocksLauncher;
+use connexa_core::speed::keyed::SpeedEndpoint;
 use tokio::sync::watch;
 
 use crate::auth::AuthLimiter;
@@ -135,6 +136,8 @@ struct Shared {
     probe_stats: Mutex<Option<Arc<ProbeStats>>>,
     /// SOCKS5 service counters exported by `/metrics`, if set.
     socks: Mutex<Option<Arc<SocksLauncher>>>,
+    /// The keyed speed endpoint served at `/speed/...`, if set.
+    speed: Mutex<Option<Arc<SpeedEndpoint>>>,
     touched: Mutex<HashMap<TokenId, std::time::Instant>>,
     /// Totals of recent listings per filter (see [`AppState::total`]).
     totals: Mutex<HashMap<String, TotalSlot>>,
@@ -177,6 +180,7 @@ impl AppState {
             metrics: Metrics::default(),
             probe_stats: Mutex::new(None),
             socks: Mutex::new(None),
+            speed: Mutex::new(None),
             touched: Mutex::new(HashMap::new()),
             token_cache: Mutex::new(HashMap::new()),
             known_tokens: Mutex::new(HashMap::new()),
@@ -226,6 +230,27 @@ impl AppState {
     pub fn socks_launcher(&self) -> Option<Arc<SocksLauncher>> {
         self.0
             .socks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves `endpoint` at `/speed/down` and `/speed/up` (no token; a valid
+    /// signed nonce instead, see connexa-core's `speed::keyed`). Without it
+    /// those paths answer `404`. A later call replaces it.
+    pub fn with_speed_endpoint(self, endpoint: Arc<SpeedEndpoint>) -> Self {
+        *self
+            .0
+            .speed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(endpoint);
+        self
+    }
+
+    /// The keyed speed endpoint, if any ([`with_speed_endpoint`](Self::with_speed_endpoint)).
+    pub fn speed_endpoint(&self) -> Option<Arc<SpeedEndpoint>> {
+        self.0
+            .speed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -319,7 +344,8 @@ type TotalSlot = Arc<tokio::sync::Mutex<Option<(u64, std::time::Instant)>>>;
 /// How long a listing's `total` may be reused (see [`AppState::total`]).
 pub const TOTAL_TTL: Duration = Duration::from_secs(1);
 
-/// The whole API: `/healthz` and the web console at `/` (no auth), and, behind a bearer token, `/metrics`
+/// The whole API: `/healthz`, the keyed speed endpoint at `/speed/...`
+/// ([`AppState::with_speed_endpoint`]) and the web console at `/` (no auth), and, behind a bearer token, `/metrics`
 /// and everything under `/api/v1` (see [`openapi::ApiDoc`]).
 pub fn app(state: AppState) -> Router {
     let o = state.options().clone();
@@ -376,6 +402,12 @@ pub fn app(state: AppState) -> Router {
         ));
     let mut router = Router::new()
         .route("/healthz", get(healthz))
+        // The keyed speed endpoint: no token, a signed nonce instead.
+        .route("/speed/down", get(routes::speed::down))
+        .route(
+            "/speed/up",
+            post(routes::speed::up).layer(DefaultBodyLimit::disable()),
+        )
         // The web console's static files: no token (the page holds no data).
         .merge(console::router())
         .merge(protected)

@@ -237,7 +237,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     match command {
         Command::Token(t) => token(store.as_ref(), t).await,
-        Command::Serve(s) => serve(store, &config, s).await,
+        Command::Serve(s) => {
+            // The effective database: the speed key file defaults to its directory.
+            let mut config = config.clone();
+            config.database = Some(url.clone());
+            serve(store, &config, s).await
+        }
         Command::Openapi => Ok(()),
     }
 }
@@ -325,9 +330,15 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         auth_failures_per_minute: s.auth_failures_per_minute,
         ..HttpOptions::default()
     };
-    let state = AppState::new(engine.clone(), store.clone(), options)
+    let mut state = AppState::new(engine.clone(), store.clone(), options)
         .with_probe_stats(probe_stats)
         .with_socks_launcher(ports.launcher.clone());
+    // The keyed speed endpoint at /speed/... when a self URL or a key is set up.
+    match connexa_core::runtime::served_speed_endpoint(config) {
+        Ok(Some(ep)) => state = state.with_speed_endpoint(ep),
+        Ok(None) => {}
+        Err(e) => tracing::error!("the keyed speed endpoint is off: {e}"),
+    }
     let listen = s.listen.unwrap_or(config.http.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

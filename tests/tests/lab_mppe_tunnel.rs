@@ -80,6 +80,8 @@ fn speed_config(lab: &Lab) -> SpeedConfig {
         ca_file: None,
         tunnel: TunnelConfig::default(),
         timeout: Duration::from_secs(60),
+        keyed: None,
+        resolve_through_node: false,
     }
 }
 

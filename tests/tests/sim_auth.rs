@@ -641,6 +641,7 @@ async fn sim_tunnels_carry_http_bytes_through_mppe_within_each_nodes_rate_limit(
             .port(PORT)
             .tunnels(TunnelSpec {
                 rate_limit: Some(rate),
+                ..TunnelSpec::default()
             }),
     )
     .await
@@ -688,6 +689,7 @@ async fn pipeline_job_over_sim_fleets_with_tunnels_ends_speed_ok_only_where_fast
             .port(PORT)
             .tunnels(TunnelSpec {
                 rate_limit: Some(50_000),
+                ..TunnelSpec::default()
             }),
     )
     .await

@@ -40,10 +40,11 @@ const DEMO_RATE: u64 = 500_000;
 const DEMO_FETCH_BYTES: u64 = 1_000_000;
 
 /// The demo's settings: the configuration file's, with the speed test pointed
-/// at the simulator's tunnel host and kept short.
+/// at the keyed endpoint of the simulator's tunnel host and kept short.
 fn demo_config(ctx: &Ctx) -> connexa_core::config::Config {
-    let mut c = ctx.config.clone();
-    c.test.test_url = format!("http://{TUNNEL_HOST}/bytes?1000000000");
+    let mut c = ctx.effective_config();
+    c.test.self_url = Some(format!("http://{TUNNEL_HOST}"));
+    c.test.self_upload = false;
     c.test.extra_test_urls.clear();
     c.test.upload_url = None;
     c.test.speed_duration_secs = 2.0;
@@ -94,6 +95,12 @@ pub struct DemoArgs {
 /// Runs the demo.
 pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     let mix = parse_mix(&a.mix).code(Exit::Usage)?;
+    // Open the database first: a bad --db fails before anything starts.
+    let store = ctx.store().await?;
+    // The speed test's key (the file next to the database, created on first
+    // use): the simulated nodes serve the keyed stream the tester verifies.
+    let speed_key = connexa_core::runtime::speed_key(&demo_config(ctx))
+        .map_err(|e| fail(Exit::Config, format_args!("the speed test key: {e}")))?;
     let spec = FleetSpec::new(a.nodes as usize)
         .mix(mix)
         .first_ip(a.first_ip)
@@ -103,9 +110,8 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         // have something real to measure and fetch.
         .tunnels(TunnelSpec {
             rate_limit: Some(DEMO_RATE),
+            speed_key: Some(speed_key),
         });
-    // Open the database first: a bad --db fails before anything starts.
-    let store = ctx.store().await?;
     let fleet = Fleet::start(spec).await.map_err(|e| match e {
         e @ SimError::Bind { .. } => fail(
             Exit::Usage,

@@ -35,7 +35,11 @@ makes one reconciler pass and one monitor pass, prints what it did and exits
 Examples:
   connexa run                       # e.g. as a systemd service
   connexa test light --all --detach && connexa run --once
-  connexa run --once --output json  # from cron")]
+  connexa run --once --output json  # from cron
+
+With [test] speed_listen set, `connexa run` (not --once) also serves the keyed
+speed endpoint there (GET /speed/down, POST /speed/up; see docs/http.md), for
+hosts that do not run connexa-http.")]
 pub struct RunArgs {
     /// Do the pending work once, then exit.
     #[arg(long)]
@@ -95,6 +99,24 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
         cfg.reconcile_interval,
         cfg.monitor_interval
     ));
+    // The keyed speed endpoint, for hosts without connexa-http.
+    if let Some(listen) = ctx.config.test.speed_listen {
+        let endpoint = connexa_core::runtime::speed_endpoint(&ctx.effective_config())
+            .map_err(|e| fail(Exit::Config, format!("the keyed speed endpoint's key: {e}")))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} ([test] speed_listen)"))?;
+        ctx.out.note(format_args!(
+            "serving the keyed speed endpoint on http://{}/speed/down",
+            listener.local_addr()?
+        ));
+        tokio::spawn(connexa_core::speed::keyed::serve(
+            listener,
+            endpoint,
+            1024,
+            nth_signal(sig.clone(), 1),
+        ));
+    }
     let run = engine.run(nth_signal(sig.clone(), 1));
     tokio::pin!(run);
     let forced = async {

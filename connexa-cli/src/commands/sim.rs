@@ -36,7 +36,11 @@ lcp_silent (never answers LCP), auth_silent (LCP up, then no MS-CHAPv2),
 flaky[:N] (closes its first N connections at once, then healthy; default 1).
 With --tunnels (or --tunnel-rate) a login goes on to MPPE + IPCP and a host
 behind each node serves `GET /bytes?N` on 10.78.0.1:80, for `connexa test
-speed` (set test_url = \"http://10.78.0.1/bytes?100000000\").
+speed` (set test_url = \"http://10.78.0.1/bytes?100000000\"). With
+--speed-key FILE it also serves the keyed speed endpoint (/speed/down) with
+the key in FILE (created 0600 if absent): set self_url = \"http://10.78.0.1\"
+and speed_key_file = FILE for `connexa test speed` to verify every byte;
+fake_speed nodes answer it with bytes of their own (content mismatch).
 
 Examples:
   connexa sim --nodes 300 --mix healthy=80,refused=10,silent=10 --list fleet.txt
@@ -69,6 +73,10 @@ pub struct SimArgs {
     /// Rate limit of each node's tunnel, bytes/s (implies --tunnels).
     #[arg(long, value_name = "BYTES_PER_S")]
     pub tunnel_rate: Option<u64>,
+    /// Serve the keyed speed endpoint behind each node with the key in FILE
+    /// (created if absent; implies --tunnels).
+    #[arg(long, value_name = "FILE")]
+    pub speed_key: Option<PathBuf>,
 }
 
 /// Node list formats the import reads back.
@@ -118,9 +126,17 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
         .mix(mix)
         .first_ip(args.first_ip)
         .port(args.port);
-    let spec = if args.tunnels || args.tunnel_rate.is_some() {
+    let speed_key = match &args.speed_key {
+        Some(path) => Some(
+            connexa_core::speed::keyed::SpeedKey::load_or_create(path)
+                .map_err(|e| fail(Exit::Usage, format_args!("--speed-key: {e}")))?,
+        ),
+        None => None,
+    };
+    let spec = if args.tunnels || args.tunnel_rate.is_some() || speed_key.is_some() {
         spec.tunnels(TunnelSpec {
             rate_limit: args.tunnel_rate,
+            speed_key,
         })
     } else {
         spec

@@ -23,6 +23,10 @@ pub struct Measurements {
     pub bytes_moved: Option<u64>,
     /// What the server said about itself.
     pub pptp: Option<PptpIdentity>,
+    /// The node's exit address: the client address the keyed speed endpoint
+    /// saw for the tunnel's connections (its `X-Connexa-Client-Addr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_ip: Option<std::net::IpAddr>,
 }
 
 /// Why a test stopped below the level it aimed for.
@@ -83,6 +87,14 @@ pub enum Failure {
         down_mbps: f64,
         /// The configured threshold, Mbit/s.
         threshold_mbps: f64,
+    },
+    /// The speed test endpoint's body, as received through the tunnel, was not
+    /// the keyed stream it must be: the node (or something on its path)
+    /// answered with content of its own. The login worked, so this is level 2
+    /// (`ping_ok`), never `speed_ok`.
+    ContentMismatch {
+        /// What differed, e.g. the offset of the first wrong byte.
+        detail: String,
     },
     /// The whole per-node test exceeded its time budget. Found only in history
     /// rows written before an exceeded budget became an inconclusive event
@@ -148,6 +160,12 @@ impl fmt::Display for Failure {
                 f,
                 "too slow: {down_mbps:.2} Mbit/s down, threshold {threshold_mbps:.2}"
             ),
+            Failure::ContentMismatch { detail } => {
+                write!(
+                    f,
+                    "speed test content mismatch (the node answered with its own bytes): {detail}"
+                )
+            }
             Failure::Timeout => f.write_str("test timed out"),
             Failure::Crashed { detail } => write!(f, "test crashed: {detail}"),
             Failure::Other { detail } => f.write_str(detail),

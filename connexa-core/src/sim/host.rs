@@ -1,6 +1,7 @@
 //! The host behind a simulated node's tunnel: a smoltcp interface at the
 //! node's tunnel address with an HTTP byte source on port 80
-//! (`GET /bytes?N` answers N bytes of [`pattern`]), rate-limited per call by a
+//! (`GET /bytes?N` answers N bytes of [`pattern`]; `GET /speed/down?nonce=..&bytes=N`
+//! the keyed speed stream, see [`SpeedRoute`]), rate-limited per call by a
 //! token bucket. Sans-IO: IPv4 datagrams in and out, time as an argument.
 
 use std::net::Ipv4Addr;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 
+use crate::speed::keyed::{self, Keystream, SpeedKey};
 use crate::tunnel::PacketQueues;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
@@ -26,12 +28,73 @@ pub fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(7) ^ (i >> 10)) as u8
 }
 
+/// How the host answers the keyed speed endpoint's `/speed/down`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SpeedRoute {
+    /// As the real endpoint: nonce checked with the key, the keyed stream
+    /// (`None`: no key, `404`).
+    Keyed(Option<SpeedKey>),
+    /// A faking node: any request gets N bytes of [`pattern`].
+    Fake,
+}
+
 struct Slot {
     handle: SocketHandle,
     request: Vec<u8>,
     head: Vec<u8>,
-    /// (next octet, total) of the body being sent.
+    /// (next octet generated, total) of the body being sent.
     body: Option<(u64, u64)>,
+    /// The keyed stream of the body, if it is one (else [`pattern`]).
+    stream: Option<Keystream>,
+    /// Generated body octets not yet queued on the socket.
+    pending: Vec<u8>,
+}
+
+/// The answer to a request head: response head, body length, keyed stream.
+fn answer(target: &str, speed: SpeedRoute, peer: &str) -> (String, u64, Option<Keystream>) {
+    let not_found = || {
+        (
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+            0,
+            None,
+        )
+    };
+    let ok = |n: u64| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{}: {peer}\r\nConnection: close\r\n\r\n",
+            keyed::CLIENT_ADDR_HEADER
+        )
+    };
+    if let Some(n) = target.strip_prefix("/bytes?").and_then(|n| n.parse().ok()) {
+        return (ok(n), n, None);
+    }
+    let Some(query) = target
+        .strip_prefix(keyed::DOWN_PATH)
+        .and_then(|q| q.strip_prefix('?'))
+    else {
+        return not_found();
+    };
+    let bytes: Option<u64> = keyed::query_value(query, "bytes").and_then(|b| b.parse().ok());
+    match (speed, bytes) {
+        (SpeedRoute::Fake, Some(n)) => (ok(n), n, None),
+        (SpeedRoute::Keyed(Some(key)), Some(n)) => {
+            match key.check(
+                keyed::query_value(query, "nonce"),
+                std::time::SystemTime::now(),
+            ) {
+                Ok(nonce) => (ok(n), n, Some(key.keystream(&nonce))),
+                Err(e) => (
+                    format!(
+                        "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{e}",
+                        e.to_string().len()
+                    ),
+                    0,
+                    None,
+                ),
+            }
+        }
+        _ => not_found(),
+    }
 }
 
 /// A token bucket: `rate` bytes/s, at most `burst` bytes at once.
@@ -65,6 +128,7 @@ pub(crate) struct HttpHost {
     bucket: Option<Bucket>,
     /// A body is waiting for tokens.
     starved: bool,
+    speed: SpeedRoute,
 }
 
 fn listener() -> tcp::Socket<'static> {
@@ -79,7 +143,7 @@ fn listener() -> tcp::Socket<'static> {
 
 impl HttpHost {
     /// A host at `addr` whose bodies go out at most at `rate` bytes/s.
-    pub(crate) fn new(addr: Ipv4Addr, rate: Option<u64>, now: Instant) -> Self {
+    pub(crate) fn new(addr: Ipv4Addr, rate: Option<u64>, speed: SpeedRoute, now: Instant) -> Self {
         let mut dev = PacketQueues::new(1400);
         let mut iface = Interface::new(
             Config::new(HardwareAddress::Ip),
@@ -96,6 +160,8 @@ impl HttpHost {
                 request: Vec::new(),
                 head: Vec::new(),
                 body: None,
+                stream: None,
+                pending: Vec::new(),
             })
             .collect();
         let bucket = rate.filter(|r| *r > 0).map(|r| {
@@ -117,6 +183,7 @@ impl HttpHost {
             epoch: now,
             bucket,
             starved: false,
+            speed,
         }
     }
 
@@ -172,19 +239,15 @@ impl HttpHost {
                 {
                     let head = String::from_utf8_lossy(slot.request.get(..end).unwrap_or_default())
                         .into_owned();
-                    let n: Option<u64> = head
-                        .split_whitespace()
-                        .nth(1)
-                        .and_then(|p| p.strip_prefix("/bytes?"))
-                        .and_then(|n| n.parse().ok());
-                    slot.head = match n {
-                        Some(n) => format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
-                        ),
-                        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
-                    }
-                    .into_bytes();
-                    slot.body = Some((0, n.unwrap_or(0)));
+                    let target = head.split_whitespace().nth(1).unwrap_or("");
+                    let peer = s
+                        .remote_endpoint()
+                        .map(|e| e.addr.to_string())
+                        .unwrap_or_default();
+                    let (h, n, stream) = answer(target, self.speed, &peer);
+                    slot.head = h.into_bytes();
+                    slot.body = Some((0, n));
+                    slot.stream = stream;
                 }
                 if slot.request.len() > 8 * 1024 && slot.body.is_none() {
                     s.abort();
@@ -197,10 +260,11 @@ impl HttpHost {
             if slot.head.is_empty()
                 && let Some((next, total)) = slot.body
             {
-                if next >= total {
+                let left = total - next + slot.pending.len() as u64;
+                if left == 0 {
                     s.close();
                 } else if s.can_send() {
-                    let mut len = (total - next).min(CHUNK as u64) as usize;
+                    let mut len = left.min(CHUNK as u64) as usize;
                     len = len.min(s.send_capacity() - s.send_queue());
                     if let Some(b) = self.bucket.as_mut() {
                         if b.tokens < MIN_SEND.min(len as f64) {
@@ -210,13 +274,26 @@ impl HttpHost {
                             len = len.min(b.tokens as usize);
                         }
                     }
+                    if slot.pending.is_empty() && next < total {
+                        // Generate a chunk; what the socket does not take now
+                        // waits in `pending` (the stream cannot be rewound).
+                        let g = (total - next).min(CHUNK as u64) as usize;
+                        match slot.stream.as_mut() {
+                            Some(ks) => {
+                                slot.pending.resize(g, 0);
+                                ks.fill(&mut slot.pending);
+                            }
+                            None => slot.pending.extend((next..next + g as u64).map(pattern)),
+                        }
+                        slot.body = Some((next + g as u64, total));
+                    }
+                    let len = len.min(slot.pending.len());
                     if len > 0 {
-                        let chunk: Vec<u8> = (next..next + len as u64).map(pattern).collect();
-                        let n = s.send_slice(&chunk).unwrap_or(0);
+                        let n = s.send_slice(&slot.pending[..len]).unwrap_or(0);
                         if let Some(b) = self.bucket.as_mut() {
                             b.tokens -= n as f64;
                         }
-                        slot.body = Some((next + n as u64, total));
+                        slot.pending.drain(..n);
                     }
                 }
             }
@@ -228,6 +305,8 @@ impl HttpHost {
                 slot.request.clear();
                 slot.head.clear();
                 slot.body = None;
+                slot.stream = None;
+                slot.pending.clear();
             }
         }
         self.iface.poll(ts, &mut self.dev, &mut self.sockets);

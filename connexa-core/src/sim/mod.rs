@@ -21,7 +21,10 @@
 //! node instead runs the network phase itself ([`SessionServer`](crate::pptp::session::SessionServer):
 //! CCP/MPPE-128 and IPCP as a server) with a user-space host behind it:
 //! `GET /bytes?N` on [`TUNNEL_HOST`]:80, rate-limited per call
-//! ([`TunnelSpec::rate_limit`]), so speed tests have something to measure.
+//! ([`TunnelSpec::rate_limit`]), so speed tests have something to measure;
+//! with [`TunnelSpec::speed_key`] also the keyed speed endpoint
+//! (`GET /speed/down?nonce=..&bytes=N`, [`crate::speed::keyed`]), which a
+//! [`Behaviour::FakeSpeed`] node answers with bytes of its own instead.
 //! Opening the raw socket needs
 //! `CAP_NET_RAW`; without it the fleet still starts ([`Fleet::serves_logins`]
 //! is `false`) and answers every call with result 2 (general error).
@@ -114,6 +117,11 @@ pub enum Behaviour {
     /// delays packets ([`Impairment`]); `--mix` names `lossy:P`,
     /// `latency:MS` and combinations such as `auth_reject+lossy:5+latency:150`.
     Impaired(Box<Behaviour>, Impairment),
+    /// Healthy, but its tunnel host answers the keyed speed endpoint's
+    /// download (`/speed/down`) with bytes of its own (no nonce check): a node
+    /// faking a fast link. A verifying speed test fails it with
+    /// [`Failure::ContentMismatch`](crate::domain::Failure::ContentMismatch).
+    FakeSpeed,
 }
 
 /// A node's link conditions ([`Behaviour::Impaired`]).
@@ -232,6 +240,7 @@ impl fmt::Display for Behaviour {
             Behaviour::LcpSilent => f.write_str("lcp_silent"),
             Behaviour::AuthSilent => f.write_str("auth_silent"),
             Behaviour::Flaky(n) => write!(f, "flaky:{n}"),
+            Behaviour::FakeSpeed => f.write_str("fake_speed"),
             Behaviour::Impaired(b, i) => match b.base() {
                 Behaviour::Healthy => write!(f, "{i}"),
                 b => write!(f, "{b}+{i}"),
@@ -253,7 +262,7 @@ pub struct BadMix {
 
 /// The behaviour names [`parse_mix`] accepts.
 pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (default 3000), \
-     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1), \
+     wrong[:CODE] (default 2), auth_reject, call_reject[:CODE] (default 7), lcp_silent, auth_silent, flaky[:N] (default 1), fake_speed, \
      lossy:PERCENT, latency:MILLIS (joined with + to another behaviour, e.g. auth_reject+lossy:5+latency:150)";
 
 /// Parses a behaviour mix such as `healthy=80,refused=10,silent=5,slow:2000=5`.
@@ -273,6 +282,9 @@ pub const MIX_NAMES: &str = "healthy, refused, silent, garbage, slow[:MILLIS] (d
 /// for (b, _) in &mix {
 ///     assert_eq!(&parse_mix(&format!("{b}=1")).unwrap()[0].0, b);
 /// }
+/// assert_eq!(parse_mix("fake_speed=1").unwrap(), vec![(Behaviour::FakeSpeed, 1)]);
+/// assert_eq!(Behaviour::FakeSpeed.to_string(), "fake_speed");
+/// assert!(parse_mix("fake_speed:3=1").is_err());
 /// assert!(parse_mix("healthy=8,sleepy=2").is_err());
 /// ```
 pub fn parse_mix(text: &str) -> Result<Vec<(Behaviour, u32)>, BadMix> {
@@ -376,11 +388,12 @@ fn parse_word(word: &str, part: &str) -> Result<Word, BadMix> {
         "auth_reject" if arg.is_none() => Behaviour::AuthReject,
         "lcp_silent" if arg.is_none() => Behaviour::LcpSilent,
         "auth_silent" if arg.is_none() => Behaviour::AuthSilent,
+        "fake_speed" if arg.is_none() => Behaviour::FakeSpeed,
         "flaky" => {
             Behaviour::Flaky(u32::try_from(num(1)?).map_err(|_| bad("the count is too large"))?)
         }
         "healthy" | "refused" | "silent" | "garbage" | "auth_reject" | "lcp_silent"
-        | "auth_silent" => {
+        | "auth_silent" | "fake_speed" => {
             return Err(bad("this behaviour takes no argument"));
         }
         _ => return Err(bad("unknown behaviour")),
@@ -423,10 +436,18 @@ pub struct FleetSpec {
 /// `GET /bytes?N` on [`TUNNEL_HOST`]:80: N bytes of [`pattern`], at most
 /// `rate_limit` bytes/s per call (a token bucket with a tenth of a second of
 /// burst). Up to 4 HTTP connections per call at once.
+///
+/// With `speed_key` the host also serves the keyed speed endpoint
+/// (`GET /speed/down?nonce=..&bytes=N`): the nonce is checked with the key
+/// and the body is its keyed stream, the client's address echoed in
+/// `X-Connexa-Client-Addr` — what `connexa-http` serves, so a tester with
+/// `self_url = "http://10.78.0.1"` and the same key passes honest nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TunnelSpec {
     /// Bytes per second of each call's HTTP bodies; `None`: unlimited.
     pub rate_limit: Option<u64>,
+    /// The key of the keyed speed endpoint; `None`: `/speed/down` is `404`.
+    pub speed_key: Option<crate::speed::keyed::SpeedKey>,
 }
 
 /// The address of the host behind every simulated node's tunnel.

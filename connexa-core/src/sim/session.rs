@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use std::collections::VecDeque;
 
 use super::gre::{Loss, SimGre, SimRoute};
-use super::host::HttpHost;
+use super::host::{HttpHost, SpeedRoute};
 use super::{Behaviour, DataPath, DataPathFactory, Impairment, SimNode, TunnelSpec};
 use crate::pptp::control::{
     CallDisconnectNotify, ControlMessage, EchoReply, FixedText, Framer, OutgoingCallReply,
@@ -510,7 +510,12 @@ impl Call {
         if self.host.is_none() && session.is_up() {
             let rate = self.tunnel.and_then(|t| t.rate_limit);
             let local = ServerNetworkConfig::default().local;
-            self.host = Some(Box::new(HttpHost::new(local, rate, now)));
+            let speed = if *self.node.behaviour.base() == Behaviour::FakeSpeed {
+                SpeedRoute::Fake
+            } else {
+                SpeedRoute::Keyed(self.tunnel.and_then(|t| t.speed_key))
+            };
+            self.host = Some(Box::new(HttpHost::new(local, rate, speed, now)));
         }
         let Some(host) = self.host.as_mut() else {
             return;

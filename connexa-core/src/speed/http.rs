@@ -73,6 +73,9 @@ pub struct ResponseHead {
     pub status: u16,
     /// `Content-Length`, if given.
     pub content_length: Option<u64>,
+    /// The client address a keyed speed endpoint saw
+    /// ([`super::keyed::CLIENT_ADDR_HEADER`]), if given.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// Reads the response head; returns it and the body bytes read past it.
@@ -95,17 +98,24 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<(ResponseHead,
                         format!("bad status line {status_line:?}"),
                     )
                 })?;
-            let content_length = lines.find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())
-                    .flatten()
-            });
+            let mut content_length = None;
+            let mut client_addr = None;
+            for l in lines {
+                let Some((k, v)) = l.split_once(':') else {
+                    continue;
+                };
+                let k = k.trim();
+                if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.trim().parse().ok();
+                } else if k.eq_ignore_ascii_case(super::keyed::CLIENT_ADDR_HEADER) {
+                    client_addr = v.trim().parse().ok();
+                }
+            }
             return Ok((
                 ResponseHead {
                     status,
                     content_length,
+                    client_addr,
                 },
                 rest,
             ));
@@ -148,14 +158,39 @@ fn require_ok(head: &ResponseHead, url: &HttpUrl) -> io::Result<()> {
 /// # Errors
 /// I/O errors, a malformed head, a non-2xx status, or a body shorter than its
 /// `Content-Length`.
-pub async fn get<S, F>(
+pub async fn get<S, F>(stream: &mut S, url: &HttpUrl, on_body: F) -> io::Result<(ResponseHead, u64)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&[u8]),
+{
+    let mut on_body = on_body;
+    get_with_head(
+        stream,
+        url,
+        |_| {},
+        |d| {
+            on_body(d);
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// As [`get`], with `on_head` called with the (2xx) response head before the
+/// body arrives, and an `on_body` that can end the download with an error.
+///
+/// # Errors
+/// As [`get`], and the first error of `on_body`.
+pub async fn get_with_head<S, H, F>(
     stream: &mut S,
     url: &HttpUrl,
+    on_head: H,
     mut on_body: F,
 ) -> io::Result<(ResponseHead, u64)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: FnMut(&[u8]),
+    H: FnOnce(&ResponseHead),
+    F: FnMut(&[u8]) -> io::Result<()>,
 {
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: connexa\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -165,22 +200,23 @@ where
     stream.write_all(req.as_bytes()).await?;
     let (head, first) = read_head(stream).await?;
     require_ok(&head, url)?;
+    on_head(&head);
     let limit = head.content_length.unwrap_or(u64::MAX);
     let mut total = 0u64;
     let take = |data: &[u8], total: &mut u64, on_body: &mut F| {
         let room = usize::try_from(limit - *total).unwrap_or(usize::MAX);
         let data = &data[..data.len().min(room)];
         *total += data.len() as u64;
-        on_body(data);
+        on_body(data)
     };
-    take(&first, &mut total, &mut on_body);
+    take(&first, &mut total, &mut on_body)?;
     let mut buf = vec![0u8; 64 * 1024];
     while total < limit {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             break;
         }
-        take(&buf[..n], &mut total, &mut on_body);
+        take(&buf[..n], &mut total, &mut on_body)?;
     }
     if head.content_length.is_some_and(|l| total < l) {
         return Err(io::Error::new(

@@ -29,6 +29,19 @@
 //! endpoint is the problem — as level 2 with [`Failure::Other`] naming the
 //! endpoint and the reason.
 //!
+//! **Verified content.** With [`SpeedConfig::keyed`] (the operator's own
+//! endpoint, `[test] self_url`) every download request carries a fresh nonce
+//! signed with the shared [`keyed::SpeedKey`], and every body byte is checked
+//! against the nonce's keyed stream as it arrives ([`keyed::StreamVerifier`]);
+//! only verified bytes are counted, and the first wrong byte ends the test as
+//! level 2 with [`Failure::ContentMismatch`]. The client address the endpoint
+//! echoes becomes [`Measurements::exit_ip`]. Plain `http://` targets without a
+//! key cannot be verified: [`HttpSpeedTester`] warns once that their verdict
+//! is spoofable ([`SpeedConfig::spoofable_urls`]). Host names are resolved on
+//! this host ([`resolve_here`]) unless [`SpeedConfig::resolve_through_node`].
+//! The verdict counts only bytes inside the window ([`window_goodput`],
+//! [`passes`]).
+//!
 //! The [`Outcome`]: level 3 (`speed_ok`) when the download reaches
 //! [`SpeedConfig::threshold_mbps`]; a node that logged in but was slower, or
 //! whose test endpoint could not be reached through the tunnel, is level 2
@@ -38,10 +51,11 @@
 //! `bytes_moved` the octets of both measuring windows.
 
 pub mod http;
+pub mod keyed;
 pub mod tls;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -84,6 +98,42 @@ pub struct SpeedConfig {
     /// `[test] speed_timeout_secs`). A test still measuring then ends at the
     /// level it proved (logged in: level 2) with [`Failure::Other`] saying so.
     pub timeout: Duration,
+    /// The operator's own keyed endpoint (`[test] self_url`): when set, the
+    /// download (and, with [`KeyedTarget::upload`], the upload) goes there
+    /// instead of [`SpeedConfig::download_urls`] / [`SpeedConfig::upload_url`],
+    /// and every body byte is verified.
+    pub keyed: Option<KeyedTarget>,
+    /// Resolve test host names through the node's DNS (inside the tunnel)
+    /// instead of on this host (default `false`: a node cannot redirect the
+    /// test by lying about a name). IP literals are never resolved.
+    pub resolve_through_node: bool,
+}
+
+/// A keyed speed endpoint ([`keyed`]) and what to ask of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedTarget {
+    /// `http://host[:port]` or `https://host[:port]` where `/speed/down` and
+    /// `/speed/up` are served.
+    pub base_url: String,
+    /// The shared secret that signs nonces and keys the stream.
+    pub key: keyed::SpeedKey,
+    /// Bytes asked for in each download request (a connection that finishes
+    /// inside the window is reopened with a fresh nonce). Default 256 MiB.
+    pub request_bytes: u64,
+    /// Also run the upload test against `/speed/up`.
+    pub upload: bool,
+}
+
+impl KeyedTarget {
+    /// A target at `base_url` with `key`, 256 MiB requests, no upload.
+    pub fn new(base_url: &str, key: keyed::SpeedKey) -> Self {
+        KeyedTarget {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            key,
+            request_bytes: 256 << 20,
+            upload: false,
+        }
+    }
 }
 
 impl Default for SpeedConfig {
@@ -98,6 +148,8 @@ impl Default for SpeedConfig {
             ca_file: None,
             tunnel: TunnelConfig::default(),
             timeout: Duration::from_secs(60),
+            keyed: None,
+            resolve_through_node: false,
         }
     }
 }
@@ -129,7 +181,40 @@ impl SpeedConfig {
                 ..TunnelConfig::default()
             },
             timeout: t.speed_timeout(),
+            keyed: None,
+            resolve_through_node: t.resolve_through_node,
         }
+    }
+
+    /// The settings of the whole configuration: [`SpeedConfig::from_test_config`],
+    /// testing against the operator's own endpoint ([`Config::speed_self_url`])
+    /// with `key` when there is one.
+    ///
+    /// [`Config::speed_self_url`]: crate::config::Config::speed_self_url
+    pub fn from_config(config: &crate::config::Config, key: Option<keyed::SpeedKey>) -> Self {
+        let mut c = Self::from_test_config(&config.test);
+        if let (Some(url), Some(key)) = (config.speed_self_url(), key) {
+            let mut k = KeyedTarget::new(&url, key);
+            k.upload = config.test.self_upload;
+            // Never more than our own endpoint would serve.
+            k.request_bytes = k.request_bytes.min(config.test.speed_max_bytes.max(1));
+            c.keyed = Some(k);
+        }
+        c
+    }
+
+    /// `http://` targets whose content is not verified: a node could answer
+    /// them itself (see [`HttpSpeedTester`]'s warning).
+    pub fn spoofable_urls(&self) -> Vec<&str> {
+        let mut urls: Vec<&str> = Vec::new();
+        if self.keyed.is_none() {
+            urls.extend(self.download_urls.iter().map(String::as_str));
+        }
+        if self.keyed.as_ref().is_none_or(|k| !k.upload) {
+            urls.extend(self.upload_url.as_deref());
+        }
+        urls.retain(|u| u.starts_with("http://"));
+        urls
     }
 }
 
@@ -148,6 +233,8 @@ pub struct SpeedReport {
     pub bytes_up: u64,
     /// Length of each measuring window (duration minus warm-up).
     pub window: Duration,
+    /// The client address the keyed endpoint saw (the node's exit address).
+    pub exit_ip: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,16 +247,81 @@ enum Direction {
 /// is dropped when the window ends).
 const UPLOAD_LENGTH: u64 = 1 << 30;
 
-async fn target(tunnel: &Tunnel, url: &str) -> io::Result<(HttpUrl, SocketAddr)> {
+/// The address of `url`'s host: an IP literal as is; a name resolved on
+/// this host (`tokio::net::lookup_host`, IPv4 first: tunnels carry IPv4), or
+/// through the node's DNS when `through_node`.
+async fn target(
+    tunnel: &Tunnel,
+    url: &str,
+    through_node: bool,
+) -> io::Result<(HttpUrl, SocketAddr)> {
     let u = HttpUrl::parse(url)?;
-    let ip = tunnel
-        .resolve(&u.host)
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, u.host.clone()))?;
+    let host = u.host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if let Ok(ip) = host.parse::<IpAddr>() {
+        ip
+    } else if through_node {
+        tunnel
+            .resolve(host)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, u.host.clone()))?
+    } else {
+        resolve_here(host, u.port).await?
+    };
     let addr = SocketAddr::new(ip, u.port);
     Ok((u, addr))
+}
+
+/// Resolves `host` on this host (the system resolver: `/etc/hosts`, DNS...),
+/// preferring IPv4 (tunnels carry IPv4).
+///
+/// # Errors
+/// The name does not resolve.
+pub async fn resolve_here(host: &str, port: u16) -> io::Result<IpAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("resolving {host}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .map(SocketAddr::ip)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, host.to_owned()))
+}
+
+/// A downloaded body that is not the keyed stream (see [`is_content_mismatch`]).
+#[derive(Debug)]
+struct ContentMismatch(String);
+
+impl std::fmt::Display for ContentMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ContentMismatch {}
+
+/// Whether `e` says the keyed endpoint's body arrived altered.
+pub fn is_content_mismatch(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<ContentMismatch>().is_some())
+}
+
+/// The path of a keyed request under the base URL's path: the download
+/// (`bytes` given) or the upload sink.
+fn keyed_path(base: &str, nonce: &str, bytes: Option<u64>) -> String {
+    let base = base.trim_end_matches('/');
+    match bytes {
+        Some(b) => format!("{base}{}?nonce={nonce}&bytes={b}", keyed::DOWN_PATH),
+        None => format!("{base}{}?nonce={nonce}", keyed::UP_PATH),
+    }
+}
+
+/// How long a nonce the tester issues stays valid.
+fn nonce_ttl(cfg: &SpeedConfig) -> Duration {
+    cfg.timeout + Duration::from_secs(60)
 }
 
 /// A connection to a test endpoint: plain TCP or TLS, through the tunnel.
@@ -216,12 +368,22 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// A test endpoint: its URL, address, and the TLS connector for `https://`.
+/// A test endpoint: its URL, address, and the TLS connector for `https://`;
+/// for the keyed endpoint, its key (each request then gets a fresh nonce).
 #[derive(Clone)]
 struct Target {
     url: HttpUrl,
     addr: SocketAddr,
     tls: Option<TlsConnector>,
+    keyed: Option<Keyed>,
+}
+
+#[derive(Clone)]
+struct Keyed {
+    key: keyed::SpeedKey,
+    bytes: u64,
+    ttl: Duration,
+    exit_ip: Arc<std::sync::Mutex<Option<IpAddr>>>,
 }
 
 impl Target {
@@ -241,18 +403,57 @@ fn fatal(tunnel: &Tunnel, e: &io::Error) -> bool {
 }
 
 async fn download_worker(tunnel: Tunnel, target: Target, bytes: Arc<AtomicU64>) -> io::Error {
-    let url = &target.url;
     loop {
         let r = async {
+            let Some(k) = &target.keyed else {
+                let mut s = target.open(&tunnel).await?;
+                return http::get(&mut s, &target.url, |d| {
+                    bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                })
+                .await;
+            };
+            // A fresh nonce per request: nothing a node saw before helps it.
+            let nonce = k.key.issue(std::time::SystemTime::now(), k.ttl)?;
+            let valid = k
+                .key
+                .check(Some(&nonce), std::time::SystemTime::now())
+                .map_err(io::Error::other)?;
+            let mut verifier = keyed::StreamVerifier::new(&k.key, &valid);
+            let mut url = target.url.clone();
+            url.path = keyed_path(&url.path, &nonce, Some(k.bytes));
             let mut s = target.open(&tunnel).await?;
-            http::get(&mut s, url, |d| {
-                bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-            })
+            http::get_with_head(
+                &mut s,
+                &url,
+                |head| {
+                    if let Some(ip) = head.client_addr {
+                        *k.exit_ip
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ip);
+                    }
+                },
+                |d| {
+                    // Only verified bytes count.
+                    verifier.feed(d).map_err(|m| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            ContentMismatch(format!(
+                                "{m} (from {}://{}:{})",
+                                if url.tls { "https" } else { "http" },
+                                url.host,
+                                url.port
+                            )),
+                        )
+                    })?;
+                    bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    Ok(())
+                },
+            )
             .await
         }
         .await;
         if let Err(e) = r {
-            if fatal(&tunnel, &e) {
+            if fatal(&tunnel, &e) || is_content_mismatch(&e) {
                 return e;
             }
             tracing::debug!(error = %e, "speed test download");
@@ -262,14 +463,22 @@ async fn download_worker(tunnel: Tunnel, target: Target, bytes: Arc<AtomicU64>) 
 }
 
 async fn upload_worker(tunnel: Tunnel, target: Target, written: Arc<AtomicU64>) -> io::Error {
-    let url = &target.url;
     let chunk = vec![0x5Au8; 16 * 1024];
     loop {
         let r: io::Result<()> = async {
+            let mut url = target.url.clone();
+            // The keyed sink takes at most its limit: ask for a request's size.
+            let mut length = UPLOAD_LENGTH;
+            if let Some(k) = &target.keyed {
+                let nonce = k.key.issue(std::time::SystemTime::now(), k.ttl)?;
+                url.path = keyed_path(&url.path, &nonce, None);
+                length = k.bytes;
+            }
+            let url = &url;
             let mut s = target.open(&tunnel).await?;
-            http::post_head(&mut s, url, UPLOAD_LENGTH).await?;
+            http::post_head(&mut s, url, length).await?;
             let mut sent = 0u64;
-            while sent < UPLOAD_LENGTH {
+            while sent < length {
                 let n = s.write(&chunk).await?;
                 sent += n as u64;
                 written.fetch_add(n as u64, Ordering::Relaxed);
@@ -287,17 +496,55 @@ async fn upload_worker(tunnel: Tunnel, target: Target, written: Arc<AtomicU64>) 
     }
 }
 
+/// Goodput over a measuring window: the byte counter sampled at the end of
+/// the warm-up (`at_warm_end`) and at the end of the window (`at_end`), and
+/// the window's length. Only bytes counted between the two samples move the
+/// figure: bytes of the warm-up alone give `(0.0, 0)`.
+pub fn window_goodput(at_warm_end: u64, at_end: u64, window: Duration) -> (f64, u64) {
+    let moved = at_end.saturating_sub(at_warm_end);
+    let secs = window.as_secs_f64();
+    let mbps = if secs > 0.0 {
+        moved as f64 * 8.0 / secs / 1e6
+    } else {
+        0.0
+    };
+    (mbps, moved)
+}
+
+/// The speed verdict: level 3 only when bytes moved inside the window and
+/// their goodput reaches the threshold (so a threshold of 0 cannot pass a
+/// node whose bytes all came during the warm-up).
+pub fn passes(report: &SpeedReport, threshold_mbps: f64) -> bool {
+    report.bytes_down > 0 && report.down_mbps >= threshold_mbps
+}
+
 /// One direction: `streams` workers for `duration`; goodput over the window
 /// after the warm-up. Returns (Mbit/s, octets in the window).
-async fn phase(tunnel: &Tunnel, cfg: &SpeedConfig, dir: Direction) -> io::Result<(f64, u64)> {
-    let urls: Vec<String> = match dir {
-        Direction::Down => cfg.download_urls.clone(),
-        Direction::Up => cfg.upload_url.iter().cloned().collect(),
+async fn phase(
+    tunnel: &Tunnel,
+    cfg: &SpeedConfig,
+    dir: Direction,
+    exit_ip: &Arc<std::sync::Mutex<Option<IpAddr>>>,
+) -> io::Result<(f64, u64)> {
+    let keyed_here = cfg
+        .keyed
+        .as_ref()
+        .filter(|k| dir == Direction::Down || k.upload);
+    let urls: Vec<String> = match (keyed_here, dir) {
+        (Some(k), _) => vec![k.base_url.clone()],
+        (None, Direction::Down) => cfg.download_urls.clone(),
+        (None, Direction::Up) => cfg.upload_url.iter().cloned().collect(),
     };
+    let keyed = keyed_here.map(|k| Keyed {
+        key: k.key,
+        bytes: k.request_bytes.max(1),
+        ttl: nonce_ttl(cfg),
+        exit_ip: Arc::clone(exit_ip),
+    });
     let mut targets = Vec::new();
     let mut connector = None;
     for u in &urls {
-        let (url, addr) = target(tunnel, u).await?;
+        let (url, addr) = target(tunnel, u, cfg.resolve_through_node).await?;
         let tls = if url.tls {
             if connector.is_none() {
                 connector = Some(tls::connector(cfg.ca_file.as_deref())?);
@@ -306,7 +553,17 @@ async fn phase(tunnel: &Tunnel, cfg: &SpeedConfig, dir: Direction) -> io::Result
         } else {
             None
         };
-        targets.push(Target { url, addr, tls });
+        let mut url = url;
+        if keyed.is_some() {
+            // The base URL's path is a prefix of /speed/down (usually empty).
+            url.path = url.path.trim_end_matches('/').to_owned();
+        }
+        targets.push(Target {
+            url,
+            addr,
+            tls,
+            keyed: keyed.clone(),
+        });
     }
     if targets.is_empty() {
         return Err(io::Error::new(
@@ -353,20 +610,13 @@ async fn phase(tunnel: &Tunnel, cfg: &SpeedConfig, dir: Direction) -> io::Result
     if let Some(e) = failed {
         return Err(e);
     }
-    let secs = t2.duration_since(t1).as_secs_f64();
-    let moved = b2.saturating_sub(b1);
     if bytes.load(Ordering::Relaxed) == 0 {
         return Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("no data moved through the tunnel ({})", urls.join(", ")),
         ));
     }
-    let mbps = if secs > 0.0 {
-        moved as f64 * 8.0 / secs / 1e6
-    } else {
-        0.0
-    };
-    Ok((mbps, moved))
+    Ok(window_goodput(b1, b2, t2.duration_since(t1)))
 }
 
 /// Measures latency, download and (if configured) upload through an open tunnel.
@@ -382,9 +632,14 @@ pub async fn measure_tunnel(tunnel: &Tunnel, cfg: &SpeedConfig) -> io::Result<Sp
     }
     rtts.sort_by(f64::total_cmp);
     let latency_ms = rtts.get(rtts.len() / 2).copied();
-    let (down_mbps, bytes_down) = phase(tunnel, cfg, Direction::Down).await?;
-    let (up_mbps, bytes_up) = if cfg.upload_url.is_some() {
-        let (m, b) = phase(tunnel, cfg, Direction::Up).await?;
+    let exit_ip = Arc::new(std::sync::Mutex::new(None));
+    let (down_mbps, bytes_down) = phase(tunnel, cfg, Direction::Down, &exit_ip).await?;
+    let upload = match &cfg.keyed {
+        Some(k) if k.upload => true,
+        _ => cfg.upload_url.is_some(),
+    };
+    let (up_mbps, bytes_up) = if upload {
+        let (m, b) = phase(tunnel, cfg, Direction::Up, &exit_ip).await?;
         (Some(m), b)
     } else {
         (None, 0)
@@ -396,6 +651,9 @@ pub async fn measure_tunnel(tunnel: &Tunnel, cfg: &SpeedConfig) -> io::Result<Sp
         bytes_down,
         bytes_up,
         window: cfg.duration.saturating_sub(cfg.warmup),
+        exit_ip: *exit_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
     })
 }
 
@@ -410,6 +668,8 @@ pub struct HttpSpeedTester {
     config: SpeedConfig,
     gre: tokio::sync::OnceCell<Arc<GreSocket>>,
     prober: Option<Arc<LightProber>>,
+    warned: std::sync::atomic::AtomicBool,
+    refusal: Option<String>,
 }
 
 impl HttpSpeedTester {
@@ -419,6 +679,8 @@ impl HttpSpeedTester {
             config,
             gre: tokio::sync::OnceCell::new(),
             prober: None,
+            warned: std::sync::atomic::AtomicBool::new(false),
+            refusal: None,
         }
     }
 
@@ -431,6 +693,8 @@ impl HttpSpeedTester {
             config,
             gre: tokio::sync::OnceCell::new(),
             prober: Some(prober),
+            warned: std::sync::atomic::AtomicBool::new(false),
+            refusal: None,
         }
     }
 
@@ -440,7 +704,17 @@ impl HttpSpeedTester {
             config,
             gre: tokio::sync::OnceCell::new_with(Some(gre)),
             prober: None,
+            warned: std::sync::atomic::AtomicBool::new(false),
+            refusal: None,
         }
+    }
+
+    /// A tester that runs no test: each returns `Err(ProbeError::Config(why))`
+    /// (the test could not run here; no node is marked). For a setup that
+    /// cannot work, e.g. a keyed endpoint whose key cannot be read.
+    pub fn refusing(mut self, why: String) -> Self {
+        self.refusal = Some(why);
+        self
     }
 
     /// The settings.
@@ -453,7 +727,19 @@ impl HttpSpeedTester {
     /// # Errors
     /// The test could not run here (no `CAP_NET_RAW`, IPv6 node).
     pub async fn measure_node(&self, node: &Node) -> Result<Outcome, ProbeError> {
+        if let Some(why) = &self.refusal {
+            return Err(ProbeError::Config(why.clone()));
+        }
         let started = Instant::now();
+        let spoofable = self.config.spoofable_urls();
+        if !spoofable.is_empty() && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                urls = %spoofable.join(", "),
+                "speed test targets are plain http:// without content verification: a node can \
+                 answer them itself and earn speed_ok; set [test] self_url (the keyed endpoint) \
+                 or use https://"
+            );
+        }
         let gre = match &self.prober {
             Some(p) => Arc::clone(p.gre_socket().await?),
             None => self
@@ -504,6 +790,15 @@ impl HttpSpeedTester {
                 )
                 .with_measurements(m));
             }
+            Ok(Err(e)) if is_content_mismatch(&e) => {
+                return Ok(Outcome::failed(
+                    Level::Auth,
+                    Failure::ContentMismatch {
+                        detail: e.to_string(),
+                    },
+                )
+                .with_measurements(m));
+            }
             Ok(Err(e)) => {
                 return Ok(Outcome::failed(
                     Level::Auth,
@@ -518,7 +813,8 @@ impl HttpSpeedTester {
         m.speed_down_mbps = Some(report.down_mbps);
         m.speed_up_mbps = report.up_mbps;
         m.bytes_moved = Some(report.bytes_down + report.bytes_up);
-        let outcome = if report.down_mbps >= self.config.threshold_mbps {
+        m.exit_ip = report.exit_ip;
+        let outcome = if passes(&report, self.config.threshold_mbps) {
             Outcome::success(Level::Speed)
         } else {
             Outcome::failed(
@@ -537,5 +833,94 @@ impl HttpSpeedTester {
 impl SpeedTester for HttpSpeedTester {
     async fn measure(&self, node: &Node) -> Result<Outcome, ProbeError> {
         self.measure_node(node).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(down_mbps: f64, bytes_down: u64) -> SpeedReport {
+        SpeedReport {
+            down_mbps,
+            up_mbps: None,
+            latency_ms: None,
+            bytes_down,
+            bytes_up: 0,
+            window: Duration::from_secs(8),
+            exit_ip: None,
+        }
+    }
+
+    #[test]
+    fn bytes_seen_only_in_the_warm_up_cannot_pass() {
+        // 50 MB during the warm-up, nothing after it.
+        let (mbps, moved) = window_goodput(50_000_000, 50_000_000, Duration::from_secs(8));
+        assert_eq!((mbps, moved), (0.0, 0));
+        let r = report(mbps, moved);
+        assert!(!passes(&r, 1.0));
+        assert!(!passes(&r, 0.0), "not even with a threshold of 0");
+        // 10 MB inside an 8 s window: 10 Mbit/s, whatever came before.
+        let (mbps, moved) = window_goodput(50_000_000, 60_000_000, Duration::from_secs(8));
+        assert_eq!(moved, 10_000_000);
+        assert!((mbps - 10.0).abs() < 1e-9, "{mbps}");
+        assert!(passes(&report(mbps, moved), 10.0));
+        assert!(!passes(&report(mbps, moved), 10.01));
+        // A counter that went backwards (cannot happen) moves nothing.
+        assert_eq!(window_goodput(10, 5, Duration::from_secs(1)).1, 0);
+        assert_eq!(window_goodput(0, 5, Duration::ZERO).0, 0.0);
+    }
+
+    #[test]
+    fn keyed_request_paths() {
+        assert_eq!(
+            keyed_path("/", "ab", Some(5)),
+            "/speed/down?nonce=ab&bytes=5"
+        );
+        assert_eq!(keyed_path("", "ab", None), "/speed/up?nonce=ab");
+        assert_eq!(keyed_path("/cx/", "ab", None), "/cx/speed/up?nonce=ab");
+        let ep = keyed::SpeedEndpoint::new(
+            keyed::SpeedKey::from_bytes([3; 32]),
+            keyed::EndpointLimits::default(),
+        );
+        let nonce = keyed::SpeedKey::from_bytes([3; 32])
+            .issue(std::time::SystemTime::now(), Duration::from_secs(60))
+            .unwrap();
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        // What the tester asks is what the endpoint grants.
+        let down = keyed_path("/", &nonce, Some(1000));
+        let (_, q) = down.split_once('?').unwrap();
+        assert_eq!(ep.download(q, peer).unwrap().bytes, 1000);
+        let up = keyed_path("/", &nonce, None);
+        let (_, q) = up.split_once('?').unwrap();
+        assert_eq!(ep.upload(q, Some(256 << 20), peer), Ok(256 << 20));
+    }
+
+    #[tokio::test]
+    async fn host_names_resolve_on_this_host() {
+        let ip = resolve_here("localhost", 80).await.unwrap();
+        assert!(ip.is_loopback(), "{ip}");
+    }
+
+    #[test]
+    fn only_unverified_plain_http_targets_are_spoofable() {
+        let mut c = SpeedConfig {
+            download_urls: vec!["http://a/x".into(), "https://b/y".into()],
+            upload_url: Some("http://c/up".into()),
+            ..SpeedConfig::default()
+        };
+        assert_eq!(c.spoofable_urls(), vec!["http://a/x", "http://c/up"]);
+        c.keyed = Some(KeyedTarget::new(
+            "http://me:8080/",
+            keyed::SpeedKey::from_bytes([1; 32]),
+        ));
+        assert_eq!(c.keyed.as_ref().unwrap().base_url, "http://me:8080");
+        assert_eq!(c.spoofable_urls(), vec!["http://c/up"]);
+        c.keyed.as_mut().unwrap().upload = true;
+        assert!(c.spoofable_urls().is_empty());
+        assert!(
+            SpeedConfig::default().spoofable_urls().is_empty(),
+            "the default is https"
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod import;
 pub mod jobs;
 pub mod nodes;
 pub mod services;
+pub mod speed;
 pub mod stats;
 
 use chrono::{DateTime, Utc};

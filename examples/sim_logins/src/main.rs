@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
             .port(21725)
             .tunnels(TunnelSpec {
                 rate_limit: Some(200_000),
+                ..TunnelSpec::default()
             }),
     )
     .await?;

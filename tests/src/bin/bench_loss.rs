@@ -88,6 +88,7 @@ async fn run(block: u8, link: Impairment, healthy: usize, reject: usize, kind: J
     if kind == JobKind::Speed {
         spec = spec.tunnels(TunnelSpec {
             rate_limit: Some(4_000_000 / 8),
+            ..TunnelSpec::default()
         });
     }
     let fleet = Fleet::start(spec).await.expect("simulated fleet starts");

@@ -91,7 +91,10 @@ async fn serve(a: &Args) {
         FleetSpec::new(a.services)
             .first_ip(FIRST_IP)
             .port(a.port)
-            .tunnels(TunnelSpec { rate_limit: a.rate }),
+            .tunnels(TunnelSpec {
+                rate_limit: a.rate,
+                ..TunnelSpec::default()
+            }),
     )
     .await
     .expect("start the fleet");
