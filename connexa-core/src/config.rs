@@ -46,6 +46,10 @@
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
+//!
+//! [geo]                        # `connexa test geo`: where each node's address really is
+//! # city_db = "/var/lib/connexa/GeoLite2-City.mmdb"  # MaxMind-format city database
+//! # asn_db = "/var/lib/connexa/GeoLite2-ASN.mmdb"    # MaxMind-format ASN database
 //! ```
 //!
 //! ```
@@ -77,6 +81,20 @@ pub struct Config {
     pub services: ServicesConfig,
     /// The HTTP server.
     pub http: HttpConfig,
+    /// GEO enrichment.
+    pub geo: GeoConfig,
+}
+
+/// GEO enrichment (`geo` jobs). A database that is missing or not a MaxMind
+/// DB is an error when the engine is built, naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind-format city database (GeoIP2/GeoLite2 City, or the flat
+    /// layout of the ip-location-db packages).
+    pub city_db: Option<PathBuf>,
+    /// A MaxMind-format ASN database (GeoLite2 ASN layout).
+    pub asn_db: Option<PathBuf>,
 }
 
 /// Defaults of test jobs.

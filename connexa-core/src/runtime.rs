@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use crate::config::{Config, TestConfig};
 use crate::engine::{Engine, EngineConfig};
+use crate::geo::{GeoOpenError, MmdbGeo};
 use crate::metrics::{Instrumented, ProbeStats};
-use crate::ports::NodeStore;
+use crate::ports::{GeoLookup, NodeStore};
 use crate::probe::{LightProber, ProbeConfig};
 use crate::service::PptpOpener;
 use crate::socks::{SocksConfig, SocksLauncher};
@@ -60,6 +61,31 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c.restart_backoff = Duration::from_secs_f64(s.restart_backoff_secs);
     c.restart_backoff_max = Duration::from_secs_f64(s.restart_backoff_max_secs);
     c
+}
+
+/// The GEO source of the `[geo]` settings, if any database is configured.
+///
+/// # Errors
+/// A configured database that is missing, unreadable or not a MaxMind DB.
+pub fn geo_lookup(config: &Config) -> Result<Option<Arc<dyn GeoLookup>>, GeoOpenError> {
+    let g = &config.geo;
+    if g.city_db.is_none() && g.asn_db.is_none() {
+        return Ok(None);
+    }
+    let geo = MmdbGeo::open(g.city_db.as_deref(), g.asn_db.as_deref())?;
+    Ok(Some(Arc::new(geo)))
+}
+
+/// Gives `engine` the enrichment sources of the configuration (`geo` jobs
+/// without one stop at once, saying what to configure).
+///
+/// # Errors
+/// As [`geo_lookup`]: the operator learns at start that a file is wrong.
+pub fn attach_enrichment(engine: &Engine, config: &Config) -> Result<(), GeoOpenError> {
+    if let Some(geo) = geo_lookup(config)? {
+        engine.set_geo(geo);
+    }
+    Ok(())
 }
 
 /// The three network ports of an [`Engine`], sharing one raw GRE socket.

@@ -142,6 +142,8 @@ pub struct Node {
     pub service: Option<ServiceEndpoint>,
     /// Desired state: should a service run through this node?
     pub service_wanted: bool,
+    /// GEO and fraud lookups of its address (never part of its status).
+    pub enrichment: super::Enrichment,
     /// When the node was added.
     pub created_at: DateTime<Utc>,
     /// When any field last changed.
@@ -186,6 +188,7 @@ impl Node {
             pptp: None,
             service: None,
             service_wanted: false,
+            enrichment: super::Enrichment::default(),
             created_at: at,
             updated_at: at,
         }

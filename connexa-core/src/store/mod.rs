@@ -19,6 +19,7 @@
 
 mod apply;
 mod convert;
+mod enrich;
 mod entity;
 mod jobs;
 pub mod migration;
@@ -319,6 +320,43 @@ impl NodeStore for SqlStore {
         rows.iter()
             .map(|r| convert::node(convert::node_model_by_index(r).map_err(db_err)?))
             .collect()
+    }
+
+    async fn enrich(
+        &self,
+        updates: Vec<(NodeId, crate::domain::EnrichmentUpdate)>,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = async {
+            let mut n = 0;
+            for (node, update) in &updates {
+                n += u64::from(enrich::write(&w.txn, *node, update).await?);
+            }
+            Ok(n)
+        }
+        .await;
+        w.finish(r).await
+    }
+
+    async fn cache_get(
+        &self,
+        provider: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        enrich::cache_get(&self.db, provider, key, since).await
+    }
+
+    async fn cache_put(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = enrich::cache_put(&w.txn, provider, key, value, at).await;
+        w.finish(r).await
     }
 
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError> {
