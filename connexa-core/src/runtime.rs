@@ -63,6 +63,16 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c
 }
 
+/// `true` when the configuration names a GEO source (`geo` jobs can run).
+pub fn geo_configured(config: &Config) -> bool {
+    config.geo.city_db.is_some() || config.geo.asn_db.is_some()
+}
+
+/// `true` when the configuration names a fraud-score provider (`fraud` jobs can run).
+pub fn fraud_configured(_config: &Config) -> bool {
+    false
+}
+
 /// The GEO source of the `[geo]` settings, if any database is configured.
 ///
 /// # Errors

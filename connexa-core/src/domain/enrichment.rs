@@ -29,7 +29,8 @@ pub struct GeoFacts {
     pub longitude: Option<f64>,
     /// IANA time zone (`America/Chicago`).
     pub time_zone: Option<String>,
-    /// Autonomous system number.
+    /// Autonomous system number (32 bits).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, maximum = 4294967295_u64))]
     pub asn: Option<u32>,
     /// The autonomous system's organisation.
     pub org: Option<String>,
