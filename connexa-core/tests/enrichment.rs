@@ -514,3 +514,73 @@ proptest! {
         });
     }
 }
+
+async fn seller_scamalytics_lines_are_kept(db: TestDb) {
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let list = "\
+Ip: 203.0.113.7
+Credentials: admin:admin
+Location: Texas (Austin)
+Scamalytics Fraud Score: 35
+Scamalytics Risk: medium
+
+Ip: 203.0.113.8
+Credentials: admin:admin
+Scamalytics Fraud Score: 90/100
+
+Ip: 203.0.113.9
+Credentials: admin:admin
+Scamalytics Risk: low
+";
+    let report = connexa_core::import::import_into(
+        Arc::clone(&store),
+        list.as_bytes(),
+        connexa_core::import::ImportOptions::default(),
+    )
+    .await;
+    assert_eq!(report.added.len(), 3, "{report:?}");
+    assert!(
+        report.ignored.is_empty(),
+        "no line is dropped: {:?}",
+        report.ignored
+    );
+    let fraud = |i: usize| {
+        let store = Arc::clone(&store);
+        let id = report.added[i].1;
+        async move { store.get(id).await.unwrap().unwrap().enrichment.fraud }
+    };
+    let f = fraud(0).await.expect("kept");
+    assert_eq!(
+        (f.score, f.risk, f.provider.as_str()),
+        (35, Risk::Medium, "seller:scamalytics")
+    );
+    assert_eq!(f.ip, "203.0.113.7".parse::<IpAddr>().unwrap());
+    let f = fraud(1).await.expect("kept");
+    assert_eq!(
+        (f.score, f.risk),
+        (90, Risk::VeryHigh),
+        "no risk line: the score's level"
+    );
+    assert_eq!(
+        fraud(2).await,
+        None,
+        "a risk without a score is not a score"
+    );
+    let n = store.get(report.added[0].1).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::NotTested);
+    let f = NodeFilter {
+        fraud_max: Some(50),
+        ..NodeFilter::all()
+    };
+    assert_eq!(store.list(&f, Page::default()).await.unwrap().total, 1);
+}
+
+#[tokio::test]
+async fn seller_scamalytics_lines_are_kept_sqlite() {
+    seller_scamalytics_lines_are_kept(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn seller_scamalytics_lines_are_kept_postgres() {
+    seller_scamalytics_lines_are_kept(common::postgres().await).await;
+}

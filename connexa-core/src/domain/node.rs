@@ -257,6 +257,10 @@ pub struct NewNode {
     password: Secret,
     /// Descriptive fields (free to set).
     pub meta: NodeMeta,
+    /// A fraud score the seller's list states (format 5's `Scamalytics Fraud
+    /// Score:` and `Scamalytics Risk:` lines): stored as the node's fraud
+    /// record (provider `seller:scamalytics`) when the node is added.
+    pub seller_fraud: Option<(u8, super::Risk)>,
 }
 
 /// The PPTP control port.
@@ -296,6 +300,7 @@ impl NewNode {
             login: login.to_owned(),
             password: Secret::new(password),
             meta: NodeMeta::default(),
+            seller_fraud: None,
         })
     }
 

@@ -562,6 +562,9 @@ type Key = (String, i32, String);
 /// Rows per insert statement (12 columns).
 const INSERT_CHUNK: usize = 1_000;
 
+/// The fraud provider of scores stated in a seller's list.
+const SELLER_SCAMALYTICS: &str = "seller:scamalytics";
+
 async fn insert_nodes<C: ConnectionTrait>(
     conn: &C,
     input: &[NewNode],
@@ -596,6 +599,11 @@ async fn insert_nodes<C: ConnectionTrait>(
                     city: Set(n.meta.city.clone()),
                     zipcode: Set(n.meta.zipcode.clone()),
                     comment: Set(n.meta.comment.clone()),
+                    fraud_ip: Set(n.seller_fraud.map(|_| k.0.clone())),
+                    fraud_score: Set(n.seller_fraud.map(|(s, _)| i32::from(s))),
+                    fraud_risk: Set(n.seller_fraud.map(|(_, r)| r.as_str().to_owned())),
+                    fraud_provider: Set(n.seller_fraud.map(|_| SELLER_SCAMALYTICS.to_owned())),
+                    fraud_at: Set(n.seller_fraud.map(|_| now)),
                     created_at: Set(now),
                     updated_at: Set(now),
                     ..Default::default()
