@@ -92,7 +92,7 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.downcast_ref::<ConfigError>().is_some()
             || cause
-                .downcast_ref::<connexa_core::geo::GeoOpenError>()
+                .downcast_ref::<connexa_core::runtime::EnrichmentConfigError>()
                 .is_some()
         {
             return Exit::Config;

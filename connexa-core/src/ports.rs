@@ -796,6 +796,11 @@ pub trait GeoLookup: Send + Sync {
     fn source(&self) -> String;
     /// Looks one address up.
     async fn lookup(&self, ip: IpAddr) -> Result<GeoFacts, LookupError>;
+    /// For sources made of several (a fallback chain): which one answered the
+    /// last successful lookup of `ip` (taken once). `None`: [`source`](Self::source).
+    fn answered_by(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
 }
 
 /// A fraud score of an address.
@@ -815,6 +820,11 @@ pub trait FraudScorer: Send + Sync {
     fn source(&self) -> String;
     /// Scores one address.
     async fn score(&self, ip: IpAddr) -> Result<FraudScore, LookupError>;
+    /// For chains: which scorer answered the last successful call for `ip`
+    /// (taken once). `None`: [`source`](Self::source).
+    fn answered_by(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub(super) async fn geo(inner: &Inner, node: &Node) -> Finish {
                 ip,
                 location_mismatch: crate::geo::location_mismatch(&node.meta, &facts),
                 facts,
-                source: lookup.source(),
+                source: lookup.answered_by(ip).unwrap_or_else(|| lookup.source()),
                 at: Utc::now(),
             };
             let mut f = Finish::new(ItemState::Ok, None, Some(detail));
@@ -81,7 +81,7 @@ pub(super) async fn fraud(inner: &Inner, node: &Node) -> Finish {
                 ip,
                 score: s.score,
                 risk: s.risk,
-                provider: scorer.source(),
+                provider: scorer.answered_by(ip).unwrap_or_else(|| scorer.source()),
                 at: Utc::now(),
             };
             let mut f = Finish::new(

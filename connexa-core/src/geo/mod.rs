@@ -16,6 +16,7 @@
 //! item results) and never go through [`transition`](crate::domain::transition).
 
 mod mmdb;
+pub mod online;
 mod writer;
 
 use std::net::IpAddr;
