@@ -180,6 +180,9 @@ pub struct Enrichment {
 /// One enrichment result to store with a node
 /// ([`NodeStore::enrich`](crate::ports::NodeStore::enrich)).
 #[derive(Debug, Clone, PartialEq)]
+// Built once per job item and moved into the commit: a box would cost an
+// allocation per item for no gain.
+#[allow(clippy::large_enum_variant)]
 pub enum EnrichmentUpdate {
     /// Replace the node's GEO record.
     Geo(GeoRecord),
