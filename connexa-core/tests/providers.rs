@@ -484,3 +484,60 @@ impl Prober for NoProber {
         panic!("an enrichment job probed a node")
     }
 }
+
+#[tokio::test]
+async fn the_config_file_wires_providers_and_refuses_a_missing_key() {
+    let db = common::sqlite().await;
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let (base, log) = stand_in(Arc::new(|s: &Seen, _| {
+        if s.path.starts_with("/json/") {
+            ok(r#"{"status":"success","countryCode":"FR","country":"France","city":"Lyon","as":"AS3215 Orange"}"#)
+        } else {
+            ok(r#"{"status":"ok","score":"77","risk":"high"}"#)
+        }
+    }))
+    .await;
+    let text = format!(
+        "[geo]\nonline = [\"ip-api\"]\n[fraud]\nproviders = [\"scamalytics\"]\n\
+         [providers.ip-api]\nbase_url = \"{base}\"\n\
+         [providers.scamalytics]\nbase_url = \"{base}\"\nuser = \"acme\"\nkey = \"F1LEKEY\"\nrequests_per_minute = 5\n"
+    );
+    let config = connexa_core::config::Config::from_toml_str(&text).unwrap();
+    assert!(connexa_core::runtime::geo_configured(&config));
+    assert!(connexa_core::runtime::fraud_configured(&config));
+    let geo = connexa_core::runtime::geo_lookup(&config, &store)
+        .unwrap()
+        .expect("geo");
+    let fraud = connexa_core::runtime::fraud_scorer(&config, &store)
+        .unwrap()
+        .expect("fraud");
+    let a = ip("192.0.2.44");
+    let f = geo.lookup(a).await.unwrap();
+    assert_eq!((f.city.as_deref(), f.asn), (Some("Lyon"), Some(3215)));
+    assert_eq!(geo.source(), "ip-api");
+    let s = fraud.score(a).await.unwrap();
+    assert_eq!((s.score, s.risk), (77, Risk::High));
+    // Cached: asking again sends nothing.
+    fraud.score(a).await.unwrap();
+    geo.lookup(a).await.unwrap();
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].path, "/acme/?ip=192.0.2.44&key=F1LEKEY");
+
+    // A key named by an unset environment variable is an error at start.
+    let text = "[fraud]\nproviders = [\"abuseipdb\"]\n[providers.abuseipdb]\nkey_env = \"CONNEXA_TEST_SURELY_UNSET_KEY_VAR\"\n";
+    let config = connexa_core::config::Config::from_toml_str(text).unwrap();
+    let e = connexa_core::runtime::fraud_scorer(&config, &store)
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("CONNEXA_TEST_SURELY_UNSET_KEY_VAR"),
+        "{e}"
+    );
+    let text = "[fraud]\nproviders = [\"ipqualityscore\"]\n";
+    let config = connexa_core::config::Config::from_toml_str(text).unwrap();
+    let e = connexa_core::runtime::fraud_scorer(&config, &store)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("no API key"), "{e}");
+}
