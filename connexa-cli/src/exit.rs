@@ -90,7 +90,11 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 _ => Exit::Config,
             };
         }
-        if cause.downcast_ref::<ConfigError>().is_some() {
+        if cause.downcast_ref::<ConfigError>().is_some()
+            || cause
+                .downcast_ref::<connexa_core::runtime::EnrichmentConfigError>()
+                .is_some()
+        {
             return Exit::Config;
         }
     }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
-use connexa_core::domain::{FilterError, NodeFilter, SelectionError, SortKey, Status};
+use connexa_core::domain::{FilterError, NodeFilter, Risk, SelectionError, SortKey, Status};
 
 /// Which nodes.
 #[derive(Debug, Clone, Default, Args)]
@@ -64,6 +64,21 @@ pub struct FilterArgs {
     /// Only nodes whose service is not wanted.
     #[arg(long)]
     pub not_wanted: bool,
+    /// Fraud score at most SCORE (0-100; `test fraud`); nodes never scored do not match.
+    #[arg(long, value_name = "SCORE", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub fraud_max: Option<u8>,
+    /// Only nodes of this fraud risk (repeatable or comma-separated): low, medium, high, very_high.
+    #[arg(long, value_name = "RISK", value_delimiter = ',', value_parser = parse_risk)]
+    pub risk: Vec<Risk>,
+    /// Only nodes whose seller's country or state differs from the GEO lookup (`test geo`).
+    #[arg(long, conflicts_with = "no_mismatch")]
+    pub mismatch: bool,
+    /// Only nodes whose GEO lookup agrees with the seller's location.
+    #[arg(long)]
+    pub no_mismatch: bool,
+    /// Only nodes announced by this autonomous system (`AS7922` or `7922`; `test geo`).
+    #[arg(long, value_name = "ASN", value_parser = parse_asn)]
+    pub asn: Option<u32>,
 }
 
 impl FilterArgs {
@@ -94,6 +109,14 @@ impl FilterArgs {
                 (_, true) => Some(false),
                 _ => None,
             },
+            fraud_max: self.fraud_max,
+            risks: self.risk.clone(),
+            mismatch: match (self.mismatch, self.no_mismatch) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            asn: self.asn,
         }
     }
 
@@ -145,6 +168,21 @@ pub fn cli_words(e: &SelectionError) -> String {
 
 fn parse_status(s: &str) -> Result<Status, String> {
     s.trim().parse::<Status>().map_err(|e| e.to_string())
+}
+
+fn parse_risk(s: &str) -> Result<Risk, String> {
+    s.parse::<Risk>().map_err(|e| e.to_string())
+}
+
+fn parse_asn(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t
+        .strip_prefix("AS")
+        .or_else(|| t.strip_prefix("as"))
+        .unwrap_or(t);
+    digits
+        .parse::<u32>()
+        .map_err(|_| format!("{s:?} is not an AS number (e.g. AS7922 or 7922)"))
 }
 
 fn parse_speed(s: &str) -> Result<f64, String> {
@@ -226,5 +264,10 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2026-01-31T12:00:00+02:00").is_ok());
         assert!(parse_speed("-1").is_err());
+        assert_eq!(parse_asn("AS7922"), Ok(7922));
+        assert_eq!(parse_asn("7922"), Ok(7922));
+        assert!(parse_asn("ASX").is_err());
+        assert_eq!(parse_risk("Very High"), Ok(Risk::VeryHigh));
+        assert!(parse_risk("severe").unwrap_err().contains("very_high"));
     }
 }

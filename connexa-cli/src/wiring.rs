@@ -35,5 +35,7 @@ pub async fn engine_and_launcher(
 ) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
     let store = ctx.store().await?;
     let ports = NetworkPorts::with_prober(&ctx.effective_config(), prober);
-    Ok((ports.engine(store, &ctx.config), ports.launcher))
+    let engine = ports.engine(store, &ctx.config);
+    runtime::attach_enrichment(&engine, &ctx.config)?;
+    Ok((engine, ports.launcher))
 }

@@ -767,7 +767,11 @@ fn export_writes_files_that_read_back_and_never_overwrites() {
     let text = std::fs::read_to_string(&out_path).unwrap();
     assert_eq!(
         text,
-        "ip,port,login,password,country,state,city,zip,provider,comment\n127.0.0.5,1723,admin,pw1,United States,Texas,,75001,,\n"
+        format!(
+            "{}127.0.0.5,1723,admin,pw1,United States,Texas,,75001,,{}\n",
+            connexa_core::export::CSV_HEADER,
+            ",".repeat(14)
+        )
     );
     // Existing file: refused, left as it was.
     let out = env

@@ -79,6 +79,7 @@ async fn baseline(store: &SqlStore) -> f64 {
                 item: i.item,
                 state: ItemState::Ok,
                 event: Some(Event::Tested(Outcome::success(Level::Light))),
+                enrichment: None,
                 detail: None,
                 at: Utc::now(),
             })

@@ -57,6 +57,21 @@
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
+//!
+//! [geo]                        # `connexa test geo`: where each node's address really is
+//! # city_db = "/var/lib/connexa/GeoLite2-City.mmdb"  # MaxMind-format city database
+//! # asn_db = "/var/lib/connexa/GeoLite2-ASN.mmdb"    # MaxMind-format ASN database
+//! online = []                  # then these providers, in order: "ip-api", "ipinfo"
+//! cache_ttl_secs = 86400.0     # online answers (GEO and fraud) kept this long
+//!
+//! [fraud]                      # `connexa test fraud`
+//! providers = []               # in order: "ipqualityscore", "abuseipdb", "scamalytics"
+//!
+//! # [providers.ipinfo]         # one table per provider used
+//! # key_env = "IPINFO_TOKEN"   # the key from this environment variable (or key = "...")
+//! # base_url = "https://ipinfo.io"  # default: the provider's public endpoint
+//! # requests_per_minute = 60   # default: the free plan's limit
+//! # user = "..."               # scamalytics only: the account name in its URL
 //! ```
 //!
 //! ```
@@ -88,6 +103,78 @@ pub struct Config {
     pub services: ServicesConfig,
     /// The HTTP server.
     pub http: HttpConfig,
+    /// GEO enrichment.
+    pub geo: GeoConfig,
+    /// Fraud scores.
+    pub fraud: FraudConfig,
+    /// Online providers' settings, by name (`ip-api`, `ipinfo`,
+    /// `ipqualityscore`, `abuseipdb`, `scamalytics`).
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+}
+
+/// Fraud scores (`fraud` jobs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FraudConfig {
+    /// Providers asked in order until one answers.
+    pub providers: Vec<String>,
+}
+
+/// One online provider. Keys are never logged nor printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The endpoint (default: the provider's public one).
+    pub base_url: Option<String>,
+    /// The API key, written in the file.
+    pub key: Option<String>,
+    /// The name of an environment variable holding the API key.
+    pub key_env: Option<String>,
+    /// Scamalytics' account name.
+    pub user: Option<String>,
+    /// Requests per minute at most (default: the provider's free plan).
+    pub requests_per_minute: Option<u32>,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("base_url", &self.base_url)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .field("key_env", &self.key_env)
+            .field("user", &self.user)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .finish()
+    }
+}
+
+/// GEO enrichment (`geo` jobs). A database that is missing or not a MaxMind
+/// DB is an error when the engine is built, naming the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// A MaxMind-format city database (GeoIP2/GeoLite2 City, or the flat
+    /// layout of the ip-location-db packages).
+    pub city_db: Option<PathBuf>,
+    /// A MaxMind-format ASN database (GeoLite2 ASN layout).
+    pub asn_db: Option<PathBuf>,
+    /// Online GEO providers asked, in order, for addresses the databases do
+    /// not know (`ip-api`, `ipinfo`). Empty by default: nothing leaves the
+    /// machine unless configured.
+    pub online: Vec<String>,
+    /// How long online answers (GEO and fraud) are reused, seconds.
+    pub cache_ttl_secs: f64,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        GeoConfig {
+            city_db: None,
+            asn_db: None,
+            online: Vec::new(),
+            cache_ttl_secs: 86_400.0,
+        }
+    }
 }
 
 /// Defaults of test jobs.
@@ -529,6 +616,37 @@ impl Config {
                 s.restart_backoff_secs, s.restart_backoff_max_secs
             ));
         }
+        let g = &self.geo;
+        if !(g.cache_ttl_secs.is_finite() && g.cache_ttl_secs >= 0.0) {
+            return bad(format!(
+                "geo.cache_ttl_secs must be a non-negative number of seconds, got {}",
+                g.cache_ttl_secs
+            ));
+        }
+        let names = g.online.iter().map(|n| ("geo.online", n, true));
+        let names = names.chain(
+            self.fraud
+                .providers
+                .iter()
+                .map(|n| ("fraud.providers", n, false)),
+        );
+        for (key, name, geo) in names {
+            match name.parse::<crate::geo::online::ProviderKind>() {
+                Ok(kind) if kind.is_geo() == geo => {}
+                Ok(_) => {
+                    return bad(format!(
+                        "{key}: {name:?} is a {} provider",
+                        if geo { "fraud-score" } else { "GEO" }
+                    ));
+                }
+                Err(e) => return bad(format!("{key}: {e}")),
+            }
+        }
+        for name in self.providers.keys() {
+            if let Err(e) = name.parse::<crate::geo::online::ProviderKind>() {
+                return bad(format!("providers.{name}: {e}"));
+            }
+        }
         if let Some(t) = &s.check_target
             && crate::socks::proto::TargetAddr::parse(t).is_none()
         {
@@ -644,6 +762,34 @@ mod tests {
             ),
             "the file's defaults are the engine's"
         );
+    }
+
+    #[test]
+    fn enrichment_sections_parse_and_wrong_providers_are_named() {
+        let c = Config::from_toml_str(
+            "[geo]\ncity_db = \"/x/city.mmdb\"\nonline = [\"ip-api\", \"ipinfo\"]\ncache_ttl_secs = 60\n\
+             [fraud]\nproviders = [\"scamalytics\"]\n\
+             [providers.scamalytics]\nuser = \"acme\"\nkey_env = \"SCAM_KEY\"\nrequests_per_minute = 10\n\
+             [providers.ipinfo]\nkey = \"s3cr3t\"\nbase_url = \"http://127.0.0.1:9\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.geo.online, ["ip-api", "ipinfo"]);
+        assert_eq!(c.geo.cache_ttl_secs, 60.0);
+        assert_eq!(c.providers["scamalytics"].requests_per_minute, Some(10));
+        assert!(!format!("{c:?}").contains("s3cr3t"), "Debug hides keys");
+        for (text, needle) in [
+            (
+                "[geo]\nonline = [\"scamalytics\"]\n",
+                "fraud-score provider",
+            ),
+            ("[fraud]\nproviders = [\"ipinfo\"]\n", "GEO provider"),
+            ("[fraud]\nproviders = [\"maxmind\"]\n", "unknown provider"),
+            ("[providers.foo]\nkey = \"k\"\n", "providers.foo"),
+            ("[geo]\ncache_ttl_secs = -1\n", "cache_ttl_secs"),
+        ] {
+            let e = Config::from_toml_str(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod export;
+pub mod geo;
 pub mod import;
 pub mod metrics;
 pub mod ops;

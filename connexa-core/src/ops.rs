@@ -438,6 +438,12 @@ pub struct NodeView {
     pub service: Option<ServiceView>,
     /// Whether a service is wanted.
     pub service_wanted: bool,
+    /// The last GEO lookup of the node's address (`connexa test geo`):
+    /// where it really is, its ASN, and whether the seller's location differs.
+    pub geo: Option<crate::domain::GeoRecord>,
+    /// The last fraud score of the node's address (`connexa test fraud`, or
+    /// imported from a seller's Scamalytics line).
+    pub fraud: Option<crate::domain::FraudRecord>,
     /// Imported.
     pub created_at: DateTime<Utc>,
     /// Last changed.
@@ -483,6 +489,8 @@ impl NodeView {
                 password: secret(&s.password),
             }),
             service_wanted: node.service_wanted,
+            geo: node.enrichment.geo.clone(),
+            fraud: node.enrichment.fraud.clone(),
             created_at: node.created_at,
             updated_at: node.updated_at,
         }

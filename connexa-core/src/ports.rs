@@ -5,14 +5,16 @@
 //! mockall mock: `MockNodeStore`, `MockProber`, `MockSpeedTester`, `MockServiceLauncher`.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Event, EventKind, Failure, InvalidNode, Level, NewNode, Node, NodeFilter, NodeId, NodeMeta,
-    Outcome, Page, PageError, Refused, SelectionError, ServiceEndpoint, Status,
+    EnrichmentUpdate, Event, EventKind, Failure, GeoFacts, InvalidNode, Level, NewNode, Node,
+    NodeFilter, NodeId, NodeMeta, Outcome, Page, PageError, Refused, Risk, SelectionError,
+    ServiceEndpoint, Status,
 };
 
 /// Identifier of a job (a batch test, an import, a service start or stop).
@@ -239,6 +241,28 @@ pub trait NodeStore: Send + Sync {
         Ok(self.list(filter, page).await?.nodes)
     }
 
+    /// Stores enrichment results with their nodes, in one transaction. Never
+    /// touches a node's status, evidence or history: enrichment is not an
+    /// event. Unknown nodes are skipped; returns how many nodes were updated.
+    async fn enrich(&self, updates: Vec<(NodeId, EnrichmentUpdate)>) -> Result<u64, StoreError>;
+
+    /// A cached provider answer for `key` (an address) no older than `since`.
+    async fn cache_get(
+        &self,
+        provider: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Stores (or replaces) a provider answer for `key`, fetched at `at`.
+    async fn cache_put(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// Inserts nodes as `not_tested`; one outcome per input row, in order.
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError>;
 
@@ -445,6 +469,10 @@ pub enum JobKind {
     ServiceStart,
     /// Stop SOCKS5 services.
     ServiceStop,
+    /// Look up where each node's address is (GEO databases, online providers).
+    Geo,
+    /// Look up each node's address's fraud score.
+    Fraud,
 }
 
 /// The lifecycle of a job.
@@ -503,7 +531,7 @@ macro_rules! snake_names {
     };
 }
 
-snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop" });
+snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop", Geo => "geo", Fraud => "fraud" });
 snake_names!(JobState { Queued => "queued", Running => "running", Done => "done", Cancelled => "cancelled", Interrupted => "interrupted" });
 snake_names!(ItemState { Pending => "pending", Running => "running", Ok => "ok", Failed => "failed", TimedOut => "timed_out", Cancelled => "cancelled" });
 
@@ -568,6 +596,9 @@ pub struct ItemResult {
     pub state: ItemState,
     /// The event to apply to the item's node, if any.
     pub event: Option<Event>,
+    /// Enrichment to store with the item's node, in the same transaction (GEO
+    /// and fraud jobs; never an event).
+    pub enrichment: Option<EnrichmentUpdate>,
     /// A short human summary (the failure, the refusal...).
     pub detail: Option<String>,
     /// When it finished.
@@ -730,6 +761,70 @@ pub trait ServiceLauncher: Send + Sync {
     /// process restart it is empty, so every wanted node's service is started
     /// again (with its stored port and credentials).
     async fn running(&self) -> Vec<NodeId>;
+}
+
+/// Why an enrichment lookup gave no answer. None of these marks the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// The source knows nothing about this address.
+    #[error("no data for {0}")]
+    NotFound(IpAddr),
+    /// The source refused for now (HTTP 429, quota exhausted): try again
+    /// later, after `retry_after` when the source said.
+    #[error("rate limited by {provider}{}", .retry_after.map(|d| format!(", retry after {} s", d.as_secs())).unwrap_or_default())]
+    RateLimited {
+        /// The provider.
+        provider: String,
+        /// How long it asked us to wait.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The answer for this address was unusable (malformed body, an error
+    /// status): this address failed, the others go on.
+    #[error("{0}")]
+    Failed(String),
+    /// The source cannot answer at all (not configured, bad key): the job stops.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Where an address is: an offline database or an online provider.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait GeoLookup: Send + Sync {
+    /// The source's name, stored with each result (`mmdb`, `ip-api`, ...).
+    fn source(&self) -> String;
+    /// Looks one address up.
+    async fn lookup(&self, ip: IpAddr) -> Result<GeoFacts, LookupError>;
+    /// For sources made of several (a fallback chain): which one answered the
+    /// last successful lookup of `ip` (taken once). `None`: [`source`](Self::source).
+    fn answered_by(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
+}
+
+/// A fraud score of an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FraudScore {
+    /// 0 (clean) to 100.
+    pub score: u8,
+    /// The level (the provider's own, or [`Risk::from_score`]).
+    pub risk: Risk,
+}
+
+/// Scores an address for fraud risk (IPQualityScore, AbuseIPDB, Scamalytics...).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait FraudScorer: Send + Sync {
+    /// The provider's name, stored with each result.
+    fn source(&self) -> String;
+    /// Scores one address.
+    async fn score(&self, ip: IpAddr) -> Result<FraudScore, LookupError>;
+    /// For chains: which scorer answered the last successful call for `ip`
+    /// (taken once). `None`: [`source`](Self::source).
+    fn answered_by(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -21,9 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, TestConfig};
+use crate::domain::Secret;
 use crate::engine::{Engine, EngineConfig};
+use crate::geo::online::{Cached, FraudChain, GeoChain, Limited, Provider, ProviderKind};
+use crate::geo::{GeoOpenError, MmdbGeo};
 use crate::metrics::{Instrumented, ProbeStats};
-use crate::ports::NodeStore;
+use crate::ports::{FraudScorer, GeoLookup, NodeStore};
 use crate::probe::{LightProber, ProbeConfig};
 use crate::service::PptpOpener;
 use crate::socks::{SocksConfig, SocksLauncher};
@@ -111,6 +114,130 @@ pub fn served_speed_endpoint(config: &Config) -> std::io::Result<Option<Arc<Spee
     } else {
         Ok(None)
     }
+}
+
+/// `true` when the configuration names a GEO source (`geo` jobs can run).
+pub fn geo_configured(config: &Config) -> bool {
+    config.geo.city_db.is_some() || config.geo.asn_db.is_some() || !config.geo.online.is_empty()
+}
+
+/// `true` when the configuration names a fraud-score provider (`fraud` jobs can run).
+pub fn fraud_configured(config: &Config) -> bool {
+    !config.fraud.providers.is_empty()
+}
+
+/// Why the enrichment sources of the configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrichmentConfigError {
+    /// A GEO database is missing or corrupt.
+    #[error(transparent)]
+    Database(#[from] GeoOpenError),
+    /// A provider is misconfigured (no key, a bad base URL...).
+    #[error("{0}")]
+    Provider(String),
+}
+
+/// One online provider of the configuration, behind its rate limit and the
+/// store's cache.
+fn provider(
+    config: &Config,
+    name: &str,
+    store: &Arc<dyn NodeStore>,
+) -> Result<Cached<Limited<Provider>>, EnrichmentConfigError> {
+    let kind: ProviderKind = name.parse().map_err(EnrichmentConfigError::Provider)?;
+    let p = config
+        .providers
+        .get(kind.as_str())
+        .cloned()
+        .unwrap_or_default();
+    let key = match (&p.key, &p.key_env) {
+        (Some(k), _) => Some(Secret::new(k.clone())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(v) => Some(Secret::new(v)),
+            Err(_) => {
+                return Err(EnrichmentConfigError::Provider(format!(
+                    "{}: the environment variable {var} (providers.{}.key_env) is not set",
+                    kind.as_str(),
+                    kind.as_str()
+                )));
+            }
+        },
+        (None, None) => None,
+    };
+    let inner = Provider::new(kind, p.base_url.as_deref(), key, p.user.clone())
+        .map_err(EnrichmentConfigError::Provider)?;
+    let per_minute = p.requests_per_minute.unwrap_or(kind.default_per_minute());
+    let limited = Limited::new(inner, kind.as_str(), per_minute, Duration::from_secs(60));
+    Ok(Cached::new(
+        limited,
+        Arc::clone(store),
+        Duration::from_secs_f64(config.geo.cache_ttl_secs),
+    ))
+}
+
+/// The GEO source of the configuration: the `[geo]` databases, then the
+/// `online` providers in order; `None` when nothing is configured.
+///
+/// # Errors
+/// A configured database that is missing, unreadable or not a MaxMind DB; a
+/// provider without its key.
+pub fn geo_lookup(
+    config: &Config,
+    store: &Arc<dyn NodeStore>,
+) -> Result<Option<Arc<dyn GeoLookup>>, EnrichmentConfigError> {
+    let g = &config.geo;
+    let mut sources: Vec<Arc<dyn GeoLookup>> = Vec::new();
+    if g.city_db.is_some() || g.asn_db.is_some() {
+        sources.push(Arc::new(MmdbGeo::open(
+            g.city_db.as_deref(),
+            g.asn_db.as_deref(),
+        )?));
+    }
+    for name in &g.online {
+        sources.push(Arc::new(provider(config, name, store)?));
+    }
+    Ok(match sources.len() {
+        0 => None,
+        1 => sources.pop(),
+        _ => Some(Arc::new(GeoChain::new(sources))),
+    })
+}
+
+/// The fraud scorer of the configuration: `[fraud] providers` in order.
+///
+/// # Errors
+/// A provider without its key or with a bad base URL.
+pub fn fraud_scorer(
+    config: &Config,
+    store: &Arc<dyn NodeStore>,
+) -> Result<Option<Arc<dyn FraudScorer>>, EnrichmentConfigError> {
+    let mut sources: Vec<Arc<dyn FraudScorer>> = Vec::new();
+    for name in &config.fraud.providers {
+        sources.push(Arc::new(provider(config, name, store)?));
+    }
+    Ok(match sources.len() {
+        0 => None,
+        1 => sources.pop(),
+        _ => Some(Arc::new(FraudChain::new(sources))),
+    })
+}
+
+/// Gives `engine` the enrichment sources of the configuration (`geo` and
+/// `fraud` jobs without one stop at once, saying what to configure).
+///
+/// # Errors
+/// As [`geo_lookup`] and [`fraud_scorer`]: the operator learns at start that
+/// a file or a key is wrong.
+pub fn attach_enrichment(engine: &Engine, config: &Config) -> Result<(), EnrichmentConfigError> {
+    let store = Arc::clone(engine.store());
+    if let Some(geo) = geo_lookup(config, &store)? {
+        engine.set_geo(geo);
+    }
+    if let Some(fraud) = fraud_scorer(config, &store)? {
+        engine.set_fraud(fraud);
+    }
+    Ok(())
 }
 
 /// The three network ports of an [`Engine`], sharing one raw GRE socket.

@@ -77,6 +77,7 @@ async fn items_since_under_concurrent_commits(db: TestDb) {
                         item: c.item,
                         state: ItemState::Failed,
                         event: None,
+                        enrichment: None,
                         detail: Some(format!("w{w}")),
                         at: Utc::now(),
                     })

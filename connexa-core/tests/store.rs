@@ -767,6 +767,7 @@ async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
             } else {
                 tested(Level::Light)
             }),
+            enrichment: None,
             detail: None,
             at: now,
         })
@@ -796,6 +797,7 @@ async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
             item: more[0].item,
             state: ItemState::Ok,
             event: Some(Event::ServiceStarted(endpoint(3))),
+            enrichment: None,
             detail: None,
             at: now,
         }])

@@ -67,6 +67,9 @@ export function filterQuery(f) {
   }
   if (f.min_speed !== "" && f.min_speed != null) q.push(["min_speed", String(f.min_speed)]);
   if (f.max_speed !== "" && f.max_speed != null) q.push(["max_speed", String(f.max_speed)]);
+  for (const k of ["fraud_max", "risk", "mismatch", "asn"]) {
+    if (f[k] !== "" && f[k] != null) q.push([k, String(f[k])]);
+  }
   return q;
 }
 
@@ -80,6 +83,10 @@ export function filterBody(f) {
   if (f.zip) b.zipcode = f.zip;
   if (f.min_speed !== "" && f.min_speed != null) b.min_down_mbps = Number(f.min_speed);
   if (f.max_speed !== "" && f.max_speed != null) b.max_down_mbps = Number(f.max_speed);
+  if (f.fraud_max !== "" && f.fraud_max != null) b.fraud_max = Number(f.fraud_max);
+  if (f.risk) b.risks = [f.risk];
+  if (f.mismatch === "true" || f.mismatch === "false") b.mismatch = f.mismatch === "true";
+  if (f.asn !== "" && f.asn != null) b.asn = Number(f.asn);
   return b;
 }
 

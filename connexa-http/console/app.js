@@ -38,10 +38,12 @@ const STATUS_TONE = {
 };
 const ACTION_LABEL = {
   light: "Run a light test on", auth: "Run an auth test on", speed: "Run a speed test on",
-  pipeline: "Run a pipeline test on", service_start: "Start a service for",
+  pipeline: "Run a pipeline test on", geo: "Look up where they really are:",
+  fraud: "Look up the fraud score of", service_start: "Start a service for",
   service_stop: "Stop the service of", export: "Export", delete: "Delete",
 };
-const FILTER_FIELDS = ["ip", "login", "provider", "country", "state", "city", "zip", "comment", "min_speed", "max_speed"];
+const FILTER_FIELDS = ["ip", "login", "provider", "country", "state", "city", "zip", "comment", "min_speed", "max_speed", "fraud_max", "risk", "mismatch", "asn"];
+const EXACT_FILTERS = new Set(["min_speed", "max_speed", "fraud_max", "risk", "mismatch", "asn"]);
 
 const state = {
   filter: { statuses: [], ...Object.fromEntries(FILTER_FIELDS.map((k) => [k, ""])) },
@@ -93,7 +95,7 @@ const plural = (n, word) => `${nf.format(n)} ${word}${n === 1 ? "" : "s"}`;
 function describeFilter(f) {
   const parts = [];
   if (f.statuses.length) parts.push(`status ${f.statuses.join(" or ")}`);
-  for (const k of FILTER_FIELDS) if (f[k] !== "" && f[k] != null) parts.push(`${k.replace("_", " ")} ${k.endsWith("speed") ? "" : "contains "}${f[k]}`);
+  for (const k of FILTER_FIELDS) if (f[k] !== "" && f[k] != null) parts.push(`${k.replace("_", " ")} ${EXACT_FILTERS.has(k) ? "" : "contains "}${f[k]}`);
   return parts.length ? parts.join(", ") : "no filter (every node)";
 }
 
@@ -217,6 +219,10 @@ function renderRow(n) {
     onclick: () => toggleReveal(n.id),
   }, revealed ? "Hide" : "Show");
   const loc = [n.city, n.state, n.country].filter(Boolean).join(", ") + (n.zip ? ` ${n.zip}` : "");
+  const geo = n.geo ? [n.geo.city, n.geo.region, n.geo.country_code].filter(Boolean).join(", ") : "";
+  const really = n.geo ? h("div", { class: `muted geo${n.geo.location_mismatch ? " mismatch" : ""}`,
+    title: n.geo.location_mismatch ? "The seller's location differs from the lookup" : "Where the lookup puts it" },
+  `${n.geo.location_mismatch ? "≠ " : "⌖ "}${geo || "unknown"}${n.geo.asn != null ? ` · AS${n.geo.asn}` : ""}${n.fraud ? ` · fraud ${n.fraud.score}` : ""}`) : null;
   const speed = n.speed_down_mbps == null ? "—" : `${fmtNum(n.speed_down_mbps, "Mbit/s")}`;
   return h("tr", { class: sel ? "selected" : "", dataset: { id: String(n.id), status: n.status } },
     h("td", { class: "sel", dataset: { label: "Select" } }, h("input", {
@@ -228,7 +234,7 @@ function renderRow(n) {
     h("td", { dataset: { label: "Login" } }, n.login),
     h("td", { class: "pwcell", dataset: { label: "Password" } }, h("span", {}, pw, reveal)),
     h("td", { dataset: { label: "Status" } }, h("span", { class: `badge ${STATUS_TONE[n.status] || ""}` }, STATUS_LABEL[n.status] || n.status)),
-    h("td", { dataset: { label: "Location" } }, loc || "—"),
+    h("td", { dataset: { label: "Location" } }, loc || "—", really),
     h("td", { class: "num", dataset: { label: "Speed" } }, speed),
     h("td", { class: "num", dataset: { label: "Ping" } }, n.ping_ms == null ? "—" : `${Math.round(n.ping_ms)} ms`),
     h("td", { class: "num", dataset: { label: "Last check" } }, n.last_checked_at ? h("time", { datetime: n.last_checked_at }, fmtTime(n.last_checked_at)) : "never"),
@@ -353,7 +359,7 @@ async function doExport(t, count) {
 
 // --- jobs ---------------------------------------------------------------------------
 
-const JOB_LABEL = { light: "Light test", auth: "Auth test", speed: "Speed test", pipeline: "Pipeline test", service_start: "Start services", service_stop: "Stop services", import: "Import" };
+const JOB_LABEL = { light: "Light test", auth: "Auth test", speed: "Speed test", pipeline: "Pipeline test", geo: "GEO lookup", fraud: "Fraud score", service_start: "Start services", service_stop: "Stop services", import: "Import" };
 
 function jobElement(id) {
   const li = h("li", { class: "job", dataset: { job: String(id) }, "aria-label": `Job ${id}` },
@@ -516,6 +522,11 @@ async function openHistory(id) {
     ["Speed", fmtNum(n.speed_down_mbps, "Mbit/s")],
     ["Server", n.pptp ? [n.pptp.vendor, n.pptp.hostname, n.pptp.firmware].filter(Boolean).join(" · ") || "PPTP" : "—"],
     ["Service", n.service ? `${n.service.host}:${n.service.port}` : "—"], ["Comment", n.comment || "—"],
+    ["Seller's location", [n.city, n.state, n.country].filter(Boolean).join(", ") || "—"],
+    ["Where it really is", n.geo ? `${[n.geo.city, n.geo.region, n.geo.country || n.geo.country_code, n.geo.postal].filter(Boolean).join(", ") || "unknown"} (${n.geo.ip}, ${n.geo.source}, ${fmtTime(n.geo.at)})` : "not looked up"],
+    ["Location differs", n.geo && n.geo.location_mismatch != null ? (n.geo.location_mismatch ? "yes" : "no") : "—"],
+    ["ASN", n.geo && n.geo.asn != null ? `AS${n.geo.asn}${n.geo.org ? ` ${n.geo.org}` : ""}` : "—"],
+    ["Fraud", n.fraud ? `${n.fraud.score} (${n.fraud.risk.replace("_", " ")}) by ${n.fraud.provider}, ${fmtTime(n.fraud.at)}` : "not scored"],
   ];
   $("#history-node").replaceChildren(...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
   const rows = [...hist].reverse().map((r) => h("tr", {},

@@ -306,6 +306,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     let ports = NetworkPorts::from_config(config);
     let probe_stats = Arc::new(ProbeStats::new());
     let engine = ports.engine_with_stats(store.clone(), config, Arc::clone(&probe_stats));
+    connexa_core::runtime::attach_enrichment(&engine, config)?;
     let policy = match s.recover {
         Recover::Resume => RecoverPolicy::Resume,
         Recover::Interrupt => RecoverPolicy::Interrupt,

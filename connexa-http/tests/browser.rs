@@ -1163,3 +1163,91 @@ async fn browser_background_import_of_a_large_file() {
     b.close().await;
     drop(server);
 }
+
+/// "Where is it really": a server whose config names a GEO database; two
+/// nodes imported through the API, a `geo` job, then the table shows the
+/// lookup under the seller's location (a mismatch in the danger colour), the
+/// node drawer the lookup's facts, and the folded GEO filter narrows the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_geo_lookup_shows_where_nodes_really_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = connexa_core::geo::MmdbWriter::new("GeoLite2-City");
+    w.insert(
+        "127.0.0.0/8".parse().unwrap(),
+        json!({"country": {"iso_code": "US", "names": {"en": "United States"}},
+               "subdivisions": [{"names": {"en": "Texas"}}], "city": {"names": {"en": "Austin"}},
+               "autonomous_system_number": 64500, "autonomous_system_organization": "Loopback Transit"}),
+    )
+    .unwrap();
+    let db = dir.path().join("city.mmdb");
+    std::fs::write(&db, w.to_bytes().unwrap()).unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("[geo]\ncity_db = {:?}\n", db.display().to_string()),
+    )
+    .unwrap();
+    let server = Server::start_with(&["--config", cfg.to_str().unwrap()]);
+    for (ip, country, state) in [
+        ("127.0.0.5", "United States", "Texas"),
+        ("127.0.0.7", "Germany", "Bavaria"),
+    ] {
+        let (status, body) = server
+            .api_json(
+                "POST",
+                "/nodes",
+                Some(json!({"ip": ip, "login": "admin", "password": "pw", "country": country, "state": state})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, job) = server
+        .api_json("POST", "/jobs", Some(json!({"kind": "geo", "all": true})))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let b = Browser::start().await;
+    sign_in(&b, &server).await;
+    let id = job["id"].as_i64().unwrap();
+    let mut finished = false;
+    for _ in 0..200 {
+        let j = server.get(&format!("/jobs/{id}")).await;
+        if j["state"] == "done" {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(finished, "the geo job did not finish");
+    b.goto(&format!("{}/", server.base)).await;
+    let lines = b
+        .wait_js(
+            "the GEO lines",
+            T,
+            "const g = [...document.querySelectorAll('#rows tr[data-id] .geo')]; \
+             return g.length === 2 && g.map(e => [e.textContent, e.classList.contains('mismatch')])",
+        )
+        .await;
+    assert_eq!(
+        lines,
+        json!([
+            ["⌖ Austin, Texas, US · AS64500", false],
+            ["≠ Austin, Texas, US · AS64500", true]
+        ])
+    );
+    b.click("#rows tr[data-id=\"2\"] td:last-child button")
+        .await;
+    b.wait_js(
+        "the node drawer",
+        T,
+        "return document.querySelector('#history').open",
+    )
+    .await;
+    let facts = b.text("#history-node").await;
+    assert!(
+        facts.contains("Germany") && facts.contains("Austin, Texas, United States"),
+        "{facts}"
+    );
+    assert!(facts.contains("AS64500 Loopback Transit"), "{facts}");
+    b.close().await;
+    drop(server);
+}

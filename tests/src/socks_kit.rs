@@ -330,6 +330,7 @@ pub fn verified_node(id: i64) -> Node {
     Node {
         status: Status::SpeedOk,
         service_wanted: true,
+        enrichment: Default::default(),
         ..Node::added(
             NodeId(id),
             IpAddr::from([127, 0, 0, 1]),

@@ -184,6 +184,10 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
         "DOWN_MBPS",
         "PING_MS",
         "CHECKED",
+        "GEO",
+        "ASN",
+        "MISMATCH",
+        "FRAUD",
         "COMMENT",
     ]);
     for v in &views {
@@ -202,6 +206,19 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                 v.last_checked_at
                     .map(|t| t.format("%Y-%m-%d %H:%M").to_string()),
             ),
+            Cell::opt(v.geo.as_ref().map(geo_place)),
+            Cell::opt(
+                v.geo
+                    .as_ref()
+                    .and_then(|g| g.facts.asn)
+                    .map(|a| format!("AS{a}")),
+            ),
+            match v.geo.as_ref().and_then(|g| g.location_mismatch) {
+                Some(true) => Cell::text("yes").colored(Color::Red),
+                Some(false) => Cell::text("no"),
+                None => Cell::text("-"),
+            },
+            Cell::opt(v.fraud.as_ref().map(|f| format!("{} {}", f.score, f.risk))),
             Cell::opt(v.comment.as_ref()),
         ]);
     }
@@ -241,6 +258,21 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
         got.total, a.page
     ))?;
     Ok(Exit::Ok)
+}
+
+/// `US/Texas/Austin`: the lookup's country code, region and city that are known.
+fn geo_place(g: &connexa_core::domain::GeoRecord) -> String {
+    let f = &g.facts;
+    let parts: Vec<&str> = [&f.country_code, &f.region, &f.city]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("/")
+    }
 }
 
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<Exit> {
@@ -311,6 +343,65 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<Exit> {
                 }))),
             );
             add("service_wanted", Cell::text(v.service_wanted.to_string()));
+            match &v.geo {
+                Some(g) => {
+                    let f = &g.facts;
+                    add("geo_ip", Cell::text(g.ip.to_string()));
+                    add("geo", Cell::text(geo_place(g)));
+                    add(
+                        "geo_country",
+                        Cell::text(fmt_opt(match (&f.country, &f.country_code) {
+                            (Some(n), Some(c)) => Some(format!("{n} ({c})")),
+                            (n, c) => n.clone().or(c.clone()),
+                        })),
+                    );
+                    add("geo_postal", Cell::text(fmt_opt(f.postal.clone())));
+                    add(
+                        "geo_coordinates",
+                        Cell::text(fmt_opt(match (f.latitude, f.longitude) {
+                            (Some(la), Some(lo)) => Some(format!("{la:.4}, {lo:.4}")),
+                            _ => None,
+                        })),
+                    );
+                    add("geo_time_zone", Cell::text(fmt_opt(f.time_zone.clone())));
+                    add(
+                        "asn",
+                        Cell::text(fmt_opt(f.asn.map(|a| match &f.org {
+                            Some(o) => format!("AS{a} {o}"),
+                            None => format!("AS{a}"),
+                        }))),
+                    );
+                    add(
+                        "location_mismatch",
+                        match g.location_mismatch {
+                            Some(true) => {
+                                Cell::text("yes: the seller's location differs").colored(Color::Red)
+                            }
+                            Some(false) => Cell::text("no"),
+                            None => Cell::text("-"),
+                        },
+                    );
+                    add(
+                        "geo_source",
+                        Cell::text(format!("{} at {}", g.source, g.at.to_rfc3339())),
+                    );
+                }
+                None => add("geo", Cell::text("- (not looked up: connexa test geo)")),
+            }
+            match &v.fraud {
+                Some(f) => add(
+                    "fraud",
+                    Cell::text(format!(
+                        "score {} ({}) of {} by {} at {}",
+                        f.score,
+                        f.risk,
+                        f.ip,
+                        f.provider,
+                        f.at.to_rfc3339()
+                    )),
+                ),
+                None => add("fraud", Cell::text("- (not scored: connexa test fraud)")),
+            }
             add("created_at", Cell::text(v.created_at.to_rfc3339()));
             add("updated_at", Cell::text(v.updated_at.to_rfc3339()));
             ctx.out.table(&t)?;

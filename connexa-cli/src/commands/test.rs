@@ -1,4 +1,4 @@
-//! `connexa test light|auth|speed|pipeline`: runs a test job through the engine
+//! `connexa test light|auth|speed|pipeline|geo|fraud`: runs a test job through the engine
 //! in this process, shows progress from committed rows, and cancels on Ctrl-C;
 //! or, with `--detach`, queues it for a `connexa run` process.
 
@@ -18,7 +18,8 @@ use crate::output::OutputFormat;
 use crate::progress::follow_and_report;
 use crate::wiring;
 
-/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login), speed (through the tunnel) or pipeline.
+/// Test nodes: light (PPTP handshake), auth (MS-CHAPv2 login), speed (through the tunnel) or
+/// pipeline; or look their addresses up: geo (location, ASN) or fraud (score, risk).
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Progress is read from committed results, so it always ends at 100 %; on a
@@ -33,7 +34,10 @@ Examples:
   connexa test light --all
   connexa test light --status not_tested --concurrency 500
   connexa test pipeline 12 13 14 --timeout 30
-  connexa test auth --status ping_light --detach && connexa run --once")]
+  connexa test auth --status ping_light --detach && connexa run --once
+  connexa test geo --all                  # [geo] city_db/asn_db in the config file
+  connexa nodes list --mismatch           # seller's location differs from the lookup
+  connexa test fraud --status speed_ok && connexa nodes list --fraud-max 30")]
 pub struct TestArgs {
     /// What to test.
     #[arg(value_enum)]
@@ -68,6 +72,12 @@ pub enum KindArg {
     Speed,
     /// Light, then auth, then speed; each node goes as far as it can.
     Pipeline,
+    /// Where each node's address really is: `[geo]` databases (city, region,
+    /// postal code, coordinates, time zone, ASN); never changes a status.
+    Geo,
+    /// Each node's address's fraud score and risk from the `[fraud]`
+    /// providers; never changes a status.
+    Fraud,
 }
 
 impl From<KindArg> for JobKind {
@@ -77,6 +87,8 @@ impl From<KindArg> for JobKind {
             KindArg::Auth => JobKind::Auth,
             KindArg::Speed => JobKind::Speed,
             KindArg::Pipeline => JobKind::Pipeline,
+            KindArg::Geo => JobKind::Geo,
+            KindArg::Fraud => JobKind::Fraud,
         }
     }
 }
@@ -113,6 +125,12 @@ pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
         }
         return Ok(Exit::Ok);
     }
+    if let Some(missing) = enrichment_missing(ctx, kind) {
+        return Err(fail(
+            Exit::Failure,
+            format_args!("the {kind} lookup cannot run: {missing}; nothing was looked up"),
+        ));
+    }
     let prober = wiring::prober(ctx);
     if matches!(kind, JobKind::Auth | JobKind::Speed | JobKind::Pipeline) {
         // Logins need a raw GRE socket: find out now, before any node is touched.
@@ -131,6 +149,19 @@ pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
     let engine = wiring::engine_with(ctx, Arc::new(prober)).await?;
     let job = engine.start_job(kind, filter, options).await?;
     follow_and_report(ctx, &engine, job).await
+}
+
+/// What the config file lacks for an enrichment job, if anything.
+fn enrichment_missing(ctx: &Ctx, kind: JobKind) -> Option<&'static str> {
+    match kind {
+        JobKind::Geo if !connexa_core::runtime::geo_configured(&ctx.config) => {
+            Some("no GEO source is configured (set [geo] city_db and/or asn_db, or [geo] online)")
+        }
+        JobKind::Fraud if !connexa_core::runtime::fraud_configured(&ctx.config) => {
+            Some("no fraud-score provider is configured (set [fraud] providers)")
+        }
+        _ => None,
+    }
 }
 
 /// Job options from `--timeout` and `--concurrency`, checked (a `--timeout`

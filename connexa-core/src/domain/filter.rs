@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, Status};
+use super::{NodeId, Risk, Status};
 
 /// Which nodes. Every set field narrows the selection (AND); text fields match a
 /// case-insensitive substring. The default filter matches every node.
@@ -45,6 +45,17 @@ pub struct NodeFilter {
     /// With (`true`) or without (`false`) a service wanted (the desired state the
     /// engine's reconciler works towards).
     pub service_wanted: Option<bool>,
+    /// Fraud score at most this (0-100); nodes never scored do not match.
+    pub fraud_max: Option<u8>,
+    /// Only these fraud risk levels (empty = any; nodes never scored do not
+    /// match a non-empty list).
+    pub risks: Vec<Risk>,
+    /// With (`true`) or without (`false`) a location mismatch: the seller's
+    /// country or state differs from the GEO lookup's. Nodes never looked up
+    /// (or claiming no location) match neither.
+    pub mismatch: Option<bool>,
+    /// Announced by this autonomous system (GEO lookup).
+    pub asn: Option<u32>,
 }
 
 impl NodeFilter {

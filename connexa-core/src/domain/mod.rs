@@ -1,6 +1,7 @@
 //! The domain: nodes, statuses, events and [`transition`]. Pure: no I/O, no async,
 //! no clock reads.
 
+mod enrichment;
 mod filter;
 mod node;
 mod outcome;
@@ -9,6 +10,9 @@ mod selection;
 mod status;
 mod transition;
 
+pub use enrichment::{
+    Enrichment, EnrichmentUpdate, FraudRecord, GeoFacts, GeoRecord, Risk, UnknownRisk,
+};
 pub use filter::{NodeFilter, Page, PageError, SortKey};
 pub use node::{
     DEFAULT_PORT, InvalidNode, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,

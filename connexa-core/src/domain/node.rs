@@ -142,6 +142,8 @@ pub struct Node {
     pub service: Option<ServiceEndpoint>,
     /// Desired state: should a service run through this node?
     pub service_wanted: bool,
+    /// GEO and fraud lookups of its address (never part of its status).
+    pub enrichment: super::Enrichment,
     /// When the node was added.
     pub created_at: DateTime<Utc>,
     /// When any field last changed.
@@ -186,6 +188,7 @@ impl Node {
             pptp: None,
             service: None,
             service_wanted: false,
+            enrichment: super::Enrichment::default(),
             created_at: at,
             updated_at: at,
         }
@@ -254,6 +257,10 @@ pub struct NewNode {
     password: Secret,
     /// Descriptive fields (free to set).
     pub meta: NodeMeta,
+    /// A fraud score the seller's list states (format 5's `Scamalytics Fraud
+    /// Score:` and `Scamalytics Risk:` lines): stored as the node's fraud
+    /// record (provider `seller:scamalytics`) when the node is added.
+    pub seller_fraud: Option<(u8, super::Risk)>,
 }
 
 /// The PPTP control port.
@@ -293,6 +300,7 @@ impl NewNode {
             login: login.to_owned(),
             password: Secret::new(password),
             meta: NodeMeta::default(),
+            seller_fraud: None,
         })
     }
 

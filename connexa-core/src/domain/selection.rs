@@ -44,6 +44,9 @@ pub enum FilterError {
         /// The filter field.
         field: &'static str,
     },
+    /// A fraud score bound outside 0..=100.
+    #[error("fraud_max must be a score from 0 to 100")]
+    BadFraudScore,
     /// The id list is empty (it would select nothing).
     #[error("ids: empty; give at least one node id")]
     NoIds,
@@ -104,6 +107,9 @@ impl NodeFilter {
             if v.is_some_and(|v| !(v.is_finite() && (0.0..=Self::MAX_MBPS).contains(&v))) {
                 return Err(FilterError::BadSpeed { field });
             }
+        }
+        if self.fraud_max.is_some_and(|m| m > 100) {
+            return Err(FilterError::BadFraudScore);
         }
         if let Some(ids) = &self.ids {
             if ids.is_empty() {

@@ -28,6 +28,7 @@
 //!   enforces the per-node timeout, the job deadline and cancellation, and turns a
 //!   panic into a failed item. See `docs/architecture.md`, section "Engine".
 
+mod enrich;
 mod runner;
 mod services;
 
@@ -44,8 +45,8 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{NodeFilter, NodeId, Status};
 use crate::ports::{
-    ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore, Prober, Progress, ServiceLauncher,
-    SpeedTester, StoreError,
+    FraudScorer, GeoLookup, ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore, Prober,
+    Progress, ServiceLauncher, SpeedTester, StoreError,
 };
 
 pub use services::{MonitorReport, ReconcileReport};
@@ -230,14 +231,14 @@ impl JobOptions {
 ///   lost packets each costing a PPP restart (3 s);
 /// * speed, 30 s: the auth test's 20 s plus the default 10 s measurement;
 /// * pipeline, 40 s: light, then auth, then speed's measurement;
-/// * service start and stop: no minimum.
+/// * service start and stop, geo and fraud lookups: no minimum.
 pub fn minimum_node_timeout(kind: JobKind) -> Duration {
     Duration::from_secs(match kind {
         JobKind::Light => 10,
         JobKind::Auth => 20,
         JobKind::Speed => 30,
         JobKind::Pipeline => 40,
-        JobKind::ServiceStart | JobKind::ServiceStop => 0,
+        JobKind::ServiceStart | JobKind::ServiceStop | JobKind::Geo | JobKind::Fraud => 0,
     })
 }
 
@@ -355,6 +356,10 @@ pub(crate) struct Inner {
     start_backoff: Mutex<HashMap<NodeId, services::Backoff>>,
     /// Speed tests at once ([`EngineConfig::speed_concurrency`]).
     speed_slots: Arc<tokio::sync::Semaphore>,
+    /// The GEO source of `geo` jobs, if configured.
+    geo: std::sync::RwLock<Option<Arc<dyn GeoLookup>>>,
+    /// The fraud scorer of `fraud` jobs, if configured.
+    fraud: std::sync::RwLock<Option<Arc<dyn FraudScorer>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -362,6 +367,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
+    fn geo(&self) -> Option<Arc<dyn GeoLookup>> {
+        self.geo
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn fraud(&self) -> Option<Arc<dyn FraudScorer>> {
+        self.fraud
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn notify(&self) {
         self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -490,8 +509,29 @@ impl Engine {
                 start_backoff: Mutex::new(HashMap::new()),
                 speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
                 config,
+                geo: std::sync::RwLock::new(None),
+                fraud: std::sync::RwLock::new(None),
             }),
         }
+    }
+
+    /// Sets the GEO source `geo` jobs use (without one they stop at once,
+    /// saying so, and mark nothing).
+    pub fn set_geo(&self, geo: Arc<dyn GeoLookup>) {
+        *self
+            .inner
+            .geo
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(geo);
+    }
+
+    /// Sets the fraud scorer `fraud` jobs use.
+    pub fn set_fraud(&self, fraud: Arc<dyn FraudScorer>) {
+        *self
+            .inner
+            .fraud
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(fraud);
     }
 
     /// The settings.

@@ -13,8 +13,8 @@ use tracing::Instrument;
 
 use super::{AbortOnDrop, BusyGuard, Inner, JobOptions, lock, terminal};
 use crate::domain::{
-    Event, Failure, Level, Measurements, Node, NodeFilter, NodeId, Outcome, Page, ServiceEndpoint,
-    Status, transition,
+    EnrichmentUpdate, Event, Failure, Level, Measurements, Node, NodeFilter, NodeId, Outcome, Page,
+    ServiceEndpoint, Status, transition,
 };
 use crate::ports::{
     ClaimedItem, ItemResult, ItemState, Job, JobId, JobKind, JobState, ProbeDepth, ProbeError,
@@ -37,20 +37,23 @@ enum Stop {
 }
 
 /// What an item's work produced.
-struct Finish {
+pub(super) struct Finish {
     state: ItemState,
     event: Option<Event>,
+    /// Enrichment to store with the node (geo and fraud jobs).
+    pub(super) enrichment: Option<EnrichmentUpdate>,
     detail: Option<String>,
     /// The job cannot run at all (a [`ProbeError`]): stop it, with this reason.
-    fatal: Option<String>,
+    pub(super) fatal: Option<String>,
     guard: Option<BusyGuard>,
 }
 
 impl Finish {
-    fn new(state: ItemState, event: Option<Event>, detail: Option<String>) -> Self {
+    pub(super) fn new(state: ItemState, event: Option<Event>, detail: Option<String>) -> Self {
         Finish {
             state,
             event,
+            enrichment: None,
             detail,
             fatal: None,
             guard: None,
@@ -343,6 +346,7 @@ async fn expire_pending(
                 item: i.item,
                 state,
                 event: None,
+                enrichment: None,
                 detail: Some(why.to_owned()),
                 at: now,
             })
@@ -506,6 +510,7 @@ async fn supervise(
         item: item.item,
         state: finish.state,
         event: finish.event,
+        enrichment: finish.enrichment,
         detail: finish.detail,
         at: Utc::now(),
     };
@@ -535,6 +540,12 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// the node. A service start records a failed start (which keeps the status).
 fn timed_out(kind: JobKind, t: Duration, partial: Option<Outcome>) -> Finish {
     match kind {
+        // Enrichment is not evidence: nothing is recorded on the node.
+        JobKind::Geo | JobKind::Fraud => Finish::new(
+            ItemState::TimedOut,
+            None,
+            Some(format!("timed out after {t:?}")),
+        ),
         JobKind::ServiceStart => {
             let detail = format!("timed out after {t:?}");
             Finish::new(
@@ -566,7 +577,10 @@ fn timed_out(kind: JobKind, t: Duration, partial: Option<Outcome>) -> Finish {
 /// The job deadline passed while the item ran: like an exceeded budget, not
 /// evidence (services record nothing).
 fn deadline_reached(kind: JobKind, ran: Duration, partial: Option<Outcome>) -> Finish {
-    if matches!(kind, JobKind::ServiceStart | JobKind::ServiceStop) {
+    if matches!(
+        kind,
+        JobKind::ServiceStart | JobKind::ServiceStop | JobKind::Geo | JobKind::Fraud
+    ) {
         return Finish::new(
             ItemState::TimedOut,
             None,
@@ -650,6 +664,8 @@ async fn work(
         JobKind::Pipeline => pipeline(inner, &node, &partial, &budget).await,
         JobKind::ServiceStart => start_service(inner, node.id).await,
         JobKind::ServiceStop => stop_service(inner, node.id).await,
+        JobKind::Geo => super::enrich::geo(inner, &node).await,
+        JobKind::Fraud => super::enrich::fraud(inner, &node).await,
     }
 }
 

@@ -3,7 +3,7 @@
 //! | format | one line per node | reads back with [`import`](crate::import) |
 //! |---|---|---|
 //! | `txt` | `ip login password country` (`ip:port` when the port is not 1723) | yes, format 2 |
-//! | `csv` | header `ip,port,login,password,country,state,city,zip,provider,comment` | yes, format 8 |
+//! | `csv` | header `ip,port,login,password,country,state,city,zip,provider,comment` then the enrichment columns (`geo_ip` ... `fraud_provider`, ignored on import) | yes, format 8 |
 //! | `json` | an array of objects, one per line | yes, format 8 |
 //! | `pptp` | `ip:login:password` (`[ip]:port:login:password` where needed) | yes, format 7 |
 //! | `socks` | `socks5://user:pass@host:port` of the node's running service | no |
@@ -22,7 +22,8 @@
 //! let written = write("csv".parse::<ExportFormat>().unwrap(), &nodes, &mut out).unwrap();
 //! assert_eq!(written, 0);
 //! assert_eq!(String::from_utf8(out).unwrap(),
-//!            "ip,port,login,password,country,state,city,zip,provider,comment\n");
+//!            connexa_core::export::CSV_HEADER);
+//! assert!(connexa_core::export::CSV_HEADER.starts_with("ip,port,login,password,country,state,city,zip,provider,comment,geo_ip,"));
 //! ```
 
 use std::fmt;
@@ -197,8 +198,34 @@ pub fn write<'a, W: Write>(
     Ok(n)
 }
 
-/// The CSV header the export writes (and the import reads in any order).
-pub const CSV_HEADER: &str = "ip,port,login,password,country,state,city,zip,provider,comment\n";
+/// The CSV header the export writes (and the import reads in any order): the
+/// node's own columns, then what GEO and fraud lookups found (the import
+/// ignores those: they describe the address, not the seller's data).
+pub const CSV_HEADER: &str = "ip,port,login,password,country,state,city,zip,provider,comment,geo_ip,geo_country_code,geo_region,geo_city,geo_postal,geo_latitude,geo_longitude,geo_time_zone,asn,asn_org,location_mismatch,fraud_score,fraud_risk,fraud_provider\n";
+
+/// The enrichment columns at the end of a CSV row, in [`CSV_HEADER`] order.
+fn enrichment_cells(node: &Node) -> [String; 14] {
+    let g = node.enrichment.geo.as_ref();
+    let f = node.enrichment.fraud.as_ref();
+    let text = |v: Option<&String>| v.cloned().unwrap_or_default();
+    let num = |v: Option<String>| v.unwrap_or_default();
+    [
+        num(g.map(|g| g.ip.to_string())),
+        text(g.and_then(|g| g.facts.country_code.as_ref())),
+        text(g.and_then(|g| g.facts.region.as_ref())),
+        text(g.and_then(|g| g.facts.city.as_ref())),
+        text(g.and_then(|g| g.facts.postal.as_ref())),
+        num(g.and_then(|g| g.facts.latitude).map(|v| v.to_string())),
+        num(g.and_then(|g| g.facts.longitude).map(|v| v.to_string())),
+        text(g.and_then(|g| g.facts.time_zone.as_ref())),
+        num(g.and_then(|g| g.facts.asn).map(|v| v.to_string())),
+        text(g.and_then(|g| g.facts.org.as_ref())),
+        num(g.and_then(|g| g.location_mismatch).map(|v| v.to_string())),
+        num(f.map(|f| f.score.to_string())),
+        num(f.map(|f| f.risk.to_string())),
+        text(f.map(|f| &f.provider)),
+    ]
+}
 
 fn write_csv_row(out: &mut impl Write, node: &Node) -> io::Result<()> {
     let m = &node.meta;
@@ -221,6 +248,10 @@ fn write_csv_row(out: &mut impl Write, node: &Node) -> io::Result<()> {
             out.write_all(b",")?;
         }
         write_csv_cell(out, cell)?;
+    }
+    for cell in enrichment_cells(node) {
+        out.write_all(b",")?;
+        write_csv_cell(out, &cell)?;
     }
     out.write_all(b"\n")
 }
@@ -261,6 +292,12 @@ struct JsonNode<'a> {
     speed_down_mbps: Option<f64>,
     speed_up_mbps: Option<f64>,
     last_checked_at: Option<String>,
+    /// The last GEO lookup, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    geo: Option<&'a crate::domain::GeoRecord>,
+    /// The last fraud score, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fraud: Option<&'a crate::domain::FraudRecord>,
 }
 
 impl<'a> From<&'a Node> for JsonNode<'a> {
@@ -283,6 +320,8 @@ impl<'a> From<&'a Node> for JsonNode<'a> {
             speed_down_mbps: n.speed_down_mbps.filter(|v| v.is_finite()),
             speed_up_mbps: n.speed_up_mbps.filter(|v| v.is_finite()),
             last_checked_at: n.last_checked_at.map(|t| t.to_rfc3339()),
+            geo: n.enrichment.geo.as_ref(),
+            fraud: n.enrichment.fraud.as_ref(),
         }
     }
 }

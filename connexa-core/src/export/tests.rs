@@ -67,15 +67,20 @@ fn txt() {
     );
 }
 
+/// The empty enrichment cells of a node never looked up.
+const E: &str = ",,,,,,,,,,,,,,";
+
 #[test]
 fn csv_quotes_what_needs_quoting() {
     assert_eq!(
         export(ExportFormat::Csv),
-        "ip,port,login,password,country,state,city,zip,provider,comment\n\
-         198.51.100.23,1723,admin,admin,United States,California,,,,\"says \"\"hi\"\", twice\nnew line\"\n\
-         2001:db8::1,1724,v6,pa:ss,,,,,,\n\
-         192.0.2.35,1723,user,\" spaced \",,,,,,\n\
-         192.0.2.36,1723,user,a:US:Arizona:85001,,,,,,\n"
+        format!(
+            "{}198.51.100.23,1723,admin,admin,United States,California,,,,\"says \"\"hi\"\", twice\nnew line\"{E}\n\
+             2001:db8::1,1724,v6,pa:ss,,,,,,{E}\n\
+             192.0.2.35,1723,user,\" spaced \",,,,,,{E}\n\
+             192.0.2.36,1723,user,a:US:Arizona:85001,,,,,,{E}\n",
+            CSV_HEADER
+        )
     );
 }
 
@@ -178,4 +183,66 @@ fn line_formats_refuse_what_would_read_back_as_another_node() {
             assert!(!text.contains("c:d"), "{text}");
         }
     }
+}
+
+#[test]
+fn csv_and_json_carry_the_enrichment_and_csv_reads_back() {
+    use crate::domain::{FraudRecord, GeoFacts, GeoRecord, Risk};
+    let mut n = node(7, "203.0.113.9", 1723, "u", "p");
+    let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).single().unwrap();
+    n.enrichment.geo = Some(GeoRecord {
+        ip: n.ip,
+        facts: GeoFacts {
+            country_code: Some("US".into()),
+            region: Some("Texas".into()),
+            city: Some("Austin, TX".into()),
+            latitude: Some(30.25),
+            asn: Some(7922),
+            org: Some("Comcast".into()),
+            ..GeoFacts::default()
+        },
+        source: "mmdb".into(),
+        at,
+        location_mismatch: Some(true),
+    });
+    n.enrichment.fraud = Some(FraudRecord {
+        ip: n.ip,
+        score: 81,
+        risk: Risk::VeryHigh,
+        provider: "scamalytics".into(),
+        at,
+    });
+    let mut out = Vec::new();
+    write(ExportFormat::Csv, [&n], &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        text.lines().nth(1),
+        Some(
+            "203.0.113.9,1723,u,p,,,,,,,203.0.113.9,US,Texas,\"Austin, TX\",,30.25,,,7922,Comcast,true,81,very_high,scamalytics"
+        )
+    );
+    // The import reads the node back and ignores the enrichment columns.
+    let parsed: Vec<_> = crate::import::parse(text.as_bytes()).collect();
+    assert_eq!(parsed.len(), 1, "{parsed:?}");
+    let node = parsed[0].as_ref().expect("read back");
+    assert_eq!((node.node.ip(), node.node.login()), (n.ip, "u"));
+
+    let mut out = Vec::new();
+    write(ExportFormat::Json, [&n], &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v[0]["geo"]["asn"], 7922);
+    assert_eq!(v[0]["geo"]["location_mismatch"], true);
+    assert_eq!(v[0]["fraud"]["risk"], "very_high");
+    let plain = node_json(&node_fixture_without_enrichment());
+    assert!(plain.get("geo").is_none() && plain.get("fraud").is_none());
+}
+
+fn node_fixture_without_enrichment() -> Node {
+    node(8, "203.0.113.10", 1723, "u", "p")
+}
+
+fn node_json(n: &Node) -> serde_json::Value {
+    let mut out = Vec::new();
+    write(ExportFormat::Json, [n], &mut out).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out).unwrap()[0].clone()
 }

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::ErrorReason;
 use super::location::{expand_country, expand_state, parse_location};
-use crate::domain::{DEFAULT_PORT, NewNode, NodeMeta};
+use crate::domain::{DEFAULT_PORT, NewNode, NodeMeta, Risk};
 
 /// A field a key-value line, a CSV header cell or a JSON key names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,10 @@ pub(crate) enum Key {
     Provider,
     Comment,
     Location,
+    /// A seller's `Scamalytics Fraud Score: 35`.
+    ScamalyticsScore,
+    /// A seller's `Scamalytics Risk: medium`.
+    ScamalyticsRisk,
 }
 
 impl Key {
@@ -75,6 +79,8 @@ impl Key {
             "provider" | "isp" | "seller" | "провайдер" => Key::Provider,
             "comment" | "note" | "notes" | "комментарий" => Key::Comment,
             "location" | "geo" | "локация" | "расположение" => Key::Location,
+            "scamalytics fraud score" | "scamalytics score" => Key::ScamalyticsScore,
+            "scamalytics risk" | "scamalytics fraud risk" => Key::ScamalyticsRisk,
             _ => return None,
         })
     }
@@ -94,6 +100,8 @@ pub(crate) struct Fields {
     pub provider: Option<String>,
     pub comment: Option<String>,
     pub location: Option<String>,
+    pub scamalytics_score: Option<String>,
+    pub scamalytics_risk: Option<String>,
 }
 
 impl Fields {
@@ -119,6 +127,8 @@ impl Fields {
             Key::Provider => self.provider = v,
             Key::Comment => self.comment = v,
             Key::Location => self.location = v,
+            Key::ScamalyticsScore => self.scamalytics_score = v,
+            Key::ScamalyticsRisk => self.scamalytics_risk = v,
         }
     }
 
@@ -161,10 +171,26 @@ impl Fields {
             .password
             .as_deref()
             .ok_or(ErrorReason::MissingPassword)?;
-        let node = NewNode::new(ip, port, login, password)?;
+        let mut node = NewNode::new(ip, port, login, password)?;
+        node.seller_fraud = self.seller_fraud();
         let meta = self.meta();
         meta.check()?;
         Ok(node.with_meta(meta))
+    }
+
+    /// The seller's Scamalytics score (`35`, `35/100`, `35%`) and risk (the
+    /// stated level, else the score's). A risk without a score, or a score
+    /// that is not a number from 0 to 100, is not kept.
+    fn seller_fraud(&self) -> Option<(u8, Risk)> {
+        let text = self.scamalytics_score.as_deref()?.trim();
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        let score = digits.parse::<u8>().ok().filter(|s| *s <= 100)?;
+        let risk = self
+            .scamalytics_risk
+            .as_deref()
+            .and_then(|r| r.parse::<Risk>().ok())
+            .unwrap_or_else(|| Risk::from_score(score));
+        Some((score, risk))
     }
 
     fn meta(self) -> NodeMeta {
@@ -281,7 +307,12 @@ mod tests {
         assert_eq!(Key::of("Zip_Code"), Some(Key::Zip));
         assert_eq!(Key::of("ZIPCODE"), Some(Key::Zip));
         assert_eq!(Key::of("Пароль"), Some(Key::Password));
-        assert_eq!(Key::of("Scamalytics Risk"), None);
+        assert_eq!(Key::of("Scamalytics Risk"), Some(Key::ScamalyticsRisk));
+        assert_eq!(
+            Key::of("scamalytics_fraud_score"),
+            Some(Key::ScamalyticsScore)
+        );
+        assert_eq!(Key::of("Fraud Score"), None);
     }
 
     #[test]

@@ -105,6 +105,21 @@ fn is_extra(cell: &str) -> bool {
             | "last_checked_at"
             | "last_error"
             | "created_at"
+            // enrichment columns of the CSV export (they describe the address)
+            | "geo_ip"
+            | "geo_country_code"
+            | "geo_region"
+            | "geo_city"
+            | "geo_postal"
+            | "geo_latitude"
+            | "geo_longitude"
+            | "geo_time_zone"
+            | "asn"
+            | "asn_org"
+            | "location_mismatch"
+            | "fraud_score"
+            | "fraud_risk"
+            | "fraud_provider"
     )
 }
 

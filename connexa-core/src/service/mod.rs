@@ -191,6 +191,7 @@ mod tests {
         Node {
             status: crate::domain::Status::SpeedOk,
             service_wanted: true,
+            enrichment: Default::default(),
             ..Node::added(
                 crate::domain::NodeId(1),
                 IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -3,7 +3,10 @@
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::entity::{job_items, jobs, nodes, status_history};
-use crate::domain::{Level, Node, NodeId, NodeMeta, PptpIdentity, Secret, ServiceEndpoint, Status};
+use crate::domain::{
+    Enrichment, FraudRecord, GeoFacts, GeoRecord, Level, Node, NodeId, NodeMeta, PptpIdentity,
+    Risk, Secret, ServiceEndpoint, Status,
+};
 use crate::ports::{HistoryEvent, HistoryRow, ItemId, ItemView, Job, JobId, StoreError};
 
 pub(crate) fn ms(at: DateTime<Utc>) -> i64 {
@@ -28,7 +31,7 @@ pub(crate) fn status(text: &str) -> Result<Status, StoreError> {
 /// (the entity's field order), which [`node_model_by_index`] reads; a test
 /// holds the entity to it.
 #[cfg(test)]
-pub(crate) const NODE_COLUMNS: [&str; 29] = [
+pub(crate) const NODE_COLUMNS: [&str; 48] = [
     "id",
     "ip",
     "port",
@@ -58,6 +61,25 @@ pub(crate) const NODE_COLUMNS: [&str; 29] = [
     "service_wanted",
     "created_at",
     "updated_at",
+    "geo_ip",
+    "geo_country_code",
+    "geo_country",
+    "geo_region",
+    "geo_city",
+    "geo_postal",
+    "geo_latitude",
+    "geo_longitude",
+    "geo_time_zone",
+    "geo_source",
+    "geo_at",
+    "asn",
+    "asn_org",
+    "location_mismatch",
+    "fraud_ip",
+    "fraud_score",
+    "fraud_risk",
+    "fraud_provider",
+    "fraud_at",
 ];
 
 /// A `nodes` row of `SELECT <all columns>` read by column position: the
@@ -97,6 +119,25 @@ pub(crate) fn node_model_by_index(
         service_wanted: r.try_get_by_index(26)?,
         created_at: r.try_get_by_index(27)?,
         updated_at: r.try_get_by_index(28)?,
+        geo_ip: r.try_get_by_index(29)?,
+        geo_country_code: r.try_get_by_index(30)?,
+        geo_country: r.try_get_by_index(31)?,
+        geo_region: r.try_get_by_index(32)?,
+        geo_city: r.try_get_by_index(33)?,
+        geo_postal: r.try_get_by_index(34)?,
+        geo_latitude: r.try_get_by_index(35)?,
+        geo_longitude: r.try_get_by_index(36)?,
+        geo_time_zone: r.try_get_by_index(37)?,
+        geo_source: r.try_get_by_index(38)?,
+        geo_at: r.try_get_by_index(39)?,
+        asn: r.try_get_by_index(40)?,
+        asn_org: r.try_get_by_index(41)?,
+        location_mismatch: r.try_get_by_index(42)?,
+        fraud_ip: r.try_get_by_index(43)?,
+        fraud_score: r.try_get_by_index(44)?,
+        fraud_risk: r.try_get_by_index(45)?,
+        fraud_provider: r.try_get_by_index(46)?,
+        fraud_at: r.try_get_by_index(47)?,
     })
 }
 
@@ -148,9 +189,90 @@ pub(crate) fn node(m: nodes::Model) -> Result<Node, StoreError> {
         pptp,
         service,
         service_wanted: m.service_wanted,
+        enrichment: enrichment(
+            &m.ip,
+            GeoColumns {
+                ip: m.geo_ip,
+                facts: GeoFacts {
+                    country_code: m.geo_country_code,
+                    country: m.geo_country,
+                    region: m.geo_region,
+                    city: m.geo_city,
+                    postal: m.geo_postal,
+                    latitude: m.geo_latitude,
+                    longitude: m.geo_longitude,
+                    time_zone: m.geo_time_zone,
+                    asn: m.asn.and_then(|a| u32::try_from(a).ok()),
+                    org: m.asn_org,
+                },
+                source: m.geo_source,
+                at: m.geo_at,
+                mismatch: m.location_mismatch,
+            },
+            FraudColumns {
+                ip: m.fraud_ip,
+                score: m.fraud_score,
+                risk: m.fraud_risk,
+                provider: m.fraud_provider,
+                at: m.fraud_at,
+            },
+        ),
         created_at: from_ms(m.created_at),
         updated_at: from_ms(m.updated_at),
     })
+}
+
+struct GeoColumns {
+    ip: Option<String>,
+    facts: GeoFacts,
+    source: Option<String>,
+    at: Option<i64>,
+    mismatch: Option<bool>,
+}
+
+struct FraudColumns {
+    ip: Option<String>,
+    score: Option<i32>,
+    risk: Option<String>,
+    provider: Option<String>,
+    at: Option<i64>,
+}
+
+/// The enrichment columns as domain values. A record whose time or source is
+/// missing, or whose values do not parse, reads as absent (enrichment is
+/// advisory: a damaged record must not make the node unreadable).
+fn enrichment(node_ip: &str, g: GeoColumns, f: FraudColumns) -> Enrichment {
+    let ip_or_node = |ip: Option<String>| ip.as_deref().unwrap_or(node_ip).parse().ok();
+    let geo = match (g.source, g.at) {
+        (Some(source), Some(at)) => ip_or_node(g.ip).map(|ip| GeoRecord {
+            ip,
+            facts: g.facts,
+            source,
+            at: from_ms(at),
+            location_mismatch: g.mismatch,
+        }),
+        _ => None,
+    };
+    let fraud = match (f.score, f.risk, f.provider, f.at) {
+        (Some(score), Some(risk), Some(provider), Some(at)) => {
+            match (
+                ip_or_node(f.ip),
+                u8::try_from(score).ok(),
+                risk.parse::<Risk>().ok(),
+            ) {
+                (Some(ip), Some(score), Some(risk)) => Some(FraudRecord {
+                    ip,
+                    score,
+                    risk,
+                    provider,
+                    at: from_ms(at),
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Enrichment { geo, fraud }
 }
 
 pub(crate) fn level(n: i16) -> Option<Level> {

@@ -39,6 +39,26 @@ pub mod nodes {
         pub service_wanted: bool,
         pub created_at: i64,
         pub updated_at: i64,
+        // Enrichment (migration m0003), never written by `apply`.
+        pub geo_ip: Option<String>,
+        pub geo_country_code: Option<String>,
+        pub geo_country: Option<String>,
+        pub geo_region: Option<String>,
+        pub geo_city: Option<String>,
+        pub geo_postal: Option<String>,
+        pub geo_latitude: Option<f64>,
+        pub geo_longitude: Option<f64>,
+        pub geo_time_zone: Option<String>,
+        pub geo_source: Option<String>,
+        pub geo_at: Option<i64>,
+        pub asn: Option<i64>,
+        pub asn_org: Option<String>,
+        pub location_mismatch: Option<bool>,
+        pub fraud_ip: Option<String>,
+        pub fraud_score: Option<i32>,
+        pub fraud_risk: Option<String>,
+        pub fraud_provider: Option<String>,
+        pub fraud_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -144,6 +164,28 @@ pub mod api_tokens {
         pub last_used_at: Option<i64>,
         pub expires_at: Option<i64>,
         pub revoked: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `enrichment_cache` table (migration m0003): online providers' answers by address.
+pub mod enrichment_cache {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `enrichment_cache`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "enrichment_cache")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub provider: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        pub value: String,
+        pub fetched_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -284,6 +284,9 @@ pub(crate) async fn finish<C: ConnectionTrait>(
             None => (r.state, r.detail, None),
         };
         if let Some(m) = items.remove(&r.item.0) {
+            if let Some(update) = &r.enrichment {
+                super::enrich::write(conn, NodeId(m.node_id), update).await?;
+            }
             let mut m = m;
             m.state = state.as_str().to_owned();
             m.finished_at = Some(ms(r.at));
@@ -483,6 +486,7 @@ mod tests {
                 item: c.item,
                 state: ItemState::Failed,
                 event: None,
+                enrichment: None,
                 detail: Some("x".into()),
                 at: Utc::now(),
             };
@@ -518,6 +522,7 @@ mod tests {
             item: claimed[0].item,
             state: ItemState::Ok,
             event: None,
+            enrichment: None,
             detail: None,
             at: Utc::now(),
         };

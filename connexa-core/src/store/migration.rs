@@ -9,7 +9,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial), Box::new(M0002ItemSeq)]
+        vec![
+            Box::new(M0001Initial),
+            Box::new(M0002ItemSeq),
+            Box::new(M0003Enrichment),
+        ]
     }
 }
 
@@ -368,5 +372,129 @@ impl MigrationTrait for M0002ItemSeq {
                 .to_owned(),
         )
         .await
+    }
+}
+
+/// GEO and fraud enrichment stored with each node (nullable columns, filled by
+/// `geo` and `fraud` jobs, never by a status event), and the TTL cache of
+/// online providers' answers.
+struct M0003Enrichment;
+
+impl MigrationName for M0003Enrichment {
+    fn name(&self) -> &str {
+        "m0003_enrichment"
+    }
+}
+
+/// The columns M0003 adds to `nodes`, with their types.
+const ENRICHMENT_COLUMNS: [(&str, ColType); 19] = [
+    ("geo_ip", ColType::Text),
+    ("geo_country_code", ColType::Text),
+    ("geo_country", ColType::Text),
+    ("geo_region", ColType::Text),
+    ("geo_city", ColType::Text),
+    ("geo_postal", ColType::Text),
+    ("geo_latitude", ColType::Double),
+    ("geo_longitude", ColType::Double),
+    ("geo_time_zone", ColType::Text),
+    ("geo_source", ColType::Text),
+    ("geo_at", ColType::BigInt),
+    ("asn", ColType::BigInt),
+    ("asn_org", ColType::Text),
+    ("location_mismatch", ColType::Bool),
+    ("fraud_ip", ColType::Text),
+    ("fraud_score", ColType::Int),
+    ("fraud_risk", ColType::Text),
+    ("fraud_provider", ColType::Text),
+    ("fraud_at", ColType::BigInt),
+];
+
+#[derive(Clone, Copy)]
+enum ColType {
+    Text,
+    Double,
+    BigInt,
+    Int,
+    Bool,
+}
+
+#[derive(DeriveIden)]
+enum EnrichmentCache {
+    Table,
+    Provider,
+    Key,
+    Value,
+    FetchedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0003Enrichment {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite's ALTER TABLE adds one at a time.
+        for (name, ty) in ENRICHMENT_COLUMNS {
+            let col = Alias::new(name);
+            let def = match ty {
+                ColType::Text => string_null(col),
+                ColType::Double => double_null(col),
+                ColType::BigInt => big_integer_null(col),
+                ColType::Int => integer_null(col),
+                ColType::Bool => boolean_null(col),
+            };
+            m.alter_table(
+                Table::alter()
+                    .table(Nodes::Table)
+                    .add_column(def)
+                    .to_owned(),
+            )
+            .await?;
+        }
+        for (name, cols) in [
+            ("nodes_asn", &["asn"][..]),
+            ("nodes_fraud_score", &["fraud_score"][..]),
+            ("nodes_geo_country", &["geo_country_code"][..]),
+        ] {
+            m.create_index(index(name, Nodes::Table, cols)).await?;
+        }
+        m.create_table(
+            Table::create()
+                .table(EnrichmentCache::Table)
+                .if_not_exists()
+                .col(string(EnrichmentCache::Provider))
+                .col(string(EnrichmentCache::Key))
+                .col(text(EnrichmentCache::Value))
+                .col(big_integer(EnrichmentCache::FetchedAt))
+                .primary_key(
+                    Index::create()
+                        .col(EnrichmentCache::Provider)
+                        .col(EnrichmentCache::Key),
+                )
+                .to_owned(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(
+            Table::drop()
+                .table(EnrichmentCache::Table)
+                .if_exists()
+                .to_owned(),
+        )
+        .await?;
+        for name in ["nodes_asn", "nodes_fraud_score", "nodes_geo_country"] {
+            m.drop_index(Index::drop().name(name).table(Nodes::Table).to_owned())
+                .await?;
+        }
+        for (name, _) in ENRICHMENT_COLUMNS.iter().rev() {
+            m.alter_table(
+                Table::alter()
+                    .table(Nodes::Table)
+                    .drop_column(Alias::new(*name))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }

@@ -19,6 +19,7 @@
 
 mod apply;
 mod convert;
+mod enrich;
 mod entity;
 mod jobs;
 pub mod migration;
@@ -321,6 +322,43 @@ impl NodeStore for SqlStore {
             .collect()
     }
 
+    async fn enrich(
+        &self,
+        updates: Vec<(NodeId, crate::domain::EnrichmentUpdate)>,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = async {
+            let mut n = 0;
+            for (node, update) in &updates {
+                n += u64::from(enrich::write(&w.txn, *node, update).await?);
+            }
+            Ok(n)
+        }
+        .await;
+        w.finish(r).await
+    }
+
+    async fn cache_get(
+        &self,
+        provider: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        enrich::cache_get(&self.db, provider, key, since).await
+    }
+
+    async fn cache_put(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = enrich::cache_put(&w.txn, provider, key, value, at).await;
+        w.finish(r).await
+    }
+
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError> {
         let w = self.begin_write().await?;
         let r = insert_nodes(&w.txn, &nodes, Utc::now()).await;
@@ -524,6 +562,9 @@ type Key = (String, i32, String);
 /// Rows per insert statement (12 columns).
 const INSERT_CHUNK: usize = 1_000;
 
+/// The fraud provider of scores stated in a seller's list.
+const SELLER_SCAMALYTICS: &str = "seller:scamalytics";
+
 async fn insert_nodes<C: ConnectionTrait>(
     conn: &C,
     input: &[NewNode],
@@ -558,6 +599,11 @@ async fn insert_nodes<C: ConnectionTrait>(
                     city: Set(n.meta.city.clone()),
                     zipcode: Set(n.meta.zipcode.clone()),
                     comment: Set(n.meta.comment.clone()),
+                    fraud_ip: Set(n.seller_fraud.map(|_| k.0.clone())),
+                    fraud_score: Set(n.seller_fraud.map(|(s, _)| i32::from(s))),
+                    fraud_risk: Set(n.seller_fraud.map(|(_, r)| r.as_str().to_owned())),
+                    fraud_provider: Set(n.seller_fraud.map(|_| SELLER_SCAMALYTICS.to_owned())),
+                    fraud_at: Set(n.seller_fraud.map(|_| now)),
                     created_at: Set(now),
                     updated_at: Set(now),
                     ..Default::default()

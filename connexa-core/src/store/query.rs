@@ -106,6 +106,18 @@ pub(crate) fn condition(f: &NodeFilter, backend: DbBackend) -> Condition {
     if let Some(wanted) = f.service_wanted {
         c = c.add(Column::ServiceWanted.eq(wanted));
     }
+    if let Some(max) = f.fraud_max {
+        c = c.add(Column::FraudScore.lte(i32::from(max)));
+    }
+    if !f.risks.is_empty() {
+        c = c.add(Column::FraudRisk.is_in(f.risks.iter().map(|r| r.as_str())));
+    }
+    if let Some(m) = f.mismatch {
+        c = c.add(Column::LocationMismatch.eq(m));
+    }
+    if let Some(asn) = f.asn {
+        c = c.add(Column::Asn.eq(i64::from(asn)));
+    }
     c
 }
 

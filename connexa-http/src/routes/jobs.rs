@@ -34,6 +34,10 @@ pub enum TestKind {
     Speed,
     /// Light, then auth, then speed.
     Pipeline,
+    /// GEO lookup of each node's address (`[geo]` databases); never changes a status.
+    Geo,
+    /// Fraud score of each node's address (`[fraud]` providers); never changes a status.
+    Fraud,
 }
 
 impl From<TestKind> for JobKind {
@@ -43,6 +47,8 @@ impl From<TestKind> for JobKind {
             TestKind::Auth => JobKind::Auth,
             TestKind::Speed => JobKind::Speed,
             TestKind::Pipeline => JobKind::Pipeline,
+            TestKind::Geo => JobKind::Geo,
+            TestKind::Fraud => JobKind::Fraud,
         }
     }
 }

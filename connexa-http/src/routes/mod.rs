@@ -58,6 +58,15 @@ macro_rules! filter_query {
             pub has_service: Option<bool>,
             /// With (`true`) or without (`false`) a service wanted.
             pub service_wanted: Option<bool>,
+            /// Fraud score at most this (0-100); nodes never scored do not match.
+            pub fraud_max: Option<u8>,
+            /// Only these fraud risk levels, comma-separated: low, medium, high, very_high.
+            pub risk: Option<String>,
+            /// With (`true`) or without (`false`) a location mismatch (the seller's
+            /// country or state differs from the GEO lookup).
+            pub mismatch: Option<bool>,
+            /// Announced by this autonomous system number (GEO lookup).
+            pub asn: Option<u32>,
             $($(#[$fm])* pub $f: $t,)*
         }
 
@@ -78,6 +87,10 @@ macro_rules! filter_query {
                     checked_after: self.checked_after,
                     has_service: self.has_service,
                     service_wanted: self.service_wanted,
+                    fraud_max: self.fraud_max,
+                    risk: self.risk.as_deref(),
+                    mismatch: self.mismatch,
+                    asn: self.asn,
                 })
             }
         }
@@ -95,6 +108,10 @@ pub(crate) struct FilterParts<'a> {
     checked_after: Option<DateTime<Utc>>,
     has_service: Option<bool>,
     service_wanted: Option<bool>,
+    fraud_max: Option<u8>,
+    risk: Option<&'a str>,
+    mismatch: Option<bool>,
+    asn: Option<u32>,
 }
 
 /// Most ids in one `ids` query parameter (a URL stays a few hundred kB at
@@ -138,6 +155,18 @@ pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
             })
             .collect::<Result<_, _>>()?,
     };
+    let risks = match p.risk {
+        None => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<connexa_core::domain::Risk>()
+                    .map_err(|e| ApiError::bad_request(format!("risk: {e}")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
     let [ip, login, provider, country, state, city, zipcode, comment] = p.text;
     let filter = NodeFilter {
         ids,
@@ -156,6 +185,10 @@ pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
         checked_after: p.checked_after,
         has_service: p.has_service,
         service_wanted: p.service_wanted,
+        fraud_max: p.fraud_max,
+        risks,
+        mismatch: p.mismatch,
+        asn: p.asn,
     };
     filter
         .validate()
