@@ -427,6 +427,7 @@ async fn fraud_job_waits_out_rate_limits_and_a_failure_keeps_the_old_score() {
 
 /// One step of the property test.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a test's strategy value, never stored in bulk
 enum Step {
     Event(Event),
     Geo(u8),

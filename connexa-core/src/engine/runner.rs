@@ -437,7 +437,7 @@ impl Budget {
                     return;
                 }
                 tokio::select! {
-                    () = tokio::time::sleep_until(due.into()) => {}
+                    () = tokio::time::sleep_until(due) => {}
                     () = changed => {}
                 }
             } else {
