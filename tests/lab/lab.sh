@@ -265,6 +265,10 @@ netns_create() {
   nsx ip link set lab0 up
   nsx ip addr add "$HOST_IP/24" dev host0
   nsx ip link set host0 up
+  # the server's PPP clients (10.78.0.100-199, a user-space tunnel's address
+  # too) are reached through the server VM, which forwards: a service of the
+  # tests on 10.77.0.1 (e.g. a keyed speed endpoint) can answer through a tunnel
+  nsx ip route add 10.78.0.0/24 via "$SERVER_IP" dev host0
   local t
   for t in tap0 tap1; do
     nsx ip tuntap add dev "$t" mode tap
