@@ -434,6 +434,10 @@ pub struct NodeView {
     pub speed_up_mbps: Option<f64>,
     /// What the server announced.
     pub pptp: Option<PptpIdentity>,
+    /// The address the node's traffic leaves from, as the keyed speed
+    /// endpoint saw it (websites see this one; GEO and fraud describe it).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub exit_ip: Option<std::net::IpAddr>,
     /// The running service.
     pub service: Option<ServiceView>,
     /// Whether a service is wanted.
@@ -482,6 +486,7 @@ impl NodeView {
             speed_down_mbps: node.speed_down_mbps,
             speed_up_mbps: node.speed_up_mbps,
             pptp: node.pptp.clone(),
+            exit_ip: node.exit_ip,
             service: node.service.as_ref().map(|s| ServiceView {
                 host: s.host.clone(),
                 port: s.port,

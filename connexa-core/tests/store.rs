@@ -25,7 +25,28 @@ on_both_backends!(
     jobs_claim_finish_progress_cancel_requeue,
     group_commit_applies_in_order_and_isolates_failures,
     service_wanted_filter_selects_the_desired_state,
+    speed_test_records_the_exit_address,
 );
+
+async fn speed_test_records_the_exit_address(db: TestDb) {
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    let exit: std::net::IpAddr = "203.0.113.77".parse().unwrap();
+    let speed = Outcome::success(Level::Speed).with_measurements(Measurements {
+        speed_down_mbps: Some(12.0),
+        exit_ip: Some(exit),
+        ..Default::default()
+    });
+    s.apply(id, Event::Tested(speed), ctx()).await.unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.exit_ip, Some(exit));
+    // GEO and fraud describe the exit, not the PPTP server's address.
+    assert_eq!(connexa_core::geo::enrichment_address(&n), exit);
+    assert_ne!(n.ip, exit);
+    // A later test that saw no exit address keeps the known one.
+    s.apply(id, tested(Level::Light), ctx()).await.unwrap();
+    assert_eq!(s.get(id).await.unwrap().unwrap().exit_ip, Some(exit));
+}
 
 fn tested(level: Level) -> Event {
     Event::Tested(Outcome::success(level))

@@ -289,14 +289,13 @@ fn lab_speed_through_the_tunnel_to_the_keyed_endpoint_is_verified() {
             .await
             .expect("listen on the tests' lab address");
         let port = listener.local_addr().unwrap().port();
-        let endpoint =
-            std::sync::Arc::new(SpeedEndpoint::new(key.clone(), EndpointLimits::default()));
+        let endpoint = std::sync::Arc::new(SpeedEndpoint::new(key, EndpointLimits::default()));
         tokio::spawn(keyed::serve(listener, endpoint, 16, std::future::pending()));
         let mut cfg = speed_config(&lab);
         cfg.download_urls = Vec::new();
         cfg.keyed = Some(KeyedTarget::new(
             &format!("http://{}:{port}", lab.host_ip),
-            key.clone(),
+            key,
         ));
         let gre = GreSocket::open().expect("raw GRE socket (root)");
         HttpSpeedTester::with_gre_socket(cfg, gre)

@@ -325,6 +325,10 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<Exit> {
                 Cell::text(fmt_opt(v.speed_up_mbps.map(|p| format!("{p:.2}")))),
             );
             add(
+                "exit_ip",
+                Cell::text(fmt_opt(v.exit_ip.map(|a| a.to_string()))),
+            );
+            add(
                 "pptp",
                 Cell::text(fmt_opt(v.pptp.as_ref().map(|p| {
                     format!(

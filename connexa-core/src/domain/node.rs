@@ -138,6 +138,10 @@ pub struct Node {
     pub speed_up_mbps: Option<f64>,
     /// What the server said about itself.
     pub pptp: Option<PptpIdentity>,
+    /// The address the node's traffic leaves from, as the keyed speed
+    /// endpoint saw it in the last speed test that recorded one (websites see
+    /// this address; it may differ from [`Node::ip`]).
+    pub exit_ip: Option<IpAddr>,
     /// The running SOCKS5 service, if any.
     pub service: Option<ServiceEndpoint>,
     /// Desired state: should a service run through this node?
@@ -186,6 +190,7 @@ impl Node {
             speed_down_mbps: None,
             speed_up_mbps: None,
             pptp: None,
+            exit_ip: None,
             service: None,
             service_wanted: false,
             enrichment: super::Enrichment::default(),

@@ -27,14 +27,12 @@ pub use writer::{MmdbWriter, WriteError};
 use crate::domain::{GeoFacts, Node, NodeMeta};
 use crate::import::location;
 
-/// The address to enrich for a node: the address websites see.
-///
-/// Today this is the PPTP server's address. Hook: once a node records the
-/// exit address its traffic leaves from (measured by the speed test through
-/// the tunnel, `Measurements.exit_ip`), return that address when present:
-/// enrichment then describes the exit, and both addresses are shown.
+/// The address to enrich for a node: the address websites see — its exit
+/// address ([`Node::exit_ip`], recorded by the last speed test against the
+/// keyed endpoint) when known, else the PPTP server's address. The stored
+/// GEO and fraud records name the address they describe, so both are shown.
 pub fn enrichment_address(node: &Node) -> IpAddr {
-    node.ip
+    node.exit_ip.unwrap_or(node.ip)
 }
 
 fn norm_country(text: &str) -> String {

@@ -108,7 +108,7 @@ pub(crate) async fn write_events<C: ConnectionTrait>(
 }
 
 /// The columns an event may change. Identity, metadata and `service_wanted` are absent.
-const EVIDENCE_COLUMNS: [nodes::Column; 16] = [
+const EVIDENCE_COLUMNS: [nodes::Column; 17] = [
     nodes::Column::Status,
     nodes::Column::LastCheckedAt,
     nodes::Column::LastError,
@@ -116,6 +116,7 @@ const EVIDENCE_COLUMNS: [nodes::Column; 16] = [
     nodes::Column::PingMs,
     nodes::Column::SpeedDownMbps,
     nodes::Column::SpeedUpMbps,
+    nodes::Column::ExitIp,
     nodes::Column::PptpVersion,
     nodes::Column::PptpHostname,
     nodes::Column::PptpVendor,
@@ -189,6 +190,9 @@ fn record_measurements(row: &mut nodes::Model, m: &Measurements) {
     }
     if let Some(v) = m.speed_up_mbps {
         row.speed_up_mbps = Some(v);
+    }
+    if let Some(ip) = m.exit_ip {
+        row.exit_ip = Some(ip.to_string());
     }
     if let Some(id) = &m.pptp {
         row.pptp_version = Some(i32::from(id.protocol_version));

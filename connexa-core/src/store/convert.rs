@@ -31,7 +31,7 @@ pub(crate) fn status(text: &str) -> Result<Status, StoreError> {
 /// (the entity's field order), which [`node_model_by_index`] reads; a test
 /// holds the entity to it.
 #[cfg(test)]
-pub(crate) const NODE_COLUMNS: [&str; 48] = [
+pub(crate) const NODE_COLUMNS: [&str; 49] = [
     "id",
     "ip",
     "port",
@@ -80,6 +80,7 @@ pub(crate) const NODE_COLUMNS: [&str; 48] = [
     "fraud_risk",
     "fraud_provider",
     "fraud_at",
+    "exit_ip",
 ];
 
 /// A `nodes` row of `SELECT <all columns>` read by column position: the
@@ -138,6 +139,7 @@ pub(crate) fn node_model_by_index(
         fraud_risk: r.try_get_by_index(45)?,
         fraud_provider: r.try_get_by_index(46)?,
         fraud_at: r.try_get_by_index(47)?,
+        exit_ip: r.try_get_by_index(48)?,
     })
 }
 
@@ -187,6 +189,7 @@ pub(crate) fn node(m: nodes::Model) -> Result<Node, StoreError> {
         speed_down_mbps: m.speed_down_mbps,
         speed_up_mbps: m.speed_up_mbps,
         pptp,
+        exit_ip: m.exit_ip.as_deref().and_then(|a| a.parse().ok()),
         service,
         service_wanted: m.service_wanted,
         enrichment: enrichment(

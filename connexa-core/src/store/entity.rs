@@ -59,6 +59,7 @@ pub mod nodes {
         pub fraud_risk: Option<String>,
         pub fraud_provider: Option<String>,
         pub fraud_at: Option<i64>,
+        pub exit_ip: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0001Initial),
             Box::new(M0002ItemSeq),
             Box::new(M0003Enrichment),
+            Box::new(M0004ExitIp),
         ]
     }
 }
@@ -496,5 +497,37 @@ impl MigrationTrait for M0003Enrichment {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// The node's exit address (`nodes.exit_ip`), recorded by speed tests.
+struct M0004ExitIp;
+
+impl MigrationName for M0004ExitIp {
+    fn name(&self) -> &str {
+        "m0004_exit_ip"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0004ExitIp {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Nodes::Table)
+                .add_column(string_null(Alias::new("exit_ip")))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Nodes::Table)
+                .drop_column(Alias::new("exit_ip"))
+                .to_owned(),
+        )
+        .await
     }
 }
