@@ -34,6 +34,9 @@ enum Stop {
     Cancelled(String),
     /// Graceful shutdown: leave the rest pending for the next process.
     Drain,
+    /// The store failed beyond the retries: stop claiming, let the items in
+    /// flight end, leave the rest pending for recovery, report the error.
+    StoreFailed,
 }
 
 /// What an item's work produced.
@@ -66,6 +69,16 @@ struct Ctx {
     deadline: Option<Instant>,
     stop: watch::Sender<Option<Stop>>,
     results: mpsc::Sender<Msg>,
+    /// The first store error the runner or its committer could not retry away.
+    failed: Mutex<Option<StoreError>>,
+}
+
+impl Ctx {
+    /// Records a store error that outlasted the retries and stops the runner.
+    fn store_failed(&self, e: StoreError) {
+        lock(&self.failed).get_or_insert(e);
+        request_stop(self, Stop::StoreFailed);
+    }
 }
 
 enum Msg {
@@ -78,9 +91,14 @@ pub(super) async fn run_job(inner: Arc<Inner>, job: Job, cancel: watch::Sender<b
     let span = tracing::info_span!("job", id = %job.id, kind = %job.kind);
     async move {
         let started = std::time::Instant::now();
-        match run(inner, job, cancel.subscribe()).await {
+        let id = job.id;
+        match run(Arc::clone(&inner), job, cancel.subscribe()).await {
             Ok(state) => tracing::info!(?state, elapsed = ?started.elapsed(), "runner finished"),
-            Err(e) => tracing::warn!(error = %e, "runner stopped by a store error"),
+            Err(e) => {
+                tracing::error!(error = %e, "runner stopped by a store error; unfinished items stay for recovery");
+                lock(&inner.failed).insert(id, e.to_string());
+                inner.notify();
+            }
         }
     }
     .instrument(span)
@@ -128,9 +146,6 @@ async fn run(
         .deadline
         .map(|d| Instant::now() + (d - Utc::now()).to_std().unwrap_or(Duration::ZERO));
     let (tx, rx) = mpsc::channel(concurrency.saturating_mul(2).clamp(64, 8192));
-    let committer = AbortOnDrop(tokio::spawn(
-        commit_loop(Arc::clone(&inner), rx).in_current_span(),
-    ));
     let (stop, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
         inner: Arc::clone(&inner),
@@ -140,7 +155,11 @@ async fn run(
         deadline,
         stop,
         results: tx,
+        failed: Mutex::new(None),
     });
+    let committer = AbortOnDrop(tokio::spawn(
+        commit_loop(Arc::clone(&ctx), rx).in_current_span(),
+    ));
     let mut draining = inner.draining.subscribe();
     let mut stop_rx = ctx.stop.subscribe();
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -205,12 +224,19 @@ async fn run(
             }
         }
         let want = permits.len() as u64;
-        let claimed = with_retries("claim", || {
+        let claimed = match with_retries("claim", || {
             inner
                 .store
                 .claim_items(job.id, &cfg.worker, want, Utc::now())
         })
-        .await?;
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.store_failed(e);
+                break;
+            }
+        };
         if claimed.is_empty() {
             break;
         }
@@ -222,12 +248,14 @@ async fn run(
             ..Page::default()
         };
         let mut nodes: HashMap<NodeId, Node> =
-            with_retries("read nodes", || inner.store.list(&filter, page))
-                .await?
-                .nodes
-                .into_iter()
-                .map(|n| (n.id, n))
-                .collect();
+            match with_retries("read nodes", || inner.store.list(&filter, page)).await {
+                Ok(p) => p.nodes.into_iter().map(|n| (n.id, n)).collect(),
+                Err(e) => {
+                    // These items stay `running` until recovery requeues them.
+                    ctx.store_failed(e);
+                    break;
+                }
+            };
         // Unused permits go back to the semaphore when `permits` is dropped.
         for (item, p) in claimed.into_iter().zip(permits.drain(..)) {
             let node = nodes.remove(&item.node);
@@ -251,7 +279,7 @@ async fn run(
     let stopped = ctx.stop.borrow().clone();
     let expire = match &stopped {
         Some(Stop::Cancelled(why)) => Some((ItemState::Cancelled, why.clone())),
-        Some(Stop::Drain) => None,
+        Some(Stop::Drain | Stop::StoreFailed) => None,
         None if deadline_passed() => Some((ItemState::TimedOut, "job deadline reached".to_owned())),
         None => None,
     };
@@ -261,6 +289,10 @@ async fn run(
         let _ = flushed_rx.await;
     }
     drop(committer);
+    if let Some(e) = lock(&ctx.failed).take() {
+        // Committed results stay; the rest waits for recovery.
+        return Err(e);
+    }
     if let Some((state, why)) = expire {
         let n = expire_pending(&inner, job.id, state, &why).await?;
         if n > 0 {
@@ -269,10 +301,12 @@ async fn run(
         inner.notify();
     }
 
-    let now_state = inner.store.job(job.id).await?.state;
-    let progress = inner.store.progress(job.id).await?;
+    let now_state = with_retries("read job", || inner.store.job(job.id))
+        .await?
+        .state;
+    let progress = with_retries("read progress", || inner.store.progress(job.id)).await?;
     let final_state = match stopped {
-        Some(Stop::Drain) => now_state,
+        Some(Stop::Drain | Stop::StoreFailed) => now_state,
         _ if terminal(now_state) => now_state,
         Some(Stop::Cancelled(_)) => JobState::Cancelled,
         None if progress.is_complete() => JobState::Done,
@@ -280,10 +314,10 @@ async fn run(
         None => now_state,
     };
     if final_state != now_state {
-        inner
-            .store
-            .set_job_state(job.id, final_state, Utc::now())
-            .await?;
+        with_retries("set job state", || {
+            inner.store.set_job_state(job.id, final_state, Utc::now())
+        })
+        .await?;
         inner.notify();
     }
     Ok(final_state)
@@ -329,10 +363,12 @@ async fn expire_pending(
     let mut n = 0;
     loop {
         let now = Utc::now();
-        let items = inner
-            .store
-            .claim_items(job, &inner.config.worker, 1_000, now)
-            .await?;
+        let items = with_retries("claim", || {
+            inner
+                .store
+                .claim_items(job, &inner.config.worker, 1_000, now)
+        })
+        .await?;
         if items.is_empty() {
             return Ok(n);
         }
@@ -353,7 +389,8 @@ async fn expire_pending(
 
 /// Group commit: write whatever arrived within `commit_delay` (at most
 /// `commit_batch`) in one transaction; only then are the results counted.
-async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
+async fn commit_loop(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Msg>) {
+    let inner = &ctx.inner;
     let max = inner.config.commit_batch.max(1);
     let mut batch: Vec<Pending> = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
@@ -383,11 +420,14 @@ async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
                 tracing::debug!(n, "committed");
                 inner.notify();
             }
-            Err(e) => tracing::error!(
-                n,
-                error = %e,
-                "results could not be committed; their items stay running until the job is recovered"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    n,
+                    error = %e,
+                    "results could not be committed; their items stay running until the job is recovered"
+                );
+                ctx.store_failed(e);
+            }
         }
         // Service guards are released only now that the outcome is in the store.
         batch.clear();
