@@ -27,6 +27,8 @@ enum Answer {
     Ok(u64),
     /// Never answers (only a deadline, the budget or a cancellation ends it).
     Hang,
+    /// This outcome, at once.
+    By(fn(&Node, ProbeDepth) -> Outcome),
 }
 
 /// A light prober with one behaviour for every node; counts its probes. With
@@ -39,7 +41,7 @@ struct FakeProber {
 
 #[async_trait]
 impl Prober for FakeProber {
-    async fn probe(&self, _node: &Node, _depth: ProbeDepth) -> Result<Outcome, ProbeError> {
+    async fn probe(&self, node: &Node, depth: ProbeDepth) -> Result<Outcome, ProbeError> {
         self.probes.fetch_add(1, Ordering::SeqCst);
         if let Some(g) = &self.gate {
             g.acquire().await.expect("gate open").forget();
@@ -50,6 +52,7 @@ impl Prober for FakeProber {
                 Ok(Outcome::success(Level::Light))
             }
             Answer::Hang => std::future::pending().await,
+            Answer::By(f) => Ok(f(node, depth)),
         }
     }
 }
@@ -104,9 +107,20 @@ impl Env {
         )
     }
 
+    /// An engine whose speed tests and service starts and stops never end.
+    fn hanging_engine(&self, cfg: EngineConfig) -> Engine {
+        Engine::new(
+            Arc::clone(&self.faults) as Arc<dyn NodeStore>,
+            prober(Answer::Hang),
+            Arc::new(Hanging),
+            Arc::new(Hanging),
+            cfg,
+        )
+    }
+
     /// Waits (on the real store) until the job ended with every item done.
     async fn done(&self, job: JobId) -> (Job, Progress) {
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let j = self.real.job(job).await.unwrap();
             let p = self.real.progress(job).await.unwrap();
@@ -171,7 +185,7 @@ impl Env {
 }
 
 async fn wait_runner_error(e: &Engine, job: JobId) -> String {
-    match tokio::time::timeout(Duration::from_secs(60), e.wait(job))
+    match tokio::time::timeout(Duration::from_secs(20), e.wait(job))
         .await
         .expect("wait returns")
     {
@@ -660,4 +674,278 @@ async fn shutdown_of_run_drains_with_items_in_flight() {
     );
     assert_eq!(env.applied_once(job).await, 4);
     drop(env.db);
+}
+
+// ------------------------------------------------- batching, budgets, verdicts
+
+/// Speed tests and service actions that never end.
+struct Hanging;
+
+#[async_trait]
+impl SpeedTester for Hanging {
+    async fn measure(&self, _node: &Node) -> Result<Outcome, ProbeError> {
+        std::future::pending().await
+    }
+}
+
+#[async_trait]
+impl ServiceLauncher for Hanging {
+    async fn start(
+        &self,
+        _node: &Node,
+        _previous: Option<ServiceEndpoint>,
+    ) -> Result<ServiceEndpoint, ServiceError> {
+        std::future::pending().await
+    }
+    async fn stop(&self, _node: NodeId) -> Result<(), ServiceError> {
+        std::future::pending().await
+    }
+    async fn health(&self, _node: &Node) -> Health {
+        Health::Unhealthy("hangs".into())
+    }
+    async fn running(&self) -> Vec<NodeId> {
+        Vec::new()
+    }
+}
+
+fn gated(gate: &Arc<Semaphore>) -> Arc<FakeProber> {
+    Arc::new(FakeProber {
+        answer: Answer::Ok(0),
+        probes: AtomicU64::new(0),
+        gate: Some(Arc::clone(gate)),
+    })
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(tokio::time::Instant::now() < give_up, "waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_take_the_free_slots_together_and_never_more_than_claim_batch() {
+    let env = env(8).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let p = gated(&gate);
+    let e = env.engine(
+        Arc::clone(&p),
+        EngineConfig {
+            claim_batch: 3,
+            ..config(8)
+        },
+    );
+    let job = e
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    until("8 probes", || p.probes.load(Ordering::SeqCst) == 8).await;
+    // 8 free slots, at most 3 per claim: 3, 3, 2.
+    assert_eq!(env.faults.claim_sizes(), vec![3, 3, 2]);
+    gate.add_permits(8);
+    let (j, prog) = env.done(job).await;
+    assert_eq!((j.state, prog.ok), (JobState::Done, 8));
+    let sizes = env.faults.claim_sizes();
+    assert!(sizes.iter().all(|n| *n <= 3), "{sizes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_larger_than_a_default_page_finds_every_node() {
+    let env = env(150).await;
+    let e = env.engine(prober(Answer::Ok(0)), config(150));
+    let job = e
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    let (j, p) = env.done(job).await;
+    assert_eq!((j.state, p.ok, p.failed), (JobState::Done, 150, 0), "{p:?}");
+    assert_eq!(env.faults.claim_sizes()[0], 150, "one claim of 150");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_ending_together_are_group_committed_within_commit_batch() {
+    let env = env(8).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let p = gated(&gate);
+    let e = env.engine(
+        Arc::clone(&p),
+        EngineConfig {
+            commit_batch: 3,
+            commit_delay: Duration::from_millis(300),
+            ..config(8)
+        },
+    );
+    let job = e
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    until("8 probes", || p.probes.load(Ordering::SeqCst) == 8).await;
+    gate.add_permits(8);
+    let (_, prog) = env.done(job).await;
+    assert_eq!(prog.ok, 8);
+    let sizes = env.faults.commit_sizes();
+    assert_eq!(sizes.iter().sum::<usize>(), 8, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|n| *n <= 3),
+        "at most commit_batch: {sizes:?}"
+    );
+    assert!(
+        sizes.len() < 8,
+        "results that end together share commits: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_is_ok_only_when_it_reached_its_aim_without_a_failure() {
+    let env = env(3).await;
+    // Node 1 passes; node 2 reaches the level but reports a failure; node 3
+    // reports no failure but stays below the level.
+    fn by(n: &Node, _d: ProbeDepth) -> Outcome {
+        match n.id.0 % 3 {
+            1 => Outcome::success(Level::Light),
+            2 => Outcome::failed(Level::Light, Failure::Refused),
+            _ => Outcome::success(Level::None),
+        }
+    }
+    let p = prober(Answer::By(by));
+    let e = env.engine(Arc::clone(&p), config(4));
+    let job = e
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    let (_, prog) = env.done(job).await;
+    assert_eq!((prog.ok, prog.failed), (1, 2), "{prog:?}");
+    for it in env.real.recent_items(job, 10).await.unwrap() {
+        let want = if it.node.0 % 3 == 1 {
+            ItemState::Ok
+        } else {
+            ItemState::Failed
+        };
+        assert_eq!(it.state, want, "node {}", it.node);
+    }
+    // A pipeline stops at a light stage that reported a failure.
+    let before = p.probes.load(Ordering::SeqCst);
+    let job = e
+        .start_job(
+            JobKind::Pipeline,
+            NodeFilter::ids([env.ids[1]]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (_, prog) = env.done(job).await;
+    assert_eq!(prog.failed, 1);
+    assert_eq!(p.probes.load(Ordering::SeqCst), before + 1, "no auth stage");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_of_speed_tests_and_service_actions_say_what_ran_out() {
+    let env = env(2).await;
+    verify_all(&env).await;
+    let e = env.hanging_engine(config(4));
+    let budget = JobOptions::default().node_timeout(Duration::from_millis(200));
+    let one = NodeFilter::ids([env.ids[0]]);
+
+    // A speed test over its budget: inconclusive at stage speed, status kept.
+    let job = e
+        .start_job(JobKind::Speed, one.clone(), budget.clone())
+        .await
+        .unwrap();
+    let (_, p) = env.done(job).await;
+    assert_eq!(p.timed_out, 1);
+    let row = &env.rows_of(job).await[&env.ids[0]][0];
+    assert_eq!(row.event, HistoryEvent::Applied(EventKind::Inconclusive));
+    assert_eq!(
+        row.detail.as_deref(),
+        Some("budget exceeded after 0.2 s at stage speed")
+    );
+    assert_eq!(row.to, Some(Status::SpeedOk));
+
+    // A service start over its budget: a failed start, the status kept.
+    let job = e
+        .start_job(JobKind::ServiceStart, one.clone(), budget.clone())
+        .await
+        .unwrap();
+    let (_, p) = env.done(job).await;
+    assert_eq!(p.timed_out, 1);
+    let rows = env.rows_of(job).await;
+    let row = &rows[&env.ids[0]][0];
+    assert_eq!(
+        row.event,
+        HistoryEvent::Applied(EventKind::ServiceStartFailed)
+    );
+    assert_eq!(row.detail.as_deref(), Some("timed out after 200ms"));
+    assert_eq!(row.to, Some(Status::SpeedOk));
+
+    // A service stop over its budget records nothing on the node.
+    let job = e
+        .start_job(JobKind::ServiceStop, one.clone(), budget)
+        .await
+        .unwrap();
+    let (_, p) = env.done(job).await;
+    assert_eq!(p.timed_out, 1);
+    let items = env.real.recent_items(job, 10).await.unwrap();
+    assert_eq!(items[0].detail.as_deref(), Some("timed out after 200ms"));
+    assert!(env.rows_of(job).await[&env.ids[0]].is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_start_makes_the_service_wanted_again() {
+    let env = env(1).await;
+    verify_all(&env).await;
+    let job = connexa_core::engine::queue_job(
+        env.real.as_ref(),
+        JobKind::ServiceStart,
+        NodeFilter::all(),
+        JobOptions::default(),
+    )
+    .await
+    .unwrap();
+    // A stop request cleared the desired state before the start job ran.
+    env.real
+        .set_service_wanted(&NodeFilter::all(), false)
+        .await
+        .unwrap();
+    let e = env.engine(prober(Answer::Hang), config(2));
+    e.recover(RecoverPolicy::Resume).await.unwrap();
+    let (_, p) = env.done(job.id).await;
+    assert_eq!(p.failed, 1, "NotAvailable fails the start: {p:?}");
+    let node = env.real.get(env.ids[0]).await.unwrap().unwrap();
+    assert!(node.service_wanted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_in_the_store_stays_cancelled_when_its_last_items_end() {
+    // Another process cancels the job while this runner's last items run and
+    // before its next look at the store: the runner must not mark it done.
+    let env = env(2).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let p = gated(&gate);
+    let e = env.engine(
+        Arc::clone(&p),
+        EngineConfig {
+            poll_interval: Duration::from_secs(3_600),
+            ..config(4)
+        },
+    );
+    let job = e
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    until("2 probes and an empty claim", || {
+        p.probes.load(Ordering::SeqCst) == 2 && env.faults.calls(Method::Claim) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    env.real
+        .set_job_state(job, JobState::Cancelled, chrono::Utc::now())
+        .await
+        .unwrap();
+    gate.add_permits(2);
+    let (j, prog) = env.done(job).await;
+    assert_eq!(prog.ok, 2);
+    assert_eq!(j.state, JobState::Cancelled);
+    until("the runner ends", || !e.is_running_here(job)).await;
+    assert_eq!(env.real.job(job).await.unwrap().state, JobState::Cancelled);
 }

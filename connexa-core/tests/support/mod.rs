@@ -60,6 +60,10 @@ pub struct FaultStore {
     rules: Mutex<HashMap<Method, Rule>>,
     calls: Mutex<HashMap<Method, u64>>,
     injected: Mutex<HashMap<Method, u64>>,
+    /// `max` of every claim, in order.
+    claims: Mutex<Vec<u64>>,
+    /// Number of results of every commit (`finish_items`), in order.
+    commits: Mutex<Vec<usize>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +78,8 @@ impl FaultStore {
             rules: Mutex::new(HashMap::new()),
             calls: Mutex::new(HashMap::new()),
             injected: Mutex::new(HashMap::new()),
+            claims: Mutex::new(Vec::new()),
+            commits: Mutex::new(Vec::new()),
         })
     }
 
@@ -112,6 +118,16 @@ impl FaultStore {
     /// Calls of `m` that were disturbed so far.
     pub fn injected(&self, m: Method) -> u64 {
         lock(&self.injected).get(&m).copied().unwrap_or(0)
+    }
+
+    /// The `max` asked by every claim so far, in order.
+    pub fn claim_sizes(&self) -> Vec<u64> {
+        lock(&self.claims).clone()
+    }
+
+    /// The number of results of every commit so far, in order.
+    pub fn commit_sizes(&self) -> Vec<usize> {
+        lock(&self.commits).clone()
     }
 
     /// Counts the call and says what to do with it.
@@ -254,6 +270,7 @@ impl NodeStore for FaultStore {
         max: u64,
         at: DateTime<Utc>,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
+        lock(&self.claims).push(max);
         self.call(Method::Claim, self.inner.claim_items(job, worker, max, at))
             .await
     }
@@ -262,6 +279,7 @@ impl NodeStore for FaultStore {
         &self,
         results: Vec<ItemResult>,
     ) -> Result<Vec<ItemFinished>, StoreError> {
+        lock(&self.commits).push(results.len());
         self.call(Method::Finish, self.inner.finish_items(results))
             .await
     }
