@@ -202,27 +202,17 @@ async fn run(
             // A slot freed by an item that stopped the job: claim nothing more.
             break;
         }
-        // Claim in chunks: wait a moment (at most `commit_delay`) for a quarter of
-        // the slots to be free, so that claims do not turn into one transaction
-        // per item competing with the committer.
         let batch = usize::try_from(cfg.claim_batch.max(1)).unwrap_or(usize::MAX);
-        let low_water = (concurrency / 4).clamp(1, batch);
         let mut permits = vec![permit];
-        let gather_until = Instant::now() + cfg.commit_delay;
-        while permits.len() < batch {
-            match Arc::clone(&slots).try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) if permits.len() >= low_water || deadline_passed() => break,
-                Err(_) => {
-                    match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned())
-                        .await
-                    {
-                        Ok(Ok(p)) => permits.push(p),
-                        _ => break,
-                    }
-                }
-            }
-        }
+        gather(
+            &slots,
+            &mut permits,
+            concurrency,
+            batch,
+            cfg.commit_delay,
+            &deadline_passed,
+        )
+        .await;
         let want = permits.len() as u64;
         let claimed = match with_retries("claim", || {
             inner
@@ -295,9 +285,7 @@ async fn run(
     }
     if let Some((state, why)) = expire {
         let n = expire_pending(&inner, job.id, state, &why).await?;
-        if n > 0 {
-            tracing::info!(n, %state, reason = %why, "ended items that never ran");
-        }
+        tracing::info!(n, %state, reason = %why, "ended the items that never ran");
         inner.notify();
     }
 
@@ -321,6 +309,35 @@ async fn run(
         inner.notify();
     }
     Ok(final_state)
+}
+
+/// Takes up to `batch` free slots for one claim. Claims go in chunks: when
+/// fewer than a quarter of `concurrency` slots are free, it waits a moment (at
+/// most `delay`, and not once the job deadline passed) for more, so that claims
+/// do not turn into one transaction per item competing with the committer.
+/// The waiting decides only the size and timing of claims, never which items
+/// run or how they end (`.cargo/mutants.toml` excludes its mutants for that).
+async fn gather(
+    slots: &Arc<Semaphore>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    concurrency: usize,
+    batch: usize,
+    delay: Duration,
+    deadline_passed: &impl Fn() -> bool,
+) {
+    let low_water = (concurrency / 4).clamp(1, batch);
+    let until = Instant::now() + delay;
+    while permits.len() < batch {
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) if permits.len() >= low_water || deadline_passed() => break,
+            Err(_) => match tokio::time::timeout_at(until, Arc::clone(slots).acquire_owned()).await
+            {
+                Ok(Ok(p)) => permits.push(p),
+                _ => break,
+            },
+        }
+    }
 }
 
 /// Records why the runner stops (the first reason wins) and tells every item.
