@@ -405,7 +405,7 @@ async fn deadline_ends_items_in_flight_and_never_claimed_timed_out_without_demot
         .start_job(
             JobKind::Light,
             NodeFilter::all(),
-            JobOptions::default().deadline(Duration::from_millis(600)),
+            JobOptions::default().deadline(Duration::from_millis(1500)),
         )
         .await
         .unwrap();
@@ -441,8 +441,17 @@ async fn deadline_ends_items_in_flight_and_never_claimed_timed_out_without_demot
             more => panic!("node {}: {more:?}", it.node),
         }
     }
-    // Exactly the 3 slots were in flight; nothing was claimed after the deadline.
-    assert_eq!(in_flight, 3);
+    // What the runner claimed (at most its 3 slots: the expiry claims up to
+    // 1,000 at once) was in flight; nothing was claimed after the deadline.
+    let claimed: usize = env
+        .faults
+        .claimed()
+        .iter()
+        .filter(|(max, _)| *max <= 3)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(claimed <= 3, "{:?}", env.faults.claimed());
+    assert_eq!(in_flight, claimed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,7 +170,7 @@ async fn run(
 
     // Claim and run.
     loop {
-        if ctx.stop.borrow().is_some() || deadline_passed() {
+        if ctx.stop.borrow().is_some() {
             break;
         }
         if *cancel.borrow() {
@@ -195,13 +195,8 @@ async fn run(
             _ = stop_rx.changed() => continue,
             _ = draining.changed() => continue,
             () = tokio::time::sleep(poll) => continue,
-            () = sleep_until_opt(deadline) => continue,
             Some(_) = tasks.join_next() => continue,
         };
-        if ctx.stop.borrow().is_some() {
-            // A slot freed by an item that stopped the job: claim nothing more.
-            break;
-        }
         let batch = usize::try_from(cfg.claim_batch.max(1)).unwrap_or(usize::MAX);
         let mut permits = vec![permit];
         gather(
@@ -213,6 +208,13 @@ async fn run(
             &deadline_passed,
         )
         .await;
+        // The only deadline check of the claim loop, just before claiming:
+        // items in flight end at the deadline (their supervisors see to it)
+        // and free their slots, so the loop always gets here. A slot freed by
+        // an item that stopped the job: claim nothing more either.
+        if ctx.stop.borrow().is_some() || deadline_passed() {
+            break;
+        }
         let want = permits.len() as u64;
         let claimed = match with_retries("claim", || {
             inner

@@ -62,6 +62,8 @@ pub struct FaultStore {
     injected: Mutex<HashMap<Method, u64>>,
     /// `max` of every claim, in order.
     claims: Mutex<Vec<u64>>,
+    /// `(max, items claimed)` of every claim that succeeded, in order.
+    claimed: Mutex<Vec<(u64, usize)>>,
     /// Number of results of every commit (`finish_items`), in order.
     commits: Mutex<Vec<usize>>,
 }
@@ -79,6 +81,7 @@ impl FaultStore {
             calls: Mutex::new(HashMap::new()),
             injected: Mutex::new(HashMap::new()),
             claims: Mutex::new(Vec::new()),
+            claimed: Mutex::new(Vec::new()),
             commits: Mutex::new(Vec::new()),
         })
     }
@@ -123,6 +126,11 @@ impl FaultStore {
     /// The `max` asked by every claim so far, in order.
     pub fn claim_sizes(&self) -> Vec<u64> {
         lock(&self.claims).clone()
+    }
+
+    /// `(max, items claimed)` of every claim that succeeded so far, in order.
+    pub fn claimed(&self) -> Vec<(u64, usize)> {
+        lock(&self.claimed).clone()
     }
 
     /// The number of results of every commit so far, in order.
@@ -271,8 +279,11 @@ impl NodeStore for FaultStore {
         at: DateTime<Utc>,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         lock(&self.claims).push(max);
-        self.call(Method::Claim, self.inner.claim_items(job, worker, max, at))
-            .await
+        let got = self
+            .call(Method::Claim, self.inner.claim_items(job, worker, max, at))
+            .await?;
+        lock(&self.claimed).push((max, got.len()));
+        Ok(got)
     }
 
     async fn finish_items(
