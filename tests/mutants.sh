@@ -16,8 +16,12 @@
 # PostgreSQL: with CONNEXA_TEST_PG_URL set (postgres://USER@HOST:PORT/DB, USER
 # may create databases) the store tests also run on it; without it their
 # Postgres variants are skipped and SQLite alone decides.
-# CARGO_TARGET_DIR is honoured: point it at an existing build of the workspace
-# and each mutant's build is incremental.
+# Builds go to MUTANTS_TARGET_DIR (default target/mutants). Pointing it at the
+# workspace's usual target dir makes each mutant's build incremental, but then
+# do not build there while this runs: cargo-mutants builds a copy of the tree
+# whose artifacts have the same names, and cargo compares modification times,
+# so a later build of the real tree may reuse a mutated library (touch the
+# sources first).
 set -euo pipefail
 
 VERSION=27.1.0
@@ -28,8 +32,9 @@ if [[ "$(cargo mutants --version 2>/dev/null || true)" != "cargo-mutants $VERSIO
     cargo install --locked cargo-mutants --version "$VERSION"
 fi
 
+export CARGO_TARGET_DIR=${MUTANTS_TARGET_DIR:-$root/target/mutants}
 JOBS=${JOBS:-1}
-TIMEOUT=${TIMEOUT:-60}
+TIMEOUT=${TIMEOUT:-45}
 OUT=${OUT:-$root/mutants.out}
 if [[ $# -gt 0 ]]; then
     files=("$@")
@@ -47,22 +52,25 @@ tests_for() {
     esac
 }
 
-pg_args=()
+# The tests mostly wait on timers and sockets: more threads than cores let a
+# mutant's failing tests run out their waits together.
+test_args=(-- --test-threads=4)
 if [[ -z "${CONNEXA_TEST_PG_URL:-}" ]]; then
     echo "CONNEXA_TEST_PG_URL not set: SQLite only (Postgres tests skipped)"
-    pg_args=(-- --skip postgres)
+    test_args+=(--skip postgres)
 fi
 
 started=$(date -u +%FT%TZ)
 for f in "${files[@]}"; do
     name=${f//\//_}
     name=${name//\*/all}
+    mkdir -p "$OUT/$name"
     echo "== $f ($(date -u +%T))"
     # shellcheck disable=SC2046 # the test targets are separate words
     cargo mutants -p connexa-core --file "connexa-core/src/$f" \
         --jobs "$JOBS" --test-tool cargo --timeout "$TIMEOUT" \
         --output "$OUT/$name" --no-shuffle \
-        -- $(tests_for "$f") "${pg_args[@]}" || true
+        -- $(tests_for "$f") "${test_args[@]}" || true
 done
 
 count() { [[ -f "$1" ]] && grep -c . "$1" || echo 0; }

@@ -68,7 +68,7 @@ fn prober(answer: Answer) -> Arc<FakeProber> {
 fn config(concurrency: usize) -> EngineConfig {
     EngineConfig {
         concurrency,
-        node_timeout: Duration::from_secs(30),
+        node_timeout: Duration::from_secs(10),
         poll_interval: Duration::from_millis(20),
         commit_delay: Duration::from_millis(2),
         ..EngineConfig::default()
@@ -120,7 +120,7 @@ impl Env {
 
     /// Waits (on the real store) until the job ended with every item done.
     async fn done(&self, job: JobId) -> (Job, Progress) {
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let j = self.real.job(job).await.unwrap();
             let p = self.real.progress(job).await.unwrap();
@@ -302,7 +302,7 @@ async fn claim_failing_eight_times_in_a_row_stops_the_job_with_the_error_and_los
     assert_eq!((prog.pending, prog.done()), (20, 0));
     // The store is back: recovery runs the job to the end.
     e.recover(RecoverPolicy::Resume).await.unwrap();
-    let s = tokio::time::timeout(Duration::from_secs(30), e.wait(job))
+    let s = tokio::time::timeout(Duration::from_secs(10), e.wait(job))
         .await
         .unwrap()
         .unwrap();
@@ -327,7 +327,7 @@ async fn list_failing_for_good_stops_the_job_with_the_error() {
     // The claimed items wait for recovery, which runs everything once.
     env.faults.heal(Method::List);
     e.recover(RecoverPolicy::Resume).await.unwrap();
-    let s = tokio::time::timeout(Duration::from_secs(30), e.wait(job))
+    let s = tokio::time::timeout(Duration::from_secs(10), e.wait(job))
         .await
         .unwrap()
         .unwrap();
@@ -355,7 +355,7 @@ async fn commits_failing_for_good_stop_the_job_and_keep_every_committed_result()
     // One item at a time, so that each commit holds one result.
     for done in 1..=2 {
         gate.add_permits(1);
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
         while env.real.progress(job).await.unwrap().ok < done {
             assert!(tokio::time::Instant::now() < give_up);
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -372,7 +372,7 @@ async fn commits_failing_for_good_stop_the_job_and_keep_every_committed_result()
     // Recovery after the store healed: every item ends, each result applied once.
     env.faults.heal(Method::Finish);
     e.recover(RecoverPolicy::Resume).await.unwrap();
-    let s = tokio::time::timeout(Duration::from_secs(30), e.wait(job))
+    let s = tokio::time::timeout(Duration::from_secs(10), e.wait(job))
         .await
         .unwrap()
         .unwrap();
@@ -532,7 +532,7 @@ async fn items_requeued_by_another_process_are_not_expired_by_a_runner_without_d
         })
     };
     // A picks the job up, claims the two other items, then claims nothing more.
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
     while p.probes.load(Ordering::SeqCst) < 2 || env.faults.calls(Method::Claim) < 2 {
         assert!(tokio::time::Instant::now() < give_up);
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -542,7 +542,7 @@ async fn items_requeued_by_another_process_are_not_expired_by_a_runner_without_d
     // Recovery elsewhere: every running item goes back to pending.
     env.real.requeue_running(job.id).await.unwrap();
     gate.add_permits(100);
-    let s = tokio::time::timeout(Duration::from_secs(30), a.wait(job.id))
+    let s = tokio::time::timeout(Duration::from_secs(10), a.wait(job.id))
         .await
         .unwrap()
         .unwrap();
@@ -550,7 +550,7 @@ async fn items_requeued_by_another_process_are_not_expired_by_a_runner_without_d
     assert_eq!(s.job.state, JobState::Done);
     assert_eq!(env.applied_once(job.id).await, 3);
     tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), run)
+    tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .unwrap()
         .unwrap();
@@ -570,7 +570,7 @@ async fn cancellation_racing_with_claims_ends_every_item_exactly_once() {
         // Cancel at a different point of the claim loop each time.
         tokio::time::sleep(Duration::from_micros(i * 700)).await;
         e.cancel(job).await.unwrap();
-        let s = tokio::time::timeout(Duration::from_secs(30), e.wait(job))
+        let s = tokio::time::timeout(Duration::from_secs(10), e.wait(job))
             .await
             .expect("a cancelled job ends")
             .unwrap();
@@ -587,7 +587,7 @@ async fn cancellation_racing_with_claims_ends_every_item_exactly_once() {
         assert_eq!(items.len(), 24, "one result per item");
         assert!(items.iter().all(|i| i.state.is_terminal()));
         assert_eq!(env.applied_once(job).await as u64, s.progress.ok);
-        let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
         while e.is_running_here(job) {
             assert!(tokio::time::Instant::now() < give_up, "the runner ends");
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -606,7 +606,7 @@ async fn drain_racing_with_commits_leaves_no_item_running_and_loses_no_result() 
             .unwrap();
         tokio::time::sleep(Duration::from_millis(i * 2)).await;
         // SIGTERM: stop claiming, let the items in flight end and commit.
-        tokio::time::timeout(Duration::from_secs(30), e.drain())
+        tokio::time::timeout(Duration::from_secs(10), e.drain())
             .await
             .expect("drain ends");
         let p = env.real.progress(job).await.unwrap();
@@ -623,7 +623,7 @@ async fn drain_racing_with_commits_leaves_no_item_running_and_loses_no_result() 
         assert_eq!(env.applied_once(job).await as u64, p.ok);
         // The next process resumes the rest; each item still ends once.
         e.recover(RecoverPolicy::Resume).await.unwrap();
-        let s = tokio::time::timeout(Duration::from_secs(30), e.wait(job))
+        let s = tokio::time::timeout(Duration::from_secs(10), e.wait(job))
             .await
             .expect("resumed job ends")
             .unwrap();
@@ -646,7 +646,7 @@ async fn shutdown_of_run_drains_with_items_in_flight() {
         .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
         .await
         .unwrap();
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
     while p.probes.load(Ordering::SeqCst) < 4 {
         assert!(tokio::time::Instant::now() < give_up);
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -665,7 +665,7 @@ async fn shutdown_of_run_drains_with_items_in_flight() {
     tx.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await;
     gate.add_permits(4);
-    tokio::time::timeout(Duration::from_secs(30), runner)
+    tokio::time::timeout(Duration::from_secs(10), runner)
         .await
         .expect("run returns after the drain")
         .unwrap();
@@ -726,7 +726,7 @@ fn gated(gate: &Arc<Semaphore>) -> Arc<FakeProber> {
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
         assert!(tokio::time::Instant::now() < give_up, "waiting for {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
