@@ -958,3 +958,105 @@ async fn a_job_cancelled_in_the_store_stays_cancelled_when_its_last_items_end() 
     until("the runner ends", || !e.is_running_here(job)).await;
     assert_eq!(env.real.job(job).await.unwrap().state, JobState::Cancelled);
 }
+
+/// Services in memory: a restart of the process is `running.clear()`.
+#[derive(Default)]
+struct MemLauncher {
+    running: std::sync::Mutex<std::collections::HashSet<NodeId>>,
+    starts: AtomicU64,
+}
+
+#[async_trait]
+impl ServiceLauncher for MemLauncher {
+    async fn start(
+        &self,
+        node: &Node,
+        previous: Option<ServiceEndpoint>,
+    ) -> Result<ServiceEndpoint, ServiceError> {
+        self.starts.fetch_add(1, Ordering::SeqCst);
+        self.running.lock().unwrap().insert(node.id);
+        Ok(previous.unwrap_or_else(|| ServiceEndpoint {
+            host: "127.0.0.1".into(),
+            port: 30_000 + node.id.0 as u16,
+            username: "u".into(),
+            password: Secret::new("socks-secret-pw"),
+        }))
+    }
+    async fn stop(&self, node: NodeId) -> Result<(), ServiceError> {
+        match self.running.lock().unwrap().remove(&node) {
+            true => Ok(()),
+            false => Err(ServiceError::NotRunning(node)),
+        }
+    }
+    async fn health(&self, _node: &Node) -> Health {
+        Health::Healthy
+    }
+    async fn running(&self) -> Vec<NodeId> {
+        self.running.lock().unwrap().iter().copied().collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_job_starts_what_does_not_run_and_leaves_a_running_service_alone() {
+    let env = env(2).await;
+    verify_all(&env).await;
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        config(4),
+    );
+    let start = || {
+        e.start_job(
+            JobKind::ServiceStart,
+            NodeFilter::all(),
+            JobOptions::default(),
+        )
+    };
+    let details = |job: JobId| {
+        let real = Arc::clone(&env.real);
+        async move {
+            let mut d: Vec<String> = real
+                .recent_items(job, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.detail.unwrap_or_default())
+                .collect();
+            d.sort();
+            d
+        }
+    };
+    // Nothing runs: both start and go online.
+    let job = start().await.unwrap();
+    let (_, p) = env.done(job).await;
+    assert_eq!(p.ok, 2);
+    assert_eq!(launcher.starts.load(Ordering::SeqCst), 2);
+    for id in &env.ids {
+        let n = env.real.get(*id).await.unwrap().unwrap();
+        assert_eq!(n.status, Status::Online);
+    }
+    assert!(
+        details(job)
+            .await
+            .iter()
+            .all(|d| d.starts_with("service on 127.0.0.1:"))
+    );
+    // Online and running: left alone.
+    let job = start().await.unwrap();
+    let (_, p) = env.done(job).await;
+    assert_eq!(p.ok, 2);
+    assert_eq!(launcher.starts.load(Ordering::SeqCst), 2, "no second start");
+    assert_eq!(
+        details(job).await,
+        vec!["already running", "already running"]
+    );
+    // A restarted process runs nothing although the nodes are online: start again.
+    launcher.running.lock().unwrap().clear();
+    let job = start().await.unwrap();
+    let (_, p) = env.done(job).await;
+    assert_eq!(p.ok, 2);
+    assert_eq!(launcher.starts.load(Ordering::SeqCst), 4);
+}
