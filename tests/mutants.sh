@@ -73,7 +73,7 @@ for f in "${files[@]}"; do
         -- $(tests_for "$f") "${test_args[@]}" || true
 done
 
-count() { [[ -f "$1" ]] && grep -c . "$1" || echo 0; }
+count() { if [[ -f "$1" ]]; then grep -c . "$1" || true; else echo 0; fi; }
 echo
 echo "cargo-mutants $VERSION, started $started, ended $(date -u +%FT%TZ)"
 printf '%-22s %7s %7s %7s %9s\n' file caught missed timeout unviable
