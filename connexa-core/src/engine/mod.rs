@@ -61,6 +61,16 @@ pub enum EngineError {
     /// Job options could not be turned into JSON.
     #[error("job options: {0}")]
     Options(String),
+    /// The job's runner in this process stopped on a store error that
+    /// outlasted its retries; committed results stay, unfinished items wait
+    /// for recovery.
+    #[error("job {job} stopped: the store failed: {error}")]
+    RunnerFailed {
+        /// The job.
+        job: JobId,
+        /// The store error.
+        error: String,
+    },
 }
 
 /// Settings of an [`Engine`]. Per-job [`JobOptions`] override some of them.
@@ -348,6 +358,9 @@ pub(crate) struct Inner {
     /// Set on graceful shutdown: runners stop claiming and leave the rest pending.
     draining: watch::Sender<bool>,
     jobs: Mutex<HashMap<JobId, LocalJob>>,
+    /// Jobs whose runner here stopped on a store error it could not retry
+    /// away, with the error ([`Engine::wait`] reports it).
+    failed: Mutex<HashMap<JobId, String>>,
     /// Nodes with a service action (start, stop, health check) in flight.
     busy: Arc<Mutex<HashSet<NodeId>>>,
     /// Failed health checks in a row, per node (the monitor's threshold).
@@ -504,6 +517,7 @@ impl Engine {
                 commits: watch::channel(0).0,
                 draining: watch::channel(false).0,
                 jobs: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
                 busy: Arc::new(Mutex::new(HashSet::new())),
                 health_failures: Mutex::new(HashMap::new()),
                 start_backoff: Mutex::new(HashMap::new()),
@@ -600,6 +614,7 @@ impl Engine {
         }
         let (cancel, _) = watch::channel(false);
         let id = job.id;
+        lock(&self.inner.failed).remove(&id);
         let task = tokio::spawn(runner::run_job(
             Arc::clone(&self.inner),
             job,
@@ -681,9 +696,21 @@ impl Engine {
     }
 
     /// Waits until the job ended and every item has a result.
+    ///
+    /// # Errors
+    /// A store error, or [`EngineError::RunnerFailed`] when this process's
+    /// runner of the job stopped on a store error it could not retry away (the
+    /// job's committed results stay; its unfinished items wait for
+    /// [`recover`](Self::recover)).
     pub async fn wait(&self, job: JobId) -> Result<JobSummary, EngineError> {
         let mut rx = self.inner.commits.subscribe();
         loop {
+            if let Some(error) = lock(&self.inner.failed).get(&job) {
+                return Err(EngineError::RunnerFailed {
+                    job,
+                    error: error.clone(),
+                });
+            }
             let j = self.inner.store.job(job).await?;
             let progress = self.inner.store.progress(job).await?;
             if terminal(j.state) && progress.is_complete() {

@@ -34,6 +34,9 @@ enum Stop {
     Cancelled(String),
     /// Graceful shutdown: leave the rest pending for the next process.
     Drain,
+    /// The store failed beyond the retries: stop claiming, let the items in
+    /// flight end, leave the rest pending for recovery, report the error.
+    StoreFailed,
 }
 
 /// What an item's work produced.
@@ -69,6 +72,16 @@ struct Ctx {
     deadline: Option<Instant>,
     stop: watch::Sender<Option<Stop>>,
     results: mpsc::Sender<Msg>,
+    /// The first store error the runner or its committer could not retry away.
+    failed: Mutex<Option<StoreError>>,
+}
+
+impl Ctx {
+    /// Records a store error that outlasted the retries and stops the runner.
+    fn store_failed(&self, e: StoreError) {
+        lock(&self.failed).get_or_insert(e);
+        request_stop(self, Stop::StoreFailed);
+    }
 }
 
 enum Msg {
@@ -81,9 +94,14 @@ pub(super) async fn run_job(inner: Arc<Inner>, job: Job, cancel: watch::Sender<b
     let span = tracing::info_span!("job", id = %job.id, kind = %job.kind);
     async move {
         let started = std::time::Instant::now();
-        match run(inner, job, cancel.subscribe()).await {
+        let id = job.id;
+        match run(Arc::clone(&inner), job, cancel.subscribe()).await {
             Ok(state) => tracing::info!(?state, elapsed = ?started.elapsed(), "runner finished"),
-            Err(e) => tracing::warn!(error = %e, "runner stopped by a store error"),
+            Err(e) => {
+                tracing::error!(error = %e, "runner stopped by a store error; unfinished items stay for recovery");
+                lock(&inner.failed).insert(id, e.to_string());
+                inner.notify();
+            }
         }
     }
     .instrument(span)
@@ -131,9 +149,6 @@ async fn run(
         .deadline
         .map(|d| Instant::now() + (d - Utc::now()).to_std().unwrap_or(Duration::ZERO));
     let (tx, rx) = mpsc::channel(concurrency.saturating_mul(2).clamp(64, 8192));
-    let committer = AbortOnDrop(tokio::spawn(
-        commit_loop(Arc::clone(&inner), rx).in_current_span(),
-    ));
     let (stop, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
         inner: Arc::clone(&inner),
@@ -143,7 +158,11 @@ async fn run(
         deadline,
         stop,
         results: tx,
+        failed: Mutex::new(None),
     });
+    let committer = AbortOnDrop(tokio::spawn(
+        commit_loop(Arc::clone(&ctx), rx).in_current_span(),
+    ));
     let mut draining = inner.draining.subscribe();
     let mut stop_rx = ctx.stop.subscribe();
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -154,7 +173,7 @@ async fn run(
 
     // Claim and run.
     loop {
-        if ctx.stop.borrow().is_some() || deadline_passed() {
+        if ctx.stop.borrow().is_some() {
             break;
         }
         if *cancel.borrow() {
@@ -179,41 +198,40 @@ async fn run(
             _ = stop_rx.changed() => continue,
             _ = draining.changed() => continue,
             () = tokio::time::sleep(poll) => continue,
-            () = sleep_until_opt(deadline) => continue,
             Some(_) = tasks.join_next() => continue,
         };
-        if ctx.stop.borrow().is_some() {
-            // A slot freed by an item that stopped the job: claim nothing more.
+        let batch = usize::try_from(cfg.claim_batch.max(1)).unwrap_or(usize::MAX);
+        let mut permits = vec![permit];
+        gather(
+            &slots,
+            &mut permits,
+            concurrency,
+            batch,
+            cfg.commit_delay,
+            &deadline_passed,
+        )
+        .await;
+        // The only deadline check of the claim loop, just before claiming:
+        // items in flight end at the deadline (their supervisors see to it)
+        // and free their slots, so the loop always gets here. A slot freed by
+        // an item that stopped the job: claim nothing more either.
+        if ctx.stop.borrow().is_some() || deadline_passed() {
             break;
         }
-        // Claim in chunks: wait a moment (at most `commit_delay`) for a quarter of
-        // the slots to be free, so that claims do not turn into one transaction
-        // per item competing with the committer.
-        let batch = usize::try_from(cfg.claim_batch.max(1)).unwrap_or(usize::MAX);
-        let low_water = (concurrency / 4).clamp(1, batch);
-        let mut permits = vec![permit];
-        let gather_until = Instant::now() + cfg.commit_delay;
-        while permits.len() < batch {
-            match Arc::clone(&slots).try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) if permits.len() >= low_water || deadline_passed() => break,
-                Err(_) => {
-                    match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned())
-                        .await
-                    {
-                        Ok(Ok(p)) => permits.push(p),
-                        _ => break,
-                    }
-                }
-            }
-        }
         let want = permits.len() as u64;
-        let claimed = with_retries("claim", || {
+        let claimed = match with_retries("claim", || {
             inner
                 .store
                 .claim_items(job.id, &cfg.worker, want, Utc::now())
         })
-        .await?;
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.store_failed(e);
+                break;
+            }
+        };
         if claimed.is_empty() {
             break;
         }
@@ -225,12 +243,14 @@ async fn run(
             ..Page::default()
         };
         let mut nodes: HashMap<NodeId, Node> =
-            with_retries("read nodes", || inner.store.list(&filter, page))
-                .await?
-                .nodes
-                .into_iter()
-                .map(|n| (n.id, n))
-                .collect();
+            match with_retries("read nodes", || inner.store.list(&filter, page)).await {
+                Ok(p) => p.nodes.into_iter().map(|n| (n.id, n)).collect(),
+                Err(e) => {
+                    // These items stay `running` until recovery requeues them.
+                    ctx.store_failed(e);
+                    break;
+                }
+            };
         // Unused permits go back to the semaphore when `permits` is dropped.
         for (item, p) in claimed.into_iter().zip(permits.drain(..)) {
             let node = nodes.remove(&item.node);
@@ -254,7 +274,7 @@ async fn run(
     let stopped = ctx.stop.borrow().clone();
     let expire = match &stopped {
         Some(Stop::Cancelled(why)) => Some((ItemState::Cancelled, why.clone())),
-        Some(Stop::Drain) => None,
+        Some(Stop::Drain | Stop::StoreFailed) => None,
         None if deadline_passed() => Some((ItemState::TimedOut, "job deadline reached".to_owned())),
         None => None,
     };
@@ -264,18 +284,22 @@ async fn run(
         let _ = flushed_rx.await;
     }
     drop(committer);
+    if let Some(e) = lock(&ctx.failed).take() {
+        // Committed results stay; the rest waits for recovery.
+        return Err(e);
+    }
     if let Some((state, why)) = expire {
         let n = expire_pending(&inner, job.id, state, &why).await?;
-        if n > 0 {
-            tracing::info!(n, %state, reason = %why, "ended items that never ran");
-        }
+        tracing::info!(n, %state, reason = %why, "ended the items that never ran");
         inner.notify();
     }
 
-    let now_state = inner.store.job(job.id).await?.state;
-    let progress = inner.store.progress(job.id).await?;
+    let now_state = with_retries("read job", || inner.store.job(job.id))
+        .await?
+        .state;
+    let progress = with_retries("read progress", || inner.store.progress(job.id)).await?;
     let final_state = match stopped {
-        Some(Stop::Drain) => now_state,
+        Some(Stop::Drain | Stop::StoreFailed) => now_state,
         _ if terminal(now_state) => now_state,
         Some(Stop::Cancelled(_)) => JobState::Cancelled,
         None if progress.is_complete() => JobState::Done,
@@ -283,13 +307,42 @@ async fn run(
         None => now_state,
     };
     if final_state != now_state {
-        inner
-            .store
-            .set_job_state(job.id, final_state, Utc::now())
-            .await?;
+        with_retries("set job state", || {
+            inner.store.set_job_state(job.id, final_state, Utc::now())
+        })
+        .await?;
         inner.notify();
     }
     Ok(final_state)
+}
+
+/// Takes up to `batch` free slots for one claim. Claims go in chunks: when
+/// fewer than a quarter of `concurrency` slots are free, it waits a moment (at
+/// most `delay`, and not once the job deadline passed) for more, so that claims
+/// do not turn into one transaction per item competing with the committer.
+/// The waiting decides only the size and timing of claims, never which items
+/// run or how they end (`.cargo/mutants.toml` excludes its mutants for that).
+async fn gather(
+    slots: &Arc<Semaphore>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    concurrency: usize,
+    batch: usize,
+    delay: Duration,
+    deadline_passed: &impl Fn() -> bool,
+) {
+    let low_water = (concurrency / 4).clamp(1, batch);
+    let until = Instant::now() + delay;
+    while permits.len() < batch {
+        match Arc::clone(slots).try_acquire_owned() {
+            Ok(p) => permits.push(p),
+            Err(_) if permits.len() >= low_water || deadline_passed() => break,
+            Err(_) => match tokio::time::timeout_at(until, Arc::clone(slots).acquire_owned()).await
+            {
+                Ok(Ok(p)) => permits.push(p),
+                _ => break,
+            },
+        }
+    }
 }
 
 /// Records why the runner stops (the first reason wins) and tells every item.
@@ -332,10 +385,12 @@ async fn expire_pending(
     let mut n = 0;
     loop {
         let now = Utc::now();
-        let items = inner
-            .store
-            .claim_items(job, &inner.config.worker, 1_000, now)
-            .await?;
+        let items = with_retries("claim", || {
+            inner
+                .store
+                .claim_items(job, &inner.config.worker, 1_000, now)
+        })
+        .await?;
         if items.is_empty() {
             return Ok(n);
         }
@@ -357,7 +412,8 @@ async fn expire_pending(
 
 /// Group commit: write whatever arrived within `commit_delay` (at most
 /// `commit_batch`) in one transaction; only then are the results counted.
-async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
+async fn commit_loop(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Msg>) {
+    let inner = &ctx.inner;
     let max = inner.config.commit_batch.max(1);
     let mut batch: Vec<Pending> = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
@@ -387,11 +443,14 @@ async fn commit_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Msg>) {
                 tracing::debug!(n, "committed");
                 inner.notify();
             }
-            Err(e) => tracing::error!(
-                n,
-                error = %e,
-                "results could not be committed; their items stay running until the job is recovered"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    n,
+                    error = %e,
+                    "results could not be committed; their items stay running until the job is recovered"
+                );
+                ctx.store_failed(e);
+            }
         }
         // Service guards are released only now that the outcome is in the store.
         batch.clear();
