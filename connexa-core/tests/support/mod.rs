@@ -242,6 +242,32 @@ impl NodeStore for FaultStore {
         self.inner.counts().await
     }
 
+    async fn enrich(
+        &self,
+        updates: Vec<(NodeId, connexa_core::domain::EnrichmentUpdate)>,
+    ) -> Result<u64, StoreError> {
+        self.inner.enrich(updates).await
+    }
+
+    async fn cache_get(
+        &self,
+        provider: &str,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        self.inner.cache_get(provider, key, since).await
+    }
+
+    async fn cache_put(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.cache_put(provider, key, value, at).await
+    }
+
     async fn create_job(&self, spec: JobSpec, at: DateTime<Utc>) -> Result<Job, StoreError> {
         self.inner.create_job(spec, at).await
     }
