@@ -164,6 +164,11 @@ pub struct GeoConfig {
     pub online: Vec<String>,
     /// How long online answers (GEO and fraud) are reused, seconds.
     pub cache_ttl_secs: f64,
+    /// Look every node that passes a light test up too (light, auth, speed and
+    /// pipeline jobs), stored with its result in the same commit; a lookup
+    /// that fails or takes over 5 s is skipped and changes nothing. Default
+    /// false.
+    pub after_light: bool,
 }
 
 impl Default for GeoConfig {
@@ -173,6 +178,7 @@ impl Default for GeoConfig {
             asn_db: None,
             online: Vec::new(),
             cache_ttl_secs: 86_400.0,
+            after_light: false,
         }
     }
 }

@@ -58,6 +58,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
         c.concurrency = config.test.concurrency as usize;
     }
     c.speed_concurrency = (config.test.speed_concurrency as usize).max(1);
+    c.geo_after_light = config.geo.after_light;
     let s = &config.services;
     c.reconcile_interval = Duration::from_secs_f64(s.reconcile_interval_secs);
     c.monitor_interval = Duration::from_secs_f64(s.monitor_interval_secs);

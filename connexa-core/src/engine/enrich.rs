@@ -95,3 +95,29 @@ pub(super) async fn fraud(inner: &Inner, node: &Node) -> Finish {
         Err(e) => failed(e),
     }
 }
+
+/// `[geo] after_light`: one lookup of a node that just proved a PPTP server,
+/// bounded to 5 s and never retried (a rate-limited or failing source skips
+/// it: the test's result does not wait for enrichment, and nothing is
+/// recorded then).
+pub(super) async fn geo_after_test(inner: &Inner, node: &Node) -> Option<EnrichmentUpdate> {
+    let lookup = inner.geo()?;
+    let ip = crate::geo::enrichment_address(node);
+    match tokio::time::timeout(Duration::from_secs(5), lookup.lookup(ip)).await {
+        Ok(Ok(facts)) => Some(EnrichmentUpdate::Geo(GeoRecord {
+            ip,
+            location_mismatch: crate::geo::location_mismatch(&node.meta, &facts),
+            facts,
+            source: lookup.answered_by(ip).unwrap_or_else(|| lookup.source()),
+            at: Utc::now(),
+        })),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %ip, "GEO after the test: skipped");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%ip, "GEO after the test: no answer within 5 s, skipped");
+            None
+        }
+    }
+}

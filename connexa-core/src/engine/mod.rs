@@ -117,6 +117,10 @@ pub struct EngineConfig {
     /// waiting for a slot does not spend its [`node_timeout`](Self::node_timeout).
     /// Default 4 (`[test] speed_concurrency`).
     pub speed_concurrency: usize,
+    /// Look up the GEO source (if one is set, [`Engine::set_geo`]) for every
+    /// node whose light, auth, speed or pipeline test proves at least a PPTP
+    /// server, and store it with the result (`[geo] after_light`). Default false.
+    pub geo_after_light: bool,
     /// Name recorded on claimed items. Default `pid<process id>`.
     pub worker: String,
 }
@@ -139,6 +143,7 @@ impl Default for EngineConfig {
             restart_backoff_max: Duration::from_secs(600),
             service_concurrency: 64,
             speed_concurrency: 4,
+            geo_after_light: false,
             worker: format!("pid{}", std::process::id()),
         }
     }

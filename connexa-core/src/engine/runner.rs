@@ -707,7 +707,7 @@ async fn work(
         );
     };
     tracing::Span::current().record("ip", tracing::field::display(node.ip));
-    match kind {
+    let mut finish = match kind {
         JobKind::Light => tested(
             inner.prober.probe(&node, ProbeDepth::Light).await,
             Level::Light,
@@ -725,7 +725,15 @@ async fn work(
         JobKind::ServiceStop => stop_service(inner, node.id).await,
         JobKind::Geo => super::enrich::geo(inner, &node).await,
         JobKind::Fraud => super::enrich::fraud(inner, &node).await,
+    };
+    let proved_a_server = matches!(
+        &finish.event,
+        Some(Event::Tested(o)) if o.reached >= Level::Light
+    );
+    if inner.config.geo_after_light && proved_a_server && finish.enrichment.is_none() {
+        finish.enrichment = super::enrich::geo_after_test(inner, &node).await;
     }
+    finish
 }
 
 /// A test result: the node is marked with the outcome; a [`ProbeError`] marks nothing
