@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connexa_core::config::Config;
-use connexa_core::domain::{NewNode, NodeFilter, Page, Status};
+use connexa_core::domain::{NodeFilter, Page, Status};
 use connexa_core::engine::JobOptions;
 use connexa_core::ports::{JobKind, JobState, NodeStore};
 use connexa_core::runtime::NetworkPorts;
 use connexa_core::sim::{Behaviour, Fleet, FleetSpec, Impairment};
-use connexa_core::store::SqlStore;
+use connexa_tests::fleet_store::store_with_fleet;
 
 const PORT: u16 = 21747;
 
@@ -42,22 +42,7 @@ async fn auth_job(
         fleet.logins_unavailable()
     );
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("l.db").display());
-    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
-    let new: Vec<NewNode> = fleet
-        .nodes()
-        .iter()
-        .map(|n| {
-            NewNode::new(
-                &n.ip.to_string(),
-                u64::from(n.port),
-                &n.login,
-                n.password.expose(),
-            )
-            .unwrap()
-        })
-        .collect();
-    store.insert(new).await.unwrap();
+    let store = store_with_fleet(&fleet, &dir.path().join("l.db")).await;
     let config = Config::default();
     let engine = NetworkPorts::from_config(&config).engine(store.clone(), &config);
     let job = engine

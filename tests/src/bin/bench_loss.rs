@@ -42,14 +42,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use connexa_core::config::{Config, TestConfig};
-use connexa_core::domain::{NewNode, NodeFilter, Page, Status};
+use connexa_core::domain::{NodeFilter, Page, Status};
 use connexa_core::engine::JobOptions;
 use connexa_core::ports::{JobKind, NodeStore, SpeedTester};
 use connexa_core::runtime::NetworkPorts;
 use connexa_core::sim::{Behaviour, Fleet, FleetSpec, Impairment, TUNNEL_HOST, TunnelSpec};
 use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
-use connexa_core::store::SqlStore;
 use connexa_core::tunnel::GreSocket;
+use connexa_tests::fleet_store::store_with_fleet;
 use connexa_tests::lab::Lab;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -99,22 +99,7 @@ async fn run(block: u8, link: Impairment, healthy: usize, reject: usize, kind: J
     );
     let dir = std::env::temp_dir().join(format!("bench_loss-{}-{block}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("b.db").display());
-    let store = Arc::new(SqlStore::connect(&url).await.unwrap());
-    let new: Vec<NewNode> = fleet
-        .nodes()
-        .iter()
-        .map(|n| {
-            NewNode::new(
-                &n.ip.to_string(),
-                u64::from(n.port),
-                &n.login,
-                n.password.expose(),
-            )
-            .unwrap()
-        })
-        .collect();
-    store.insert(new).await.unwrap();
+    let store = store_with_fleet(&fleet, &dir.join("b.db")).await;
     let mut config = Config::default();
     config.test.test_url = format!("http://{TUNNEL_HOST}/bytes?1000000000");
     let engine = NetworkPorts::from_config(&config).engine(store.clone(), &config);
