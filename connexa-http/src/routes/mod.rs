@@ -59,13 +59,15 @@ macro_rules! filter_query {
             /// With (`true`) or without (`false`) a service wanted.
             pub service_wanted: Option<bool>,
             /// Fraud score at most this (0-100); nodes never scored do not match.
+            #[param(maximum = 100)]
             pub fraud_max: Option<u8>,
             /// Only these fraud risk levels, comma-separated: low, medium, high, very_high.
             pub risk: Option<String>,
             /// With (`true`) or without (`false`) a location mismatch (the seller's
             /// country or state differs from the GEO lookup).
             pub mismatch: Option<bool>,
-            /// Announced by this autonomous system number (GEO lookup).
+            /// Announced by this autonomous system number (GEO lookup; 32 bits).
+            #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
             pub asn: Option<u32>,
             $($(#[$fm])* pub $f: $t,)*
         }
