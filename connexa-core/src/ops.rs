@@ -838,7 +838,7 @@ pub async fn deepest_test(
         skipped: Some(why),
     };
     let Some(speed) = speed else {
-        return auth("speed test skipped: this build has no speed tester yet".into());
+        return auth("speed test skipped: no speed tester was given".into());
     };
     match tokio::time::timeout(budget, speed.measure(sample)).await {
         Err(_) => auth(format!(
