@@ -29,6 +29,7 @@ impl connexa_core::ports::Prober for Prober {
 
 struct Geo {
     fail: bool,
+    delay: std::time::Duration,
     asked: AtomicUsize,
 }
 
@@ -39,6 +40,7 @@ impl GeoLookup for Geo {
     }
     async fn lookup(&self, _: IpAddr) -> Result<GeoFacts, LookupError> {
         self.asked.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
         if self.fail {
             return Err(LookupError::Failed("the database is gone".into()));
         }
@@ -51,6 +53,15 @@ impl GeoLookup for Geo {
 }
 
 async fn light_job(after_light: bool, fail: bool) -> (Vec<Node>, usize) {
+    light_job_with(after_light, fail, std::time::Duration::ZERO, None).await
+}
+
+async fn light_job_with(
+    after_light: bool,
+    fail: bool,
+    delay: std::time::Duration,
+    budget: Option<std::time::Duration>,
+) -> (Vec<Node>, usize) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("g.db").display());
     let store = Arc::new(SqlStore::connect(&url).await.unwrap());
@@ -73,11 +84,18 @@ async fn light_job(after_light: bool, fail: bool) -> (Vec<Node>, usize) {
     );
     let geo = Arc::new(Geo {
         fail,
+        delay,
         asked: AtomicUsize::new(0),
     });
     engine.set_geo(geo.clone());
     let job = engine
-        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .start_job(
+            JobKind::Light,
+            NodeFilter::all(),
+            budget.map_or_else(JobOptions::default, |b| {
+                JobOptions::default().node_timeout(b)
+            }),
+        )
         .await
         .unwrap();
     let summary = engine.wait(job).await.unwrap();
@@ -117,4 +135,23 @@ async fn off_by_default_and_a_failing_source_changes_nothing() {
         "the test's verdict stands"
     );
     assert_eq!(nodes[0].last_error, None);
+}
+
+/// The lookup is ours, not the node's: a slow one must not run the item out
+/// of its budget and lose the verdict the test already gave.
+#[tokio::test]
+async fn a_slow_lookup_never_costs_the_node_its_verdict() {
+    let (nodes, asked) = light_job_with(
+        true,
+        false,
+        std::time::Duration::from_millis(1500),
+        Some(std::time::Duration::from_secs(1)),
+    )
+    .await;
+    assert_eq!(asked, 1);
+    assert_eq!(nodes[0].status, Status::PingLight, "the verdict stands");
+    assert!(
+        nodes[0].enrichment.geo.is_some(),
+        "and the lookup is stored"
+    );
 }

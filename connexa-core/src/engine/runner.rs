@@ -472,9 +472,15 @@ struct Budget {
 impl Budget {
     /// Waits for a slot of `slots`, pausing the budget meanwhile.
     async fn wait_for(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        self.paused(Arc::clone(slots).acquire_owned()).await.ok()
+    }
+
+    /// Runs `work` of ours (waiting for a slot, enriching a finished result)
+    /// with the budget paused: it is not the node's time.
+    async fn paused<T>(&self, work: impl Future<Output = T>) -> T {
         lock(&self.paused).1 = Some(Instant::now());
         self.changed.notify_waiters();
-        let permit = Arc::clone(slots).acquire_owned().await.ok();
+        let out = work.await;
         {
             let mut p = lock(&self.paused);
             if let Some(since) = p.1.take() {
@@ -482,7 +488,7 @@ impl Budget {
             }
         }
         self.changed.notify_waiters();
-        permit
+        out
     }
 
     /// Returns once `timeout` of unpaused time has passed since `started`.
@@ -731,7 +737,10 @@ async fn work(
         Some(Event::Tested(o)) if o.reached >= Level::Light
     );
     if inner.config.geo_after_light && proved_a_server && finish.enrichment.is_none() {
-        finish.enrichment = super::enrich::geo_after_test(inner, &node).await;
+        // The verdict is in: a slow lookup must not run it out of budget.
+        finish.enrichment = budget
+            .paused(super::enrich::geo_after_test(inner, &node))
+            .await;
     }
     finish
 }
