@@ -25,9 +25,10 @@ Examples:
   connexa nodes show 7 --reveal
   connexa export --format csv --country US -o us.csv
   connexa stats --output json
+  connexa doctor                                           # what this host can do, and fixes
 
-Exit codes: 0 ok, 1 failure, 2 usage error, 3 config or database error,
-4 finished with failures, 5 interrupted, 6 not found (docs/cli.md).";
+Exit codes: 0 ok, 1 failure, 2 usage, 3 config, 4 partial, 5 interrupted,
+6 not found (docs/cli.md).";
 
 /// Import, test, serve and export fleets of PPTP VPN servers.
 #[derive(Debug, Parser)]
@@ -55,6 +56,10 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub db: Option<String>,
+    /// Whether `--db` was given on the command line (not from `$CONNEXA_DB`):
+    /// `connexa demo` uses its own database unless it was.
+    #[arg(skip)]
+    pub db_on_command_line: bool,
     /// TOML configuration file (test defaults, timeouts, ports; see docs/cli.md).
     #[arg(long, global = true, value_name = "FILE", env = "CONNEXA_CONFIG", value_parser = any_path)]
     pub config: Option<PathBuf>,
@@ -95,6 +100,8 @@ pub enum Command {
     Run(commands::run::RunArgs),
     /// Run a simulated PPTP fleet on loopback and write its node list.
     Sim(commands::sim::SimArgs),
+    /// Check the database, capabilities, speed target, ports, file modes and clock.
+    Doctor(commands::doctor::DoctorArgs),
     /// Print a shell completion script.
     Completions(commands::completions::CompletionsArgs),
 }
@@ -175,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run(a) => commands::run::exec(&ctx, a).await,
         Command::Demo(a) => commands::demo::exec(&ctx, a).await,
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,
+        Command::Doctor(a) => commands::doctor::exec(&ctx, a).await,
         Command::Completions(a) => commands::completions::exec(a),
     }
 }

@@ -12,8 +12,9 @@ mod wiring;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _};
 
 use crate::cli::Cli;
 use crate::exit::{Exit, classify, collapse, one_line};
@@ -46,10 +47,15 @@ fn main() -> ExitCode {
         );
     }));
 
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(e),
+    };
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    cli.global.db_on_command_line = db_on_command_line(&matches);
     // The long-running worker logs what it does (jobs picked up and finished)
     // at the info level by default: that is what its journal is for.
     let daemon = matches!(&cli.command, cli::Command::Run(a) if !a.once);
@@ -82,6 +88,19 @@ fn main() -> ExitCode {
 }
 
 /// The reader of stdout went away: not an error worth a message.
+/// `--db` on the command line, at the top level or after the subcommand
+/// (a global option), rather than from `$CONNEXA_DB`.
+fn db_on_command_line(m: &ArgMatches) -> bool {
+    let mut m = Some(m);
+    while let Some(cur) = m {
+        if cur.value_source("db") == Some(ValueSource::CommandLine) {
+            return true;
+        }
+        m = cur.subcommand().map(|(_, sub)| sub);
+    }
+    false
+}
+
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         e.downcast_ref::<std::io::Error>()

@@ -87,7 +87,7 @@ pub enum Color {
 }
 
 impl Color {
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Color::Green => "32",
             Color::Yellow => "33",

@@ -1593,8 +1593,9 @@ fn demo_runs_unprivileged_and_says_what_it_skipped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    // The default database in the current directory.
-    assert!(env.path("connexa.db").exists());
+    // The demo's own database in the current directory, never connexa.db.
+    assert!(env.path("connexa-demo.db").exists());
+    assert!(!env.path("connexa.db").exists());
     assert_eq!(v["test"]["kind"], "light", "{v}");
     let skipped = v["test"]["skipped"].as_str().unwrap();
     assert!(skipped.contains("CAP_NET_RAW"), "{skipped}");

@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod doctor;
 pub mod domain;
 pub mod engine;
 pub mod export;

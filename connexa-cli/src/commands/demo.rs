@@ -33,6 +33,9 @@ use crate::exit::{Exit, WithCode, fail};
 use crate::output::{Cell, OutputFormat, Table};
 use crate::progress::follow;
 
+/// The demo's own database, used unless `--db` is given on the command line.
+pub const DEMO_DB: &str = "sqlite://connexa-demo.db?mode=rwc";
+
 /// Bytes per second each simulated node's tunnel serves (4 Mbit/s).
 const DEMO_RATE: u64 = 500_000;
 
@@ -62,7 +65,9 @@ pub const DEFAULT_MIX: &str = "healthy=70,refused=10,silent=10,garbage=5,wrong=5
 What it does, in a few seconds and only on 127.0.0.0/8:
   1. starts a simulated PPTP fleet in this process (--nodes, --mix as in `connexa sim`);
   2. writes its node list in the pptp import format (also to --list FILE) and
-     imports it into the database (--db; default connexa.db in this directory);
+     imports it into the demo's own database, connexa-demo.db in this
+     directory (--db on the command line chooses another; connexa.db,
+     $CONNEXA_DB and the config's `database` are never touched);
   3. runs the deepest test this machine can run against it with the live
      progress bar: the pipeline (light, auth, speed) when every stage works;
      stages that cannot run are named in one line and skipped (the auth and
@@ -95,6 +100,26 @@ pub struct DemoArgs {
 /// Runs the demo.
 pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     let mix = parse_mix(&a.mix).code(Exit::Usage)?;
+    // Never the operator's database: the demo's own file unless --db says
+    // otherwise on this command line ($CONNEXA_DB and the config's
+    // `database` name the operator's).
+    let own;
+    let ctx = if ctx.global.db_on_command_line {
+        ctx
+    } else {
+        own = Ctx {
+            global: crate::cli::GlobalArgs {
+                db: Some(DEMO_DB.to_owned()),
+                ..ctx.global.clone()
+            },
+            config: connexa_core::config::Config {
+                database: None,
+                ..ctx.config.clone()
+            },
+            out: ctx.out,
+        };
+        &own
+    };
     // Open the database first: a bad --db fails before anything starts.
     let store = ctx.store().await?;
     // The speed test's key (the file next to the database, created on first
@@ -121,6 +146,15 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         ),
         e => fail(Exit::Usage, format_args!("cannot start the simulated fleet: {e}")),
     })?;
+    ctx.out.note(format_args!(
+        "database: {} ({})",
+        redact_url(&ctx.db_url()),
+        if ctx.global.db_on_command_line {
+            "--db"
+        } else {
+            "the demo's own; --db chooses another, your connexa.db and $CONNEXA_DB are not touched"
+        }
+    ));
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for n in fleet.nodes() {
         *counts.entry(behaviour_name(&n.behaviour)).or_default() += 1;
@@ -338,8 +372,8 @@ fn next_steps(
     }
     if ctx.db_url() != DEFAULT_DB {
         out.line(format_args!(
-            "(these use the default database; add --db '{}' or set CONNEXA_DB to use this one)",
-            redact_url(&ctx.db_url())
+            "(the demo's results are in {db}: run `export CONNEXA_DB='{db}'` first, or add --db '{db}' to each command)",
+            db = redact_url(&ctx.db_url())
         ))?;
     }
     out.line("The simulated fleet stopped with the demo; the results stay in the database.")?;

@@ -5,6 +5,7 @@
 
 pub mod completions;
 pub mod demo;
+pub mod doctor;
 pub mod export;
 pub mod import;
 pub mod jobs;

@@ -138,6 +138,13 @@ impl SqlStore {
             && url
                 .split_once('?')
                 .is_some_and(|(_, q)| q.split('&').any(|kv| kv == "mode=ro"));
+        if backend == Backend::Sqlite && !read_only {
+            // The file holds node passwords: a new one is created 0600
+            // (SQLite gives its -wal and -shm files the database's mode).
+            if let Some(path) = sqlite_path(url) {
+                create_private(&path)?;
+            }
+        }
         let mut opt = ConnectOptions::new(url.to_owned());
         opt.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -220,6 +227,153 @@ impl SqlStore {
         };
         let txn = self.db.begin_with_options(opts).await.map_err(db_err)?;
         Ok(WriteTxn { txn, _queue: queue })
+    }
+}
+
+/// The file of a `sqlite://PATH?...` (or `sqlite:PATH`) URL; `None` for
+/// other URLs and in-memory databases.
+///
+/// ```
+/// use connexa_core::store::sqlite_path;
+/// use std::path::PathBuf;
+/// assert_eq!(sqlite_path("sqlite://data/c.db?mode=rwc"), Some(PathBuf::from("data/c.db")));
+/// assert_eq!(sqlite_path("sqlite:///var/lib/connexa/c.db"), Some(PathBuf::from("/var/lib/connexa/c.db")));
+/// assert_eq!(sqlite_path("sqlite::memory:"), None);
+/// assert_eq!(sqlite_path("postgres://u@h/db"), None);
+/// ```
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(':') {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
+}
+
+/// Creates `path` empty with mode 0600 if it does not exist (a file that
+/// exists keeps its mode: the operator may have chosen it).
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A missing directory and the like: SQLite's own error says it
+        // with the URL's words; let it.
+        Err(_) => Ok(()),
+    }
+}
+
+/// What [`SqlStore::inspect`] found in a database, without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaState {
+    /// The backend.
+    pub backend: Backend,
+    /// Migrations applied.
+    pub applied: usize,
+    /// Migrations this build would still apply.
+    pub pending: usize,
+    /// The newest time the store records (status history, jobs), in Unix
+    /// milliseconds: a clock behind it has gone backwards.
+    pub newest_record_ms: Option<i64>,
+    /// PostgreSQL's clock (`now()`) in Unix milliseconds, for the skew
+    /// between this host and the server every worker shares.
+    pub server_clock_ms: Option<i64>,
+}
+
+impl SqlStore {
+    /// Looks at the database at `url` without creating, migrating or
+    /// writing anything: a SQLite file is opened read-only (and must exist).
+    ///
+    /// # Errors
+    /// The URL is not a database URL, the database cannot be reached, or it
+    /// holds no Connexa schema.
+    pub async fn inspect(url: &str) -> Result<SchemaState, StoreError> {
+        let (backend, url) = if let Some(path) = sqlite_path(url) {
+            if !path.exists() {
+                return Err(StoreError::Backend(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
+            }
+            (
+                Backend::Sqlite,
+                format!("sqlite://{}?mode=ro", path.display()),
+            )
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::BadUrl(redact_url(url)));
+        };
+        let mut opt = ConnectOptions::new(url.clone());
+        opt.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(1);
+        let db = Database::connect(opt)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", redact_url(&url))))?;
+        let result = Self::inspect_on(&db, backend).await;
+        let _ = db.close().await;
+        result
+    }
+
+    async fn inspect_on(
+        db: &DatabaseConnection,
+        backend: Backend,
+    ) -> Result<SchemaState, StoreError> {
+        use sea_orm::{FromQueryResult, Statement};
+        #[derive(FromQueryResult)]
+        struct One {
+            v: Option<i64>,
+        }
+        let b = db.get_database_backend();
+        let one = |sql: &str| Statement::from_string(b, sql.to_owned());
+        let applied = migration::Migrator::get_applied_migrations_read_only(db)
+            .await
+            .map_err(db_err)?
+            .len();
+        let pending = migration::Migrator::get_pending_migrations_read_only(db)
+            .await
+            .map_err(db_err)?
+            .len();
+        let mut newest = None;
+        if applied > 0 {
+            for sql in [
+                "SELECT MAX(at) AS v FROM status_history",
+                "SELECT MAX(created_at) AS v FROM jobs",
+            ] {
+                if let Some(v) = One::find_by_statement(one(sql))
+                    .one(db)
+                    .await
+                    .map_err(db_err)?
+                    .and_then(|r| r.v)
+                {
+                    newest = Some(newest.map_or(v, |n: i64| n.max(v)));
+                }
+            }
+        }
+        let server_clock_ms = match backend {
+            Backend::Postgres => One::find_by_statement(one(
+                "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS v",
+            ))
+            .one(db)
+            .await
+            .map_err(db_err)?
+            .and_then(|r| r.v),
+            Backend::Sqlite => None,
+        };
+        Ok(SchemaState {
+            backend,
+            applied,
+            pending,
+            newest_record_ms: newest,
+            server_clock_ms,
+        })
     }
 }
 
