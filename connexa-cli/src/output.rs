@@ -304,8 +304,10 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// One CSV cell, quoted when needed.
+/// One CSV cell, quoted when needed, a formula neutralized (a leading `'`
+/// before `=`, `+`, `-`, `@`, tab or CR: spreadsheets show it as text).
 pub fn csv_cell(s: &str) -> String {
+    let s = &*connexa_core::export::neutralize_formula(s);
     if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

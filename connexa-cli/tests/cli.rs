@@ -773,6 +773,12 @@ fn export_writes_files_that_read_back_and_never_overwrites() {
             ",".repeat(14)
         )
     );
+    // Passwords inside: readable by the owner only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&out_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
     // Existing file: refused, left as it was.
     let out = env
         .cmd(&["export", "--format", "pptp", "-o", o])

@@ -70,6 +70,8 @@ pub async fn exec(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<Exit> {
     };
     let mut open = OpenOptions::new();
     open.write(true);
+    // Exports carry passwords: a new file is readable by its owner only.
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
     if args.force {
         open.create(true).truncate(true);
     } else {

@@ -246,3 +246,49 @@ fn node_json(n: &Node) -> serde_json::Value {
     write(ExportFormat::Json, [n], &mut out).unwrap();
     serde_json::from_slice::<serde_json::Value>(&out).unwrap()[0].clone()
 }
+
+#[test]
+fn csv_neutralizes_formulas_in_hostile_cells_and_reads_them_back_exactly() {
+    let hostile = [
+        "=HYPERLINK(\"http://evil\",\"x\")",
+        "+cmd|' /C calc'!A0",
+        "-2+3+cmd|' /C calc'!A0",
+        "@SUM(1+1)*cmd|' /C calc'!A0",
+        "'=already quoted",
+    ];
+    for (i, text) in hostile.iter().enumerate() {
+        let mut n = node(20 + i as i64, "203.0.113.20", 1723, "u", text);
+        n.meta.comment = Some((*text).to_owned());
+        n.meta.city = Some((*text).to_owned());
+        let mut out = Vec::new();
+        write(ExportFormat::Csv, [&n], &mut out).unwrap();
+        let csv_text = String::from_utf8(out).unwrap();
+        let row = csv_text.lines().skip(1).collect::<Vec<_>>().join("\n");
+        // No cell of the row starts with a formula trigger.
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(row.as_bytes());
+        for rec in reader.records() {
+            for cell in rec.unwrap().iter() {
+                assert!(
+                    !cell.starts_with(FORMULA_TRIGGERS),
+                    "a cell starts with a formula trigger: {cell:?} in {row:?}"
+                );
+            }
+        }
+        // The import reads the exact values back.
+        let parsed: Vec<_> = crate::import::parse(csv_text.as_bytes()).collect();
+        assert_eq!(parsed.len(), 1, "{csv_text:?}: {parsed:?}");
+        let back = parsed[0].as_ref().expect("read back");
+        assert_eq!(back.node.password().expose(), *text);
+        assert_eq!(back.node.meta.comment.as_deref(), Some(*text));
+        assert_eq!(back.node.meta.city.as_deref(), Some(*text));
+    }
+    // Tab and CR (which no stored field can hold: the import refuses
+    // control characters) are guarded too.
+    assert_eq!(neutralize_formula("\tx"), "'\tx");
+    assert_eq!(neutralize_formula("\rx"), "'\rx");
+    // Numbers stay numbers (a negative longitude is no formula).
+    assert_eq!(neutralize_formula("-122.42"), "-122.42");
+    assert_eq!(neutralize_formula("+1"), "+1");
+}

@@ -72,7 +72,8 @@ impl CsvHeader {
         let mut f = Fields::default();
         for (cell, col) in cells.iter().zip(&self.columns) {
             if let Some(key) = col {
-                f.set(*key, cell);
+                // Our CSV export guards formulas with a leading `'`.
+                f.set(*key, crate::export::unneutralize_formula(cell));
             }
         }
         f.build().map_err(|reason| {
