@@ -102,6 +102,9 @@ pub enum Command {
     Sim(commands::sim::SimArgs),
     /// Check the database, capabilities, speed target, ports, file modes and clock.
     Doctor(commands::doctor::DoctorArgs),
+    /// Seal node passwords and SOCKS5 credentials in the database: keygen, status, rotate.
+    #[command(subcommand)]
+    Secrets(commands::secrets::SecretsCommand),
     /// Print a shell completion script.
     Completions(commands::completions::CompletionsArgs),
 }
@@ -160,7 +163,12 @@ impl Ctx {
     pub async fn store(&self) -> anyhow::Result<Arc<SqlStore>> {
         let url = self.db_url();
         tracing::debug!(db = %redact_url(&url), "opening database");
+        let keys = connexa_core::runtime::secret_keys(&self.config).code(Exit::Config)?;
         let store = SqlStore::connect(&url)
+            .await
+            .context("cannot open the database")
+            .code(Exit::Config)?
+            .with_secret_keys(keys)
             .await
             .context("cannot open the database")
             .code(Exit::Config)?;
@@ -183,6 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Demo(a) => commands::demo::exec(&ctx, a).await,
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,
         Command::Doctor(a) => commands::doctor::exec(&ctx, a).await,
+        Command::Secrets(c) => commands::secrets::exec(&ctx, c).await,
         Command::Completions(a) => commands::completions::exec(a),
     }
 }

@@ -336,3 +336,91 @@ fn demo_uses_its_own_database_and_never_the_operators() {
         .success();
     assert!(dir.path().join("mine.db").exists());
 }
+
+#[test]
+fn secrets_keygen_status_rotate_and_a_wrong_key_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = db_url(d);
+    let run = |args: &[&str], config: Option<&Path>| {
+        let mut c = connexa(d);
+        c.args(["--db", &db]);
+        if let Some(cfg) = config {
+            c.arg("--config").arg(cfg);
+        }
+        c.args(args).output().unwrap()
+    };
+    // Plaintext nodes first.
+    std::fs::write(
+        d.join("list.txt"),
+        "198.51.100.1 login pass-alpha-771\n198.51.100.2 login pass-beta-772\n",
+    )
+    .unwrap();
+    assert!(run(&["import", "list.txt"], None).status.success());
+    // A key, 0600, never overwritten.
+    let out = run(&["secrets", "keygen", "k1.key"], None);
+    assert!(out.status.success(), "{out:?}");
+    let key_file = d.join("k1.key");
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim().len(), 64);
+    let again = run(&["secrets", "keygen", "k1.key"], None);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    let cfg = d.join("sealed.toml");
+    std::fs::write(
+        &cfg,
+        format!("[secrets]\nkey_file = \"{}\"\n", key_file.display()),
+    )
+    .unwrap();
+    let status = |cfg: Option<&Path>| -> Value {
+        serde_json::from_slice(&run(&["--output", "json", "secrets", "status"], cfg).stdout)
+            .unwrap()
+    };
+    let s = status(Some(&cfg));
+    assert_eq!(s["plaintext"], 2, "{s}");
+    let id = s["current_key"].as_str().unwrap().to_owned();
+    let out = run(&["--output", "json", "secrets", "rotate"], Some(&cfg));
+    assert!(out.status.success(), "{out:?}");
+    let s = status(Some(&cfg));
+    assert_eq!(s["plaintext"], 0, "{s}");
+    assert_eq!(s["sealed"][&id], 2, "{s}");
+    // The file and its WAL hold no password; the CLI still shows them.
+    let mut bytes = std::fs::read(d.join("c.db")).unwrap();
+    bytes.extend(std::fs::read(d.join("c.db-wal")).unwrap_or_default());
+    for pw in ["pass-alpha-771", "pass-beta-772"] {
+        assert!(
+            !bytes.windows(pw.len()).any(|w| w == pw.as_bytes()),
+            "{pw} on disk"
+        );
+    }
+    let shown = run(&["nodes", "show", "1", "--reveal"], Some(&cfg));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("pass-alpha-771"));
+    // No key, or another key: a clear error at start, exit 3, nothing changed.
+    for cfg in [None, Some(d.join("other.toml"))] {
+        if let Some(c) = &cfg {
+            assert!(run(&["secrets", "keygen", "k2.key"], None).status.success());
+            std::fs::write(
+                c,
+                format!("[secrets]\nkey_file = \"{}\"\n", d.join("k2.key").display()),
+            )
+            .unwrap();
+        }
+        let out = run(&["nodes", "list"], cfg.as_deref());
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&id) && err.contains("sealed with key"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert_eq!(status(Some(&cfg))["sealed"][&id], 2);
+    // A key file others can read is refused, naming the fix.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["stats"], Some(&cfg));
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}

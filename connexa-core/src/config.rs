@@ -110,6 +110,24 @@ pub struct Config {
     /// Online providers' settings, by name (`ip-api`, `ipinfo`,
     /// `ipqualityscore`, `abuseipdb`, `scamalytics`).
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+    /// Secrets at rest.
+    pub secrets: SecretsConfig,
+}
+
+/// Secrets at rest (`[secrets]`): node passwords and SOCKS5 credentials are
+/// sealed in the database with a key (XChaCha20-Poly1305). Without a key they
+/// are stored as plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The current key: a file of 64 hex digits, mode 0600 (`connexa secrets
+    /// keygen FILE`). `$CONNEXA_SECRET_KEY` (the 64 hex digits themselves)
+    /// takes precedence.
+    pub key_file: Option<PathBuf>,
+    /// Older keys, only to open values sealed with them during a rotation
+    /// (`connexa secrets rotate` re-seals everything with the current key;
+    /// then they can go).
+    pub old_key_files: Vec<PathBuf>,
 }
 
 /// Fraud scores (`fraud` jobs).

@@ -120,6 +120,7 @@ pub async fn run(config: &Config) -> Report {
     checks.push(speed_target(config).await);
     checks.push(service_ports(config));
     checks.push(openvpn());
+    checks.push(secrets(config, &db_url, schema.as_ref()).await);
     file_modes(config, &db_url, &mut checks);
     checks.push(clock(schema.as_ref()));
     Report { checks }
@@ -380,6 +381,14 @@ fn file_modes(config: &Config, db_url: &str, checks: &mut Vec<Check>) {
         secret.push((shm, "database shared memory"));
     }
     secret.push((config.speed_key_path(), "speed endpoint key"));
+    for p in config
+        .secrets
+        .key_file
+        .iter()
+        .chain(&config.secrets.old_key_files)
+    {
+        secret.push((p.clone(), "secrets key"));
+    }
     let mut bad = Vec::new();
     let mut seen = 0;
     for (path, what) in &secret {
@@ -416,6 +425,92 @@ fn file_modes(config: &Config, db_url: &str, checks: &mut Vec<Check>) {
             Check::new("file-modes", true, CheckStatus::Fail, bad.join("; "))
                 .fix(format!("chmod 600 {}", files.join(" "))),
         );
+    }
+}
+
+async fn secrets(
+    config: &Config,
+    db_url: &str,
+    schema: Option<&crate::store::SchemaState>,
+) -> Check {
+    let keys = match crate::runtime::secret_keys(config) {
+        Ok(k) => k,
+        Err(e) => {
+            return Check::new("secrets", true, CheckStatus::Fail, e.to_string())
+                .fix("fix [secrets] key_file / old_key_files or $CONNEXA_SECRET_KEY");
+        }
+    };
+    // The stored values, when the database is there and current (opening it
+    // then migrates nothing; a SQLite file is opened read-only).
+    let status = match schema.filter(|s| s.pending == 0) {
+        Some(_) => {
+            let url = match sqlite_path(db_url) {
+                Some(p) => format!("sqlite://{}?mode=ro", p.display()),
+                None => db_url.to_owned(),
+            };
+            match SqlStore::connect(&url).await {
+                Ok(store) => store.sealing_status().await.ok(),
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    if let Some(st) = &status
+        && let Some(unknown) = st.sealed.keys().find(|id| !keys.knows(id))
+    {
+        return Check::new(
+            "secrets",
+            true,
+            CheckStatus::Fail,
+            format!(
+                "{} values are sealed with key {unknown}, which is not configured",
+                st.sealed[unknown]
+            ),
+        )
+        .fix("set [secrets] key_file (or old_key_files) to that key's file");
+    }
+    match keys.current() {
+        None => Check::new(
+            "secrets",
+            false,
+            CheckStatus::Warn,
+            "no secrets key: node passwords and SOCKS5 credentials are stored as plaintext".into(),
+        )
+        .fix(
+            "`connexa secrets keygen FILE`, set [secrets] key_file, then `connexa secrets rotate`",
+        ),
+        Some(k) => {
+            let stale = status
+                .as_ref()
+                .map(|st| {
+                    st.plaintext
+                        + st.sealed
+                            .iter()
+                            .filter(|(id, _)| *id != k.id())
+                            .map(|(_, n)| n)
+                            .sum::<u64>()
+                })
+                .unwrap_or(0);
+            if stale > 0 {
+                Check::new(
+                    "secrets",
+                    false,
+                    CheckStatus::Warn,
+                    format!(
+                        "sealing with key {}; {stale} stored values are not sealed with it yet",
+                        k.id()
+                    ),
+                )
+                .fix("`connexa secrets rotate`")
+            } else {
+                Check::new(
+                    "secrets",
+                    false,
+                    CheckStatus::Ok,
+                    format!("every stored secret is sealed with key {}", k.id()),
+                )
+            }
+        }
     }
 }
 

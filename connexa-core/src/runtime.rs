@@ -68,6 +68,43 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c
 }
 
+/// The keys of secrets at rest (`[secrets]`): the current one from
+/// `$CONNEXA_SECRET_KEY` or `key_file`, older ones from `old_key_files`.
+/// No key configured: [`SecretKeys::none`](crate::store::sealing::SecretKeys::none).
+///
+/// # Errors
+/// A key file cannot be read, is readable by others, or holds no key.
+pub fn secret_keys(
+    config: &Config,
+) -> Result<crate::store::sealing::SecretKeys, crate::store::sealing::KeyError> {
+    use crate::store::sealing::{SecretKey, SecretKeys};
+    let current = match std::env::var(SECRET_KEY_ENV)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(hex) => Some(SecretKey::from_hex(&hex, &format!("${SECRET_KEY_ENV}"))?),
+        None => match &config.secrets.key_file {
+            Some(p) if !p.as_os_str().is_empty() => Some(SecretKey::from_file(p)?),
+            _ => None,
+        },
+    };
+    let old = config
+        .secrets
+        .old_key_files
+        .iter()
+        .map(|p| SecretKey::from_file(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SecretKeys::new(current, old))
+}
+
+/// The environment variable holding the current secrets key (64 hex digits);
+/// it takes precedence over `[secrets] key_file`.
+pub const SECRET_KEY_ENV: &str = "CONNEXA_SECRET_KEY";
+
+/// The warning a long-running process logs once at start when secrets are
+/// stored as plaintext.
+pub const PLAINTEXT_SECRETS_WARNING: &str = "node passwords and SOCKS5 credentials are stored as plaintext in the database: set [secrets] key_file (connexa secrets keygen FILE) to seal them";
+
 /// The keyed speed endpoint's shared secret: the file
 /// [`Config::speed_key_path`], generated (mode 0600) when absent.
 ///

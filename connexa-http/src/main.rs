@@ -230,8 +230,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .or(config.database.clone())
         .unwrap_or_else(|| DEFAULT_DB.to_owned());
+    let keys = connexa_core::runtime::secret_keys(&config)?;
     let store = Arc::new(
         SqlStore::connect(&url)
+            .await
+            .with_context(|| format!("opening {}", redact_url(&url)))?
+            .with_secret_keys(keys)
             .await
             .with_context(|| format!("opening {}", redact_url(&url)))?,
     );
@@ -299,6 +303,9 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         } else {
             eprintln!("--init-admin: tokens exist already; none created");
         }
+    }
+    if store.secret_keys().current().is_none() {
+        tracing::warn!("{}", connexa_core::runtime::PLAINTEXT_SECRETS_WARNING);
     }
     // The same ports as the CLI: prober, speed tester and SOCKS5 launcher
     // from the config file, sharing one raw GRE socket; every probe the

@@ -11,6 +11,7 @@ pub mod import;
 pub mod jobs;
 pub mod nodes;
 pub mod run;
+pub mod secrets;
 pub mod service;
 pub mod sim;
 pub mod stats;

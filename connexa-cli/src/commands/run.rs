@@ -99,6 +99,12 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
         cfg.reconcile_interval,
         cfg.monitor_interval
     ));
+    if connexa_core::runtime::secret_keys(&ctx.config).is_ok_and(|k| k.current().is_none()) {
+        ctx.out.note(format_args!(
+            "warning: {}",
+            connexa_core::runtime::PLAINTEXT_SECRETS_WARNING
+        ));
+    }
     // The keyed speed endpoint, for hosts without connexa-http.
     if let Some(listen) = ctx.config.test.speed_listen {
         let endpoint = connexa_core::runtime::speed_endpoint(&ctx.effective_config())

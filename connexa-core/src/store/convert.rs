@@ -143,7 +143,7 @@ pub(crate) fn node_model_by_index(
     })
 }
 
-pub(crate) fn node(m: nodes::Model) -> Result<Node, StoreError> {
+pub(crate) fn node(m: nodes::Model, keys: &super::sealing::SecretKeys) -> Result<Node, StoreError> {
     let pptp = match (
         m.pptp_version,
         m.pptp_hostname,
@@ -163,7 +163,7 @@ pub(crate) fn node(m: nodes::Model) -> Result<Node, StoreError> {
             host,
             port: u16::try_from(port).map_err(|_| corrupt("socks port", &port.to_string()))?,
             username,
-            password: Secret::new(password),
+            password: Secret::new(keys.open(super::SOCKS_PASSWORD_COLUMN, &password)?),
         }),
         _ => None,
     };
@@ -172,7 +172,7 @@ pub(crate) fn node(m: nodes::Model) -> Result<Node, StoreError> {
         ip: m.ip.parse().map_err(|_| corrupt("ip", &m.ip))?,
         port: u16::try_from(m.port).map_err(|_| corrupt("port", &m.port.to_string()))?,
         login: m.login,
-        password: Secret::new(m.password),
+        password: Secret::new(keys.open(super::PASSWORD_COLUMN, &m.password)?),
         meta: NodeMeta {
             provider: m.provider,
             country: m.country,

@@ -24,6 +24,7 @@ mod entity;
 mod jobs;
 pub mod migration;
 mod query;
+pub mod sealing;
 #[cfg(feature = "sqlite")]
 mod sqlite_memstatus;
 #[cfg(feature = "sqlite")]
@@ -70,7 +71,13 @@ pub struct SqlStore {
     backend: Backend,
     /// In-process single-writer queue (SQLite only).
     writer: Arc<Mutex<()>>,
+    /// The keys node passwords and SOCKS5 credentials are sealed with.
+    keys: Arc<sealing::SecretKeys>,
 }
+
+/// The column names bound into sealed values.
+const PASSWORD_COLUMN: &str = "nodes.password";
+const SOCKS_PASSWORD_COLUMN: &str = "nodes.socks_password";
 
 impl std::fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,12 +208,174 @@ impl SqlStore {
             db,
             backend,
             writer: Arc::new(Mutex::new(())),
+            keys: Arc::new(sealing::SecretKeys::none()),
         })
     }
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Seals node passwords and SOCKS5 credentials with `keys` from now on
+    /// (see [`sealing`]): new values with the current key, and values sealed
+    /// with any of the keys open. Without a current key values are stored as
+    /// plaintext.
+    ///
+    /// # Errors
+    /// The database holds values sealed with a key `keys` lacks (a wrong key
+    /// file, or none configured): nothing is read or written with the wrong key.
+    pub async fn with_secret_keys(mut self, keys: sealing::SecretKeys) -> Result<Self, StoreError> {
+        let status = self.sealing_status().await?;
+        sealing::check_keys(&keys, &status)?;
+        self.keys = Arc::new(keys);
+        Ok(self)
+    }
+
+    /// The keys in use.
+    pub fn secret_keys(&self) -> &sealing::SecretKeys {
+        &self.keys
+    }
+
+    /// How the stored secrets are kept: plaintext, or sealed with which key ids.
+    ///
+    /// # Errors
+    /// The database fails.
+    pub async fn sealing_status(&self) -> Result<sealing::SealingStatus, StoreError> {
+        use sea_orm::{FromQueryResult, Statement, Value};
+        #[derive(FromQueryResult)]
+        struct Row {
+            k: Option<String>,
+            n: i64,
+        }
+        let b = self.db.get_database_backend();
+        let p = |n: usize| match self.backend {
+            Backend::Postgres => format!("${n}"),
+            Backend::Sqlite => "?".to_owned(),
+        };
+        let mut status = sealing::SealingStatus::default();
+        for col in ["password", "socks_password"] {
+            // Key id = the 8 characters after the 5-character prefix.
+            let sql = format!(
+                "SELECT CASE WHEN substr({col}, 1, 5) = {} THEN substr({col}, 6, 8) ELSE '' END AS k, \
+                 COUNT(*) AS n FROM nodes WHERE {col} IS NOT NULL GROUP BY 1",
+                p(1)
+            );
+            let rows = Row::find_by_statement(Statement::from_sql_and_values(
+                b,
+                sql,
+                [Value::from(sealing::SEALED_PREFIX)],
+            ))
+            .all(&self.db)
+            .await
+            .map_err(db_err)?;
+            for r in rows {
+                let n = u64::try_from(r.n).unwrap_or(0);
+                match r.k.filter(|k| !k.is_empty()) {
+                    Some(k) => *status.sealed.entry(k).or_default() += n,
+                    None => status.plaintext += n,
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    /// Seals every stored secret with the current key: plaintext values and
+    /// values sealed with older keys (which must be configured as old keys).
+    /// One transaction: all values or none; on SQLite the file is then
+    /// rebuilt (`VACUUM`) and the WAL emptied, so no old plaintext lingers in
+    /// free pages. Returns how many values were re-sealed.
+    ///
+    /// # Errors
+    /// No current key, a value that does not open, or the database fails.
+    pub async fn reseal_all(&self) -> Result<u64, StoreError> {
+        let Some(current) = self.keys.current() else {
+            return Err(StoreError::Backend(
+                "no current secrets key: set [secrets] key_file (or $CONNEXA_SECRET_KEY)".into(),
+            ));
+        };
+        let mine = format!("{}{}:", sealing::SEALED_PREFIX, current.id());
+        let w = self.begin_write().await?;
+        let r = async {
+            let mut n = 0u64;
+            let mut after = 0i64;
+            loop {
+                let rows: Vec<(i64, String, Option<String>)> = nodes::Entity::find()
+                    .select_only()
+                    .columns([
+                        nodes::Column::Id,
+                        nodes::Column::Password,
+                        nodes::Column::SocksPassword,
+                    ])
+                    .filter(nodes::Column::Id.gt(after))
+                    .order_by_asc(nodes::Column::Id)
+                    .limit(1_000)
+                    .into_tuple()
+                    .all(&w.txn)
+                    .await
+                    .map_err(db_err)?;
+                let Some(last) = rows.last() else { break };
+                after = last.0;
+                for (id, pw, socks) in rows {
+                    let pw_stale = !pw.starts_with(&mine);
+                    let socks_stale = socks.as_deref().is_some_and(|s| !s.starts_with(&mine));
+                    if !pw_stale && !socks_stale {
+                        continue;
+                    }
+                    let mut q = nodes::Entity::update_many().filter(nodes::Column::Id.eq(id));
+                    if pw_stale {
+                        let plain = self.keys.open(PASSWORD_COLUMN, &pw)?;
+                        q = q.col_expr(
+                            nodes::Column::Password,
+                            Expr::value(self.keys.seal(PASSWORD_COLUMN, &plain)),
+                        );
+                        n += 1;
+                    }
+                    if let (true, Some(s)) = (socks_stale, socks) {
+                        let plain = self.keys.open(SOCKS_PASSWORD_COLUMN, &s)?;
+                        q = q.col_expr(
+                            nodes::Column::SocksPassword,
+                            Expr::value(self.keys.seal(SOCKS_PASSWORD_COLUMN, &plain)),
+                        );
+                        n += 1;
+                    }
+                    q.exec(&w.txn).await.map_err(db_err)?;
+                }
+            }
+            Ok(n)
+        }
+        .await;
+        let n = w.finish(r).await?;
+        if self.backend == Backend::Sqlite && n > 0 {
+            // The rewritten rows' old plaintext may linger in free space and
+            // in the WAL: rebuild the file and empty the WAL.
+            for sql in [
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+                "VACUUM",
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ] {
+                self.db.execute_unprepared(sql).await.map_err(db_err)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// `req` with a started service's password sealed as it will be stored.
+    fn sealed_request(&self, mut req: ApplyRequest) -> ApplyRequest {
+        req.event = self.sealed_event(req.event);
+        req
+    }
+
+    fn sealed_event(&self, event: crate::domain::Event) -> crate::domain::Event {
+        match event {
+            crate::domain::Event::ServiceStarted(mut ep) if self.keys.current().is_some() => {
+                ep.password = crate::domain::Secret::new(
+                    self.keys.seal(SOCKS_PASSWORD_COLUMN, ep.password.expose()),
+                );
+                crate::domain::Event::ServiceStarted(ep)
+            }
+            other => other,
+        }
     }
 
     /// The underlying sea-orm connection (for read-only inspection in tests and tools).
@@ -407,6 +576,7 @@ impl NodeStore for SqlStore {
     ) -> Result<Applied, StoreError> {
         let req = ApplyRequest { node, event, ctx };
         let w = self.begin_write().await?;
+        let req = self.sealed_request(req);
         let r = apply::write_events(&w.txn, std::slice::from_ref(&req))
             .await
             .map_err(db_err);
@@ -418,6 +588,10 @@ impl NodeStore for SqlStore {
         &self,
         requests: Vec<ApplyRequest>,
     ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let requests: Vec<ApplyRequest> = requests
+            .into_iter()
+            .map(|r| self.sealed_request(r))
+            .collect();
         let w = self.begin_write().await?;
         let r = apply::write_events(&w.txn, &requests).await.map_err(db_err);
         w.finish(r).await
@@ -428,7 +602,7 @@ impl NodeStore for SqlStore {
             .one(&self.db)
             .await
             .map_err(db_err)?
-            .map(convert::node)
+            .map(|m| convert::node(m, &self.keys))
             .transpose()
     }
 
@@ -472,7 +646,7 @@ impl NodeStore for SqlStore {
         ));
         let rows = self.db.query_all_raw(stmt).await.map_err(db_err)?;
         rows.iter()
-            .map(|r| convert::node(convert::node_model_by_index(r).map_err(db_err)?))
+            .map(|r| convert::node(convert::node_model_by_index(r).map_err(db_err)?, &self.keys))
             .collect()
     }
 
@@ -515,7 +689,7 @@ impl NodeStore for SqlStore {
 
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError> {
         let w = self.begin_write().await?;
-        let r = insert_nodes(&w.txn, &nodes, Utc::now()).await;
+        let r = insert_nodes(&w.txn, &nodes, Utc::now(), &self.keys).await;
         w.finish(r).await
     }
 
@@ -526,7 +700,7 @@ impl NodeStore for SqlStore {
             let old = NodeFilter::ids(pairs.iter().map(|(id, _)| *id));
             delete_nodes(&w.txn, &old, now).await?;
             let fresh: Vec<NewNode> = pairs.into_iter().map(|(_, n)| n).collect();
-            insert_nodes(&w.txn, &fresh, now)
+            insert_nodes(&w.txn, &fresh, now, &self.keys)
                 .await?
                 .into_iter()
                 .map(|o| match o {
@@ -676,6 +850,13 @@ impl NodeStore for SqlStore {
         &self,
         results: Vec<ItemResult>,
     ) -> Result<Vec<ItemFinished>, StoreError> {
+        let results = results
+            .into_iter()
+            .map(|mut r| {
+                r.event = r.event.map(|e| self.sealed_event(e));
+                r
+            })
+            .collect();
         let w = self.begin_write().await?;
         let r = jobs::finish(&w.txn, results).await;
         w.finish(r).await
@@ -723,6 +904,7 @@ async fn insert_nodes<C: ConnectionTrait>(
     conn: &C,
     input: &[NewNode],
     now: DateTime<Utc>,
+    secrets: &sealing::SecretKeys,
 ) -> Result<Vec<InsertOutcome>, StoreError> {
     let now = ms(now);
     let mut out = Vec::with_capacity(input.len());
@@ -735,7 +917,7 @@ async fn insert_nodes<C: ConnectionTrait>(
             )
         };
         let keys: Vec<Key> = chunk.iter().map(key).collect();
-        let before = existing(conn, &keys).await?;
+        let before = existing(conn, &keys, secrets).await?;
         // First occurrence in this chunk of each new key: index into `chunk`.
         let mut first: HashMap<&Key, usize> = HashMap::new();
         let mut fresh = Vec::new();
@@ -746,7 +928,7 @@ async fn insert_nodes<C: ConnectionTrait>(
                     ip: Set(k.0.clone()),
                     port: Set(k.1),
                     login: Set(k.2.clone()),
-                    password: Set(n.password().expose().to_owned()),
+                    password: Set(secrets.seal(PASSWORD_COLUMN, n.password().expose())),
                     provider: Set(n.meta.provider.clone()),
                     country: Set(n.meta.country.clone()),
                     state: Set(n.meta.state.clone()),
@@ -782,7 +964,7 @@ async fn insert_nodes<C: ConnectionTrait>(
         let after = if first.is_empty() {
             HashMap::new()
         } else {
-            existing(conn, &keys).await?
+            existing(conn, &keys, secrets).await?
         };
         for (i, (n, k)) in chunk.iter().zip(&keys).enumerate() {
             let pw = n.password().expose();
@@ -816,6 +998,7 @@ fn same(id: i64, same_password: bool) -> InsertOutcome {
 async fn existing<C: ConnectionTrait>(
     conn: &C,
     keys: &[Key],
+    secrets: &sealing::SecretKeys,
 ) -> Result<HashMap<Key, (i64, String)>, StoreError> {
     let mut ips: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
     ips.sort_unstable();
@@ -835,11 +1018,11 @@ async fn existing<C: ConnectionTrait>(
         .await
         .map_err(db_err)?;
     let wanted: std::collections::HashSet<&Key> = keys.iter().collect();
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|(id, ip, port, login, pw)| ((ip, port, login), (id, pw)))
         .filter(|(k, _)| wanted.contains(k))
-        .collect())
+        .map(|(k, (id, pw))| Ok((k, (id, secrets.open(PASSWORD_COLUMN, &pw)?))))
+        .collect()
 }
 
 async fn delete_nodes<C: ConnectionTrait>(
