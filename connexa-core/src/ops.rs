@@ -29,8 +29,10 @@ use crate::domain::{
     Failure, Level, Node, NodeFilter, NodeId, NodeMeta, Page, PptpIdentity, Selection, Status,
 };
 use crate::export::{ExportError, ExportFormat};
-use crate::import::{Existing, ImportError, ImportReport};
-use crate::ports::{HistoryRow, Job, JobId, JobKind, JobState, NodeStore, Progress, StoreError};
+use crate::import::{ErrorReason, Existing, ImportError, ImportReport, NodeFields};
+use crate::ports::{
+    HistoryRow, InsertOutcome, Job, JobId, JobKind, JobState, NodeStore, Progress, StoreError,
+};
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,62 @@ pub async fn selected(
         return Err(StoreError::NothingSelected);
     }
     Ok(filter)
+}
+
+/// Why [`add_node`] added nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddNodeError {
+    /// A field is refused, for the reason (and with the message) an import
+    /// gives for the same value.
+    #[error(transparent)]
+    Invalid(#[from] ErrorReason),
+    /// The same ip, port, login and password are stored: nothing was added.
+    #[error(
+        "duplicate of stored node {0}: the same ip, port, login and password are already stored"
+    )]
+    Duplicate(NodeId),
+    /// The same ip, port and login are stored with another password: the
+    /// stored node was kept (as an import keeps it).
+    #[error(
+        "conflict: same ip, port and login as stored node {0} with another password (kept the existing one)"
+    )]
+    Conflict(NodeId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Adds one node typed by hand: validated as an import row
+/// ([`NodeFields::validate`]) and inserted through the import's path, so a
+/// duplicate or a conflict with a stored node is found exactly as an import
+/// finds it. The node starts `not_tested`; returns it as stored.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use connexa_core::import::NodeFields;
+/// use connexa_core::ops::{self, AddNodeError};
+/// use connexa_core::store::SqlStore;
+/// let db = std::env::temp_dir().join(format!("connexa-add-doc-{}.db", std::process::id()));
+/// let store = SqlStore::connect(&format!("sqlite://{}?mode=rwc", db.display())).await.unwrap();
+/// let fields = NodeFields::new("198.51.100.9", "admin", "pw");
+/// let node = ops::add_node(&store, &fields).await.unwrap();
+/// let again = ops::add_node(&store, &fields).await.unwrap_err();
+/// assert!(matches!(again, AddNodeError::Duplicate(id) if id == node.id));
+/// # drop(store); let _ = std::fs::remove_file(&db);
+/// # }
+/// ```
+pub async fn add_node(store: &dyn NodeStore, fields: &NodeFields) -> Result<Node, AddNodeError> {
+    let new = fields.validate()?;
+    let outcome = store.insert(vec![new]).await?;
+    match outcome.first() {
+        Some(InsertOutcome::Inserted(id)) => Ok(node(store, *id).await?),
+        Some(InsertOutcome::Duplicate(id)) => Err(AddNodeError::Duplicate(*id)),
+        Some(InsertOutcome::Conflict(id)) => Err(AddNodeError::Conflict(*id)),
+        None => Err(AddNodeError::Store(StoreError::Backend(
+            "the insert returned no outcome".into(),
+        ))),
+    }
 }
 
 /// Changes to a node's descriptive fields: `None` keeps a field, `Some("")`

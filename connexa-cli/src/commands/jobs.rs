@@ -1,4 +1,5 @@
-//! `connexa jobs list|show|watch|cancel`: follow or stop a job started anywhere.
+//! `connexa jobs list|show|watch|cancel`: follow or stop a job started anywhere
+//! (or every unfinished job at once: `jobs cancel --all`).
 
 use clap::{Args, Subcommand};
 use connexa_core::ports::JobId;
@@ -18,8 +19,13 @@ pub enum JobsCommand {
     Show(IdArg),
     /// Follow a job's progress until it ends (Ctrl-C stops watching and cancels it).
     Watch(IdArg),
-    /// Cancel a job: finished results stay, the rest end as cancelled.
-    Cancel(IdArg),
+    /// Cancel a job (or every queued and running job with --all): finished
+    /// results stay, the rest end as cancelled.
+    #[command(after_help = "\
+Examples:
+  connexa jobs cancel 12
+  connexa jobs cancel --all     # every queued or running job, in any process")]
+    Cancel(CancelArgs),
 }
 
 /// `jobs list`.
@@ -35,6 +41,17 @@ pub struct ListArgs {
 pub struct IdArg {
     /// Job id.
     id: i64,
+}
+
+/// `jobs cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Job id.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<i64>,
+    /// Cancel every job not yet finished (queued or running).
+    #[arg(long)]
+    all: bool,
 }
 
 /// Runs a `jobs` subcommand.
@@ -100,13 +117,32 @@ pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
             store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
             follow_and_report(ctx, &engine, JobId(a.id)).await
         }
-        JobsCommand::Cancel(a) => {
-            store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
-            engine.cancel(JobId(a.id)).await?;
-            let p = store.progress(JobId(a.id)).await?;
+        JobsCommand::Cancel(CancelArgs { id: None, .. }) => {
+            let ids = engine.cancel_all().await?;
+            if ctx.out.format == OutputFormat::Json {
+                ctx.out.json(&serde_json::json!({
+                    "cancelled": ids.iter().map(|j| j.0).collect::<Vec<_>>()
+                }))?;
+            } else if ids.is_empty() {
+                ctx.out
+                    .line("no job is queued or running: nothing cancelled")?;
+            } else {
+                let list: Vec<String> = ids.iter().map(|j| format!("#{j}")).collect();
+                ctx.out.line(format_args!(
+                    "cancelled {} jobs: {} (finished results kept)",
+                    ids.len(),
+                    list.join(", ")
+                ))?;
+            }
+            Ok(Exit::Ok)
+        }
+        JobsCommand::Cancel(CancelArgs { id: Some(id), .. }) => {
+            store.job(JobId(id)).await.map_err(|_| not_found(id))?;
+            engine.cancel(JobId(id)).await?;
+            let p = store.progress(JobId(id)).await?;
             ctx.out.line(format_args!(
                 "job #{} cancelled: {} finished results kept, {} cancelled",
-                a.id,
+                id,
                 p.ok + p.failed + p.timed_out,
                 p.cancelled
             ))?;

@@ -648,6 +648,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Cancels every job not yet finished (queued or running), each exactly as
+    /// [`cancel`](Self::cancel) does: finished results stay, the rest end as
+    /// cancelled. Returns the ids of the jobs cancelled, oldest first (none
+    /// when nothing was running).
+    pub async fn cancel_all(&self) -> Result<Vec<JobId>, EngineError> {
+        let mut cancelled = Vec::new();
+        for job in self.inner.store.unfinished_jobs().await? {
+            self.cancel(job.id).await?;
+            cancelled.push(job.id);
+        }
+        Ok(cancelled)
+    }
+
     /// Progress events of a job, derived from committed rows: one at once, then one
     /// whenever the counts or the state changed, looked at after each commit of
     /// this process and every [`EngineConfig::poll_interval`] (for commits of
