@@ -357,6 +357,7 @@ pub fn app(state: AppState) -> Router {
                 .post(routes::nodes::create)
                 .delete(routes::nodes::delete_matching),
         )
+        .route("/nodes/values", get(routes::nodes::values))
         .route(
             "/nodes/{id}",
             get(routes::nodes::get_one)
@@ -366,6 +367,7 @@ pub fn app(state: AppState) -> Router {
         .route("/nodes/{id}/history", get(routes::nodes::history))
         .route("/jobs", get(routes::jobs::list).post(routes::jobs::create))
         .route("/jobs/{id}", get(routes::jobs::get_one))
+        .route("/jobs/cancel", post(routes::jobs::cancel_all))
         .route("/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/imports", get(routes::import::list))
         .route("/imports/{id}", get(routes::import::get_one))

@@ -226,6 +226,23 @@ pub async fn cancel(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResul
     Ok(axum::Json(view(&st, JobId(id)).await?))
 }
 
+/// The jobs `POST /jobs/cancel` cancelled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelledJobs {
+    /// Their ids, oldest first (empty when no job was queued or running).
+    #[schema(value_type = Vec<i64>)]
+    pub cancelled: Vec<JobId>,
+}
+
+/// Cancels every job not yet finished (queued or running), each as
+/// `/jobs/{id}/cancel` does: finished results stay, the rest end as cancelled.
+#[utoipa::path(post, path = "/api/v1/jobs/cancel", tag = "jobs",
+    responses((status = 200, body = CancelledJobs)))]
+pub async fn cancel_all(State(st): State<AppState>) -> ApiResult<Json2<CancelledJobs>> {
+    let cancelled = st.engine().cancel_all().await?;
+    Ok(axum::Json(CancelledJobs { cancelled }))
+}
+
 /// The data of `progress` and `done` events.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProgressData {
