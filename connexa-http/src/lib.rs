@@ -369,6 +369,10 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{id}", get(routes::jobs::get_one))
         .route("/jobs/cancel", post(routes::jobs::cancel_all))
         .route("/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route(
+            "/jobs/{id}/retest-failed",
+            post(routes::jobs::retest_failed),
+        )
         .route("/imports", get(routes::import::list))
         .route("/imports/{id}", get(routes::import::get_one))
         .route("/services", get(routes::services::list))

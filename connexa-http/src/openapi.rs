@@ -28,6 +28,7 @@ use crate::routes;
         routes::jobs::get_one,
         routes::jobs::cancel,
         routes::jobs::cancel_all,
+        routes::jobs::retest_failed,
         routes::jobs::events,
         routes::services::list,
         routes::services::start,

@@ -213,3 +213,76 @@ async fn field_values_are_distinct_counted_bounded_and_refuse_hostile_input() {
     .await
     .problem(400, "bad-request");
 }
+
+#[tokio::test]
+async fn retest_failed_starts_a_job_on_the_failed_nodes_with_twice_the_budget() {
+    let a = api().await;
+    // Nothing listens on this port: a light test fails (refused) at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    a.import(&format!("[127.0.0.5]:{port}:a:p\n[127.0.0.6]:{port}:b:p\n"))
+        .await;
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/jobs",
+            json!({"kind": "light", "all": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let job = r.json()["id"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let j = a.get(&format!("/api/v1/jobs/{job}")).await.json();
+        if j["state"] == "done" && j["progress"]["failed"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the job did not end: {j}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = a
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/jobs/{job}/retest-failed"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (&v["kind"], &v["total"]),
+        (&json!("light"), &json!(2)),
+        "{v}"
+    );
+    let new = connexa_core::ports::JobId(v["id"].as_i64().unwrap());
+    let stored = a.store.job(new).await.unwrap();
+    // Twice the server's default budget (5 s in these tests).
+    assert_eq!(
+        stored.options["node_timeout_ms"], 10_000,
+        "{:?}",
+        stored.options
+    );
+    a.send_json(
+        Method::POST,
+        &format!("/api/v1/jobs/{job}/retest-failed"),
+        json!({"node_timeout_secs": 2}),
+    )
+    .await
+    .problem(400, "bad-request");
+    a.send_json(Method::POST, "/api/v1/jobs/999/retest-failed", json!({}))
+        .await
+        .problem(404, "not-found");
+    a.send_json(
+        Method::POST,
+        &format!("/api/v1/jobs/{job}/retest-failed"),
+        json!({"timeout": 3}),
+    )
+    .await
+    .problem(422, "invalid-body");
+}

@@ -226,6 +226,56 @@ pub async fn cancel(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResul
     Ok(axum::Json(view(&st, JobId(id)).await?))
 }
 
+/// Options of a retest: absent keeps the server's defaults, and the per-node
+/// budget defaults to twice the old job's.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetestFailed {
+    /// Nodes tested at once (default: the server's configuration).
+    pub concurrency: Option<u32>,
+    /// Time budget per node, seconds (default: twice the old job's).
+    pub node_timeout_secs: Option<f64>,
+}
+
+/// Starts a job of the same kind on the nodes job `id` failed (items that
+/// ended failed or timed out), by default with twice its per-node budget.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retest-failed", tag = "jobs", request_body = RetestFailed,
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 202, body = JobView),
+              (status = 400, description = "`bad-request`: node_timeout_secs below the minimum for the kind", body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The job failed no node, or invalid options", body = Problem, content_type = "application/problem+json")))]
+pub async fn retest_failed(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+    Json(b): Json<RetestFailed>,
+) -> ApiResult<(StatusCode, Json2<JobView>)> {
+    let old = st.store().job(JobId(id)).await?;
+    let mut o = JobOptions::default();
+    if let Some(n) = b.concurrency {
+        if n == 0 || n > 100_000 {
+            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
+        }
+        o = o.concurrency(n as usize);
+    }
+    if let Some(d) = secs("node_timeout_secs", b.node_timeout_secs)? {
+        o = o.node_timeout(d);
+    }
+    o.validate(old.kind)
+        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
+    let (new, _) = st
+        .engine()
+        .retest_failed(JobId(id), o)
+        .await
+        .map_err(|e| match e {
+            connexa_core::engine::EngineError::Store(
+                connexa_core::ports::StoreError::NothingSelected,
+            ) => ApiError::invalid_body(format!("job {id} failed no node: nothing to retest")),
+            e => ApiError::from(e),
+        })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view(&st, new).await?)))
+}
+
 /// The jobs `POST /jobs/cancel` cancelled.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CancelledJobs {
