@@ -259,3 +259,54 @@ fn jobs_cancel_all_cancels_queued_jobs_and_keeps_finished_ones() {
         Some(2)
     );
 }
+
+#[test]
+fn jobs_retest_failed_tests_exactly_the_failed_nodes_again() {
+    let env = Env::new();
+    // Nothing listens on this port: those two nodes fail (refused) at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        env.path("list.txt"),
+        format!("[127.0.0.5]:{port}:a:p\n[127.0.0.6]:{port}:b:p\n"),
+    )
+    .unwrap();
+    env.cmd(&["-q", "import", "list.txt"]).assert().success();
+    let (code, first) = env.json_code(&["test", "light", "--all", "--timeout", "10"]);
+    assert_eq!((code, &first["failed"]), (4, &Value::from(2)), "{first}");
+    // A budget below the light test's minimum is refused before anything runs.
+    let err = env.error(&["jobs", "retest-failed", "1", "--timeout", "2"], 2);
+    assert!(err.contains("at least 10 s"), "{err}");
+    let (code, again) = env.json_code(&["jobs", "retest-failed", "1"]);
+    assert_eq!(code, 4, "{again}");
+    assert_eq!(
+        (
+            &again["job"],
+            &again["kind"],
+            &again["total"],
+            &again["failed"]
+        ),
+        (
+            &Value::from(2),
+            &Value::from("light"),
+            &Value::from(2),
+            &Value::from(2)
+        ),
+        "{again}"
+    );
+    let err = env.error(&["jobs", "retest-failed", "99"], 6);
+    assert!(err.contains("no job with id 99"), "{err}");
+    // A job that failed no node: nothing to retest.
+    env.cmd(&["-q", "jobs", "cancel", "--all"])
+        .assert()
+        .success();
+    env.cmd(&["-q", "test", "light", "--all", "--detach"])
+        .assert()
+        .success();
+    env.cmd(&["-q", "jobs", "cancel", "3"]).assert().success();
+    let err = env.error(&["jobs", "retest-failed", "3"], 2);
+    assert!(err.contains("job #3 failed no node"), "{err}");
+}

@@ -2,7 +2,8 @@
 //! (or every unfinished job at once: `jobs cancel --all`).
 
 use clap::{Args, Subcommand};
-use connexa_core::ports::JobId;
+use connexa_core::engine::EngineError;
+use connexa_core::ports::{JobId, StoreError};
 
 use crate::cli::Ctx;
 use crate::exit::{Exit, fail};
@@ -26,6 +27,26 @@ Examples:
   connexa jobs cancel 12
   connexa jobs cancel --all     # every queued or running job, in any process")]
     Cancel(CancelArgs),
+    /// Test again, in a new job of the same kind, the nodes a job failed
+    /// (failed or timed out), by default with twice its per-node budget.
+    #[command(after_help = "\
+Examples:
+  connexa jobs retest-failed 12              # twice job 12's per-node budget
+  connexa jobs retest-failed 12 --timeout 60 --concurrency 50")]
+    RetestFailed(RetestArgs),
+}
+
+/// `jobs retest-failed`.
+#[derive(Debug, Args)]
+pub struct RetestArgs {
+    /// The job whose failed nodes to test again.
+    id: i64,
+    /// Time budget per node, in seconds [default: twice the job's].
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Nodes tested at once [default: from the config file].
+    #[arg(long)]
+    concurrency: Option<usize>,
 }
 
 /// `jobs list`.
@@ -116,6 +137,28 @@ pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
         JobsCommand::Watch(a) => {
             store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
             follow_and_report(ctx, &engine, JobId(a.id)).await
+        }
+        JobsCommand::RetestFailed(a) => {
+            let job = store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
+            let options = super::test::job_options(job.kind, a.timeout, a.concurrency)?;
+            let (new, used) = match engine.retest_failed(job.id, options).await {
+                Ok(r) => r,
+                Err(EngineError::Store(StoreError::NothingSelected)) => {
+                    return Err(fail(
+                        Exit::Usage,
+                        format_args!("job #{} failed no node: nothing to retest", a.id),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let total = store.job(new).await?.total;
+            ctx.out.note(format_args!(
+                "job #{new}: {} of job #{} again ({total} failed nodes, {} s per node)",
+                job.kind,
+                a.id,
+                used.node_timeout_ms.unwrap_or(0) as f64 / 1000.0
+            ));
+            follow_and_report(ctx, &engine, new).await
         }
         JobsCommand::Cancel(CancelArgs { id: None, .. }) => {
             let ids = engine.cancel_all().await?;
