@@ -203,6 +203,7 @@ async fn browser_add_a_node_by_hand_then_edit_its_location() {
         )
         .await;
     assert_eq!(err, json!("comment contains a control character"));
+    b.screenshot(&screenshot_dir(), "console-node-edit").await;
     assert_eq!(server.get("/nodes/1").await["comment"], json!(null));
     b.click("#history-close").await;
 
@@ -304,6 +305,7 @@ async fn browser_cancel_all_stops_two_running_jobs() {
             .await
             .contains("Cancel every running job")
     );
+    b.screenshot(&screenshot_dir(), "console-cancel-all").await;
     b.click("#confirm-ok").await;
     for id in &jobs {
         let done = b
