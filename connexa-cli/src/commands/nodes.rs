@@ -491,28 +491,22 @@ async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<Exit> {
         Err(e @ (AddNodeError::Duplicate(_) | AddNodeError::Conflict(_))) => {
             return Err(fail(Exit::Failure, e));
         }
-        Err(AddNodeError::Store(e)) => return Err(e.into()),
         Err(e) => return Err(e.into()),
     };
     let v = NodeView::new(&node, false);
     let json = ctx.out.format == OutputFormat::Json;
-    let Some(test) = a.test else {
-        if json {
-            ctx.out.json(&v)?;
-        } else {
-            ctx.out.line(format_args!(
-                "added node {}: {}:{} {} ({})",
-                v.id, v.ip, v.port, v.login, v.status
-            ))?;
-        }
-        return Ok(Exit::Ok);
-    };
     if !json {
         ctx.out.line(format_args!(
             "added node {}: {}:{} {} ({})",
             v.id, v.ip, v.port, v.login, v.status
         ))?;
     }
+    let Some(test) = a.test else {
+        if json {
+            ctx.out.json(&v)?;
+        }
+        return Ok(Exit::Ok);
+    };
     let kind = match test {
         TestArg::Light => JobKind::Light,
         TestArg::Pipeline => JobKind::Pipeline,

@@ -87,6 +87,33 @@ fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, ApiError> {
     .transpose()
 }
 
+/// The options of a job of `kind` from a request's numbers, in the API's
+/// bounds, the per-node budget checked against the kind's minimum
+/// ([`JobOptions::validate`], the CLI's rule).
+fn job_options(
+    kind: JobKind,
+    concurrency: Option<u32>,
+    node_timeout_secs: Option<f64>,
+    deadline_secs: Option<f64>,
+) -> Result<JobOptions, ApiError> {
+    let mut o = JobOptions::default();
+    if let Some(n) = concurrency {
+        if n == 0 || n > 100_000 {
+            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
+        }
+        o = o.concurrency(n as usize);
+    }
+    if let Some(d) = secs("node_timeout_secs", node_timeout_secs)? {
+        o = o.node_timeout(d);
+    }
+    if let Some(d) = secs("deadline_secs", deadline_secs)? {
+        o = o.deadline(d);
+    }
+    o.validate(kind)
+        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
+    Ok(o)
+}
+
 /// Starts a test job; follow it at `/jobs/{id}/events`.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJob,
     responses((status = 202, body = JobView),
@@ -102,22 +129,8 @@ pub async fn create(
         all: b.all,
     }
     .selection()?;
-    let mut o = JobOptions::default();
-    if let Some(n) = b.concurrency {
-        if n == 0 || n > 100_000 {
-            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
-        }
-        o = o.concurrency(n as usize);
-    }
-    if let Some(d) = secs("node_timeout_secs", b.node_timeout_secs)? {
-        o = o.node_timeout(d);
-    }
-    if let Some(d) = secs("deadline_secs", b.deadline_secs)? {
-        o = o.deadline(d);
-    }
     let kind = b.kind.into();
-    o.validate(kind)
-        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
+    let o = job_options(kind, b.concurrency, b.node_timeout_secs, b.deadline_secs)?;
     let filter = ops::selected(st.store().as_ref(), &selection).await?;
     let id = st.engine().start_job(kind, filter, o).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(view(&st, id).await?)))
@@ -251,18 +264,7 @@ pub async fn retest_failed(
     Json(b): Json<RetestFailed>,
 ) -> ApiResult<(StatusCode, Json2<JobView>)> {
     let old = st.store().job(JobId(id)).await?;
-    let mut o = JobOptions::default();
-    if let Some(n) = b.concurrency {
-        if n == 0 || n > 100_000 {
-            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
-        }
-        o = o.concurrency(n as usize);
-    }
-    if let Some(d) = secs("node_timeout_secs", b.node_timeout_secs)? {
-        o = o.node_timeout(d);
-    }
-    o.validate(old.kind)
-        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
+    let o = job_options(old.kind, b.concurrency, b.node_timeout_secs, None)?;
     let (new, _) = st
         .engine()
         .retest_failed(JobId(id), o)
