@@ -20,6 +20,7 @@ Examples:
   connexa demo                                             # try it: a simulated fleet, tested
   connexa sim --nodes 50 --port 21723 --list fleet.txt &   # a fleet to play with
   connexa import fleet.txt                                 # import a node list
+  connexa nodes add 203.0.113.7 admin s3cret --country US  # or one node by hand
   connexa test light --all                                 # light-test every node
   connexa nodes list --status not_tested --limit 20
   connexa nodes show 7 --reveal

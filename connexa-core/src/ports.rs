@@ -168,6 +168,56 @@ pub enum InsertOutcome {
     Conflict(NodeId),
 }
 
+/// A descriptive field whose stored values [`NodeStore::field_values`] lists
+/// (the filters' autocomplete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ValueField {
+    /// The provider (seller).
+    Provider,
+    /// The country.
+    Country,
+    /// The state or region.
+    State,
+    /// The city.
+    City,
+}
+
+impl ValueField {
+    /// Every field, in this order.
+    pub const ALL: [ValueField; 4] = [
+        ValueField::Provider,
+        ValueField::Country,
+        ValueField::State,
+        ValueField::City,
+    ];
+
+    /// The name (`provider`, `country`, `state`, `city`): also the filter's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueField::Provider => "provider",
+            ValueField::Country => "country",
+            ValueField::State => "state",
+            ValueField::City => "city",
+        }
+    }
+}
+
+impl std::str::FromStr for ValueField {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ValueField::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                let shown: String = s.chars().take(40).flat_map(char::escape_default).collect();
+                format!("unknown field \"{shown}\" (known: provider, country, state, city)")
+            })
+    }
+}
+
 /// Errors of a [`NodeStore`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -289,6 +339,18 @@ pub trait NodeStore: Send + Sync {
 
     /// Number of nodes per status (statuses with no node are omitted).
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// The distinct non-empty values of a descriptive `field` with how many
+    /// nodes hold each, most frequent first (ties by value), at most `limit`;
+    /// with `prefix`, only values starting with it (case-insensitive). The
+    /// prefix must already be checked (no control characters): see
+    /// [`ops::field_values`](crate::ops::field_values).
+    async fn field_values(
+        &self,
+        field: ValueField,
+        prefix: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// Creates a job with one item per node matching `spec.filter`, in one transaction.
     async fn create_job(&self, spec: JobSpec, at: DateTime<Utc>) -> Result<Job, StoreError>;

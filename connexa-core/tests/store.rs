@@ -26,7 +26,60 @@ on_both_backends!(
     group_commit_applies_in_order_and_isolates_failures,
     service_wanted_filter_selects_the_desired_state,
     speed_test_records_the_exit_address,
+    field_values_are_distinct_counted_by_prefix_and_bounded,
 );
+
+async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
+    let s = &db.store;
+    let nodes = vec![
+        node_with("10.0.0.1", "a", "United States", "Texas", "Austin"),
+        node_with("10.0.0.2", "a", "United States", "Texas", "Dallas"),
+        node_with("10.0.0.3", "a", "United States", "California", "Austin"),
+        node_with("10.0.0.4", "a", "Germany", "Bavaria", "Munich"),
+        node_with("10.0.0.5", "a", "Tex_as%", "T", "x"),
+        node("10.0.0.6", "a", "pw"),
+    ];
+    s.insert(nodes).await.unwrap();
+    let v = s.field_values(ValueField::Country, None, 10).await.unwrap();
+    assert_eq!(
+        v,
+        vec![
+            ("United States".to_owned(), 3),
+            ("Germany".to_owned(), 1),
+            ("Tex_as%".to_owned(), 1),
+        ],
+        "most frequent first, ties by value, no empty value"
+    );
+    let v = s
+        .field_values(ValueField::City, Some("AU".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        v,
+        vec![("Austin".to_owned(), 2)],
+        "prefix, case-insensitive"
+    );
+    // LIKE wildcards in a prefix are text: `Tex_` is not `Texa`.
+    let v = s
+        .field_values(ValueField::Country, Some("Tex_".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(v, vec![("Tex_as%".to_owned(), 1)]);
+    let v = s
+        .field_values(ValueField::State, Some("te%".into()), 10)
+        .await
+        .unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    let v = s.field_values(ValueField::State, None, 2).await.unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[0], ("Texas".to_owned(), 2));
+    assert!(
+        s.field_values(ValueField::Provider, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 async fn speed_test_records_the_exit_address(db: TestDb) {
     let s = &db.store;

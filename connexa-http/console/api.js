@@ -143,7 +143,12 @@ export const api = {
     }
     return out;
   },
-  startJob: async (kind, t) => (await request("POST", "/jobs", { json: { kind, ...selection(t) } })).json(),
+  startJob: async (kind, t, options = {}) => (await request("POST", "/jobs", { json: { kind, ...selection(t), ...options } })).json(),
+  addNode: async (body) => (await request("POST", "/nodes", { json: body })).json(),
+  editNode: async (id, patch) => (await request("PATCH", `/nodes/${id}`, { json: patch })).json(),
+  cancelAll: async () => (await request("POST", "/jobs/cancel")).json(),
+  retestFailed: async (id, options = {}) => (await request("POST", `/jobs/${id}/retest-failed`, { json: options })).json(),
+  values: (field, prefix) => getJson("/nodes/values", [["field", field], ["limit", "20"], ...(prefix ? [["prefix", prefix]] : [])]),
   services: async (action, t) => (await request("POST", `/services/${action}`, { json: selection(t) })).json(),
   jobs: () => getJson("/jobs", [["limit", "50"]]),
   job: (id) => getJson(`/jobs/${id}`),

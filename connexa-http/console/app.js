@@ -53,6 +53,7 @@ const state = {
   revealed: new Map(),
   jobs: new Map(), // id -> {el, abort, finished}
   loadSeq: 0,
+  editing: null, // the node whose detail drawer is open
 };
 
 // --- small helpers --------------------------------------------------------------
@@ -118,7 +119,7 @@ function signOut(msg) {
   $("#job-list").replaceChildren();
   token.clear();
   $("#console").hidden = true;
-  for (const id of ["#import-open", "#refresh", "#sign-out"]) $(id).hidden = true;
+  for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out"]) $(id).hidden = true;
   $("#signin").hidden = false;
   $("#signin-error").textContent = msg || "";
   $("#token").value = "";
@@ -128,7 +129,7 @@ function signOut(msg) {
 function showConsole() {
   $("#signin").hidden = true;
   $("#console").hidden = false;
-  for (const id of ["#import-open", "#refresh", "#sign-out"]) $(id).hidden = false;
+  for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out"]) $(id).hidden = false;
   refresh();
   attachRunningJobs();
 }
@@ -318,6 +319,9 @@ async function runAction(action) {
     what = `all ${plural(count, "node")} matching ${describeFilter(filter)}`;
   }
   if (action === "export") return doExport(t, count);
+  const TESTS = ["light", "auth", "speed", "pipeline", "geo", "fraud"];
+  const options = TESTS.includes(action) ? testOptions() : {};
+  if (options === null) return;
   const danger = action === "delete";
   const title = danger ? `Delete ${plural(count, "node")}?` : `${ACTION_LABEL[action]} ${plural(count, "node")}?`;
   const text = `${ACTION_LABEL[action]} ${what}.${danger ? " Deleted nodes keep their history; this cannot be undone." : ""}`;
@@ -333,10 +337,32 @@ async function runAction(action) {
       const job = await api.services(action === "service_start" ? "start" : "stop", t);
       watchJob(job.id);
     } else {
-      const job = await api.startJob(action, t);
+      const job = await api.startJob(action, t, options);
       watchJob(job.id);
     }
   });
+}
+
+/**
+ * The concurrency and per-node timeout typed above the action buttons, as the
+ * job options of the API (`{}` when both are empty: the server's defaults);
+ * `null`, with a message, when one is out of the bounds the API accepts.
+ */
+function testOptions() {
+  const o = {};
+  const c = $("#test-concurrency").value.trim();
+  const tmo = $("#test-timeout").value.trim();
+  if (c !== "") {
+    const n = Number(c);
+    if (!Number.isInteger(n) || n < 1 || n > 100000) { toast("Concurrency: a whole number from 1 to 100000.", true); $("#test-concurrency").focus(); return null; }
+    o.concurrency = n;
+  }
+  if (tmo !== "") {
+    const s = Number(tmo);
+    if (!Number.isFinite(s) || s <= 0 || s > 604800) { toast("Per-node timeout: seconds, more than 0 and at most 604800.", true); $("#test-timeout").focus(); return null; }
+    o.node_timeout_secs = s;
+  }
+  return o;
 }
 
 async function doExport(t, count) {
@@ -368,6 +394,7 @@ function jobElement(id) {
       h("span", { class: "job-state muted" }, "connecting…"),
       h("span", { class: "job-buttons" },
         h("button", { type: "button", class: "job-cancel", onclick: () => cancelJob(id) }, "Cancel"),
+        h("button", { type: "button", class: "job-retest", hidden: true, onclick: () => retestFailed(id) }, "Retest failed with a longer timeout"),
         h("button", { type: "button", class: "job-dismiss", hidden: true, onclick: () => dismissJob(id) }, "Dismiss"))),
     h("progress", { max: "1", value: "0", "aria-label": `Progress of job ${id}` }),
     h("div", { class: "figures", "aria-live": "off" },
@@ -419,6 +446,8 @@ function renderProgress(id, ev) {
     el.dataset.finished = "true";
     $(".job-cancel", el).hidden = true;
     $(".job-dismiss", el).hidden = false;
+    const retestable = ["light", "auth", "speed", "pipeline", "geo", "fraud"].includes(j.kind);
+    $(".job-retest", el).hidden = !(retestable && failed > 0);
     $(".job-result", el).textContent = `Job ${id} ${st}: ${nf.format(p.ok ?? 0)} ok, ${nf.format(failed)} failed.`;
     refresh();
   }
@@ -491,6 +520,29 @@ async function cancelJob(id) {
   });
 }
 
+/** Every queued or running job, after a confirmation; finished results stay. */
+async function cancelAll() {
+  const running = [...state.jobs.values()].filter((j) => !j.finished).length;
+  const ok = await confirmDialog("Cancel every running job?",
+    `Cancel every queued or running job${running ? ` (${plural(running, "job")} shown here)` : ""}, here and in other processes. Finished results are kept; the rest end as cancelled.`,
+    "Cancel all jobs", true);
+  if (!ok) return;
+  await guard(async () => {
+    const r = await api.cancelAll();
+    for (const id of r.cancelled) watchJob(id);
+    toast(r.cancelled.length ? `Cancelled ${plural(r.cancelled.length, "job")}: ${r.cancelled.join(", ")}.` : "No job was running.");
+  });
+}
+
+/** A new job of the same kind on the nodes this job failed, with twice its per-node timeout. */
+async function retestFailed(id) {
+  await guard(async () => {
+    const job = await api.retestFailed(id);
+    watchJob(job.id);
+    toast(`Retesting ${plural(job.total, "failed node")} of job ${id} in job ${job.id}.`);
+  });
+}
+
 function dismissJob(id) {
   const j = state.jobs.get(id);
   if (!j) return;
@@ -529,6 +581,7 @@ async function openHistory(id) {
     ["Fraud", n.fraud ? `${n.fraud.score} (${n.fraud.risk.replace("_", " ")}) by ${n.fraud.provider}, ${fmtTime(n.fraud.at)}` : "not scored"],
   ];
   $("#history-node").replaceChildren(...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
+  fillEditForm(n);
   const rows = [...hist].reverse().map((r) => h("tr", {},
     h("td", { class: "num" }, fmtTime(r.at)),
     h("td", {}, `${STATUS_LABEL[r.from] || r.from} → ${r.to ? STATUS_LABEL[r.to] || r.to : "deleted"}`),
@@ -539,6 +592,108 @@ async function openHistory(id) {
   $("#history-rows").replaceChildren(...rows);
   $("#history").showModal();
   $("#history-close").focus();
+}
+
+// --- node edit (in the detail drawer) -------------------------------------------------
+
+const EDIT_FIELDS = ["provider", "country", "state", "city", "zip", "comment"];
+
+function fillEditForm(n) {
+  state.editing = n;
+  const f = $("#node-edit").elements;
+  for (const k of EDIT_FIELDS) f[k].value = n[k] ?? "";
+  $("#node-edit-error").textContent = "";
+}
+
+async function submitEdit(e) {
+  e.preventDefault();
+  const n = state.editing;
+  if (!n) return;
+  const f = $("#node-edit").elements;
+  // Only what changed: an emptied field is sent as "" (the API clears it).
+  const patch = {};
+  for (const k of EDIT_FIELDS) if (f[k].value.trim() !== (n[k] ?? "")) patch[k] = f[k].value.trim();
+  const err = $("#node-edit-error");
+  if (!Object.keys(patch).length) { err.textContent = "Nothing changed."; return; }
+  err.textContent = "";
+  $("#node-edit-save").disabled = true;
+  try {
+    const updated = await api.editNode(n.id, patch);
+    toast(`Node ${n.id} saved.`);
+    await openHistory(n.id);
+    refresh();
+    return updated;
+  } catch (x) {
+    if (x instanceof ApiError && x.status === 401) { signOut("Your token was refused; sign in again."); return undefined; }
+    err.textContent = x instanceof ApiError ? x.message : errorText(x);
+    return undefined;
+  } finally {
+    $("#node-edit-save").disabled = false;
+  }
+}
+
+// --- add node dialog ------------------------------------------------------------------
+
+function openAddNode() {
+  $("#add-node-form").reset();
+  $("#add-node-error").textContent = "";
+  $("#add-node-submit").disabled = false;
+  $("#add-node").showModal();
+  $("#add-node-form").elements.ip.focus();
+}
+
+async function submitAddNode(e) {
+  e.preventDefault();
+  const f = $("#add-node-form").elements;
+  const err = $("#add-node-error");
+  const body = { ip: f.ip.value.trim(), login: f.login.value, password: f.password.value };
+  if (!body.ip || !body.login.trim()) { err.textContent = "Give the IP address, the login and the password."; return; }
+  // A port that is not a whole number is sent as typed, for the server's message.
+  const port = f.port.value.trim();
+  if (port !== "") body.port = Number(port);
+  for (const k of ["provider", "country", "state", "city", "zip", "comment"]) if (f[k].value.trim()) body[k] = f[k].value.trim();
+  if (f.test.value) body.test = f.test.value;
+  err.textContent = "";
+  $("#add-node-submit").disabled = true;
+  try {
+    const n = await api.addNode(body);
+    $("#add-node").close();
+    toast(`Added node ${n.id} (${n.ip}).`);
+    if (n.job != null) watchJob(n.job);
+    refresh();
+  } catch (x) {
+    if (x instanceof ApiError && x.status === 401) { signOut("Your token was refused; sign in again."); return; }
+    // The server's own words: the import's message for the same value.
+    err.textContent = x instanceof ApiError ? x.message : errorText(x);
+    err.dataset.status = x instanceof ApiError ? String(x.status) : "";
+  } finally {
+    $("#add-node-submit").disabled = false;
+  }
+}
+
+// --- autocomplete of location fields ---------------------------------------------------
+
+/** Fills the field's <datalist> with the values the store holds (most frequent first). */
+function autocomplete(input) {
+  const field = input.dataset.values;
+  let timer = null;
+  let seq = 0;
+  const load = () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const mine = ++seq;
+      let values;
+      // Text the server refuses (a control character) just offers nothing.
+      try { values = await api.values(field, input.value.trim()); } catch { return; }
+      if (mine !== seq) return;
+      const list = document.getElementById(input.getAttribute("list"));
+      if (!list) return;
+      list.replaceChildren(...values.map((v) => h("option", { value: v.value, label: `${v.value} (${plural(v.count, "node")})` })));
+      list.dataset.loaded = field;
+    }, 150);
+  };
+  input.addEventListener("focus", load);
+  input.addEventListener("input", load);
 }
 
 // --- import dialog ------------------------------------------------------------------
@@ -623,6 +778,12 @@ function init() {
   $("#sign-out").addEventListener("click", () => signOut());
   $("#refresh").addEventListener("click", () => refresh());
   $("#import-open").addEventListener("click", openImport);
+  $("#add-node-open").addEventListener("click", openAddNode);
+  $("#add-node-form").addEventListener("submit", submitAddNode);
+  $("#add-node-close").addEventListener("click", (e) => { e.preventDefault(); $("#add-node").close(); });
+  $("#node-edit").addEventListener("submit", submitEdit);
+  $("#cancel-all").addEventListener("click", cancelAll);
+  for (const input of $$("input[data-values]")) autocomplete(input);
   $("#import-form").addEventListener("submit", submitImport);
   $("#import-close").addEventListener("click", (e) => { e.preventDefault(); $("#import").close(); });
   $("#filters").addEventListener("submit", (e) => { e.preventDefault(); readFilterForm(); state.page = 1; refresh(); });

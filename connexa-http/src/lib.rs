@@ -357,6 +357,7 @@ pub fn app(state: AppState) -> Router {
                 .post(routes::nodes::create)
                 .delete(routes::nodes::delete_matching),
         )
+        .route("/nodes/values", get(routes::nodes::values))
         .route(
             "/nodes/{id}",
             get(routes::nodes::get_one)
@@ -366,7 +367,12 @@ pub fn app(state: AppState) -> Router {
         .route("/nodes/{id}/history", get(routes::nodes::history))
         .route("/jobs", get(routes::jobs::list).post(routes::jobs::create))
         .route("/jobs/{id}", get(routes::jobs::get_one))
+        .route("/jobs/cancel", post(routes::jobs::cancel_all))
         .route("/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route(
+            "/jobs/{id}/retest-failed",
+            post(routes::jobs::retest_failed),
+        )
         .route("/imports", get(routes::import::list))
         .route("/imports/{id}", get(routes::import::get_one))
         .route("/services", get(routes::services::list))

@@ -1,7 +1,9 @@
-//! `connexa jobs list|show|watch|cancel`: follow or stop a job started anywhere.
+//! `connexa jobs list|show|watch|cancel`: follow or stop a job started anywhere
+//! (or every unfinished job at once: `jobs cancel --all`).
 
 use clap::{Args, Subcommand};
-use connexa_core::ports::JobId;
+use connexa_core::engine::EngineError;
+use connexa_core::ports::{JobId, StoreError};
 
 use crate::cli::Ctx;
 use crate::exit::{Exit, fail};
@@ -18,8 +20,33 @@ pub enum JobsCommand {
     Show(IdArg),
     /// Follow a job's progress until it ends (Ctrl-C stops watching and cancels it).
     Watch(IdArg),
-    /// Cancel a job: finished results stay, the rest end as cancelled.
-    Cancel(IdArg),
+    /// Cancel a job (or every queued and running job with --all): finished
+    /// results stay, the rest end as cancelled.
+    #[command(after_help = "\
+Examples:
+  connexa jobs cancel 12
+  connexa jobs cancel --all     # every queued or running job, in any process")]
+    Cancel(CancelArgs),
+    /// Test again, in a new job of the same kind, the nodes a job failed
+    /// (failed or timed out), by default with twice its per-node budget.
+    #[command(after_help = "\
+Examples:
+  connexa jobs retest-failed 12              # twice job 12's per-node budget
+  connexa jobs retest-failed 12 --timeout 60 --concurrency 50")]
+    RetestFailed(RetestArgs),
+}
+
+/// `jobs retest-failed`.
+#[derive(Debug, Args)]
+pub struct RetestArgs {
+    /// The job whose failed nodes to test again.
+    id: i64,
+    /// Time budget per node, in seconds [default: twice the job's].
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Nodes tested at once [default: from the config file].
+    #[arg(long)]
+    concurrency: Option<usize>,
 }
 
 /// `jobs list`.
@@ -35,6 +62,17 @@ pub struct ListArgs {
 pub struct IdArg {
     /// Job id.
     id: i64,
+}
+
+/// `jobs cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Job id.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<i64>,
+    /// Cancel every job not yet finished (queued or running).
+    #[arg(long)]
+    all: bool,
 }
 
 /// Runs a `jobs` subcommand.
@@ -100,13 +138,54 @@ pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
             store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
             follow_and_report(ctx, &engine, JobId(a.id)).await
         }
-        JobsCommand::Cancel(a) => {
-            store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
-            engine.cancel(JobId(a.id)).await?;
-            let p = store.progress(JobId(a.id)).await?;
+        JobsCommand::RetestFailed(a) => {
+            let job = store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
+            let options = super::test::job_options(job.kind, a.timeout, a.concurrency)?;
+            let (new, used) = match engine.retest_failed(job.id, options).await {
+                Ok(r) => r,
+                Err(EngineError::Store(StoreError::NothingSelected)) => {
+                    return Err(fail(
+                        Exit::Usage,
+                        format_args!("job #{} failed no node: nothing to retest", a.id),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let total = store.job(new).await?.total;
+            ctx.out.note(format_args!(
+                "job #{new}: {} of job #{} again ({total} failed nodes, {} s per node)",
+                job.kind,
+                a.id,
+                used.node_timeout_ms.unwrap_or(0) as f64 / 1000.0
+            ));
+            follow_and_report(ctx, &engine, new).await
+        }
+        JobsCommand::Cancel(CancelArgs { id: None, .. }) => {
+            let ids = engine.cancel_all().await?;
+            if ctx.out.format == OutputFormat::Json {
+                ctx.out.json(&serde_json::json!({
+                    "cancelled": ids.iter().map(|j| j.0).collect::<Vec<_>>()
+                }))?;
+            } else if ids.is_empty() {
+                ctx.out
+                    .line("no job is queued or running: nothing cancelled")?;
+            } else {
+                let list: Vec<String> = ids.iter().map(|j| format!("#{j}")).collect();
+                ctx.out.line(format_args!(
+                    "cancelled {} jobs: {} (finished results kept)",
+                    ids.len(),
+                    list.join(", ")
+                ))?;
+            }
+            Ok(Exit::Ok)
+        }
+        JobsCommand::Cancel(CancelArgs { id: Some(id), .. }) => {
+            store.job(JobId(id)).await.map_err(|_| not_found(id))?;
+            engine.cancel(JobId(id)).await?;
+            let p = store.progress(JobId(id)).await?;
             ctx.out.line(format_args!(
                 "job #{} cancelled: {} finished results kept, {} cancelled",
-                a.id,
+                id,
                 p.ok + p.failed + p.timed_out,
                 p.cancelled
             ))?;

@@ -1,18 +1,24 @@
-//! `connexa nodes list|show|history|delete|edit`.
+//! `connexa nodes list|show|add|history|delete|edit`.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use connexa_core::domain::{NodeId, Page, Selection};
-use connexa_core::ops::{self, HistoryView, MetaPatch, NodeView};
-use connexa_core::ports::NodeStore;
+use connexa_core::domain::{NodeFilter, NodeId, Page, Selection};
+use connexa_core::import::NodeFields;
+use connexa_core::ops::{self, AddNodeError, HistoryView, MetaPatch, NodeView};
+use connexa_core::ports::{JobKind, NodeStore};
 use serde::Serialize;
 
 use crate::cli::Ctx;
 use crate::exit::{Exit, fail};
 use crate::filter::{FilterArgs, SortArg};
 use crate::output::{Cell, Color, OutputFormat, Table};
+use crate::progress::follow;
+use crate::wiring;
+
+use super::import::TestArg;
 
 /// The `nodes` subcommands.
 #[derive(Debug, Subcommand)]
@@ -27,6 +33,20 @@ Examples:
     List(ListArgs),
     /// Show one node (password masked unless --reveal).
     Show(ShowArgs),
+    /// Add one node by hand, checked exactly as an import row.
+    #[command(after_help = "\
+The node is refused for what an import refuses (a bad or unusable IP, a port
+out of range, an empty login, a field too long, a control character), with
+the same message (exit 2); a node already stored (same ip, port, login and
+password) or one with the same ip, port and login but another password is
+not added (exit 1). Country codes and US state codes are expanded as an
+import expands them.
+
+Examples:
+  connexa nodes add 203.0.113.7 admin s3cret
+  connexa nodes add 203.0.113.7 admin s3cret --port 1724 --country US --state TX --comment 'from Bob'
+  connexa nodes add 203.0.113.7 admin s3cret --test light")]
+    Add(AddArgs),
     /// Show a node's status history: when, from -> to, event, why.
     History(HistoryArgs),
     /// Delete nodes by id, or every node matching filters.
@@ -82,6 +102,42 @@ pub struct ShowArgs {
     reveal: bool,
 }
 
+/// `nodes add`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// IPv4 or IPv6 address (`IP:PORT` and `[IPv6]:PORT` work too).
+    ip: String,
+    /// Login.
+    login: String,
+    /// Password.
+    password: String,
+    /// PPTP control port [default: 1723].
+    #[arg(long)]
+    port: Option<String>,
+    /// Provider (seller).
+    #[arg(long)]
+    provider: Option<String>,
+    /// Country (a code such as US, or a name).
+    #[arg(long)]
+    country: Option<String>,
+    /// State or region.
+    #[arg(long)]
+    state: Option<String>,
+    /// City.
+    #[arg(long)]
+    city: Option<String>,
+    /// Zip code.
+    #[arg(long)]
+    zip: Option<String>,
+    /// Comment.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Then test the node, with live progress, as `connexa test` does
+    /// (`--output json` prints {"node": {...}, "job": {...}}).
+    #[arg(long, value_enum, value_name = "KIND")]
+    test: Option<TestArg>,
+}
+
 /// `nodes history`.
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
@@ -135,6 +191,7 @@ pub async fn exec(ctx: &Ctx, cmd: NodesCommand) -> anyhow::Result<Exit> {
     match cmd {
         NodesCommand::List(a) => list(ctx, a).await,
         NodesCommand::Show(a) => show(ctx, a).await,
+        NodesCommand::Add(a) => add(ctx, a).await,
         NodesCommand::History(a) => history(ctx, a).await,
         NodesCommand::Delete(a) => delete(ctx, a).await,
         NodesCommand::Edit(a) => edit(ctx, a).await,
@@ -412,6 +469,75 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<Exit> {
+    let fields = NodeFields {
+        ip: a.ip,
+        port: a.port,
+        login: a.login,
+        password: a.password,
+        provider: a.provider,
+        country: a.country,
+        state: a.state,
+        city: a.city,
+        zip: a.zip,
+        comment: a.comment,
+    };
+    let store = ctx.store().await?;
+    let node = match ops::add_node(store.as_ref() as &dyn NodeStore, &fields).await {
+        Ok(n) => n,
+        Err(e @ AddNodeError::Invalid(_)) => return Err(fail(Exit::Usage, e)),
+        Err(e @ (AddNodeError::Duplicate(_) | AddNodeError::Conflict(_))) => {
+            return Err(fail(Exit::Failure, e));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let v = NodeView::new(&node, false);
+    let json = ctx.out.format == OutputFormat::Json;
+    if !json {
+        ctx.out.line(format_args!(
+            "added node {}: {}:{} {} ({})",
+            v.id, v.ip, v.port, v.login, v.status
+        ))?;
+    }
+    let Some(test) = a.test else {
+        if json {
+            ctx.out.json(&v)?;
+        }
+        return Ok(Exit::Ok);
+    };
+    let kind = match test {
+        TestArg::Light => JobKind::Light,
+        TestArg::Pipeline => JobKind::Pipeline,
+    };
+    let prober = wiring::prober(ctx);
+    if kind == JobKind::Pipeline
+        && let Err(e) = prober.gre_socket().await
+    {
+        ctx.out.note(format_args!(
+            "note: the pipeline stops after the light stage: {e}"
+        ));
+    }
+    let engine = wiring::engine_with(ctx, Arc::new(prober)).await?;
+    let job = engine
+        .start_job(
+            kind,
+            NodeFilter::ids(vec![node.id]),
+            connexa_core::engine::JobOptions::default(),
+        )
+        .await?;
+    let followed = follow(ctx, &engine, job).await?;
+    if json {
+        let after = ops::node(store.as_ref() as &dyn NodeStore, node.id).await?;
+        ctx.out.json(&serde_json::json!({
+            "node": NodeView::new(&after, false),
+            "job": followed.json(),
+        }))?;
+    } else {
+        ctx.out.line(followed.line())?;
+    }
+    Ok(followed.exit())
 }
 
 async fn history(ctx: &Ctx, a: HistoryArgs) -> anyhow::Result<Exit> {

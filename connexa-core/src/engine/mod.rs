@@ -45,8 +45,8 @@ use tokio::task::JoinHandle;
 
 use crate::domain::{NodeFilter, NodeId, Status};
 use crate::ports::{
-    FraudScorer, GeoLookup, ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore, Prober,
-    Progress, ServiceLauncher, SpeedTester, StoreError,
+    FraudScorer, GeoLookup, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore,
+    Prober, Progress, ServiceLauncher, SpeedTester, StoreError,
 };
 
 pub use services::{MonitorReport, ReconcileReport};
@@ -646,6 +646,75 @@ impl Engine {
         tracing::info!(%job, cancelled = n, "job cancelled");
         self.inner.notify();
         Ok(())
+    }
+
+    /// Cancels every job not yet finished (queued or running), each exactly as
+    /// [`cancel`](Self::cancel) does: finished results stay, the rest end as
+    /// cancelled. Returns the ids of the jobs cancelled, oldest first (none
+    /// when nothing was running).
+    pub async fn cancel_all(&self) -> Result<Vec<JobId>, EngineError> {
+        let mut cancelled = Vec::new();
+        for job in self.inner.store.unfinished_jobs().await? {
+            self.cancel(job.id).await?;
+            cancelled.push(job.id);
+        }
+        Ok(cancelled)
+    }
+
+    /// The nodes whose items of `job` ended failed or timed out, in id order
+    /// (read from the committed items; the job must exist).
+    pub async fn failed_nodes(&self, job: JobId) -> Result<Vec<NodeId>, EngineError> {
+        let store = &self.inner.store;
+        store.job(job).await?;
+        let mut cursor = crate::ports::ItemCursor::default();
+        let mut nodes = Vec::new();
+        loop {
+            let page = store.items_since(job, cursor, 1000).await?;
+            for c in &page {
+                cursor = c.cursor();
+                if matches!(c.item.state, ItemState::Failed | ItemState::TimedOut) {
+                    nodes.push(c.item.node);
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        nodes.sort_unstable();
+        nodes.dedup();
+        Ok(nodes)
+    }
+
+    /// Starts a job of the same kind as `job` on the nodes it failed (items
+    /// that ended failed or timed out): "retest the failed ones with a longer
+    /// timeout". Without a per-node budget in `options` the new job gets twice
+    /// the old one's (its own, else [`EngineConfig::node_timeout`]), at most
+    /// seven days. A job that failed no node is refused with
+    /// [`StoreError::NothingSelected`]. The caller checks `options` against
+    /// the kind ([`JobOptions::validate`]) as for any job.
+    ///
+    /// Returns the new job's id and its options as used.
+    pub async fn retest_failed(
+        &self,
+        job: JobId,
+        mut options: JobOptions,
+    ) -> Result<(JobId, JobOptions), EngineError> {
+        let old = self.inner.store.job(job).await?;
+        let nodes = self.failed_nodes(job).await?;
+        if nodes.is_empty() {
+            return Err(StoreError::NothingSelected.into());
+        }
+        if options.node_timeout_ms.is_none() {
+            let before: JobOptions = serde_json::from_value(old.options).unwrap_or_default();
+            let ms = before
+                .node_timeout_ms
+                .unwrap_or_else(|| millis(self.inner.config.node_timeout));
+            options.node_timeout_ms = Some(ms.saturating_mul(2).min(7 * 86_400_000));
+        }
+        let id = self
+            .start_job(old.kind, NodeFilter::ids(nodes), options.clone())
+            .await?;
+        Ok((id, options))
     }
 
     /// Progress events of a job, derived from committed rows: one at once, then one

@@ -313,6 +313,146 @@ async fn cancel_ends_running_and_pending_items_and_keeps_finished_results() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_cancels_every_unfinished_job_and_leaves_finished_ones() {
+    let env = env(12).await;
+    let first = env.ids[0];
+    // Node 1 answers at once; every other node hangs until cancelled.
+    let e = engine(
+        &env,
+        prober(move |n, _| async move {
+            if n.id != first {
+                std::future::pending::<()>().await;
+            }
+            Ok(light_ok())
+        }),
+        cfg(),
+    );
+    let done = e
+        .start_job(
+            JobKind::Light,
+            NodeFilter::ids(vec![first]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(10), e.wait(done))
+        .await
+        .expect("a one-node job ends")
+        .unwrap();
+    assert_eq!(s.job.state, JobState::Done);
+    let a = e
+        .start_job(
+            JobKind::Light,
+            NodeFilter::ids(env.ids[1..6].to_vec()),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    let b = e
+        .start_job(
+            JobKind::Light,
+            NodeFilter::ids(env.ids[6..].to_vec()),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    let store = Arc::clone(&env.store);
+    until("both jobs running", || async {
+        store.progress(a).await.unwrap().running > 0 && store.progress(b).await.unwrap().running > 0
+    })
+    .await;
+    assert_eq!(e.cancel_all().await.unwrap(), vec![a, b]);
+    for (job, n) in [(a, 5), (b, 6)] {
+        let s = tokio::time::timeout(Duration::from_secs(10), e.wait(job))
+            .await
+            .expect("a cancelled job ends although its probes hang")
+            .unwrap();
+        assert_eq!(s.job.state, JobState::Cancelled);
+        assert_eq!((s.progress.cancelled, s.progress.done()), (n, n));
+    }
+    assert_eq!(store.job(done).await.unwrap().state, JobState::Done);
+    assert_eq!(status(&env, first).await, Status::PingLight);
+    assert!(
+        e.cancel_all().await.unwrap().is_empty(),
+        "nothing left to cancel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retest_failed_takes_exactly_the_failed_nodes_with_twice_the_budget() {
+    let env = env(6).await;
+    let bad: Vec<NodeId> = env.ids[..2].to_vec();
+    let seen = Arc::new(StdMutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let e = engine(
+        &env,
+        prober(move |n, _| {
+            let fail = bad.contains(&n.id);
+            log.lock().unwrap().push(n.id);
+            async move { if fail { Ok(refused()) } else { Ok(light_ok()) } }
+        }),
+        cfg(),
+    );
+    let first = e
+        .start_job(
+            JobKind::Light,
+            NodeFilter::all(),
+            JobOptions::default().node_timeout(Duration::from_secs(12)),
+        )
+        .await
+        .unwrap();
+    let s = tokio::time::timeout(Duration::from_secs(10), e.wait(first))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert_eq!((s.progress.ok, s.progress.failed), (4, 2));
+    assert_eq!(e.failed_nodes(first).await.unwrap(), env.ids[..2].to_vec());
+    seen.lock().unwrap().clear();
+    let (second, used) = e.retest_failed(first, JobOptions::default()).await.unwrap();
+    assert_eq!(used.node_timeout_ms, Some(24_000), "twice the old budget");
+    let s = tokio::time::timeout(Duration::from_secs(10), e.wait(second))
+        .await
+        .expect("the retest ends")
+        .unwrap();
+    assert_eq!(
+        (s.job.kind, s.progress.total, s.progress.failed),
+        (JobKind::Light, 2, 2)
+    );
+    let mut probed = seen.lock().unwrap().clone();
+    probed.sort_unstable();
+    assert_eq!(
+        probed,
+        env.ids[..2].to_vec(),
+        "only the failed nodes are probed again"
+    );
+    // A budget given wins; a job that failed nothing is refused.
+    let (_, used) = e
+        .retest_failed(
+            second,
+            JobOptions::default().node_timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(used.node_timeout_ms, Some(30_000));
+    let ok_only = e
+        .start_job(
+            JobKind::Light,
+            NodeFilter::ids(env.ids[2..].to_vec()),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), e.wait(ok_only))
+        .await
+        .expect("the job ends")
+        .unwrap();
+    assert!(matches!(
+        e.retest_failed(ok_only, JobOptions::default()).await,
+        Err(EngineError::Store(StoreError::NothingSelected))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_from_another_engine_stops_the_runner() {
     let env = env(10).await;
     let hang = || prober(|_, _| async { std::future::pending().await });

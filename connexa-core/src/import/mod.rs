@@ -42,6 +42,7 @@ mod lines;
 pub mod location;
 mod parser;
 mod report;
+mod single;
 mod tabular;
 
 use std::fmt;
@@ -55,6 +56,7 @@ pub use report::{
     ConflictRow, DuplicateRow, Existing, ImportReport, Importer, OutcomeMismatch, ReplacedRow,
 };
 pub use run::{ImportOptions, OnConflict, import_into};
+pub use single::NodeFields;
 
 mod run;
 

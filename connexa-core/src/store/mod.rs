@@ -50,7 +50,7 @@ use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
     Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
     ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
-    NodeStore, Progress, StoreError,
+    NodeStore, Progress, StoreError, ValueField,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -803,6 +803,42 @@ impl NodeStore for SqlStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         out.sort_by_key(|(s, _)| Status::ALL.iter().position(|x| x == s));
         Ok(out)
+    }
+
+    async fn field_values(
+        &self,
+        field: ValueField,
+        prefix: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let col = match field {
+            ValueField::Provider => nodes::Column::Provider,
+            ValueField::Country => nodes::Column::Country,
+            ValueField::State => nodes::Column::State,
+            ValueField::City => nodes::Column::City,
+        };
+        let mut q = nodes::Entity::find()
+            .select_only()
+            .column(col)
+            .column_as(nodes::Column::Id.count(), "n")
+            .filter(col.is_not_null())
+            .filter(col.ne(""));
+        if let Some(p) = prefix.as_deref().filter(|p| !p.is_empty()) {
+            q = q.filter(query::starts_with(col, p));
+        }
+        let rows: Vec<(String, i64)> = q
+            .group_by(col)
+            .order_by(nodes::Column::Id.count(), sea_orm::Order::Desc)
+            .order_by(col, sea_orm::Order::Asc)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(v, n)| (v, u64::try_from(n).unwrap_or(0)))
+            .collect())
     }
 
     async fn create_job(&self, spec: JobSpec, at: DateTime<Utc>) -> Result<Job, StoreError> {

@@ -22,6 +22,13 @@ fn like_pattern(text: &str) -> String {
     p
 }
 
+/// `lower(col) LIKE 'text%'`: the column starts with `text`, case-insensitively.
+pub(crate) fn starts_with(col: Column, text: &str) -> sea_orm::sea_query::SimpleExpr {
+    let mut p = like_pattern(text);
+    p.remove(0);
+    Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(p).escape('\\'))
+}
+
 fn contains(col: Column, text: &str) -> sea_orm::sea_query::SimpleExpr {
     Expr::expr(Func::lower(Expr::col(col))).like(LikeExpr::new(like_pattern(text)).escape('\\'))
 }

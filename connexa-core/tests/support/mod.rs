@@ -242,6 +242,15 @@ impl NodeStore for FaultStore {
         self.inner.counts().await
     }
 
+    async fn field_values(
+        &self,
+        field: connexa_core::ports::ValueField,
+        prefix: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.field_values(field, prefix, limit).await
+    }
+
     async fn enrich(
         &self,
         updates: Vec<(NodeId, connexa_core::domain::EnrichmentUpdate)>,

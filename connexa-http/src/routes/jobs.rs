@@ -87,6 +87,33 @@ fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, ApiError> {
     .transpose()
 }
 
+/// The options of a job of `kind` from a request's numbers, in the API's
+/// bounds, the per-node budget checked against the kind's minimum
+/// ([`JobOptions::validate`], the CLI's rule).
+fn job_options(
+    kind: JobKind,
+    concurrency: Option<u32>,
+    node_timeout_secs: Option<f64>,
+    deadline_secs: Option<f64>,
+) -> Result<JobOptions, ApiError> {
+    let mut o = JobOptions::default();
+    if let Some(n) = concurrency {
+        if n == 0 || n > 100_000 {
+            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
+        }
+        o = o.concurrency(n as usize);
+    }
+    if let Some(d) = secs("node_timeout_secs", node_timeout_secs)? {
+        o = o.node_timeout(d);
+    }
+    if let Some(d) = secs("deadline_secs", deadline_secs)? {
+        o = o.deadline(d);
+    }
+    o.validate(kind)
+        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
+    Ok(o)
+}
+
 /// Starts a test job; follow it at `/jobs/{id}/events`.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJob,
     responses((status = 202, body = JobView),
@@ -102,22 +129,8 @@ pub async fn create(
         all: b.all,
     }
     .selection()?;
-    let mut o = JobOptions::default();
-    if let Some(n) = b.concurrency {
-        if n == 0 || n > 100_000 {
-            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
-        }
-        o = o.concurrency(n as usize);
-    }
-    if let Some(d) = secs("node_timeout_secs", b.node_timeout_secs)? {
-        o = o.node_timeout(d);
-    }
-    if let Some(d) = secs("deadline_secs", b.deadline_secs)? {
-        o = o.deadline(d);
-    }
     let kind = b.kind.into();
-    o.validate(kind)
-        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
+    let o = job_options(kind, b.concurrency, b.node_timeout_secs, b.deadline_secs)?;
     let filter = ops::selected(st.store().as_ref(), &selection).await?;
     let id = st.engine().start_job(kind, filter, o).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(view(&st, id).await?)))
@@ -224,6 +237,62 @@ pub async fn cancel(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResul
     st.store().job(JobId(id)).await?;
     st.engine().cancel(JobId(id)).await?;
     Ok(axum::Json(view(&st, JobId(id)).await?))
+}
+
+/// Options of a retest: absent keeps the server's defaults, and the per-node
+/// budget defaults to twice the old job's.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetestFailed {
+    /// Nodes tested at once (default: the server's configuration).
+    pub concurrency: Option<u32>,
+    /// Time budget per node, seconds (default: twice the old job's).
+    pub node_timeout_secs: Option<f64>,
+}
+
+/// Starts a job of the same kind on the nodes job `id` failed (items that
+/// ended failed or timed out), by default with twice its per-node budget.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retest-failed", tag = "jobs", request_body = RetestFailed,
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 202, body = JobView),
+              (status = 400, description = "`bad-request`: node_timeout_secs below the minimum for the kind", body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The job failed no node, or invalid options", body = Problem, content_type = "application/problem+json")))]
+pub async fn retest_failed(
+    State(st): State<AppState>,
+    Path(id): Path<i64>,
+    Json(b): Json<RetestFailed>,
+) -> ApiResult<(StatusCode, Json2<JobView>)> {
+    let old = st.store().job(JobId(id)).await?;
+    let o = job_options(old.kind, b.concurrency, b.node_timeout_secs, None)?;
+    let (new, _) = st
+        .engine()
+        .retest_failed(JobId(id), o)
+        .await
+        .map_err(|e| match e {
+            connexa_core::engine::EngineError::Store(
+                connexa_core::ports::StoreError::NothingSelected,
+            ) => ApiError::invalid_body(format!("job {id} failed no node: nothing to retest")),
+            e => ApiError::from(e),
+        })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(view(&st, new).await?)))
+}
+
+/// The jobs `POST /jobs/cancel` cancelled.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelledJobs {
+    /// Their ids, oldest first (empty when no job was queued or running).
+    #[schema(value_type = Vec<i64>)]
+    pub cancelled: Vec<JobId>,
+}
+
+/// Cancels every job not yet finished (queued or running), each as
+/// `/jobs/{id}/cancel` does: finished results stay, the rest end as cancelled.
+#[utoipa::path(post, path = "/api/v1/jobs/cancel", tag = "jobs",
+    responses((status = 200, body = CancelledJobs)))]
+pub async fn cancel_all(State(st): State<AppState>) -> ApiResult<Json2<CancelledJobs>> {
+    let cancelled = st.engine().cancel_all().await?;
+    Ok(axum::Json(CancelledJobs { cancelled }))
 }
 
 /// The data of `progress` and `done` events.

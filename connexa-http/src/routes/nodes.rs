@@ -3,10 +3,14 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use connexa_core::domain::{
-    NewNode, NodeFilter, NodeId, NodeMeta, Selection as CoreSelection, SelectionError, SortKey,
+    NodeFilter, NodeId, Selection as CoreSelection, SelectionError, SortKey,
 };
-use connexa_core::ops::{self, Deleted, HistoryView, MetaPatch, NodeView};
-use connexa_core::ports::InsertOutcome;
+use connexa_core::engine::JobOptions;
+use connexa_core::import::NodeFields;
+use connexa_core::ops::{
+    self, AddNodeError, Deleted, FieldValue, HistoryView, MetaPatch, NodeView, ValuesError,
+};
+use connexa_core::ports::{JobId, JobKind, ValueField};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -107,24 +111,58 @@ pub async fn get_one(
     Ok(axum::Json(NodeView::new(&n, q.reveal.unwrap_or(false))))
 }
 
-/// A node to add (identity fields are immutable afterwards).
+/// `GET /nodes/values` parameters.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ValuesQuery {
+    /// Which field: provider, country, state or city.
+    pub field: String,
+    /// Only values starting with this (case-insensitive); checked as a text
+    /// filter is (no control characters, at most 256 characters).
+    pub prefix: Option<String>,
+    /// How many values, most frequent first (default 20, at most 50).
+    pub limit: Option<u64>,
+}
+
+/// The distinct values the store holds for a descriptive field, with how
+/// many nodes hold each, most frequent first: the filters' autocomplete.
+#[utoipa::path(get, path = "/api/v1/nodes/values", tag = "nodes", params(ValuesQuery),
+    responses((status = 200, body = Vec<FieldValue>),
+              (status = 400, body = Problem, content_type = "application/problem+json")))]
+pub async fn values(
+    State(st): State<AppState>,
+    Query(q): Query<ValuesQuery>,
+) -> ApiResult<Json2<Vec<FieldValue>>> {
+    let field: ValueField = q.field.parse().map_err(ApiError::bad_request)?;
+    let v = ops::field_values(st.store().as_ref(), field, q.prefix.as_deref(), q.limit)
+        .await
+        .map_err(|e| match e {
+            ValuesError::Store(e) => ApiError::from(e),
+            e => ApiError::bad_request(e.to_string()),
+        })?;
+    Ok(axum::Json(v))
+}
+
+/// A node to add (identity fields are immutable afterwards). It is checked
+/// exactly as an import row is, with the same messages.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNode {
-    /// IPv4 or IPv6 address.
+    /// IPv4 or IPv6 address (`IP:PORT` and `[IPv6]:PORT` carry a port).
     pub ip: String,
-    /// PPTP control port (default 1723).
-    #[serde(default = "default_port")]
-    pub port: u64,
+    /// PPTP control port (default 1723, or the port in `ip`).
+    #[serde(default)]
+    pub port: Option<u64>,
     /// Login.
     pub login: String,
     /// Password.
     pub password: String,
     /// Provider.
     pub provider: Option<String>,
-    /// Country.
+    /// Country: a code (`US`) or a name; codes are expanded as an import does.
     pub country: Option<String>,
-    /// State or region.
+    /// State or region; US state codes are expanded as an import does.
     pub state: Option<String>,
     /// City.
     pub city: Option<String>,
@@ -132,52 +170,88 @@ pub struct CreateNode {
     pub zip: Option<String>,
     /// Comment.
     pub comment: Option<String>,
+    /// Then start a test job of this kind on the new node (follow it at
+    /// `/jobs/{job}/events`).
+    pub test: Option<AddTest>,
 }
 
-fn default_port() -> u64 {
-    1723
+/// The test `POST /nodes` may start on the node it added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AddTest {
+    /// PPTP control-channel handshake.
+    Light,
+    /// Light, then auth, then speed.
+    Pipeline,
 }
 
-/// Adds a node as `not_tested`.
+/// The node added, and the test job started on it, if one was asked for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedNode {
+    /// The node as stored.
+    #[serde(flatten)]
+    pub node: NodeView,
+    /// The test job's id (with `test`), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>)]
+    pub job: Option<JobId>,
+}
+
+/// Adds a node as `not_tested`, refused for what an import refuses (422, with
+/// the import's message); a stored duplicate or a conflict (same ip, port and
+/// login, another password) is 409 and names the stored node.
 #[utoipa::path(post, path = "/api/v1/nodes", tag = "nodes", request_body = CreateNode,
-    responses((status = 201, body = NodeView),
+    responses((status = 201, body = CreatedNode),
               (status = 409, description = "The node (or one with the same ip, port and login) exists; `node` names it", body = Problem, content_type = "application/problem+json"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(st): State<AppState>,
     Json(b): Json<CreateNode>,
-) -> ApiResult<(StatusCode, Json2<NodeView>)> {
-    let mut node = NewNode::new(&b.ip, b.port, &b.login, &b.password)
-        .map_err(|e| ApiError::invalid_body(e.to_string()))?;
-    let clean = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-    node.meta = NodeMeta {
-        provider: clean(b.provider),
-        country: clean(b.country),
-        state: clean(b.state),
-        city: clean(b.city),
-        zipcode: clean(b.zip),
-        comment: clean(b.comment),
+) -> ApiResult<(StatusCode, Json2<CreatedNode>)> {
+    let fields = NodeFields {
+        ip: b.ip,
+        port: b.port.map(|p| p.to_string()),
+        login: b.login,
+        password: b.password,
+        provider: b.provider,
+        country: b.country,
+        state: b.state,
+        city: b.city,
+        zip: b.zip,
+        comment: b.comment,
     };
-    node.meta
-        .check()
-        .map_err(|e| ApiError::invalid_body(e.to_string()))?;
-    let out = st.store().insert(vec![node]).await?;
-    let (id, why) = match out.first() {
-        Some(InsertOutcome::Inserted(id)) => (*id, None),
-        Some(InsertOutcome::Duplicate(id)) => (*id, Some("the same node is already stored")),
-        Some(InsertOutcome::Conflict(id)) => (
-            *id,
-            Some("a node with the same ip, port and login but another password is stored"),
-        ),
-        None => return Err(ApiError::internal(&"insert returned no outcome")),
+    let n = match ops::add_node(st.store().as_ref(), &fields).await {
+        Ok(n) => n,
+        Err(e @ AddNodeError::Invalid(_)) => return Err(ApiError::invalid_body(e.to_string())),
+        Err(e @ (AddNodeError::Duplicate(id) | AddNodeError::Conflict(id))) => {
+            let mut err = ApiError::new(Kind::Conflict, e.to_string());
+            err.0.node = Some(id);
+            return Err(err);
+        }
+        Err(AddNodeError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(ApiError::internal(&e)),
     };
-    if let Some(why) = why {
-        let mut e = ApiError::new(Kind::Conflict, why);
-        e.0.node = Some(id);
-        return Err(e);
-    }
-    let n = ops::node(st.store().as_ref(), id).await?;
-    Ok((StatusCode::CREATED, axum::Json(NodeView::new(&n, false))))
+    let job = match b.test {
+        None => None,
+        Some(t) => {
+            let kind = match t {
+                AddTest::Light => JobKind::Light,
+                AddTest::Pipeline => JobKind::Pipeline,
+            };
+            Some(
+                st.engine()
+                    .start_job(kind, NodeFilter::ids(vec![n.id]), JobOptions::default())
+                    .await?,
+            )
+        }
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedNode {
+            node: NodeView::new(&n, false),
+            job,
+        }),
+    ))
 }
 
 /// Changes to a node's descriptive fields: absent keeps, `""` clears.
