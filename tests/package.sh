@@ -158,7 +158,7 @@ done
 # The units' own privileges, as setpriv arguments: the connexa user, its
 # group, and exactly the capabilities of AmbientCapabilities= (capability
 # bounding set included), no new privileges: what systemd gives the service.
-caps=$(sed -n 's/^AmbientCapabilities=//p' /lib/systemd/system/connexa.service | tr 'A-Z' 'a-z' \
+caps=$(sed -n 's/^AmbientCapabilities=//p' /lib/systemd/system/connexa.service | tr '[:upper:]' '[:lower:]' \
   | sed 's/cap_//g; s/\([a-z_]\+\)/+\1/g; s/ /,/g')
 as_service=(setpriv --reuid connexa --regid connexa --init-groups --inh-caps "-all,$caps"
   --ambient-caps "-all,$caps" --bounding-set "-all,$caps" --no-new-privs --)
