@@ -211,6 +211,20 @@ for dir in examples/*/; do
   timeout 120 "$target_dir/debug/$name"
 done
 
+# --- The Debian package (docs/install.md) ------------------------------------------
+# tests/package.sh builds the `connexa` .deb from the debug binaries just built
+# (no release build), installs it into this machine with dpkg -i, checks the
+# units, the user, the config, `connexa run --once` as the connexa user, then
+# purges it. Exit 2: it cannot run here (not root, cargo-deb not installable,
+# a connexa installation exists); any other failure fails the run.
+package_rc=0
+tests/package.sh || package_rc=$?
+case $package_rc in
+  0) ;;
+  2) unavailable package "tests/package.sh cannot run here (reason above)" ;;
+  *) log "FAILED: tests/package.sh (exit $package_rc, FAIL lines above)"; exit 1 ;;
+esac
+
 # --- schemathesis (PyPI) against connexa-http's OpenAPI document ------------------
 # A venv of its own (pinned version), the debug binary on an ephemeral loopback
 # port with a throw-away SQLite database and a first-run token. Every generated
