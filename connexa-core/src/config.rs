@@ -54,6 +54,7 @@
 //! health_threshold = 3            # failed checks in a row before a node goes offline
 //! restart_backoff_secs = 30.0     # wait after a failed start, doubled per failure...
 //! restart_backoff_max_secs = 600.0  # ...up to this
+//! # proxies_file = "/run/connexa/proxies.txt"  # host:port:user:pass per running service, rewritten atomically (0600)
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -349,6 +350,10 @@ pub struct ServicesConfig {
     pub restart_backoff_secs: f64,
     /// Longest wait between start attempts of one node, seconds.
     pub restart_backoff_max_secs: f64,
+    /// The file of running proxies: a running engine rewrites it atomically
+    /// (mode 0600) with one `host:port:user:pass` line per service it runs,
+    /// in node id order, whenever that set changes. Default: none.
+    pub proxies_file: Option<PathBuf>,
 }
 
 impl Default for ServicesConfig {
@@ -373,6 +378,7 @@ impl Default for ServicesConfig {
             health_threshold: 3,
             restart_backoff_secs: 30.0,
             restart_backoff_max_secs: 600.0,
+            proxies_file: None,
         }
     }
 }

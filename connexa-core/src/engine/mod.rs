@@ -123,6 +123,12 @@ pub struct EngineConfig {
     pub geo_after_light: bool,
     /// Name recorded on claimed items. Default `pid<process id>`.
     pub worker: String,
+    /// The file of running proxies (`[services] proxies_file`): after each
+    /// reconciler pass that changed the set of services running in this
+    /// process, one `host:port:user:pass` line per service, in node id order,
+    /// written atomically (a temporary file in the same directory, mode 0600,
+    /// fsync, rename). Default none.
+    pub proxies_file: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -145,6 +151,7 @@ impl Default for EngineConfig {
             speed_concurrency: 4,
             geo_after_light: false,
             worker: format!("pid{}", std::process::id()),
+            proxies_file: None,
         }
     }
 }
@@ -372,6 +379,9 @@ pub(crate) struct Inner {
     health_failures: Mutex<HashMap<NodeId, u32>>,
     /// Failed service starts in a row, per node, and when to try again.
     start_backoff: Mutex<HashMap<NodeId, services::Backoff>>,
+    /// What the proxies file was last written with (`None`: not yet, or the
+    /// last write failed).
+    proxies_written: Mutex<Option<String>>,
     /// Speed tests at once ([`EngineConfig::speed_concurrency`]).
     speed_slots: Arc<tokio::sync::Semaphore>,
     /// The GEO source of `geo` jobs, if configured.
@@ -526,6 +536,7 @@ impl Engine {
                 busy: Arc::new(Mutex::new(HashSet::new())),
                 health_failures: Mutex::new(HashMap::new()),
                 start_backoff: Mutex::new(HashMap::new()),
+                proxies_written: Mutex::new(None),
                 speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
                 config,
                 geo: std::sync::RwLock::new(None),
