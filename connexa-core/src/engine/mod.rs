@@ -382,6 +382,8 @@ pub(crate) struct Inner {
     /// What the proxies file was last written with (`None`: not yet, or the
     /// last write failed).
     proxies_written: Mutex<Option<String>>,
+    /// Wakes [`Engine::run`]'s reconciler before its next tick.
+    reconcile_now: tokio::sync::Notify,
     /// Speed tests at once ([`EngineConfig::speed_concurrency`]).
     speed_slots: Arc<tokio::sync::Semaphore>,
     /// The GEO source of `geo` jobs, if configured.
@@ -537,6 +539,7 @@ impl Engine {
                 health_failures: Mutex::new(HashMap::new()),
                 start_backoff: Mutex::new(HashMap::new()),
                 proxies_written: Mutex::new(None),
+                reconcile_now: tokio::sync::Notify::new(),
                 speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
                 config,
                 geo: std::sync::RwLock::new(None),
@@ -793,6 +796,14 @@ impl Engine {
         services::reconcile(&self.inner).await
     }
 
+    /// Asks the reconciler of [`run`](Self::run) for a pass now instead of at
+    /// its next tick (e.g. after a restart request was recorded); a request
+    /// made during a pass brings another pass right after it. Without a
+    /// running [`run`] the request waits for it.
+    pub fn request_reconcile(&self) {
+        self.inner.reconcile_now.notify_one();
+    }
+
     /// One monitor pass over the nodes with a service (see [`MonitorReport`]).
     pub async fn monitor(&self) -> Result<MonitorReport, EngineError> {
         services::monitor(&self.inner).await
@@ -813,9 +824,17 @@ impl Engine {
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
+                    let nudged = async {
+                        if what == "reconcile" {
+                            this.inner.reconcile_now.notified().await;
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     tokio::select! {
                         _ = stop_rx.wait_for(|s| *s) => break,
                         _ = tick.tick() => {}
+                        () = nudged => {}
                     }
                     let r = match what {
                         "jobs" => this.pick_up_jobs().await,
