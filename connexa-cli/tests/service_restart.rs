@@ -211,5 +211,10 @@ fn service_restart_restarts_the_running_listener_on_the_same_port() {
     );
 
     assert!(signal_and_wait(&mut run, "-TERM").success());
+    // The last counters were recorded on the way out.
+    let (v, _) = json(&db, &config, &["service", "list"]);
+    let c = &v[0]["counters"];
+    assert_eq!(c["connections"], 0, "{v}");
+    assert!(c["bytes_down"].as_u64().unwrap() >= 100_000, "{v}");
     let _ = signal_and_wait(&mut sim, "-TERM");
 }

@@ -739,6 +739,7 @@ mod tests {
                     [services]\nbind = \"127.0.0.2\"\nport_min = 100\nport_max = 200\n\
                     reconcile_interval_secs = 5\nmonitor_interval_secs = 7.5\nhealth_threshold = 2\n\
                     restart_backoff_secs = 0\nrestart_backoff_max_secs = 60\n\
+                    proxies_file = \"/run/connexa/proxies.txt\"\n\
                     [http]\nlisten = \"127.0.0.1:9000\"\n";
         let c = Config::from_toml_str(text).unwrap();
         assert_eq!(c.database.as_deref(), Some("sqlite://x.db?mode=rwc"));
@@ -755,6 +756,15 @@ mod tests {
         assert_eq!(e.health_threshold, 2);
         assert_eq!(e.restart_backoff, Duration::ZERO);
         assert_eq!(e.restart_backoff_max, Duration::from_secs(60));
+        assert_eq!(
+            e.proxies_file.as_deref(),
+            Some(Path::new("/run/connexa/proxies.txt"))
+        );
+        assert_eq!(
+            crate::runtime::engine_config(&Config::default()).proxies_file,
+            None,
+            "no proxies file unless configured"
+        );
         let d = crate::runtime::engine_config(&Config::default());
         let engine_default = crate::engine::EngineConfig::default();
         assert_eq!(

@@ -142,6 +142,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     // Services stop with the process; they stay wanted, so the next run starts
     // them again on their stored ports with their stored credentials.
     let services = launcher.running().await.len();
+    engine.record_final_service_counters().await;
     launcher.stop_all().await;
     if services > 0 {
         ctx.out.note(format_args!(

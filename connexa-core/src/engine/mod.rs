@@ -804,6 +804,13 @@ impl Engine {
         self.inner.reconcile_now.notify_one();
     }
 
+    /// Records the last counters of the services running in this process, no
+    /// connection open, for the other processes that show them. Call it right
+    /// before stopping every service on a process exit.
+    pub async fn record_final_service_counters(&self) {
+        services::flush_final_counters(&self.inner).await;
+    }
+
     /// One monitor pass over the nodes with a service (see [`MonitorReport`]).
     pub async fn monitor(&self) -> Result<MonitorReport, EngineError> {
         services::monitor(&self.inner).await

@@ -450,6 +450,27 @@ async fn flush_counters(inner: &Inner, extra: Vec<(NodeId, ServiceCounters)>) {
     }
 }
 
+/// Records the last counters of every service running here, with no
+/// connection open (for a process about to stop them all).
+pub(super) async fn flush_final_counters(inner: &Inner) {
+    let mut all = Vec::new();
+    for id in inner.launcher.running().await {
+        if let Some(c) = inner.launcher.counters(id) {
+            all.push((id, stopped(c)));
+        }
+    }
+    if all.is_empty() {
+        return;
+    }
+    if let Err(e) = inner
+        .store
+        .put_service_counters(all, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the last service counters");
+    }
+}
+
 /// The proxies file's text: `host:port:user:pass` per service running here
 /// (endpoints as stored), in node id order.
 async fn proxies_text(inner: &Inner) -> Result<String, EngineError> {
