@@ -799,7 +799,7 @@ impl Engine {
     /// Asks the reconciler of [`run`](Self::run) for a pass now instead of at
     /// its next tick (e.g. after a restart request was recorded); a request
     /// made during a pass brings another pass right after it. Without a
-    /// running [`run`] the request waits for it.
+    /// running [`run`](Self::run) the request waits for it.
     pub fn request_reconcile(&self) {
         self.inner.reconcile_now.notify_one();
     }
