@@ -464,3 +464,129 @@ async fn restart_request_counters_and_proxies_file() {
     assert!(c.bytes_down >= size as u64, "{c:?}");
     assert_never_below_level_3(store.as_ref(), id).await;
 }
+
+/// With `Engine::run` reconciling only once an hour, a service job and a
+/// restart request still take effect at once: the job's end and
+/// `request_reconcile` wake the reconciler, which rewrites the proxies file
+/// and carries the restart out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_jobs_and_restart_requests_wake_the_running_reconciler() {
+    use connexa_core::engine::JobOptions;
+    use connexa_core::ports::{JobKind, ServiceLauncher as _};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+    let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let id = wanted_node(store.as_ref()).await;
+    store
+        .set_service_wanted(&NodeFilter::ids([id]), false)
+        .await
+        .unwrap();
+    let proxies = dir.path().join("proxies.txt");
+    let launcher = Arc::new(SocksLauncher::new(
+        Arc::new(ControlledOpener::new(&[])),
+        SocksConfig {
+            port_min: 34150,
+            port_max: 34199,
+            ..SocksConfig::default()
+        },
+    ));
+    let hour = Duration::from_secs(3600);
+    let engine = Engine::new(
+        Arc::clone(&store),
+        Arc::new(NoProber),
+        Arc::new(NotAvailable),
+        launcher.clone(),
+        EngineConfig {
+            node_timeout: Duration::from_secs(5),
+            reconcile_interval: hour,
+            monitor_interval: hour,
+            proxies_file: Some(proxies.clone()),
+            ..EngineConfig::default()
+        },
+    );
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let wait_for = |what: &'static str, ok: Box<dyn Fn() -> bool + Send>| async move {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The first pass (at once) writes the empty list.
+    let p = proxies.clone();
+    wait_for(
+        "the first pass writes an empty file",
+        Box::new(move || std::fs::read_to_string(&p).is_ok_and(|t| t.is_empty())),
+    )
+    .await;
+
+    let job = engine
+        .start_job(
+            JobKind::ServiceStart,
+            NodeFilter::ids([id]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    engine.wait(job).await.unwrap();
+    let ep = store.get(id).await.unwrap().unwrap().service.unwrap();
+    let line = format!(
+        "{}:{}:{}:{}\n",
+        ep.host,
+        ep.port,
+        ep.username,
+        ep.password.expose()
+    );
+    let (p, l) = (proxies.clone(), line.clone());
+    wait_for(
+        "the proxies file lists the service started by the job",
+        Box::new(move || std::fs::read_to_string(&p).is_ok_and(|t| t == l)),
+    )
+    .await;
+
+    let first = launcher.counters(id).unwrap().started_at;
+    let req = connexa_core::ops::restart_services(store.as_ref(), &NodeFilter::ids([id]))
+        .await
+        .unwrap();
+    assert_eq!(req.restarting, vec![id]);
+    // Started-at has millisecond precision: make sure a restart shows.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    engine.request_reconcile();
+    let l2 = launcher.clone();
+    wait_for(
+        "the restart is carried out",
+        Box::new(move || l2.counters(id).is_some_and(|c| c.started_at > first)),
+    )
+    .await;
+    assert_eq!(store.get(id).await.unwrap().unwrap().service, Some(ep));
+
+    let job = engine
+        .start_job(
+            JobKind::ServiceStop,
+            NodeFilter::ids([id]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    engine.wait(job).await.unwrap();
+    let p = proxies.clone();
+    wait_for(
+        "the proxies file is emptied after the stop job",
+        Box::new(move || std::fs::read_to_string(&p).is_ok_and(|t| t.is_empty())),
+    )
+    .await;
+    let rt = store.service_runtime(&[id]).await.unwrap();
+    assert_eq!(rt[0].counters.as_ref().map(|c| c.connections), Some(0));
+    stop.send(()).unwrap();
+    runner.await.unwrap();
+}

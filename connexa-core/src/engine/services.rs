@@ -450,6 +450,19 @@ async fn flush_counters(inner: &Inner, extra: Vec<(NodeId, ServiceCounters)>) {
     }
 }
 
+/// Records the last counters of a service a job just stopped (`last`: read
+/// before the stop).
+pub(super) async fn record_stopped(inner: &Inner, node: NodeId, last: Option<ServiceCounters>) {
+    let Some(c) = last else { return };
+    if let Err(e) = inner
+        .store
+        .put_service_counters(vec![(node, stopped(c))], chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(%node, error = %e, "cannot record the last service counters");
+    }
+}
+
 /// Records the last counters of every service running here, with no
 /// connection open (for a process about to stop them all).
 pub(super) async fn flush_final_counters(inner: &Inner) {
