@@ -63,10 +63,15 @@ async fn service_runtime_counters_and_restart_requests(db: TestDb) {
         (rc[0].counters.clone(), rc[0].restart_requested_at),
         (None, Some(t0))
     );
-    // Newer counters replace the old ones and keep the request.
-    s.put_service_counters(vec![(a, counters(3))], t0 + Duration::seconds(1))
-        .await
-        .unwrap();
+    // Newer counters replace the old ones and keep the request; a node given
+    // twice (a restarted service's last and first counters) keeps the last.
+    s.put_service_counters(
+        vec![(a, counters(4)), (a, counters(3))],
+        t0 + Duration::seconds(1),
+    )
+    .await
+    .unwrap();
+    s.request_service_restart(&[c, c], t0).await.unwrap();
     let ra = &s.service_runtime(&[a]).await.unwrap()[0];
     assert_eq!(ra.counters, Some(counters(3)));
     assert_eq!(ra.restart_requested_at, Some(t0));

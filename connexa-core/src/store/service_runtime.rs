@@ -58,6 +58,14 @@ pub(crate) async fn put_counters<C: ConnectionTrait>(
     counters: Vec<(NodeId, ServiceCounters)>,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    // One row per node, the last given winning: PostgreSQL refuses an upsert
+    // that touches a row twice.
+    let mut last: std::collections::BTreeMap<i64, ServiceCounters> = Default::default();
+    for (node, c) in counters {
+        last.insert(node.0, c);
+    }
+    let counters: Vec<(NodeId, ServiceCounters)> =
+        last.into_iter().map(|(id, c)| (NodeId(id), c)).collect();
     for chunk in counters.chunks(200) {
         let rows = chunk.iter().map(|(node, c)| sr::ActiveModel {
             node_id: Set(node.0),
@@ -96,6 +104,9 @@ pub(crate) async fn request_restart<C: ConnectionTrait>(
     nodes: &[NodeId],
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
     for chunk in nodes.chunks(200) {
         let rows = chunk.iter().map(|node| sr::ActiveModel {
             node_id: Set(node.0),
