@@ -210,7 +210,10 @@ fn service_restart_restarts_the_running_listener_on_the_same_port() {
         "a restart is no stop: {v}"
     );
 
+    assert_eq!(std::fs::read_to_string(&proxies).unwrap(), line);
     assert!(signal_and_wait(&mut run, "-TERM").success());
+    // Its services stopped with it: the proxies file says so.
+    assert_eq!(std::fs::read_to_string(&proxies).unwrap(), "");
     // The last counters were recorded on the way out.
     let (v, _) = json(&db, &config, &["service", "list"]);
     let c = &v[0]["counters"];

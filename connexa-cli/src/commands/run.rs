@@ -144,6 +144,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     let services = launcher.running().await.len();
     engine.record_final_service_counters().await;
     launcher.stop_all().await;
+    engine.refresh_proxies_file().await;
     if services > 0 {
         ctx.out.note(format_args!(
             "{services} services stopped; the next `connexa run` starts them again"

@@ -811,6 +811,13 @@ impl Engine {
         services::flush_final_counters(&self.inner).await;
     }
 
+    /// Rewrites the proxies file ([`EngineConfig::proxies_file`]) from the
+    /// services running in this process now, if that changed its text. Call it
+    /// after stopping every service on a process exit: the file is then empty.
+    pub async fn refresh_proxies_file(&self) {
+        services::write_proxies_file(&self.inner).await;
+    }
+
     /// One monitor pass over the nodes with a service (see [`MonitorReport`]).
     pub async fn monitor(&self) -> Result<MonitorReport, EngineError> {
         services::monitor(&self.inner).await

@@ -517,7 +517,7 @@ async fn proxies_text(inner: &Inner) -> Result<String, EngineError> {
 
 /// Writes the proxies file ([`EngineConfig::proxies_file`](super::EngineConfig::proxies_file))
 /// when its text changed since the last write.
-async fn write_proxies_file(inner: &Inner) {
+pub(super) async fn write_proxies_file(inner: &Inner) {
     let Some(path) = inner.config.proxies_file.clone() else {
         return;
     };
