@@ -214,10 +214,27 @@ fn service_restart_restarts_the_running_listener_on_the_same_port() {
     assert!(signal_and_wait(&mut run, "-TERM").success());
     // Its services stopped with it: the proxies file says so.
     assert_eq!(std::fs::read_to_string(&proxies).unwrap(), "");
+
     // The last counters were recorded on the way out.
     let (v, _) = json(&db, &config, &["service", "list"]);
     let c = &v[0]["counters"];
     assert_eq!(c["connections"], 0, "{v}");
     assert!(c["bytes_down"].as_u64().unwrap() >= 100_000, "{v}");
+
+    // A request made while no process runs the service is done by the next
+    // pass, which starts it (same port) — here `run --once`.
+    let (v, code) = json(&db, &config, &["service", "restart", "1"]);
+    assert_eq!((code, v["restarting"].clone()), (0, serde_json::json!([1])));
+    let (v, code) = json(&db, &config, &["run", "--once"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["reconcile"]["started"], 1, "{v}");
+    assert_eq!(
+        v["reconcile"]["restarted"], 0,
+        "nothing ran in that process: {v}"
+    );
+    let (v, _) = json(&db, &config, &["service", "list"]);
+    assert_eq!(v[0]["restart_pending"], false, "{v}");
+    assert_eq!(v[0]["port"], first["port"], "{v}");
+
     let _ = signal_and_wait(&mut sim, "-TERM");
 }

@@ -204,8 +204,13 @@ async fn once(
         }
         let r = &report.reconcile;
         let m = &report.monitor;
+        let restarted = if r.restarted > 0 {
+            format!(" ({} restarted)", r.restarted)
+        } else {
+            String::new()
+        };
         ctx.out.line(format_args!(
-            "services: {} started, {} failed to start, {} stopped; health: {} checked, {} unhealthy",
+            "services: {} started{restarted}, {} failed to start, {} stopped; health: {} checked, {} unhealthy",
             r.started,
             r.start_failed,
             r.stopped + r.marked_stopped,
