@@ -81,7 +81,7 @@ fn curl_through(s: &Value, bytes: u64) -> std::process::Output {
 }
 
 #[test]
-fn service_restart_restarts_the_running_listener_on_the_same_port() {
+fn service_restart_keeps_the_port_while_curl_pulls_bytes_through_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
     let config = dir.path().join("c.toml");

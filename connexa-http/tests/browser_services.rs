@@ -104,7 +104,7 @@ fn service_row_script(id: i64, condition: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_service_counters_move_and_restart_keeps_the_port() {
+async fn browser_service_counters_move_while_curl_pulls_bytes_and_restart_keeps_the_port() {
     let fleet = Fleet::start(
         FleetSpec::new(1)
             .first_ip(Ipv4Addr::new(127, 66, 0, 1))
