@@ -18,6 +18,10 @@ reconciler inside a running `connexa run` (or connexa-http) process; `connexa
 run --once` makes one pass. Services run only through verified nodes
 (speed_ok, online, offline).";
 
+const WHO_RESTARTS: &str = "the reconciler of the `connexa run` (or connexa-http) process running \
+them restarts them on its next pass, on the same port with the same credentials; `connexa run \
+--once` makes one pass now";
+
 /// SOCKS5 services through verified nodes.
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
@@ -156,9 +160,7 @@ async fn restart(ctx: &Ctx, a: SelectArgs) -> anyhow::Result<Exit> {
             id_list(&req.restarting)
         ))?;
         if missing.is_empty() {
-            ctx.out.note(
-            "the reconciler of the `connexa run` (or connexa-http) process running them restarts them on its next pass, on the same port with the same credentials; `connexa run --once` makes one pass now",
-        );
+            ctx.out.note(WHO_RESTARTS);
         }
     }
     if !missing.is_empty() {
