@@ -129,6 +129,7 @@ fn help_teaches_with_examples() {
         &["run"],
         &["service", "start"],
         &["service", "stop"],
+        &["service", "restart"],
         &["service", "list"],
     ] {
         let mut args = sub.to_vec();
@@ -2196,10 +2197,16 @@ async fn service_start_stop_set_the_desired_state_and_list_shows_running_ones() 
     );
 
     // The running service, with what a client needs.
-    env.cmd(&["service", "list"])
+    env.cmd(&["service", "list", "--proxies"])
         .assert()
         .success()
         .stdout("127.0.0.1:20007:u3:sockspw\n");
+    let out = env.cmd(&["service", "list"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("NODE") && table.contains("127.0.0.1:20007:u3:sockspw"),
+        "{table}"
+    );
     let v = env.json(&["service", "list"]);
     assert_eq!(v[0]["node"], 3);
     assert_eq!(v[0]["status"], "online");
@@ -2210,8 +2217,32 @@ async fn service_start_stop_set_the_desired_state_and_list_shows_running_ones() 
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "node,node_ip,status,host,port,username,password,wanted\n3,127.0.0.7,online,127.0.0.1,20007,u3,sockspw,true\n"
+        "node,node_ip,status,host,port,username,password,wanted,connections,connections_total,bytes_up,bytes_down,started_at,last_error,restart_pending\n\
+         3,127.0.0.7,online,127.0.0.1,20007,u3,sockspw,true,,,,,,,false\n"
     );
+
+    // Restart: recorded for the running service; node 1 (wanted, not started)
+    // has nothing to restart: exit 4, naming it.
+    let out = env.cmd(&["service", "restart", "3", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("restart requested for 1 services (3)"), "{s}");
+    assert!(s.contains("run no service and were left alone (1)"), "{s}");
+    let v = env.json(&["service", "list"]);
+    assert_eq!(v[0]["restart_pending"], true, "{v}");
+    assert_eq!(env.json(&["nodes", "show", "3"])["status"], "online");
+    let v = env.json(&["service", "restart", "3"]);
+    assert_eq!(
+        v,
+        serde_json::json!({"matched": 1, "restarting": [3], "not_running": [], "missing": []})
+    );
+    let out = env.cmd(&["service", "restart", "1"]).output().unwrap();
+    assert!(one_line_error(&out, 1).contains("nothing to restart"));
+    let out = env
+        .cmd(&["service", "restart", "3", "77"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out, 6).contains("77"));
 
     let v = env.json(&["service", "stop", "--all"]);
     assert_eq!(v["changed"], serde_json::json!([1, 3]), "{v}");
@@ -2228,7 +2259,10 @@ async fn service_start_stop_set_the_desired_state_and_list_shows_running_ones() 
         .unwrap();
     one_line_error(&out, 2);
     let out = env.cmd(&["service", "restart"]).output().unwrap();
-    one_line_error(&out, 2);
+    assert!(one_line_error(&out, 2).contains("nothing selected"));
+    // Stopped (no longer wanted): nothing to restart.
+    let out = env.cmd(&["service", "restart", "3"]).output().unwrap();
+    assert!(one_line_error(&out, 1).contains("nothing to restart"));
 }
 
 #[test]

@@ -54,6 +54,7 @@
 //! health_threshold = 3            # failed checks in a row before a node goes offline
 //! restart_backoff_secs = 30.0     # wait after a failed start, doubled per failure...
 //! restart_backoff_max_secs = 600.0  # ...up to this
+//! # proxies_file = "/run/connexa/proxies.txt"  # host:port:user:pass per running service, rewritten atomically (0600)
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -367,6 +368,10 @@ pub struct ServicesConfig {
     pub restart_backoff_secs: f64,
     /// Longest wait between start attempts of one node, seconds.
     pub restart_backoff_max_secs: f64,
+    /// The file of running proxies: a running engine rewrites it atomically
+    /// (mode 0600) with one `host:port:user:pass` line per service it runs,
+    /// in node id order, whenever that set changes. Default: none.
+    pub proxies_file: Option<PathBuf>,
 }
 
 impl Default for ServicesConfig {
@@ -391,6 +396,7 @@ impl Default for ServicesConfig {
             health_threshold: 3,
             restart_backoff_secs: 30.0,
             restart_backoff_max_secs: 600.0,
+            proxies_file: None,
         }
     }
 }
@@ -751,6 +757,7 @@ mod tests {
                     [services]\nbind = \"127.0.0.2\"\nport_min = 100\nport_max = 200\n\
                     reconcile_interval_secs = 5\nmonitor_interval_secs = 7.5\nhealth_threshold = 2\n\
                     restart_backoff_secs = 0\nrestart_backoff_max_secs = 60\n\
+                    proxies_file = \"/run/connexa/proxies.txt\"\n\
                     [http]\nlisten = \"127.0.0.1:9000\"\n";
         let c = Config::from_toml_str(text).unwrap();
         assert_eq!(c.database.as_deref(), Some("sqlite://x.db?mode=rwc"));
@@ -767,6 +774,15 @@ mod tests {
         assert_eq!(e.health_threshold, 2);
         assert_eq!(e.restart_backoff, Duration::ZERO);
         assert_eq!(e.restart_backoff_max, Duration::from_secs(60));
+        assert_eq!(
+            e.proxies_file.as_deref(),
+            Some(Path::new("/run/connexa/proxies.txt"))
+        );
+        assert_eq!(
+            crate::runtime::engine_config(&Config::default()).proxies_file,
+            None,
+            "no proxies file unless configured"
+        );
         let d = crate::runtime::engine_config(&Config::default());
         let engine_default = crate::engine::EngineConfig::default();
         assert_eq!(

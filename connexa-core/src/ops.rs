@@ -32,8 +32,8 @@ use crate::domain::{
 use crate::export::{ExportError, ExportFormat};
 use crate::import::{ErrorReason, Existing, ImportError, ImportReport, NodeFields};
 use crate::ports::{
-    HistoryRow, InsertOutcome, Job, JobId, JobKind, JobState, NodeStore, Progress, StoreError,
-    ValueField,
+    HistoryRow, InsertOutcome, Job, JobId, JobKind, JobState, NodeStore, Progress, ServiceCounters,
+    StoreError, ValueField,
 };
 
 /// Why an operation failed.
@@ -541,6 +541,11 @@ pub struct ServiceView {
     pub username: String,
     /// SOCKS5 password, or `***`.
     pub password: String,
+    /// The counters the process running the service last recorded (see
+    /// [`service_counters`]); absent where not looked up (node lists) or
+    /// none was recorded yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<ServiceCounters>,
 }
 
 /// A node, as shown and printed as JSON.
@@ -645,6 +650,7 @@ impl NodeView {
                 port: s.port,
                 username: s.username.clone(),
                 password: secret(&s.password),
+                counters: None,
             }),
             service_wanted: node.service_wanted,
             geo: node.enrichment.geo.clone(),
@@ -905,6 +911,10 @@ pub struct RunningService {
     pub password: String,
     /// Whether the service is still wanted (a stop not yet carried out shows `false`).
     pub wanted: bool,
+    /// The counters the process running it last recorded (`null`: none yet).
+    pub counters: Option<ServiceCounters>,
+    /// A restart asked for and not carried out yet (`connexa service restart`).
+    pub restart_pending: bool,
 }
 
 /// The services recorded as running (nodes `online` or `offline` with an
@@ -917,11 +927,14 @@ pub async fn running_services(
         has_service: Some(true),
         ..filter.clone()
     };
-    Ok(all_matching(store, &f)
-        .await?
+    let nodes = all_matching(store, &f).await?;
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
+    let mut runtime = runtime_of(store, &ids).await?;
+    Ok(nodes
         .into_iter()
         .filter_map(|n| {
             let s = n.service.as_ref()?;
+            let rt = runtime.remove(&n.id);
             Some(RunningService {
                 node: n.id,
                 node_ip: n.ip.to_string(),
@@ -931,9 +944,111 @@ pub async fn running_services(
                 username: s.username.clone(),
                 password: s.password.expose().to_owned(),
                 wanted: n.service_wanted,
+                restart_pending: rt
+                    .as_ref()
+                    .is_some_and(|r| r.restart_requested_at.is_some()),
+                counters: rt.and_then(|r| r.counters),
             })
         })
         .collect())
+}
+
+async fn runtime_of(
+    store: &dyn NodeStore,
+    ids: &[NodeId],
+) -> Result<std::collections::HashMap<NodeId, crate::ports::ServiceRuntime>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(store
+        .service_runtime(ids)
+        .await?
+        .into_iter()
+        .map(|r| (r.node, r))
+        .collect())
+}
+
+/// The counters last recorded for the services of `nodes` (by the process
+/// running them, at each reconciler and monitor pass and on stop), by node.
+pub async fn service_counters(
+    store: &dyn NodeStore,
+    nodes: &[NodeId],
+) -> Result<std::collections::HashMap<NodeId, ServiceCounters>, StoreError> {
+    Ok(runtime_of(store, nodes)
+        .await?
+        .into_iter()
+        .filter_map(|(id, r)| Some((id, r.counters?)))
+        .collect())
+}
+
+/// Fills in the counters of the services of `views` ([`ServiceView::counters`]).
+pub async fn with_service_counters(
+    store: &dyn NodeStore,
+    views: &mut [NodeView],
+) -> Result<(), StoreError> {
+    let ids: Vec<NodeId> = views
+        .iter()
+        .filter(|v| v.service.is_some())
+        .map(|v| v.id)
+        .collect();
+    let mut counters = service_counters(store, &ids).await?;
+    for v in views.iter_mut() {
+        if let Some(s) = v.service.as_mut() {
+            s.counters = counters.remove(&v.id);
+        }
+    }
+    Ok(())
+}
+
+/// What [`restart_services`] asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestartRequest {
+    /// Nodes the selection matched.
+    pub matched: u64,
+    /// Nodes whose running service will be restarted (in id order): the
+    /// reconciler of the process running it stops it and starts it again on
+    /// its next pass, with the same port and credentials.
+    pub restarting: Vec<NodeId>,
+    /// Matching nodes with no running service (none recorded, or no longer
+    /// wanted): nothing to restart.
+    pub not_running: Vec<NodeId>,
+}
+
+/// Asks for a restart of the running services of the selected nodes (those
+/// recorded as running — `online` or `offline` with an endpoint — and still
+/// wanted). Nothing is restarted here: the request is recorded in the store,
+/// and the reconciler of the process that runs the services (`connexa run`,
+/// connexa-http) carries it out on its next pass (`connexa run --once`: now).
+/// A node's status is never changed by a restart request.
+pub async fn restart_services(
+    store: &dyn NodeStore,
+    selection: &NodeFilter,
+) -> Result<RestartRequest, StoreError> {
+    let matched = all_matching(store, selection).await?;
+    let (restarting, not_running): (Vec<NodeId>, Vec<NodeId>) = {
+        let mut r = Vec::new();
+        let mut n = Vec::new();
+        for node in &matched {
+            let running = node.service.is_some()
+                && node.service_wanted
+                && matches!(node.status, Status::Online | Status::Offline);
+            if running {
+                r.push(node.id)
+            } else {
+                n.push(node.id)
+            }
+        }
+        (r, n)
+    };
+    store
+        .request_service_restart(&restarting, Utc::now())
+        .await?;
+    Ok(RestartRequest {
+        matched: matched.len() as u64,
+        restarting,
+        not_running,
+    })
 }
 
 /// The deepest test that can run here against one known-good node, and why

@@ -337,6 +337,36 @@ pub trait NodeStore: Send + Sync {
     /// A node's status history, oldest first.
     async fn history(&self, node: NodeId) -> Result<Vec<HistoryRow>, StoreError>;
 
+    /// The recorded runtime state of services (`service_runtime` rows: the
+    /// counters the running process last flushed, a pending restart request)
+    /// of `nodes`, or of every node when `nodes` is empty. Nodes without a row
+    /// are left out. Never touches `status`.
+    async fn service_runtime(&self, nodes: &[NodeId]) -> Result<Vec<ServiceRuntime>, StoreError>;
+
+    /// Records the counters of services (the process running them flushes
+    /// them); a pending restart request is kept.
+    async fn put_service_counters(
+        &self,
+        counters: Vec<(NodeId, ServiceCounters)>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a restart request for the services of `nodes` (the reconciler
+    /// of the process running them carries it out on its next pass).
+    async fn request_service_restart(
+        &self,
+        nodes: &[NodeId],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Clears the node's restart request if it is still the one made at
+    /// `requested_at` (a newer request stays); `true` when cleared.
+    async fn finish_service_restart(
+        &self,
+        node: NodeId,
+        requested_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Number of nodes per status (statuses with no node are omitted).
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
 
@@ -800,6 +830,38 @@ pub enum ServiceError {
     NotRunning(NodeId),
 }
 
+/// Counters of one service, kept by the process that runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceCounters {
+    /// Client connections open now.
+    pub connections: u64,
+    /// Client connections accepted since the service started.
+    pub connections_total: u64,
+    /// Bytes relayed from clients to targets since the service started.
+    pub bytes_up: u64,
+    /// Bytes relayed from targets to clients since the service started.
+    pub bytes_down: u64,
+    /// The last error the service met (a failed CONNECT, a failed login, a
+    /// failed health check), without secrets.
+    pub last_error: Option<String>,
+    /// When the service (this run of it) started.
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A service's recorded runtime state (see [`NodeStore::service_runtime`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRuntime {
+    /// The node.
+    pub node: NodeId,
+    /// The counters last flushed, if any.
+    pub counters: Option<ServiceCounters>,
+    /// When they were flushed.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// A restart asked for and not carried out yet.
+    pub restart_requested_at: Option<DateTime<Utc>>,
+}
+
 /// Runs SOCKS5 services through nodes' tunnels.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -823,6 +885,12 @@ pub trait ServiceLauncher: Send + Sync {
     /// process restart it is empty, so every wanted node's service is started
     /// again (with its stored port and credentials).
     async fn running(&self) -> Vec<NodeId>;
+
+    /// The counters of the node's service running in this launcher (`None`:
+    /// not running here, or the launcher keeps none).
+    fn counters(&self, _node: NodeId) -> Option<ServiceCounters> {
+        None
+    }
 }
 
 /// Why an enrichment lookup gave no answer. None of these marks the node.

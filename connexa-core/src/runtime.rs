@@ -65,6 +65,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c.health_threshold = s.health_threshold;
     c.restart_backoff = Duration::from_secs_f64(s.restart_backoff_secs);
     c.restart_backoff_max = Duration::from_secs_f64(s.restart_backoff_max_secs);
+    c.proxies_file = s.proxies_file.clone().filter(|p| !p.as_os_str().is_empty());
     c
 }
 

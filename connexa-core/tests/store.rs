@@ -27,6 +27,7 @@ on_both_backends!(
     service_wanted_filter_selects_the_desired_state,
     speed_test_records_the_exit_address,
     field_values_are_distinct_counted_by_prefix_and_bounded,
+    service_runtime_counters_and_restart_requests,
 );
 
 async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
@@ -79,6 +80,80 @@ async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn service_runtime_counters_and_restart_requests(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 3).await;
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    assert!(s.service_runtime(&[]).await.unwrap().is_empty());
+    let t0 = chrono::DateTime::from_timestamp_millis(1_765_000_000_123).unwrap();
+    let counters = |n: u64| ServiceCounters {
+        connections: n,
+        connections_total: 10 * n,
+        bytes_up: 1000 * n,
+        // Beyond 32 bits.
+        bytes_down: 5_000_000_000 + n,
+        last_error: Some(format!("error {n}")),
+        started_at: Some(t0),
+    };
+    // A restart request first (no counters yet), then counters: both kept.
+    s.request_service_restart(&[a], t0).await.unwrap();
+    s.put_service_counters(vec![(a, counters(1)), (b, counters(2))], t0)
+        .await
+        .unwrap();
+    let rt = s.service_runtime(&[a, b, c]).await.unwrap();
+    assert_eq!(rt.len(), 2, "{rt:?}");
+    assert_eq!(rt[0].node, a);
+    assert_eq!(rt[0].counters, Some(counters(1)));
+    assert_eq!(rt[0].restart_requested_at, Some(t0));
+    assert_eq!(rt[1].counters, Some(counters(2)));
+    assert_eq!(rt[1].restart_requested_at, None);
+    // A request for a node with no row yet: no counters shown for it.
+    s.request_service_restart(&[c], t0).await.unwrap();
+    let rc = s.service_runtime(&[c]).await.unwrap();
+    assert_eq!(
+        (rc[0].counters.clone(), rc[0].restart_requested_at),
+        (None, Some(t0))
+    );
+    // Newer counters replace the old ones and keep the request; a node given
+    // twice (a restarted service's last and first counters) keeps the last.
+    s.put_service_counters(
+        vec![(a, counters(4)), (a, counters(3))],
+        t0 + Duration::seconds(1),
+    )
+    .await
+    .unwrap();
+    s.request_service_restart(&[c, c], t0).await.unwrap();
+    let ra = &s.service_runtime(&[a]).await.unwrap()[0];
+    assert_eq!(ra.counters, Some(counters(3)));
+    assert_eq!(ra.restart_requested_at, Some(t0));
+    // Clearing compares the request's time: a newer request stays.
+    let t1 = t0 + Duration::seconds(5);
+    s.request_service_restart(&[a], t1).await.unwrap();
+    assert!(!s.finish_service_restart(a, t0).await.unwrap());
+    assert_eq!(
+        s.service_runtime(&[a]).await.unwrap()[0].restart_requested_at,
+        Some(t1)
+    );
+    assert!(s.finish_service_restart(a, t1).await.unwrap());
+    assert_eq!(
+        s.service_runtime(&[a]).await.unwrap()[0].restart_requested_at,
+        None
+    );
+    // Nothing here touches a status; deleting a node forgets its row.
+    for id in [a, b, c] {
+        assert_eq!(s.get(id).await.unwrap().unwrap().status, Status::NotTested);
+    }
+    s.delete(&NodeFilter::ids([b])).await.unwrap();
+    let all: Vec<NodeId> = s
+        .service_runtime(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.node)
+        .collect();
+    assert_eq!(all, vec![a, c]);
 }
 
 async fn speed_test_records_the_exit_address(db: TestDb) {

@@ -150,6 +150,10 @@ export const api = {
   retestFailed: async (id, options = {}) => (await request("POST", `/jobs/${id}/retest-failed`, { json: options })).json(),
   values: (field, prefix) => getJson("/nodes/values", [["field", field], ["limit", "20"], ...(prefix ? [["prefix", prefix]] : [])]),
   services: async (action, t) => (await request("POST", `/services/${action}`, { json: selection(t) })).json(),
+  /** The running services (nodes with their `service`, counters included). */
+  serviceList: () => getJson("/services", [["limit", "1000"], ["sort", "id"]]),
+  /** Asks for a restart of these nodes' services: `{matched, restarting, not_running}`. */
+  restartServices: async (ids) => (await request("POST", "/services/restart", { json: { ids } })).json(),
   jobs: () => getJson("/jobs", [["limit", "50"]]),
   job: (id) => getJson(`/jobs/${id}`),
   cancel: (id) => request("POST", `/jobs/${id}/cancel`),

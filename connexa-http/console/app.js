@@ -52,6 +52,7 @@ const state = {
   selected: new Set(),
   revealed: new Map(),
   jobs: new Map(), // id -> {el, abort, finished}
+  restarting: new Set(), // node ids whose service restart is awaited
   loadSeq: 0,
   editing: null, // the node whose detail drawer is open
 };
@@ -273,8 +274,95 @@ function syncSelection() {
 
 async function refresh() {
   await guard(async () => {
-    const [stats] = await Promise.all([api.stats(), loadNodes()]);
+    const [stats] = await Promise.all([api.stats(), loadNodes(), loadServices()]);
     renderCards(stats);
+  });
+}
+
+// --- services -----------------------------------------------------------------------
+
+function fmtBytes(n) {
+  if (n == null) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = Number(n);
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
+}
+
+let servicesSeq = 0;
+async function loadServices() {
+  const seq = ++servicesSeq;
+  const res = await api.serviceList();
+  if (seq !== servicesSeq) return;
+  renderServices(res);
+}
+
+function renderServices(res) {
+  const rows = res.items.map((n) => {
+    const s = n.service;
+    const c = s.counters || null;
+    const restarting = state.restarting.has(n.id);
+    return h("tr", {
+      dataset: {
+        node: String(n.id), status: n.status, port: String(s.port),
+        connections: c ? String(c.connections) : "", connectionsTotal: c ? String(c.connections_total) : "",
+        bytesUp: c ? String(c.bytes_up) : "", bytesDown: c ? String(c.bytes_down) : "",
+        started: c && c.started_at ? c.started_at : "",
+      },
+    },
+    h("td", { class: "num", dataset: { label: "Node" } }, String(n.id)),
+    h("td", { dataset: { label: "Status" } }, h("span", { class: `badge ${STATUS_TONE[n.status] || ""}` }, STATUS_LABEL[n.status] || n.status),
+      n.service_wanted ? null : h("span", { class: "muted" }, " stopping")),
+    h("td", { dataset: { label: "Proxy" } }, h("code", {}, `${s.host}:${s.port}`)),
+    h("td", { dataset: { label: "User" } }, s.username),
+    h("td", { class: "num", dataset: { label: "Connections" } }, c ? nf.format(c.connections) : "—"),
+    h("td", { class: "num", dataset: { label: "Total" } }, c ? nf.format(c.connections_total) : "—"),
+    h("td", { class: "num", dataset: { label: "Up" } }, c ? fmtBytes(c.bytes_up) : "—"),
+    h("td", { class: "num", dataset: { label: "Down" } }, c ? fmtBytes(c.bytes_down) : "—"),
+    h("td", { class: "num", dataset: { label: "Started" } }, c && c.started_at ? h("time", { datetime: c.started_at }, fmtTime(c.started_at)) : "—"),
+    h("td", { class: "err", dataset: { label: "Last error" } }, (c && c.last_error) || "—"),
+    h("td", { dataset: { label: "Actions" } }, h("button", {
+      type: "button", class: "service-restart", disabled: restarting || !n.service_wanted,
+      "aria-label": `Restart the service of node ${n.id}`, onclick: () => restartService(n.id, c && c.started_at),
+    }, restarting ? "Restarting…" : "Restart")));
+  });
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "11", class: "empty" }, "No service runs. Select verified nodes and choose “Start service”.")));
+  $("#service-rows").replaceChildren(...rows);
+  $("#services-count").textContent = `${plural(res.total, "service")} running`;
+  $("#services-count").dataset.total = String(res.total);
+}
+
+async function restartService(id, startedBefore) {
+  const ok = await confirmDialog(`Restart the service of node ${id}?`,
+    `The SOCKS5 listener of node ${id} is stopped and started again on the same port with the same credentials; its open connections are closed.`,
+    "Restart", false);
+  if (!ok) return;
+  await guard(async () => {
+    const r = await api.restartServices([id]);
+    if (!r.restarting.includes(id)) { toast(`Node ${id} runs no service.`, true); return; }
+    state.restarting.add(id);
+    toast(`Restarting the service of node ${id}…`);
+    try {
+      await loadServices();
+      // The reconciler restarts it; its counters then start again (a new start time).
+      for (let i = 0; i < 60; i++) {
+        await sleep(500);
+        const res = await api.serviceList();
+        const n = res.items.find((x) => x.id === id);
+        const started = n && n.service.counters ? n.service.counters.started_at : null;
+        if (n && started && started !== startedBefore) {
+          state.restarting.delete(id);
+          renderServices(res);
+          toast(`The service of node ${id} was restarted on port ${n.service.port}.`);
+          return;
+        }
+      }
+      toast(`The service of node ${id} has not restarted yet: is a reconciler running?`, true);
+    } finally {
+      state.restarting.delete(id);
+      await loadServices();
+    }
   });
 }
 
@@ -777,6 +865,9 @@ function init() {
   });
   $("#sign-out").addEventListener("click", () => signOut());
   $("#refresh").addEventListener("click", () => refresh());
+  $("#services-refresh").addEventListener("click", () => guard(loadServices));
+  // The services' counters move: keep them fresh while the console is shown.
+  setInterval(() => { if (!$("#console").hidden && !document.hidden) guard(loadServices); }, 5000);
   $("#import-open").addEventListener("click", openImport);
   $("#add-node-open").addEventListener("click", openAddNode);
   $("#add-node-form").addEventListener("submit", submitAddNode);

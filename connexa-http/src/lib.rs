@@ -378,6 +378,7 @@ pub fn app(state: AppState) -> Router {
         .route("/services", get(routes::services::list))
         .route("/services/start", post(routes::services::start))
         .route("/services/stop", post(routes::services::stop))
+        .route("/services/restart", post(routes::services::restart))
         .route("/stats", get(routes::stats::stats))
         .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(o.max_body_bytes))

@@ -421,7 +421,9 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     }
     // Services stop with the process; they stay wanted, so the next start
     // brings them back on their stored ports with their stored credentials.
+    engine.record_final_service_counters().await;
     ports.launcher.stop_all().await;
+    engine.refresh_proxies_file().await;
     Ok(())
 }
 

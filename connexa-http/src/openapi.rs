@@ -33,6 +33,7 @@ use crate::routes;
         routes::services::list,
         routes::services::start,
         routes::services::stop,
+        routes::services::restart,
         routes::stats::stats,
         routes::import::import,
         routes::import::list,

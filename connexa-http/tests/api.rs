@@ -1452,6 +1452,204 @@ async fn metrics_export_socks_service_counters() {
     assert!(!t.contains("\n\n"), "no empty line: {t}");
 }
 
+/// `POST /services/restart` records a restart request for the selected nodes
+/// whose service runs (the reconciler carries it out), names the others, and
+/// is a conflict when none runs; `GET /services` shows the recorded counters.
+#[tokio::test]
+async fn services_restart_and_list_with_counters() {
+    use connexa_core::domain::{Event, Level, Outcome, Secret, ServiceEndpoint};
+    use connexa_core::ports::{ApplyContext, ServiceCounters};
+    let a = api().await;
+    a.import(&fleet_list(2)).await;
+    for id in [1, 2] {
+        a.store
+            .apply(
+                NodeId(id),
+                Event::Tested(Outcome::success(Level::Speed)),
+                ApplyContext::now(),
+            )
+            .await
+            .unwrap();
+    }
+    a.store
+        .apply(
+            NodeId(1),
+            Event::ServiceStarted(ServiceEndpoint {
+                host: "127.0.0.1".into(),
+                port: 20001,
+                username: "u1".into(),
+                password: Secret::new("sockspw"),
+            }),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    a.store
+        .set_service_wanted(&NodeFilter::ids([NodeId(1)]), true)
+        .await
+        .unwrap();
+
+    let r = a
+        .send_json(
+            Method::POST,
+            "/api/v1/services/restart",
+            json!({"ids": [1, 2]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"matched": 2, "restarting": [1], "not_running": [2]})
+    );
+    let rt = a.store.service_runtime(&[NodeId(1)]).await.unwrap();
+    assert!(rt[0].restart_requested_at.is_some(), "{rt:?}");
+    assert_eq!(
+        a.store.get(NodeId(1)).await.unwrap().unwrap().status,
+        Status::Online,
+        "a restart request changes no status"
+    );
+    a.send_json(
+        Method::POST,
+        "/api/v1/services/restart",
+        json!({"ids": [2]}),
+    )
+    .await
+    .problem(409, "conflict");
+    a.send_json(
+        Method::POST,
+        "/api/v1/services/restart",
+        json!({"ids": [99]}),
+    )
+    .await
+    .problem(400, "bad-request");
+    a.send_json(
+        Method::POST,
+        "/api/v1/services/restart",
+        json!({"idz": [1]}),
+    )
+    .await
+    .problem(422, "invalid-body");
+
+    // No counters recorded yet: none shown; then the running process's flush.
+    let v = a.get("/api/v1/services").await.json();
+    assert_eq!(v["total"], 1, "{v}");
+    assert!(v["items"][0]["service"].get("counters").is_none(), "{v}");
+    let started = chrono::DateTime::from_timestamp_millis(1_765_000_000_000).unwrap();
+    a.store
+        .put_service_counters(
+            vec![(
+                NodeId(1),
+                ServiceCounters {
+                    connections: 2,
+                    connections_total: 7,
+                    bytes_up: 1234,
+                    bytes_down: 567_890,
+                    last_error: Some("CONNECT to 192.0.2.1:80 failed: refused".into()),
+                    started_at: Some(started),
+                },
+            )],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let v = a.get("/api/v1/services").await.json();
+    let c = &v["items"][0]["service"]["counters"];
+    assert_eq!(
+        (c["connections"].clone(), c["connections_total"].clone()),
+        (json!(2), json!(7)),
+        "{v}"
+    );
+    assert_eq!(
+        (c["bytes_up"].clone(), c["bytes_down"].clone()),
+        (json!(1234), json!(567_890))
+    );
+    assert_eq!(c["started_at"], json!(started));
+    assert!(c["last_error"].as_str().unwrap().contains("refused"));
+    // The restart request survives a flush; node lists carry no counters.
+    let rt = a.store.service_runtime(&[NodeId(1)]).await.unwrap();
+    assert!(rt[0].restart_requested_at.is_some(), "{rt:?}");
+    let v = a.get("/api/v1/nodes/1").await.json();
+    assert!(v["service"].get("counters").is_none(), "{v}");
+}
+
+/// `/metrics` carries each running service's own counters, labelled with its
+/// node id, and they move with the bytes relayed.
+#[tokio::test]
+async fn metrics_export_per_service_counters() {
+    use connexa_core::ports::ServiceLauncher;
+    use connexa_core::service::DirectOpener;
+    use connexa_core::socks::proto::TargetAddr;
+    use connexa_core::socks::{SocksConfig, SocksLauncher};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let a = api().await;
+    a.import(&fleet_list(1)).await;
+    let node = a
+        .store
+        .list_page(&NodeFilter::all(), Default::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let launcher = Arc::new(SocksLauncher::new(
+        Arc::new(DirectOpener::loopback_only()),
+        SocksConfig {
+            port_min: 34300,
+            port_max: 34349,
+            ..SocksConfig::default()
+        },
+    ));
+    let _ = a.state.clone().with_socks_launcher(launcher.clone());
+    let t = a.get("/metrics").await.text();
+    assert!(
+        t.contains("# TYPE connexa_service_bytes_total counter\n"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("connexa_service_bytes_total{"),
+        "no service runs: {t}"
+    );
+
+    let ep = launcher.start(&node, None).await.unwrap();
+    // A target that sends 100 000 bytes and closes.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.unwrap();
+        s.write_all(&vec![7u8; 100_000]).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let mut c = connexa_core::socks::client::connect(
+        std::net::SocketAddr::new(ep.host.parse().unwrap(), ep.port),
+        &ep.username,
+        ep.password.expose(),
+        &TargetAddr::Ip(target_addr),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got.len(), 100_000);
+    server.await.unwrap();
+    let t = a.get("/metrics").await.text();
+    let id = node.id;
+    for line in [
+        format!("connexa_service_bytes_total{{node=\"{id}\",direction=\"down\"}} 100000\n"),
+        format!("connexa_service_connections_total{{node=\"{id}\"}} 1\n"),
+        format!("connexa_service_connections{{node=\"{id}\"}} "),
+        format!("connexa_service_start_time_seconds{{node=\"{id}\"}} "),
+        "# TYPE connexa_service_connections gauge\n".to_owned(),
+    ] {
+        assert!(t.contains(&line), "{line}\n{t}");
+    }
+    assert!(!t.contains("\n\n"), "no empty line: {t}");
+    launcher.stop(node.id).await.unwrap();
+    let t = a.get("/metrics").await.text();
+    assert!(!t.contains("connexa_service_bytes_total{"), "stopped: {t}");
+    assert!(t.contains("connexa_socks_bytes_down_total 100000\n"), "{t}");
+}
+
 #[tokio::test]
 async fn cors_is_off_unless_configured() {
     let a = api().await;

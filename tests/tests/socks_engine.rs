@@ -323,3 +323,270 @@ async fn after_a_restart_stored_ports_go_back_to_their_nodes_before_new_services
         launcher.stop_all().await;
     }
 }
+
+/// A restart request recorded in the store (as `connexa service restart`
+/// does) is carried out by the reconciler: the listener stops and starts again
+/// on the same port with the same credentials, the node stays `online`. The
+/// counters move with the bytes pulled through the service, are flushed to
+/// the store, and start again from zero after the restart. The proxies file
+/// follows the set of running services (mode 0600, empty when none runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_request_counters_and_proxies_file() {
+    use connexa_core::ports::ServiceLauncher as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let size = 300 * 1024;
+    let files = FileServer::start(size).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("rc.db").display());
+    let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let id = wanted_node(store.as_ref()).await;
+    let proxies = dir.path().join("proxies.txt");
+    let launcher = Arc::new(SocksLauncher::new(
+        Arc::new(ControlledOpener::new(&[])),
+        SocksConfig {
+            port_min: 34100,
+            port_max: 34149,
+            ..SocksConfig::default()
+        },
+    ));
+    let engine = Engine::new(
+        Arc::clone(&store),
+        Arc::new(NoProber),
+        Arc::new(NotAvailable),
+        launcher.clone(),
+        EngineConfig {
+            node_timeout: Duration::from_secs(5),
+            proxies_file: Some(proxies.clone()),
+            ..EngineConfig::default()
+        },
+    );
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!(r.started, 1);
+    let ep = store.get(id).await.unwrap().unwrap().service.unwrap();
+    let line = format!(
+        "{}:{}:{}:{}\n",
+        ep.host,
+        ep.port,
+        ep.username,
+        ep.password.expose()
+    );
+    assert_eq!(std::fs::read_to_string(&proxies).unwrap(), line);
+    let mode = std::fs::metadata(&proxies).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // Bytes through the service move its counters (live, in this process)...
+    let before = launcher.counters(id).expect("running here");
+    assert_eq!((before.bytes_down, before.connections_total), (0, 0));
+    let t = TargetAddr::Ip(files.addr);
+    let body = fetch_via_socks(proxy(&ep), &ep.username, ep.password.expose(), &t)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&body), files.sha256);
+    let after = launcher.counters(id).unwrap();
+    assert!(after.bytes_down >= size as u64, "{after:?}");
+    assert!(after.bytes_up > 0, "{after:?}");
+    assert_eq!(after.connections_total, 1);
+    // ...and a pass records them for other processes to show.
+    engine.monitor().await.unwrap();
+    let listed = connexa_core::ops::running_services(store.as_ref(), &NodeFilter::all())
+        .await
+        .unwrap();
+    let c = listed[0].counters.clone().expect("flushed");
+    assert!(c.bytes_down >= size as u64, "{c:?}");
+    assert_eq!(c.started_at, after.started_at);
+    assert!(!listed[0].restart_pending);
+
+    // A wrong password is the last error; it names no secret.
+    assert!(
+        fetch_via_socks(proxy(&ep), &ep.username, "not-the-password", &t)
+            .await
+            .is_err()
+    );
+    let err = launcher.counters(id).unwrap().last_error.expect("an error");
+    assert!(err.contains("wrong credentials"), "{err}");
+    assert!(!err.contains(ep.password.expose()));
+
+    // The restart request: recorded, then carried out by the next pass.
+    let req = connexa_core::ops::restart_services(store.as_ref(), &NodeFilter::ids([id]))
+        .await
+        .unwrap();
+    assert_eq!(req.restarting, vec![id]);
+    let listed = connexa_core::ops::running_services(store.as_ref(), &NodeFilter::all())
+        .await
+        .unwrap();
+    assert!(listed[0].restart_pending);
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!((r.restarted, r.started, r.start_failed), (1, 1, 0));
+    let node = store.get(id).await.unwrap().unwrap();
+    assert_eq!(node.status, Status::Online);
+    assert_eq!(
+        node.service.as_ref(),
+        Some(&ep),
+        "same port and credentials"
+    );
+    let fresh = launcher.counters(id).unwrap();
+    assert_eq!(fresh.bytes_down, 0, "a new run counts from zero");
+    assert!(fresh.started_at >= after.started_at);
+    let body = fetch_via_socks(proxy(&ep), &ep.username, ep.password.expose(), &t)
+        .await
+        .unwrap();
+    assert_eq!(sha256_hex(&body), files.sha256);
+    // Done: the next pass does not restart it again.
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!((r.restarted, r.started), (0, 0));
+    let listed = connexa_core::ops::running_services(store.as_ref(), &NodeFilter::all())
+        .await
+        .unwrap();
+    assert!(!listed[0].restart_pending);
+    assert_eq!(std::fs::read_to_string(&proxies).unwrap(), line);
+
+    // A node without a running service has nothing to restart.
+    store
+        .set_service_wanted(&NodeFilter::ids([id]), false)
+        .await
+        .unwrap();
+    let req = connexa_core::ops::restart_services(store.as_ref(), &NodeFilter::ids([id]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (req.restarting.len(), req.not_running.clone()),
+        (0, vec![id])
+    );
+    // Stopped: the file is empty, the last counters stay with no connection open.
+    let r = engine.reconcile().await.unwrap();
+    assert_eq!(r.stopped, 1);
+    assert_eq!(std::fs::read_to_string(&proxies).unwrap(), "");
+    let mode = std::fs::metadata(&proxies).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let rt = store.service_runtime(&[id]).await.unwrap();
+    let c = rt[0].counters.clone().unwrap();
+    assert_eq!(c.connections, 0);
+    assert!(c.bytes_down >= size as u64, "{c:?}");
+    assert_never_below_level_3(store.as_ref(), id).await;
+}
+
+/// With `Engine::run` reconciling only once an hour, a service job and a
+/// restart request still take effect at once: the job's end and
+/// `request_reconcile` wake the reconciler, which rewrites the proxies file
+/// and carries the restart out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_jobs_and_restart_requests_wake_the_running_reconciler() {
+    use connexa_core::engine::JobOptions;
+    use connexa_core::ports::{JobKind, ServiceLauncher as _};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
+    let store: Arc<dyn NodeStore> = Arc::new(SqlStore::connect(&url).await.unwrap());
+    let id = wanted_node(store.as_ref()).await;
+    store
+        .set_service_wanted(&NodeFilter::ids([id]), false)
+        .await
+        .unwrap();
+    let proxies = dir.path().join("proxies.txt");
+    let launcher = Arc::new(SocksLauncher::new(
+        Arc::new(ControlledOpener::new(&[])),
+        SocksConfig {
+            port_min: 34150,
+            port_max: 34199,
+            ..SocksConfig::default()
+        },
+    ));
+    let hour = Duration::from_secs(3600);
+    let engine = Engine::new(
+        Arc::clone(&store),
+        Arc::new(NoProber),
+        Arc::new(NotAvailable),
+        launcher.clone(),
+        EngineConfig {
+            node_timeout: Duration::from_secs(5),
+            reconcile_interval: hour,
+            monitor_interval: hour,
+            proxies_file: Some(proxies.clone()),
+            ..EngineConfig::default()
+        },
+    );
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await
+        })
+    };
+    let wait_for = |what: &'static str, ok: Box<dyn Fn() -> bool + Send>| async move {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The first pass (at once) writes the empty list.
+    let p = proxies.clone();
+    wait_for(
+        "the first pass writes an empty file",
+        Box::new(move || std::fs::read_to_string(&p).is_ok_and(|t| t.is_empty())),
+    )
+    .await;
+
+    let job = engine
+        .start_job(
+            JobKind::ServiceStart,
+            NodeFilter::ids([id]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    engine.wait(job).await.unwrap();
+    let ep = store.get(id).await.unwrap().unwrap().service.unwrap();
+    let line = format!(
+        "{}:{}:{}:{}\n",
+        ep.host,
+        ep.port,
+        ep.username,
+        ep.password.expose()
+    );
+    let (p, l) = (proxies.clone(), line.clone());
+    wait_for(
+        "the proxies file lists the service started by the job",
+        Box::new(move || std::fs::read_to_string(&p).is_ok_and(|t| t == l)),
+    )
+    .await;
+
+    let first = launcher.counters(id).unwrap().started_at;
+    let req = connexa_core::ops::restart_services(store.as_ref(), &NodeFilter::ids([id]))
+        .await
+        .unwrap();
+    assert_eq!(req.restarting, vec![id]);
+    // Started-at has millisecond precision: make sure a restart shows.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    engine.request_reconcile();
+    let l2 = launcher.clone();
+    wait_for(
+        "the restart is carried out",
+        Box::new(move || l2.counters(id).is_some_and(|c| c.started_at > first)),
+    )
+    .await;
+    assert_eq!(store.get(id).await.unwrap().unwrap().service, Some(ep));
+
+    let job = engine
+        .start_job(
+            JobKind::ServiceStop,
+            NodeFilter::ids([id]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    engine.wait(job).await.unwrap();
+    let p = proxies.clone();
+    wait_for(
+        "the proxies file is emptied after the stop job",
+        Box::new(move || std::fs::read_to_string(&p).is_ok_and(|t| t.is_empty())),
+    )
+    .await;
+    let rt = store.service_runtime(&[id]).await.unwrap();
+    assert_eq!(rt[0].counters.as_ref().map(|c| c.connections), Some(0));
+    stop.send(()).unwrap();
+    runner.await.unwrap();
+}

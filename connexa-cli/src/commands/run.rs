@@ -148,7 +148,9 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     // Services stop with the process; they stay wanted, so the next run starts
     // them again on their stored ports with their stored credentials.
     let services = launcher.running().await.len();
+    engine.record_final_service_counters().await;
     launcher.stop_all().await;
+    engine.refresh_proxies_file().await;
     if services > 0 {
         ctx.out.note(format_args!(
             "{services} services stopped; the next `connexa run` starts them again"
@@ -208,8 +210,13 @@ async fn once(
         }
         let r = &report.reconcile;
         let m = &report.monitor;
+        let restarted = if r.restarted > 0 {
+            format!(" ({} restarted)", r.restarted)
+        } else {
+            String::new()
+        };
         ctx.out.line(format_args!(
-            "services: {} started, {} failed to start, {} stopped; health: {} checked, {} unhealthy",
+            "services: {} started{restarted}, {} failed to start, {} stopped; health: {} checked, {} unhealthy",
             r.started,
             r.start_failed,
             r.stopped + r.marked_stopped,

@@ -1,9 +1,9 @@
-//! `connexa service start|stop|list`: the desired service state, and the
-//! services recorded as running.
+//! `connexa service start|stop|restart|list`: the desired service state,
+//! restart requests, and the services recorded as running with their counters.
 
 use clap::{Args, Subcommand};
 use connexa_core::domain::NodeId;
-use connexa_core::ops::{self, ServiceChange};
+use connexa_core::ops::{self, RestartRequest, RunningService, ServiceChange};
 
 use crate::cli::Ctx;
 use crate::commands::test::selection;
@@ -17,6 +17,10 @@ services themselves are started, restarted after a restart, and stopped by the
 reconciler inside a running `connexa run` (or connexa-http) process; `connexa
 run --once` makes one pass. Services run only through verified nodes
 (speed_ok, online, offline).";
+
+const WHO_RESTARTS: &str = "the reconciler of the `connexa run` (or connexa-http) process running \
+them restarts them on its next pass, on the same port with the same credentials; `connexa run \
+--once` makes one pass now";
 
 /// SOCKS5 services through verified nodes.
 #[derive(Debug, Subcommand)]
@@ -42,13 +46,32 @@ Examples:
   connexa service stop --all
   connexa service stop 12")]
     Stop(SelectArgs),
-    /// The running services: host:port:user:pass (json and csv carry more columns).
+    /// Restart the running services of the selected nodes (same port, same credentials).
+    #[command(after_help = "\
+Records a restart request for each selected node whose service runs (online or
+offline with an endpoint, still wanted). The reconciler of the `connexa run`
+(or connexa-http) process running the service stops its listener and starts it
+again on its next pass, on the same port with the same credentials; `connexa
+run --once` makes one pass now. The node's status does not change.
+
+Exit 0 when every selected node's service is to restart, 4 when some selected
+nodes run no service (named), 1 when none does, 6 for an id that does not exist.
+
+Examples:
+  connexa service restart 12
+  connexa service restart --country DE && connexa run --once")]
+    Restart(SelectArgs),
+    /// The running services with their counters (json and csv carry every column).
     #[command(after_help = "\
 Lists what the store records as running (nodes online or offline with an
-endpoint). The credentials are printed: they are what SOCKS5 clients need.
+endpoint), with the counters the process running each service last recorded
+(at each reconciler and monitor pass): connections open now and in total,
+bytes up (client to target) and down, when it started, the last error. The
+credentials are printed: they are what SOCKS5 clients need.
 
 Examples:
   connexa service list
+  connexa service list --proxies > proxies.txt
   connexa service list --country DE --output csv > socks.csv")]
     List(ListArgs),
 }
@@ -71,6 +94,9 @@ pub struct SelectArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Print only one `host:port:user:pass` line per service (human output).
+    #[arg(long)]
+    pub proxies: bool,
 }
 
 /// Runs a `service` subcommand.
@@ -78,8 +104,93 @@ pub async fn exec(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<Exit> {
     match c {
         ServiceCommand::Start(a) => want(ctx, a, true).await,
         ServiceCommand::Stop(a) => want(ctx, a, false).await,
+        ServiceCommand::Restart(a) => restart(ctx, a).await,
         ServiceCommand::List(a) => list(ctx, a).await,
     }
+}
+
+/// Ids given that match no node (sorted, deduplicated).
+async fn missing_ids(
+    store: &dyn connexa_core::ports::NodeStore,
+    ids: &[i64],
+    filter: &connexa_core::domain::NodeFilter,
+) -> anyhow::Result<Vec<i64>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found: std::collections::HashSet<NodeId> = ops::all_matching(store, filter)
+        .await?
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    let mut m: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !found.contains(&NodeId(*id)))
+        .collect();
+    m.sort_unstable();
+    m.dedup();
+    Ok(m)
+}
+
+fn id_list(ids: &[NodeId]) -> String {
+    let shown: Vec<String> = ids.iter().take(20).map(ToString::to_string).collect();
+    let more = if ids.len() > 20 {
+        format!(" and {} more", ids.len() - 20)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
+}
+
+async fn restart(ctx: &Ctx, a: SelectArgs) -> anyhow::Result<Exit> {
+    let filter = selection(&a.ids, &a.filter, a.all)?.into_filter();
+    let store = ctx.store().await?;
+    let req: RestartRequest = ops::restart_services(store.as_ref(), &filter).await?;
+    let missing = missing_ids(store.as_ref(), &a.ids, &filter).await?;
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&serde_json::json!({
+            "matched": req.matched, "restarting": req.restarting,
+            "not_running": req.not_running, "missing": missing,
+        }))?;
+    } else if !req.restarting.is_empty() {
+        ctx.out.line(format_args!(
+            "restart requested for {} services ({})",
+            req.restarting.len(),
+            id_list(&req.restarting)
+        ))?;
+        if missing.is_empty() {
+            ctx.out.note(WHO_RESTARTS);
+        }
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        return Err(fail(
+            Exit::NotFound,
+            format_args!("no node with id {}", list.join(", ")),
+        ));
+    }
+    if req.restarting.is_empty() {
+        return Err(fail(
+            Exit::Failure,
+            format_args!(
+                "nothing to restart: no service runs on the {} selected nodes ({}); `connexa service start` wants one, a running `connexa run` starts it",
+                req.matched,
+                id_list(&req.not_running)
+            ),
+        ));
+    }
+    if !req.not_running.is_empty() {
+        if ctx.out.format != OutputFormat::Json {
+            ctx.out.line(format_args!(
+                "{} selected nodes run no service and were left alone ({})",
+                req.not_running.len(),
+                id_list(&req.not_running)
+            ))?;
+        }
+        return Ok(Exit::Partial);
+    }
+    Ok(Exit::Ok)
 }
 
 async fn want(ctx: &Ctx, a: SelectArgs, wanted: bool) -> anyhow::Result<Exit> {
@@ -87,24 +198,7 @@ async fn want(ctx: &Ctx, a: SelectArgs, wanted: bool) -> anyhow::Result<Exit> {
     let store = ctx.store().await?;
     let change = ops::want_services(store.as_ref(), &filter, wanted).await?;
     // Ids given that match no node.
-    let missing: Vec<i64> = if a.ids.is_empty() {
-        Vec::new()
-    } else {
-        let found: std::collections::HashSet<NodeId> = ops::all_matching(store.as_ref(), &filter)
-            .await?
-            .into_iter()
-            .map(|n| n.id)
-            .collect();
-        let mut m: Vec<i64> = a
-            .ids
-            .iter()
-            .copied()
-            .filter(|id| !found.contains(&NodeId(*id)))
-            .collect();
-        m.sort_unstable();
-        m.dedup();
-        m
-    };
+    let missing = missing_ids(store.as_ref(), &a.ids, &filter).await?;
     if ctx.out.format == OutputFormat::Json {
         ctx.out.json(&serde_json::json!({
             "wanted": change.wanted, "matched": change.matched,
@@ -163,6 +257,33 @@ fn describe(c: &ServiceChange) -> String {
     }
 }
 
+/// Bytes in a compact human form (`0`, `512`, `1.5k`, `20.3M`, `1.2G`).
+fn compact_bytes(n: u64) -> String {
+    const UNITS: [(&str, f64); 4] = [
+        ("T", 1024f64 * 1024.0 * 1024.0 * 1024.0),
+        ("G", 1024f64 * 1024.0 * 1024.0),
+        ("M", 1024f64 * 1024.0),
+        ("k", 1024f64),
+    ];
+    let v = n as f64;
+    for (unit, size) in UNITS {
+        if v >= size {
+            return format!("{:.1}{unit}", v / size);
+        }
+    }
+    n.to_string()
+}
+
+fn counter<T: ToString>(
+    s: &RunningService,
+    f: impl Fn(&connexa_core::ports::ServiceCounters) -> T,
+) -> Cell {
+    match &s.counters {
+        Some(c) => Cell::num(f(c)),
+        None => Cell::opt(None::<String>).right(),
+    }
+}
+
 async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
     let store = ctx.store().await?;
     let services = ops::running_services(store.as_ref(), &a.filter.validated()?).await?;
@@ -170,9 +291,25 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
         OutputFormat::Json => ctx.out.json(&services)?,
         OutputFormat::Csv => {
             let mut t = Table::new(&[
-                "node", "node_ip", "status", "host", "port", "username", "password", "wanted",
+                "node",
+                "node_ip",
+                "status",
+                "host",
+                "port",
+                "username",
+                "password",
+                "wanted",
+                "connections",
+                "connections_total",
+                "bytes_up",
+                "bytes_down",
+                "started_at",
+                "last_error",
+                "restart_pending",
             ]);
             for s in &services {
+                let c = s.counters.as_ref();
+                let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
                 t.row(vec![
                     Cell::num(s.node.0),
                     Cell::text(&s.node_ip),
@@ -182,6 +319,17 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                     Cell::text(&s.username),
                     Cell::text(&s.password),
                     Cell::text(s.wanted.to_string()),
+                    Cell::text(n(c.map(|c| c.connections))),
+                    Cell::text(n(c.map(|c| c.connections_total))),
+                    Cell::text(n(c.map(|c| c.bytes_up))),
+                    Cell::text(n(c.map(|c| c.bytes_down))),
+                    Cell::text(
+                        c.and_then(|c| c.started_at)
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                            .unwrap_or_default(),
+                    ),
+                    Cell::text(c.and_then(|c| c.last_error.clone()).unwrap_or_default()),
+                    Cell::text(s.restart_pending.to_string()),
                 ]);
             }
             ctx.out.table(&t)?;
@@ -190,14 +338,70 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
             if services.is_empty() {
                 ctx.out.line("no services running")?;
                 ctx.out.note(HOW);
-            }
-            for s in &services {
-                ctx.out.line(format_args!(
-                    "{}:{}:{}:{}",
-                    s.host, s.port, s.username, s.password
-                ))?;
+            } else if a.proxies {
+                for s in &services {
+                    ctx.out.line(format_args!(
+                        "{}:{}:{}:{}",
+                        s.host, s.port, s.username, s.password
+                    ))?;
+                }
+            } else {
+                let mut t = Table::new(&[
+                    "NODE",
+                    "STATUS",
+                    "PROXY",
+                    "CONN",
+                    "TOTAL",
+                    "UP",
+                    "DOWN",
+                    "STARTED",
+                    "LAST ERROR",
+                ]);
+                for s in &services {
+                    let c = s.counters.as_ref();
+                    let mut status = Cell::status(s.status);
+                    if s.restart_pending {
+                        status = Cell::text(format!("{} (restart pending)", s.status.as_str()))
+                            .colored(crate::output::status_color(s.status));
+                    } else if !s.wanted {
+                        status = Cell::text(format!("{} (stopping)", s.status.as_str()))
+                            .colored(crate::output::status_color(s.status));
+                    }
+                    t.row(vec![
+                        Cell::num(s.node.0),
+                        status,
+                        Cell::text(format!(
+                            "{}:{}:{}:{}",
+                            s.host, s.port, s.username, s.password
+                        )),
+                        counter(s, |c| c.connections),
+                        counter(s, |c| c.connections_total),
+                        counter(s, |c| compact_bytes(c.bytes_up)),
+                        counter(s, |c| compact_bytes(c.bytes_down)),
+                        Cell::opt(
+                            c.and_then(|c| c.started_at)
+                                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+                        ),
+                        Cell::opt(c.and_then(|c| c.last_error.clone())),
+                    ]);
+                }
+                ctx.out.table(&t)?;
             }
         }
     }
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_bytes;
+
+    #[test]
+    fn bytes_are_compact() {
+        assert_eq!(compact_bytes(0), "0");
+        assert_eq!(compact_bytes(1023), "1023");
+        assert_eq!(compact_bytes(1536), "1.5k");
+        assert_eq!(compact_bytes(300 * 1024 * 1024), "300.0M");
+        assert_eq!(compact_bytes(3 * 1024 * 1024 * 1024), "3.0G");
+    }
 }

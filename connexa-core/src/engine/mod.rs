@@ -123,6 +123,12 @@ pub struct EngineConfig {
     pub geo_after_light: bool,
     /// Name recorded on claimed items. Default `pid<process id>`.
     pub worker: String,
+    /// The file of running proxies (`[services] proxies_file`): after each
+    /// reconciler pass that changed the set of services running in this
+    /// process, one `host:port:user:pass` line per service, in node id order,
+    /// written atomically (a temporary file in the same directory, mode 0600,
+    /// fsync, rename). Default none.
+    pub proxies_file: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -145,6 +151,7 @@ impl Default for EngineConfig {
             speed_concurrency: 4,
             geo_after_light: false,
             worker: format!("pid{}", std::process::id()),
+            proxies_file: None,
         }
     }
 }
@@ -372,6 +379,11 @@ pub(crate) struct Inner {
     health_failures: Mutex<HashMap<NodeId, u32>>,
     /// Failed service starts in a row, per node, and when to try again.
     start_backoff: Mutex<HashMap<NodeId, services::Backoff>>,
+    /// What the proxies file was last written with (`None`: not yet, or the
+    /// last write failed).
+    proxies_written: Mutex<Option<String>>,
+    /// Wakes [`Engine::run`]'s reconciler before its next tick.
+    reconcile_now: tokio::sync::Notify,
     /// Speed tests at once ([`EngineConfig::speed_concurrency`]).
     speed_slots: Arc<tokio::sync::Semaphore>,
     /// The GEO source of `geo` jobs, if configured.
@@ -526,6 +538,8 @@ impl Engine {
                 busy: Arc::new(Mutex::new(HashSet::new())),
                 health_failures: Mutex::new(HashMap::new()),
                 start_backoff: Mutex::new(HashMap::new()),
+                proxies_written: Mutex::new(None),
+                reconcile_now: tokio::sync::Notify::new(),
                 speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
                 config,
                 geo: std::sync::RwLock::new(None),
@@ -851,6 +865,28 @@ impl Engine {
         services::reconcile(&self.inner).await
     }
 
+    /// Asks the reconciler of [`run`](Self::run) for a pass now instead of at
+    /// its next tick (e.g. after a restart request was recorded); a request
+    /// made during a pass brings another pass right after it. Without a
+    /// running [`run`](Self::run) the request waits for it.
+    pub fn request_reconcile(&self) {
+        self.inner.reconcile_now.notify_one();
+    }
+
+    /// Records the last counters of the services running in this process, no
+    /// connection open, for the other processes that show them. Call it right
+    /// before stopping every service on a process exit.
+    pub async fn record_final_service_counters(&self) {
+        services::flush_final_counters(&self.inner).await;
+    }
+
+    /// Rewrites the proxies file ([`EngineConfig::proxies_file`]) from the
+    /// services running in this process now, if that changed its text. Call it
+    /// after stopping every service on a process exit: the file is then empty.
+    pub async fn refresh_proxies_file(&self) {
+        services::write_proxies_file(&self.inner).await;
+    }
+
     /// One monitor pass over the nodes with a service (see [`MonitorReport`]).
     pub async fn monitor(&self) -> Result<MonitorReport, EngineError> {
         services::monitor(&self.inner).await
@@ -871,9 +907,17 @@ impl Engine {
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
+                    let nudged = async {
+                        if what == "reconcile" {
+                            this.inner.reconcile_now.notified().await;
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    };
                     tokio::select! {
                         _ = stop_rx.wait_for(|s| *s) => break,
                         _ = tick.tick() => {}
+                        () = nudged => {}
                     }
                     let r = match what {
                         "jobs" => this.pick_up_jobs().await,

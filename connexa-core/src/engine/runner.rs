@@ -95,7 +95,14 @@ pub(super) async fn run_job(inner: Arc<Inner>, job: Job, cancel: watch::Sender<b
     async move {
         let started = std::time::Instant::now();
         let id = job.id;
-        match run(Arc::clone(&inner), job, cancel.subscribe()).await {
+        let services = matches!(job.kind, JobKind::ServiceStart | JobKind::ServiceStop);
+        let outcome = run(Arc::clone(&inner), job, cancel.subscribe()).await;
+        if services {
+            // The set of running services changed: the reconciler of a running
+            // `Engine::run` records it (proxies file, counters) now.
+            inner.reconcile_now.notify_one();
+        }
+        match outcome {
             Ok(state) => tracing::info!(?state, elapsed = ?started.elapsed(), "runner finished"),
             Err(e) => {
                 tracing::error!(error = %e, "runner stopped by a store error; unfinished items stay for recovery");
@@ -865,8 +872,12 @@ async fn start_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
 
 async fn stop_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
     let guard = inner.busy(node).await;
+    let last = inner.launcher.counters(node);
     let mut f = match inner.launcher.stop(node).await {
-        Ok(()) => Finish::new(ItemState::Ok, Some(Event::ServiceStopped), None),
+        Ok(()) => {
+            super::services::record_stopped(inner, node, last).await;
+            Finish::new(ItemState::Ok, Some(Event::ServiceStopped), None)
+        }
         Err(ServiceError::NotRunning(_)) => Finish::new(
             ItemState::Ok,
             Some(Event::ServiceStopped),

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::{BusyGuard, EngineError, Inner, lock};
 use crate::domain::{Event, Node, NodeFilter, NodeId, Status};
 use crate::ops::all_matching;
-use crate::ports::{ApplyContext, ApplyRequest, Health, ServiceError};
+use crate::ports::{ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError};
 
 /// What one reconciler pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -30,6 +30,10 @@ pub struct ReconcileReport {
     /// Wanted services not started this pass: their last start failed and the
     /// node's [restart backoff](super::EngineConfig::restart_backoff) has not run out.
     pub deferred: u64,
+    /// Running services stopped for a restart request (`connexa service
+    /// restart`); each is started again in the same pass, with its stored
+    /// port and credentials, and counts in `started` (or `start_failed`).
+    pub restarted: u64,
 }
 
 /// What one monitor pass did.
@@ -154,7 +158,39 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             .filter(|n| guards.contains_key(&n.id))
             .map(|n| (n.id, n))
             .collect();
-        let running: HashSet<NodeId> = launcher.running().await.into_iter().collect();
+        let mut running: HashSet<NodeId> = launcher.running().await.into_iter().collect();
+
+        // Restart requests (`connexa service restart`) of nodes guarded here: a
+        // wanted service running here is stopped now, and started again below
+        // like any wanted service that does not run (its stored endpoint first:
+        // same port, same credentials).
+        let restarts: Vec<(NodeId, chrono::DateTime<chrono::Utc>)> = store
+            .service_runtime(&[])
+            .await?
+            .into_iter()
+            .filter_map(|r| r.restart_requested_at.map(|t| (r.node, t)))
+            .filter(|(id, _)| guards.contains_key(id))
+            .collect();
+        let mut final_counters: Vec<(NodeId, ServiceCounters)> = Vec::new();
+        for (id, _) in &restarts {
+            if !(running.contains(id) && wanted.contains_key(id)) {
+                continue;
+            }
+            let last = launcher.counters(*id);
+            match launcher.stop(*id).await {
+                Ok(()) | Err(ServiceError::NotRunning(_)) => {
+                    tracing::info!(node = %id, "service stopped for a restart");
+                    running.remove(id);
+                    report.restarted += 1;
+                    // A restart asked for is carried out now, not after a backoff.
+                    lock(&inner.start_backoff).remove(id);
+                    final_counters.extend(last.map(|c| (*id, stopped(c))));
+                }
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "cannot stop service for a restart")
+                }
+            }
+        }
 
         // Start what is wanted and not running (after a restart: all of them, with
         // their stored port and credentials).
@@ -235,9 +271,11 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             .iter()
             .filter(|id| guards.contains_key(id) && !wanted.contains_key(id))
         {
+            let last = launcher.counters(*id);
             match launcher.stop(*id).await {
                 Ok(()) | Err(ServiceError::NotRunning(_)) => {
                     report.stopped += 1;
+                    final_counters.extend(last.map(|c| (*id, stopped(c))));
                     requests.push(ApplyRequest {
                         node: *id,
                         event: Event::ServiceStopped,
@@ -269,7 +307,15 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
                 }
             }
         }
+        // The restart requests seen are done (a newer request stays).
+        for (id, at) in restarts {
+            if let Err(e) = store.finish_service_restart(id, at).await {
+                tracing::warn!(node = %id, error = %e, "cannot clear the restart request");
+            }
+        }
+        flush_counters(inner, final_counters).await;
         drop(guards);
+        write_proxies_file(inner).await;
         if report != ReconcileReport::default() {
             tracing::info!(?report, "reconciled services");
         }
@@ -368,15 +414,207 @@ pub(super) async fn monitor(inner: &Arc<Inner>) -> Result<MonitorReport, EngineE
             store.apply_many(requests).await?;
         }
         drop(checks);
+        flush_counters(inner, Vec::new()).await;
         Ok(report)
     }
     .instrument(tracing::info_span!("monitor"))
     .await
 }
 
+/// The last counters of a service that was just stopped.
+fn stopped(mut c: ServiceCounters) -> ServiceCounters {
+    c.connections = 0;
+    c
+}
+
+/// Records the counters of the services running here (and `extra`: the last
+/// ones of services just stopped) in the store, for the processes that show
+/// them (`connexa service list`, another connexa-http). A failure is logged:
+/// counters are not worth failing a pass for.
+async fn flush_counters(inner: &Inner, extra: Vec<(NodeId, ServiceCounters)>) {
+    let mut all = extra;
+    for id in inner.launcher.running().await {
+        if let Some(c) = inner.launcher.counters(id) {
+            all.push((id, c));
+        }
+    }
+    if all.is_empty() {
+        return;
+    }
+    if let Err(e) = inner
+        .store
+        .put_service_counters(all, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record service counters");
+    }
+}
+
+/// Records the last counters of a service a job just stopped (`last`: read
+/// before the stop).
+pub(super) async fn record_stopped(inner: &Inner, node: NodeId, last: Option<ServiceCounters>) {
+    let Some(c) = last else { return };
+    if let Err(e) = inner
+        .store
+        .put_service_counters(vec![(node, stopped(c))], chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(%node, error = %e, "cannot record the last service counters");
+    }
+}
+
+/// Records the last counters of every service running here, with no
+/// connection open (for a process about to stop them all).
+pub(super) async fn flush_final_counters(inner: &Inner) {
+    let mut all = Vec::new();
+    for id in inner.launcher.running().await {
+        if let Some(c) = inner.launcher.counters(id) {
+            all.push((id, stopped(c)));
+        }
+    }
+    if all.is_empty() {
+        return;
+    }
+    if let Err(e) = inner
+        .store
+        .put_service_counters(all, chrono::Utc::now())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the last service counters");
+    }
+}
+
+/// The proxies file's text: `host:port:user:pass` per service running here
+/// (endpoints as stored), in node id order.
+async fn proxies_text(inner: &Inner) -> Result<String, EngineError> {
+    let here: HashSet<NodeId> = inner.launcher.running().await.into_iter().collect();
+    if here.is_empty() {
+        return Ok(String::new());
+    }
+    let mut nodes = all_matching(
+        inner.store.as_ref(),
+        &NodeFilter {
+            has_service: Some(true),
+            ..NodeFilter::all()
+        },
+    )
+    .await?;
+    nodes.sort_by_key(|n| n.id);
+    let mut text = String::new();
+    for n in nodes.iter().filter(|n| here.contains(&n.id)) {
+        if let Some(s) = &n.service {
+            text.push_str(&format!(
+                "{}:{}:{}:{}\n",
+                s.host,
+                s.port,
+                s.username,
+                s.password.expose()
+            ));
+        }
+    }
+    Ok(text)
+}
+
+/// Writes the proxies file ([`EngineConfig::proxies_file`](super::EngineConfig::proxies_file))
+/// when its text changed since the last write.
+pub(super) async fn write_proxies_file(inner: &Inner) {
+    let Some(path) = inner.config.proxies_file.clone() else {
+        return;
+    };
+    let text = match proxies_text(inner).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the running services for the proxies file");
+            return;
+        }
+    };
+    if lock(&inner.proxies_written).as_deref() == Some(text.as_str()) {
+        return;
+    }
+    let bytes = text.clone().into_bytes();
+    let target = path.clone();
+    let r = tokio::task::spawn_blocking(move || write_atomically(&target, &bytes)).await;
+    match r {
+        Ok(Ok(())) => {
+            tracing::info!(path = %path.display(), services = text.lines().count(), "proxies file written");
+            *lock(&inner.proxies_written) = Some(text);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the proxies file");
+            *lock(&inner.proxies_written) = None;
+        }
+        Err(e) => tracing::error!(error = %e, "proxies file writer crashed"),
+    }
+}
+
+/// Replaces `path` with `bytes` atomically: a temporary file in the same
+/// directory (mode 0600), fsync, rename, fsync of the directory. A reader
+/// sees the old file or the new one, never a part.
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            // An existing temporary file keeps its mode: set it.
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_write_replaces_the_file_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxies.txt");
+        std::fs::write(&path, "old\n").unwrap();
+        write_atomically(&path, b"a:1:u:p\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a:1:u:p\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
+        let missing = dir.path().join("no-such-dir").join("p.txt");
+        assert!(write_atomically(&missing, b"x").is_err());
+    }
 
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_max() {

@@ -12,7 +12,7 @@ use super::proto::TargetAddr;
 use super::server::{ServerHandle, ServerOptions, ServiceStats, Shared, connect_target};
 use crate::config::ServicesConfig;
 use crate::domain::{Node, NodeId, Secret, ServiceEndpoint};
-use crate::ports::{Health, ServiceError, ServiceLauncher};
+use crate::ports::{Health, ServiceCounters, ServiceError, ServiceLauncher};
 use crate::service::{TunnelLink, TunnelOpener};
 
 /// Settings of a [`SocksLauncher`]; [`SocksConfig::from_services`] builds them
@@ -196,9 +196,74 @@ impl SocksLauncher {
     }
 
     /// Appends [`total_stats`](Self::total_stats) in the Prometheus text
-    /// format (`connexa_socks_*`, see [`ServiceStats::write_prometheus`]).
+    /// format (`connexa_socks_*`, see [`ServiceStats::write_prometheus`]),
+    /// then the counters of each running service, labelled with its node id
+    /// (`connexa_service_connections`, `connexa_service_connections_total`,
+    /// `connexa_service_bytes_total{direction="up|down"}`,
+    /// `connexa_service_start_time_seconds`; one label set per running service).
     pub fn write_prometheus(&self, out: &mut String) {
+        use crate::metrics::{MetricType, write_header};
+        use std::fmt::Write as _;
         self.total_stats().write_prometheus(out);
+        let mut per: Vec<(NodeId, ServiceCounters)> = self
+            .lock()
+            .iter()
+            .map(|(id, r)| (*id, counters_of(&r.shared)))
+            .collect();
+        per.sort_by_key(|(id, _)| *id);
+        write_header(
+            out,
+            "connexa_service_connections",
+            "Client connections open now, per running SOCKS5 service (node id).",
+            MetricType::Gauge,
+        );
+        for (id, c) in &per {
+            let _ = writeln!(
+                out,
+                "connexa_service_connections{{node=\"{id}\"}} {}",
+                c.connections
+            );
+        }
+        write_header(
+            out,
+            "connexa_service_connections_total",
+            "Client connections accepted since the service started, per running SOCKS5 service (node id).",
+            MetricType::Counter,
+        );
+        for (id, c) in &per {
+            let _ = writeln!(
+                out,
+                "connexa_service_connections_total{{node=\"{id}\"}} {}",
+                c.connections_total
+            );
+        }
+        write_header(
+            out,
+            "connexa_service_bytes_total",
+            "Bytes relayed since the service started, per running SOCKS5 service (node id) and direction (up: client to target, down: target to client).",
+            MetricType::Counter,
+        );
+        for (id, c) in &per {
+            for (dir, v) in [("up", c.bytes_up), ("down", c.bytes_down)] {
+                let _ = writeln!(
+                    out,
+                    "connexa_service_bytes_total{{node=\"{id}\",direction=\"{dir}\"}} {v}"
+                );
+            }
+        }
+        write_header(
+            out,
+            "connexa_service_start_time_seconds",
+            "When the running SOCKS5 service started (Unix seconds), per node id.",
+            MetricType::Gauge,
+        );
+        for (id, c) in &per {
+            let t = c.started_at.map(|t| t.timestamp()).unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "connexa_service_start_time_seconds{{node=\"{id}\"}} {t}"
+            );
+        }
     }
 
     /// Stops every service (for a graceful process exit).
@@ -261,6 +326,18 @@ impl SocksLauncher {
         Err(ServiceError::StartFailed(format!(
             "no free port in {min}-{max} on {ip}"
         )))
+    }
+}
+
+fn counters_of(shared: &Shared) -> ServiceCounters {
+    let st = shared.stats();
+    ServiceCounters {
+        connections: st.active,
+        connections_total: st.accepted,
+        bytes_up: st.bytes_up,
+        bytes_down: st.bytes_down,
+        last_error: shared.last_error(),
+        started_at: Some(shared.started_at()),
     }
 }
 
@@ -354,6 +431,25 @@ impl ServiceLauncher for SocksLauncher {
         let Some(shared) = self.lock().get(&node.id).map(|r| Arc::clone(&r.shared)) else {
             return Health::Unhealthy("no service runs for this node in this process".into());
         };
+        let h = self.check(node, &shared).await;
+        if let Health::Unhealthy(why) = &h {
+            shared.set_last_error(format!("health check: {why}"));
+        }
+        h
+    }
+
+    async fn running(&self) -> Vec<NodeId> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn counters(&self, node: NodeId) -> Option<ServiceCounters> {
+        self.lock().get(&node).map(|r| counters_of(&r.shared))
+    }
+}
+
+impl SocksLauncher {
+    /// The health check of a running service (see [`ServiceLauncher::health`]).
+    async fn check(&self, node: &Node, shared: &Shared) -> Health {
         let mut link: Arc<dyn TunnelLink> = shared.link();
         if let Err(dead) = link.alive().await {
             // The tunnel died (server restarted, network cut): bring up a new one.
@@ -401,10 +497,6 @@ impl ServiceLauncher for SocksLauncher {
             }
         }
         Health::Healthy
-    }
-
-    async fn running(&self) -> Vec<NodeId> {
-        self.lock().keys().copied().collect()
     }
 }
 

@@ -120,9 +120,9 @@ pub struct ServiceStats {
     pub relayed: u64,
     /// Relays closed by the idle timeout.
     pub idle_timeouts: u64,
-    /// Bytes from clients to targets (of relays that ended).
+    /// Bytes from clients to targets (counted as they move).
     pub bytes_up: u64,
-    /// Bytes from targets to clients (of relays that ended).
+    /// Bytes from targets to clients (counted as they move).
     pub bytes_down: u64,
 }
 
@@ -241,13 +241,13 @@ impl ServiceStats {
             ),
             (
                 "connexa_socks_bytes_up_total",
-                "Bytes from clients to targets, of relays that ended.",
+                "Bytes relayed from clients to targets.",
                 MetricType::Counter,
                 self.bytes_up,
             ),
             (
                 "connexa_socks_bytes_down_total",
-                "Bytes from targets to clients, of relays that ended.",
+                "Bytes relayed from targets to clients.",
                 MetricType::Counter,
                 self.bytes_down,
             ),
@@ -312,6 +312,8 @@ pub(crate) struct Shared {
     counters: Counters,
     preauth: PreAuthBudget,
     relays: Semaphore,
+    started_at: chrono::DateTime<chrono::Utc>,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -329,7 +331,34 @@ impl Shared {
             relays: Semaphore::new(opts.max_connections.max(1)),
             opts,
             counters: Counters::default(),
+            // Milliseconds, as the store keeps it.
+            started_at: {
+                let now = chrono::Utc::now();
+                chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+            },
+            last_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// When the service started.
+    pub(crate) fn started_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.started_at
+    }
+
+    /// Records the last error (text without secrets).
+    pub(crate) fn set_last_error(&self, error: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    /// The last error recorded.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn link(&self) -> Arc<dyn TunnelLink> {
@@ -522,9 +551,13 @@ async fn negotiate(
 }
 
 /// Counts a negotiation that ended without a CONNECT.
-fn count_failed(c: &Counters, end: &NegotiationEnd) {
+fn count_failed(shared: &Shared, end: &NegotiationEnd) {
+    let c = &shared.counters;
     match end {
-        NegotiationEnd::Rejected(Reject::BadCredentials) => bump(&c.auth_failures),
+        NegotiationEnd::Rejected(Reject::BadCredentials) => {
+            bump(&c.auth_failures);
+            shared.set_last_error("a client sent wrong credentials".into());
+        }
         _ => bump(&c.protocol_errors),
     }
 }
@@ -559,7 +592,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared, admission: Admission) {
     let success = match login {
         Err(_) => return bump(&c.preauth_timeouts),
         Ok(NegotiationEnd::Authenticated(reply)) => reply,
-        Ok(end) => return count_failed(c, &end),
+        Ok(end) => return count_failed(shared, &end),
     };
 
     // Phase 2: logged in, on a relay slot: the CONNECT request, then the relay.
@@ -578,7 +611,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared, admission: Admission) {
     let (target, early) = match request {
         Err(_) => return bump(&c.handshake_timeouts),
         Ok(NegotiationEnd::Connect(t, early)) => (t, early),
-        Ok(end) => return count_failed(c, &end),
+        Ok(end) => return count_failed(shared, &end),
     };
     let link = shared.link();
     let upstream = tokio::time::timeout(
@@ -599,6 +632,7 @@ async fn serve(mut sock: TcpStream, shared: &Shared, admission: Admission) {
         Err(e) => {
             bump(&c.connect_failures);
             tracing::debug!(%target, error = %e, "SOCKS5 connect failed");
+            shared.set_last_error(format!("CONNECT to {target} failed: {e}"));
             reply_in_time(proto::failure_reply(Reply::from_io(&e)), &mut sock, t).await;
             let _ = sock.shutdown().await;
             return;
@@ -609,15 +643,14 @@ async fn serve(mut sock: TcpStream, shared: &Shared, admission: Admission) {
         return bump(&c.protocol_errors);
     }
     bump(&c.relayed);
-    if !early.is_empty() && upstream.write_all(&early).await.is_err() {
-        return;
-    }
-    match relay(sock, &mut upstream, opts.idle_timeout).await {
-        Ok((up, down)) => {
-            c.bytes_up
-                .fetch_add(up + early.len() as u64, Ordering::Relaxed);
-            c.bytes_down.fetch_add(down, Ordering::Relaxed);
+    if !early.is_empty() {
+        if upstream.write_all(&early).await.is_err() {
+            return;
         }
+        c.bytes_up.fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
+    match relay(sock, &mut upstream, opts.idle_timeout, c).await {
+        Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::TimedOut => bump(&c.idle_timeouts),
         Err(_) => {}
     }
@@ -660,11 +693,14 @@ pub(crate) async fn connect_target(
 }
 
 /// `copy_bidirectional` with an idle timeout: the client side records the time
-/// of every byte that moves; a watchdog ends the relay after `idle` without any.
+/// of every byte that moves and counts the bytes (read from the client: up;
+/// written to it: down) as they move; a watchdog ends the relay after `idle`
+/// without any.
 async fn relay(
     client: TcpStream,
     upstream: &mut Box<dyn LinkStream>,
     idle: Duration,
+    counters: &Counters,
 ) -> io::Result<(u64, u64)> {
     let epoch = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
@@ -672,6 +708,7 @@ async fn relay(
         inner: client,
         last: Arc::clone(&last),
         epoch,
+        counters,
     };
     let copy = tokio::io::copy_bidirectional(&mut client, upstream);
     tokio::pin!(copy);
@@ -690,20 +727,21 @@ async fn relay(
     }
 }
 
-struct Tracked<S> {
+struct Tracked<'a, S> {
     inner: S,
     last: Arc<AtomicU64>,
     epoch: Instant,
+    counters: &'a Counters,
 }
 
-impl<S> Tracked<S> {
+impl<S> Tracked<'_, S> {
     fn touch(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -714,12 +752,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.touch();
+            let n = (buf.filled().len() - before) as u64;
+            this.counters.bytes_up.fetch_add(n, Ordering::Relaxed);
         }
         r
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -727,8 +767,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
             this.touch();
+            this.counters
+                .bytes_down
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }

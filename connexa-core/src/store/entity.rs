@@ -194,3 +194,30 @@ pub mod enrichment_cache {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The `service_runtime` table (migration m0005): services' counters and
+/// restart requests, one row per node.
+pub mod service_runtime {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `service_runtime`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "service_runtime")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub node_id: i64,
+        pub connections: i64,
+        pub connections_total: i64,
+        pub bytes_up: i64,
+        pub bytes_down: i64,
+        pub last_error: Option<String>,
+        pub started_at: Option<i64>,
+        pub updated_at: Option<i64>,
+        pub restart_requested_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -14,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0002ItemSeq),
             Box::new(M0003Enrichment),
             Box::new(M0004ExitIp),
+            Box::new(M0005ServiceRuntime),
         ]
     }
 }
@@ -526,6 +527,64 @@ impl MigrationTrait for M0004ExitIp {
             Table::alter()
                 .table(Nodes::Table)
                 .drop_column(Alias::new("exit_ip"))
+                .to_owned(),
+        )
+        .await
+    }
+}
+
+/// The runtime state of services (`service_runtime`, one row per node that
+/// ran a service or was asked to restart one): the counters the process
+/// running the service flushes, and a pending restart request. Kept apart
+/// from `nodes` so that no write here can touch a status.
+struct M0005ServiceRuntime;
+
+impl MigrationName for M0005ServiceRuntime {
+    fn name(&self) -> &str {
+        "m0005_service_runtime"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ServiceRuntime {
+    Table,
+    NodeId,
+    Connections,
+    ConnectionsTotal,
+    BytesUp,
+    BytesDown,
+    LastError,
+    StartedAt,
+    UpdatedAt,
+    RestartRequestedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0005ServiceRuntime {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(ServiceRuntime::Table)
+                .if_not_exists()
+                .col(big_integer(ServiceRuntime::NodeId).primary_key())
+                .col(big_integer(ServiceRuntime::Connections).default(0))
+                .col(big_integer(ServiceRuntime::ConnectionsTotal).default(0))
+                .col(big_integer(ServiceRuntime::BytesUp).default(0))
+                .col(big_integer(ServiceRuntime::BytesDown).default(0))
+                .col(text_null(ServiceRuntime::LastError))
+                .col(big_integer_null(ServiceRuntime::StartedAt))
+                .col(big_integer_null(ServiceRuntime::UpdatedAt))
+                .col(big_integer_null(ServiceRuntime::RestartRequestedAt))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(
+            Table::drop()
+                .table(ServiceRuntime::Table)
+                .if_exists()
                 .to_owned(),
         )
         .await

@@ -25,6 +25,7 @@ mod jobs;
 pub mod migration;
 mod query;
 pub mod sealing;
+mod service_runtime;
 #[cfg(feature = "sqlite")]
 mod sqlite_memstatus;
 #[cfg(feature = "sqlite")]
@@ -50,7 +51,7 @@ use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
     Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
     ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
-    NodeStore, Progress, StoreError, ValueField,
+    NodeStore, Progress, ServiceCounters, ServiceRuntime, StoreError, ValueField,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -775,6 +776,46 @@ impl NodeStore for SqlStore {
         }
     }
 
+    async fn service_runtime(&self, nodes: &[NodeId]) -> Result<Vec<ServiceRuntime>, StoreError> {
+        service_runtime::read(&self.db, nodes).await
+    }
+
+    async fn put_service_counters(
+        &self,
+        counters: Vec<(NodeId, ServiceCounters)>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if counters.is_empty() {
+            return Ok(());
+        }
+        let w = self.begin_write().await?;
+        let r = service_runtime::put_counters(&w.txn, counters, at).await;
+        w.finish(r).await
+    }
+
+    async fn request_service_restart(
+        &self,
+        nodes: &[NodeId],
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let w = self.begin_write().await?;
+        let r = service_runtime::request_restart(&w.txn, nodes, at).await;
+        w.finish(r).await
+    }
+
+    async fn finish_service_restart(
+        &self,
+        node: NodeId,
+        requested_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let w = self.begin_write().await?;
+        let r = service_runtime::finish_restart(&w.txn, node, requested_at).await;
+        w.finish(r).await
+    }
+
     async fn history(&self, node: NodeId) -> Result<Vec<HistoryRow>, StoreError> {
         status_history::Entity::find()
             .filter(status_history::Column::NodeId.eq(node.0))
@@ -1092,6 +1133,8 @@ async fn delete_nodes<C: ConnectionTrait>(
             .exec_without_returning(conn)
             .await
             .map_err(db_err)?;
+        let ids: Vec<NodeId> = chunk.iter().map(|(id, _)| NodeId(*id)).collect();
+        service_runtime::forget(conn, &ids).await?;
         deleted += nodes::Entity::delete_many()
             .filter(nodes::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
             .exec(conn)

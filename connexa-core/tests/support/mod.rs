@@ -182,6 +182,37 @@ impl FaultStore {
 
 #[async_trait]
 impl NodeStore for FaultStore {
+    async fn service_runtime(
+        &self,
+        nodes: &[NodeId],
+    ) -> Result<Vec<connexa_core::ports::ServiceRuntime>, StoreError> {
+        self.inner.service_runtime(nodes).await
+    }
+
+    async fn put_service_counters(
+        &self,
+        counters: Vec<(NodeId, connexa_core::ports::ServiceCounters)>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_service_counters(counters, at).await
+    }
+
+    async fn request_service_restart(
+        &self,
+        nodes: &[NodeId],
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.request_service_restart(nodes, at).await
+    }
+
+    async fn finish_service_restart(
+        &self,
+        node: NodeId,
+        requested_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.finish_service_restart(node, requested_at).await
+    }
+
     async fn apply(
         &self,
         node: NodeId,

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use connexa_core::domain::{NodeFilter, SortKey};
 use connexa_core::engine::JobOptions;
-use connexa_core::ops::{self, JobView, NodeView};
+use connexa_core::ops::{self, JobView, NodeView, RestartRequest};
 use connexa_core::ports::JobKind;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -37,7 +37,8 @@ pub struct ServicesQuery {
     pub reveal: Option<bool>,
 }
 
-/// Nodes with a running service (`online` or `offline`).
+/// Nodes with a running service (`online` or `offline`), each service with the
+/// counters the process running it last recorded (`service.counters`).
 #[utoipa::path(get, path = "/api/v1/services", tag = "services", params(ServicesQuery),
     responses((status = 200, body = NodeList)))]
 pub async fn list(
@@ -52,8 +53,10 @@ pub async fn list(
     let nodes = st.store().list_page(&filter, page).await?;
     let total = st.total(&filter).await?;
     let reveal = q.reveal.unwrap_or(false);
+    let mut items: Vec<NodeView> = nodes.iter().map(|n| NodeView::new(n, reveal)).collect();
+    ops::with_service_counters(st.store().as_ref(), &mut items).await?;
     Ok(axum::Json(NodeList {
-        items: nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
+        items,
         total,
         offset: page.offset,
         limit: page.limit,
@@ -95,4 +98,33 @@ pub async fn stop(
     Json(sel): Json<Selection>,
 ) -> ApiResult<(StatusCode, Json2<JobView>)> {
     act(&st, JobKind::ServiceStop, &sel).await
+}
+
+/// Restarts the running services of the selected nodes: records a restart
+/// request for each (`online` or `offline` with an endpoint, still wanted) and
+/// wakes this server's reconciler, which stops each listener and starts it
+/// again on the same port with the same credentials. The answer says which
+/// nodes restart and which run no service; 409 when none does.
+#[utoipa::path(post, path = "/api/v1/services/restart", tag = "services", request_body = Selection,
+    responses((status = 202, body = RestartRequest),
+              (status = 409, body = Problem, content_type = "application/problem+json",
+               description = "No selected node runs a service"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn restart(
+    State(st): State<AppState>,
+    Json(sel): Json<Selection>,
+) -> ApiResult<(StatusCode, Json2<RestartRequest>)> {
+    let filter = ops::selected(st.store().as_ref(), &sel.selection()?).await?;
+    let req = ops::restart_services(st.store().as_ref(), &filter).await?;
+    if req.restarting.is_empty() {
+        return Err(crate::problem::ApiError::new(
+            crate::problem::Kind::Conflict,
+            format!(
+                "nothing to restart: no service runs on the {} selected nodes",
+                req.matched
+            ),
+        ));
+    }
+    st.engine().request_reconcile();
+    Ok((StatusCode::ACCEPTED, axum::Json(req)))
 }

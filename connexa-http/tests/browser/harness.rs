@@ -142,13 +142,24 @@ impl Browser {
             .expect("text")
     }
 
-    /// Clicks the first element matching `css` (a real WebDriver click).
+    /// Clicks the first element matching `css` (a real WebDriver click),
+    /// scrolled to the middle of the viewport first: WebDriver only scrolls an
+    /// element into view, where the sticky top bar may still cover it.
     pub async fn click(&self, css: &str) {
-        self.client
+        let el = self
+            .client
             .find(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
+            .unwrap_or_else(|e| panic!("no {css}: {e}"));
+        let arg = serde_json::to_value(&el).expect("element reference");
+        self.client
+            .execute(
+                "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'})",
+                vec![arg],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("scroll to {css}: {e}"));
+        el.click()
             .await
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
