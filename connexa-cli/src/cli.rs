@@ -103,6 +103,8 @@ pub enum Command {
     Sim(commands::sim::SimArgs),
     /// Check the database, capabilities, speed target, ports, file modes and clock.
     Doctor(commands::doctor::DoctorArgs),
+    /// Who changed what: the audit trail (imports, edits, deletes, services, jobs).
+    Audit(commands::audit::AuditArgs),
     /// Seal node passwords and SOCKS5 credentials in the database: keygen, status, rotate.
     #[command(subcommand)]
     Secrets(commands::secrets::SecretsCommand),
@@ -165,14 +167,12 @@ impl Ctx {
         let url = self.db_url();
         tracing::debug!(db = %redact_url(&url), "opening database");
         let keys = connexa_core::runtime::secret_keys(&self.config).code(Exit::Config)?;
-        let store = SqlStore::connect(&url)
+        let store = SqlStore::connect_with_keys(&url, keys)
             .await
             .context("cannot open the database")
             .code(Exit::Config)?
-            .with_secret_keys(keys)
-            .await
-            .context("cannot open the database")
-            .code(Exit::Config)?;
+            // What this command changes is audited under the OS user.
+            .acting_as(connexa_core::store::audit::Actor::os_user());
         Ok(Arc::new(store))
     }
 }
@@ -193,6 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,
         Command::Doctor(a) => commands::doctor::exec(&ctx, a).await,
         Command::Secrets(c) => commands::secrets::exec(&ctx, c).await,
+        Command::Audit(a) => commands::audit::exec(&ctx, a).await,
         Command::Completions(a) => commands::completions::exec(a),
     }
 }

@@ -424,3 +424,79 @@ fn secrets_keygen_status_rotate_and_a_wrong_key_refused_at_start() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+#[test]
+fn destructive_commands_leave_audit_rows_under_the_os_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = db_url(d);
+    let run = |args: &[&str]| {
+        connexa(d)
+            .env("USER", "alice")
+            .args(["--db", &db])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        d.join("list.txt"),
+        "198.51.100.1 login pw-audit-991\n198.51.100.2 login pw-audit-992\n",
+    )
+    .unwrap();
+    assert!(run(&["import", "list.txt"]).status.success());
+    assert!(
+        run(&["nodes", "edit", "1", "--comment", "checked"])
+            .status
+            .success()
+    );
+    assert!(run(&["nodes", "delete", "2"]).status.success());
+    // Reading changes nothing and records nothing.
+    assert!(run(&["nodes", "list"]).status.success());
+    let out = run(&["--output", "json", "audit"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(String, String, i64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|r| {
+            (
+                r["actor"].as_str().unwrap().to_owned(),
+                r["action"].as_str().unwrap().to_owned(),
+                r["count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let alice = || "os:alice".to_owned();
+    assert_eq!(
+        rows,
+        [
+            (alice(), "import".to_owned(), 2),
+            (alice(), "node_edit".to_owned(), 1),
+            (alice(), "delete".to_owned(), 1),
+        ]
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pw-audit"));
+    let human = run(&["audit"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("os:alice"));
+}
+
+#[test]
+fn nodes_add_reads_the_password_from_stdin_with_a_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_url(dir.path());
+    connexa(dir.path())
+        .args(["--db", &db, "nodes", "add", "198.51.100.9", "u", "-"])
+        .write_stdin("pw from stdin 1\n")
+        .assert()
+        .success();
+    let out = connexa(dir.path())
+        .args([
+            "--db", &db, "--output", "json", "nodes", "show", "1", "--reveal",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["password"], "pw from stdin 1", "{v}");
+}

@@ -370,31 +370,37 @@ fn openvpn() -> Check {
 }
 
 /// Files whose mode is checked: the database (and its WAL and shared-memory
-/// files), the speed key, the configuration file and the GEO databases.
+/// files) and the speed key must be readable by their owner only; a secrets
+/// key may also be readable by its group (`root:connexa 0640`), never by
+/// others.
 fn file_modes(config: &Config, db_url: &str, checks: &mut Vec<Check>) {
-    let mut secret: Vec<(PathBuf, &'static str)> = Vec::new();
+    const OWNER_ONLY: u32 = 0o077;
+    const NOT_OTHERS: u32 = 0o007;
+    let mut secret: Vec<(PathBuf, &'static str, u32)> = Vec::new();
     if let Some(db) = sqlite_path(db_url) {
         let wal = PathBuf::from(format!("{}-wal", db.display()));
         let shm = PathBuf::from(format!("{}-shm", db.display()));
-        secret.push((db, "database, holds node passwords"));
-        secret.push((wal, "database WAL"));
-        secret.push((shm, "database shared memory"));
+        secret.push((db, "database, holds node passwords", OWNER_ONLY));
+        secret.push((wal, "database WAL", OWNER_ONLY));
+        secret.push((shm, "database shared memory", OWNER_ONLY));
     }
-    secret.push((config.speed_key_path(), "speed endpoint key"));
+    secret.push((config.speed_key_path(), "speed endpoint key", OWNER_ONLY));
     for p in config
         .secrets
         .key_file
         .iter()
         .chain(&config.secrets.old_key_files)
     {
-        secret.push((p.clone(), "secrets key"));
+        secret.push((p.clone(), "secrets key", NOT_OTHERS));
     }
     let mut bad = Vec::new();
+    let mut files = Vec::new();
     let mut seen = 0;
-    for (path, what) in &secret {
+    for (path, what, mask) in &secret {
         match mode(path) {
-            Some(m) if m & 0o077 != 0 => {
-                bad.push(format!("{} ({what}) is {:04o}", path.display(), m & 0o7777))
+            Some(m) if m & mask != 0 => {
+                bad.push(format!("{} ({what}) is {:04o}", path.display(), m & 0o7777));
+                files.push(path.display().to_string());
             }
             Some(_) => seen += 1,
             None => {}
@@ -412,15 +418,10 @@ fn file_modes(config: &Config, db_url: &str, checks: &mut Vec<Check>) {
             if seen == 0 {
                 "no database file or key file here yet".into()
             } else {
-                format!("{seen} secret files readable by their owner only")
+                format!("{seen} secret files closed to other users")
             },
         ));
     } else {
-        let files: Vec<String> = secret
-            .iter()
-            .filter(|(p, _)| mode(p).is_some_and(|m| m & 0o077 != 0))
-            .map(|(p, _)| p.display().to_string())
-            .collect();
         checks.push(
             Check::new("file-modes", true, CheckStatus::Fail, bad.join("; "))
                 .fix(format!("chmod 600 {}", files.join(" "))),
@@ -448,7 +449,7 @@ async fn secrets(
                 Some(p) => format!("sqlite://{}?mode=ro", p.display()),
                 None => db_url.to_owned(),
             };
-            match SqlStore::connect(&url).await {
+            match SqlStore::connect_unchecked(&url).await {
                 Ok(store) => store.sealing_status().await.ok(),
                 Err(_) => None,
             }
@@ -472,7 +473,7 @@ async fn secrets(
     match keys.current() {
         None => Check::new(
             "secrets",
-            false,
+            true,
             CheckStatus::Warn,
             "no secrets key: node passwords and SOCKS5 credentials are stored as plaintext".into(),
         )
@@ -494,7 +495,7 @@ async fn secrets(
             if stale > 0 {
                 Check::new(
                     "secrets",
-                    false,
+                    true,
                     CheckStatus::Warn,
                     format!(
                         "sealing with key {}; {stale} stored values are not sealed with it yet",
@@ -505,7 +506,7 @@ async fn secrets(
             } else {
                 Check::new(
                     "secrets",
-                    false,
+                    true,
                     CheckStatus::Ok,
                     format!("every stored secret is sealed with key {}", k.id()),
                 )

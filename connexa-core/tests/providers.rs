@@ -296,7 +296,7 @@ async fn rate_limit_holds_and_retry_after_is_respected_without_calls() {
         ok(r#"{"status":"ok","score":"40","risk":"medium"}"#)
     }))
     .await;
-    let window = Duration::from_millis(400);
+    let window = Duration::from_millis(1000);
     let limited = Limited::new(
         provider(ProviderKind::Scamalytics, &base),
         "scamalytics",
@@ -308,15 +308,18 @@ async fn rate_limit_holds_and_retry_after_is_respected_without_calls() {
     }
     let times: Vec<Instant> = log.lock().unwrap().iter().map(|s| s.at).collect();
     assert_eq!(times.len(), 8);
-    // Never more than 3 requests within any window (the server's clock).
+    // Never more than 3 requests within any window. The stand-in stamps a
+    // request when it arrives, which a loaded machine may delay by a few
+    // hundred milliseconds after the limiter let it go: 300 ms of slack.
+    let strict = window - Duration::from_millis(300);
     for (i, t) in times.iter().enumerate() {
         let within = times[i..]
             .iter()
-            .filter(|u| u.duration_since(*t) < window)
+            .filter(|u| u.duration_since(*t) < strict)
             .count();
         assert!(
             within <= 3,
-            "{within} requests within {window:?} from request {i}"
+            "{within} requests within {strict:?} from request {i}"
         );
     }
 

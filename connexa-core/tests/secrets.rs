@@ -36,7 +36,7 @@ fn keys(current: u8, old: &[u8]) -> SecretKeys {
 }
 
 async fn reopen(db: &TestDb, k: SecretKeys) -> Result<SqlStore, StoreError> {
-    SqlStore::connect(&db.url).await?.with_secret_keys(k).await
+    SqlStore::connect_with_keys(&db.url, k).await
 }
 
 /// Three nodes with [`PASSWORDS`], the first verified and running a service
@@ -154,12 +154,12 @@ async fn sealed_secrets_read_back_and_the_raw_rows_hold_none(db: TestDb) {
         );
     }
     // The same flow without a key writes them in the clear: the checks
-    // above can fail.
-    let plain = SqlStore::connect(&db.url).await.unwrap();
-    plain.delete(&NodeFilter::all()).await.unwrap();
-    let ids = fill(&plain).await;
-    assert_eq!(read_back(&plain, &ids).await.0, PASSWORDS);
-    assert!(raw(&plain).await.iter().any(|v| v == PASSWORDS[0]));
+    // above can fail. (`db.store` was opened before anything was sealed.)
+    s.delete(&NodeFilter::all()).await.unwrap();
+    let plain = &db.store;
+    let ids = fill(plain).await;
+    assert_eq!(read_back(plain, &ids).await.0, PASSWORDS);
+    assert!(raw(plain).await.iter().any(|v| v == PASSWORDS[0]));
     if db.url.starts_with("sqlite") {
         assert!(contains(&sqlite_bytes(&db), PASSWORDS[0]));
     }
@@ -180,9 +180,13 @@ async fn a_wrong_or_missing_key_is_refused_and_nothing_is_overwritten(db: TestDb
         .to_string();
     assert!(e.contains("no key is configured"), "{e}");
     assert_eq!(raw(&s).await, before, "a refused key changed stored values");
-    // A store opened without the check still cannot read with a wrong key.
-    let unchecked = SqlStore::connect(&db.url).await.unwrap();
-    let e = unchecked
+    // Opening without keys (an embedder's plain `connect`) is refused too:
+    // it would store new passwords in the clear next to sealed ones.
+    let e = SqlStore::connect(&db.url).await.unwrap_err().to_string();
+    assert!(e.contains("no key is configured"), "{e}");
+    // A handle opened before the values were sealed cannot read them either.
+    let e = db
+        .store
         .list(&NodeFilter::all(), Page::default())
         .await
         .unwrap_err();

@@ -232,10 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| DEFAULT_DB.to_owned());
     let keys = connexa_core::runtime::secret_keys(&config)?;
     let store = Arc::new(
-        SqlStore::connect(&url)
-            .await
-            .with_context(|| format!("opening {}", redact_url(&url)))?
-            .with_secret_keys(keys)
+        SqlStore::connect_with_keys(&url, keys)
             .await
             .with_context(|| format!("opening {}", redact_url(&url)))?,
     );

@@ -360,8 +360,17 @@ async fn restart_request_counters_and_proxies_file() {
             ..EngineConfig::default()
         },
     );
+    // A one-pass process never writes the file (it would replace the
+    // long-running process's list)...
     let r = engine.reconcile().await.unwrap();
     assert_eq!(r.started, 1);
+    assert!(
+        !proxies.exists(),
+        "a one-pass reconcile wrote the proxies file"
+    );
+    // ...the process that keeps it does.
+    engine.keep_proxies_file();
+    engine.reconcile().await.unwrap();
     let ep = store.get(id).await.unwrap().unwrap().service.unwrap();
     let line = format!(
         "{}:{}:{}:{}\n",

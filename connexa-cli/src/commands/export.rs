@@ -93,6 +93,12 @@ pub async fn exec(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<Exit> {
                 .code(Exit::Usage);
         }
     };
+    // `--force` over an existing file: it gets the new file's mode too.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
     let n = ops::export(store.as_ref(), &filter, args.format, file)
         .await
         .with_context(|| format!("writing {}", path.display()))?;

@@ -3,6 +3,7 @@
 //! `run`, `service`, `demo` and `import --test` drive connexa-core's engine,
 //! built in one place (`crate::wiring`).
 
+pub mod audit;
 pub mod completions;
 pub mod demo;
 pub mod doctor;

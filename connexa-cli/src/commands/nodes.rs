@@ -12,7 +12,7 @@ use connexa_core::ports::{JobKind, NodeStore};
 use serde::Serialize;
 
 use crate::cli::Ctx;
-use crate::exit::{Exit, fail};
+use crate::exit::{Exit, WithCode as _, fail};
 use crate::filter::{FilterArgs, SortArg};
 use crate::output::{Cell, Color, OutputFormat, Table};
 use crate::progress::follow;
@@ -45,7 +45,8 @@ import expands them.
 Examples:
   connexa nodes add 203.0.113.7 admin s3cret
   connexa nodes add 203.0.113.7 admin s3cret --port 1724 --country US --state TX --comment 'from Bob'
-  connexa nodes add 203.0.113.7 admin s3cret --test light")]
+  connexa nodes add 203.0.113.7 admin s3cret --test light
+  connexa nodes add 203.0.113.7 admin - < password.txt   # password kept out of ps")]
     Add(AddArgs),
     /// Show a node's status history: when, from -> to, event, why.
     History(HistoryArgs),
@@ -109,7 +110,8 @@ pub struct AddArgs {
     ip: String,
     /// Login.
     login: String,
-    /// Password.
+    /// Password; `-` reads it from the first line of stdin (so it stays out
+    /// of the process list and the shell history).
     password: String,
     /// PPTP control port [default: 1723].
     #[arg(long)]
@@ -472,11 +474,21 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<Exit> {
 }
 
 async fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<Exit> {
+    let password = if a.password == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")
+            .code(Exit::Usage)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        a.password
+    };
     let fields = NodeFields {
         ip: a.ip,
         port: a.port,
         login: a.login,
-        password: a.password,
+        password,
         provider: a.provider,
         country: a.country,
         state: a.state,

@@ -51,15 +51,16 @@ Examples:
 Records a restart request for each selected node whose service runs (online or
 offline with an endpoint, still wanted). The reconciler of the `connexa run`
 (or connexa-http) process running the service stops its listener and starts it
-again on its next pass, on the same port with the same credentials; `connexa
-run --once` makes one pass now. The node's status does not change.
+again on its next pass, on the same port with the same credentials (another
+process leaves the request to it; a failed stop keeps it for the next pass).
+The node's status does not change.
 
 Exit 0 when every selected node's service is to restart, 4 when some selected
 nodes run no service (named), 1 when none does, 6 for an id that does not exist.
 
 Examples:
   connexa service restart 12
-  connexa service restart --country DE && connexa run --once")]
+  connexa service restart --country DE")]
     Restart(SelectArgs),
     /// The running services with their counters (json and csv carry every column).
     #[command(after_help = "\

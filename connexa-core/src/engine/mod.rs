@@ -384,6 +384,8 @@ pub(crate) struct Inner {
     proxies_written: Mutex<Option<String>>,
     /// Wakes [`Engine::run`]'s reconciler before its next tick.
     reconcile_now: tokio::sync::Notify,
+    /// Set by [`Engine::run`]: this process keeps the proxies file.
+    owns_proxies_file: std::sync::atomic::AtomicBool,
     /// Speed tests at once ([`EngineConfig::speed_concurrency`]).
     speed_slots: Arc<tokio::sync::Semaphore>,
     /// The GEO source of `geo` jobs, if configured.
@@ -540,6 +542,7 @@ impl Engine {
                 start_backoff: Mutex::new(HashMap::new()),
                 proxies_written: Mutex::new(None),
                 reconcile_now: tokio::sync::Notify::new(),
+                owns_proxies_file: std::sync::atomic::AtomicBool::new(false),
                 speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
                 config,
                 geo: std::sync::RwLock::new(None),
@@ -880,6 +883,16 @@ impl Engine {
         services::flush_final_counters(&self.inner).await;
     }
 
+    /// Makes this engine keep the proxies file ([`EngineConfig::proxies_file`])
+    /// from its reconciler passes on; [`run`](Self::run) does it. A process that
+    /// makes one pass and exits (`connexa run --once`) must not: its list would
+    /// replace the long-running process's.
+    pub fn keep_proxies_file(&self) {
+        self.inner
+            .owns_proxies_file
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Rewrites the proxies file ([`EngineConfig::proxies_file`]) from the
     /// services running in this process now, if that changed its text. Call it
     /// after stopping every service on a process exit: the file is then empty.
@@ -899,6 +912,7 @@ impl Engine {
     /// let items in flight finish and commit, and leave the rest pending (the next
     /// start resumes it); then `run` returns. Call [`recover`](Self::recover) first.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
+        self.keep_proxies_file();
         let (stop, stop_rx) = watch::channel(false);
         let every = |interval: Duration, what: &'static str| {
             let mut stop_rx = stop_rx.clone();

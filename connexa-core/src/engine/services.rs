@@ -172,7 +172,16 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             .filter(|(id, _)| guards.contains_key(id))
             .collect();
         let mut final_counters: Vec<(NodeId, ServiceCounters)> = Vec::new();
-        for (id, _) in &restarts {
+        // The requests this process settles: a service it stopped for the
+        // restart, or a node no longer wanted (nothing to restart). A service
+        // running in another process keeps its request for that process; a
+        // stop that failed keeps it for the next pass.
+        let mut settled: Vec<(NodeId, chrono::DateTime<chrono::Utc>)> = restarts
+            .iter()
+            .filter(|(id, _)| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for (id, at) in &restarts {
             if !(running.contains(id) && wanted.contains_key(id)) {
                 continue;
             }
@@ -185,6 +194,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
                     // A restart asked for is carried out now, not after a backoff.
                     lock(&inner.start_backoff).remove(id);
                     final_counters.extend(last.map(|c| (*id, stopped(c))));
+                    settled.push((*id, *at));
                 }
                 Err(e) => {
                     tracing::warn!(node = %id, error = %e, "cannot stop service for a restart")
@@ -307,8 +317,8 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
                 }
             }
         }
-        // The restart requests seen are done (a newer request stays).
-        for (id, at) in restarts {
+        // The restart requests settled here are done (a newer request stays).
+        for (id, at) in settled {
             if let Err(e) = store.finish_service_restart(id, at).await {
                 tracing::warn!(node = %id, error = %e, "cannot clear the restart request");
             }
@@ -521,6 +531,15 @@ pub(super) async fn write_proxies_file(inner: &Inner) {
     let Some(path) = inner.config.proxies_file.clone() else {
         return;
     };
+    // Only a long-running process ([`Engine::run`](super::Engine::run)) owns
+    // the file: a one-pass process (`connexa run --once`) would replace the
+    // running process's list with its own.
+    if !inner
+        .owns_proxies_file
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
     let text = match proxies_text(inner).await {
         Ok(t) => t,
         Err(e) => {
@@ -561,11 +580,17 @@ pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io:
         .ok_or_else(|| std::io::Error::other(format!("{} names no file", path.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    // A fresh, unpredictable name created exclusively: a file or symlink
+    // planted in a shared directory is never opened.
+    tmp_name.push(format!(
+        ".tmp{}.{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt as _;

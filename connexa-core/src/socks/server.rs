@@ -632,7 +632,14 @@ async fn serve(mut sock: TcpStream, shared: &Shared, admission: Admission) {
         Err(e) => {
             bump(&c.connect_failures);
             tracing::debug!(%target, error = %e, "SOCKS5 connect failed");
-            shared.set_last_error(format!("CONNECT to {target} failed: {e}"));
+            // The target is the client's text: no control character, bounded.
+            let shown: String = target
+                .to_string()
+                .chars()
+                .map(|ch| if ch.is_control() { '?' } else { ch })
+                .take(200)
+                .collect();
+            shared.set_last_error(format!("CONNECT to {shown} failed: {e}"));
             reply_in_time(proto::failure_reply(Reply::from_io(&e)), &mut sock, t).await;
             let _ = sock.shutdown().await;
             return;

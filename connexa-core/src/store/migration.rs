@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003Enrichment),
             Box::new(M0004ExitIp),
             Box::new(M0005ServiceRuntime),
+            Box::new(M0007Audit),
         ]
     }
 }
@@ -588,5 +589,50 @@ impl MigrationTrait for M0005ServiceRuntime {
                 .to_owned(),
         )
         .await
+    }
+}
+
+struct M0007Audit;
+
+impl MigrationName for M0007Audit {
+    fn name(&self) -> &str {
+        "m0007_audit"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Audit {
+    Table,
+    Id,
+    At,
+    Actor,
+    Source,
+    Action,
+    Target,
+    Count,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0007Audit {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Audit::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Audit::Id))
+                .col(big_integer(Audit::At))
+                .col(text(Audit::Actor))
+                .col(text_null(Audit::Source))
+                .col(text(Audit::Action))
+                .col(text_null(Audit::Target))
+                .col(big_integer_null(Audit::Count))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(Audit::Table).if_exists().to_owned())
+            .await
     }
 }

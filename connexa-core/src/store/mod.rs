@@ -18,6 +18,7 @@
 //!   which every status-changing method goes through.
 
 mod apply;
+pub mod audit;
 mod convert;
 mod enrich;
 mod entity;
@@ -74,6 +75,8 @@ pub struct SqlStore {
     writer: Arc<Mutex<()>>,
     /// The keys node passwords and SOCKS5 credentials are sealed with.
     keys: Arc<sealing::SecretKeys>,
+    /// Who acts through this handle: operator actions are audited.
+    actor: Option<Arc<audit::Actor>>,
 }
 
 /// The column names bound into sealed values.
@@ -131,8 +134,32 @@ impl WriteTxn {
 
 impl SqlStore {
     /// Opens (and migrates) the database at `url`: `sqlite://PATH?mode=rwc` (the file
-    /// is created if missing) or `postgres://USER@HOST:PORT/DB`.
+    /// is created if missing) or `postgres://USER@HOST:PORT/DB`, without a
+    /// secrets key: secrets are stored as plaintext, and a database holding
+    /// sealed ones is refused (use [`SqlStore::connect_with_keys`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_keys(url, sealing::SecretKeys::none()).await
+    }
+
+    /// Opens (and migrates) the database at `url` with the keys its secrets
+    /// are sealed with ([`SqlStore::with_secret_keys`]).
+    ///
+    /// # Errors
+    /// The database cannot be opened, or holds values sealed with a key
+    /// `keys` lacks.
+    pub async fn connect_with_keys(
+        url: &str,
+        keys: sealing::SecretKeys,
+    ) -> Result<Self, StoreError> {
+        Self::connect_unchecked(url)
+            .await?
+            .with_secret_keys(keys)
+            .await
+    }
+
+    /// [`SqlStore::connect`] without looking at sealed values (`doctor`
+    /// counts them).
+    pub(crate) async fn connect_unchecked(url: &str) -> Result<Self, StoreError> {
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -210,6 +237,7 @@ impl SqlStore {
             backend,
             writer: Arc::new(Mutex::new(())),
             keys: Arc::new(sealing::SecretKeys::none()),
+            actor: None,
         })
     }
 
@@ -231,6 +259,37 @@ impl SqlStore {
         sealing::check_keys(&keys, &status)?;
         self.keys = Arc::new(keys);
         Ok(self)
+    }
+
+    /// This store acting as `actor`: every operator action it writes (see
+    /// [`audit`]) appends an audit row in the same transaction.
+    pub fn acting_as(&self, actor: audit::Actor) -> SqlStore {
+        let mut s = self.clone();
+        s.actor = Some(Arc::new(actor));
+        s
+    }
+
+    /// The newest `limit` audit rows, newest first.
+    ///
+    /// # Errors
+    /// The database fails.
+    pub async fn audit_log(&self, limit: u64) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        audit::recent(&self.db, limit.min(Page::MAX_LIMIT)).await
+    }
+
+    /// Records `action` in the caller's transaction when this handle acts
+    /// for someone.
+    async fn audit<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        action: &str,
+        target: Option<String>,
+        count: Option<u64>,
+    ) -> Result<(), StoreError> {
+        match &self.actor {
+            Some(actor) => audit::record(conn, actor, action, target, count).await,
+            None => Ok(()),
+        }
     }
 
     /// The keys in use.
@@ -343,22 +402,54 @@ impl SqlStore {
                     q.exec(&w.txn).await.map_err(db_err)?;
                 }
             }
+            self.audit(
+                &w.txn,
+                "secrets_rotate",
+                Some(format!("key {}", current.id())),
+                Some(n),
+            )
+            .await?;
             Ok(n)
         }
         .await;
         let n = w.finish(r).await?;
         if self.backend == Backend::Sqlite && n > 0 {
             // The rewritten rows' old plaintext may linger in free space and
-            // in the WAL: rebuild the file and empty the WAL.
-            for sql in [
-                "PRAGMA wal_checkpoint(TRUNCATE)",
-                "VACUUM",
-                "PRAGMA wal_checkpoint(TRUNCATE)",
-            ] {
-                self.db.execute_unprepared(sql).await.map_err(db_err)?;
+            // in the WAL: rebuild the file and empty the WAL. The values are
+            // sealed already; a clean-up that cannot run now (a busy reader)
+            // is said, not an error.
+            if let Err(e) = self.scrub_sqlite().await {
+                tracing::warn!(error = %e, "secrets sealed; the SQLite file could not be rebuilt now (old plaintext may linger in free pages until `VACUUM`)");
             }
         }
         Ok(n)
+    }
+
+    /// `VACUUM` and a truncating WAL checkpoint that must not be busy.
+    async fn scrub_sqlite(&self) -> Result<(), StoreError> {
+        use sea_orm::{FromQueryResult, Statement};
+        #[derive(FromQueryResult)]
+        struct Checkpoint {
+            busy: i64,
+        }
+        let checkpoint = || async {
+            let r = Checkpoint::find_by_statement(Statement::from_string(
+                self.db.get_database_backend(),
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+            ))
+            .one(&self.db)
+            .await
+            .map_err(db_err)?;
+            match r {
+                Some(c) if c.busy != 0 => Err(StoreError::Backend(
+                    "the WAL checkpoint was blocked by a reader".into(),
+                )),
+                _ => Ok(()),
+            }
+        };
+        checkpoint().await?;
+        self.db.execute_unprepared("VACUUM").await.map_err(db_err)?;
+        checkpoint().await
     }
 
     /// `req` with a started service's password sealed as it will be stored.
@@ -690,7 +781,23 @@ impl NodeStore for SqlStore {
 
     async fn insert(&self, nodes: Vec<NewNode>) -> Result<Vec<InsertOutcome>, StoreError> {
         let w = self.begin_write().await?;
-        let r = insert_nodes(&w.txn, &nodes, Utc::now(), &self.keys).await;
+        let r = async {
+            let out = insert_nodes(&w.txn, &nodes, Utc::now(), &self.keys).await?;
+            let added: Vec<i64> = out
+                .iter()
+                .filter_map(|o| match o {
+                    InsertOutcome::Inserted(id) => Some(id.0),
+                    _ => None,
+                })
+                .collect();
+            if !added.is_empty() {
+                let target = (added.len() <= 20).then(|| format!("nodes {added:?}"));
+                self.audit(&w.txn, "import", target, Some(added.len() as u64))
+                    .await?;
+            }
+            Ok(out)
+        }
+        .await;
         w.finish(r).await
     }
 
@@ -701,7 +808,7 @@ impl NodeStore for SqlStore {
             let old = NodeFilter::ids(pairs.iter().map(|(id, _)| *id));
             delete_nodes(&w.txn, &old, now).await?;
             let fresh: Vec<NewNode> = pairs.into_iter().map(|(_, n)| n).collect();
-            insert_nodes(&w.txn, &fresh, now, &self.keys)
+            let ids = insert_nodes(&w.txn, &fresh, now, &self.keys)
                 .await?
                 .into_iter()
                 .map(|o| match o {
@@ -710,7 +817,10 @@ impl NodeStore for SqlStore {
                         "replacement collided again: {other:?}"
                     ))),
                 })
-                .collect()
+                .collect::<Result<Vec<NodeId>, StoreError>>()?;
+            self.audit(&w.txn, "import_replace", None, Some(ids.len() as u64))
+                .await?;
+            Ok(ids)
         }
         .await;
         w.finish(r).await
@@ -718,7 +828,18 @@ impl NodeStore for SqlStore {
 
     async fn delete(&self, filter: &NodeFilter) -> Result<u64, StoreError> {
         let w = self.begin_write().await?;
-        let r = delete_nodes(&w.txn, filter, Utc::now()).await;
+        let r = async {
+            let n = delete_nodes(&w.txn, filter, Utc::now()).await?;
+            self.audit(
+                &w.txn,
+                "delete",
+                Some(audit::filter_target(filter)),
+                Some(n),
+            )
+            .await?;
+            Ok(n)
+        }
+        .await;
         w.finish(r).await
     }
 
@@ -740,7 +861,13 @@ impl NodeStore for SqlStore {
             if res.rows_affected == 0 {
                 return Err(StoreError::NotFound(node));
             }
-            Ok(())
+            self.audit(
+                &w.txn,
+                "node_edit",
+                Some(format!("nodes [{}]", node.0)),
+                Some(1),
+            )
+            .await
         }
         .await;
         w.finish(r).await
@@ -771,7 +898,19 @@ impl NodeStore for SqlStore {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(5 << attempt)).await;
                 }
-                r => return w.finish(r.map(|r| r.rows_affected).map_err(db_err)).await,
+                Err(e) => return w.finish(Err(db_err(e))).await,
+                Ok(res) => {
+                    let n = res.rows_affected;
+                    let action = if wanted {
+                        "service_want"
+                    } else {
+                        "service_unwant"
+                    };
+                    let a = self
+                        .audit(&w.txn, action, Some(audit::filter_target(filter)), Some(n))
+                        .await;
+                    return w.finish(a.map(|()| n)).await;
+                }
             }
         }
     }
@@ -802,7 +941,18 @@ impl NodeStore for SqlStore {
             return Ok(());
         }
         let w = self.begin_write().await?;
-        let r = service_runtime::request_restart(&w.txn, nodes, at).await;
+        let r = async {
+            service_runtime::request_restart(&w.txn, nodes, at).await?;
+            let ids: Vec<i64> = nodes.iter().map(|n| n.0).collect();
+            self.audit(
+                &w.txn,
+                "service_restart",
+                Some(format!("nodes {ids:?}")),
+                Some(nodes.len() as u64),
+            )
+            .await
+        }
+        .await;
         w.finish(r).await
     }
 
@@ -884,7 +1034,19 @@ impl NodeStore for SqlStore {
 
     async fn create_job(&self, spec: JobSpec, at: DateTime<Utc>) -> Result<Job, StoreError> {
         let w = self.begin_write().await?;
-        let r = jobs::create(&w.txn, &spec, at).await;
+        let r = async {
+            let job = jobs::create(&w.txn, &spec, at).await?;
+            let target = format!(
+                "job {} ({}): {}",
+                job.id,
+                spec.kind.as_str(),
+                audit::filter_target(&spec.filter)
+            );
+            self.audit(&w.txn, "job_create", Some(target), Some(job.total))
+                .await?;
+            Ok(job)
+        }
+        .await;
         w.finish(r).await
     }
 
@@ -907,7 +1069,15 @@ impl NodeStore for SqlStore {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let w = self.begin_write().await?;
-        let r = jobs::set_state(&w.txn, job, state, at).await;
+        let r = async {
+            jobs::set_state(&w.txn, job, state, at).await?;
+            if state == JobState::Cancelled {
+                self.audit(&w.txn, "job_cancel", Some(format!("job {job}")), None)
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
         w.finish(r).await
     }
 
