@@ -11,23 +11,44 @@ use chrono::Utc;
 use common::{TestDb, postgres, seed, sqlite};
 use connexa_core::domain::{NodeFilter, NodeId};
 use connexa_core::ports::{
-    ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore, TokenStore,
+    ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore, Role, TokenScope, TokenStore,
 };
 use connexa_core::store::SqlStore;
 
 async fn tokens(db: TestDb) {
     let s = &db.store;
     let now = Utc::now();
-    let t = s.create_token("ci", "aa", None, now).await.unwrap();
+    let t = s
+        .create_token("ci", "aa", Role::Operator, TokenScope::Full, None, now)
+        .await
+        .unwrap();
     assert_eq!(
-        s.find_token("aa", now).await.unwrap().map(|x| x.id),
-        Some(t.id)
+        s.find_token("aa", now)
+            .await
+            .unwrap()
+            .map(|x| (x.id, x.role, x.scope)),
+        Some((t.id, Role::Operator, TokenScope::Full))
     );
-    assert!(s.create_token("again", "aa", None, now).await.is_err());
+    let scraper = s
+        .create_token("prom", "bb", Role::Viewer, TokenScope::Metrics, None, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_token("bb", now)
+            .await
+            .unwrap()
+            .map(|x| (x.id, x.role, x.scope)),
+        Some((scraper.id, Role::Viewer, TokenScope::Metrics))
+    );
+    assert!(
+        s.create_token("again", "aa", Role::Admin, TokenScope::Full, None, now)
+            .await
+            .is_err()
+    );
     s.touch_token(t.id, now).await.unwrap();
     assert!(s.revoke_token(t.id).await.unwrap());
     assert_eq!(s.find_token("aa", now).await.unwrap(), None);
-    assert_eq!(s.tokens().await.unwrap().len(), 1);
+    assert_eq!(s.tokens().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
