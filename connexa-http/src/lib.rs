@@ -33,6 +33,7 @@ pub mod extract;
 mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod roles;
 mod routes;
 pub mod serve;
 
@@ -403,6 +404,8 @@ pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics::metrics))
+        // The role each route needs (roles::ROUTES), checked after the token.
+        .layer(middleware::from_fn(roles::require_role))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

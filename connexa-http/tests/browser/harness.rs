@@ -269,7 +269,16 @@ impl Server {
         );
         let exe = env!("CARGO_BIN_EXE_connexa-http");
         let out = Command::new(exe)
-            .args(["--db", &db, "token", "create", "--name", "browser-test"])
+            .args([
+                "--db",
+                &db,
+                "token",
+                "create",
+                "--name",
+                "browser-test",
+                "--role",
+                "admin",
+            ])
             .env_remove("CONNEXA_CONFIG")
             .output()
             .expect("run connexa-http token create");
