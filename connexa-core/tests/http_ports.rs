@@ -196,3 +196,40 @@ async fn list_page_is_list_without_the_count_sqlite() {
 async fn list_page_is_list_without_the_count_postgres() {
     list_page_is_list_without_the_count(postgres().await).await;
 }
+
+/// Migration m0006 on both backends: tokens that existed before it (here: a
+/// row written with m0006 rolled back) come back as `admin` of full scope,
+/// so upgrading takes no access away.
+async fn tokens_before_roles_stay_admin(db: TestDb) {
+    use connexa_core::store::migration::Migrator;
+    use sea_orm::{ConnectionTrait, Database};
+    use sea_orm_migration::MigratorTrait;
+    {
+        let raw = Database::connect(&db.url).await.unwrap();
+        Migrator::down(&raw, Some(1)).await.unwrap();
+        raw.execute_unprepared(
+            "INSERT INTO api_tokens (name, token_hash, created_at, revoked) \
+             VALUES ('old', 'h-old', 0, false)",
+        )
+        .await
+        .unwrap();
+        raw.close().await.unwrap();
+    }
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    let t = store
+        .find_token("h-old", Utc::now())
+        .await
+        .unwrap()
+        .expect("the old token is still accepted");
+    assert_eq!((t.role, t.scope), (Role::Admin, TokenScope::Full));
+}
+
+#[tokio::test]
+async fn tokens_before_roles_stay_admin_sqlite() {
+    tokens_before_roles_stay_admin(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn tokens_before_roles_stay_admin_postgres() {
+    tokens_before_roles_stay_admin(postgres().await).await;
+}
