@@ -35,6 +35,7 @@ use crate::routes;
         routes::services::stop,
         routes::services::restart,
         routes::stats::stats,
+        routes::token::current,
         routes::import::import,
         routes::import::list,
         routes::import::get_one,

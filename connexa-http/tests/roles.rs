@@ -353,3 +353,26 @@ async fn refusals_do_not_count_against_the_failed_auth_limit() {
         .await
         .problem(401, "unauthorized");
 }
+
+/// `GET /token` tells a client (the console) which token it holds: name,
+/// role and scope, never the token nor its hash.
+#[tokio::test]
+async fn a_token_can_read_its_own_role() {
+    let a = api().await;
+    let t = tokens(&a).await;
+    for (role, name) in [
+        (Role::Viewer, "viewer"),
+        (Role::Operator, "operator"),
+        (Role::Admin, "admin"),
+    ] {
+        let r = call(&a, &Method::GET, "/api/v1/token", t.of(role)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let j = r.json();
+        assert_eq!(
+            (j["name"].as_str(), j["role"].as_str(), j["scope"].as_str()),
+            (Some(name), Some(role.as_str()), Some("full"))
+        );
+        assert!(!r.text().contains(t.of(role)), "{}", r.text());
+        assert!(!r.text().contains("hash"), "{}", r.text());
+    }
+}
