@@ -487,15 +487,7 @@ impl fmt::Display for TokenId {
 }
 
 /// What an API token may do. Roles are ordered: each one may do everything the
-/// roles below it may (`Viewer < Operator < Admin`).
-///
-/// ```
-/// use connexa_core::ports::Role;
-/// assert!(Role::Admin.allows(Role::Operator));
-/// assert!(!Role::Viewer.allows(Role::Operator));
-/// assert_eq!("operator".parse::<Role>().unwrap(), Role::Operator);
-/// assert!(Role::Admin.sees_secrets() && !Role::Operator.sees_secrets());
-/// ```
+/// roles below it may (`viewer < operator < admin`); only `admin` sees secrets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]

@@ -166,6 +166,19 @@ mod tests {
         assert_eq!((all[0].role, all[1].role), (Role::Admin, Role::Viewer));
     }
 
+    #[test]
+    fn roles_are_ordered_and_only_admin_sees_secrets() {
+        assert!(Role::Admin.allows(Role::Operator) && Role::Operator.allows(Role::Operator));
+        assert!(!Role::Viewer.allows(Role::Operator) && !Role::Operator.allows(Role::Admin));
+        assert_eq!(Role::ALL.map(|r| r.sees_secrets()), [false, false, true]);
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(" Operator ".parse::<Role>().unwrap(), Role::Operator);
+        assert!("root".parse::<Role>().is_err());
+    }
+
     #[tokio::test]
     async fn tokens_made_before_roles_stay_admin_with_full_scope() {
         use sea_orm::{ConnectionTrait, Database};
