@@ -486,6 +486,91 @@ impl fmt::Display for TokenId {
     }
 }
 
+/// What an API token may do. Roles are ordered: each one may do everything the
+/// roles below it may (`viewer < operator < admin`); only `admin` sees secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads nodes, jobs, imports, services and counts; never a secret.
+    Viewer,
+    /// A viewer that also imports, tests, starts and stops services, and
+    /// exports (passwords masked).
+    Operator,
+    /// Everything: secrets in clear, deletions.
+    Admin,
+}
+
+impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    /// The name used on the command line, in the store and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// `true` if this role may do what `needed` may.
+    pub fn allows(self, needed: Role) -> bool {
+        self >= needed
+    }
+
+    /// `true` if this role may see node passwords and SOCKS5 credentials in
+    /// clear (views with `reveal`, exports). Only [`Role::Admin`].
+    pub fn sees_secrets(self) -> bool {
+        self >= Role::Admin
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The name is not a [`Role`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (use viewer, operator or admin)")]
+pub struct UnknownRole(pub String);
+
+impl std::str::FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == t)
+            .ok_or_else(|| UnknownRole(s.to_owned()))
+    }
+}
+
+/// Where an API token is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Every route its [`Role`] allows.
+    #[default]
+    Full,
+    /// `GET /metrics` only, whatever the role (a scraper's token).
+    Metrics,
+}
+
+impl TokenScope {
+    /// The name used in the store and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Full => "full",
+            TokenScope::Metrics => "metrics",
+        }
+    }
+}
+
 /// An API token as stored: never the token itself, only the SHA-256 hash of it
 /// (in [`TokenStore`]); this view carries neither.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -503,6 +588,10 @@ pub struct ApiToken {
     pub expires_at: Option<DateTime<Utc>>,
     /// Revoked tokens are never accepted again.
     pub revoked: bool,
+    /// What it may do.
+    pub role: Role,
+    /// Where it is accepted.
+    pub scope: TokenScope,
 }
 
 /// Persistence of API bearer tokens (used by connexa-http). Tokens are random
@@ -511,11 +600,14 @@ pub struct ApiToken {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    /// Stores a new token under `name`. Fails if the hash is already stored.
+    /// Stores a new token under `name` with a role and a scope. Fails if the
+    /// hash is already stored.
     async fn create_token(
         &self,
         name: &str,
         token_hash: &str,
+        role: Role,
+        scope: TokenScope,
         expires_at: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
     ) -> Result<ApiToken, StoreError>;

@@ -11,23 +11,44 @@ use chrono::Utc;
 use common::{TestDb, postgres, seed, sqlite};
 use connexa_core::domain::{NodeFilter, NodeId};
 use connexa_core::ports::{
-    ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore, TokenStore,
+    ItemCursor, ItemResult, ItemState, JobKind, JobSpec, NodeStore, Role, TokenScope, TokenStore,
 };
 use connexa_core::store::SqlStore;
 
 async fn tokens(db: TestDb) {
     let s = &db.store;
     let now = Utc::now();
-    let t = s.create_token("ci", "aa", None, now).await.unwrap();
+    let t = s
+        .create_token("ci", "aa", Role::Operator, TokenScope::Full, None, now)
+        .await
+        .unwrap();
     assert_eq!(
-        s.find_token("aa", now).await.unwrap().map(|x| x.id),
-        Some(t.id)
+        s.find_token("aa", now)
+            .await
+            .unwrap()
+            .map(|x| (x.id, x.role, x.scope)),
+        Some((t.id, Role::Operator, TokenScope::Full))
     );
-    assert!(s.create_token("again", "aa", None, now).await.is_err());
+    let scraper = s
+        .create_token("prom", "bb", Role::Viewer, TokenScope::Metrics, None, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_token("bb", now)
+            .await
+            .unwrap()
+            .map(|x| (x.id, x.role, x.scope)),
+        Some((scraper.id, Role::Viewer, TokenScope::Metrics))
+    );
+    assert!(
+        s.create_token("again", "aa", Role::Admin, TokenScope::Full, None, now)
+            .await
+            .is_err()
+    );
     s.touch_token(t.id, now).await.unwrap();
     assert!(s.revoke_token(t.id).await.unwrap());
     assert_eq!(s.find_token("aa", now).await.unwrap(), None);
-    assert_eq!(s.tokens().await.unwrap().len(), 1);
+    assert_eq!(s.tokens().await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -174,4 +195,41 @@ async fn list_page_is_list_without_the_count_sqlite() {
 #[tokio::test]
 async fn list_page_is_list_without_the_count_postgres() {
     list_page_is_list_without_the_count(postgres().await).await;
+}
+
+/// Migration m0006 on both backends: tokens that existed before it (here: a
+/// row written with m0006 rolled back) come back as `admin` of full scope,
+/// so upgrading takes no access away.
+async fn tokens_before_roles_stay_admin(db: TestDb) {
+    use connexa_core::store::migration::Migrator;
+    use sea_orm::{ConnectionTrait, Database};
+    use sea_orm_migration::MigratorTrait;
+    {
+        let raw = Database::connect(&db.url).await.unwrap();
+        Migrator::down(&raw, Some(1)).await.unwrap();
+        raw.execute_unprepared(
+            "INSERT INTO api_tokens (name, token_hash, created_at, revoked) \
+             VALUES ('old', 'h-old', 0, false)",
+        )
+        .await
+        .unwrap();
+        raw.close().await.unwrap();
+    }
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    let t = store
+        .find_token("h-old", Utc::now())
+        .await
+        .unwrap()
+        .expect("the old token is still accepted");
+    assert_eq!((t.role, t.scope), (Role::Admin, TokenScope::Full));
+}
+
+#[tokio::test]
+async fn tokens_before_roles_stay_admin_sqlite() {
+    tokens_before_roles_stay_admin(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn tokens_before_roles_stay_admin_postgres() {
+    tokens_before_roles_stay_admin(postgres().await).await;
 }

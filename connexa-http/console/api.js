@@ -107,6 +107,8 @@ const ID_PAGE = 10000;
 
 export const api = {
   stats: () => getJson("/stats"),
+  /** The signed-in token: name, role (viewer, operator, admin), scope. */
+  token: () => getJson("/token"),
   nodes: (filter, { page, limit, sort, desc }) =>
     getJson("/nodes", [...filterQuery(filter), ["offset", String((page - 1) * limit)], ["limit", String(limit)],
       ["sort", sort], ["desc", String(desc)]]),

@@ -119,6 +119,7 @@ function signOut(msg) {
   state.jobs.clear();
   $("#job-list").replaceChildren();
   token.clear();
+  delete document.documentElement.dataset.role;
   $("#console").hidden = true;
   for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out"]) $(id).hidden = true;
   $("#signin").hidden = false;
@@ -127,7 +128,21 @@ function signOut(msg) {
   $("#token").focus();
 }
 
+/**
+ * Marks the page with the token's role (`<html data-role=…>`): app.css hides
+ * the controls the role may not use. The server refuses them anyway; until the
+ * role is known, everything shows.
+ */
+async function loadRole() {
+  try {
+    document.documentElement.dataset.role = (await api.token()).role;
+  } catch {
+    delete document.documentElement.dataset.role;
+  }
+}
+
 function showConsole() {
+  loadRole();
   $("#signin").hidden = true;
   $("#console").hidden = false;
   for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out"]) $(id).hidden = false;
@@ -217,7 +232,7 @@ function renderRow(n) {
   const pw = h("span", { class: "pw" }, revealed ?? "••••••");
   const reveal = h("button", {
     type: "button", "aria-label": `${revealed ? "Hide" : "Show"} the password of node ${n.id}`,
-    "aria-pressed": String(revealed != null), dataset: { reveal: String(n.id) },
+    "aria-pressed": String(revealed != null), dataset: { reveal: String(n.id) }, class: "needs-admin",
     onclick: () => toggleReveal(n.id),
   }, revealed ? "Hide" : "Show");
   const loc = [n.city, n.state, n.country].filter(Boolean).join(", ") + (n.zip ? ` ${n.zip}` : "");
@@ -323,7 +338,7 @@ function renderServices(res) {
     h("td", { class: "num", dataset: { label: "Started" } }, c && c.started_at ? h("time", { datetime: c.started_at }, fmtTime(c.started_at)) : "—"),
     h("td", { class: "err", dataset: { label: "Last error" } }, (c && c.last_error) || "—"),
     h("td", { dataset: { label: "Actions" } }, h("button", {
-      type: "button", class: "service-restart", disabled: restarting || !n.service_wanted,
+      type: "button", class: "service-restart needs-operator", disabled: restarting || !n.service_wanted,
       "aria-label": `Restart the service of node ${n.id}`, onclick: () => restartService(n.id, c && c.started_at),
     }, restarting ? "Restarting…" : "Restart")));
   });
@@ -481,8 +496,8 @@ function jobElement(id) {
       h("strong", { class: "job-title" }, `Job ${id}`),
       h("span", { class: "job-state muted" }, "connecting…"),
       h("span", { class: "job-buttons" },
-        h("button", { type: "button", class: "job-cancel", onclick: () => cancelJob(id) }, "Cancel"),
-        h("button", { type: "button", class: "job-retest", hidden: true, onclick: () => retestFailed(id) }, "Retest failed with a longer timeout"),
+        h("button", { type: "button", class: "job-cancel needs-operator", onclick: () => cancelJob(id) }, "Cancel"),
+        h("button", { type: "button", class: "job-retest needs-operator", hidden: true, onclick: () => retestFailed(id) }, "Retest failed with a longer timeout"),
         h("button", { type: "button", class: "job-dismiss", hidden: true, onclick: () => dismissJob(id) }, "Dismiss"))),
     h("progress", { max: "1", value: "0", "aria-label": `Progress of job ${id}` }),
     h("div", { class: "figures", "aria-live": "off" },

@@ -15,7 +15,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use connexa_core::ports::{ApiToken, StoreError, TokenId, TokenStore};
+use connexa_core::ports::{ApiToken, Role, StoreError, TokenId, TokenScope, TokenStore};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -70,10 +70,23 @@ pub enum TokenError {
     Store(#[from] StoreError),
 }
 
-/// Creates and stores a token; returns the token (shown once, never stored) and its row.
+/// Creates and stores an `admin` token of full scope; returns the token
+/// (shown once, never stored) and its row. See [`create_token_with`].
 pub async fn create_token(
     tokens: &dyn TokenStore,
     name: &str,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(String, ApiToken), TokenError> {
+    create_token_with(tokens, name, Role::Admin, TokenScope::Full, expires_at).await
+}
+
+/// Creates and stores a token of this role and scope; returns the token
+/// (shown once, never stored) and its row.
+pub async fn create_token_with(
+    tokens: &dyn TokenStore,
+    name: &str,
+    role: Role,
+    scope: TokenScope,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(String, ApiToken), TokenError> {
     let name = name.trim();
@@ -82,7 +95,14 @@ pub async fn create_token(
     }
     let token = generate_token().map_err(TokenError::Random)?;
     let row = tokens
-        .create_token(name, &hash_token(&token), expires_at, Utc::now())
+        .create_token(
+            name,
+            &hash_token(&token),
+            role,
+            scope,
+            expires_at,
+            Utc::now(),
+        )
         .await?;
     Ok((token, row))
 }

@@ -33,6 +33,7 @@ pub mod extract;
 mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod roles;
 mod routes;
 pub mod serve;
 
@@ -380,6 +381,7 @@ pub fn app(state: AppState) -> Router {
         .route("/services/stop", post(routes::services::stop))
         .route("/services/restart", post(routes::services::restart))
         .route("/stats", get(routes::stats::stats))
+        .route("/token", get(routes::token::current))
         .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(o.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
@@ -403,6 +405,8 @@ pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics::metrics))
+        // The role each route needs (roles::ROUTES), checked after the token.
+        .layer(middleware::from_fn(roles::require_role))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

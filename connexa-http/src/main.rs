@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use connexa_core::config::Config;
 use connexa_core::engine::RecoverPolicy;
 use connexa_core::metrics::ProbeStats;
-use connexa_core::ports::{TokenId, TokenStore};
+use connexa_core::ports::{Role, TokenId, TokenScope, TokenStore};
 use connexa_core::runtime::NetworkPorts;
 use connexa_core::store::{SqlStore, redact_url};
 use connexa_http::serve::ServeOptions;
@@ -66,7 +66,7 @@ struct ServeArgs {
     /// Also serve /metrics WITHOUT authentication on this address (for a scraper).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// If no token exists yet, create one named "admin" and print it once on stdout.
+    /// If no token exists yet, create one named "admin" (role admin) and print it once on stdout.
     #[arg(long)]
     init_admin: bool,
     /// Allow this browser origin (CORS; repeatable). Without it, no CORS headers are sent.
@@ -181,6 +181,14 @@ enum TokenCommand {
         /// Who or what uses it.
         #[arg(long)]
         name: String,
+        /// What it may do: viewer (reads, secrets masked), operator (also
+        /// imports, tests, services, masked exports) or admin (everything).
+        /// Least privilege: viewer unless said.
+        #[arg(long, default_value = "viewer", value_parser = parse_role)]
+        role: Role,
+        /// A scraper's token: it may only GET /metrics.
+        #[arg(long)]
+        metrics: bool,
         /// Expire after this many days.
         #[arg(long)]
         expires_days: Option<u32>,
@@ -237,7 +245,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", redact_url(&url)))?,
     );
     match command {
-        Command::Token(t) => token(store.as_ref(), t).await,
+        // A local root tool, like the CLI: audited under the OS user.
+        Command::Token(t) => {
+            let store = store.acting_as(connexa_core::store::audit::Actor::os_user());
+            token(&store, t).await
+        }
         Command::Serve(s) => {
             // The effective database: the speed key file defaults to its directory.
             let mut config = config.clone();
@@ -248,24 +260,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+        .map_err(|e: connexa_core::ports::UnknownRole| e.to_string())
+}
+
 async fn token(store: &SqlStore, t: TokenCommand) -> anyhow::Result<()> {
     match t {
-        TokenCommand::Create { name, expires_days } => {
+        TokenCommand::Create {
+            name,
+            role,
+            metrics,
+            expires_days,
+        } => {
             let expires =
                 expires_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d.into()));
-            let (token, row) = connexa_http::auth::create_token(store, &name, expires).await?;
+            let scope = if metrics {
+                TokenScope::Metrics
+            } else {
+                TokenScope::Full
+            };
+            let (token, row) =
+                connexa_http::auth::create_token_with(store, &name, role, scope, expires).await?;
             eprintln!(
-                "token #{} {:?} created; it is shown once:",
-                row.id, row.name
+                "token #{} {:?} created (role {}{}); it is shown once:",
+                row.id,
+                row.name,
+                row.role,
+                if metrics {
+                    ", scope metrics: GET /metrics only"
+                } else {
+                    ""
+                }
             );
             println!("{token}");
         }
         TokenCommand::List => {
             for t in store.tokens().await? {
                 println!(
-                    "{}\t{}\tcreated {}\tlast used {}\t{}",
+                    "{}\t{}\t{}\t{}\tcreated {}\tlast used {}\t{}",
                     t.id,
                     t.name,
+                    t.role,
+                    t.scope.as_str(),
                     t.created_at.format("%Y-%m-%d %H:%M:%S"),
                     t.last_used_at
                         .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())

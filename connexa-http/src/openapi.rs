@@ -35,6 +35,7 @@ use crate::routes;
         routes::services::stop,
         routes::services::restart,
         routes::stats::stats,
+        routes::token::current,
         routes::import::import,
         routes::import::list,
         routes::import::get_one,
@@ -50,7 +51,7 @@ use crate::routes;
         connexa_core::import::OnConflict,
         crate::problem::Problem,
     )),
-    modifiers(&Bearer, &CommonErrors),
+    modifiers(&Bearer, &CommonErrors, &Roles),
     security(("bearer" = [])),
     tags(
         (name = "nodes", description = "The fleet"),
@@ -74,7 +75,9 @@ impl Modify for Bearer {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("A token from `connexa-http token create --name NAME`"))
+                    .description(Some(
+                        "A token from `connexa-http token create --name NAME --role viewer|operator|admin [--metrics]`; each operation names the role it needs (`x-required-role`)",
+                    ))
                     .build(),
             ),
         );
@@ -102,6 +105,10 @@ impl Modify for CommonErrors {
         let common = [
             ("400", "Invalid query parameters or path (`bad-request`)"),
             ("401", "No valid bearer token (`unauthorized`)"),
+            (
+                "403",
+                "The token's role or scope does not allow this (`forbidden`)",
+            ),
             ("405", "Method not allowed (`method-not-allowed`)"),
             (
                 "429",
@@ -139,6 +146,43 @@ impl Modify for CommonErrors {
                         .entry((*code).to_owned())
                         .or_insert_with(|| problem(what).into());
                 }
+            }
+        }
+    }
+}
+
+/// Writes the role each operation needs ([`crate::roles::ROUTES`]) into the
+/// operation: an `x-required-role` extension and a sentence of its description.
+struct Roles;
+
+impl Modify for Roles {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use axum::http::Method;
+        use utoipa::openapi::extensions::Extensions;
+        for (path, item) in api.paths.paths.iter_mut() {
+            for (method, op) in [
+                (Method::GET, &mut item.get),
+                (Method::POST, &mut item.post),
+                (Method::PUT, &mut item.put),
+                (Method::PATCH, &mut item.patch),
+                (Method::DELETE, &mut item.delete),
+            ] {
+                let Some(op) = op else { continue };
+                let Some(role) = crate::roles::required_role(&method, path) else {
+                    continue;
+                };
+                let sentence = if path == crate::roles::METRICS_PATH {
+                    format!("Needs the `{role}` role, or a token of scope `metrics`.")
+                } else {
+                    format!("Needs the `{role}` role.")
+                };
+                op.description = Some(match op.description.take() {
+                    Some(d) if !d.is_empty() => format!("{d}\n\n{sentence}"),
+                    _ => sentence,
+                });
+                op.extensions
+                    .get_or_insert_with(Extensions::default)
+                    .insert("x-required-role".to_owned(), role.as_str().into());
             }
         }
     }

@@ -22,6 +22,8 @@ pub enum Kind {
     Unauthorized,
     /// Too many failed authentication attempts from this address (429).
     RateLimited,
+    /// The token is valid but its role or scope does not allow this (403).
+    Forbidden,
     /// No such node, job or route (404).
     NotFound,
     /// The method is not allowed on this path (405).
@@ -59,6 +61,7 @@ impl Kind {
         match self {
             Kind::Unauthorized => "unauthorized",
             Kind::RateLimited => "rate-limited",
+            Kind::Forbidden => "forbidden",
             Kind::NotFound => "not-found",
             Kind::MethodNotAllowed => "method-not-allowed",
             Kind::RequestTimeout => "request-timeout",
@@ -81,6 +84,7 @@ impl Kind {
         match self {
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -100,6 +104,7 @@ impl Kind {
         match self {
             Kind::Unauthorized => "Authentication required",
             Kind::RateLimited => "Too many failed authentication attempts",
+            Kind::Forbidden => "Not allowed for this token",
             Kind::NotFound => "Not found",
             Kind::MethodNotAllowed => "Method not allowed",
             Kind::RequestTimeout => "Request body too slow",
@@ -246,9 +251,10 @@ impl Kind {
     /// The kind of an error status, if one has a kind of its own (`404` →
     /// [`Kind::NotFound`], …); `None` for the other statuses.
     pub fn of_status(status: StatusCode) -> Option<Kind> {
-        const ALL: [Kind; 16] = [
+        const ALL: [Kind; 17] = [
             Kind::Unauthorized,
             Kind::RateLimited,
+            Kind::Forbidden,
             Kind::NotFound,
             Kind::MethodNotAllowed,
             Kind::RequestTimeout,

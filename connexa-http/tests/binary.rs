@@ -111,7 +111,7 @@ async fn binary_imports_a_sim_fleet_runs_a_job_and_streams_it_to_100_percent() {
     let out = Command::new(BIN)
         .args(["--db", &db, "--config"])
         .arg(&cfg)
-        .args(["token", "create", "--name", "ci"])
+        .args(["token", "create", "--name", "ci", "--role", "admin"])
         .output()
         .await
         .unwrap();
@@ -342,4 +342,87 @@ async fn rust_log_sets_the_log_level() {
     // RUST_LOG=warn: no INFO lines.
     let log = serve_log(Some("warn")).await;
     assert!(!log.contains("shutting down"), "{log}");
+}
+
+/// `token create` gives least privilege unless told (`viewer`), takes
+/// `--role` and `--metrics`, refuses an unknown role, and `token list`
+/// shows each token's role and scope; the roles are the ones the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_takes_a_role_and_a_scope_and_list_shows_them() {
+    use connexa_core::ports::{Role, TokenScope, TokenStore};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let run = |args: &'static [&'static str]| {
+        let db = db.clone();
+        async move {
+            Command::new(BIN)
+                .args(["--db", &db, "token"])
+                .args(args)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    for args in [
+        &["create", "--name", "dash"][..],
+        &["create", "--name", "ops", "--role", "operator"],
+        &["create", "--name", "prom", "--metrics"],
+    ] {
+        let out = run(args).await;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap();
+        assert!(connexa_http::auth::well_formed(token.trim()), "{token}");
+    }
+    let bad = run(&["create", "--name", "x", "--role", "root"]).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown role"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let list = String::from_utf8(run(&["list"]).await.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .map(|l| l.split('\t').take(4).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["1", "dash", "viewer", "full"],
+            ["2", "ops", "operator", "full"],
+            ["3", "prom", "viewer", "metrics"],
+        ],
+        "{list}"
+    );
+    let store = SqlStore::connect(&db).await.unwrap();
+    let got: Vec<(Role, TokenScope)> = store
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.role, t.scope))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Role::Viewer, TokenScope::Full),
+            (Role::Operator, TokenScope::Full),
+            (Role::Viewer, TokenScope::Metrics),
+        ]
+    );
+    // Each creation is one audit row under the OS user; no token in them.
+    let audit = store.audit_log(100).await.unwrap();
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    for row in &audit {
+        assert_eq!(row.action, "token_create");
+        assert!(row.actor.starts_with("os:"), "{row:?}");
+        assert!(
+            !row.target.as_deref().unwrap_or("").contains("cxa_"),
+            "{row:?}"
+        );
+    }
 }

@@ -62,8 +62,9 @@ pub struct AuditEntry {
     pub actor: String,
     /// From where, if known.
     pub source: Option<String>,
-    /// What: `import`, `node_edit`, `delete`, `service_want`, `service_unwant`,
-    /// `service_restart`, `job_create`, `job_cancel`, `secrets_rotate`.
+    /// What: `import`, `import_replace`, `node_edit`, `delete`,
+    /// `service_want`, `service_unwant`, `service_restart`, `job_create`,
+    /// `job_cancel`, `secrets_rotate`, `token_create`, `token_revoke`.
     pub action: String,
     /// On what: node ids, a filter (JSON) or a job id.
     pub target: Option<String>,

@@ -165,6 +165,10 @@ pub mod api_tokens {
         pub last_used_at: Option<i64>,
         pub expires_at: Option<i64>,
         pub revoked: bool,
+        /// `viewer`, `operator` or `admin` (migration m0006).
+        pub role: String,
+        /// `full` or `metrics` (migration m0006).
+        pub scope: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,6 +15,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0003Enrichment),
             Box::new(M0004ExitIp),
             Box::new(M0005ServiceRuntime),
+            Box::new(M0006TokenRoles),
             Box::new(M0007Audit),
         ]
     }
@@ -589,6 +590,48 @@ impl MigrationTrait for M0005ServiceRuntime {
                 .to_owned(),
         )
         .await
+    }
+}
+
+struct M0006TokenRoles;
+
+impl MigrationName for M0006TokenRoles {
+    fn name(&self) -> &str {
+        "m0006_token_roles"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006TokenRoles {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one thing at a time.
+        m.alter_table(
+            Table::alter()
+                .table(ApiTokens::Table)
+                .add_column(string(Alias::new("role")).default("admin"))
+                .to_owned(),
+        )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(ApiTokens::Table)
+                .add_column(string(Alias::new("scope")).default("full"))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for col in ["scope", "role"] {
+            m.alter_table(
+                Table::alter()
+                    .table(ApiTokens::Table)
+                    .drop_column(Alias::new(col))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -279,7 +279,7 @@ impl SqlStore {
 
     /// Records `action` in the caller's transaction when this handle acts
     /// for someone.
-    async fn audit<C: ConnectionTrait>(
+    pub(crate) async fn audit<C: ConnectionTrait>(
         &self,
         conn: &C,
         action: &str,

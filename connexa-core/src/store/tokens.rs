@@ -10,10 +10,22 @@ use sea_orm::{
 use super::convert::{from_ms, ms};
 use super::entity::api_tokens;
 use super::{SqlStore, db_err};
-use crate::ports::{ApiToken, StoreError, TokenId, TokenStore};
+use crate::ports::{ApiToken, Role, StoreError, TokenId, TokenScope, TokenStore};
 
+/// A row as a token. An unknown role or scope (written by a newer version)
+/// grants the least: `viewer`, scope `metrics`.
 fn token(m: api_tokens::Model) -> ApiToken {
+    let role = m.role.parse().unwrap_or_else(|_| {
+        tracing::warn!(token = m.id, role = %m.role, "unknown token role, treated as viewer");
+        Role::Viewer
+    });
+    let scope = match m.scope.as_str() {
+        "full" => TokenScope::Full,
+        _ => TokenScope::Metrics,
+    };
     ApiToken {
+        role,
+        scope,
         id: TokenId(m.id),
         name: m.name,
         created_at: from_ms(m.created_at),
@@ -29,6 +41,8 @@ impl TokenStore for SqlStore {
         &self,
         name: &str,
         token_hash: &str,
+        role: Role,
+        scope: TokenScope,
         expires_at: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
     ) -> Result<ApiToken, StoreError> {
@@ -41,12 +55,31 @@ impl TokenStore for SqlStore {
             last_used_at: Set(None),
             expires_at: Set(expires_at.map(ms)),
             revoked: Set(false),
+            role: Set(role.as_str().to_owned()),
+            scope: Set(scope.as_str().to_owned()),
             ..Default::default()
         }
         .insert(&txn.txn)
         .await
         .map_err(db_err)
         .map(token);
+        let r = match r {
+            Ok(t) => self
+                .audit(
+                    &txn.txn,
+                    "token_create",
+                    Some(format!(
+                        "token {} ({}, {})",
+                        t.name,
+                        t.role.as_str(),
+                        t.scope.as_str()
+                    )),
+                    Some(1),
+                )
+                .await
+                .map(|()| t),
+            Err(e) => Err(e),
+        };
         txn.finish(r).await
     }
 
@@ -98,6 +131,18 @@ impl TokenStore for SqlStore {
             .await
             .map(|r| r.rows_affected > 0)
             .map_err(db_err);
+        let r = match r {
+            Ok(true) => self
+                .audit(
+                    &txn.txn,
+                    "token_revoke",
+                    Some(format!("token id {}", id.0)),
+                    Some(1),
+                )
+                .await
+                .map(|()| true),
+            other => other,
+        };
         txn.finish(r).await
     }
 }
@@ -112,9 +157,19 @@ mod tests {
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = SqlStore::connect(&url).await.unwrap();
         let now = Utc::now();
-        let a = store.create_token("admin", "h1", None, now).await.unwrap();
+        let a = store
+            .create_token("admin", "h1", Role::Admin, TokenScope::Full, None, now)
+            .await
+            .unwrap();
         let b = store
-            .create_token("old", "h2", Some(now - chrono::Duration::seconds(1)), now)
+            .create_token(
+                "old",
+                "h2",
+                Role::Viewer,
+                TokenScope::Full,
+                Some(now - chrono::Duration::seconds(1)),
+                now,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -124,7 +179,12 @@ mod tests {
         assert_eq!(store.find_token("h2", now).await.unwrap(), None, "expired");
         assert_eq!(store.find_token("nope", now).await.unwrap(), None);
         // The same hash twice is refused (unique index).
-        assert!(store.create_token("dup", "h1", None, now).await.is_err());
+        assert!(
+            store
+                .create_token("dup", "h1", Role::Viewer, TokenScope::Full, None, now)
+                .await
+                .is_err()
+        );
         store.touch_token(a.id, now).await.unwrap();
         assert!(store.tokens().await.unwrap()[0].last_used_at.is_some());
         assert!(store.revoke_token(a.id).await.unwrap());
@@ -132,5 +192,51 @@ mod tests {
         assert_eq!(store.find_token("h1", now).await.unwrap(), None);
         let all = store.tokens().await.unwrap();
         assert_eq!((all.len(), all[0].revoked, all[1].id), (2, true, b.id));
+        assert_eq!((all[0].role, all[1].role), (Role::Admin, Role::Viewer));
+    }
+
+    #[test]
+    fn roles_are_ordered_and_only_admin_sees_secrets() {
+        assert!(Role::Admin.allows(Role::Operator) && Role::Operator.allows(Role::Operator));
+        assert!(!Role::Viewer.allows(Role::Operator) && !Role::Operator.allows(Role::Admin));
+        assert_eq!(Role::ALL.map(|r| r.sees_secrets()), [false, false, true]);
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().unwrap(), r);
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(" Operator ".parse::<Role>().unwrap(), Role::Operator);
+        assert!("root".parse::<Role>().is_err());
+    }
+
+    #[tokio::test]
+    async fn tokens_made_before_roles_stay_admin_with_full_scope() {
+        use sea_orm::{ConnectionTrait, Database};
+        use sea_orm_migration::MigratorTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        {
+            // The schema as it was before m0006, with one token in it.
+            let db = Database::connect(&url).await.unwrap();
+            super::super::migration::Migrator::up(&db, Some(5))
+                .await
+                .unwrap();
+            db.execute_unprepared(
+                "INSERT INTO api_tokens (name, token_hash, created_at, revoked) \
+                 VALUES ('old', 'h-old', 0, false)",
+            )
+            .await
+            .unwrap();
+            db.close().await.unwrap();
+        }
+        let store = SqlStore::connect(&url).await.unwrap();
+        let t = store
+            .find_token("h-old", Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.role, t.scope),
+            ("old", Role::Admin, TokenScope::Full)
+        );
     }
 }

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
+use connexa_core::domain::Secret;
 use connexa_core::export::ExportFormat;
 use connexa_core::ops;
 use tokio::sync::mpsc;
@@ -15,6 +16,7 @@ use super::filter_query;
 use crate::AppState;
 use crate::extract::Query;
 use crate::problem::{ApiError, ApiResult, Problem};
+use crate::roles::Caller;
 
 filter_query! {
     /// `GET /export` parameters: the list's filter, a format and a file name.
@@ -65,11 +67,12 @@ impl Write for ChunkWriter {
 
 /// The nodes matching the filter in a node-list format, as a download.
 #[utoipa::path(get, path = "/api/v1/export", tag = "export", params(ExportQuery),
-    responses((status = 200, description = "The file (passwords in clear: that is what an export is for)",
+    responses((status = 200, description = "The file: passwords in clear for an admin token (that is what an export is for), `***` for the other roles",
                content((String = "text/csv"), (String = "text/plain"), (String = "application/json"))),
               (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn export(
     State(st): State<AppState>,
+    caller: Caller,
     Query(q): Query<ExportQuery>,
 ) -> ApiResult<Response> {
     let filter = q.filter()?;
@@ -88,7 +91,16 @@ pub async fn export(
     };
     // Read first (errors become a problem response), then write on a blocking
     // thread that streams 64 KiB chunks to the client.
-    let nodes = ops::all_matching(st.store().as_ref(), &filter).await?;
+    let mut nodes = ops::all_matching(st.store().as_ref(), &filter).await?;
+    if !caller.0.sees_secrets() {
+        // Below admin, an export carries `***` where the passwords were.
+        for n in &mut nodes {
+            n.password = Secret::new(n.password.masked());
+            if let Some(s) = &mut n.service {
+                s.password = Secret::new(s.password.masked());
+            }
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
         let mut w = ChunkWriter {

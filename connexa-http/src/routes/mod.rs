@@ -8,6 +8,7 @@ pub mod nodes;
 pub mod services;
 pub mod speed;
 pub mod stats;
+pub mod token;
 
 use chrono::{DateTime, Utc};
 use connexa_core::domain::{NodeFilter, NodeId, Page, Selection as CoreSelection, SortKey, Status};

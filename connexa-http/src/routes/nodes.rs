@@ -18,6 +18,7 @@ use super::{filter_query, page};
 use crate::AppState;
 use crate::extract::{Json, Path, Query};
 use crate::problem::{ApiError, ApiResult, Kind, Problem};
+use crate::roles::Caller;
 
 filter_query! {
     /// `GET /nodes` parameters.
@@ -33,7 +34,7 @@ filter_query! {
         /// Cursor: only nodes with an id greater than this (smaller with
         /// `desc=true`); needs `sort=id`. Follow the response's `next_after`.
         after: Option<i64>,
-        /// Show passwords instead of `***`.
+        /// Show passwords instead of `***` (admin only: 403 for other roles).
         reveal: Option<bool>,
     }
 }
@@ -68,7 +69,7 @@ pub struct NodeList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RevealQuery {
-    /// Show passwords instead of `***`.
+    /// Show passwords instead of `***` (admin only: 403 for other roles).
     pub reveal: Option<bool>,
 }
 
@@ -79,13 +80,17 @@ pub struct RevealQuery {
               (status = 400, body = Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json2<NodeList>> {
+    let reveal = q.reveal.unwrap_or(false);
+    if reveal {
+        caller.may_reveal("reveal=true")?;
+    }
     let filter = q.filter()?;
     let page = page(q.offset, q.limit, q.sort, q.desc, q.after)?;
     let nodes = st.store().list_page(&filter, page).await?;
     let total = st.total(&filter).await?;
-    let reveal = q.reveal.unwrap_or(false);
     Ok(axum::Json(NodeList {
         items: nodes.iter().map(|n| NodeView::new(n, reveal)).collect(),
         total,
@@ -104,11 +109,16 @@ pub(crate) type Json2<T> = axum::Json<T>;
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_one(
     State(st): State<AppState>,
+    caller: Caller,
     Path(id): Path<i64>,
     Query(q): Query<RevealQuery>,
 ) -> ApiResult<Json2<NodeView>> {
+    let reveal = q.reveal.unwrap_or(false);
+    if reveal {
+        caller.may_reveal("reveal=true")?;
+    }
     let n = ops::node(st.store().as_ref(), NodeId(id)).await?;
-    Ok(axum::Json(NodeView::new(&n, q.reveal.unwrap_or(false))))
+    Ok(axum::Json(NodeView::new(&n, reveal)))
 }
 
 /// `GET /nodes/values` parameters.

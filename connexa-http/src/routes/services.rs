@@ -16,6 +16,7 @@ use super::nodes::{Json2, NodeList};
 use crate::AppState;
 use crate::extract::{Json, Query};
 use crate::problem::{ApiResult, Problem};
+use crate::roles::Caller;
 
 /// `GET /services` parameters.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -33,7 +34,8 @@ pub struct ServicesQuery {
     /// Cursor: only services of nodes with an id greater than this (smaller
     /// with `desc=true`); needs `sort=id`. Follow the response's `next_after`.
     pub after: Option<i64>,
-    /// Show the SOCKS5 and node passwords instead of `***`.
+    /// Show the SOCKS5 and node passwords instead of `***` (admin only: 403
+    /// for other roles).
     pub reveal: Option<bool>,
 }
 
@@ -43,8 +45,13 @@ pub struct ServicesQuery {
     responses((status = 200, body = NodeList)))]
 pub async fn list(
     State(st): State<AppState>,
+    caller: Caller,
     Query(q): Query<ServicesQuery>,
 ) -> ApiResult<Json2<NodeList>> {
+    let reveal = q.reveal.unwrap_or(false);
+    if reveal {
+        caller.may_reveal("reveal=true")?;
+    }
     let page = super::page(q.offset, q.limit, q.sort, q.desc, q.after)?;
     let filter = NodeFilter {
         has_service: Some(true),
@@ -52,7 +59,6 @@ pub async fn list(
     };
     let nodes = st.store().list_page(&filter, page).await?;
     let total = st.total(&filter).await?;
-    let reveal = q.reveal.unwrap_or(false);
     let mut items: Vec<NodeView> = nodes.iter().map(|n| NodeView::new(n, reveal)).collect();
     ops::with_service_counters(st.store().as_ref(), &mut items).await?;
     Ok(axum::Json(NodeList {

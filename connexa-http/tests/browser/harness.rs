@@ -250,6 +250,7 @@ pub async fn serve(app: axum::Router) -> SocketAddr {
 pub struct Server {
     pub base: String,
     pub token: String,
+    db: String,
     child: Child,
     _dir: tempfile::TempDir,
     log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -269,7 +270,16 @@ impl Server {
         );
         let exe = env!("CARGO_BIN_EXE_connexa-http");
         let out = Command::new(exe)
-            .args(["--db", &db, "token", "create", "--name", "browser-test"])
+            .args([
+                "--db",
+                &db,
+                "token",
+                "create",
+                "--name",
+                "browser-test",
+                "--role",
+                "admin",
+            ])
             .env_remove("CONNEXA_CONFIG")
             .output()
             .expect("run connexa-http token create");
@@ -326,10 +336,33 @@ impl Server {
         Server {
             base: format!("http://{addr}"),
             token,
+            db,
             child,
             _dir: dir,
             log,
         }
+    }
+
+    /// Another token, of this role (`viewer`, `operator`, `admin`), made with
+    /// `connexa-http token create` on the server's database.
+    #[allow(dead_code)]
+    pub fn create_token(&self, name: &str, role: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_connexa-http"))
+            .args([
+                "--db", &self.db, "token", "create", "--name", name, "--role", role,
+            ])
+            .env_remove("CONNEXA_CONFIG")
+            .output()
+            .expect("run connexa-http token create");
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_owned()
     }
 
     /// The server's stderr so far.
