@@ -200,7 +200,7 @@ provision_geo
 
 # --- The suite --------------------------------------------------------------------
 log "cargo test --workspace"
-cargo test --workspace -- "${cargo_skip[@]}"
+cargo test --workspace --no-fail-fast -- "${cargo_skip[@]}"
 
 log "examples (built once with the workspace's features, then run)"
 cargo build -q --workspace --bins

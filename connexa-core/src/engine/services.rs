@@ -173,8 +173,9 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             .collect();
         let mut final_counters: Vec<(NodeId, ServiceCounters)> = Vec::new();
         // The requests this process settles: a service it stopped for the
-        // restart, or a node no longer wanted (nothing to restart). A service
-        // running in another process keeps its request for that process; a
+        // restart or started afresh, or a node no longer wanted (nothing to
+        // restart). A service running in another process (which this pass
+        // neither stopped nor started) keeps its request for that process; a
         // stop that failed keeps it for the next pass.
         let mut settled: Vec<(NodeId, chrono::DateTime<chrono::Utc>)> = restarts
             .iter()
@@ -271,6 +272,13 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             inner.start_attempted(r.node, ok);
             if ok {
                 report.started += 1;
+                // A service this pass started afresh is restarted: its request
+                // is done (if it was stopped here, it is settled already).
+                for (id, at) in &restarts {
+                    if *id == r.node && !settled.iter().any(|(s, _)| s == id) {
+                        settled.push((*id, *at));
+                    }
+                }
             } else {
                 report.start_failed += 1;
             }
