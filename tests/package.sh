@@ -172,6 +172,9 @@ check "the connexa user reads /etc/connexa/config.toml (connexa stats)" \
   runuser -u connexa -- /usr/bin/connexa --config /etc/connexa/config.toml --db "$db" stats
 # Every documented key, uncommented, parses; a misspelt one is refused (3).
 sed -E 's/^# ([a-z_]+ = )/\1/; s/^# (\[providers)/\1/' /etc/connexa/config.toml >"$work/all-keys.toml"
+# key_file must name a real key: one made here, in place of the example path.
+/usr/bin/connexa secrets keygen "$work/secrets.key" >/dev/null
+sed -i -E "s|^key_file = \"[^\"]*\"|key_file = \"$work/secrets.key\"|" "$work/all-keys.toml"
 check "every key commented in config.toml parses when uncommented ($(grep -cE '^[a-z_]+ = ' "$work/all-keys.toml") keys)" \
   /usr/bin/connexa --config "$work/all-keys.toml" --db "sqlite://$work/keys.db?mode=rwc" stats
 printf '[test]\nconcurency = 1\n' >>"$work/all-keys.toml"

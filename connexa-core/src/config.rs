@@ -422,12 +422,13 @@ impl Default for HttpConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message; not a separate source, so the one-line
+        /// error chain does not say it twice).
+        error: std::io::Error,
     },
     /// The TOML is malformed, has an unknown key or a value of the wrong type.
     #[error("{}line {line}, column {column}: {message}", origin(path))]
@@ -515,9 +516,9 @@ impl Config {
 
     /// Reads, parses and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Config::from_toml_str(&text).map_err(|e| e.with_path(path))
     }

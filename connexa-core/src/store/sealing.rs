@@ -40,12 +40,12 @@ impl std::fmt::Debug for SecretKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The key file cannot be read.
-    #[error("cannot read the secrets key file {path}: {source}")]
+    #[error("cannot read the secrets key file {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The text is not 64 hex digits.
     #[error(
@@ -104,9 +104,9 @@ impl SecretKey {
     /// The file cannot be read, is readable by group or others, or holds no key.
     pub fn from_file(path: &Path) -> Result<SecretKey, KeyError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| KeyError::Read {
             path: shown.clone(),
-            source,
+            error,
         })?;
         #[cfg(unix)]
         {
