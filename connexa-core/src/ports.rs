@@ -4,6 +4,8 @@
 //! With the `mocks` feature (and in this crate's own tests) each trait has a
 //! mockall mock: `MockNodeStore`, `MockProber`, `MockSpeedTester`, `MockServiceLauncher`.
 
+pub mod acting;
+
 use std::fmt;
 use std::net::IpAddr;
 

@@ -154,6 +154,13 @@ export const api = {
   services: async (action, t) => (await request("POST", `/services/${action}`, { json: selection(t) })).json(),
   /** The running services (nodes with their `service`, counters included). */
   serviceList: () => getJson("/services", [["limit", "1000"], ["sort", "id"]]),
+  /** Audit rows, newest first (admin): `limit`, older than `before`, of one `action`. */
+  audit: ({ limit = 100, before = null, action = "" } = {}) => {
+    const q = [["limit", String(limit)]];
+    if (before != null) q.push(["before", String(before)]);
+    if (action) q.push(["action", action]);
+    return getJson("/audit", q);
+  },
   /** Asks for a restart of these nodes' services: `{matched, restarting, not_running}`. */
   restartServices: async (ids) => (await request("POST", "/services/restart", { json: { ids } })).json(),
   jobs: () => getJson("/jobs", [["limit", "50"]]),

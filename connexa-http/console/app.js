@@ -118,6 +118,8 @@ function signOut(msg) {
   for (const j of state.jobs.values()) j.abort.abort();
   state.jobs.clear();
   $("#job-list").replaceChildren();
+  $("#audit-rows").replaceChildren();
+  $("#audit-count").textContent = "";
   token.clear();
   delete document.documentElement.dataset.role;
   $("#console").hidden = true;
@@ -135,7 +137,9 @@ function signOut(msg) {
  */
 async function loadRole() {
   try {
-    document.documentElement.dataset.role = (await api.token()).role;
+    const role = (await api.token()).role;
+    document.documentElement.dataset.role = role;
+    if (role === "admin") guard(() => loadAudit(false));
   } catch {
     delete document.documentElement.dataset.role;
   }
@@ -292,6 +296,34 @@ async function refresh() {
     const [stats] = await Promise.all([api.stats(), loadNodes(), loadServices()]);
     renderCards(stats);
   });
+}
+
+// --- audit trail (admin) -------------------------------------------------------------
+
+const AUDIT_PAGE = 100;
+let auditSeq = 0;
+/** Loads the newest audit rows (or, with `more`, the next older page). */
+async function loadAudit(more = false) {
+  const seq = ++auditSeq;
+  const body = $("#audit-rows");
+  const last = more ? body.lastElementChild : null;
+  const before = last && last.dataset.id ? Number(last.dataset.id) : null;
+  const rows = await api.audit({ limit: AUDIT_PAGE, before, action: $("#audit-action").value.trim() });
+  if (seq !== auditSeq) return;
+  const trs = rows.map((r) => h("tr", { dataset: { id: String(r.id), action: r.action, actor: r.actor } },
+    h("td", { dataset: { label: "When" } }, h("time", { datetime: r.at }, fmtTime(r.at))),
+    h("td", { dataset: { label: "Who" } }, r.actor),
+    h("td", { dataset: { label: "From" } }, r.source || "—"),
+    h("td", { dataset: { label: "Action" } }, h("code", {}, r.action)),
+    h("td", { class: "num", dataset: { label: "Count" } }, r.count == null ? "—" : nf.format(r.count)),
+    h("td", { class: "target", dataset: { label: "Target" } }, r.target || "—")));
+  if (more) {
+    body.append(...trs);
+  } else {
+    body.replaceChildren(...(trs.length ? trs : [h("tr", {}, h("td", { colspan: "6", class: "empty" }, "No audit rows."))]));
+  }
+  $("#audit-more").hidden = rows.length < AUDIT_PAGE;
+  $("#audit-count").textContent = `${nf.format($$("#audit-rows tr[data-id]").length)} rows shown`;
 }
 
 // --- services -----------------------------------------------------------------------
@@ -881,6 +913,8 @@ function init() {
   $("#sign-out").addEventListener("click", () => signOut());
   $("#refresh").addEventListener("click", () => refresh());
   $("#services-refresh").addEventListener("click", () => guard(loadServices));
+  $("#audit-refresh").addEventListener("click", () => guard(() => loadAudit(false)));
+  $("#audit-more").addEventListener("click", () => guard(() => loadAudit(true)));
   // The services' counters move: keep them fresh while the console is shown.
   setInterval(() => { if (!$("#console").hidden && !document.hidden) guard(loadServices); }, 5000);
   $("#import-open").addEventListener("click", openImport);

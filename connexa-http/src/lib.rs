@@ -52,6 +52,7 @@ use connexa_core::metrics::ProbeStats;
 use connexa_core::ports::{NodeStore, TokenId, TokenStore};
 use connexa_core::socks::SocksLauncher;
 use connexa_core::speed::keyed::SpeedEndpoint;
+use connexa_core::store::SqlStore;
 use tokio::sync::watch;
 
 use crate::auth::AuthLimiter;
@@ -147,6 +148,8 @@ struct Shared {
     /// Hashes of tokens accepted recently, and when (see [`auth::KNOWN_TTL`]).
     known_tokens: Mutex<HashMap<String, std::time::Instant>>,
     shutdown: watch::Sender<bool>,
+    /// Where `GET /audit` reads the audit trail, if set.
+    audit: Mutex<Option<SqlStore>>,
     imports: routes::import::Registry,
     /// One permit per synchronous import running.
     sync_imports: Arc<tokio::sync::Semaphore>,
@@ -187,6 +190,7 @@ impl AppState {
             known_tokens: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
+            audit: Mutex::new(None),
             imports,
         }))
     }
@@ -252,6 +256,28 @@ impl AppState {
     pub fn speed_endpoint(&self) -> Option<Arc<SpeedEndpoint>> {
         self.0
             .speed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serves the audit trail of `store` at `GET /api/v1/audit` (without it
+    /// that route answers 404). Writes are audited whatever the store: every
+    /// authenticated request acts as its caller
+    /// ([`connexa_core::store::audit::scope`]).
+    pub fn with_audit_trail(self, store: SqlStore) -> Self {
+        *self
+            .0
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store);
+        self
+    }
+
+    /// The store `GET /audit` reads, if any ([`with_audit_trail`](Self::with_audit_trail)).
+    pub fn audit_trail(&self) -> Option<SqlStore> {
+        self.0
+            .audit
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -382,6 +408,7 @@ pub fn app(state: AppState) -> Router {
         .route("/services/restart", post(routes::services::restart))
         .route("/stats", get(routes::stats::stats))
         .route("/token", get(routes::token::current))
+        .route("/audit", get(routes::audit::list))
         .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(o.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
@@ -405,6 +432,11 @@ pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics::metrics))
+        // Each request acts as its caller: the store audits its changes.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            routes::audit::act_as_caller,
+        ))
         // The role each route needs (roles::ROUTES), checked after the token.
         .layer(middleware::from_fn(roles::require_role))
         .layer(middleware::from_fn_with_state(

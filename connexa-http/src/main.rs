@@ -374,7 +374,8 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     };
     let mut state = AppState::new(engine.clone(), store.clone(), options)
         .with_probe_stats(probe_stats)
-        .with_socks_launcher(ports.launcher.clone());
+        .with_socks_launcher(ports.launcher.clone())
+        .with_audit_trail(store.as_ref().clone());
     // The keyed speed endpoint at /speed/... when a self URL or a key is set up.
     match connexa_core::runtime::served_speed_endpoint(config) {
         Ok(Some(ep)) => state = state.with_speed_endpoint(ep),

@@ -41,6 +41,7 @@ use crate::routes;
         routes::import::get_one,
         routes::import::events,
         routes::export::export,
+        routes::audit::list,
         serve,
     ),
     components(schemas(
@@ -60,6 +61,7 @@ use crate::routes;
         (name = "import", description = "Node lists in"),
         (name = "export", description = "Node lists out"),
         (name = "stats", description = "Counts"),
+        (name = "audit", description = "Who changed what"),
         (name = "meta", description = "Health, metrics, this document"),
     )
 )]

@@ -53,6 +53,7 @@ pub const ROUTES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/stats", Role::Viewer),
     (Method::GET, "/api/v1/openapi.json", Role::Viewer),
     (Method::GET, "/api/v1/token", Role::Viewer),
+    (Method::GET, "/api/v1/audit", Role::Admin),
     (Method::GET, METRICS_PATH, Role::Operator),
 ];
 

@@ -1,7 +1,8 @@
 //! The console follows the token's role, in a real headless Chromium against
 //! the real `connexa-http` binary: a viewer sees no action it may not use
 //! (tests, services, import, add, edit, delete, password reveal), an operator
-//! sees the tests but neither delete nor reveal, an admin sees everything.
+//! sees the tests but neither delete nor reveal, an admin sees everything,
+//! the audit trail included.
 //! The server refuses those actions anyway (tests/roles.rs); this is the page.
 //!
 //! Every test name contains `browser` (tests/run.sh skips them where no
@@ -63,7 +64,11 @@ const OPERATOR: [&str; 6] = [
     "[data-action=service_stop]",
     "#node-edit",
 ];
-const ADMIN: [&str; 2] = ["[data-action=delete]", "#nodes tbody [data-reveal]"];
+const ADMIN: [&str; 3] = [
+    "[data-action=delete]",
+    "#nodes tbody [data-reveal]",
+    "#audit",
+];
 const EVERYONE: [&str; 3] = ["#refresh", "[data-action=export]", "#sign-out"];
 
 fn expect(operator: bool, admin: bool) -> Vec<(String, bool)> {
@@ -107,5 +112,13 @@ async fn browser_console_hides_what_the_role_may_not_do() {
         want.sort();
         assert_eq!(got, want, "as {role}");
     }
+    // The admin's audit panel lists the node added over the API, by its token.
+    b.wait_js(
+        "the audit row of the node added",
+        T,
+        "return [...document.querySelectorAll('#audit-rows tr[data-action=import]')]\
+         .some(r => r.dataset.actor.startsWith('token:'))",
+    )
+    .await;
     b.close().await;
 }

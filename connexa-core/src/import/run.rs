@@ -1,5 +1,6 @@
 //! The import driver: parse a stream, insert in batches, build the report.
 
+use crate::ports::acting::{current, within};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -68,6 +69,8 @@ where
     R: Read + Send + 'static,
 {
     let handle = tokio::runtime::Handle::current();
+    // The rows are written for whoever runs this import (the audit trail).
+    let actor = current();
     let job = tokio::task::spawn_blocking(move || {
         let mut imp = Importer::new(parse(reader));
         loop {
@@ -76,7 +79,7 @@ where
                 break;
             }
             let nodes = batch.iter().map(|p| p.node.clone()).collect();
-            let outcomes = match handle.block_on(store.insert(nodes)) {
+            let outcomes = match handle.block_on(within(actor.clone(), store.insert(nodes))) {
                 Ok(o) => o,
                 Err(e) => {
                     imp.record_failure(&batch, e);
@@ -100,7 +103,7 @@ where
                     continue;
                 }
                 let request = pairs.iter().map(|(_, old, n)| (*old, n.clone())).collect();
-                match handle.block_on(store.replace(request)) {
+                match handle.block_on(within(actor.clone(), store.replace(request))) {
                     Ok(new_ids) => {
                         let rows: Vec<ReplacedRow> = pairs
                             .iter()

@@ -8,7 +8,15 @@
 //! row. The engine's own work (claims, results, service health) runs on a
 //! store without an actor and is recorded in the status history instead.
 //! Rows name the action, the target (node ids, a filter or a job) and how
-//! many rows it touched; never a password.
+//! many rows it touched; never a password. A request that changes nothing
+//! (duplicates only, a service already wanted) leaves no row; one that does
+//! two things leaves two (starting services over the API wants them, then
+//! creates the job that starts them: `service_want` and `job_create`).
+//!
+//! A server that handles requests for many callers on one store runs each
+//! request inside [`scope`]: every store handle then acts for that caller
+//! while the request's own task runs (tasks it spawns do not inherit it;
+//! see [`carry`] to carry it over on purpose).
 
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ConnectionTrait, EntityTrait, QueryOrder, QuerySelect};
@@ -16,39 +24,7 @@ use serde::Serialize;
 
 use super::{db_err, ms};
 use crate::ports::StoreError;
-
-/// Who acts: an account, an API token or an OS user (`os:alice`), and from
-/// where (a client address), if known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    /// The name recorded (`os:root`, `token:ci`, ...).
-    pub name: String,
-    /// Where the request came from, if known.
-    pub source: Option<String>,
-}
-
-impl Actor {
-    /// The OS user running this process: `os:<$USER>`, else `os:uid<N>`.
-    pub fn os_user() -> Actor {
-        let name = std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty() && !u.chars().any(char::is_control))
-            .or_else(|| {
-                std::fs::read_to_string("/proc/self/status")
-                    .ok()
-                    .and_then(|s| {
-                        s.lines()
-                            .find_map(|l| l.strip_prefix("Uid:"))
-                            .and_then(|v| v.split_whitespace().nth(1).map(|u| format!("uid{u}")))
-                    })
-            })
-            .unwrap_or_else(|| "unknown".to_owned());
-        Actor {
-            name: format!("os:{name}"),
-            source: None,
-        }
-    }
-}
+pub use crate::ports::acting::{Actor, carry, current, scope};
 
 /// One row of the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -139,14 +115,75 @@ pub(crate) async fn record<C: ConnectionTrait>(
     Ok(())
 }
 
-/// The newest `limit` rows, newest first.
-pub(crate) async fn recent<C: ConnectionTrait>(
+/// Which audit rows to read: newest first, `limit` of them, older than
+/// `before` (a row id, for paging), of one actor and/or one action.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct AuditQuery {
+    /// At most this many rows (default 100, at most 10,000).
+    pub limit: Option<u64>,
+    /// Only rows with an id below this (the last id of the previous page).
+    pub before: Option<i64>,
+    /// Only rows of this actor (exact, e.g. `token:ci`, `os:root`).
+    pub actor: Option<String>,
+    /// Only rows of this action (exact, e.g. `delete`).
+    pub action: Option<String>,
+}
+
+/// Why an [`AuditQuery`] is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditQueryError {
+    /// `limit` is 0 or above the maximum.
+    #[error("limit must be 1 to {max}", max = AuditQuery::MAX_LIMIT)]
+    Limit,
+    /// `actor` or `action` is empty, longer than 200 characters or holds control characters.
+    #[error("{0} must be 1 to 200 characters without control characters")]
+    Text(&'static str),
+}
+
+impl AuditQuery {
+    /// The most rows one query returns.
+    pub const MAX_LIMIT: u64 = 10_000;
+    /// Rows returned without a `limit`.
+    pub const DEFAULT_LIMIT: u64 = 100;
+
+    /// Checks the limits and the text fields.
+    ///
+    /// # Errors
+    /// [`AuditQueryError`] naming the field.
+    pub fn check(&self) -> Result<(), AuditQueryError> {
+        if self.limit.is_some_and(|l| l == 0 || l > Self::MAX_LIMIT) {
+            return Err(AuditQueryError::Limit);
+        }
+        for (name, v) in [("actor", &self.actor), ("action", &self.action)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.chars().count() > 200 || v.chars().any(char::is_control))
+            {
+                return Err(AuditQueryError::Text(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rows `q` selects, newest first (`q` checked by the caller).
+pub(crate) async fn query<C: ConnectionTrait>(
     conn: &C,
-    limit: u64,
+    q: &AuditQuery,
 ) -> Result<Vec<AuditEntry>, StoreError> {
-    Ok(entity::Entity::find()
-        .order_by_desc(entity::Column::Id)
-        .limit(limit)
+    use sea_orm::ColumnTrait;
+    use sea_orm::QueryFilter;
+    let mut find = entity::Entity::find().order_by_desc(entity::Column::Id);
+    if let Some(b) = q.before {
+        find = find.filter(entity::Column::Id.lt(b));
+    }
+    if let Some(a) = &q.actor {
+        find = find.filter(entity::Column::Actor.eq(a.as_str()));
+    }
+    if let Some(a) = &q.action {
+        find = find.filter(entity::Column::Action.eq(a.as_str()));
+    }
+    Ok(find
+        .limit(q.limit.unwrap_or(AuditQuery::DEFAULT_LIMIT))
         .all(conn)
         .await
         .map_err(db_err)?

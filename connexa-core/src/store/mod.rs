@@ -274,11 +274,34 @@ impl SqlStore {
     /// # Errors
     /// The database fails.
     pub async fn audit_log(&self, limit: u64) -> Result<Vec<audit::AuditEntry>, StoreError> {
-        audit::recent(&self.db, limit.min(Page::MAX_LIMIT)).await
+        self.audit_query(&audit::AuditQuery {
+            limit: Some(limit.clamp(1, audit::AuditQuery::MAX_LIMIT)),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// The audit rows `q` selects, newest first (frontends refuse what
+    /// [`AuditQuery::check`](audit::AuditQuery::check) refuses first; here a
+    /// limit out of range is clamped).
+    ///
+    /// # Errors
+    /// The database fails.
+    pub async fn audit_query(
+        &self,
+        q: &audit::AuditQuery,
+    ) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        let mut q = q.clone();
+        q.limit = Some(
+            q.limit
+                .unwrap_or(audit::AuditQuery::DEFAULT_LIMIT)
+                .clamp(1, audit::AuditQuery::MAX_LIMIT),
+        );
+        audit::query(&self.db, &q).await
     }
 
     /// Records `action` in the caller's transaction when this handle acts
-    /// for someone.
+    /// for someone and the action touched a row (`count` is not `Some(0)`).
     pub(crate) async fn audit<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -286,8 +309,12 @@ impl SqlStore {
         target: Option<String>,
         count: Option<u64>,
     ) -> Result<(), StoreError> {
-        match &self.actor {
-            Some(actor) => audit::record(conn, actor, action, target, count).await,
+        if count == Some(0) {
+            // Nothing changed: nothing to record.
+            return Ok(());
+        }
+        match self.actor.clone().or_else(audit::current) {
+            Some(actor) => audit::record(conn, &actor, action, target, count).await,
             None => Ok(()),
         }
     }
@@ -1042,7 +1069,9 @@ impl NodeStore for SqlStore {
                 spec.kind.as_str(),
                 audit::filter_target(&spec.filter)
             );
-            self.audit(&w.txn, "job_create", Some(target), Some(job.total))
+            // A job of no items is still a job created: recorded without a count.
+            let count = (job.total > 0).then_some(job.total);
+            self.audit(&w.txn, "job_create", Some(target), count)
                 .await?;
             Ok(job)
         }

@@ -751,7 +751,8 @@ async fn start_background(
         st: st.clone(),
         entry,
     };
-    tokio::spawn(async move {
+    // The import is the caller's: its rows are audited under them.
+    tokio::spawn(connexa_core::store::audit::carry(async move {
         let _permit = permit;
         let result = guard.st.engine().import(reader, options, test).await;
         if let Err(e) = spooled.close() {
@@ -805,7 +806,7 @@ async fn start_background(
                 error,
             },
         );
-    });
+    }));
     let location = HeaderValue::from_str(&view.url).map_err(|e| ApiError::internal(&e))?;
     Ok((
         StatusCode::ACCEPTED,

@@ -1,6 +1,7 @@
 //! The handlers, one module per resource. Each parses, calls connexa-core, and
 //! serialises.
 
+pub mod audit;
 pub mod export;
 pub mod import;
 pub mod jobs;
