@@ -874,7 +874,7 @@ pub async fn want_services(
         // Only the nodes read above: a node imported meanwhile is not touched.
         let f = NodeFilter {
             statuses: if wanted {
-                vec![Status::SpeedOk, Status::Online, Status::Offline]
+                Status::VERIFIED.to_vec()
             } else {
                 Vec::new()
             },

@@ -8,7 +8,7 @@ mod outcome;
 mod secret;
 mod selection;
 mod status;
-mod transition;
+pub mod transition;
 
 pub use enrichment::{
     Enrichment, EnrichmentUpdate, FraudRecord, GeoFacts, GeoRecord, Risk, UnknownRisk,

@@ -91,14 +91,10 @@ impl Inner {
     }
 }
 
-fn verified() -> Vec<Status> {
-    vec![Status::SpeedOk, Status::Online, Status::Offline]
-}
-
 fn wanted_filter() -> NodeFilter {
     NodeFilter {
         service_wanted: Some(true),
-        statuses: verified(),
+        statuses: Status::VERIFIED.to_vec(),
         ..NodeFilter::all()
     }
 }
