@@ -17,6 +17,10 @@ use crate::domain::{
     ServiceEndpoint, Status,
 };
 
+mod walk;
+
+pub use walk::{NodeWalk, all_matching};
+
 /// The job model, at home in [`domain`](crate::domain) and re-exported here
 /// where it used to be.
 pub use crate::domain::{
