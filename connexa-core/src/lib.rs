@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod csv_cell;
 pub mod doctor;
 pub mod domain;
 pub mod engine;
