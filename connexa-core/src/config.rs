@@ -315,7 +315,7 @@ impl TestConfig {
 
 /// The speed test's download without a self URL: Cloudflare's public speed
 /// test endpoint (HTTPS, no account, `bytes` chooses the size).
-pub const DEFAULT_TEST_URL: &str = "https://speed.cloudflare.com/__down?bytes=25000000";
+pub const DEFAULT_TEST_URL: &str = crate::speed::DEFAULT_TEST_URL;
 
 /// Largest `services.max_preauth` (each admission scans the pre-auth slots).
 pub const MAX_PREAUTH: usize = 65_536;
@@ -769,40 +769,6 @@ mod tests {
         assert_eq!(c.services.health_threshold, 2);
         assert_eq!(c.services.restart_backoff_max_secs, 60.0);
         assert_eq!(c.http.listen.port(), 9000);
-        let e = crate::runtime::engine_config(&c);
-        assert_eq!(e.reconcile_interval, Duration::from_secs(5));
-        assert_eq!(e.monitor_interval, Duration::from_millis(7500));
-        assert_eq!(e.health_threshold, 2);
-        assert_eq!(e.restart_backoff, Duration::ZERO);
-        assert_eq!(e.restart_backoff_max, Duration::from_secs(60));
-        assert_eq!(
-            e.proxies_file.as_deref(),
-            Some(Path::new("/run/connexa/proxies.txt"))
-        );
-        assert_eq!(
-            crate::runtime::engine_config(&Config::default()).proxies_file,
-            None,
-            "no proxies file unless configured"
-        );
-        let d = crate::runtime::engine_config(&Config::default());
-        let engine_default = crate::engine::EngineConfig::default();
-        assert_eq!(
-            (
-                d.reconcile_interval,
-                d.monitor_interval,
-                d.health_threshold,
-                d.restart_backoff,
-                d.restart_backoff_max
-            ),
-            (
-                engine_default.reconcile_interval,
-                engine_default.monitor_interval,
-                engine_default.health_threshold,
-                engine_default.restart_backoff,
-                engine_default.restart_backoff_max
-            ),
-            "the file's defaults are the engine's"
-        );
     }
 
     #[test]

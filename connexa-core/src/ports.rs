@@ -19,17 +19,15 @@ use crate::domain::{
     ServiceEndpoint, Status,
 };
 
-/// Identifier of a job (a batch test, an import, a service start or stop).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(transparent)]
-pub struct JobId(pub i64);
+mod walk;
 
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+pub use walk::{NodeWalk, all_matching};
+
+/// The job model, at home in [`domain`](crate::domain) and re-exported here
+/// where it used to be.
+pub use crate::domain::{
+    ItemId, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, Progress,
+};
 
 /// Who applies an event, and when. The store records both in `status_history`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -632,136 +630,6 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_token(&self, id: TokenId) -> Result<bool, StoreError>;
 }
 
-/// Identifier of one job item (one node in one job).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ItemId(pub i64);
-
-/// What a job does to each of its nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum JobKind {
-    /// PPTP control-channel handshake.
-    Light,
-    /// Login with MS-CHAPv2.
-    Auth,
-    /// Throughput through the tunnel.
-    Speed,
-    /// Light, then auth, then speed; a node goes as far as it can.
-    Pipeline,
-    /// Start SOCKS5 services.
-    ServiceStart,
-    /// Stop SOCKS5 services.
-    ServiceStop,
-    /// Look up where each node's address is (GEO databases, online providers).
-    Geo,
-    /// Look up each node's address's fraud score.
-    Fraud,
-}
-
-/// The lifecycle of a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Created, no worker yet.
-    Queued,
-    /// Workers are taking items.
-    Running,
-    /// Every item ended.
-    Done,
-    /// Cancelled on request; finished results stay.
-    Cancelled,
-    /// The process stopped and the job was closed instead of resumed.
-    Interrupted,
-}
-
-/// The lifecycle of one item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum ItemState {
-    /// Waiting for a worker.
-    Pending,
-    /// A worker took it.
-    Running,
-    /// Finished; the test reached what it aimed for (or the action succeeded).
-    Ok,
-    /// Finished with a failure (recorded on the node).
-    Failed,
-    /// The per-node time budget or the job deadline ran out.
-    TimedOut,
-    /// The job was cancelled before the item ran.
-    Cancelled,
-}
-
-macro_rules! snake_names {
-    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The stored snake_case name.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-        }
-        impl std::str::FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($name => Ok(Self::$variant),)+ other => Err(format!("unknown {} {other:?}", stringify!($ty))) }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
-        }
-    };
-}
-
-snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop", Geo => "geo", Fraud => "fraud" });
-snake_names!(JobState { Queued => "queued", Running => "running", Done => "done", Cancelled => "cancelled", Interrupted => "interrupted" });
-snake_names!(ItemState { Pending => "pending", Running => "running", Ok => "ok", Failed => "failed", TimedOut => "timed_out", Cancelled => "cancelled" });
-
-impl ItemState {
-    /// `true` once the item has ended.
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, ItemState::Pending | ItemState::Running)
-    }
-}
-
-/// What to create a job for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobSpec {
-    /// What to do.
-    pub kind: JobKind,
-    /// Which nodes (resolved once, when the job is created).
-    pub filter: NodeFilter,
-    /// Engine options, stored as JSON so any process can resume the job.
-    pub options: serde_json::Value,
-    /// The job's deadline, if any.
-    pub deadline: Option<DateTime<Utc>>,
-}
-
-/// A job as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Job {
-    /// Identifier.
-    pub id: JobId,
-    /// What it does.
-    pub kind: JobKind,
-    /// Where it is.
-    pub state: JobState,
-    /// Engine options.
-    pub options: serde_json::Value,
-    /// Number of items.
-    pub total: u64,
-    /// Created.
-    pub created_at: DateTime<Utc>,
-    /// Ended (done, cancelled or interrupted).
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Deadline.
-    pub deadline: Option<DateTime<Utc>>,
-}
-
 /// An item a worker claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimedItem {
@@ -802,64 +670,6 @@ pub struct ItemFinished {
     pub applied: Option<Applied>,
     /// `false` when the item had already ended and nothing was written.
     pub written: bool,
-}
-
-/// A finished item, for progress displays.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ItemView {
-    /// The item.
-    pub item: ItemId,
-    /// The node.
-    pub node: NodeId,
-    /// Its state.
-    pub state: ItemState,
-    /// The node's status after the item.
-    pub status: Option<Status>,
-    /// The summary.
-    pub detail: Option<String>,
-    /// When it finished.
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-/// A job's progress, computed from committed rows: every observer sees the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Progress {
-    /// Items in all.
-    pub total: u64,
-    /// Waiting.
-    pub pending: u64,
-    /// Being worked on.
-    pub running: u64,
-    /// Ended ok.
-    pub ok: u64,
-    /// Ended with a failure.
-    pub failed: u64,
-    /// Ended by a timeout.
-    pub timed_out: u64,
-    /// Ended by cancellation.
-    pub cancelled: u64,
-}
-
-impl Progress {
-    /// Items that ended (ok + failed + timed out + cancelled).
-    pub fn done(&self) -> u64 {
-        self.ok + self.failed + self.timed_out + self.cancelled
-    }
-
-    /// `true` when every item ended.
-    pub fn is_complete(&self) -> bool {
-        self.done() == self.total
-    }
-
-    /// Percentage done, 0..=100 (an empty job is 100 %).
-    pub fn percent(&self) -> f64 {
-        if self.total == 0 {
-            100.0
-        } else {
-            self.done() as f64 * 100.0 / self.total as f64
-        }
-    }
 }
 
 /// How deep a [`Prober`] goes.

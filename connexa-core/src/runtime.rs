@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, TestConfig};
+use crate::config::{Config, ServicesConfig, TestConfig};
 use crate::domain::Secret;
 use crate::engine::{Engine, EngineConfig};
 use crate::geo::online::{Cached, FraudChain, GeoChain, Limited, Provider, ProviderKind};
@@ -29,9 +29,10 @@ use crate::metrics::{Instrumented, ProbeStats};
 use crate::ports::{FraudScorer, GeoLookup, NodeStore};
 use crate::probe::{LightProber, ProbeConfig};
 use crate::service::PptpOpener;
-use crate::socks::{SocksConfig, SocksLauncher};
+use crate::socks::proto::TargetAddr;
+use crate::socks::{ServerOptions, SocksConfig, SocksLauncher};
 use crate::speed::keyed::{EndpointLimits, SpeedEndpoint, SpeedKey};
-use crate::speed::{HttpSpeedTester, SpeedConfig};
+use crate::speed::{HttpSpeedTester, KeyedTarget, SpeedConfig};
 use crate::tunnel::AuthConfig;
 
 /// The prober of the `[test]` settings: `connect_timeout_secs` and
@@ -67,6 +68,90 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c.restart_backoff_max = Duration::from_secs_f64(s.restart_backoff_max_secs);
     c.proxies_file = s.proxies_file.clone().filter(|p| !p.as_os_str().is_empty());
     c
+}
+
+/// The SOCKS5 launcher's settings of the `[services]` section: the
+/// conversion lives here so that `socks` does not depend on `config`.
+impl SocksConfig {
+    /// The settings of a `[services]` configuration section (already validated by
+    /// [`Config::validate`]).
+    pub fn from_services(c: &ServicesConfig) -> Self {
+        SocksConfig {
+            bind: c.bind,
+            public_host: c.public_host.clone(),
+            port_min: c.port_min.max(1),
+            port_max: c.port_max.max(c.port_min.max(1)),
+            server: ServerOptions {
+                max_connections: c.max_connections.max(1),
+                max_preauth: c.max_preauth.max(1),
+                max_preauth_per_source: c.max_preauth_per_source.max(1),
+                preauth_timeout: secs(c.preauth_timeout_secs),
+                handshake_timeout: secs(c.handshake_timeout_secs),
+                connect_timeout: secs(c.connect_timeout_secs),
+                idle_timeout: secs(c.idle_timeout_secs),
+                drain_timeout: secs(c.drain_timeout_secs),
+                dns: c.dns,
+            },
+            check_target: c.check_target.as_deref().and_then(TargetAddr::parse),
+        }
+    }
+}
+
+/// A configured number of seconds (validated, so finite and not negative;
+/// 10 s otherwise).
+fn secs(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v).unwrap_or(Duration::from_secs(10))
+}
+
+/// The speed tester's settings of the `[test]` section (and of the
+/// operator's own endpoint): the conversion lives here so that `speed` does
+/// not depend on `config`.
+impl SpeedConfig {
+    /// The settings of the operator's configuration file (`[test]`).
+    pub fn from_test_config(t: &TestConfig) -> Self {
+        let mut urls = vec![t.test_url.clone()];
+        urls.extend(t.extra_test_urls.iter().cloned());
+        SpeedConfig {
+            download_urls: urls,
+            upload_url: t.upload_url.clone().filter(|u| !u.is_empty()),
+            duration: Duration::from_secs_f64(t.speed_duration_secs),
+            streams: t.speed_streams.max(1) as usize,
+            warmup: Duration::from_secs_f64(t.speed_warmup_secs),
+            threshold_mbps: t.speed_threshold_mbps,
+            ca_file: t
+                .test_ca_file
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
+            tunnel: crate::tunnel::TunnelConfig {
+                auth: AuthConfig {
+                    connect_timeout: t.connect_timeout(),
+                    handshake_timeout: t.light_timeout(),
+                    auth_timeout: t.auth_timeout(),
+                    ..Default::default()
+                },
+                ..crate::tunnel::TunnelConfig::default()
+            },
+            timeout: t.speed_timeout(),
+            keyed: None,
+            resolve_through_node: t.resolve_through_node,
+        }
+    }
+
+    /// The settings of the whole configuration: [`SpeedConfig::from_test_config`],
+    /// testing against the operator's own endpoint ([`Config::speed_self_url`])
+    /// with `key` when there is one.
+    pub fn from_config(config: &Config, key: Option<SpeedKey>) -> Self {
+        let mut c = Self::from_test_config(&config.test);
+        if let (Some(url), Some(key)) = (config.speed_self_url(), key) {
+            let mut k = KeyedTarget::new(&url, key);
+            k.upload = config.test.self_upload;
+            // Never more than our own endpoint would serve.
+            k.request_bytes = k.request_bytes.min(config.test.speed_max_bytes.max(1));
+            c.keyed = Some(k);
+        }
+        c
+    }
 }
 
 /// The keys of secrets at rest (`[secrets]`): the current one from
@@ -413,5 +498,90 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert_eq!(speed.tunnel.auth.auth_timeout, Duration::from_millis(3500));
+    }
+
+    #[test]
+    fn config_from_services_section() {
+        let text = "[services]\nbind = \"127.0.0.3\"\nport_min = 31000\nport_max = 31010\n\
+                    public_host = \"proxy.example\"\nmax_connections = 7\nidle_timeout_secs = 1.5\n\
+                    max_preauth = 40\nmax_preauth_per_source = 4\npreauth_timeout_secs = 0.25\n\
+                    dns = \"local\"\ncheck_target = \"127.0.0.1:80\"\n";
+        let cfg = Config::from_toml_str(text).unwrap();
+        let s = SocksConfig::from_services(&cfg.services);
+        assert_eq!(s.host(), "proxy.example");
+        assert_eq!((s.port_min, s.port_max), (31000, 31010));
+        assert_eq!(s.server.max_connections, 7);
+        assert_eq!(
+            (s.server.max_preauth, s.server.max_preauth_per_source),
+            (40, 4)
+        );
+        assert_eq!(
+            s.server.preauth_timeout,
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            SocksConfig::default().server,
+            ServerOptions::default(),
+            "the config defaults are the server defaults"
+        );
+        assert_eq!(
+            s.server.idle_timeout,
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(s.server.dns, crate::socks::DnsMode::Local);
+        assert_eq!(
+            s.check_target,
+            Some(TargetAddr::Ip("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(SocksConfig::default().host(), "127.0.0.1");
+        // The component's own defaults are the file's.
+        assert_eq!(
+            SocksConfig::default(),
+            SocksConfig::from_services(&ServicesConfig::default())
+        );
+    }
+
+    #[test]
+    fn engine_config_of_every_services_key() {
+        let text = "[test]\nconcurrency = 8\n\
+                    [services]\nreconcile_interval_secs = 5\nmonitor_interval_secs = 7.5\n\
+                    health_threshold = 2\nrestart_backoff_secs = 0\nrestart_backoff_max_secs = 60\n\
+                    proxies_file = \"/run/connexa/proxies.txt\"\n";
+        let c = Config::from_toml_str(text).unwrap();
+        let e = engine_config(&c);
+        assert_eq!(e.reconcile_interval, Duration::from_secs(5));
+        assert_eq!(e.monitor_interval, Duration::from_millis(7500));
+        assert_eq!(e.health_threshold, 2);
+        assert_eq!(e.restart_backoff, Duration::ZERO);
+        assert_eq!(e.restart_backoff_max, Duration::from_secs(60));
+        assert_eq!(
+            e.proxies_file.as_deref(),
+            Some(std::path::Path::new("/run/connexa/proxies.txt"))
+        );
+        assert_eq!(
+            engine_config(&Config::default()).proxies_file,
+            None,
+            "no proxies file unless configured"
+        );
+        let d = engine_config(&Config::default());
+        let engine_default = EngineConfig::default();
+        assert_eq!(
+            (
+                d.reconcile_interval,
+                d.monitor_interval,
+                d.health_threshold,
+                d.restart_backoff,
+                d.restart_backoff_max
+            ),
+            (
+                engine_default.reconcile_interval,
+                engine_default.monitor_interval,
+                engine_default.health_threshold,
+                engine_default.restart_backoff,
+                engine_default.restart_backoff_max
+            ),
+            "the file's defaults are the engine's"
+        );
+        assert_eq!(e.concurrency, 8);
     }
 }

@@ -3,19 +3,21 @@
 
 mod enrichment;
 mod filter;
+mod job;
 mod node;
 mod outcome;
 mod secret;
 mod selection;
 mod status;
-mod transition;
+pub mod transition;
 
 pub use enrichment::{
     Enrichment, EnrichmentUpdate, FraudRecord, GeoFacts, GeoRecord, Risk, UnknownRisk,
 };
 pub use filter::{NodeFilter, Page, PageError, SortKey};
+pub use job::{ItemId, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, Progress};
 pub use node::{
-    DEFAULT_PORT, InvalidNode, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,
+    DEFAULT_PORT, InvalidNode, Location, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,
     PptpIdentity, ServiceEndpoint,
 };
 pub use outcome::{Failure, Measurements, Outcome, control_result_meaning};

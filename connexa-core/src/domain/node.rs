@@ -20,10 +20,14 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// Descriptive fields of a node. They never affect its identity or status and
-/// may be edited freely.
+/// Where a node is and what the operator wrote about it: the six descriptive
+/// fields (provider, country, state, city, postal code, comment) that imports
+/// parse, filters match, views show and edits patch. They never affect a
+/// node's identity or status and may be edited freely. The postal code is
+/// `zipcode` here, in the store and in filters (`zip` on the command line and
+/// in HTTP bodies).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct NodeMeta {
+pub struct Location {
     /// The seller or ISP.
     pub provider: Option<String>,
     /// Country name (codes are expanded on import).
@@ -38,7 +42,11 @@ pub struct NodeMeta {
     pub comment: Option<String>,
 }
 
-impl NodeMeta {
+/// A node's descriptive fields: its [`Location`] (the name they had first, kept
+/// so existing code reads on).
+pub type NodeMeta = Location;
+
+impl Location {
     /// Longest provider, country, state or city name, in characters.
     pub const MAX_NAME: usize = 128;
     /// Longest postal code, in characters.

@@ -71,6 +71,12 @@ impl Status {
         Status::Offline,
     ];
 
+    /// The three verified statuses (`speed_ok`, `online`, `offline`): the
+    /// node passed the speed test, services may run through it, and no test
+    /// result demotes it. Exactly the statuses for which
+    /// [`is_verified`](Status::is_verified) is `true`.
+    pub const VERIFIED: [Status; 3] = [Status::SpeedOk, Status::Online, Status::Offline];
+
     /// The level of evidence this status stands for.
     pub fn level(self) -> Level {
         match self {
@@ -162,5 +168,25 @@ mod tests {
         assert_eq!(Level::ALL.map(Level::as_u8), [0, 1, 2, 3]);
         assert!(Level::None < Level::Light && Level::Auth < Level::Speed);
         assert!(!Status::PingOk.is_verified());
+    }
+
+    #[test]
+    fn verified_set_is_exactly_level_three() {
+        let by_level: Vec<Status> = Status::ALL
+            .into_iter()
+            .filter(|s| s.level() == Level::Speed)
+            .collect();
+        assert_eq!(Status::VERIFIED.to_vec(), by_level);
+        for st in Status::ALL {
+            assert_eq!(
+                st.is_verified(),
+                Status::VERIFIED.contains(&st),
+                "{st}: is_verified and VERIFIED disagree"
+            );
+        }
+        assert_eq!(
+            Status::VERIFIED.map(Status::as_str),
+            ["speed_ok", "online", "offline"]
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Events and the one function that changes a status.
+//! Events, the one function that changes a status ([`transition`]), and the
+//! question asked before doing work that ends in an event ([`allows`]).
 
 use std::fmt;
 
@@ -154,23 +155,9 @@ pub enum Refused {
 /// ```
 pub fn transition(current: Status, event: &Event) -> Result<Status, Refused> {
     use Status::*;
+    allows(current, event.kind())?;
     match event {
         Event::Tested(outcome) => Ok(after_test(current, outcome)),
-        Event::ServiceStarted(_) | Event::ServiceStartFailed(_) if !current.is_verified() => {
-            Err(Refused::ServiceNeedsVerifiedNode {
-                current,
-                event: event.kind(),
-                what: match event {
-                    Event::ServiceStarted(_) => "mark a service started",
-                    _ => "record a failed service start",
-                },
-                next: if current == PingOk {
-                    "speed"
-                } else {
-                    "pipeline"
-                },
-            })
-        }
         Event::ServiceStarted(_) => Ok(Online),
         Event::ServiceStartFailed(_) => Ok(current),
         Event::ServiceStopped => Ok(match current {
@@ -191,6 +178,44 @@ pub fn transition(current: Status, event: &Event) -> Result<Status, Refused> {
             level => after_test(current, &Outcome::success(*level)),
         }),
     }
+}
+
+/// May an event of this kind apply to a node with this status? `Ok(())`
+/// exactly when [`transition`] accepts such an event, and the same [`Refused`]
+/// it would answer otherwise. Lets a caller ask before doing the work (starting
+/// a service) without building an event.
+///
+/// ```
+/// use connexa_core::domain::{transition::allows, EventKind, Status};
+/// assert!(allows(Status::SpeedOk, EventKind::ServiceStarted).is_ok());
+/// let refused = allows(Status::PingOk, EventKind::ServiceStarted).unwrap_err();
+/// assert!(refused.to_string().contains("run `connexa test speed` first"));
+/// // Tests and health events apply to every status.
+/// assert!(allows(Status::NotTested, EventKind::Tested).is_ok());
+/// ```
+pub fn allows(current: Status, kind: EventKind) -> Result<(), Refused> {
+    let what = match kind {
+        EventKind::ServiceStarted => "mark a service started",
+        EventKind::ServiceStartFailed => "record a failed service start",
+        EventKind::Tested
+        | EventKind::ServiceStopped
+        | EventKind::HealthOk
+        | EventKind::HealthFailed
+        | EventKind::Inconclusive => return Ok(()),
+    };
+    if current.is_verified() {
+        return Ok(());
+    }
+    Err(Refused::ServiceNeedsVerifiedNode {
+        current,
+        event: kind,
+        what,
+        next: if current == Status::PingOk {
+            "speed"
+        } else {
+            "pipeline"
+        },
+    })
 }
 
 /// The status a test result alone points to, before the current status is considered.

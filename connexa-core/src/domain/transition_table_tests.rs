@@ -269,3 +269,33 @@ fn event_kinds_have_distinct_stored_names() {
         assert_eq!(k.to_string(), k.as_str());
     }
 }
+
+#[test]
+fn allows_refuses_exactly_the_refused_cells_of_the_table() {
+    let mut refused = 0;
+    for (row, cells) in TABLE {
+        let current: Status = row.parse().unwrap();
+        for (col, want) in cells.iter().enumerate() {
+            let event = column_event(col);
+            let cell = format!("{row} × {}", COLUMNS[col]);
+            let asked = transition::allows(current, event.kind());
+            assert_eq!(asked.is_err(), *want == "refused", "{cell}: {asked:?}");
+            // The same answer, word for word, as applying the event.
+            assert_eq!(
+                asked,
+                transition(current, &event).map(|_| ()),
+                "{cell}: allows and transition disagree"
+            );
+            refused += usize::from(asked.is_err());
+        }
+    }
+    // Two service columns × the five unverified statuses.
+    assert_eq!(refused, 10);
+    let msg = transition::allows(Status::AuthFailed, EventKind::ServiceStarted)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("mark a service started") && msg.contains("connexa test pipeline"),
+        "{msg}"
+    );
+}

@@ -466,9 +466,8 @@ fn terminal(state: JobState) -> bool {
 
 /// The selection narrowed to verified nodes (services run only through them).
 fn verified_only(mut f: NodeFilter) -> NodeFilter {
-    let level3 = [Status::SpeedOk, Status::Online, Status::Offline];
     f.statuses = if f.statuses.is_empty() {
-        level3.to_vec()
+        Status::VERIFIED.to_vec()
     } else {
         f.statuses.into_iter().filter(|s| s.is_verified()).collect()
     };

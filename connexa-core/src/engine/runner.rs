@@ -13,8 +13,8 @@ use tracing::Instrument;
 
 use super::{AbortOnDrop, BusyGuard, Inner, JobOptions, lock, terminal};
 use crate::domain::{
-    EnrichmentUpdate, Event, Failure, Level, Measurements, Node, NodeFilter, NodeId, Outcome, Page,
-    ServiceEndpoint, Status, transition,
+    EnrichmentUpdate, Event, EventKind, Failure, Level, Measurements, Node, NodeFilter, NodeId,
+    Outcome, Page, Status, transition,
 };
 use crate::ports::{
     ClaimedItem, ItemResult, ItemState, Job, JobId, JobKind, JobState, ProbeDepth, ProbeError,
@@ -832,13 +832,7 @@ async fn start_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
         }
         Err(e) => return Finish::new(ItemState::Failed, None, Some(format!("store: {e}"))),
     };
-    let probe_event = Event::ServiceStarted(ServiceEndpoint {
-        host: String::new(),
-        port: 0,
-        username: String::new(),
-        password: Default::default(),
-    });
-    if let Err(refused) = transition(node.status, &probe_event) {
+    if let Err(refused) = transition::allows(node.status, EventKind::ServiceStarted) {
         return Finish::new(ItemState::Failed, None, Some(refused.to_string()));
     }
     if !node.service_wanted {

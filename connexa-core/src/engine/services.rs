@@ -10,8 +10,9 @@ use tracing::Instrument;
 
 use super::{BusyGuard, EngineError, Inner, lock};
 use crate::domain::{Event, Node, NodeFilter, NodeId, Status};
-use crate::ops::all_matching;
-use crate::ports::{ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError};
+use crate::ports::{
+    ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError, all_matching,
+};
 
 /// What one reconciler pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -91,14 +92,10 @@ impl Inner {
     }
 }
 
-fn verified() -> Vec<Status> {
-    vec![Status::SpeedOk, Status::Online, Status::Offline]
-}
-
 fn wanted_filter() -> NodeFilter {
     NodeFilter {
         service_wanted: Some(true),
-        statuses: verified(),
+        statuses: Status::VERIFIED.to_vec(),
         ..NodeFilter::all()
     }
 }

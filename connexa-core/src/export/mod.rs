@@ -33,6 +33,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+pub use crate::csv_cell::{FORMULA_TRIGGERS, neutralize_formula};
 use crate::domain::{DEFAULT_PORT, Node, Status};
 
 /// An export format.
@@ -254,46 +255,6 @@ fn write_csv_row(out: &mut impl Write, node: &Node) -> io::Result<()> {
         write_csv_cell(out, &cell)?;
     }
     out.write_all(b"\n")
-}
-
-/// The characters that make a spreadsheet read a cell as a formula (CSV
-/// injection): `=`, `+`, `-`, `@`, tab and carriage return.
-pub const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
-
-/// A CSV cell made inert for spreadsheets: a cell starting with one of
-/// [`FORMULA_TRIGGERS`] gets a leading `'` (which spreadsheets show as text
-/// and the import removes again), unless it is a plain number such as a
-/// negative longitude.
-///
-/// ```
-/// use connexa_core::export::neutralize_formula;
-/// assert_eq!(neutralize_formula("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
-/// assert_eq!(neutralize_formula("@SUM(A1)"), "'@SUM(A1)");
-/// assert_eq!(neutralize_formula("-73.98"), "-73.98");
-/// assert_eq!(neutralize_formula("Berlin"), "Berlin");
-/// ```
-pub fn neutralize_formula(cell: &str) -> std::borrow::Cow<'_, str> {
-    if guarded(cell) {
-        std::borrow::Cow::Owned(format!("'{cell}"))
-    } else {
-        std::borrow::Cow::Borrowed(cell)
-    }
-}
-
-/// Whether [`neutralize_formula`] prefixes `cell`: it starts with a trigger,
-/// possibly after `'`s (so that a value starting with `'=` reads back
-/// exactly), and is not a plain number.
-fn guarded(cell: &str) -> bool {
-    cell.trim_start_matches('\'').starts_with(FORMULA_TRIGGERS) && cell.parse::<f64>().is_err()
-}
-
-/// Undoes [`neutralize_formula`]: a cell of our CSV that it prefixed loses
-/// its first `'`.
-pub(crate) fn unneutralize_formula(cell: &str) -> &str {
-    match cell.strip_prefix('\'') {
-        Some(rest) if guarded(rest) => rest,
-        _ => cell,
-    }
 }
 
 /// RFC 4180 quoting, plus: cells with leading/trailing white space or starting

@@ -213,7 +213,7 @@ impl Fields {
             provider: non_empty(self.provider),
             state,
             city: non_empty(self.city).or(loc.city),
-            zipcode: non_empty(self.zip).or(loc.zip),
+            zipcode: non_empty(self.zip).or(loc.zipcode),
             comment: non_empty(self.comment),
             country,
         }

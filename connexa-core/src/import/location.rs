@@ -1,18 +1,9 @@
 //! Locations: the many shapes sellers write them in, US state codes and common
 //! country codes.
 
-/// A parsed location. Every part is optional; unknown values are kept as given.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Location {
-    /// Country name (codes expanded).
-    pub country: Option<String>,
-    /// State or region (US state codes expanded).
-    pub state: Option<String>,
-    /// City.
-    pub city: Option<String>,
-    /// Postal code.
-    pub zip: Option<String>,
-}
+/// A parsed location is a [`Location`] with the parts the text had (never a
+/// provider or comment); unknown values are kept as given.
+pub use crate::domain::Location;
 
 const US_STATES: &[(&str, &str)] = &[
     ("AL", "Alabama"),
@@ -212,7 +203,7 @@ pub(crate) fn is_country_like(text: &str) -> bool {
 /// assert_eq!(l.state.as_deref(), Some("Washington"));
 /// assert_eq!(l.city.as_deref(), Some("Mill Creek"));
 /// let l = parse_location("Arizona/Phoenix 85001");
-/// assert_eq!((l.state.as_deref(), l.city.as_deref(), l.zip.as_deref()),
+/// assert_eq!((l.state.as_deref(), l.city.as_deref(), l.zipcode.as_deref()),
 ///            (Some("Arizona"), Some("Phoenix"), Some("85001")));
 /// ```
 pub fn parse_location(text: &str) -> Location {
@@ -224,11 +215,11 @@ pub fn parse_location(text: &str) -> Location {
     // A trailing postal code.
     if let Some((head, last)) = s.rsplit_once(char::is_whitespace) {
         if is_zip(last) {
-            loc.zip = Some(last.to_owned());
+            loc.zipcode = Some(last.to_owned());
             s = head.trim_end_matches(|c: char| c == ',' || c.is_whitespace());
         }
     } else if is_zip(s) {
-        loc.zip = Some(s.to_owned());
+        loc.zipcode = Some(s.to_owned());
         return loc;
     }
     let mut parts: Vec<&str> = Vec::with_capacity(4);
@@ -287,7 +278,8 @@ mod tests {
             country: c.map(str::to_owned),
             state: s.map(str::to_owned),
             city: ci.map(str::to_owned),
-            zip: z.map(str::to_owned),
+            zipcode: z.map(str::to_owned),
+            ..Location::default()
         }
     }
 

@@ -73,7 +73,7 @@ impl CsvHeader {
         for (cell, col) in cells.iter().zip(&self.columns) {
             if let Some(key) = col {
                 // Our CSV export guards formulas with a leading `'`.
-                f.set(*key, crate::export::unneutralize_formula(cell));
+                f.set(*key, crate::csv_cell::unneutralize_formula(cell));
             }
         }
         f.build().map_err(|reason| {

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::domain::{Failure, Level, Measurements, Node, Outcome, Secret};
 use crate::ports::{ProbeDepth, ProbeError, Prober};
 use crate::pptp::control::{HandshakeConfig, HandshakeResult, LightHandshake};
-use crate::tunnel::{self, AuthConfig, GreSocket, LoginReport, ipv4_only};
+use crate::tunnel::{self, AuthConfig, GreSocket, LoginReport, ipv4_only, retrying};
 
 mod icmp;
 
@@ -351,33 +351,6 @@ async fn drive(mut stream: TcpStream, mut hs: LightHandshake) -> Result<Handshak
     Ok(hs
         .take_result()
         .unwrap_or(HandshakeResult::Failed(Failure::ClosedEarly)))
-}
-
-/// Runs `op` up to `attempts` times (at least once) while `again` says its
-/// result deserves another try, pausing `backoff` before the second try and
-/// twice as long before each further one. Shared by the light handshake, the
-/// auth login and the tunnel (speed tests, services).
-pub(crate) async fn retrying<T, F, Fut>(
-    attempts: u32,
-    backoff: Duration,
-    mut op: F,
-    again: impl Fn(&T) -> bool,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let mut pause = backoff;
-    let mut result = op().await;
-    for _ in 1..attempts.max(1) {
-        if !again(&result) {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-        pause = pause.saturating_mul(2);
-        result = op().await;
-    }
-    result
 }
 
 fn connect_failure(e: &io::Error) -> Failure {

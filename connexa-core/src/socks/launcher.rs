@@ -10,13 +10,13 @@ use async_trait::async_trait;
 
 use super::proto::TargetAddr;
 use super::server::{ServerHandle, ServerOptions, ServiceStats, Shared, connect_target};
-use crate::config::ServicesConfig;
 use crate::domain::{Node, NodeId, Secret, ServiceEndpoint};
 use crate::ports::{Health, ServiceCounters, ServiceError, ServiceLauncher};
 use crate::service::{TunnelLink, TunnelOpener};
 
-/// Settings of a [`SocksLauncher`]; [`SocksConfig::from_services`] builds them
-/// from the `[services]` section of the configuration file.
+/// Settings of a [`SocksLauncher`]; `SocksConfig::from_services` (in
+/// [`runtime`](crate::runtime)) builds them from the `[services]` section of
+/// the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocksConfig {
     /// Address the listeners bind to. Default `127.0.0.1`.
@@ -37,44 +37,27 @@ pub struct SocksConfig {
 }
 
 impl Default for SocksConfig {
+    /// `127.0.0.1`, ports 20000–29999, the [`ServerOptions`] defaults, no
+    /// health-check target: the defaults of the `[services]` section.
     fn default() -> Self {
-        SocksConfig::from_services(&ServicesConfig::default())
+        SocksConfig {
+            bind: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            public_host: None,
+            port_min: 20000,
+            port_max: 29999,
+            server: ServerOptions::default(),
+            check_target: None,
+        }
     }
 }
 
 impl SocksConfig {
-    /// The settings of a `[services]` configuration section (already validated by
-    /// [`Config::validate`](crate::config::Config::validate)).
-    pub fn from_services(c: &ServicesConfig) -> Self {
-        SocksConfig {
-            bind: c.bind,
-            public_host: c.public_host.clone(),
-            port_min: c.port_min.max(1),
-            port_max: c.port_max.max(c.port_min.max(1)),
-            server: ServerOptions {
-                max_connections: c.max_connections.max(1),
-                max_preauth: c.max_preauth.max(1),
-                max_preauth_per_source: c.max_preauth_per_source.max(1),
-                preauth_timeout: secs(c.preauth_timeout_secs),
-                handshake_timeout: secs(c.handshake_timeout_secs),
-                connect_timeout: secs(c.connect_timeout_secs),
-                idle_timeout: secs(c.idle_timeout_secs),
-                drain_timeout: secs(c.drain_timeout_secs),
-                dns: c.dns,
-            },
-            check_target: c.check_target.as_deref().and_then(TargetAddr::parse),
-        }
-    }
-
-    fn host(&self) -> String {
+    /// The host name or address clients are told to use.
+    pub(crate) fn host(&self) -> String {
         self.public_host
             .clone()
             .unwrap_or_else(|| self.bind.to_string())
     }
-}
-
-fn secs(v: f64) -> std::time::Duration {
-    std::time::Duration::try_from_secs_f64(v).unwrap_or(std::time::Duration::from_secs(10))
 }
 
 struct Running {
@@ -511,41 +494,5 @@ mod tests {
         assert_eq!(a.len(), 24);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn config_from_services_section() {
-        let text = "[services]\nbind = \"127.0.0.3\"\nport_min = 31000\nport_max = 31010\n\
-                    public_host = \"proxy.example\"\nmax_connections = 7\nidle_timeout_secs = 1.5\n\
-                    max_preauth = 40\nmax_preauth_per_source = 4\npreauth_timeout_secs = 0.25\n\
-                    dns = \"local\"\ncheck_target = \"127.0.0.1:80\"\n";
-        let cfg = crate::config::Config::from_toml_str(text).unwrap();
-        let s = SocksConfig::from_services(&cfg.services);
-        assert_eq!(s.host(), "proxy.example");
-        assert_eq!((s.port_min, s.port_max), (31000, 31010));
-        assert_eq!(s.server.max_connections, 7);
-        assert_eq!(
-            (s.server.max_preauth, s.server.max_preauth_per_source),
-            (40, 4)
-        );
-        assert_eq!(
-            s.server.preauth_timeout,
-            std::time::Duration::from_millis(250)
-        );
-        assert_eq!(
-            SocksConfig::default().server,
-            super::super::ServerOptions::default(),
-            "the config defaults are the server defaults"
-        );
-        assert_eq!(
-            s.server.idle_timeout,
-            std::time::Duration::from_millis(1500)
-        );
-        assert_eq!(s.server.dns, super::super::DnsMode::Local);
-        assert_eq!(
-            s.check_target,
-            Some(TargetAddr::Ip("127.0.0.1:80".parse().unwrap()))
-        );
-        assert_eq!(SocksConfig::default().host(), "127.0.0.1");
     }
 }

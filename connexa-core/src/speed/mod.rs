@@ -67,7 +67,6 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_rustls::TlsConnector;
 
-use crate::config::TestConfig;
 use crate::domain::{Failure, Level, Measurements, Node, Outcome};
 use crate::ports::{ProbeError, SpeedTester};
 use crate::probe::LightProber;
@@ -136,10 +135,14 @@ impl KeyedTarget {
     }
 }
 
+/// The default download target (`[test] test_url`): 25 MB from Cloudflare's
+/// speed test.
+pub const DEFAULT_TEST_URL: &str = "https://speed.cloudflare.com/__down?bytes=25000000";
+
 impl Default for SpeedConfig {
     fn default() -> Self {
         SpeedConfig {
-            download_urls: vec![TestConfig::default().test_url],
+            download_urls: vec![DEFAULT_TEST_URL.to_owned()],
             upload_url: None,
             duration: Duration::from_secs(10),
             streams: 4,
@@ -155,54 +158,6 @@ impl Default for SpeedConfig {
 }
 
 impl SpeedConfig {
-    /// The settings of the operator's configuration file (`[test]`).
-    pub fn from_test_config(t: &TestConfig) -> Self {
-        let mut urls = vec![t.test_url.clone()];
-        urls.extend(t.extra_test_urls.iter().cloned());
-        SpeedConfig {
-            download_urls: urls,
-            upload_url: t.upload_url.clone().filter(|u| !u.is_empty()),
-            duration: Duration::from_secs_f64(t.speed_duration_secs),
-            streams: t.speed_streams.max(1) as usize,
-            warmup: Duration::from_secs_f64(t.speed_warmup_secs),
-            threshold_mbps: t.speed_threshold_mbps,
-            ca_file: t
-                .test_ca_file
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from),
-            tunnel: TunnelConfig {
-                auth: crate::tunnel::AuthConfig {
-                    connect_timeout: t.connect_timeout(),
-                    handshake_timeout: t.light_timeout(),
-                    auth_timeout: t.auth_timeout(),
-                    ..Default::default()
-                },
-                ..TunnelConfig::default()
-            },
-            timeout: t.speed_timeout(),
-            keyed: None,
-            resolve_through_node: t.resolve_through_node,
-        }
-    }
-
-    /// The settings of the whole configuration: [`SpeedConfig::from_test_config`],
-    /// testing against the operator's own endpoint ([`Config::speed_self_url`])
-    /// with `key` when there is one.
-    ///
-    /// [`Config::speed_self_url`]: crate::config::Config::speed_self_url
-    pub fn from_config(config: &crate::config::Config, key: Option<keyed::SpeedKey>) -> Self {
-        let mut c = Self::from_test_config(&config.test);
-        if let (Some(url), Some(key)) = (config.speed_self_url(), key) {
-            let mut k = KeyedTarget::new(&url, key);
-            k.upload = config.test.self_upload;
-            // Never more than our own endpoint would serve.
-            k.request_bytes = k.request_bytes.min(config.test.speed_max_bytes.max(1));
-            c.keyed = Some(k);
-        }
-        c
-    }
-
     /// `http://` targets whose content is not verified: a node could answer
     /// them itself (see [`HttpSpeedTester`]'s warning).
     pub fn spoofable_urls(&self) -> Vec<&str> {

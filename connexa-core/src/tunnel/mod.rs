@@ -39,6 +39,7 @@
 mod call;
 mod device;
 mod fd;
+mod retry;
 mod socket;
 mod stack;
 
@@ -47,5 +48,6 @@ pub use call::{AuthConfig, LoginReport, Teardown, login};
 pub use device::PacketQueues;
 #[cfg(feature = "sim")]
 pub(crate) use fd::register as register_async_fd;
+pub(crate) use retry::retrying;
 pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};
 pub use stack::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, TunnelUdp};

@@ -312,7 +312,7 @@ impl Tunnel {
                 }
             }
         };
-        let (mut call, mut link) = crate::probe::retrying(
+        let (mut call, mut link) = super::retrying(
             config.attempts,
             config.backoff,
             connect,
