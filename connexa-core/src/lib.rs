@@ -10,7 +10,7 @@
 //! | [`NetworkPorts`] | The prober, speed tester and SOCKS5 launcher built from a [`Config`], sharing one GRE socket. |
 //! | [`SqlStore`] | The SQLite/PostgreSQL store (the only writer of a node's status). |
 //! | [`Config`] | The operator's TOML configuration file. |
-//! | [`transition`] (function and module), [`Status`], [`Level`], [`Event`], [`EventKind`], [`Outcome`], [`Refused`] | The status model: the one function that changes a status, and [`transition::allows`]. |
+//! | [`transition`](fn@transition) (function and [module](mod@transition)), [`Status`], [`Level`], [`Event`], [`EventKind`], [`Outcome`], [`Refused`] | The status model: the one function that changes a status, and [`transition::allows`]. |
 //! | [`Node`], [`NodeId`], [`NewNode`], [`Location`], [`Secret`] | Nodes and their fields. |
 //! | [`NodeFilter`], [`Page`], [`Selection`] | Which nodes: filters, pages, and the ids-or-filter-or-all selection frontends validate. |
 //! | [`JobKind`], [`JobId`], [`JobState`], [`Job`], [`Progress`] | The job model. |
@@ -22,13 +22,12 @@
 //! is in `docs/architecture.md` ("Module map and layers"), checked by
 //! `tests/layers.rs`.
 //!
-//! * [`domain`]: the node model, the eight [`Status`](domain::Status) values, the
-//!   pure [`transition`](domain::transition) function — the only way a status
-//!   changes — and the job model.
-//! * [`ports`]: the traits the engine is generic over ([`NodeStore`](ports::NodeStore),
-//!   [`Prober`](ports::Prober), [`SpeedTester`](ports::SpeedTester),
-//!   [`ServiceLauncher`](ports::ServiceLauncher)) and the cursor walk over a store
-//!   ([`NodeWalk`](ports::NodeWalk)).
+//! * [`domain`]: the node model, the eight [`Status`] values, the pure
+//!   [`transition`](fn@transition) function — the only way a status changes —
+//!   and the job model.
+//! * [`ports`]: the traits the engine is generic over ([`NodeStore`],
+//!   [`Prober`], [`SpeedTester`], [`ServiceLauncher`]) and the cursor walk over
+//!   a store ([`NodeWalk`](ports::NodeWalk)).
 //! * [`pptp`]: **protocol internals** — the sans-IO PPTP parts (GRE, PPP/LCP,
 //!   MS-CHAPv2, login driver, CCP/MPPE, IPCP, the session after login). Public
 //!   for those who want to drive the protocol themselves (tests, simulators,

@@ -103,7 +103,7 @@ pub struct HistoryRow {
 
 impl HistoryRow {
     /// Rebuilds an event equivalent to the one recorded (same table column), so a
-    /// history can be replayed through [`transition`](crate::domain::transition).
+    /// history can be replayed through [`transition`](fn@crate::domain::transition).
     /// `None` for deletions.
     pub fn replay_event(&self) -> Option<Event> {
         let reason = || self.detail.clone().unwrap_or_default();
@@ -257,7 +257,7 @@ pub enum StoreError {
 #[async_trait]
 pub trait NodeStore: Send + Sync {
     /// In one transaction: read the node's status, compute
-    /// [`transition`](crate::domain::transition), write the new status and the
+    /// [`transition`](fn@crate::domain::transition), write the new status and the
     /// event's evidence, and append a history row. A refused event writes nothing
     /// and returns [`StoreError::Refused`].
     async fn apply(

@@ -1,4 +1,4 @@
-//! The domain: nodes, statuses, events and [`transition`]. Pure: no I/O, no async,
+//! The domain: nodes, statuses, events and [`transition`](fn@transition). Pure: no I/O, no async,
 //! no clock reads.
 
 mod enrichment;

@@ -34,7 +34,7 @@ impl Level {
 
 /// The status of a node, stored as snake_case text.
 ///
-/// See the table in `docs/architecture.md`; [`transition`](super::transition) is
+/// See the table in `docs/architecture.md`; [`transition`](fn@super::transition) is
 /// the only function that computes a new status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

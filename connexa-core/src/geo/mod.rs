@@ -13,7 +13,7 @@
 //!
 //! Enrichment is not a status event: results are stored with
 //! [`NodeStore::enrich`](crate::ports::NodeStore::enrich) (or with a job's
-//! item results) and never go through [`transition`](crate::domain::transition).
+//! item results) and never go through [`transition`](fn@crate::domain::transition).
 
 mod mmdb;
 pub mod online;
