@@ -381,6 +381,7 @@ pub fn app(state: AppState) -> Router {
         .route("/services/stop", post(routes::services::stop))
         .route("/services/restart", post(routes::services::restart))
         .route("/stats", get(routes::stats::stats))
+        .route("/workers", get(routes::workers::list))
         .route("/token", get(routes::token::current))
         .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(o.max_body_bytes))

@@ -35,6 +35,7 @@ use crate::routes;
         routes::services::stop,
         routes::services::restart,
         routes::stats::stats,
+        routes::workers::list,
         routes::token::current,
         routes::import::import,
         routes::import::list,
@@ -60,6 +61,7 @@ use crate::routes;
         (name = "import", description = "Node lists in"),
         (name = "export", description = "Node lists out"),
         (name = "stats", description = "Counts"),
+        (name = "workers", description = "Worker processes, heartbeats, items in flight"),
         (name = "meta", description = "Health, metrics, this document"),
     )
 )]
