@@ -99,6 +99,8 @@ pub enum Command {
     Service(commands::service::ServiceCommand),
     /// The worker: queued jobs, service reconciler, health monitor (--once: one pass).
     Run(commands::run::RunArgs),
+    /// The worker processes on this database: heartbeats, roles, items in flight.
+    Workers(commands::workers::WorkersArgs),
     /// Run a simulated PPTP fleet on loopback and write its node list.
     Sim(commands::sim::SimArgs),
     /// Check the database, capabilities, speed target, ports, file modes and clock.
@@ -189,6 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Jobs(c) => commands::jobs::exec(&ctx, c).await,
         Command::Service(c) => commands::service::exec(&ctx, c).await,
         Command::Run(a) => commands::run::exec(&ctx, a).await,
+        Command::Workers(a) => commands::workers::exec(&ctx, a).await,
         Command::Demo(a) => commands::demo::exec(&ctx, a).await,
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,
         Command::Doctor(a) => commands::doctor::exec(&ctx, a).await,

@@ -33,9 +33,20 @@ pub async fn engine_and_launcher(
     ctx: &Ctx,
     prober: Arc<LightProber>,
 ) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
+    engine_and_launcher_as(ctx, prober, None, Vec::new()).await
+}
+
+/// [`engine_and_launcher`] for a worker process: its name (default
+/// `HOST-pPID`) and roles (empty: the engine's default, jobs and services).
+pub async fn engine_and_launcher_as(
+    ctx: &Ctx,
+    prober: Arc<LightProber>,
+    worker: Option<String>,
+    roles: Vec<connexa_core::ports::WorkerRole>,
+) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
     let store = ctx.store().await?;
     let ports = NetworkPorts::with_prober(&ctx.effective_config(), prober);
-    let engine = ports.engine(store, &ctx.config);
+    let engine = ports.engine_as(store, &ctx.config, worker, roles);
     runtime::attach_enrichment(&engine, &ctx.config)?;
     Ok((engine, ports.launcher))
 }

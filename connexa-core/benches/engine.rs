@@ -67,7 +67,13 @@ async fn baseline(store: &SqlStore) -> f64 {
     let start = Instant::now();
     loop {
         let items = store
-            .claim_items(job.id, "bench", 512, Utc::now())
+            .claim_items(
+                job.id,
+                "bench",
+                512,
+                Utc::now(),
+                std::time::Duration::from_secs(30),
+            )
             .await
             .expect("claim");
         if items.is_empty() {
@@ -77,6 +83,7 @@ async fn baseline(store: &SqlStore) -> f64 {
             .into_iter()
             .map(|i| ItemResult {
                 item: i.item,
+                token: i.token,
                 state: ItemState::Ok,
                 event: Some(Event::Tested(Outcome::success(Level::Light))),
                 enrichment: None,

@@ -59,6 +59,10 @@
 //! [http]
 //! listen = "127.0.0.1:8080"
 //!
+//! [workers]                    # many `connexa run` processes on one PostgreSQL
+//! heartbeat_secs = 5.0         # each worker's heartbeat: alive, and its items' leases extended
+//! lease_secs = 30.0            # a claimed item not extended this long is reclaimed by a live worker
+//!
 //! [geo]                        # `connexa test geo`: where each node's address really is
 //! # city_db = "/var/lib/connexa/GeoLite2-City.mmdb"  # MaxMind-format city database
 //! # asn_db = "/var/lib/connexa/GeoLite2-ASN.mmdb"    # MaxMind-format ASN database
@@ -113,6 +117,31 @@ pub struct Config {
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
     /// Secrets at rest.
     pub secrets: SecretsConfig,
+    /// Worker processes: heartbeats and leases.
+    pub workers: WorkersConfig,
+}
+
+/// Worker processes (`[workers]`): each `connexa run` and `connexa-http serve`
+/// registers as a worker and beats every `heartbeat_secs`; a job item it
+/// claimed is its own until `lease_secs` after its last heartbeat, then any
+/// live worker may reclaim it (and this worker's late result is refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: f64,
+    /// Seconds a claimed item stays held without a heartbeat; at least twice
+    /// `heartbeat_secs`.
+    pub lease_secs: f64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            heartbeat_secs: 5.0,
+            lease_secs: 30.0,
+        }
+    }
 }
 
 /// Secrets at rest (`[secrets]`): node passwords and SOCKS5 credentials are
@@ -645,6 +674,18 @@ impl Config {
             return bad(format!(
                 "services.restart_backoff_secs ({}) must be at least 0 and at most services.restart_backoff_max_secs ({}), itself at most 86400",
                 s.restart_backoff_secs, s.restart_backoff_max_secs
+            ));
+        }
+        let w = &self.workers;
+        if !(w.heartbeat_secs.is_finite()
+            && w.heartbeat_secs > 0.0
+            && w.lease_secs.is_finite()
+            && w.lease_secs >= 2.0 * w.heartbeat_secs
+            && w.lease_secs <= 86_400.0)
+        {
+            return bad(format!(
+                "workers.lease_secs ({}) must be at least twice workers.heartbeat_secs ({}), which must be above 0, and at most 86400",
+                w.lease_secs, w.heartbeat_secs
             ));
         }
         let g = &self.geo;

@@ -249,6 +249,19 @@ pub enum StoreError {
     /// The selection matches no node: an action on it would do nothing.
     #[error("no node matches the selection")]
     NothingSelected,
+    /// Another live process is registered under this worker name.
+    #[error(
+        "worker name {name:?} is taken by a live process ({host}, pid {pid}); give another \
+         --worker name, or wait for its heartbeat to expire"
+    )]
+    WorkerNameTaken {
+        /// The name.
+        name: String,
+        /// The host of the process holding it.
+        host: String,
+        /// Its process id.
+        pid: u32,
+    },
 }
 
 /// Persistence of nodes and their history. `apply` is the only method that
@@ -402,27 +415,90 @@ pub trait NodeStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Claims up to `max` pending items of `job` for `worker`. On Postgres several
-    /// processes can claim from one job at once (`FOR UPDATE SKIP LOCKED`).
+    /// Claims up to `max` items of `job` for `worker`: pending items, and
+    /// running items whose lease expired (their worker died or was cut off).
+    /// Each claimed item gets `worker`, a fresh claim token and a lease until
+    /// `at + lease`. On Postgres several processes can claim from one job at
+    /// once (`FOR UPDATE SKIP LOCKED`).
     async fn claim_items(
         &self,
         job: JobId,
         worker: &str,
         max: u64,
         at: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<Vec<ClaimedItem>, StoreError>;
 
     /// Group commit of item results: in ONE transaction, applies each result's
     /// event (as [`apply_many`](Self::apply_many)) and marks the item terminal.
-    /// Items already terminal are left alone (a result is never applied twice).
+    /// A result is taken only if its item is still running under the claim
+    /// token the result carries (fencing): results for items already ended,
+    /// put back or reclaimed by another worker are refused (`written: false`),
+    /// so no result is ever applied twice.
     async fn finish_items(&self, results: Vec<ItemResult>)
     -> Result<Vec<ItemFinished>, StoreError>;
 
     /// Ends every pending item of `job` as cancelled; returns how many.
     async fn cancel_pending(&self, job: JobId, at: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Puts `running` items back to `pending` (after a crash); returns how many.
+    /// Puts every `running` item of `job` back to `pending`, whoever holds
+    /// it; returns how many. Only for when every worker is known to be gone:
+    /// recovery uses [`requeue_orphans`](Self::requeue_orphans).
     async fn requeue_running(&self, job: JobId) -> Result<u64, StoreError>;
+
+    /// Puts back to `pending` the `running` items of `job` whose holder is
+    /// dead at `at` — its worker row's heartbeat expired, or the item's lease
+    /// ran out (or it has none) — or is `me` (the caller, which knows that it
+    /// runs none of them); returns how many. Items of other live holders
+    /// (a registered worker, or an unregistered process whose heartbeat
+    /// keeps extending its leases) are left alone.
+    async fn requeue_orphans(
+        &self,
+        job: JobId,
+        me: &str,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// How many items of `job` a claim at `at` could take (pending items and
+    /// running items whose lease expired).
+    async fn claimable(&self, job: JobId, at: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Registers a worker process (refused with
+    /// [`StoreError::WorkerNameTaken`] when another live process, another host
+    /// or pid, holds the name), alive until `at + lease`.
+    async fn register_worker(
+        &self,
+        worker: &WorkerRegistration,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError>;
+
+    /// A worker's heartbeat, in one transaction: its row says it is alive
+    /// until `at + lease` (the row is made if missing), and the leases of
+    /// every item it holds running are extended to the same time. Returns how
+    /// many item leases were extended.
+    async fn heartbeat(
+        &self,
+        worker: &WorkerRegistration,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<u64, StoreError>;
+
+    /// Extends to `at + lease` the lease of every item `worker` holds
+    /// running, in one statement; returns how many. The heartbeat of a process
+    /// that runs jobs without being a registered worker.
+    async fn extend_leases(
+        &self,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<u64, StoreError>;
+
+    /// Removes a worker's row (clean exit); `true` when there was one.
+    async fn deregister_worker(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every registered worker, by name, as seen at `at`.
+    async fn workers(&self, at: DateTime<Utc>) -> Result<Vec<WorkerView>, StoreError>;
 
     /// Progress of a job, computed from committed item rows.
     async fn progress(&self, job: JobId) -> Result<Progress, StoreError>;
@@ -639,6 +715,90 @@ pub struct ClaimedItem {
     pub job: JobId,
     /// The node to work on.
     pub node: NodeId,
+    /// The claim token: the item's result is taken only with it
+    /// ([`ItemResult::token`]).
+    pub token: i64,
+}
+
+/// What a process does, as registered in the `workers` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerRole {
+    /// Runs job items.
+    Jobs,
+    /// Runs services (reconciler and monitor).
+    Services,
+    /// Serves the HTTP API and console.
+    Http,
+}
+
+crate::domain::snake_names!(WorkerRole { Jobs => "jobs", Services => "services", Http => "http" });
+
+/// A worker process, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRegistration {
+    /// Unique name (`--worker NAME`, else `HOST-pPID`); job items record it.
+    pub name: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The Connexa version it runs.
+    pub version: String,
+    /// What it does.
+    pub roles: Vec<WorkerRole>,
+}
+
+impl WorkerRegistration {
+    /// This process: `name` or `HOST-pPID`, this host, pid and crate version.
+    pub fn this_process(name: Option<String>, roles: Vec<WorkerRole>) -> Self {
+        let host = hostname();
+        let pid = std::process::id();
+        WorkerRegistration {
+            name: name.unwrap_or_else(|| format!("{host}-p{pid}")),
+            host,
+            pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            roles,
+        }
+    }
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else `localhost`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// A registered worker, with its liveness and load ([`NodeStore::workers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerView {
+    /// Its name.
+    pub name: String,
+    /// Its host.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The Connexa version it runs.
+    pub version: String,
+    /// What it does.
+    pub roles: Vec<WorkerRole>,
+    /// When it registered.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub last_heartbeat: DateTime<Utc>,
+    /// Alive until then unless it beats again.
+    pub expires_at: DateTime<Utc>,
+    /// `true` while its heartbeat has not expired.
+    pub alive: bool,
+    /// Job items it holds running now.
+    pub items_in_flight: u64,
 }
 
 /// A finished item, for [`NodeStore::finish_items`].
@@ -646,6 +806,8 @@ pub struct ClaimedItem {
 pub struct ItemResult {
     /// The item.
     pub item: ItemId,
+    /// The claim token the item was claimed with ([`ClaimedItem::token`]).
+    pub token: i64,
     /// Its terminal state.
     pub state: ItemState,
     /// The event to apply to the item's node, if any.

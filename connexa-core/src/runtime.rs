@@ -52,7 +52,8 @@ pub fn prober(t: &TestConfig) -> LightProber {
 }
 
 /// The engine settings of the configuration: `[test] concurrency` (0 keeps
-/// the default), `[test] speed_concurrency` and the `[services]` reconciler and monitor settings.
+/// the default), `[test] speed_concurrency`, the `[services]` reconciler and
+/// monitor settings and the `[workers]` heartbeat and lease.
 pub fn engine_config(config: &Config) -> EngineConfig {
     let mut c = EngineConfig::default();
     if config.test.concurrency > 0 {
@@ -67,6 +68,25 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c.restart_backoff = Duration::from_secs_f64(s.restart_backoff_secs);
     c.restart_backoff_max = Duration::from_secs_f64(s.restart_backoff_max_secs);
     c.proxies_file = s.proxies_file.clone().filter(|p| !p.as_os_str().is_empty());
+    c.heartbeat_interval = Duration::from_secs_f64(config.workers.heartbeat_secs);
+    c.lease = Duration::from_secs_f64(config.workers.lease_secs);
+    c
+}
+
+/// [`engine_config`] for a worker process named `worker` (default
+/// `HOST-pPID`) with `roles` (empty: the default, jobs and services).
+pub fn worker_config(
+    config: &Config,
+    worker: Option<String>,
+    roles: Vec<crate::ports::WorkerRole>,
+) -> EngineConfig {
+    let mut c = engine_config(config);
+    if let Some(name) = worker {
+        c.worker = name;
+    }
+    if !roles.is_empty() {
+        c.roles = roles;
+    }
     c
 }
 
@@ -416,12 +436,24 @@ impl NetworkPorts {
 
     /// An engine over `store` with these ports and [`engine_config`].
     pub fn engine(&self, store: Arc<dyn NodeStore>, config: &Config) -> Engine {
+        self.engine_as(store, config, None, Vec::new())
+    }
+
+    /// As [`engine`](Self::engine), for a worker process: its name (default
+    /// `HOST-pPID`) and roles (empty: the default, jobs and services).
+    pub fn engine_as(
+        &self,
+        store: Arc<dyn NodeStore>,
+        config: &Config,
+        worker: Option<String>,
+        roles: Vec<crate::ports::WorkerRole>,
+    ) -> Engine {
         Engine::new(
             store,
             self.prober.clone(),
             self.speed.clone(),
             self.launcher.clone(),
-            engine_config(config),
+            worker_config(config, worker, roles),
         )
     }
 
@@ -451,12 +483,26 @@ impl NetworkPorts {
         config: &Config,
         stats: Arc<ProbeStats>,
     ) -> Engine {
+        self.engine_with_stats_as(store, config, stats, None, Vec::new())
+    }
+
+    /// As [`engine_with_stats`](Self::engine_with_stats), for a worker
+    /// process: its name (default `HOST-pPID`) and roles (empty: the
+    /// default, jobs and services).
+    pub fn engine_with_stats_as(
+        &self,
+        store: Arc<dyn NodeStore>,
+        config: &Config,
+        stats: Arc<ProbeStats>,
+        worker: Option<String>,
+        roles: Vec<crate::ports::WorkerRole>,
+    ) -> Engine {
         Engine::new(
             store,
             Arc::new(Instrumented::new(self.prober.clone(), Arc::clone(&stats))),
             Arc::new(Instrumented::new(self.speed.clone(), stats)),
             self.launcher.clone(),
-            engine_config(config),
+            worker_config(config, worker, roles),
         )
     }
 }

@@ -510,7 +510,13 @@ async fn items_requeued_by_another_process_are_not_expired_by_a_runner_without_d
     // A worker of a process that died holds one item.
     let dead = env
         .real
-        .claim_items(job.id, "dead", 1, chrono::Utc::now())
+        .claim_items(
+            job.id,
+            "dead",
+            1,
+            chrono::Utc::now(),
+            std::time::Duration::from_secs(30),
+        )
         .await
         .unwrap();
     assert_eq!(dead.len(), 1);
@@ -1059,4 +1065,92 @@ async fn a_start_job_starts_what_does_not_run_and_leaves_a_running_service_alone
     let (_, p) = env.done(job).await;
     assert_eq!(p.ok, 2);
     assert_eq!(launcher.starts.load(Ordering::SeqCst), 4);
+}
+
+// ------------------------------------------------------- workers and leases
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_leaves_a_live_workers_items_alone_and_reclaims_a_lapsed_lease() {
+    let env = env(6).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let p = Arc::new(FakeProber {
+        answer: Answer::Ok(1),
+        probes: AtomicU64::new(0),
+        gate: Some(Arc::clone(&gate)),
+    });
+    let worker = |name: &str| EngineConfig {
+        worker: name.to_owned(),
+        lease: Duration::from_secs(3600),
+        ..config(3)
+    };
+    // A, a live registered worker, holds three items (its tests wait at the gate).
+    let a = env.engine(Arc::clone(&p), worker("a"));
+    a.register().await.unwrap();
+    let job = a
+        .start_job(JobKind::Light, NodeFilter::all(), JobOptions::default())
+        .await
+        .unwrap();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.probes.load(Ordering::SeqCst) < 3 {
+        assert!(tokio::time::Instant::now() < give_up);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // A worker that died holds one more, with a lease that already ran out.
+    let lapsed = env
+        .real
+        .claim_items(
+            job,
+            "dead",
+            1,
+            chrono::Utc::now() - chrono::Duration::hours(2),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lapsed.len(), 1);
+    // B starts: its recovery puts back only the dead worker's item.
+    let b = env.engine(Arc::clone(&p), worker("b"));
+    b.register().await.unwrap();
+    assert_eq!(env.real.progress(job).await.unwrap().running, 4);
+    b.recover(RecoverPolicy::Resume).await.unwrap();
+    let w = env.real.workers(chrono::Utc::now()).await.unwrap();
+    let held = |n: &str| {
+        w.iter()
+            .find(|w| w.name == n)
+            .map_or(0, |w| w.items_in_flight)
+    };
+    assert_eq!(held("a"), 3, "{w:?}");
+    // Everything runs to the end; every item ends once, nothing is refused.
+    gate.add_permits(1_000);
+    let s = tokio::time::timeout(Duration::from_secs(10), b.wait(job))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.job.state, s.progress.ok), (JobState::Done, 6));
+    assert_eq!(env.applied_once(job).await, 6);
+    assert_eq!(a.results_refused() + b.results_refused(), 0);
+    // The dead worker's late result is refused.
+    let late = env
+        .real
+        .finish_items(vec![ItemResult {
+            item: lapsed[0].item,
+            token: lapsed[0].token,
+            state: ItemState::Ok,
+            event: None,
+            enrichment: None,
+            detail: None,
+            at: chrono::Utc::now(),
+        }])
+        .await
+        .unwrap();
+    assert!(!late[0].written);
+    a.deregister().await.unwrap();
+    b.deregister().await.unwrap();
+    assert!(
+        env.real
+            .workers(chrono::Utc::now())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

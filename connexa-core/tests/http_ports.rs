@@ -86,7 +86,13 @@ async fn items_since_under_concurrent_commits(db: TestDb) {
         writers.push(tokio::spawn(async move {
             loop {
                 let claimed = store
-                    .claim_items(job, &format!("w{w}"), 7, Utc::now())
+                    .claim_items(
+                        job,
+                        &format!("w{w}"),
+                        7,
+                        Utc::now(),
+                        std::time::Duration::from_secs(30),
+                    )
                     .await
                     .unwrap();
                 if claimed.is_empty() {
@@ -96,6 +102,7 @@ async fn items_since_under_concurrent_commits(db: TestDb) {
                     .iter()
                     .map(|c| ItemResult {
                         item: c.item,
+                        token: c.token,
                         state: ItemState::Failed,
                         event: None,
                         enrichment: None,

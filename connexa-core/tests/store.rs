@@ -892,7 +892,10 @@ async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
     );
     assert_eq!(job.options["timeout_s"], 3);
 
-    let claimed = s.claim_items(job.id, "w1", 4, now).await.unwrap();
+    let claimed = s
+        .claim_items(job.id, "w1", 4, now, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(
         claimed.iter().map(|c| c.node).collect::<Vec<_>>(),
         ids[..4].to_vec()
@@ -906,6 +909,7 @@ async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
         .enumerate()
         .map(|(i, c)| ItemResult {
             item: c.item,
+            token: c.token,
             state: if i == 0 {
                 ItemState::Failed
             } else {
@@ -936,14 +940,21 @@ async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
     assert_eq!(recent.len(), 2);
 
     // A crash: two items were running; a restart puts them back.
-    let running = s.claim_items(job.id, "w2", 2, now).await.unwrap();
+    let running = s
+        .claim_items(job.id, "w2", 2, now, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(running.len(), 2);
     assert_eq!(s.requeue_running(job.id).await.unwrap(), 2);
     // A service start refused by the table ends the item as failed, with the reason.
-    let more = s.claim_items(job.id, "w3", 1, now).await.unwrap();
+    let more = s
+        .claim_items(job.id, "w3", 1, now, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let fin = s
         .finish_items(vec![ItemResult {
             item: more[0].item,
+            token: more[0].token,
             state: ItemState::Ok,
             event: Some(Event::ServiceStarted(endpoint(3))),
             enrichment: None,

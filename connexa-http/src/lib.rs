@@ -407,6 +407,7 @@ pub fn app(state: AppState) -> Router {
         .route("/services/stop", post(routes::services::stop))
         .route("/services/restart", post(routes::services::restart))
         .route("/stats", get(routes::stats::stats))
+        .route("/workers", get(routes::workers::list))
         .route("/token", get(routes::token::current))
         .route("/audit", get(routes::audit::list))
         .route("/openapi.json", get(openapi::serve))

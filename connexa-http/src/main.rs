@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use connexa_core::config::Config;
 use connexa_core::engine::RecoverPolicy;
 use connexa_core::metrics::ProbeStats;
-use connexa_core::ports::{Role, TokenId, TokenScope, TokenStore};
+use connexa_core::ports::{Role, TokenId, TokenScope, TokenStore, WorkerRole};
 use connexa_core::runtime::NetworkPorts;
 use connexa_core::store::{SqlStore, redact_url};
 use connexa_http::serve::ServeOptions;
@@ -93,6 +93,13 @@ struct ServeArgs {
     /// What to do at start-up with jobs a previous process left unfinished.
     #[arg(long, value_enum, default_value_t = Recover::Resume)]
     recover: Recover,
+    /// API and console only: run no job items and no services (jobs created
+    /// here wait for `connexa run` workers). Registers with the role http.
+    #[arg(long)]
+    no_workers: bool,
+    /// This process's worker name, unique among live workers (default: HOST-pPID).
+    #[arg(long, value_name = "NAME")]
+    worker: Option<String>,
     /// Close a connection whose request head is not complete this many seconds
     /// after its first byte (or after the connection opened).
     #[arg(long, value_name = "SECS", default_value_t = HEADER_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -154,6 +161,8 @@ impl Default for ServeArgs {
             max_background_imports: MAX_BACKGROUND_IMPORTS,
             max_sync_imports: MAX_SYNC_IMPORTS,
             recover: Recover::Resume,
+            no_workers: false,
+            worker: None,
             header_timeout: HEADER_TIMEOUT_SECS,
             idle_timeout: IDLE_TIMEOUT_SECS,
             max_connections: MAX_CONNECTIONS,
@@ -346,15 +355,29 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     // engine runs is timed for /metrics.
     let ports = NetworkPorts::from_config(config);
     let probe_stats = Arc::new(ProbeStats::new());
-    let engine = ports.engine_with_stats(store.clone(), config, Arc::clone(&probe_stats));
-    connexa_core::runtime::attach_enrichment(&engine, config)?;
-    let policy = match s.recover {
-        Recover::Resume => RecoverPolicy::Resume,
-        Recover::Interrupt => RecoverPolicy::Interrupt,
+    let roles = if s.no_workers {
+        vec![WorkerRole::Http]
+    } else {
+        vec![WorkerRole::Jobs, WorkerRole::Services, WorkerRole::Http]
     };
-    let recovered = engine.recover(policy).await?;
-    if !recovered.is_empty() {
-        tracing::info!(jobs = ?recovered, "recovered unfinished jobs");
+    let engine = ports.engine_with_stats_as(
+        store.clone(),
+        config,
+        Arc::clone(&probe_stats),
+        s.worker.clone(),
+        roles,
+    );
+    connexa_core::runtime::attach_enrichment(&engine, config)?;
+    engine.register().await?;
+    if !s.no_workers {
+        let policy = match s.recover {
+            Recover::Resume => RecoverPolicy::Resume,
+            Recover::Interrupt => RecoverPolicy::Interrupt,
+        };
+        let recovered = engine.recover(policy).await?;
+        if !recovered.is_empty() {
+            tracing::info!(jobs = ?recovered, "recovered unfinished jobs");
+        }
     }
     let cors_origins = s
         .cors_origin
@@ -459,6 +482,9 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     engine.record_final_service_counters().await;
     ports.launcher.stop_all().await;
     engine.refresh_proxies_file().await;
+    if let Err(e) = engine.deregister().await {
+        tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");
+    }
     Ok(())
 }
 

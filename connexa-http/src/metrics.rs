@@ -141,6 +141,33 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
         MetricType::Gauge,
     );
     let _ = writeln!(out, "connexa_services_waiting {waiting}");
+    let workers = store.workers(chrono::Utc::now()).await?;
+    write_header(
+        &mut out,
+        "connexa_workers_alive",
+        "Registered worker processes whose heartbeat has not expired.",
+        MetricType::Gauge,
+    );
+    let _ = writeln!(
+        out,
+        "connexa_workers_alive {}",
+        workers.iter().filter(|w| w.alive).count()
+    );
+    write_header(
+        &mut out,
+        "connexa_worker_items_in_flight",
+        "Job items each registered worker holds running.",
+        MetricType::Gauge,
+    );
+    for w in &workers {
+        let _ = writeln!(
+            out,
+            "connexa_worker_items_in_flight{{worker=\"{}\",alive=\"{}\"}} {}",
+            escape_label_value(&w.name),
+            w.alive,
+            w.items_in_flight
+        );
+    }
     write_header(
         &mut out,
         "connexa_job_items",

@@ -35,6 +35,7 @@ use crate::routes;
         routes::services::stop,
         routes::services::restart,
         routes::stats::stats,
+        routes::workers::list,
         routes::token::current,
         routes::import::import,
         routes::import::list,
@@ -62,6 +63,7 @@ use crate::routes;
         (name = "export", description = "Node lists out"),
         (name = "stats", description = "Counts"),
         (name = "audit", description = "Who changed what"),
+        (name = "workers", description = "Worker processes, heartbeats, items in flight"),
         (name = "meta", description = "Health, metrics, this document"),
     )
 )]

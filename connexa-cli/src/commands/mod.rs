@@ -17,3 +17,4 @@ pub mod service;
 pub mod sim;
 pub mod stats;
 pub mod test;
+pub mod workers;

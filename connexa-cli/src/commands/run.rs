@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use connexa_core::engine::{JobSummary, RecoverPolicy};
+use connexa_core::engine::{EngineError, JobSummary, RecoverPolicy};
+use connexa_core::ports::{StoreError, WorkerRole};
 use connexa_core::store::redact_url;
 use tokio::sync::watch;
 
@@ -37,6 +38,13 @@ Examples:
   connexa test light --all --detach && connexa run --once
   connexa run --once --output json  # from cron
 
+Each `connexa run` (not --once) registers as a worker (`connexa workers`):
+--worker NAME (default HOST-pPID), --jobs / --services for one role only. It
+beats every [workers] heartbeat_secs (5 s), extending the leases of the job
+items it holds; items of a worker silent for [workers] lease_secs (30 s) are
+reclaimed by the live ones, and its late results are refused. Many hosts can
+run workers on one PostgreSQL database.
+
 With [test] speed_listen set, `connexa run` (not --once) also serves the keyed
 speed endpoint there (GET /speed/down, POST /speed/up; see docs/http.md), for
 hosts that do not run connexa-http.")]
@@ -44,10 +52,31 @@ pub struct RunArgs {
     /// Do the pending work once, then exit.
     #[arg(long)]
     pub once: bool,
+    /// This worker's name, unique among live workers (default: HOST-pPID).
+    #[arg(long, value_name = "NAME", value_parser = worker_name)]
+    pub worker: Option<String>,
+    /// Run job items (with --services: both, the default; alone: no services).
+    #[arg(long)]
+    pub jobs: bool,
+    /// Run services: reconciler and health monitor (alone: no job items).
+    #[arg(long)]
+    pub services: bool,
     /// After SIGTERM or Ctrl-C, seconds to let the items in flight finish before
     /// exiting anyway (unfinished items are resumed by the next run).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub grace: f64,
+}
+
+/// A worker name: 1 to 64 characters, no control character, no comma.
+fn worker_name(s: &str) -> Result<String, String> {
+    let ok = !s.trim().is_empty()
+        && s.chars().count() <= 64
+        && !s.chars().any(|c| c.is_control() || c == ',');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("a worker name has 1 to 64 characters, no control character and no comma".into())
+    }
 }
 
 /// Counts SIGINT and SIGTERM: 0 until the first one.
@@ -84,20 +113,46 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     }
     let grace = Duration::from_secs_f64(a.grace);
     let sig = signals()?;
-    let (engine, launcher) =
-        wiring::engine_and_launcher(ctx, std::sync::Arc::new(wiring::prober(ctx))).await?;
+    let mut roles = Vec::new();
+    if a.jobs || !a.services {
+        roles.push(WorkerRole::Jobs);
+    }
+    if a.services || !a.jobs {
+        roles.push(WorkerRole::Services);
+    }
+    let (engine, launcher) = wiring::engine_and_launcher_as(
+        ctx,
+        std::sync::Arc::new(wiring::prober(ctx)),
+        a.worker.clone(),
+        roles.clone(),
+    )
+    .await?;
     if a.once {
         return once(ctx, &engine, sig, grace).await;
     }
-    let resumed = engine.recover(RecoverPolicy::Resume).await?;
+    engine.register().await.map_err(|e| match e {
+        EngineError::Store(e @ StoreError::WorkerNameTaken { .. }) => {
+            fail(Exit::Usage, e.to_string())
+        }
+        e => anyhow::Error::from(e),
+    })?;
+    let resumed = if roles.contains(&WorkerRole::Jobs) {
+        engine.recover(RecoverPolicy::Resume).await?
+    } else {
+        Vec::new()
+    };
     let cfg = engine.config();
     ctx.out.note(format_args!(
-        "connexa run: working on {}: {} unfinished jobs resumed; queued jobs picked up every {:?}, services reconciled every {:?}, health checked every {:?}; stop with Ctrl-C or SIGTERM",
+        "connexa run: worker {} ({}) working on {}: {} unfinished jobs resumed; queued jobs picked up every {:?}, services reconciled every {:?}, health checked every {:?}; heartbeat every {:?}, lease {:?}; stop with Ctrl-C or SIGTERM",
+        engine.worker_name(),
+        roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
         redact_url(&ctx.db_url()),
         resumed.len(),
         cfg.queue_interval,
         cfg.reconcile_interval,
-        cfg.monitor_interval
+        cfg.monitor_interval,
+        cfg.heartbeat_interval,
+        cfg.lease,
     ));
     if connexa_core::runtime::secret_keys(&ctx.config).is_ok_and(|k| k.current().is_none()) {
         ctx.out.note(format_args!(
@@ -154,6 +209,18 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     if services > 0 {
         ctx.out.note(format_args!(
             "{services} services stopped; the next `connexa run` starts them again"
+        ));
+    }
+    if code == Exit::Ok {
+        // A clean exit: every item in flight was committed; the row goes.
+        if let Err(e) = engine.deregister().await {
+            tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");
+        }
+    }
+    let refused = engine.results_refused();
+    if refused > 0 {
+        ctx.out.note(format_args!(
+            "{refused} late results were refused (their items' leases had run out and other workers took them); none was applied"
         ));
     }
     Ok(code)

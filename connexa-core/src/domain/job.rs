@@ -100,11 +100,12 @@ macro_rules! snake_names {
                 match s { $($name => Ok(Self::$variant),)+ other => Err(format!("unknown {} {other:?}", stringify!($ty))) }
             }
         }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
         }
     };
 }
+pub(crate) use snake_names;
 
 snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop", Geo => "geo", Fraud => "fraud" });
 snake_names!(JobState { Queued => "queued", Running => "running", Done => "done", Cancelled => "cancelled", Interrupted => "interrupted" });

@@ -4,6 +4,7 @@
 mod enrichment;
 mod filter;
 mod job;
+pub(crate) use job::snake_names;
 mod node;
 mod outcome;
 mod secret;

@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use crate::domain::{NodeFilter, NodeId, Status};
 use crate::ports::{
     FraudScorer, GeoLookup, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore,
-    Prober, Progress, ServiceLauncher, SpeedTester, StoreError,
+    Prober, Progress, ServiceLauncher, SpeedTester, StoreError, WorkerRegistration, WorkerRole,
 };
 
 pub use services::{MonitorReport, ReconcileReport};
@@ -121,8 +121,23 @@ pub struct EngineConfig {
     /// node whose light, auth, speed or pipeline test proves at least a PPTP
     /// server, and store it with the result (`[geo] after_light`). Default false.
     pub geo_after_light: bool,
-    /// Name recorded on claimed items. Default `pid<process id>`.
+    /// This process's worker name: recorded on claimed items and in the
+    /// `workers` table. Default `HOST-pPID` ([`WorkerRegistration::this_process`]).
+    /// Names must be unique among live workers.
     pub worker: String,
+    /// What this process does ([`Engine::run`] runs job items only with
+    /// [`WorkerRole::Jobs`], services only with [`WorkerRole::Services`]).
+    /// Default both.
+    pub roles: Vec<WorkerRole>,
+    /// How long a claimed item (and the worker's row) stays held without a
+    /// heartbeat: past it, any live worker may reclaim the item and this
+    /// worker's late result is refused. Default 30 s (`[workers] lease_secs`).
+    pub lease: Duration,
+    /// How often the worker's heartbeat runs: it marks the worker alive and
+    /// extends the lease of every item it holds (one statement for all).
+    /// Must be well below [`lease`](Self::lease). Default 5 s
+    /// (`[workers] heartbeat_secs`).
+    pub heartbeat_interval: Duration,
     /// The file of running proxies (`[services] proxies_file`): after each
     /// reconciler pass that changed the set of services running in this
     /// process, one `host:port:user:pass` line per service, in node id order,
@@ -150,7 +165,10 @@ impl Default for EngineConfig {
             service_concurrency: 64,
             speed_concurrency: 4,
             geo_after_light: false,
-            worker: format!("pid{}", std::process::id()),
+            worker: WorkerRegistration::this_process(None, Vec::new()).name,
+            roles: vec![WorkerRole::Jobs, WorkerRole::Services],
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
             proxies_file: None,
         }
     }
@@ -392,6 +410,14 @@ pub(crate) struct Inner {
     geo: std::sync::RwLock<Option<Arc<dyn GeoLookup>>>,
     /// The fraud scorer of `fraud` jobs, if configured.
     fraud: std::sync::RwLock<Option<Arc<dyn FraudScorer>>>,
+    /// This process as a worker (from the config).
+    registration: WorkerRegistration,
+    /// The heartbeat task, once started.
+    heartbeat: Mutex<Option<JoinHandle<()>>>,
+    /// Results refused by fencing (late results of reclaimed items).
+    refused: std::sync::atomic::AtomicU64,
+    /// Registered as a worker ([`Engine::register`]): the heartbeat keeps its row.
+    registered: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -543,9 +569,19 @@ impl Engine {
                 reconcile_now: tokio::sync::Notify::new(),
                 owns_proxies_file: std::sync::atomic::AtomicBool::new(false),
                 speed_slots: Arc::new(tokio::sync::Semaphore::new(config.speed_concurrency.max(1))),
+                registration: WorkerRegistration {
+                    name: config.worker.clone(),
+                    host: crate::ports::hostname(),
+                    pid: std::process::id(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    roles: config.roles.clone(),
+                },
                 config,
                 geo: std::sync::RwLock::new(None),
                 fraud: std::sync::RwLock::new(None),
+                heartbeat: Mutex::new(None),
+                refused: std::sync::atomic::AtomicU64::new(0),
+                registered: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -579,7 +615,9 @@ impl Engine {
         &self.inner.store
     }
 
-    /// Creates a job (see [`queue_job`]) and starts running it in this process.
+    /// Creates a job (see [`queue_job`]) and starts running it in this process
+    /// (only queues it when this engine has no [`WorkerRole::Jobs`] role: a
+    /// worker process runs it).
     pub async fn start_job(
         &self,
         kind: JobKind,
@@ -589,7 +627,11 @@ impl Engine {
         let job = queue_job(self.inner.store.as_ref(), kind, selection, options).await?;
         tracing::info!(job = %job.id, %kind, total = job.total, "job created");
         let id = job.id;
-        self.spawn_runner(job);
+        if self.inner.config.roles.contains(&WorkerRole::Jobs) {
+            self.spawn_runner(job);
+        } else {
+            tracing::info!(job = %id, "no jobs role here: the job waits for a worker");
+        }
         Ok(id)
     }
 
@@ -629,6 +671,7 @@ impl Engine {
     }
 
     fn spawn_runner(&self, job: Job) {
+        self.ensure_heartbeat();
         let mut jobs = lock(&self.inner.jobs);
         if jobs.get(&job.id).is_some_and(|j| !j.task.is_finished()) {
             return;
@@ -814,10 +857,17 @@ impl Engine {
     }
 
     /// Start-up: for each unfinished job (queued or running) not running here,
-    /// either resumes it (items that were running go back to pending and the job
-    /// runs again) or closes it as `interrupted` (pending and running items end
-    /// as cancelled). Jobs already cancelled whose items were still running in
-    /// a process that died get those items ended as cancelled. Returns the jobs handled.
+    /// either resumes it (items that were running in a dead worker go back to
+    /// pending and the job runs again) or closes it as `interrupted` (pending
+    /// items and those of dead workers end as cancelled). Jobs already
+    /// cancelled whose items were still running in a worker that died get
+    /// those items ended as cancelled. Returns the jobs handled.
+    ///
+    /// Only items of dead workers are touched (no worker row, or a heartbeat
+    /// expired; see [`NodeStore::requeue_orphans`]), and items recorded under
+    /// this engine's own worker name (it runs none of them: they are left from
+    /// an earlier run of this process). Items of other live workers stay
+    /// theirs.
     pub async fn recover(&self, policy: RecoverPolicy) -> Result<Vec<JobId>, EngineError> {
         let store = &self.inner.store;
         let mut handled = Vec::new();
@@ -825,7 +875,9 @@ impl Engine {
             if self.is_running_here(job.id) {
                 continue;
             }
-            let requeued = store.requeue_running(job.id).await?;
+            let requeued = store
+                .requeue_orphans(job.id, &self.inner.config.worker, Utc::now())
+                .await?;
             match policy {
                 RecoverPolicy::Resume => {
                     tracing::info!(job = %job.id, requeued, "resuming job");
@@ -852,7 +904,9 @@ impl Engine {
             if store.progress(job.id).await?.is_complete() {
                 continue;
             }
-            store.requeue_running(job.id).await?;
+            store
+                .requeue_orphans(job.id, &self.inner.config.worker, Utc::now())
+                .await?;
             let n = store.cancel_pending(job.id, Utc::now()).await?;
             tracing::info!(job = %job.id, state = %job.state, cancelled = n, "closed orphaned items");
             self.inner.notify();
@@ -905,9 +959,11 @@ impl Engine {
     }
 
     /// Runs until `shutdown` completes: picks up queued jobs (created by another
-    /// process) and joins running jobs with pending items (another process's:
-    /// the queue is shared) every [`EngineConfig::queue_interval`], reconciles services and
-    /// checks their health at their intervals. On shutdown, runners stop claiming,
+    /// process) and joins running jobs with pending items or items whose lease
+    /// expired (another process's: the queue is shared) every
+    /// [`EngineConfig::queue_interval`], reconciles services and checks their
+    /// health at their intervals (jobs only with the [`WorkerRole::Jobs`]
+    /// role, services only with [`WorkerRole::Services`]). On shutdown, runners stop claiming,
     /// let items in flight finish and commit, and leave the rest pending (the next
     /// start resumes it); then `run` returns. Call [`recover`](Self::recover) first.
     pub async fn run(&self, shutdown: impl Future<Output = ()> + Send) {
@@ -944,14 +1000,31 @@ impl Engine {
             }
         };
         let cfg = &self.inner.config;
+        let jobs = cfg.roles.contains(&WorkerRole::Jobs);
+        let services = cfg.roles.contains(&WorkerRole::Services);
+        let jobs_loop = every(cfg.queue_interval, "jobs");
+        let reconcile_loop = every(cfg.reconcile_interval, "reconcile");
+        let monitor_loop = every(cfg.monitor_interval, "monitor");
         tokio::join!(
             async {
                 shutdown.await;
                 stop.send_replace(true);
             },
-            every(cfg.queue_interval, "jobs"),
-            every(cfg.reconcile_interval, "reconcile"),
-            every(cfg.monitor_interval, "monitor"),
+            async {
+                if jobs {
+                    jobs_loop.await;
+                }
+            },
+            async {
+                if services {
+                    reconcile_loop.await;
+                }
+            },
+            async {
+                if services {
+                    monitor_loop.await;
+                }
+            },
         );
         tracing::info!("shutting down: draining job runners");
         self.drain().await;
@@ -983,8 +1056,12 @@ impl Engine {
             }
             if job.state == JobState::Running {
                 let p = self.inner.store.progress(job.id).await?;
-                // Nothing to claim and nothing to close: someone else is on it.
-                if p.pending == 0 && !p.is_complete() {
+                // Nothing to claim (no pending item, no expired lease) and
+                // nothing to close: someone else is on it.
+                if p.pending == 0
+                    && !p.is_complete()
+                    && self.inner.store.claimable(job.id, Utc::now()).await? == 0
+                {
                     continue;
                 }
             }
@@ -1018,6 +1095,104 @@ impl Engine {
         for (_, j) in lock(&self.inner.jobs).drain() {
             j.task.abort();
         }
+        if let Some(h) = lock(&self.inner.heartbeat).take() {
+            h.abort();
+        }
+    }
+
+    /// This engine's worker name ([`EngineConfig::worker`]).
+    pub fn worker_name(&self) -> &str {
+        &self.inner.config.worker
+    }
+
+    /// Registers this process as a worker (name, host, pid, version, roles
+    /// from the config) and starts its heartbeat. Refused with
+    /// [`StoreError::WorkerNameTaken`] when a live process elsewhere holds the name.
+    /// An engine that runs a job without registering starts a heartbeat
+    /// anyway, which only extends the leases of its items (it has no row), so
+    /// that they never run out while it works.
+    pub async fn register(&self) -> Result<(), EngineError> {
+        self.inner
+            .store
+            .register_worker(
+                &self.inner.registration,
+                Utc::now(),
+                self.inner.config.lease,
+            )
+            .await?;
+        tracing::info!(worker = %self.inner.config.worker, roles = ?self.inner.config.roles, "worker registered");
+        self.inner
+            .registered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.ensure_heartbeat();
+        Ok(())
+    }
+
+    /// Clean exit: stops the heartbeat and removes the worker's row. Call it
+    /// after [`drain`](Self::drain) (no item is held any more).
+    pub async fn deregister(&self) -> Result<(), EngineError> {
+        if let Some(h) = lock(&self.inner.heartbeat).take() {
+            h.abort();
+        }
+        self.inner
+            .registered
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .store
+            .deregister_worker(&self.inner.config.worker)
+            .await?;
+        tracing::info!(worker = %self.inner.config.worker, "worker deregistered");
+        Ok(())
+    }
+
+    /// Results of this process refused by fencing so far: items whose lease
+    /// ran out and that another worker reclaimed (or that ended otherwise)
+    /// before the result arrived. None of them was applied.
+    pub fn results_refused(&self) -> u64 {
+        self.inner
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts the heartbeat task if it does not run: every
+    /// [`EngineConfig::heartbeat_interval`] it marks the worker alive and
+    /// extends the leases of the items it holds. It holds no strong reference:
+    /// it ends when the engine is dropped.
+    fn ensure_heartbeat(&self) {
+        let mut slot = lock(&self.inner.heartbeat);
+        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let every = self
+            .inner
+            .config
+            .heartbeat_interval
+            .max(Duration::from_millis(10));
+        *slot = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let now = Utc::now();
+                let beat = if inner.registered.load(std::sync::atomic::Ordering::Relaxed) {
+                    inner
+                        .store
+                        .heartbeat(&inner.registration, now, inner.config.lease)
+                        .await
+                } else {
+                    inner
+                        .store
+                        .extend_leases(&inner.config.worker, now, inner.config.lease)
+                        .await
+                };
+                match beat {
+                    Ok(n) => tracing::trace!(leases = n, "heartbeat"),
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        }));
     }
 }
 

@@ -229,7 +229,7 @@ async fn run(
         let claimed = match with_retries("claim", || {
             inner
                 .store
-                .claim_items(job.id, &cfg.worker, want, Utc::now())
+                .claim_items(job.id, &cfg.worker, want, Utc::now(), cfg.lease)
         })
         .await
         {
@@ -395,7 +395,7 @@ async fn expire_pending(
         let items = with_retries("claim", || {
             inner
                 .store
-                .claim_items(job, &inner.config.worker, 1_000, now)
+                .claim_items(job, &inner.config.worker, 1_000, now, inner.config.lease)
         })
         .await?;
         if items.is_empty() {
@@ -406,6 +406,7 @@ async fn expire_pending(
             .into_iter()
             .map(|i| ItemResult {
                 item: i.item,
+                token: i.token,
                 state,
                 event: None,
                 enrichment: None,
@@ -446,7 +447,19 @@ async fn commit_loop(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<Msg>) {
         let results: Vec<ItemResult> = batch.iter().map(|p| p.result.clone()).collect();
         let n = results.len();
         match with_retries("group commit", || inner.store.finish_items(results.clone())).await {
-            Ok(_) => {
+            Ok(finished) => {
+                let refused = finished.iter().filter(|f| !f.written).count();
+                if refused > 0 {
+                    // Fencing: these items were reclaimed (our lease ran out)
+                    // or ended elsewhere; their results were not applied.
+                    inner
+                        .refused
+                        .fetch_add(refused as u64, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        refused,
+                        "late results refused: their items were reclaimed by another worker or ended; nothing of them was applied"
+                    );
+                }
                 tracing::debug!(n, "committed");
                 inner.notify();
             }
@@ -580,6 +593,7 @@ async fn supervise(
     }
     let result = ItemResult {
         item: item.item,
+        token: item.token,
         state: finish.state,
         event: finish.event,
         enrichment: finish.enrichment,

@@ -140,6 +140,10 @@ pub mod job_items {
         pub detail: Option<String>,
         /// The job's commit number that ended the item (migration m0002).
         pub seq: Option<i64>,
+        /// The token of the claim that holds the item (migration m0009).
+        pub claim_token: Option<i64>,
+        /// Until when the holder's lease runs, ms (migration m0009).
+        pub lease_until: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -218,6 +222,32 @@ pub mod service_runtime {
         pub started_at: Option<i64>,
         pub updated_at: Option<i64>,
         pub restart_requested_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `workers` table (migration m0009): one row per registered process.
+pub mod workers {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `workers`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "workers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub host: String,
+        pub pid: i64,
+        pub version: String,
+        /// Comma-separated roles (`jobs,services`).
+        pub roles: String,
+        pub started_at: i64,
+        pub last_heartbeat: i64,
+        pub expires_at: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

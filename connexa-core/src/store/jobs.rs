@@ -6,11 +6,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    EntityTrait, IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 
 use super::convert::{self, ms};
-use super::entity::{job_items, jobs, nodes};
+use super::entity::{job_items, jobs, nodes, workers};
 use super::{apply, db_err, query};
 use crate::domain::NodeId;
 use crate::ports::{
@@ -124,27 +124,53 @@ pub(crate) async fn set_state<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Items a claim at `at` may take: pending ones, and running ones whose lease expired.
+fn claimable_condition(at: DateTime<Utc>) -> Condition {
+    Condition::any()
+        .add(job_items::Column::State.eq(ItemState::Pending.as_str()))
+        .add(
+            Condition::all()
+                .add(job_items::Column::State.eq(ItemState::Running.as_str()))
+                .add(job_items::Column::LeaseUntil.lt(ms(at))),
+        )
+}
+
 pub(crate) async fn claim<C: ConnectionTrait>(
     conn: &C,
     job: JobId,
     worker: &str,
     max: u64,
     at: DateTime<Utc>,
+    lease: std::time::Duration,
 ) -> Result<Vec<ClaimedItem>, StoreError> {
     let mut q = job_items::Entity::find()
         .select_only()
-        .columns([job_items::Column::Id, job_items::Column::NodeId])
+        .columns([
+            job_items::Column::Id,
+            job_items::Column::NodeId,
+            job_items::Column::State,
+        ])
         .filter(job_items::Column::JobId.eq(job.0))
-        .filter(job_items::Column::State.eq(ItemState::Pending.as_str()))
+        .filter(claimable_condition(at))
         .order_by_asc(job_items::Column::Id)
         .limit(max);
     if conn.get_database_backend() == DbBackend::Postgres {
         q = q.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
     }
-    let rows: Vec<(i64, i64)> = q.into_tuple().all(conn).await.map_err(db_err)?;
+    let rows: Vec<(i64, i64, String)> = q.into_tuple().all(conn).await.map_err(db_err)?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let reclaimed = rows
+        .iter()
+        .filter(|(_, _, s)| s == ItemState::Running.as_str())
+        .count();
+    if reclaimed > 0 {
+        tracing::warn!(%job, reclaimed, %worker, "reclaiming items whose lease expired");
+    }
+    // One token per claim: a later claim of the same item always gets another.
+    let token: i64 = rand::random::<i64>() & i64::MAX;
+    let lease_until = ms(at) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
     job_items::Entity::update_many()
         .col_expr(
             job_items::Column::State,
@@ -152,7 +178,9 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         )
         .col_expr(job_items::Column::Worker, Expr::value(worker))
         .col_expr(job_items::Column::ClaimedAt, Expr::value(ms(at)))
-        .filter(job_items::Column::Id.is_in(rows.iter().map(|(id, _)| *id)))
+        .col_expr(job_items::Column::ClaimToken, Expr::value(token))
+        .col_expr(job_items::Column::LeaseUntil, Expr::value(lease_until))
+        .filter(job_items::Column::Id.is_in(rows.iter().map(|(id, _, _)| *id)))
         .exec(conn)
         .await
         .map_err(db_err)?;
@@ -165,12 +193,27 @@ pub(crate) async fn claim<C: ConnectionTrait>(
         .map_err(db_err)?;
     Ok(rows
         .into_iter()
-        .map(|(id, node)| ClaimedItem {
+        .map(|(id, node, _)| ClaimedItem {
             item: ItemId(id),
             job,
             node: NodeId(node),
+            token,
         })
         .collect())
+}
+
+pub(crate) async fn claimable<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let n = job_items::Entity::find()
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(claimable_condition(at))
+        .count(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(n)
 }
 
 /// The next commit number of `job` (see migration m0002). On Postgres the job
@@ -232,11 +275,9 @@ pub(crate) async fn finish<C: ConnectionTrait>(
     let mut live = Vec::with_capacity(results.len());
     let mut requests = Vec::new();
     for r in &results {
+        // Fencing: only the claim that holds the item may end it.
         let open = items.get(&r.item.0).is_some_and(|m| {
-            m.state
-                .parse::<ItemState>()
-                .map(|s| !s.is_terminal())
-                .unwrap_or(false)
+            m.state == ItemState::Running.as_str() && m.claim_token == Some(r.token)
         });
         let request = match (&r.event, open) {
             (Some(event), true) => {
@@ -293,6 +334,7 @@ pub(crate) async fn finish<C: ConnectionTrait>(
             m.result_status = applied.map(|a| a.to.as_str().to_owned());
             m.detail = detail;
             m.seq = seqs.get(&m.job_id).copied();
+            m.lease_until = None;
             updates.push(m.into_active_model().reset_all());
         }
         out.push(ItemFinished {
@@ -312,6 +354,7 @@ pub(crate) async fn finish<C: ConnectionTrait>(
                         job_items::Column::ResultStatus,
                         job_items::Column::Detail,
                         job_items::Column::Seq,
+                        job_items::Column::LeaseUntil,
                     ])
                     .to_owned(),
             )
@@ -344,11 +387,9 @@ pub(crate) async fn cancel_pending<C: ConnectionTrait>(
         .rows_affected)
 }
 
-pub(crate) async fn requeue_running<C: ConnectionTrait>(
-    conn: &C,
-    job: JobId,
-) -> Result<u64, StoreError> {
-    Ok(job_items::Entity::update_many()
+/// Back to pending: no holder, no token, no lease.
+fn requeue() -> sea_orm::UpdateMany<job_items::Entity> {
+    job_items::Entity::update_many()
         .col_expr(
             job_items::Column::State,
             Expr::value(ItemState::Pending.as_str()),
@@ -357,8 +398,54 @@ pub(crate) async fn requeue_running<C: ConnectionTrait>(
             job_items::Column::Worker,
             Expr::value(Option::<String>::None),
         )
+        .col_expr(
+            job_items::Column::ClaimToken,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(
+            job_items::Column::LeaseUntil,
+            Expr::value(Option::<i64>::None),
+        )
+}
+
+pub(crate) async fn requeue_running<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+) -> Result<u64, StoreError> {
+    Ok(requeue()
         .filter(job_items::Column::JobId.eq(job.0))
         .filter(job_items::Column::State.eq(ItemState::Running.as_str()))
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected)
+}
+
+pub(crate) async fn requeue_orphans<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    me: &str,
+    at: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let dead: Vec<String> = workers::Entity::find()
+        .select_only()
+        .column(workers::Column::Name)
+        .filter(workers::Column::ExpiresAt.lte(ms(at)))
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(requeue()
+        .filter(job_items::Column::JobId.eq(job.0))
+        .filter(job_items::Column::State.eq(ItemState::Running.as_str()))
+        .filter(
+            Condition::any()
+                .add(job_items::Column::Worker.is_null())
+                .add(job_items::Column::Worker.eq(me))
+                .add(job_items::Column::LeaseUntil.is_null())
+                .add(job_items::Column::LeaseUntil.lt(ms(at)))
+                .add(job_items::Column::Worker.is_in(dead)),
+        )
         .exec(conn)
         .await
         .map_err(db_err)?
@@ -479,11 +566,21 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let claimed = store.claim_items(job.id, "w", 2, Utc::now()).await.unwrap();
+        let claimed = store
+            .claim_items(
+                job.id,
+                "w",
+                2,
+                Utc::now(),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
         // The higher item id commits first: commit order, not id order.
         for c in claimed.iter().rev() {
             let r = ItemResult {
                 item: c.item,
+                token: c.token,
                 state: ItemState::Failed,
                 event: None,
                 enrichment: None,
@@ -520,6 +617,7 @@ mod tests {
         // A result given twice is not numbered again.
         let again = ItemResult {
             item: claimed[0].item,
+            token: claimed[0].token,
             state: ItemState::Ok,
             event: None,
             enrichment: None,

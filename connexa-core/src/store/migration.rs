@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0005ServiceRuntime),
             Box::new(M0006TokenRoles),
             Box::new(M0007Audit),
+            Box::new(M0009Workers),
         ]
     }
 }
@@ -676,6 +677,88 @@ impl MigrationTrait for M0007Audit {
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(Audit::Table).if_exists().to_owned())
+            .await
+    }
+}
+
+/// Workers and leases: one `workers` row per live process (name, host, pid,
+/// version, roles, heartbeat), and on each claimed job item its claim token
+/// and lease deadline (`job_items.claim_token`, `job_items.lease_until`).
+struct M0009Workers;
+
+impl MigrationName for M0009Workers {
+    fn name(&self) -> &str {
+        "m0009_workers"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Workers {
+    Table,
+    Name,
+    Host,
+    Pid,
+    Version,
+    Roles,
+    StartedAt,
+    LastHeartbeat,
+    ExpiresAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0009Workers {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Workers::Table)
+                .if_not_exists()
+                .col(string(Workers::Name).primary_key())
+                .col(text(Workers::Host))
+                .col(big_integer(Workers::Pid))
+                .col(text(Workers::Version))
+                .col(text(Workers::Roles))
+                .col(big_integer(Workers::StartedAt))
+                .col(big_integer(Workers::LastHeartbeat))
+                .col(big_integer(Workers::ExpiresAt))
+                .to_owned(),
+        )
+        .await?;
+        // One column per statement: SQLite alters one thing at a time.
+        for col in ["claim_token", "lease_until"] {
+            m.alter_table(
+                Table::alter()
+                    .table(JobItems::Table)
+                    .add_column(big_integer_null(Alias::new(col)))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        m.create_index(index(
+            "job_items_state_worker",
+            JobItems::Table,
+            &["state", "worker"],
+        ))
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(
+            Index::drop()
+                .name("job_items_state_worker")
+                .table(JobItems::Table)
+                .to_owned(),
+        )
+        .await?;
+        for col in ["lease_until", "claim_token"] {
+            m.alter_table(
+                Table::alter()
+                    .table(JobItems::Table)
+                    .drop_column(Alias::new(col))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        m.drop_table(Table::drop().table(Workers::Table).if_exists().to_owned())
             .await
     }
 }

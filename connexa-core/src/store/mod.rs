@@ -32,6 +32,7 @@ mod sqlite_memstatus;
 #[cfg(feature = "sqlite")]
 pub use sqlite_memstatus::disable_sqlite_memory_statistics;
 mod tokens;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,6 +54,7 @@ use crate::ports::{
     Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
     ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
     NodeStore, Progress, ServiceCounters, ServiceRuntime, StoreError, ValueField,
+    WorkerRegistration, WorkerView,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -1116,9 +1118,10 @@ impl NodeStore for SqlStore {
         worker: &str,
         max: u64,
         at: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         let w = self.begin_write().await?;
-        let r = jobs::claim(&w.txn, job, worker, max, at).await;
+        let r = jobs::claim(&w.txn, job, worker, max, at, lease).await;
         w.finish(r).await
     }
 
@@ -1148,6 +1151,64 @@ impl NodeStore for SqlStore {
         let w = self.begin_write().await?;
         let r = jobs::requeue_running(&w.txn, job).await;
         w.finish(r).await
+    }
+
+    async fn requeue_orphans(
+        &self,
+        job: JobId,
+        me: &str,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = jobs::requeue_orphans(&w.txn, job, me, at).await;
+        w.finish(r).await
+    }
+
+    async fn claimable(&self, job: JobId, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        jobs::claimable(&self.db, job, at).await
+    }
+
+    async fn register_worker(
+        &self,
+        worker: &WorkerRegistration,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = workers::register(&w.txn, worker, at, lease).await;
+        w.finish(r).await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &WorkerRegistration,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = workers::heartbeat(&w.txn, worker, at, lease).await;
+        w.finish(r).await
+    }
+
+    async fn extend_leases(
+        &self,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = workers::extend_leases(&w.txn, worker, at, lease).await;
+        w.finish(r).await
+    }
+
+    async fn deregister_worker(&self, name: &str) -> Result<bool, StoreError> {
+        let w = self.begin_write().await?;
+        let r = workers::deregister(&w.txn, name).await;
+        w.finish(r).await
+    }
+
+    async fn workers(&self, at: DateTime<Utc>) -> Result<Vec<WorkerView>, StoreError> {
+        workers::list(&self.db, at).await
     }
 
     async fn progress(&self, job: JobId) -> Result<Progress, StoreError> {

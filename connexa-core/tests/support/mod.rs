@@ -343,10 +343,14 @@ impl NodeStore for FaultStore {
         worker: &str,
         max: u64,
         at: DateTime<Utc>,
+        lease: Duration,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         lock(&self.claims).push(max);
         let got = self
-            .call(Method::Claim, self.inner.claim_items(job, worker, max, at))
+            .call(
+                Method::Claim,
+                self.inner.claim_items(job, worker, max, at, lease),
+            )
             .await?;
         lock(&self.claimed).push((max, got.len()));
         Ok(got)
@@ -367,6 +371,54 @@ impl NodeStore for FaultStore {
 
     async fn requeue_running(&self, job: JobId) -> Result<u64, StoreError> {
         self.inner.requeue_running(job).await
+    }
+
+    async fn requeue_orphans(
+        &self,
+        job: JobId,
+        me: &str,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.inner.requeue_orphans(job, me, at).await
+    }
+
+    async fn claimable(&self, job: JobId, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.inner.claimable(job, at).await
+    }
+
+    async fn register_worker(
+        &self,
+        worker: &WorkerRegistration,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.register_worker(worker, at, lease).await
+    }
+
+    async fn heartbeat(
+        &self,
+        worker: &WorkerRegistration,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        self.inner.heartbeat(worker, at, lease).await
+    }
+
+    async fn extend_leases(
+        &self,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<u64, StoreError> {
+        self.inner.extend_leases(worker, at, lease).await
+    }
+
+    async fn deregister_worker(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.deregister_worker(name).await
+    }
+
+    async fn workers(&self, at: DateTime<Utc>) -> Result<Vec<WorkerView>, StoreError> {
+        self.inner.workers(at).await
     }
 
     async fn progress(&self, job: JobId) -> Result<Progress, StoreError> {

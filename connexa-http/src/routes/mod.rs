@@ -10,6 +10,7 @@ pub mod services;
 pub mod speed;
 pub mod stats;
 pub mod token;
+pub mod workers;
 
 use chrono::{DateTime, Utc};
 use connexa_core::domain::{NodeFilter, NodeId, Page, Selection as CoreSelection, SortKey, Status};

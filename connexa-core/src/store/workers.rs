@@ -1,0 +1,190 @@
+//! Worker registration, heartbeats (with the lease extension of the items a
+//! worker holds) and the list of workers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+use super::convert::{from_ms, ms};
+use super::db_err;
+use super::entity::{job_items, workers};
+use crate::ports::{ItemState, StoreError, WorkerRegistration, WorkerRole, WorkerView};
+
+fn until(at: DateTime<Utc>, lease: Duration) -> i64 {
+    ms(at).saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4))
+}
+
+fn roles_text(roles: &[WorkerRole]) -> String {
+    let mut r: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    r.sort_unstable();
+    r.dedup();
+    r.join(",")
+}
+
+fn row(w: &WorkerRegistration, at: DateTime<Utc>, lease: Duration) -> workers::ActiveModel {
+    workers::ActiveModel {
+        name: Set(w.name.clone()),
+        host: Set(w.host.clone()),
+        pid: Set(i64::from(w.pid)),
+        version: Set(w.version.clone()),
+        roles: Set(roles_text(&w.roles)),
+        started_at: Set(ms(at)),
+        last_heartbeat: Set(ms(at)),
+        expires_at: Set(until(at, lease)),
+    }
+}
+
+pub(crate) async fn register<C: ConnectionTrait>(
+    conn: &C,
+    w: &WorkerRegistration,
+    at: DateTime<Utc>,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let mut q = workers::Entity::find_by_id(w.name.clone());
+    if conn.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    if let Some(old) = q.one(conn).await.map_err(db_err)? {
+        let same_process = old.host == w.host && old.pid == i64::from(w.pid);
+        if old.expires_at > ms(at) && !same_process {
+            return Err(StoreError::WorkerNameTaken {
+                name: w.name.clone(),
+                host: old.host,
+                pid: u32::try_from(old.pid).unwrap_or(0),
+            });
+        }
+        workers::Entity::delete_by_id(w.name.clone())
+            .exec(conn)
+            .await
+            .map_err(db_err)?;
+    }
+    workers::Entity::insert(row(w, at, lease))
+        .exec_without_returning(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+pub(crate) async fn heartbeat<C: ConnectionTrait>(
+    conn: &C,
+    w: &WorkerRegistration,
+    at: DateTime<Utc>,
+    lease: Duration,
+) -> Result<u64, StoreError> {
+    workers::Entity::insert(row(w, at, lease))
+        .on_conflict(
+            OnConflict::column(workers::Column::Name)
+                .update_columns([
+                    workers::Column::Host,
+                    workers::Column::Pid,
+                    workers::Column::Version,
+                    workers::Column::Roles,
+                    workers::Column::LastHeartbeat,
+                    workers::Column::ExpiresAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await
+        .map_err(db_err)?;
+    extend_leases(conn, &w.name, at, lease).await
+}
+
+pub(crate) async fn extend_leases<C: ConnectionTrait>(
+    conn: &C,
+    worker: &str,
+    at: DateTime<Utc>,
+    lease: Duration,
+) -> Result<u64, StoreError> {
+    // The items it holds, locked in id order (the order every other writer of
+    // items locks them in), then their leases in one statement.
+    let mut q = job_items::Entity::find()
+        .select_only()
+        .column(job_items::Column::Id)
+        .filter(job_items::Column::State.eq(ItemState::Running.as_str()))
+        .filter(job_items::Column::Worker.eq(worker))
+        .order_by_asc(job_items::Column::Id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_exclusive();
+    }
+    let ids: Vec<i64> = q.into_tuple().all(conn).await.map_err(db_err)?;
+    let mut n = 0;
+    for chunk in ids.chunks(10_000) {
+        n += job_items::Entity::update_many()
+            .col_expr(job_items::Column::LeaseUntil, Expr::value(until(at, lease)))
+            .filter(job_items::Column::Id.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await
+            .map_err(db_err)?
+            .rows_affected;
+    }
+    Ok(n)
+}
+
+pub(crate) async fn deregister<C: ConnectionTrait>(
+    conn: &C,
+    name: &str,
+) -> Result<bool, StoreError> {
+    Ok(workers::Entity::delete_by_id(name.to_owned())
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected
+        > 0)
+}
+
+pub(crate) async fn list<C: ConnectionTrait>(
+    conn: &C,
+    at: DateTime<Utc>,
+) -> Result<Vec<WorkerView>, StoreError> {
+    let rows = workers::Entity::find()
+        .order_by_asc(workers::Column::Name)
+        .all(conn)
+        .await
+        .map_err(db_err)?;
+    let held: HashMap<String, i64> = job_items::Entity::find()
+        .select_only()
+        .column(job_items::Column::Worker)
+        .column_as(job_items::Column::Id.count(), "n")
+        .filter(job_items::Column::State.eq(ItemState::Running.as_str()))
+        .filter(job_items::Column::Worker.is_not_null())
+        .group_by(job_items::Column::Worker)
+        .into_tuple::<(Option<String>, i64)>()
+        .all(conn)
+        .await
+        .map_err(db_err)?
+        .into_iter()
+        .filter_map(|(w, n)| w.map(|w| (w, n)))
+        .collect();
+    rows.into_iter()
+        .map(|m| {
+            let roles = m
+                .roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(|r| r.parse::<WorkerRole>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Backend(format!("corrupt row: {e}")))?;
+            Ok(WorkerView {
+                items_in_flight: held
+                    .get(&m.name)
+                    .map_or(0, |n| u64::try_from(*n).unwrap_or(0)),
+                alive: m.expires_at > ms(at),
+                pid: u32::try_from(m.pid).unwrap_or(0),
+                name: m.name,
+                host: m.host,
+                version: m.version,
+                roles,
+                started_at: from_ms(m.started_at),
+                last_heartbeat: from_ms(m.last_heartbeat),
+                expires_at: from_ms(m.expires_at),
+            })
+        })
+        .collect()
+}

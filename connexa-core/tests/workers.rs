@@ -1,0 +1,276 @@
+//! Workers, leases and fencing against real databases (SQLite file and
+//! Postgres): a late result of a reclaimed item is refused, an expired lease
+//! is reclaimed, heartbeats extend leases, recovery touches only the items
+//! of dead workers. Time is an argument of every call, so nothing sleeps.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{TestDb, seed};
+use connexa_core::domain::*;
+use connexa_core::ports::*;
+
+on_both_backends!(
+    a_late_result_of_a_reclaimed_item_is_refused_and_applies_nothing,
+    an_expired_lease_is_reclaimed_and_a_heartbeat_keeps_it,
+    recovery_requeues_only_items_of_dead_workers,
+    workers_register_beat_list_and_deregister,
+);
+
+const LEASE: Duration = Duration::from_secs(10);
+
+fn secs(s: i64) -> chrono::Duration {
+    chrono::Duration::seconds(s)
+}
+
+async fn light_job(store: &dyn NodeStore, at: DateTime<Utc>) -> Job {
+    store
+        .create_job(
+            JobSpec {
+                kind: JobKind::Light,
+                filter: NodeFilter::all(),
+                options: serde_json::json!({}),
+                deadline: None,
+            },
+            at,
+        )
+        .await
+        .unwrap()
+}
+
+fn ok_result(c: &ClaimedItem, token: i64, at: DateTime<Utc>) -> ItemResult {
+    ItemResult {
+        item: c.item,
+        token,
+        state: ItemState::Ok,
+        event: Some(Event::Tested(Outcome::success(Level::Light))),
+        enrichment: None,
+        detail: None,
+        at,
+    }
+}
+
+fn reg(name: &str, pid: u32) -> WorkerRegistration {
+    WorkerRegistration {
+        name: name.to_owned(),
+        host: "h".to_owned(),
+        pid,
+        version: "0".to_owned(),
+        roles: vec![WorkerRole::Jobs],
+    }
+}
+
+async fn a_late_result_of_a_reclaimed_item_is_refused_and_applies_nothing(db: TestDb) {
+    let s = &db.store;
+    let ids = seed(s, 1).await;
+    let t0 = Utc::now();
+    let job = light_job(s, t0).await;
+    let old = s.claim_items(job.id, "w1", 10, t0, LEASE).await.unwrap();
+    assert_eq!(old.len(), 1);
+    // Inside the lease nobody else gets it.
+    assert!(
+        s.claim_items(job.id, "w2", 10, t0 + secs(9), LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.claimable(job.id, t0 + secs(9)).await.unwrap(), 0);
+    // Past it, any worker reclaims it, with another token.
+    assert_eq!(s.claimable(job.id, t0 + secs(11)).await.unwrap(), 1);
+    let new = s
+        .claim_items(job.id, "w2", 10, t0 + secs(11), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].item, old[0].item);
+    assert_ne!(new[0].token, old[0].token);
+    // The old claim's result arrives late: refused, nothing written.
+    let late = s
+        .finish_items(vec![ok_result(&old[0], old[0].token, t0 + secs(12))])
+        .await
+        .unwrap();
+    assert!(!late[0].written, "{late:?}");
+    assert_eq!(late[0].applied, None);
+    assert!(s.history(ids[0]).await.unwrap().is_empty());
+    assert_eq!(
+        s.get(ids[0]).await.unwrap().unwrap().status,
+        Status::NotTested
+    );
+    let p = s.progress(job.id).await.unwrap();
+    assert_eq!((p.running, p.done()), (1, 0));
+    // The holder's result is taken, once.
+    let r = ok_result(&new[0], new[0].token, t0 + secs(13));
+    let done = s.finish_items(vec![r.clone()]).await.unwrap();
+    assert!(done[0].written);
+    assert_eq!(done[0].applied.map(|a| a.to), Some(Status::PingLight));
+    assert!(!s.finish_items(vec![r]).await.unwrap()[0].written);
+    // And the old one again, after the end: still refused.
+    let again = s
+        .finish_items(vec![ok_result(&old[0], old[0].token, t0 + secs(14))])
+        .await
+        .unwrap();
+    assert!(!again[0].written);
+    assert_eq!(s.history(ids[0]).await.unwrap().len(), 1);
+    let p = s.progress(job.id).await.unwrap();
+    assert_eq!((p.ok, p.running, p.pending), (1, 0, 0));
+    // An ended item is not claimable, whatever its lease said.
+    assert_eq!(s.claimable(job.id, t0 + secs(100)).await.unwrap(), 0);
+}
+
+async fn an_expired_lease_is_reclaimed_and_a_heartbeat_keeps_it(db: TestDb) {
+    let s = &db.store;
+    seed(s, 3).await;
+    let t0 = Utc::now();
+    let job = light_job(s, t0).await;
+    let w1 = reg("w1", 1);
+    s.register_worker(&w1, t0, LEASE).await.unwrap();
+    let mine = s.claim_items(job.id, "w1", 2, t0, LEASE).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    // w1 beats at t0+8 s: its two leases run to t0+18 s.
+    assert_eq!(s.heartbeat(&w1, t0 + secs(8), LEASE).await.unwrap(), 2);
+    let other = s
+        .claim_items(job.id, "w2", 10, t0 + secs(15), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(other.len(), 1, "only the pending item: {other:?}");
+    assert!(!mine.iter().any(|m| m.item == other[0].item));
+    // w1 stops beating; at t0+19 s its items are w2's.
+    let taken = s
+        .claim_items(job.id, "w2", 10, t0 + secs(19), LEASE)
+        .await
+        .unwrap();
+    let mut got: Vec<_> = taken.iter().map(|c| c.item).collect();
+    got.sort();
+    assert_eq!(got, vec![mine[0].item, mine[1].item]);
+    // A heartbeat of w1 now extends nothing: they are not its items any more.
+    assert_eq!(s.heartbeat(&w1, t0 + secs(20), LEASE).await.unwrap(), 0);
+    let w = s.workers(t0 + secs(20)).await.unwrap();
+    let w1_view = w.iter().find(|w| w.name == "w1").unwrap();
+    assert_eq!(w1_view.items_in_flight, 0);
+    let w2_held = s
+        .claim_items(job.id, "w3", 10, t0 + secs(25), LEASE)
+        .await
+        .unwrap();
+    assert!(w2_held.is_empty(), "w2's leases still run: {w2_held:?}");
+}
+
+async fn recovery_requeues_only_items_of_dead_workers(db: TestDb) {
+    let s = &db.store;
+    seed(s, 6).await;
+    let now = Utc::now();
+    let job = light_job(s, now).await;
+    s.register_worker(&reg("live", 1), now, Duration::from_secs(60))
+        .await
+        .unwrap();
+    s.register_worker(&reg("dead", 2), now - secs(120), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let long = Duration::from_secs(3600);
+    let live = s.claim_items(job.id, "live", 1, now, long).await.unwrap();
+    // Its heartbeat expired, even if the claim's lease did not yet.
+    let dead = s.claim_items(job.id, "dead", 1, now, long).await.unwrap();
+    // A process without a row whose heartbeat extends its lease: alive.
+    let unregistered = s
+        .claim_items(job.id, "cli-test", 1, now, long)
+        .await
+        .unwrap();
+    let me = s.claim_items(job.id, "me", 1, now, long).await.unwrap();
+    // A process without a row whose lease lapsed: dead.
+    let lapsed = s
+        .claim_items(job.id, "gone", 1, now - secs(7200), long)
+        .await
+        .unwrap();
+    assert_eq!(s.requeue_orphans(job.id, "me", now).await.unwrap(), 3);
+    let p = s.progress(job.id).await.unwrap();
+    assert_eq!((p.running, p.pending), (2, 4), "{p:?}");
+    let w = s.workers(now).await.unwrap();
+    let by = |n: &str| w.iter().find(|w| w.name == n).unwrap().clone();
+    assert_eq!((by("live").alive, by("live").items_in_flight), (true, 1));
+    assert_eq!((by("dead").alive, by("dead").items_in_flight), (false, 0));
+    // The live holders' results still count; the others' are refused.
+    let r = s
+        .finish_items(vec![
+            ok_result(&live[0], live[0].token, now),
+            ok_result(&unregistered[0], unregistered[0].token, now),
+            ok_result(&dead[0], dead[0].token, now),
+            ok_result(&lapsed[0], lapsed[0].token, now),
+            ok_result(&me[0], me[0].token, now),
+        ])
+        .await
+        .unwrap();
+    let written: Vec<bool> = r.iter().map(|f| f.written).collect();
+    assert_eq!(written, vec![true, true, false, false, false]);
+    // An unregistered holder's heartbeat extends its leases.
+    let more = s
+        .claim_items(job.id, "cli-test", 1, now, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.extend_leases("cli-test", now + secs(4), Duration::from_secs(5))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.requeue_orphans(job.id, "me", now + secs(8))
+            .await
+            .unwrap(),
+        0,
+        "lease extended to now + 9 s"
+    );
+    assert_eq!(
+        s.requeue_orphans(job.id, "me", now + secs(10))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(more.len(), 1);
+}
+
+async fn workers_register_beat_list_and_deregister(db: TestDb) {
+    let s = &db.store;
+    let t0 = Utc::now();
+    let a = WorkerRegistration {
+        roles: vec![WorkerRole::Services, WorkerRole::Jobs],
+        ..reg("a", 10)
+    };
+    s.register_worker(&a, t0, LEASE).await.unwrap();
+    // Another process may not take a live name...
+    let err = s
+        .register_worker(&reg("a", 11), t0 + secs(1), LEASE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WorkerNameTaken { pid: 10, .. }),
+        "{err}"
+    );
+    // ...the same process may register again, and a dead name is free.
+    s.register_worker(&a, t0 + secs(2), LEASE).await.unwrap();
+    s.register_worker(&reg("b", 20), t0, LEASE).await.unwrap();
+    s.register_worker(&reg("b", 21), t0 + secs(11), LEASE)
+        .await
+        .unwrap();
+    s.heartbeat(&a, t0 + secs(5), LEASE).await.unwrap();
+    let w = s.workers(t0 + secs(14)).await.unwrap();
+    assert_eq!(
+        w.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(w[0].roles, vec![WorkerRole::Jobs, WorkerRole::Services]);
+    assert_eq!(
+        w[0].started_at.timestamp_millis(),
+        (t0 + secs(2)).timestamp_millis()
+    );
+    assert_eq!(
+        w[0].last_heartbeat.timestamp_millis(),
+        (t0 + secs(5)).timestamp_millis()
+    );
+    assert!(w[0].alive && w[1].alive);
+    assert_eq!(w[1].pid, 21);
+    assert!(!s.workers(t0 + secs(16)).await.unwrap()[0].alive);
+    assert!(s.deregister_worker("a").await.unwrap());
+    assert!(!s.deregister_worker("a").await.unwrap());
+    assert_eq!(s.workers(t0).await.unwrap().len(), 1);
+}
