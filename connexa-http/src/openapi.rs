@@ -36,6 +36,10 @@ use crate::routes;
         routes::services::restart,
         routes::stats::stats,
         routes::token::current,
+        crate::session::sign_in,
+        crate::session::current,
+        crate::session::sign_out,
+        crate::session::change_password,
         routes::import::import,
         routes::import::list,
         routes::import::get_one,
@@ -61,6 +65,7 @@ use crate::routes;
         (name = "export", description = "Node lists out"),
         (name = "stats", description = "Counts"),
         (name = "meta", description = "Health, metrics, this document"),
+        (name = "session", description = "Operator accounts: sign in, who am I, sign out, change password"),
     )
 )]
 pub struct ApiDoc;
@@ -168,6 +173,18 @@ impl Modify for Roles {
                 (Method::DELETE, &mut item.delete),
             ] {
                 let Some(op) = op else { continue };
+                if crate::roles::is_public(&method, path) {
+                    let sentence =
+                        "Public: no credentials (rate-limited per address and per account).";
+                    op.description = Some(match op.description.take() {
+                        Some(d) if !d.is_empty() => format!("{d}\n\n{sentence}"),
+                        _ => sentence.to_owned(),
+                    });
+                    op.extensions
+                        .get_or_insert_with(Extensions::default)
+                        .insert("x-required-role".to_owned(), "none".into());
+                    continue;
+                }
                 let Some(role) = crate::roles::required_role(&method, path) else {
                     continue;
                 };

@@ -82,7 +82,7 @@ async fn browser_console_page_loads_under_a_strict_csp() {
     b.wait_js(
         "the sign-in form",
         T,
-        "return !!document.querySelector('#token:focus')",
+        "return !!document.querySelector('#account-name:focus')",
     )
     .await;
     let overflow = b
@@ -125,7 +125,7 @@ async fn sign_in(b: &Browser, server: &Server) {
     b.wait_js(
         "the sign-in form",
         T,
-        "return !!document.querySelector('#token:focus')",
+        "return !!document.querySelector('#account-name:focus')",
     )
     .await;
     b.type_into("#token", &server.token).await;
