@@ -35,7 +35,8 @@ for i in range(n):
     print(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}:user{i}:pw{i}")
 PY
 
-"$bin" --db "$db" serve --listen 127.0.0.1:0 --init-admin >"$dir/token" 2>"$dir/log" &
+"$bin" --db "$db" token create --name admin --role admin >"$dir/token" 2>"$dir/log"
+"$bin" --db "$db" serve --listen 127.0.0.1:0 >/dev/null 2>"$dir/log" &
 pid=$!
 for _ in $(seq 100); do grep -q 'listening on' "$dir/log" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)

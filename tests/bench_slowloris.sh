@@ -36,8 +36,9 @@ for i in range(n):
     print(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255 or 1}:user{i}:pw{i}")
 PY
 
-"$out/connexa-http" --db "$db" serve --listen 127.0.0.1:0 --init-admin \
-  --max-connections $((slow + 500)) --max-import-mib 1024 >"$dir/token" 2>"$dir/log" &
+"$out/connexa-http" --db "$db" token create --name admin --role admin >"$dir/token" 2>"$dir/log"
+"$out/connexa-http" --db "$db" serve --listen 127.0.0.1:0 \
+  --max-connections $((slow + 500)) --max-import-mib 1024 >/dev/null 2>"$dir/log" &
 pid=$!
 for _ in $(seq 300); do grep -q 'listening on' "$dir/log" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)

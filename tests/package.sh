@@ -211,12 +211,19 @@ sim_pid=""
 
 # --- connexa-http: the first step, serve --init-admin ------------------------------
 "${as_service[@]}" /usr/bin/connexa-http --config /etc/connexa/config.toml --db "$db" \
-  serve --listen 127.0.0.1:0 --init-admin >"$work/token" 2>"$work/http.log" &
+  token create --name admin --role admin >"$work/token" 2>"$work/http.log"
+"${as_service[@]}" /usr/bin/connexa-http --config /etc/connexa/config.toml --db "$db" \
+  serve --listen 127.0.0.1:0 --init-admin >"$work/password" 2>"$work/http.log" &
 http_pid=$!
 for _ in $(seq 200); do grep -q 'listening on' "$work/http.log" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$work/http.log" | head -n1)
 token=$(cat "$work/token")
-check "connexa-http serve --init-admin printed an admin token once" grep -qxE 'cxa_[0-9a-f]{64}' "$work/token"
+check "connexa-http token create printed an admin token once" grep -qxE 'cxa_[0-9a-f]{64}' "$work/token"
+check "connexa-http serve --init-admin printed the admin password once" grep -qxE '[A-Za-z0-9]{24}' "$work/password"
+check "that password signs in (POST /api/v1/session)" python3 -c '
+import json, sys, urllib.request
+req = urllib.request.Request(f"http://{sys.argv[1]}/api/v1/session", data=json.dumps({"name": "admin", "password": sys.argv[2]}).encode(), headers={"Content-Type": "application/json"})
+sys.exit("cx_session=" not in (urllib.request.urlopen(req, timeout=30).headers.get("Set-Cookie") or ""))' "${addr:-127.0.0.1:1}" "$(cat "$work/password")"
 check "the API answers with that token (GET /api/v1/nodes: 3 nodes)" python3 -c '
 import json, sys, urllib.request
 req = urllib.request.Request(f"http://{sys.argv[1]}/api/v1/nodes?limit=1", headers={"Authorization": "Bearer " + sys.argv[2]})

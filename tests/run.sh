@@ -249,8 +249,9 @@ run_schemathesis() {
   local dir bin pid addr token rc=0
   dir=$(mktemp -d /tmp/connexa-st.XXXXXX)
   bin="$target_dir/debug/connexa-http"
-  "$bin" --db "sqlite://$dir/st.db?mode=rwc" serve --listen 127.0.0.1:0 --init-admin \
-    --auth-failures-per-minute 1000000 >"$dir/token" 2>"$dir/log" &
+  "$bin" --db "sqlite://$dir/st.db?mode=rwc" token create --name admin --role admin >"$dir/token" 2>"$dir/log"
+  "$bin" --db "sqlite://$dir/st.db?mode=rwc" serve --listen 127.0.0.1:0 \
+    --auth-failures-per-minute 1000000 >/dev/null 2>"$dir/log" &
   pid=$!
   for _ in $(seq 100); do grep -q 'listening on' "$dir/log" 2>/dev/null && break; sleep 0.1; done
   addr=$(sed -n 's/.*listening on http:\/\/\(.*\)/\1/p' "$dir/log" | head -n1)

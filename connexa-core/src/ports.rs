@@ -706,6 +706,125 @@ pub trait TokenStore: Send + Sync {
     async fn revoke_token(&self, id: TokenId) -> Result<bool, StoreError>;
 }
 
+/// Identifier of an operator account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(transparent)]
+pub struct AccountId(pub i64);
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An operator account (who signs in to the console with a name and a
+/// password). The password hash is never part of this view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Account {
+    /// Identifier.
+    pub id: AccountId,
+    /// The sign-in name (unique).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// A disabled account cannot sign in and has no session.
+    pub disabled: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// When the password was last set after creation, if ever.
+    pub password_changed_at: Option<DateTime<Utc>>,
+}
+
+/// A sign-in session as stored: only the SHA-256 of its id is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Session {
+    /// Row id.
+    pub id: i64,
+    /// Whose session it is.
+    pub account: AccountId,
+    /// Signed in.
+    pub created_at: DateTime<Utc>,
+    /// Last request seen (updated at most about once per tenth of the idle timeout).
+    pub last_seen: DateTime<Utc>,
+    /// When it ends whatever its use (absolute expiry).
+    pub expires_at: DateTime<Utc>,
+    /// The client address it was opened from, if known.
+    pub source: Option<String>,
+}
+
+/// Persistence of operator accounts and their sessions (used by
+/// connexa-http). Passwords arrive already hashed (Argon2id PHC strings, see
+/// [`crate::store::accounts`]); sessions by the SHA-256 of their id.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Stores a new account; [`StoreError::Backend`] if the name is taken.
+    async fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Account, StoreError>;
+
+    /// The account of this name and its password hash, disabled or not.
+    async fn account_by_name(&self, name: &str) -> Result<Option<(Account, String)>, StoreError>;
+
+    /// The account of this id and its password hash.
+    async fn account_by_id(&self, id: AccountId) -> Result<Option<(Account, String)>, StoreError>;
+
+    /// Every account, oldest first.
+    async fn accounts(&self) -> Result<Vec<Account>, StoreError>;
+
+    /// Sets the password hash and ends every session of the account except
+    /// the one whose id hashes to `keep_session` (the session that asked).
+    /// `false` if there is no such account.
+    async fn set_password(
+        &self,
+        id: AccountId,
+        password_hash: &str,
+        keep_session: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Disables the account and ends all its sessions; `false` if there is no
+    /// such account or it was disabled already.
+    async fn disable_account(&self, id: AccountId) -> Result<bool, StoreError>;
+
+    /// Opens a session of `account` (its id hashed to `session_hash`).
+    async fn create_session(
+        &self,
+        account: AccountId,
+        session_hash: &str,
+        source: Option<String>,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Session, StoreError>;
+
+    /// The session whose id hashes to `session_hash` and its account, if the
+    /// session exists, has not expired at `at` (absolute expiry), was last seen
+    /// less than `idle` before `at`, and its account is not disabled. Reads only.
+    async fn find_session(
+        &self,
+        session_hash: &str,
+        at: DateTime<Utc>,
+        idle: std::time::Duration,
+    ) -> Result<Option<(Session, Account)>, StoreError>;
+
+    /// Records a request of the session at `at`.
+    async fn touch_session(&self, id: i64, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Ends the session whose id hashes to `session_hash`; `false` if none.
+    async fn end_session(&self, session_hash: &str) -> Result<bool, StoreError>;
+
+    /// The open sessions of an account (expired ones may be included until
+    /// they are purged), oldest first.
+    async fn sessions(&self, account: AccountId) -> Result<Vec<Session>, StoreError>;
+}
+
 /// An item a worker claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimedItem {

@@ -1,5 +1,8 @@
 // The console's only contact with the server: the REST API under /api/v1
-// (docs/http.md). Every request carries the Bearer token; nothing is cached.
+// (docs/http.md). A request carries the Bearer token if the operator pasted
+// one; else the browser sends the HttpOnly session cookie, and requests that
+// change something carry the session's CSRF token (kept in memory only,
+// never in storage). Nothing is cached.
 
 export const STATUSES = [
   "not_tested", "ping_failed", "ping_light", "auth_failed",
@@ -22,10 +25,14 @@ export const token = {
   clear: () => sessionStorage.removeItem(TOKEN_KEY),
 };
 
-function headers(extra = {}) {
+/** The signed-in account's session: its CSRF token, in memory only. */
+export const session = { csrf: null };
+
+function headers(extra = {}, method = "GET") {
   const h = { Accept: "application/json", ...extra };
   const t = token.get();
   if (t) h.Authorization = `Bearer ${t}`;
+  else if (session.csrf && !["GET", "HEAD"].includes(method)) h["X-CSRF-Token"] = session.csrf;
   return h;
 }
 
@@ -38,7 +45,7 @@ async function fail(res) {
 export async function request(method, path, { query, json, body, contentType, signal } = {}) {
   const url = new URL(`/api/v1${path}`, location.origin);
   if (query) for (const [k, v] of query) url.searchParams.append(k, v);
-  const init = { method, headers: headers(), signal, cache: "no-store" };
+  const init = { method, headers: headers({}, method), signal, cache: "no-store", credentials: "same-origin" };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["Content-Type"] = "application/json";
@@ -107,6 +114,13 @@ const ID_PAGE = 10000;
 
 export const api = {
   stats: () => getJson("/stats"),
+  /** Who is signed in (`{principal, csrf_token?}`), by token or by session cookie. */
+  me: () => getJson("/session"),
+  /** Signs in with a name and a password: the server sets the session cookie. */
+  signIn: async (name, password) => (await request("POST", "/session", { json: { name, password } })).json(),
+  /** Ends the session on the server (the cookie is removed). */
+  signOut: () => request("DELETE", "/session"),
+  changePassword: (current, next) => request("POST", "/session/password", { json: { current, new: next } }),
   /** The signed-in token: name, role (viewer, operator, admin), scope. */
   token: () => getJson("/token"),
   nodes: (filter, { page, limit, sort, desc }) =>

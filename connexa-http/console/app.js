@@ -1,6 +1,6 @@
 // Connexa console: a single page over the REST API. No framework, no build step;
 // every element is created with the DOM API, never parsed from strings of HTML.
-import { api, events, token, ApiError, STATUSES, sleep } from "./api.js";
+import { api, events, token, session, ApiError, STATUSES, sleep } from "./api.js";
 
 // Count Content-Security-Policy violations where tests (and curious operators) can see them.
 document.addEventListener("securitypolicyviolation", (e) => {
@@ -75,7 +75,7 @@ function errorText(e) {
 
 async function guard(fn) {
   try { return await fn(); } catch (e) {
-    if (e instanceof ApiError && e.status === 401) { signOut("Your token was refused; sign in again."); return undefined; }
+    if (e instanceof ApiError && e.status === 401) { signOut("Your session ended or your token was refused; sign in again."); return undefined; }
     toast(errorText(e), true);
     return undefined;
   }
@@ -104,6 +104,7 @@ function describeFilter(f) {
 // --- sign-in ------------------------------------------------------------------------
 
 async function signIn(t) {
+  session.csrf = null;
   token.set(t);
   try {
     await api.stats();
@@ -114,20 +115,52 @@ async function signIn(t) {
   showConsole();
 }
 
+/** Signs in with a name and a password: the server sets an HttpOnly cookie;
+ * the CSRF token stays in memory (a reload asks `GET /session` again). */
+async function signInWithPassword(name, password) {
+  token.clear();
+  const s = await api.signIn(name, password);
+  session.csrf = s.csrf_token;
+  showConsole();
+}
+
+/** Removes every private thing from the page (tables, cards, dialogs). */
+function clearPrivate() {
+  for (const id of ["#rows", "#service-rows", "#history-rows", "#cards", "#job-list", "#import-report", "#audit-rows", "#audit-count"]) {
+    const e = $(id);
+    if (e) e.replaceChildren();
+  }
+  for (const d of $$("dialog[open]")) d.close();
+  state.rows = [];
+  state.selected.clear();
+}
+
 function signOut(msg) {
   for (const j of state.jobs.values()) j.abort.abort();
   state.jobs.clear();
-  $("#job-list").replaceChildren();
-  $("#audit-rows").replaceChildren();
-  $("#audit-count").textContent = "";
+  clearPrivate();
   token.clear();
+  session.csrf = null;
   delete document.documentElement.dataset.role;
   $("#console").hidden = true;
-  for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out"]) $(id).hidden = true;
+  for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out", "#password-open"]) $(id).hidden = true;
   $("#signin").hidden = false;
   $("#signin-error").textContent = msg || "";
+  $("#password-signin-error").textContent = msg || "";
   $("#token").value = "";
-  $("#token").focus();
+  $("#account-password").value = "";
+  $("#account-name").focus();
+}
+
+/** The Sign out button: ends a session on the server, then loads the page
+ * afresh in place (no history entry keeps what was shown). */
+async function signOutClicked() {
+  const hadSession = !token.get() && session.csrf;
+  if (hadSession) {
+    try { await api.signOut(); } catch { /* ended already */ }
+  }
+  signOut();
+  if (hadSession) location.replace(location.pathname);
 }
 
 /**
@@ -137,7 +170,8 @@ function signOut(msg) {
  */
 async function loadRole() {
   try {
-    const role = (await api.token()).role;
+    const me = await api.me();
+    const role = me.principal.role;
     document.documentElement.dataset.role = role;
     if (role === "admin") guard(() => loadAudit(false));
   } catch {
@@ -150,6 +184,7 @@ function showConsole() {
   $("#signin").hidden = true;
   $("#console").hidden = false;
   for (const id of ["#add-node-open", "#import-open", "#refresh", "#sign-out"]) $(id).hidden = false;
+  $("#password-open").hidden = !session.csrf;
   refresh();
   attachRunningJobs();
 }
@@ -910,7 +945,51 @@ function init() {
       $("#signin-error").textContent = err instanceof ApiError && err.status === 401 ? "This token is not valid." : `Cannot sign in: ${errorText(err)}`;
     }
   });
-  $("#sign-out").addEventListener("click", () => signOut());
+  $("#password-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const name = $("#account-name").value.trim();
+    const password = $("#account-password").value;
+    const err = $("#password-signin-error");
+    if (!name || !password) { err.textContent = "Give your name and your password."; return; }
+    err.textContent = "";
+    try { await signInWithPassword(name, password); } catch (x) {
+      err.textContent = x instanceof ApiError && x.status === 401 ? "Wrong name or password."
+        : x instanceof ApiError && x.status === 429 ? `Too many failed sign-ins: try again in ${x.problem && x.problem.retry_after ? fmtDuration(x.problem.retry_after) : "a while"}.`
+        : `Cannot sign in: ${errorText(x)}`;
+    } finally {
+      $("#account-password").value = "";
+    }
+  });
+  $("#sign-out").addEventListener("click", () => signOutClicked());
+  $("#password-open").addEventListener("click", () => {
+    $("#password-change-form").reset();
+    $("#password-change-error").textContent = "";
+    $("#password-dialog").showModal();
+  });
+  $("#password-close").addEventListener("click", (e) => { e.preventDefault(); $("#password-dialog").close(); });
+  $("#password-change-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const f = e.target.elements;
+    const err = $("#password-change-error");
+    if (f.new.value.length < 12) { err.textContent = "The new password needs at least 12 characters."; return; }
+    try {
+      await api.changePassword(f.current.value, f.new.value);
+      $("#password-dialog").close();
+      toast("Password changed; your other sessions are signed out.");
+    } catch (x) {
+      if (x instanceof ApiError && x.status === 401) { signOut("Your session ended; sign in again."); return; }
+      err.textContent = errorText(x);
+    } finally {
+      e.target.reset();
+    }
+  });
+  // Back/forward from the page cache: show nothing unless still signed in.
+  window.addEventListener("pageshow", (e) => {
+    if (!e.persisted || token.get()) return;
+    clearPrivate();
+    api.me().then((me) => { if (!me.csrf_token) signOut(); else session.csrf = me.csrf_token; })
+      .catch(() => signOut());
+  });
   $("#refresh").addEventListener("click", () => refresh());
   $("#services-refresh").addEventListener("click", () => guard(loadServices));
   $("#audit-refresh").addEventListener("click", () => guard(() => loadAudit(false)));
@@ -945,7 +1024,13 @@ function init() {
   for (const b of $$("#actions [data-action]")) b.addEventListener("click", () => runAction(b.dataset.action));
   // On a phone the filters start folded, so the table is in view.
   if (matchMedia("(max-width: 720px)").matches) $("#filters-box").open = false;
-  if (token.get()) showConsole(); else $("#token").focus();
+  if (token.get()) { showConsole(); return; }
+  // A session cookie (HttpOnly: the page cannot see it) may still be open.
+  api.me().then((me) => {
+    if (!me.csrf_token) throw new Error("no session");
+    session.csrf = me.csrf_token;
+    showConsole();
+  }).catch(() => { $("#account-name").focus(); });
 }
 
 init();

@@ -5,7 +5,7 @@
 //! Only its SHA-256 (hex) is stored ([`TokenStore`]): with that much entropy a
 //! fast hash is enough, and a copy of the database grants nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -15,7 +15,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use connexa_core::ports::{ApiToken, Role, StoreError, TokenId, TokenScope, TokenStore};
+use connexa_core::ports::{
+    Account, AccountId, ApiToken, Role, StoreError, TokenId, TokenScope, TokenStore,
+};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -271,7 +273,7 @@ struct Slot {
 }
 
 /// What [`AuthLimiter::enter`] decided.
-enum Gate {
+pub(crate) enum Gate {
     /// A look-up may run (and must be ended with [`AuthLimiter::leave`]).
     Go,
     /// The limit is taken by look-ups in flight: try again shortly.
@@ -324,7 +326,7 @@ impl AuthLimiter {
         s
     }
 
-    fn enter(&self, ip: IpAddr) -> Gate {
+    pub(crate) fn enter(&self, ip: IpAddr) -> Gate {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let window = self.window;
@@ -340,7 +342,7 @@ impl AuthLimiter {
         Gate::Go
     }
 
-    fn leave(&self, ip: IpAddr, failed: bool) {
+    pub(crate) fn leave(&self, ip: IpAddr, failed: bool) {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let s = self.slot(&mut map, ip, now);
@@ -351,7 +353,7 @@ impl AuthLimiter {
     }
 
     /// Counts a failure that needed no look-up; `Err` when already over the limit.
-    fn fail(&self, ip: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn fail(&self, ip: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         let (window, max) = (self.window, self.max);
@@ -366,6 +368,146 @@ impl AuthLimiter {
     }
 }
 
+impl AuthLimiter {
+    /// Enters a look-up slot for `ip`, waiting (up to a few seconds) while the
+    /// limit is taken only by look-ups in flight; `Err(retry)` when over the
+    /// limit. An `Ok` must be ended with [`AuthLimiter::leave`].
+    pub(crate) async fn enter_waiting(&self, ip: IpAddr) -> Result<(), Duration> {
+        let started = Instant::now();
+        loop {
+            match self.enter(ip) {
+                Gate::Go => return Ok(()),
+                Gate::Limited(retry) => return Err(retry),
+                Gate::Wait if started.elapsed() > MAX_WAIT => return Err(Duration::from_secs(1)),
+                Gate::Wait => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+}
+
+/// Failed sign-ins per account name (known or not), on top of the
+/// per-address [`AuthLimiter`]:
+///
+/// * `max` failures within `window` lock the account for one `window`: every
+///   sign-in to it is answered `429` without checking the password.
+/// * When the lock ends the account stays *watched* for at least one more
+///   `window`, and until no address that failed on it has tried for a whole
+///   `window`: an address that failed on it
+///   (during the counting window, the lock or the watch) is still refused, and
+///   each of its attempts keeps the watch going; an address with no failure
+///   on it gets its password checked. A failure while watched marks that
+///   address too but never locks the account again.
+///
+/// So an attacker keeps the real owner out for at most one `window` per
+/// attack (signing in from an address it never failed from), and after the
+/// first `max` guesses gets one guess per fresh address per watch.
+#[derive(Debug)]
+pub struct AccountLimiter {
+    max: u32,
+    window: Duration,
+    map: Mutex<HashMap<String, AccountSlot>>,
+}
+
+#[derive(Debug)]
+struct AccountSlot {
+    since: Instant,
+    failures: u32,
+    locked_until: Option<Instant>,
+    last_bad: Instant,
+    dirty: HashSet<IpAddr>,
+}
+
+/// Accounts remembered at most (stale ones are dropped first).
+const ACCOUNT_SLOTS: usize = 100_000;
+/// Addresses remembered per account; past it the account is locked again.
+const DIRTY_PER_ACCOUNT: usize = 10_000;
+
+impl AccountLimiter {
+    /// At most `max` failures per account within `window` (see the type's docs).
+    pub fn new(max: u32, window: Duration) -> Self {
+        AccountLimiter {
+            max: max.max(1),
+            window,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn stale(&self, s: &AccountSlot, now: Instant) -> bool {
+        match s.locked_until {
+            // Watched for a window after the lock, and a window after the
+            // last attempt of an address that failed.
+            Some(until) => {
+                now >= until + self.window && now.duration_since(s.last_bad) >= self.window
+            }
+            None => now.duration_since(s.since) >= self.window,
+        }
+    }
+
+    /// `Ok` if `ip` may try a password for `name` now; else how long to wait.
+    pub fn check(&self, name: &str, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(s) = map.get_mut(name) else {
+            return Ok(());
+        };
+        if self.stale(s, now) {
+            map.remove(name);
+            return Ok(());
+        }
+        let Some(until) = s.locked_until else {
+            return Ok(());
+        };
+        if now < until {
+            return Err(until - now);
+        }
+        if s.dirty.contains(&limit_key(ip)) {
+            s.last_bad = now;
+            return Err(self.window);
+        }
+        Ok(())
+    }
+
+    /// Counts a failed sign-in to `name` from `ip`.
+    pub fn fail(&self, name: &str, ip: IpAddr) {
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(name).is_some_and(|s| self.stale(s, now)) {
+            map.remove(name);
+        }
+        if !map.contains_key(name) && map.len() >= ACCOUNT_SLOTS {
+            map.retain(|_, s| !self.stale(s, now));
+            if map.len() >= ACCOUNT_SLOTS {
+                return;
+            }
+        }
+        let s = map.entry(name.to_owned()).or_insert_with(|| AccountSlot {
+            since: now,
+            failures: 0,
+            locked_until: None,
+            last_bad: now,
+            dirty: HashSet::new(),
+        });
+        s.last_bad = now;
+        if s.dirty.len() < DIRTY_PER_ACCOUNT {
+            s.dirty.insert(limit_key(ip));
+        } else {
+            s.locked_until = Some(now + self.window);
+            return;
+        }
+        if s.locked_until.is_some() {
+            return;
+        }
+        if now.duration_since(s.since) >= self.window {
+            s.since = now;
+            s.failures = 0;
+        }
+        s.failures += 1;
+        if s.failures >= self.max {
+            s.locked_until = Some(now + self.window);
+        }
+    }
+}
+
 /// How long an accepted token is remembered without asking the store again
 /// (a revocation takes effect within this time).
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -377,7 +519,67 @@ pub const KNOWN_TTL: Duration = Duration::from_secs(3600);
 /// Longest a request waits for look-ups in flight from its address.
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-fn rate_limited(retry: Duration) -> Response {
+/// Who makes a request: an API token or a signed-in account. Put in the
+/// request extensions by [`require_token`] for both; [`crate::roles`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Principal {
+    /// The token's or the account's name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Where it is accepted (always `full` for an account).
+    pub scope: TokenScope,
+    /// A token or an account, and its id.
+    pub kind: PrincipalKind,
+}
+
+/// What kind of [`Principal`] it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", content = "id", rename_all = "lowercase")]
+pub enum PrincipalKind {
+    /// An API token.
+    Token(TokenId),
+    /// An operator account signed in with a password (a session).
+    Account(AccountId),
+}
+
+impl Principal {
+    /// The principal of a token.
+    pub fn token(t: &ApiToken) -> Principal {
+        Principal {
+            name: t.name.clone(),
+            role: t.role,
+            scope: t.scope,
+            kind: PrincipalKind::Token(t.id),
+        }
+    }
+
+    /// The principal of a signed-in account.
+    pub fn account(a: &Account) -> Principal {
+        Principal {
+            name: a.name.clone(),
+            role: a.role,
+            scope: TokenScope::Full,
+            kind: PrincipalKind::Account(a.id),
+        }
+    }
+
+    /// The name audit rows record: `token:<name>` or `user:<name>`.
+    pub fn actor_name(&self) -> String {
+        match self.kind {
+            PrincipalKind::Token(_) => format!("token:{}", self.name),
+            PrincipalKind::Account(_) => format!("user:{}", self.name),
+        }
+    }
+}
+
+/// Puts a token and its [`Principal`] in the request extensions.
+fn insert_token(req: &mut Request, t: ApiToken) {
+    req.extensions_mut().insert(Principal::token(&t));
+    req.extensions_mut().insert(t);
+}
+
+pub(crate) fn rate_limited(retry: Duration) -> Response {
     let mut e = ApiError::new(
         Kind::RateLimited,
         "too many failed authentication attempts from this address",
@@ -386,15 +588,52 @@ fn rate_limited(retry: Duration) -> Response {
     e.into_response()
 }
 
-fn unauthorized(detail: &str) -> Response {
+pub(crate) fn unauthorized(detail: &str) -> Response {
     ApiError::new(Kind::Unauthorized, detail).into_response()
 }
 
 /// Middleware: requires `Authorization: Bearer <token>` of a stored, unrevoked,
-/// unexpired token. The accepted token's row is put in the request extensions.
-pub async fn require_token(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+/// unexpired token, or (without that header) the `cx_session` cookie of an
+/// open session (see [`crate::session`]; state-changing methods also need its
+/// CSRF token). The caller's [`Principal`] is put in the request extensions,
+/// and for a token also its [`ApiToken`] row. Every answer to an
+/// authenticated request carries `Cache-Control: no-store`.
+/// `POST /api/v1/session` (signing in) passes without either.
+pub async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if crate::session::is_sign_in(&req) {
+        return next.run(req).await;
+    }
+    let mut res = if req.headers().contains_key(header::AUTHORIZATION)
+        || !crate::session::has_cookie(req.headers())
+    {
+        bearer(st, req, next).await
+    } else {
+        crate::session::authenticate(st, req, next).await
+    };
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+/// The client address of a request, if it carries its peer's (see [`client_addr`]).
+pub(crate) fn request_client(st: &AppState, req: &Request) -> Option<IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())?;
+    Some(client_addr(
+        peer,
+        req.headers(),
+        &st.options().trusted_proxies,
+    ))
+}
+
+/// The bearer-token path of [`require_token`].
+async fn bearer(st: AppState, mut req: Request, next: Next) -> Response {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return unauthorized("missing Authorization: Bearer <token> header");
+        return unauthorized("missing Authorization: Bearer <token> header (or a session cookie)");
     };
     let token = value
         .to_str()
@@ -436,7 +675,7 @@ pub async fn require_token(State(st): State<AppState>, mut req: Request, next: N
     loop {
         if let Some(t) = st.cached(&hash, now) {
             st.touch(t.id);
-            req.extensions_mut().insert(t);
+            insert_token(&mut req, t);
             return next.run(req).await;
         }
         // A token accepted before is looked up again (it may be revoked)
@@ -467,7 +706,7 @@ async fn check_unlimited(st: &AppState, req: Request, next: Next, token: &str) -
     if let Some(t) = st.cached(&hash, now) {
         let mut req = req;
         st.touch(t.id);
-        req.extensions_mut().insert(t);
+        insert_token(&mut req, t);
         return next.run(req).await;
     }
     look_up(st, req, next, hash, now, None).await
@@ -492,7 +731,7 @@ async fn look_up(
             leave(false);
             st.remember(hash, &t);
             st.touch(t.id);
-            req.extensions_mut().insert(t);
+            insert_token(&mut req, t);
             next.run(req).await
         }
         Ok(None) => {

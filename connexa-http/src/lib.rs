@@ -36,6 +36,7 @@ pub mod problem;
 pub mod roles;
 mod routes;
 pub mod serve;
+pub mod session;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,13 +50,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use connexa_core::engine::Engine;
 use connexa_core::metrics::ProbeStats;
-use connexa_core::ports::{NodeStore, TokenId, TokenStore};
+use connexa_core::ports::{AccountStore, NodeStore, TokenId, TokenStore};
 use connexa_core::socks::SocksLauncher;
 use connexa_core::speed::keyed::SpeedEndpoint;
 use connexa_core::store::SqlStore;
 use tokio::sync::watch;
 
-use crate::auth::AuthLimiter;
+use crate::auth::{AccountLimiter, AuthLimiter};
 use crate::metrics::Metrics;
 use crate::problem::{ApiError, Kind};
 
@@ -103,6 +104,20 @@ pub struct HttpOptions {
     /// Synchronous imports that may run at once; one more is answered
     /// `503 unavailable` (with `Retry-After`) before its body is read. Default 4.
     pub max_sync_imports: usize,
+    /// A sign-in session ends after this long without a request. Default 30 min.
+    pub session_idle_timeout: Duration,
+    /// A sign-in session ends this long after it opened, whatever its use. Default 12 h.
+    pub session_lifetime: Duration,
+    /// Failed sign-ins per account name within [`HttpOptions::sign_in_window`]
+    /// before it is locked for one window (see [`auth::AccountLimiter`]). Default 10.
+    pub sign_in_failures_per_account: u32,
+    /// The window of [`HttpOptions::sign_in_failures_per_account`]. Default 15 min.
+    pub sign_in_window: Duration,
+    /// Mark the session cookie `Secure` on every request (the server is
+    /// reached over HTTPS through a proxy that does not send
+    /// `X-Forwarded-Proto`). Without it the cookie is `Secure` when a trusted
+    /// proxy says `X-Forwarded-Proto: https`. Default false.
+    pub secure_cookies: bool,
 }
 
 impl Default for HttpOptions {
@@ -120,6 +135,11 @@ impl Default for HttpOptions {
             auth_limiter_capacity: 100_000,
             trusted_proxies: Vec::new(),
             max_sync_imports: 4,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            session_lifetime: Duration::from_secs(12 * 3600),
+            sign_in_failures_per_account: 10,
+            sign_in_window: Duration::from_secs(15 * 60),
+            secure_cookies: false,
         }
     }
 }
@@ -133,6 +153,10 @@ struct Shared {
     tokens: Arc<dyn TokenStore>,
     options: HttpOptions,
     limiter: AuthLimiter,
+    /// Failed sign-ins per account name.
+    account_limiter: AccountLimiter,
+    /// Operator accounts and sessions, if set ([`AppState::with_accounts`]).
+    accounts: Mutex<Option<Arc<dyn AccountStore>>>,
     metrics: Metrics,
     /// Probe latency histograms exported by `/metrics`, if the engine's ports record them.
     probe_stats: Mutex<Option<Arc<ProbeStats>>>,
@@ -173,6 +197,11 @@ impl AppState {
         AppState(Arc::new(Shared {
             limiter: AuthLimiter::new(options.auth_failures_per_minute, Duration::from_secs(60))
                 .with_capacity(options.auth_limiter_capacity),
+            account_limiter: AccountLimiter::new(
+                options.sign_in_failures_per_account,
+                options.sign_in_window,
+            ),
+            accounts: Mutex::new(None),
             sync_imports: Arc::new(tokio::sync::Semaphore::new(
                 options
                     .max_sync_imports
@@ -193,6 +222,27 @@ impl AppState {
             audit: Mutex::new(None),
             imports,
         }))
+    }
+
+    /// Lets operator accounts sign in (`/api/v1/session`, the `cx_session`
+    /// cookie; see [`session`]) with the accounts of `accounts`. Without it
+    /// only bearer tokens authenticate. A later call replaces the store.
+    pub fn with_accounts(self, accounts: Arc<dyn AccountStore>) -> Self {
+        *self
+            .0
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(accounts);
+        self
+    }
+
+    /// The account store, if any ([`with_accounts`](Self::with_accounts)).
+    pub fn accounts(&self) -> Option<Arc<dyn AccountStore>> {
+        self.0
+            .accounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Exports `stats` on `/metrics` (`connexa_probe_*` histograms): pass the
@@ -410,6 +460,13 @@ pub fn app(state: AppState) -> Router {
         .route("/workers", get(routes::workers::list))
         .route("/token", get(routes::token::current))
         .route("/audit", get(routes::audit::list))
+        .route(
+            "/session",
+            get(session::current)
+                .post(session::sign_in)
+                .delete(session::sign_out),
+        )
+        .route("/session/password", post(session::change_password))
         .route("/openapi.json", get(openapi::serve))
         .layer(DefaultBodyLimit::max(o.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit));
@@ -473,6 +530,7 @@ pub fn app(state: AppState) -> Router {
                     axum::http::header::AUTHORIZATION,
                     axum::http::header::CONTENT_TYPE,
                     axum::http::HeaderName::from_static("last-event-id"),
+                    axum::http::HeaderName::from_static(session::CSRF_HEADER),
                 ]),
         );
     }

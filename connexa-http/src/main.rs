@@ -47,6 +47,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Operator accounts (console sign-in with a name and a password).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -66,9 +69,21 @@ struct ServeArgs {
     /// Also serve /metrics WITHOUT authentication on this address (for a scraper).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
-    /// If no token exists yet, create one named "admin" (role admin) and print it once on stdout.
+    /// If no account exists yet, create the account "admin" (role admin)
+    /// with a random password and print the password once on stdout.
     #[arg(long)]
     init_admin: bool,
+    /// A console session ends after this many minutes without a request.
+    #[arg(long, value_name = "MIN", default_value_t = SESSION_IDLE_MIN, value_parser = clap::value_parser!(u64).range(1..))]
+    session_idle_minutes: u64,
+    /// A console session ends this many hours after sign-in, whatever its use.
+    #[arg(long, value_name = "H", default_value_t = SESSION_LIFETIME_H, value_parser = clap::value_parser!(u64).range(1..))]
+    session_lifetime_hours: u64,
+    /// Always mark the session cookie Secure (HTTPS terminated by a proxy
+    /// that sends no X-Forwarded-Proto). Without it the cookie is Secure when
+    /// a --trusted-proxy says X-Forwarded-Proto: https.
+    #[arg(long)]
+    secure_cookies: bool,
     /// Allow this browser origin (CORS; repeatable). Without it, no CORS headers are sent.
     #[arg(long, value_name = "ORIGIN")]
     cors_origin: Vec<String>,
@@ -130,6 +145,11 @@ struct ServeArgs {
     auth_failures_per_minute: u32,
 }
 
+/// `--session-idle-minutes` when not given.
+const SESSION_IDLE_MIN: u64 = 30;
+/// `--session-lifetime-hours` when not given.
+const SESSION_LIFETIME_H: u64 = 12;
+
 /// `--auth-failures-per-minute` when not given.
 const AUTH_FAILURES_PER_MINUTE: u32 = 20;
 
@@ -154,6 +174,9 @@ impl Default for ServeArgs {
             listen: None,
             metrics_listen: None,
             init_admin: false,
+            session_idle_minutes: SESSION_IDLE_MIN,
+            session_lifetime_hours: SESSION_LIFETIME_H,
+            secure_cookies: false,
             cors_origin: Vec::new(),
             max_import_mib: MAX_IMPORT_MIB,
             background_import_mib: BACKGROUND_IMPORT_MIB,
@@ -211,6 +234,35 @@ enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from one line of stdin (no
+    /// prompt; at least 12 characters), or with --generate made up and
+    /// printed once on stdout.
+    Add {
+        /// The sign-in name (letters, digits, '.', '_', '-', '@').
+        name: String,
+        /// What it may do: viewer, operator or admin.
+        #[arg(long, default_value = "viewer", value_parser = parse_role)]
+        role: Role,
+        /// Make up a random password and print it once instead of reading stdin.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// List accounts (never a password or a hash).
+    List,
+    /// Set an account's password from one line of stdin; ends its sessions.
+    Passwd {
+        /// The account.
+        name: String,
+    },
+    /// Disable an account: it cannot sign in and its sessions end.
+    Disable {
+        /// The account.
+        name: String,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     // Before any thread exists, so before any use of SQLite (see its docs).
     #[allow(unsafe_code)]
@@ -258,6 +310,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Token(t) => {
             let store = store.acting_as(connexa_core::store::audit::Actor::os_user());
             token(&store, t).await
+        }
+        Command::User(u) => {
+            let store = store.acting_as(connexa_core::store::audit::Actor::os_user());
+            user(&store, u).await
         }
         Command::Serve(s) => {
             // The effective database: the speed key file defaults to its directory.
@@ -336,16 +392,107 @@ async fn token(store: &SqlStore, t: TokenCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line of stdin without its line end (no prompt, no echo handling: pipe it).
+fn read_password_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.strip_suffix('\n').unwrap_or(&line);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        anyhow::bail!("no password on stdin (give one line, or use --generate)");
+    }
+    Ok(pw.to_owned())
+}
+
+async fn find_account(
+    store: &SqlStore,
+    name: &str,
+) -> anyhow::Result<connexa_core::ports::Account> {
+    use connexa_core::ports::AccountStore;
+    store
+        .account_by_name(name)
+        .await?
+        .map(|(a, _)| a)
+        .with_context(|| format!("no account named {name:?}"))
+}
+
+async fn user(store: &SqlStore, u: UserCommand) -> anyhow::Result<()> {
+    use connexa_core::ports::AccountStore;
+    use connexa_core::store::accounts;
+    match u {
+        UserCommand::Add {
+            name,
+            role,
+            generate,
+        } => {
+            let password = if generate {
+                accounts::generate_password()?
+            } else {
+                read_password_line()?
+            };
+            let a = accounts::create_account(store, &name, &password, role).await?;
+            eprintln!("account #{} {:?} created (role {})", a.id, a.name, a.role);
+            if generate {
+                eprintln!("its password is shown once:");
+                println!("{password}");
+            }
+        }
+        UserCommand::List => {
+            for a in store.accounts().await? {
+                println!(
+                    "{}\t{}\t{}\tcreated {}\tpassword set {}\t{}",
+                    a.id,
+                    a.name,
+                    a.role,
+                    a.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    a.password_changed_at
+                        .unwrap_or(a.created_at)
+                        .format("%Y-%m-%d %H:%M:%S"),
+                    if a.disabled { "disabled" } else { "active" }
+                );
+            }
+        }
+        UserCommand::Passwd { name } => {
+            let a = find_account(store, &name).await?;
+            let password = read_password_line()?;
+            if !accounts::change_password(store, a.id, &password, None).await? {
+                anyhow::bail!("no account named {name:?}");
+            }
+            eprintln!("password of {name:?} changed; its sessions are ended");
+        }
+        UserCommand::Disable { name } => {
+            let a = find_account(store, &name).await?;
+            if !store.disable_account(a.id).await? {
+                anyhow::bail!("account {name:?} is disabled already");
+            }
+            eprintln!("account {name:?} disabled; its sessions are ended");
+        }
+    }
+    Ok(())
+}
+
+/// `--init-admin`: the account `admin` with a random password printed once,
+/// if no account exists.
+async fn init_admin(store: &SqlStore) -> anyhow::Result<()> {
+    use connexa_core::ports::AccountStore;
+    use connexa_core::store::accounts;
+    if !store.accounts().await?.is_empty() {
+        eprintln!("--init-admin: accounts exist already; none created");
+        return Ok(());
+    }
+    let password = accounts::generate_password()?;
+    let store = store.acting_as(connexa_core::store::audit::Actor::os_user());
+    accounts::create_account(&store, "admin", &password, Role::Admin).await?;
+    eprintln!("first run: account \"admin\" (role admin) created; its password is shown once:");
+    println!("{password}");
+    Ok(())
+}
+
 async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::Result<()> {
     if s.init_admin {
-        if store.tokens().await?.is_empty() {
-            let (token, _) =
-                connexa_http::auth::create_token(store.as_ref(), "admin", None).await?;
-            eprintln!("first run: admin token created; it is shown once:");
-            println!("{token}");
-        } else {
-            eprintln!("--init-admin: tokens exist already; none created");
-        }
+        init_admin(&store).await?;
     }
     if store.secret_keys().current().is_none() {
         tracing::warn!("{}", connexa_core::runtime::PLAINTEXT_SECRETS_WARNING);
@@ -393,9 +540,13 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         max_sync_imports: usize::try_from(s.max_sync_imports).unwrap_or(usize::MAX),
         trusted_proxies: s.trusted_proxy.clone(),
         auth_failures_per_minute: s.auth_failures_per_minute,
+        session_idle_timeout: Duration::from_secs(s.session_idle_minutes.saturating_mul(60)),
+        session_lifetime: Duration::from_secs(s.session_lifetime_hours.saturating_mul(3600)),
+        secure_cookies: s.secure_cookies,
         ..HttpOptions::default()
     };
     let mut state = AppState::new(engine.clone(), store.clone(), options)
+        .with_accounts(store.clone())
         .with_probe_stats(probe_stats)
         .with_socks_launcher(ports.launcher.clone())
         .with_audit_trail(store.as_ref().clone());

@@ -37,6 +37,10 @@ use crate::routes;
         routes::stats::stats,
         routes::workers::list,
         routes::token::current,
+        crate::session::sign_in,
+        crate::session::current,
+        crate::session::sign_out,
+        crate::session::change_password,
         routes::import::import,
         routes::import::list,
         routes::import::get_one,
@@ -65,6 +69,7 @@ use crate::routes;
         (name = "audit", description = "Who changed what"),
         (name = "workers", description = "Worker processes, heartbeats, items in flight"),
         (name = "meta", description = "Health, metrics, this document"),
+        (name = "session", description = "Operator accounts: sign in, who am I, sign out, change password"),
     )
 )]
 pub struct ApiDoc;
@@ -172,6 +177,18 @@ impl Modify for Roles {
                 (Method::DELETE, &mut item.delete),
             ] {
                 let Some(op) = op else { continue };
+                if crate::roles::is_public(&method, path) {
+                    let sentence =
+                        "Public: no credentials (rate-limited per address and per account).";
+                    op.description = Some(match op.description.take() {
+                        Some(d) if !d.is_empty() => format!("{d}\n\n{sentence}"),
+                        _ => sentence.to_owned(),
+                    });
+                    op.extensions
+                        .get_or_insert_with(Extensions::default)
+                        .insert("x-required-role".to_owned(), "none".into());
+                    continue;
+                }
                 let Some(role) = crate::roles::required_role(&method, path) else {
                     continue;
                 };

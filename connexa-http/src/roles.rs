@@ -1,6 +1,7 @@
 //! Who may call what: the one table of the role each route needs
 //! ([`ROUTES`]), the middleware that enforces it ([`require_role`]), and the
-//! caller's role for handlers that mask secrets ([`Caller`]).
+//! caller's role for handlers that mask secrets ([`Caller`]). The caller is
+//! the request's [`Principal`]: an API token or a signed-in account.
 //!
 //! Roles are connexa-core's [`Role`] (`viewer < operator < admin`). A token of
 //! scope [`TokenScope::Metrics`] may only `GET /metrics`; `/metrics` is also
@@ -11,7 +12,9 @@ use axum::http::Method;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use connexa_core::ports::{ApiToken, Role, TokenScope};
+use connexa_core::ports::{Role, TokenScope};
+
+use crate::auth::{Principal, PrincipalKind};
 
 use crate::problem::{ApiError, Kind};
 
@@ -55,8 +58,21 @@ pub const ROUTES: &[(Method, &str, Role)] = &[
     (Method::GET, "/api/v1/openapi.json", Role::Viewer),
     (Method::GET, "/api/v1/token", Role::Viewer),
     (Method::GET, "/api/v1/audit", Role::Admin),
+    (Method::GET, "/api/v1/session", Role::Viewer),
+    (Method::DELETE, "/api/v1/session", Role::Viewer),
+    (Method::POST, "/api/v1/session/password", Role::Viewer),
     (Method::GET, METRICS_PATH, Role::Operator),
 ];
+
+/// Routes anyone may call without credentials besides `/healthz`, the
+/// console's files and the keyed speed endpoint: signing in (rate-limited
+/// per address and per account, see [`crate::session`]).
+pub const PUBLIC_ROUTES: &[(Method, &str)] = &[(Method::POST, crate::session::SIGN_IN_PATH)];
+
+/// `true` if `method` on `path` is in [`PUBLIC_ROUTES`].
+pub fn is_public(method: &Method, path: &str) -> bool {
+    PUBLIC_ROUTES.iter().any(|(m, p)| m == method && *p == path)
+}
 
 /// The role `method` on the route template `path` needs, if the table names it.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
@@ -73,11 +89,12 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
 
 /// `true` if some method of the table is declared on `path`.
 fn known_path(path: &str) -> bool {
-    ROUTES.iter().any(|(_, p, _)| *p == path)
+    ROUTES.iter().any(|(_, p, _)| *p == path) || PUBLIC_ROUTES.iter().any(|(_, p)| *p == path)
 }
 
-/// Why `token` may not call `method` on the route template `path`, if it may not.
-pub fn refusal(token: &ApiToken, method: &Method, path: &str) -> Option<String> {
+/// Why `token` (a token's or an account's [`Principal`]) may not call
+/// `method` on the route template `path`, if it may not.
+pub fn refusal(token: &Principal, method: &Method, path: &str) -> Option<String> {
     let needed = required_role(method, path);
     if token.scope == TokenScope::Metrics {
         let metrics = path == METRICS_PATH && needed.is_some();
@@ -95,9 +112,13 @@ pub fn refusal(token: &ApiToken, method: &Method, path: &str) -> Option<String> 
         // A route nobody gave a role: admin only.
         None => Role::Admin,
     };
+    let what = match token.kind {
+        PrincipalKind::Token(_) => "token",
+        PrincipalKind::Account(_) => "account",
+    };
     (!token.role.allows(needed)).then(|| {
         format!(
-            "this route needs the {needed} role; this token is {}",
+            "this route needs the {needed} role; this {what} is {}",
             token.role
         )
     })
@@ -111,7 +132,10 @@ pub async fn require_role(req: Request, next: Next) -> Response {
     let Some(path) = req.extensions().get::<MatchedPath>() else {
         return next.run(req).await;
     };
-    let Some(token) = req.extensions().get::<ApiToken>() else {
+    if is_public(req.method(), path.as_str()) {
+        return next.run(req).await;
+    }
+    let Some(token) = req.extensions().get::<Principal>() else {
         // Only reachable if the router was assembled without require_token.
         return ApiError::new(Kind::Unauthorized, "no token").into_response();
     };
@@ -151,7 +175,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
         Ok(Caller(
             parts
                 .extensions
-                .get::<ApiToken>()
+                .get::<Principal>()
                 .map_or(Role::Viewer, |t| t.role),
         ))
     }
@@ -160,19 +184,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use connexa_core::ports::TokenId;
+    use connexa_core::ports::{AccountId, TokenId};
 
-    fn token(role: Role, scope: TokenScope) -> ApiToken {
-        ApiToken {
-            id: TokenId(1),
+    fn token(role: Role, scope: TokenScope) -> Principal {
+        Principal {
             name: "t".into(),
-            created_at: Utc::now(),
-            last_used_at: None,
-            expires_at: None,
-            revoked: false,
             role,
             scope,
+            kind: PrincipalKind::Token(TokenId(1)),
         }
     }
 
@@ -202,5 +221,19 @@ mod tests {
         assert!(refusal(&scraper, &Method::GET, METRICS_PATH).is_none());
         assert!(refusal(&scraper, &Method::GET, "/api/v1/nodes").is_some());
         assert!(refusal(&viewer, &Method::GET, METRICS_PATH).is_some());
+        let account = Principal {
+            name: "alice".into(),
+            role: Role::Operator,
+            scope: TokenScope::Full,
+            kind: PrincipalKind::Account(AccountId(7)),
+        };
+        assert_eq!(
+            refusal(&account, &Method::DELETE, "/api/v1/nodes/{id}").unwrap(),
+            "this route needs the admin role; this account is operator"
+        );
+        assert_eq!(account.actor_name(), "user:alice");
+        assert_eq!(viewer.actor_name(), "token:t");
+        assert!(is_public(&Method::POST, "/api/v1/session"));
+        assert!(!is_public(&Method::DELETE, "/api/v1/session"));
     }
 }

@@ -28,11 +28,11 @@ async fn browser_console_page_loads_under_a_strict_csp() {
     let b = Browser::start().await;
     b.goto(&format!("http://{addr}/")).await;
 
-    // app.js ran: it focused the token field.
+    // app.js ran: it asked for a session and focused the name field.
     b.wait_js(
-        "the token field to have focus",
+        "the name field to have focus",
         T,
-        "return document.activeElement && document.activeElement.id === 'token'",
+        "return document.activeElement && document.activeElement.id === 'account-name'",
     )
     .await;
     assert_eq!(b.client.title().await.expect("title"), "Connexa console");
@@ -82,7 +82,7 @@ async fn browser_console_page_loads_under_a_strict_csp() {
     b.wait_js(
         "the sign-in form",
         T,
-        "return !!document.querySelector('#token:focus')",
+        "return !!document.querySelector('#account-name:focus')",
     )
     .await;
     let overflow = b
@@ -125,7 +125,7 @@ async fn sign_in(b: &Browser, server: &Server) {
     b.wait_js(
         "the sign-in form",
         T,
-        "return !!document.querySelector('#token:focus')",
+        "return !!document.querySelector('#account-name:focus')",
     )
     .await;
     b.type_into("#token", &server.token).await;

@@ -28,7 +28,7 @@ async fn sign_in_as(b: &Browser, server: &Server, token: &str, role: &str) {
     b.wait_js(
         "the sign-in form",
         T,
-        "return !!document.querySelector('#token:focus')",
+        "return !!document.querySelector('#account-name:focus')",
     )
     .await;
     b.type_into("#token", token).await;

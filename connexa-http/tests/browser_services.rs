@@ -26,7 +26,7 @@ async fn sign_in(b: &Browser, server: &Server) {
     b.wait_js(
         "the sign-in form",
         T,
-        "return !!document.querySelector('#token:focus')",
+        "return !!document.querySelector('#account-name:focus')",
     )
     .await;
     b.type_into("#token", &server.token).await;

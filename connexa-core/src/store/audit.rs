@@ -40,7 +40,8 @@ pub struct AuditEntry {
     pub source: Option<String>,
     /// What: `import`, `import_replace`, `node_edit`, `delete`,
     /// `service_want`, `service_unwant`, `service_restart`, `job_create`,
-    /// `job_cancel`, `secrets_rotate`, `token_create`, `token_revoke`.
+    /// `job_cancel`, `secrets_rotate`, `token_create`, `token_revoke`,
+    /// `account_create`, `account_passwd`, `account_disable`.
     pub action: String,
     /// On what: node ids, a filter (JSON) or a job id.
     pub target: Option<String>,

@@ -230,6 +230,57 @@ pub mod service_runtime {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// The `users` table: operator accounts (reshaped by migration m0008).
+pub mod users {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `users`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub name: String,
+        /// An Argon2id PHC string.
+        pub password_hash: String,
+        pub created_at: i64,
+        /// `viewer`, `operator` or `admin`.
+        pub role: String,
+        pub disabled: bool,
+        pub password_changed_at: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `sessions` table (migration m0008): console sign-in sessions by the
+/// SHA-256 of their id.
+pub mod sessions {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `sessions`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sessions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub token_hash: String,
+        pub account_id: i64,
+        pub created_at: i64,
+        pub last_seen: i64,
+        pub expires_at: i64,
+        pub source: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The `workers` table (migration m0009): one row per registered process.
 pub mod workers {
     use sea_orm::entity::prelude::*;

@@ -17,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0005ServiceRuntime),
             Box::new(M0006TokenRoles),
             Box::new(M0007Audit),
+            Box::new(M0008Accounts),
             Box::new(M0009Workers),
         ]
     }
@@ -678,6 +679,86 @@ impl MigrationTrait for M0007Audit {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         m.drop_table(Table::drop().table(Audit::Table).if_exists().to_owned())
             .await
+    }
+}
+
+/// Operator accounts: `users` (unused since m0001) gains a role, a disabled
+/// flag and the time of the last password change; `sessions` holds the
+/// console's sign-in sessions (only the SHA-256 of a session id is stored).
+struct M0008Accounts;
+
+impl MigrationName for M0008Accounts {
+    fn name(&self) -> &str {
+        "m0008_accounts"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Sessions {
+    Table,
+    Id,
+    TokenHash,
+    AccountId,
+    CreatedAt,
+    LastSeen,
+    ExpiresAt,
+    Source,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0008Accounts {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite alters one thing at a time.
+        for mut col in [
+            string(Alias::new("role")).default("viewer").to_owned(),
+            boolean(Alias::new("disabled")).default(false).to_owned(),
+            big_integer_null(Alias::new("password_changed_at")),
+        ] {
+            m.alter_table(
+                Table::alter()
+                    .table(Users::Table)
+                    .add_column(&mut col)
+                    .to_owned(),
+            )
+            .await?;
+        }
+        m.create_table(
+            Table::create()
+                .table(Sessions::Table)
+                .if_not_exists()
+                .col(big_pk_auto(Sessions::Id))
+                .col(string_uniq(Sessions::TokenHash))
+                .col(big_integer(Sessions::AccountId))
+                .col(big_integer(Sessions::CreatedAt))
+                .col(big_integer(Sessions::LastSeen))
+                .col(big_integer(Sessions::ExpiresAt))
+                .col(text_null(Sessions::Source))
+                .foreign_key(
+                    ForeignKey::create()
+                        .from(Sessions::Table, Sessions::AccountId)
+                        .to(Users::Table, Users::Id)
+                        .on_delete(ForeignKeyAction::Cascade),
+                )
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(index("sessions_account", Sessions::Table, &["account_id"]))
+            .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(Table::drop().table(Sessions::Table).if_exists().to_owned())
+            .await?;
+        for col in ["password_changed_at", "disabled", "role"] {
+            m.alter_table(
+                Table::alter()
+                    .table(Users::Table)
+                    .drop_column(Alias::new(col))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@
 //! * The `status` column is written by one function only (`apply::write_events`),
 //!   which every status-changing method goes through.
 
+pub mod accounts;
 mod apply;
 pub mod audit;
 mod convert;

@@ -7,24 +7,24 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use connexa_core::ports::ApiToken;
 use connexa_core::store::audit::{self, Actor, AuditEntry, AuditQuery};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::nodes::Json2;
 use crate::AppState;
+use crate::auth::Principal;
 use crate::problem::{ApiError, ApiResult};
 
 /// Middleware (after authentication): runs the request acting as its caller
-/// (`token:<name>`), from its client address (through trusted proxies). Every
+/// (`token:<name>` or `user:<name>`, [`Principal::actor_name`]), from its client address (through trusted proxies). Every
 /// change the request makes in the store appends its audit row in the same
 /// transaction (see [`connexa_core::store::audit`]).
 pub async fn act_as_caller(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let Some(name) = req
         .extensions()
-        .get::<ApiToken>()
-        .map(|t| format!("token:{}", t.name))
+        .get::<Principal>()
+        .map(Principal::actor_name)
     else {
         return next.run(req).await;
     };

@@ -365,6 +365,12 @@ impl Server {
             .to_owned()
     }
 
+    /// The URL of the server's database (for the CLI and direct checks).
+    #[allow(dead_code)]
+    pub fn db_url(&self) -> String {
+        self.db.clone()
+    }
+
     /// The server's stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()

@@ -90,7 +90,7 @@ pub async fn api_with(options: HttpOptions) -> Api {
     let (token, _) = connexa_http::auth::create_token(store.as_ref(), "test", None)
         .await
         .unwrap();
-    let state = AppState::new(engine, store.clone(), options);
+    let state = AppState::new(engine, store.clone(), options).with_accounts(store.clone());
     let app = app(state.clone());
     Api {
         dir,
