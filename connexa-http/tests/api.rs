@@ -2431,3 +2431,58 @@ async fn without_the_peer_address_failed_tokens_are_not_limited_under_one_shared
     }
     assert_eq!(a.get("/api/v1/stats").await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn workers_are_listed_with_liveness_and_items_in_flight() {
+    use connexa_core::ports::{WorkerRegistration, WorkerRole};
+    let a = api().await;
+    a.import(&fleet_list(3)).await;
+    let now = chrono::Utc::now();
+    let lease = std::time::Duration::from_secs(30);
+    let reg = |name: &str, pid| WorkerRegistration {
+        name: name.into(),
+        host: "h1".into(),
+        pid,
+        version: "9".into(),
+        roles: vec![WorkerRole::Jobs],
+    };
+    a.store
+        .register_worker(&reg("live", 7), now, lease)
+        .await
+        .unwrap();
+    a.store
+        .register_worker(&reg("gone", 8), now - chrono::Duration::hours(1), lease)
+        .await
+        .unwrap();
+    let job = connexa_core::engine::queue_job(
+        a.store.as_ref(),
+        connexa_core::ports::JobKind::Light,
+        NodeFilter::all(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    a.store
+        .claim_items(job.id, "live", 2, now, lease)
+        .await
+        .unwrap();
+    let w = a.get("/api/v1/workers").await.json();
+    let w = w.as_array().unwrap();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(
+        (&w[0]["name"], &w[0]["alive"], &w[0]["items_in_flight"]),
+        (&json!("gone"), &json!(false), &json!(0))
+    );
+    assert_eq!(
+        (&w[1]["name"], &w[1]["alive"], &w[1]["items_in_flight"]),
+        (&json!("live"), &json!(true), &json!(2))
+    );
+    assert_eq!(w[1]["roles"], json!(["jobs"]));
+    assert_eq!(w[1]["pid"], 7);
+    let t = a.get("/metrics").await.text();
+    assert!(t.contains("connexa_workers_alive 1\n"), "{t}");
+    assert!(
+        t.contains("connexa_worker_items_in_flight{worker=\"live\",alive=\"true\"} 2\n"),
+        "{t}"
+    );
+}
