@@ -84,7 +84,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     }
     let grace = Duration::from_secs_f64(a.grace);
     let sig = signals()?;
-    let (engine, launcher) =
+    let (engine, launcher, tun) =
         wiring::engine_and_launcher(ctx, std::sync::Arc::new(wiring::prober(ctx))).await?;
     if a.once {
         return once(ctx, &engine, sig, grace).await;
@@ -147,9 +147,10 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     };
     // Services stop with the process; they stay wanted, so the next run starts
     // them again on their stored ports with their stored credentials.
-    let services = launcher.running().await.len();
+    let services = launcher.running().await.len() + tun.running().await.len();
     engine.record_final_service_counters().await;
     launcher.stop_all().await;
+    tun.stop_all().await;
     engine.refresh_proxies_file().await;
     if services > 0 {
         ctx.out.note(format_args!(

@@ -16,7 +16,7 @@ pub use enrichment::{
 pub use filter::{NodeFilter, Page, PageError, SortKey};
 pub use node::{
     DEFAULT_PORT, InvalidNode, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,
-    PptpIdentity, ServiceEndpoint,
+    PptpIdentity, ServiceEndpoint, ServiceKind,
 };
 pub use outcome::{Failure, Measurements, Outcome, control_result_meaning};
 pub use secret::Secret;

@@ -48,4 +48,7 @@ pub use device::PacketQueues;
 #[cfg(feature = "sim")]
 pub(crate) use fd::register as register_async_fd;
 pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};
-pub use stack::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, TunnelUdp};
+pub use stack::{
+    PacketError, PacketPath, Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream,
+    TunnelUdp,
+};
