@@ -9,6 +9,7 @@ use connexa_core::engine::Engine;
 use connexa_core::probe::LightProber;
 use connexa_core::runtime::{self, NetworkPorts};
 use connexa_core::socks::SocksLauncher;
+use connexa_core::tun::TunLauncher;
 
 use crate::cli::Ctx;
 
@@ -27,12 +28,12 @@ pub async fn engine_with(ctx: &Ctx, prober: Arc<LightProber>) -> anyhow::Result<
     Ok(engine_and_launcher(ctx, prober).await?.0)
 }
 
-/// An engine and its launcher (for `connexa run`, which stops every service
-/// on a graceful shutdown).
+/// An engine and its launchers (SOCKS5 and `tun`; for `connexa run`, which
+/// stops every service on a graceful shutdown).
 pub async fn engine_and_launcher(
     ctx: &Ctx,
     prober: Arc<LightProber>,
-) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
+) -> anyhow::Result<(Engine, Arc<SocksLauncher>, Arc<TunLauncher>)> {
     engine_and_launcher_as(ctx, prober, None, Vec::new()).await
 }
 
@@ -43,10 +44,10 @@ pub async fn engine_and_launcher_as(
     prober: Arc<LightProber>,
     worker: Option<String>,
     roles: Vec<connexa_core::ports::WorkerRole>,
-) -> anyhow::Result<(Engine, Arc<SocksLauncher>)> {
+) -> anyhow::Result<(Engine, Arc<SocksLauncher>, Arc<TunLauncher>)> {
     let store = ctx.store().await?;
     let ports = NetworkPorts::with_prober(&ctx.effective_config(), prober);
     let engine = ports.engine_as(store, &ctx.config, worker, roles);
     runtime::attach_enrichment(&engine, &ctx.config)?;
-    Ok((engine, ports.launcher))
+    Ok((engine, ports.launcher, ports.tun))
 }

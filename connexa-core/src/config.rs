@@ -55,6 +55,7 @@
 //! restart_backoff_secs = 30.0     # wait after a failed start, doubled per failure...
 //! restart_backoff_max_secs = 600.0  # ...up to this
 //! # proxies_file = "/run/connexa/proxies.txt"  # host:port:user:pass per running service, rewritten atomically (0600)
+//! tun_prefix = "cx"            # `tun` services: interface <prefix><node id> (needs CAP_NET_ADMIN)
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -401,6 +402,10 @@ pub struct ServicesConfig {
     /// (mode 0600) with one `host:port:user:pass` line per service it runs,
     /// in node id order, whenever that set changes. Default: none.
     pub proxies_file: Option<PathBuf>,
+    /// `tun` services: the network interface of a node's service is named
+    /// `<tun_prefix><node id>` (default `cx`: `cx7`). 1 to 8 characters of
+    /// `a-z`, `0-9`, `_`, `-`, starting with a letter.
+    pub tun_prefix: String,
 }
 
 impl Default for ServicesConfig {
@@ -426,6 +431,7 @@ impl Default for ServicesConfig {
             restart_backoff_secs: 30.0,
             restart_backoff_max_secs: 600.0,
             proxies_file: None,
+            tun_prefix: "cx".into(),
         }
     }
 }
@@ -626,6 +632,12 @@ impl Config {
             return bad(format!("test.test_ca_file: {e}"));
         }
         let s = &self.services;
+        if !crate::tun::valid_prefix(&s.tun_prefix) {
+            return bad(format!(
+                "services.tun_prefix ({:?}) must be 1 to 8 characters of a-z, 0-9, _ and -, starting with a letter",
+                s.tun_prefix
+            ));
+        }
         if s.port_min == 0 || s.port_min > s.port_max {
             return bad(format!(
                 "services.port_min ({}) must be at least 1 and at most services.port_max ({})",

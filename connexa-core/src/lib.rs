@@ -41,7 +41,10 @@
 //!   reconciler and the health monitor, generic over the ports.
 //! * [`socks`]: the SOCKS5 [`SocksLauncher`](socks::SocksLauncher) and its sans-IO
 //!   protocol; [`service`]: what a service needs from a node's tunnel
-//!   ([`TunnelOpener`](service::TunnelOpener), [`TunnelLink`](service::TunnelLink)).
+//!   ([`TunnelOpener`](service::TunnelOpener), [`TunnelLink`](service::TunnelLink))
+//!   and [`KindLauncher`](service::KindLauncher), which starts each node's
+//!   service by its wanted kind; [`tun`]: the node's tunnel as a kernel TUN
+//!   interface ([`TunLauncher`](tun::TunLauncher)).
 //! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
 //!   JSON views; [`config`]: the operator's TOML configuration file;
 //!   [`runtime`]: the ports and engine built from it; [`doctor`]: checks of a
@@ -81,6 +84,7 @@ pub mod sim;
 pub mod socks;
 pub mod speed;
 pub mod store;
+pub mod tun;
 pub mod tunnel;
 
 pub use config::Config;

@@ -447,7 +447,12 @@ pub async fn services_waiting(store: &dyn NodeStore) -> Result<u64, StoreError> 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceView {
-    /// Host.
+    /// `socks` or `tun`.
+    pub kind: crate::domain::ServiceKind,
+    /// For a `tun` service: the name of its network interface (`cx<node id>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Host (for a `tun` service: the interface name).
     pub host: String,
     /// Port.
     pub port: u16,
@@ -514,6 +519,8 @@ pub struct NodeView {
     pub service: Option<ServiceView>,
     /// Whether a service is wanted.
     pub service_wanted: bool,
+    /// The kind of service wanted (`socks` or `tun`).
+    pub service_kind: crate::domain::ServiceKind,
     /// The last GEO lookup of the node's address (`connexa test geo`):
     /// where it really is, its ASN, and whether the seller's location differs.
     pub geo: Option<crate::domain::GeoRecord>,
@@ -560,6 +567,9 @@ impl NodeView {
             pptp: node.pptp.clone(),
             exit_ip: node.exit_ip,
             service: node.service.as_ref().map(|s| ServiceView {
+                kind: node.service_kind,
+                interface: (node.service_kind == crate::domain::ServiceKind::Tun)
+                    .then(|| s.host.clone()),
                 host: s.host.clone(),
                 port: s.port,
                 username: s.username.clone(),
@@ -567,6 +577,7 @@ impl NodeView {
                 counters: None,
             }),
             service_wanted: node.service_wanted,
+            service_kind: node.service_kind,
             geo: node.enrichment.geo.clone(),
             fraud: node.enrichment.fraud.clone(),
             created_at: node.created_at,
@@ -805,6 +816,66 @@ pub async fn want_services(
     })
 }
 
+/// What [`want_service_kind`] changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KindChange {
+    /// The kind asked for.
+    pub kind: crate::domain::ServiceKind,
+    /// Verified nodes whose desired kind changed, in id order.
+    pub changed: Vec<NodeId>,
+    /// Of those, the nodes whose running service of the other kind will be
+    /// restarted as the new kind (a restart request, carried out by the
+    /// reconciler of the process running it).
+    pub restarting: Vec<NodeId>,
+}
+
+/// Sets the desired service kind (`socks`, `tun`) of the selected verified
+/// nodes (`speed_ok`, `online`, `offline`) before a start. A node whose
+/// running service is of another kind gets a restart request, so the
+/// reconciler stops it and starts the new kind. Nothing starts here.
+pub async fn want_service_kind(
+    store: &dyn NodeStore,
+    selection: &NodeFilter,
+    kind: crate::domain::ServiceKind,
+) -> Result<KindChange, StoreError> {
+    let matched = all_matching(store, selection).await?;
+    let changed: Vec<&Node> = matched
+        .iter()
+        .filter(|n| n.status.is_verified() && n.service_kind != kind)
+        .collect();
+    let ids: Vec<NodeId> = changed.iter().map(|n| n.id).collect();
+    if ids.is_empty() {
+        return Ok(KindChange {
+            kind,
+            changed: ids,
+            restarting: Vec::new(),
+        });
+    }
+    store
+        .set_service_kind(&NodeFilter::ids(ids.iter().copied()), kind)
+        .await?;
+    let restarting: Vec<NodeId> = changed
+        .iter()
+        .filter(|n| {
+            n.service.is_some()
+                && n.service_wanted
+                && matches!(n.status, Status::Online | Status::Offline)
+        })
+        .map(|n| n.id)
+        .collect();
+    if !restarting.is_empty() {
+        store
+            .request_service_restart(&restarting, Utc::now())
+            .await?;
+    }
+    Ok(KindChange {
+        kind,
+        changed: ids,
+        restarting,
+    })
+}
+
 /// A running service as `connexa service list` shows it (credentials included:
 /// they are what a client needs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -815,7 +886,11 @@ pub struct RunningService {
     pub node_ip: String,
     /// `online` or `offline` (health check failing).
     pub status: Status,
-    /// Where the SOCKS5 listener is.
+    /// `socks` or `tun`.
+    pub kind: crate::domain::ServiceKind,
+    /// For a `tun` service: its network interface (`cx<node id>`).
+    pub interface: Option<String>,
+    /// Where the SOCKS5 listener is (for a `tun` service: the interface name).
     pub host: String,
     /// Its port.
     pub port: u16,
@@ -853,6 +928,9 @@ pub async fn running_services(
                 node: n.id,
                 node_ip: n.ip.to_string(),
                 status: n.status,
+                kind: n.service_kind,
+                interface: (n.service_kind == crate::domain::ServiceKind::Tun)
+                    .then(|| s.host.clone()),
                 host: s.host.clone(),
                 port: s.port,
                 username: s.username.clone(),

@@ -347,6 +347,13 @@ pub trait NodeStore: Send + Sync {
         wanted: bool,
     ) -> Result<u64, StoreError>;
 
+    /// Sets the desired service kind of the matching nodes; returns how many changed.
+    async fn set_service_kind(
+        &self,
+        filter: &NodeFilter,
+        kind: crate::domain::ServiceKind,
+    ) -> Result<u64, StoreError>;
+
     /// A node's status history, oldest first.
     async fn history(&self, node: NodeId) -> Result<Vec<HistoryRow>, StoreError>;
 

@@ -28,11 +28,12 @@ use crate::geo::{GeoOpenError, MmdbGeo};
 use crate::metrics::{Instrumented, ProbeStats};
 use crate::ports::{FraudScorer, GeoLookup, NodeStore};
 use crate::probe::{LightProber, ProbeConfig};
-use crate::service::PptpOpener;
+use crate::service::{KindLauncher, PptpOpener};
 use crate::socks::proto::TargetAddr;
 use crate::socks::{ServerOptions, SocksConfig, SocksLauncher};
 use crate::speed::keyed::{EndpointLimits, SpeedEndpoint, SpeedKey};
 use crate::speed::{HttpSpeedTester, KeyedTarget, SpeedConfig};
+use crate::tun::{TunConfig, TunLauncher};
 use crate::tunnel::AuthConfig;
 
 /// The prober of the `[test]` settings: `connect_timeout_secs` and
@@ -393,6 +394,11 @@ pub struct NetworkPorts {
     pub speed: Arc<HttpSpeedTester>,
     /// SOCKS5 services through each node's tunnel (`[services]`).
     pub launcher: Arc<SocksLauncher>,
+    /// `tun` services: each node's tunnel as a TUN interface (`[services] tun_prefix`).
+    pub tun: Arc<TunLauncher>,
+    /// The launcher the engine is given: [`launcher`](Self::launcher) or
+    /// [`tun`](Self::tun) by each node's wanted service kind.
+    pub services: Arc<KindLauncher>,
 }
 
 impl NetworkPorts {
@@ -424,12 +430,20 @@ impl NetworkPorts {
             tracing::error!("{e}");
             speed = speed.refusing(e);
         }
+        let opener: Arc<PptpOpener> = Arc::new(opener);
+        let launcher = Arc::new(SocksLauncher::new(
+            opener.clone(),
+            SocksConfig::from_services(&config.services),
+        ));
+        let tun = Arc::new(TunLauncher::new(
+            opener,
+            TunConfig::from_services(&config.services),
+        ));
         NetworkPorts {
             speed: Arc::new(speed),
-            launcher: Arc::new(SocksLauncher::new(
-                Arc::new(opener),
-                SocksConfig::from_services(&config.services),
-            )),
+            services: Arc::new(KindLauncher::new(launcher.clone(), tun.clone())),
+            launcher,
+            tun,
             prober,
         }
     }
@@ -452,7 +466,7 @@ impl NetworkPorts {
             store,
             self.prober.clone(),
             self.speed.clone(),
-            self.launcher.clone(),
+            self.services.clone(),
             worker_config(config, worker, roles),
         )
     }
@@ -501,7 +515,7 @@ impl NetworkPorts {
             store,
             Arc::new(Instrumented::new(self.prober.clone(), Arc::clone(&stats))),
             Arc::new(Instrumented::new(self.speed.clone(), stats)),
-            self.launcher.clone(),
+            self.services.clone(),
             worker_config(config, worker, roles),
         )
     }

@@ -72,6 +72,8 @@ host_packages() {
   command -v tc >/dev/null || need+=(iproute2)
   command -v flock >/dev/null || need+=(util-linux)
   command -v dpkg-deb >/dev/null || need+=(dpkg)
+  command -v ping >/dev/null || need+=(iputils-ping)   # lab_tun: ping -I cx<id>
+  command -v curl >/dev/null || need+=(curl)
   [ ${#need[@]} -eq 0 ] && return 0
   log "apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -61,3 +61,40 @@ pub fn run_without_cap_net_raw(name: &str, child_env: &str) {
         out.status
     );
 }
+
+/// `true` if this process has CAP_NET_ADMIN (bit 12) in its effective set.
+pub fn has_cap_net_admin() -> bool {
+    effective_caps() & (1 << 12) != 0
+}
+
+/// As [`run_without_cap_net_raw`], for CAP_NET_ADMIN (`setpriv
+/// --bounding-set -net_admin --inh-caps -net_admin` when this process has it).
+pub fn run_without_cap_net_admin(name: &str, child_env: &str) {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = if has_cap_net_admin() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--bounding-set",
+            "-net_admin",
+            "--inh-caps",
+            "-net_admin",
+            "--",
+        ]);
+        c.arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let out = cmd
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(child_env, "1")
+        .output()
+        .expect("run the child (setpriv from util-linux when root)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("CHILD-OK"),
+        "child failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+}

@@ -2,7 +2,7 @@
 //! restart requests, and the services recorded as running with their counters.
 
 use clap::{Args, Subcommand};
-use connexa_core::domain::NodeId;
+use connexa_core::domain::{NodeId, ServiceKind};
 use connexa_core::ops::{self, RestartRequest, RunningService, ServiceChange};
 
 use crate::cli::Ctx;
@@ -33,10 +33,17 @@ reconciler inside a running `connexa run` (or connexa-http) process; `connexa
 run --once` makes one pass. Services run only through verified nodes
 (speed_ok, online, offline).
 
+--kind tun runs the node's tunnel as a kernel TUN interface (cx<node id>,
+point-to-point, the PPP addresses, up) on the host of the process running it,
+instead of a SOCKS5 listener: that process needs CAP_NET_ADMIN. Route traffic
+into it yourself (e.g. ip route add 10.78.0.1/32 dev cx12). Changing the kind
+of a running service restarts it as the new kind.
+
 Examples:
   connexa service start --status speed_ok --country US
-  connexa service start 12 13 && connexa run --once")]
-    Start(SelectArgs),
+  connexa service start 12 13 && connexa run --once
+  connexa service start --kind tun 12")]
+    Start(StartArgs),
     /// No longer want a service on the selected nodes (the reconciler stops them).
     #[command(after_help = "\
 The reconciler of a running `connexa run` (or connexa-http) stops the services;
@@ -90,6 +97,21 @@ pub struct SelectArgs {
     pub all: bool,
 }
 
+/// `service start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The kind of service, socks|tun: socks (a SOCKS5 listener) or tun (the
+    /// node's tunnel as a TUN interface cx<node id>; needs CAP_NET_ADMIN).
+    #[arg(long, value_name = "KIND", default_value = "socks", value_parser = parse_kind)]
+    pub kind: ServiceKind,
+}
+
+fn parse_kind(s: &str) -> Result<ServiceKind, String> {
+    s.parse()
+}
+
 /// `service list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
@@ -103,8 +125,8 @@ pub struct ListArgs {
 /// Runs a `service` subcommand.
 pub async fn exec(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<Exit> {
     match c {
-        ServiceCommand::Start(a) => want(ctx, a, true).await,
-        ServiceCommand::Stop(a) => want(ctx, a, false).await,
+        ServiceCommand::Start(a) => want(ctx, a.select, Some(a.kind)).await,
+        ServiceCommand::Stop(a) => want(ctx, a, None).await,
         ServiceCommand::Restart(a) => restart(ctx, a).await,
         ServiceCommand::List(a) => list(ctx, a).await,
     }
@@ -194,20 +216,47 @@ async fn restart(ctx: &Ctx, a: SelectArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-async fn want(ctx: &Ctx, a: SelectArgs, wanted: bool) -> anyhow::Result<Exit> {
+/// `kind`: a start of this kind; `None`: a stop.
+async fn want(ctx: &Ctx, a: SelectArgs, kind: Option<ServiceKind>) -> anyhow::Result<Exit> {
+    let wanted = kind.is_some();
     let filter = selection(&a.ids, &a.filter, a.all)?.into_filter();
     let store = ctx.store().await?;
+    let kinds = match kind {
+        Some(k) => Some(ops::want_service_kind(store.as_ref(), &filter, k).await?),
+        None => None,
+    };
     let change = ops::want_services(store.as_ref(), &filter, wanted).await?;
     // Ids given that match no node.
     let missing = missing_ids(store.as_ref(), &a.ids, &filter).await?;
     if ctx.out.format == OutputFormat::Json {
-        ctx.out.json(&serde_json::json!({
+        let mut v = serde_json::json!({
             "wanted": change.wanted, "matched": change.matched,
             "changed": change.changed, "unchanged": change.unchanged,
             "not_verified": change.not_verified, "missing": missing,
-        }))?;
+        });
+        if let Some(k) = &kinds {
+            v["kind"] = serde_json::json!(k.kind);
+            v["kind_changed"] = serde_json::json!(k.changed);
+            v["restarting"] = serde_json::json!(k.restarting);
+        }
+        ctx.out.json(&v)?;
     } else {
         ctx.out.line(describe(&change))?;
+        if let Some(k) = kinds.as_ref().filter(|k| !k.changed.is_empty()) {
+            ctx.out.line(format_args!(
+                "service kind set to {} on {} nodes ({})",
+                k.kind,
+                k.changed.len(),
+                id_list(&k.changed)
+            ))?;
+            if !k.restarting.is_empty() {
+                ctx.out.line(format_args!(
+                    "restart requested for {} running services of the other kind ({})",
+                    k.restarting.len(),
+                    id_list(&k.restarting)
+                ))?;
+            }
+        }
         if change.not_verified > 0 {
             ctx.out.line(format_args!(
                 "{} matching nodes are not verified (speed_ok, online or offline) and were left alone",
@@ -307,6 +356,8 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                 "started_at",
                 "last_error",
                 "restart_pending",
+                "kind",
+                "interface",
             ]);
             for s in &services {
                 let c = s.counters.as_ref();
@@ -331,6 +382,8 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                     ),
                     Cell::text(c.and_then(|c| c.last_error.clone()).unwrap_or_default()),
                     Cell::text(s.restart_pending.to_string()),
+                    Cell::text(s.kind.as_str()),
+                    Cell::text(s.interface.clone().unwrap_or_default()),
                 ]);
             }
             ctx.out.table(&t)?;
@@ -340,7 +393,8 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                 ctx.out.line("no services running")?;
                 ctx.out.note(HOW);
             } else if a.proxies {
-                for s in &services {
+                // SOCKS5 services only: a `tun` service is no proxy.
+                for s in services.iter().filter(|s| s.kind == ServiceKind::Socks) {
                     ctx.out.line(format_args!(
                         "{}:{}:{}:{}",
                         s.host, s.port, s.username, s.password
@@ -368,13 +422,14 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                         status = Cell::text(format!("{} (stopping)", s.status.as_str()))
                             .colored(crate::output::status_color(s.status));
                     }
+                    let access = match &s.interface {
+                        Some(iface) => format!("tun {iface}"),
+                        None => format!("{}:{}:{}:{}", s.host, s.port, s.username, s.password),
+                    };
                     t.row(vec![
                         Cell::num(s.node.0),
                         status,
-                        Cell::text(format!(
-                            "{}:{}:{}:{}",
-                            s.host, s.port, s.username, s.password
-                        )),
+                        Cell::text(access),
                         counter(s, |c| c.connections),
                         counter(s, |c| c.connections_total),
                         counter(s, |c| compact_bytes(c.bytes_up)),

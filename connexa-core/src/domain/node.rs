@@ -88,7 +88,52 @@ impl Location {
     }
 }
 
-/// A running SOCKS5 service's address and credentials.
+/// What kind of service runs through a node (the desired kind, chosen with
+/// `connexa service start --kind`; SOCKS5 unless said otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// A SOCKS5 listener whose connections go through the node's tunnel.
+    #[default]
+    Socks,
+    /// The node's tunnel as a kernel TUN interface (`cx<node id>`) on the
+    /// Connexa host: whole IPv4 packets to and from the PPP link.
+    Tun,
+}
+
+impl ServiceKind {
+    /// The stored name: `socks` or `tun`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Socks => "socks",
+            ServiceKind::Tun => "tun",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ServiceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "socks" => Ok(ServiceKind::Socks),
+            "tun" => Ok(ServiceKind::Tun),
+            other => Err(format!(
+                "unknown service kind {other:?} (expected socks or tun)"
+            )),
+        }
+    }
+}
+
+/// A running service's address and credentials. For a SOCKS5 service: the
+/// listener and its RFC 1929 login. For a `tun` service: `host` is the
+/// interface name (`cx<node id>`), `port` is 0 and there are no credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEndpoint {
     /// The address the listener is bound to (an IP or host name clients use).
@@ -154,6 +199,8 @@ pub struct Node {
     pub service: Option<ServiceEndpoint>,
     /// Desired state: should a service run through this node?
     pub service_wanted: bool,
+    /// Desired state: which kind of service (SOCKS5 by default).
+    pub service_kind: ServiceKind,
     /// GEO and fraud lookups of its address (never part of its status).
     pub enrichment: super::Enrichment,
     /// When the node was added.
@@ -201,6 +248,7 @@ impl Node {
             exit_ip: None,
             service: None,
             service_wanted: false,
+            service_kind: ServiceKind::Socks,
             enrichment: super::Enrichment::default(),
             created_at: at,
             updated_at: at,

@@ -516,7 +516,11 @@ async fn proxies_text(inner: &Inner) -> Result<String, EngineError> {
     .await?;
     nodes.sort_by_key(|n| n.id);
     let mut text = String::new();
-    for n in nodes.iter().filter(|n| here.contains(&n.id)) {
+    // SOCKS5 services only: a `tun` service has no listener to list.
+    for n in nodes
+        .iter()
+        .filter(|n| here.contains(&n.id) && n.service_kind == crate::domain::ServiceKind::Socks)
+    {
         if let Some(s) = &n.service {
             text.push_str(&format!(
                 "{}:{}:{}:{}\n",

@@ -29,7 +29,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::domain::Node;
 
+mod kinds;
 mod pptp;
+pub use kinds::KindLauncher;
 pub use pptp::PptpOpener;
 
 /// A byte stream opened through a tunnel (a TCP connection to the target).
@@ -69,6 +71,18 @@ pub trait TunnelLink: Send + Sync {
 
     /// Tears the tunnel down politely. Later calls to `connect` fail.
     async fn close(&self);
+
+    /// Takes the tunnel's raw IPv4 datagrams (for a `tun` service, see
+    /// [`Tunnel::packet_path`](crate::tunnel::Tunnel::packet_path)): from then
+    /// on `connect` and `resolve` get nothing through. `queue` bounds each
+    /// direction. The default: `Unsupported` (a link without IP datagrams,
+    /// such as [`DirectOpener`]'s).
+    fn packet_path(&self, _queue: usize) -> io::Result<crate::tunnel::PacketPath> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this tunnel carries no raw IP datagrams",
+        ))
+    }
 }
 
 /// **For tests, examples and development only**: a "tunnel" that connects from

@@ -101,4 +101,8 @@ impl TunnelLink for PptpLink {
     async fn close(&self) {
         let _ = self.0.close().await;
     }
+
+    fn packet_path(&self, queue: usize) -> io::Result<crate::tunnel::PacketPath> {
+        self.0.packet_path(queue)
+    }
 }

@@ -31,7 +31,7 @@ pub(crate) fn status(text: &str) -> Result<Status, StoreError> {
 /// (the entity's field order), which [`node_model_by_index`] reads; a test
 /// holds the entity to it.
 #[cfg(test)]
-pub(crate) const NODE_COLUMNS: [&str; 49] = [
+pub(crate) const NODE_COLUMNS: [&str; 50] = [
     "id",
     "ip",
     "port",
@@ -81,6 +81,7 @@ pub(crate) const NODE_COLUMNS: [&str; 49] = [
     "fraud_provider",
     "fraud_at",
     "exit_ip",
+    "service_kind",
 ];
 
 /// A `nodes` row of `SELECT <all columns>` read by column position: the
@@ -140,6 +141,7 @@ pub(crate) fn node_model_by_index(
         fraud_provider: r.try_get_by_index(46)?,
         fraud_at: r.try_get_by_index(47)?,
         exit_ip: r.try_get_by_index(48)?,
+        service_kind: r.try_get_by_index(49)?,
     })
 }
 
@@ -192,6 +194,10 @@ pub(crate) fn node(m: nodes::Model, keys: &super::sealing::SecretKeys) -> Result
         exit_ip: m.exit_ip.as_deref().and_then(|a| a.parse().ok()),
         service,
         service_wanted: m.service_wanted,
+        service_kind: m
+            .service_kind
+            .parse()
+            .map_err(|_| corrupt("service kind", &m.service_kind))?,
         enrichment: enrichment(
             &m.ip,
             GeoColumns {

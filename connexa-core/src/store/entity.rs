@@ -60,6 +60,8 @@ pub mod nodes {
         pub fraud_provider: Option<String>,
         pub fraud_at: Option<i64>,
         pub exit_ip: Option<String>,
+        /// `socks` or `tun` (migration m0010).
+        pub service_kind: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

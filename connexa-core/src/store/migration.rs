@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0007Audit),
             Box::new(M0008Accounts),
             Box::new(M0009Workers),
+            Box::new(M0010ServiceKind),
         ]
     }
 }
@@ -841,5 +842,38 @@ impl MigrationTrait for M0009Workers {
         }
         m.drop_table(Table::drop().table(Workers::Table).if_exists().to_owned())
             .await
+    }
+}
+
+/// The desired kind of each node's service (`socks` or `tun`), next to
+/// `service_wanted`; existing nodes keep SOCKS5.
+struct M0010ServiceKind;
+
+impl MigrationName for M0010ServiceKind {
+    fn name(&self) -> &str {
+        "m0010_service_kind"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0010ServiceKind {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Nodes::Table)
+                .add_column(string(Alias::new("service_kind")).default("socks"))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Nodes::Table)
+                .drop_column(Alias::new("service_kind"))
+                .to_owned(),
+        )
+        .await
     }
 }

@@ -945,6 +945,36 @@ impl NodeStore for SqlStore {
         }
     }
 
+    async fn set_service_kind(
+        &self,
+        filter: &NodeFilter,
+        kind: crate::domain::ServiceKind,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = nodes::Entity::update_many()
+            .col_expr(nodes::Column::ServiceKind, Expr::value(kind.as_str()))
+            .col_expr(nodes::Column::UpdatedAt, Expr::value(ms(Utc::now())))
+            .filter(query::condition(filter, self.db.get_database_backend()))
+            .filter(nodes::Column::ServiceKind.ne(kind.as_str()))
+            .exec(&w.txn)
+            .await;
+        let r = match r {
+            Err(e) => Err(db_err(e)),
+            Ok(res) => {
+                let n = res.rows_affected;
+                self.audit(
+                    &w.txn,
+                    &format!("service_kind_{kind}"),
+                    Some(audit::filter_target(filter)),
+                    Some(n),
+                )
+                .await
+                .map(|()| n)
+            }
+        };
+        w.finish(r).await
+    }
+
     async fn service_runtime(&self, nodes: &[NodeId]) -> Result<Vec<ServiceRuntime>, StoreError> {
         service_runtime::read(&self.db, nodes).await
     }

@@ -50,4 +50,7 @@ pub use device::PacketQueues;
 pub(crate) use fd::register as register_async_fd;
 pub(crate) use retry::retrying;
 pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};
-pub use stack::{Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream, TunnelUdp};
+pub use stack::{
+    PacketError, PacketPath, Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream,
+    TunnelUdp,
+};

@@ -137,6 +137,18 @@ struct Stack {
     next_port: u16,
     orphans: Vec<(SocketHandle, Instant)>,
     stats: TunnelStats,
+    /// Set by [`Tunnel::packet_path`]: datagrams bypass smoltcp.
+    raw: Option<RawTap>,
+}
+
+/// The tunnel's side of a [`PacketPath`].
+struct RawTap {
+    /// Datagrams received from the peer, for the path's owner.
+    to_owner: mpsc::Sender<Vec<u8>>,
+    /// Datagrams the owner gave, to send to the peer.
+    from_owner: std::collections::VecDeque<Vec<u8>>,
+    /// Datagrams dropped because a queue was full (either direction).
+    dropped: u64,
 }
 
 struct Shared {
@@ -173,7 +185,19 @@ impl Shared {
         let st = &mut *guard;
         let session = link.session_mut();
         while let Some(p) = session.poll_ip() {
-            st.device.rx.push_back(p);
+            match &mut st.raw {
+                Some(raw) => {
+                    if raw.to_owner.try_send(p).is_err() {
+                        raw.dropped += 1;
+                    }
+                }
+                None => st.device.rx.push_back(p),
+            }
+        }
+        if let Some(raw) = &mut st.raw {
+            while let Some(p) = raw.from_owner.pop_front() {
+                session.send_ip(&p);
+            }
         }
         st.iface.poll(ts, &mut st.device, &mut st.sockets);
         while let Some(p) = st.device.tx.pop_front() {
@@ -211,6 +235,8 @@ impl Shared {
     fn kill(&self, why: &str) {
         let mut st = self.lock();
         st.dead = Some(why.to_owned());
+        // The packet path's receiver sees the end of its channel.
+        st.raw = None;
         for (_, s) in st.sockets.iter_mut() {
             if let smoltcp::socket::Socket::Tcp(t) = s {
                 t.abort();
@@ -371,6 +397,7 @@ impl Tunnel {
                 next_port: port,
                 orphans: Vec::new(),
                 stats: TunnelStats::default(),
+                raw: None,
             }),
             notify: Notify::new(),
             epoch,
@@ -427,6 +454,42 @@ impl Tunnel {
                 _ => 0,
             })
             .sum()
+    }
+
+    /// Takes the tunnel's IPv4 datagrams for the caller (a TUN device, a
+    /// router): from now on every datagram the peer sends goes to the
+    /// returned [`PacketPath`] instead of the user-space TCP/IP stack, and
+    /// datagrams given to [`PacketPath::send`] go to the peer as they are
+    /// (PPP protocol 0x0021, MPPE-encrypted). TCP streams and UDP sockets of
+    /// the tunnel receive nothing any more. `queue` bounds each direction's
+    /// queue (datagrams beyond it are dropped, as a network interface would).
+    ///
+    /// # Errors
+    /// `AlreadyExists` when a packet path was taken already,
+    /// `ConnectionAborted` when the tunnel is down.
+    pub fn packet_path(&self, queue: usize) -> io::Result<PacketPath> {
+        let mut st = self.shared.lock();
+        if let Some(why) = &st.dead {
+            return Err(Shared::dead_error(why));
+        }
+        if st.raw.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the tunnel's packet path is taken already",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        st.raw = Some(RawTap {
+            to_owner: tx,
+            from_owner: std::collections::VecDeque::new(),
+            dropped: 0,
+        });
+        drop(st);
+        Ok(PacketPath {
+            shared: Arc::clone(&self.shared),
+            rx,
+            queue: queue.max(1),
+        })
     }
 
     /// Whether the tunnel is up (not closed, not ended by the server, echoes
@@ -770,6 +833,107 @@ async fn run(shared: Arc<Shared>, mut call: Call, mut link: Link, mut cmds: mpsc
     let handles: Vec<SocketHandle> = st.sockets.iter().map(|(h, _)| h).collect();
     for h in handles {
         st.sockets.remove(h);
+    }
+}
+
+/// The raw IPv4 datagrams of a [`Tunnel`] (see [`Tunnel::packet_path`]):
+/// what `pppd` gives its `ppp0`, in user space.
+pub struct PacketPath {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    queue: usize,
+}
+
+impl std::fmt::Debug for PacketPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PacketPath")
+            .field("local", &self.shared.local)
+            .field("mtu", &self.shared.mtu)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`PacketPath::send`] refused a datagram.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PacketError {
+    /// Not an IPv4 datagram (the tunnel carries IPv4 only).
+    #[error("not an IPv4 datagram")]
+    NotIpv4,
+    /// Longer than the tunnel's MTU.
+    #[error("datagram of {len} octets exceeds the tunnel MTU {mtu}")]
+    TooBig {
+        /// Its length.
+        len: usize,
+        /// The tunnel's MTU.
+        mtu: u16,
+    },
+    /// The send queue is full: the datagram was dropped.
+    #[error("the tunnel's send queue is full")]
+    QueueFull,
+    /// The tunnel is down.
+    #[error("tunnel down: {0}")]
+    Down(String),
+}
+
+impl PacketPath {
+    /// The next datagram from the peer (a whole IPv4 datagram, decrypted);
+    /// `None` once the tunnel is down.
+    pub async fn recv(&mut self) -> Option<Vec<u8>> {
+        self.rx.recv().await
+    }
+
+    /// Queues one IPv4 datagram for the peer and wakes the tunnel's task.
+    ///
+    /// # Errors
+    /// See [`PacketError`]; nothing is sent then.
+    pub fn send(&self, datagram: &[u8]) -> Result<(), PacketError> {
+        if datagram.len() < 20 || datagram[0] >> 4 != 4 {
+            return Err(PacketError::NotIpv4);
+        }
+        if datagram.len() > usize::from(self.shared.mtu) {
+            return Err(PacketError::TooBig {
+                len: datagram.len(),
+                mtu: self.shared.mtu,
+            });
+        }
+        {
+            let mut st = self.shared.lock();
+            if let Some(why) = &st.dead {
+                return Err(PacketError::Down(why.clone()));
+            }
+            let queue = self.queue;
+            let Some(raw) = st.raw.as_mut() else {
+                return Err(PacketError::Down("the packet path was closed".into()));
+            };
+            if raw.from_owner.len() >= queue {
+                raw.dropped += 1;
+                return Err(PacketError::QueueFull);
+            }
+            raw.from_owner.push_back(datagram.to_vec());
+        }
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Datagrams dropped so far because a queue was full (either direction).
+    pub fn dropped(&self) -> u64 {
+        self.shared.lock().raw.as_ref().map_or(0, |r| r.dropped)
+    }
+
+    /// The tunnel's IP MTU (the datagram size limit of [`send`](Self::send)).
+    pub fn mtu(&self) -> u16 {
+        self.shared.mtu
+    }
+
+    /// Our address inside the tunnel (from IPCP).
+    pub fn local_addr(&self) -> Ipv4Addr {
+        self.shared.local
+    }
+
+    /// The server's address inside the tunnel, if it announced one.
+    pub fn peer_addr(&self) -> Option<Ipv4Addr> {
+        self.shared.peer
     }
 }
 

@@ -265,6 +265,14 @@ impl NodeStore for FaultStore {
         self.inner.set_service_wanted(filter, wanted).await
     }
 
+    async fn set_service_kind(
+        &self,
+        filter: &NodeFilter,
+        kind: connexa_core::domain::ServiceKind,
+    ) -> Result<u64, StoreError> {
+        self.inner.set_service_kind(filter, kind).await
+    }
+
     async fn history(&self, node: NodeId) -> Result<Vec<HistoryRow>, StoreError> {
         self.inner.history(node).await
     }

@@ -1,14 +1,14 @@
-//! `/api/v1/services`: start and stop SOCKS5 services (sets the desired state,
+//! `/api/v1/services`: start (`socks` or `tun`) and stop services (sets the desired state,
 //! `service_wanted`, through the engine; its reconciler makes it so), list them.
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use connexa_core::domain::{NodeFilter, SortKey};
+use connexa_core::domain::{NodeFilter, NodeId, ServiceKind, SortKey};
 use connexa_core::engine::JobOptions;
 use connexa_core::ops::{self, JobView, NodeView, RestartRequest};
 use connexa_core::ports::JobKind;
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use super::Selection;
 use super::jobs::view;
@@ -83,15 +83,48 @@ async fn act(
     Ok((StatusCode::ACCEPTED, axum::Json(view(st, id).await?)))
 }
 
-/// Wants a service on the selected verified nodes (`speed_ok`, `online`,
-/// `offline`; others are left alone) and starts a job that starts them.
-#[utoipa::path(post, path = "/api/v1/services/start", tag = "services", request_body = Selection,
+/// `POST /services/start` body: a selection (exactly one of `ids`, `filter`
+/// or `all: true`) and the kind of service.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStart {
+    /// These nodes.
+    #[serde(default)]
+    pub ids: Option<Vec<NodeId>>,
+    /// The nodes matching this filter (the JSON form of the store's filter).
+    #[serde(default)]
+    #[schema(value_type = Option<NodeFilter>)]
+    pub filter: Option<serde_json::Value>,
+    /// Every node.
+    #[serde(default)]
+    pub all: bool,
+    /// `socks` (default: a SOCKS5 listener) or `tun` (the node's tunnel as a
+    /// TUN interface `cx<node id>` on this server's host; needs
+    /// CAP_NET_ADMIN). A running service of the other kind is restarted as
+    /// this kind.
+    #[serde(default)]
+    pub kind: ServiceKind,
+}
+
+/// Wants a service of `kind` on the selected verified nodes (`speed_ok`,
+/// `online`, `offline`; others are left alone) and starts a job that starts them.
+#[utoipa::path(post, path = "/api/v1/services/start", tag = "services", request_body = ServiceStart,
     responses((status = 202, body = JobView),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn start(
     State(st): State<AppState>,
-    Json(sel): Json<Selection>,
+    Json(body): Json<ServiceStart>,
 ) -> ApiResult<(StatusCode, Json2<JobView>)> {
+    let sel = Selection {
+        ids: body.ids,
+        filter: body.filter,
+        all: body.all,
+    };
+    let filter = ops::selected(st.store().as_ref(), &sel.selection()?).await?;
+    let change = ops::want_service_kind(st.store().as_ref(), &filter, body.kind).await?;
+    if !change.restarting.is_empty() {
+        st.engine().request_reconcile();
+    }
     act(&st, JobKind::ServiceStart, &sel).await
 }
 
