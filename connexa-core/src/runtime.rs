@@ -93,6 +93,16 @@ pub fn worker_config(
 
 /// The SOCKS5 launcher's settings of the `[services]` section: the
 /// conversion lives here so that `socks` does not depend on `config`.
+impl TunConfig {
+    /// The settings of a `[services]` section (`tun_prefix`).
+    pub fn from_services(c: &ServicesConfig) -> Self {
+        TunConfig {
+            prefix: c.tun_prefix.clone(),
+            ..TunConfig::default()
+        }
+    }
+}
+
 impl SocksConfig {
     /// The settings of a `[services]` configuration section (already validated by
     /// [`Config::validate`]).

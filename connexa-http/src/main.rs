@@ -43,7 +43,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -289,7 +289,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    let command = args.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let command = args.command.unwrap_or(Command::Serve(Box::default()));
     if let Command::Openapi = command {
         println!("{}", connexa_http::openapi::json());
         return Ok(());
@@ -319,7 +319,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // The effective database: the speed key file defaults to its directory.
             let mut config = config.clone();
             config.database = Some(url.clone());
-            serve(store, &config, s).await
+            serve(store, &config, *s).await
         }
         Command::Openapi => Ok(()),
     }

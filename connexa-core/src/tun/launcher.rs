@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 use super::{NEED_CAP_NET_ADMIN, has_cap_net_admin, interface_name};
-use crate::config::ServicesConfig;
 use crate::domain::{Node, NodeId, Secret, ServiceEndpoint};
 use crate::ports::{Health, ServiceCounters, ServiceError, ServiceLauncher};
 use crate::service::{TunnelLink, TunnelOpener};
@@ -36,16 +35,6 @@ impl Default for TunConfig {
             prefix: "cx".into(),
             queue: 256,
             device: "/dev/net/tun".into(),
-        }
-    }
-}
-
-impl TunConfig {
-    /// The settings of a `[services]` section (`tun_prefix`).
-    pub fn from_services(c: &ServicesConfig) -> Self {
-        TunConfig {
-            prefix: c.tun_prefix.clone(),
-            ..TunConfig::default()
         }
     }
 }
