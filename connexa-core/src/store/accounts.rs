@@ -230,7 +230,7 @@ pub async fn create_account(
         return Err(AccountError::Exists(name.to_owned()));
     }
     let hash = hash_blocking(password).await?;
-    Ok(store
+    store
         .create_account(name, &hash, role, Utc::now())
         .await
         .map_err(|e| match e {
@@ -239,7 +239,7 @@ pub async fn create_account(
                 AccountError::Exists(name.to_owned())
             }
             e => AccountError::Store(e),
-        })?)
+        })
 }
 
 /// Checks the rules, hashes `new` and sets it as the password of `id`,
