@@ -260,7 +260,7 @@ async fn csrf_missing_wrong_or_foreign_origin_is_refused() {
     account(&a, "root", Role::Admin).await;
     let s = sign_in(&a, "root", PW).await;
     let before = a.snapshot().await;
-    let del = |csrf: Option<&'static str>, origin: Option<&'static str>, token: Option<String>| {
+    let del = |csrf: Option<&'static str>, origin: Option<&'static str>| {
         let a = &a;
         let cookie = s.cookie.clone();
         async move {
@@ -268,11 +268,10 @@ async fn csrf_missing_wrong_or_foreign_origin_is_refused() {
             c.cookie = Some(&cookie);
             c.csrf = csrf;
             c.origin = origin;
-            let _ = &token;
             c.send(a).await
         }
     };
-    let p = del(None, None, None).await.problem(403, "forbidden");
+    let p = del(None, None).await.problem(403, "forbidden");
     assert!(
         p["detail"]
             .as_str()
@@ -280,34 +279,30 @@ async fn csrf_missing_wrong_or_foreign_origin_is_refused() {
             .contains("missing X-CSRF-Token"),
         "{p}"
     );
-    let p = del(Some("0123"), None, None)
-        .await
-        .problem(403, "forbidden");
+    let p = del(Some("0123"), None).await.problem(403, "forbidden");
     assert!(
         p["detail"].as_str().unwrap().contains("wrong X-CSRF-Token"),
         "{p}"
     );
     // The right token from a foreign page is still refused.
     let right: &'static str = Box::leak(s.csrf.clone().into_boxed_str());
-    let p = del(Some(right), Some("https://evil.example"), None)
+    let p = del(Some(right), Some("https://evil.example"))
         .await
         .problem(403, "forbidden");
     assert!(
         p["detail"].as_str().unwrap().contains("cross-origin"),
         "{p}"
     );
-    del(Some(right), Some("null"), None)
+    del(Some(right), Some("null"))
         .await
         .problem(403, "forbidden");
     // Another session's token does not fit this one.
     let other = sign_in(&a, "root", PW).await;
     let other_csrf: &'static str = Box::leak(other.csrf.into_boxed_str());
-    del(Some(other_csrf), None, None)
-        .await
-        .problem(403, "forbidden");
+    del(Some(other_csrf), None).await.problem(403, "forbidden");
     assert_eq!(a.snapshot().await, before, "no refusal changed anything");
     // The right token from this origin (or without Origin) acts.
-    let ok = del(Some(right), Some("http://connexa.test"), None).await;
+    let ok = del(Some(right), Some("http://connexa.test")).await;
     assert!(ok.status.is_success(), "{} {}", ok.status, ok.text());
     assert_ne!(a.snapshot().await, before);
     // GET needs no CSRF token; a bearer token needs none for a DELETE even with an Origin.
