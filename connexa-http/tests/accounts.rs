@@ -793,3 +793,37 @@ async fn init_admin_prints_a_password_that_signs_in_once() {
         ("admin", Role::Admin)
     );
 }
+
+/// A change made through a signed-in session is audited under the account
+/// (`user:NAME`) and the address it came from; a request refused for its
+/// CSRF token changes nothing and leaves no row.
+#[tokio::test]
+async fn a_change_through_a_session_is_audited_under_the_account() {
+    let a = api_with(HttpOptions::default()).await;
+    a.import("127.9.0.1:u1:pw1\n127.9.0.2:u2:pw2\n").await;
+    account(&a, "alice", Role::Admin).await;
+    let s = sign_in(&a, "alice", PW).await;
+    let rows_before = a.store.audit_log(100).await.unwrap().len();
+    let mut refused = Call::new(Method::DELETE, "/api/v1/nodes/2");
+    refused.cookie = Some(&s.cookie);
+    refused.send(&a).await.problem(403, "forbidden");
+    assert_eq!(a.store.audit_log(100).await.unwrap().len(), rows_before);
+    let mut c = Call::new(Method::DELETE, "/api/v1/nodes/1");
+    c.cookie = Some(&s.cookie);
+    c.csrf = Some(&s.csrf);
+    c.from = "10.9.8.7:4000".parse().unwrap();
+    let r = c.send(&a).await;
+    assert!(r.status.is_success(), "{}", r.text());
+    let trail = a.store.audit_log(100).await.unwrap();
+    assert_eq!(trail.len(), rows_before + 1, "{trail:?}");
+    let row = &trail[0];
+    assert_eq!(
+        (
+            row.actor.as_str(),
+            row.source.as_deref(),
+            row.action.as_str(),
+            row.count
+        ),
+        ("user:alice", Some("10.9.8.7"), "delete", Some(1))
+    );
+}
