@@ -5,7 +5,7 @@
 //! Only its SHA-256 (hex) is stored ([`TokenStore`]): with that much entropy a
 //! fast hash is enough, and a copy of the database grants nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -391,16 +391,18 @@ impl AuthLimiter {
 /// * `max` failures within `window` lock the account for one `window`: every
 ///   sign-in to it is answered `429` without checking the password.
 /// * When the lock ends the account stays *watched* for at least one more
-///   `window`, and until no address that failed on it has tried for a whole
-///   `window`: an address that failed on it
-///   (during the counting window, the lock or the watch) is still refused, and
-///   each of its attempts keeps the watch going; an address with no failure
-///   on it gets its password checked. A failure while watched marks that
-///   address too but never locks the account again.
+///   `window`, and until no address has failed on it for a whole `window`:
+///   an address that failed on it is refused until a `window` has passed
+///   since its own last failure (refused attempts do not extend it); an
+///   address with no recent failure on it gets its password checked. A
+///   failure while watched marks that address too but never locks the
+///   account again (nor does a full address table: the oldest entries go).
 ///
 /// So an attacker keeps the real owner out for at most one `window` per
-/// attack (signing in from an address it never failed from), and after the
-/// first `max` guesses gets one guess per fresh address per watch.
+/// attack (signing in from an address it did not fail from within the last
+/// `window`), and after the first `max` guesses gets one guess per address
+/// per `window`. Changing the password (`POST /session/password`) counts a
+/// wrong current password like a failed sign-in.
 #[derive(Debug)]
 pub struct AccountLimiter {
     max: u32,
@@ -414,12 +416,13 @@ struct AccountSlot {
     failures: u32,
     locked_until: Option<Instant>,
     last_bad: Instant,
-    dirty: HashSet<IpAddr>,
+    /// Addresses that failed on this account, and when they last failed.
+    dirty: HashMap<IpAddr, Instant>,
 }
 
 /// Accounts remembered at most (stale ones are dropped first).
 const ACCOUNT_SLOTS: usize = 100_000;
-/// Addresses remembered per account; past it the account is locked again.
+/// Addresses remembered per account; past it the oldest is forgotten.
 const DIRTY_PER_ACCOUNT: usize = 10_000;
 
 impl AccountLimiter {
@@ -460,9 +463,12 @@ impl AccountLimiter {
         if now < until {
             return Err(until - now);
         }
-        if s.dirty.contains(&limit_key(ip)) {
-            s.last_bad = now;
-            return Err(self.window);
+        // An address that failed on this account waits a window after its
+        // own last failure (refusals do not extend it); others are checked.
+        if let Some(at) = s.dirty.get(&limit_key(ip))
+            && now.duration_since(*at) < self.window
+        {
+            return Err(self.window - now.duration_since(*at));
         }
         Ok(())
     }
@@ -485,15 +491,23 @@ impl AccountLimiter {
             failures: 0,
             locked_until: None,
             last_bad: now,
-            dirty: HashSet::new(),
+            dirty: HashMap::new(),
         });
         s.last_bad = now;
-        if s.dirty.len() < DIRTY_PER_ACCOUNT {
-            s.dirty.insert(limit_key(ip));
-        } else {
-            s.locked_until = Some(now + self.window);
-            return;
+        let key = limit_key(ip);
+        if !s.dirty.contains_key(&key) && s.dirty.len() >= DIRTY_PER_ACCOUNT {
+            // Full: forget addresses whose wait is over, else the oldest one.
+            // Never lock again: that would let fresh addresses keep the
+            // owner out for ever.
+            let window = self.window;
+            s.dirty.retain(|_, at| now.duration_since(*at) < window);
+            if s.dirty.len() >= DIRTY_PER_ACCOUNT
+                && let Some(oldest) = s.dirty.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k)
+            {
+                s.dirty.remove(&oldest);
+            }
         }
+        s.dirty.insert(key, now);
         if s.locked_until.is_some() {
             return;
         }

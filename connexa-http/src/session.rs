@@ -288,6 +288,12 @@ pub async fn sign_in(
             st.0.limiter.leave(ip, failed);
         }
     };
+    // A name no account can have is a failure of the address only: it
+    // costs no look-up and takes no slot of the per-account limiter.
+    if accounts::check_name(&body.name).is_err() {
+        leave(true);
+        return unauthorized("wrong name or password");
+    }
     if let Some(ip) = ip
         && let Err(retry) = st.0.account_limiter.check(&body.name, ip)
     {
@@ -415,6 +421,8 @@ pub struct PasswordBody {
     ))]
 pub async fn change_password(
     State(st): State<AppState>,
+    headers: HeaderMap,
+    ext: axum::http::Extensions,
     p: Extension<Principal>,
     s: Option<Extension<CurrentSession>>,
     extract::Json(body): extract::Json<PasswordBody>,
@@ -425,16 +433,46 @@ pub async fn change_password(
         return ApiError::not_found("this request is not authenticated by a session")
             .into_response();
     };
+    // Guessing the current password is limited like signing in: per
+    // address and per account.
+    let ip =
+        peer(&ext).map(|p| crate::auth::client_addr(p, &headers, &st.options().trusted_proxies));
+    if let Some(ip) = ip
+        && let Err(retry) = st.0.limiter.enter_waiting(ip).await
+    {
+        return rate_limited(retry);
+    }
+    let leave = |failed: bool| {
+        if let Some(ip) = ip {
+            st.0.limiter.leave(ip, failed);
+        }
+    };
+    if let Some(ip) = ip
+        && let Err(retry) = st.0.account_limiter.check(&p.name, ip)
+    {
+        leave(false);
+        return rate_limited(retry);
+    }
     let hash = match accounts.account_by_id(id).await {
         Ok(Some((_, h))) => h,
-        Ok(None) => return ApiError::not_found("no such account").into_response(),
-        Err(e) => return ApiError::internal(&e).into_response(),
+        Ok(None) => {
+            leave(false);
+            return ApiError::not_found("no such account").into_response();
+        }
+        Err(e) => {
+            leave(false);
+            return ApiError::internal(&e).into_response();
+        }
     };
     let current = body.current.clone();
     let ok = tokio::task::spawn_blocking(move || accounts::verify_password(&current, &hash))
         .await
         .unwrap_or(false);
+    leave(!ok);
     if !ok {
+        if let Some(ip) = ip {
+            st.0.account_limiter.fail(&p.name, ip);
+        }
         return ApiError::invalid_body("current: wrong password").into_response();
     }
     match accounts::change_password(accounts.as_ref(), id, &body.new, Some(&s.hash)).await {

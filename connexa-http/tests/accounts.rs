@@ -576,7 +576,12 @@ async fn a_lock_out_does_not_block_a_correct_password_from_another_address_after
         .problem(429, "rate-limited");
     assert!(p["retry_after"].as_u64().unwrap() <= 2, "{p}");
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    // The attacker keeps trying from its address: refused, not checked.
+    // The attacker's address waits a window after its own last failure: a
+    // window has passed, so it gets one more guess, then waits again (its
+    // refused attempts do not extend the wait of anybody else).
+    sign_in_as(&a, "admin", "guess guess guess", attacker)
+        .await
+        .problem(401, "unauthorized");
     for _ in 0..3 {
         sign_in_as(&a, "admin", PW, attacker)
             .await
@@ -826,4 +831,38 @@ async fn a_change_through_a_session_is_audited_under_the_account() {
         ),
         ("user:alice", Some("10.9.8.7"), "delete", Some(1))
     );
+}
+
+/// Guessing the current password through a session is limited like signing
+/// in: after the account's failures the change answers 429 without checking,
+/// and a name no account can have is refused without a look-up.
+#[tokio::test]
+async fn wrong_current_passwords_and_impossible_names_are_rate_limited() {
+    let a = api_with(HttpOptions {
+        sign_in_failures_per_account: 2,
+        ..HttpOptions::default()
+    })
+    .await;
+    account(&a, "carol", Role::Viewer).await;
+    let s = sign_in(&a, "carol", PW).await;
+    let change = |current: &'static str| {
+        let a = &a;
+        let (cookie, csrf) = (s.cookie.clone(), s.csrf.clone());
+        async move {
+            let mut c = Call::new(Method::POST, "/api/v1/session/password");
+            c.cookie = Some(&cookie);
+            c.csrf = Some(&csrf);
+            c.json = Some(json!({"current": current, "new": "a brand new password"}));
+            c.send(a).await
+        }
+    };
+    for _ in 0..2 {
+        change("a wrong guess!!").await.problem(422, "invalid-body");
+    }
+    change(PW).await.problem(429, "rate-limited");
+    // A 100 kB name is refused as a plain failure, never kept as a limiter key.
+    let huge = "x".repeat(100_000);
+    sign_in_as(&a, &huge, PW, None)
+        .await
+        .problem(401, "unauthorized");
 }
