@@ -1120,6 +1120,15 @@ async fn recover_leaves_a_live_workers_items_alone_and_reclaims_a_lapsed_lease()
             .map_or(0, |w| w.items_in_flight)
     };
     assert_eq!(held("a"), 3, "{w:?}");
+    // A third process recovering with `Interrupt` leaves the job to its live workers.
+    let c = env.engine(Arc::clone(&p), worker("c"));
+    c.recover(RecoverPolicy::Interrupt).await.unwrap();
+    assert_ne!(
+        env.real.job(job).await.unwrap().state,
+        JobState::Interrupted,
+        "a job live workers run was interrupted"
+    );
+    assert_eq!(env.real.progress(job).await.unwrap().cancelled, 0);
     // Everything runs to the end; every item ends once, nothing is refused.
     gate.add_permits(1_000);
     let s = tokio::time::timeout(Duration::from_secs(10), b.wait(job))

@@ -867,7 +867,8 @@ impl Engine {
     /// expired; see [`NodeStore::requeue_orphans`]), and items recorded under
     /// this engine's own worker name (it runs none of them: they are left from
     /// an earlier run of this process). Items of other live workers stay
-    /// theirs.
+    /// theirs, and `Interrupt` leaves a job alone while a live worker holds
+    /// any of its items.
     pub async fn recover(&self, policy: RecoverPolicy) -> Result<Vec<JobId>, EngineError> {
         let store = &self.inner.store;
         let mut handled = Vec::new();
@@ -884,6 +885,12 @@ impl Engine {
                     self.spawn_runner(job.clone());
                 }
                 RecoverPolicy::Interrupt => {
+                    // Items still running after the orphans went back are
+                    // held by live workers: the job is theirs, leave it.
+                    if store.progress(job.id).await?.running > 0 {
+                        tracing::info!(job = %job.id, "job runs in a live worker: not interrupted");
+                        continue;
+                    }
                     let now = Utc::now();
                     let cancelled = store.cancel_pending(job.id, now).await?;
                     store
