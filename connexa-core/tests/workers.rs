@@ -269,8 +269,22 @@ async fn workers_register_beat_list_and_deregister(db: TestDb) {
     );
     assert!(w[0].alive && w[1].alive);
     assert_eq!(w[1].pid, 21);
+    // b's first process (pid 20), paused past its registration, resumes: its
+    // heartbeat does not take the name back from pid 21.
+    let err = s
+        .heartbeat(&reg("b", 20), t0 + secs(12), LEASE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WorkerNameTaken { pid: 21, .. }),
+        "{err}"
+    );
+    assert_eq!(s.workers(t0 + secs(12)).await.unwrap()[1].pid, 21);
     assert!(!s.workers(t0 + secs(16)).await.unwrap()[0].alive);
     assert!(s.deregister_worker("a").await.unwrap());
     assert!(!s.deregister_worker("a").await.unwrap());
     assert_eq!(s.workers(t0).await.unwrap().len(), 1);
+    // A heartbeat of a process whose row went puts it back.
+    s.heartbeat(&a, t0 + secs(20), LEASE).await.unwrap();
+    assert_eq!(s.workers(t0 + secs(20)).await.unwrap().len(), 2);
 }

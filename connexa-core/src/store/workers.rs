@@ -77,22 +77,49 @@ pub(crate) async fn heartbeat<C: ConnectionTrait>(
     at: DateTime<Utc>,
     lease: Duration,
 ) -> Result<u64, StoreError> {
-    workers::Entity::insert(row(w, at, lease))
-        .on_conflict(
-            OnConflict::column(workers::Column::Name)
-                .update_columns([
-                    workers::Column::Host,
-                    workers::Column::Pid,
-                    workers::Column::Version,
-                    workers::Column::Roles,
-                    workers::Column::LastHeartbeat,
-                    workers::Column::ExpiresAt,
-                ])
-                .to_owned(),
-        )
-        .exec_without_returning(conn)
+    // Only this process's own row is kept alive: a process paused past its
+    // registration whose name another process took since must not take it
+    // back (both would extend each other's leases). Its items then lapse and
+    // are reclaimed; its late results are refused by the claim token.
+    let kept = workers::Entity::update_many()
+        .col_expr(workers::Column::Version, Expr::value(w.version.clone()))
+        .col_expr(workers::Column::Roles, Expr::value(roles_text(&w.roles)))
+        .col_expr(workers::Column::LastHeartbeat, Expr::value(ms(at)))
+        .col_expr(workers::Column::ExpiresAt, Expr::value(until(at, lease)))
+        .filter(workers::Column::Name.eq(w.name.as_str()))
+        .filter(workers::Column::Host.eq(w.host.as_str()))
+        .filter(workers::Column::Pid.eq(i64::from(w.pid)))
+        .exec(conn)
         .await
-        .map_err(db_err)?;
+        .map_err(db_err)?
+        .rows_affected;
+    if kept == 0 {
+        match workers::Entity::find_by_id(w.name.clone())
+            .one(conn)
+            .await
+            .map_err(db_err)?
+        {
+            Some(other) => {
+                return Err(StoreError::WorkerNameTaken {
+                    name: w.name.clone(),
+                    host: other.host,
+                    pid: u32::try_from(other.pid).unwrap_or(0),
+                });
+            }
+            // The row went (deregistered, or the table was cleaned): back in.
+            None => {
+                workers::Entity::insert(row(w, at, lease))
+                    .on_conflict(
+                        OnConflict::column(workers::Column::Name)
+                            .do_nothing()
+                            .to_owned(),
+                    )
+                    .exec_without_returning(conn)
+                    .await
+                    .map_err(db_err)?;
+            }
+        }
+    }
     extend_leases(conn, &w.name, at, lease).await
 }
 
