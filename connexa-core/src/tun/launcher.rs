@@ -373,7 +373,9 @@ impl ServiceLauncher for TunLauncher {
         let Some(old) = self.lock().remove(&node.id) else {
             return Health::Unhealthy(format!("{problem}; the service was stopped"));
         };
-        retire(old).await;
+        // In its own task: the monitor's time limit on this check must not cut
+        // the clean-up short (a tunnel dropped without being closed).
+        let _ = tokio::spawn(retire(old)).await;
         match self.launch(node).await {
             Ok(new) => {
                 let lost = {
