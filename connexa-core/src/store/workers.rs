@@ -158,6 +158,16 @@ pub(crate) async fn deregister<C: ConnectionTrait>(
     conn: &C,
     name: &str,
 ) -> Result<bool, StoreError> {
+    // The items it leaves running (stopped after its grace period) are for the
+    // next worker at once: their leases end now (their late results, if any,
+    // are still refused by the claim token).
+    job_items::Entity::update_many()
+        .col_expr(job_items::Column::LeaseUntil, Expr::value(0i64))
+        .filter(job_items::Column::State.eq(ItemState::Running.as_str()))
+        .filter(job_items::Column::Worker.eq(name))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
     Ok(workers::Entity::delete_by_id(name.to_owned())
         .exec(conn)
         .await
