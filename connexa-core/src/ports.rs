@@ -246,6 +246,10 @@ pub enum StoreError {
     /// The selection or filter given is invalid.
     #[error(transparent)]
     Selection(#[from] SelectionError),
+    /// The account was disabled, deleted or given a new password while the
+    /// caller was signing in: nothing was opened.
+    #[error("the account changed during sign-in (disabled or new password): sign in again")]
+    AccountChanged,
     /// The selection matches no node: an action on it would do nothing.
     #[error("no node matches the selection")]
     NothingSelected,
@@ -801,10 +805,20 @@ pub trait AccountStore: Send + Sync {
     /// such account or it was disabled already.
     async fn disable_account(&self, id: AccountId) -> Result<bool, StoreError>;
 
-    /// Opens a session of `account` (its id hashed to `session_hash`).
+    /// Enables a disabled account (it may sign in again; it has no session);
+    /// `false` if there is no such account or it is enabled already.
+    async fn enable_account(&self, id: AccountId) -> Result<bool, StoreError>;
+
+    /// Opens a session of `account` (its id hashed to `session_hash`) — only
+    /// if the stored account is still enabled and its password is still the
+    /// one `account` was read with (same `password_changed_at`), checked in
+    /// the same transaction as the insert (the account's row locked on
+    /// PostgreSQL): a sign-in racing a password change or a disable gets
+    /// [`StoreError::AccountChanged`] and opens nothing, so the change's
+    /// "end every session" cannot miss it.
     async fn create_session(
         &self,
-        account: AccountId,
+        account: &Account,
         session_hash: &str,
         source: Option<String>,
         at: DateTime<Utc>,

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use connexa_core::ports::{AccountStore, Role};
+use connexa_core::ports::{AccountStore, Role, StoreError};
 use connexa_core::store::SqlStore;
 use connexa_core::store::accounts::{
     AccountError, PasswordError, SignIn, authenticate, change_password, create_account,
@@ -66,7 +66,7 @@ async fn accounts_and_sessions(store: SqlStore) {
     let now = Utc::now();
     let s1 = store
         .create_session(
-            a.id,
+            &a,
             "s1",
             Some("127.0.0.1".into()),
             now,
@@ -75,7 +75,7 @@ async fn accounts_and_sessions(store: SqlStore) {
         .await
         .unwrap();
     store
-        .create_session(a.id, "s2", None, now, now + chrono::Duration::hours(12))
+        .create_session(&a, "s2", None, now, now + chrono::Duration::hours(12))
         .await
         .unwrap();
     let (found, acc) = store.find_session("s1", now, HOUR).await.unwrap().unwrap();
@@ -146,9 +146,31 @@ async fn accounts_and_sessions(store: SqlStore) {
     assert!(!store.end_session("s1").await.unwrap());
     assert!(store.find_session("s1", now, HOUR).await.unwrap().is_none());
 
+    // A sign-in that verified the old password cannot open a session once
+    // the password changed (it raced the change and lost): nothing opened.
+    assert!(matches!(
+        store
+            .create_session(&a, "stale", None, now, now + chrono::Duration::hours(1))
+            .await,
+        Err(StoreError::AccountChanged)
+    ));
+    assert!(
+        store
+            .find_session("stale", now, HOUR)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let SignIn::Accepted(a) = authenticate(&store, "alice", "alice password 2")
+        .await
+        .unwrap()
+    else {
+        panic!("the new password signs in")
+    };
+
     // Disabling ends every session; the right password then says "disabled".
     store
-        .create_session(a.id, "s3", None, now, now + chrono::Duration::hours(1))
+        .create_session(&a, "s3", None, now, now + chrono::Duration::hours(1))
         .await
         .unwrap();
     assert!(store.disable_account(a.id).await.unwrap());
@@ -167,13 +189,43 @@ async fn accounts_and_sessions(store: SqlStore) {
     let list = store.accounts().await.unwrap();
     assert_eq!(list.len(), 1);
     assert!(list[0].disabled && list[0].password_changed_at.is_some());
+    // A sign-in racing the disable opens nothing either.
+    assert!(matches!(
+        store
+            .create_session(&a, "s4", None, now, now + chrono::Duration::hours(1))
+            .await,
+        Err(StoreError::AccountChanged)
+    ));
+    assert!(store.sessions(a.id).await.unwrap().is_empty());
+
+    // Enabling lets it sign in again (once; a second enable changes nothing).
+    assert!(store.enable_account(a.id).await.unwrap());
+    assert!(
+        !store.enable_account(a.id).await.unwrap(),
+        "enabled already"
+    );
+    let SignIn::Accepted(a) = authenticate(&store, "alice", "alice password 2")
+        .await
+        .unwrap()
+    else {
+        panic!("enabled again")
+    };
+    store
+        .create_session(&a, "s5", None, now, now + chrono::Duration::hours(1))
+        .await
+        .unwrap();
 
     // One audit row per change, none with a secret.
     let log = store.audit_log(100).await.unwrap();
     let actions: Vec<&str> = log.iter().rev().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
-        ["account_create", "account_passwd", "account_disable"]
+        [
+            "account_create",
+            "account_passwd",
+            "account_disable",
+            "account_enable"
+        ]
     );
     assert!(log.iter().all(|e| e.actor == "os:test"));
     let text = format!("{log:?}");

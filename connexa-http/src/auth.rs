@@ -398,6 +398,12 @@ impl AuthLimiter {
 ///   failure while watched marks that address too but never locks the
 ///   account again (nor does a full address table: the oldest entries go).
 ///
+/// * Attempts in flight count: an attempt takes a slot ([`begin`](Self::begin))
+///   before its password is checked, so parallel guesses from many addresses
+///   cannot overshoot `max` while the (slow, Argon2id) checks run. While
+///   failures plus attempts in flight reach `max`, further attempts are asked
+///   to retry in a second.
+///
 /// So an attacker keeps the real owner out for at most one `window` per
 /// attack (signing in from an address it did not fail from within the last
 /// `window`), and after the first `max` guesses gets one guess per address
@@ -418,6 +424,33 @@ struct AccountSlot {
     last_bad: Instant,
     /// Addresses that failed on this account, and when they last failed.
     dirty: HashMap<IpAddr, Instant>,
+    /// Attempts that passed [`AccountLimiter::begin`] and have not ended.
+    in_flight: u32,
+}
+
+/// One password attempt on an account, holding its slot of the
+/// [`AccountLimiter`]: [`failed`](Self::failed) counts it as a failure;
+/// dropping it otherwise (success, error, refusal) frees the slot.
+#[derive(Debug)]
+#[must_use = "the attempt's slot is freed when it is dropped"]
+pub struct AccountAttempt<'a> {
+    limiter: &'a AccountLimiter,
+    name: String,
+    ip: IpAddr,
+}
+
+impl AccountAttempt<'_> {
+    /// The password was wrong: counts a failure of the account from this address.
+    pub fn failed(self) {
+        self.limiter.end(&self.name, self.ip, true);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for AccountAttempt<'_> {
+    fn drop(&mut self) {
+        self.limiter.end(&self.name, self.ip, false);
+    }
 }
 
 /// Accounts remembered at most (stale ones are dropped first).
@@ -436,6 +469,9 @@ impl AccountLimiter {
     }
 
     fn stale(&self, s: &AccountSlot, now: Instant) -> bool {
+        if s.in_flight > 0 {
+            return false;
+        }
         match s.locked_until {
             // Watched for a window after the lock, and a window after the
             // last attempt of an address that failed.
@@ -446,35 +482,11 @@ impl AccountLimiter {
         }
     }
 
-    /// `Ok` if `ip` may try a password for `name` now; else how long to wait.
-    pub fn check(&self, name: &str, ip: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(s) = map.get_mut(name) else {
-            return Ok(());
-        };
-        if self.stale(s, now) {
-            map.remove(name);
-            return Ok(());
-        }
-        let Some(until) = s.locked_until else {
-            return Ok(());
-        };
-        if now < until {
-            return Err(until - now);
-        }
-        // An address that failed on this account waits a window after its
-        // own last failure (refusals do not extend it); others are checked.
-        if let Some(at) = s.dirty.get(&limit_key(ip))
-            && now.duration_since(*at) < self.window
-        {
-            return Err(self.window - now.duration_since(*at));
-        }
-        Ok(())
-    }
-
-    /// Counts a failed sign-in to `name` from `ip`.
-    pub fn fail(&self, name: &str, ip: IpAddr) {
+    /// Takes a slot for one password attempt on `name` from `ip`, or says
+    /// how long to wait: while the account is locked, while `ip` must wait
+    /// after its own failure on the watched account, or (for about a second)
+    /// while failures plus attempts in flight already reach the limit.
+    pub fn begin(&self, name: &str, ip: IpAddr) -> Result<AccountAttempt<'_>, Duration> {
         let now = Instant::now();
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         if map.get(name).is_some_and(|s| self.stale(s, now)) {
@@ -483,7 +495,15 @@ impl AccountLimiter {
         if !map.contains_key(name) && map.len() >= ACCOUNT_SLOTS {
             map.retain(|_, s| !self.stale(s, now));
             if map.len() >= ACCOUNT_SLOTS {
-                return;
+                // Every slot is busy with recent failures: refusing here
+                // would lock everyone out of every other account, so this
+                // attempt goes unlimited per account (the per-address
+                // limiter still applies).
+                return Ok(AccountAttempt {
+                    limiter: self,
+                    name: String::new(),
+                    ip,
+                });
             }
         }
         let s = map.entry(name.to_owned()).or_insert_with(|| AccountSlot {
@@ -492,7 +512,58 @@ impl AccountLimiter {
             locked_until: None,
             last_bad: now,
             dirty: HashMap::new(),
+            in_flight: 0,
         });
+        match s.locked_until {
+            Some(until) if now < until => return Err(until - now),
+            Some(_) => {
+                // An address that failed on this account waits a window after
+                // its own last failure (refusals do not extend it); others
+                // are checked.
+                if let Some(at) = s.dirty.get(&limit_key(ip))
+                    && now.duration_since(*at) < self.window
+                {
+                    return Err(self.window - now.duration_since(*at));
+                }
+            }
+            None => {
+                let failures = if now.duration_since(s.since) >= self.window {
+                    0
+                } else {
+                    s.failures
+                };
+                if failures + s.in_flight >= self.max {
+                    return Err(Duration::from_secs(1));
+                }
+            }
+        }
+        s.in_flight += 1;
+        Ok(AccountAttempt {
+            limiter: self,
+            name: name.to_owned(),
+            ip,
+        })
+    }
+
+    /// Ends an attempt of [`begin`](Self::begin); `failed`: the password was wrong.
+    fn end(&self, name: &str, ip: IpAddr, failed: bool) {
+        if name.is_empty() {
+            return; // an unlimited attempt (see `begin`)
+        }
+        let now = Instant::now();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(s) = map.get_mut(name) else {
+            return;
+        };
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if !failed {
+            // Nothing worth remembering: no failure, no lock, nothing in flight.
+            let clean = s.failures == 0 && s.locked_until.is_none();
+            if s.in_flight == 0 && (clean || self.stale(s, now)) {
+                map.remove(name);
+            }
+            return;
+        }
         s.last_bad = now;
         let key = limit_key(ip);
         if !s.dirty.contains_key(&key) && s.dirty.len() >= DIRTY_PER_ACCOUNT {

@@ -261,6 +261,11 @@ enum UserCommand {
         /// The account.
         name: String,
     },
+    /// Enable a disabled account: it may sign in again.
+    Enable {
+        /// The account.
+        name: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -468,6 +473,13 @@ async fn user(store: &SqlStore, u: UserCommand) -> anyhow::Result<()> {
                 anyhow::bail!("account {name:?} is disabled already");
             }
             eprintln!("account {name:?} disabled; its sessions are ended");
+        }
+        UserCommand::Enable { name } => {
+            let a = find_account(store, &name).await?;
+            if !store.enable_account(a.id).await? {
+                anyhow::bail!("account {name:?} is enabled already");
+            }
+            eprintln!("account {name:?} enabled; it may sign in again");
         }
     }
     Ok(())

@@ -28,7 +28,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use connexa_core::ports::Session;
+use connexa_core::ports::{Session, StoreError};
 use connexa_core::store::accounts::{self, AccountError, SignIn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -294,12 +294,14 @@ pub async fn sign_in(
         leave(true);
         return unauthorized("wrong name or password");
     }
-    if let Some(ip) = ip
-        && let Err(retry) = st.0.account_limiter.check(&body.name, ip)
-    {
-        leave(false);
-        return rate_limited(retry);
-    }
+    let attempt = match ip.map(|ip| st.0.account_limiter.begin(&body.name, ip)) {
+        Some(Err(retry)) => {
+            leave(false);
+            return rate_limited(retry);
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
     let outcome = accounts::authenticate(accounts.as_ref(), &body.name, &body.password).await;
     let account = match outcome {
         Ok(SignIn::Accepted(a)) => {
@@ -312,8 +314,8 @@ pub async fn sign_in(
         }
         Ok(SignIn::Refused) => {
             leave(true);
-            if let Some(ip) = ip {
-                st.0.account_limiter.fail(&body.name, ip);
+            if let Some(a) = attempt {
+                a.failed();
             }
             return unauthorized("wrong name or password");
         }
@@ -334,10 +336,13 @@ pub async fn sign_in(
         chrono::Duration::from_std(o.session_lifetime).unwrap_or(chrono::Duration::hours(12));
     let source = ip.map(|i| i.to_string());
     let session = match accounts
-        .create_session(account.id, &hash_token(&id), source, now, now + lifetime)
+        .create_session(&account, &hash_token(&id), source, now, now + lifetime)
         .await
     {
         Ok(s) => s,
+        // A password change or a disable committed while the password was
+        // being checked: the session it would have ended is not opened.
+        Err(e @ StoreError::AccountChanged) => return unauthorized(&e.to_string()),
         Err(e) => return ApiError::internal(&e).into_response(),
     };
     let view = SessionView {
@@ -447,12 +452,14 @@ pub async fn change_password(
             st.0.limiter.leave(ip, failed);
         }
     };
-    if let Some(ip) = ip
-        && let Err(retry) = st.0.account_limiter.check(&p.name, ip)
-    {
-        leave(false);
-        return rate_limited(retry);
-    }
+    let attempt = match ip.map(|ip| st.0.account_limiter.begin(&p.name, ip)) {
+        Some(Err(retry)) => {
+            leave(false);
+            return rate_limited(retry);
+        }
+        Some(Ok(a)) => Some(a),
+        None => None,
+    };
     let hash = match accounts.account_by_id(id).await {
         Ok(Some((_, h))) => h,
         Ok(None) => {
@@ -470,8 +477,8 @@ pub async fn change_password(
         .unwrap_or(false);
     leave(!ok);
     if !ok {
-        if let Some(ip) = ip {
-            st.0.account_limiter.fail(&p.name, ip);
+        if let Some(a) = attempt {
+            a.failed();
         }
         return ApiError::invalid_body("current: wrong password").into_response();
     }

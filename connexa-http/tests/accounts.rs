@@ -550,6 +550,48 @@ async fn sign_in_is_rate_limited_per_account_and_per_address() {
         .problem(401, "unauthorized");
 }
 
+/// Guesses sent all at once from many addresses cannot overshoot the
+/// per-account limit while their (slow) password checks run: each attempt
+/// takes its slot before the check, so at most the limit are checked and the
+/// rest are told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_guesses_from_many_addresses_check_at_most_the_limit() {
+    let a = api_with(HttpOptions {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        sign_in_failures_per_account: 3,
+        sign_in_window: Duration::from_secs(600),
+        ..HttpOptions::default()
+    })
+    .await;
+    account(&a, "admin", Role::Admin).await;
+    let a = std::sync::Arc::new(a);
+    let guesses = (0..24).map(|i| {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let from = format!("198.51.100.{}", i + 1);
+            sign_in_as(&a, "admin", "wrong password!!", Some(&from))
+                .await
+                .status
+        })
+    });
+    let mut checked = 0;
+    for g in guesses {
+        match g.await.unwrap() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert_eq!(
+        checked, 3,
+        "{checked} of 24 parallel guesses had their password checked (limit 3)"
+    );
+    // Locked once the checks failed: even the right password waits.
+    sign_in_as(&a, "admin", PW, Some("203.0.113.7"))
+        .await
+        .problem(429, "rate-limited");
+}
+
 /// The attacker cannot keep the real admin out: after one window of lock, a
 /// correct password from an address that never failed signs in, while the
 /// attacker's addresses stay refused and new failures do not lock the
@@ -691,6 +733,18 @@ async fn user_commands_manage_accounts_and_leave_audit_rows() {
         authenticate(&store, "bob", &generated).await.unwrap(),
         SignIn::Disabled(_)
     ));
+    // Enabled again, bob signs in; a second enable is an error that says so.
+    ok(&run(&db, &["user", "enable", "bob"], None).await);
+    assert!(matches!(
+        authenticate(&store, "bob", &generated).await.unwrap(),
+        SignIn::Accepted(_)
+    ));
+    let again = run(&db, &["user", "enable", "bob"], None).await;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("enabled already"),
+        "{again:?}"
+    );
     let audit = store.audit_log(100).await.unwrap();
     let actions: Vec<&str> = audit.iter().rev().map(|e| e.action.as_str()).collect();
     assert_eq!(
@@ -699,7 +753,8 @@ async fn user_commands_manage_accounts_and_leave_audit_rows() {
             "account_create",
             "account_create",
             "account_passwd",
-            "account_disable"
+            "account_disable",
+            "account_enable"
         ]
     );
     assert!(

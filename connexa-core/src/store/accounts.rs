@@ -21,7 +21,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 
 use super::convert::{from_ms, ms};
@@ -440,9 +441,36 @@ impl AccountStore for SqlStore {
         txn.finish(r).await
     }
 
+    async fn enable_account(&self, id: AccountId) -> Result<bool, StoreError> {
+        let txn = self.begin_write().await?;
+        let r: Result<bool, StoreError> = async {
+            let changed = users::Entity::update_many()
+                .col_expr(users::Column::Disabled, Expr::value(false))
+                .filter(users::Column::Id.eq(id.0))
+                .filter(users::Column::Disabled.eq(true))
+                .exec(&txn.txn)
+                .await
+                .map_err(db_err)?
+                .rows_affected
+                > 0;
+            if changed {
+                self.audit(
+                    &txn.txn,
+                    "account_enable",
+                    Some(format!("account id {}", id.0)),
+                    Some(1),
+                )
+                .await?;
+            }
+            Ok(changed)
+        }
+        .await;
+        txn.finish(r).await
+    }
+
     async fn create_session(
         &self,
-        account: AccountId,
+        account: &Account,
         session_hash: &str,
         source: Option<String>,
         at: DateTime<Utc>,
@@ -450,6 +478,20 @@ impl AccountStore for SqlStore {
     ) -> Result<Session, StoreError> {
         let txn = self.begin_write().await?;
         let r: Result<Session, StoreError> = async {
+            // The account as it is now, its row locked against a concurrent
+            // password change or disable (SQLite: the write transaction
+            // already serialises them).
+            let mut q = users::Entity::find_by_id(account.id.0);
+            if txn.txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+                q = q.lock_exclusive();
+            }
+            let now = q.one(&txn.txn).await.map_err(db_err)?;
+            let same = now.is_some_and(|m| {
+                !m.disabled && m.password_changed_at == account.password_changed_at.map(ms)
+            });
+            if !same {
+                return Err(StoreError::AccountChanged);
+            }
             // Sessions past their absolute expiry are purged as new ones open.
             sessions::Entity::delete_many()
                 .filter(sessions::Column::ExpiresAt.lte(ms(at)))
@@ -458,7 +500,7 @@ impl AccountStore for SqlStore {
                 .map_err(db_err)?;
             sessions::ActiveModel {
                 token_hash: Set(session_hash.to_owned()),
-                account_id: Set(account.0),
+                account_id: Set(account.id.0),
                 created_at: Set(ms(at)),
                 last_seen: Set(ms(at)),
                 expires_at: Set(ms(expires_at)),
