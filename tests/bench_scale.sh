@@ -14,7 +14,14 @@
 # loopback addresses (`--first-ip`); the worker's own descriptors are bounded
 # by its concurrency, not by the fleet. The HTTP list at 100,000 and 1,000,000
 # nodes is tests/bench_http.sh (run it with 1000000 as its first argument).
-# Loopback only. Prints a Markdown table for docs/benchmarks.md.
+#
+# With CONNEXA_TEST_PG_URL it then measures scale-out: one light job on a
+# latency-bound fleet (WORKER_NODES nodes, default 3000, each answering its
+# handshake after SLOW_MS, default 200 ms) run by 1, 2 and 3 `connexa run
+# --jobs` processes sharing the PostgreSQL database (each with the job's
+# concurrency, WORKER_CONCURRENCY, default 50): items/s and the ratio to one
+# worker, in the same run.
+# Loopback only. Prints Markdown tables for docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:-10000}
@@ -29,13 +36,17 @@ sims=()
 cleanup() {
   for p in "${sims[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  for p in "${workers[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$dir"
 }
+workers=()
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# The address of node number $1 (0-based) counted from 127.1.0.1.
-nth_ip() { python3 -c "import ipaddress,sys; print(ipaddress.IPv4Address('127.1.0.1') + int(sys.argv[1]))" "$1"; }
+# The address of node number $1 (0-based) counted from 127.64.0.1 (clear of the
+# tests' and the demo's fleets, which start at 127.1.0.1).
+nth_ip() { python3 -c "import ipaddress,sys; print(ipaddress.IPv4Address('127.64.0.1') + int(sys.argv[1]))" "$1"; }
 
 # Starts the simulated fleet of $1 nodes; its list goes to $dir/list-$1.txt.
 start_fleet() {
@@ -58,6 +69,7 @@ start_fleet() {
     done
   done
   sleep 1 # the list is written when every listener is bound; let the last write finish
+  ls "$dir"/sim-"$n"-*.txt >/dev/null 2>&1 || { cat "$dir"/sim-"$n"-*.log >&2; exit 1; }
   cat "$dir"/sim-"$n"-*.txt >"$dir/list-$n.txt"
   local got
   got=$(grep -c . "$dir/list-$n.txt")
@@ -122,4 +134,58 @@ name = {"sqlite": "SQLite", "pg": "PostgreSQL"}[store]
 print(f"| {name} | {n:,} | {l} | {s:.1f} s | {n / s:,.0f} | {r / 1024:.0f} MiB | {s / s0:.2f}x | {r / r0:.2f}x |")
 PY
   done
+done
+
+[ -n "${CONNEXA_TEST_PG_URL:-}" ] || exit 0
+
+# Scale-out: 1, 2 and 3 workers on one job of a latency-bound fleet.
+wn=${WORKER_NODES:-3000}
+slow=${SLOW_MS:-200}
+conc=${WORKER_CONCURRENCY:-50}
+"$bin" sim --nodes "$wn" --mix "slow:$slow=1" --first-ip 127.96.0.1 --list "$dir/slow.txt" \
+  >/dev/null 2>"$dir/slow-sim.log" &
+sims+=($!)
+for _ in $(seq 600); do [ -s "$dir/slow.txt" ] && break; sleep 0.1; done
+sleep 1
+declare -A wsecs
+for w in 1 2 3; do
+  url=$(pg_db "connexa_bench_workers_$w")
+  "$bin" --db "$url" import "$dir/slow.txt" >/dev/null 2>"$dir/import.log"
+  job=$("$bin" --db "$url" test light --all --detach --concurrency "$conc" 2>/dev/null \
+    | sed -n 's/^queued job #\([0-9]*\).*/\1/p')
+  [ -n "$job" ] || { echo "no job queued" >&2; exit 1; }
+  t0=$(date +%s.%N)
+  for i in $(seq "$w"); do
+    "$bin" --db "$url" run --jobs --worker "bench-$i" >/dev/null 2>"$dir/worker-$w-$i.log" &
+    workers+=($!)
+  done
+  state=""
+  for _ in $(seq 6000); do
+    state=$("$bin" --db "$url" jobs show "$job" --output json 2>/dev/null \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null || true)
+    [ "$state" = done ] && break
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  [ "$state" = done ] || { echo "job $job of $w workers: $state" >&2; cat "$dir"/worker-"$w"-*.log >&2; exit 1; }
+  for p in "${workers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${workers[@]}"; do wait "$p" 2>/dev/null || true; done
+  workers=()
+  ok=$("$bin" --db "$url" jobs show "$job" --output json \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["progress"]["ok"])')
+  wsecs[$w]=$(python3 -c "print(round($t1-$t0, 2))")
+  echo "$w worker(s): $wn nodes in ${wsecs[$w]} s, $ok ok" >&2
+  PGOPTIONS=--client-min-messages=warning psql -q "$CONNEXA_TEST_PG_URL" \
+    -c "DROP DATABASE IF EXISTS connexa_bench_workers_$w" >/dev/null || true
+done
+
+echo
+echo "| workers (PostgreSQL) | nodes (handshake after $slow ms) | concurrency each | time to done | items/s | vs 1 worker |"
+echo "|---:|---:|---:|---:|---:|---:|"
+for w in 1 2 3; do
+  python3 - "$w" "$wn" "$conc" "${wsecs[$w]}" "${wsecs[1]}" <<'PY'
+import sys
+w, n, c, s, s1 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+print(f"| {w} | {n:,} | {c} | {s:.1f} s | {n / s:,.0f} | {s1 / s:.2f}x |")
+PY
 done
