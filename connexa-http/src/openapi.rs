@@ -143,6 +143,10 @@ impl Modify for CommonErrors {
                 let with_body = [
                     ("413", "Body too large (`payload-too-large`)"),
                     ("415", "Wrong content type (`unsupported-media-type`)"),
+                    (
+                        "422",
+                        "The body does not fit the schema, e.g. an unknown field (`invalid-body`)",
+                    ),
                 ];
                 let extra = if op.request_body.is_some() {
                     &with_body[..]
@@ -154,6 +158,21 @@ impl Modify for CommonErrors {
                         .responses
                         .entry((*code).to_owned())
                         .or_insert_with(|| problem(what).into());
+                }
+                // Every error is a problem document: a handler's error
+                // response documented as `application/json` is served as
+                // `application/problem+json`.
+                for (code, response) in op.responses.responses.iter_mut() {
+                    if !(code.starts_with('4') || code.starts_with('5')) {
+                        continue;
+                    }
+                    if let utoipa::openapi::RefOr::T(r) = response
+                        && let Some(c) = r.content.shift_remove("application/json")
+                    {
+                        r.content
+                            .entry("application/problem+json".to_owned())
+                            .or_insert(c);
+                    }
                 }
             }
         }
