@@ -180,6 +180,11 @@ async fn run(
 
     // Claim and run.
     loop {
+        // Finished tasks are reaped at once: a finished task keeps its
+        // allocation in the set until joined, so a job of a million items
+        // would otherwise hold memory for every item it ever ran, not only
+        // for the ones in flight.
+        while tasks.try_join_next().is_some() {}
         if ctx.stop.borrow().is_some() {
             break;
         }
