@@ -2445,6 +2445,7 @@ async fn workers_are_listed_with_liveness_and_items_in_flight() {
         pid,
         version: "9".into(),
         roles: vec![WorkerRole::Jobs],
+        max_services: None,
     };
     a.store
         .register_worker(&reg("live", 7), now, lease)
