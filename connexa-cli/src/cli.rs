@@ -195,6 +195,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
             if let Some(h) = &a.public_host {
                 ctx.config.workers.public_host = Some(h.clone());
             }
+            if !a.label.is_empty() {
+                ctx.config.workers.labels = a.label.clone();
+            }
             commands::run::exec(&ctx, a).await
         }
         Command::Workers(a) => commands::workers::exec(&ctx, a).await,

@@ -65,6 +65,7 @@
 //! lease_secs = 30.0            # a claimed item not extended this long is reclaimed by a live worker
 //! # max_services = 200         # most services placed on this worker (PostgreSQL; default: no limit)
 //! # public_host = "w1.example.net"  # host this worker's services are reached at (default: [services] public_host)
+//! # labels = ["eu"]            # placement labels: `service start --label eu` runs only on workers with it
 //!
 //! [geo]                        # `connexa test geo`: where each node's address really is
 //! # city_db = "/var/lib/connexa/GeoLite2-City.mmdb"  # MaxMind-format city database
@@ -143,6 +144,9 @@ pub struct WorkersConfig {
     /// each endpoint it starts); `None`: `[services] public_host`, else its
     /// `bind`.
     pub public_host: Option<String>,
+    /// This worker's placement labels: a service wanted with a label
+    /// (`connexa service start --label`) is placed only on workers that have it.
+    pub labels: Vec<String>,
 }
 
 impl Default for WorkersConfig {
@@ -152,6 +156,7 @@ impl Default for WorkersConfig {
             lease_secs: 30.0,
             max_services: None,
             public_host: None,
+            labels: Vec::new(),
         }
     }
 }

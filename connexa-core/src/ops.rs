@@ -801,6 +801,25 @@ pub async fn pin_services(
     Ok(ids)
 }
 
+/// Requires `label` of the workers the selected wanted services are placed on
+/// (`connexa service start --label`): on PostgreSQL they move to live
+/// services workers with that label. Returns the labelled node ids, in id order.
+pub async fn label_services(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+    label: String,
+) -> Result<Vec<NodeId>, StoreError> {
+    let mut ids: Vec<NodeId> = all_matching(store, filter)
+        .await?
+        .into_iter()
+        .filter(|n| n.service_wanted)
+        .map(|n| n.id)
+        .collect();
+    ids.sort_unstable();
+    store.label_services(&ids, Some(label)).await?;
+    Ok(ids)
+}
+
 /// Sets the desired service state (`service_wanted`) of the selected nodes and
 /// says what changed. A start only marks verified nodes (level 3); a stop
 /// clears every selected node. Nothing is started or stopped here: the engine's

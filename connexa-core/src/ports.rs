@@ -513,8 +513,9 @@ pub trait NodeStore: Send + Sync {
     /// `at` (heartbeat expired, or no row) or no longer has the services role
     /// is placed on a live services worker: its pinned worker when it has
     /// one (only there: with no live worker a pinned service waits for its
-    /// pinned one), else the live services worker with the fewest services placed and room
-    /// under its `max_services` (ties by name); none: it stays unplaced. A
+    /// pinned one), else the live services worker with the service's label,
+    /// if it has one, with the fewest services placed and room under its
+    /// `max_services` (ties by name); none: it stays unplaced. A
     /// pinned service placed elsewhere moves to its pinned worker once that
     /// one is alive. Placements of services no longer wanted are dropped (a
     /// pin stays). Returns the wanted services placed on `worker`, in id order,
@@ -533,6 +534,16 @@ pub trait NodeStore: Send + Sync {
         &self,
         nodes: &[NodeId],
         worker: Option<String>,
+    ) -> Result<u64, StoreError>;
+
+    /// Requires the label `label` (`None`: none) of the workers the services
+    /// of `nodes` are placed on (`connexa service start --label`), in one
+    /// transaction; a service placed on a worker without it moves on the
+    /// next placement. Returns how many placements changed.
+    async fn label_services(
+        &self,
+        nodes: &[NodeId],
+        label: Option<String>,
     ) -> Result<u64, StoreError>;
 
     /// Every recorded placement, by node id.
@@ -908,6 +919,9 @@ pub struct WorkerRegistration {
     /// Most services placed on it at once (`[workers] max_services`); `None`:
     /// no limit.
     pub max_services: Option<u64>,
+    /// Its placement labels (`[workers] labels`, `connexa run --label`): a
+    /// service wanted with a label is placed only on workers that have it.
+    pub labels: Vec<String>,
 }
 
 impl WorkerRegistration {
@@ -922,6 +936,7 @@ impl WorkerRegistration {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             roles,
             max_services: None,
+            labels: Vec::new(),
         }
     }
 }
@@ -966,6 +981,9 @@ pub struct WorkerView {
     /// Most services placed on it at once; `None`: no limit.
     #[serde(default)]
     pub max_services: Option<u64>,
+    /// Its placement labels.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// Where a wanted service is placed ([`NodeStore::service_placements`]).
@@ -979,6 +997,8 @@ pub struct ServicePlacement {
     pub worker: Option<String>,
     /// The worker it is pinned to (`connexa service start --on`), if any.
     pub pinned: Option<String>,
+    /// The label its worker must have (`connexa service start --label`), if any.
+    pub label: Option<String>,
     /// When it was placed on `worker`.
     pub placed_at: Option<DateTime<Utc>>,
 }

@@ -72,6 +72,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c.heartbeat_interval = Duration::from_secs_f64(config.workers.heartbeat_secs);
     c.lease = Duration::from_secs_f64(config.workers.lease_secs);
     c.max_services = config.workers.max_services;
+    c.labels = config.workers.labels.clone();
     c
 }
 

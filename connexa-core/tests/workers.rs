@@ -61,6 +61,7 @@ fn reg(name: &str, pid: u32) -> WorkerRegistration {
         version: "0".to_owned(),
         roles: vec![WorkerRole::Jobs],
         max_services: None,
+        labels: Vec::new(),
     }
 }
 
@@ -413,4 +414,34 @@ async fn services_are_placed_on_live_service_workers(db: TestDb) {
         vec![ids[2], ids[3], ids[4]]
     );
     assert_eq!(placed(s).await[0], (ids[0].0, None, Some("c".into())));
+    // A label: the service moves to a live worker with it, and is listed.
+    let d = WorkerRegistration {
+        labels: vec!["eu".into()],
+        ..services_worker("d", 5, None)
+    };
+    s.register_worker(&d, t2, LEASE).await.unwrap();
+    assert_eq!(
+        s.label_services(&[ids[2]], Some("eu".into()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.place_services("d", t2).await.unwrap().unwrap(),
+        vec![ids[2]]
+    );
+    let label = s
+        .service_placements()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.node == ids[2])
+        .and_then(|p| p.label);
+    assert_eq!(label.as_deref(), Some("eu"));
+    let listed = s.workers(t2).await.unwrap();
+    let d = listed.iter().find(|w| w.name == "d").unwrap();
+    assert_eq!(
+        (d.labels.clone(), d.services_held),
+        (vec!["eu".to_owned()], 1)
+    );
 }

@@ -376,7 +376,7 @@ async function loadWorkers() {
     return h("tr", { dataset: { name: w.name, alive: String(w.alive), servicesHeld: String(w.services_held || 0), itemsInFlight: String(w.items_in_flight) } },
       h("td", { class: "target", dataset: { label: "Name" } }, w.name),
       h("td", { class: "target", dataset: { label: "Host" } }, `${w.host} (pid ${w.pid})`),
-      h("td", { dataset: { label: "Roles" } }, w.roles.join(", ") || "—"),
+      h("td", { dataset: { label: "Roles" } }, w.roles.join(", ") || "—", (w.labels || []).length ? h("span", { class: "muted" }, ` · ${w.labels.join(", ")}`) : null),
       h("td", { dataset: { label: "State" } }, h("span", { class: `badge ${w.alive ? "st-ok" : "st-bad"}` }, w.alive ? "alive" : "dead")),
       h("td", { class: "num", dataset: { label: "Heartbeat" } }, h("time", { datetime: w.last_heartbeat, title: fmtTime(w.last_heartbeat) }, `${age.toFixed(1)} s ago`)),
       h("td", { class: "num", dataset: { label: "In flight" } }, nf.format(w.items_in_flight)),

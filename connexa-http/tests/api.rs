@@ -2446,6 +2446,7 @@ async fn workers_are_listed_with_liveness_and_items_in_flight() {
         version: "9".into(),
         roles: vec![WorkerRole::Jobs],
         max_services: None,
+        labels: Vec::new(),
     };
     a.store
         .register_worker(&reg("live", 7), now, lease)

@@ -70,10 +70,20 @@ pub struct RunArgs {
     /// public_host, else [services] bind).
     #[arg(long, value_name = "HOST")]
     pub public_host: Option<String>,
+    /// A placement label of this worker (repeatable; replaces [workers]
+    /// labels): services started with `--label L` run only on workers with L.
+    #[arg(long, value_name = "LABEL", value_parser = label)]
+    pub label: Vec<String>,
     /// After SIGTERM or Ctrl-C, seconds to let the items in flight finish before
     /// exiting anyway (unfinished items are resumed by the next run).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub grace: f64,
+}
+
+/// A placement label: 1 to 64 characters, no control character, no comma.
+pub(crate) fn label(s: &str) -> Result<String, String> {
+    worker_name(s)
+        .map_err(|_| "a label has 1 to 64 characters, no control character and no comma".into())
 }
 
 /// A worker name: 1 to 64 characters, no control character, no comma.

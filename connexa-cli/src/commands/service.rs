@@ -110,6 +110,10 @@ pub struct StartArgs {
     /// PostgreSQL they run there only (moving there once it is alive).
     #[arg(long, value_name = "WORKER")]
     pub on: Option<String>,
+    /// Run the services only on workers with this label (`connexa run
+    /// --label`; PostgreSQL).
+    #[arg(long, value_name = "LABEL", value_parser = crate::commands::run::label)]
+    pub label: Option<String>,
 }
 
 fn parse_kind(s: &str) -> Result<ServiceKind, String> {
@@ -129,7 +133,7 @@ pub struct ListArgs {
 /// Runs a `service` subcommand.
 pub async fn exec(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<Exit> {
     match c {
-        ServiceCommand::Start(a) => want(ctx, a.select, Some((a.kind, a.on))).await,
+        ServiceCommand::Start(a) => want(ctx, a.select, Some((a.kind, a.on, a.label))).await,
         ServiceCommand::Stop(a) => want(ctx, a, None).await,
         ServiceCommand::Restart(a) => restart(ctx, a).await,
         ServiceCommand::List(a) => list(ctx, a).await,
@@ -224,12 +228,12 @@ async fn restart(ctx: &Ctx, a: SelectArgs) -> anyhow::Result<Exit> {
 async fn want(
     ctx: &Ctx,
     a: SelectArgs,
-    start: Option<(ServiceKind, Option<String>)>,
+    start: Option<(ServiceKind, Option<String>, Option<String>)>,
 ) -> anyhow::Result<Exit> {
     let wanted = start.is_some();
-    let (kind, on) = match start {
-        Some((k, on)) => (Some(k), on),
-        None => (None, None),
+    let (kind, on, label) = match start {
+        Some((k, on, label)) => (Some(k), on, label),
+        None => (None, None, None),
     };
     if on
         .as_deref()
@@ -251,6 +255,10 @@ async fn want(
         Some(w) => Some(ops::pin_services(store.as_ref(), &filter, w).await?),
         None => None,
     };
+    let labelled = match label.clone() {
+        Some(l) => Some(ops::label_services(store.as_ref(), &filter, l).await?),
+        None => None,
+    };
     // Ids given that match no node.
     let missing = missing_ids(store.as_ref(), &a.ids, &filter).await?;
     if ctx.out.format == OutputFormat::Json {
@@ -267,6 +275,10 @@ async fn want(
         if let (Some(w), Some(p)) = (&on, &pinned) {
             v["on"] = serde_json::json!(w);
             v["pinned"] = serde_json::json!(p);
+        }
+        if let (Some(l), Some(ids)) = (&label, &labelled) {
+            v["label"] = serde_json::json!(l);
+            v["labelled"] = serde_json::json!(ids);
         }
         ctx.out.json(&v)?;
     } else {
@@ -291,6 +303,13 @@ async fn want(
                 "pinned to worker {w}: {} services ({})",
                 p.len(),
                 id_list(p)
+            ))?;
+        }
+        if let (Some(l), Some(ids)) = (&label, labelled.as_ref().filter(|p| !p.is_empty())) {
+            ctx.out.line(format_args!(
+                "placed only on workers labelled {l}: {} services ({})",
+                ids.len(),
+                id_list(ids)
             ))?;
         }
         if change.not_verified > 0 {

@@ -142,6 +142,10 @@ pub struct EngineConfig {
     /// max_services`); `None` (the default): no limit. Only with placement
     /// (a registered worker on PostgreSQL, see [`NodeStore::place_services`]).
     pub max_services: Option<u64>,
+    /// This worker's placement labels (`[workers] labels`, `connexa run
+    /// --label`): a service wanted with a label is placed only on workers
+    /// that have it. Default none.
+    pub labels: Vec<String>,
     /// The file of running proxies (`[services] proxies_file`): after each
     /// reconciler pass that changed the set of services running in this
     /// process, one `host:port:user:pass` line per service, in node id order,
@@ -174,6 +178,7 @@ impl Default for EngineConfig {
             lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             max_services: None,
+            labels: Vec::new(),
             proxies_file: None,
         }
     }
@@ -585,6 +590,7 @@ impl Engine {
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                     roles: config.roles.clone(),
                     max_services: config.max_services,
+                    labels: config.labels.clone(),
                 },
                 placed: Mutex::new(None),
                 config,

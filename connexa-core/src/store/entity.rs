@@ -303,6 +303,8 @@ pub mod workers {
         pub expires_at: i64,
         /// Most services placed on it (migration m0011); `None`: no limit.
         pub max_services: Option<i64>,
+        /// Comma-separated placement labels (migration m0011).
+        pub labels: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -324,6 +326,7 @@ pub mod service_placements {
         pub node_id: i64,
         pub worker: Option<String>,
         pub pinned: Option<String>,
+        pub label: Option<String>,
         pub placed_at: Option<i64>,
     }
 

@@ -880,8 +880,8 @@ impl MigrationTrait for M0010ServiceKind {
 }
 
 /// Service placement: `service_placements` (per wanted service, the worker
-/// that runs it and an optional pin) and each worker's capacity
-/// (`workers.max_services`).
+/// that runs it, an optional pin and an optional label) and each worker's
+/// capacity and labels (`workers.max_services`, `workers.labels`).
 struct M0011ServicePlacement;
 
 impl MigrationName for M0011ServicePlacement {
@@ -896,6 +896,7 @@ enum ServicePlacements {
     NodeId,
     Worker,
     Pinned,
+    Label,
     PlacedAt,
 }
 
@@ -909,6 +910,7 @@ impl MigrationTrait for M0011ServicePlacement {
                 .col(big_integer(ServicePlacements::NodeId).primary_key())
                 .col(string_null(ServicePlacements::Worker))
                 .col(string_null(ServicePlacements::Pinned))
+                .col(string_null(ServicePlacements::Label))
                 .col(big_integer_null(ServicePlacements::PlacedAt))
                 .to_owned(),
         )
@@ -919,10 +921,24 @@ impl MigrationTrait for M0011ServicePlacement {
                 .add_column(big_integer_null(Alias::new("max_services")))
                 .to_owned(),
         )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Workers::Table)
+                .add_column(text_null(Alias::new("labels")))
+                .to_owned(),
+        )
         .await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Workers::Table)
+                .drop_column(Alias::new("labels"))
+                .to_owned(),
+        )
+        .await?;
         m.alter_table(
             Table::alter()
                 .table(Workers::Table)

@@ -1266,6 +1266,16 @@ impl NodeStore for SqlStore {
         w.finish(r).await
     }
 
+    async fn label_services(
+        &self,
+        nodes: &[NodeId],
+        label: Option<String>,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = placement::label(&w.txn, nodes, label).await;
+        w.finish(r).await
+    }
+
     async fn service_placements(&self) -> Result<Vec<ServicePlacement>, StoreError> {
         placement::list(&self.db).await
     }

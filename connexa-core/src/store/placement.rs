@@ -20,11 +20,18 @@ use crate::ports::{ServicePlacement, StoreError, WorkerRole};
 /// ("cxplace" in ASCII).
 const PLACEMENT_LOCK: i64 = 0x63_78_70_6c_61_63_65;
 
-/// Live services workers at `at`: name -> capacity (`None`: no limit).
+/// A live services worker: its capacity (`None`: no limit) and labels.
+#[derive(Debug, Clone, Default)]
+struct Live {
+    cap: Option<u64>,
+    labels: HashSet<String>,
+}
+
+/// Live services workers at `at`, by name.
 async fn live_service_workers<C: ConnectionTrait>(
     conn: &C,
     at: DateTime<Utc>,
-) -> Result<BTreeMap<String, Option<u64>>, StoreError> {
+) -> Result<BTreeMap<String, Live>, StoreError> {
     let rows = workers::Entity::find()
         .filter(workers::Column::ExpiresAt.gt(ms(at)))
         .all(conn)
@@ -38,10 +45,18 @@ async fn live_service_workers<C: ConnectionTrait>(
                 .any(|r| r == WorkerRole::Services.as_str())
         })
         .map(|w| {
-            (
-                w.name,
-                w.max_services.map(|n| u64::try_from(n).unwrap_or(0)),
-            )
+            let live = Live {
+                cap: w.max_services.map(|n| u64::try_from(n).unwrap_or(0)),
+                labels: w
+                    .labels
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            (w.name, live)
         })
         .collect())
 }
@@ -67,51 +82,58 @@ async fn wanted<C: ConnectionTrait>(conn: &C) -> Result<Vec<i64>, StoreError> {
 fn plan(
     wanted: &[i64],
     rows: &HashMap<i64, sp::Model>,
-    live: &BTreeMap<String, Option<u64>>,
+    live: &BTreeMap<String, Live>,
 ) -> Vec<(i64, Option<String>)> {
     let mut load: BTreeMap<&str, u64> = live.keys().map(|w| (w.as_str(), 0)).collect();
     for id in wanted {
-        if let Some(w) = rows.get(id).and_then(|r| r.worker.as_deref()) {
-            if let Some(n) = load.get_mut(w) {
-                *n += 1;
-            }
+        if let Some(n) = rows
+            .get(id)
+            .and_then(|r| r.worker.as_deref())
+            .and_then(|w| load.get_mut(w))
+        {
+            *n += 1;
         }
     }
     let room = |load: &BTreeMap<&str, u64>, w: &str| {
+        live.get(w).is_some_and(|l| {
+            l.cap
+                .is_none_or(|cap| load.get(w).copied().unwrap_or(0) < cap)
+        })
+    };
+    // A worker fit for a service with `label`: alive, with that label.
+    let fits = |w: &str, label: Option<&str>| {
         live.get(w)
-            .is_some_and(|cap| cap.is_none_or(|cap| load.get(w).copied().unwrap_or(0) < cap))
+            .is_some_and(|l| label.is_none_or(|x| l.labels.contains(x)))
     };
     let mut changes = Vec::new();
     for id in wanted {
         let row = rows.get(id);
         let current = row.and_then(|r| r.worker.clone());
         let pinned = row.and_then(|r| r.pinned.clone());
+        let label = row.and_then(|r| r.label.as_deref());
         let current_live = current.as_deref().is_some_and(|w| live.contains_key(w));
+        let current_fits = current.as_deref().is_some_and(|w| fits(w, label));
         let target: Option<String> = match &pinned {
             // Pinned: only there, and only while it is alive (else it waits).
             Some(p) if current.as_deref() == Some(p.as_str()) && current_live => continue,
             Some(p) if room(&load, p) => Some(p.clone()),
             Some(_) if current_live => continue,
             Some(_) => None,
-            None if current_live => continue,
+            None if current_fits => continue,
             None => load
                 .iter()
-                .filter(|(w, _)| room(&load, w))
+                .filter(|(w, _)| room(&load, w) && fits(w, label))
                 .min_by_key(|(w, n)| (**n, **w))
                 .map(|(w, _)| (*w).to_owned()),
         };
         if target == current {
             continue;
         }
-        if let Some(w) = current.as_deref() {
-            if let Some(n) = load.get_mut(w) {
-                *n = n.saturating_sub(1);
-            }
+        if let Some(n) = current.as_deref().and_then(|w| load.get_mut(w)) {
+            *n = n.saturating_sub(1);
         }
-        if let Some(w) = target.as_deref() {
-            if let Some(n) = load.get_mut(w) {
-                *n += 1;
-            }
+        if let Some(n) = target.as_deref().and_then(|w| load.get_mut(w)) {
+            *n += 1;
         }
         changes.push((*id, target));
     }
@@ -184,6 +206,7 @@ pub(crate) async fn place<C: ConnectionTrait>(
             node_id: Set(*id),
             worker: Set(target.clone()),
             pinned: Set(rows.get(id).and_then(|r| r.pinned.clone())),
+            label: Set(rows.get(id).and_then(|r| r.label.clone())),
             placed_at: Set(placed_at),
         })
         .on_conflict(
@@ -234,11 +257,46 @@ pub(crate) async fn pin<C: ConnectionTrait>(
             node_id: Set(id.0),
             worker: Set(old.as_ref().and_then(|r| r.worker.clone())),
             pinned: Set(worker.clone()),
+            label: Set(old.as_ref().and_then(|r| r.label.clone())),
             placed_at: Set(old.as_ref().and_then(|r| r.placed_at)),
         })
         .on_conflict(
             OnConflict::column(sp::Column::NodeId)
                 .update_column(sp::Column::Pinned)
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await
+        .map_err(db_err)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+pub(crate) async fn label<C: ConnectionTrait>(
+    conn: &C,
+    nodes: &[NodeId],
+    label: Option<String>,
+) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for id in nodes {
+        let old = sp::Entity::find_by_id(id.0)
+            .one(conn)
+            .await
+            .map_err(db_err)?;
+        if old.as_ref().and_then(|r| r.label.as_ref()) == label.as_ref() {
+            continue;
+        }
+        sp::Entity::insert(sp::ActiveModel {
+            node_id: Set(id.0),
+            worker: Set(old.as_ref().and_then(|r| r.worker.clone())),
+            pinned: Set(old.as_ref().and_then(|r| r.pinned.clone())),
+            label: Set(label.clone()),
+            placed_at: Set(old.as_ref().and_then(|r| r.placed_at)),
+        })
+        .on_conflict(
+            OnConflict::column(sp::Column::NodeId)
+                .update_column(sp::Column::Label)
                 .to_owned(),
         )
         .exec_without_returning(conn)
@@ -262,6 +320,7 @@ pub(crate) async fn list<C: ConnectionTrait>(
             node: NodeId(r.node_id),
             worker: r.worker,
             pinned: r.pinned,
+            label: r.label,
             placed_at: r.placed_at.map(from_ms),
         })
         .collect())
@@ -290,13 +349,39 @@ mod tests {
                 node_id: id,
                 worker: worker.map(str::to_owned),
                 pinned: pinned.map(str::to_owned),
+                label: None,
                 placed_at: None,
             },
         )
     }
 
-    fn live(ws: &[(&str, Option<u64>)]) -> BTreeMap<String, Option<u64>> {
-        ws.iter().map(|(w, c)| ((*w).to_owned(), *c)).collect()
+    fn live(ws: &[(&str, Option<u64>)]) -> BTreeMap<String, Live> {
+        ws.iter()
+            .map(|(w, c)| {
+                let labels = if *w == "b" {
+                    ["eu".to_owned()].into()
+                } else {
+                    HashSet::new()
+                };
+                ((*w).to_owned(), Live { cap: *c, labels })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_service_with_a_label_goes_to_a_worker_with_that_label() {
+        let mut rows: HashMap<i64, sp::Model> = [row(1, Some("a"), None), row(2, None, None)]
+            .into_iter()
+            .collect();
+        for r in rows.values_mut() {
+            r.label = Some("eu".into());
+        }
+        // Only b has "eu": 1 moves from a to b, 2 goes to b although a is emptier.
+        let changes = plan(&[1, 2], &rows, &live(&[("a", None), ("b", None)]));
+        assert_eq!(changes, vec![(1, Some("b".into())), (2, Some("b".into()))]);
+        // No live worker with the label: unplaced.
+        let changes = plan(&[1, 2], &rows, &live(&[("a", None)]));
+        assert_eq!(changes, vec![(1, None)]);
     }
 
     #[test]
