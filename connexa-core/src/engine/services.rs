@@ -122,6 +122,12 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             .load(std::sync::atomic::Ordering::Relaxed)
             && inner.config.roles.contains(&WorkerRole::Services)
         {
+            // Alive first: a worker resumed after a pause past its lease
+            // must not place its services away from itself (to nobody, when
+            // it is the only services worker) for want of a heartbeat.
+            store
+                .heartbeat(&inner.registration, chrono::Utc::now(), inner.config.lease)
+                .await?;
             store
                 .place_services(me, chrono::Utc::now())
                 .await?
