@@ -190,7 +190,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Test(a) => commands::test::exec(&ctx, a).await,
         Command::Jobs(c) => commands::jobs::exec(&ctx, c).await,
         Command::Service(c) => commands::service::exec(&ctx, c).await,
-        Command::Run(a) => commands::run::exec(&ctx, a).await,
+        Command::Run(a) => {
+            let mut ctx = ctx;
+            if let Some(h) = &a.public_host {
+                ctx.config.workers.public_host = Some(h.clone());
+            }
+            if !a.label.is_empty() {
+                ctx.config.workers.labels = a.label.clone();
+            }
+            commands::run::exec(&ctx, a).await
+        }
         Command::Workers(a) => commands::workers::exec(&ctx, a).await,
         Command::Demo(a) => commands::demo::exec(&ctx, a).await,
         Command::Sim(a) => commands::sim::exec(&ctx, a).await,

@@ -2217,8 +2217,8 @@ async fn service_start_stop_set_the_desired_state_and_list_shows_running_ones() 
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "node,node_ip,status,host,port,username,password,wanted,connections,connections_total,bytes_up,bytes_down,started_at,last_error,restart_pending,kind,interface\n\
-         3,127.0.0.7,online,127.0.0.1,20007,u3,sockspw,true,,,,,,,false,socks,\n"
+        "node,node_ip,status,host,port,username,password,wanted,connections,connections_total,bytes_up,bytes_down,started_at,last_error,restart_pending,kind,interface,worker\n\
+         3,127.0.0.7,online,127.0.0.1,20007,u3,sockspw,true,,,,,,,false,socks,,\n"
     );
 
     // Restart: recorded for the running service; node 1 (wanted, not started)

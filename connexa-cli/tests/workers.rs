@@ -2,7 +2,11 @@
 //! queue: a worker SIGKILLed mid-job has its items reclaimed by the live
 //! ones, a worker paused past its lease has its late results refused, and
 //! every item ends exactly once (one applied event, one history row, per
-//! node). Needs `CONNEXA_TEST_PG_URL` and `psql` (tests/run.sh provides both).
+//! node). Services wanted on a simulated fleet are placed across two
+//! `connexa run --services` workers; one SIGKILLed or paused, its services
+//! come back on the other with the same credentials, never on both. Needs
+//! `CONNEXA_TEST_PG_URL`, `psql` and `curl` (tests/run.sh provides them), and
+//! CAP_NET_RAW (root) for the simulator's tunnels.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -101,11 +105,15 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
+        Env::with_config("")
+    }
+
+    /// Short leases (so that the test sees a reclaim quickly), then `extra`.
+    fn with_config(extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        // Short leases so that the test sees a reclaim quickly.
         std::fs::write(
             dir.path().join("config.toml"),
-            "[workers]\nheartbeat_secs = 0.5\nlease_secs = 2.0\n",
+            format!("{extra}\n[workers]\nheartbeat_secs = 0.5\nlease_secs = 2.0\n"),
         )
         .unwrap();
         Env { dir, pg: Pg::new() }
@@ -134,9 +142,16 @@ impl Env {
     }
 
     fn worker(&self, name: &str) -> Worker {
+        self.spawn(name, &["--jobs"])
+    }
+
+    /// A `connexa run --worker NAME` with `args`.
+    fn spawn(&self, name: &str, args: &[&str]) -> Worker {
         let stderr = self.dir.path().join(format!("{name}.log"));
+        let mut all = vec!["run", "--worker", name];
+        all.extend_from_slice(args);
         let child = self
-            .cmd(&["run", "--worker", name, "--jobs"])
+            .cmd(&all)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -361,4 +376,338 @@ fn postgres_a_worker_paused_past_its_lease_has_its_late_results_refused() {
     env.each_item_applied_once(job, nodes);
     let status = signal_and_wait(&mut w2.child, "-TERM");
     assert!(status.success(), "{}", log(&w2.stderr));
+}
+
+/// Speed tests a simulated tunnel passes quickly, and a fast reconciler.
+const SERVICES_CONFIG: &str = "[test]\ntest_url = \"http://10.78.0.1/bytes?100000000\"\n\
+    speed_duration_secs = 1.0\nspeed_warmup_secs = 0.2\nspeed_streams = 1\n\
+    speed_threshold_mbps = 1.0\n\
+    [services]\nport_min = 34300\nport_max = 34399\n\
+    reconcile_interval_secs = 0.5\nmonitor_interval_secs = 0.5\n";
+
+/// The TCP ports `pid` listens on: its socket inodes looked up in /proc/net/tcp.
+fn listening_ports(pid: u32) -> std::collections::HashSet<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            let Ok(target) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            if let Some(i) = target
+                .to_str()
+                .and_then(|s| s.strip_prefix("socket:["))
+                .and_then(|s| s.strip_suffix(']'))
+            {
+                inodes.insert(i.to_owned());
+            }
+        }
+    }
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            // sl local rem st ... inode (field 9); st 0A = LISTEN
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(3) != Some(&"0A") || !inodes.contains(*f.get(9)?) {
+                return None;
+            }
+            u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+/// `service list` (JSON) once `ok` holds for it (at most 90 s). Every poll
+/// also checks that no service's port is listened on by both workers.
+fn services_when(env: &Env, pids: &[u32], what: &str, ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let t0 = Instant::now();
+    loop {
+        let list = env.json(&["service", "list"]).as_array().unwrap().clone();
+        let ports: Vec<std::collections::HashSet<u16>> =
+            pids.iter().map(|p| listening_ports(*p)).collect();
+        for s in &list {
+            let port = u16::try_from(s["port"].as_u64().unwrap()).unwrap();
+            let n = ports.iter().filter(|p| p.contains(&port)).count();
+            assert!(
+                n <= 1,
+                "node {}: port {port} served by {n} workers",
+                s["node"]
+            );
+        }
+        if ok(&list) {
+            return list;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{what}: not after 90 s: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A SOCKS5 connect through the service (curl), pulling `bytes` from the
+/// simulated node's web server.
+fn curl_through(s: &Value, bytes: u64) {
+    let out = StdCommand::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+        ])
+        .arg("--socks5-hostname")
+        .arg(format!(
+            "{}:{}@{}:{}",
+            s["username"].as_str().unwrap(),
+            s["password"].as_str().unwrap(),
+            s["host"].as_str().unwrap(),
+            s["port"]
+        ))
+        .arg(format!("http://10.78.0.1/bytes?{bytes}"))
+        .output()
+        .expect("curl must be installed");
+    assert!(
+        out.status.success(),
+        "node {}: {}",
+        s["node"],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), bytes.to_string());
+}
+
+fn public_host(worker: &str) -> &'static str {
+    if worker == "w1" {
+        "127.0.0.1"
+    } else {
+        "localhost"
+    }
+}
+
+/// 20 simulated nodes verified (`test pipeline`), two services workers (w1,
+/// w2), every service wanted: both hold some, each on its worker's public
+/// host and port, served there only, and a SOCKS5 connect through each
+/// works. Returns the services and the history mark after the pipeline.
+fn twenty_services_on_two_workers(
+    env: &Env,
+    block: u8,
+) -> (common::Sim, Worker, Worker, Vec<Value>, i64) {
+    let list = env.dir.path().join("fleet.txt");
+    let (sim, _, _) = start_sim(&["-q"], &["--nodes", "20", "--tunnels"], block, &list);
+    let out = env
+        .cmd(&["-q", "import", list.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .cmd(&["-q", "test", "pipeline", "--all", "--timeout", "60"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        env.pg
+            .num("SELECT count(*) FROM nodes WHERE status = 'speed_ok'"),
+        20
+    );
+    let mark = env
+        .pg
+        .num("SELECT coalesce(max(id), 0) FROM status_history");
+    let w1 = env.spawn("w1", &["--services", "--public-host", public_host("w1")]);
+    let w2 = env.spawn("w2", &["--services", "--public-host", public_host("w2")]);
+    env.until(
+        "both services workers alive",
+        Duration::from_secs(30),
+        || {
+            let list = workers(env);
+            list.len() == 2 && list.iter().all(|w| w["alive"] == true)
+        },
+    );
+    let v = env.json(&["service", "start", "--all"]);
+    assert_eq!(v["changed"].as_array().unwrap().len(), 20, "{v}");
+    let pids = [w1.child.id(), w2.child.id()];
+    let services = services_when(env, &pids, "20 services up", |l| {
+        l.len() == 20
+            && l.iter().all(|s| {
+                s["status"] == "online"
+                    && s["worker"]
+                        .as_str()
+                        .is_some_and(|w| s["host"] == public_host(w))
+            })
+    });
+    let on = |w: &str| services.iter().filter(|s| s["worker"] == w).count();
+    assert!(on("w1") > 0 && on("w2") > 0, "both hold some: {services:?}");
+    assert_eq!(on("w1") + on("w2"), 20);
+    // The store's placement is what `service list` shows, and each
+    // service's port is listened on by its worker only.
+    let placed = env
+        .pg
+        .query("SELECT node_id || ':' || worker FROM service_placements ORDER BY node_id");
+    let shown: Vec<String> = services
+        .iter()
+        .map(|s| format!("{}:{}", s["node"], s["worker"].as_str().unwrap()))
+        .collect();
+    assert_eq!(placed.lines().collect::<Vec<_>>(), shown);
+    let (p1, p2) = (listening_ports(pids[0]), listening_ports(pids[1]));
+    for s in &services {
+        let port = u16::try_from(s["port"].as_u64().unwrap()).unwrap();
+        let (mine, other) = if s["worker"] == "w1" {
+            (&p1, &p2)
+        } else {
+            (&p2, &p1)
+        };
+        assert!(mine.contains(&port) && !other.contains(&port), "{s}");
+        curl_through(s, 1000);
+    }
+    let held: Vec<(String, u64)> = workers(env)
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap().to_owned(),
+                w["services_held"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        held,
+        vec![
+            ("w1".to_owned(), on("w1") as u64),
+            ("w2".to_owned(), on("w2") as u64)
+        ]
+    );
+    (sim, w1, w2, services, mark)
+}
+
+/// Every service now on w2 with the credentials it had, a SOCKS5 connect
+/// through each works, and no node was demoted along the way.
+fn all_on_w2_with_the_same_credentials(env: &Env, before: &[Value], now: &[Value], mark: i64) {
+    for (a, b) in before.iter().zip(now) {
+        assert_eq!(a["node"], b["node"]);
+        assert_eq!(b["worker"], "w2", "{b}");
+        assert_eq!(b["host"], "localhost", "{b}");
+        for k in ["username", "password"] {
+            assert_eq!(a[k], b[k], "node {}: {k} kept", a["node"]);
+        }
+        curl_through(b, 1000);
+    }
+    assert_eq!(
+        env.pg.num(&format!(
+            "SELECT count(*) FROM status_history WHERE id > {mark} \
+             AND to_status IS NOT NULL AND to_status NOT IN ('speed_ok', 'online', 'offline')"
+        )),
+        0,
+        "no verified node demoted"
+    );
+    assert_eq!(
+        env.pg.num(
+            "SELECT count(*) FROM nodes WHERE status NOT IN ('speed_ok', 'online', 'offline')"
+        ),
+        0
+    );
+}
+
+#[test]
+fn postgres_services_placed_on_two_workers_move_to_the_live_one_when_one_is_killed() {
+    let env = Env::with_config(SERVICES_CONFIG);
+    let (_sim, mut w1, mut w2, before, mark) = twenty_services_on_two_workers(&env, 63);
+    w1.child.kill().unwrap();
+    w1.child.wait().unwrap();
+    let pids = [w2.child.id()];
+    let after = services_when(&env, &pids, "w1's services back on w2", |l| {
+        l.len() == 20
+            && l.iter()
+                .all(|s| s["worker"] == "w2" && s["host"] == "localhost" && s["status"] == "online")
+    });
+    let served = listening_ports(pids[0]);
+    for s in &after {
+        assert!(served.contains(&u16::try_from(s["port"].as_u64().unwrap()).unwrap()));
+    }
+    all_on_w2_with_the_same_credentials(&env, &before, &after, mark);
+    let list = workers(&env);
+    assert_eq!(by_name(&list, "w1")["alive"], false);
+    assert_eq!(by_name(&list, "w1")["services_held"], 0);
+    assert_eq!(by_name(&list, "w2")["services_held"], 20);
+    // The human views name the worker and what it holds.
+    let out = env.cmd(&["service", "list"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("WORKER") && table.contains(" w2 "),
+        "{table}"
+    );
+    let line = format!(
+        "localhost:{}:{}:{}",
+        after[0]["port"],
+        after[0]["username"].as_str().unwrap(),
+        after[0]["password"].as_str().unwrap()
+    );
+    assert!(table.contains(&line), "{table}");
+    let out = env.cmd(&["workers"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("SERVICES"), "{table}");
+    let status = signal_and_wait(&mut w2.child, "-TERM");
+    assert!(status.success(), "{}", log(&w2.stderr));
+}
+
+#[test]
+fn postgres_a_services_worker_paused_past_its_lease_stops_its_copies_when_it_resumes() {
+    let env = Env::with_config(SERVICES_CONFIG);
+    let (_sim, mut w1, mut w2, before, mark) = twenty_services_on_two_workers(&env, 64);
+    let sig = |s: &str, child: &Child| {
+        let ok = StdCommand::new("kill")
+            .args([s, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let w1_ports: std::collections::HashSet<u16> = before
+        .iter()
+        .filter(|s| s["worker"] == "w1")
+        .map(|s| u16::try_from(s["port"].as_u64().unwrap()).unwrap())
+        .collect();
+    sig("-STOP", &w1.child);
+    // Paused past its lease: w2 takes its services (w1's listeners still
+    // exist but nobody answers on them; w2 takes other ports).
+    let after = services_when(&env, &[w2.child.id()], "w1's services on w2", |l| {
+        l.len() == 20
+            && l.iter()
+                .all(|s| s["worker"] == "w2" && s["host"] == "localhost" && s["status"] == "online")
+    });
+    // Resumed: its first reconciler pass stops its copies before anything
+    // else (the placement says w2), and it never takes them back.
+    sig("-CONT", &w1.child);
+    env.until("w1 stopped its copies", Duration::from_secs(30), || {
+        listening_ports(w1.child.id()).is_disjoint(&w1_ports)
+    });
+    let now = services_when(&env, &[w1.child.id(), w2.child.id()], "still on w2", |l| {
+        l.len() == 20 && l.iter().all(|s| s["worker"] == "w2")
+    });
+    let key = |l: &[Value]| -> Vec<String> {
+        l.iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}:{} {}",
+                    s["node"], s["worker"], s["host"], s["port"], s["username"]
+                )
+            })
+            .collect()
+    };
+    assert_eq!(key(&now), key(&after), "nothing moved back");
+    assert!(
+        log(&w1.stderr).contains("service placed on another worker: stopped here"),
+        "{}",
+        log(&w1.stderr)
+    );
+    all_on_w2_with_the_same_credentials(&env, &before, &now, mark);
+    for w in [&mut w1, &mut w2] {
+        let status = signal_and_wait(&mut w.child, "-TERM");
+        assert!(status.success(), "{}", log(&w.stderr));
+    }
 }

@@ -63,6 +63,9 @@
 //! [workers]                    # many `connexa run` processes on one PostgreSQL
 //! heartbeat_secs = 5.0         # each worker's heartbeat: alive, and its items' leases extended
 //! lease_secs = 30.0            # a claimed item not extended this long is reclaimed by a live worker
+//! # max_services = 200         # most services placed on this worker (PostgreSQL; default: no limit)
+//! # public_host = "w1.example.net"  # host this worker's services are reached at (default: [services] public_host)
+//! # labels = ["eu"]            # placement labels: `service start --label eu` runs only on workers with it
 //!
 //! [geo]                        # `connexa test geo`: where each node's address really is
 //! # city_db = "/var/lib/connexa/GeoLite2-City.mmdb"  # MaxMind-format city database
@@ -134,6 +137,16 @@ pub struct WorkersConfig {
     /// Seconds a claimed item stays held without a heartbeat; at least twice
     /// `heartbeat_secs`.
     pub lease_secs: f64,
+    /// Most services placed on this worker at once (PostgreSQL placement);
+    /// `None`: no limit.
+    pub max_services: Option<u64>,
+    /// The host SOCKS5 clients reach this worker's services at (stored in
+    /// each endpoint it starts); `None`: `[services] public_host`, else its
+    /// `bind`.
+    pub public_host: Option<String>,
+    /// This worker's placement labels: a service wanted with a label
+    /// (`connexa service start --label`) is placed only on workers that have it.
+    pub labels: Vec<String>,
 }
 
 impl Default for WorkersConfig {
@@ -141,6 +154,9 @@ impl Default for WorkersConfig {
         WorkersConfig {
             heartbeat_secs: 5.0,
             lease_secs: 30.0,
+            max_services: None,
+            public_host: None,
+            labels: Vec::new(),
         }
     }
 }

@@ -465,6 +465,10 @@ pub struct ServiceView {
     /// none was recorded yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<ServiceCounters>,
+    /// The worker it is placed on (PostgreSQL placement; absent on SQLite
+    /// and where not looked up): `host` and `port` are that worker's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// A node, as shown and printed as JSON.
@@ -575,6 +579,7 @@ impl NodeView {
                 username: s.username.clone(),
                 password: secret(&s.password),
                 counters: None,
+                worker: None,
             }),
             service_wanted: node.service_wanted,
             service_kind: node.service_kind,
@@ -776,6 +781,45 @@ pub struct ServiceChange {
     pub not_verified: u64,
 }
 
+/// Pins the services of the selected nodes whose service is wanted to
+/// `worker` (`connexa service start --on`): on PostgreSQL, placement puts
+/// them on that worker only (moving them there once it is alive, waiting
+/// while it is down). Returns the pinned node ids, in id order.
+pub async fn pin_services(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+    worker: String,
+) -> Result<Vec<NodeId>, StoreError> {
+    let mut ids: Vec<NodeId> = all_matching(store, filter)
+        .await?
+        .into_iter()
+        .filter(|n| n.service_wanted)
+        .map(|n| n.id)
+        .collect();
+    ids.sort_unstable();
+    store.pin_services(&ids, Some(worker)).await?;
+    Ok(ids)
+}
+
+/// Requires `label` of the workers the selected wanted services are placed on
+/// (`connexa service start --label`): on PostgreSQL they move to live
+/// services workers with that label. Returns the labelled node ids, in id order.
+pub async fn label_services(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+    label: String,
+) -> Result<Vec<NodeId>, StoreError> {
+    let mut ids: Vec<NodeId> = all_matching(store, filter)
+        .await?
+        .into_iter()
+        .filter(|n| n.service_wanted)
+        .map(|n| n.id)
+        .collect();
+    ids.sort_unstable();
+    store.label_services(&ids, Some(label)).await?;
+    Ok(ids)
+}
+
 /// Sets the desired service state (`service_wanted`) of the selected nodes and
 /// says what changed. A start only marks verified nodes (level 3); a stop
 /// clears every selected node. Nothing is started or stopped here: the engine's
@@ -904,6 +948,12 @@ pub struct RunningService {
     pub counters: Option<ServiceCounters>,
     /// A restart asked for and not carried out yet (`connexa service restart`).
     pub restart_pending: bool,
+    /// The worker it is placed on (PostgreSQL placement; `null` on SQLite,
+    /// where the one process that reconciles runs every service): `host` and
+    /// `port` are that worker's.
+    pub worker: Option<String>,
+    /// The worker it is pinned to (`connexa service start --on`), if any.
+    pub pinned: Option<String>,
 }
 
 /// The services recorded as running (nodes `online` or `offline` with an
@@ -919,12 +969,26 @@ pub async fn running_services(
     let nodes = all_matching(store, &f).await?;
     let ids: Vec<NodeId> = nodes.iter().map(|n| n.id).collect();
     let mut runtime = runtime_of(store, &ids).await?;
+    let mut placed: std::collections::HashMap<NodeId, crate::ports::ServicePlacement> =
+        if ids.is_empty() {
+            Default::default()
+        } else {
+            store
+                .service_placements()
+                .await?
+                .into_iter()
+                .map(|p| (p.node, p))
+                .collect()
+        };
     Ok(nodes
         .into_iter()
         .filter_map(|n| {
             let s = n.service.as_ref()?;
             let rt = runtime.remove(&n.id);
+            let place = placed.remove(&n.id);
             Some(RunningService {
+                worker: place.as_ref().and_then(|p| p.worker.clone()),
+                pinned: place.and_then(|p| p.pinned),
                 node: n.id,
                 node_ip: n.ip.to_string(),
                 status: n.status,
@@ -984,9 +1048,20 @@ pub async fn with_service_counters(
         .map(|v| v.id)
         .collect();
     let mut counters = service_counters(store, &ids).await?;
+    let mut placed: std::collections::HashMap<NodeId, String> = if ids.is_empty() {
+        Default::default()
+    } else {
+        store
+            .service_placements()
+            .await?
+            .into_iter()
+            .filter_map(|p| Some((p.node, p.worker?)))
+            .collect()
+    };
     for v in views.iter_mut() {
         if let Some(s) = v.service.as_mut() {
             s.counters = counters.remove(&v.id);
+            s.worker = placed.remove(&v.id);
         }
     }
     Ok(())

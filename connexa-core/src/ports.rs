@@ -511,6 +511,48 @@ pub trait NodeStore: Send + Sync {
     /// Every registered worker, by name, as seen at `at`.
     async fn workers(&self, at: DateTime<Utc>) -> Result<Vec<WorkerView>, StoreError>;
 
+    /// Service placement, in one transaction (serialised between processes:
+    /// a PostgreSQL transaction-level advisory lock): every wanted service
+    /// (`service_wanted`, verified status) whose worker is unset, dead at
+    /// `at` (heartbeat expired, or no row) or no longer has the services role
+    /// is placed on a live services worker: its pinned worker when it has
+    /// one (only there: with no live worker a pinned service waits for its
+    /// pinned one), else the live services worker with the service's label,
+    /// if it has one, with the fewest services placed and room under its
+    /// `max_services` (ties by name); none: it stays unplaced. A
+    /// pinned service placed elsewhere moves to its pinned worker once that
+    /// one is alive. Placements of services no longer wanted are dropped (a
+    /// pin stays). Returns the wanted services placed on `worker`, in id order,
+    /// or `None` on SQLite: one host, every wanted service runs in the process
+    /// that reconciles (as before placement existed).
+    async fn place_services(
+        &self,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Vec<NodeId>>, StoreError>;
+
+    /// Pins the services of `nodes` to `worker` (`None`: unpins them), in one
+    /// transaction; a service placed on another worker moves on the next
+    /// placement. Returns how many placements changed.
+    async fn pin_services(
+        &self,
+        nodes: &[NodeId],
+        worker: Option<String>,
+    ) -> Result<u64, StoreError>;
+
+    /// Requires the label `label` (`None`: none) of the workers the services
+    /// of `nodes` are placed on (`connexa service start --label`), in one
+    /// transaction; a service placed on a worker without it moves on the
+    /// next placement. Returns how many placements changed.
+    async fn label_services(
+        &self,
+        nodes: &[NodeId],
+        label: Option<String>,
+    ) -> Result<u64, StoreError>;
+
+    /// Every recorded placement, by node id.
+    async fn service_placements(&self) -> Result<Vec<ServicePlacement>, StoreError>;
+
     /// Progress of a job, computed from committed item rows.
     async fn progress(&self, job: JobId) -> Result<Progress, StoreError>;
 
@@ -888,6 +930,12 @@ pub struct WorkerRegistration {
     pub version: String,
     /// What it does.
     pub roles: Vec<WorkerRole>,
+    /// Most services placed on it at once (`[workers] max_services`); `None`:
+    /// no limit.
+    pub max_services: Option<u64>,
+    /// Its placement labels (`[workers] labels`, `connexa run --label`): a
+    /// service wanted with a label is placed only on workers that have it.
+    pub labels: Vec<String>,
 }
 
 impl WorkerRegistration {
@@ -901,6 +949,8 @@ impl WorkerRegistration {
             pid,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             roles,
+            max_services: None,
+            labels: Vec::new(),
         }
     }
 }
@@ -939,6 +989,32 @@ pub struct WorkerView {
     pub alive: bool,
     /// Job items it holds running now.
     pub items_in_flight: u64,
+    /// Wanted services placed on it now (PostgreSQL placement; 0 on SQLite).
+    #[serde(default)]
+    pub services_held: u64,
+    /// Most services placed on it at once; `None`: no limit.
+    #[serde(default)]
+    pub max_services: Option<u64>,
+    /// Its placement labels.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// Where a wanted service is placed ([`NodeStore::service_placements`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServicePlacement {
+    /// The node.
+    pub node: NodeId,
+    /// The worker that runs (or is to run) its service; `None` while no live
+    /// services worker can take it.
+    pub worker: Option<String>,
+    /// The worker it is pinned to (`connexa service start --on`), if any.
+    pub pinned: Option<String>,
+    /// The label its worker must have (`connexa service start --label`), if any.
+    pub label: Option<String>,
+    /// When it was placed on `worker`.
+    pub placed_at: Option<DateTime<Utc>>,
 }
 
 /// A finished item, for [`NodeStore::finish_items`].

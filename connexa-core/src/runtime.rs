@@ -71,6 +71,8 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     c.proxies_file = s.proxies_file.clone().filter(|p| !p.as_os_str().is_empty());
     c.heartbeat_interval = Duration::from_secs_f64(config.workers.heartbeat_secs);
     c.lease = Duration::from_secs_f64(config.workers.lease_secs);
+    c.max_services = config.workers.max_services;
+    c.labels = config.workers.labels.clone();
     c
 }
 
@@ -441,10 +443,13 @@ impl NetworkPorts {
             speed = speed.refusing(e);
         }
         let opener: Arc<PptpOpener> = Arc::new(opener);
-        let launcher = Arc::new(SocksLauncher::new(
-            opener.clone(),
-            SocksConfig::from_services(&config.services),
-        ));
+        let mut socks = SocksConfig::from_services(&config.services);
+        // This worker's own public host (`[workers] public_host`, `connexa run
+        // --public-host`) wins over the shared `[services] public_host`.
+        if let Some(h) = config.workers.public_host.clone() {
+            socks.public_host = Some(h);
+        }
+        let launcher = Arc::new(SocksLauncher::new(opener.clone(), socks));
         let tun = Arc::new(TunLauncher::new(
             opener,
             TunConfig::from_services(&config.services),

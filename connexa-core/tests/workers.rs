@@ -17,6 +17,7 @@ on_both_backends!(
     an_expired_lease_is_reclaimed_and_a_heartbeat_keeps_it,
     recovery_requeues_only_items_of_dead_workers,
     workers_register_beat_list_and_deregister,
+    services_are_placed_on_live_service_workers,
 );
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -59,6 +60,8 @@ fn reg(name: &str, pid: u32) -> WorkerRegistration {
         pid,
         version: "0".to_owned(),
         roles: vec![WorkerRole::Jobs],
+        max_services: None,
+        labels: Vec::new(),
     }
 }
 
@@ -287,4 +290,158 @@ async fn workers_register_beat_list_and_deregister(db: TestDb) {
     // A heartbeat of a process whose row went puts it back.
     s.heartbeat(&a, t0 + secs(20), LEASE).await.unwrap();
     assert_eq!(s.workers(t0 + secs(20)).await.unwrap().len(), 2);
+}
+
+fn services_worker(name: &str, pid: u32, max: Option<u64>) -> WorkerRegistration {
+    WorkerRegistration {
+        roles: vec![WorkerRole::Services],
+        max_services: max,
+        ..reg(name, pid)
+    }
+}
+
+async fn placed(s: &dyn NodeStore) -> Vec<(i64, Option<String>, Option<String>)> {
+    s.service_placements()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.node.0, p.worker, p.pinned))
+        .collect()
+}
+
+async fn services_are_placed_on_live_service_workers(db: TestDb) {
+    let s = &db.store;
+    let t0 = Utc::now();
+    let ids = seed(s, 6).await;
+    for id in &ids {
+        s.apply(
+            *id,
+            Event::Tested(Outcome::success(Level::Speed)),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    }
+    // Only the first five are wanted; the sixth is verified but not wanted.
+    s.set_service_wanted(&NodeFilter::ids(ids[..5].iter().copied()), true)
+        .await
+        .unwrap();
+    s.register_worker(&services_worker("a", 1, None), t0, LEASE)
+        .await
+        .unwrap();
+    s.register_worker(&services_worker("b", 2, Some(2)), t0, LEASE)
+        .await
+        .unwrap();
+    // A jobs-only worker gets no service.
+    s.register_worker(&reg("j", 3), t0, LEASE).await.unwrap();
+    let mine = s.place_services("a", t0).await.unwrap();
+    if db.url.starts_with("sqlite") {
+        // One host: no placement, every wanted service runs where it is reconciled.
+        assert_eq!(mine, None);
+        assert!(placed(s).await.is_empty());
+        return;
+    }
+    // Least loaded, ties by name, b full at 2: a, b, a, b, a.
+    let mine = mine.unwrap();
+    assert_eq!(mine, vec![ids[0], ids[2], ids[4]]);
+    assert_eq!(
+        s.place_services("b", t0).await.unwrap().unwrap(),
+        vec![ids[1], ids[3]]
+    );
+    let held: Vec<(String, u64)> = s
+        .workers(t0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.name, w.services_held))
+        .collect();
+    assert_eq!(
+        held,
+        vec![("a".into(), 3), ("b".into(), 2), ("j".into(), 0)]
+    );
+    // a dies (b keeps beating): its services go to b up to b's room, the
+    // rest wait unplaced; nothing of b's moves.
+    let t1 = t0 + secs(11);
+    s.heartbeat(&services_worker("b", 2, Some(4)), t1, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.place_services("b", t1).await.unwrap().unwrap(),
+        vec![ids[0], ids[1], ids[2], ids[3]]
+    );
+    let p = placed(s).await;
+    assert_eq!(p[4], (ids[4].0, None, None), "no room left: unplaced");
+    // A pinned service stays on its live worker until its pinned worker is
+    // alive, then moves there.
+    assert_eq!(
+        s.pin_services(&[ids[0]], Some("c".into())).await.unwrap(),
+        1
+    );
+    s.place_services("b", t1).await.unwrap();
+    assert_eq!(
+        placed(s).await[0],
+        (ids[0].0, Some("b".into()), Some("c".into()))
+    );
+    s.register_worker(&services_worker("c", 4, None), t1, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.place_services("c", t1).await.unwrap().unwrap(),
+        vec![ids[0], ids[4]],
+        "its pinned service, and the unplaced one (c is the least loaded)"
+    );
+    // A service no longer wanted loses its placement; its pin stays.
+    s.set_service_wanted(&NodeFilter::ids([ids[0], ids[1]]), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.place_services("b", t1).await.unwrap().unwrap(),
+        vec![ids[2], ids[3]]
+    );
+    let p = placed(s).await;
+    assert_eq!(p[0], (ids[0].0, None, Some("c".into())));
+    assert!(p.iter().all(|(id, _, _)| *id != ids[1].0), "{p:?}");
+    // Wanted again with c dead: it waits for c (nowhere else).
+    s.set_service_wanted(&NodeFilter::ids([ids[0]]), true)
+        .await
+        .unwrap();
+    let t2 = t1 + secs(11);
+    s.heartbeat(&services_worker("b", 2, None), t2, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.place_services("b", t2).await.unwrap().unwrap(),
+        vec![ids[2], ids[3], ids[4]]
+    );
+    assert_eq!(placed(s).await[0], (ids[0].0, None, Some("c".into())));
+    // A label: the service moves to a live worker with it, and is listed.
+    let d = WorkerRegistration {
+        labels: vec!["eu".into()],
+        ..services_worker("d", 5, None)
+    };
+    s.register_worker(&d, t2, LEASE).await.unwrap();
+    assert_eq!(
+        s.label_services(&[ids[2]], Some("eu".into()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.place_services("d", t2).await.unwrap().unwrap(),
+        vec![ids[2]]
+    );
+    let label = s
+        .service_placements()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.node == ids[2])
+        .and_then(|p| p.label);
+    assert_eq!(label.as_deref(), Some("eu"));
+    let listed = s.workers(t2).await.unwrap();
+    let d = listed.iter().find(|w| w.name == "d").unwrap();
+    assert_eq!(
+        (d.labels.clone(), d.services_held),
+        (vec!["eu".to_owned()], 1)
+    );
 }

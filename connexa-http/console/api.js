@@ -178,6 +178,8 @@ export const api = {
   /** Asks for a restart of these nodes' services: `{matched, restarting, not_running}`. */
   restartServices: async (ids) => (await request("POST", "/services/restart", { json: { ids } })).json(),
   jobs: () => getJson("/jobs", [["limit", "50"]]),
+  /** The worker processes: heartbeats, items in flight, services held. */
+  workers: () => getJson("/workers"),
   job: (id) => getJson(`/jobs/${id}`),
   cancel: (id) => request("POST", `/jobs/${id}/cancel`),
   /**

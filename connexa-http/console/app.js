@@ -126,7 +126,7 @@ async function signInWithPassword(name, password) {
 
 /** Removes every private thing from the page (tables, cards, dialogs). */
 function clearPrivate() {
-  for (const id of ["#rows", "#service-rows", "#history-rows", "#cards", "#job-list", "#import-report", "#audit-rows", "#audit-count"]) {
+  for (const id of ["#rows", "#service-rows", "#worker-rows", "#history-rows", "#cards", "#job-list", "#import-report", "#audit-rows", "#audit-count"]) {
     const e = $(id);
     if (e) e.replaceChildren();
   }
@@ -328,7 +328,7 @@ function syncSelection() {
 
 async function refresh() {
   await guard(async () => {
-    const [stats] = await Promise.all([api.stats(), loadNodes(), loadServices()]);
+    const [stats] = await Promise.all([api.stats(), loadNodes(), loadServices(), loadWorkers()]);
     renderCards(stats);
   });
 }
@@ -359,6 +359,33 @@ async function loadAudit(more = false) {
   }
   $("#audit-more").hidden = rows.length < AUDIT_PAGE;
   $("#audit-count").textContent = `${nf.format($$("#audit-rows tr[data-id]").length)} rows shown`;
+}
+
+// --- workers ------------------------------------------------------------------------
+
+let workersSeq = 0;
+/** Loads the worker processes: name, host, roles, heartbeat age, load. */
+async function loadWorkers() {
+  const seq = ++workersSeq;
+  const list = await api.workers();
+  if (seq !== workersSeq) return;
+  const now = Date.now();
+  const rows = list.map((w) => {
+    const age = Math.max(0, (now - Date.parse(w.last_heartbeat)) / 1000);
+    const held = w.max_services == null ? nf.format(w.services_held || 0) : `${nf.format(w.services_held || 0)} / ${nf.format(w.max_services)}`;
+    return h("tr", { dataset: { name: w.name, alive: String(w.alive), servicesHeld: String(w.services_held || 0), itemsInFlight: String(w.items_in_flight) } },
+      h("td", { class: "target", dataset: { label: "Name" } }, w.name),
+      h("td", { class: "target", dataset: { label: "Host" } }, `${w.host} (pid ${w.pid})`),
+      h("td", { dataset: { label: "Roles" } }, w.roles.join(", ") || "—", (w.labels || []).length ? h("span", { class: "muted" }, ` · ${w.labels.join(", ")}`) : null),
+      h("td", { dataset: { label: "State" } }, h("span", { class: `badge ${w.alive ? "st-ok" : "st-bad"}` }, w.alive ? "alive" : "dead")),
+      h("td", { class: "num", dataset: { label: "Heartbeat" } }, h("time", { datetime: w.last_heartbeat, title: fmtTime(w.last_heartbeat) }, `${age.toFixed(1)} s ago`)),
+      h("td", { class: "num", dataset: { label: "In flight" } }, nf.format(w.items_in_flight)),
+      h("td", { class: "num", dataset: { label: "Services" } }, held));
+  });
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "7", class: "empty" }, "No worker is registered. Start `connexa run` or `connexa-http serve`.")));
+  $("#worker-rows").replaceChildren(...rows);
+  const alive = list.filter((w) => w.alive).length;
+  $("#workers-count").textContent = `${nf.format(alive)} alive of ${nf.format(list.length)}`;
 }
 
 // --- services -----------------------------------------------------------------------
@@ -397,6 +424,7 @@ function renderServices(res) {
     h("td", { dataset: { label: "Status" } }, h("span", { class: `badge ${STATUS_TONE[n.status] || ""}` }, STATUS_LABEL[n.status] || n.status),
       n.service_wanted ? null : h("span", { class: "muted" }, " stopping")),
     h("td", { dataset: { label: "Proxy" } }, h("code", {}, `${s.host}:${s.port}`)),
+    h("td", { dataset: { label: "Worker" } }, s.worker || "—"),
     h("td", { dataset: { label: "User" } }, s.username),
     h("td", { class: "num", dataset: { label: "Connections" } }, c ? nf.format(c.connections) : "—"),
     h("td", { class: "num", dataset: { label: "Total" } }, c ? nf.format(c.connections_total) : "—"),
@@ -409,7 +437,7 @@ function renderServices(res) {
       "aria-label": `Restart the service of node ${n.id}`, onclick: () => restartService(n.id, c && c.started_at),
     }, restarting ? "Restarting…" : "Restart")));
   });
-  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "11", class: "empty" }, "No service runs. Select verified nodes and choose “Start service”.")));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, "No service runs. Select verified nodes and choose “Start service”.")));
   $("#service-rows").replaceChildren(...rows);
   $("#services-count").textContent = `${plural(res.total, "service")} running`;
   $("#services-count").dataset.total = String(res.total);
@@ -992,10 +1020,11 @@ function init() {
   });
   $("#refresh").addEventListener("click", () => refresh());
   $("#services-refresh").addEventListener("click", () => guard(loadServices));
+  $("#workers-refresh").addEventListener("click", () => guard(loadWorkers));
   $("#audit-refresh").addEventListener("click", () => guard(() => loadAudit(false)));
   $("#audit-more").addEventListener("click", () => guard(() => loadAudit(true)));
   // The services' counters move: keep them fresh while the console is shown.
-  setInterval(() => { if (!$("#console").hidden && !document.hidden) guard(loadServices); }, 5000);
+  setInterval(() => { if (!$("#console").hidden && !document.hidden) { guard(loadServices); guard(loadWorkers); } }, 5000);
   $("#import-open").addEventListener("click", openImport);
   $("#add-node-open").addEventListener("click", openAddNode);
   $("#add-node-form").addEventListener("submit", submitAddNode);

@@ -170,6 +170,21 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     }
     write_header(
         &mut out,
+        "connexa_worker_services_held",
+        "Wanted services placed on each registered worker (PostgreSQL placement).",
+        MetricType::Gauge,
+    );
+    for w in &workers {
+        let _ = writeln!(
+            out,
+            "connexa_worker_services_held{{worker=\"{}\",alive=\"{}\"}} {}",
+            escape_label_value(&w.name),
+            w.alive,
+            w.services_held
+        );
+    }
+    write_header(
+        &mut out,
         "connexa_job_items",
         "Items of recent jobs per state.",
         MetricType::Gauge,

@@ -2445,6 +2445,8 @@ async fn workers_are_listed_with_liveness_and_items_in_flight() {
         pid,
         version: "9".into(),
         roles: vec![WorkerRole::Jobs],
+        max_services: None,
+        labels: Vec::new(),
     };
     a.store
         .register_worker(&reg("live", 7), now, lease)

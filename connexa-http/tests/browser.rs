@@ -399,9 +399,26 @@ async fn browser_import_test_filter_and_delete_all_matching() {
         T,
         "return document.querySelectorAll('#rows tr[data-id]').length === 5 \
            && !document.querySelector('#filters-box').open \
+           && [...document.querySelectorAll('#worker-rows tr[data-name]')].some((r) => r.dataset.alive === 'true') \
            && document.documentElement.scrollWidth <= window.innerWidth",
     )
     .await;
+    // The workers panel lists this server (it registers as a worker) as cards.
+    let card = b
+        .js(
+            "const r = [...document.querySelectorAll('#worker-rows tr[data-name]')].find((r) => r.dataset.alive === 'true'); \
+             return {text: r.textContent, display: getComputedStyle(r).display, \
+               wide: r.getBoundingClientRect().right > window.innerWidth};",
+            vec![],
+        )
+        .await;
+    assert_eq!(card["display"], "block", "{card}");
+    assert_eq!(card["wide"], false, "{card}");
+    let text = card["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("alive") && text.contains("s ago") && text.contains("jobs"),
+        "{card}"
+    );
     b.screenshot(&shots, "console-main-phone").await;
     b.close().await;
     drop(fleet);

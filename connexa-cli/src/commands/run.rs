@@ -43,7 +43,11 @@ Each `connexa run` (not --once) registers as a worker (`connexa workers`):
 beats every [workers] heartbeat_secs (5 s), extending the leases of the job
 items it holds; items of a worker silent for [workers] lease_secs (30 s) are
 reclaimed by the live ones, and its late results are refused. Many hosts can
-run workers on one PostgreSQL database.
+run workers on one PostgreSQL database. There each wanted service is placed on
+one live services worker (its `service start --on` pin, else the least loaded
+with room under [workers] max_services); a dead worker's services move to a
+live one with the same credentials, and the host:port clients use is the new
+worker's (--public-host, [workers] public_host).
 
 With [test] speed_listen set, `connexa run` (not --once) also serves the keyed
 speed endpoint there (GET /speed/down, POST /speed/up; see docs/http.md), for
@@ -61,10 +65,25 @@ pub struct RunArgs {
     /// Run services: reconciler and health monitor (alone: no job items).
     #[arg(long)]
     pub services: bool,
+    /// The host clients reach this worker's services at, stored in each
+    /// endpoint it starts (default: [workers] public_host, else [services]
+    /// public_host, else [services] bind).
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+    /// A placement label of this worker (repeatable; replaces [workers]
+    /// labels): services started with `--label L` run only on workers with L.
+    #[arg(long, value_name = "LABEL", value_parser = label)]
+    pub label: Vec<String>,
     /// After SIGTERM or Ctrl-C, seconds to let the items in flight finish before
     /// exiting anyway (unfinished items are resumed by the next run).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub grace: f64,
+}
+
+/// A placement label: 1 to 64 characters, no control character, no comma.
+pub(crate) fn label(s: &str) -> Result<String, String> {
+    worker_name(s)
+        .map_err(|_| "a label has 1 to 64 characters, no control character and no comma".into())
 }
 
 /// A worker name: 1 to 64 characters, no control character, no comma.

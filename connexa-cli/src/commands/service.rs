@@ -9,7 +9,7 @@ use crate::cli::Ctx;
 use crate::commands::test::selection;
 use crate::exit::{Exit, fail};
 use crate::filter::FilterArgs;
-use crate::output::{Cell, OutputFormat, Table};
+use crate::output::{Cell, OutputFormat, Table, escape};
 
 const HOW: &str = "\
 `start` and `stop` only record the desired state (service_wanted). The SOCKS5
@@ -106,6 +106,14 @@ pub struct StartArgs {
     /// node's tunnel as a TUN interface cx<node id>; needs CAP_NET_ADMIN).
     #[arg(long, value_name = "KIND", default_value = "socks", value_parser = parse_kind)]
     pub kind: ServiceKind,
+    /// Pin the services to this worker (`connexa run --worker NAME`): on
+    /// PostgreSQL they run there only (moving there once it is alive).
+    #[arg(long, value_name = "WORKER")]
+    pub on: Option<String>,
+    /// Run the services only on workers with this label (`connexa run
+    /// --label`; PostgreSQL).
+    #[arg(long, value_name = "LABEL", value_parser = crate::commands::run::label)]
+    pub label: Option<String>,
 }
 
 fn parse_kind(s: &str) -> Result<ServiceKind, String> {
@@ -125,7 +133,7 @@ pub struct ListArgs {
 /// Runs a `service` subcommand.
 pub async fn exec(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<Exit> {
     match c {
-        ServiceCommand::Start(a) => want(ctx, a.select, Some(a.kind)).await,
+        ServiceCommand::Start(a) => want(ctx, a.select, Some((a.kind, a.on, a.label))).await,
         ServiceCommand::Stop(a) => want(ctx, a, None).await,
         ServiceCommand::Restart(a) => restart(ctx, a).await,
         ServiceCommand::List(a) => list(ctx, a).await,
@@ -216,9 +224,26 @@ async fn restart(ctx: &Ctx, a: SelectArgs) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// `kind`: a start of this kind; `None`: a stop.
-async fn want(ctx: &Ctx, a: SelectArgs, kind: Option<ServiceKind>) -> anyhow::Result<Exit> {
-    let wanted = kind.is_some();
+/// `start`: a start of this kind (pinned to a worker or not); `None`: a stop.
+async fn want(
+    ctx: &Ctx,
+    a: SelectArgs,
+    start: Option<(ServiceKind, Option<String>, Option<String>)>,
+) -> anyhow::Result<Exit> {
+    let wanted = start.is_some();
+    let (kind, on, label) = match start {
+        Some((k, on, label)) => (Some(k), on, label),
+        None => (None, None, None),
+    };
+    if on
+        .as_deref()
+        .is_some_and(|w| w.trim().is_empty() || w.chars().count() > 64 || w.contains(','))
+    {
+        return Err(fail(
+            Exit::Usage,
+            "--on takes a worker name: 1 to 64 characters, no comma",
+        ));
+    }
     let filter = selection(&a.ids, &a.filter, a.all)?.into_filter();
     let store = ctx.store().await?;
     let kinds = match kind {
@@ -226,6 +251,14 @@ async fn want(ctx: &Ctx, a: SelectArgs, kind: Option<ServiceKind>) -> anyhow::Re
         None => None,
     };
     let change = ops::want_services(store.as_ref(), &filter, wanted).await?;
+    let pinned = match on.clone() {
+        Some(w) => Some(ops::pin_services(store.as_ref(), &filter, w).await?),
+        None => None,
+    };
+    let labelled = match label.clone() {
+        Some(l) => Some(ops::label_services(store.as_ref(), &filter, l).await?),
+        None => None,
+    };
     // Ids given that match no node.
     let missing = missing_ids(store.as_ref(), &a.ids, &filter).await?;
     if ctx.out.format == OutputFormat::Json {
@@ -238,6 +271,14 @@ async fn want(ctx: &Ctx, a: SelectArgs, kind: Option<ServiceKind>) -> anyhow::Re
             v["kind"] = serde_json::json!(k.kind);
             v["kind_changed"] = serde_json::json!(k.changed);
             v["restarting"] = serde_json::json!(k.restarting);
+        }
+        if let (Some(w), Some(p)) = (&on, &pinned) {
+            v["on"] = serde_json::json!(w);
+            v["pinned"] = serde_json::json!(p);
+        }
+        if let (Some(l), Some(ids)) = (&label, &labelled) {
+            v["label"] = serde_json::json!(l);
+            v["labelled"] = serde_json::json!(ids);
         }
         ctx.out.json(&v)?;
     } else {
@@ -256,6 +297,20 @@ async fn want(ctx: &Ctx, a: SelectArgs, kind: Option<ServiceKind>) -> anyhow::Re
                     id_list(&k.restarting)
                 ))?;
             }
+        }
+        if let (Some(w), Some(p)) = (&on, pinned.as_ref().filter(|p| !p.is_empty())) {
+            ctx.out.line(format_args!(
+                "pinned to worker {w}: {} services ({})",
+                p.len(),
+                id_list(p)
+            ))?;
+        }
+        if let (Some(l), Some(ids)) = (&label, labelled.as_ref().filter(|p| !p.is_empty())) {
+            ctx.out.line(format_args!(
+                "placed only on workers labelled {l}: {} services ({})",
+                ids.len(),
+                id_list(ids)
+            ))?;
         }
         if change.not_verified > 0 {
             ctx.out.line(format_args!(
@@ -358,6 +413,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                 "restart_pending",
                 "kind",
                 "interface",
+                "worker",
             ]);
             for s in &services {
                 let c = s.counters.as_ref();
@@ -384,6 +440,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                     Cell::text(s.restart_pending.to_string()),
                     Cell::text(s.kind.as_str()),
                     Cell::text(s.interface.clone().unwrap_or_default()),
+                    Cell::text(s.worker.clone().unwrap_or_default()),
                 ]);
             }
             ctx.out.table(&t)?;
@@ -401,17 +458,14 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                     ))?;
                 }
             } else {
-                let mut t = Table::new(&[
-                    "NODE",
-                    "STATUS",
-                    "PROXY",
-                    "CONN",
-                    "TOTAL",
-                    "UP",
-                    "DOWN",
-                    "STARTED",
-                    "LAST ERROR",
-                ]);
+                // The WORKER column only where services are placed (PostgreSQL).
+                let placed = services.iter().any(|s| s.worker.is_some());
+                let mut head = vec!["NODE", "STATUS", "PROXY"];
+                if placed {
+                    head.push("WORKER");
+                }
+                head.extend(["CONN", "TOTAL", "UP", "DOWN", "STARTED", "LAST ERROR"]);
+                let mut t = Table::new(&head);
                 for s in &services {
                     let c = s.counters.as_ref();
                     let mut status = Cell::status(s.status);
@@ -426,10 +480,13 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                         Some(iface) => format!("tun {iface}"),
                         None => format!("{}:{}:{}:{}", s.host, s.port, s.username, s.password),
                     };
-                    t.row(vec![
-                        Cell::num(s.node.0),
-                        status,
-                        Cell::text(access),
+                    let mut row = vec![Cell::num(s.node.0), status, Cell::text(access)];
+                    if placed {
+                        row.push(Cell::opt(
+                            s.worker.as_deref().map(|w| escape(w).into_owned()),
+                        ));
+                    }
+                    row.extend([
                         counter(s, |c| c.connections),
                         counter(s, |c| c.connections_total),
                         counter(s, |c| compact_bytes(c.bytes_up)),
@@ -440,6 +497,7 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                         ),
                         Cell::opt(c.and_then(|c| c.last_error.clone())),
                     ]);
+                    t.row(row);
                 }
                 ctx.out.table(&t)?;
             }

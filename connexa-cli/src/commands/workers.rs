@@ -15,7 +15,8 @@ Every `connexa run` and `connexa-http serve` registers as a worker (name from
 --worker, else HOST-pPID) and beats every [workers] heartbeat_secs (5 s). A
 worker whose heartbeat is older than [workers] lease_secs (30 s) is dead: any
 live worker reclaims the job items it held, and its late results are refused.
-A clean exit removes the worker's row.
+A clean exit removes the worker's row. SERVICES: the wanted services placed
+on it (PostgreSQL placement), out of its [workers] max_services if set.
 
 Examples:
   connexa workers
@@ -40,6 +41,7 @@ pub async fn exec(ctx: &Ctx, _a: WorkersArgs) -> anyhow::Result<Exit> {
         "STATE",
         "HEARTBEAT",
         "IN FLIGHT",
+        "SERVICES",
         "STARTED",
     ]);
     for w in &rows {
@@ -59,6 +61,10 @@ pub async fn exec(ctx: &Ctx, _a: WorkersArgs) -> anyhow::Result<Exit> {
             Cell::text(if w.alive { "alive" } else { "dead" }),
             Cell::text(format!("{ago:.1} s ago")),
             Cell::num(w.items_in_flight),
+            Cell::text(match w.max_services {
+                Some(max) => format!("{}/{max}", w.services_held),
+                None => w.services_held.to_string(),
+            }),
             Cell::text(w.started_at.format("%Y-%m-%d %H:%M:%S").to_string()),
         ]);
     }

@@ -138,6 +138,14 @@ pub struct EngineConfig {
     /// Must be well below [`lease`](Self::lease). Default 5 s
     /// (`[workers] heartbeat_secs`).
     pub heartbeat_interval: Duration,
+    /// Most services placed on this worker at once (`[workers]
+    /// max_services`); `None` (the default): no limit. Only with placement
+    /// (a registered worker on PostgreSQL, see [`NodeStore::place_services`]).
+    pub max_services: Option<u64>,
+    /// This worker's placement labels (`[workers] labels`, `connexa run
+    /// --label`): a service wanted with a label is placed only on workers
+    /// that have it. Default none.
+    pub labels: Vec<String>,
     /// The file of running proxies (`[services] proxies_file`): after each
     /// reconciler pass that changed the set of services running in this
     /// process, one `host:port:user:pass` line per service, in node id order,
@@ -169,6 +177,8 @@ impl Default for EngineConfig {
             roles: vec![WorkerRole::Jobs, WorkerRole::Services],
             lease: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
+            max_services: None,
+            labels: Vec::new(),
             proxies_file: None,
         }
     }
@@ -412,6 +422,10 @@ pub(crate) struct Inner {
     fraud: std::sync::RwLock<Option<Arc<dyn FraudScorer>>>,
     /// This process as a worker (from the config).
     registration: WorkerRegistration,
+    /// The wanted services placed on this worker by the last reconciler
+    /// pass; `None`: no placement (SQLite, or not a registered worker), every
+    /// wanted service runs here.
+    placed: Mutex<Option<HashSet<NodeId>>>,
     /// The heartbeat task, once started.
     heartbeat: Mutex<Option<JoinHandle<()>>>,
     /// Results refused by fencing (late results of reclaimed items).
@@ -575,7 +589,10 @@ impl Engine {
                     pid: std::process::id(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                     roles: config.roles.clone(),
+                    max_services: config.max_services,
+                    labels: config.labels.clone(),
                 },
+                placed: Mutex::new(None),
                 config,
                 geo: std::sync::RwLock::new(None),
                 fraud: std::sync::RwLock::new(None),

@@ -861,6 +861,27 @@ async fn start_service(inner: &Inner, node: crate::domain::NodeId) -> Finish {
             return Finish::new(ItemState::Failed, None, Some(format!("store: {e}")));
         }
     }
+    // PostgreSQL placement (a registered worker): a service placed on another
+    // worker is that worker's to start; its reconciler does.
+    if inner.registered.load(std::sync::atomic::Ordering::Relaxed) {
+        match inner
+            .store
+            .place_services(&inner.config.worker, chrono::Utc::now())
+            .await
+        {
+            Ok(Some(mine)) if !mine.contains(&node.id) => {
+                let mut f = Finish::new(
+                    ItemState::Ok,
+                    None,
+                    Some("placed on another worker: its reconciler starts it".into()),
+                );
+                f.guard = Some(guard);
+                return f;
+            }
+            Ok(_) => {}
+            Err(e) => return Finish::new(ItemState::Failed, None, Some(format!("store: {e}"))),
+        }
+    }
     if node.status == Status::Online && inner.launcher.running().await.contains(&node.id) {
         let mut f = Finish::new(ItemState::Ok, None, Some("already running".into()));
         f.guard = Some(guard);

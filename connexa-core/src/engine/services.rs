@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::{BusyGuard, EngineError, Inner, lock};
 use crate::domain::{Event, Node, NodeFilter, NodeId, Status};
 use crate::ports::{
-    ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError, all_matching,
+    ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError, WorkerRole, all_matching,
 };
 
 /// What one reconciler pass did.
@@ -35,6 +35,10 @@ pub struct ReconcileReport {
     /// restart`); each is started again in the same pass, with its stored
     /// port and credentials, and counts in `started` (or `start_failed`).
     pub restarted: u64,
+    /// Services stopped here, with no event, because placement gave them to
+    /// another worker (this one was presumed dead, or a pin moved them): the
+    /// other worker runs them and records their endpoint.
+    pub released: u64,
 }
 
 /// What one monitor pass did.
@@ -110,10 +114,56 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         let launcher = &inner.launcher;
         let mut report = ReconcileReport::default();
 
+        // Placement (a registered services worker on PostgreSQL): the wanted
+        // services this worker is to run; `None`: all of them (SQLite, one host).
+        let me = inner.config.worker.as_str();
+        let mine: Option<HashSet<NodeId>> = if inner
+            .registered
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && inner.config.roles.contains(&WorkerRole::Services)
+        {
+            // Alive first: a worker resumed after a pause past its lease
+            // must not place its services away from itself (to nobody, when
+            // it is the only services worker) for want of a heartbeat.
+            store
+                .heartbeat(&inner.registration, chrono::Utc::now(), inner.config.lease)
+                .await?;
+            store
+                .place_services(me, chrono::Utc::now())
+                .await?
+                .map(|v| v.into_iter().collect())
+        } else {
+            None
+        };
+        *lock(&inner.placed) = mine.clone();
+        let here = |id: &NodeId| mine.as_ref().is_none_or(|m| m.contains(id));
+
         // Candidates, then their guards (no job or monitor acts on them meanwhile),
         // then a fresh look at both the store and the launcher.
         let wanted = all_matching(store, &wanted_filter()).await?;
         let wanted_ids: HashSet<NodeId> = wanted.iter().map(|n| n.id).collect();
+        // Before anything else: a wanted service running here that is placed
+        // on another worker (this one was presumed dead while it was paused
+        // or cut off, or a pin moved it) stops here. No event: the node's
+        // endpoint is the other worker's to record.
+        if mine.is_some() {
+            for id in launcher.running().await {
+                if !wanted_ids.contains(&id) || here(&id) {
+                    continue;
+                }
+                let Some(_guard) = inner.try_busy(id) else {
+                    report.skipped_busy += 1;
+                    continue;
+                };
+                match launcher.stop(id).await {
+                    Ok(()) | Err(ServiceError::NotRunning(_)) => {
+                        tracing::warn!(node = %id, "service placed on another worker: stopped here");
+                        report.released += 1;
+                    }
+                    Err(e) => tracing::warn!(node = %id, error = %e, "cannot stop a service placed elsewhere"),
+                }
+            }
+        }
         // A node no longer wanted forgets its failed starts (unless a job is
         // acting on it: it may have just made it wanted).
         {
@@ -129,7 +179,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             },
         )
         .await?;
-        let mut candidates: Vec<NodeId> = wanted_ids.iter().copied().collect();
+        let mut candidates: Vec<NodeId> = wanted_ids.iter().copied().filter(here).collect();
         candidates.extend(
             launcher
                 .running()
@@ -149,11 +199,17 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
                 None => report.skipped_busy += 1,
             }
         }
-        let wanted: HashMap<NodeId, Node> = all_matching(store, &wanted_filter())
+        let wanted_all: HashMap<NodeId, Node> = all_matching(store, &wanted_filter())
             .await?
             .into_iter()
             .filter(|n| guards.contains_key(&n.id))
             .map(|n| (n.id, n))
+            .collect();
+        // The wanted services this process runs.
+        let wanted: HashMap<NodeId, Node> = wanted_all
+            .iter()
+            .filter(|(id, _)| here(id))
+            .map(|(id, n)| (*id, n.clone()))
             .collect();
         let mut running: HashSet<NodeId> = launcher.running().await.into_iter().collect();
 
@@ -176,7 +232,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         // stop that failed keeps it for the next pass.
         let mut settled: Vec<(NodeId, chrono::DateTime<chrono::Utc>)> = restarts
             .iter()
-            .filter(|(id, _)| !wanted.contains_key(id))
+            .filter(|(id, _)| !wanted_all.contains_key(id))
             .copied()
             .collect();
         for (id, at) in &restarts {
@@ -264,6 +320,29 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             events.extend(batch);
         }
         let mut requests: Vec<ApplyRequest> = events.into_iter().flatten().collect();
+        // Fencing: a service started here whose placement moved meanwhile
+        // (this worker was presumed dead during the pass) is stopped again and
+        // its endpoint not recorded.
+        if mine.is_some() && requests.iter().any(|r| matches!(r.event, Event::ServiceStarted(_))) {
+            let still: HashSet<NodeId> = store
+                .service_placements()
+                .await?
+                .into_iter()
+                .filter(|p| p.worker.as_deref() == Some(me))
+                .map(|p| p.node)
+                .collect();
+            let mut kept = Vec::with_capacity(requests.len());
+            for r in requests {
+                if matches!(r.event, Event::ServiceStarted(_)) && !still.contains(&r.node) {
+                    tracing::warn!(node = %r.node, "service placed elsewhere during the start: stopped here");
+                    let _ = launcher.stop(r.node).await;
+                    report.released += 1;
+                    continue;
+                }
+                kept.push(r);
+            }
+            requests = kept;
+        }
         for r in &requests {
             let ok = matches!(r.event, Event::ServiceStarted(_));
             inner.start_attempted(r.node, ok);
@@ -284,7 +363,7 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         // Stop what runs and is no longer wanted.
         for id in running
             .iter()
-            .filter(|id| guards.contains_key(id) && !wanted.contains_key(id))
+            .filter(|id| guards.contains_key(id) && !wanted_all.contains_key(id))
         {
             let last = launcher.counters(*id);
             match launcher.stop(*id).await {
@@ -302,7 +381,9 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
         }
         // Record as stopped what the store says serves but nothing runs nor is wanted.
         for n in &stale {
-            if guards.contains_key(&n.id) && !running.contains(&n.id) && !wanted.contains_key(&n.id)
+            if guards.contains_key(&n.id)
+                && !running.contains(&n.id)
+                && !wanted_all.contains_key(&n.id)
             {
                 report.marked_stopped += 1;
                 requests.push(ApplyRequest {
@@ -351,6 +432,19 @@ pub(super) async fn monitor(inner: &Arc<Inner>) -> Result<MonitorReport, EngineE
             },
         )
         .await?;
+        // With placement, only the services placed here (or still running
+        // here): another worker's service is that worker's to check.
+        let placed = lock(&inner.placed).clone();
+        let nodes: Vec<Node> = match placed {
+            None => nodes,
+            Some(placed) => {
+                let running: HashSet<NodeId> = inner.launcher.running().await.into_iter().collect();
+                nodes
+                    .into_iter()
+                    .filter(|n| placed.contains(&n.id) || running.contains(&n.id))
+                    .collect()
+            }
+        };
         let mut report = MonitorReport::default();
         let mut guarded = Vec::with_capacity(nodes.len());
         for n in nodes {

@@ -301,6 +301,33 @@ pub mod workers {
         pub started_at: i64,
         pub last_heartbeat: i64,
         pub expires_at: i64,
+        /// Most services placed on it (migration m0011); `None`: no limit.
+        pub max_services: Option<i64>,
+        /// Comma-separated placement labels (migration m0011).
+        pub labels: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `service_placements` table (migration m0011): which worker runs each
+/// wanted service, and its pin.
+pub mod service_placements {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `service_placements`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "service_placements")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub node_id: i64,
+        pub worker: Option<String>,
+        pub pinned: Option<String>,
+        pub label: Option<String>,
+        pub placed_at: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

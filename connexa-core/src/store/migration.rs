@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0008Accounts),
             Box::new(M0009Workers),
             Box::new(M0010ServiceKind),
+            Box::new(M0011ServicePlacement),
         ]
     }
 }
@@ -872,6 +873,83 @@ impl MigrationTrait for M0010ServiceKind {
             Table::alter()
                 .table(Nodes::Table)
                 .drop_column(Alias::new("service_kind"))
+                .to_owned(),
+        )
+        .await
+    }
+}
+
+/// Service placement: `service_placements` (per wanted service, the worker
+/// that runs it, an optional pin and an optional label) and each worker's
+/// capacity and labels (`workers.max_services`, `workers.labels`).
+struct M0011ServicePlacement;
+
+impl MigrationName for M0011ServicePlacement {
+    fn name(&self) -> &str {
+        "m0011_service_placement"
+    }
+}
+
+#[derive(DeriveIden)]
+enum ServicePlacements {
+    Table,
+    NodeId,
+    Worker,
+    Pinned,
+    Label,
+    PlacedAt,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0011ServicePlacement {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(ServicePlacements::Table)
+                .if_not_exists()
+                .col(big_integer(ServicePlacements::NodeId).primary_key())
+                .col(string_null(ServicePlacements::Worker))
+                .col(string_null(ServicePlacements::Pinned))
+                .col(string_null(ServicePlacements::Label))
+                .col(big_integer_null(ServicePlacements::PlacedAt))
+                .to_owned(),
+        )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Workers::Table)
+                .add_column(big_integer_null(Alias::new("max_services")))
+                .to_owned(),
+        )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Workers::Table)
+                .add_column(text_null(Alias::new("labels")))
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.alter_table(
+            Table::alter()
+                .table(Workers::Table)
+                .drop_column(Alias::new("labels"))
+                .to_owned(),
+        )
+        .await?;
+        m.alter_table(
+            Table::alter()
+                .table(Workers::Table)
+                .drop_column(Alias::new("max_services"))
+                .to_owned(),
+        )
+        .await?;
+        m.drop_table(
+            Table::drop()
+                .table(ServicePlacements::Table)
+                .if_exists()
                 .to_owned(),
         )
         .await

@@ -25,6 +25,7 @@ mod enrich;
 mod entity;
 mod jobs;
 pub mod migration;
+mod placement;
 mod query;
 pub mod sealing;
 mod service_runtime;
@@ -54,7 +55,7 @@ use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
     Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
     ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
-    NodeStore, Progress, ServiceCounters, ServiceRuntime, StoreError, ValueField,
+    NodeStore, Progress, ServiceCounters, ServicePlacement, ServiceRuntime, StoreError, ValueField,
     WorkerRegistration, WorkerView,
 };
 use convert::ms;
@@ -1240,6 +1241,43 @@ impl NodeStore for SqlStore {
 
     async fn workers(&self, at: DateTime<Utc>) -> Result<Vec<WorkerView>, StoreError> {
         workers::list(&self.db, at).await
+    }
+
+    async fn place_services(
+        &self,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Vec<NodeId>>, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(None);
+        }
+        let w = self.begin_write().await?;
+        let r = placement::place(&w.txn, worker, at).await.map(Some);
+        w.finish(r).await
+    }
+
+    async fn pin_services(
+        &self,
+        nodes: &[NodeId],
+        worker: Option<String>,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = placement::pin(&w.txn, nodes, worker).await;
+        w.finish(r).await
+    }
+
+    async fn label_services(
+        &self,
+        nodes: &[NodeId],
+        label: Option<String>,
+    ) -> Result<u64, StoreError> {
+        let w = self.begin_write().await?;
+        let r = placement::label(&w.txn, nodes, label).await;
+        w.finish(r).await
+    }
+
+    async fn service_placements(&self) -> Result<Vec<ServicePlacement>, StoreError> {
+        placement::list(&self.db).await
     }
 
     async fn progress(&self, job: JobId) -> Result<Progress, StoreError> {

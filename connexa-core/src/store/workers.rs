@@ -37,7 +37,16 @@ fn row(w: &WorkerRegistration, at: DateTime<Utc>, lease: Duration) -> workers::A
         started_at: Set(ms(at)),
         last_heartbeat: Set(ms(at)),
         expires_at: Set(until(at, lease)),
+        max_services: Set(w.max_services.map(|n| i64::try_from(n).unwrap_or(i64::MAX))),
+        labels: Set(labels_text(&w.labels)),
     }
+}
+
+fn labels_text(labels: &[String]) -> Option<String> {
+    let mut l: Vec<&str> = labels.iter().map(String::as_str).collect();
+    l.sort_unstable();
+    l.dedup();
+    (!l.is_empty()).then(|| l.join(","))
 }
 
 pub(crate) async fn register<C: ConnectionTrait>(
@@ -86,6 +95,11 @@ pub(crate) async fn heartbeat<C: ConnectionTrait>(
         .col_expr(workers::Column::Roles, Expr::value(roles_text(&w.roles)))
         .col_expr(workers::Column::LastHeartbeat, Expr::value(ms(at)))
         .col_expr(workers::Column::ExpiresAt, Expr::value(until(at, lease)))
+        .col_expr(
+            workers::Column::MaxServices,
+            Expr::value(w.max_services.map(|n| i64::try_from(n).unwrap_or(i64::MAX))),
+        )
+        .col_expr(workers::Column::Labels, Expr::value(labels_text(&w.labels)))
         .filter(workers::Column::Name.eq(w.name.as_str()))
         .filter(workers::Column::Host.eq(w.host.as_str()))
         .filter(workers::Column::Pid.eq(i64::from(w.pid)))
@@ -199,6 +213,7 @@ pub(crate) async fn list<C: ConnectionTrait>(
         .into_iter()
         .filter_map(|(w, n)| w.map(|w| (w, n)))
         .collect();
+    let services = super::placement::held(conn).await?;
     rows.into_iter()
         .map(|m| {
             let roles = m
@@ -212,6 +227,16 @@ pub(crate) async fn list<C: ConnectionTrait>(
                 items_in_flight: held
                     .get(&m.name)
                     .map_or(0, |n| u64::try_from(*n).unwrap_or(0)),
+                services_held: services.get(&m.name).copied().unwrap_or(0),
+                max_services: m.max_services.map(|n| u64::try_from(n).unwrap_or(0)),
+                labels: m
+                    .labels
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
                 alive: m.expires_at > ms(at),
                 pid: u32::try_from(m.pid).unwrap_or(0),
                 name: m.name,

@@ -429,6 +429,34 @@ impl NodeStore for FaultStore {
         self.inner.workers(at).await
     }
 
+    async fn place_services(
+        &self,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Vec<NodeId>>, StoreError> {
+        self.inner.place_services(worker, at).await
+    }
+
+    async fn pin_services(
+        &self,
+        nodes: &[NodeId],
+        worker: Option<String>,
+    ) -> Result<u64, StoreError> {
+        self.inner.pin_services(nodes, worker).await
+    }
+
+    async fn label_services(
+        &self,
+        nodes: &[NodeId],
+        label: Option<String>,
+    ) -> Result<u64, StoreError> {
+        self.inner.label_services(nodes, label).await
+    }
+
+    async fn service_placements(&self) -> Result<Vec<ServicePlacement>, StoreError> {
+        self.inner.service_placements().await
+    }
+
     async fn progress(&self, job: JobId) -> Result<Progress, StoreError> {
         self.call(Method::Progress, self.inner.progress(job)).await
     }
