@@ -633,6 +633,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     engine.record_final_service_counters().await;
     ports.launcher.stop_all().await;
     ports.tun.stop_all().await;
+    ports.openvpn.stop_all().await;
     engine.refresh_proxies_file().await;
     if let Err(e) = engine.deregister().await {
         tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");

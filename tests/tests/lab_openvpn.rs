@@ -1,0 +1,403 @@
+//! `openvpn` services through a real PPTP node (the lab: Debian pptpd + pppd
+//! with `require-mppe-128`, in a QEMU VM). `OpenvpnLauncher` over
+//! `PptpOpener`, inside the lab's network namespace, starts Debian's openvpn
+//! server with the node's tunnel as `cx<id>`; a real `openvpn` client in a
+//! SEPARATE network namespace this test creates (a veth pair to the lab's
+//! namespace) connects with the generated profile, and `curl` there fetches
+//! the lab server's file at its PPP address 10.78.0.1 with the right sha256.
+//! The SNAT rule's counter shows the traffic left as the PPP address. A
+//! restore (a new launcher, as after a process restart) keeps the port and
+//! the profile; stop removes the process, the port, the rule, the routing
+//! table, the nft table and the interfaces (listed before and after); a start
+//! after the stop refuses the old profile and accepts the new one.
+//!
+//! Needs the lab, root, and the `openvpn` and `nft` programs (tests/run.sh
+//! installs them).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use connexa_core::domain::{Node, NodeId, ServiceEndpoint, Status};
+use connexa_core::openvpn::{self, OpenvpnConfig, OpenvpnLauncher};
+use connexa_core::ports::{Health, ServiceLauncher};
+use connexa_core::service::PptpOpener;
+use connexa_core::tunnel::{GreSocket, TunnelConfig};
+use connexa_tests::lab::Lab;
+use sha2::{Digest, Sha256};
+
+/// Runs `f` on a current-thread runtime on this thread, moved into the lab's
+/// namespace (the GRE socket, the TUN devices, the server process, the rules
+/// and NAT are all made there).
+fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
+    lab.enter_netns()
+        .expect("enter the lab's network namespace (run as root)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(f())
+}
+
+/// `CMD ARGS...` in namespace `ns`, on a blocking thread (the service's
+/// packet pump runs on this runtime).
+async fn in_ns(ns: &str, cmd: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.into()];
+    args.extend(cmd.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || Command::new("ip").args(&args).output())
+        .await
+        .expect("command thread")
+        .expect("run ip netns exec")
+}
+
+async fn ok_in(ns: &str, cmd: &[&str]) -> String {
+    let out = in_ns(ns, cmd).await;
+    assert!(
+        out.status.success(),
+        "{} failed ({}): {}{}",
+        cmd.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the lab's namespace holds that a service could leave behind:
+/// interfaces, policy rules, the nft tables, the routes of every table.
+async fn host_state(lab: &Lab) -> Vec<String> {
+    let mut all = Vec::new();
+    for cmd in [
+        &["ip", "-o", "link"][..],
+        &["ip", "-4", "rule"][..],
+        &["nft", "list", "tables"][..],
+        &["ip", "-4", "route", "show", "table", "all"][..],
+    ] {
+        let text = ok_in(&lab.netns, cmd).await;
+        all.extend(text.lines().map(|l| {
+            // Link lines carry counters-free state; keep the name and flags.
+            l.split("link/").next().unwrap_or(l).trim().to_string()
+        }));
+    }
+    all.sort();
+    all
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The lab file's URL at the server's PPP address.
+fn file_via_ppp(lab: &Lab) -> String {
+    let path = lab
+        .file_url
+        .splitn(4, '/')
+        .nth(3)
+        .expect("a path in CONNEXA_LAB_FILE_URL");
+    format!("http://{}/{path}", lab.ppp_server)
+}
+
+/// The client's namespace, joined to the lab's by a veth pair; removed on drop.
+struct ClientNs {
+    name: String,
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+const SERVER_SIDE: &str = "10.250.77.1";
+const CLIENT_SIDE: &str = "10.250.77.2";
+
+async fn client_ns(lab: &Lab) -> ClientNs {
+    let name = format!("cxovpn-c{}", std::process::id());
+    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+    let ns = ClientNs { name: name.clone() };
+    let status = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("ip netns add");
+    assert!(status.success());
+    let (a, b) = ("vcxovpn0", "vcxovpn1");
+    let _ = in_ns(&lab.netns, &["ip", "link", "del", a]).await;
+    ok_in(
+        &lab.netns,
+        &[
+            "ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", &name,
+        ],
+    )
+    .await;
+    let server = format!("{SERVER_SIDE}/30");
+    let client = format!("{CLIENT_SIDE}/30");
+    ok_in(&lab.netns, &["ip", "addr", "add", &server, "dev", a]).await;
+    ok_in(&lab.netns, &["ip", "link", "set", a, "up"]).await;
+    ok_in(&name, &["ip", "addr", "add", &client, "dev", b]).await;
+    ok_in(&name, &["ip", "link", "set", b, "up"]).await;
+    ok_in(&name, &["ip", "link", "set", "lo", "up"]).await;
+    ok_in(
+        &name,
+        &["ip", "route", "add", "default", "via", SERVER_SIDE],
+    )
+    .await;
+    ns
+}
+
+/// A running openvpn client in the client namespace; killed on drop.
+struct Client {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(ns: &ClientNs, profile: &Path, log: &Path) -> Client {
+    let _ = std::fs::remove_file(log);
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "openvpn", "--config"])
+        .arg(profile)
+        .arg("--log")
+        .arg(log)
+        .spawn()
+        .expect("run the openvpn client");
+    Client {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits (at most `limit`) until `file` contains one of `needles`; returns it.
+async fn wait_for(file: &Path, needles: &[&str], limit: Duration) -> Option<String> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        let text = read(file);
+        if let Some(n) = needles.iter().find(|n| text.contains(**n)) {
+            return Some(n.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+fn launcher(gre: Arc<GreSocket>, dir: &Path) -> OpenvpnLauncher {
+    OpenvpnLauncher::new(
+        Arc::new(PptpOpener::with_gre_socket(TunnelConfig::default(), gre)),
+        OpenvpnConfig {
+            dir: dir.to_path_buf(),
+            bind: SERVER_SIDE.parse().unwrap(),
+            ports: 11940..=11949,
+            ..OpenvpnConfig::default()
+        },
+    )
+}
+
+fn node(lab: &Lab, id: i64, status: Status) -> Node {
+    Node {
+        id: NodeId(id),
+        status,
+        ..lab.node()
+    }
+}
+
+fn write_profile(dir: &Path, name: &str, node: NodeId, ep: &ServiceEndpoint) -> PathBuf {
+    let ca = openvpn::ca_certificate(dir).expect("the CA");
+    let text = openvpn::profile(node, ep, &ca).expect("a profile");
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Fetches the lab file from the client namespace (through the VPN) and
+/// checks its length and sha256.
+async fn fetch_through_vpn(lab: &Lab, ns: &ClientNs) {
+    let url = file_via_ppp(lab);
+    let out = in_ns(&ns.name, &["curl", "-sS", "--max-time", "120", &url]).await;
+    assert!(
+        out.status.success(),
+        "curl {url} from the client namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len() as u64, lab.file_size);
+    assert_eq!(sha256_hex(&out.stdout), lab.file_sha256);
+}
+
+const UP: &str = "Initialization Sequence Completed";
+
+#[test]
+fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
+    let lab = Lab::require();
+    in_lab(&lab, || async {
+        let gre = GreSocket::open().expect("raw GRE socket (run as root)");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ovpn");
+        let ns = client_ns(&lab).await;
+        let id = 4721;
+        let before = host_state(&lab).await;
+
+        // A first start: a new client certificate.
+        let ovpn = launcher(gre.clone(), &dir);
+        let fresh = node(&lab, id, Status::SpeedOk);
+        let ep = ovpn.start(&fresh, None).await.expect("openvpn service up");
+        assert_eq!(ep.host, SERVER_SIDE);
+        assert!((11940..=11949).contains(&ep.port), "{}", ep.port);
+        assert!(
+            ep.username.starts_with("openvpn:10.201."),
+            "{}",
+            ep.username
+        );
+        let installed = ovpn.installed(NodeId(id)).await.join("\n");
+        assert!(installed.contains("lookup 1004721"), "{installed}");
+        assert!(installed.contains("default dev cx4721"), "{installed}");
+        assert!(
+            installed.contains("nft table ip connexa_ovpn_4721"),
+            "{installed}"
+        );
+        let p1 = write_profile(tmp.path(), "p1.ovpn", NodeId(id), &ep);
+
+        // A real client connects and fetches the lab file through the node.
+        let c1 = client(&ns, &p1, &tmp.path().join("c1.log"));
+        assert_eq!(
+            wait_for(&c1.log, &[UP], Duration::from_secs(60))
+                .await
+                .as_deref(),
+            Some(UP),
+            "client log: {}",
+            read(&c1.log)
+        );
+        fetch_through_vpn(&lab, &ns).await;
+        // The traffic left as the PPP address: the SNAT rule (to the address
+        // of cx4721) counted it, and the tunnel carried the file.
+        let nat = ok_in(
+            &lab.netns,
+            &["nft", "list", "table", "ip", "connexa_ovpn_4721"],
+        )
+        .await;
+        let addr = ok_in(
+            &lab.netns,
+            &["ip", "-o", "-4", "addr", "show", "dev", "cx4721"],
+        )
+        .await;
+        let ppp = addr
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .expect("cx4721's address")
+            .to_string();
+        assert!(nat.contains(&format!("snat to {ppp}")), "{nat}");
+        let packets: u64 = nat
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("the rule's counter");
+        assert!(packets > 0, "{nat}");
+        let counters = ovpn.counters(NodeId(id)).expect("counters");
+        assert!(counters.bytes_down >= lab.file_size, "{counters:?}");
+        assert_eq!(ovpn.health(&fresh).await, Health::Healthy);
+        drop(c1);
+
+        // A restore (a new process: the store says the service runs) keeps
+        // the port and the profile.
+        ovpn.stop_all().await;
+        let ovpn = launcher(gre.clone(), &dir);
+        let running = node(&lab, id, Status::Online);
+        let ep2 = ovpn
+            .start(&running, Some(ep.clone()))
+            .await
+            .expect("restored");
+        assert_eq!((ep2.port, &ep2.username), (ep.port, &ep.username));
+        assert_eq!(
+            ep2.password.expose(),
+            ep.password.expose(),
+            "same client certificate"
+        );
+        let c2 = client(&ns, &p1, &tmp.path().join("c2.log"));
+        assert_eq!(
+            wait_for(&c2.log, &[UP], Duration::from_secs(60))
+                .await
+                .as_deref(),
+            Some(UP),
+            "the old profile after a restore: {}",
+            read(&c2.log)
+        );
+        fetch_through_vpn(&lab, &ns).await;
+
+        // Stop: nothing is left, the port is closed.
+        ovpn.stop(NodeId(id)).await.expect("stop");
+        drop(c2);
+        assert!(ovpn.installed(NodeId(id)).await.is_empty());
+        assert_eq!(host_state(&lab).await, before, "host state after stop");
+        assert!(
+            std::net::UdpSocket::bind((SERVER_SIDE, ep.port)).is_ok(),
+            "the port is free again"
+        );
+        assert!(!dir.join("services").join(id.to_string()).exists());
+
+        // A start after the stop: a new client certificate; the old profile
+        // is refused, the new one connects.
+        let ep3 = ovpn
+            .start(&fresh, Some(ep2.clone()))
+            .await
+            .expect("started again");
+        assert_eq!(ep3.port, ep.port, "the stored port again");
+        assert_ne!(
+            ep3.password.expose(),
+            ep.password.expose(),
+            "a new client certificate"
+        );
+        let server_log = dir
+            .join("services")
+            .join(id.to_string())
+            .join("openvpn.log");
+        let old = client(&ns, &p1, &tmp.path().join("c3.log"));
+        let refused = wait_for(
+            &server_log,
+            &["VERIFY X509NAME ERROR"],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            refused.is_some(),
+            "the server did not refuse the old profile: {}",
+            read(&server_log)
+        );
+        assert!(!read(&old.log).contains(UP), "{}", read(&old.log));
+        drop(old);
+        let p3 = write_profile(tmp.path(), "p3.ovpn", NodeId(id), &ep3);
+        let c4 = client(&ns, &p3, &tmp.path().join("c4.log"));
+        assert_eq!(
+            wait_for(&c4.log, &[UP], Duration::from_secs(60))
+                .await
+                .as_deref(),
+            Some(UP),
+            "the new profile: {}",
+            read(&c4.log)
+        );
+        ovpn.stop(NodeId(id)).await.expect("stop");
+        drop(c4);
+        assert_eq!(
+            host_state(&lab).await,
+            before,
+            "host state after the last stop"
+        );
+        drop(ns);
+    });
+}
