@@ -962,6 +962,56 @@ pub async fn service_profile(
     Ok(crate::openvpn::profile(id, ep, &ca)?)
 }
 
+/// The `.ovpn` profiles of the nodes matching `filter` (see
+/// [`service_profile`]), in node id order: one per node. Every matching node
+/// must run an `openvpn` service; otherwise nothing is returned and the error
+/// names the nodes that do not (at most 20).
+pub async fn service_profiles(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+    dir: &std::path::Path,
+) -> Result<Vec<(NodeId, String)>, ProfileError> {
+    let nodes = all_matching(store, filter).await?;
+    let without: Vec<NodeId> = nodes
+        .iter()
+        .filter(|n| {
+            !matches!(n.status, Status::Online | Status::Offline)
+                || n.service.as_ref().map(|s| s.kind()) != Some(crate::domain::ServiceKind::Openvpn)
+        })
+        .map(|n| n.id)
+        .collect();
+    if nodes.is_empty() || !without.is_empty() {
+        let shown: Vec<String> = without.iter().take(20).map(ToString::to_string).collect();
+        let more = without.len().saturating_sub(20);
+        return Err(ProfileError::NoProfile {
+            node: without.first().copied().unwrap_or(NodeId(0)),
+            why: if nodes.is_empty() {
+                "no node matches the selection".into()
+            } else {
+                format!(
+                    "{} of the {} selected nodes run no openvpn service ({}{}): select only nodes \
+                     with one (`connexa service list`), or start one with `connexa service start \
+                     --kind openvpn`",
+                    without.len(),
+                    nodes.len(),
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+        });
+    }
+    let ca = crate::openvpn::ca_certificate(dir)?;
+    nodes
+        .iter()
+        .filter_map(|n| n.service.as_ref().map(|ep| (n.id, ep)))
+        .map(|(id, ep)| Ok((id, crate::openvpn::profile(id, ep, &ca)?)))
+        .collect()
+}
+
 /// The services recorded as running (nodes `online` or `offline` with an
 /// endpoint) among the nodes matching `filter`, in node id order.
 pub async fn running_services(

@@ -543,6 +543,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         session_idle_timeout: Duration::from_secs(s.session_idle_minutes.saturating_mul(60)),
         session_lifetime: Duration::from_secs(s.session_lifetime_hours.saturating_mul(3600)),
         secure_cookies: s.secure_cookies,
+        openvpn_dir: config.openvpn_dir(),
         ..HttpOptions::default()
     };
     let mut state = AppState::new(engine.clone(), store.clone(), options)

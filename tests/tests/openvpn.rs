@@ -127,6 +127,30 @@ async fn profile_comes_from_the_sealed_endpoint_and_the_ca_file() {
     assert_eq!(listed[0].username, "openvpn:10.201.9.0/24");
     assert_eq!(listed[0].password, "");
 
+    // The export: one profile per selected node running an openvpn service.
+    let all = connexa_core::ops::service_profiles(store.as_ref(), &NodeFilter::ids([id]), &ca_dir)
+        .await
+        .unwrap();
+    assert_eq!(all, vec![(id, p.clone())]);
+    // A selected node without one: refused, naming it, nothing returned.
+    let other = store
+        .insert(vec![NewNode::new("127.0.0.2", 1723, "x", "y").unwrap()])
+        .await
+        .unwrap();
+    let [InsertOutcome::Inserted(other)] = other[..] else {
+        panic!("insert")
+    };
+    let e = connexa_core::ops::service_profiles(store.as_ref(), &NodeFilter::all(), &ca_dir)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!(
+            "1 of the 2 selected nodes run no openvpn service ({other})"
+        )),
+        "{e}"
+    );
+
     // Without the CA file: a clear error.
     let e = connexa_core::ops::service_profile(store.as_ref(), id, &tmp.path().join("none"))
         .await
