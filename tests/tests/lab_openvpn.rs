@@ -216,10 +216,10 @@ fn node(lab: &Lab, id: i64, status: Status) -> Node {
     }
 }
 
-fn write_profile(dir: &Path, name: &str, node: NodeId, ep: &ServiceEndpoint) -> PathBuf {
-    let ca = openvpn::ca_certificate(dir).expect("the CA");
+/// The profile of `ep` (CA from `ca_dir`) written to `path`.
+fn write_profile(ca_dir: &Path, path: PathBuf, node: NodeId, ep: &ServiceEndpoint) -> PathBuf {
+    let ca = openvpn::ca_certificate(ca_dir).expect("the CA");
     let text = openvpn::profile(node, ep, &ca).expect("a profile");
-    let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -249,7 +249,40 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         let dir = tmp.path().join("ovpn");
         let ns = client_ns(&lab).await;
         let id = 4721;
+        // What an earlier run of this test may have left (a panic skips the stop).
+        let _ = in_ns(
+            &lab.netns,
+            &["nft", "delete", "table", "ip", "connexa_ovpn_4721"],
+        )
+        .await;
+        while in_ns(&lab.netns, &["ip", "rule", "del", "lookup", "1004721"])
+            .await
+            .status
+            .success()
+        {}
         let before = host_state(&lab).await;
+        // What a crashed run leaves: the rule and the nft table. The start
+        // removes them before it sets up its own.
+        ok_in(
+            &lab.netns,
+            &[
+                "ip",
+                "rule",
+                "add",
+                "from",
+                "10.201.0.0/24",
+                "lookup",
+                "1004721",
+                "priority",
+                "9000",
+            ],
+        )
+        .await;
+        ok_in(
+            &lab.netns,
+            &["nft", "add", "table", "ip", "connexa_ovpn_4721"],
+        )
+        .await;
 
         // A first start: a new client certificate.
         let ovpn = launcher(gre.clone(), &dir);
@@ -263,13 +296,17 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
             ep.username
         );
         let installed = ovpn.installed(NodeId(id)).await.join("\n");
-        assert!(installed.contains("lookup 1004721"), "{installed}");
+        assert_eq!(
+            installed.matches("lookup 1004721").count(),
+            1,
+            "the stale rule is gone, ours is there: {installed}"
+        );
         assert!(installed.contains("default dev cx4721"), "{installed}");
         assert!(
             installed.contains("nft table ip connexa_ovpn_4721"),
             "{installed}"
         );
-        let p1 = write_profile(tmp.path(), "p1.ovpn", NodeId(id), &ep);
+        let p1 = write_profile(&dir, tmp.path().join("p1.ovpn"), NodeId(id), &ep);
 
         // A real client connects and fetches the lab file through the node.
         let c1 = client(&ns, &p1, &tmp.path().join("c1.log"));
@@ -381,7 +418,7 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         );
         assert!(!read(&old.log).contains(UP), "{}", read(&old.log));
         drop(old);
-        let p3 = write_profile(tmp.path(), "p3.ovpn", NodeId(id), &ep3);
+        let p3 = write_profile(&dir, tmp.path().join("p3.ovpn"), NodeId(id), &ep3);
         let c4 = client(&ns, &p3, &tmp.path().join("c4.log"));
         assert_eq!(
             wait_for(&c4.log, &[UP], Duration::from_secs(60))
