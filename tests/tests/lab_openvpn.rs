@@ -7,7 +7,8 @@
 //! the lab server's file at its PPP address 10.78.0.1 with the right sha256.
 //! The SNAT rule's counter shows the traffic left as the PPP address. A
 //! restore (a new launcher, as after a process restart) keeps the port and
-//! the profile; stop removes the process, the port, the rule, the routing
+//! the profile, and so does the health check's relaunch after the server
+//! process is killed; stop removes the process, the port, the rule, the routing
 //! table, the nft table and the interfaces (listed before and after); a start
 //! after the stop refuses the old profile and accepts the new one.
 //!
@@ -350,6 +351,47 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         assert!(counters.bytes_down >= lab.file_size, "{counters:?}");
         assert_eq!(ovpn.health(&fresh).await, Health::Healthy);
         drop(c1);
+
+        // The server process dies: the health check starts the whole service
+        // again, same port, same profile.
+        let pid_file = dir
+            .join("services")
+            .join(id.to_string())
+            .join("openvpn.pid");
+        let pid = read(&pid_file).trim().to_string();
+        assert!(!pid.is_empty(), "a pid file");
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let online = node(&lab, id, Status::Online);
+        assert_eq!(ovpn.health(&online).await, Health::Healthy, "relaunched");
+        let relaunched = read(&pid_file).trim().to_string();
+        assert!(
+            !relaunched.is_empty() && relaunched != pid,
+            "{pid} -> {relaunched}"
+        );
+        assert_eq!(
+            ovpn.installed(NodeId(id))
+                .await
+                .join("\n")
+                .matches("lookup 1004721")
+                .count(),
+            1
+        );
+        let c1b = client(&ns, &p1, &tmp.path().join("c1b.log"));
+        assert_eq!(
+            wait_for(&c1b.log, &[UP], Duration::from_secs(60))
+                .await
+                .as_deref(),
+            Some(UP),
+            "the profile after a relaunch: {}",
+            read(&c1b.log)
+        );
+        drop(c1b);
 
         // A restore (a new process: the store says the service runs) keeps
         // the port and the profile.
