@@ -10,7 +10,9 @@
 //! the profile, and so does the health check's relaunch after the server
 //! process is killed; stop removes the process, the port, the rule, the routing
 //! table, the nft table and the interfaces (listed before and after); a start
-//! after the stop refuses the old profile and accepts the new one.
+//! after the stop refuses the old profile and accepts the new one. Two
+//! services through two calls at once keep their traffic apart (each
+//! client's download shows in its own service's SNAT counter and tunnel).
 //!
 //! Needs the lab, root, and the `openvpn` and `nft` programs (tests/run.sh
 //! installs them).
@@ -117,10 +119,20 @@ impl Drop for ClientNs {
 }
 
 const SERVER_SIDE: &str = "10.250.77.1";
-const CLIENT_SIDE: &str = "10.250.77.2";
 
-async fn client_ns(lab: &Lab) -> ClientNs {
-    let name = format!("cxovpn-c{}", std::process::id());
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One test at a time: each compares the lab namespace's state before and after.
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    LAB.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Client namespace number `idx` (0: the one at 10.250.77.2), joined to
+/// the lab's namespace by the veth pair `vcxovpn<2 idx>`/`vcxovpn<2 idx + 1>`
+/// on `10.250.77.<4 idx>/30`; its default route goes to the lab's namespace.
+async fn client_ns(lab: &Lab, idx: u8) -> ClientNs {
+    let name = format!("cxovpn-c{}-{idx}", std::process::id());
     let _ = Command::new("ip").args(["netns", "del", &name]).output();
     let ns = ClientNs { name: name.clone() };
     let status = Command::new("ip")
@@ -128,27 +140,27 @@ async fn client_ns(lab: &Lab) -> ClientNs {
         .status()
         .expect("ip netns add");
     assert!(status.success());
-    let (a, b) = ("vcxovpn0", "vcxovpn1");
-    let _ = in_ns(&lab.netns, &["ip", "link", "del", a]).await;
+    let (a, b) = (
+        format!("vcxovpn{}", 2 * idx),
+        format!("vcxovpn{}", 2 * idx + 1),
+    );
+    let _ = in_ns(&lab.netns, &["ip", "link", "del", &a]).await;
     ok_in(
         &lab.netns,
         &[
-            "ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", &name,
+            "ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &name,
         ],
     )
     .await;
-    let server = format!("{SERVER_SIDE}/30");
-    let client = format!("{CLIENT_SIDE}/30");
-    ok_in(&lab.netns, &["ip", "addr", "add", &server, "dev", a]).await;
-    ok_in(&lab.netns, &["ip", "link", "set", a, "up"]).await;
-    ok_in(&name, &["ip", "addr", "add", &client, "dev", b]).await;
-    ok_in(&name, &["ip", "link", "set", b, "up"]).await;
+    let gateway = format!("10.250.77.{}", 4 * idx + 1);
+    let server = format!("{gateway}/30");
+    let client = format!("10.250.77.{}/30", 4 * idx + 2);
+    ok_in(&lab.netns, &["ip", "addr", "add", &server, "dev", &a]).await;
+    ok_in(&lab.netns, &["ip", "link", "set", &a, "up"]).await;
+    ok_in(&name, &["ip", "addr", "add", &client, "dev", &b]).await;
+    ok_in(&name, &["ip", "link", "set", &b, "up"]).await;
     ok_in(&name, &["ip", "link", "set", "lo", "up"]).await;
-    ok_in(
-        &name,
-        &["ip", "route", "add", "default", "via", SERVER_SIDE],
-    )
-    .await;
+    ok_in(&name, &["ip", "route", "add", "default", "via", &gateway]).await;
     ns
 }
 
@@ -244,11 +256,12 @@ const UP: &str = "Initialization Sequence Completed";
 #[test]
 fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
     let lab = Lab::require();
+    let _x = exclusive();
     in_lab(&lab, || async {
         let gre = GreSocket::open().expect("raw GRE socket (run as root)");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ovpn");
-        let ns = client_ns(&lab).await;
+        let ns = client_ns(&lab, 0).await;
         let id = 4721;
         // What an earlier run of this test may have left (a panic skips the stop).
         let _ = in_ns(
@@ -478,5 +491,85 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
             "host state after the last stop"
         );
         drop(ns);
+    });
+}
+
+/// The packets the SNAT rule of node `id`'s service counted.
+async fn nat_packets(lab: &Lab, id: i64) -> u64 {
+    let table = format!("connexa_ovpn_{id}");
+    let nat = ok_in(&lab.netns, &["nft", "list", "table", "ip", &table]).await;
+    nat.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {nat}"))
+}
+
+#[test]
+fn lab_openvpn_two_services_through_two_calls_keep_their_traffic_apart() {
+    let lab = Lab::require();
+    let _x = exclusive();
+    in_lab(&lab, || async {
+        let gre = GreSocket::open().expect("raw GRE socket (run as root)");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ovpn");
+        let (ns_a, ns_b) = (client_ns(&lab, 1).await, client_ns(&lab, 2).await);
+        let before = host_state(&lab).await;
+        let ovpn = launcher(gre, &dir);
+        let (a, b) = (4731, 4732);
+        let (na, nb) = (
+            node(&lab, a, Status::SpeedOk),
+            node(&lab, b, Status::SpeedOk),
+        );
+        // Started at once: two PPTP calls, two servers.
+        let (ea, eb) = tokio::join!(ovpn.start(&na, None), ovpn.start(&nb, None));
+        let (ea, eb) = (ea.expect("service a"), eb.expect("service b"));
+        assert_ne!(ea.port, eb.port);
+        assert_ne!(ea.username, eb.username, "two client subnets");
+        let pa = write_profile(&dir, tmp.path().join("a.ovpn"), NodeId(a), &ea);
+        let pb = write_profile(&dir, tmp.path().join("b.ovpn"), NodeId(b), &eb);
+        let ca = client(&ns_a, &pa, &tmp.path().join("a.log"));
+        let cb = client(&ns_b, &pb, &tmp.path().join("b.log"));
+        for c in [&ca, &cb] {
+            assert_eq!(
+                wait_for(&c.log, &[UP], Duration::from_secs(60))
+                    .await
+                    .as_deref(),
+                Some(UP),
+                "{}",
+                read(&c.log)
+            );
+        }
+        // A's download goes through A's service only.
+        let b_before = nat_packets(&lab, b).await;
+        let b_down = ovpn.counters(NodeId(b)).expect("counters b").bytes_down;
+        fetch_through_vpn(&lab, &ns_a).await;
+        assert!(nat_packets(&lab, a).await > 0);
+        assert!(ovpn.counters(NodeId(a)).expect("counters a").bytes_down >= lab.file_size);
+        assert!(
+            nat_packets(&lab, b).await - b_before < 10,
+            "b's rule counted a's traffic"
+        );
+        assert!(
+            ovpn.counters(NodeId(b)).expect("counters b").bytes_down - b_down < lab.file_size / 10,
+            "b's tunnel carried a's download"
+        );
+        // And B's through B's.
+        let a_down = ovpn.counters(NodeId(a)).expect("counters a").bytes_down;
+        fetch_through_vpn(&lab, &ns_b).await;
+        assert!(ovpn.counters(NodeId(b)).expect("counters b").bytes_down >= lab.file_size);
+        assert!(
+            ovpn.counters(NodeId(a)).expect("counters a").bytes_down - a_down < lab.file_size / 10,
+            "a's tunnel carried b's download"
+        );
+        ovpn.stop(NodeId(a)).await.expect("stop a");
+        ovpn.stop(NodeId(b)).await.expect("stop b");
+        drop((ca, cb));
+        assert_eq!(
+            host_state(&lab).await,
+            before,
+            "host state after both stops"
+        );
+        drop((ns_a, ns_b));
     });
 }
