@@ -13,6 +13,10 @@
 //! after the stop refuses the old profile and accepts the new one. Two
 //! services through two calls at once keep their traffic apart (each
 //! client's download shows in its own service's SNAT counter and tunnel).
+//! After SIGKILL of the process running the service (the server, its rule
+//! and NAT left behind), the next process ends the orphan server and
+//! restores the service on the same port with the same client certificate:
+//! the old profile connects again.
 //!
 //! Needs the lab, root, and the `openvpn` and `nft` programs (tests/run.sh
 //! installs them).
@@ -23,10 +27,15 @@ use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connexa_core::domain::{Node, NodeId, ServiceEndpoint, Status};
+use connexa_core::domain::{
+    Event, EventKind, Level, NewNode, Node, NodeFilter, NodeId, Outcome, ServiceEndpoint,
+    ServiceKind, Status,
+};
 use connexa_core::openvpn::{self, OpenvpnConfig, OpenvpnLauncher};
+use connexa_core::ports::{ApplyContext, HistoryEvent, InsertOutcome, NodeStore};
 use connexa_core::ports::{Health, ServiceLauncher};
 use connexa_core::service::PptpOpener;
+use connexa_core::store::SqlStore;
 use connexa_core::tunnel::{GreSocket, TunnelConfig};
 use connexa_tests::lab::Lab;
 use sha2::{Digest, Sha256};
@@ -571,5 +580,155 @@ fn lab_openvpn_two_services_through_two_calls_keep_their_traffic_apart() {
             "host state after both stops"
         );
         drop((ns_a, ns_b));
+    });
+}
+
+/// A helper process, SIGKILLed when dropped (also when the test fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The helper process (`openvpn_service`) in the lab's namespace.
+fn connexa_process(lab: &Lab, url: &str, dir: &Path) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.netns])
+        .arg(env!("CARGO_BIN_EXE_openvpn_service"))
+        .arg(url)
+        .arg(dir)
+        .args([SERVER_SIDE, "11960", "11969"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn openvpn_service")
+}
+
+/// Waits (at most 90 s) until the store shows node `id` online with an
+/// endpoint recorded by the `starts`-th `service_started`.
+async fn online_after(store: &dyn NodeStore, id: NodeId, starts: usize) -> ServiceEndpoint {
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(
+            Instant::now() < end,
+            "no service start number {starts} within 90 s"
+        );
+        let history = store.history(id).await.expect("history");
+        let n = history
+            .iter()
+            .filter(|h| h.event == HistoryEvent::Applied(EventKind::ServiceStarted))
+            .count();
+        let node = store.get(id).await.expect("get").expect("node");
+        if n >= starts && node.status == Status::Online {
+            return node.service.expect("an endpoint");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[test]
+fn lab_openvpn_after_sigkill_the_same_port_and_profile_and_stop_leaves_nothing() {
+    let lab = Lab::require();
+    let _x = exclusive();
+    in_lab(&lab, || async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ovpn");
+        let url = format!("sqlite://{}?mode=rwc", tmp.path().join("c.db").display());
+        let store = SqlStore::connect(&url).await.expect("store");
+        let new = NewNode::new(
+            &lab.server.to_string(),
+            u64::from(lab.pptp_port),
+            &lab.user,
+            &lab.password,
+        )
+        .expect("node");
+        let [InsertOutcome::Inserted(id)] = store.insert(vec![new]).await.expect("insert")[..]
+        else {
+            panic!("insert")
+        };
+        store
+            .apply(
+                id,
+                Event::Tested(Outcome::success(Level::Speed)),
+                ApplyContext::now(),
+            )
+            .await
+            .expect("verified");
+        let sel = NodeFilter::ids([id]);
+        connexa_core::ops::want_service_kind(&store, &sel, ServiceKind::Openvpn)
+            .await
+            .expect("kind");
+        store.set_service_wanted(&sel, true).await.expect("wanted");
+        let ns = client_ns(&lab, 0).await;
+        let before = host_state(&lab).await;
+
+        let mut first = Killed(connexa_process(&lab, &url, &dir));
+        let ep = online_after(&store, id, 1).await;
+        let p = tmp.path().join("p.ovpn");
+        std::fs::write(
+            &p,
+            connexa_core::ops::service_profile(&store, id, &dir)
+                .await
+                .expect("the profile"),
+        )
+        .unwrap();
+        let c1 = client(&ns, &p, &tmp.path().join("c1.log"));
+        assert_eq!(
+            wait_for(&c1.log, &[UP], Duration::from_secs(60))
+                .await
+                .as_deref(),
+            Some(UP),
+            "{}",
+            read(&c1.log)
+        );
+        drop(c1);
+
+        // SIGKILL: the openvpn server, its rules and NAT stay behind.
+        first.0.kill().expect("SIGKILL");
+        first.0.wait().expect("reaped");
+        let pid_file = dir
+            .join("services")
+            .join(id.0.to_string())
+            .join("openvpn.pid");
+        let orphan = read(&pid_file).trim().to_string();
+        assert!(
+            Path::new(&format!("/proc/{orphan}")).exists(),
+            "the server outlived its parent"
+        );
+        // The next process reconciles them away and restores the service:
+        // same port, same client certificate, the old profile connects.
+        let _second = Killed(connexa_process(&lab, &url, &dir));
+        let ep2 = online_after(&store, id, 2).await;
+        assert_eq!(ep2, ep, "same port, subnet and client certificate");
+        assert!(
+            !Path::new(&format!("/proc/{orphan}")).exists(),
+            "the orphan server was ended"
+        );
+        let c2 = client(&ns, &p, &tmp.path().join("c2.log"));
+        assert_eq!(
+            wait_for(&c2.log, &[UP], Duration::from_secs(60))
+                .await
+                .as_deref(),
+            Some(UP),
+            "the profile after SIGKILL: {}",
+            read(&c2.log)
+        );
+
+        // Stop (no longer wanted): the process removes everything.
+        store
+            .set_service_wanted(&sel, false)
+            .await
+            .expect("unwanted");
+        let end = Instant::now() + Duration::from_secs(60);
+        while store.get(id).await.expect("get").expect("node").status == Status::Online {
+            assert!(Instant::now() < end, "not stopped within 60 s");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        drop(c2);
+        assert_eq!(host_state(&lab).await, before, "host state after the stop");
+        drop(ns);
     });
 }
