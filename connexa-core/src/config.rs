@@ -56,6 +56,11 @@
 //! restart_backoff_max_secs = 600.0  # ...up to this
 //! # proxies_file = "/run/connexa/proxies.txt"  # host:port:user:pass per running service, rewritten atomically (0600)
 //! tun_prefix = "cx"            # `tun` services: interface <prefix><node id> (needs CAP_NET_ADMIN)
+//! openvpn_ports = "1194-1293"  # `openvpn` services: one UDP port each from this range
+//! openvpn_subnets = "10.201.0.0/16"  # ...and one /24 client subnet each from this pool
+//! openvpn_bind = "0.0.0.0"     # ...the servers listen here (profiles name public_host, else this)
+//! # openvpn_dir = "/var/lib/connexa/openvpn"  # the CA (ca.key 0600) and the servers' files
+//! #   (default: connexa-openvpn next to the SQLite database, else in the working directory)
 //!
 //! [http]
 //! listen = "127.0.0.1:8080"
@@ -422,6 +427,17 @@ pub struct ServicesConfig {
     /// `<tun_prefix><node id>` (default `cx`: `cx7`). 1 to 8 characters of
     /// `a-z`, `0-9`, `_`, `-`, starting with a letter.
     pub tun_prefix: String,
+    /// `openvpn` services: the UDP ports given to them, `LOW-HIGH`.
+    pub openvpn_ports: String,
+    /// `openvpn` services: the pool of client subnets (an IPv4 network from
+    /// /8 to /24), split into one /24 per service.
+    pub openvpn_subnets: String,
+    /// `openvpn` services: the address the servers listen on (profiles name
+    /// `public_host`, else this address).
+    pub openvpn_bind: IpAddr,
+    /// `openvpn` services: where the CA and the servers' files are kept
+    /// (default: see [`Config::openvpn_dir`]).
+    pub openvpn_dir: Option<PathBuf>,
 }
 
 impl Default for ServicesConfig {
@@ -448,6 +464,10 @@ impl Default for ServicesConfig {
             restart_backoff_max_secs: 600.0,
             proxies_file: None,
             tun_prefix: "cx".into(),
+            openvpn_ports: "1194-1293".into(),
+            openvpn_subnets: "10.201.0.0/16".into(),
+            openvpn_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            openvpn_dir: None,
         }
     }
 }
@@ -654,6 +674,12 @@ impl Config {
                 s.tun_prefix
             ));
         }
+        if let Err(e) = crate::openvpn::parse_port_range(&s.openvpn_ports) {
+            return bad(format!("services.openvpn_ports: {e}"));
+        }
+        if let Err(e) = crate::openvpn::parse_subnet_pool(&s.openvpn_subnets) {
+            return bad(format!("services.openvpn_subnets: {e}"));
+        }
         if s.port_min == 0 || s.port_min > s.port_max {
             return bad(format!(
                 "services.port_min ({}) must be at least 1 and at most services.port_max ({})",
@@ -778,6 +804,35 @@ impl Config {
             host.to_owned()
         };
         Some(format!("http://{host}:{}", self.http.listen.port()))
+    }
+
+    /// The directory of `openvpn` services' CA and files: `[services]
+    /// openvpn_dir`, else `connexa-openvpn` next to the SQLite database of
+    /// `database` (`sqlite://path...`), else in the working directory.
+    pub fn openvpn_dir(&self) -> PathBuf {
+        if let Some(p) = self
+            .services
+            .openvpn_dir
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            return p.clone();
+        }
+        self.next_to_database("connexa-openvpn")
+    }
+
+    /// `name` in the SQLite database's directory, else in the working directory.
+    fn next_to_database(&self, name: &str) -> PathBuf {
+        let db = self
+            .database
+            .as_deref()
+            .and_then(|d| d.strip_prefix("sqlite://").or(d.strip_prefix("sqlite:")))
+            .map(|d| d.split('?').next().unwrap_or(d))
+            .filter(|d| !d.is_empty() && !d.starts_with(':'));
+        match db.and_then(|d| Path::new(d).parent()) {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+            _ => PathBuf::from(name),
+        }
     }
 
     /// The file of the keyed endpoint's shared secret: `[test]

@@ -44,7 +44,9 @@
 //!   ([`TunnelOpener`](service::TunnelOpener), [`TunnelLink`](service::TunnelLink))
 //!   and [`KindLauncher`](service::KindLauncher), which starts each node's
 //!   service by its wanted kind; [`tun`]: the node's tunnel as a kernel TUN
-//!   interface ([`TunLauncher`](tun::TunLauncher)).
+//!   interface ([`TunLauncher`](tun::TunLauncher)); [`openvpn`]: an OpenVPN
+//!   server per service whose clients' traffic leaves through the node
+//!   ([`OpenvpnLauncher`](openvpn::OpenvpnLauncher)) and its `.ovpn` profiles.
 //! * [`ops`]: the operations frontends call (one per CLI subcommand) and their
 //!   JSON views; [`config`]: the operator's TOML configuration file;
 //!   [`runtime`]: the ports and engine built from it; [`doctor`]: checks of a
@@ -73,6 +75,7 @@ pub mod export;
 pub mod geo;
 pub mod import;
 pub mod metrics;
+pub mod openvpn;
 pub mod ops;
 pub mod ports;
 pub mod pptp;

@@ -577,7 +577,13 @@ impl NodeView {
                 host: s.host.clone(),
                 port: s.port,
                 username: s.username.clone(),
-                password: secret(&s.password),
+                // An openvpn service's secret is its profile's key: fetched
+                // with `service profile`, never listed.
+                password: if s.kind() == crate::domain::ServiceKind::Openvpn {
+                    String::new()
+                } else {
+                    secret(&s.password)
+                },
                 counters: None,
                 worker: None,
             }),
@@ -956,6 +962,106 @@ pub struct RunningService {
     pub pinned: Option<String>,
 }
 
+/// Why a node has no OpenVPN profile.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProfileError {
+    /// The store failed (or the node does not exist: [`StoreError::NotFound`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The node runs no `openvpn` service (the message says what it runs).
+    #[error("node {node} has no OpenVPN profile: {why}")]
+    NoProfile {
+        /// The node.
+        node: NodeId,
+        /// What it has instead.
+        why: String,
+    },
+    /// The profile cannot be made (CA file, stored credentials).
+    #[error(transparent)]
+    Openvpn(#[from] crate::openvpn::OpenvpnError),
+}
+
+/// The `.ovpn` profile of `node`'s running `openvpn` service, with the CA
+/// kept in `dir` (`[services] openvpn_dir`, see
+/// [`Config::openvpn_dir`](crate::config::Config::openvpn_dir)). Made from
+/// the stored endpoint, so any process can hand it out.
+pub async fn service_profile(
+    store: &dyn NodeStore,
+    id: NodeId,
+    dir: &std::path::Path,
+) -> Result<String, ProfileError> {
+    let n = node(store, id).await?;
+    let no = |why: String| ProfileError::NoProfile { node: id, why };
+    let ep = match (&n.service, n.status) {
+        (Some(ep), Status::Online | Status::Offline) => ep,
+        _ => {
+            return Err(no(format!(
+                "no service runs through it (status {}); `connexa service start --kind openvpn {id}` wants one",
+                n.status.as_str()
+            )));
+        }
+    };
+    if ep.kind() != crate::domain::ServiceKind::Openvpn {
+        return Err(no(format!(
+            "its running service is a {} service, not openvpn",
+            ep.kind()
+        )));
+    }
+    let ca = crate::openvpn::ca_certificate(dir)?;
+    Ok(crate::openvpn::profile(id, ep, &ca)?)
+}
+
+/// The `.ovpn` profiles of the nodes matching `filter` (see
+/// [`service_profile`]), in node id order: one per node. Every matching node
+/// must run an `openvpn` service; otherwise nothing is returned and the error
+/// names the nodes that do not (at most 20).
+pub async fn service_profiles(
+    store: &dyn NodeStore,
+    filter: &NodeFilter,
+    dir: &std::path::Path,
+) -> Result<Vec<(NodeId, String)>, ProfileError> {
+    let nodes = all_matching(store, filter).await?;
+    let without: Vec<NodeId> = nodes
+        .iter()
+        .filter(|n| {
+            !matches!(n.status, Status::Online | Status::Offline)
+                || n.service.as_ref().map(|s| s.kind()) != Some(crate::domain::ServiceKind::Openvpn)
+        })
+        .map(|n| n.id)
+        .collect();
+    if nodes.is_empty() || !without.is_empty() {
+        let shown: Vec<String> = without.iter().take(20).map(ToString::to_string).collect();
+        let more = without.len().saturating_sub(20);
+        return Err(ProfileError::NoProfile {
+            node: without.first().copied().unwrap_or(NodeId(0)),
+            why: if nodes.is_empty() {
+                "no node matches the selection".into()
+            } else {
+                format!(
+                    "{} of the {} selected nodes run no openvpn service ({}{}): select only nodes \
+                     with one (`connexa service list`), or start one with `connexa service start \
+                     --kind openvpn`",
+                    without.len(),
+                    nodes.len(),
+                    shown.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                )
+            },
+        });
+    }
+    let ca = crate::openvpn::ca_certificate(dir)?;
+    nodes
+        .iter()
+        .filter_map(|n| n.service.as_ref().map(|ep| (n.id, ep)))
+        .map(|(id, ep)| Ok((id, crate::openvpn::profile(id, ep, &ca)?)))
+        .collect()
+}
+
 /// The services recorded as running (nodes `online` or `offline` with an
 /// endpoint) among the nodes matching `filter`, in node id order.
 pub async fn running_services(
@@ -998,7 +1104,13 @@ pub async fn running_services(
                 host: s.host.clone(),
                 port: s.port,
                 username: s.username.clone(),
-                password: s.password.expose().to_owned(),
+                // An openvpn service's secret is its profile's key: see
+                // [`service_profile`].
+                password: if s.kind() == crate::domain::ServiceKind::Openvpn {
+                    String::new()
+                } else {
+                    s.password.expose().to_owned()
+                },
                 wanted: n.service_wanted,
                 restart_pending: rt
                     .as_ref()

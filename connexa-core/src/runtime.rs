@@ -105,6 +105,25 @@ impl TunConfig {
     }
 }
 
+impl crate::openvpn::OpenvpnConfig {
+    /// The settings of `config`'s `[services]` section (`openvpn_*` keys,
+    /// `tun_prefix`, `public_host`; already validated by [`Config::validate`],
+    /// invalid values fall back to the defaults).
+    pub fn from_config(config: &Config) -> Self {
+        let c = &config.services;
+        let d = crate::openvpn::OpenvpnConfig::default();
+        crate::openvpn::OpenvpnConfig {
+            tun: TunConfig::from_services(c),
+            dir: config.openvpn_dir(),
+            ports: crate::openvpn::parse_port_range(&c.openvpn_ports).unwrap_or(d.ports.clone()),
+            subnets: crate::openvpn::parse_subnet_pool(&c.openvpn_subnets).unwrap_or(d.subnets),
+            bind: c.openvpn_bind,
+            public_host: c.public_host.clone().filter(|h| !h.is_empty()),
+            ..d
+        }
+    }
+}
+
 impl SocksConfig {
     /// The settings of a `[services]` configuration section (already validated by
     /// [`Config::validate`]).
@@ -408,8 +427,11 @@ pub struct NetworkPorts {
     pub launcher: Arc<SocksLauncher>,
     /// `tun` services: each node's tunnel as a TUN interface (`[services] tun_prefix`).
     pub tun: Arc<TunLauncher>,
-    /// The launcher the engine is given: [`launcher`](Self::launcher) or
-    /// [`tun`](Self::tun) by each node's wanted service kind.
+    /// `openvpn` services (`[services] openvpn_*`).
+    pub openvpn: Arc<crate::openvpn::OpenvpnLauncher>,
+    /// The launcher the engine is given: [`launcher`](Self::launcher),
+    /// [`tun`](Self::tun) or [`openvpn`](Self::openvpn) by each node's wanted
+    /// service kind.
     pub services: Arc<KindLauncher>,
 }
 
@@ -451,14 +473,21 @@ impl NetworkPorts {
         }
         let launcher = Arc::new(SocksLauncher::new(opener.clone(), socks));
         let tun = Arc::new(TunLauncher::new(
-            opener,
+            opener.clone(),
             TunConfig::from_services(&config.services),
+        ));
+        let openvpn = Arc::new(crate::openvpn::OpenvpnLauncher::new(
+            opener,
+            crate::openvpn::OpenvpnConfig::from_config(config),
         ));
         NetworkPorts {
             speed: Arc::new(speed),
-            services: Arc::new(KindLauncher::new(launcher.clone(), tun.clone())),
+            services: Arc::new(
+                KindLauncher::new(launcher.clone(), tun.clone()).with_openvpn(openvpn.clone()),
+            ),
             launcher,
             tun,
+            openvpn,
             prober,
         }
     }

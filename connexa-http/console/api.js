@@ -165,7 +165,10 @@ export const api = {
   cancelAll: async () => (await request("POST", "/jobs/cancel")).json(),
   retestFailed: async (id, options = {}) => (await request("POST", `/jobs/${id}/retest-failed`, { json: options })).json(),
   values: (field, prefix) => getJson("/nodes/values", [["field", field], ["limit", "20"], ...(prefix ? [["prefix", prefix]] : [])]),
-  services: async (action, t) => (await request("POST", `/services/${action}`, { json: selection(t) })).json(),
+  /** Starts (`extra.kind`: socks, tun or openvpn) or stops the services of a selection. */
+  services: async (action, t, extra = {}) => (await request("POST", `/services/${action}`, { json: { ...selection(t), ...extra } })).json(),
+  /** The `.ovpn` profile of a node's openvpn service (admin): the response, to download. */
+  serviceProfile: (id) => request("GET", `/services/${id}/profile`),
   /** The running services (nodes with their `service`, counters included). */
   serviceList: () => getJson("/services", [["limit", "1000"], ["sort", "id"]]),
   /** Audit rows, newest first (admin): `limit`, older than `before`, of one `action`. */

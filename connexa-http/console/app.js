@@ -423,7 +423,8 @@ function renderServices(res) {
     h("td", { class: "num", dataset: { label: "Node" } }, String(n.id)),
     h("td", { dataset: { label: "Status" } }, h("span", { class: `badge ${STATUS_TONE[n.status] || ""}` }, STATUS_LABEL[n.status] || n.status),
       n.service_wanted ? null : h("span", { class: "muted" }, " stopping")),
-    h("td", { dataset: { label: "Proxy" } }, h("code", {}, `${s.host}:${s.port}`)),
+    h("td", { dataset: { label: "Proxy" } }, s.kind === "openvpn" ? "OpenVPN " : s.kind === "tun" ? "TUN " : null,
+      h("code", {}, s.kind === "tun" ? s.host : `${s.host}:${s.port}`)),
     h("td", { dataset: { label: "Worker" } }, s.worker || "—"),
     h("td", { dataset: { label: "User" } }, s.username),
     h("td", { class: "num", dataset: { label: "Connections" } }, c ? nf.format(c.connections) : "—"),
@@ -435,12 +436,30 @@ function renderServices(res) {
     h("td", { dataset: { label: "Actions" } }, h("button", {
       type: "button", class: "service-restart needs-operator", disabled: restarting || !n.service_wanted,
       "aria-label": `Restart the service of node ${n.id}`, onclick: () => restartService(n.id, c && c.started_at),
-    }, restarting ? "Restarting…" : "Restart")));
+    }, restarting ? "Restarting…" : "Restart"),
+    s.kind === "openvpn" ? h("button", {
+      type: "button", class: "service-profile needs-admin",
+      "aria-label": `Download the OpenVPN profile of node ${n.id}`, onclick: () => downloadProfile(n.id),
+    }, "Profile (.ovpn)") : null));
   });
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: "12", class: "empty" }, "No service runs. Select verified nodes and choose “Start service”.")));
   $("#service-rows").replaceChildren(...rows);
   $("#services-count").textContent = `${plural(res.total, "service")} running`;
   $("#services-count").dataset.total = String(res.total);
+}
+
+/** Downloads the `.ovpn` profile of node `id`'s openvpn service (it holds the client's key). */
+async function downloadProfile(id) {
+  await guard(async () => {
+    const res = await api.serviceProfile(id);
+    const url = URL.createObjectURL(await res.blob());
+    const a = h("a", { href: url, download: `node${id}.ovpn` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    toast(`Downloaded the OpenVPN profile of node ${id}.`);
+  });
 }
 
 async function restartService(id, startedBefore) {
@@ -532,7 +551,9 @@ async function runAction(action) {
       for (const id of t.ids) state.selected.delete(id);
       refresh();
     } else if (action === "service_start" || action === "service_stop") {
-      const job = await api.services(action === "service_start" ? "start" : "stop", t);
+      const job = action === "service_start"
+        ? await api.services("start", t, { kind: $("#service-kind").value })
+        : await api.services("stop", t);
       watchJob(job.id);
     } else {
       const job = await api.startJob(action, t, options);

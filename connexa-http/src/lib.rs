@@ -118,6 +118,10 @@ pub struct HttpOptions {
     /// `X-Forwarded-Proto`). Without it the cookie is `Secure` when a trusted
     /// proxy says `X-Forwarded-Proto: https`. Default false.
     pub secure_cookies: bool,
+    /// Where the CA of `openvpn` services is (`[services] openvpn_dir`, see
+    /// `Config::openvpn_dir`), for `GET /services/{id}/profile`. Default
+    /// `connexa-openvpn` in the working directory.
+    pub openvpn_dir: std::path::PathBuf,
 }
 
 impl Default for HttpOptions {
@@ -140,6 +144,7 @@ impl Default for HttpOptions {
             sign_in_failures_per_account: 10,
             sign_in_window: Duration::from_secs(15 * 60),
             secure_cookies: false,
+            openvpn_dir: "connexa-openvpn".into(),
         }
     }
 }
@@ -456,6 +461,7 @@ pub fn app(state: AppState) -> Router {
         .route("/services/start", post(routes::services::start))
         .route("/services/stop", post(routes::services::stop))
         .route("/services/restart", post(routes::services::restart))
+        .route("/services/{id}/profile", get(routes::services::profile))
         .route("/stats", get(routes::stats::stats))
         .route("/workers", get(routes::workers::list))
         .route("/token", get(routes::token::current))

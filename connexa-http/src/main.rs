@@ -555,6 +555,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
         session_idle_timeout: Duration::from_secs(s.session_idle_minutes.saturating_mul(60)),
         session_lifetime: Duration::from_secs(s.session_lifetime_hours.saturating_mul(3600)),
         secure_cookies: s.secure_cookies,
+        openvpn_dir: config.openvpn_dir(),
         ..HttpOptions::default()
     };
     let mut state = AppState::new(engine.clone(), store.clone(), options)
@@ -645,6 +646,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     engine.record_final_service_counters().await;
     ports.launcher.stop_all().await;
     ports.tun.stop_all().await;
+    ports.openvpn.stop_all().await;
     engine.refresh_proxies_file().await;
     if let Err(e) = engine.deregister().await {
         tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");

@@ -34,6 +34,7 @@ use crate::routes;
         routes::services::start,
         routes::services::stop,
         routes::services::restart,
+        routes::services::profile,
         routes::stats::stats,
         routes::workers::list,
         routes::token::current,

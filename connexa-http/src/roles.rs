@@ -53,6 +53,7 @@ pub const ROUTES: &[(Method, &str, Role)] = &[
     (Method::POST, "/api/v1/services/start", Role::Operator),
     (Method::POST, "/api/v1/services/stop", Role::Operator),
     (Method::POST, "/api/v1/services/restart", Role::Operator),
+    (Method::GET, "/api/v1/services/{id}/profile", Role::Admin),
     (Method::GET, "/api/v1/stats", Role::Viewer),
     (Method::GET, "/api/v1/workers", Role::Viewer),
     (Method::GET, "/api/v1/openapi.json", Role::Viewer),

@@ -22,14 +22,21 @@ socks (socks5://user:pass@host:port) and socks-colon (host:port:user:pass);
 the socks formats list only nodes with a running service. txt, csv, json and
 pptp read back with `connexa import`. Passwords are written in clear.
 
+ovpn writes the OpenVPN client profile of each selected node's running
+openvpn service: with -o DIR one file DIR/node<ID>.ovpn each (mode 0600; DIR is
+created), without -o the profile on stdout when exactly one node is selected.
+Every selected node must run an openvpn service (the others are named and
+nothing is written).
+
 Examples:
   connexa export --format pptp --status speed_ok,online -o good.txt
   connexa export --format socks --country DE
-  connexa export --format csv -o all.csv --force")]
+  connexa export --format csv -o all.csv --force
+  connexa export --format ovpn --status online -o profiles")]
 pub struct ExportArgs {
-    /// The list format.
+    /// The format: txt, csv, json, pptp, socks, socks-colon or ovpn.
     #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
-    pub format: ExportFormat,
+    pub format: Format,
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Write to FILE instead of stdout.
@@ -40,9 +47,104 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
-fn parse_format(s: &str) -> Result<ExportFormat, String> {
+/// A list format, or OpenVPN profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One of connexa-core's list formats.
+    List(ExportFormat),
+    /// One `.ovpn` profile per node.
+    Ovpn,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    if s.trim().eq_ignore_ascii_case("ovpn") {
+        return Ok(Format::Ovpn);
+    }
     s.parse()
-        .map_err(|e: connexa_core::export::UnknownFormat| e.to_string())
+        .map(Format::List)
+        .map_err(|e: connexa_core::export::UnknownFormat| format!("{e}, or ovpn"))
+}
+
+/// `--format ovpn`: the profiles, to DIR or (one) to stdout.
+async fn profiles(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<Exit> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let filter = args.filter.validated()?;
+    let store = ctx.store().await?;
+    let dir = ctx.effective_config().openvpn_dir();
+    let list = ops::service_profiles(store.as_ref(), &filter, &dir)
+        .await
+        .map_err(|e| fail(Exit::Failure, e))?;
+    let Some(out_dir) = &args.out else {
+        let [(_, text)] = &list[..] else {
+            return Err(fail(
+                Exit::Usage,
+                format_args!(
+                    "{} profiles selected: give -o DIR (one file per node) or select one node",
+                    list.len()
+                ),
+            ));
+        };
+        std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("writing the profile to stdout")?;
+        return Ok(Exit::Ok);
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(out_dir)
+        .with_context(|| format!("cannot create {}", out_dir.display()))
+        .code(Exit::Usage)?;
+    for (id, text) in &list {
+        let path = out_dir.join(format!("node{id}.ovpn"));
+        let mut open = OpenOptions::new();
+        open.write(true).mode(0o600);
+        if args.force {
+            open.create(true).truncate(true);
+        } else {
+            open.create_new(true);
+        }
+        let mut f = match open.open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(fail(
+                    Exit::Usage,
+                    format_args!("refusing to overwrite {} (pass --force)", path.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create {}", path.display()))
+                    .code(Exit::Usage);
+            }
+        };
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let n = list.len();
+    match ctx.out.format {
+        OutputFormat::Json => ctx.out.json(&ExportJson {
+            written: n,
+            format: "ovpn",
+            file: out_dir.display().to_string(),
+        })?,
+        OutputFormat::Csv => ctx.out.line(format_args!(
+            "written,format,file\n{n},ovpn,{}",
+            crate::output::csv_cell(&out_dir.display().to_string())
+        ))?,
+        OutputFormat::Human => ctx.out.line(format_args!(
+            "exported {n} OpenVPN profiles to {}",
+            out_dir.display()
+        ))?,
+    }
+    Ok(Exit::Ok)
 }
 
 #[derive(Serialize)]
@@ -54,17 +156,16 @@ struct ExportJson<'a> {
 
 /// Writes the export.
 pub async fn exec(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<Exit> {
+    let format = match args.format {
+        Format::Ovpn => return profiles(ctx, &args).await,
+        Format::List(f) => f,
+    };
     let filter = args.filter.validated()?;
     let Some(path) = &args.out else {
         let store = ctx.store().await?;
-        let n = ops::export(
-            store.as_ref(),
-            &filter,
-            args.format,
-            std::io::stdout().lock(),
-        )
-        .await
-        .context("writing the export to stdout")?;
+        let n = ops::export(store.as_ref(), &filter, format, std::io::stdout().lock())
+            .await
+            .context("writing the export to stdout")?;
         ctx.out.note(format_args!("exported {n} nodes"));
         return Ok(Exit::Ok);
     };
@@ -99,23 +200,23 @@ pub async fn exec(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<Exit> {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("cannot make {} private", path.display()))?;
     }
-    let n = ops::export(store.as_ref(), &filter, args.format, file)
+    let n = ops::export(store.as_ref(), &filter, format, file)
         .await
         .with_context(|| format!("writing {}", path.display()))?;
     match ctx.out.format {
         OutputFormat::Json => ctx.out.json(&ExportJson {
             written: n,
-            format: args.format.as_str(),
+            format: format.as_str(),
             file: path.display().to_string(),
         })?,
         OutputFormat::Csv => ctx.out.line(format_args!(
             "written,format,file\n{n},{},{}",
-            args.format,
+            format,
             crate::output::csv_cell(&path.display().to_string())
         ))?,
         OutputFormat::Human => ctx.out.line(format_args!(
             "exported {n} nodes as {} to {}",
-            args.format,
+            format,
             path.display()
         ))?,
     }

@@ -139,7 +139,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     if a.services || !a.jobs {
         roles.push(WorkerRole::Services);
     }
-    let (engine, launcher, tun) = wiring::engine_and_launcher_as(
+    let (engine, (launcher, tun, openvpn)) = wiring::engine_and_launcher_as(
         ctx,
         std::sync::Arc::new(wiring::prober(ctx)),
         a.worker.clone(),
@@ -221,10 +221,12 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     };
     // Services stop with the process; they stay wanted, so the next run starts
     // them again on their stored ports with their stored credentials.
-    let services = launcher.running().await.len() + tun.running().await.len();
+    let services =
+        launcher.running().await.len() + tun.running().await.len() + openvpn.running().await.len();
     engine.record_final_service_counters().await;
     launcher.stop_all().await;
     tun.stop_all().await;
+    openvpn.stop_all().await;
     engine.refresh_proxies_file().await;
     if services > 0 {
         ctx.out.note(format_args!(

@@ -39,10 +39,18 @@ instead of a SOCKS5 listener: that process needs CAP_NET_ADMIN. Route traffic
 into it yourself (e.g. ip route add 10.78.0.1/32 dev cx12). Changing the kind
 of a running service restarts it as the new kind.
 
+--kind openvpn runs an OpenVPN server (Debian's openvpn) per node on the
+host of the process running it: its own UDP port ([services] openvpn_ports),
+its own client subnet ([services] openvpn_subnets), the node's tunnel as
+cx<node id>, a policy-routing rule and source NAT to the PPP address. It needs
+CAP_NET_ADMIN and the programs openvpn, nft and ip. `connexa service profile
+ID -o FILE.ovpn` writes the client profile once the service runs.
+
 Examples:
   connexa service start --status speed_ok --country US
   connexa service start 12 13 && connexa run --once
-  connexa service start --kind tun 12")]
+  connexa service start --kind tun 12
+  connexa service start --kind openvpn 12")]
     Start(StartArgs),
     /// No longer want a service on the selected nodes (the reconciler stops them).
     #[command(after_help = "\
@@ -82,6 +90,35 @@ Examples:
   connexa service list --proxies > proxies.txt
   connexa service list --country DE --output csv > socks.csv")]
     List(ListArgs),
+    /// Write the OpenVPN client profile (.ovpn) of a node's running openvpn service.
+    #[command(after_help = "\
+The profile carries the CA, the client certificate and its private key inline,
+`remote <public_host> <port> udp`, TLS 1.2 or newer and AEAD data ciphers. It
+stays valid while the service runs and across restarts of Connexa; a stop (or
+a delete) makes it useless: the next start makes a new client certificate and
+the server accepts only that one. FILE is created with mode 0600.
+
+Exit 0 with the profile, 1 when the node runs no openvpn service, 6 for an id
+that does not exist.
+
+Examples:
+  connexa service profile 12 -o node12.ovpn
+  connexa service profile 12 > node12.ovpn")]
+    Profile(ProfileArgs),
+}
+
+/// `service profile`.
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// The node id.
+    #[arg(value_name = "ID")]
+    pub id: i64,
+    /// Write to FILE (mode 0600) instead of stdout.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    pub out: Option<std::path::PathBuf>,
+    /// Overwrite FILE if it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
 }
 
 /// Which nodes.
@@ -102,8 +139,9 @@ pub struct SelectArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub select: SelectArgs,
-    /// The kind of service, socks|tun: socks (a SOCKS5 listener) or tun (the
-    /// node's tunnel as a TUN interface cx<node id>; needs CAP_NET_ADMIN).
+    /// The kind of service, socks|tun|openvpn: socks (a SOCKS5 listener), tun
+    /// (the node's tunnel as a TUN interface cx<node id>) or openvpn (an
+    /// OpenVPN server through the node); tun and openvpn need CAP_NET_ADMIN.
     #[arg(long, value_name = "KIND", default_value = "socks", value_parser = parse_kind)]
     pub kind: ServiceKind,
     /// Pin the services to this worker (`connexa run --worker NAME`): on
@@ -137,7 +175,72 @@ pub async fn exec(ctx: &Ctx, c: ServiceCommand) -> anyhow::Result<Exit> {
         ServiceCommand::Stop(a) => want(ctx, a, None).await,
         ServiceCommand::Restart(a) => restart(ctx, a).await,
         ServiceCommand::List(a) => list(ctx, a).await,
+        ServiceCommand::Profile(a) => profile(ctx, a).await,
     }
+}
+
+async fn profile(ctx: &Ctx, a: ProfileArgs) -> anyhow::Result<Exit> {
+    use anyhow::Context as _;
+    let store = ctx.store().await?;
+    let dir = ctx.effective_config().openvpn_dir();
+    let text = match ops::service_profile(store.as_ref(), NodeId(a.id), &dir).await {
+        Ok(t) => t,
+        Err(ops::ProfileError::Store(connexa_core::ports::StoreError::NotFound(id))) => {
+            return Err(fail(Exit::NotFound, format_args!("no node with id {id}")));
+        }
+        Err(e) => return Err(fail(Exit::Failure, e)),
+    };
+    let Some(path) = &a.out else {
+        use std::io::Write as _;
+        std::io::stdout()
+            .lock()
+            .write_all(text.as_bytes())
+            .context("writing the profile to stdout")?;
+        return Ok(Exit::Ok);
+    };
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true);
+    // The profile carries the client's private key.
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    if a.force {
+        open.create(true).truncate(true);
+    } else {
+        open.create_new(true);
+    }
+    let mut file = match open.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(fail(
+                Exit::Usage,
+                format_args!("refusing to overwrite {} (pass --force)", path.display()),
+            ));
+        }
+        Err(e) => {
+            return Err(fail(
+                Exit::Usage,
+                format_args!("cannot create {}: {e}", path.display()),
+            ));
+        }
+    };
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+        file.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match ctx.out.format {
+        OutputFormat::Json => ctx.out.json(&serde_json::json!({
+            "node": a.id, "file": path.display().to_string(),
+        }))?,
+        _ => ctx.out.line(format_args!(
+            "wrote the OpenVPN profile of node {} to {}",
+            a.id,
+            path.display()
+        ))?,
+    }
+    Ok(Exit::Ok)
 }
 
 /// Ids given that match no node (sorted, deduplicated).
@@ -476,9 +579,18 @@ async fn list(ctx: &Ctx, a: ListArgs) -> anyhow::Result<Exit> {
                         status = Cell::text(format!("{} (stopping)", s.status.as_str()))
                             .colored(crate::output::status_color(s.status));
                     }
-                    let access = match &s.interface {
-                        Some(iface) => format!("tun {iface}"),
-                        None => format!("{}:{}:{}:{}", s.host, s.port, s.username, s.password),
+                    let access = match (&s.interface, s.kind) {
+                        (Some(iface), _) => format!("tun {iface}"),
+                        (None, ServiceKind::Openvpn) => format!(
+                            "openvpn {}:{} udp, clients {} (service profile {})",
+                            s.host,
+                            s.port,
+                            s.username.trim_start_matches("openvpn:"),
+                            s.node
+                        ),
+                        (None, _) => {
+                            format!("{}:{}:{}:{}", s.host, s.port, s.username, s.password)
+                        }
                     };
                     let mut row = vec![Cell::num(s.node.0), status, Cell::text(access)];
                     if placed {

@@ -19,7 +19,7 @@ pub use filter::{NodeFilter, Page, PageError, SortKey};
 pub use job::{ItemId, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, Progress};
 pub use node::{
     DEFAULT_PORT, InvalidNode, Location, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,
-    PptpIdentity, ServiceEndpoint, ServiceKind,
+    OPENVPN_USER_PREFIX, PptpIdentity, ServiceEndpoint, ServiceKind,
 };
 pub use outcome::{Failure, Measurements, Outcome, control_result_meaning};
 pub use secret::Secret;

@@ -100,14 +100,19 @@ pub enum ServiceKind {
     /// The node's tunnel as a kernel TUN interface (`cx<node id>`) on the
     /// Connexa host: whole IPv4 packets to and from the PPP link.
     Tun,
+    /// An OpenVPN server (Debian's `openvpn`) whose clients' traffic leaves
+    /// through the node's tunnel (a `tun` interface, a policy-routing rule and
+    /// source NAT to the PPP address); clients get an `.ovpn` profile.
+    Openvpn,
 }
 
 impl ServiceKind {
-    /// The stored name: `socks` or `tun`.
+    /// The stored name: `socks`, `tun` or `openvpn`.
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceKind::Socks => "socks",
             ServiceKind::Tun => "tun",
+            ServiceKind::Openvpn => "openvpn",
         }
     }
 }
@@ -124,8 +129,9 @@ impl std::str::FromStr for ServiceKind {
         match s {
             "socks" => Ok(ServiceKind::Socks),
             "tun" => Ok(ServiceKind::Tun),
+            "openvpn" => Ok(ServiceKind::Openvpn),
             other => Err(format!(
-                "unknown service kind {other:?} (expected socks or tun)"
+                "unknown service kind {other:?} (expected socks, tun or openvpn)"
             )),
         }
     }
@@ -134,6 +140,10 @@ impl std::str::FromStr for ServiceKind {
 /// A running service's address and credentials. For a SOCKS5 service: the
 /// listener and its RFC 1929 login. For a `tun` service: `host` is the
 /// interface name (`cx<node id>`), `port` is 0 and there are no credentials.
+/// For an `openvpn` service: `host` and `port` are what clients connect to
+/// (UDP), `username` is [`OPENVPN_USER_PREFIX`] and the client subnet
+/// (`openvpn:10.201.3.0/24`), and `password` holds the client certificate and
+/// key of its profile (PEM; sealed at rest like SOCKS5 passwords).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceEndpoint {
     /// The address the listener is bound to (an IP or host name clients use).
@@ -144,6 +154,24 @@ pub struct ServiceEndpoint {
     pub username: String,
     /// RFC 1929 password.
     pub password: Secret,
+}
+
+/// The `username` prefix of an `openvpn` service's endpoint.
+pub const OPENVPN_USER_PREFIX: &str = "openvpn:";
+
+impl ServiceEndpoint {
+    /// The kind of service this endpoint belongs to: `tun` when `port` is 0,
+    /// `openvpn` when `username` starts with [`OPENVPN_USER_PREFIX`] (SOCKS5
+    /// user names are letters and digits), `socks` otherwise.
+    pub fn kind(&self) -> ServiceKind {
+        if self.port == 0 {
+            ServiceKind::Tun
+        } else if self.username.starts_with(OPENVPN_USER_PREFIX) {
+            ServiceKind::Openvpn
+        } else {
+            ServiceKind::Socks
+        }
+    }
 }
 
 /// What the PPTP server said about itself in its Start-Control-Connection-Reply.

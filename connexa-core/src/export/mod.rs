@@ -12,7 +12,9 @@
 //! The socks formats list only nodes with a running, healthy SOCKS5 service
 //! (status `online` and a service endpoint); the others
 //! list every node given. Passwords are written in clear: an export is the place
-//! where they leave the process on purpose. There is no `.ovpn` writer (see
+//! where they leave the process on purpose. There is no `.ovpn` writer here:
+//! the profiles of `openvpn` services come from
+//! [`ops::service_profiles`](crate::ops::service_profiles) (see
 //! `docs/import-export.md`).
 //!
 //! ```

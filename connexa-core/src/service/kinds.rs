@@ -9,7 +9,7 @@ use crate::domain::{Node, NodeId, ServiceEndpoint, ServiceKind};
 use crate::ports::{Health, ServiceCounters, ServiceError, ServiceLauncher};
 
 /// Starts each node's service with the launcher of its wanted kind
-/// (`socks`: SOCKS5, `tun`: a TUN interface); stops, checks and counts a
+/// (`socks`: SOCKS5, `tun`: a TUN interface, `openvpn`: an OpenVPN server); stops, checks and counts a
 /// service with the launcher that runs it. The engine sees one launcher and
 /// knows nothing of kinds.
 ///
@@ -19,6 +19,7 @@ use crate::ports::{Health, ServiceCounters, ServiceError, ServiceLauncher};
 pub struct KindLauncher {
     socks: Arc<dyn ServiceLauncher>,
     tun: Arc<dyn ServiceLauncher>,
+    openvpn: Option<Arc<dyn ServiceLauncher>>,
 }
 
 impl std::fmt::Debug for KindLauncher {
@@ -30,19 +31,37 @@ impl std::fmt::Debug for KindLauncher {
 impl KindLauncher {
     /// A launcher over the SOCKS5 launcher and the `tun` launcher.
     pub fn new(socks: Arc<dyn ServiceLauncher>, tun: Arc<dyn ServiceLauncher>) -> Self {
-        KindLauncher { socks, tun }
+        KindLauncher {
+            socks,
+            tun,
+            openvpn: None,
+        }
     }
 
-    fn of(&self, kind: ServiceKind) -> &Arc<dyn ServiceLauncher> {
+    /// This launcher with `openvpn` services run by `openvpn` (without one,
+    /// starting an `openvpn` service fails, saying so).
+    pub fn with_openvpn(mut self, openvpn: Arc<dyn ServiceLauncher>) -> Self {
+        self.openvpn = Some(openvpn);
+        self
+    }
+
+    fn of(&self, kind: ServiceKind) -> Option<&Arc<dyn ServiceLauncher>> {
         match kind {
-            ServiceKind::Socks => &self.socks,
-            ServiceKind::Tun => &self.tun,
+            ServiceKind::Socks => Some(&self.socks),
+            ServiceKind::Tun => Some(&self.tun),
+            ServiceKind::Openvpn => self.openvpn.as_ref(),
         }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn ServiceLauncher>> {
+        [&self.socks, &self.tun]
+            .into_iter()
+            .chain(self.openvpn.as_ref())
     }
 
     /// The launcher running the node's service, if any.
     async fn running_in(&self, node: NodeId) -> Option<&Arc<dyn ServiceLauncher>> {
-        for l in [&self.socks, &self.tun] {
+        for l in self.all() {
             if l.running().await.contains(&node) {
                 return Some(l);
             }
@@ -58,8 +77,14 @@ impl ServiceLauncher for KindLauncher {
         node: &Node,
         previous: Option<ServiceEndpoint>,
     ) -> Result<ServiceEndpoint, ServiceError> {
+        let Some(wanted) = self.of(node.service_kind) else {
+            return Err(ServiceError::StartFailed(format!(
+                "{} services are not available in this process",
+                node.service_kind
+            )));
+        };
         if let Some(l) = self.running_in(node.id).await
-            && !Arc::ptr_eq(l, self.of(node.service_kind))
+            && !Arc::ptr_eq(l, wanted)
         {
             return Err(ServiceError::StartFailed(format!(
                 "a service of another kind runs for node {}: restart it to change the kind",
@@ -67,9 +92,8 @@ impl ServiceLauncher for KindLauncher {
             )));
         }
         // A stored endpoint of the other kind means nothing to this one.
-        let previous =
-            previous.filter(|p| (p.port == 0) == (node.service_kind == ServiceKind::Tun));
-        self.of(node.service_kind).start(node, previous).await
+        let previous = previous.filter(|p| p.kind() == node.service_kind);
+        wanted.start(node, previous).await
     }
 
     async fn stop(&self, node: NodeId) -> Result<(), ServiceError> {
@@ -82,20 +106,23 @@ impl ServiceLauncher for KindLauncher {
     async fn health(&self, node: &Node) -> Health {
         match self.running_in(node.id).await {
             Some(l) => l.health(node).await,
-            None => self.of(node.service_kind).health(node).await,
+            None => match self.of(node.service_kind) {
+                Some(l) => l.health(node).await,
+                None => Health::Unhealthy("no service runs for this node in this process".into()),
+            },
         }
     }
 
     async fn running(&self) -> Vec<NodeId> {
-        let mut all = self.socks.running().await;
-        all.extend(self.tun.running().await);
+        let mut all = Vec::new();
+        for l in self.all() {
+            all.extend(l.running().await);
+        }
         all
     }
 
     fn counters(&self, node: NodeId) -> Option<ServiceCounters> {
-        self.socks
-            .counters(node)
-            .or_else(|| self.tun.counters(node))
+        self.all().find_map(|l| l.counters(node))
     }
 }
 

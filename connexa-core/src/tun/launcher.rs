@@ -60,6 +60,7 @@ impl Counters {
 struct Running {
     endpoint: ServiceEndpoint,
     name: String,
+    local: Ipv4Addr,
     link: Arc<dyn TunnelLink>,
     pump: JoinHandle<String>,
     counters: Arc<Counters>,
@@ -202,6 +203,31 @@ impl TunLauncher {
         self.lock().get(&node).map(|r| r.name.clone())
     }
 
+    /// Our PPP address on the node's running service (the interface's
+    /// address; it changes when the tunnel is brought up again).
+    pub fn local_addr(&self, node: NodeId) -> Option<Ipv4Addr> {
+        self.lock().get(&node).map(|r| r.local)
+    }
+
+    /// Checks the node's running service without acting on it: the tunnel
+    /// answers an LCP Echo, the packet pump runs, the interface exists. The
+    /// error says what is wrong (or that no service runs).
+    pub async fn check(&self, node: NodeId) -> Result<(), String> {
+        let (link, name, finished) = match self.lock().get(&node) {
+            Some(r) => (Arc::clone(&r.link), r.name.clone(), r.pump.is_finished()),
+            None => return Err("no service runs for this node in this process".into()),
+        };
+        if let Err(e) = link.alive().await {
+            Err(format!("tunnel dead ({e})"))
+        } else if finished {
+            Err("the packet pump stopped".into())
+        } else if !interface_exists(&name) {
+            Err(format!("the interface {name} is gone"))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Stops every service (for a graceful process exit).
     pub async fn stop_all(&self) {
         let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
@@ -269,6 +295,7 @@ impl TunLauncher {
                 password: Secret::new(""),
             },
             name,
+            local,
             link,
             pump,
             counters,
@@ -345,34 +372,19 @@ impl ServiceLauncher for TunLauncher {
     }
 
     async fn health(&self, node: &Node) -> Health {
-        let (link, name, finished, counters) = match self.lock().get(&node.id) {
-            Some(r) => (
-                Arc::clone(&r.link),
-                r.name.clone(),
-                r.pump.is_finished(),
-                Arc::clone(&r.counters),
-            ),
-            None => {
-                return Health::Unhealthy("no service runs for this node in this process".into());
-            }
+        let problem = match self.check(node.id).await {
+            Ok(()) => return Health::Healthy,
+            Err(p) => p,
         };
-        let problem = if let Err(e) = link.alive().await {
-            Some(format!("tunnel dead ({e})"))
-        } else if finished {
-            Some("the packet pump stopped".into())
-        } else if !interface_exists(&name) {
-            Some(format!("the interface {name} is gone"))
-        } else {
-            None
-        };
-        let Some(problem) = problem else {
-            return Health::Healthy;
+        let Some(counters) = self.lock().get(&node.id).map(|r| Arc::clone(&r.counters)) else {
+            return Health::Unhealthy(problem);
         };
         counters.set_error(format!("health check: {problem}"));
         // Bring the service up again (same interface name), once per check.
         let Some(old) = self.lock().remove(&node.id) else {
             return Health::Unhealthy(format!("{problem}; the service was stopped"));
         };
+        let name = old.name.clone();
         // In its own task: the monitor's time limit on this check must not cut
         // the clean-up short (a tunnel dropped without being closed).
         let _ = tokio::spawn(retire(old)).await;

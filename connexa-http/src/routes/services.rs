@@ -1,5 +1,6 @@
-//! `/api/v1/services`: start (`socks` or `tun`) and stop services (sets the desired state,
-//! `service_wanted`, through the engine; its reconciler makes it so), list them.
+//! `/api/v1/services`: start (`socks`, `tun` or `openvpn`) and stop services (sets the
+//! desired state, `service_wanted`, through the engine; its reconciler makes it so), list
+//! them, hand out an `openvpn` service's client profile.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -166,4 +167,49 @@ pub async fn restart(
     }
     st.engine().request_reconcile();
     Ok((StatusCode::ACCEPTED, axum::Json(req)))
+}
+
+/// The OpenVPN client profile (`.ovpn`) of a node's running `openvpn`
+/// service: the CA, the client certificate and its private key inline,
+/// `remote <public_host> <port> udp`. Admin only (it carries a private key).
+/// 404 for an unknown node, 409 when the node runs no `openvpn` service.
+#[utoipa::path(get, path = "/api/v1/services/{id}/profile", tag = "services",
+    params(("id" = i64, Path, description = "Node id")),
+    responses((status = 200, body = String, content_type = "application/x-openvpn-profile",
+               description = "The profile (attachment node<ID>.ovpn)"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json",
+               description = "The node runs no openvpn service")))]
+pub async fn profile(
+    State(st): State<AppState>,
+    crate::extract::Path(id): crate::extract::Path<i64>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let dir = st.options().openvpn_dir.clone();
+    match ops::service_profile(st.store().as_ref(), NodeId(id), &dir).await {
+        Ok(text) => Ok((
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/x-openvpn-profile".to_string(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"node{id}.ovpn\""),
+                ),
+                (axum::http::header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+            text,
+        )
+            .into_response()),
+        Err(ops::ProfileError::Store(e)) => Err(e.into()),
+        Err(e @ ops::ProfileError::NoProfile { .. }) => Err(crate::problem::ApiError::new(
+            crate::problem::Kind::Conflict,
+            e.to_string(),
+        )),
+        Err(e) => Err(crate::problem::ApiError::new(
+            crate::problem::Kind::Internal,
+            e.to_string(),
+        )),
+    }
 }
