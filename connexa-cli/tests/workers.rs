@@ -253,8 +253,8 @@ fn by_name<'a>(w: &'a [Value], name: &str) -> &'a Value {
 #[test]
 fn postgres_three_workers_one_sigkilled_mid_job_every_item_ends_once() {
     let env = Env::new();
-    // 2,000 nodes answering after 300 ms, 40 at once per worker: a few seconds' work.
-    let (_sim, job, nodes) = env.fleet_and_job(2_000, "slow:300=1", 61, 40);
+    // 5,000 nodes answering after 300 ms, 100 at once per worker: a few seconds' work.
+    let (_sim, job, nodes) = env.fleet_and_job(5_000, "slow:300=1", 61, 100);
     let mut w: Vec<Worker> = ["w1", "w2", "w3"].iter().map(|n| env.worker(n)).collect();
     // w3 is working and the job is under way: kill it (no clean exit).
     env.until(
