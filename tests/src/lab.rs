@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -233,4 +234,28 @@ impl Lab {
         }
         Ok(s)
     }
+}
+
+/// The lab has one server and one namespace: the lab tests of a test binary
+/// take turns by holding this guard (a test that panicked does not block the
+/// others).
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LAB: Mutex<()> = Mutex::new(());
+    LAB.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` on a current-thread tokio runtime on this thread, moved into the
+/// lab's namespace first: every socket, TUN device, process and rule the
+/// test makes from there lives in the lab's namespace.
+///
+/// # Panics
+/// The namespace cannot be entered (not root) or no runtime can be built.
+pub fn in_lab<F: std::future::Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
+    lab.enter_netns()
+        .expect("enter the lab's network namespace (run as root)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(f())
 }

@@ -6,7 +6,6 @@
 //! disturb the lab (stopping pptpd, dropping GRE) or that count the server's
 //! sessions take the lab exclusively; the others share it.
 
-use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use connexa_core::domain::{Event, Failure, Level, Outcome, Secret, Status, trans
 use connexa_core::pptp::ppp::fsm::FsmConfig;
 use connexa_core::probe::{LightProber, ProbeConfig};
 use connexa_core::tunnel::{self, AuthConfig, GreSocket, LoginReport};
-use connexa_tests::lab::{Lab, Sessions};
+use connexa_tests::lab::{Lab, Sessions, in_lab};
 
 static LAB: RwLock<()> = RwLock::new(());
 
@@ -27,19 +26,6 @@ fn shared() -> RwLockReadGuard<'static, ()> {
 fn exclusive() -> RwLockWriteGuard<'static, ()> {
     LAB.write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs `f` on a current-thread runtime inside the lab's network namespace
-/// (this thread only), so every socket it opens, the raw GRE one included,
-/// lives in the lab.
-fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
-    lab.enter_netns()
-        .expect("enter the lab's network namespace (run as root)");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(f())
 }
 
 fn prober() -> LightProber {

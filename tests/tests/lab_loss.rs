@@ -7,31 +7,13 @@
 //! whatever the test did. The speed figures over the same link (against
 //! kernel TCP) are a benchmark: `bench_loss --lab`.
 
-use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use connexa_core::config::TestConfig;
 use connexa_core::domain::{Level, Node, NodeId, Outcome, Secret};
 use connexa_core::ports::{ProbeDepth, Prober};
 use connexa_core::runtime::prober;
-use connexa_tests::lab::Lab;
-
-static LAB: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    LAB.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
-    lab.enter_netns()
-        .expect("enter the lab's network namespace (run as root)");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(f())
-}
+use connexa_tests::lab::{Lab, exclusive, in_lab};
 
 /// netem in the server VM until dropped.
 struct Netem<'a>(&'a Lab);

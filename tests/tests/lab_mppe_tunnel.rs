@@ -13,34 +13,15 @@
 //! package's test binaries in name order, so this file is named to run
 //! before `lab_socks`; a fresh `tests/lab/lab.sh up` also restores shaping.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use connexa_core::domain::{Event, Failure, Level, Outcome, Secret, Status, transition};
 use connexa_core::speed::http::{self, HttpUrl};
 use connexa_core::speed::{HttpSpeedTester, SpeedConfig};
 use connexa_core::tunnel::{GreSocket, Tunnel, TunnelConfig};
-use connexa_tests::lab::Lab;
+use connexa_tests::lab::{Lab, exclusive, in_lab};
 use sha2::{Digest, Sha256};
-
-static LAB: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    LAB.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
-    lab.enter_netns()
-        .expect("enter the lab's network namespace (run as root)");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(f())
-}
 
 fn status_after(outcome: &Outcome) -> Status {
     transition(Status::NotTested, &Event::Tested(outcome.clone())).expect("a test is accepted")

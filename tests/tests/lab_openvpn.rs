@@ -21,7 +21,6 @@
 //! Needs the lab, root, and the `openvpn` and `nft` programs (tests/run.sh
 //! installs them).
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::Arc;
@@ -37,21 +36,8 @@ use connexa_core::ports::{Health, ServiceLauncher};
 use connexa_core::service::PptpOpener;
 use connexa_core::store::SqlStore;
 use connexa_core::tunnel::{GreSocket, TunnelConfig};
-use connexa_tests::lab::Lab;
+use connexa_tests::lab::{Lab, exclusive, in_lab};
 use sha2::{Digest, Sha256};
-
-/// Runs `f` on a current-thread runtime on this thread, moved into the lab's
-/// namespace (the GRE socket, the TUN devices, the server process, the rules
-/// and NAT are all made there).
-fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
-    lab.enter_netns()
-        .expect("enter the lab's network namespace (run as root)");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(f())
-}
 
 /// `CMD ARGS...` in namespace `ns`, on a blocking thread (the service's
 /// packet pump runs on this runtime).
@@ -128,14 +114,6 @@ impl Drop for ClientNs {
 }
 
 const SERVER_SIDE: &str = "10.250.77.1";
-
-static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// One test at a time: each compares the lab namespace's state before and after.
-fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    LAB.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// Client namespace number `idx` (0: the one at 10.250.77.2), joined to
 /// the lab's namespace by the veth pair `vcxovpn<2 idx>`/`vcxovpn<2 idx + 1>`

@@ -12,11 +12,10 @@
 //! `ip netns exec`). Needs the lab and root (`tests/run.sh` as root starts
 //! it). The tests run one at a time: the monitor test powers the VM off.
 
-use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use connexa_core::domain::{
@@ -32,27 +31,8 @@ use connexa_core::socks::proto::TargetAddr;
 use connexa_core::socks::{SocksConfig, SocksLauncher};
 use connexa_core::store::SqlStore;
 use connexa_core::tunnel::{GreSocket, TunnelConfig};
-use connexa_tests::lab::Lab;
+use connexa_tests::lab::{Lab, exclusive, in_lab};
 use sha2::{Digest, Sha256};
-
-static LAB: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    LAB.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs `f` on a current-thread runtime on this thread, moved into the lab's
-/// namespace (every socket the test creates lives there).
-fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
-    lab.enter_netns()
-        .expect("enter the lab's network namespace (run as root)");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(f())
-}
 
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)

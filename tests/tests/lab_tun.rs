@@ -11,36 +11,16 @@
 //! ping, curl and ip run under `ip netns exec`): nothing touches the host's
 //! interfaces or routes. Needs the lab and root.
 
-use std::future::Future;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use connexa_core::domain::{Node, NodeId};
 use connexa_core::ports::{Health, ServiceLauncher};
 use connexa_core::service::PptpOpener;
 use connexa_core::tun::{TunConfig, TunLauncher};
 use connexa_core::tunnel::{GreSocket, TunnelConfig};
-use connexa_tests::lab::Lab;
+use connexa_tests::lab::{Lab, exclusive, in_lab};
 use sha2::{Digest, Sha256};
-
-static LAB: Mutex<()> = Mutex::new(());
-
-fn exclusive() -> MutexGuard<'static, ()> {
-    LAB.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Runs `f` on a current-thread runtime on this thread, moved into the lab's
-/// namespace (the GRE socket and the TUN device are created there).
-fn in_lab<F: Future>(lab: &Lab, f: impl FnOnce() -> F) -> F::Output {
-    lab.enter_netns()
-        .expect("enter the lab's network namespace (run as root)");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(f())
-}
 
 /// `CMD ARGS...` inside the lab's namespace, on a blocking thread (the
 /// service's packet pump runs on this runtime).
