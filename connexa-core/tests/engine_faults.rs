@@ -1163,3 +1163,75 @@ async fn recover_leaves_a_live_workers_items_alone_and_reclaims_a_lapsed_lease()
             .is_empty()
     );
 }
+
+/// A services worker cut off from PostgreSQL (its heartbeats fail) stops the
+/// services placed on it by itself, before its lease can run out and another
+/// worker take them over: never two copies of one service. When its
+/// heartbeats get through again, placement gives them back and they restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_its_lease_ends() {
+    let db = common::postgres().await;
+    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let ids = common::seed(real.as_ref(), 3).await;
+    let faults = FaultStore::new(Arc::clone(&real));
+    let env = Env {
+        db,
+        real,
+        faults,
+        ids,
+    };
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            worker: "cut-off".into(),
+            roles: vec![WorkerRole::Services],
+            lease: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_millis(50),
+            reconcile_interval: Duration::from_secs(1),
+            ..config(4)
+        },
+    );
+    e.register().await.unwrap();
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(r.started, 3, "{r:?}");
+    assert_eq!(launcher.running().await.len(), 3);
+
+    // Cut off: every heartbeat fails. The services stop here before the lease
+    // (3 s after the last good beat) ends: at 3 s less the margin (1 s).
+    env.faults.always(Method::Heartbeat);
+    let cut = tokio::time::Instant::now();
+    let give_up = cut + Duration::from_secs(10);
+    while !launcher.running().await.is_empty() {
+        assert!(tokio::time::Instant::now() < give_up, "services still run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The worker's row, read from the database, still says it is alive:
+    // nobody could have taken its services yet.
+    let row = env
+        .real
+        .workers(chrono::Utc::now())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.name == "cut-off")
+        .unwrap();
+    assert!(row.alive, "stopped only after the lease ended: {row:?}");
+    // A pass while cut off starts nothing.
+    assert!(e.reconcile().await.is_err());
+    assert!(launcher.running().await.is_empty());
+    // Back: the next pass beats, is given its services again and starts them.
+    env.faults.heal(Method::Heartbeat);
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(r.started, 3, "{r:?}");
+    assert_eq!(launcher.running().await.len(), 3);
+    e.deregister().await.unwrap();
+}

@@ -432,6 +432,10 @@ pub(crate) struct Inner {
     refused: std::sync::atomic::AtomicU64,
     /// Registered as a worker ([`Engine::register`]): the heartbeat keeps its row.
     registered: std::sync::atomic::AtomicBool,
+    /// When this worker's heartbeat last reached the store (registration
+    /// included): a services worker whose placement lapses without it stops
+    /// its services (see `services::release_if_cut_off`).
+    last_beat: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -593,6 +597,7 @@ impl Engine {
                     labels: config.labels.clone(),
                 },
                 placed: Mutex::new(None),
+                last_beat: Mutex::new(None),
                 config,
                 geo: std::sync::RwLock::new(None),
                 fraud: std::sync::RwLock::new(None),
@@ -1144,6 +1149,7 @@ impl Engine {
                 self.inner.config.lease,
             )
             .await?;
+        *lock(&self.inner.last_beat) = Some(Instant::now());
         tracing::info!(worker = %self.inner.config.worker, roles = ?self.inner.config.roles, "worker registered");
         self.inner
             .registered
@@ -1201,10 +1207,12 @@ impl Engine {
                 let Some(inner) = weak.upgrade() else { break };
                 let now = Utc::now();
                 let beat = if inner.registered.load(std::sync::atomic::Ordering::Relaxed) {
-                    inner
+                    let beat = inner
                         .store
                         .heartbeat(&inner.registration, now, inner.config.lease)
-                        .await
+                        .await;
+                    services::after_heartbeat(&inner, &beat).await;
+                    beat
                 } else {
                     inner
                         .store

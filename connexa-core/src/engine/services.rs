@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tracing::Instrument;
@@ -11,7 +11,8 @@ use tracing::Instrument;
 use super::{BusyGuard, EngineError, Inner, lock};
 use crate::domain::{Event, Node, NodeFilter, NodeId, Status};
 use crate::ports::{
-    ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError, WorkerRole, all_matching,
+    ApplyContext, ApplyRequest, Health, ServiceCounters, ServiceError, StoreError, WorkerRole,
+    all_matching,
 };
 
 /// What one reconciler pass did.
@@ -108,6 +109,60 @@ fn now() -> ApplyContext {
     ApplyContext::now()
 }
 
+/// After each heartbeat of a registered worker: a success is remembered; a
+/// failure may mean this worker is about to be presumed dead (cut off from
+/// the database: its lease runs out) or already replaced (another process
+/// holds its name). Either way the services placed on it will be placed on
+/// another worker, which starts them — so while it runs placed services, this
+/// worker stops them itself, without the store, before its lease can end:
+/// when its last good heartbeat is older than the lease less a safety margin
+/// (the smaller of one reconciler interval and half the lease), or at once
+/// when its name is taken. They come back when a heartbeat gets through and
+/// placement gives them to it again.
+pub(super) async fn after_heartbeat<T>(inner: &Inner, beat: &Result<T, StoreError>) {
+    let now = Instant::now();
+    let lost = match beat {
+        Ok(_) => {
+            *lock(&inner.last_beat) = Some(now);
+            return;
+        }
+        Err(StoreError::WorkerNameTaken { .. }) => true,
+        Err(_) => {
+            let lease = inner.config.lease;
+            let margin = inner.config.reconcile_interval.min(lease / 2);
+            lock(&inner.last_beat).is_none_or(|t| now.duration_since(t) + margin >= lease)
+        }
+    };
+    // Only under placement (a registered services worker on PostgreSQL):
+    // on SQLite no other worker takes over, so nothing runs twice.
+    if !lost || lock(&inner.placed).is_none() {
+        return;
+    }
+    let running = inner.launcher.running().await;
+    if running.is_empty() {
+        return;
+    }
+    let why = match beat {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    };
+    for id in running {
+        let Some(_guard) = inner.try_busy(id) else {
+            continue; // a job or the monitor acts on it: the next beat tries again
+        };
+        match inner.launcher.stop(id).await {
+            Ok(()) | Err(ServiceError::NotRunning(_)) => tracing::error!(
+                node = %id,
+                error = %why,
+                "heartbeat failing: service stopped here before this worker's lease ends (another worker will take it)"
+            ),
+            Err(e) => tracing::warn!(node = %id, error = %e, "cannot stop a service while cut off"),
+        }
+    }
+    // Nothing is placed here until a heartbeat gets through again.
+    *lock(&inner.placed) = Some(HashSet::new());
+}
+
 pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, EngineError> {
     async {
         let store = inner.store.as_ref();
@@ -125,9 +180,11 @@ pub(super) async fn reconcile(inner: &Arc<Inner>) -> Result<ReconcileReport, Eng
             // Alive first: a worker resumed after a pause past its lease
             // must not place its services away from itself (to nobody, when
             // it is the only services worker) for want of a heartbeat.
-            store
+            let beat = store
                 .heartbeat(&inner.registration, chrono::Utc::now(), inner.config.lease)
-                .await?;
+                .await;
+            after_heartbeat(inner, &beat).await;
+            beat?;
             store
                 .place_services(me, chrono::Utc::now())
                 .await?

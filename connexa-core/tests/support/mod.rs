@@ -26,6 +26,8 @@ pub enum Method {
     Job,
     /// [`NodeStore::set_job_state`].
     SetJobState,
+    /// [`NodeStore::heartbeat`].
+    Heartbeat,
 }
 
 /// What happens to a disturbed call.
@@ -409,7 +411,8 @@ impl NodeStore for FaultStore {
         at: DateTime<Utc>,
         lease: Duration,
     ) -> Result<u64, StoreError> {
-        self.inner.heartbeat(worker, at, lease).await
+        self.call(Method::Heartbeat, self.inner.heartbeat(worker, at, lease))
+            .await
     }
 
     async fn extend_leases(
