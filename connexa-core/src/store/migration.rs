@@ -915,6 +915,16 @@ impl MigrationTrait for M0011ServicePlacement {
                 .to_owned(),
         )
         .await?;
+        // "The services of worker W" (its count, its services held) without a scan.
+        m.create_index(
+            Index::create()
+                .name("idx_service_placements_worker")
+                .table(ServicePlacements::Table)
+                .col(ServicePlacements::Worker)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await?;
         m.alter_table(
             Table::alter()
                 .table(Workers::Table)
