@@ -399,8 +399,15 @@ fn unknown_filter_values_list_the_valid_ones() {
         .output()
         .unwrap();
     assert!(one_line_error(&out, 2).contains("colour"));
+    let out = env.cmd(&["export", "--format", "ovpn2"]).output().unwrap();
+    assert!(one_line_error(&out, 2).contains("ovpn2"));
+    // ovpn is a format: an empty selection is a plain refusal, naming no node.
     let out = env.cmd(&["export", "--format", "ovpn"]).output().unwrap();
-    assert!(one_line_error(&out, 2).contains("ovpn"));
+    let err = one_line_error(&out, 1);
+    assert!(
+        err.contains("no node matches the selection") && !err.contains("node 0"),
+        "{err}"
+    );
     let out = env
         .cmd(&["nodes", "list", "--limit", "0"])
         .output()

@@ -980,6 +980,10 @@ pub enum ProfileError {
     /// The profile cannot be made (CA file, stored credentials).
     #[error(transparent)]
     Openvpn(#[from] crate::openvpn::OpenvpnError),
+    /// Profiles of a selection: it matches no node, or some of its nodes run
+    /// no `openvpn` service (the message names them, at most 20).
+    #[error("no OpenVPN profiles: {0}")]
+    Selection(String),
 }
 
 /// The `.ovpn` profile of `node`'s running `openvpn` service, with the CA
@@ -1033,26 +1037,23 @@ pub async fn service_profiles(
     if nodes.is_empty() || !without.is_empty() {
         let shown: Vec<String> = without.iter().take(20).map(ToString::to_string).collect();
         let more = without.len().saturating_sub(20);
-        return Err(ProfileError::NoProfile {
-            node: without.first().copied().unwrap_or(NodeId(0)),
-            why: if nodes.is_empty() {
-                "no node matches the selection".into()
-            } else {
-                format!(
-                    "{} of the {} selected nodes run no openvpn service ({}{}): select only nodes \
+        return Err(ProfileError::Selection(if nodes.is_empty() {
+            "no node matches the selection".into()
+        } else {
+            format!(
+                "{} of the {} selected nodes run no openvpn service ({}{}): select only nodes \
                      with one (`connexa service list`), or start one with `connexa service start \
                      --kind openvpn`",
-                    without.len(),
-                    nodes.len(),
-                    shown.join(", "),
-                    if more > 0 {
-                        format!(" and {more} more")
-                    } else {
-                        String::new()
-                    }
-                )
-            },
-        });
+                without.len(),
+                nodes.len(),
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        }));
     }
     let ca = crate::openvpn::ca_certificate(dir)?;
     nodes
