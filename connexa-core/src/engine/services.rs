@@ -672,7 +672,14 @@ async fn proxies_text(inner: &Inner) -> Result<String, EngineError> {
         .iter()
         .filter(|n| here.contains(&n.id) && n.service_kind == crate::domain::ServiceKind::Socks)
     {
-        if let Some(s) = &n.service {
+        // The running endpoint's own kind decides, not the wanted one: while
+        // a service switches kind, the stored endpoint may still be the old
+        // one (an openvpn endpoint carries the client's key).
+        if let Some(s) = n
+            .service
+            .as_ref()
+            .filter(|s| s.kind() == crate::domain::ServiceKind::Socks)
+        {
             text.push_str(&format!(
                 "{}:{}:{}:{}\n",
                 s.host,
