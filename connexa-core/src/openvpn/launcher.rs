@@ -361,6 +361,8 @@ impl OpenvpnLauncher {
             .await
             .map_err(start_failed)?;
 
+        // A crashed run's log must not pass for this server's.
+        let _ = std::fs::remove_file(&log);
         // Spawned from this thread: the server runs in its network namespace.
         let mut child = Server(
             std::process::Command::new(&c.openvpn)
@@ -473,8 +475,17 @@ fn server_config(
     s
 }
 
-/// Waits until the server's log says it is up; an exit or the time limit is
-/// an error carrying the log's last lines.
+/// What the server's log says of its start: `Some(true)` up,
+/// `Some(false)` up with errors ("Initialization Sequence Completed With
+/// Errors"), `None` not yet.
+fn ready(log: &str) -> Option<bool> {
+    log.lines()
+        .find_map(|l| l.split_once("Initialization Sequence Completed"))
+        .map(|(_, rest)| !rest.contains("With Errors"))
+}
+
+/// Waits until the server's log says it is up; an exit, a start with errors
+/// or the time limit is an error carrying the log's last lines.
 async fn wait_ready(child: &mut Server, log: &Path, limit: Duration) -> Result<(), ServiceError> {
     let tail = |log: &Path| {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -483,11 +494,18 @@ async fn wait_ready(child: &mut Server, log: &Path, limit: Duration) -> Result<(
     };
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if std::fs::read_to_string(log)
-            .map(|t| t.contains("Initialization Sequence Completed"))
-            .unwrap_or(false)
-        {
-            return Ok(());
+        match std::fs::read_to_string(log).map(|t| ready(&t)) {
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => {
+                // Up, but something of its set-up failed (e.g. its route:
+                // another server holds the subnet): not a working service.
+                child.end(Duration::from_secs(2)).await;
+                return Err(start_failed(format!(
+                    "the openvpn server started with errors: {}",
+                    tail(log)
+                )));
+            }
+            _ => {}
         }
         if let Some(status) = child.exited() {
             return Err(start_failed(format!(
@@ -613,6 +631,21 @@ impl ServiceLauncher for OpenvpnLauncher {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_start_with_errors_is_not_ready() {
+        assert_eq!(super::ready("Sun Dec  6 OpenVPN 2.6.3\n"), None);
+        assert_eq!(
+            super::ready("x\n2026-12-06 10:00:00 Initialization Sequence Completed\n"),
+            Some(true)
+        );
+        assert_eq!(
+            super::ready(
+                "x\n2026-12-06 Initialization Sequence Completed With Errors ( see http://openvpn.net/howto.html#dhcpcaveats )\n"
+            ),
+            Some(false)
+        );
+    }
+
     use super::*;
 
     #[test]
