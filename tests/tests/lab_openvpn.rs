@@ -100,13 +100,21 @@ fn file_via_ppp(lab: &Lab) -> String {
     format!("http://{}/{path}", lab.ppp_server)
 }
 
-/// The client's namespace, joined to the lab's by a veth pair; removed on drop.
+/// The client's namespace, joined to the lab's by a veth pair; removed on
+/// drop, the lab's end of the pair first: deleting the namespace alone
+/// removes that end only when the kernel gets round to destroying the
+/// namespace, and the next lab test would find it still there.
 struct ClientNs {
     name: String,
+    lab_ns: String,
+    veth: String,
 }
 
 impl Drop for ClientNs {
     fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.lab_ns, "link", "del", &self.veth])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
@@ -121,16 +129,20 @@ const SERVER_SIDE: &str = "10.250.77.1";
 async fn client_ns(lab: &Lab, idx: u8) -> ClientNs {
     let name = format!("cxovpn-c{}-{idx}", std::process::id());
     let _ = Command::new("ip").args(["netns", "del", &name]).output();
-    let ns = ClientNs { name: name.clone() };
+    let (a, b) = (
+        format!("vcxovpn{}", 2 * idx),
+        format!("vcxovpn{}", 2 * idx + 1),
+    );
+    let ns = ClientNs {
+        name: name.clone(),
+        lab_ns: lab.netns.clone(),
+        veth: a.clone(),
+    };
     let status = Command::new("ip")
         .args(["netns", "add", &name])
         .status()
         .expect("ip netns add");
     assert!(status.success());
-    let (a, b) = (
-        format!("vcxovpn{}", 2 * idx),
-        format!("vcxovpn{}", 2 * idx + 1),
-    );
     let _ = in_ns(&lab.netns, &["ip", "link", "del", &a]).await;
     ok_in(
         &lab.netns,
