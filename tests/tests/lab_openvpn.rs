@@ -379,6 +379,20 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
                 .unwrap()
                 .success()
         );
+        // `kill` returns before the process is dead: wait until it is a
+        // zombie (or reaped), else the health check may still see it alive.
+        let gone = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        };
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        while !gone(&pid) {
+            assert!(std::time::Instant::now() < give_up, "{pid} does not die");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let online = node(&lab, id, Status::Online);
         assert_eq!(ovpn.health(&online).await, Health::Healthy, "relaunched");
         let relaunched = read(&pid_file).trim().to_string();
@@ -512,6 +526,9 @@ fn lab_openvpn_two_services_through_two_calls_keep_their_traffic_apart() {
         let gre = GreSocket::open().expect("raw GRE socket (run as root)");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ovpn");
+        // Namespace 0 carries the servers' address (SERVER_SIDE, `bind`); the
+        // two clients are 1 and 2.
+        let _server_side = client_ns(&lab, 0).await;
         let (ns_a, ns_b) = (client_ns(&lab, 1).await, client_ns(&lab, 2).await);
         let before = host_state(&lab).await;
         let ovpn = launcher(gre, &dir);
