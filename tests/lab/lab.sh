@@ -16,7 +16,7 @@
 #   lab.sh vm-stop|vm-start   power the VM off (the netns stays: 10.77.0.2 vanishes) / boot it again
 #   lab.sh pause|resume       freeze / thaw the VM (QEMU monitor stop/cont)
 #   lab.sh shape RATE|unshape tc tbf rate limit (e.g. 4mbit) on both directions of the host link
-#   lab.sh ctl CMD...         raw command to the VM's control port (ping, sessions, ps, mem, mark TEXT)
+#   lab.sh ctl CMD...         raw command to the VM's control port (ping, sessions, ps, tcp, mem, mark TEXT)
 #   lab.sh selftest           a 2nd VM with Debian's pptp-linux: wrong password and unknown
 #                             user rejected, right password -> MPPE-128, file through the tunnel;
 #                             then 20 concurrent calls (tests/lab/calls.py), all cleaned up

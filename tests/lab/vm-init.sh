@@ -167,6 +167,7 @@ ctl_cmd() {
       while [ $i -lt 100 ] && ! netstat -ltn | grep -q ':1723 '; do sleep 0.1; i=$((i + 1)); done
       if netstat -ltn | grep -q ':1723 '; then echo "pptpd listening"; else echo "pptpd did not start"; return 1; fi ;;
     ps) ps ;;
+    tcp) netstat -tn 2>/dev/null | grep '^tcp' ;;
     mem) free -k | awk '/^Mem:/ { printf "mem_total_kib=%s mem_used_kib=%s mem_free_kib=%s\n", $2, $3, $4 }' ;;
     mark) shift; logger -t lab "MARK $*"; echo "marked" ;;
     netem)
@@ -189,7 +190,7 @@ ctl_cmd() {
       for d in $(ls /sys/class/net | grep '^ppp'); do /bin/ip link set "$d" txqueuelen "$2"; done
       ls /sys/class/net | grep '^ppp' | while read -r d; do echo "$d $(cat /sys/class/net/$d/tx_queue_len)"; done ;;
     netem-off) netem_off; logger -t lab "netem off"; echo "netem off" ;;
-    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-kill pptpd-start ps mem mark netem netem-off)"; return 2 ;;
+    *) echo "unknown command: $1 (ping sessions pptpd-stop pptpd-kill pptpd-start ps tcp mem mark netem netem-off)"; return 2 ;;
   esac
 }
 

@@ -273,6 +273,11 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
             .status
             .success()
         {}
+        let _ = in_ns(&lab.netns, &["ip", "route", "flush", "table", "1004721"]).await;
+        // The host does not forward (the lab namespace's switch, which
+        // earlier runs may have turned on): the service forwards on its own
+        // two interfaces only, and leaves the switch alone.
+        ok_in(&lab.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).await;
         let before = host_state(&lab).await;
         // What a crashed run leaves: the rule and the nft table. The start
         // removes them before it sets up its own.
@@ -316,10 +321,31 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         );
         assert!(installed.contains("default dev cx4721"), "{installed}");
         assert!(
+            installed.contains("unreachable default metric 4294967295"),
+            "{installed}"
+        );
+        assert!(
             installed.contains("nft table ip connexa_ovpn_4721"),
             "{installed}"
         );
         let p1 = write_profile(&dir, tmp.path().join("p1.ovpn"), NodeId(id), &ep);
+        // The server gave up root once up (user nobody).
+        let server_pid = read(
+            &dir.join("services")
+                .join(id.to_string())
+                .join("openvpn.pid"),
+        );
+        let status = read(Path::new(&format!("/proc/{}/status", server_pid.trim())));
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .expect("Uid line")
+            .split_whitespace()
+            .collect::<Vec<_>>();
+        assert!(
+            uid.iter().all(|u| *u != "0"),
+            "the server runs as root: {uid:?}"
+        );
 
         // A real client connects and fetches the lab file through the node.
         let c1 = client(&ns, &p1, &tmp.path().join("c1.log"));
@@ -362,6 +388,52 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         let counters = ovpn.counters(NodeId(id)).expect("counters");
         assert!(counters.bytes_down >= lab.file_size, "{counters:?}");
         assert_eq!(ovpn.health(&fresh).await, Health::Healthy);
+        assert_eq!(
+            ok_in(&lab.netns, &["sysctl", "-n", "net.ipv4.ip_forward"])
+                .await
+                .trim(),
+            "0",
+            "the host-wide forwarding switch is left alone"
+        );
+        // The lab server sees the client's connection coming from the PPP
+        // address (a slow download keeps it open while we ask the server).
+        server_sees_ppp_address(&lab, &ns, &ppp).await;
+        // The node's tunnel gone (the interface deleted under the service):
+        // the clients' traffic has nowhere to go, it does not fall through
+        // to the host's own routes.
+        ok_in(&lab.netns, &["ip", "link", "del", "cx4721"]).await;
+        let subnet = ep
+            .username
+            .trim_start_matches("openvpn:")
+            .trim_end_matches(".0/24")
+            .to_string();
+        let route = in_ns(
+            &lab.netns,
+            &[
+                "ip",
+                "route",
+                "get",
+                &lab.server.to_string(),
+                "from",
+                &format!("{subnet}.2"),
+                "iif",
+                "cxv4721",
+            ],
+        )
+        .await;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&route.stdout),
+            String::from_utf8_lossy(&route.stderr)
+        );
+        assert!(
+            !route.status.success() || said.contains("unreachable"),
+            "a client's packet to the lab server with the tunnel gone: {said}"
+        );
+        assert!(
+            !said.contains(" dev vcxovpn") && !said.contains(" via "),
+            "{said}"
+        );
         drop(c1);
 
         // The server process dies: the health check starts the whole service
@@ -445,8 +517,41 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         );
         fetch_through_vpn(&lab, &ns).await;
 
-        // Stop: nothing is left, the port is closed.
+        // Stop: the connected client is told and cut off, nothing is left,
+        // the port is closed.
+        let ups = read(&c2.log).matches(UP).count();
         ovpn.stop(NodeId(id)).await.expect("stop");
+        assert!(
+            wait_for(
+                &c2.log,
+                &["server-pushed-connection-reset"],
+                Duration::from_secs(20)
+            )
+            .await
+            .is_some(),
+            "the client was not told: {}",
+            read(&c2.log)
+        );
+        let cut = in_ns(
+            &ns.name,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                &file_via_ppp(&lab),
+            ],
+        )
+        .await;
+        assert!(!cut.status.success(), "a fetch through a stopped service");
+        assert_eq!(
+            read(&c2.log).matches(UP).count(),
+            ups,
+            "the client connected again: {}",
+            read(&c2.log)
+        );
         drop(c2);
         assert!(ovpn.installed(NodeId(id)).await.is_empty());
         assert_eq!(host_state(&lab).await, before, "host state after stop");
@@ -505,6 +610,44 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
         );
         drop(ns);
     });
+}
+
+/// Starts a slow download from the client namespace and asks the lab server
+/// (`lab.sh ctl tcp`) who it sees: a connection to its port 80 from `ppp`.
+async fn server_sees_ppp_address(lab: &Lab, ns: &ClientNs, ppp: &str) {
+    let mut slow = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "curl", "-s", "-o", "/dev/null"])
+        .args([
+            "--limit-rate",
+            "100k",
+            "--max-time",
+            "30",
+            &file_via_ppp(lab),
+        ])
+        .spawn()
+        .expect("curl");
+    // `tcp RECV SEND LOCAL FOREIGN STATE`, addresses maybe IPv4-mapped.
+    let ours = |l: &&str| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        let addr = |i: usize| cols.get(i).map_or("", |a| a.trim_start_matches("::ffff:"));
+        addr(3).ends_with(":80")
+            && addr(4).split_once(':').is_some_and(|(ip, _)| ip == ppp)
+            && cols.get(5) == Some(&"ESTABLISHED")
+    };
+    let mut seen = String::new();
+    for _ in 0..60 {
+        seen = lab.script(&["ctl", "tcp"]).unwrap_or_default();
+        if seen.lines().any(|l| ours(&l)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = slow.kill();
+    let _ = slow.wait();
+    assert!(
+        seen.lines().any(|l| ours(&l)),
+        "the lab server should see the download coming from {ppp}: {seen}"
+    );
 }
 
 /// The packets the SNAT rule of node `id`'s service counted.

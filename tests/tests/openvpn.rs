@@ -279,3 +279,129 @@ async fn openvpn_start_without_cap_net_admin_fails_naming_it_and_leaves_the_node
     }
     run_without_cap_net_admin(NAME, CHILD);
 }
+
+/// Runs `f` on a thread of its own in a new, empty network namespace.
+fn in_new_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send + 'static) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f());
+    })
+    .join()
+    .expect("the namespace thread");
+}
+
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a service of `node` left: its directory with a config and the pid
+/// file of a process whose command line names the config (standing for the
+/// openvpn server), its rule and routes, its nft table.
+fn leave_service(dir: &std::path::Path, node: i64, subnet: &str) -> std::process::Child {
+    let sdir = dir.join("services").join(node.to_string());
+    std::fs::create_dir_all(&sdir).unwrap();
+    let conf = sdir.join("server.conf");
+    std::fs::write(&conf, "# a crashed run's\n").unwrap();
+    let server = std::process::Command::new("sh")
+        .args(["-c", "sleep 600; :", "openvpn"])
+        .arg(&conf)
+        .spawn()
+        .unwrap();
+    std::fs::write(sdir.join("openvpn.pid"), server.id().to_string()).unwrap();
+    let table = 1_000_000 + node;
+    sh(&format!(
+        "ip rule add from {subnet} lookup {table} priority 9000 && \
+         ip route add unreachable default metric 4294967295 table {table} && \
+         nft add table ip connexa_ovpn_{node}"
+    ));
+    server
+}
+
+/// A process that died (SIGKILL, power loss) leaves its openvpn servers,
+/// rules and NAT behind, and its services may now run elsewhere: the next
+/// launcher on the host ends and removes them before its first start, stop
+/// or listing — but not those of a live process (it holds their lock files).
+#[test]
+fn orphans_of_a_dead_process_are_swept_and_a_live_ones_are_kept() {
+    if !has_cap_net_admin() {
+        eprintln!("skipped: needs CAP_NET_ADMIN (run as root, as CI does)");
+        return;
+    }
+    in_new_netns(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("openvpn");
+        let mut orphan = leave_service(&dir, 4791, "10.251.9.0/24");
+        let mut live = leave_service(&dir, 4792, "10.251.10.0/24");
+        // A live process's service: it holds the service's lock file.
+        std::fs::create_dir_all(dir.join("locks")).unwrap();
+        let held = std::fs::File::create(dir.join("locks").join("service-4792")).unwrap();
+        held.lock().unwrap();
+        let before = sh("ip -4 rule show; nft list tables");
+        assert!(before.contains("lookup 1004791") && before.contains("connexa_ovpn_4791"));
+
+        let l = OpenvpnLauncher::new(
+            Arc::new(CountingOpener::default()),
+            OpenvpnConfig {
+                dir: dir.clone(),
+                ..OpenvpnConfig::default()
+            },
+        );
+        assert!(l.running().await.is_empty());
+        // The orphan is gone: process, rule, routes, nft table, directory.
+        let mut ended = None;
+        for _ in 0..100 {
+            ended = orphan.try_wait().unwrap();
+            if ended.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(ended.is_some(), "the orphan server was ended");
+        let after = sh("ip -4 rule show; ip -4 route show table all; nft list tables");
+        assert!(!after.contains("1004791"), "{after}");
+        assert!(!after.contains("connexa_ovpn_4791"), "{after}");
+        assert!(!dir.join("services/4791").exists());
+        // The live process's service is untouched.
+        assert!(
+            live.try_wait().unwrap().is_none(),
+            "a live service's server"
+        );
+        assert!(
+            after.contains("lookup 1004792") && after.contains("connexa_ovpn_4792"),
+            "{after}"
+        );
+        assert!(dir.join("services/4792/server.conf").exists());
+        // Once per launcher: a later listing does not sweep again.
+        drop(held);
+        assert!(l.running().await.is_empty());
+        assert!(live.try_wait().unwrap().is_none());
+        // Another launcher (a later process) would.
+        assert_eq!(
+            OpenvpnLauncher::new(
+                Arc::new(CountingOpener::default()),
+                OpenvpnConfig {
+                    dir: dir.clone(),
+                    ..OpenvpnConfig::default()
+                },
+            )
+            .sweep_orphans()
+            .await,
+            vec![NodeId(4792)]
+        );
+        let _ = live.wait();
+        assert!(!sh("ip -4 rule show").contains("1004792"));
+    });
+}

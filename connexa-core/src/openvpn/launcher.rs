@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -78,6 +79,60 @@ struct Claim {
     subnet: Ipv4Addr,
 }
 
+/// A claim and the lock files that make it hold between processes on this
+/// host (released when dropped, or when the process dies).
+#[derive(Debug)]
+struct Held {
+    claim: Claim,
+    _locks: Vec<File>,
+}
+
+/// The directory of the lock files, under the launcher's directory.
+const LOCKS: &str = "locks";
+
+/// Takes the lock file `<dir>/locks/<name>` (an exclusive `flock`, which
+/// the kernel drops with the process): `Ok(None)` when another process or
+/// another claim of this one holds it.
+fn try_lock(dir: &Path, name: &str) -> std::io::Result<Option<File>> {
+    let locks = dir.join(LOCKS);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&locks)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(locks.join(name))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+fn service_lock(node: NodeId) -> String {
+    format!("service-{}", node.0)
+}
+
+/// The user and group an openvpn server started as root drops to once it
+/// is up (`user`/`group`, with `persist-key`/`persist-tun`): `nobody` and
+/// `nogroup` (or `nobody`) when they exist. `None` when this process is not
+/// root (the server has no more than this process anyway).
+fn unprivileged() -> Option<(String, String)> {
+    use nix::unistd::{Group, User, geteuid};
+    if !geteuid().is_root() {
+        return None;
+    }
+    let user = User::from_name("nobody").ok().flatten()?;
+    let group = ["nogroup", "nobody"]
+        .into_iter()
+        .find(|g| Group::from_name(g).ok().flatten().is_some())?;
+    Some((user.name, group.to_string()))
+}
+
 /// The pieces a stop needs, without the launcher (a stop may run in a task
 /// of its own).
 #[derive(Clone)]
@@ -94,7 +149,10 @@ struct Parts {
 pub struct OpenvpnLauncher {
     parts: Parts,
     services: Mutex<HashMap<NodeId, Running>>,
-    claims: Mutex<HashMap<NodeId, Claim>>,
+    claims: Mutex<HashMap<NodeId, Held>>,
+    /// Set once [`OpenvpnLauncher::sweep_orphans`] ran (before the first
+    /// start, stop or listing).
+    swept: tokio::sync::OnceCell<Vec<NodeId>>,
 }
 
 impl std::fmt::Debug for OpenvpnLauncher {
@@ -127,6 +185,7 @@ impl OpenvpnLauncher {
             },
             services: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
+            swept: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -139,7 +198,7 @@ impl OpenvpnLauncher {
         self.services.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Claim>> {
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Held>> {
         self.claims.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -170,6 +229,55 @@ impl OpenvpnLauncher {
     /// nothing is). For diagnostics and tests.
     pub async fn installed(&self, node: NodeId) -> Vec<String> {
         net::installed(&self.parts.config, node).await
+    }
+
+    /// Removes what crashed or killed processes left on this host: for each
+    /// service directory (`<dir>/services/<id>`) whose service no live
+    /// process holds (its lock file is free) and this launcher does not
+    /// run, ends the server process named by its pid file, removes its
+    /// rules, routes and nft table, and deletes the directory. Returns the
+    /// nodes it cleaned up after. Runs by itself once, before the
+    /// launcher's first start, stop or listing; the tunnel interfaces went
+    /// with their processes.
+    pub async fn sweep_orphans(&self) -> Vec<NodeId> {
+        let c = &self.parts.config;
+        let Ok(entries) = std::fs::read_dir(c.dir.join("services")) else {
+            return Vec::new();
+        };
+        let mut swept = Vec::new();
+        for entry in entries.flatten() {
+            let Some(node) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok())
+                .map(NodeId)
+            else {
+                continue;
+            };
+            if self.claims().contains_key(&node) || self.lock().contains_key(&node) {
+                continue;
+            }
+            // Held by a live process (or a start of ours under way).
+            let Ok(Some(_held)) = try_lock(&c.dir, &service_lock(node)) else {
+                continue;
+            };
+            let dir = entry.path();
+            net::kill_stale(&dir.join("openvpn.pid"), &dir.join("server.conf")).await;
+            if let Err(e) = net::remove(c, node).await {
+                tracing::warn!(%node, error = %e, "removing an orphan openvpn service's rules");
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(%node, error = %e, dir = %dir.display(), "removing an orphan service's files");
+            }
+            tracing::warn!(%node, "removed what a crashed process left of an openvpn service");
+            swept.push(node);
+        }
+        swept
+    }
+
+    /// Runs [`Self::sweep_orphans`] the first time; later calls wait for it.
+    async fn swept(&self) {
+        self.swept.get_or_init(|| self.sweep_orphans()).await;
     }
 
     /// Stops every service (for a graceful process exit). The stored
@@ -220,33 +328,51 @@ impl OpenvpnLauncher {
     }
 
     /// Picks and claims a port and a subnet for `node`: the wanted ones when
-    /// free, else the first free ones.
+    /// free, else the first free ones. Each is also a lock file, so two
+    /// processes on this host never pick the same.
     async fn claim(
         &self,
         node: NodeId,
         want_port: Option<u16>,
         want_subnet: Option<Ipv4Addr>,
+        service: File,
     ) -> Result<Claim, ServiceError> {
         let c = &self.parts.config;
-        // Subnets in use by another process have a route in the main table.
+        // Subnets in use by another program have a route.
         let routes = net::run(&c.ip, &["-4", "-o", "route", "show", "table", "all"], None)
             .await
             .map_err(start_failed)?;
         let routed = |s: Ipv4Addr| routes.contains(&format!("{s}/24 "));
         let mut claims = self.claims();
-        let taken_port = |p: u16, claims: &HashMap<NodeId, Claim>| {
-            claims.iter().any(|(id, cl)| *id != node && cl.port == p)
+        // What the node held (a restore in this process) is its to take again.
+        claims.remove(&node);
+        let mut locks = vec![service];
+        let mut take = |name: String| match try_lock(&c.dir, &name) {
+            Ok(Some(f)) => {
+                locks.push(f);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, lock = %name, "openvpn lock file");
+                false
+            }
         };
-        let taken_subnet = |s: Ipv4Addr, claims: &HashMap<NodeId, Claim>| {
-            claims.iter().any(|(id, cl)| *id != node && cl.subnet == s)
+        let taken_port = |p: u16, claims: &HashMap<NodeId, Held>| {
+            claims
+                .iter()
+                .any(|(id, h)| *id != node && h.claim.port == p)
         };
+        let taken_subnet = |s: Ipv4Addr, claims: &HashMap<NodeId, Held>| {
+            claims
+                .iter()
+                .any(|(id, h)| *id != node && h.claim.subnet == s)
+        };
+        let mut free_port =
+            |p: u16| !taken_port(p, &claims) && udp_free(c.bind, p) && take(format!("port-{p}"));
         let port = want_port
-            .filter(|p| c.ports.contains(p) && !taken_port(*p, &claims) && udp_free(c.bind, *p))
-            .or_else(|| {
-                c.ports
-                    .clone()
-                    .find(|p| !taken_port(*p, &claims) && udp_free(c.bind, *p))
-            })
+            .filter(|p| c.ports.contains(p) && free_port(*p))
+            .or_else(|| c.ports.clone().find(|p| free_port(*p)))
             .ok_or_else(|| {
                 start_failed(format!(
                     "no free UDP port in [services] openvpn_ports ({}-{})",
@@ -255,13 +381,11 @@ impl OpenvpnLauncher {
                 ))
             })?;
         let pool = c.subnet_list();
+        let mut free_subnet =
+            |s: Ipv4Addr| !taken_subnet(s, &claims) && !routed(s) && take(format!("subnet-{s}"));
         let subnet = want_subnet
-            .filter(|s| pool.contains(s) && !taken_subnet(*s, &claims) && !routed(*s))
-            .or_else(|| {
-                pool.iter()
-                    .copied()
-                    .find(|s| !taken_subnet(*s, &claims) && !routed(*s))
-            })
+            .filter(|s| pool.contains(s) && free_subnet(*s))
+            .or_else(|| pool.iter().copied().find(|s| free_subnet(*s)))
             .ok_or_else(|| {
                 start_failed(format!(
                     "no free /24 in [services] openvpn_subnets ({}/{})",
@@ -269,7 +393,13 @@ impl OpenvpnLauncher {
                 ))
             })?;
         let claim = Claim { port, subnet };
-        claims.insert(node, claim);
+        claims.insert(
+            node,
+            Held {
+                claim,
+                _locks: locks,
+            },
+        );
         Ok(claim)
     }
 
@@ -284,6 +414,18 @@ impl OpenvpnLauncher {
         let c = &self.parts.config;
         let (interface, device) = self.interfaces(node.id)?;
         self.preflight()?;
+        // What an earlier run of this service in this process held (a relaunch).
+        self.claims().remove(&node.id);
+        let service = try_lock(&c.dir, &service_lock(node.id))
+            .map_err(|e| start_failed(format!("cannot lock {}: {e}", c.dir.display())))?
+            .ok_or_else(|| {
+                start_failed(format!(
+                    "another Connexa process on this host runs node {}'s openvpn service \
+                     (it holds {})",
+                    node.id,
+                    c.dir.join(LOCKS).join(service_lock(node.id)).display()
+                ))
+            })?;
         let dir = self.service_dir(node.id);
         let conf = dir.join("server.conf");
         let pid_file = dir.join("openvpn.pid");
@@ -301,6 +443,7 @@ impl OpenvpnLauncher {
                 node.id,
                 previous.as_ref().map(|p| p.port),
                 kept.as_ref().map(|k| k.subnet),
+                service,
             )
             .await?;
         match self
@@ -331,6 +474,18 @@ impl OpenvpnLauncher {
             .await
             .map_err(start_failed)?
             .map_err(start_failed)?;
+        let kept = kept.filter(|k| {
+            let ours = ca.issued(&k.cert_pem);
+            if !ours {
+                tracing::warn!(
+                    node = %node.id,
+                    "the stored client certificate is not from this host's OpenVPN CA \
+                     (the service moved here from a host with other CA files): \
+                     a new one is made, and the old profile stops working"
+                );
+            }
+            ours
+        });
         let creds = match kept {
             Some(k) => ClientCredentials {
                 subnet: claim.subnet,
@@ -347,7 +502,15 @@ impl OpenvpnLauncher {
         let log = dir.join("openvpn.log");
         write_private(
             &conf,
-            &server_config(c, node.id, claim, device, &creds.common_name, dir),
+            &server_config(
+                c,
+                node.id,
+                claim,
+                device,
+                &creds.common_name,
+                dir,
+                unprivileged(),
+            ),
         )
         .map_err(|e| start_failed(format!("cannot write {}: {e}", conf.display())))?;
 
@@ -357,7 +520,7 @@ impl OpenvpnLauncher {
             .tun
             .local_addr(node.id)
             .ok_or_else(|| start_failed("the tunnel stopped while starting"))?;
-        net::install(c, node.id, claim.subnet, interface, local)
+        net::install(c, node.id, claim.subnet, interface, device, local)
             .await
             .map_err(start_failed)?;
 
@@ -375,6 +538,10 @@ impl OpenvpnLauncher {
                 .map_err(|e| start_failed(format!("cannot run {}: {e}", c.openvpn.display())))?,
         );
         wait_ready(&mut child, &log, c.start_timeout).await?;
+        if let Err(e) = net::forward_on(device) {
+            child.end(Duration::from_secs(2)).await;
+            return Err(start_failed(e));
+        }
         tracing::info!(
             node = %node.id, port = claim.port, subnet = %claim.subnet, %interface, %device, %local,
             "openvpn service started"
@@ -440,6 +607,7 @@ fn server_config(
     device: &str,
     client_cn: &str,
     dir: &Path,
+    drop_to: Option<(String, String)>,
 ) -> String {
     let d = |f: &str| dir.join(f).display().to_string();
     let mut s = format!(
@@ -467,6 +635,12 @@ fn server_config(
     s.push_str(&format!("verify-x509-name {client_cn} name\n"));
     s.push_str("push \"redirect-gateway def1\"\n");
     s.push_str("keepalive 10 60\nexplicit-exit-notify 1\n");
+    if let Some((user, group)) = drop_to {
+        // Root only to set up: keys and device are kept across restarts.
+        s.push_str(&format!(
+            "user {user}\ngroup {group}\npersist-key\npersist-tun\n"
+        ));
+    }
     s.push_str(&format!(
         "writepid {}\nlog {}\nverb 3\n",
         d("openvpn.pid"),
@@ -561,6 +735,7 @@ impl ServiceLauncher for OpenvpnLauncher {
         node: &Node,
         previous: Option<ServiceEndpoint>,
     ) -> Result<ServiceEndpoint, ServiceError> {
+        self.swept().await;
         if let Some(r) = self.lock().get(&node.id) {
             return Ok(r.endpoint.clone());
         }
@@ -616,6 +791,7 @@ impl ServiceLauncher for OpenvpnLauncher {
     }
 
     async fn running(&self) -> Vec<NodeId> {
+        self.swept().await;
         self.lock().keys().copied().collect()
     }
 
@@ -662,6 +838,7 @@ mod tests {
             "cxv7",
             "connexa-ovpn-client-7-ab",
             Path::new("/d"),
+            Some(("nobody".into(), "nogroup".into())),
         );
         for line in [
             "proto udp4",
@@ -675,6 +852,10 @@ mod tests {
             "verify-x509-name connexa-ovpn-client-7-ab name",
             "key /d/server.key",
             "writepid /d/openvpn.pid",
+            "user nobody",
+            "group nogroup",
+            "persist-key",
+            "persist-tun",
         ] {
             assert!(s.lines().any(|l| l == line), "{line:?} missing:\n{s}");
         }
@@ -688,37 +869,73 @@ mod tests {
         // A range of 4 ports starting at the one held by this test (when it
         // has room above it), and a pool of 4 subnets.
         let lo = busy.min(u16::MAX - 3);
+        let tmp = tempfile::tempdir().unwrap();
+        let config = OpenvpnConfig {
+            ports: lo..=lo + 3,
+            subnets: super::super::parse_subnet_pool("10.251.4.0/22").unwrap(),
+            bind: "127.0.0.1".parse().unwrap(),
+            dir: tmp.path().to_path_buf(),
+            ..OpenvpnConfig::default()
+        };
         let l = OpenvpnLauncher::new(
             Arc::new(crate::service::DirectOpener::loopback_only()),
-            OpenvpnConfig {
-                ports: lo..=lo + 3,
-                subnets: super::super::parse_subnet_pool("10.251.4.0/22").unwrap(),
-                bind: "127.0.0.1".parse().unwrap(),
-                ..OpenvpnConfig::default()
-            },
+            config.clone(),
         );
+        let svc = |n: i64| {
+            try_lock(tmp.path(), &service_lock(NodeId(n)))
+                .unwrap()
+                .expect("the service lock is free")
+        };
         let s = |i: u8| Ipv4Addr::new(10, 251, 4 + i, 0);
         // The wanted port is taken by another socket: another one is given.
-        let a = l.claim(NodeId(1), Some(busy), Some(s(2))).await.unwrap();
+        let a = l
+            .claim(NodeId(1), Some(busy), Some(s(2)), svc(1))
+            .await
+            .unwrap();
         assert_ne!(a.port, busy);
         assert!((lo..=lo + 3).contains(&a.port));
         assert_eq!(a.subnet, s(2), "a free wanted subnet is kept");
         // What node 1 holds is not given to node 2.
-        let b = l.claim(NodeId(2), Some(a.port), Some(s(2))).await.unwrap();
+        let b = l
+            .claim(NodeId(2), Some(a.port), Some(s(2)), svc(2))
+            .await
+            .unwrap();
         assert_ne!(b.port, a.port);
         assert_eq!(b.subnet, s(0));
         // A node may claim what it holds again (a restore).
+        l.claims().get_mut(&NodeId(1)).unwrap()._locks.remove(0);
         assert_eq!(
-            l.claim(NodeId(1), Some(a.port), Some(s(2))).await.unwrap(),
+            l.claim(NodeId(1), Some(a.port), Some(s(2)), svc(1))
+                .await
+                .unwrap(),
             a
         );
+        // Another process on this host (the locks are per open file, so a
+        // second launcher on the same directory stands for one) gets
+        // neither the ports nor the subnets, nor a running service's lock.
+        let other = OpenvpnLauncher::new(
+            Arc::new(crate::service::DirectOpener::loopback_only()),
+            config,
+        );
+        assert!(
+            try_lock(tmp.path(), &service_lock(NodeId(1)))
+                .unwrap()
+                .is_none()
+        );
+        let o = other
+            .claim(NodeId(9), Some(b.port), Some(s(0)), svc(9))
+            .await
+            .unwrap();
+        assert!(![a.port, b.port, busy].contains(&o.port), "{o:?}");
+        assert_eq!(o.subnet, s(1));
+        drop(other);
         // A wanted port outside the range is not given.
-        let c = l.claim(NodeId(3), Some(1), None).await.unwrap();
+        let c = l.claim(NodeId(3), Some(1), None, svc(3)).await.unwrap();
         assert!((lo..=lo + 3).contains(&c.port) && ![a.port, b.port].contains(&c.port));
         assert_eq!(c.subnet, s(1));
         // The range is used up (one port held outside, three claimed).
         let e = l
-            .claim(NodeId(4), None, None)
+            .claim(NodeId(4), None, None, svc(4))
             .await
             .unwrap_err()
             .to_string();

@@ -12,15 +12,21 @@
 //!   `<tun_prefix>v<id>` (`cxv7`);
 //! * a policy-routing rule `from <subnet> lookup <table>` (priority
 //!   [`OpenvpnConfig::rule_priority`], table [`OpenvpnConfig::table_base`] +
-//!   node id) whose table's only route is `default dev cx7`;
-//! * source NAT of the subnet to the PPP local address, in an nftables table
-//!   of its own, `ip connexa_ovpn_7` (`nft`); IPv4 forwarding is switched on
-//!   (`net.ipv4.ip_forward`, left on at stop).
+//!   node id) whose table routes `default dev cx7`, and nowhere
+//!   (`unreachable`) when the tunnel is gone;
+//! * source NAT of the subnet to the PPP local address, and filters keeping
+//!   the clients to the tunnel and off the host, in an nftables table of its
+//!   own, `ip connexa_ovpn_7` (`nft`); IPv4 forwarding on `cx7` and `cxv7`
+//!   only (`net.ipv4.conf.<if>.forwarding`; the host switch is not touched);
+//! * a server started as root runs as `nobody` once it is up;
+//! * lock files (`<dir>/locks/`) for its port, subnet and service, so that
+//!   processes sharing the directory on one host never collide.
 //!
 //! Everything is removed on stop (process, nft table, rule, routing table,
 //! interfaces, the service's directory). A crashed run's leftovers are found by
 //! these names (pid file and config path, table name, table number) and
-//! removed before the service starts again.
+//! removed before the service starts again; those of services no longer
+//! started here, once per launcher ([`OpenvpnLauncher::sweep_orphans`]).
 //!
 //! The PKI ([`pki`]) is `rcgen`'s: one CA kept in the data directory
 //! (`ca.pem`, `ca.key` mode 0600), a server certificate made at every start
@@ -29,7 +35,9 @@
 //! service is restored (process restart, restart request, health relaunch) and
 //! replaced when the service is started again after a stop: the server
 //! accepts only the current client's common name (`verify-x509-name`), so an
-//! old profile is refused.
+//! old profile is refused. A stored client certificate that this host's CA
+//! did not issue (a service moved from a host with other CA files) is
+//! replaced too.
 
 mod launcher;
 mod net;

@@ -1,6 +1,6 @@
 //! The host-side plumbing of an `openvpn` service: the policy-routing rule
-//! and table (`ip`), the source NAT (`nft`, one table per service), IPv4
-//! forwarding, the server process's pid file. Every command runs from the
+//! and table (`ip`), the source NAT and filters (`nft`, one table per
+//! service), per-interface IPv4 forwarding, the server process's pid file. Every command runs from the
 //! calling thread (its network namespace).
 
 use std::net::Ipv4Addr;
@@ -60,12 +60,17 @@ pub(super) fn find_program(program: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The nftables ruleset of `node`'s service: SNAT of `subnet`'s traffic
-/// leaving through `interface` to `local` (the PPP address).
+/// The nftables ruleset of `node`'s service, in a table of its own: SNAT of
+/// `subnet`'s traffic leaving through `interface` (the node's tunnel) to
+/// `local` (the PPP address); forwarding only between the tunnel and the
+/// server's `device` (a client cannot reach the host's other networks, the
+/// node cannot reach the clients unasked); nothing from either interface to
+/// the host itself unless it answers the host.
 pub(super) fn nat_ruleset(
     node: NodeId,
     subnet: Ipv4Addr,
     interface: &str,
+    device: &str,
     local: Ipv4Addr,
 ) -> String {
     let table = nft_table(node);
@@ -75,28 +80,71 @@ pub(super) fn nat_ruleset(
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {subnet}/24 oifname \"{interface}\" counter snat to {local} comment \"connexa openvpn service {id}\"\n\
          \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter; policy accept;\n\
+         \t\tiifname \"{device}\" oifname != \"{interface}\" drop\n\
+         \t\toifname \"{device}\" iifname != \"{interface}\" drop\n\
+         \t\toifname \"{device}\" ct state {{ established, related }} accept\n\
+         \t\toifname \"{device}\" drop\n\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname {{ \"{interface}\", \"{device}\" }} ct state {{ established, related }} accept\n\
+         \t\tiifname {{ \"{interface}\", \"{device}\" }} drop\n\
+         \t}}\n\
          }}\n",
         id = node.0
     )
 }
 
-/// Sets up routing and NAT for `node`'s service.
+/// Switches IPv4 forwarding on for one interface
+/// (`net.ipv4.conf.<name>.forwarding`): the kernel forwards what arrives on
+/// an interface whose own flag is set, so the host as a whole
+/// (`net.ipv4.ip_forward`) is left as it is. The flag goes with the
+/// interface.
+pub(super) fn forward_on(name: &str) -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
+    std::fs::write(&path, "1")
+        .map_err(|e| format!("cannot switch IPv4 forwarding on for {name} ({path}): {e}"))
+}
+
+/// Sets up routing, filtering and NAT for `node`'s service: the rule
+/// `from <subnet> lookup <table>`, whose table routes everything into the
+/// node's tunnel `interface` and, when the tunnel is gone, nowhere (an
+/// `unreachable` default: the clients' traffic never falls through to the
+/// host's own routes); the nft table of [`nat_ruleset`]; forwarding on
+/// `interface` (the server's `device` gets it once the server made it).
 pub(super) async fn install(
     config: &OpenvpnConfig,
     node: NodeId,
     subnet: Ipv4Addr,
     interface: &str,
+    device: &str,
     local: Ipv4Addr,
 ) -> Result<(), String> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(|e| format!("cannot switch IPv4 forwarding on (net.ipv4.ip_forward): {e}"))?;
     let table = config.table(node).to_string();
     let prio = config.rule_priority.to_string();
     let from = format!("{subnet}/24");
     run(
         &config.ip,
         &[
-            "route", "replace", "default", "dev", interface, "table", &table,
+            "-4",
+            "route",
+            "replace",
+            "unreachable",
+            "default",
+            "metric",
+            LAST_METRIC,
+            "table",
+            &table,
+        ],
+        None,
+    )
+    .await?;
+    run(
+        &config.ip,
+        &[
+            "-4", "route", "replace", "default", "dev", interface, "table", &table,
         ],
         None,
     )
@@ -112,11 +160,14 @@ pub(super) async fn install(
     run(
         &config.nft,
         &["-f", "-"],
-        Some(&nat_ruleset(node, subnet, interface, local)),
+        Some(&nat_ruleset(node, subnet, interface, device, local)),
     )
     .await?;
-    Ok(())
+    forward_on(interface)
 }
+
+/// The metric of the `unreachable` default route: after any other.
+const LAST_METRIC: &str = "4294967295";
 
 /// Removes what [`install`] set up (and what a crashed run left): the nft
 /// table, every rule pointing at the service's table, the table's routes.
@@ -225,6 +276,7 @@ mod tests {
             NodeId(7),
             Ipv4Addr::new(10, 201, 3, 0),
             "cx7",
+            "cxv7",
             Ipv4Addr::new(10, 78, 0, 100),
         );
         assert!(r.starts_with("table ip connexa_ovpn_7 {"), "{r}");
@@ -234,6 +286,11 @@ mod tests {
             ),
             "{r}"
         );
+        assert!(
+            r.contains("iifname \"cxv7\" oifname != \"cx7\" drop"),
+            "{r}"
+        );
+        assert!(r.contains("iifname { \"cx7\", \"cxv7\" } drop"), "{r}");
     }
 
     #[test]

@@ -172,6 +172,20 @@ impl Ca {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// Whether `cert_pem` was issued by this CA: its authority key
+    /// identifier is this CA's key identifier. A certificate of another
+    /// host's CA (a service moved between workers that do not share the
+    /// CA files) is not.
+    pub fn issued(&self, cert_pem: &str) -> bool {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let Ok(der) = CertificateDer::from_pem_slice(cert_pem.as_bytes()) else {
+            return false;
+        };
+        let id = self.params.key_identifier(&self.key);
+        !id.is_empty() && der.windows(id.len()).any(|w| w == id.as_slice())
+    }
+
     /// A server certificate and key (PEM) for `node`'s service.
     pub fn issue_server(&self, node: NodeId) -> Result<(String, String), OpenvpnError> {
         self.issue(&server_name(node), ExtendedKeyUsagePurpose::ServerAuth)
@@ -225,6 +239,10 @@ mod tests {
         assert_ne!(a.common_name, b.common_name);
         assert_ne!(a.key_pem, b.key_pem);
         assert!(a.common_name.starts_with("connexa-ovpn-client-1-"));
+        assert!(ca.issued(&a.cert_pem) && again.issued(&b.cert_pem));
+        let other = Ca::generate().unwrap();
+        assert!(!other.issued(&a.cert_pem), "another CA's client");
+        assert!(!ca.issued("not a certificate"));
 
         std::fs::set_permissions(
             dir.path().join(CA_KEY),
