@@ -28,6 +28,7 @@ on_both_backends!(
     speed_test_records_the_exit_address,
     field_values_are_distinct_counted_by_prefix_and_bounded,
     service_runtime_counters_and_restart_requests,
+    an_inconclusive_test_counts_as_a_check_only_when_it_proved_something,
 );
 
 async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
@@ -174,6 +175,32 @@ async fn speed_test_records_the_exit_address(db: TestDb) {
     // A later test that saw no exit address keeps the known one.
     s.apply(id, tested(Level::Light), ctx()).await.unwrap();
     assert_eq!(s.get(id).await.unwrap().unwrap().exit_ip, Some(exit));
+}
+
+/// A test cut short (our deadline, our budget) checked the node only if it
+/// proved a level on the way: `last_checked_at` moves then, and only then;
+/// the failure count and the last error are never touched by it.
+async fn an_inconclusive_test_counts_as_a_check_only_when_it_proved_something(db: TestDb) {
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    let cut = |proven: Level| Event::Inconclusive {
+        reason: "job deadline reached".into(),
+        proven,
+        measurements: Measurements {
+            handshake_ms: Some(41.0),
+            ..Default::default()
+        },
+    };
+    s.apply(id, cut(Level::None), ctx()).await.unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.last_checked_at, None, "nothing proven: not a check");
+    assert_eq!(n.ping_ms, Some(41.0), "what was measured is kept");
+    assert_eq!((n.consecutive_failures, n.last_error), (0, None));
+    s.apply(id, cut(Level::Light), ctx()).await.unwrap();
+    let n = s.get(id).await.unwrap().unwrap();
+    assert!(n.last_checked_at.is_some(), "light proven: a check");
+    assert_eq!(n.status, Status::PingLight);
+    assert_eq!((n.consecutive_failures, n.last_error), (0, None));
 }
 
 fn tested(level: Level) -> Event {

@@ -21,8 +21,8 @@
 //! Needs the lab, root, and the `openvpn` and `nft` programs (tests/run.sh
 //! installs them).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,38 +30,17 @@ use connexa_core::domain::{
     Event, EventKind, Level, NewNode, Node, NodeFilter, NodeId, Outcome, ServiceEndpoint,
     ServiceKind, Status,
 };
-use connexa_core::openvpn::{self, OpenvpnConfig, OpenvpnLauncher};
+use connexa_core::openvpn::{OpenvpnConfig, OpenvpnLauncher};
 use connexa_core::ports::{ApplyContext, HistoryEvent, InsertOutcome, NodeStore};
 use connexa_core::ports::{Health, ServiceLauncher};
 use connexa_core::service::PptpOpener;
 use connexa_core::store::SqlStore;
 use connexa_core::tunnel::{GreSocket, TunnelConfig};
 use connexa_tests::lab::{Lab, exclusive, in_lab};
-use sha2::{Digest, Sha256};
-
-/// `CMD ARGS...` in namespace `ns`, on a blocking thread (the service's
-/// packet pump runs on this runtime).
-async fn in_ns(ns: &str, cmd: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.into()];
-    args.extend(cmd.iter().map(|s| s.to_string()));
-    tokio::task::spawn_blocking(move || Command::new("ip").args(&args).output())
-        .await
-        .expect("command thread")
-        .expect("run ip netns exec")
-}
-
-async fn ok_in(ns: &str, cmd: &[&str]) -> String {
-    let out = in_ns(ns, cmd).await;
-    assert!(
-        out.status.success(),
-        "{} failed ({}): {}{}",
-        cmd.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use connexa_tests::ovpn_lab::{
+    ClientNs, SERVER_SIDE, UP, client, client_ns, fetch_through_vpn, file_via_ppp, in_ns, ok_in,
+    read, wait_for, write_profile,
+};
 
 /// What the lab's namespace holds that a service could leave behind:
 /// interfaces, policy rules, the nft tables, the routes of every table.
@@ -83,131 +62,6 @@ async fn host_state(lab: &Lab) -> Vec<String> {
     all
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The lab file's URL at the server's PPP address.
-fn file_via_ppp(lab: &Lab) -> String {
-    let path = lab
-        .file_url
-        .splitn(4, '/')
-        .nth(3)
-        .expect("a path in CONNEXA_LAB_FILE_URL");
-    format!("http://{}/{path}", lab.ppp_server)
-}
-
-/// The client's namespace, joined to the lab's by a veth pair; removed on
-/// drop, the lab's end of the pair first: deleting the namespace alone
-/// removes that end only when the kernel gets round to destroying the
-/// namespace, and the next lab test would find it still there.
-struct ClientNs {
-    name: String,
-    lab_ns: String,
-    veth: String,
-}
-
-impl Drop for ClientNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["-n", &self.lab_ns, "link", "del", &self.veth])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-const SERVER_SIDE: &str = "10.250.77.1";
-
-/// Client namespace number `idx` (0: the one at 10.250.77.2), joined to
-/// the lab's namespace by the veth pair `vcxovpn<2 idx>`/`vcxovpn<2 idx + 1>`
-/// on `10.250.77.<4 idx>/30`; its default route goes to the lab's namespace.
-async fn client_ns(lab: &Lab, idx: u8) -> ClientNs {
-    let name = format!("cxovpn-c{}-{idx}", std::process::id());
-    let _ = Command::new("ip").args(["netns", "del", &name]).output();
-    let (a, b) = (
-        format!("vcxovpn{}", 2 * idx),
-        format!("vcxovpn{}", 2 * idx + 1),
-    );
-    let ns = ClientNs {
-        name: name.clone(),
-        lab_ns: lab.netns.clone(),
-        veth: a.clone(),
-    };
-    let status = Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .expect("ip netns add");
-    assert!(status.success());
-    let _ = in_ns(&lab.netns, &["ip", "link", "del", &a]).await;
-    ok_in(
-        &lab.netns,
-        &[
-            "ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &name,
-        ],
-    )
-    .await;
-    let gateway = format!("10.250.77.{}", 4 * idx + 1);
-    let server = format!("{gateway}/30");
-    let client = format!("10.250.77.{}/30", 4 * idx + 2);
-    ok_in(&lab.netns, &["ip", "addr", "add", &server, "dev", &a]).await;
-    ok_in(&lab.netns, &["ip", "link", "set", &a, "up"]).await;
-    ok_in(&name, &["ip", "addr", "add", &client, "dev", &b]).await;
-    ok_in(&name, &["ip", "link", "set", &b, "up"]).await;
-    ok_in(&name, &["ip", "link", "set", "lo", "up"]).await;
-    ok_in(&name, &["ip", "route", "add", "default", "via", &gateway]).await;
-    ns
-}
-
-/// A running openvpn client in the client namespace; killed on drop.
-struct Client {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client(ns: &ClientNs, profile: &Path, log: &Path) -> Client {
-    let _ = std::fs::remove_file(log);
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "openvpn", "--config"])
-        .arg(profile)
-        .arg("--log")
-        .arg(log)
-        .spawn()
-        .expect("run the openvpn client");
-    Client {
-        child,
-        log: log.to_path_buf(),
-    }
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Waits (at most `limit`) until `file` contains one of `needles`; returns it.
-async fn wait_for(file: &Path, needles: &[&str], limit: Duration) -> Option<String> {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        let text = read(file);
-        if let Some(n) = needles.iter().find(|n| text.contains(**n)) {
-            return Some(n.to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    None
-}
-
 fn launcher(gre: Arc<GreSocket>, dir: &Path) -> OpenvpnLauncher {
     OpenvpnLauncher::new(
         Arc::new(PptpOpener::with_gre_socket(TunnelConfig::default(), gre)),
@@ -227,30 +81,6 @@ fn node(lab: &Lab, id: i64, status: Status) -> Node {
         ..lab.node()
     }
 }
-
-/// The profile of `ep` (CA from `ca_dir`) written to `path`.
-fn write_profile(ca_dir: &Path, path: PathBuf, node: NodeId, ep: &ServiceEndpoint) -> PathBuf {
-    let ca = openvpn::ca_certificate(ca_dir).expect("the CA");
-    let text = openvpn::profile(node, ep, &ca).expect("a profile");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Fetches the lab file from the client namespace (through the VPN) and
-/// checks its length and sha256.
-async fn fetch_through_vpn(lab: &Lab, ns: &ClientNs) {
-    let url = file_via_ppp(lab);
-    let out = in_ns(&ns.name, &["curl", "-sS", "--max-time", "120", &url]).await;
-    assert!(
-        out.status.success(),
-        "curl {url} from the client namespace: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.stdout.len() as u64, lab.file_size);
-    assert_eq!(sha256_hex(&out.stdout), lab.file_sha256);
-}
-
-const UP: &str = "Initialization Sequence Completed";
 
 #[test]
 fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
