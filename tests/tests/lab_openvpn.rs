@@ -5,10 +5,15 @@
 //! SEPARATE network namespace this test creates (a veth pair to the lab's
 //! namespace) connects with the generated profile, and `curl` there fetches
 //! the lab server's file at its PPP address 10.78.0.1 with the right sha256.
-//! The SNAT rule's counter shows the traffic left as the PPP address. A
+//! The SNAT rule's counter shows the traffic left as the PPP address, and the
+//! lab server itself (`lab.sh ctl tcp`) sees the download coming from it; the
+//! host's forwarding switch stays off (the service forwards on its own two
+//! interfaces), the server runs as `nobody`, and with the tunnel's interface
+//! gone the clients' packets are unreachable, not routed by the host. A
 //! restore (a new launcher, as after a process restart) keeps the port and
 //! the profile, and so does the health check's relaunch after the server
-//! process is killed; stop removes the process, the port, the rule, the routing
+//! process is killed; stop tells the connected client
+//! (`server-pushed-connection-reset`) and cuts it off, and removes the process, the port, the rule, the routing
 //! table, the nft table and the interfaces (listed before and after); a start
 //! after the stop refuses the old profile and accepts the new one. Two
 //! services through two calls at once keep their traffic apart (each
@@ -16,7 +21,7 @@
 //! After SIGKILL of the process running the service (the server, its rule
 //! and NAT left behind), the next process ends the orphan server and
 //! restores the service on the same port with the same client certificate:
-//! the old profile connects again.
+//! the old profile connects again and the lab file comes through it.
 //!
 //! Needs the lab, root, and the `openvpn` and `nft` programs (tests/run.sh
 //! installs them).
@@ -696,6 +701,7 @@ fn lab_openvpn_after_sigkill_the_same_port_and_profile_and_stop_leaves_nothing()
             "the profile after SIGKILL: {}",
             read(&c2.log)
         );
+        fetch_through_vpn(&lab, &ns).await;
 
         // Stop (no longer wanted): the process removes everything.
         store
