@@ -230,6 +230,26 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
             "0",
             "the host-wide forwarding switch is left alone"
         );
+        // The filters: through the VPN the client reaches the node's side
+        // (the lab server's PPP address) but not the host itself (its
+        // address on the lab's bridge, which the host would answer).
+        let ping = |to: String| {
+            let ns = ns.name.clone();
+            async move {
+                in_ns(&ns, &["ping", "-c", "1", "-W", "3", &to])
+                    .await
+                    .status
+                    .success()
+            }
+        };
+        assert!(
+            ping(lab.ppp_server.to_string()).await,
+            "ping through the node"
+        );
+        assert!(
+            !ping(lab.host_ip.to_string()).await,
+            "a client reached the Connexa host through the VPN"
+        );
         // The lab server sees the client's connection coming from the PPP
         // address (a slow download keeps it open while we ask the server).
         server_sees_ppp_address(&lab, &ns, &ppp).await;
@@ -261,13 +281,26 @@ fn lab_openvpn_client_fetches_through_the_node_and_stop_leaves_nothing() {
             String::from_utf8_lossy(&route.stdout),
             String::from_utf8_lossy(&route.stderr)
         );
+        eprintln!("route with the tunnel gone: {said}");
+        // EHOSTUNREACH: what an `unreachable` route answers (the table
+        // below shows it is that route, and cxv4721 forwards).
         assert!(
-            !route.status.success() || said.contains("unreachable"),
+            said.contains("No route to host"),
             "a client's packet to the lab server with the tunnel gone: {said}"
         );
         assert!(
             !said.contains(" dev vcxovpn") && !said.contains(" via "),
             "{said}"
+        );
+        let table = ok_in(
+            &lab.netns,
+            &["ip", "-4", "route", "show", "table", "1004721"],
+        )
+        .await;
+        assert_eq!(
+            table.trim(),
+            "unreachable default metric 4294967295",
+            "{table}"
         );
         drop(c1);
 

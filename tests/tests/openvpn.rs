@@ -307,16 +307,23 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// What a service of `node` left: its directory with a config and the pid
-/// file of a process whose command line names the config (standing for the
-/// openvpn server), its rule and routes, its nft table.
-fn leave_service(dir: &std::path::Path, node: i64, subnet: &str) -> std::process::Child {
+/// What a service of `node` run by process `owner` left: its directory with
+/// a config, the owner file, and the pid file of a process whose command
+/// line names the config (standing for the openvpn server), its rule and
+/// routes, its nft table.
+fn leave_service(
+    dir: &std::path::Path,
+    node: i64,
+    subnet: &str,
+    owner: u32,
+) -> std::process::Child {
     let sdir = dir.join("services").join(node.to_string());
     std::fs::create_dir_all(&sdir).unwrap();
     let conf = sdir.join("server.conf");
     std::fs::write(&conf, "# a crashed run's\n").unwrap();
-    let server = std::process::Command::new("sh")
-        .args(["-c", "sleep 600; :", "openvpn"])
+    std::fs::write(sdir.join("owner"), owner.to_string()).unwrap();
+    let server = std::process::Command::new("tail")
+        .arg("-f")
         .arg(&conf)
         .spawn()
         .unwrap();
@@ -333,7 +340,8 @@ fn leave_service(dir: &std::path::Path, node: i64, subnet: &str) -> std::process
 /// A process that died (SIGKILL, power loss) leaves its openvpn servers,
 /// rules and NAT behind, and its services may now run elsewhere: the next
 /// launcher on the host ends and removes them before its first start, stop
-/// or listing — but not those of a live process (it holds their lock files).
+/// or listing — but not those of a live process (it holds their lock files,
+/// and its owner file names it).
 #[test]
 fn orphans_of_a_dead_process_are_swept_and_a_live_ones_are_kept() {
     if !has_cap_net_admin() {
@@ -343,8 +351,16 @@ fn orphans_of_a_dead_process_are_swept_and_a_live_ones_are_kept() {
     in_new_netns(|| async {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("openvpn");
-        let mut orphan = leave_service(&dir, 4791, "10.251.9.0/24");
-        let mut live = leave_service(&dir, 4792, "10.251.10.0/24");
+        let dead = {
+            let mut c = std::process::Command::new("true").spawn().unwrap();
+            c.wait().unwrap();
+            c.id()
+        };
+        let mut orphan = leave_service(&dir, 4791, "10.251.9.0/24", dead);
+        let mut live = leave_service(&dir, 4792, "10.251.10.0/24", dead);
+        // A live process without a lock file (an older Connexa, or one
+        // between its start and its lock): its owner file protects it.
+        let mut owned = leave_service(&dir, 4793, "10.251.11.0/24", std::process::id());
         // A live process's service: it holds the service's lock file.
         std::fs::create_dir_all(dir.join("locks")).unwrap();
         let held = std::fs::File::create(dir.join("locks").join("service-4792")).unwrap();
@@ -374,7 +390,12 @@ fn orphans_of_a_dead_process_are_swept_and_a_live_ones_are_kept() {
         assert!(!after.contains("1004791"), "{after}");
         assert!(!after.contains("connexa_ovpn_4791"), "{after}");
         assert!(!dir.join("services/4791").exists());
-        // The live process's service is untouched.
+        // The live processes' services are untouched.
+        assert!(
+            owned.try_wait().unwrap().is_none(),
+            "an owned service's server"
+        );
+        assert!(after.contains("lookup 1004793"), "{after}");
         assert!(
             live.try_wait().unwrap().is_none(),
             "a live service's server"
@@ -402,6 +423,12 @@ fn orphans_of_a_dead_process_are_swept_and_a_live_ones_are_kept() {
             vec![NodeId(4792)]
         );
         let _ = live.wait();
-        assert!(!sh("ip -4 rule show").contains("1004792"));
+        let rules = sh("ip -4 rule show");
+        assert!(
+            !rules.contains("1004792") && rules.contains("1004793"),
+            "{rules}"
+        );
+        let _ = owned.kill();
+        let _ = owned.wait();
     });
 }

@@ -84,7 +84,62 @@ struct Claim {
 #[derive(Debug)]
 struct Held {
     claim: Claim,
-    _locks: Vec<File>,
+    service: File,
+    port: File,
+    subnet: File,
+}
+
+/// Removes `node`'s claim (releasing its lock files) when dropped while
+/// armed: a start given up half-way (its future dropped by a time limit)
+/// must not keep the node's locks for ever.
+struct Unclaim<'a> {
+    claims: &'a Mutex<HashMap<NodeId, Held>>,
+    node: NodeId,
+    armed: bool,
+}
+
+impl Drop for Unclaim<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.claims
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.node);
+        }
+    }
+}
+
+/// The file naming the process that runs a service (`<service dir>/owner`).
+const OWNER: &str = "owner";
+
+/// Whether a process runs with this pid.
+fn pid_alive(pid: &str) -> bool {
+    !pid.is_empty() && Path::new("/proc").join(pid).exists()
+}
+
+/// Whether the service in `dir` belongs to a live process: the one named in
+/// its owner file; without one (written by an older Connexa), the parent of
+/// the server named by its pid file, when that parent is not init.
+fn owned_by_live_process(dir: &Path) -> bool {
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let owner = read(OWNER);
+    if !owner.is_empty() {
+        return pid_alive(&owner);
+    }
+    let server = read("openvpn.pid");
+    let ppid = std::fs::read_to_string(format!("/proc/{server}/stat"))
+        .ok()
+        .and_then(|st| {
+            st.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_default();
+    !server.is_empty() && ppid != "1" && ppid != "0" && pid_alive(&ppid)
 }
 
 /// The directory of the lock files, under the launcher's directory.
@@ -262,6 +317,9 @@ impl OpenvpnLauncher {
                 continue;
             };
             let dir = entry.path();
+            if owned_by_live_process(&dir) {
+                continue;
+            }
             net::kill_stale(&dir.join("openvpn.pid"), &dir.join("server.conf")).await;
             if let Err(e) = net::remove(c, node).await {
                 tracing::warn!(%node, error = %e, "removing an orphan openvpn service's rules");
@@ -285,13 +343,14 @@ impl OpenvpnLauncher {
     /// the services with the same profiles.
     pub async fn stop_all(&self) {
         let all: Vec<(NodeId, Running)> = self.lock().drain().collect();
-        self.claims().clear();
         let parts = self.parts.clone();
         futures::future::join_all(
             all.into_iter()
                 .map(|(id, r)| retire(parts.clone(), id, Some(r))),
         )
         .await;
+        // The locks go last: nobody takes a service over before it is gone.
+        self.claims().clear();
     }
 
     /// Checks what can be checked before anything is changed: the
@@ -329,75 +388,100 @@ impl OpenvpnLauncher {
 
     /// Picks and claims a port and a subnet for `node`: the wanted ones when
     /// free, else the first free ones. Each is also a lock file, so two
-    /// processes on this host never pick the same.
+    /// processes on this host never pick the same. `old`: what the node held
+    /// (a relaunch in this process), whose lock files are reused for the
+    /// same port and subnet.
     async fn claim(
         &self,
         node: NodeId,
         want_port: Option<u16>,
         want_subnet: Option<Ipv4Addr>,
         service: File,
+        old: Option<(Claim, File, File)>,
     ) -> Result<Claim, ServiceError> {
         let c = &self.parts.config;
-        // Subnets in use by another program have a route.
-        let routes = net::run(&c.ip, &["-4", "-o", "route", "show", "table", "all"], None)
+        // Subnets in use by another program have a route; a rule left by a
+        // crashed one would send the new clients into its table.
+        let mut routes = net::run(&c.ip, &["-4", "-o", "route", "show", "table", "all"], None)
             .await
             .map_err(start_failed)?;
+        routes.push_str(
+            &net::run(&c.ip, &["-4", "rule", "show"], None)
+                .await
+                .map_err(start_failed)?,
+        );
         let routed = |s: Ipv4Addr| routes.contains(&format!("{s}/24 "));
-        let mut claims = self.claims();
-        // What the node held (a restore in this process) is its to take again.
-        claims.remove(&node);
-        let mut locks = vec![service];
-        let mut take = |name: String| match try_lock(&c.dir, &name) {
-            Ok(Some(f)) => {
-                locks.push(f);
-                true
-            }
-            Ok(None) => false,
+        let (mut old_port, mut old_subnet) = match old {
+            Some((cl, p, s)) => (Some((cl.port, p)), Some((cl.subnet, s))),
+            None => (None, None),
+        };
+        let lock = |name: String| match try_lock(&c.dir, &name) {
+            Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, lock = %name, "openvpn lock file");
-                false
+                None
             }
         };
-        let taken_port = |p: u16, claims: &HashMap<NodeId, Held>| {
-            claims
-                .iter()
-                .any(|(id, h)| *id != node && h.claim.port == p)
+        let mut claims = self.claims();
+        let others = |claims: &HashMap<NodeId, Held>, f: &dyn Fn(&Claim) -> bool| {
+            claims.iter().any(|(id, h)| *id != node && f(&h.claim))
         };
-        let taken_subnet = |s: Ipv4Addr, claims: &HashMap<NodeId, Held>| {
-            claims
-                .iter()
-                .any(|(id, h)| *id != node && h.claim.subnet == s)
+        let mut port_file = None;
+        let mut free_port = |p: u16| {
+            if others(&claims, &|cl| cl.port == p) || !udp_free(c.bind, p) {
+                return false;
+            }
+            port_file = match old_port.take() {
+                Some((op, f)) if op == p => Some(f),
+                other => {
+                    old_port = other;
+                    lock(format!("port-{p}"))
+                }
+            };
+            port_file.is_some()
         };
-        let mut free_port =
-            |p: u16| !taken_port(p, &claims) && udp_free(c.bind, p) && take(format!("port-{p}"));
         let port = want_port
             .filter(|p| c.ports.contains(p) && free_port(*p))
-            .or_else(|| c.ports.clone().find(|p| free_port(*p)))
-            .ok_or_else(|| {
-                start_failed(format!(
-                    "no free UDP port in [services] openvpn_ports ({}-{})",
-                    c.ports.start(),
-                    c.ports.end()
-                ))
-            })?;
+            .or_else(|| c.ports.clone().find(|p| free_port(*p)));
+        let (Some(port), Some(port_file)) = (port, port_file) else {
+            return Err(start_failed(format!(
+                "no free UDP port in [services] openvpn_ports ({}-{})",
+                c.ports.start(),
+                c.ports.end()
+            )));
+        };
         let pool = c.subnet_list();
-        let mut free_subnet =
-            |s: Ipv4Addr| !taken_subnet(s, &claims) && !routed(s) && take(format!("subnet-{s}"));
+        let mut subnet_file = None;
+        let mut free_subnet = |s: Ipv4Addr| {
+            if others(&claims, &|cl| cl.subnet == s) || routed(s) {
+                return false;
+            }
+            subnet_file = match old_subnet.take() {
+                Some((os, f)) if os == s => Some(f),
+                other => {
+                    old_subnet = other;
+                    lock(format!("subnet-{s}"))
+                }
+            };
+            subnet_file.is_some()
+        };
         let subnet = want_subnet
             .filter(|s| pool.contains(s) && free_subnet(*s))
-            .or_else(|| pool.iter().copied().find(|s| free_subnet(*s)))
-            .ok_or_else(|| {
-                start_failed(format!(
-                    "no free /24 in [services] openvpn_subnets ({}/{})",
-                    c.subnets.0, c.subnets.1
-                ))
-            })?;
+            .or_else(|| pool.iter().copied().find(|s| free_subnet(*s)));
+        let (Some(subnet), Some(subnet_file)) = (subnet, subnet_file) else {
+            return Err(start_failed(format!(
+                "no free /24 in [services] openvpn_subnets ({}/{})",
+                c.subnets.0, c.subnets.1
+            )));
+        };
         let claim = Claim { port, subnet };
         claims.insert(
             node,
             Held {
                 claim,
-                _locks: locks,
+                service,
+                port: port_file,
+                subnet: subnet_file,
             },
         );
         Ok(claim)
@@ -412,20 +496,30 @@ impl OpenvpnLauncher {
         keep_client: bool,
     ) -> Result<Running, ServiceError> {
         let c = &self.parts.config;
+        // What an earlier run of this service in this process held (a
+        // relaunch): kept until the new claim is made, so that no other
+        // process takes its port or subnet meanwhile; released by any
+        // early return.
+        let old = self.claims().remove(&node.id);
         let (interface, device) = self.interfaces(node.id)?;
         self.preflight()?;
-        // What an earlier run of this service in this process held (a relaunch).
-        self.claims().remove(&node.id);
-        let service = try_lock(&c.dir, &service_lock(node.id))
-            .map_err(|e| start_failed(format!("cannot lock {}: {e}", c.dir.display())))?
-            .ok_or_else(|| {
-                start_failed(format!(
-                    "another Connexa process on this host runs node {}'s openvpn service \
-                     (it holds {})",
-                    node.id,
-                    c.dir.join(LOCKS).join(service_lock(node.id)).display()
-                ))
-            })?;
+        let (service, old) = match old {
+            Some(h) => (h.service, Some((h.claim, h.port, h.subnet))),
+            None => (
+                try_lock(&c.dir, &service_lock(node.id))
+                    .map_err(|e| start_failed(format!("cannot lock {}: {e}", c.dir.display())))?
+                    .ok_or_else(|| {
+                        start_failed(format!(
+                            "another Connexa process on this host runs node {}'s openvpn \
+                             service, or is cleaning up after it (it holds {}); the next \
+                             pass tries again",
+                            node.id,
+                            c.dir.join(LOCKS).join(service_lock(node.id)).display()
+                        ))
+                    })?,
+                None,
+            ),
+        };
         let dir = self.service_dir(node.id);
         let conf = dir.join("server.conf");
         let pid_file = dir.join("openvpn.pid");
@@ -444,15 +538,24 @@ impl OpenvpnLauncher {
                 previous.as_ref().map(|p| p.port),
                 kept.as_ref().map(|k| k.subnet),
                 service,
+                old,
             )
             .await?;
+        let mut unclaim = Unclaim {
+            claims: &self.claims,
+            node: node.id,
+            armed: true,
+        };
         match self
             .launch_claimed(node, kept, claim, &interface, &device, &dir)
             .await
         {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                unclaim.armed = false;
+                Ok(r)
+            }
+            // The claim goes (with `unclaim`) once everything is undone.
             Err(e) => {
-                self.claims().remove(&node.id);
                 retire(self.parts.clone(), node.id, None).await;
                 Err(e)
             }
@@ -497,6 +600,7 @@ impl OpenvpnLauncher {
         };
         let (server_cert, server_key) = ca.issue_server(node.id).map_err(start_failed)?;
         write_files(dir, &ca.cert_pem, &server_cert, &server_key)
+            .and_then(|()| write_private(&dir.join(OWNER), &std::process::id().to_string()))
             .map_err(|e| start_failed(format!("cannot write {}: {e}", dir.display())))?;
         let conf = dir.join("server.conf");
         let log = dir.join("openvpn.log");
@@ -705,12 +809,14 @@ async fn retire(parts: Parts, node: NodeId, running: Option<Running>) {
         r.child.end(Duration::from_secs(5)).await;
         tracing::debug!(%node, interface = %r.interface, device = %r.device, "openvpn server ended");
     }
-    if let Err(e) = net::remove(&parts.config, node).await {
-        tracing::warn!(%node, error = %e, "removing the openvpn service's rules");
-    }
+    // The tunnel (and with its interface, its forwarding flag) before the
+    // filters: nothing is forwarded unfiltered meanwhile.
     match parts.tun.stop(node).await {
         Ok(()) | Err(ServiceError::NotRunning(_)) => {}
         Err(e) => tracing::warn!(%node, error = %e, "stopping the openvpn service's tunnel"),
+    }
+    if let Err(e) = net::remove(&parts.config, node).await {
+        tracing::warn!(%node, error = %e, "removing the openvpn service's rules");
     }
     let dir = parts.config.dir.join("services").join(node.0.to_string());
     if let Err(e) = std::fs::remove_dir_all(&dir)
@@ -745,19 +851,25 @@ impl ServiceLauncher for OpenvpnLauncher {
     }
 
     async fn stop(&self, node: NodeId) -> Result<(), ServiceError> {
-        let running = self
-            .lock()
-            .remove(&node)
-            .ok_or(ServiceError::NotRunning(node))?;
-        self.claims().remove(&node);
+        let Some(running) = self.lock().remove(&node) else {
+            // A start given up half-way may have left its claim.
+            self.claims().remove(&node);
+            return Err(ServiceError::NotRunning(node));
+        };
         retire(self.parts.clone(), node, Some(running)).await;
+        // The locks go last: nobody takes the service over before it is gone.
+        self.claims().remove(&node);
         tracing::info!(%node, "openvpn service stopped");
         Ok(())
     }
 
     async fn health(&self, node: &Node) -> Health {
-        let (exited, device) = match self.lock().get_mut(&node.id) {
-            Some(r) => (r.child.exited().map(|s| s.to_string()), r.device.clone()),
+        let (exited, interface, device) = match self.lock().get_mut(&node.id) {
+            Some(r) => (
+                r.child.exited().map(|s| s.to_string()),
+                r.interface.clone(),
+                r.device.clone(),
+            ),
             None => {
                 return Health::Unhealthy("no service runs for this node in this process".into());
             }
@@ -768,6 +880,10 @@ impl ServiceLauncher for OpenvpnLauncher {
             format!("the openvpn server exited ({status})")
         } else if !interface_exists(&device) {
             format!("the openvpn device {} is gone", device.as_str())
+        } else if let Err(e) = net::forward_on(&interface).and_then(|()| net::forward_on(&device)) {
+            // The flags are reset by anyone switching the host's forwarding
+            // off and on again: set again at every check.
+            e
         } else {
             return Health::Healthy;
         };
@@ -889,7 +1005,7 @@ mod tests {
         let s = |i: u8| Ipv4Addr::new(10, 251, 4 + i, 0);
         // The wanted port is taken by another socket: another one is given.
         let a = l
-            .claim(NodeId(1), Some(busy), Some(s(2)), svc(1))
+            .claim(NodeId(1), Some(busy), Some(s(2)), svc(1), None)
             .await
             .unwrap();
         assert_ne!(a.port, busy);
@@ -897,17 +1013,24 @@ mod tests {
         assert_eq!(a.subnet, s(2), "a free wanted subnet is kept");
         // What node 1 holds is not given to node 2.
         let b = l
-            .claim(NodeId(2), Some(a.port), Some(s(2)), svc(2))
+            .claim(NodeId(2), Some(a.port), Some(s(2)), svc(2), None)
             .await
             .unwrap();
         assert_ne!(b.port, a.port);
         assert_eq!(b.subnet, s(0));
         // A node may claim what it holds again (a restore).
-        l.claims().get_mut(&NodeId(1)).unwrap()._locks.remove(0);
+        // A relaunch hands its old lock files over.
+        let h = l.claims().remove(&NodeId(1)).unwrap();
         assert_eq!(
-            l.claim(NodeId(1), Some(a.port), Some(s(2)), svc(1))
-                .await
-                .unwrap(),
+            l.claim(
+                NodeId(1),
+                Some(a.port),
+                Some(s(2)),
+                h.service,
+                Some((h.claim, h.port, h.subnet))
+            )
+            .await
+            .unwrap(),
             a
         );
         // Another process on this host (the locks are per open file, so a
@@ -923,19 +1046,22 @@ mod tests {
                 .is_none()
         );
         let o = other
-            .claim(NodeId(9), Some(b.port), Some(s(0)), svc(9))
+            .claim(NodeId(9), Some(b.port), Some(s(0)), svc(9), None)
             .await
             .unwrap();
         assert!(![a.port, b.port, busy].contains(&o.port), "{o:?}");
         assert_eq!(o.subnet, s(1));
         drop(other);
         // A wanted port outside the range is not given.
-        let c = l.claim(NodeId(3), Some(1), None, svc(3)).await.unwrap();
+        let c = l
+            .claim(NodeId(3), Some(1), None, svc(3), None)
+            .await
+            .unwrap();
         assert!((lo..=lo + 3).contains(&c.port) && ![a.port, b.port].contains(&c.port));
         assert_eq!(c.subnet, s(1));
         // The range is used up (one port held outside, three claimed).
         let e = l
-            .claim(NodeId(4), None, None, svc(4))
+            .claim(NodeId(4), None, None, svc(4), None)
             .await
             .unwrap_err()
             .to_string();

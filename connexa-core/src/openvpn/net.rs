@@ -64,8 +64,9 @@ pub(super) fn find_program(program: &Path) -> Option<PathBuf> {
 /// `subnet`'s traffic leaving through `interface` (the node's tunnel) to
 /// `local` (the PPP address); forwarding only between the tunnel and the
 /// server's `device` (a client cannot reach the host's other networks, the
-/// node cannot reach the clients unasked); nothing from either interface to
-/// the host itself unless it answers the host.
+/// node can reach neither the host's other networks nor the clients
+/// unasked); nothing from either interface to the host itself unless it
+/// answers the host.
 pub(super) fn nat_ruleset(
     node: NodeId,
     subnet: Ipv4Addr,
@@ -83,6 +84,7 @@ pub(super) fn nat_ruleset(
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\tiifname \"{device}\" oifname != \"{interface}\" drop\n\
+         \t\tiifname \"{interface}\" oifname != \"{device}\" drop\n\
          \t\toifname \"{device}\" iifname != \"{interface}\" drop\n\
          \t\toifname \"{device}\" ct state {{ established, related }} accept\n\
          \t\toifname \"{device}\" drop\n\
@@ -288,6 +290,10 @@ mod tests {
         );
         assert!(
             r.contains("iifname \"cxv7\" oifname != \"cx7\" drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("iifname \"cx7\" oifname != \"cxv7\" drop"),
             "{r}"
         );
         assert!(r.contains("iifname { \"cx7\", \"cxv7\" } drop"), "{r}");

@@ -501,7 +501,10 @@ impl SqlStore {
         }
     }
 
-    /// The underlying sea-orm connection (for read-only inspection in tests and tools).
+    /// The underlying sea-orm connection, for tests only (feature
+    /// `test-util`): whatever is written through it bypasses the store's
+    /// rules (one status writer, history, sealing).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
