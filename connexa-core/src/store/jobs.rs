@@ -161,13 +161,7 @@ pub(crate) async fn claim<C: ConnectionTrait>(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let reclaimed = rows
-        .iter()
-        .filter(|(_, _, s)| s == ItemState::Running.as_str())
-        .count();
-    if reclaimed > 0 {
-        tracing::warn!(%job, reclaimed, %worker, "reclaiming items whose lease expired");
-    }
+    log_reclaimed(job, worker, &rows);
     // One token per claim: a later claim of the same item always gets another.
     let token: i64 = rand::random::<i64>() & i64::MAX;
     let lease_until = ms(at) + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 4);
@@ -200,6 +194,18 @@ pub(crate) async fn claim<C: ConnectionTrait>(
             token,
         })
         .collect())
+}
+
+/// Logs how many of a claim's items were taken back from a worker whose
+/// lease expired (rows: id, node, state before the claim).
+fn log_reclaimed(job: JobId, worker: &str, rows: &[(i64, i64, String)]) {
+    let reclaimed = rows
+        .iter()
+        .filter(|(_, _, s)| s == ItemState::Running.as_str())
+        .count();
+    if reclaimed > 0 {
+        tracing::warn!(%job, reclaimed, %worker, "reclaiming items whose lease expired");
+    }
 }
 
 pub(crate) async fn claimable<C: ConnectionTrait>(
