@@ -29,6 +29,8 @@ on_both_backends!(
     field_values_are_distinct_counted_by_prefix_and_bounded,
     service_runtime_counters_and_restart_requests,
     an_inconclusive_test_counts_as_a_check_only_when_it_proved_something,
+    every_claim_of_an_item_gets_a_token_of_its_own,
+    claimable_counts_pending_and_expired_leases,
 );
 
 async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
@@ -895,6 +897,85 @@ async fn service_wanted_and_meta_never_touch_status(db: TestDb) {
         s.update_meta(NodeId(777_777), NodeMeta::default()).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+async fn light_job(s: &connexa_core::store::SqlStore, at: chrono::DateTime<Utc>) -> Job {
+    s.create_job(
+        JobSpec {
+            kind: JobKind::Light,
+            filter: NodeFilter::all(),
+            options: serde_json::json!({}),
+            deadline: None,
+        },
+        at,
+    )
+    .await
+    .unwrap()
+}
+
+/// The claim token fences results: each claim of an item, however often
+/// it is taken back after a lease ran out, carries a token no earlier claim
+/// had (and a non-negative one).
+async fn every_claim_of_an_item_gets_a_token_of_its_own(db: TestDb) {
+    let s = &db.store;
+    seed(s, 1).await;
+    let mut at = Utc::now();
+    let job = light_job(s, at).await;
+    let lease = std::time::Duration::from_millis(10);
+    let mut tokens = std::collections::HashSet::new();
+    for round in 0..24 {
+        let claimed = s.claim_items(job.id, "w", 1, at, lease).await.unwrap();
+        assert_eq!(
+            claimed.len(),
+            1,
+            "round {round}: the item is claimable again"
+        );
+        assert!(claimed[0].token >= 0, "{}", claimed[0].token);
+        assert!(
+            tokens.insert(claimed[0].token),
+            "round {round}: token {} came back",
+            claimed[0].token
+        );
+        at += Duration::milliseconds(11);
+    }
+}
+
+/// What a claim could take: pending items and running items whose lease
+/// ran out, not items under a live lease nor ended ones.
+async fn claimable_counts_pending_and_expired_leases(db: TestDb) {
+    let s = &db.store;
+    seed(s, 5).await;
+    let now = Utc::now();
+    let job = light_job(s, now).await;
+    assert_eq!(s.claimable(job.id, now).await.unwrap(), 5);
+    let lease = std::time::Duration::from_secs(30);
+    let claimed = s.claim_items(job.id, "w", 2, now, lease).await.unwrap();
+    assert_eq!(s.claimable(job.id, now).await.unwrap(), 3);
+    let later = now + Duration::seconds(31);
+    assert_eq!(
+        s.claimable(job.id, later).await.unwrap(),
+        5,
+        "leases ran out"
+    );
+    s.finish_items(vec![ItemResult {
+        item: claimed[0].item,
+        token: claimed[0].token,
+        state: ItemState::Ok,
+        event: None,
+        enrichment: None,
+        detail: None,
+        at: now,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.claimable(job.id, later).await.unwrap(),
+        4,
+        "a done item is not"
+    );
+    s.cancel_pending(job.id, now).await.unwrap();
+    assert_eq!(s.claimable(job.id, now).await.unwrap(), 0);
+    assert_eq!(s.claimable(job.id, later).await.unwrap(), 1);
 }
 
 async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
