@@ -31,6 +31,7 @@ on_both_backends!(
     an_inconclusive_test_counts_as_a_check_only_when_it_proved_something,
     every_claim_of_an_item_gets_a_token_of_its_own,
     claimable_counts_pending_and_expired_leases,
+    concurrent_commits_of_one_job_get_distinct_commit_numbers,
 );
 
 async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
@@ -976,6 +977,47 @@ async fn claimable_counts_pending_and_expired_leases(db: TestDb) {
     s.cancel_pending(job.id, now).await.unwrap();
     assert_eq!(s.claimable(job.id, now).await.unwrap(), 0);
     assert_eq!(s.claimable(job.id, later).await.unwrap(), 1);
+}
+
+/// Commits of one job are serialised (Postgres: the job row is locked
+/// first), so each gets a commit number of its own: 8 writers committing
+/// 160 items one by one at once, and every number 1..=160 is used once —
+/// what lets the event stream resume "after seq N" without missing any.
+async fn concurrent_commits_of_one_job_get_distinct_commit_numbers(db: TestDb) {
+    let s = &db.store;
+    seed(s, 160).await;
+    let now = Utc::now();
+    let job = light_job(s, now).await;
+    let claimed = s
+        .claim_items(job.id, "w", 160, now, std::time::Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 160);
+    let writers = claimed.chunks(20).map(|chunk| async move {
+        for c in chunk {
+            let done = s
+                .finish_items(vec![ItemResult {
+                    item: c.item,
+                    token: c.token,
+                    state: ItemState::Ok,
+                    event: None,
+                    enrichment: None,
+                    detail: None,
+                    at: now,
+                }])
+                .await
+                .unwrap();
+            assert!(done[0].written);
+        }
+    });
+    futures::future::join_all(writers).await;
+    let items = s
+        .items_since(job.id, ItemCursor::default(), 1000)
+        .await
+        .unwrap();
+    let mut seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=160).collect::<Vec<u64>>());
 }
 
 async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
