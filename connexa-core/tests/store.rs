@@ -32,6 +32,7 @@ on_both_backends!(
     every_claim_of_an_item_gets_a_token_of_its_own,
     claimable_counts_pending_and_expired_leases,
     concurrent_commits_of_one_job_get_distinct_commit_numbers,
+    a_commit_racing_a_reclaim_of_its_item_is_refused_and_applies_nothing,
 );
 
 async fn field_values_are_distinct_counted_by_prefix_and_bounded(db: TestDb) {
@@ -1018,6 +1019,52 @@ async fn concurrent_commits_of_one_job_get_distinct_commit_numbers(db: TestDb) {
     let mut seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=160).collect::<Vec<u64>>());
+}
+
+/// A result committed while another transaction is taking its item over
+/// (what a reclaim after an expired lease writes: another holder, another
+/// token) waits for that transaction, then sees the new token and is
+/// refused: its event is not applied, so the item's next holder cannot
+/// apply a second one.
+async fn a_commit_racing_a_reclaim_of_its_item_is_refused_and_applies_nothing(db: TestDb) {
+    use sea_orm::TransactionTrait;
+    let s = &db.store;
+    let id = seed(s, 1).await[0];
+    let now = Utc::now();
+    let job = light_job(s, now).await;
+    let c = s
+        .claim_items(job.id, "w1", 1, now, std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0);
+    let reclaim = s.connection().begin().await.unwrap();
+    reclaim
+        .execute_unprepared(&format!(
+            "UPDATE job_items SET worker = 'w2', claim_token = {} WHERE id = {}",
+            c.token ^ 1,
+            c.item.0
+        ))
+        .await
+        .unwrap();
+    let finish = s.finish_items(vec![ItemResult {
+        item: c.item,
+        token: c.token,
+        state: ItemState::Ok,
+        event: Some(tested(Level::Speed)),
+        enrichment: None,
+        detail: None,
+        at: now,
+    }]);
+    let commit_later = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        reclaim.commit().await.unwrap();
+    };
+    let (done, ()) = tokio::join!(finish, commit_later);
+    let done = done.unwrap();
+    assert!(!done[0].written, "{done:?}");
+    let n = s.get(id).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::NotTested, "no event was applied");
+    assert!(s.history(id).await.unwrap().is_empty());
 }
 
 async fn jobs_claim_finish_progress_cancel_requeue(db: TestDb) {
