@@ -438,6 +438,16 @@ pub(crate) struct Inner {
     last_beat: Mutex<Option<Instant>>,
 }
 
+/// Whether `job`'s runner in this process is alive: its task has not ended
+/// and it has recorded no store error (after recording one it only returns).
+fn runner_alive(
+    jobs: &HashMap<JobId, LocalJob>,
+    failed: &Mutex<HashMap<JobId, String>>,
+    job: JobId,
+) -> bool {
+    jobs.get(&job).is_some_and(|j| !j.task.is_finished()) && !lock(failed).contains_key(&job)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -685,17 +695,18 @@ impl Engine {
         Ok((report, job))
     }
 
-    /// `true` when this process runs the job right now.
+    /// `true` when this process runs the job right now. A runner that
+    /// stopped on a store error is not running, even in the moment between
+    /// recording its error and its task's end (a `recover` right after the
+    /// error must resume the job, not skip it).
     pub fn is_running_here(&self, job: JobId) -> bool {
-        lock(&self.inner.jobs)
-            .get(&job)
-            .is_some_and(|j| !j.task.is_finished())
+        runner_alive(&lock(&self.inner.jobs), &self.inner.failed, job)
     }
 
     fn spawn_runner(&self, job: Job) {
         self.ensure_heartbeat();
         let mut jobs = lock(&self.inner.jobs);
-        if jobs.get(&job.id).is_some_and(|j| !j.task.is_finished()) {
+        if runner_alive(&jobs, &self.inner.failed, job.id) {
             return;
         }
         let (cancel, _) = watch::channel(false);

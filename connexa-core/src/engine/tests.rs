@@ -1381,3 +1381,22 @@ async fn a_job_cancelled_after_its_runner_died_is_completed_by_recover() {
     assert_eq!(s.progress.cancelled, 6);
     assert!(!c.is_running_here(job), "a cancelled job is not run again");
 }
+
+/// A runner that recorded a store error only returns afterwards: in the
+/// moment before its task ends it already counts as not running, so a
+/// `recover` right after the error resumes the job instead of skipping it
+/// (engine_faults' `commits_failing_for_good_...` hit this window on a
+/// loaded machine).
+#[tokio::test]
+async fn a_runner_that_recorded_a_store_error_is_not_alive_before_its_task_ends() {
+    let (cancel, _) = watch::channel(false);
+    let task = tokio::spawn(std::future::pending::<()>());
+    let mut jobs = HashMap::new();
+    jobs.insert(JobId(1), LocalJob { cancel, task });
+    let failed = StdMutex::new(HashMap::new());
+    assert!(runner_alive(&jobs, &failed, JobId(1)));
+    assert!(!runner_alive(&jobs, &failed, JobId(2)), "no runner");
+    lock(&failed).insert(JobId(1), "database is locked".to_string());
+    assert!(!runner_alive(&jobs, &failed, JobId(1)));
+    jobs[&JobId(1)].task.abort();
+}
