@@ -63,10 +63,13 @@ pub(super) struct Backoff {
 }
 
 /// The wait after `failures` failed starts in a row: `base`, doubled for each
-/// further failure, at most `max`.
+/// further failure, at most `max`, and never more than a year (an `Instant`
+/// plus `Duration::MAX` would panic).
 fn backoff_delay(base: Duration, max: Duration, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(31);
-    base.saturating_mul(1u32 << doublings).min(max)
+    base.saturating_mul(1u32 << doublings)
+        .min(max)
+        .min(Duration::from_secs(365 * 86_400))
 }
 
 impl Inner {
@@ -83,9 +86,7 @@ impl Inner {
             retry_at: tokio::time::Instant::now(),
         });
         b.failures = b.failures.saturating_add(1);
-        // At most a year ahead: `Instant + Duration::MAX` would panic.
-        let delay = backoff_delay(cfg.restart_backoff, cfg.restart_backoff_max, b.failures)
-            .min(Duration::from_secs(365 * 86_400));
+        let delay = backoff_delay(cfg.restart_backoff, cfg.restart_backoff_max, b.failures);
         b.retry_at = tokio::time::Instant::now() + delay;
     }
 
@@ -822,5 +823,7 @@ mod tests {
             "no overflow"
         );
         assert_eq!(backoff_delay(Duration::ZERO, s(600), 9), Duration::ZERO);
+        // Without a maximum, a year at most.
+        assert_eq!(backoff_delay(s(86_400), Duration::MAX, 40), s(365 * 86_400));
     }
 }
