@@ -11,7 +11,7 @@
 //! ping, curl and ip run under `ip netns exec`): nothing touches the host's
 //! interfaces or routes. Needs the lab and root.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use connexa_core::domain::{Node, NodeId};
@@ -22,28 +22,14 @@ use connexa_core::tunnel::{GreSocket, TunnelConfig};
 use connexa_tests::lab::{Lab, exclusive, in_lab};
 use sha2::{Digest, Sha256};
 
-/// `CMD ARGS...` inside the lab's namespace, on a blocking thread (the
-/// service's packet pump runs on this runtime).
+/// `CMD ARGS...` inside the lab's namespace (see `ovpn_lab::in_ns`).
 async fn ns(lab: &Lab, cmd: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["netns".into(), "exec".into(), lab.netns.clone()];
-    args.extend(cmd.iter().map(|s| s.to_string()));
-    tokio::task::spawn_blocking(move || Command::new("ip").args(&args).output())
-        .await
-        .expect("command thread")
-        .expect("run ip netns exec")
+    connexa_tests::ovpn_lab::in_ns(&lab.netns, cmd).await
 }
 
+/// The same, which must succeed; its standard output.
 async fn ns_ok(lab: &Lab, cmd: &[&str]) -> String {
-    let out = ns(lab, cmd).await;
-    assert!(
-        out.status.success(),
-        "{} failed ({}): {}{}",
-        cmd.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    connexa_tests::ovpn_lab::ok_in(&lab.netns, cmd).await
 }
 
 /// The interface names of `ip -o link` in the lab's namespace.
