@@ -12,6 +12,7 @@
 #   tests/mutants.sh                          # the whole spine
 #   tests/mutants.sh engine/runner.rs         # some files (under connexa-core/src/)
 #   JOBS=2 TIMEOUT=120 tests/mutants.sh store/jobs.rs
+#   EXTRA='--re reconcile' tests/mutants.sh engine/services.rs  # some mutants
 #
 # PostgreSQL: with CONNEXA_TEST_PG_URL set (postgres://USER@HOST:PORT/DB, USER
 # may create databases) the store tests also run on it; without it their
@@ -69,7 +70,7 @@ for f in "${files[@]}"; do
     # shellcheck disable=SC2046 # the test targets are separate words
     cargo mutants -p connexa-core --file "connexa-core/src/$f" \
         --jobs "$JOBS" --test-tool cargo --timeout "$TIMEOUT" \
-        --output "$OUT/$name" --no-shuffle \
+        --output "$OUT/$name" --no-shuffle ${EXTRA:-} \
         -- $(tests_for "$f") "${test_args[@]}" || true
 done
 
