@@ -67,7 +67,7 @@ for f in "${files[@]}"; do
     name=${name//\*/all}
     mkdir -p "$OUT/$name"
     echo "== $f ($(date -u +%T))"
-    # shellcheck disable=SC2046 # the test targets are separate words
+    # shellcheck disable=SC2046,SC2086 # the test targets and EXTRA are separate words
     cargo mutants -p connexa-core --file "connexa-core/src/$f" \
         --jobs "$JOBS" --test-tool cargo --timeout "$TIMEOUT" \
         --output "$OUT/$name" --no-shuffle ${EXTRA:-} \
