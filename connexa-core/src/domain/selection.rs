@@ -78,7 +78,7 @@ impl NodeFilter {
         ]
     }
 
-    /// Checks every field (see the [module docs](self)): the first problem found.
+    /// Checks every field: the first problem found.
     ///
     /// ```
     /// use connexa_core::domain::{FilterError, NodeFilter};

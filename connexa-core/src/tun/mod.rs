@@ -2,9 +2,9 @@
 //! the Connexa host — what `pppd` gives as `ppp0`, but in user space, many at
 //! once, with no `/dev/ppp`, no pppd and no kernel PPP modules.
 //!
-//! [`TunLauncher`] is a [`ServiceLauncher`]: `start` opens the node's tunnel
-//! with the [`TunnelOpener`] (MS-CHAPv2, MPPE-128, IPCP), takes its raw IPv4
-//! datagrams ([`TunnelLink::packet_path`]: smoltcp is bypassed) and creates
+//! [`TunLauncher`] is a [`ServiceLauncher`](crate::ports::ServiceLauncher): `start` opens the node's tunnel
+//! with the [`TunnelOpener`](crate::service::TunnelOpener) (MS-CHAPv2, MPPE-128, IPCP), takes its raw IPv4
+//! datagrams ([`TunnelLink::packet_path`](crate::service::TunnelLink::packet_path): smoltcp is bypassed) and creates
 //! the interface `<prefix><node id>` (`cx7`) with the `tun-rs` crate:
 //! point-to-point, the PPP local address on our side and the PPP remote
 //! address as the peer, the MTU of the tunnel (the peer's MRU less MPPE
