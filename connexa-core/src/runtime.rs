@@ -35,6 +35,7 @@ use crate::speed::keyed::{EndpointLimits, SpeedEndpoint, SpeedKey};
 use crate::speed::{HttpSpeedTester, KeyedTarget, SpeedConfig};
 use crate::tun::{TunConfig, TunLauncher};
 use crate::tunnel::AuthConfig;
+use crate::tunnel::SharedGre;
 
 /// The prober of the `[test]` settings: `connect_timeout_secs` and
 /// `light_timeout_secs` for the handshake (light and auth), `auth_timeout_secs`
@@ -433,6 +434,9 @@ pub struct NetworkPorts {
     /// [`tun`](Self::tun) or [`openvpn`](Self::openvpn) by each node's wanted
     /// service kind.
     pub services: Arc<KindLauncher>,
+    /// The process's one raw GRE socket, shared by the prober, the speed
+    /// tester and the service opener (opened by whichever needs it first).
+    pub gre: SharedGre,
 }
 
 impl NetworkPorts {
@@ -441,7 +445,9 @@ impl NetworkPorts {
         Self::with_prober(config, Arc::new(prober(&config.test)))
     }
 
-    /// The ports of `config` around a prober of your own (its GRE socket is shared).
+    /// The ports of `config` around a prober of your own: its GRE handle
+    /// ([`LightProber::gre`]) becomes the ports' [`gre`](Self::gre), shared
+    /// with the speed tester and the service opener.
     ///
     /// With a self URL ([`Config::speed_self_url`]) the speed tester tests
     /// against the keyed endpoint with the key of [`speed_key`]; when that key
@@ -458,8 +464,9 @@ impl NetworkPorts {
                 ),
             },
         };
-        let opener = PptpOpener::sharing_gre_with(speed_config.tunnel.clone(), Arc::clone(&prober));
-        let mut speed = HttpSpeedTester::sharing_gre_with(speed_config, Arc::clone(&prober));
+        let gre = prober.gre().clone();
+        let opener = PptpOpener::with_gre(speed_config.tunnel.clone(), gre.clone());
+        let mut speed = HttpSpeedTester::with_gre(speed_config, gre.clone());
         if let Some(e) = key_error {
             tracing::error!("{e}");
             speed = speed.refusing(e);
@@ -489,6 +496,7 @@ impl NetworkPorts {
             tun,
             openvpn,
             prober,
+            gre,
         }
     }
 
@@ -602,6 +610,26 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert_eq!(speed.tunnel.auth.auth_timeout, Duration::from_millis(3500));
+    }
+
+    /// One raw GRE socket per process: the prober, the speed tester and the
+    /// ports share one handle, and a socket one of them opens is the others'.
+    #[tokio::test]
+    async fn the_ports_share_one_gre_handle() {
+        let ports = NetworkPorts::from_config(&Config::default());
+        assert!(ports.prober.gre().shares_with(&ports.gre));
+        assert!(ports.speed.gre().shares_with(&ports.gre));
+        assert!(!SharedGre::new().shares_with(&ports.gre));
+        // Opening needs CAP_NET_RAW (CI runs as root); without it, the handles
+        // above are the proof.
+        if let Ok(g) = ports.prober.gre_socket().await {
+            let seen = ports
+                .speed
+                .gre()
+                .opened()
+                .expect("opened through the prober");
+            assert!(Arc::ptr_eq(g, seen));
+        }
     }
 
     #[test]

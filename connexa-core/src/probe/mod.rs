@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use crate::domain::{Failure, Level, Measurements, Node, Outcome, Secret};
 use crate::ports::{ProbeDepth, ProbeError, Prober};
 use crate::pptp::control::{HandshakeConfig, HandshakeResult, LightHandshake};
-use crate::tunnel::{self, AuthConfig, GreSocket, LoginReport, ipv4_only, retrying};
+use crate::tunnel::{self, AuthConfig, GreSocket, LoginReport, SharedGre, ipv4_only, retrying};
 
 mod icmp;
 
@@ -99,7 +99,7 @@ impl Default for ProbeConfig {
 /// * `reached: Level::None` with the light test's failures.
 ///
 /// It needs a raw GRE socket, opened on the first auth probe (in the network
-/// namespace of that thread) or given with [`LightProber::with_gre_socket`].
+/// namespace of that thread) or shared with [`LightProber::with_gre`].
 /// Without `CAP_NET_RAW` every auth probe returns
 /// `Err(ProbeError::NotPermitted(..))` at once, before any traffic, so no node
 /// is marked.
@@ -108,7 +108,7 @@ pub struct LightProber {
     config: ProbeConfig,
     icmp: Option<IcmpPinger>,
     auth: AuthConfig,
-    gre: tokio::sync::OnceCell<Arc<GreSocket>>,
+    gre: SharedGre,
 }
 
 struct Attempt {
@@ -133,7 +133,7 @@ impl LightProber {
             config,
             icmp,
             auth,
-            gre: tokio::sync::OnceCell::new(),
+            gre: SharedGre::new(),
         }
     }
 
@@ -149,8 +149,21 @@ impl LightProber {
     /// first use (share one socket between all probers of a process).
     #[must_use]
     pub fn with_gre_socket(self, gre: Arc<GreSocket>) -> Self {
-        let _ = self.gre.set(gre);
+        self.with_gre(SharedGre::with_socket(gre))
+    }
+
+    /// Uses this shared GRE handle for auth probes (the one
+    /// [`NetworkPorts`](crate::runtime::NetworkPorts) hands to the prober,
+    /// the speed tester and the service opener).
+    #[must_use]
+    pub fn with_gre(mut self, gre: SharedGre) -> Self {
+        self.gre = gre;
         self
+    }
+
+    /// The GRE handle this prober uses.
+    pub fn gre(&self) -> &SharedGre {
+        &self.gre
     }
 
     /// The settings of the auth test.
@@ -163,9 +176,7 @@ impl LightProber {
     /// # Errors
     /// [`ProbeError::NotPermitted`] without `CAP_NET_RAW`.
     pub async fn gre_socket(&self) -> Result<&Arc<GreSocket>, ProbeError> {
-        self.gre
-            .get_or_try_init(|| async { GreSocket::open() })
-            .await
+        self.gre.get().await
     }
 
     /// The auth test of the PPTP server at `addr` with these credentials

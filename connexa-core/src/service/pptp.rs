@@ -11,17 +11,7 @@ use async_trait::async_trait;
 
 use super::{LinkStream, TunnelError, TunnelLink, TunnelOpener};
 use crate::domain::Node;
-use crate::probe::LightProber;
-use crate::tunnel::{GreSocket, Tunnel, TunnelConfig};
-
-/// Where a [`PptpOpener`] gets its raw GRE socket (one per process).
-#[derive(Debug)]
-enum Gre {
-    /// Shared with the prober (opened on first use, in its namespace).
-    Prober(Arc<LightProber>),
-    /// Given.
-    Socket(Arc<GreSocket>),
-}
+use crate::tunnel::{GreSocket, SharedGre, Tunnel, TunnelConfig};
 
 /// Opens a node's PPTP tunnel for a SOCKS5 service. Needs `CAP_NET_RAW` (raw
 /// GRE); without it `open` fails with the reason and the engine records a
@@ -29,35 +19,26 @@ enum Gre {
 #[derive(Debug)]
 pub struct PptpOpener {
     config: TunnelConfig,
-    gre: Gre,
+    gre: SharedGre,
 }
 
 impl PptpOpener {
-    /// An opener that shares `prober`'s raw GRE socket (the process's only one).
-    pub fn sharing_gre_with(config: TunnelConfig, prober: Arc<LightProber>) -> Self {
-        PptpOpener {
-            config,
-            gre: Gre::Prober(prober),
-        }
+    /// An opener over the process's shared GRE handle (see [`SharedGre`]).
+    pub fn with_gre(config: TunnelConfig, gre: SharedGre) -> Self {
+        PptpOpener { config, gre }
     }
 
     /// An opener over an already open GRE socket.
     pub fn with_gre_socket(config: TunnelConfig, gre: Arc<GreSocket>) -> Self {
-        PptpOpener {
-            config,
-            gre: Gre::Socket(gre),
-        }
+        Self::with_gre(config, SharedGre::with_socket(gre))
     }
 
     async fn gre(&self) -> Result<Arc<GreSocket>, TunnelError> {
-        match &self.gre {
-            Gre::Socket(g) => Ok(Arc::clone(g)),
-            Gre::Prober(p) => p
-                .gre_socket()
-                .await
-                .map(Arc::clone)
-                .map_err(|e| TunnelError::Open(e.to_string())),
-        }
+        self.gre
+            .get()
+            .await
+            .map(Arc::clone)
+            .map_err(|e| TunnelError::Open(e.to_string()))
     }
 }
 

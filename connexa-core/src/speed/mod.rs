@@ -69,8 +69,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::domain::{Failure, Level, Measurements, Node, Outcome};
 use crate::ports::{ProbeError, SpeedTester};
-use crate::probe::LightProber;
-use crate::tunnel::{GreSocket, Tunnel, TunnelConfig, TunnelError, TunnelStream};
+use crate::tunnel::{GreSocket, SharedGre, Tunnel, TunnelConfig, TunnelError, TunnelStream};
 use http::HttpUrl;
 
 /// Settings of a speed test.
@@ -615,53 +614,38 @@ pub async fn measure_tunnel(tunnel: &Tunnel, cfg: &SpeedConfig) -> io::Result<Sp
 /// The network [`SpeedTester`] (see the module docs).
 ///
 /// It needs a raw GRE socket, opened on the first test (in the network
-/// namespace of that thread) or given with [`HttpSpeedTester::with_gre_socket`];
+/// namespace of that thread) or shared with [`HttpSpeedTester::with_gre`];
 /// without `CAP_NET_RAW` every test returns `Err(ProbeError::NotPermitted)`
 /// before any traffic, so no node is marked.
 #[derive(Debug)]
 pub struct HttpSpeedTester {
     config: SpeedConfig,
-    gre: tokio::sync::OnceCell<Arc<GreSocket>>,
-    prober: Option<Arc<LightProber>>,
+    gre: SharedGre,
     warned: std::sync::atomic::AtomicBool,
     refusal: Option<String>,
 }
 
 impl HttpSpeedTester {
-    /// A tester with these settings.
+    /// A tester with these settings (its GRE socket opened on first use).
     pub fn new(config: SpeedConfig) -> Self {
+        Self::with_gre(config, SharedGre::new())
+    }
+
+    /// A tester over the process's shared GRE handle, so that auth and speed
+    /// tests of one process share one socket and one call-id space, as they
+    /// must (see [`tunnel`](crate::tunnel)).
+    pub fn with_gre(config: SpeedConfig, gre: SharedGre) -> Self {
         HttpSpeedTester {
             config,
-            gre: tokio::sync::OnceCell::new(),
-            prober: None,
+            gre,
             warned: std::sync::atomic::AtomicBool::new(false),
             refusal: None,
         }
     }
 
-    /// A tester that uses the raw GRE socket of `prober` (opened by whichever
-    /// of the two needs it first), so that auth and speed tests of one process
-    /// share one socket and one call-id space, as they must
-    /// (see [`tunnel`](crate::tunnel)).
-    pub fn sharing_gre_with(config: SpeedConfig, prober: Arc<LightProber>) -> Self {
-        HttpSpeedTester {
-            config,
-            gre: tokio::sync::OnceCell::new(),
-            prober: Some(prober),
-            warned: std::sync::atomic::AtomicBool::new(false),
-            refusal: None,
-        }
-    }
-
-    /// A tester sharing the process's raw GRE socket (one per process).
+    /// A tester over an already open GRE socket (one per process).
     pub fn with_gre_socket(config: SpeedConfig, gre: Arc<GreSocket>) -> Self {
-        HttpSpeedTester {
-            config,
-            gre: tokio::sync::OnceCell::new_with(Some(gre)),
-            prober: None,
-            warned: std::sync::atomic::AtomicBool::new(false),
-            refusal: None,
-        }
+        Self::with_gre(config, SharedGre::with_socket(gre))
     }
 
     /// A tester that runs no test: each returns `Err(ProbeError::Config(why))`
@@ -675,6 +659,11 @@ impl HttpSpeedTester {
     /// The settings.
     pub fn config(&self) -> &SpeedConfig {
         &self.config
+    }
+
+    /// The GRE handle this tester uses.
+    pub fn gre(&self) -> &SharedGre {
+        &self.gre
     }
 
     /// Tests one node: tunnel, latency, download, upload, polite close.
@@ -695,14 +684,7 @@ impl HttpSpeedTester {
                  or use https://"
             );
         }
-        let gre = match &self.prober {
-            Some(p) => Arc::clone(p.gre_socket().await?),
-            None => self
-                .gre
-                .get_or_try_init(|| async { GreSocket::open() })
-                .await?
-                .clone(),
-        };
+        let gre = Arc::clone(self.gre.get().await?);
         let tunnel = match Tunnel::open(node, &self.config.tunnel, gre).await {
             Ok(t) => t,
             Err(TunnelError::Probe(e)) => return Err(e),

@@ -12,7 +12,8 @@
 //! **One socket per process.** A raw socket receives every GRE datagram of its
 //! network namespace, so two `GreSocket`s in one process would both see all
 //! traffic and could hand out the same call id to different tunnels. Open one
-//! and share the `Arc` (e.g. [`LightProber::with_gre_socket`](crate::probe::LightProber::with_gre_socket));
+//! and share it: [`SharedGre`] is the handle [`NetworkPorts`](crate::runtime::NetworkPorts)
+//! owns and hands to the prober, the speed tester and the service opener;
 //! a server side in the same process (the loopback example, a simulator)
 //! registers its calls on the same socket, and the demultiplexer keeps them
 //! apart by call id. The socket belongs to the network namespace of the thread
@@ -49,7 +50,7 @@ pub use device::PacketQueues;
 #[cfg(feature = "sim")]
 pub(crate) use fd::register as register_async_fd;
 pub(crate) use retry::retrying;
-pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey};
+pub use socket::{GreRoute, GreSocket, GreStats, NEED_CAP_NET_RAW, RouteKey, SharedGre};
 pub use stack::{
     PacketError, PacketPath, Tunnel, TunnelConfig, TunnelError, TunnelStats, TunnelStream,
     TunnelUdp,

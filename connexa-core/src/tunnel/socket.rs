@@ -95,6 +95,55 @@ impl Drop for GreSocket {
     }
 }
 
+/// The process's one raw GRE socket, shared by everything that opens PPTP
+/// calls (the auth prober, the speed tester, the service opener): opened by
+/// whichever needs it first ([`SharedGre::get`]), in the network namespace
+/// and on the tokio runtime of that caller, or given up front
+/// ([`SharedGre::with_socket`]). Clones share the one socket.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), connexa_core::ports::ProbeError> {
+/// use connexa_core::tunnel::SharedGre;
+/// let gre = SharedGre::new();
+/// let other = gre.clone();
+/// // Both hand out the same socket; it is opened on the first `get`.
+/// assert!(std::sync::Arc::ptr_eq(gre.get().await?, other.get().await?));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SharedGre(Arc<tokio::sync::OnceCell<Arc<GreSocket>>>);
+
+impl SharedGre {
+    /// A handle whose socket is opened on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A handle over an already open socket.
+    pub fn with_socket(gre: Arc<GreSocket>) -> Self {
+        SharedGre(Arc::new(tokio::sync::OnceCell::new_with(Some(gre))))
+    }
+
+    /// The socket, opened now if no holder of this handle opened it yet.
+    ///
+    /// # Errors
+    /// As [`GreSocket::open`]: [`ProbeError::NotPermitted`] without
+    /// `CAP_NET_RAW`. A failed open is tried again on the next call.
+    pub async fn get(&self) -> Result<&Arc<GreSocket>, ProbeError> {
+        self.0.get_or_try_init(|| async { GreSocket::open() }).await
+    }
+
+    /// The socket if it is open.
+    pub fn opened(&self) -> Option<&Arc<GreSocket>> {
+        self.0.get()
+    }
+
+    /// `true` when both handles share one socket (one is a clone of the other).
+    pub fn shares_with(&self, other: &SharedGre) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl GreSocket {
     /// Opens the raw socket and starts its reader task on the current tokio
     /// runtime (call from within one).
