@@ -1,15 +1,19 @@
 //! Instrumentation of the network ports, in the Prometheus text exposition
 //! format 0.0.4.
 //!
-//! * [`Histogram`]: fixed buckets, lock-free (atomic counters), cheap enough
-//!   for every probe and every HTTP request; [`HistogramSnapshot`] renders one
-//!   series (`_bucket{le=...}` cumulative, `+Inf`, `_sum`, `_count`).
-//! * [`ProbeStats`]: the probe latency histograms, shared through an `Arc`.
+//! Built on the maintained [`prometheus`] crate (its histograms, data model,
+//! registry and text encoder; re-exported here so front ends use the same
+//! version):
+//!
+//! * [`ProbeStats`]: the probe latency histograms (`prometheus` histograms:
+//!   atomic counters, cheap enough for every probe), shared through an `Arc`;
+//!   [`HistogramSnapshot`] reads one series back.
 //! * [`Instrumented`]: a decorator around any [`Prober`] or [`SpeedTester`]
 //!   that records every call into a [`ProbeStats`] and passes its result
 //!   through unchanged.
-//! * [`write_header`], [`escape_label_value`], [`format_value`]: the pieces of
-//!   the text format, for front ends that export metrics of their own.
+//! * [`Exposition`]: the families of one scrape (values read at scrape time
+//!   and long-lived collectors), rendered in the text format, for front ends
+//!   that export metrics of their own.
 //!
 //! | metric | labels | what |
 //! |---|---|---|
@@ -36,10 +40,8 @@
 //! assert!(text.contains("# TYPE connexa_probe_duration_seconds histogram"));
 //! ```
 
-use std::borrow::Cow;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,120 +49,17 @@ use async_trait::async_trait;
 use crate::domain::{Level, Measurements, Node, Outcome};
 use crate::ports::{ProbeDepth, ProbeError, Prober, SpeedTester};
 
+/// The `prometheus` crate these metrics are built on (the version front ends
+/// must use to add families of their own).
+pub use prometheus;
+
 /// Upper bounds (seconds) of the probe histograms: 1 ms to 60 s, roughly
 /// 1-2.5-5 per decade, covering loopback handshakes as well as speed tests.
 pub const PROBE_BUCKETS: [f64; 15] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// A histogram with fixed upper bounds, safe to share between threads.
-///
-/// An observation `v` is counted in the first bucket whose bound is `>= v`
-/// (Prometheus `le` semantics: a value equal to a bound belongs to that
-/// bucket), or in the implicit `+Inf` bucket above the last bound.
-/// Non-finite observations (NaN, ±∞) are ignored, so `_sum` stays a number.
-///
-/// Recording is lock-free (one `fetch_add` on the bucket, a compare-and-swap on
-/// the sum). A [`snapshot`](Self::snapshot) taken while other threads record
-/// is consistent in its counts (`_count` is the sum of the buckets); its
-/// `_sum` may miss observations that were being recorded at that instant.
-///
-/// ```
-/// use connexa_core::metrics::Histogram;
-/// let h = Histogram::new(&[0.1, 1.0]);
-/// h.observe(0.1); // == bound: in the 0.1 bucket
-/// h.observe(0.5);
-/// h.observe(7.0); // above every bound: +Inf only
-/// let s = h.snapshot();
-/// assert_eq!(s.cumulative, vec![1, 2, 3]);
-/// assert_eq!(s.count(), 3);
-/// ```
-pub struct Histogram {
-    bounds: Box<[f64]>,
-    /// Non-cumulative count per bucket; the last one is the `+Inf` overflow.
-    counts: Box<[AtomicU64]>,
-    /// The sum of observations, as `f64` bits.
-    sum_bits: AtomicU64,
-}
-
-impl Histogram {
-    /// A histogram with these upper bounds. Non-finite bounds are dropped and
-    /// the rest sorted and de-duplicated (`+Inf` is always implicit).
-    pub fn new(bounds: &[f64]) -> Self {
-        let mut b: Vec<f64> = bounds.iter().copied().filter(|v| v.is_finite()).collect();
-        b.sort_by(f64::total_cmp);
-        b.dedup();
-        let counts = (0..=b.len()).map(|_| AtomicU64::new(0)).collect();
-        Histogram {
-            bounds: b.into_boxed_slice(),
-            counts,
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-        }
-    }
-
-    /// A histogram with [`PROBE_BUCKETS`].
-    pub fn for_probes() -> Self {
-        Self::new(&PROBE_BUCKETS)
-    }
-
-    /// The upper bounds, ascending (without `+Inf`).
-    pub fn bounds(&self) -> &[f64] {
-        &self.bounds
-    }
-
-    /// Records one value. Non-finite values are ignored.
-    pub fn observe(&self, value: f64) {
-        if !value.is_finite() {
-            return;
-        }
-        // Index of the first bound >= value; `len` means the +Inf bucket.
-        let i = self.bounds.partition_point(|b| *b < value);
-        if let Some(c) = self.counts.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        let _ = self
-            .sum_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + value).to_bits())
-            });
-    }
-
-    /// Records a duration, in seconds.
-    pub fn observe_duration(&self, d: Duration) {
-        self.observe(d.as_secs_f64());
-    }
-
-    /// The current counts (cumulative, as exported) and sum.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut acc = 0u64;
-        let cumulative = self
-            .counts
-            .iter()
-            .map(|c| {
-                acc = acc.saturating_add(c.load(Ordering::Relaxed));
-                acc
-            })
-            .collect();
-        HistogramSnapshot {
-            bounds: self.bounds.to_vec(),
-            cumulative,
-            sum: f64::from_bits(self.sum_bits.load(Ordering::Relaxed)),
-        }
-    }
-}
-
-impl fmt::Debug for Histogram {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.snapshot();
-        f.debug_struct("Histogram")
-            .field("bounds", &self.bounds)
-            .field("count", &s.count())
-            .field("sum", &s.sum)
-            .finish()
-    }
-}
-
-/// The state of a [`Histogram`] at one instant.
+/// The state of one histogram series at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSnapshot {
     /// Upper bounds, ascending (without `+Inf`).
@@ -173,36 +72,69 @@ pub struct HistogramSnapshot {
 }
 
 impl HistogramSnapshot {
+    /// The current counts of `h`.
+    pub fn of(h: &prometheus::Histogram) -> Self {
+        use prometheus::core::Metric as _;
+        let m = h.metric();
+        let hist = m.get_histogram();
+        let (bounds, mut cumulative): (Vec<f64>, Vec<u64>) = hist
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .unzip();
+        cumulative.push(hist.get_sample_count());
+        HistogramSnapshot {
+            bounds,
+            cumulative,
+            sum: hist.get_sample_sum(),
+        }
+    }
+
     /// Number of observations (the `+Inf` bucket).
     pub fn count(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
     }
+}
 
-    /// Appends one series in the text format: `NAME_bucket{LABELS,le="..."}`
-    /// per bound and for `+Inf`, then `NAME_sum{LABELS}` and
-    /// `NAME_count{LABELS}`. Label values are escaped; write the `# HELP` and
-    /// `# TYPE` lines once per metric first ([`write_header`]).
-    pub fn write_series(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
-        let les = self
-            .bounds
-            .iter()
-            .map(|b| format_value(*b))
-            .chain(std::iter::once("+Inf".to_owned()));
-        for (le, n) in les.zip(&self.cumulative) {
-            let _ = write!(out, "{name}_bucket");
-            write_labels(out, labels, Some(("le", &le)));
-            let _ = writeln!(out, " {n}");
-        }
-        let _ = write!(out, "{name}_sum");
-        write_labels(out, labels, None);
-        let _ = writeln!(out, " {}", format_value(self.sum));
-        let _ = write!(out, "{name}_count");
-        write_labels(out, labels, None);
-        let _ = writeln!(out, " {}", self.count());
+/// Records `value` in `h` unless it is not finite (NaN, ±∞), so that `_sum`
+/// stays a number. A value equal to a bound is counted in that bound's
+/// bucket (Prometheus `le` semantics).
+pub fn observe_finite(h: &prometheus::Histogram, value: f64) {
+    if value.is_finite() {
+        h.observe(value);
     }
 }
 
-/// The `# TYPE` of a metric.
+/// A histogram family with these label names and upper bounds (`+Inf` is
+/// implicit). `None` (and an error logged) for an invalid name or label name
+/// (`le` is the buckets' own), and for bounds that are empty, not finite or not strictly increasing
+/// (which the crate would only refuse, with a panic, on the first series).
+pub fn histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    bounds: &[f64],
+) -> Option<prometheus::HistogramVec> {
+    if bounds.is_empty()
+        || !bounds.iter().all(|b| b.is_finite())
+        || !bounds.windows(2).all(|w| w[0] < w[1])
+        || labels.contains(&"le")
+    {
+        tracing::error!(
+            metric = name,
+            ?bounds,
+            ?labels,
+            "invalid histogram bounds or labels"
+        );
+        return None;
+    }
+    let opts = prometheus::HistogramOpts::new(name, help).buckets(bounds.to_vec());
+    prometheus::HistogramVec::new(opts, labels)
+        .inspect_err(|e| tracing::error!(metric = name, error = %e, "invalid histogram"))
+        .ok()
+}
+
+/// The `# TYPE` of a metric [`Exposition::family`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MetricType {
@@ -210,72 +142,114 @@ pub enum MetricType {
     Counter,
     /// A value that goes up and down.
     Gauge,
-    /// Buckets, sum and count.
-    Histogram,
 }
 
-impl MetricType {
-    /// The name used on the `# TYPE` line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricType::Counter => "counter",
-            MetricType::Gauge => "gauge",
-            MetricType::Histogram => "histogram",
+/// The metric families of one scrape, gathered by a `prometheus::Registry`
+/// (families sorted by name, series by labels, families without a series
+/// left out) and encoded in the text format 0.0.4 by the `prometheus`
+/// crate's `TextEncoder` (which writes `# HELP` and `# TYPE` and escapes
+/// label values). Values read at scrape time (store counts, service counters)
+/// become gauge or counter families with [`family`](Self::family); long-lived
+/// collectors (the probe and request histograms) are added with
+/// [`collect`](Self::collect).
+///
+/// ```
+/// use connexa_core::metrics::{Exposition, MetricType};
+/// let mut e = Exposition::new();
+/// e.family("demo_nodes", "Nodes per status.", MetricType::Gauge, &["status"],
+///     [(vec!["speed_ok"], 3.0), (vec!["say \"hi\""], 1.0)]);
+/// e.value("demo_started_total", "Starts.", MetricType::Counter, 2.0);
+/// let text = e.render();
+/// assert_eq!(text.lines().collect::<Vec<_>>(), [
+///     "# HELP demo_nodes Nodes per status.",
+///     "# TYPE demo_nodes gauge",
+///     r#"demo_nodes{status="say \"hi\""} 1"#,
+///     r#"demo_nodes{status="speed_ok"} 3"#,
+///     "# HELP demo_started_total Starts.",
+///     "# TYPE demo_started_total counter",
+///     "demo_started_total 2",
+/// ]);
+/// ```
+#[derive(Debug, Default)]
+pub struct Exposition {
+    registry: prometheus::Registry,
+}
+
+impl Exposition {
+    /// Nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One family of gauges or counters: its label names, then each series'
+    /// label values (in that order) and value. A counter value below 0 is
+    /// written as 0. An invalid or repeated name, or a series with the wrong
+    /// number of label values, is logged and left out.
+    pub fn family<I, V>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        labels: &[&str],
+        series: I,
+    ) where
+        I: IntoIterator<Item = (Vec<V>, f64)>,
+        V: AsRef<str> + std::fmt::Debug,
+    {
+        let opts = prometheus::Opts::new(name, help);
+        let built: prometheus::Result<Box<dyn prometheus::core::Collector>> = match kind {
+            MetricType::Gauge => prometheus::GaugeVec::new(opts, labels).map(|vec| {
+                for (values, v) in series {
+                    match vec.get_metric_with_label_values(&values) {
+                        Ok(g) => g.set(v),
+                        Err(e) => {
+                            tracing::error!(metric = name, error = %e, "metric series left out")
+                        }
+                    }
+                }
+                Box::new(vec) as Box<dyn prometheus::core::Collector>
+            }),
+            MetricType::Counter => prometheus::CounterVec::new(opts, labels).map(|vec| {
+                for (values, v) in series {
+                    match vec.get_metric_with_label_values(&values) {
+                        Ok(c) => c.inc_by(v.max(0.0)),
+                        Err(e) => {
+                            tracing::error!(metric = name, error = %e, "metric series left out")
+                        }
+                    }
+                }
+                Box::new(vec) as Box<dyn prometheus::core::Collector>
+            }),
+        };
+        match built.and_then(|c| self.registry.register(c)) {
+            Ok(()) => {}
+            Err(e) => tracing::error!(metric = name, error = %e, "metric family left out"),
         }
     }
-}
 
-/// Appends `# HELP NAME HELP` (escaped) and `# TYPE NAME TYPE`.
-pub fn write_header(out: &mut String, name: &str, help: &str, kind: MetricType) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
-}
-
-/// Escapes a label value for the text format: backslash, double quote and
-/// line feed become `\\`, `\"` and `\n`.
-pub fn escape_label_value(value: &str) -> Cow<'_, str> {
-    if !value.contains(['\\', '"', '\n']) {
-        return Cow::Borrowed(value);
+    /// One family with a single series without labels.
+    pub fn value(&mut self, name: &str, help: &str, kind: MetricType, v: f64) {
+        self.family(name, help, kind, &[], [(Vec::<&str>::new(), v)]);
     }
-    let mut s = String::with_capacity(value.len() + 2);
-    for c in value.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
+
+    /// A long-lived collector's families (e.g. a [`prometheus::HistogramVec`],
+    /// cloned: clones share their series).
+    pub fn collect(&mut self, c: impl prometheus::core::Collector + 'static) {
+        if let Err(e) = self.registry.register(Box::new(c)) {
+            tracing::error!(error = %e, "metric family left out");
         }
     }
-    Cow::Owned(s)
-}
 
-/// A sample value or `le` bound as the text format writes it: `+Inf`, `-Inf`,
-/// `NaN`, or the shortest decimal that reads back as the same `f64`.
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        v.to_string()
-    }
-}
-
-/// Appends `{a="x",b="y",le="z"}` (nothing when there is no label at all).
-fn write_labels(out: &mut String, labels: &[(&str, &str)], extra: Option<(&str, &str)>) {
-    if labels.is_empty() && extra.is_none() {
-        return;
-    }
-    out.push('{');
-    for (i, (k, v)) in labels.iter().copied().chain(extra).enumerate() {
-        if i > 0 {
-            out.push(',');
+    /// The text format of every family added.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
+        {
+            tracing::error!(error = %e, "cannot encode the metrics");
         }
-        let _ = write!(out, "{k}=\"{}\"", escape_label_value(v));
+        out
     }
-    out.push('}');
 }
 
 /// Which test a probe was (the `depth` label).
@@ -388,10 +362,11 @@ pub const PROBE_PING: &str = "connexa_probe_ping_seconds";
 /// metric names). Share one collector through an `Arc` between the
 /// [`Instrumented`] ports and whatever exports it.
 pub struct ProbeStats {
-    duration: [[Histogram; RESULTS]; KINDS],
-    connect: [Histogram; KINDS],
-    handshake: [Histogram; KINDS],
-    ping: [Histogram; KINDS],
+    families: [prometheus::HistogramVec; 4],
+    duration: [[prometheus::Histogram; RESULTS]; KINDS],
+    connect: [prometheus::Histogram; KINDS],
+    handshake: [prometheus::Histogram; KINDS],
+    ping: [prometheus::Histogram; KINDS],
 }
 
 impl Default for ProbeStats {
@@ -406,7 +381,7 @@ impl fmt::Debug for ProbeStats {
             .duration
             .iter()
             .flatten()
-            .map(|h| h.snapshot().count())
+            .map(prometheus::Histogram::get_sample_count)
             .sum();
         f.debug_struct("ProbeStats")
             .field("calls", &calls)
@@ -414,15 +389,54 @@ impl fmt::Debug for ProbeStats {
     }
 }
 
+/// A histogram family of the probe metrics (static names and bounds: valid).
+fn probe_family(name: &str, help: &str, labels: &[&str]) -> prometheus::HistogramVec {
+    let opts = prometheus::HistogramOpts::new(name, help).buckets(PROBE_BUCKETS.to_vec());
+    #[allow(clippy::expect_used)] // constant names and bounds, checked by the tests
+    prometheus::HistogramVec::new(opts, labels).expect("valid probe histogram")
+}
+
 impl ProbeStats {
-    /// An empty collector (every histogram with [`PROBE_BUCKETS`]).
+    /// An empty collector (every histogram with [`PROBE_BUCKETS`]; every
+    /// depth and result is a series from the start, so that rates of series
+    /// that have not happened yet are 0 rather than absent).
     pub fn new() -> Self {
-        let per_kind = || std::array::from_fn(|_| Histogram::for_probes());
+        let duration = probe_family(
+            PROBE_DURATION,
+            "Wall-clock time of each probe, by depth (light, auth, speed) and result (ok, failed, error, cancelled).",
+            &["depth", "result"],
+        );
+        let connect = probe_family(
+            PROBE_CONNECT,
+            "TCP connect time to the PPTP control port reported by probes.",
+            &["depth"],
+        );
+        let handshake = probe_family(
+            PROBE_HANDSHAKE,
+            "PPTP Start-Control-Connection request to reply time reported by probes.",
+            &["depth"],
+        );
+        let ping = probe_family(
+            PROBE_PING,
+            "ICMP echo round trip (light, auth) or latency through the tunnel (speed) reported by probes.",
+            &["depth"],
+        );
+        let per_kind = |v: &prometheus::HistogramVec| {
+            std::array::from_fn(|k| v.with_label_values(&[ProbeKind::ALL[k].as_str()]))
+        };
         ProbeStats {
-            duration: std::array::from_fn(|_| std::array::from_fn(|_| Histogram::for_probes())),
-            connect: per_kind(),
-            handshake: per_kind(),
-            ping: per_kind(),
+            duration: std::array::from_fn(|k| {
+                std::array::from_fn(|r| {
+                    duration.with_label_values(&[
+                        ProbeKind::ALL[k].as_str(),
+                        ProbeResult::ALL[r].as_str(),
+                    ])
+                })
+            }),
+            connect: per_kind(&connect),
+            handshake: per_kind(&handshake),
+            ping: per_kind(&ping),
+            families: [duration, connect, handshake, ping],
         }
     }
 
@@ -441,13 +455,17 @@ impl ProbeStats {
 
     /// Records the wall-clock duration of one call.
     pub fn record_duration(&self, kind: ProbeKind, result: ProbeResult, elapsed: Duration) {
-        self.duration[kind.index()][result.index()].observe_duration(elapsed);
+        observe_finite(
+            &self.duration[kind.index()][result.index()],
+            elapsed.as_secs_f64(),
+        );
     }
 
-    /// Records the latencies an outcome reports (milliseconds, exported in seconds).
+    /// Records the latencies an outcome reports (milliseconds, exported in
+    /// seconds; values that are not finite are ignored).
     pub fn record_measurements(&self, kind: ProbeKind, m: &Measurements) {
         let k = kind.index();
-        let ms = |h: &Histogram, v: f64| h.observe(v / 1000.0);
+        let ms = |h: &prometheus::Histogram, v: f64| observe_finite(h, v / 1000.0);
         if let Some(v) = m.connect_ms {
             ms(&self.connect[k], v);
         }
@@ -463,75 +481,37 @@ impl ProbeStats {
 
     /// The duration histogram of one depth and result.
     pub fn duration(&self, kind: ProbeKind, result: ProbeResult) -> HistogramSnapshot {
-        self.duration[kind.index()][result.index()].snapshot()
+        HistogramSnapshot::of(&self.duration[kind.index()][result.index()])
     }
 
     /// The TCP connect time histogram of one depth.
     pub fn connect(&self, kind: ProbeKind) -> HistogramSnapshot {
-        self.connect[kind.index()].snapshot()
+        HistogramSnapshot::of(&self.connect[kind.index()])
     }
 
     /// The PPTP handshake time histogram of one depth.
     pub fn handshake(&self, kind: ProbeKind) -> HistogramSnapshot {
-        self.handshake[kind.index()].snapshot()
+        HistogramSnapshot::of(&self.handshake[kind.index()])
     }
 
     /// The ping histogram of one depth.
     pub fn ping(&self, kind: ProbeKind) -> HistogramSnapshot {
-        self.ping[kind.index()].snapshot()
+        HistogramSnapshot::of(&self.ping[kind.index()])
     }
 
-    /// Appends every histogram in the text format (each with `# HELP` and
-    /// `# TYPE`; every depth and result, zeros included, so that rates of
-    /// series that have not happened yet are 0 rather than absent).
-    pub fn write_prometheus(&self, out: &mut String) {
-        write_header(
-            out,
-            PROBE_DURATION,
-            "Wall-clock time of each probe, by depth (light, auth, speed) and result (ok, failed, error, cancelled).",
-            MetricType::Histogram,
-        );
-        for kind in ProbeKind::ALL {
-            for result in ProbeResult::ALL {
-                self.duration(kind, result).write_series(
-                    out,
-                    PROBE_DURATION,
-                    &[("depth", kind.as_str()), ("result", result.as_str())],
-                );
-            }
-        }
-        let per_kind: [(&str, &str, &[Histogram; KINDS]); 3] = [
-            (
-                PROBE_CONNECT,
-                "TCP connect time to the PPTP control port reported by probes.",
-                &self.connect,
-            ),
-            (
-                PROBE_HANDSHAKE,
-                "PPTP Start-Control-Connection request to reply time reported by probes.",
-                &self.handshake,
-            ),
-            (
-                PROBE_PING,
-                "ICMP echo round trip (light, auth) or latency through the tunnel (speed) reported by probes.",
-                &self.ping,
-            ),
-        ];
-        for (name, help, hs) in per_kind {
-            write_header(out, name, help, MetricType::Histogram);
-            for kind in ProbeKind::ALL {
-                hs[kind.index()]
-                    .snapshot()
-                    .write_series(out, name, &[("depth", kind.as_str())]);
-            }
+    /// Adds every histogram family to `e`.
+    pub fn collect_into(&self, e: &mut Exposition) {
+        for f in &self.families {
+            e.collect(f.clone());
         }
     }
 
-    /// Every histogram in the text format ([`write_prometheus`](Self::write_prometheus)).
+    /// Every histogram in the text format (each family with `# HELP` and
+    /// `# TYPE`, every depth and result, zeros included).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.write_prometheus(&mut out);
-        out
+        let mut e = Exposition::new();
+        self.collect_into(&mut e);
+        e.render()
     }
 }
 

@@ -3,10 +3,10 @@
 //! [`ProbeStats`](connexa_core::metrics::ProbeStats)) the probe latency
 //! histograms, and (when it carries a
 //! [`SocksLauncher`](connexa_core::socks::SocksLauncher)) the SOCKS5 service
-//! counters. Histograms and escaping come from [`connexa_core::metrics`].
+//! counters. The families are built and encoded with the `prometheus` crate
+//! through [`connexa_core::metrics::Exposition`].
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -17,9 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use connexa_core::domain::Status;
-use connexa_core::metrics::{
-    Histogram, MetricType, escape_label_value, format_value, write_header,
-};
+use connexa_core::metrics::{Exposition, MetricType, histogram_vec, observe_finite, prometheus};
 
 use crate::AppState;
 use crate::problem::ApiResult;
@@ -34,14 +32,25 @@ const REQUEST_DURATION: &str = "connexa_http_request_duration_seconds";
 #[derive(Debug)]
 pub(crate) struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    duration: Histogram,
+    /// The family (kept for scrapes) and its one series (no labels).
+    duration: Option<(prometheus::HistogramVec, prometheus::Histogram)>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let duration = histogram_vec(
+            REQUEST_DURATION,
+            "Time to the response head.",
+            &[],
+            &HTTP_BUCKETS,
+        )
+        .map(|v| {
+            let h = v.with_label_values::<&str>(&[]);
+            (v, h)
+        });
         Metrics {
             requests: Mutex::new(BTreeMap::new()),
-            duration: Histogram::new(&HTTP_BUCKETS),
+            duration,
         }
     }
 }
@@ -54,7 +63,9 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner)
             .entry((method.to_owned(), route.to_owned(), status))
             .or_insert(0) += 1;
-        self.duration.observe(secs);
+        if let Some((_, h)) = &self.duration {
+            observe_finite(h, secs);
+        }
     }
 }
 
@@ -106,93 +117,64 @@ pub fn metrics_router(state: AppState) -> Router {
 pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     let store = st.store();
     let counts = store.counts().await?;
-    let mut out = String::new();
-    write_header(
-        &mut out,
+    let mut e = Exposition::new();
+    let n = |v: u64| v as f64;
+    e.family(
         "connexa_nodes",
         "Nodes per status.",
         MetricType::Gauge,
+        &["status"],
+        Status::ALL.map(|s| {
+            let c = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+            (vec![s.as_str()], n(c))
+        }),
     );
-    for s in Status::ALL {
-        let n = counts
-            .iter()
-            .find(|(c, _)| *c == s)
-            .map(|(_, n)| *n)
-            .unwrap_or(0);
-        let _ = writeln!(out, "connexa_nodes{{status=\"{s}\"}} {n}");
-    }
     let services: u64 = counts
         .iter()
         .filter(|(s, _)| matches!(s, Status::Online | Status::Offline))
         .map(|(_, n)| n)
         .sum();
-    write_header(
-        &mut out,
+    e.value(
         "connexa_services_running",
         "Nodes with a SOCKS5 service (online or offline).",
         MetricType::Gauge,
+        n(services),
     );
-    let _ = writeln!(out, "connexa_services_running {services}");
     let waiting = connexa_core::ops::services_waiting(store.as_ref()).await?;
-    write_header(
-        &mut out,
+    e.value(
         "connexa_services_waiting",
         "speed_ok nodes whose wanted service has not come up (not reconciled yet, or failing to start).",
         MetricType::Gauge,
+        n(waiting),
     );
-    let _ = writeln!(out, "connexa_services_waiting {waiting}");
     let workers = store.workers(chrono::Utc::now()).await?;
-    write_header(
-        &mut out,
+    e.value(
         "connexa_workers_alive",
         "Registered worker processes whose heartbeat has not expired.",
         MetricType::Gauge,
+        workers.iter().filter(|w| w.alive).count() as f64,
     );
-    let _ = writeln!(
-        out,
-        "connexa_workers_alive {}",
-        workers.iter().filter(|w| w.alive).count()
-    );
-    write_header(
-        &mut out,
+    let worker = |w: &connexa_core::ports::WorkerView| vec![w.name.clone(), w.alive.to_string()];
+    e.family(
         "connexa_worker_items_in_flight",
         "Job items each registered worker holds running.",
         MetricType::Gauge,
+        &["worker", "alive"],
+        workers.iter().map(|w| (worker(w), n(w.items_in_flight))),
     );
-    for w in &workers {
-        let _ = writeln!(
-            out,
-            "connexa_worker_items_in_flight{{worker=\"{}\",alive=\"{}\"}} {}",
-            escape_label_value(&w.name),
-            w.alive,
-            w.items_in_flight
-        );
-    }
-    write_header(
-        &mut out,
+    e.family(
         "connexa_worker_services_held",
         "Wanted services placed on each registered worker (PostgreSQL placement).",
         MetricType::Gauge,
+        &["worker", "alive"],
+        workers.iter().map(|w| (worker(w), n(w.services_held))),
     );
-    for w in &workers {
-        let _ = writeln!(
-            out,
-            "connexa_worker_services_held{{worker=\"{}\",alive=\"{}\"}} {}",
-            escape_label_value(&w.name),
-            w.alive,
-            w.services_held
-        );
-    }
-    write_header(
-        &mut out,
-        "connexa_job_items",
-        "Items of recent jobs per state.",
-        MetricType::Gauge,
-    );
-    let mut ratio = String::new();
+    let mut items = Vec::new();
+    let mut ratios = Vec::new();
     for job in store.jobs(20).await? {
         let p = store.progress(job.id).await?;
-        for (state, n) in [
+        let (id, kind) = (job.id.to_string(), job.kind.to_string());
+        for (state, v) in [
             ("pending", p.pending),
             ("running", p.running),
             ("ok", p.ok),
@@ -200,33 +182,23 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
             ("timed_out", p.timed_out),
             ("cancelled", p.cancelled),
         ] {
-            let _ = writeln!(
-                out,
-                "connexa_job_items{{job=\"{}\",kind=\"{}\",state=\"{state}\"}} {n}",
-                job.id, job.kind
-            );
+            items.push((vec![id.clone(), kind.clone(), state.to_owned()], n(v)));
         }
-        let _ = writeln!(
-            ratio,
-            "connexa_job_progress_ratio{{job=\"{}\",kind=\"{}\",job_state=\"{}\"}} {}",
-            job.id,
-            job.kind,
-            job.state,
-            format_value(p.percent() / 100.0)
-        );
+        ratios.push((vec![id, kind, job.state.to_string()], p.percent() / 100.0));
     }
-    write_header(
-        &mut out,
+    e.family(
+        "connexa_job_items",
+        "Items of recent jobs per state.",
+        MetricType::Gauge,
+        &["job", "kind", "state"],
+        items,
+    );
+    e.family(
         "connexa_job_progress_ratio",
         "Committed fraction of recent jobs (0..1).",
         MetricType::Gauge,
-    );
-    out.push_str(&ratio);
-    write_header(
-        &mut out,
-        "connexa_http_requests_total",
-        "HTTP requests per method, route and status.",
-        MetricType::Counter,
+        &["job", "kind", "job_state"],
+        ratios,
     );
     let requests =
         st.0.metrics
@@ -234,31 +206,25 @@ pub async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-    for ((method, route, status), n) in &requests {
-        let _ = writeln!(
-            out,
-            "connexa_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-            escape_label_value(method),
-            escape_label_value(route)
-        );
-    }
-    write_header(
-        &mut out,
-        REQUEST_DURATION,
-        "Time to the response head.",
-        MetricType::Histogram,
+    e.family(
+        "connexa_http_requests_total",
+        "HTTP requests per method, route and status.",
+        MetricType::Counter,
+        &["method", "route", "status"],
+        requests
+            .into_iter()
+            .map(|((method, route, status), v)| (vec![method, route, status.to_string()], n(v))),
     );
-    st.0.metrics
-        .duration
-        .snapshot()
-        .write_series(&mut out, REQUEST_DURATION, &[]);
+    if let Some((family, _)) = &st.0.metrics.duration {
+        e.collect(family.clone());
+    }
     if let Some(probes) = st.probe_stats() {
-        probes.write_prometheus(&mut out);
+        probes.collect_into(&mut e);
     }
     if let Some(socks) = st.socks_launcher() {
-        socks.write_prometheus(&mut out);
+        socks.collect_into(&mut e);
     }
-    let mut res = out.into_response();
+    let mut res = e.render().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

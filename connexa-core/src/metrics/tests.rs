@@ -17,36 +17,48 @@ fn node() -> Node {
     )
 }
 
+/// A histogram with these bounds (one series of a family without labels).
+fn hist(bounds: &[f64]) -> prometheus::Histogram {
+    histogram_vec("t_seconds", "test", &[], bounds)
+        .expect("valid")
+        .with_label_values::<&str>(&[])
+}
+
+fn snap(h: &prometheus::Histogram) -> HistogramSnapshot {
+    HistogramSnapshot::of(h)
+}
+
 #[test]
 fn a_value_equal_to_a_bound_is_in_that_bucket() {
-    let h = Histogram::new(&[0.001, 0.01, 0.1]);
+    let h = hist(&[0.001, 0.01, 0.1]);
     for v in [0.001, 0.01, 0.1] {
-        h.observe(v);
+        observe_finite(&h, v);
     }
-    let s = h.snapshot();
+    let s = snap(&h);
+    assert_eq!(s.bounds, vec![0.001, 0.01, 0.1]);
     assert_eq!(s.cumulative, vec![1, 2, 3, 3]);
     // Just above a bound: the next bucket.
-    h.observe(0.001 + 1e-12);
-    assert_eq!(h.snapshot().cumulative, vec![1, 3, 4, 4]);
+    observe_finite(&h, 0.001 + 1e-12);
+    assert_eq!(snap(&h).cumulative, vec![1, 3, 4, 4]);
     // Above the last bound: +Inf only; at or below zero: the first bucket.
-    h.observe(0.1000001);
-    h.observe(0.0);
-    h.observe(-3.0);
-    let s = h.snapshot();
+    observe_finite(&h, 0.1000001);
+    observe_finite(&h, 0.0);
+    observe_finite(&h, -3.0);
+    let s = snap(&h);
     assert_eq!(s.cumulative, vec![3, 5, 6, 7]);
     assert_eq!(s.count(), 7);
 }
 
 #[test]
 fn counts_are_cumulative_and_sum_adds_up() {
-    let h = Histogram::for_probes();
+    let h = hist(&PROBE_BUCKETS);
     let values = [
         0.0005, 0.002, 0.002, 0.03, 0.7, 0.7, 0.7, 4.0, 59.0, 61.0, 1000.0,
     ];
     for v in values {
-        h.observe(v);
+        observe_finite(&h, v);
     }
-    let s = h.snapshot();
+    let s = snap(&h);
     assert_eq!(s.bounds, PROBE_BUCKETS.to_vec());
     assert_eq!(s.cumulative.len(), PROBE_BUCKETS.len() + 1);
     // Each cumulative count = number of values <= its bound.
@@ -64,28 +76,31 @@ fn counts_are_cumulative_and_sum_adds_up() {
 }
 
 #[test]
-fn non_finite_values_and_bounds_are_ignored() {
-    let h = Histogram::new(&[1.0, f64::NAN, 0.5, 1.0, f64::INFINITY]);
-    assert_eq!(h.bounds(), &[0.5, 1.0]);
-    h.observe(f64::NAN);
-    h.observe(f64::INFINITY);
-    h.observe(f64::NEG_INFINITY);
-    let s = h.snapshot();
+fn non_finite_values_are_ignored_and_bad_bounds_refused() {
+    let h = hist(&[0.5, 1.0]);
+    observe_finite(&h, f64::NAN);
+    observe_finite(&h, f64::INFINITY);
+    observe_finite(&h, f64::NEG_INFINITY);
+    let s = snap(&h);
     assert_eq!((s.count(), s.sum), (0, 0.0));
-    let empty = Histogram::new(&[]);
-    empty.observe(3.0);
-    assert_eq!(empty.snapshot().cumulative, vec![1]);
+    // The crate refuses bounds that do not strictly increase, and bad names.
+    assert!(histogram_vec("t", "t", &[], &[1.0, 0.5]).is_none());
+    assert!(histogram_vec("t", "t", &[], &[1.0, 1.0]).is_none());
+    assert!(histogram_vec("t", "t", &[], &[]).is_none());
+    assert!(histogram_vec("t", "t", &[], &[1.0, f64::INFINITY]).is_none());
+    assert!(histogram_vec("bad name", "t", &[], &[1.0]).is_none());
+    assert!(histogram_vec("t", "t", &["le"], &[1.0]).is_none());
 }
 
 #[test]
 fn concurrent_observations_are_all_counted() {
-    let h = Arc::new(Histogram::new(&[1.0, 2.0]));
+    let h = hist(&[1.0, 2.0]);
     let threads: Vec<_> = (0..4)
         .map(|t| {
-            let h = Arc::clone(&h);
+            let h = h.clone();
             std::thread::spawn(move || {
                 for i in 0..10_000 {
-                    h.observe(f64::from((i + t) % 3));
+                    observe_finite(&h, f64::from((i + t) % 3));
                 }
             })
         })
@@ -93,7 +108,7 @@ fn concurrent_observations_are_all_counted() {
     for t in threads {
         t.join().unwrap();
     }
-    let s = h.snapshot();
+    let s = snap(&h);
     assert_eq!(s.count(), 40_000);
     // Values 0, 1, 2 each exactly; 0+1+2 per three observations.
     let ones_and_zeros = s.cumulative[0];
@@ -106,19 +121,19 @@ fn concurrent_observations_are_all_counted() {
 
 #[test]
 fn series_text_is_exact() {
-    let h = Histogram::new(&[0.005, 0.5, 2.5]);
+    let vec = histogram_vec(
+        "demo_seconds",
+        "A demo.\nWith a \\ line.",
+        &["route"],
+        &[0.005, 0.5, 2.5],
+    )
+    .unwrap();
+    let h = vec.with_label_values(&["/a\"b\\c\nd"]);
     h.observe(0.005);
     h.observe(0.25);
     h.observe(3.0);
-    let mut out = String::new();
-    write_header(
-        &mut out,
-        "demo_seconds",
-        "A demo.\nWith a \\ line.",
-        MetricType::Histogram,
-    );
-    h.snapshot()
-        .write_series(&mut out, "demo_seconds", &[("route", "/a\"b\\c\nd")]);
+    let mut e = Exposition::new();
+    e.collect(vec);
     let expected = "\
 # HELP demo_seconds A demo.\\nWith a \\\\ line.
 # TYPE demo_seconds histogram
@@ -129,34 +144,63 @@ demo_seconds_bucket{route=\"/a\\\"b\\\\c\\nd\",le=\"+Inf\"} 3
 demo_seconds_sum{route=\"/a\\\"b\\\\c\\nd\"} 3.255
 demo_seconds_count{route=\"/a\\\"b\\\\c\\nd\"} 3
 ";
-    assert_eq!(out, expected);
+    assert_eq!(e.render(), expected);
     // Without labels: no braces on _sum and _count.
-    let mut out = String::new();
-    Histogram::new(&[1.0])
-        .snapshot()
-        .write_series(&mut out, "x", &[]);
+    let mut e = Exposition::new();
+    e.collect(histogram_vec("x", "x", &[], &[1.0]).unwrap());
+    // A family whose vector has no series yet is left out.
+    assert_eq!(e.render(), "");
+    let mut e = Exposition::new();
+    let x = histogram_vec("x", "x", &[], &[1.0]).unwrap();
+    x.with_label_values::<&str>(&[]);
+    e.collect(x);
     assert_eq!(
-        out,
-        "x_bucket{le=\"1\"} 0\nx_bucket{le=\"+Inf\"} 0\nx_sum 0\nx_count 0\n"
+        e.render(),
+        "# HELP x x\n# TYPE x histogram\nx_bucket{le=\"1\"} 0\nx_bucket{le=\"+Inf\"} 0\nx_sum 0\nx_count 0\n"
     );
 }
 
 #[test]
-fn label_values_and_numbers_are_escaped_as_the_format_says() {
-    assert!(matches!(
-        escape_label_value("plain"),
-        Cow::Borrowed("plain")
-    ));
-    assert_eq!(escape_label_value("a\\b"), "a\\\\b");
-    assert_eq!(escape_label_value("say \"hi\""), "say \\\"hi\\\"");
-    assert_eq!(escape_label_value("two\nlines"), "two\\nlines");
-    assert_eq!(format_value(f64::INFINITY), "+Inf");
-    assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
-    assert_eq!(format_value(f64::NAN), "NaN");
-    assert_eq!(format_value(60.0), "60");
-    assert_eq!(format_value(0.0025), "0.0025");
-    assert_eq!(MetricType::Counter.as_str(), "counter");
-    assert_eq!(MetricType::Gauge.as_str(), "gauge");
+fn families_are_sorted_escaped_and_refused_when_invalid() {
+    let mut e = Exposition::new();
+    e.family(
+        "b_total",
+        "B.",
+        MetricType::Counter,
+        &["node", "direction"],
+        [
+            (vec!["10", "up"], 5.0),
+            (vec!["9", "down"], 2.0),
+            // A counter never goes below 0.
+            (vec!["9", "up"], -1.0),
+        ],
+    );
+    e.value("a", "A \"quoted\" help", MetricType::Gauge, 0.25);
+    // Invalid names, wrong label counts and repeated families are left out.
+    e.value("bad name", "x", MetricType::Gauge, 1.0);
+    e.family(
+        "c",
+        "C.",
+        MetricType::Gauge,
+        &["k"],
+        [(vec!["1", "2"], 1.0)],
+    );
+    e.value("a", "again", MetricType::Gauge, 7.0);
+    e.family(
+        "empty",
+        "E.",
+        MetricType::Gauge,
+        &["k"],
+        Vec::<(Vec<&str>, f64)>::new(),
+    );
+    assert_eq!(
+        e.render(),
+        "# HELP a A \"quoted\" help\n# TYPE a gauge\na 0.25\n\
+         # HELP b_total B.\n# TYPE b_total counter\n\
+         b_total{direction=\"down\",node=\"9\"} 2\n\
+         b_total{direction=\"up\",node=\"10\"} 5\n\
+         b_total{direction=\"up\",node=\"9\"} 0\n"
+    );
 }
 
 /// One sample line of the text format: name, labels, value.
@@ -315,13 +359,11 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn the_parser_reads_escaped_labels_back() {
-    let mut out = String::new();
-    write_header(&mut out, "t", "help", MetricType::Histogram);
-    let h = Histogram::new(&[1.0]);
-    h.observe(0.5);
-    h.snapshot()
-        .write_series(&mut out, "t", &[("a", "x\"y"), ("b", "p\\q\nr")]);
-    let samples = check_histograms(&out);
+    let vec = histogram_vec("t", "help", &["a", "b"], &[1.0]).unwrap();
+    vec.with_label_values(&["x\"y", "p\\q\nr"]).observe(0.5);
+    let mut e = Exposition::new();
+    e.collect(vec);
+    let samples = check_histograms(&e.render());
     assert_eq!(samples.len(), 4);
     assert_eq!(samples[0].labels["a"], "x\"y");
     assert_eq!(samples[0].labels["b"], "p\\q\nr");

@@ -140,7 +140,7 @@ pub struct ServiceView {
     /// SOCKS5 password, or `***`.
     pub password: String,
     /// The counters the process running the service last recorded (see
-    /// [`service_counters`](super::service_counters)); absent where not looked up (node lists) or
+    /// `ops::service_counters`); absent where not looked up (node lists) or
     /// none was recorded yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counters: Option<ServiceCounters>,

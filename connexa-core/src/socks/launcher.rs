@@ -178,75 +178,59 @@ impl SocksLauncher {
         total
     }
 
-    /// Appends [`total_stats`](Self::total_stats) in the Prometheus text
-    /// format (`connexa_socks_*`, see [`ServiceStats::write_prometheus`]),
-    /// then the counters of each running service, labelled with its node id
-    /// (`connexa_service_connections`, `connexa_service_connections_total`,
+    /// Adds [`total_stats`](Self::total_stats) to a scrape (`connexa_socks_*`,
+    /// see [`ServiceStats::collect_into`]), then the counters of each running
+    /// service, labelled with its node id (`connexa_service_connections`,
+    /// `connexa_service_connections_total`,
     /// `connexa_service_bytes_total{direction="up|down"}`,
     /// `connexa_service_start_time_seconds`; one label set per running service).
-    pub fn write_prometheus(&self, out: &mut String) {
-        use crate::metrics::{MetricType, write_header};
-        use std::fmt::Write as _;
-        self.total_stats().write_prometheus(out);
+    #[allow(clippy::cast_precision_loss)] // the format's values are f64
+    pub fn collect_into(&self, e: &mut crate::metrics::Exposition) {
+        use crate::metrics::MetricType;
+        self.total_stats().collect_into(e);
         let mut per: Vec<(NodeId, ServiceCounters)> = self
             .lock()
             .iter()
             .map(|(id, r)| (*id, counters_of(&r.shared)))
             .collect();
         per.sort_by_key(|(id, _)| *id);
-        write_header(
-            out,
+        let node = |id: &NodeId| vec![id.to_string()];
+        e.family(
             "connexa_service_connections",
             "Client connections open now, per running SOCKS5 service (node id).",
             MetricType::Gauge,
+            &["node"],
+            per.iter().map(|(id, c)| (node(id), c.connections as f64)),
         );
-        for (id, c) in &per {
-            let _ = writeln!(
-                out,
-                "connexa_service_connections{{node=\"{id}\"}} {}",
-                c.connections
-            );
-        }
-        write_header(
-            out,
+        e.family(
             "connexa_service_connections_total",
             "Client connections accepted since the service started, per running SOCKS5 service (node id).",
             MetricType::Counter,
+            &["node"],
+            per.iter().map(|(id, c)| (node(id), c.connections_total as f64)),
         );
-        for (id, c) in &per {
-            let _ = writeln!(
-                out,
-                "connexa_service_connections_total{{node=\"{id}\"}} {}",
-                c.connections_total
-            );
-        }
-        write_header(
-            out,
+        e.family(
             "connexa_service_bytes_total",
             "Bytes relayed since the service started, per running SOCKS5 service (node id) and direction (up: client to target, down: target to client).",
             MetricType::Counter,
+            &["node", "direction"],
+            per.iter().flat_map(|(id, c)| {
+                [("up", c.bytes_up), ("down", c.bytes_down)]
+                    .map(|(dir, v)| (vec![id.to_string(), dir.to_owned()], v as f64))
+            }),
         );
-        for (id, c) in &per {
-            for (dir, v) in [("up", c.bytes_up), ("down", c.bytes_down)] {
-                let _ = writeln!(
-                    out,
-                    "connexa_service_bytes_total{{node=\"{id}\",direction=\"{dir}\"}} {v}"
-                );
-            }
-        }
-        write_header(
-            out,
+        e.family(
             "connexa_service_start_time_seconds",
             "When the running SOCKS5 service started (Unix seconds), per node id.",
             MetricType::Gauge,
+            &["node"],
+            per.iter().map(|(id, c)| {
+                (
+                    node(id),
+                    c.started_at.map(|t| t.timestamp()).unwrap_or(0) as f64,
+                )
+            }),
         );
-        for (id, c) in &per {
-            let t = c.started_at.map(|t| t.timestamp()).unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "connexa_service_start_time_seconds{{node=\"{id}\"}} {t}"
-            );
-        }
     }
 
     /// Stops every service (for a graceful process exit).

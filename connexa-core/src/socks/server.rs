@@ -161,11 +161,9 @@ impl ServiceStats {
         self.bytes_down += bytes_down;
     }
 
-    /// Appends these counts in the Prometheus text format (`connexa_socks_*`,
-    /// each with `# HELP` and `# TYPE`).
-    pub fn write_prometheus(&self, out: &mut String) {
-        use crate::metrics::{MetricType, write_header};
-        use std::fmt::Write as _;
+    /// Adds these counts to a scrape (`connexa_socks_*`).
+    pub fn collect_into(&self, e: &mut crate::metrics::Exposition) {
+        use crate::metrics::MetricType;
         let series: [(&str, &str, MetricType, u64); 14] = [
             (
                 "connexa_socks_accepted_total",
@@ -253,8 +251,8 @@ impl ServiceStats {
             ),
         ];
         for (name, help, kind, v) in series {
-            write_header(out, name, help, kind);
-            let _ = writeln!(out, "{name} {v}");
+            #[allow(clippy::cast_precision_loss)] // the format's values are f64
+            e.value(name, help, kind, v as f64);
         }
     }
 }

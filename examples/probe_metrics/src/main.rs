@@ -2,18 +2,15 @@
 //! `connexa_core::metrics::Instrumented`, light-tests a small simulated PPTP
 //! fleet on loopback (healthy, refused, slow and silent nodes), and prints the
 //! Prometheus text that `connexa-http` serves on `/metrics`
-//! (`connexa_probe_*` families; series with no observation are left out here
-//! for brevity, the full text is `stats.render()`). Run: `cargo run -p example-probe-metrics` (about a second).
+//! (`connexa_probe_*` families; only the light probes' series here, the full
+//! text is `stats.render()`). Run: `cargo run -p example-probe-metrics` (about a second).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use connexa_core::domain::NodeId;
-use connexa_core::metrics::{
-    Instrumented, MetricType, PROBE_CONNECT, PROBE_DURATION, PROBE_HANDSHAKE, PROBE_PING,
-    ProbeKind, ProbeResult, ProbeStats, write_header,
-};
+use connexa_core::metrics::{Instrumented, ProbeKind, ProbeResult, ProbeStats};
 use connexa_core::ports::{ProbeDepth, Prober};
 use connexa_core::probe::{IcmpConfig, LightProber, ProbeConfig};
 use connexa_core::sim::{Behaviour, Fleet, FleetSpec};
@@ -69,37 +66,14 @@ async fn main() -> anyhow::Result<()> {
         .filter(|o| matches!(o, Ok(o) if o.failure.is_none()))
         .count();
 
-    // The text format, as `stats.render()` writes it but without the series
-    // that saw nothing (the full text has every depth and result).
-    let mut out = String::new();
-    write_header(
-        &mut out,
-        PROBE_DURATION,
-        "Wall-clock time of each probe.",
-        MetricType::Histogram,
-    );
-    for result in ProbeResult::ALL {
-        let h = stats.duration(ProbeKind::Light, result);
-        if h.count() > 0 {
-            let labels = [("depth", "light"), ("result", result.as_str())];
-            h.write_series(&mut out, PROBE_DURATION, &labels);
-        }
-    }
-    for (name, h) in [
-        (PROBE_CONNECT, stats.connect(ProbeKind::Light)),
-        (PROBE_HANDSHAKE, stats.handshake(ProbeKind::Light)),
-        (PROBE_PING, stats.ping(ProbeKind::Light)),
-    ] {
-        if h.count() > 0 {
-            write_header(
-                &mut out,
-                name,
-                "Reported by the light probes.",
-                MetricType::Histogram,
-            );
-            h.write_series(&mut out, name, &[("depth", "light")]);
-        }
-    }
+    // The text format, as `connexa-http` serves it (`stats.render()`), here
+    // only the light probes' series (the full text has every depth and result).
+    let out: String = stats
+        .render()
+        .lines()
+        .filter(|l| l.starts_with('#') || l.contains("depth=\"light\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
     print!("{out}");
 
     let ok = stats.duration(ProbeKind::Light, ProbeResult::Ok).count();
