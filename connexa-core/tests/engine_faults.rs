@@ -15,7 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::TestDb;
 use connexa_core::domain::*;
-use connexa_core::engine::{Engine, EngineConfig, EngineError, JobOptions, RecoverPolicy};
+use connexa_core::engine::{
+    Engine, EngineConfig, EngineError, JobOptions, ReconcileReport, RecoverPolicy,
+};
 use connexa_core::ports::*;
 use support::{Fault, FaultStore, Method};
 use tokio::sync::Semaphore;
@@ -1196,7 +1198,8 @@ async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_i
             roles: vec![WorkerRole::Services],
             lease: Duration::from_secs(3),
             heartbeat_interval: Duration::from_millis(50),
-            reconcile_interval: Duration::from_secs(1),
+            // Longer than half the lease: the margin is half the lease (1.5 s).
+            reconcile_interval: Duration::from_secs(10),
             ..config(4)
         },
     );
@@ -1206,7 +1209,8 @@ async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_i
     assert_eq!(launcher.running().await.len(), 3);
 
     // Cut off: every heartbeat fails. The services stop here before the lease
-    // (3 s after the last good beat) ends: at 3 s less the margin (1 s).
+    // (3 s after the last good beat) ends: at 3 s less the margin (1.5 s) —
+    // not at the first failed beat (a blip must not stop services).
     env.faults.always(Method::Heartbeat);
     let cut = tokio::time::Instant::now();
     let give_up = cut + Duration::from_secs(10);
@@ -1214,6 +1218,13 @@ async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_i
         assert!(tokio::time::Instant::now() < give_up, "services still run");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The last good beat was at most one interval (50 ms) before the cut:
+    // stopping earlier than 1.45 s after it is a stop before the margin.
+    let after = cut.elapsed();
+    assert!(
+        after >= Duration::from_millis(1_200),
+        "services stopped {after:?} after the heartbeats began to fail, before lease less margin"
+    );
     // The worker's row, read from the database, still says it is alive:
     // nobody could have taken its services yet.
     let row = env
@@ -1234,4 +1245,116 @@ async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_i
     assert_eq!(r.started, 3, "{r:?}");
     assert_eq!(launcher.running().await.len(), 3);
     e.deregister().await.unwrap();
+}
+
+/// An engine that did not register (one process on SQLite: no placement)
+/// reconciles without heartbeats: it never appears as a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_did_not_register_reconciles_without_becoming_a_worker() {
+    let env = env(3).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        config(4),
+    );
+    assert!(e.config().roles.contains(&WorkerRole::Services));
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(r.started, 3, "{r:?}");
+    assert_eq!(env.faults.calls(Method::Heartbeat), 0);
+    assert!(
+        env.real
+            .workers(chrono::Utc::now())
+            .await
+            .unwrap()
+            .is_empty(),
+        "an unregistered engine became a worker"
+    );
+}
+
+/// Placement on PostgreSQL: a second pass of a worker that runs its services
+/// changes nothing; a service pinned to another worker stops here (released,
+/// no event) and starts there; its node stays verified throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_service_placed_on_another_worker_is_released_here_and_started_there() {
+    let db = common::postgres().await;
+    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let ids = common::seed(real.as_ref(), 3).await;
+    let faults = FaultStore::new(Arc::clone(&real));
+    let env = Env {
+        db,
+        real,
+        faults,
+        ids,
+    };
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let worker = |name: &str, launcher: &Arc<MemLauncher>| {
+        Engine::new(
+            Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+            prober(Answer::Hang),
+            Arc::new(Hanging),
+            Arc::clone(launcher) as Arc<dyn ServiceLauncher>,
+            EngineConfig {
+                worker: name.into(),
+                roles: vec![WorkerRole::Services],
+                lease: Duration::from_secs(30),
+                heartbeat_interval: Duration::from_secs(5),
+                ..config(4)
+            },
+        )
+    };
+    let (la, lb) = (
+        Arc::new(MemLauncher::default()),
+        Arc::new(MemLauncher::default()),
+    );
+    let a = worker("a", &la);
+    a.register().await.unwrap();
+    let r = a.reconcile().await.unwrap();
+    assert_eq!(r.started, 3, "{r:?}");
+    // A second pass: everything runs where it is placed.
+    let r = a.reconcile().await.unwrap();
+    assert_eq!(r, ReconcileReport::default());
+    assert_eq!(
+        (la.running().await.len(), la.starts.load(Ordering::SeqCst)),
+        (3, 3)
+    );
+
+    let b = worker("b", &lb);
+    b.register().await.unwrap();
+    let moved = env.ids[0];
+    env.real
+        .pin_services(&[moved], Some("b".into()))
+        .await
+        .unwrap();
+    let r = a.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            released: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    let mut here = la.running().await;
+    here.sort_unstable();
+    assert_eq!(here, env.ids[1..].to_vec());
+    let r = b.reconcile().await.unwrap();
+    assert_eq!(r.started, 1, "{r:?}");
+    assert_eq!(lb.running().await, vec![moved]);
+    for id in &env.ids {
+        let n = env.real.get(*id).await.unwrap().unwrap();
+        assert!(n.status.is_verified(), "{id}: {}", n.status);
+    }
+    a.deregister().await.unwrap();
+    b.deregister().await.unwrap();
 }
