@@ -1358,3 +1358,38 @@ async fn postgres_a_service_placed_on_another_worker_is_released_here_and_starte
     a.deregister().await.unwrap();
     b.deregister().await.unwrap();
 }
+
+/// A service whose node was deleted while it ran (its row is gone, so no
+/// query of wanted or stale services finds it) is stopped by the next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_node_was_deleted_is_stopped_by_the_next_pass() {
+    let env = env(2).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        config(4),
+    );
+    assert_eq!(e.reconcile().await.unwrap().started, 2);
+    let gone = env.ids[0];
+    assert_eq!(
+        env.real.delete(&NodeFilter::ids(vec![gone])).await.unwrap(),
+        1
+    );
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            stopped: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    assert_eq!(launcher.running().await, vec![env.ids[1]]);
+}
