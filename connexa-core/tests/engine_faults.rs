@@ -972,6 +972,9 @@ async fn a_job_cancelled_in_the_store_stays_cancelled_when_its_last_items_end() 
 struct MemLauncher {
     running: std::sync::Mutex<std::collections::HashSet<NodeId>>,
     starts: AtomicU64,
+    /// With a gate, each health check first takes a permit from it.
+    health_gate: Option<Arc<Semaphore>>,
+    checks: AtomicU64,
 }
 
 #[async_trait]
@@ -997,6 +1000,10 @@ impl ServiceLauncher for MemLauncher {
         }
     }
     async fn health(&self, _node: &Node) -> Health {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        if let Some(g) = &self.health_gate {
+            g.acquire().await.expect("gate open").forget();
+        }
         Health::Healthy
     }
     async fn running(&self) -> Vec<NodeId> {
@@ -1392,4 +1399,97 @@ async fn a_service_whose_node_was_deleted_is_stopped_by_the_next_pass() {
         }
     );
     assert_eq!(launcher.running().await, vec![env.ids[1]]);
+}
+
+/// Nodes a health check holds (the monitor's guard) are left alone by a
+/// reconciler pass and counted as skipped, also a service to release; the
+/// next pass releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_services_the_monitor_holds_are_skipped_and_counted() {
+    let db = common::postgres().await;
+    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let ids = common::seed(real.as_ref(), 3).await;
+    let faults = FaultStore::new(Arc::clone(&real));
+    let env = Env {
+        db,
+        real,
+        faults,
+        ids,
+    };
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let launcher = Arc::new(MemLauncher {
+        health_gate: Some(Arc::clone(&gate)),
+        ..MemLauncher::default()
+    });
+    let a = Arc::new(Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            worker: "a".into(),
+            roles: vec![WorkerRole::Services],
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            service_concurrency: 8,
+            ..config(4)
+        },
+    ));
+    a.register().await.unwrap();
+    assert_eq!(a.reconcile().await.unwrap().started, 3);
+    // Another live services worker, and one service pinned to it.
+    let b = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::new(MemLauncher::default()) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            worker: "b".into(),
+            roles: vec![WorkerRole::Services],
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            ..config(4)
+        },
+    );
+    b.register().await.unwrap();
+    env.real
+        .pin_services(&[env.ids[0]], Some("b".into()))
+        .await
+        .unwrap();
+    // The monitor checks all three and waits at the gate, holding them.
+    let monitor = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move { a.monitor().await }
+    });
+    until("the monitor holds every node", || {
+        launcher.checks.load(Ordering::SeqCst) == 3
+    })
+    .await;
+    let r = a.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            skipped_busy: 3,
+            ..ReconcileReport::default()
+        },
+        "one to release, two to keep running: all held"
+    );
+    assert_eq!(launcher.running().await.len(), 3);
+    gate.add_permits(3);
+    monitor.await.unwrap().unwrap();
+    let r = a.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            released: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    a.deregister().await.unwrap();
+    b.deregister().await.unwrap();
 }
