@@ -1493,3 +1493,80 @@ async fn postgres_services_the_monitor_holds_are_skipped_and_counted() {
     a.deregister().await.unwrap();
     b.deregister().await.unwrap();
 }
+
+/// The restart requests (`connexa service restart`): a running wanted service
+/// is stopped and started again in one pass and its request cleared; the
+/// request of a service no longer wanted is cleared too (nothing to restart),
+/// and that service stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_requests_restart_running_services_and_are_cleared() {
+    let env = env(2).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        config(4),
+    );
+    assert_eq!(e.reconcile().await.unwrap().started, 2);
+    let requested = |env: &Env| {
+        let real = Arc::clone(&env.real);
+        async move {
+            let mut r: Vec<NodeId> = real
+                .service_runtime(&[])
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.restart_requested_at.is_some())
+                .map(|r| r.node)
+                .collect();
+            r.sort_unstable();
+            r
+        }
+    };
+    let (a, b) = (env.ids[0], env.ids[1]);
+    env.real
+        .request_service_restart(&[a], chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(requested(&env).await, vec![a]);
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            restarted: 1,
+            started: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    assert_eq!(launcher.starts.load(Ordering::SeqCst), 3);
+    assert!(requested(&env).await.is_empty());
+    // A request for a service that is then no longer wanted.
+    env.real
+        .request_service_restart(&[b], chrono::Utc::now())
+        .await
+        .unwrap();
+    env.real
+        .set_service_wanted(&NodeFilter::ids(vec![b]), false)
+        .await
+        .unwrap();
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            stopped: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    assert!(
+        requested(&env).await.is_empty(),
+        "the request of an unwanted service stays"
+    );
+    assert_eq!(launcher.running().await, vec![a]);
+}
