@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
-use connexa_core::domain::{FilterError, NodeFilter, Risk, SelectionError, SortKey, Status};
+use connexa_core::domain::{NodeFilter, Risk, SortKey, Status, Words};
 
 /// Which nodes.
 #[derive(Debug, Clone, Default, Args)]
@@ -65,7 +65,7 @@ pub struct FilterArgs {
     #[arg(long)]
     pub not_wanted: bool,
     /// Fraud score at most SCORE (0-100; `test fraud`); nodes never scored do not match.
-    #[arg(long, value_name = "SCORE", value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[arg(long, value_name = "SCORE")]
     pub fraud_max: Option<u8>,
     /// Only nodes of this fraud risk (repeatable or comma-separated): low, medium, high, very_high.
     #[arg(long, value_name = "RISK", value_delimiter = ',', value_parser = parse_risk)]
@@ -124,45 +124,29 @@ impl FilterArgs {
     /// ([`NodeFilter::validate`]); a bad value is a usage error.
     pub fn validated(&self) -> anyhow::Result<NodeFilter> {
         let f = self.to_filter();
-        f.validate().map_err(|e| {
-            crate::exit::fail(
-                crate::exit::Exit::Usage,
-                cli_words(&SelectionError::Filter(e)),
-            )
-        })?;
+        f.validate()
+            .map_err(|e| crate::exit::fail(crate::exit::Exit::Usage, e.message(&CLI_WORDS)))?;
         Ok(f)
-    }
-
-    /// `true` when no filter was given.
-    pub fn is_empty(&self) -> bool {
-        self.to_filter() == NodeFilter::all()
     }
 }
 
-/// A selection error in the command line's words (`--zip`, `--all`).
-pub fn cli_words(e: &SelectionError) -> String {
-    let flag = |field: &str| match field {
+/// How the CLI spells the words of connexa-core's refusals
+/// ([`Words`]): options as flags (`--zip`, `--min-speed`, `--timeout`), and
+/// `filters` and `--all`. The refusals are the core's, the same as the HTTP API's.
+pub const CLI_WORDS: Words = Words {
+    field: flag,
+    filter: "filters",
+    all: "--all",
+};
+
+fn flag(field: &str) -> String {
+    match field {
         "zipcode" => "--zip".to_owned(),
         "min_down_mbps" => "--min-speed".to_owned(),
         "max_down_mbps" => "--max-speed".to_owned(),
-        f => format!("--{f}"),
-    };
-    match e {
-        SelectionError::Ambiguous => "give node ids or filters (or --all), not both".into(),
-        SelectionError::Nothing => "nothing selected: give node ids, filters, or --all".into(),
-        SelectionError::FilterSelectsAll => {
-            "the filters select every node: to select every node say --all".into()
-        }
-        SelectionError::Filter(
-            FilterError::ControlCharacter { field }
-            | FilterError::EmptyText { field }
-            | FilterError::TooLong { field }
-            | FilterError::BadSpeed { field },
-        ) => {
-            let msg = e.to_string();
-            msg.replacen(field, &flag(field), 1)
-        }
-        other => other.to_string(),
+        "node_timeout_secs" => "--timeout".to_owned(),
+        "deadline_secs" => "--deadline".to_owned(),
+        f => format!("--{}", f.replace('_', "-")),
     }
 }
 
@@ -185,13 +169,11 @@ fn parse_asn(s: &str) -> Result<u32, String> {
         .map_err(|_| format!("{s:?} is not an AS number (e.g. AS7922 or 7922)"))
 }
 
+/// A number; its range is connexa-core's to check ([`NodeFilter::validate`]).
 fn parse_speed(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a speed in Mbit/s (a non-negative number)"
-        )),
-    }
+    s.trim()
+        .parse::<f64>()
+        .map_err(|_| format!("{s:?} is not a speed in Mbit/s (a number)"))
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -254,7 +236,7 @@ mod tests {
         assert_eq!(f.zipcode.as_deref(), Some("750"));
         assert_eq!(f.min_down_mbps, Some(2.0));
         assert_eq!(f.has_service, Some(false));
-        assert!(FilterArgs::default().is_empty());
+        assert!(FilterArgs::default().to_filter().is_everything());
     }
 
     #[test]
@@ -263,7 +245,18 @@ mod tests {
         assert!(e.contains("speed_ok") && e.contains("fast"), "{e}");
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("2026-01-31T12:00:00+02:00").is_ok());
-        assert!(parse_speed("-1").is_err());
+        // A number parses; its range is the core's (the same refusal as the API's).
+        assert_eq!(parse_speed("-1"), Ok(-1.0));
+        assert!(parse_speed("fast").is_err());
+        let f = FilterArgs {
+            min_speed: Some(-1.0),
+            ..FilterArgs::default()
+        };
+        let e = f.to_filter().validate().unwrap_err();
+        assert_eq!(
+            e.message(&CLI_WORDS),
+            "--min-speed: must be a number of Mbit/s from 0 to 1000000"
+        );
         assert_eq!(parse_asn("AS7922"), Ok(7922));
         assert_eq!(parse_asn("7922"), Ok(7922));
         assert!(parse_asn("ASX").is_err());

@@ -1355,7 +1355,7 @@ fn test_needs_a_selection() {
     let out = env.cmd(&["test", "light"]).output().unwrap();
     assert!(one_line_error(&out, 2).contains("nothing selected"));
     let out = env.cmd(&["test", "light", "1", "--all"]).output().unwrap();
-    assert!(one_line_error(&out, 2).contains("not both"));
+    assert!(one_line_error(&out, 2).contains("give exactly one of"));
     let out = env
         .cmd(&["test", "light", "--all", "--timeout=0"])
         .output()

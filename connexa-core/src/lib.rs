@@ -95,7 +95,7 @@ pub use domain::{
     Event, EventKind, Job, JobId, JobKind, JobState, Level, Location, NewNode, Node, NodeFilter,
     NodeId, Outcome, Page, Progress, Refused, Secret, Selection, Status, transition,
 };
-pub use engine::{Engine, EngineConfig, EngineError, JobOptions};
+pub use engine::{Engine, EngineConfig, EngineError, JobOptions, JobOptionsError};
 pub use ports::{NodeStore, Prober, ServiceLauncher, SpeedTester};
 pub use runtime::NetworkPorts;
 pub use store::SqlStore;

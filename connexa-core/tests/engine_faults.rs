@@ -975,6 +975,8 @@ struct MemLauncher {
     /// With a gate, each health check first takes a permit from it.
     health_gate: Option<Arc<Semaphore>>,
     checks: AtomicU64,
+    /// With a gate, each start (after counting itself) takes a permit from it.
+    start_gate: Option<Arc<Semaphore>>,
 }
 
 #[async_trait]
@@ -985,6 +987,9 @@ impl ServiceLauncher for MemLauncher {
         previous: Option<ServiceEndpoint>,
     ) -> Result<ServiceEndpoint, ServiceError> {
         self.starts.fetch_add(1, Ordering::SeqCst);
+        if let Some(g) = &self.start_gate {
+            g.acquire().await.expect("gate open").forget();
+        }
         self.running.lock().unwrap().insert(node.id);
         Ok(previous.unwrap_or_else(|| ServiceEndpoint {
             host: "127.0.0.1".into(),
@@ -1569,4 +1574,88 @@ async fn restart_requests_restart_running_services_and_are_cleared() {
         "the request of an unwanted service stays"
     );
     assert_eq!(launcher.running().await, vec![a]);
+}
+
+/// Fencing of a start: a service whose placement moved to another worker
+/// while it was starting here (this worker was slow, or presumed dead) is
+/// stopped again and its endpoint not recorded; the other worker starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_service_placed_elsewhere_during_its_start_is_stopped_and_not_recorded() {
+    let db = common::postgres().await;
+    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let ids = common::seed(real.as_ref(), 1).await;
+    let faults = FaultStore::new(Arc::clone(&real));
+    let env = Env {
+        db,
+        real,
+        faults,
+        ids,
+    };
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let worker = |name: &str, launcher: &Arc<MemLauncher>| {
+        Arc::new(Engine::new(
+            Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+            prober(Answer::Hang),
+            Arc::new(Hanging),
+            Arc::clone(launcher) as Arc<dyn ServiceLauncher>,
+            EngineConfig {
+                worker: name.into(),
+                roles: vec![WorkerRole::Services],
+                lease: Duration::from_secs(30),
+                heartbeat_interval: Duration::from_secs(5),
+                ..config(4)
+            },
+        ))
+    };
+    let gate = Arc::new(Semaphore::new(0));
+    let la = Arc::new(MemLauncher {
+        start_gate: Some(Arc::clone(&gate)),
+        ..MemLauncher::default()
+    });
+    let lb = Arc::new(MemLauncher::default());
+    let a = worker("a", &la);
+    a.register().await.unwrap();
+    let pass = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move { a.reconcile().await }
+    });
+    until("the start began", || la.starts.load(Ordering::SeqCst) == 1).await;
+    // Meanwhile the service moves to b (pinned there, b alive).
+    let b = worker("b", &lb);
+    b.register().await.unwrap();
+    let node = env.ids[0];
+    env.real
+        .pin_services(&[node], Some("b".into()))
+        .await
+        .unwrap();
+    let on_b = env
+        .real
+        .place_services("b", chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(on_b, Some(vec![node]));
+    gate.add_permits(1);
+    let r = pass.await.unwrap().unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            released: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    assert!(la.running().await.is_empty());
+    let n = env.real.get(node).await.unwrap().unwrap();
+    assert!(
+        n.service.is_none(),
+        "the endpoint started on a was recorded: {n:?}"
+    );
+    assert_eq!(n.status, Status::SpeedOk);
+    assert_eq!(b.reconcile().await.unwrap().started, 1);
+    assert_eq!(lb.running().await, vec![node]);
+    a.deregister().await.unwrap();
+    b.deregister().await.unwrap();
 }

@@ -42,11 +42,11 @@ pub struct RetestArgs {
     /// The job whose failed nodes to test again.
     id: i64,
     /// Time budget per node, in seconds [default: twice the job's].
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     timeout: Option<f64>,
-    /// Nodes tested at once [default: from the config file].
-    #[arg(long)]
-    concurrency: Option<usize>,
+    /// Nodes tested at once, 1 to 100000 [default: from the config file].
+    #[arg(long, allow_negative_numbers = true)]
+    concurrency: Option<i64>,
 }
 
 /// `jobs list`.
@@ -140,7 +140,7 @@ pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
         }
         JobsCommand::RetestFailed(a) => {
             let job = store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
-            let options = super::test::job_options(job.kind, a.timeout, a.concurrency)?;
+            let options = super::test::job_options(job.kind, a.concurrency, a.timeout, None)?;
             let (new, used) = match engine.retest_failed(job.id, options).await {
                 Ok(r) => r,
                 Err(EngineError::Store(StoreError::NothingSelected)) => {

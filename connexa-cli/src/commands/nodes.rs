@@ -595,12 +595,6 @@ struct DeleteJson {
 }
 
 async fn delete(ctx: &Ctx, a: DeleteArgs) -> anyhow::Result<Exit> {
-    if a.ids.is_empty() && a.filter.is_empty() && !a.all {
-        return Err(fail(
-            Exit::Usage,
-            "nothing selected: give node ids, filters, or --all to delete every node",
-        ));
-    }
     let selection = super::test::selection(&a.ids, &a.filter, a.all)?;
     let store = ctx.store().await?;
     if let Selection::Ids(ids) = &selection {

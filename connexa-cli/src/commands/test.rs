@@ -3,7 +3,6 @@
 //! or, with `--detach`, queues it for a `connexa run` process.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use connexa_core::domain::{NodeId, Selection};
@@ -50,12 +49,16 @@ pub struct TestArgs {
     /// Test every node.
     #[arg(long)]
     pub all: bool,
-    /// Nodes tested at once [default: from the config file, else sized to the open-file limit].
-    #[arg(long)]
-    pub concurrency: Option<usize>,
-    /// Time budget per node, in seconds.
-    #[arg(long, value_name = "SECONDS")]
+    /// Nodes tested at once, 1 to 100000 [default: from the config file, else sized to the open-file limit].
+    #[arg(long, allow_negative_numbers = true)]
+    pub concurrency: Option<i64>,
+    /// Time budget per node, in seconds (at least the kind's minimum, at most 604800).
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
+    /// Job deadline, in seconds from now (at most 604800): items not finished
+    /// by then end timed_out, without changing any node's status.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub deadline: Option<f64>,
     /// Only queue the job and print its id; `connexa run` (or `run --once`) runs it.
     #[arg(long)]
     pub detach: bool,
@@ -99,14 +102,15 @@ pub fn selection(ids: &[i64], filter: &FilterArgs, all: bool) -> anyhow::Result<
     let ids = (!ids.is_empty()).then(|| ids.iter().copied().map(NodeId).collect());
     let filter = filter.to_filter();
     let filter = (!filter.is_everything()).then_some(filter);
-    Selection::new(ids, filter, all).map_err(|e| fail(Exit::Usage, crate::filter::cli_words(&e)))
+    Selection::new(ids, filter, all)
+        .map_err(|e| fail(Exit::Usage, e.message(&crate::filter::CLI_WORDS)))
 }
 
 /// Starts the job (or queues it with `--detach`), follows it to the end, prints the summary.
 pub async fn exec(ctx: &Ctx, a: TestArgs) -> anyhow::Result<Exit> {
     let selection = selection(&a.ids, &a.filter, a.all)?;
     let kind = JobKind::from(a.kind);
-    let options = job_options(kind, a.timeout, a.concurrency)?;
+    let options = job_options(kind, a.concurrency, a.timeout, a.deadline)?;
     let store = ctx.store().await?;
     let filter = ops::selected(store.as_ref(), &selection).await?;
     if a.detach {
@@ -164,31 +168,17 @@ fn enrichment_missing(ctx: &Ctx, kind: JobKind) -> Option<&'static str> {
     }
 }
 
-/// Job options from `--timeout` and `--concurrency`, checked (a `--timeout`
-/// below the kind's minimum is a usage error, see [`JobOptions::validate`]).
+/// Job options from `--concurrency`, `--timeout` and `--deadline`, within
+/// connexa-core's one set of limits ([`JobOptions::checked`], the HTTP API's
+/// too); a refusal is a usage error in the CLI's words.
 pub fn job_options(
     kind: JobKind,
+    concurrency: Option<i64>,
     timeout: Option<f64>,
-    concurrency: Option<usize>,
+    deadline: Option<f64>,
 ) -> anyhow::Result<JobOptions> {
-    if let Some(t) = timeout.filter(|t| !(t.is_finite() && *t > 0.0)) {
-        return Err(fail(
-            Exit::Usage,
-            format!("--timeout must be a positive number of seconds, not {t}"),
-        ));
-    }
-    if concurrency == Some(0) {
-        return Err(fail(Exit::Usage, "--concurrency must be at least 1"));
-    }
-    let mut options = JobOptions::default();
-    if let Some(t) = timeout {
-        options = options.node_timeout(Duration::from_secs_f64(t));
-    }
-    if let Some(n) = concurrency {
-        options = options.concurrency(n);
-    }
-    options
-        .validate(kind)
-        .map_err(|e| fail(Exit::Usage, format_args!("--timeout: {e}")))?;
-    Ok(options)
+    // A negative count is refused like 0 (the same limit).
+    let concurrency = concurrency.map(|n| u64::try_from(n).unwrap_or(0));
+    JobOptions::checked(kind, concurrency, timeout, deadline)
+        .map_err(|e| fail(Exit::Usage, e.message(&crate::filter::CLI_WORDS)))
 }

@@ -23,7 +23,7 @@ pub use node::{
 };
 pub use outcome::{Failure, Measurements, Outcome, control_result_meaning};
 pub use secret::Secret;
-pub use selection::{FilterError, Selection, SelectionError};
+pub use selection::{FilterError, Selection, SelectionError, Words};
 pub use status::{Level, Status, UnknownStatus};
 pub use transition::{Event, EventKind, Refused, transition};
 

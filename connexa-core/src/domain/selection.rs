@@ -18,43 +18,40 @@ use super::{NodeFilter, NodeId};
 #[non_exhaustive]
 pub enum FilterError {
     /// A text filter holds a control character (NUL, escape, newline, ...).
-    #[error("{field}: control characters are not allowed")]
+    #[error("{}", self.message(&Words::API))]
     ControlCharacter {
         /// The filter field.
         field: &'static str,
     },
     /// A text filter is empty (it would match every node).
-    #[error("{field}: empty; leave the filter out to match any value")]
+    #[error("{}", self.message(&Words::API))]
     EmptyText {
         /// The filter field.
         field: &'static str,
     },
     /// A text filter is longer than [`NodeFilter::MAX_TEXT`] characters.
-    #[error("{field}: at most {max} characters", max = NodeFilter::MAX_TEXT)]
+    #[error("{}", self.message(&Words::API))]
     TooLong {
         /// The filter field.
         field: &'static str,
     },
     /// A speed bound is negative, not finite or larger than [`NodeFilter::MAX_MBPS`].
-    #[error(
-        "{field}: must be a number of Mbit/s from 0 to {max}",
-        max = NodeFilter::MAX_MBPS
-    )]
+    #[error("{}", self.message(&Words::API))]
     BadSpeed {
         /// The filter field.
         field: &'static str,
     },
     /// A fraud score bound outside 0..=100.
-    #[error("fraud_max must be a score from 0 to 100")]
+    #[error("{}", self.message(&Words::API))]
     BadFraudScore,
     /// The id list is empty (it would select nothing).
-    #[error("ids: empty; give at least one node id")]
+    #[error("{}", self.message(&Words::API))]
     NoIds,
     /// The id list is longer than [`Selection::MAX_IDS`].
-    #[error("ids: at most {max} ids in one selection", max = Selection::MAX_IDS)]
+    #[error("{}", self.message(&Words::API))]
     TooManyIds,
     /// A node id is not positive.
-    #[error("ids: {0} is not a node id")]
+    #[error("{}", self.message(&Words::API))]
     BadId(i64),
 }
 
@@ -148,17 +145,112 @@ pub enum Selection {
 #[non_exhaustive]
 pub enum SelectionError {
     /// More than one of ids, filter and all were given.
-    #[error("give exactly one of: node ids, a filter, or all")]
+    #[error("{}", self.message(&Words::API))]
     Ambiguous,
     /// None of ids, filter and all were given.
-    #[error("nothing selected: give node ids, a filter, or all")]
+    #[error("{}", self.message(&Words::API))]
     Nothing,
     /// The filter has no condition: it would select every node without saying so.
-    #[error("the filter is empty and would select every node; to select every node say all")]
+    #[error("{}", self.message(&Words::API))]
     FilterSelectsAll,
     /// A field of the filter or the id list is invalid.
     #[error(transparent)]
     Filter(#[from] FilterError),
+}
+
+/// How a frontend spells the words of a refusal: its names of the fields and
+/// its way of saying "a filter" and "every node". The refusals themselves
+/// (which input is refused, and the rest of each message) are the same
+/// everywhere: [`SelectionError::message`], [`FilterError::message`],
+/// [`JobOptionsError::message`](crate::engine::JobOptionsError::message).
+#[derive(Debug, Clone, Copy)]
+pub struct Words {
+    /// A field's name as the frontend spells it, from its name in the JSON
+    /// form (`ip`, `zipcode`, `min_down_mbps`, `node_timeout_secs`, ...).
+    pub field: fn(&str) -> String,
+    /// How the frontend says "a filter" (`a filter`, `filters`).
+    pub filter: &'static str,
+    /// How the frontend says "every node" (`all`, `--all`).
+    pub all: &'static str,
+}
+
+fn json_name(field: &str) -> String {
+    field.to_owned()
+}
+
+impl Words {
+    /// The HTTP API's (and the `Display` of the errors): the JSON names.
+    pub const API: Words = Words {
+        field: json_name,
+        filter: "a filter",
+        all: "all",
+    };
+
+    fn name(&self, field: &str) -> String {
+        (self.field)(field)
+    }
+}
+
+impl FilterError {
+    /// The refusal, in `words`.
+    ///
+    /// ```
+    /// use connexa_core::domain::{FilterError, Words};
+    /// let e = FilterError::ControlCharacter { field: "zipcode" };
+    /// assert_eq!(e.to_string(), "zipcode: control characters are not allowed");
+    /// let cli = Words { field: |f| format!("--{}", f.replace('_', "-")), filter: "filters", all: "--all" };
+    /// assert_eq!(e.message(&cli), "--zipcode: control characters are not allowed");
+    /// ```
+    pub fn message(&self, words: &Words) -> String {
+        match self {
+            FilterError::ControlCharacter { field } => {
+                format!("{}: control characters are not allowed", words.name(field))
+            }
+            FilterError::EmptyText { field } => format!(
+                "{}: empty; leave the filter out to match any value",
+                words.name(field)
+            ),
+            FilterError::TooLong { field } => format!(
+                "{}: at most {} characters",
+                words.name(field),
+                NodeFilter::MAX_TEXT
+            ),
+            FilterError::BadSpeed { field } => format!(
+                "{}: must be a number of Mbit/s from 0 to {}",
+                words.name(field),
+                NodeFilter::MAX_MBPS
+            ),
+            FilterError::BadFraudScore => {
+                format!("{}: must be a score from 0 to 100", words.name("fraud_max"))
+            }
+            FilterError::NoIds => "ids: empty; give at least one node id".into(),
+            FilterError::TooManyIds => {
+                format!("ids: at most {} ids in one selection", Selection::MAX_IDS)
+            }
+            FilterError::BadId(id) => format!("ids: {id} is not a node id"),
+        }
+    }
+}
+
+impl SelectionError {
+    /// The refusal, in `words`.
+    pub fn message(&self, words: &Words) -> String {
+        match self {
+            SelectionError::Ambiguous => format!(
+                "give exactly one of: node ids, {}, or {}",
+                words.filter, words.all
+            ),
+            SelectionError::Nothing => format!(
+                "nothing selected: give node ids, {}, or {}",
+                words.filter, words.all
+            ),
+            SelectionError::FilterSelectsAll => format!(
+                "no filter narrows the selection: to select every node say {}",
+                words.all
+            ),
+            SelectionError::Filter(e) => e.message(words),
+        }
+    }
 }
 
 impl Selection {

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::domain::{NodeFilter, NodeId, Status};
+use crate::domain::{NodeFilter, NodeId, Status, Words};
 use crate::ports::{
     FraudScorer, GeoLookup, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, NodeStore,
     Prober, Progress, ServiceLauncher, SpeedTester, StoreError, WorkerRegistration, WorkerRole,
@@ -308,6 +308,103 @@ pub struct BudgetTooShort {
     pub given: Duration,
     /// The smallest budget accepted for `kind`.
     pub minimum: Duration,
+}
+
+/// Options a frontend may not ask for ([`JobOptions::checked`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobOptionsError {
+    /// Concurrency 0 or above [`JobOptions::MAX_CONCURRENCY`].
+    #[error("{}", self.message(&Words::API))]
+    Concurrency,
+    /// A time (`node_timeout_secs` or `deadline_secs`) that is not a number
+    /// of seconds above 0 and at most [`JobOptions::MAX_SECONDS`].
+    #[error("{}", self.message(&Words::API))]
+    Seconds {
+        /// The field (its JSON name).
+        field: &'static str,
+    },
+    /// The per-node budget is below the kind's minimum.
+    #[error("{}", self.message(&Words::API))]
+    Budget(BudgetTooShort),
+}
+
+impl JobOptionsError {
+    /// The refusal, in `words` (see [`Words`]).
+    pub fn message(&self, words: &Words) -> String {
+        match self {
+            JobOptionsError::Concurrency => format!(
+                "{}: between 1 and {}",
+                (words.field)("concurrency"),
+                JobOptions::MAX_CONCURRENCY
+            ),
+            JobOptionsError::Seconds { field } => format!(
+                "{}: a number of seconds above 0 and at most {}",
+                (words.field)(field),
+                JobOptions::MAX_SECONDS
+            ),
+            JobOptionsError::Budget(e) => format!("{}: {e}", (words.field)("node_timeout_secs")),
+        }
+    }
+}
+
+impl JobOptions {
+    /// The most items at once a job may ask for.
+    pub const MAX_CONCURRENCY: u64 = 100_000;
+    /// The longest per-node budget or job deadline, in seconds (7 days).
+    pub const MAX_SECONDS: f64 = 604_800.0;
+
+    /// The options of a job of `kind` from the numbers a frontend was given
+    /// (the CLI's `--concurrency`, `--timeout`, `--deadline`; the API's
+    /// `concurrency`, `node_timeout_secs`, `deadline_secs`), within the one
+    /// set of limits: concurrency 1 to [`MAX_CONCURRENCY`](Self::MAX_CONCURRENCY),
+    /// times above 0 and at most [`MAX_SECONDS`](Self::MAX_SECONDS), the
+    /// per-node budget at least the kind's minimum ([`validate`](Self::validate)).
+    ///
+    /// ```
+    /// use connexa_core::engine::{JobOptions, JobOptionsError};
+    /// use connexa_core::ports::JobKind;
+    /// assert_eq!(JobOptions::checked(JobKind::Light, Some(0), None, None), Err(JobOptionsError::Concurrency));
+    /// let e = JobOptions::checked(JobKind::Light, None, None, Some(-1.0)).unwrap_err();
+    /// assert_eq!(e.to_string(), "deadline_secs: a number of seconds above 0 and at most 604800");
+    /// let o = JobOptions::checked(JobKind::Light, Some(8), Some(12.5), None).unwrap();
+    /// assert_eq!((o.concurrency, o.node_timeout_ms), (Some(8), Some(12_500)));
+    /// ```
+    ///
+    /// # Errors
+    /// The first limit broken, in the order of the arguments.
+    pub fn checked(
+        kind: JobKind,
+        concurrency: Option<u64>,
+        node_timeout_secs: Option<f64>,
+        deadline_secs: Option<f64>,
+    ) -> Result<Self, JobOptionsError> {
+        let secs = |field: &'static str, v: Option<f64>| {
+            v.map(|s| {
+                if s.is_finite() && s > 0.0 && s <= Self::MAX_SECONDS {
+                    Duration::try_from_secs_f64(s).map_err(|_| JobOptionsError::Seconds { field })
+                } else {
+                    Err(JobOptionsError::Seconds { field })
+                }
+            })
+            .transpose()
+        };
+        let mut o = JobOptions::default();
+        if let Some(n) = concurrency {
+            if n == 0 || n > Self::MAX_CONCURRENCY {
+                return Err(JobOptionsError::Concurrency);
+            }
+            o = o.concurrency(usize::try_from(n).map_err(|_| JobOptionsError::Concurrency)?);
+        }
+        if let Some(d) = secs("node_timeout_secs", node_timeout_secs)? {
+            o = o.node_timeout(d);
+        }
+        if let Some(d) = secs("deadline_secs", deadline_secs)? {
+            o = o.deadline(d);
+        }
+        o.validate(kind).map_err(JobOptionsError::Budget)?;
+        Ok(o)
+    }
 }
 
 fn millis(t: Duration) -> u64 {

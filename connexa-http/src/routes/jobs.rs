@@ -1,14 +1,13 @@
 //! `/api/v1/jobs`: create, list, show, cancel, and the live event stream.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, Utc};
 use connexa_core::domain::{NodeId, Status};
-use connexa_core::engine::{JobOptions, ProgressEvent};
+use connexa_core::engine::{JobOptions, JobOptionsError, ProgressEvent};
 use connexa_core::ops::{self, JobView};
 use connexa_core::ports::{ItemCursor, ItemId, ItemState, ItemView, JobId, JobKind, JobState};
 use futures::{Stream, StreamExt};
@@ -77,41 +76,25 @@ pub struct CreateJob {
     pub deadline_secs: Option<f64>,
 }
 
-fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, ApiError> {
-    v.map(|s| {
-        Duration::try_from_secs_f64(s)
-            .ok()
-            .filter(|d| !d.is_zero() && d.as_secs() <= 7 * 86_400)
-            .ok_or_else(|| ApiError::invalid_body(format!("{name}: between 0 and 604800 seconds")))
-    })
-    .transpose()
-}
-
-/// The options of a job of `kind` from a request's numbers, in the API's
-/// bounds, the per-node budget checked against the kind's minimum
-/// ([`JobOptions::validate`], the CLI's rule).
+/// The options of a job of `kind` from a request's numbers, within
+/// connexa-core's one set of limits ([`JobOptions::checked`], the CLI's too):
+/// a per-node budget below the kind's minimum is a `400`, any other limit a `422`.
 fn job_options(
     kind: JobKind,
     concurrency: Option<u32>,
     node_timeout_secs: Option<f64>,
     deadline_secs: Option<f64>,
 ) -> Result<JobOptions, ApiError> {
-    let mut o = JobOptions::default();
-    if let Some(n) = concurrency {
-        if n == 0 || n > 100_000 {
-            return Err(ApiError::invalid_body("concurrency: between 1 and 100000"));
-        }
-        o = o.concurrency(n as usize);
-    }
-    if let Some(d) = secs("node_timeout_secs", node_timeout_secs)? {
-        o = o.node_timeout(d);
-    }
-    if let Some(d) = secs("deadline_secs", deadline_secs)? {
-        o = o.deadline(d);
-    }
-    o.validate(kind)
-        .map_err(|e| ApiError::bad_request(format!("node_timeout_secs: {e}")))?;
-    Ok(o)
+    JobOptions::checked(
+        kind,
+        concurrency.map(u64::from),
+        node_timeout_secs,
+        deadline_secs,
+    )
+    .map_err(|e| match e {
+        JobOptionsError::Budget(_) => ApiError::bad_request(e.to_string()),
+        _ => ApiError::invalid_body(e.to_string()),
+    })
 }
 
 /// Starts a test job; follow it at `/jobs/{id}/events`.

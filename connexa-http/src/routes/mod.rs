@@ -13,7 +13,9 @@ pub mod token;
 pub mod workers;
 
 use chrono::{DateTime, Utc};
-use connexa_core::domain::{NodeFilter, NodeId, Page, Selection as CoreSelection, SortKey, Status};
+use connexa_core::domain::{
+    NodeFilter, NodeId, Page, Selection as CoreSelection, SortKey, Status, Words,
+};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -197,8 +199,27 @@ pub(crate) fn filter_from(p: FilterParts<'_>) -> Result<NodeFilter, ApiError> {
     };
     filter
         .validate()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(e.message(&QUERY_WORDS)))?;
     Ok(filter)
+}
+
+/// How a query string spells connexa-core's refusals ([`Words`]): its own
+/// parameter names (`zip`, `min_speed`, `max_speed`) and `all=true`. JSON
+/// bodies use the core's names ([`Words::API`]).
+pub(crate) const QUERY_WORDS: Words = Words {
+    field: query_name,
+    filter: "a filter",
+    all: "all=true",
+};
+
+fn query_name(field: &str) -> String {
+    match field {
+        "zipcode" => "zip",
+        "min_down_mbps" => "min_speed",
+        "max_down_mbps" => "max_speed",
+        f => f,
+    }
+    .to_owned()
 }
 
 /// A page request from `offset`, `limit`, `sort`, `desc`, `after`.

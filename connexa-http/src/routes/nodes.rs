@@ -2,9 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use connexa_core::domain::{
-    NodeFilter, NodeId, Selection as CoreSelection, SelectionError, SortKey,
-};
+use connexa_core::domain::{NodeFilter, NodeId, Selection as CoreSelection, SortKey};
 use connexa_core::engine::JobOptions;
 use connexa_core::import::NodeFields;
 use connexa_core::ops::{
@@ -336,24 +334,10 @@ pub async fn delete_matching(
     let filter = q.filter()?;
     // One rule (connexa-core's `Selection`): a filter must narrow, and every
     // node takes the explicit all=true.
-    let filter = if q.all.unwrap_or(false) {
-        if !filter.is_everything() {
-            return Err(ApiError::bad_request(
-                "all=true cannot be combined with filters",
-            ));
-        }
-        filter
-    } else {
-        match CoreSelection::filter(filter) {
-            Ok(sel) => sel.into_filter(),
-            Err(SelectionError::FilterSelectsAll) => {
-                return Err(ApiError::bad_request(
-                    "no filter given: to delete every node add all=true",
-                ));
-            }
-            Err(e) => return Err(ApiError::bad_request(e.to_string())),
-        }
-    };
+    let narrowing = (!filter.is_everything()).then_some(filter);
+    let filter = CoreSelection::new(None, narrowing, q.all.unwrap_or(false))
+        .map_err(|e| ApiError::bad_request(e.message(&super::QUERY_WORDS)))?
+        .into_filter();
     let only_ids = NodeFilter {
         ids: None,
         ..filter.clone()
