@@ -977,6 +977,8 @@ struct MemLauncher {
     checks: AtomicU64,
     /// With a gate, each start (after counting itself) takes a permit from it.
     start_gate: Option<Arc<Semaphore>>,
+    /// Starts of these nodes fail.
+    fail_starts: std::sync::Mutex<std::collections::HashSet<NodeId>>,
 }
 
 #[async_trait]
@@ -989,6 +991,9 @@ impl ServiceLauncher for MemLauncher {
         self.starts.fetch_add(1, Ordering::SeqCst);
         if let Some(g) = &self.start_gate {
             g.acquire().await.expect("gate open").forget();
+        }
+        if self.fail_starts.lock().unwrap().contains(&node.id) {
+            return Err(ServiceError::StartFailed("refused by the test".into()));
         }
         self.running.lock().unwrap().insert(node.id);
         Ok(previous.unwrap_or_else(|| ServiceEndpoint {
@@ -1574,6 +1579,32 @@ async fn restart_requests_restart_running_services_and_are_cleared() {
         "the request of an unwanted service stays"
     );
     assert_eq!(launcher.running().await, vec![a]);
+
+    // A service that does not run (it crashed) is started afresh: that is its
+    // restart, and its request is cleared; the request of a service whose
+    // start is deferred (it failed a moment ago) stays for a later pass.
+    env.real
+        .set_service_wanted(&NodeFilter::ids(vec![b]), true)
+        .await
+        .unwrap();
+    launcher.fail_starts.lock().unwrap().insert(b);
+    let r = e.reconcile().await.unwrap();
+    assert_eq!((r.start_failed, r.started), (1, 0), "{r:?}");
+    launcher.running.lock().unwrap().remove(&a);
+    env.real
+        .request_service_restart(&[a, b], chrono::Utc::now())
+        .await
+        .unwrap();
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            started: 1,
+            deferred: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    assert_eq!(requested(&env).await, vec![b]);
 }
 
 /// Fencing of a start: a service whose placement moved to another worker
