@@ -1690,3 +1690,54 @@ async fn postgres_a_service_placed_elsewhere_during_its_start_is_stopped_and_not
     a.deregister().await.unwrap();
     b.deregister().await.unwrap();
 }
+
+/// Restart requests in one pass with a running service (stopped and started
+/// again), a crashed one (started afresh: that is its restart) and one whose
+/// start is deferred (it failed a moment ago): the first two are settled, the
+/// deferred one keeps its request for a later pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_requests_of_fresh_starts_are_settled_and_deferred_ones_kept() {
+    let env = env(3).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let (a, b, c) = (env.ids[0], env.ids[1], env.ids[2]);
+    let launcher = Arc::new(MemLauncher::default());
+    launcher.fail_starts.lock().unwrap().insert(c);
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        config(4),
+    );
+    let r = e.reconcile().await.unwrap();
+    assert_eq!((r.started, r.start_failed), (2, 1), "{r:?}");
+    launcher.running.lock().unwrap().remove(&a);
+    env.real
+        .request_service_restart(&[a, b, c], chrono::Utc::now())
+        .await
+        .unwrap();
+    let r = e.reconcile().await.unwrap();
+    assert_eq!(
+        r,
+        ReconcileReport {
+            restarted: 1,
+            started: 2,
+            deferred: 1,
+            ..ReconcileReport::default()
+        }
+    );
+    let requested: Vec<NodeId> = env
+        .real
+        .service_runtime(&[])
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.restart_requested_at.is_some())
+        .map(|r| r.node)
+        .collect();
+    assert_eq!(requested, vec![c]);
+}
