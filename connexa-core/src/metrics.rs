@@ -184,7 +184,10 @@ impl Exposition {
     /// One family of gauges or counters: its label names, then each series'
     /// label values (in that order) and value. A counter value below 0 is
     /// written as 0. An invalid or repeated name, or a series with the wrong
-    /// number of label values, is logged and left out.
+    /// number of label values, is logged and left out. Within a family, the
+    /// `prometheus` crate keys a series by its label values joined without a
+    /// separator: `("ab", "c")` and `("a", "bc")` would be one series, so give
+    /// label values that cannot run into each other (ids, fixed words).
     pub fn family<I, V>(
         &mut self,
         name: &str,

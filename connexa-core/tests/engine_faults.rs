@@ -1235,11 +1235,12 @@ async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_i
         assert!(tokio::time::Instant::now() < give_up, "services still run");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The last good beat was at most one interval (50 ms) before the cut:
-    // stopping earlier than 1.45 s after it is a stop before the margin.
+    // The last good beat was at most one interval (50 ms) before the cut, so
+    // the stop is due 1.45 s after it at the earliest; a stop at the first
+    // failed beat comes ~50 ms after it (1 s leaves room for a late wake-up).
     let after = cut.elapsed();
     assert!(
-        after >= Duration::from_millis(1_200),
+        after >= Duration::from_millis(1_000),
         "services stopped {after:?} after the heartbeats began to fail, before lease less margin"
     );
     // The worker's row, read from the database, still says it is alive:
@@ -1297,8 +1298,9 @@ async fn an_engine_that_did_not_register_reconciles_without_becoming_a_worker() 
 }
 
 /// Placement on PostgreSQL: a second pass of a worker that runs its services
-/// changes nothing; a service pinned to another worker stops here (released,
-/// no event) and starts there; its node stays verified throughout.
+/// changes nothing; a service pinned to another worker stops here (released:
+/// not counted as stopped, no `ServiceStopped`) and starts there; its node is
+/// verified at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_service_placed_on_another_worker_is_released_here_and_started_there() {
     let db = common::postgres().await;

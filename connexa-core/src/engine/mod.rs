@@ -369,6 +369,9 @@ impl JobOptions {
     /// assert_eq!(e.to_string(), "deadline_secs: a number of seconds above 0 and at most 604800");
     /// let o = JobOptions::checked(JobKind::Light, Some(8), Some(12.5), None).unwrap();
     /// assert_eq!((o.concurrency, o.node_timeout_ms), (Some(8), Some(12_500)));
+    /// // Whole milliseconds, rounded up: never a deadline of 0.
+    /// let o = JobOptions::checked(JobKind::Geo, None, None, Some(0.0004)).unwrap();
+    /// assert_eq!(o.deadline_ms, Some(1));
     /// ```
     ///
     /// # Errors
@@ -379,10 +382,13 @@ impl JobOptions {
         node_timeout_secs: Option<f64>,
         deadline_secs: Option<f64>,
     ) -> Result<Self, JobOptionsError> {
+        // Stored in whole milliseconds: a time above 0 is rounded up, so that
+        // it never becomes a budget or deadline of 0.
         let secs = |field: &'static str, v: Option<f64>| {
             v.map(|s| {
                 if s.is_finite() && s > 0.0 && s <= Self::MAX_SECONDS {
-                    Duration::try_from_secs_f64(s).map_err(|_| JobOptionsError::Seconds { field })
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Ok(Duration::from_millis((s * 1000.0).ceil() as u64))
                 } else {
                     Err(JobOptionsError::Seconds { field })
                 }
