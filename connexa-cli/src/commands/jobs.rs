@@ -2,7 +2,7 @@
 //! (or every unfinished job at once: `jobs cancel --all`).
 
 use clap::{Args, Subcommand};
-use connexa_core::engine::EngineError;
+use connexa_core::engine::{Engine, EngineError};
 use connexa_core::ports::{JobId, StoreError};
 
 use crate::cli::Ctx;
@@ -78,118 +78,144 @@ pub struct CancelArgs {
 /// Runs a `jobs` subcommand.
 pub async fn exec(ctx: &Ctx, c: JobsCommand) -> anyhow::Result<Exit> {
     let engine = engine(ctx).await?;
-    let store = engine.store().clone();
-    let not_found = |id: i64| fail(Exit::NotFound, format!("no job with id {id}"));
     match c {
-        JobsCommand::List(a) => {
-            let jobs = store.jobs(a.limit).await?;
-            let mut t = Table::new(&[
-                "ID", "KIND", "STATE", "TOTAL", "DONE", "OK", "FAILED", "CREATED",
-            ]);
-            let mut json = Vec::new();
-            for j in jobs {
-                let p = store.progress(j.id).await?;
-                json.push(serde_json::json!({"id": j.id.0, "kind": j.kind.as_str(), "state": j.state.as_str(),
-                    "total": p.total, "done": p.done(), "ok": p.ok, "failed": p.failed + p.timed_out}));
-                t.row(vec![
-                    Cell::num(j.id.0 as u64),
-                    Cell::text(j.kind.as_str()),
-                    Cell::text(j.state.as_str()),
-                    Cell::num(p.total),
-                    Cell::num(p.done()),
-                    Cell::num(p.ok),
-                    Cell::num(p.failed + p.timed_out),
-                    Cell::text(j.created_at.format("%Y-%m-%d %H:%M:%S").to_string()),
-                ]);
-            }
-            if ctx.out.format == OutputFormat::Json {
-                ctx.out.json(&json)?;
-            } else {
-                ctx.out.table(&t)?;
-            }
-            Ok(Exit::Ok)
-        }
-        JobsCommand::Show(a) => {
-            let job = store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
-            let p = store.progress(job.id).await?;
-            let recent = store.recent_items(job.id, 10).await?;
-            if ctx.out.format == OutputFormat::Json {
-                ctx.out.json(&serde_json::json!({"id": job.id.0, "kind": job.kind.as_str(), "state": job.state.as_str(),
-                    "progress": p, "recent": recent.iter().map(|i| serde_json::json!({"node": i.node.0,
-                    "state": i.state.as_str(), "status": i.status.map(|s| s.as_str()), "detail": i.detail})).collect::<Vec<_>>()}))?;
-                return Ok(Exit::Ok);
-            }
-            ctx.out.line(format_args!(
-                "job #{} {} {}: {}/{} done ({:.1} %), ok {}, failed {}, timed out {}, cancelled {}, pending {}, running {}",
-                job.id, job.kind, job.state, p.done(), p.total, p.percent(), p.ok, p.failed, p.timed_out, p.cancelled, p.pending, p.running
-            ))?;
-            for i in recent {
-                ctx.out.line(format_args!(
-                    "  node {} {} {} {}",
-                    i.node,
-                    i.state,
-                    i.status.map(|s| s.as_str()).unwrap_or("-"),
-                    i.detail.unwrap_or_default()
-                ))?;
-            }
-            Ok(Exit::Ok)
-        }
+        JobsCommand::List(a) => list(ctx, &engine, a.limit).await,
+        JobsCommand::Show(a) => show(ctx, &engine, a.id).await,
         JobsCommand::Watch(a) => {
-            store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
+            known(&engine, a.id).await?;
             follow_and_report(ctx, &engine, JobId(a.id)).await
         }
-        JobsCommand::RetestFailed(a) => {
-            let job = store.job(JobId(a.id)).await.map_err(|_| not_found(a.id))?;
-            let options = super::test::job_options(job.kind, a.concurrency, a.timeout, None)?;
-            let (new, used) = match engine.retest_failed(job.id, options).await {
-                Ok(r) => r,
-                Err(EngineError::Store(StoreError::NothingSelected)) => {
-                    return Err(fail(
-                        Exit::Usage,
-                        format_args!("job #{} failed no node: nothing to retest", a.id),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let total = store.job(new).await?.total;
-            ctx.out.note(format_args!(
-                "job #{new}: {} of job #{} again ({total} failed nodes, {} s per node)",
-                job.kind,
-                a.id,
-                used.node_timeout_ms.unwrap_or(0) as f64 / 1000.0
-            ));
-            follow_and_report(ctx, &engine, new).await
-        }
-        JobsCommand::Cancel(CancelArgs { id: None, .. }) => {
-            let ids = engine.cancel_all().await?;
-            if ctx.out.format == OutputFormat::Json {
-                ctx.out.json(&serde_json::json!({
-                    "cancelled": ids.iter().map(|j| j.0).collect::<Vec<_>>()
-                }))?;
-            } else if ids.is_empty() {
-                ctx.out
-                    .line("no job is queued or running: nothing cancelled")?;
-            } else {
-                let list: Vec<String> = ids.iter().map(|j| format!("#{j}")).collect();
-                ctx.out.line(format_args!(
-                    "cancelled {} jobs: {} (finished results kept)",
-                    ids.len(),
-                    list.join(", ")
-                ))?;
-            }
-            Ok(Exit::Ok)
-        }
-        JobsCommand::Cancel(CancelArgs { id: Some(id), .. }) => {
-            store.job(JobId(id)).await.map_err(|_| not_found(id))?;
-            engine.cancel(JobId(id)).await?;
-            let p = store.progress(JobId(id)).await?;
-            ctx.out.line(format_args!(
-                "job #{} cancelled: {} finished results kept, {} cancelled",
-                id,
-                p.ok + p.failed + p.timed_out,
-                p.cancelled
-            ))?;
-            Ok(Exit::Ok)
-        }
+        JobsCommand::RetestFailed(a) => retest_failed(ctx, &engine, a).await,
+        JobsCommand::Cancel(CancelArgs { id: None, .. }) => cancel_all(ctx, &engine).await,
+        JobsCommand::Cancel(CancelArgs { id: Some(id), .. }) => cancel(ctx, &engine, id).await,
     }
+}
+
+/// The job, or exit 6 (not found).
+async fn known(engine: &Engine, id: i64) -> anyhow::Result<connexa_core::ports::Job> {
+    engine
+        .store()
+        .job(JobId(id))
+        .await
+        .map_err(|_| fail(Exit::NotFound, format!("no job with id {id}")))
+}
+
+/// `jobs list`.
+async fn list(ctx: &Ctx, engine: &Engine, limit: u64) -> anyhow::Result<Exit> {
+    let store = engine.store();
+    let jobs = store.jobs(limit).await?;
+    let mut t = Table::new(&[
+        "ID", "KIND", "STATE", "TOTAL", "DONE", "OK", "FAILED", "CREATED",
+    ]);
+    let mut json = Vec::new();
+    for j in jobs {
+        let p = store.progress(j.id).await?;
+        json.push(
+            serde_json::json!({"id": j.id.0, "kind": j.kind.as_str(), "state": j.state.as_str(),
+            "total": p.total, "done": p.done(), "ok": p.ok, "failed": p.failed + p.timed_out}),
+        );
+        t.row(vec![
+            Cell::num(j.id.0 as u64),
+            Cell::text(j.kind.as_str()),
+            Cell::text(j.state.as_str()),
+            Cell::num(p.total),
+            Cell::num(p.done()),
+            Cell::num(p.ok),
+            Cell::num(p.failed + p.timed_out),
+            Cell::text(j.created_at.format("%Y-%m-%d %H:%M:%S").to_string()),
+        ]);
+    }
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&json)?;
+    } else {
+        ctx.out.table(&t)?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `jobs show ID`.
+async fn show(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
+    let store = engine.store();
+    let job = known(engine, id).await?;
+    let p = store.progress(job.id).await?;
+    let recent = store.recent_items(job.id, 10).await?;
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&serde_json::json!({"id": job.id.0, "kind": job.kind.as_str(), "state": job.state.as_str(),
+            "progress": p, "recent": recent.iter().map(|i| serde_json::json!({"node": i.node.0,
+            "state": i.state.as_str(), "status": i.status.map(|s| s.as_str()), "detail": i.detail})).collect::<Vec<_>>()}))?;
+        return Ok(Exit::Ok);
+    }
+    ctx.out.line(format_args!(
+        "job #{} {} {}: {}/{} done ({:.1} %), ok {}, failed {}, timed out {}, cancelled {}, pending {}, running {}",
+        job.id, job.kind, job.state, p.done(), p.total, p.percent(), p.ok, p.failed, p.timed_out, p.cancelled, p.pending, p.running
+    ))?;
+    for i in recent {
+        ctx.out.line(format_args!(
+            "  node {} {} {} {}",
+            i.node,
+            i.state,
+            i.status.map(|s| s.as_str()).unwrap_or("-"),
+            i.detail.unwrap_or_default()
+        ))?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `jobs retest-failed ID`.
+async fn retest_failed(ctx: &Ctx, engine: &Engine, a: RetestArgs) -> anyhow::Result<Exit> {
+    let job = known(engine, a.id).await?;
+    let options = super::test::job_options(job.kind, a.concurrency, a.timeout, None)?;
+    let (new, used) = match engine.retest_failed(job.id, options).await {
+        Ok(r) => r,
+        Err(EngineError::Store(StoreError::NothingSelected)) => {
+            return Err(fail(
+                Exit::Usage,
+                format_args!("job #{} failed no node: nothing to retest", a.id),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let total = engine.store().job(new).await?.total;
+    ctx.out.note(format_args!(
+        "job #{new}: {} of job #{} again ({total} failed nodes, {} s per node)",
+        job.kind,
+        a.id,
+        used.node_timeout_ms.unwrap_or(0) as f64 / 1000.0
+    ));
+    follow_and_report(ctx, engine, new).await
+}
+
+/// `jobs cancel --all`.
+async fn cancel_all(ctx: &Ctx, engine: &Engine) -> anyhow::Result<Exit> {
+    let ids = engine.cancel_all().await?;
+    if ctx.out.format == OutputFormat::Json {
+        ctx.out.json(&serde_json::json!({
+            "cancelled": ids.iter().map(|j| j.0).collect::<Vec<_>>()
+        }))?;
+    } else if ids.is_empty() {
+        ctx.out
+            .line("no job is queued or running: nothing cancelled")?;
+    } else {
+        let list: Vec<String> = ids.iter().map(|j| format!("#{j}")).collect();
+        ctx.out.line(format_args!(
+            "cancelled {} jobs: {} (finished results kept)",
+            ids.len(),
+            list.join(", ")
+        ))?;
+    }
+    Ok(Exit::Ok)
+}
+
+/// `jobs cancel ID`.
+async fn cancel(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
+    known(engine, id).await?;
+    engine.cancel(JobId(id)).await?;
+    let p = engine.store().progress(JobId(id)).await?;
+    ctx.out.line(format_args!(
+        "job #{} cancelled: {} finished results kept, {} cancelled",
+        id,
+        p.ok + p.failed + p.timed_out,
+        p.cancelled
+    ))?;
+    Ok(Exit::Ok)
 }
