@@ -1189,21 +1189,7 @@ async fn recover_leaves_a_live_workers_items_alone_and_reclaims_a_lapsed_lease()
 /// heartbeats get through again, placement gives them back and they restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_its_lease_ends() {
-    let db = common::postgres().await;
-    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let ids = common::seed(real.as_ref(), 3).await;
-    let faults = FaultStore::new(Arc::clone(&real));
-    let env = Env {
-        db,
-        real,
-        faults,
-        ids,
-    };
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
+    let env = wanted_on_postgres(3).await;
     let launcher = Arc::new(MemLauncher::default());
     let e = Engine::new(
         Arc::clone(&env.faults) as Arc<dyn NodeStore>,
@@ -1303,36 +1289,8 @@ async fn an_engine_that_did_not_register_reconciles_without_becoming_a_worker() 
 /// verified at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_service_placed_on_another_worker_is_released_here_and_started_there() {
-    let db = common::postgres().await;
-    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let ids = common::seed(real.as_ref(), 3).await;
-    let faults = FaultStore::new(Arc::clone(&real));
-    let env = Env {
-        db,
-        real,
-        faults,
-        ids,
-    };
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
-    let worker = |name: &str, launcher: &Arc<MemLauncher>| {
-        Engine::new(
-            Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-            prober(Answer::Hang),
-            Arc::new(Hanging),
-            Arc::clone(launcher) as Arc<dyn ServiceLauncher>,
-            EngineConfig {
-                worker: name.into(),
-                roles: vec![WorkerRole::Services],
-                lease: Duration::from_secs(30),
-                heartbeat_interval: Duration::from_secs(5),
-                ..config(4)
-            },
-        )
-    };
+    let env = wanted_on_postgres(3).await;
+    let worker = |name: &str, launcher: &Arc<MemLauncher>| services_worker(&env, name, launcher);
     let (la, lb) = (
         Arc::new(MemLauncher::default()),
         Arc::new(MemLauncher::default()),
@@ -1418,21 +1376,7 @@ async fn a_service_whose_node_was_deleted_is_stopped_by_the_next_pass() {
 /// next pass releases it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_services_the_monitor_holds_are_skipped_and_counted() {
-    let db = common::postgres().await;
-    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let ids = common::seed(real.as_ref(), 3).await;
-    let faults = FaultStore::new(Arc::clone(&real));
-    let env = Env {
-        db,
-        real,
-        faults,
-        ids,
-    };
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
+    let env = wanted_on_postgres(3).await;
     let gate = Arc::new(Semaphore::new(0));
     let launcher = Arc::new(MemLauncher {
         health_gate: Some(Arc::clone(&gate)),
@@ -1455,19 +1399,7 @@ async fn postgres_services_the_monitor_holds_are_skipped_and_counted() {
     a.register().await.unwrap();
     assert_eq!(a.reconcile().await.unwrap().started, 3);
     // Another live services worker, and one service pinned to it.
-    let b = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::new(MemLauncher::default()) as Arc<dyn ServiceLauncher>,
-        EngineConfig {
-            worker: "b".into(),
-            roles: vec![WorkerRole::Services],
-            lease: Duration::from_secs(30),
-            heartbeat_interval: Duration::from_secs(5),
-            ..config(4)
-        },
-    );
+    let b = services_worker(&env, "b", &Arc::new(MemLauncher::default()));
     b.register().await.unwrap();
     env.real
         .pin_services(&[env.ids[0]], Some("b".into()))
@@ -1614,36 +1546,8 @@ async fn restart_requests_restart_running_services_and_are_cleared() {
 /// stopped again and its endpoint not recorded; the other worker starts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_service_placed_elsewhere_during_its_start_is_stopped_and_not_recorded() {
-    let db = common::postgres().await;
-    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let ids = common::seed(real.as_ref(), 1).await;
-    let faults = FaultStore::new(Arc::clone(&real));
-    let env = Env {
-        db,
-        real,
-        faults,
-        ids,
-    };
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
-    let worker = |name: &str, launcher: &Arc<MemLauncher>| {
-        Arc::new(Engine::new(
-            Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-            prober(Answer::Hang),
-            Arc::new(Hanging),
-            Arc::clone(launcher) as Arc<dyn ServiceLauncher>,
-            EngineConfig {
-                worker: name.into(),
-                roles: vec![WorkerRole::Services],
-                lease: Duration::from_secs(30),
-                heartbeat_interval: Duration::from_secs(5),
-                ..config(4)
-            },
-        ))
-    };
+    let env = wanted_on_postgres(1).await;
+    let worker = |name: &str, launcher: &Arc<MemLauncher>| services_worker(&env, name, launcher);
     let gate = Arc::new(Semaphore::new(0));
     let la = Arc::new(MemLauncher {
         start_gate: Some(Arc::clone(&gate)),
@@ -1742,4 +1646,41 @@ async fn restart_requests_of_fresh_starts_are_settled_and_deferred_ones_kept() {
         .map(|r| r.node)
         .collect();
     assert_eq!(requested, vec![c]);
+}
+
+/// A PostgreSQL env of `n` verified nodes whose services are wanted.
+async fn wanted_on_postgres(n: usize) -> Env {
+    let db = common::postgres().await;
+    let real: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let ids = common::seed(real.as_ref(), n).await;
+    let faults = FaultStore::new(Arc::clone(&real));
+    let env = Env {
+        db,
+        real,
+        faults,
+        ids,
+    };
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    env
+}
+
+/// A services worker `name` over the env's store (lease 30 s, beats every 5 s).
+fn services_worker(env: &Env, name: &str, launcher: &Arc<MemLauncher>) -> Arc<Engine> {
+    Arc::new(Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(launcher) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            worker: name.into(),
+            roles: vec![WorkerRole::Services],
+            lease: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(5),
+            ..config(4)
+        },
+    ))
 }
