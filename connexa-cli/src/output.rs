@@ -315,6 +315,41 @@ pub fn csv_cell(s: &str) -> String {
     }
 }
 
+/// Creates `path` for output that carries secrets (exports, OpenVPN
+/// profiles): readable by its owner only (`0600`, also when `force`
+/// overwrites an existing file), and never over an existing file without
+/// `force` (exit 2, "refusing to overwrite ... (pass --force)").
+pub fn private_file(path: &std::path::Path, force: bool) -> anyhow::Result<std::fs::File> {
+    use crate::exit::{Exit, WithCode, fail};
+    use anyhow::Context as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).mode(0o600);
+    if force {
+        open.create(true).truncate(true);
+    } else {
+        open.create_new(true);
+    }
+    let file = match open.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(fail(
+                Exit::Usage,
+                format_args!("refusing to overwrite {} (pass --force)", path.display()),
+            ));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot create {}", path.display()))
+                .code(Exit::Usage);
+        }
+    };
+    // An existing file overwritten with `force` keeps its mode otherwise.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,5 @@
 //! `connexa export`.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -68,7 +67,7 @@ fn parse_format(s: &str) -> Result<Format, String> {
 /// `--format ovpn`: the profiles, to DIR or (one) to stdout.
 async fn profiles(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<Exit> {
     use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::DirBuilderExt as _;
     let filter = args.filter.validated()?;
     let store = ctx.store().await?;
     let dir = ctx.effective_config().openvpn_dir();
@@ -99,32 +98,7 @@ async fn profiles(ctx: &Ctx, args: &ExportArgs) -> anyhow::Result<Exit> {
         .code(Exit::Usage)?;
     for (id, text) in &list {
         let path = out_dir.join(format!("node{id}.ovpn"));
-        let mut open = OpenOptions::new();
-        open.write(true).mode(0o600);
-        if args.force {
-            open.create(true).truncate(true);
-        } else {
-            open.create_new(true);
-        }
-        let mut f = match open.open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(fail(
-                    Exit::Usage,
-                    format_args!("refusing to overwrite {} (pass --force)", path.display()),
-                ));
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot create {}", path.display()))
-                    .code(Exit::Usage);
-            }
-        };
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot make {} private", path.display()))?;
-        }
+        let mut f = crate::output::private_file(&path, args.force)?;
         f.write_all(text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -169,37 +143,10 @@ pub async fn exec(ctx: &Ctx, args: ExportArgs) -> anyhow::Result<Exit> {
         ctx.out.note(format_args!("exported {n} nodes"));
         return Ok(Exit::Ok);
     };
-    let mut open = OpenOptions::new();
-    open.write(true);
-    // Exports carry passwords: a new file is readable by its owner only.
-    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-    if args.force {
-        open.create(true).truncate(true);
-    } else {
-        open.create_new(true);
-    }
     // Open the database first so a bad --db never leaves an empty file behind.
     let store = ctx.store().await?;
-    let file = match open.open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(fail(
-                Exit::Usage,
-                format_args!("refusing to overwrite {} (pass --force)", path.display()),
-            ));
-        }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot create {}", path.display()))
-                .code(Exit::Usage);
-        }
-    };
-    // `--force` over an existing file: it gets the new file's mode too.
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot make {} private", path.display()))?;
-    }
+    // Exports carry passwords: the file is readable by its owner only.
+    let file = crate::output::private_file(path, args.force)?;
     let n = ops::export(store.as_ref(), &filter, format, file)
         .await
         .with_context(|| format!("writing {}", path.display()))?;

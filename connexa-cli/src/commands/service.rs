@@ -198,35 +198,10 @@ async fn profile(ctx: &Ctx, a: ProfileArgs) -> anyhow::Result<Exit> {
             .context("writing the profile to stdout")?;
         return Ok(Exit::Ok);
     };
-    let mut open = std::fs::OpenOptions::new();
-    open.write(true);
     // The profile carries the client's private key.
-    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
-    if a.force {
-        open.create(true).truncate(true);
-    } else {
-        open.create_new(true);
-    }
-    let mut file = match open.open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(fail(
-                Exit::Usage,
-                format_args!("refusing to overwrite {} (pass --force)", path.display()),
-            ));
-        }
-        Err(e) => {
-            return Err(fail(
-                Exit::Usage,
-                format_args!("cannot create {}: {e}", path.display()),
-            ));
-        }
-    };
+    let mut file = crate::output::private_file(path, a.force)?;
     {
         use std::io::Write as _;
-        use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot make {} private", path.display()))?;
         file.write_all(text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
