@@ -30,28 +30,32 @@ pub struct DoctorArgs {}
 /// Runs the checks.
 pub async fn exec(ctx: &Ctx, _args: DoctorArgs) -> anyhow::Result<Exit> {
     let report = doctor::run(&ctx.effective_config()).await;
-    let code = if report.ok() { Exit::Ok } else { Exit::Failure };
-    if ctx.out.format == OutputFormat::Json {
-        ctx.out.json(&serde_json::json!({
+    match ctx.out.format {
+        OutputFormat::Json => ctx.out.json(&serde_json::json!({
             "ok": report.ok(),
             "checks": report.checks,
-        }))?;
-        return Ok(code);
+        }))?,
+        OutputFormat::Csv => csv(ctx, &report)?,
+        OutputFormat::Human => human(ctx, &report)?,
     }
-    if ctx.out.format == OutputFormat::Csv {
-        let mut t = Table::new(&["result", "check", "required", "detail", "fix"]);
-        for c in &report.checks {
-            t.row(vec![
-                Cell::text(word(c)),
-                Cell::text(c.name),
-                Cell::text(c.required.to_string()),
-                Cell::text(c.detail.clone()),
-                Cell::text(c.fix.clone().unwrap_or_default()),
-            ]);
-        }
-        ctx.out.table(&t)?;
-        return Ok(code);
+    Ok(if report.ok() { Exit::Ok } else { Exit::Failure })
+}
+
+fn csv(ctx: &Ctx, report: &doctor::Report) -> anyhow::Result<()> {
+    let mut t = Table::new(&["result", "check", "required", "detail", "fix"]);
+    for c in &report.checks {
+        t.row(vec![
+            Cell::text(word(c)),
+            Cell::text(c.name),
+            Cell::text(c.required.to_string()),
+            Cell::text(c.detail.clone()),
+            Cell::text(c.fix.clone().unwrap_or_default()),
+        ]);
     }
+    ctx.out.table(&t)
+}
+
+fn human(ctx: &Ctx, report: &doctor::Report) -> anyhow::Result<()> {
     let width = report
         .checks
         .iter()
@@ -88,14 +92,13 @@ pub async fn exec(ctx: &Ctx, _args: DoctorArgs) -> anyhow::Result<Exit> {
         .filter(|c| c.required && c.status == CheckStatus::Fail)
         .count();
     if failed == 0 {
-        ctx.out.line("every required check passed")?;
+        ctx.out.line("every required check passed")
     } else {
         ctx.out.line(format_args!(
             "{failed} required check{} failed",
             if failed == 1 { "" } else { "s" }
-        ))?;
+        ))
     }
-    Ok(code)
 }
 
 /// The one word of a check's outcome (a failed required check in capitals).
