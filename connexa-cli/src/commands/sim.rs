@@ -121,26 +121,7 @@ pub fn behaviour_name(b: &Behaviour) -> String {
 
 /// Starts the fleet, writes the list, waits for a signal.
 pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
-    let mix = parse_mix(&args.mix).code(Exit::Usage)?;
-    let spec = FleetSpec::new(args.nodes as usize)
-        .mix(mix)
-        .first_ip(args.first_ip)
-        .port(args.port);
-    let speed_key = match &args.speed_key {
-        Some(path) => Some(
-            connexa_core::speed::keyed::SpeedKey::load_or_create(path)
-                .map_err(|e| fail(Exit::Usage, format_args!("--speed-key: {e}")))?,
-        ),
-        None => None,
-    };
-    let spec = if args.tunnels || args.tunnel_rate.is_some() || speed_key.is_some() {
-        spec.tunnels(TunnelSpec {
-            rate_limit: args.tunnel_rate,
-            speed_key,
-        })
-    } else {
-        spec
-    };
+    let spec = fleet_spec(&args)?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for b in spec.behaviours() {
         *counts.entry(behaviour_name(&b)).or_default() += 1;
@@ -166,6 +147,50 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
             out.flush()?;
         }
     }
+    announce(ctx, &fleet, &args, format, &counts)?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("cannot watch Ctrl-C")?; }
+        _ = term.recv() => {}
+    }
+    fleet.close().await;
+    ctx.out.note("simulated fleet stopped");
+    Ok(Exit::Ok)
+}
+
+/// The fleet `sim` starts, from its options.
+fn fleet_spec(args: &SimArgs) -> anyhow::Result<FleetSpec> {
+    let mix = parse_mix(&args.mix).code(Exit::Usage)?;
+    let spec = FleetSpec::new(args.nodes as usize)
+        .mix(mix)
+        .first_ip(args.first_ip)
+        .port(args.port);
+    let speed_key = match &args.speed_key {
+        Some(path) => Some(
+            connexa_core::speed::keyed::SpeedKey::load_or_create(path)
+                .map_err(|e| fail(Exit::Usage, format_args!("--speed-key: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(
+        if args.tunnels || args.tunnel_rate.is_some() || speed_key.is_some() {
+            spec.tunnels(TunnelSpec {
+                rate_limit: args.tunnel_rate,
+                speed_key,
+            })
+        } else {
+            spec
+        },
+    )
+}
+
+/// The ready line (JSON with `--list`) and the note on stderr.
+fn announce(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    args: &SimArgs,
+    format: ExportFormat,
+    counts: &BTreeMap<String, usize>,
+) -> anyhow::Result<()> {
     let nodes = fleet.nodes();
     let last_ip = nodes.last().map(|n| n.ip).unwrap_or(args.first_ip);
     if ctx.out.format == OutputFormat::Json && args.list.is_some() {
@@ -198,13 +223,7 @@ pub async fn exec(ctx: &Ctx, args: SimArgs) -> anyhow::Result<Exit> {
             .map(|p| format!("; node list ({format}) in {}", p.display()))
             .unwrap_or_default()
     ));
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => { r.context("cannot watch Ctrl-C")?; }
-        _ = term.recv() => {}
-    }
-    fleet.close().await;
-    ctx.out.note("simulated fleet stopped");
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 fn write_atomically(fleet: &Fleet, format: ExportFormat, path: &Path) -> anyhow::Result<()> {
