@@ -979,6 +979,8 @@ struct MemLauncher {
     start_gate: Option<Arc<Semaphore>>,
     /// Starts of these nodes fail.
     fail_starts: std::sync::Mutex<std::collections::HashSet<NodeId>>,
+    /// Health checks of these nodes fail (as do those of services not running).
+    unhealthy: std::sync::Mutex<std::collections::HashSet<NodeId>>,
 }
 
 #[async_trait]
@@ -1009,12 +1011,18 @@ impl ServiceLauncher for MemLauncher {
             false => Err(ServiceError::NotRunning(node)),
         }
     }
-    async fn health(&self, _node: &Node) -> Health {
+    async fn health(&self, node: &Node) -> Health {
         self.checks.fetch_add(1, Ordering::SeqCst);
         if let Some(g) = &self.health_gate {
             g.acquire().await.expect("gate open").forget();
         }
-        Health::Healthy
+        if !self.running.lock().unwrap().contains(&node.id) {
+            Health::Unhealthy("not running here".into())
+        } else if self.unhealthy.lock().unwrap().contains(&node.id) {
+            Health::Unhealthy("the test says so".into())
+        } else {
+            Health::Healthy
+        }
     }
     async fn running(&self) -> Vec<NodeId> {
         self.running.lock().unwrap().iter().copied().collect()
@@ -1683,4 +1691,72 @@ fn services_worker(env: &Env, name: &str, launcher: &Arc<MemLauncher>) -> Arc<En
             ..config(4)
         },
     ))
+}
+
+/// With placement, the monitor checks the services placed here also when
+/// they do not run here (a crashed one fails its check), not only those both
+/// placed and running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_monitor_checks_services_placed_here_that_do_not_run() {
+    let env = wanted_on_postgres(2).await;
+    let launcher = Arc::new(MemLauncher::default());
+    let a = services_worker(&env, "a", &launcher);
+    a.register().await.unwrap();
+    assert_eq!(a.reconcile().await.unwrap().started, 2);
+    launcher.running.lock().unwrap().remove(&env.ids[0]);
+    let r = a.monitor().await.unwrap();
+    assert_eq!((r.checked, r.unhealthy), (2, 1), "{r:?}");
+    a.deregister().await.unwrap();
+}
+
+/// A failure streak survives a monitor pass that could not check the node
+/// (another pass held it): with a threshold of 2, two failed checks in a row
+/// mark the node offline even with a skipped pass between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_streak_survives_a_pass_that_could_not_check_the_node() {
+    let env = env(1).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let launcher = Arc::new(MemLauncher {
+        health_gate: Some(Arc::clone(&gate)),
+        ..MemLauncher::default()
+    });
+    let e = Arc::new(Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            health_threshold: 2,
+            ..config(4)
+        },
+    ));
+    assert_eq!(e.reconcile().await.unwrap().started, 1);
+    let node = env.ids[0];
+    launcher.unhealthy.lock().unwrap().insert(node);
+    // First failed check: a streak of 1, still online.
+    gate.add_permits(1);
+    let r = e.monitor().await.unwrap();
+    assert_eq!((r.unhealthy, r.health_failed), (1, 0), "{r:?}");
+    // A pass holds the node at its check; another pass meanwhile cannot
+    // check it and must keep its streak.
+    let held = tokio::spawn({
+        let e = Arc::clone(&e);
+        async move { e.monitor().await }
+    });
+    until("the check began", || {
+        launcher.checks.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let r = e.monitor().await.unwrap();
+    assert_eq!(r.checked, 0, "{r:?}");
+    gate.add_permits(1);
+    let r = held.await.unwrap().unwrap();
+    assert_eq!((r.unhealthy, r.health_failed), (1, 1), "{r:?}");
+    let n = env.real.get(node).await.unwrap().unwrap();
+    assert_eq!(n.status, Status::Offline);
 }
