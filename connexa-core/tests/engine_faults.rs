@@ -1027,6 +1027,20 @@ impl ServiceLauncher for MemLauncher {
     async fn running(&self) -> Vec<NodeId> {
         self.running.lock().unwrap().iter().copied().collect()
     }
+    fn counters(&self, node: NodeId) -> Option<ServiceCounters> {
+        // Fixed counters of a running service (3 clients connected now).
+        self.running
+            .lock()
+            .unwrap()
+            .contains(&node)
+            .then(|| ServiceCounters {
+                connections: 3,
+                connections_total: 7,
+                bytes_up: 100,
+                bytes_down: 200,
+                ..ServiceCounters::default()
+            })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1759,4 +1773,88 @@ async fn a_failure_streak_survives_a_pass_that_could_not_check_the_node() {
     assert_eq!((r.unhealthy, r.health_failed), (1, 1), "{r:?}");
     let n = env.real.get(node).await.unwrap().unwrap();
     assert_eq!(n.status, Status::Offline);
+}
+
+/// The counters of running services are recorded by every pass, and the last
+/// ones of a stopped service with no connection open; an offline node whose
+/// check passes again is back online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_recorded_and_the_last_ones_when_a_service_stops() {
+    let env = env(1).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            health_threshold: 1,
+            ..config(4)
+        },
+    );
+    let node = env.ids[0];
+    let counters = |env: &Env| {
+        let real = Arc::clone(&env.real);
+        async move {
+            real.service_runtime(&[node])
+                .await
+                .unwrap()
+                .into_iter()
+                .next()
+                .and_then(|r| r.counters)
+                .map(|c| (c.connections, c.connections_total, c.bytes_up, c.bytes_down))
+        }
+    };
+    assert_eq!(e.reconcile().await.unwrap().started, 1);
+    assert_eq!(counters(&env).await, Some((3, 7, 100, 200)));
+    // Offline, then healthy again: back online.
+    launcher.unhealthy.lock().unwrap().insert(node);
+    assert_eq!(e.monitor().await.unwrap().health_failed, 1);
+    assert_eq!(
+        env.real.get(node).await.unwrap().unwrap().status,
+        Status::Offline
+    );
+    launcher.unhealthy.lock().unwrap().clear();
+    let r = e.monitor().await.unwrap();
+    assert_eq!((r.checked, r.health_ok), (1, 1), "{r:?}");
+    assert_eq!(
+        env.real.get(node).await.unwrap().unwrap().status,
+        Status::Online
+    );
+    // A healthy online node with no failures: nothing to record.
+    assert_eq!(e.monitor().await.unwrap().health_ok, 0);
+    // An online node a failed test counted against (it stays online): its
+    // passing check clears the count.
+    env.real
+        .apply(
+            node,
+            Event::Tested(Outcome::failed(Level::None, Failure::Refused)),
+            ApplyContext::now(),
+        )
+        .await
+        .unwrap();
+    let n = env.real.get(node).await.unwrap().unwrap();
+    assert_eq!((n.status, n.consecutive_failures), (Status::Online, 1));
+    assert_eq!(e.monitor().await.unwrap().health_ok, 1);
+    assert_eq!(
+        env.real
+            .get(node)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        0
+    );
+    // No longer wanted: stopped, its last counters kept with no connection open.
+    env.real
+        .set_service_wanted(&NodeFilter::all(), false)
+        .await
+        .unwrap();
+    assert_eq!(e.reconcile().await.unwrap().stopped, 1);
+    assert_eq!(counters(&env).await, Some((0, 7, 100, 200)));
 }
