@@ -1858,3 +1858,86 @@ async fn counters_are_recorded_and_the_last_ones_when_a_service_stops() {
     assert_eq!(e.reconcile().await.unwrap().stopped, 1);
     assert_eq!(counters(&env).await, Some((0, 7, 100, 200)));
 }
+
+/// The proxies file (`EngineConfig::proxies_file`): written only by a process
+/// that keeps it, `host:port:user:pass` of the SOCKS5 services running here in
+/// node id order, private (0600), rewritten when that changes (empty when
+/// nothing runs); the last counters of a process about to stop its services
+/// and of a service a job stops have no connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxies_file_and_the_last_counters_follow_the_services_running_here() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = env(3).await;
+    verify_all(&env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxies.txt");
+    let launcher = Arc::new(MemLauncher::default());
+    let e = Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+        EngineConfig {
+            proxies_file: Some(path.clone()),
+            ..config(4)
+        },
+    );
+    // A one-pass process does not own the file.
+    assert_eq!(e.reconcile().await.unwrap().started, 3);
+    assert!(!path.exists());
+    e.keep_proxies_file();
+    e.refresh_proxies_file().await;
+    let line = |id: NodeId| format!("127.0.0.1:{}:u:socks-secret-pw\n", 30_000 + id.0);
+    let (a, b, c) = (env.ids[0], env.ids[1], env.ids[2]);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{}{}{}", line(a), line(b), line(c))
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A job stops one: the file follows, its last counters have no connection.
+    let job = e
+        .start_job(
+            JobKind::ServiceStop,
+            NodeFilter::ids(vec![a]),
+            JobOptions::default(),
+        )
+        .await
+        .unwrap();
+    e.wait(job).await.unwrap();
+    e.refresh_proxies_file().await;
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!("{}{}", line(b), line(c))
+    );
+    // c's service crashed: the store still has its endpoint, nothing runs it
+    // here, so the file no longer lists it.
+    launcher.running.lock().unwrap().remove(&c);
+    e.refresh_proxies_file().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), line(b));
+    let last = |id: NodeId| {
+        let real = Arc::clone(&env.real);
+        async move {
+            real.service_runtime(&[id])
+                .await
+                .unwrap()
+                .into_iter()
+                .next()
+                .and_then(|r| r.counters)
+                .map(|c| (c.connections, c.connections_total))
+        }
+    };
+    assert_eq!(last(a).await, Some((0, 7)));
+    // The process is about to stop: the last counters of what runs here.
+    e.record_final_service_counters().await;
+    assert_eq!(last(b).await, Some((0, 7)));
+    launcher.running.lock().unwrap().clear();
+    e.refresh_proxies_file().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+}
