@@ -1400,3 +1400,27 @@ async fn a_runner_that_recorded_a_store_error_is_not_alive_before_its_task_ends(
     assert!(!runner_alive(&jobs, &failed, JobId(1)));
     jobs[&JobId(1)].task.abort();
 }
+
+/// The proxies file is replaced through a temporary file beside it, so the
+/// rename never crosses filesystems: also when the target is on another
+/// filesystem than the current directory (tmpfs `/dev/shm` where there is
+/// one). Nothing is left beside it.
+#[test]
+fn write_atomically_writes_beside_the_target() {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let path = dir.path().join("proxies.txt");
+    super::services::write_atomically(&path, b"a:1:u:p\n").unwrap();
+    super::services::write_atomically(&path, b"b:2:u:p\n").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"b:2:u:p\n");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("proxies.txt")]);
+}
