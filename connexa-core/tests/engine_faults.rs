@@ -1048,13 +1048,7 @@ async fn a_start_job_starts_what_does_not_run_and_leaves_a_running_service_alone
     let env = env(2).await;
     verify_all(&env).await;
     let launcher = Arc::new(MemLauncher::default());
-    let e = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
-        config(4),
-    );
+    let e = services_engine(&env, &launcher, config(4));
     let start = || {
         e.start_job(
             JobKind::ServiceStart,
@@ -1213,11 +1207,9 @@ async fn recover_leaves_a_live_workers_items_alone_and_reclaims_a_lapsed_lease()
 async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_its_lease_ends() {
     let env = wanted_on_postgres(3).await;
     let launcher = Arc::new(MemLauncher::default());
-    let e = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+    let e = services_engine(
+        &env,
+        &launcher,
         EngineConfig {
             worker: "cut-off".into(),
             roles: vec![WorkerRole::Services],
@@ -1278,19 +1270,9 @@ async fn postgres_a_worker_cut_off_from_the_database_stops_its_services_before_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_that_did_not_register_reconciles_without_becoming_a_worker() {
     let env = env(3).await;
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
+    verify_and_want_all(&env).await;
     let launcher = Arc::new(MemLauncher::default());
-    let e = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
-        config(4),
-    );
+    let e = services_engine(&env, &launcher, config(4));
     assert!(e.config().roles.contains(&WorkerRole::Services));
     let r = e.reconcile().await.unwrap();
     assert_eq!(r.started, 3, "{r:?}");
@@ -1363,19 +1345,9 @@ async fn postgres_a_service_placed_on_another_worker_is_released_here_and_starte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_node_was_deleted_is_stopped_by_the_next_pass() {
     let env = env(2).await;
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
+    verify_and_want_all(&env).await;
     let launcher = Arc::new(MemLauncher::default());
-    let e = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
-        config(4),
-    );
+    let e = services_engine(&env, &launcher, config(4));
     assert_eq!(e.reconcile().await.unwrap().started, 2);
     let gone = env.ids[0];
     assert_eq!(
@@ -1404,11 +1376,9 @@ async fn postgres_services_the_monitor_holds_are_skipped_and_counted() {
         health_gate: Some(Arc::clone(&gate)),
         ..MemLauncher::default()
     });
-    let a = Arc::new(Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
+    let a = Arc::new(services_engine(
+        &env,
+        &launcher,
         EngineConfig {
             worker: "a".into(),
             roles: vec![WorkerRole::Services],
@@ -1467,19 +1437,9 @@ async fn postgres_services_the_monitor_holds_are_skipped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_requests_restart_running_services_and_are_cleared() {
     let env = env(2).await;
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
+    verify_and_want_all(&env).await;
     let launcher = Arc::new(MemLauncher::default());
-    let e = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
-        config(4),
-    );
+    let e = services_engine(&env, &launcher, config(4));
     assert_eq!(e.reconcile().await.unwrap().started, 2);
     let requested = |env: &Env| {
         let real = Arc::clone(&env.real);
@@ -1626,21 +1586,11 @@ async fn postgres_a_service_placed_elsewhere_during_its_start_is_stopped_and_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_requests_of_fresh_starts_are_settled_and_deferred_ones_kept() {
     let env = env(3).await;
-    verify_all(&env).await;
-    env.real
-        .set_service_wanted(&NodeFilter::all(), true)
-        .await
-        .unwrap();
+    verify_and_want_all(&env).await;
     let (a, b, c) = (env.ids[0], env.ids[1], env.ids[2]);
     let launcher = Arc::new(MemLauncher::default());
     launcher.fail_starts.lock().unwrap().insert(c);
-    let e = Engine::new(
-        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
-        prober(Answer::Hang),
-        Arc::new(Hanging),
-        Arc::clone(&launcher) as Arc<dyn ServiceLauncher>,
-        config(4),
-    );
+    let e = services_engine(&env, &launcher, config(4));
     let r = e.reconcile().await.unwrap();
     assert_eq!((r.started, r.start_failed), (2, 1), "{r:?}");
     launcher.running.lock().unwrap().remove(&a);
@@ -1940,4 +1890,24 @@ async fn the_proxies_file_and_the_last_counters_follow_the_services_running_here
     launcher.running.lock().unwrap().clear();
     e.refresh_proxies_file().await;
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+}
+
+/// Marks every node of the env `speed_ok` and wants its service.
+async fn verify_and_want_all(env: &Env) {
+    verify_all(env).await;
+    env.real
+        .set_service_wanted(&NodeFilter::all(), true)
+        .await
+        .unwrap();
+}
+
+/// An engine over the env's store with this launcher (probes never answer).
+fn services_engine(env: &Env, launcher: &Arc<MemLauncher>, config: EngineConfig) -> Engine {
+    Engine::new(
+        Arc::clone(&env.faults) as Arc<dyn NodeStore>,
+        prober(Answer::Hang),
+        Arc::new(Hanging),
+        Arc::clone(launcher) as Arc<dyn ServiceLauncher>,
+        config,
+    )
 }
