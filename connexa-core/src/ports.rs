@@ -26,7 +26,8 @@ pub use walk::{NodeWalk, all_matching};
 /// The job model, at home in [`domain`](crate::domain) and re-exported here
 /// where it used to be.
 pub use crate::domain::{
-    ItemId, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, Progress,
+    ImportCheckpoint, ImportRun, ImportSpec, ItemId, ItemState, ItemView, Job, JobId, JobKind,
+    JobSpec, JobState, OnConflict, Progress,
 };
 
 /// Who applies an event, and when. The store records both in `status_history`.
@@ -266,6 +267,39 @@ pub enum StoreError {
         /// Its process id.
         pid: u32,
     },
+    /// This worker no longer holds the import job (its hold ran out and
+    /// another process took it, or the job ended): the batch was rolled back.
+    #[error("import job {0} is no longer held by this worker")]
+    ImportNotHeld(JobId),
+}
+
+/// Builds the checkpoint of an import batch from what the store did with its
+/// rows, inside the batch's transaction ([`NodeStore::import_batch`]): one
+/// [`InsertOutcome`] per row, then the new ids of the rows that replaced the
+/// stored nodes they conflicted with, in row order (only with
+/// [`OnConflict::Replace`]).
+pub type CheckpointFn = Box<dyn FnOnce(&[InsertOutcome], &[NodeId]) -> ImportCheckpoint + Send>;
+
+/// One batch of an import job ([`NodeStore::import_batch`]).
+pub struct ImportBatch {
+    /// The rows' nodes, in line order.
+    pub nodes: Vec<NewNode>,
+    /// Conflict policy.
+    pub on_conflict: OnConflict,
+    /// The last line the batch covers (its checkpoint's line).
+    pub through_line: u64,
+    /// Builds the checkpoint from what the store did.
+    pub checkpoint: CheckpointFn,
+}
+
+impl fmt::Debug for ImportBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImportBatch")
+            .field("nodes", &self.nodes.len())
+            .field("on_conflict", &self.on_conflict)
+            .field("through_line", &self.through_line)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Persistence of nodes and their history. `apply` is the only method that
@@ -571,6 +605,65 @@ pub trait NodeStore: Send + Sync {
         cursor: ItemCursor,
         limit: u64,
     ) -> Result<Vec<CommittedItem>, StoreError>;
+
+    /// Creates an import job: kind [`JobKind::Import`], queued, `spec` as its
+    /// options, its `total` the spool's size in bytes, and its progress row
+    /// (nothing committed), in one transaction.
+    async fn create_import(&self, spec: &ImportSpec, at: DateTime<Utc>) -> Result<Job, StoreError>;
+
+    /// How far an import job got ([`StoreError::JobNotFound`] for a job
+    /// that is not an import).
+    async fn import_run(&self, job: JobId) -> Result<ImportRun, StoreError>;
+
+    /// Takes an unfinished import job for `worker` until `at + lease`, when
+    /// no other worker holds it (none does, or its hold ran out, or it is
+    /// `worker`'s already); the job becomes `running`. `None`: the job ended
+    /// or another worker holds it.
+    async fn claim_import(
+        &self,
+        job: JobId,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<ImportRun>, StoreError>;
+
+    /// One batch of an import job, in ONE transaction: inserts its nodes (as
+    /// [`insert`](Self::insert)), with [`OnConflict::Replace`] replaces the
+    /// stored nodes they conflict with (as [`replace`](Self::replace)), then
+    /// records the checkpoint its [`CheckpointFn`] builds from the outcomes
+    /// (the last line, the bytes read, the batch's part of the report) and
+    /// extends `worker`'s hold to `at + lease`. A worker that no longer holds
+    /// the job gets [`StoreError::ImportNotHeld`] and nothing is written. A
+    /// batch whose last line is already committed (a retry after a commit
+    /// whose acknowledgment was lost) is not applied again: `Ok(false)`. So
+    /// every batch is committed exactly once with its checkpoint.
+    async fn import_batch(
+        &self,
+        job: JobId,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+        batch: ImportBatch,
+    ) -> Result<bool, StoreError>;
+
+    /// The report parts of an import job's committed batches, in commit order.
+    async fn import_parts(&self, job: JobId) -> Result<Vec<serde_json::Value>, StoreError>;
+
+    /// Ends an import job in `state` (done, cancelled, interrupted) at `at`
+    /// with the test job started on its added nodes and the reason it
+    /// stopped early, if any; lets go of its hold.
+    async fn end_import(
+        &self,
+        job: JobId,
+        state: JobState,
+        test_job: Option<JobId>,
+        error: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Lets go of `worker`'s hold of an unfinished import job (a graceful
+    /// stop): any process on its host may resume it at once.
+    async fn release_import(&self, job: JobId, worker: &str) -> Result<(), StoreError>;
 }
 
 /// A position in a job's stream of finished items ([`NodeStore::items_since`]):

@@ -3,6 +3,7 @@
 //! from committed items. Pure data; the engine runs jobs, the store keeps them.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,9 @@ pub enum JobKind {
     Geo,
     /// Look up each node's address's fraud score.
     Fraud,
+    /// Read a spooled node list into the store (no items: its progress is the
+    /// bytes of the list committed, see [`Progress`]).
+    Import,
 }
 
 /// The lifecycle of a job.
@@ -107,7 +111,7 @@ macro_rules! snake_names {
 }
 pub(crate) use snake_names;
 
-snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop", Geo => "geo", Fraud => "fraud" });
+snake_names!(JobKind { Light => "light", Auth => "auth", Speed => "speed", Pipeline => "pipeline", ServiceStart => "service_start", ServiceStop => "service_stop", Geo => "geo", Fraud => "fraud", Import => "import" });
 snake_names!(JobState { Queued => "queued", Running => "running", Done => "done", Cancelled => "cancelled", Interrupted => "interrupted" });
 snake_names!(ItemState { Pending => "pending", Running => "running", Ok => "ok", Failed => "failed", TimedOut => "timed_out", Cancelled => "cancelled" });
 
@@ -129,6 +133,81 @@ pub struct JobSpec {
     pub options: serde_json::Value,
     /// The job's deadline, if any.
     pub deadline: Option<DateTime<Utc>>,
+}
+
+/// What to do with a row whose ip, port and login are stored with another password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnConflict {
+    /// Keep the stored node and report the row (the default).
+    #[default]
+    Skip,
+    /// Delete the stored node (with a history row) and add the row as a new node.
+    Replace,
+}
+
+/// What an import job reads and how. Stored as the job's options, so that
+/// any process on the spool's host can resume the import after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportSpec {
+    /// The source's name in the report (a file name, `body`).
+    pub source: String,
+    /// The node list, a file on [`host`](Self::host).
+    pub spool: PathBuf,
+    /// `true`: the spool file is the import's own (an upload spooled by the
+    /// HTTP API) and is deleted when the import ends; `false`: an operator's
+    /// file, left alone.
+    pub delete_spool: bool,
+    /// The host whose file system holds the spool: only processes on it
+    /// resume the import.
+    pub host: String,
+    /// The spool's size when the import was created, bytes.
+    pub bytes_total: u64,
+    /// Conflict policy.
+    pub on_conflict: OnConflict,
+    /// A test job to start on exactly the added nodes once every row is in:
+    /// its kind and its options (the JSON stored for jobs).
+    pub test: Option<(JobKind, serde_json::Value)>,
+    /// Who created the import (the audit trail records its writes under
+    /// them, also after a resume); `None`: nobody's.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// Where they acted from, if known.
+    #[serde(default)]
+    pub actor_source: Option<String>,
+}
+
+/// An import job as stored: how far it got and who holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportRun {
+    /// The job.
+    pub job: JobId,
+    /// Rows starting at or before this line (1-based) are committed; 0: none.
+    pub line: u64,
+    /// Bytes of the spool the parser had read at the last committed batch.
+    pub bytes_done: u64,
+    /// The spool's size.
+    pub bytes_total: u64,
+    /// The worker running it, if one holds it.
+    pub worker: Option<String>,
+    /// Until when that worker's hold lasts without a further batch.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The test job started on the added nodes, once started.
+    pub test_job: Option<JobId>,
+    /// Why the import stopped before its last row, if it did.
+    pub error: Option<String>,
+}
+
+/// What one committed batch of an import job records besides its nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportCheckpoint {
+    /// The last line the batch covers (see [`ImportRun::line`]).
+    pub line: u64,
+    /// Bytes of the spool read so far.
+    pub bytes_done: u64,
+    /// The batch's part of the report (an import summary as JSON).
+    pub part: serde_json::Value,
 }
 
 /// A job as stored.
@@ -226,6 +305,7 @@ mod tests {
             ServiceStop,
             Geo,
             Fraud,
+            Import,
         ];
         for k in kinds {
             assert_eq!(k.as_str().parse::<JobKind>(), Ok(k));

@@ -16,7 +16,10 @@ pub use enrichment::{
     Enrichment, EnrichmentUpdate, FraudRecord, GeoFacts, GeoRecord, Risk, UnknownRisk,
 };
 pub use filter::{NodeFilter, Page, PageError, SortKey};
-pub use job::{ItemId, ItemState, ItemView, Job, JobId, JobKind, JobSpec, JobState, Progress};
+pub use job::{
+    ImportCheckpoint, ImportRun, ImportSpec, ItemId, ItemState, ItemView, Job, JobId, JobKind,
+    JobSpec, JobState, OnConflict, Progress,
+};
 pub use node::{
     DEFAULT_PORT, InvalidNode, Location, MAX_LOGIN, MAX_PASSWORD, NewNode, Node, NodeId, NodeMeta,
     OPENVPN_USER_PREFIX, PptpIdentity, ServiceEndpoint, ServiceKind,

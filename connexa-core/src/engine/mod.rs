@@ -29,6 +29,7 @@
 //!   panic into a failed item. See `docs/architecture.md`, section "Engine".
 
 mod enrich;
+mod import;
 mod runner;
 mod services;
 
@@ -49,6 +50,7 @@ use crate::ports::{
     Prober, Progress, ServiceLauncher, SpeedTester, StoreError, WorkerRegistration, WorkerRole,
 };
 
+pub use import::import_summary;
 pub use services::{MonitorReport, ReconcileReport};
 
 /// Errors of the [`Engine`].
@@ -281,14 +283,18 @@ impl JobOptions {
 ///   lost packets each costing a PPP restart (3 s);
 /// * speed, 30 s: the auth test's 20 s plus the default 10 s measurement;
 /// * pipeline, 40 s: light, then auth, then speed's measurement;
-/// * service start and stop, geo and fraud lookups: no minimum.
+/// * service start and stop, geo and fraud lookups, imports: no minimum.
 pub fn minimum_node_timeout(kind: JobKind) -> Duration {
     Duration::from_secs(match kind {
         JobKind::Light => 10,
         JobKind::Auth => 20,
         JobKind::Speed => 30,
         JobKind::Pipeline => 40,
-        JobKind::ServiceStart | JobKind::ServiceStop | JobKind::Geo | JobKind::Fraud => 0,
+        JobKind::ServiceStart
+        | JobKind::ServiceStop
+        | JobKind::Geo
+        | JobKind::Fraud
+        | JobKind::Import => 0,
     })
 }
 
@@ -488,6 +494,8 @@ impl std::fmt::Debug for Engine {
 struct LocalJob {
     cancel: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// An import job's runner.
+    import: bool,
 }
 
 pub(crate) struct Inner {
@@ -500,6 +508,9 @@ pub(crate) struct Inner {
     commits: watch::Sender<u64>,
     /// Set on graceful shutdown: runners stop claiming and leave the rest pending.
     draining: watch::Sender<bool>,
+    /// Set for good by [`Engine::pause_imports`]: import runners stop after
+    /// their current batch and leave their jobs to be resumed.
+    pausing_imports: watch::Sender<bool>,
     jobs: Mutex<HashMap<JobId, LocalJob>>,
     /// Jobs whose runner here stopped on a store error it could not retry
     /// away, with the error ([`Engine::wait`] reports it).
@@ -691,6 +702,7 @@ impl Engine {
                 launcher,
                 commits: watch::channel(0).0,
                 draining: watch::channel(false).0,
+                pausing_imports: watch::channel(false).0,
                 jobs: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
                 busy: Arc::new(Mutex::new(HashSet::new())),
@@ -815,12 +827,28 @@ impl Engine {
         let (cancel, _) = watch::channel(false);
         let id = job.id;
         lock(&self.inner.failed).remove(&id);
-        let task = tokio::spawn(runner::run_job(
-            Arc::clone(&self.inner),
-            job,
-            cancel.clone(),
-        ));
-        jobs.insert(id, LocalJob { cancel, task });
+        let is_import = job.kind == JobKind::Import;
+        let task = if is_import {
+            tokio::spawn(import::run_import(
+                Arc::clone(&self.inner),
+                job,
+                cancel.subscribe(),
+            ))
+        } else {
+            tokio::spawn(runner::run_job(
+                Arc::clone(&self.inner),
+                job,
+                cancel.clone(),
+            ))
+        };
+        jobs.insert(
+            id,
+            LocalJob {
+                cancel,
+                task,
+                import: is_import,
+            },
+        );
     }
 
     /// Cancels a job, from any process: marks it `cancelled` in the store and ends
@@ -1012,6 +1040,12 @@ impl Engine {
             if self.is_running_here(job.id) {
                 continue;
             }
+            if job.kind == JobKind::Import {
+                if self.recover_import(&job, policy).await? {
+                    handled.push(job.id);
+                }
+                continue;
+            }
             let requeued = store
                 .requeue_orphans(job.id, &self.inner.config.worker, Utc::now())
                 .await?;
@@ -1041,7 +1075,7 @@ impl Engine {
         // A job cancelled while the process running its items died: those items
         // would stay `running` for ever; end them as cancelled.
         for job in store.jobs(RECOVER_SCAN).await? {
-            if !terminal(job.state) || self.is_running_here(job.id) {
+            if !terminal(job.state) || self.is_running_here(job.id) || job.kind == JobKind::Import {
                 continue;
             }
             if store.progress(job.id).await?.is_complete() {
@@ -1195,6 +1229,14 @@ impl Engine {
     async fn pick_up_jobs(&self) -> Result<(), EngineError> {
         for job in self.inner.store.unfinished_jobs().await? {
             if self.is_running_here(job.id) {
+                continue;
+            }
+            if job.kind == JobKind::Import {
+                // Only where its spool is, and when nobody holds it.
+                if self.import_waits_here(&job).await? {
+                    tracing::info!(job = %job.id, "picking up import job");
+                    self.spawn_runner(job);
+                }
                 continue;
             }
             if job.state == JobState::Running {

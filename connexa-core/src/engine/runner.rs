@@ -757,6 +757,12 @@ async fn work(
         JobKind::ServiceStop => stop_service(inner, node.id).await,
         JobKind::Geo => super::enrich::geo(inner, &node).await,
         JobKind::Fraud => super::enrich::fraud(inner, &node).await,
+        // An import job has no items (its own runner reads its spool).
+        JobKind::Import => Finish::new(
+            ItemState::Failed,
+            None,
+            Some("an import job has no node items".into()),
+        ),
     };
     let proved_a_server = matches!(
         &finish.event,

@@ -1392,7 +1392,14 @@ async fn a_runner_that_recorded_a_store_error_is_not_alive_before_its_task_ends(
     let (cancel, _) = watch::channel(false);
     let task = tokio::spawn(std::future::pending::<()>());
     let mut jobs = HashMap::new();
-    jobs.insert(JobId(1), LocalJob { cancel, task });
+    jobs.insert(
+        JobId(1),
+        LocalJob {
+            cancel,
+            task,
+            import: false,
+        },
+    );
     let failed = StdMutex::new(HashMap::new());
     assert!(runner_alive(&jobs, &failed, JobId(1)));
     assert!(!runner_alive(&jobs, &failed, JobId(2)), "no runner");

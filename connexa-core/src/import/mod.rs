@@ -43,6 +43,7 @@ pub mod location;
 mod parser;
 mod report;
 mod single;
+pub mod summary;
 mod tabular;
 
 use std::fmt;

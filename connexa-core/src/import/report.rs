@@ -87,6 +87,45 @@ impl ImportReport {
         self.added.iter().map(|(_, id)| *id).collect()
     }
 
+    /// Records what the store did with a batch of rows starting at `lines`:
+    /// one outcome per row, and the new ids of the conflicting rows that
+    /// replaced the stored nodes, in row order (see
+    /// [`NodeStore::import_batch`](crate::ports::NodeStore::import_batch)).
+    pub fn record_outcomes(
+        &mut self,
+        lines: &[usize],
+        outcomes: &[InsertOutcome],
+        replaced: &[NodeId],
+    ) -> Result<(), OutcomeMismatch> {
+        if lines.len() != outcomes.len() {
+            return Err(OutcomeMismatch {
+                expected: lines.len(),
+                got: outcomes.len(),
+            });
+        }
+        let mut new_ids = replaced.iter();
+        for (&line, o) in lines.iter().zip(outcomes) {
+            match *o {
+                InsertOutcome::Inserted(id) => self.added.push((line, id)),
+                InsertOutcome::Duplicate(id) => self.duplicates.push(DuplicateRow {
+                    line,
+                    of: Existing::Stored(id),
+                }),
+                InsertOutcome::Conflict(old) => match new_ids.next() {
+                    Some(&new) => {
+                        self.added.push((line, new));
+                        self.replaced.push(ReplacedRow { line, old, new });
+                    }
+                    _ => self.conflicts.push(ConflictRow {
+                        line,
+                        with: Existing::Stored(old),
+                    }),
+                },
+            }
+        }
+        Ok(())
+    }
+
     /// Duplicates within the file.
     pub fn duplicates_in_file(&self) -> usize {
         self.duplicates
@@ -185,9 +224,12 @@ pub struct OutcomeMismatch {
 #[derive(Debug)]
 pub struct Importer<I> {
     rows: I,
+    /// A row read ahead by [`skip_through`](Self::skip_through).
+    ahead: Option<Result<ParsedNode, ImportError>>,
     dedup: Dedup,
     report: ImportReport,
     stopped: bool,
+    last_line: usize,
 }
 
 impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
@@ -195,10 +237,54 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
     pub fn new(rows: I) -> Self {
         Importer {
             rows,
+            ahead: None,
             dedup: Dedup::new(),
             report: ImportReport::default(),
             stopped: false,
+            last_line: 0,
         }
+    }
+
+    fn next_row(&mut self) -> Option<Result<ParsedNode, ImportError>> {
+        let row = self.ahead.take().or_else(|| self.rows.next())?;
+        self.last_line = match &row {
+            Ok(p) => p.line,
+            Err(e) => e.line,
+        };
+        Some(row)
+    }
+
+    /// Resuming an import whose rows up to `line` are committed: reads those
+    /// rows again without recording them, only so that the rows after them
+    /// are told apart from the earlier ones of the same input (duplicates
+    /// within the file) exactly as in one uninterrupted run.
+    pub fn skip_through(&mut self, line: usize) {
+        while let Some(row) = self.next_row() {
+            let at = match &row {
+                Ok(p) => p.line,
+                Err(e) => e.line,
+            };
+            if at > line {
+                self.ahead = Some(row);
+                return;
+            }
+            if let Ok(parsed) = row {
+                let _ = self.dedup.classify(parsed);
+            }
+        }
+    }
+
+    /// The line where the last row read starts (0 before the first): every
+    /// row starting at or before it has been handed out or recorded.
+    pub fn last_line(&self) -> usize {
+        self.last_line
+    }
+
+    /// Takes what was recorded so far out of the report (an import job
+    /// commits the rows of each batch with it); the rest of the import
+    /// records into an empty report.
+    pub fn take_report(&mut self) -> ImportReport {
+        std::mem::take(&mut self.report)
     }
 
     /// The next rows to insert (at most `max`, at least 1 unless the input is
@@ -210,7 +296,7 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
             return batch;
         }
         while batch.len() < max.max(1) {
-            let Some(row) = self.rows.next() else { break };
+            let Some(row) = self.next_row() else { break };
             match row {
                 Err(e) if e.reason == super::ErrorReason::NotANode => self.report.ignored.push(e),
                 Err(e) => self.report.errors.push(e),

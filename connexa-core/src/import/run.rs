@@ -4,22 +4,10 @@ use crate::ports::acting::{current, within};
 use std::io::Read;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::{ImportReport, Importer, ReplacedRow, parse};
 use crate::ports::{InsertOutcome, NodeStore};
 
-/// What to do with a row whose ip, port and login are stored with another password.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "snake_case")]
-pub enum OnConflict {
-    /// Keep the stored node and report the row (the default).
-    #[default]
-    Skip,
-    /// Delete the stored node (with a history row) and add the row as a new node.
-    Replace,
-}
+pub use crate::domain::OnConflict;
 
 /// Options of [`import_into`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,13 +36,12 @@ pub enum OpsError {
     Export(#[from] ExportError),
 }
 
-mod import_report;
 mod nodes;
 mod plan;
 mod services;
 mod views;
 
-pub use import_report::*;
+pub use crate::import::summary::*;
 pub use nodes::*;
 pub use plan::*;
 pub use services::*;

@@ -335,3 +335,48 @@ pub mod service_placements {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+/// The `imports` table: how far each import job got (migration m0012).
+pub mod imports {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `imports`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "imports")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub job_id: i64,
+        pub line: i64,
+        pub bytes_done: i64,
+        pub bytes_total: i64,
+        pub worker: Option<String>,
+        pub lease_until: Option<i64>,
+        pub test_job: Option<i64>,
+        pub error: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The `import_parts` table: the report of each committed import batch (migration m0012).
+pub mod import_parts {
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `import_parts`.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "import_parts")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub job_id: i64,
+        pub part: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

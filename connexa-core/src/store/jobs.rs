@@ -62,6 +62,24 @@ pub(crate) async fn create<C: ConnectionTrait>(
     convert::job(row)
 }
 
+/// Sets a job's `total` (an import job's: the bytes of its spool).
+pub(crate) async fn set_total<C: ConnectionTrait>(
+    conn: &C,
+    job: JobId,
+    total: u64,
+) -> Result<(), StoreError> {
+    jobs::Entity::update_many()
+        .col_expr(
+            jobs::Column::Total,
+            Expr::value(i64::try_from(total).unwrap_or(i64::MAX)),
+        )
+        .filter(jobs::Column::Id.eq(job.0))
+        .exec(conn)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
 pub(crate) async fn get<C: ConnectionTrait>(conn: &C, job: JobId) -> Result<Job, StoreError> {
     jobs::Entity::find_by_id(job.0)
         .one(conn)
@@ -462,7 +480,11 @@ pub(crate) async fn progress<C: ConnectionTrait>(
     conn: &C,
     job: JobId,
 ) -> Result<Progress, StoreError> {
-    let total = get(conn, job).await?.total;
+    let j = get(conn, job).await?;
+    if j.kind == crate::ports::JobKind::Import {
+        return import_progress(conn, &j).await;
+    }
+    let total = j.total;
     let rows: Vec<(String, i64)> = job_items::Entity::find()
         .select_only()
         .column(job_items::Column::State)
@@ -490,6 +512,31 @@ pub(crate) async fn progress<C: ConnectionTrait>(
         }
     }
     Ok(p)
+}
+
+/// An import job's progress, in bytes of its spool: `ok` the bytes the
+/// committed batches read, `pending` the rest while it runs, `cancelled` the
+/// rest once it ended early (so that an ended job is always complete).
+async fn import_progress<C: ConnectionTrait>(conn: &C, j: &Job) -> Result<Progress, StoreError> {
+    let run = super::imports::get(conn, j.id).await?;
+    let total = run.bytes_total;
+    let ok = if j.state == JobState::Done && run.error.is_none() {
+        total
+    } else {
+        run.bytes_done.min(total)
+    };
+    let rest = total - ok;
+    let ended = matches!(
+        j.state,
+        JobState::Done | JobState::Cancelled | JobState::Interrupted
+    );
+    Ok(Progress {
+        total,
+        ok,
+        pending: if ended { 0 } else { rest },
+        cancelled: if ended { rest } else { 0 },
+        ..Progress::default()
+    })
 }
 
 pub(crate) async fn recent_items<C: ConnectionTrait>(

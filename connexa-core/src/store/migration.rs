@@ -21,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(M0009Workers),
             Box::new(M0010ServiceKind),
             Box::new(M0011ServicePlacement),
+            Box::new(M0012Imports),
         ]
     }
 }
@@ -963,5 +964,90 @@ impl MigrationTrait for M0011ServicePlacement {
                 .to_owned(),
         )
         .await
+    }
+}
+
+/// Import jobs: `imports` holds how far each got (the last committed line,
+/// the bytes read, who holds it) and `import_parts` the report of each
+/// committed batch.
+struct M0012Imports;
+
+impl MigrationName for M0012Imports {
+    fn name(&self) -> &str {
+        "m0012_imports"
+    }
+}
+
+#[derive(DeriveIden)]
+enum Imports {
+    Table,
+    JobId,
+    Line,
+    BytesDone,
+    BytesTotal,
+    Worker,
+    LeaseUntil,
+    TestJob,
+    Error,
+}
+
+#[derive(DeriveIden)]
+enum ImportParts {
+    Table,
+    Id,
+    JobId,
+    Part,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0012Imports {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_table(
+            Table::create()
+                .table(Imports::Table)
+                .if_not_exists()
+                .col(big_integer(Imports::JobId).primary_key())
+                .col(big_integer(Imports::Line))
+                .col(big_integer(Imports::BytesDone))
+                .col(big_integer(Imports::BytesTotal))
+                .col(text_null(Imports::Worker))
+                .col(big_integer_null(Imports::LeaseUntil))
+                .col(big_integer_null(Imports::TestJob))
+                .col(text_null(Imports::Error))
+                .to_owned(),
+        )
+        .await?;
+        m.create_table(
+            Table::create()
+                .table(ImportParts::Table)
+                .if_not_exists()
+                .col(big_pk_auto(ImportParts::Id))
+                .col(big_integer(ImportParts::JobId))
+                .col(text(ImportParts::Part))
+                .to_owned(),
+        )
+        .await?;
+        m.create_index(
+            Index::create()
+                .name("idx_import_parts_job")
+                .table(ImportParts::Table)
+                .col(ImportParts::JobId)
+                .col(ImportParts::Id)
+                .if_not_exists()
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_table(
+            Table::drop()
+                .table(ImportParts::Table)
+                .if_exists()
+                .to_owned(),
+        )
+        .await?;
+        m.drop_table(Table::drop().table(Imports::Table).if_exists().to_owned())
+            .await
     }
 }

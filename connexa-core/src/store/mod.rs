@@ -23,6 +23,7 @@ pub mod audit;
 mod convert;
 mod enrich;
 mod entity;
+mod imports;
 mod jobs;
 pub mod migration;
 mod placement;
@@ -53,10 +54,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::domain::{NewNode, Node, NodeFilter, NodeId, NodeMeta, Page, Status};
 use crate::ports::{
-    Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, InsertOutcome,
-    ItemCursor, ItemFinished, ItemResult, ItemView, Job, JobId, JobSpec, JobState, NodePage,
-    NodeStore, Progress, ServiceCounters, ServicePlacement, ServiceRuntime, StoreError, ValueField,
-    WorkerRegistration, WorkerView,
+    Applied, ApplyContext, ApplyRequest, ClaimedItem, CommittedItem, HistoryRow, ImportBatch,
+    ImportRun, ImportSpec, InsertOutcome, ItemCursor, ItemFinished, ItemResult, ItemView, Job,
+    JobId, JobKind, JobSpec, JobState, NodePage, NodeStore, OnConflict as ConflictPolicy, Progress,
+    ServiceCounters, ServicePlacement, ServiceRuntime, StoreError, ValueField, WorkerRegistration,
+    WorkerView,
 };
 use convert::ms;
 use entity::{nodes, status_history};
@@ -1298,6 +1300,141 @@ impl NodeStore for SqlStore {
         limit: u64,
     ) -> Result<Vec<CommittedItem>, StoreError> {
         jobs::items_since(&self.db, job, cursor, limit).await
+    }
+
+    async fn create_import(&self, spec: &ImportSpec, at: DateTime<Utc>) -> Result<Job, StoreError> {
+        let options = serde_json::to_value(spec).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let w = self.begin_write().await?;
+        let r = async {
+            let mut job = jobs::create(
+                &w.txn,
+                &JobSpec {
+                    kind: JobKind::Import,
+                    filter: NodeFilter::ids([]),
+                    options,
+                    deadline: None,
+                },
+                at,
+            )
+            .await?;
+            job.total = spec.bytes_total;
+            jobs::set_total(&w.txn, job.id, spec.bytes_total).await?;
+            imports::create(&w.txn, &job, spec).await?;
+            let target = format!("job {} (import): {}", job.id, spec.source);
+            self.audit(&w.txn, "job_create", Some(target), None).await?;
+            Ok(job)
+        }
+        .await;
+        w.finish(r).await
+    }
+
+    async fn import_run(&self, job: JobId) -> Result<ImportRun, StoreError> {
+        imports::get(&self.db, job).await
+    }
+
+    async fn claim_import(
+        &self,
+        job: JobId,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+    ) -> Result<Option<ImportRun>, StoreError> {
+        let w = self.begin_write().await?;
+        let r = imports::claim(&w.txn, job, worker, at, lease).await;
+        w.finish(r).await
+    }
+
+    async fn import_batch(
+        &self,
+        job: JobId,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: std::time::Duration,
+        batch: ImportBatch,
+    ) -> Result<bool, StoreError> {
+        let ImportBatch {
+            nodes,
+            on_conflict,
+            through_line,
+            checkpoint,
+        } = batch;
+        let w = self.begin_write().await?;
+        let r = async {
+            let committed = imports::hold(&w.txn, job, worker, at, lease).await?;
+            if through_line <= committed && committed > 0 {
+                return Ok(false);
+            }
+            let now = Utc::now();
+            let out = insert_nodes(&w.txn, &nodes, now, &self.keys).await?;
+            let mut replaced = Vec::new();
+            if on_conflict == ConflictPolicy::Replace {
+                let pairs: Vec<(NodeId, &NewNode)> = out
+                    .iter()
+                    .zip(&nodes)
+                    .filter_map(|(o, n)| match o {
+                        InsertOutcome::Conflict(old) => Some((*old, n)),
+                        _ => None,
+                    })
+                    .collect();
+                if !pairs.is_empty() {
+                    let old = NodeFilter::ids(pairs.iter().map(|(id, _)| *id));
+                    delete_nodes(&w.txn, &old, now).await?;
+                    let fresh: Vec<NewNode> = pairs.iter().map(|(_, n)| (*n).clone()).collect();
+                    for o in insert_nodes(&w.txn, &fresh, now, &self.keys).await? {
+                        match o {
+                            InsertOutcome::Inserted(id) => replaced.push(id),
+                            other => {
+                                return Err(StoreError::Backend(format!(
+                                    "replacement collided again: {other:?}"
+                                )));
+                            }
+                        }
+                    }
+                    self.audit(&w.txn, "import_replace", None, Some(replaced.len() as u64))
+                        .await?;
+                }
+            }
+            let added = out
+                .iter()
+                .filter(|o| matches!(o, InsertOutcome::Inserted(_)))
+                .count();
+            if added > 0 {
+                self.audit(
+                    &w.txn,
+                    "import",
+                    Some(format!("job {job}")),
+                    Some(added as u64),
+                )
+                .await?;
+            }
+            imports::checkpoint(&w.txn, job, &checkpoint(&out, &replaced)).await?;
+            Ok(true)
+        }
+        .await;
+        w.finish(r).await
+    }
+
+    async fn import_parts(&self, job: JobId) -> Result<Vec<serde_json::Value>, StoreError> {
+        imports::parts(&self.db, job).await
+    }
+
+    async fn end_import(
+        &self,
+        job: JobId,
+        state: JobState,
+        test_job: Option<JobId>,
+        error: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = imports::end(&w.txn, job, state, test_job, error, at).await;
+        w.finish(r).await
+    }
+
+    async fn release_import(&self, job: JobId, worker: &str) -> Result<(), StoreError> {
+        let w = self.begin_write().await?;
+        let r = imports::release(&w.txn, job, worker).await;
+        w.finish(r).await
     }
 }
 

@@ -28,6 +28,8 @@ pub enum Method {
     SetJobState,
     /// [`NodeStore::heartbeat`].
     Heartbeat,
+    /// [`NodeStore::import_batch`].
+    ImportBatch,
 }
 
 /// What happens to a disturbed call.
@@ -475,5 +477,57 @@ impl NodeStore for FaultStore {
         limit: u64,
     ) -> Result<Vec<CommittedItem>, StoreError> {
         self.inner.items_since(job, cursor, limit).await
+    }
+
+    async fn create_import(&self, spec: &ImportSpec, at: DateTime<Utc>) -> Result<Job, StoreError> {
+        self.inner.create_import(spec, at).await
+    }
+
+    async fn import_run(&self, job: JobId) -> Result<ImportRun, StoreError> {
+        self.inner.import_run(job).await
+    }
+
+    async fn claim_import(
+        &self,
+        job: JobId,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<ImportRun>, StoreError> {
+        self.inner.claim_import(job, worker, at, lease).await
+    }
+
+    async fn import_batch(
+        &self,
+        job: JobId,
+        worker: &str,
+        at: DateTime<Utc>,
+        lease: Duration,
+        batch: ImportBatch,
+    ) -> Result<bool, StoreError> {
+        self.call(
+            Method::ImportBatch,
+            self.inner.import_batch(job, worker, at, lease, batch),
+        )
+        .await
+    }
+
+    async fn import_parts(&self, job: JobId) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.inner.import_parts(job).await
+    }
+
+    async fn end_import(
+        &self,
+        job: JobId,
+        state: JobState,
+        test_job: Option<JobId>,
+        error: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.end_import(job, state, test_job, error, at).await
+    }
+
+    async fn release_import(&self, job: JobId, worker: &str) -> Result<(), StoreError> {
+        self.inner.release_import(job, worker).await
     }
 }

@@ -1,12 +1,13 @@
-//! The JSON view of an import report ([`ImportSummary`]).
+//! The JSON view of an import report ([`ImportSummary`]): what frontends
+//! show and what an import job stores, one part per committed batch.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::{Existing, ImportError, ImportReport};
 use crate::domain::NodeId;
-use crate::import::{Existing, ImportError, ImportReport};
 
 /// One row of an import that collided with a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Collision {
     /// The row's line.
@@ -32,7 +33,7 @@ impl Collision {
 }
 
 /// An added row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddedRow {
     /// The row's line.
@@ -42,7 +43,7 @@ pub struct AddedRow {
 }
 
 /// A replaced node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplacedView {
     /// The row's line.
@@ -54,7 +55,7 @@ pub struct ReplacedView {
 }
 
 /// A row that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorRow {
     /// The row's line.
@@ -76,7 +77,7 @@ impl ErrorRow {
 }
 
 /// An [`ImportReport`] as printed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportSummary {
     /// Where the rows came from (a file name or `-`).
@@ -136,5 +137,40 @@ impl ImportSummary {
             not_inserted: report.not_inserted.clone(),
             failure: report.failure.clone(),
         }
+    }
+}
+
+impl ImportSummary {
+    /// Appends the rows of `part`, a later batch of the same import (an
+    /// import job stores one part per committed batch). A failure in `part`
+    /// replaces none recorded before.
+    pub fn absorb(&mut self, part: ImportSummary) {
+        self.added.extend(part.added);
+        self.replaced.extend(part.replaced);
+        self.duplicates.extend(part.duplicates);
+        self.conflicts.extend(part.conflicts);
+        self.errors.extend(part.errors);
+        self.ignored.extend(part.ignored);
+        self.not_inserted.extend(part.not_inserted);
+        if self.failure.is_none() {
+            self.failure = part.failure;
+        }
+    }
+
+    /// Puts every list in line order (as [`ImportReport`]s are).
+    pub fn sort_by_line(&mut self) {
+        self.added.sort_by_key(|r| r.line);
+        self.replaced.sort_by_key(|r| r.line);
+        self.duplicates.sort_by_key(|r| r.line);
+        self.conflicts.sort_by_key(|r| r.line);
+        self.errors.sort_by_key(|r| r.line);
+        self.ignored.sort_by_key(|r| r.line);
+        self.not_inserted.sort_unstable();
+    }
+
+    /// The ids of the added nodes (replacements included), in line order of
+    /// a sorted summary.
+    pub fn added_ids(&self) -> Vec<NodeId> {
+        self.added.iter().map(|r| r.id).collect()
     }
 }
