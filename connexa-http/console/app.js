@@ -939,6 +939,7 @@ async function submitImport(e) {
   if (!r) { $("#import-report").replaceChildren(); return; }
   if (r.summary) renderImportReport(r.summary);
   if (r.error) $("#import-report").prepend(h("p", { class: "error" }, `The import failed: ${r.error}`));
+  else if (r.state === "cancelled") $("#import-report").prepend(h("p", { class: "error" }, "The import was cancelled: the rows reported here went in, the rest were not read."));
   if (r.job != null) watchJob(r.job);
   $("#import-text").value = "";
   $("#import-file").value = "";

@@ -61,10 +61,7 @@ use crate::metrics::Metrics;
 use crate::problem::{ApiError, Kind};
 
 pub use crate::metrics::metrics_router;
-pub use crate::routes::import::{
-    FINISHED_KEPT as FINISHED_BACKGROUND_IMPORTS_KEPT,
-    FINISHED_TTL as FINISHED_BACKGROUND_IMPORTS_TTL,
-};
+pub use crate::routes::import::LISTED as BACKGROUND_IMPORTS_LISTED;
 
 /// Limits and switches of the API.
 #[derive(Debug, Clone)]
@@ -84,10 +81,6 @@ pub struct HttpOptions {
     /// more is answered `503 unavailable` (with `Retry-After`) before its body
     /// is read. Default 4.
     pub max_background_imports: usize,
-    /// Report rows (added, replaced, duplicate, conflict, error and
-    /// not-inserted rows) that finished background imports may hold in memory
-    /// together; past it the oldest finished imports are forgotten. Default 2,000,000.
-    pub finished_import_rows: usize,
     /// Time limit of a request (not of streams: imports, exports, events). Default 30 s.
     pub request_timeout: Duration,
     /// Origins allowed by CORS; empty (the default) = no CORS headers at all.
@@ -132,7 +125,6 @@ impl Default for HttpOptions {
             background_import_bytes: 4 << 20,
             spool_dir: None,
             max_background_imports: 4,
-            finished_import_rows: 2_000_000,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             auth_failures_per_minute: 20,
@@ -179,7 +171,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Where `GET /audit` reads the audit trail, if set.
     audit: Mutex<Option<SqlStore>>,
-    imports: routes::import::Registry,
+    /// One permit per background upload being spooled.
+    spooling: Arc<tokio::sync::Semaphore>,
     /// One permit per synchronous import running.
     sync_imports: Arc<tokio::sync::Semaphore>,
 }
@@ -195,10 +188,11 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State over an engine (whose store the API reads and writes) and a token store.
     pub fn new(engine: Engine, tokens: Arc<dyn TokenStore>, options: HttpOptions) -> Self {
-        let imports = routes::import::Registry::new(
-            options.max_background_imports,
-            options.finished_import_rows,
-        );
+        let spooling = Arc::new(tokio::sync::Semaphore::new(
+            options
+                .max_background_imports
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         AppState(Arc::new(Shared {
             limiter: AuthLimiter::new(options.auth_failures_per_minute, Duration::from_secs(60))
                 .with_capacity(options.auth_limiter_capacity),
@@ -225,7 +219,7 @@ impl AppState {
             totals: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             audit: Mutex::new(None),
-            imports,
+            spooling,
         }))
     }
 
@@ -354,20 +348,22 @@ impl AppState {
     }
 
     /// Ends every open event stream (call on shutdown, so that graceful shutdown
-    /// does not wait for clients that follow a job) and stops background imports
-    /// after their current batch (see [`AppState::background_imports_ended`]).
+    /// does not wait for clients that follow a job) and refuses new background
+    /// imports ([`AppState::background_imports_ended`] pauses the running ones).
     pub fn shutdown(&self) {
         self.0.shutdown.send_replace(true);
     }
 
-    /// Resolves when no background import runs (after [`AppState::shutdown`],
-    /// they stop after their current batch and delete their spool files).
+    /// Stops the background imports running in this process after their
+    /// current batch (they are import jobs: the next start of the server on
+    /// this host resumes them from their checkpoint, spool files kept) and
+    /// resolves once they stopped.
     pub async fn background_imports_ended(&self) {
-        self.0.imports.idle().await;
+        self.0.engine.pause_imports().await;
     }
 
-    pub(crate) fn imports(&self) -> &routes::import::Registry {
-        &self.0.imports
+    pub(crate) fn spooling(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.0.spooling
     }
 
     pub(crate) fn sync_imports(&self) -> &Arc<tokio::sync::Semaphore> {

@@ -2,7 +2,8 @@
 //! ephemeral loopback port, creates a token with `connexa-http token create`,
 //! imports a simulated PPTP fleet over HTTP, starts a light job, reads the SSE
 //! stream to the final 100 % event, checks the probe histograms on `/metrics`
-//! and the results in the database, and stops the server with SIGTERM.
+//! and the results in the database, and stops the server with SIGTERM; a
+//! background import stopped by SIGTERM resumes at the next start.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -425,4 +426,184 @@ async fn token_create_takes_a_role_and_a_scope_and_list_shows_them() {
             "{row:?}"
         );
     }
+}
+
+/// Starts `connexa-http serve` over `db`; returns the child and its address.
+async fn start_server(db: &str, spool: &std::path::Path) -> (tokio::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--db",
+            db,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--spool-dir",
+        ])
+        .arg(spool)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if let Some(a) = l.strip_prefix("listening on http://") {
+                return a.to_owned();
+            }
+        }
+        panic!("no listening line");
+    })
+    .await
+    .expect("listening within 60 s");
+    // Keep reading stderr so that the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+async fn sigterm(mut child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+async fn get_json(addr: &str, path: &str, token: &str) -> serde_json::Value {
+    let (status, _, body) = http(addr, "GET", path, Some(token), None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Posts a background import of `rows` rows; waits until it committed a
+/// batch, stops the server with SIGTERM; returns the import's url.
+async fn import_then_stop(
+    db: &str,
+    spool: &std::path::Path,
+    token: &str,
+    first: usize,
+    rows: usize,
+) -> String {
+    let (child, addr) = start_server(db, spool).await;
+    let list: String = (first..first + rows)
+        .map(|i| {
+            let (a, b, c) = (18 + (i >> 16), (i >> 8) & 255, i & 255);
+            format!("198.{a}.{b}.{c}:u{i}:p{i}\n")
+        })
+        .collect();
+    let (status, _, body) = http(
+        &addr,
+        "POST",
+        "/api/v1/import?background=true&source=big.txt",
+        Some(token),
+        Some(("text/plain", list.as_bytes())),
+    )
+    .await;
+    assert_eq!(status, 202, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let url = v["url"].as_str().unwrap().to_owned();
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = get_json(&addr, &url, token).await;
+        assert_eq!(
+            v["state"], "running",
+            "the import ended before the stop: {v}"
+        );
+        if v["bytes_processed"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < give_up, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sigterm(child).await;
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_import_survives_a_restart_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let db = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+    let out = Command::new(BIN)
+        .args([
+            "--db", &db, "token", "create", "--name", "ci", "--role", "admin",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let rows = 150_000;
+
+    // Stopped during the import: the spool file stays, the job waits.
+    let url = import_then_stop(&db, &spool, &token, 0, rows).await;
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1);
+    let store = SqlStore::connect(&db).await.unwrap();
+    let before = ops::count(&store, &NodeFilter::all()).await.unwrap();
+    assert!(before > 0 && before < rows as u64, "{before}");
+
+    // The next start resumes it from its checkpoint: every row once.
+    let (child, addr) = start_server(&db, &spool).await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let v = get_json(&addr, &url, &token).await;
+        if v["state"] != "running" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < give_up, "never resumed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["summary"]["added"].as_array().unwrap().len(), rows);
+    assert_eq!(done["summary"]["duplicates"], serde_json::json!([]));
+    assert_eq!(
+        ops::count(&store, &NodeFilter::all()).await.unwrap(),
+        rows as u64
+    );
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
+    let id = done["import_job"].as_i64().unwrap();
+    let jobs = get_json(&addr, "/api/v1/jobs", &token).await;
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == id && j["kind"] == "import" && j["state"] == "done"),
+        "{jobs}"
+    );
+    sigterm(child).await;
+
+    // Stopped again during another import, whose spool file is then lost:
+    // the next start ends it failed, saying why, with what went in.
+    let url = import_then_stop(&db, &spool, &token, 1 << 16, rows).await;
+    for f in std::fs::read_dir(&spool).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let (child, addr) = start_server(&db, &spool).await;
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let v = get_json(&addr, &url, &token).await;
+        if v["state"] != "running" {
+            break v;
+        }
+        assert!(std::time::Instant::now() < give_up, "never ended: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let why = failed["error"].as_str().unwrap();
+    assert!(why.contains("cannot be read"), "{why}");
+    let added = failed["summary"]["added"].as_array().unwrap().len() as u64;
+    assert!(added > 0 && added < rows as u64, "{added}");
+    assert_eq!(
+        ops::count(&store, &NodeFilter::all()).await.unwrap(),
+        rows as u64 + added
+    );
+    sigterm(child).await;
 }

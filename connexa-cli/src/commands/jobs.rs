@@ -139,9 +139,10 @@ async fn show(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
     let job = known(engine, id).await?;
     let p = store.progress(job.id).await?;
     let recent = store.recent_items(job.id, 10).await?;
+    let import = import_view(engine, &job).await?;
     if ctx.out.format == OutputFormat::Json {
         ctx.out.json(&serde_json::json!({"id": job.id.0, "kind": job.kind.as_str(), "state": job.state.as_str(),
-            "progress": p, "recent": recent.iter().map(|i| serde_json::json!({"node": i.node.0,
+            "progress": p, "import": import, "recent": recent.iter().map(|i| serde_json::json!({"node": i.node.0,
             "state": i.state.as_str(), "status": i.status.map(|s| s.as_str()), "detail": i.detail})).collect::<Vec<_>>()}))?;
         return Ok(Exit::Ok);
     }
@@ -149,6 +150,33 @@ async fn show(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
         "job #{} {} {}: {}/{} done ({:.1} %), ok {}, failed {}, timed out {}, cancelled {}, pending {}, running {}",
         job.id, job.kind, job.state, p.done(), p.total, p.percent(), p.ok, p.failed, p.timed_out, p.cancelled, p.pending, p.running
     ))?;
+    if let Some(v) = &import {
+        ctx.out.line(format_args!(
+            "  import of {}: {} of {} bytes committed{}",
+            v["source"].as_str().unwrap_or("-"),
+            v["bytes_done"],
+            v["bytes_total"],
+            v["test_job"]
+                .as_i64()
+                .map(|t| format!("; test job #{t}"))
+                .unwrap_or_default()
+        ))?;
+        if let Some(s) = v["summary"].as_object() {
+            let n = |k: &str| s.get(k).and_then(|a| a.as_array()).map_or(0, Vec::len);
+            ctx.out.line(format_args!(
+                "  added {}, replaced {}, duplicates {}, conflicts {}, errors {}, ignored {}",
+                n("added"),
+                n("replaced"),
+                n("duplicates"),
+                n("conflicts"),
+                n("errors"),
+                n("ignored")
+            ))?;
+        }
+        if let Some(e) = v["error"].as_str() {
+            ctx.out.line(format_args!("  stopped: {e}"))?;
+        }
+    }
     for i in recent {
         ctx.out.line(format_args!(
             "  node {} {} {} {}",
@@ -159,6 +187,22 @@ async fn show(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
         ))?;
     }
     Ok(Exit::Ok)
+}
+
+/// What an import job read and its report (`None` for other kinds).
+async fn import_view(
+    engine: &Engine,
+    job: &connexa_core::ports::Job,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(spec) = job.import_spec() else {
+        return Ok(None);
+    };
+    let run = engine.store().import_run(job.id).await?;
+    let summary = connexa_core::engine::import_summary(engine.store().as_ref(), job).await?;
+    Ok(Some(serde_json::json!({
+        "source": spec.source, "bytes_total": run.bytes_total, "bytes_done": run.bytes_done,
+        "test_job": run.test_job.map(|j| j.0), "error": run.error, "summary": summary,
+    })))
 }
 
 /// `jobs retest-failed ID`.
@@ -208,8 +252,15 @@ async fn cancel_all(ctx: &Ctx, engine: &Engine) -> anyhow::Result<Exit> {
 
 /// `jobs cancel ID`.
 async fn cancel(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
-    known(engine, id).await?;
+    let job = known(engine, id).await?;
     engine.cancel(JobId(id)).await?;
+    if job.kind == connexa_core::JobKind::Import {
+        ctx.out.line(format_args!(
+            "import job #{id} cancelled: it stops after its current batch; the rows committed stay \
+             (`connexa jobs show {id}` gives its report)"
+        ))?;
+        return Ok(Exit::Ok);
+    }
     let p = engine.store().progress(JobId(id)).await?;
     ctx.out.line(format_args!(
         "job #{} cancelled: {} finished results kept, {} cancelled",

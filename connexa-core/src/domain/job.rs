@@ -231,6 +231,15 @@ pub struct Job {
     pub deadline: Option<DateTime<Utc>>,
 }
 
+impl Job {
+    /// The spec of an import job (its stored options); `None` for other kinds.
+    pub fn import_spec(&self) -> Option<ImportSpec> {
+        (self.kind == JobKind::Import)
+            .then(|| serde_json::from_value(self.options.clone()).ok())
+            .flatten()
+    }
+}
+
 /// A finished item, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ItemView {

@@ -398,14 +398,6 @@ impl Engine {
         }
     }
 
-    /// Import runners alive in this process.
-    pub fn imports_running_here(&self) -> usize {
-        super::lock(&self.inner.jobs)
-            .values()
-            .filter(|j| j.import && !j.task.is_finished())
-            .count()
-    }
-
     /// An import job's progress row.
     pub async fn import_run(&self, job: JobId) -> Result<ImportRun, EngineError> {
         Ok(self.inner.store.import_run(job).await?)

@@ -5,16 +5,15 @@
 //! Small bodies are imported while the client waits (the answer is the report).
 //! Large ones (over [`HttpOptions::background_import_bytes`](crate::HttpOptions),
 //! or any with `background=true`) are first received whole into a spool file,
-//! then answered `202` with an import id, and imported by a background task
-//! whose progress `GET /api/v1/imports/{id}` (and its event stream) shows.
+//! then answered `202` with an import job, which the engine runs (and resumes
+//! after a restart) and whose progress `GET /api/v1/imports/{id}` (and its
+//! event stream) shows.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -25,11 +24,11 @@ use chrono::{DateTime, Utc};
 use connexa_core::engine::JobOptions;
 use connexa_core::import::{ImportOptions, OnConflict};
 use connexa_core::ops::ImportSummary;
-use connexa_core::ports::{JobId, JobKind};
+use connexa_core::ports::{ImportSpec, Job, JobId, JobKind, JobState};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tempfile::NamedTempFile;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 
 use super::jobs::TestKind;
@@ -291,41 +290,44 @@ async fn import_now(
     }
 }
 
-// --- background imports ------------------------------------------------------------
+// --- background imports: engine jobs ---------------------------------------------------
 
-/// Finished background imports kept for `GET /imports` (the oldest go first).
-pub const FINISHED_KEPT: usize = 20;
-/// How long a finished background import stays visible.
-pub const FINISHED_TTL: Duration = Duration::from_secs(3600);
+/// `GET /imports` lists at most this many import jobs, newest first.
+pub const LISTED: usize = 20;
 /// Bytes buffered in memory while an upload is written to its spool file.
 const SPOOL_BUFFER: usize = 1 << 20;
 /// `Retry-After` (seconds) of a `503 unavailable` answer to a background import.
 const RETRY_AFTER_SECS: u64 = 5;
-/// What the spool reader answers the importer once the server shuts down (the
-/// importer reports it as a row error, which is then dropped from the report).
-const SHUTTING_DOWN: &str = "the server is shutting down";
+/// Jobs `GET /imports` looks through for import jobs.
+const SCAN: u64 = 1_000;
 
 /// Where a background import is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportState {
-    /// The importer is reading the spooled upload.
+    /// Queued or reading the spooled upload (also while it waits for the
+    /// server's restart to resume it).
     Running,
     /// Every row was read; `summary` is the report.
     Done,
-    /// The import stopped early or its test job could not start; `error` says
-    /// why, and `summary` (when present) names the rows that went in before.
+    /// The import stopped early (the store failed, the spool file was gone
+    /// at a resume) or its test job could not start; `error` says why, and
+    /// `summary` names the rows that went in before.
     Failed,
+    /// Cancelled (`POST /jobs/{id}/cancel`): the rows in `summary` went in.
+    Cancelled,
 }
 
-/// A background import and its progress.
+/// A background import (an import job) and its progress.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BackgroundImport {
-    /// The import's id (random; valid until the server restarts).
+    /// The import's id: its job's id, as text.
     pub id: String,
     /// Where its progress is: `/api/v1/imports/{id}`.
     pub url: String,
-    /// running, done or failed.
+    /// The import job (also in `GET /jobs` and `connexa jobs list`).
+    pub import_job: JobId,
+    /// running, done, failed or cancelled.
     pub state: ImportState,
     /// The source's name in the report.
     pub source: String,
@@ -333,92 +335,21 @@ pub struct BackgroundImport {
     pub on_conflict: OnConflict,
     /// Bytes of the upload (of the file field, for a form).
     pub bytes_total: u64,
-    /// Bytes the importer has read so far.
+    /// Bytes of the upload the committed batches have read.
     pub bytes_processed: u64,
     /// `bytes_processed` in percent of `bytes_total`, one decimal; 100 only once done.
     pub percent: f64,
-    /// When the upload was received and the import started.
+    /// When the upload was received and the import job created.
     pub started_at: DateTime<Utc>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
     /// The report, once ended (the same as a synchronous import's `summary`);
-    /// always null in the list of imports. Shared with the registry, never copied.
-    #[schema(value_type = Option<ImportSummary>)]
-    pub summary: Option<Arc<ImportSummary>>,
+    /// always null in the list of imports.
+    pub summary: Option<ImportSummary>,
     /// The test job started on the added nodes, if `test` was asked and any were added.
     pub job: Option<JobId>,
     /// Why the import failed.
     pub error: Option<String>,
-}
-
-struct End {
-    at: DateTime<Utc>,
-    since: Instant,
-    state: ImportState,
-    summary: Option<Arc<ImportSummary>>,
-    job: Option<JobId>,
-    error: Option<String>,
-}
-
-/// One background import.
-pub(crate) struct Entry {
-    id: String,
-    source: String,
-    on_conflict: OnConflict,
-    started_at: DateTime<Utc>,
-    bytes_total: u64,
-    processed: Arc<AtomicU64>,
-    end: Mutex<Option<End>>,
-    ended: watch::Sender<bool>,
-}
-
-impl Entry {
-    fn end(&self) -> std::sync::MutexGuard<'_, Option<End>> {
-        self.end.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn is_running(&self) -> bool {
-        self.end().is_none()
-    }
-
-    /// The state; `summary` only `with_summary` (a report can be large).
-    fn view(&self, with_summary: bool) -> BackgroundImport {
-        let end = self.end();
-        let processed = self.processed.load(Ordering::Relaxed).min(self.bytes_total);
-        let percent = match &*end {
-            Some(e) if e.state == ImportState::Done => 100.0,
-            _ if self.bytes_total == 0 => 0.0,
-            _ => ((processed as f64 * 1000.0 / self.bytes_total as f64).floor() / 10.0).min(99.9),
-        };
-        BackgroundImport {
-            id: self.id.clone(),
-            url: import_url(&self.id),
-            state: end.as_ref().map_or(ImportState::Running, |e| e.state),
-            source: self.source.clone(),
-            on_conflict: self.on_conflict,
-            bytes_total: self.bytes_total,
-            bytes_processed: processed,
-            percent,
-            started_at: self.started_at,
-            finished_at: end.as_ref().map(|e| e.at),
-            summary: end
-                .as_ref()
-                .filter(|_| with_summary)
-                .and_then(|e| e.summary.clone()),
-            job: end.as_ref().and_then(|e| e.job),
-            error: end.as_ref().and_then(|e| e.error.clone()),
-        }
-    }
-}
-
-/// The rows a report holds (what a finished import keeps in memory).
-fn report_rows(s: &ImportSummary) -> usize {
-    s.added.len()
-        + s.replaced.len()
-        + s.duplicates.len()
-        + s.conflicts.len()
-        + s.errors.len()
-        + s.not_inserted.len()
 }
 
 /// `503 unavailable` with `Retry-After`.
@@ -428,173 +359,56 @@ fn unavailable(detail: &str) -> ApiError {
     e
 }
 
-fn import_url(id: &str) -> String {
+fn import_url(id: JobId) -> String {
     format!("/api/v1/imports/{id}")
 }
 
-/// The background imports of this process (in memory: a restart forgets the
-/// reports; the rows the importer committed stay committed).
-pub(crate) struct Registry {
-    /// Oldest first.
-    entries: Mutex<VecDeque<Arc<Entry>>>,
-    running: Mutex<usize>,
-    idle: tokio::sync::Notify,
-    /// One permit per background import allowed to spool or run at once.
-    slots: Arc<tokio::sync::Semaphore>,
-    /// Report rows the finished imports may hold together.
-    row_budget: usize,
-}
-
-impl Registry {
-    /// A registry letting `max_running` imports spool or run at once, whose
-    /// finished imports hold at most `row_budget` report rows together.
-    pub(crate) fn new(max_running: usize, row_budget: usize) -> Self {
-        Registry {
-            entries: Mutex::default(),
-            running: Mutex::default(),
-            idle: tokio::sync::Notify::new(),
-            slots: Arc::new(tokio::sync::Semaphore::new(
-                max_running.min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
-            row_budget,
-        }
-    }
-
-    fn entries(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Entry>>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn running(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Forgets finished imports past [`FINISHED_TTL`], beyond the newest
-    /// [`FINISHED_KEPT`], and (oldest first) while their reports together hold
-    /// more than the row budget.
-    fn prune(&self, entries: &mut VecDeque<Arc<Entry>>) {
-        entries.retain(|e| {
-            e.end()
-                .as_ref()
-                .is_none_or(|end| end.since.elapsed() < FINISHED_TTL)
-        });
-        let mut finished = entries.iter().filter(|e| !e.is_running()).count();
-        entries.retain(|e| {
-            if finished > FINISHED_KEPT && !e.is_running() {
-                finished -= 1;
-                false
-            } else {
-                true
-            }
-        });
-        let rows = |e: &Entry| {
-            e.end()
-                .as_ref()
-                .and_then(|end| end.summary.as_deref())
-                .map_or(0, report_rows)
-        };
-        let mut held: usize = entries.iter().map(|e| rows(e)).sum();
-        entries.retain(|e| {
-            if held > self.row_budget && !e.is_running() {
-                held -= rows(e);
-                false
-            } else {
-                true
-            }
-        });
-    }
-
-    fn insert(&self, e: Arc<Entry>) {
-        *self.running() += 1;
-        let mut entries = self.entries();
-        self.prune(&mut entries);
-        entries.push_back(e);
-    }
-
-    fn finish(&self, e: &Entry, end: End) {
-        {
-            let mut slot = e.end();
-            if slot.is_some() {
-                return;
-            }
-            *slot = Some(end);
-        }
-        e.ended.send_replace(true);
-        {
-            let mut entries = self.entries();
-            self.prune(&mut entries);
-        }
-        let mut running = self.running();
-        *running = running.saturating_sub(1);
-        if *running == 0 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    fn get(&self, id: &str) -> Option<Arc<Entry>> {
-        let mut entries = self.entries();
-        self.prune(&mut entries);
-        entries.iter().find(|e| e.id == id).cloned()
-    }
-
-    fn newest_first(&self) -> Vec<Arc<Entry>> {
-        let mut entries = self.entries();
-        self.prune(&mut entries);
-        entries.iter().rev().cloned().collect()
-    }
-
-    /// Waits until no background import runs.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if *self.running() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Marks the import failed if its task ends without reporting (a panic).
-struct FinishGuard {
-    st: AppState,
-    entry: Arc<Entry>,
-}
-
-impl Drop for FinishGuard {
-    fn drop(&mut self) {
-        self.st.imports().finish(
-            &self.entry,
-            End {
-                at: Utc::now(),
-                since: Instant::now(),
-                state: ImportState::Failed,
-                summary: None,
-                job: None,
-                error: Some("the import task ended unexpectedly (see the server log)".into()),
-            },
-        );
-    }
-}
-
-/// Reads the spool file for the importer, counting bytes; refuses to go on once
-/// the server shuts down (the importer then stops after its current batch).
-struct SpoolReader {
-    file: std::fs::File,
-    processed: Arc<AtomicU64>,
-    shutdown: watch::Receiver<bool>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl Read for SpoolReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if *self.shutdown.borrow() {
-            self.stopped.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other(SHUTTING_DOWN));
-        }
-        let n = self.file.read(buf)?;
-        self.processed.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
+/// The view of import job `job`; its report only `with_summary` and once it ended.
+async fn view(st: &AppState, job: &Job, with_summary: bool) -> ApiResult<BackgroundImport> {
+    let store = st.store();
+    let spec = job.import_spec().ok_or_else(|| {
+        ApiError::internal(&format!("job {} holds no readable import spec", job.id))
+    })?;
+    let run = store.import_run(job.id).await?;
+    let state = match job.state {
+        JobState::Queued | JobState::Running => ImportState::Running,
+        JobState::Done if run.error.is_none() => ImportState::Done,
+        JobState::Cancelled => ImportState::Cancelled,
+        JobState::Done | JobState::Interrupted => ImportState::Failed,
+    };
+    let total = run.bytes_total;
+    let processed = if state == ImportState::Done {
+        total
+    } else {
+        run.bytes_done.min(total)
+    };
+    let percent = match state {
+        ImportState::Done => 100.0,
+        _ if total == 0 => 0.0,
+        _ => ((processed as f64 * 1000.0 / total as f64).floor() / 10.0).min(99.9),
+    };
+    let ended = state != ImportState::Running;
+    let summary = if with_summary && ended {
+        Some(connexa_core::engine::import_summary(store.as_ref(), job).await?)
+    } else {
+        None
+    };
+    Ok(BackgroundImport {
+        id: job.id.to_string(),
+        url: import_url(job.id),
+        import_job: job.id,
+        state,
+        source: spec.source,
+        on_conflict: spec.on_conflict,
+        bytes_total: total,
+        bytes_processed: processed,
+        percent,
+        started_at: job.created_at,
+        finished_at: job.finished_at,
+        summary,
+        job: run.test_job,
+        error: run.error,
+    })
 }
 
 /// Writes a body stream to a new spool file in `dir`: at most `limit` bytes
@@ -643,8 +457,13 @@ where
         }
     }
     if !buf.is_empty() {
-        write_out(file, buf).await?;
+        (file, _) = write_out(file, buf).await?;
     }
+    // The spool outlives this process if it stops: the import resumes from it.
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .map_err(|e| ApiError::internal(&format!("cannot write the spool file: {e}")))?;
     Ok((tmp, total))
 }
 
@@ -664,7 +483,8 @@ async fn write_out(
     Ok((file, buf))
 }
 
-/// Receives the upload into a spool file, registers the import and starts it.
+/// Receives the upload into a spool file and creates the import job, which
+/// the engine runs (and resumes after a restart of this server).
 async fn start_background(
     st: AppState,
     q: ImportQuery,
@@ -672,17 +492,28 @@ async fn start_background(
     multipart: bool,
     limit: u64,
 ) -> ApiResult<Response> {
-    // Refused before the body is read: a slot (bounds the spool disk and the
-    // importers at once), and not during a shutdown.
-    let permit = st
-        .imports()
-        .slots
+    // Refused before the body is read: uploads being spooled and imports
+    // running here share the limit (it bounds the spool disk and the
+    // importers at once), and nothing starts during a shutdown.
+    let max = st.options().max_background_imports;
+    let spooling = st.spooling();
+    let host = connexa_core::ports::hostname();
+    let running = st
+        .store()
+        .unfinished_jobs()
+        .await?
+        .iter()
+        .filter(|j| j.import_spec().is_some_and(|s| s.host == host))
+        .count();
+    let busy = max.saturating_sub(spooling.available_permits()) + running;
+    let permit = spooling
         .clone()
         .try_acquire_owned()
-        .map_err(|_| {
+        .ok()
+        .filter(|_| busy < max)
+        .ok_or_else(|| {
             unavailable(&format!(
-                "{} background imports are running; try again later",
-                st.options().max_background_imports
+                "{max} background imports are running; try again later"
             ))
         })?;
     if *st.shutdown_rx().borrow() {
@@ -708,105 +539,53 @@ async fn start_background(
     if size == 0 {
         return Err(ApiError::bad_request("the body is empty: send a node list"));
     }
-    // The upload may have taken long: a shutdown since then would stop the
-    // import before its first row, so nothing is started (the spool file goes).
+    // The upload may have taken long: nothing starts once a shutdown began
+    // (the spool file goes with `tmp`).
     if *st.shutdown_rx().borrow() {
         return Err(unavailable(
             "the server is shutting down; nothing was imported",
         ));
     }
-    let reader_file = tmp.reopen().map_err(|e| ApiError::internal(&e))?;
-    // The path guard: dropping it (at the end, on failure, on a panic) deletes the file.
-    let spooled = tmp.into_temp_path();
-    let mut id = [0u8; 8];
-    getrandom::fill(&mut id).map_err(|e| ApiError::internal(&e))?;
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let (options, test) = import_options(&q);
+    let test = match test {
+        Some((kind, opts)) => Some((
+            kind,
+            serde_json::to_value(opts).map_err(|e| ApiError::internal(&e))?,
+        )),
+        None => None,
+    };
     let source = q
         .source
         .clone()
         .or(file_name)
         .unwrap_or_else(|| "body".into());
-    let entry = Arc::new(Entry {
-        id,
-        source: source.clone(),
-        on_conflict: options.on_conflict,
-        started_at: Utc::now(),
+    // From here the import job owns the file: it deletes it when it ends.
+    let path = tmp
+        .into_temp_path()
+        .keep()
+        .map_err(|e| ApiError::internal(&e))?;
+    let spec = ImportSpec {
+        source,
+        spool: path.clone(),
+        delete_spool: true,
+        host: connexa_core::ports::hostname(),
         bytes_total: size,
-        processed: Arc::new(AtomicU64::new(0)),
-        end: Mutex::new(None),
-        ended: watch::channel(false).0,
-    });
-    st.imports().insert(entry.clone());
-    let view = entry.view(true);
-    let stopped = Arc::new(AtomicBool::new(false));
-    let reader = SpoolReader {
-        file: reader_file,
-        processed: entry.processed.clone(),
-        shutdown: st.shutdown_rx(),
-        stopped: stopped.clone(),
+        on_conflict: options.on_conflict,
+        test,
+        actor: None,
+        actor_source: None,
     };
-    tracing::info!(import = %entry.id, bytes = size, %source, "background import started");
-    let guard = FinishGuard {
-        st: st.clone(),
-        entry,
-    };
-    // The import is the caller's: its rows are audited under them.
-    tokio::spawn(connexa_core::store::audit::carry(async move {
-        let _permit = permit;
-        let result = guard.st.engine().import(reader, options, test).await;
-        if let Err(e) = spooled.close() {
-            tracing::warn!(import = %guard.entry.id, error = %e, "cannot delete the spool file");
+    let id = match st.engine().start_import(spec).await {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e.into());
         }
-        guard.st.forget_totals();
-        let (state, summary, job, error) = match result {
-            Ok((report, job)) => {
-                let mut summary = ImportSummary::new(source, &report);
-                if stopped.load(Ordering::Relaxed) {
-                    // The refused read is no bad line: the state says why it stopped.
-                    if summary
-                        .errors
-                        .last()
-                        .is_some_and(|e| e.reason.ends_with(SHUTTING_DOWN))
-                    {
-                        summary.errors.pop();
-                    }
-                    let why = "the server shut down during the import; the rows in `summary.added` were imported";
-                    (
-                        ImportState::Failed,
-                        Some(summary),
-                        job,
-                        Some(why.to_owned()),
-                    )
-                } else if let Some(why) = summary.failure.clone() {
-                    (ImportState::Failed, Some(summary), job, Some(why))
-                } else {
-                    (ImportState::Done, Some(summary), job, None)
-                }
-            }
-            Err(e) => (
-                ImportState::Failed,
-                None,
-                None,
-                Some(format!(
-                    "the rows were imported, but the test job could not start: {e}"
-                )),
-            ),
-        };
-        let summary = summary.map(Arc::new);
-        tracing::info!(import = %guard.entry.id, state = ?state, "background import ended");
-        guard.st.imports().finish(
-            &guard.entry,
-            End {
-                at: Utc::now(),
-                since: Instant::now(),
-                state,
-                summary,
-                job,
-                error,
-            },
-        );
-    }));
+    };
+    drop(permit);
+    tracing::info!(import = %id, bytes = size, "background import started");
+    let job = st.store().job(id).await?;
+    let view = view(&st, &job, false).await?;
     let location = HeaderValue::from_str(&view.url).map_err(|e| ApiError::internal(&e))?;
     Ok((
         StatusCode::ACCEPTED,
@@ -816,46 +595,57 @@ async fn start_background(
         .into_response())
 }
 
-fn find(st: &AppState, id: &str) -> ApiResult<Arc<Entry>> {
-    st.imports()
-        .get(id)
-        .ok_or_else(|| ApiError::not_found(format!("no background import with id {id:?}")))
+/// The import job named `id` (`404` for anything else).
+async fn find(st: &AppState, id: &str) -> ApiResult<Job> {
+    let missing = || ApiError::not_found(format!("no background import with id {id:?}"));
+    let n: i64 = id.parse().map_err(|_| missing())?;
+    match st.store().job(JobId(n)).await {
+        Ok(job) if job.kind == JobKind::Import => Ok(job),
+        Ok(_) | Err(connexa_core::ports::StoreError::JobNotFound(_)) => Err(missing()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Recent background imports, newest first: those running and the last
-/// finished ones (at most 20, for at most an hour; in memory, so a restart
-/// forgets them). Without their reports (`summary` is null here: a report can
-/// be large; `GET /imports/{id}` has it).
+/// Recent background imports (import jobs), newest first: at most 20, without
+/// their reports (`summary` is null here: a report can be large;
+/// `GET /imports/{id}` has it). They are jobs in the database: a restart
+/// keeps them.
 #[utoipa::path(get, path = "/api/v1/imports", tag = "import",
     responses((status = 200, body = Vec<BackgroundImport>)))]
-pub async fn list(State(st): State<AppState>) -> Json2<Vec<BackgroundImport>> {
-    axum::Json(
-        st.imports()
-            .newest_first()
-            .iter()
-            .map(|e| e.view(false))
-            .collect(),
-    )
+pub async fn list(State(st): State<AppState>) -> ApiResult<Json2<Vec<BackgroundImport>>> {
+    let mut out = Vec::new();
+    for job in st.store().jobs(SCAN).await? {
+        if job.kind != JobKind::Import {
+            continue;
+        }
+        out.push(view(&st, &job, false).await?);
+        if out.len() == LISTED {
+            break;
+        }
+    }
+    Ok(axum::Json(out))
 }
 
 /// A background import: its state, progress and, once ended, its report.
 #[utoipa::path(get, path = "/api/v1/imports/{id}", tag = "import",
-    params(("id" = String, Path, description = "Import id (from `POST /import`)")),
+    params(("id" = String, Path, description = "Import id (from `POST /import`): its job's id")),
     responses((status = 200, body = BackgroundImport),
               (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_one(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json2<BackgroundImport>> {
-    Ok(axum::Json(find(&st, &id)?.view(true)))
+    let job = find(&st, &id).await?;
+    Ok(axum::Json(view(&st, &job, true).await?))
 }
 
 /// How often the event stream looks at the progress.
 const EVENT_TICK: Duration = Duration::from_millis(250);
 
 /// Server-Sent Events of a background import: `progress` (whenever the bytes
-/// read change, at most 4 a second) and a final `done` (state done — at 100 % —
-/// or failed), after which the stream ends. Data: the same as `GET /imports/{id}`.
+/// committed change, at most 4 a second) and a final `done` (state done — at
+/// 100 % — failed or cancelled, with the report), after which the stream
+/// ends. Data: the same as `GET /imports/{id}`.
 #[utoipa::path(get, path = "/api/v1/imports/{id}/events", tag = "import",
     params(("id" = String, Path, description = "Import id")),
     responses((status = 200, description = "An event stream: `event: progress` and a final `event: done` (data: BackgroundImport)", content_type = "text/event-stream", body = Object),
@@ -864,37 +654,37 @@ pub async fn events(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let entry = find(&st, &id)?;
-    let ended = entry.ended.subscribe();
+    let job = find(&st, &id).await?;
     let shutdown = st.shutdown_rx();
-    // `next`: no `progress` event before this instant (at most one per EVENT_TICK).
     let stream = futures::stream::unfold(
-        (entry, ended, shutdown, None::<u64>, Instant::now(), false),
-        |(entry, mut ended, mut shutdown, last, next, over)| async move {
+        (st, job.id, shutdown, None::<u64>, false),
+        |(st, id, mut shutdown, last, over)| async move {
             if over {
                 return None;
             }
             loop {
-                let view = entry.view(true);
+                let view = match st.store().job(id).await {
+                    Ok(job) => view(&st, &job, true).await,
+                    Err(e) => Err(e.into()),
+                };
+                let view = match view {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!(import = %id, error = ?e.0.detail, "import events: cannot read the job");
+                        return None;
+                    }
+                };
                 if view.state != ImportState::Running {
                     let e = Event::default().event("done").json_data(&view).ok()?;
-                    return Some((Ok(e), (entry, ended, shutdown, last, next, true)));
+                    return Some((Ok(e), (st, id, shutdown, last, true)));
                 }
-                let now = Instant::now();
-                let changed = last != Some(view.bytes_processed);
-                if changed && now >= next {
+                if last != Some(view.bytes_processed) {
                     let seen = Some(view.bytes_processed);
                     let e = Event::default().event("progress").json_data(&view).ok()?;
-                    return Some((
-                        Ok(e),
-                        (entry, ended, shutdown, seen, now + EVENT_TICK, false),
-                    ));
+                    return Some((Ok(e), (st, id, shutdown, seen, false)));
                 }
-                // Changed: wait for the next allowed instant; else look again a tick later.
-                let until = if changed { next } else { now + EVENT_TICK };
                 tokio::select! {
-                    () = tokio::time::sleep_until(until.into()) => {}
-                    _ = ended.wait_for(|e| *e) => {}
+                    () = tokio::time::sleep(EVENT_TICK) => {}
                     _ = shutdown.wait_for(|s| *s) => return None,
                 }
             }
