@@ -311,5 +311,9 @@ async fn a_background_import_is_audited_under_its_caller() {
         assert!(std::time::Instant::now() < deadline, "{v}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(rows(&a).await, vec![row("import", Some(200))]);
+    // The import job's creation, then its one batch.
+    assert_eq!(
+        rows(&a).await,
+        vec![row("job_create", None), row("import", Some(200))]
+    );
 }

@@ -582,7 +582,7 @@ async fn a_background_import_survives_a_restart_of_the_server() {
 
     // Stopped again during another import, whose spool file is then lost:
     // the next start ends it failed, saying why, with what went in.
-    let url = import_then_stop(&db, &spool, &token, 1 << 16, rows).await;
+    let url = import_then_stop(&db, &spool, &token, 1 << 18, rows).await;
     for f in std::fs::read_dir(&spool).unwrap() {
         std::fs::remove_file(f.unwrap().path()).unwrap();
     }
