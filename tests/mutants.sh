@@ -46,8 +46,8 @@ fi
 # The test targets that exercise each part (the library's unit tests always).
 tests_for() {
     case "$1" in
-        engine/*) echo "--lib --test engine_faults --test engine --test workers" ;;
-        store/*) echo "--lib --test store --test store_concurrency --test engine_faults" ;;
+        engine/*) echo "--lib --test engine_faults --test engine --test workers --test import_jobs" ;;
+        store/*) echo "--lib --test store --test store_concurrency --test engine_faults --test import_jobs" ;;
         domain/*) echo "--lib" ;;
         *) echo "--lib" ;;
     esac

@@ -2,8 +2,6 @@
 //! imported into the database and tested (the deepest test this machine can
 //! run against it) with the live progress bar, then the counts per status.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,22 +11,17 @@ use anyhow::Context as _;
 use clap::Args;
 use connexa_core::domain::{NodeFilter, NodeId, Status};
 use connexa_core::engine::JobOptions;
-use connexa_core::export::ExportFormat;
-use connexa_core::import::{Existing, ImportOptions, import_into};
-use connexa_core::ops::{self, TestPlan};
+use connexa_core::ops::TestPlan;
+use connexa_core::ops::demo::{
+    DEMO_FETCH_BYTES, DemoError, DemoFleet, DemoService, DemoSpec, demo_config, status_counts,
+};
 use connexa_core::ports::JobKind;
 use connexa_core::probe::{LightProber, ProbeConfig};
 use connexa_core::runtime::NetworkPorts;
-use connexa_core::sim::{
-    Behaviour, Fleet, FleetSpec, SimError, TUNNEL_HOST, TunnelSpec, parse_mix,
-};
-use connexa_core::socks::client as socks_client;
-use connexa_core::socks::proto::TargetAddr;
+use connexa_core::sim::{TUNNEL_HOST, parse_mix};
 use connexa_core::store::redact_url;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::cli::{Ctx, DEFAULT_DB};
-use crate::commands::sim::behaviour_name;
 use crate::exit::{Exit, WithCode, fail};
 use crate::output::{Cell, OutputFormat, Table};
 use crate::progress::follow;
@@ -36,28 +29,7 @@ use crate::progress::follow;
 /// The demo's own database, used unless `--db` is given on the command line.
 pub const DEMO_DB: &str = "sqlite://connexa-demo.db?mode=rwc";
 
-/// Bytes per second each simulated node's tunnel serves (4 Mbit/s).
-const DEMO_RATE: u64 = 500_000;
-
-/// What the demo fetches through a started SOCKS5 service.
-const DEMO_FETCH_BYTES: u64 = 1_000_000;
-
-/// The demo's settings: the configuration file's, with the speed test pointed
-/// at the keyed endpoint of the simulator's tunnel host and kept short.
-fn demo_config(ctx: &Ctx) -> connexa_core::config::Config {
-    let mut c = ctx.effective_config();
-    c.test.self_url = Some(format!("http://{TUNNEL_HOST}"));
-    c.test.self_upload = false;
-    c.test.extra_test_urls.clear();
-    c.test.upload_url = None;
-    c.test.speed_duration_secs = 2.0;
-    c.test.speed_warmup_secs = 0.5;
-    c.test.speed_streams = 2;
-    c
-}
-
-/// The default behaviour mix of the demo fleet.
-pub const DEFAULT_MIX: &str = "healthy=70,refused=10,silent=10,garbage=5,wrong=5";
+pub use connexa_core::ops::demo::DEFAULT_MIX;
 
 /// Run a simulated fleet on loopback, import it and test it with live progress.
 #[derive(Debug, Args)]
@@ -100,107 +72,33 @@ pub struct DemoArgs {
 /// Runs the demo.
 pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     let mix = parse_mix(&a.mix).code(Exit::Usage)?;
-    // Never the operator's database: the demo's own file unless --db says
-    // otherwise on this command line ($CONNEXA_DB and the config's
-    // `database` name the operator's).
-    let own;
-    let ctx = if ctx.global.db_on_command_line {
-        ctx
-    } else {
-        own = Ctx {
-            global: crate::cli::GlobalArgs {
-                db: Some(DEMO_DB.to_owned()),
-                ..ctx.global.clone()
-            },
-            config: connexa_core::config::Config {
-                database: None,
-                ..ctx.config.clone()
-            },
-            out: ctx.out,
-        };
-        &own
-    };
+    let own = demo_ctx(ctx);
+    let ctx = own.as_ref().unwrap_or(ctx);
     // Open the database first: a bad --db fails before anything starts.
     let store = ctx.store().await?;
-    // The speed test's key (the file next to the database, created on first
-    // use): the simulated nodes serve the keyed stream the tester verifies.
-    let speed_key = connexa_core::runtime::speed_key(&demo_config(ctx))
+    let config = demo_config(&ctx.effective_config());
+    // The simulated nodes serve the keyed stream the speed tester verifies.
+    let speed_key = connexa_core::runtime::speed_key(&config)
         .map_err(|e| fail(Exit::Config, format_args!("the speed test key: {e}")))?;
-    let spec = FleetSpec::new(a.nodes as usize)
-        .mix(mix)
-        .first_ip(a.first_ip)
-        .port(a.port)
-        // Nodes that log in also bring tunnels up (MPPE, IPCP) with an HTTP
-        // byte source behind them, so the speed test and a SOCKS5 service
-        // have something real to measure and fetch.
-        .tunnels(TunnelSpec {
-            rate_limit: Some(DEMO_RATE),
-            speed_key: Some(speed_key),
-        });
-    let fleet = Fleet::start(spec).await.map_err(|e| match e {
-        e @ SimError::Bind { .. } => fail(
-            Exit::Usage,
-            format_args!(
-                "cannot start the simulated fleet: {e} (choose other addresses with --first-ip or --port)"
-            ),
-        ),
-        e => fail(Exit::Usage, format_args!("cannot start the simulated fleet: {e}")),
-    })?;
-    ctx.out.note(format_args!(
-        "database: {} ({})",
-        redact_url(&ctx.db_url()),
-        if ctx.global.db_on_command_line {
-            "--db"
-        } else {
-            "the demo's own; --db chooses another, your connexa.db and $CONNEXA_DB are not touched"
-        }
-    ));
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for n in fleet.nodes() {
-        *counts.entry(behaviour_name(&n.behaviour)).or_default() += 1;
-    }
-    let last_ip = fleet.nodes().last().map(|n| n.ip).unwrap_or(a.first_ip);
-    let mix_text: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    ctx.out.note(format_args!(
-        "fleet: {} simulated nodes on {}..{} port {} ({})",
-        fleet.nodes().len(),
-        a.first_ip,
-        last_ip,
-        a.port,
-        mix_text.join(", ")
-    ));
-
-    // The node list, in an import format.
-    let mut list = Vec::new();
-    fleet
-        .write_list(ExportFormat::Pptp, &mut list)
-        .context("writing the node list")?;
+    let spec = DemoSpec {
+        nodes: a.nodes as usize,
+        mix,
+        first_ip: a.first_ip,
+        port: a.port,
+        speed_key: Some(speed_key),
+    };
+    let demo = DemoFleet::start(spec, store.clone())
+        .await
+        .map_err(|e| match e {
+            e @ (DemoError::Bind(_) | DemoError::Fleet(_)) => fail(Exit::Usage, e),
+            e => fail(Exit::Config, e),
+        })?;
     if let Some(path) = &a.list {
-        std::fs::write(path, &list)
+        std::fs::write(path, &demo.list)
             .with_context(|| format!("cannot write the node list to {}", path.display()))
             .code(Exit::Usage)?;
     }
-
-    // Import; nodes of an earlier demo run are tested again.
-    let report = import_into(store.clone(), Cursor::new(list), ImportOptions::default()).await;
-    if let Some(why) = &report.failure {
-        return Err(fail(Exit::Config, format_args!("import stopped: {why}")));
-    }
-    let added = report.added.len();
-    let mut ids: Vec<NodeId> = report.added_ids();
-    ids.extend(report.duplicates.iter().filter_map(|d| match d.of {
-        Existing::Stored(id) => Some(id),
-        Existing::Line(_) => None,
-    }));
-    ids.sort_unstable();
-    ids.dedup();
-    ctx.out.note(format_args!(
-        "database: {} — {added} nodes added, {} already there",
-        redact_url(&ctx.db_url()),
-        ids.len() - added
-    ));
-
-    // The deepest test this machine can run against the fleet.
+    announce(ctx, &demo, a.port);
     // Short timeouts (loopback answers at once); no ICMP: on loopback it adds
     // nothing, and unprivileged it would only warn.
     let prober = Arc::new(LightProber::new(ProbeConfig {
@@ -209,30 +107,91 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         icmp: None,
         ..ProbeConfig::default()
     }));
-    let config = demo_config(ctx);
-    let plan = match fleet
-        .nodes()
-        .iter()
-        .position(|n| n.behaviour == Behaviour::Healthy)
-    {
-        Some(i) => {
-            let sample = fleet.nodes()[i].node(NodeId(0));
-            let speed = NetworkPorts::with_prober(&config, Arc::clone(&prober)).speed;
-            ops::deepest_test(
-                prober.as_ref(),
-                Some(speed.as_ref()),
-                &sample,
-                Duration::from_secs(5),
-            )
-            .await
-        }
-        None => TestPlan {
-            kind: JobKind::Light,
-            skipped: Some(
-                "auth and speed tests skipped: the mix has no healthy node to try them on".into(),
-            ),
-        },
+    let plan = demo.plan(Arc::clone(&prober), &config).await;
+    announce_plan(ctx, &plan);
+    let engine = NetworkPorts::with_prober(&config, prober).engine(store.clone(), &config);
+    let options = JobOptions::default().node_timeout(Duration::from_secs(30));
+    let job = engine
+        .start_job(
+            plan.kind,
+            NodeFilter::ids(demo.ids.iter().copied()),
+            options,
+        )
+        .await?;
+    let followed = follow(ctx, &engine, job).await?;
+    let service = if followed.interrupted {
+        None
+    } else {
+        demo.try_service(&engine).await
     };
+    if let Some(s) = &service {
+        announce_service(ctx, s);
+    }
+    let by_status = status_counts(store.as_ref(), &demo.ids).await?;
+    report(
+        ctx,
+        &demo,
+        a.port,
+        &plan,
+        &followed,
+        &by_status,
+        service.as_ref(),
+    )?;
+    demo.close().await;
+    Ok(if followed.interrupted {
+        Exit::Interrupted
+    } else if followed.last.state == connexa_core::ports::JobState::Done {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
+}
+
+/// Never the operator's database: the demo's own file unless --db says
+/// otherwise on this command line ($CONNEXA_DB and the config's `database`
+/// name the operator's). `None`: `ctx` as it is.
+fn demo_ctx(ctx: &Ctx) -> Option<Ctx> {
+    (!ctx.global.db_on_command_line).then(|| Ctx {
+        global: crate::cli::GlobalArgs {
+            db: Some(DEMO_DB.to_owned()),
+            ..ctx.global.clone()
+        },
+        config: connexa_core::config::Config {
+            database: None,
+            ..ctx.config.clone()
+        },
+        out: ctx.out,
+    })
+}
+
+/// The database, the fleet and what the import found, on stderr.
+fn announce(ctx: &Ctx, demo: &DemoFleet, port: u16) {
+    let db = redact_url(&ctx.db_url());
+    ctx.out.note(format_args!(
+        "database: {db} ({})",
+        if ctx.global.db_on_command_line {
+            "--db"
+        } else {
+            "the demo's own; --db chooses another, your connexa.db and $CONNEXA_DB are not touched"
+        }
+    ));
+    let mix: Vec<String> = demo.mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    ctx.out.note(format_args!(
+        "fleet: {} simulated nodes on {}..{} port {port} ({})",
+        demo.ids.len(),
+        demo.first_ip,
+        demo.last_ip,
+        mix.join(", ")
+    ));
+    ctx.out.note(format_args!(
+        "database: {db} — {} nodes added, {} already there",
+        demo.added,
+        demo.ids.len() - demo.added
+    ));
+}
+
+/// Which test runs, and why deeper ones are skipped.
+fn announce_plan(ctx: &Ctx, plan: &TestPlan) {
     let test_name = match plan.kind {
         JobKind::Pipeline => "the pipeline (light, auth, speed)".to_owned(),
         k => format!("the {k} test"),
@@ -248,74 +207,66 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
         }
         None => ctx.out.note(format_args!("running {test_name}")),
     }
+}
 
-    let engine = NetworkPorts::with_prober(&config, prober).engine(store.clone(), &config);
-    let options = JobOptions::default().node_timeout(Duration::from_secs(30));
-    let job = engine
-        .start_job(plan.kind, NodeFilter::ids(ids.iter().copied()), options)
-        .await?;
-    let followed = follow(ctx, &engine, job).await?;
-    let service = if followed.interrupted {
-        None
-    } else {
-        service_step(ctx, &engine, store.as_ref(), &ids).await
-    };
-    fleet.close().await;
-
-    // Counts per status of the demo's nodes.
-    let nodes = ops::all_matching(store.as_ref(), &NodeFilter::ids(ids.iter().copied())).await?;
-    let mut by_status: HashMap<Status, u64> = HashMap::new();
-    for n in &nodes {
-        *by_status.entry(n.status).or_default() += 1;
+fn announce_service(ctx: &Ctx, s: &DemoService) {
+    match &s.result {
+        Ok(f) => ctx.out.note(format_args!(
+            "service: socks5://{}:***@{}:{} through node #{} ({}) fetched {} bytes of http://{TUNNEL_HOST}/bytes?{DEMO_FETCH_BYTES} in {:.2} s",
+            f.username, f.host, f.port, s.node, s.ip, f.fetched_bytes, f.seconds
+        )),
+        Err(e) => ctx.out.note(format_args!("service step failed: {e}")),
     }
+}
+
+/// The final report: JSON, or the job's line and the counts per status.
+fn report(
+    ctx: &Ctx,
+    demo: &DemoFleet,
+    port: u16,
+    plan: &TestPlan,
+    followed: &crate::progress::Followed,
+    by_status: &[(Status, u64)],
+    service: Option<&DemoService>,
+) -> anyhow::Result<()> {
     if ctx.out.format == OutputFormat::Json {
-        let statuses: serde_json::Map<String, serde_json::Value> = Status::ALL
+        let statuses: serde_json::Map<String, serde_json::Value> = by_status
             .iter()
-            .filter_map(|s| {
-                by_status
-                    .get(s)
-                    .map(|n| (s.as_str().to_owned(), (*n).into()))
-            })
+            .map(|(s, n)| (s.as_str().to_owned(), (*n).into()))
             .collect();
-        ctx.out.json(&serde_json::json!({
+        let service = service.map(|s| match &s.result {
+            Ok(f) => serde_json::json!({
+                "node": s.node.0, "host": f.host, "port": f.port,
+                "fetched_bytes": f.fetched_bytes, "seconds": f.seconds,
+            }),
+            Err(e) => serde_json::json!({ "node": s.node.0, "error": e }),
+        });
+        return ctx.out.json(&serde_json::json!({
             "fleet": {
-                "nodes": counts.values().sum::<usize>(), "first_ip": a.first_ip, "last_ip": last_ip,
-                "port": a.port, "mix": counts,
+                "nodes": demo.mix.values().sum::<usize>(), "first_ip": demo.first_ip,
+                "last_ip": demo.last_ip, "port": port, "mix": demo.mix,
             },
             "database": redact_url(&ctx.db_url()),
-            "import": {"added": added, "already_stored": ids.len() - added},
+            "import": {"added": demo.added, "already_stored": demo.ids.len() - demo.added},
             "test": {"kind": plan.kind.as_str(), "skipped": plan.skipped},
             "job": followed.json(),
             "by_status": statuses,
             "service": service,
-        }))?;
-    } else {
-        ctx.out.line(followed.line())?;
-        let mut t = Table::new(&["STATUS", "NODES"]);
-        for s in Status::ALL {
-            if let Some(n) = by_status.get(&s) {
-                t.row(vec![Cell::status(s), Cell::num(n)]);
-            }
-        }
-        ctx.out.table(&t)?;
-        if ctx.out.format == OutputFormat::Human {
-            next_steps(ctx, &by_status, nodes.first().map(|n| n.id))?;
-        }
+        }));
     }
-    Ok(if followed.interrupted {
-        Exit::Interrupted
-    } else if followed.last.state == connexa_core::ports::JobState::Done {
-        Exit::Ok
-    } else {
-        Exit::Partial
-    })
+    ctx.out.line(followed.line())?;
+    let mut t = Table::new(&["STATUS", "NODES"]);
+    for (s, n) in by_status {
+        t.row(vec![Cell::status(*s), Cell::num(*n)]);
+    }
+    ctx.out.table(&t)?;
+    if ctx.out.format == OutputFormat::Human {
+        next_steps(ctx, by_status, demo.ids.first().copied())?;
+    }
+    Ok(())
 }
 
-fn next_steps(
-    ctx: &Ctx,
-    by_status: &HashMap<Status, u64>,
-    first: Option<NodeId>,
-) -> anyhow::Result<()> {
+fn next_steps(ctx: &Ctx, by_status: &[(Status, u64)], first: Option<NodeId>) -> anyhow::Result<()> {
     let best = [
         Status::Online,
         Status::SpeedOk,
@@ -323,7 +274,7 @@ fn next_steps(
         Status::PingLight,
     ]
     .into_iter()
-    .find(|s| by_status.contains_key(s))
+    .find(|s| by_status.iter().any(|(b, _)| b == s))
     .unwrap_or(Status::PingLight);
     let first = first.map(|id| id.to_string()).unwrap_or_else(|| "1".into());
     let out = &ctx.out;
@@ -378,82 +329,4 @@ fn next_steps(
     }
     out.line("The simulated fleet stopped with the demo; the results stay in the database.")?;
     Ok(())
-}
-
-/// Starts a SOCKS5 service through the first `speed_ok` node (through the
-/// engine's reconciler, as `connexa service start` + `connexa run` would),
-/// fetches bytes from the simulator's tunnel host through it, and stops it.
-/// Says what happened on stderr; returns the JSON summary.
-async fn service_step(
-    ctx: &Ctx,
-    engine: &connexa_core::engine::Engine,
-    store: &dyn connexa_core::ports::NodeStore,
-    ids: &[NodeId],
-) -> Option<serde_json::Value> {
-    let nodes = ops::all_matching(store, &NodeFilter::ids(ids.iter().copied()))
-        .await
-        .ok()?;
-    let node = nodes.iter().find(|n| n.status == Status::SpeedOk)?;
-    let one = NodeFilter::ids([node.id]);
-    let result = async {
-        ops::want_services(store, &one, true).await?;
-        engine.reconcile().await?;
-        let started = store
-            .get(node.id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("node #{} vanished", node.id))?;
-        let ep = started.service.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "the service did not start: {}",
-                started.last_error.as_deref().unwrap_or("no reason recorded")
-            )
-        })?;
-        let t0 = std::time::Instant::now();
-        let proxy: std::net::SocketAddr = format!("{}:{}", ep.host, ep.port).parse()?;
-        let mut s = socks_client::connect(
-            proxy,
-            &ep.username,
-            ep.password.expose(),
-            &TargetAddr::Ip((TUNNEL_HOST, 80).into()),
-            Duration::from_secs(10),
-        )
-        .await?;
-        s.write_all(
-            format!(
-                "GET /bytes?{DEMO_FETCH_BYTES} HTTP/1.1\r\nHost: {TUNNEL_HOST}\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await?;
-        let mut response = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut response)).await??;
-        let body = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(0, |i| response.len() - i - 4);
-        let secs = t0.elapsed().as_secs_f64();
-        ctx.out.note(format_args!(
-            "service: socks5://{}:***@{}:{} through node #{} ({}) fetched {} bytes of http://{TUNNEL_HOST}/bytes?{DEMO_FETCH_BYTES} in {:.2} s",
-            ep.username, ep.host, ep.port, node.id, node.ip, body, secs
-        ));
-        anyhow::Ok(serde_json::json!({
-            "node": node.id.0, "host": ep.host, "port": ep.port,
-            "fetched_bytes": body, "seconds": secs,
-        }))
-    }
-    .await;
-    // Stop it again, so the demo leaves no service wanted behind.
-    let stopped = async {
-        ops::want_services(store, &one, false).await?;
-        engine.reconcile().await?;
-        anyhow::Ok(())
-    }
-    .await;
-    match (result, stopped) {
-        (Ok(v), Ok(())) => Some(v),
-        (Err(e), _) | (Ok(_), Err(e)) => {
-            ctx.out.note(format_args!("service step failed: {e:#}"));
-            Some(serde_json::json!({ "node": node.id.0, "error": format!("{e:#}") }))
-        }
-    }
 }

@@ -36,6 +36,8 @@ pub enum OpsError {
     Export(#[from] ExportError),
 }
 
+#[cfg(feature = "sim")]
+pub mod demo;
 mod nodes;
 mod plan;
 mod services;
