@@ -6,11 +6,8 @@
 use std::sync::Arc;
 
 use connexa_core::engine::Engine;
-use connexa_core::openvpn::OpenvpnLauncher;
 use connexa_core::probe::LightProber;
 use connexa_core::runtime::{self, NetworkPorts};
-use connexa_core::socks::SocksLauncher;
-use connexa_core::tun::TunLauncher;
 
 use crate::cli::Ctx;
 
@@ -29,16 +26,12 @@ pub async fn engine_with(ctx: &Ctx, prober: Arc<LightProber>) -> anyhow::Result<
     Ok(engine_and_launcher(ctx, prober).await?.0)
 }
 
-/// The launchers of `connexa run` (SOCKS5, `tun`, `openvpn`), which stops
-/// every service on a graceful shutdown.
-pub type Launchers = (Arc<SocksLauncher>, Arc<TunLauncher>, Arc<OpenvpnLauncher>);
-
-/// An engine and its launchers (SOCKS5, `tun` and `openvpn`; for `connexa
-/// run`, which stops every service on a graceful shutdown).
+/// An engine and the network ports it runs on (for `connexa run`, which
+/// stops every service on a graceful shutdown: [`NetworkPorts::stop_services`]).
 pub async fn engine_and_launcher(
     ctx: &Ctx,
     prober: Arc<LightProber>,
-) -> anyhow::Result<(Engine, Launchers)> {
+) -> anyhow::Result<(Engine, NetworkPorts)> {
     engine_and_launcher_as(ctx, prober, None, Vec::new()).await
 }
 
@@ -49,10 +42,10 @@ pub async fn engine_and_launcher_as(
     prober: Arc<LightProber>,
     worker: Option<String>,
     roles: Vec<connexa_core::ports::WorkerRole>,
-) -> anyhow::Result<(Engine, Launchers)> {
+) -> anyhow::Result<(Engine, NetworkPorts)> {
     let store = ctx.store().await?;
     let ports = NetworkPorts::with_prober(&ctx.effective_config(), prober);
     let engine = ports.engine_as(store, &ctx.config, worker, roles);
     runtime::attach_enrichment(&engine, &ctx.config)?;
-    Ok((engine, (ports.launcher, ports.tun, ports.openvpn)))
+    Ok((engine, ports))
 }

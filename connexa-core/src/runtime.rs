@@ -440,6 +440,24 @@ pub struct NetworkPorts {
 }
 
 impl NetworkPorts {
+    /// A process's end: records the final traffic counters of the services
+    /// this process runs, stops them all (SOCKS5, `tun`, `openvpn`; they stay
+    /// wanted, so the next start brings them back on their stored ports with
+    /// their stored credentials) and rewrites the proxies file. Returns how
+    /// many ran.
+    pub async fn stop_services(&self, engine: &crate::engine::Engine) -> usize {
+        use crate::ports::ServiceLauncher as _;
+        let running = self.launcher.running().await.len()
+            + self.tun.running().await.len()
+            + self.openvpn.running().await.len();
+        engine.record_final_service_counters().await;
+        self.launcher.stop_all().await;
+        self.tun.stop_all().await;
+        self.openvpn.stop_all().await;
+        engine.refresh_proxies_file().await;
+        running
+    }
+
     /// The ports of `config`.
     pub fn from_config(config: &Config) -> Self {
         Self::with_prober(config, Arc::new(prober(&config.test)))

@@ -643,11 +643,7 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     }
     // Services stop with the process; they stay wanted, so the next start
     // brings them back on their stored ports with their stored credentials.
-    engine.record_final_service_counters().await;
-    ports.launcher.stop_all().await;
-    ports.tun.stop_all().await;
-    ports.openvpn.stop_all().await;
-    engine.refresh_proxies_file().await;
+    ports.stop_services(&engine).await;
     if let Err(e) = engine.deregister().await {
         tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");
     }

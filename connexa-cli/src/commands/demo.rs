@@ -71,42 +71,14 @@ pub struct DemoArgs {
 
 /// Runs the demo.
 pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
-    let mix = parse_mix(&a.mix).code(Exit::Usage)?;
     let own = demo_ctx(ctx);
     let ctx = own.as_ref().unwrap_or(ctx);
     // Open the database first: a bad --db fails before anything starts.
     let store = ctx.store().await?;
     let config = demo_config(&ctx.effective_config());
-    // The simulated nodes serve the keyed stream the speed tester verifies.
-    let speed_key = connexa_core::runtime::speed_key(&config)
-        .map_err(|e| fail(Exit::Config, format_args!("the speed test key: {e}")))?;
-    let spec = DemoSpec {
-        nodes: a.nodes as usize,
-        mix,
-        first_ip: a.first_ip,
-        port: a.port,
-        speed_key: Some(speed_key),
-    };
-    let demo = DemoFleet::start(spec, store.clone())
-        .await
-        .map_err(|e| match e {
-            e @ (DemoError::Bind(_) | DemoError::Fleet(_)) => fail(Exit::Usage, e),
-            e => fail(Exit::Config, e),
-        })?;
-    if let Some(path) = &a.list {
-        std::fs::write(path, &demo.list)
-            .with_context(|| format!("cannot write the node list to {}", path.display()))
-            .code(Exit::Usage)?;
-    }
+    let demo = start_fleet(&a, &config, store.clone()).await?;
     announce(ctx, &demo, a.port);
-    // Short timeouts (loopback answers at once); no ICMP: on loopback it adds
-    // nothing, and unprivileged it would only warn.
-    let prober = Arc::new(LightProber::new(ProbeConfig {
-        connect_timeout: Duration::from_secs(2),
-        handshake_timeout: Duration::from_secs(2),
-        icmp: None,
-        ..ProbeConfig::default()
-    }));
+    let prober = demo_prober();
     let plan = demo.plan(Arc::clone(&prober), &config).await;
     announce_plan(ctx, &plan);
     let engine = NetworkPorts::with_prober(&config, prober).engine(store.clone(), &config);
@@ -145,6 +117,46 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Partial
     })
+}
+
+/// Starts the fleet (its nodes serve the keyed stream the speed tester
+/// verifies) and imports its list; writes the list to `--list`.
+async fn start_fleet(
+    a: &DemoArgs,
+    config: &connexa_core::config::Config,
+    store: Arc<dyn connexa_core::ports::NodeStore>,
+) -> anyhow::Result<DemoFleet> {
+    let mix = parse_mix(&a.mix).code(Exit::Usage)?;
+    let speed_key = connexa_core::runtime::speed_key(config)
+        .map_err(|e| fail(Exit::Config, format_args!("the speed test key: {e}")))?;
+    let spec = DemoSpec {
+        nodes: a.nodes as usize,
+        mix,
+        first_ip: a.first_ip,
+        port: a.port,
+        speed_key: Some(speed_key),
+    };
+    let demo = DemoFleet::start(spec, store).await.map_err(|e| match e {
+        e @ (DemoError::Bind(_) | DemoError::Fleet(_)) => fail(Exit::Usage, e),
+        e => fail(Exit::Config, e),
+    })?;
+    if let Some(path) = &a.list {
+        std::fs::write(path, &demo.list)
+            .with_context(|| format!("cannot write the node list to {}", path.display()))
+            .code(Exit::Usage)?;
+    }
+    Ok(demo)
+}
+
+/// Short timeouts (loopback answers at once); no ICMP: on loopback it adds
+/// nothing, and unprivileged it would only warn.
+fn demo_prober() -> Arc<LightProber> {
+    Arc::new(LightProber::new(ProbeConfig {
+        connect_timeout: Duration::from_secs(2),
+        handshake_timeout: Duration::from_secs(2),
+        icmp: None,
+        ..ProbeConfig::default()
+    }))
 }
 
 /// Never the operator's database: the demo's own file unless --db says

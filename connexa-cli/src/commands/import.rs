@@ -74,32 +74,7 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
         ..ImportOptions::default()
     };
     // Open every input first: a missing file imports nothing.
-    let mut inputs: Vec<(String, Box<dyn Read + Send>)> = Vec::new();
-    let mut stdin_used = false;
-    for path in &args.files {
-        if path.as_os_str() == "-" {
-            if stdin_used {
-                return Err(fail(Exit::Usage, "`-` (stdin) given twice"));
-            }
-            stdin_used = true;
-            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                ctx.out
-                    .note("reading the node list from the terminal; end it with Ctrl-D");
-            }
-            inputs.push(("-".into(), Box::new(std::io::stdin())));
-        } else {
-            let file = File::open(path)
-                .with_context(|| format!("cannot read {}", path.display()))
-                .code(Exit::Usage)?;
-            if file.metadata().is_ok_and(|m| m.is_dir()) {
-                return Err(fail(
-                    Exit::Usage,
-                    format_args!("cannot read {}: is a directory", path.display()),
-                ));
-            }
-            inputs.push((path.display().to_string(), Box::new(file)));
-        }
-    }
+    let inputs = open_inputs(ctx, &args.files)?;
     let store = ctx.store().await?;
     let mut summaries = Vec::new();
     for (name, reader) in inputs {
@@ -134,10 +109,55 @@ pub async fn exec(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Ok
     };
-    let Some(test) = args.test else {
-        return Ok(import_exit);
-    };
-    // Test exactly the nodes this import added (replacements included).
+    match args.test {
+        None => Ok(import_exit),
+        Some(test) => test_added(ctx, &summaries, test, import_exit).await,
+    }
+}
+
+/// The files (`-`: stdin, once), each opened: a missing file is a usage error.
+fn open_inputs(
+    ctx: &Ctx,
+    files: &[PathBuf],
+) -> anyhow::Result<Vec<(String, Box<dyn Read + Send>)>> {
+    let mut inputs: Vec<(String, Box<dyn Read + Send>)> = Vec::new();
+    let mut stdin_used = false;
+    for path in files {
+        if path.as_os_str() == "-" {
+            if stdin_used {
+                return Err(fail(Exit::Usage, "`-` (stdin) given twice"));
+            }
+            stdin_used = true;
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                ctx.out
+                    .note("reading the node list from the terminal; end it with Ctrl-D");
+            }
+            inputs.push(("-".into(), Box::new(std::io::stdin())));
+        } else {
+            let file = File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))
+                .code(Exit::Usage)?;
+            if file.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(fail(
+                    Exit::Usage,
+                    format_args!("cannot read {}: is a directory", path.display()),
+                ));
+            }
+            inputs.push((path.display().to_string(), Box::new(file)));
+        }
+    }
+    Ok(inputs)
+}
+
+/// `--test`: tests exactly the nodes this import added (replacements
+/// included) with live progress.
+async fn test_added(
+    ctx: &Ctx,
+    summaries: &[ImportSummary],
+    test: TestArg,
+    import_exit: Exit,
+) -> anyhow::Result<Exit> {
+    let json = ctx.out.format == OutputFormat::Json;
     let ids: Vec<NodeId> = summaries
         .iter()
         .flat_map(|s| {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use connexa_core::engine::{EngineError, JobSummary, RecoverPolicy};
+use connexa_core::engine::{Engine, EngineError, JobSummary, RecoverPolicy};
 use connexa_core::ports::{StoreError, WorkerRole};
 use connexa_core::store::redact_url;
 use tokio::sync::watch;
@@ -14,7 +14,6 @@ use crate::cli::Ctx;
 use crate::exit::{Exit, fail};
 use crate::output::OutputFormat;
 use crate::wiring;
-use connexa_core::ports::ServiceLauncher as _;
 
 /// Work on the database: run queued and unfinished jobs, keep wanted services
 /// up, check their health.
@@ -139,7 +138,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     if a.services || !a.jobs {
         roles.push(WorkerRole::Services);
     }
-    let (engine, (launcher, tun, openvpn)) = wiring::engine_and_launcher_as(
+    let (engine, ports) = wiring::engine_and_launcher_as(
         ctx,
         std::sync::Arc::new(wiring::prober(ctx)),
         a.worker.clone(),
@@ -149,6 +148,33 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
     if a.once {
         return once(ctx, &engine, sig, grace).await;
     }
+    start_worker(ctx, &engine, &roles).await?;
+    serve_speed_endpoint(ctx, &sig).await?;
+    let code = run_until_stopped(ctx, &engine, &sig, grace).await;
+    let services = ports.stop_services(&engine).await;
+    if services > 0 {
+        ctx.out.note(format_args!(
+            "{services} services stopped; the next `connexa run` starts them again"
+        ));
+    }
+    if code == Exit::Ok {
+        // A clean exit: every item in flight was committed; the row goes.
+        if let Err(e) = engine.deregister().await {
+            tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");
+        }
+    }
+    let refused = engine.results_refused();
+    if refused > 0 {
+        ctx.out.note(format_args!(
+            "{refused} late results were refused (their items' leases had run out and other workers took them); none was applied"
+        ));
+    }
+    Ok(code)
+}
+
+/// Registers the worker, resumes unfinished jobs (with the jobs role) and
+/// says what it does.
+async fn start_worker(ctx: &Ctx, engine: &Engine, roles: &[WorkerRole]) -> anyhow::Result<()> {
     engine.register().await.map_err(|e| match e {
         EngineError::Store(e @ StoreError::WorkerNameTaken { .. }) => {
             fail(Exit::Usage, e.to_string())
@@ -179,24 +205,41 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
             connexa_core::runtime::PLAINTEXT_SECRETS_WARNING
         ));
     }
-    // The keyed speed endpoint, for hosts without connexa-http.
-    if let Some(listen) = ctx.config.test.speed_listen {
-        let endpoint = connexa_core::runtime::speed_endpoint(&ctx.effective_config())
-            .map_err(|e| fail(Exit::Config, format!("the keyed speed endpoint's key: {e}")))?;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen} ([test] speed_listen)"))?;
-        ctx.out.note(format_args!(
-            "serving the keyed speed endpoint on http://{}/speed/down",
-            listener.local_addr()?
-        ));
-        tokio::spawn(connexa_core::speed::keyed::serve(
-            listener,
-            endpoint,
-            1024,
-            nth_signal(sig.clone(), 1),
-        ));
-    }
+    Ok(())
+}
+
+/// The keyed speed endpoint (`[test] speed_listen`), for hosts without
+/// connexa-http; it stops at the first signal.
+async fn serve_speed_endpoint(ctx: &Ctx, sig: &watch::Receiver<u32>) -> anyhow::Result<()> {
+    let Some(listen) = ctx.config.test.speed_listen else {
+        return Ok(());
+    };
+    let endpoint = connexa_core::runtime::speed_endpoint(&ctx.effective_config())
+        .map_err(|e| fail(Exit::Config, format!("the keyed speed endpoint's key: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([test] speed_listen)"))?;
+    ctx.out.note(format_args!(
+        "serving the keyed speed endpoint on http://{}/speed/down",
+        listener.local_addr()?
+    ));
+    tokio::spawn(connexa_core::speed::keyed::serve(
+        listener,
+        endpoint,
+        1024,
+        nth_signal(sig.clone(), 1),
+    ));
+    Ok(())
+}
+
+/// Runs the engine until the first signal, then drains it for at most
+/// `grace` (a second signal: at once).
+async fn run_until_stopped(
+    ctx: &Ctx,
+    engine: &Engine,
+    sig: &watch::Receiver<u32>,
+    grace: Duration,
+) -> Exit {
     let run = engine.run(nth_signal(sig.clone(), 1));
     tokio::pin!(run);
     let forced = async {
@@ -209,7 +252,7 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
             () = nth_signal(sig.clone(), 2) => Exit::Interrupted,
         }
     };
-    let code = tokio::select! {
+    tokio::select! {
         () = &mut run => {
             ctx.out.note("stopped: every item in flight finished and was committed; the rest stays pending for the next run");
             Exit::Ok
@@ -218,39 +261,12 @@ pub async fn exec(ctx: &Ctx, a: RunArgs) -> anyhow::Result<Exit> {
             ctx.out.note("stopped with items still in flight: they stay `running` and the next `connexa run` resumes them");
             code
         }
-    };
-    // Services stop with the process; they stay wanted, so the next run starts
-    // them again on their stored ports with their stored credentials.
-    let services =
-        launcher.running().await.len() + tun.running().await.len() + openvpn.running().await.len();
-    engine.record_final_service_counters().await;
-    launcher.stop_all().await;
-    tun.stop_all().await;
-    openvpn.stop_all().await;
-    engine.refresh_proxies_file().await;
-    if services > 0 {
-        ctx.out.note(format_args!(
-            "{services} services stopped; the next `connexa run` starts them again"
-        ));
     }
-    if code == Exit::Ok {
-        // A clean exit: every item in flight was committed; the row goes.
-        if let Err(e) = engine.deregister().await {
-            tracing::warn!(error = %e, "could not remove this worker's row; it expires by itself");
-        }
-    }
-    let refused = engine.results_refused();
-    if refused > 0 {
-        ctx.out.note(format_args!(
-            "{refused} late results were refused (their items' leases had run out and other workers took them); none was applied"
-        ));
-    }
-    Ok(code)
 }
 
 async fn once(
     ctx: &Ctx,
-    engine: &connexa_core::engine::Engine,
+    engine: &Engine,
     sig: watch::Receiver<u32>,
     grace: Duration,
 ) -> anyhow::Result<Exit> {
