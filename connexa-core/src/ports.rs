@@ -268,9 +268,13 @@ pub enum StoreError {
         pid: u32,
     },
     /// This worker no longer holds the import job (its hold ran out and
-    /// another process took it, or the job ended): the batch was rolled back.
+    /// another process took it): the batch was rolled back.
     #[error("import job {0} is no longer held by this worker")]
     ImportNotHeld(JobId),
+    /// The import job is no longer running (it was cancelled or ended): the
+    /// batch was rolled back.
+    #[error("import job {0} is no longer running")]
+    ImportEnded(JobId),
 }
 
 /// Builds the checkpoint of an import batch from what the store did with its
@@ -286,8 +290,8 @@ pub struct ImportBatch {
     pub nodes: Vec<NewNode>,
     /// Conflict policy.
     pub on_conflict: OnConflict,
-    /// The last line the batch covers (its checkpoint's line).
-    pub through_line: u64,
+    /// The parser rows covered once the batch is in (its checkpoint's `rows`).
+    pub through_rows: u64,
     /// Builds the checkpoint from what the store did.
     pub checkpoint: CheckpointFn,
 }
@@ -297,7 +301,7 @@ impl fmt::Debug for ImportBatch {
         f.debug_struct("ImportBatch")
             .field("nodes", &self.nodes.len())
             .field("on_conflict", &self.on_conflict)
-            .field("through_line", &self.through_line)
+            .field("through_rows", &self.through_rows)
             .finish_non_exhaustive()
     }
 }
@@ -631,12 +635,14 @@ pub trait NodeStore: Send + Sync {
     /// [`insert`](Self::insert)), with [`OnConflict::Replace`] replaces the
     /// stored nodes they conflict with (as [`replace`](Self::replace)), then
     /// records the checkpoint its [`CheckpointFn`] builds from the outcomes
-    /// (the last line, the bytes read, the batch's part of the report) and
-    /// extends `worker`'s hold to `at + lease`. A worker that no longer holds
-    /// the job gets [`StoreError::ImportNotHeld`] and nothing is written. A
-    /// batch whose last line is already committed (a retry after a commit
-    /// whose acknowledgment was lost) is not applied again: `Ok(false)`. So
-    /// every batch is committed exactly once with its checkpoint.
+    /// (the parser rows covered, the bytes read, the batch's part of the
+    /// report) and extends `worker`'s hold to `at + lease`. A worker that no
+    /// longer holds the job gets [`StoreError::ImportNotHeld`], and a job that
+    /// is no longer running (cancelled) [`StoreError::ImportEnded`]; nothing
+    /// is written then. A batch whose rows are already committed (a retry
+    /// after a commit whose acknowledgment was lost) is not applied again:
+    /// `Ok(false)`. So every batch is committed exactly once with its
+    /// checkpoint.
     async fn import_batch(
         &self,
         job: JobId,
@@ -649,17 +655,21 @@ pub trait NodeStore: Send + Sync {
     /// The report parts of an import job's committed batches, in commit order.
     async fn import_parts(&self, job: JobId) -> Result<Vec<serde_json::Value>, StoreError>;
 
-    /// Ends an import job in `state` (done, cancelled, interrupted) at `at`
-    /// with the test job started on its added nodes and the reason it
-    /// stopped early, if any; lets go of its hold.
+    /// Ends an import job that `worker` holds (or nobody does) in `state`
+    /// (done, cancelled, interrupted) at `at`, with the test job started on
+    /// its added nodes and the reason it stopped early, if any; lets go of
+    /// its hold. A job cancelled meanwhile stays cancelled. `Ok(false)`:
+    /// another worker holds it, nothing changed.
+    #[allow(clippy::too_many_arguments)]
     async fn end_import(
         &self,
         job: JobId,
+        worker: &str,
         state: JobState,
         test_job: Option<JobId>,
         error: Option<String>,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Lets go of `worker`'s hold of an unfinished import job (a graceful
     /// stop): any process on its host may resume it at once.

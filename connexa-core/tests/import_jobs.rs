@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestDb;
-use connexa_core::domain::{Node, Outcome};
+use connexa_core::domain::{NewNode, Node, Outcome};
 use connexa_core::engine::{Engine, EngineConfig, NotAvailable, RecoverPolicy, import_summary};
 use connexa_core::import::{ImportOptions, import_into};
 use connexa_core::ops::ImportSummary;
@@ -189,7 +189,7 @@ async fn resumes(db: TestDb, crash: bool) {
     let paused = store.import_run(job).await.unwrap();
     assert_eq!(store.job(job).await.unwrap().state, JobState::Running);
     assert!(
-        paused.line > 0 && paused.bytes_done < text.len() as u64,
+        paused.rows > 0 && paused.bytes_done < text.len() as u64,
         "{paused:?}"
     );
     assert!(path.exists(), "the spool stays for the resume");
@@ -367,4 +367,171 @@ async fn a_store_failing_for_good_ends_the_import_interrupted_keeping_the_commit
     );
     assert_eq!(summary.added.len(), 2_000, "the first batch, committed");
     assert_eq!(nodes_stored(real.as_ref()).await, 2_000);
+}
+
+/// A minified JSON array: every node starts on line 1. Batches are counted
+/// in parser rows, not lines: all of them go in, also across a pause.
+#[tokio::test]
+async fn a_one_line_json_array_is_imported_whole_also_across_a_pause() {
+    let db = common::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<String> = (0..9_000)
+        .map(|i| {
+            format!(
+                r#"{{"ip":"203.0.{}.{}","login":"u{i}","password":"p{i}"}}"#,
+                i >> 8,
+                i & 255
+            )
+        })
+        .collect();
+    let text = format!("[{}]", rows.join(","));
+    let path = spool(dir.path(), &text);
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let first = engine(Arc::clone(&store), "w1");
+    let job = first.start_import(spec(&path, true)).await.unwrap();
+    wait_bytes(store.as_ref(), job, 0).await;
+    first.pause_imports().await;
+    let paused = store.import_run(job).await.unwrap();
+    let second = engine(Arc::clone(&store), "w1");
+    second.recover(RecoverPolicy::Resume).await.unwrap();
+    let done = second.wait(job).await.unwrap();
+    assert_eq!(done.job.state, JobState::Done);
+    let summary = import_summary(store.as_ref(), &done.job).await.unwrap();
+    assert_eq!(
+        shape(&summary),
+        shape(&reference(&text).await),
+        "paused at {paused:?}"
+    );
+    assert_eq!(summary.added.len(), 9_000);
+    assert_eq!(nodes_stored(store.as_ref()).await, 9_000);
+}
+
+#[tokio::test]
+async fn cancelling_a_paused_import_ends_it_and_deletes_its_spool() {
+    let db = common::sqlite().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = spool(dir.path(), &list(30_000));
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let first = engine(Arc::clone(&store), "w1");
+    let job = first.start_import(spec(&path, true)).await.unwrap();
+    wait_bytes(store.as_ref(), job, 0).await;
+    first.pause_imports().await;
+    assert!(path.exists());
+    // Another process (no runner of the job) cancels it.
+    let other = engine(Arc::clone(&store), "w2");
+    other.cancel(job).await.unwrap();
+    let done = other.wait(job).await.unwrap();
+    assert_eq!(done.job.state, JobState::Cancelled);
+    assert!(!path.exists(), "the paused import's spool is deleted");
+    let run = store.import_run(job).await.unwrap();
+    assert_eq!((run.worker, run.lease_until), (None, None));
+    let summary = import_summary(store.as_ref(), &done.job).await.unwrap();
+    assert_eq!(
+        nodes_stored(store.as_ref()).await,
+        summary.added.len() as u64
+    );
+}
+
+/// Only the holder writes: a worker whose hold ran out and was taken over
+/// commits nothing more and cannot end the job; a cancelled job refuses the
+/// holder's batch with `ImportEnded`.
+async fn holds(db: TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = spool(dir.path(), &list(10));
+    let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
+    let job = store
+        .create_import(&spec(&path, false), chrono::Utc::now())
+        .await
+        .unwrap()
+        .id;
+    let t0 = chrono::Utc::now();
+    let lease = Duration::from_secs(30);
+    assert!(
+        store
+            .claim_import(job, "w1", t0, lease)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Held: another worker cannot take it until the hold ran out.
+    assert!(
+        store
+            .claim_import(job, "w2", t0, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let later = t0 + chrono::Duration::seconds(31);
+    assert!(
+        store
+            .claim_import(job, "w2", later, lease)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let batch = |rows| ImportBatch {
+        nodes: vec![NewNode::new("203.0.113.9", 1723, "u", "p").unwrap()],
+        on_conflict: OnConflict::Skip,
+        through_rows: rows,
+        checkpoint: Box::new(move |_, _| ImportCheckpoint {
+            rows,
+            bytes_done: 1,
+            part: serde_json::json!({}),
+        }),
+    };
+    let lost = store.import_batch(job, "w1", later, lease, batch(1)).await;
+    assert!(
+        matches!(lost, Err(StoreError::ImportNotHeld(_))),
+        "{lost:?}"
+    );
+    let ended = store
+        .end_import(job, "w1", JobState::Cancelled, None, None, later)
+        .await
+        .unwrap();
+    assert!(!ended, "w1 no longer holds the job");
+    assert_eq!(store.job(job).await.unwrap().state, JobState::Running);
+    assert_eq!(nodes_stored(store.as_ref()).await, 0);
+    // The holder's batch goes in once; the same rows again are not applied.
+    assert!(
+        store
+            .import_batch(job, "w2", later, lease, batch(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .import_batch(job, "w2", later, lease, batch(1))
+            .await
+            .unwrap()
+    );
+    assert_eq!(nodes_stored(store.as_ref()).await, 1);
+    // Cancelled: the holder's next batch is refused.
+    store
+        .set_job_state(job, JobState::Cancelled, later)
+        .await
+        .unwrap();
+    let refused = store.import_batch(job, "w2", later, lease, batch(2)).await;
+    assert!(
+        matches!(refused, Err(StoreError::ImportEnded(_))),
+        "{refused:?}"
+    );
+    // The holder ends it; it stays cancelled.
+    assert!(
+        store
+            .end_import(job, "w2", JobState::Done, None, None, later)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.job(job).await.unwrap().state, JobState::Cancelled);
+    assert_eq!(store.import_run(job).await.unwrap().worker, None);
+}
+
+#[tokio::test]
+async fn only_the_holder_of_an_import_writes_it() {
+    holds(common::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_only_the_holder_of_an_import_writes_it() {
+    holds(common::postgres().await).await;
 }

@@ -528,11 +528,17 @@ async fn serve(store: Arc<SqlStore>, config: &Config, s: ServeArgs) -> anyhow::R
     );
     connexa_core::runtime::attach_enrichment(&engine, config)?;
     engine.register().await?;
-    if !s.no_workers {
-        let policy = match s.recover {
-            Recover::Resume => RecoverPolicy::Resume,
-            Recover::Interrupt => RecoverPolicy::Interrupt,
-        };
+    let policy = match s.recover {
+        Recover::Resume => RecoverPolicy::Resume,
+        Recover::Interrupt => RecoverPolicy::Interrupt,
+    };
+    if s.no_workers {
+        // Background imports run where their spool is, whatever the roles.
+        let recovered = engine.recover_imports(policy).await?;
+        if !recovered.is_empty() {
+            tracing::info!(jobs = ?recovered, "recovered unfinished imports");
+        }
+    } else {
         let recovered = engine.recover(policy).await?;
         if !recovered.is_empty() {
             tracing::info!(jobs = ?recovered, "recovered unfinished jobs");

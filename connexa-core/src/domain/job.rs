@@ -183,8 +183,9 @@ pub struct ImportSpec {
 pub struct ImportRun {
     /// The job.
     pub job: JobId,
-    /// Rows starting at or before this line (1-based) are committed; 0: none.
-    pub line: u64,
+    /// How many rows of the parser's output (nodes, errors, ignored lines,
+    /// in input order) the committed batches cover; 0: none.
+    pub rows: u64,
     /// Bytes of the spool the parser had read at the last committed batch.
     pub bytes_done: u64,
     /// The spool's size.
@@ -202,8 +203,8 @@ pub struct ImportRun {
 /// What one committed batch of an import job records besides its nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportCheckpoint {
-    /// The last line the batch covers (see [`ImportRun::line`]).
-    pub line: u64,
+    /// The parser rows covered once the batch is in (see [`ImportRun::rows`]).
+    pub rows: u64,
     /// Bytes of the spool read so far.
     pub bytes_done: u64,
     /// The batch's part of the report (an import summary as JSON).

@@ -61,6 +61,9 @@ enum End {
     Stopped,
     /// The process drains: the job waits for a resume.
     Draining,
+    /// Another worker took the job over (this one's hold ran out): it is
+    /// theirs now, nothing more to do here.
+    Lost,
     /// The store kept failing.
     Failed(String),
 }
@@ -108,77 +111,114 @@ pub async fn import_summary(
 /// holds it.
 pub(crate) async fn run_import(inner: Arc<Inner>, job: Job, cancel: watch::Receiver<bool>) {
     let id = job.id;
-    let store = Arc::clone(&inner.store);
     let spec = match spec_of(&job) {
         Ok(s) => s,
         Err(why) => {
             tracing::warn!(job = %id, "{why}");
-            end(&inner, id, JobState::Interrupted, None, Some(why)).await;
+            if claim(&inner, id).await.is_some() {
+                end(&inner, id, JobState::Interrupted, None, Some(why)).await;
+            }
             return;
         }
     };
     if spec.host != crate::ports::hostname() {
         return;
     }
-    let worker = inner.config.worker.clone();
-    let lease = inner.config.lease;
-    let run = match store.claim_import(id, &worker, Utc::now(), lease).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "cannot take the import job");
-            return;
-        }
+    let Some(run) = claim(&inner, id).await else {
+        return;
     };
     let file = match std::fs::File::open(&spec.spool) {
         Ok(f) => f,
         Err(e) => {
             let why = format!(
-                "the spooled list {} cannot be read ({e}); the rows in the report were imported",
-                spec.spool.display()
+                "the spooled list cannot be read ({}); the rows in the report were imported",
+                e.kind()
             );
-            tracing::warn!(job = %id, "{why}");
-            end(&inner, id, JobState::Interrupted, None, Some(why)).await;
+            tracing::warn!(job = %id, spool = %spec.spool.display(), error = %e, "import spool unreadable");
+            if end(&inner, id, JobState::Interrupted, None, Some(why)).await {
+                remove_spool(&spec);
+            }
             return;
         }
     };
-    tracing::info!(job = %id, line = run.line, bytes = spec.bytes_total, source = %spec.source, "import running");
+    tracing::info!(job = %id, rows = run.rows, bytes = spec.bytes_total, source = %spec.source, "import running");
     let stop_on_drop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let outcome = {
         let inner = Arc::clone(&inner);
         let spec = spec.clone();
-        let worker = worker.clone();
         let handle = tokio::runtime::Handle::current();
         let stop = Arc::clone(&stop_on_drop.0);
         tokio::task::spawn_blocking(move || {
+            let worker = inner.config.worker.clone();
+            let lease = inner.config.lease;
             read_spool(
-                &handle, &inner, id, &spec, &worker, lease, file, run.line, cancel, stop,
+                &handle, &inner, id, &spec, &worker, lease, file, run.rows, cancel, stop,
             )
         })
         .await
         .unwrap_or_else(|e| End::Failed(format!("the import crashed: {e}")))
     };
-    match outcome {
+    let ended = match outcome {
+        End::Lost => {
+            tracing::warn!(job = %id, "another worker took the import over (this one's hold ran out)");
+            false
+        }
         End::Draining => {
-            if let Err(e) = store.release_import(id, &worker).await {
+            if let Err(e) = inner.store.release_import(id, &inner.config.worker).await {
                 tracing::warn!(job = %id, error = %e, "cannot let go of the import job");
             }
             tracing::info!(job = %id, "import paused: it resumes after a restart");
             inner.notify();
+            false
         }
-        End::Stopped => {
-            end(&inner, id, JobState::Cancelled, None, None).await;
-            remove_spool(&spec);
-        }
+        End::Stopped => end(&inner, id, JobState::Cancelled, None, None).await,
         End::Failed(why) => {
             tracing::warn!(job = %id, "import stopped: {why}");
-            end(&inner, id, JobState::Interrupted, None, Some(why)).await;
-            remove_spool(&spec);
+            end(&inner, id, JobState::Interrupted, None, Some(why)).await
         }
         End::Read => {
-            let (test_job, error) = start_test(&inner, &job, &spec).await;
-            end(&inner, id, JobState::Done, test_job, error).await;
-            remove_spool(&spec);
+            let cancelled = inner
+                .store
+                .job(id)
+                .await
+                .is_ok_and(|j| j.state == JobState::Cancelled);
+            let (test_job, error) = if cancelled {
+                (None, None)
+            } else {
+                start_test(&inner, &job, &spec).await
+            };
+            end(&inner, id, JobState::Done, test_job, error).await
+        }
+    };
+    if ended {
+        remove_spool(&spec);
+    }
+}
+
+/// Takes the job for this worker (a few tries through transient store
+/// errors). `None`: it ended, or another worker holds it, or the store kept
+/// failing (then [`Engine::wait`] reports the error).
+async fn claim(inner: &Inner, id: JobId) -> Option<ImportRun> {
+    let mut attempt = 1;
+    loop {
+        let now = Utc::now();
+        match inner
+            .store
+            .claim_import(id, &inner.config.worker, now, inner.config.lease)
+            .await
+        {
+            Ok(run) => return run,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(job = %id, attempt, error = %e, "cannot take the import job, retrying");
+                tokio::time::sleep(Duration::from_millis(10) * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                let why = format!("cannot take the import job: {e}");
+                tracing::warn!(job = %id, "{why}");
+                super::lock(&inner.failed).insert(id, why);
+                return None;
+            }
         }
     }
 }
@@ -193,7 +233,7 @@ fn actor_of(spec: &ImportSpec) -> Option<Arc<Actor>> {
     })
 }
 
-fn remove_spool(spec: &ImportSpec) {
+pub(crate) fn remove_spool(spec: &ImportSpec) {
     if spec.delete_spool
         && let Err(e) = std::fs::remove_file(&spec.spool)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -202,28 +242,49 @@ fn remove_spool(spec: &ImportSpec) {
     }
 }
 
-/// Ends the job, unless it was cancelled meanwhile (then it stays cancelled).
+/// Ends the job this worker holds (a job cancelled meanwhile stays
+/// cancelled); `true` when it did. A store that keeps failing leaves it to
+/// a later resume, and [`Engine::wait`] reports the error.
 async fn end(
     inner: &Inner,
     job: JobId,
-    mut state: JobState,
+    state: JobState,
     test_job: Option<JobId>,
     error: Option<String>,
-) {
-    let store = &inner.store;
-    if let Ok(j) = store.job(job).await
-        && j.state == JobState::Cancelled
-    {
-        state = JobState::Cancelled;
-    }
-    match store
-        .end_import(job, state, test_job, error, Utc::now())
-        .await
-    {
-        Ok(()) => tracing::info!(%job, %state, "import ended"),
-        Err(e) => tracing::warn!(%job, error = %e, "cannot record the end of the import"),
+) -> bool {
+    let mut attempt = 1;
+    let ended = loop {
+        let r = inner
+            .store
+            .end_import(
+                job,
+                &inner.config.worker,
+                state,
+                test_job,
+                error.clone(),
+                Utc::now(),
+            )
+            .await;
+        match r {
+            Ok(ended) => break ended,
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(%job, attempt, error = %e, "cannot record the end of the import, retrying");
+                tokio::time::sleep(Duration::from_millis(10) * 2u32.pow(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                let why = format!("cannot record the end of the import: {e}");
+                tracing::warn!(%job, "{why}");
+                super::lock(&inner.failed).insert(job, why);
+                break false;
+            }
+        }
+    };
+    if ended {
+        tracing::info!(%job, %state, "import ended");
     }
     inner.notify();
+    ended
 }
 
 /// Starts the test job the spec asks for on the added nodes.
@@ -272,7 +333,7 @@ fn read_spool(
     worker: &str,
     lease: Duration,
     file: std::fs::File,
-    committed_line: u64,
+    committed: u64,
     cancel: watch::Receiver<bool>,
     stop: Arc<AtomicBool>,
 ) -> End {
@@ -281,7 +342,8 @@ fn read_spool(
         file,
         read: Arc::clone(&read),
     }));
-    imp.skip_through(usize::try_from(committed_line).unwrap_or(usize::MAX));
+    imp.skip_rows(committed);
+    let mut committed = committed;
     loop {
         if *cancel.borrow() {
             return End::Stopped;
@@ -298,7 +360,11 @@ fn read_spool(
         let lines: Vec<usize> = batch.iter().map(|p| p.line).collect();
         let nodes: Vec<_> = batch.into_iter().map(|p| p.node).collect();
         let before = imp.take_report();
-        let line = imp.last_line() as u64;
+        let rows = imp.rows_read();
+        if rows == committed {
+            // Nothing read since the last commit: the end of the input.
+            return End::Read;
+        }
         let bytes = if last {
             spec.bytes_total
         } else {
@@ -306,7 +372,7 @@ fn read_spool(
         };
         let mut attempt = 1;
         loop {
-            let checkpoint = checkpoint_fn(before.clone(), lines.clone(), line, bytes);
+            let checkpoint = checkpoint_fn(before.clone(), lines.clone(), rows, bytes);
             let r = handle.block_on(within(
                 actor_of(spec),
                 inner.store.import_batch(
@@ -317,14 +383,22 @@ fn read_spool(
                     ImportBatch {
                         nodes: nodes.clone(),
                         on_conflict: spec.on_conflict,
-                        through_line: line,
+                        through_rows: rows,
                         checkpoint,
                     },
                 ),
             ));
             match r {
-                Ok(_) => break,
-                Err(StoreError::ImportNotHeld(_)) => return End::Stopped,
+                Ok(true) => break,
+                // Already in: the commit of an earlier attempt went through.
+                Ok(false) if attempt > 1 => break,
+                Ok(false) => {
+                    return End::Failed(format!(
+                        "the store already holds rows up to {rows} of this import: another runner wrote them"
+                    ));
+                }
+                Err(StoreError::ImportNotHeld(_)) => return End::Lost,
+                Err(StoreError::ImportEnded(_)) => return End::Stopped,
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::warn!(%job, attempt, error = %e, "import batch failed, retrying");
                     std::thread::sleep(Duration::from_millis(10) * 2u32.pow(attempt));
@@ -337,6 +411,7 @@ fn read_spool(
                 }
             }
         }
+        committed = rows;
         inner.notify();
         if last {
             return End::Read;
@@ -346,7 +421,7 @@ fn read_spool(
 
 /// The checkpoint of a batch: the rows recorded while reading it, then what
 /// the store did with its nodes.
-fn checkpoint_fn(mut part: ImportReport, lines: Vec<usize>, line: u64, bytes: u64) -> CheckpointFn {
+fn checkpoint_fn(mut part: ImportReport, lines: Vec<usize>, rows: u64, bytes: u64) -> CheckpointFn {
     Box::new(move |outcomes, replaced| {
         if let Err(e) = part.record_outcomes(&lines, outcomes, replaced) {
             part.not_inserted.extend(&lines);
@@ -354,7 +429,7 @@ fn checkpoint_fn(mut part: ImportReport, lines: Vec<usize>, line: u64, bytes: u6
         }
         let summary = ImportSummary::new(String::new(), &part);
         ImportCheckpoint {
-            line,
+            rows,
             bytes_done: bytes,
             part: serde_json::to_value(summary).unwrap_or_default(),
         }
@@ -403,6 +478,23 @@ impl Engine {
         Ok(self.inner.store.import_run(job).await?)
     }
 
+    /// Start-up of a process without the jobs role (`connexa-http serve
+    /// --no-workers`): [`recover`](Self::recover) of the import jobs alone,
+    /// which run where their spool is whatever the roles. Returns the jobs
+    /// handled.
+    pub async fn recover_imports(
+        &self,
+        policy: super::RecoverPolicy,
+    ) -> Result<Vec<JobId>, EngineError> {
+        let mut handled = Vec::new();
+        for job in self.inner.store.unfinished_jobs().await? {
+            if job.kind == JobKind::Import && self.recover_import(&job, policy).await? {
+                handled.push(job.id);
+            }
+        }
+        Ok(handled)
+    }
+
     /// [`recover`](Self::recover) of an import job: resumed (or closed as
     /// interrupted) when it waits for this process; `true` when handled.
     pub(crate) async fn recover_import(
@@ -420,20 +512,41 @@ impl Engine {
             }
             super::RecoverPolicy::Interrupt => {
                 let why = "interrupted at start-up (recovery policy `interrupt`); the rows in the report were imported";
-                end(
-                    &self.inner,
-                    job.id,
-                    JobState::Interrupted,
-                    None,
-                    Some(why.into()),
-                )
-                .await;
-                if let Ok(spec) = spec_of(job) {
+                if claim(&self.inner, job.id).await.is_some()
+                    && end(
+                        &self.inner,
+                        job.id,
+                        JobState::Interrupted,
+                        None,
+                        Some(why.into()),
+                    )
+                    .await
+                    && let Ok(spec) = spec_of(job)
+                {
                     remove_spool(&spec);
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Before a cancellation of `job`: an import job that no runner here
+    /// works on and that waits for this host is taken, so that
+    /// [`after_cancel`](Self::after_cancel) can end it and delete its spool
+    /// (a paused import has no runner to do so). `None`: nothing to do here.
+    pub(crate) async fn before_cancel(&self, job: &Job) -> Option<ImportSpec> {
+        if !self.import_waits_here(job).await.unwrap_or(false) {
+            return None;
+        }
+        claim(&self.inner, job.id).await?;
+        spec_of(job).ok()
+    }
+
+    /// Ends a cancelled import job taken by [`before_cancel`](Self::before_cancel).
+    pub(crate) async fn after_cancel(&self, job: JobId, spec: ImportSpec) {
+        if end(&self.inner, job, JobState::Cancelled, None, None).await {
+            remove_spool(&spec);
+        }
     }
 
     /// Whether an unfinished import job waits for this process: this host's,

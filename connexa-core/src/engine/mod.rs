@@ -862,8 +862,12 @@ impl Engine {
         let store = &self.inner.store;
         let now = Utc::now();
         let current = store.job(job).await?;
+        let paused_import = self.before_cancel(&current).await;
         if !terminal(current.state) {
             store.set_job_state(job, JobState::Cancelled, now).await?;
+        }
+        if let Some(spec) = paused_import {
+            self.after_cancel(job, spec).await;
         }
         let n = store.cancel_pending(job, now).await?;
         tracing::info!(%job, cancelled = n, "job cancelled");
@@ -1177,7 +1181,6 @@ impl Engine {
             }
         };
         let cfg = &self.inner.config;
-        let jobs = cfg.roles.contains(&WorkerRole::Jobs);
         let services = cfg.roles.contains(&WorkerRole::Services);
         let jobs_loop = every(cfg.queue_interval, "jobs");
         let reconcile_loop = every(cfg.reconcile_interval, "reconcile");
@@ -1187,11 +1190,9 @@ impl Engine {
                 shutdown.await;
                 stop.send_replace(true);
             },
-            async {
-                if jobs {
-                    jobs_loop.await;
-                }
-            },
+            // Without the jobs role the loop still picks up this host's
+            // import jobs (they run where their spool is).
+            jobs_loop,
             async {
                 if services {
                     reconcile_loop.await;
@@ -1237,6 +1238,9 @@ impl Engine {
                     tracing::info!(job = %job.id, "picking up import job");
                     self.spawn_runner(job);
                 }
+                continue;
+            }
+            if !self.inner.config.roles.contains(&WorkerRole::Jobs) {
                 continue;
             }
             if job.state == JobState::Running {

@@ -224,12 +224,11 @@ pub struct OutcomeMismatch {
 #[derive(Debug)]
 pub struct Importer<I> {
     rows: I,
-    /// A row read ahead by [`skip_through`](Self::skip_through).
-    ahead: Option<Result<ParsedNode, ImportError>>,
     dedup: Dedup,
     report: ImportReport,
     stopped: bool,
-    last_line: usize,
+    /// Rows taken from `rows` so far.
+    read: u64,
 }
 
 impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
@@ -237,47 +236,38 @@ impl<I: Iterator<Item = Result<ParsedNode, ImportError>>> Importer<I> {
     pub fn new(rows: I) -> Self {
         Importer {
             rows,
-            ahead: None,
             dedup: Dedup::new(),
             report: ImportReport::default(),
             stopped: false,
-            last_line: 0,
+            read: 0,
         }
     }
 
     fn next_row(&mut self) -> Option<Result<ParsedNode, ImportError>> {
-        let row = self.ahead.take().or_else(|| self.rows.next())?;
-        self.last_line = match &row {
-            Ok(p) => p.line,
-            Err(e) => e.line,
-        };
+        let row = self.rows.next()?;
+        self.read += 1;
         Some(row)
     }
 
-    /// Resuming an import whose rows up to `line` are committed: reads those
-    /// rows again without recording them, only so that the rows after them
-    /// are told apart from the earlier ones of the same input (duplicates
-    /// within the file) exactly as in one uninterrupted run.
-    pub fn skip_through(&mut self, line: usize) {
-        while let Some(row) = self.next_row() {
-            let at = match &row {
-                Ok(p) => p.line,
-                Err(e) => e.line,
-            };
-            if at > line {
-                self.ahead = Some(row);
-                return;
-            }
+    /// Resuming an import whose first `rows` rows (of the parser's output,
+    /// nodes and errors alike) are committed: reads those rows again without
+    /// recording them, only so that the rows after them are told apart from
+    /// the earlier ones of the same input (duplicates within the file)
+    /// exactly as in one uninterrupted run. Line numbers play no part: a
+    /// one-line JSON array holds many rows on line 1.
+    pub fn skip_rows(&mut self, rows: u64) {
+        while self.read < rows {
+            let Some(row) = self.next_row() else { return };
             if let Ok(parsed) = row {
                 let _ = self.dedup.classify(parsed);
             }
         }
     }
 
-    /// The line where the last row read starts (0 before the first): every
-    /// row starting at or before it has been handed out or recorded.
-    pub fn last_line(&self) -> usize {
-        self.last_line
+    /// Rows of the parser's output read so far: every one of them has been
+    /// handed out in a batch or recorded in the report.
+    pub fn rows_read(&self) -> u64 {
+        self.read
     }
 
     /// Takes what was recorded so far out of the report (an import job

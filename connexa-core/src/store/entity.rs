@@ -346,7 +346,7 @@ pub mod imports {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub job_id: i64,
-        pub line: i64,
+        pub rows_done: i64,
         pub bytes_done: i64,
         pub bytes_total: i64,
         pub worker: Option<String>,

@@ -1,12 +1,13 @@
-//! Import jobs: their progress row (the last committed line, the bytes read,
-//! who holds the job) and the report part of each committed batch.
+//! Import jobs: their progress row (the parser rows committed, the bytes
+//! read, who holds the job) and the report part of each committed batch.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 
 use super::convert::{from_ms, ms};
@@ -25,7 +26,7 @@ fn count(n: u64) -> i64 {
 fn run(row: imports::Model) -> ImportRun {
     ImportRun {
         job: JobId(row.job_id),
-        line: u64::try_from(row.line).unwrap_or(0),
+        rows: u64::try_from(row.rows_done).unwrap_or(0),
         bytes_done: u64::try_from(row.bytes_done).unwrap_or(0),
         bytes_total: u64::try_from(row.bytes_total).unwrap_or(0),
         worker: row.worker,
@@ -43,7 +44,7 @@ pub(crate) async fn create<C: ConnectionTrait>(
 ) -> Result<(), StoreError> {
     imports::Entity::insert(imports::ActiveModel {
         job_id: Set(job.id.0),
-        line: Set(0),
+        rows_done: Set(0),
         bytes_done: Set(0),
         bytes_total: Set(count(spec.bytes_total)),
         worker: Set(None),
@@ -111,8 +112,10 @@ pub(crate) async fn claim<C: ConnectionTrait>(
 }
 
 /// Extends `worker`'s hold (the batch's first statement: it also locks the
-/// row against a takeover until the batch commits); refused when another
-/// worker took the job or it ended. Returns the last committed line.
+/// row against a takeover until the batch commits), and on PostgreSQL locks
+/// the job's row against a cancellation until then; refused when another
+/// worker took the job ([`StoreError::ImportNotHeld`]) or it no longer runs
+/// ([`StoreError::ImportEnded`]). Returns the parser rows committed so far.
 pub(crate) async fn hold<C: ConnectionTrait>(
     conn: &C,
     job: JobId,
@@ -128,16 +131,18 @@ pub(crate) async fn hold<C: ConnectionTrait>(
         .await
         .map_err(db_err)?
         .rows_affected;
-    let running = jobs::Entity::find_by_id(job.0)
-        .filter(jobs::Column::State.eq(JobState::Running.as_str()))
-        .one(conn)
-        .await
-        .map_err(db_err)?
-        .is_some();
-    if held == 0 || !running {
+    if held == 0 {
         return Err(StoreError::ImportNotHeld(job));
     }
-    Ok(get(conn, job).await?.line)
+    let mut q =
+        jobs::Entity::find_by_id(job.0).filter(jobs::Column::State.eq(JobState::Running.as_str()));
+    if conn.get_database_backend() == DbBackend::Postgres {
+        q = q.lock_shared();
+    }
+    if q.one(conn).await.map_err(db_err)?.is_none() {
+        return Err(StoreError::ImportEnded(job));
+    }
+    Ok(get(conn, job).await?.rows)
 }
 
 /// Records a batch's checkpoint and its part of the report.
@@ -147,7 +152,7 @@ pub(crate) async fn checkpoint<C: ConnectionTrait>(
     c: &ImportCheckpoint,
 ) -> Result<(), StoreError> {
     imports::Entity::update_many()
-        .col_expr(imports::Column::Line, Expr::value(count(c.line)))
+        .col_expr(imports::Column::RowsDone, Expr::value(count(c.rows)))
         .col_expr(imports::Column::BytesDone, Expr::value(count(c.bytes_done)))
         .filter(imports::Column::JobId.eq(job.0))
         .exec(conn)
@@ -183,26 +188,46 @@ pub(crate) async fn parts<C: ConnectionTrait>(
         .collect()
 }
 
-/// Ends the job (its state and finish time) and records how.
+/// Ends the job (its state and finish time, unless it ended meanwhile:
+/// a cancelled job stays cancelled) and records how; only when `worker`
+/// holds it or nobody does.
 pub(crate) async fn end<C: ConnectionTrait>(
     conn: &C,
     job: JobId,
+    worker: &str,
     state: JobState,
     test_job: Option<JobId>,
     error: Option<String>,
     at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     get(conn, job).await?;
-    imports::Entity::update_many()
+    let ours = imports::Entity::update_many()
         .col_expr(imports::Column::Worker, Expr::value(None::<String>))
         .col_expr(imports::Column::LeaseUntil, Expr::value(None::<i64>))
         .col_expr(imports::Column::TestJob, Expr::value(test_job.map(|j| j.0)))
         .col_expr(imports::Column::Error, Expr::value(error))
         .filter(imports::Column::JobId.eq(job.0))
+        .filter(
+            Condition::any()
+                .add(imports::Column::Worker.is_null())
+                .add(imports::Column::Worker.eq(worker)),
+        )
+        .exec(conn)
+        .await
+        .map_err(db_err)?
+        .rows_affected;
+    if ours == 0 {
+        return Ok(false);
+    }
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::State, Expr::value(state.as_str()))
+        .col_expr(jobs::Column::FinishedAt, Expr::value(ms(at)))
+        .filter(jobs::Column::Id.eq(job.0))
+        .filter(jobs::Column::State.is_in([JobState::Queued.as_str(), JobState::Running.as_str()]))
         .exec(conn)
         .await
         .map_err(db_err)?;
-    super::jobs::set_state(conn, job, state, at).await
+    Ok(true)
 }
 
 pub(crate) async fn release<C: ConnectionTrait>(

@@ -967,8 +967,8 @@ impl MigrationTrait for M0011ServicePlacement {
     }
 }
 
-/// Import jobs: `imports` holds how far each got (the last committed line,
-/// the bytes read, who holds it) and `import_parts` the report of each
+/// Import jobs: `imports` holds how far each got (the parser rows the
+/// committed batches cover, the bytes read, who holds it) and `import_parts` the report of each
 /// committed batch.
 struct M0012Imports;
 
@@ -982,7 +982,7 @@ impl MigrationName for M0012Imports {
 enum Imports {
     Table,
     JobId,
-    Line,
+    RowsDone,
     BytesDone,
     BytesTotal,
     Worker,
@@ -1007,7 +1007,7 @@ impl MigrationTrait for M0012Imports {
                 .table(Imports::Table)
                 .if_not_exists()
                 .col(big_integer(Imports::JobId).primary_key())
-                .col(big_integer(Imports::Line))
+                .col(big_integer(Imports::RowsDone))
                 .col(big_integer(Imports::BytesDone))
                 .col(big_integer(Imports::BytesTotal))
                 .col(text_null(Imports::Worker))

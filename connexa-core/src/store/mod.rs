@@ -1355,13 +1355,13 @@ impl NodeStore for SqlStore {
         let ImportBatch {
             nodes,
             on_conflict,
-            through_line,
+            through_rows,
             checkpoint,
         } = batch;
         let w = self.begin_write().await?;
         let r = async {
             let committed = imports::hold(&w.txn, job, worker, at, lease).await?;
-            if through_line <= committed && committed > 0 {
+            if through_rows <= committed {
                 return Ok(false);
             }
             let now = Utc::now();
@@ -1421,13 +1421,14 @@ impl NodeStore for SqlStore {
     async fn end_import(
         &self,
         job: JobId,
+        worker: &str,
         state: JobState,
         test_job: Option<JobId>,
         error: Option<String>,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let w = self.begin_write().await?;
-        let r = imports::end(&w.txn, job, state, test_job, error, at).await;
+        let r = imports::end(&w.txn, job, worker, state, test_job, error, at).await;
         w.finish(r).await
     }
 

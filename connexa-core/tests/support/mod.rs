@@ -519,12 +519,15 @@ impl NodeStore for FaultStore {
     async fn end_import(
         &self,
         job: JobId,
+        worker: &str,
         state: JobState,
         test_job: Option<JobId>,
         error: Option<String>,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.inner.end_import(job, state, test_job, error, at).await
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .end_import(job, worker, state, test_job, error, at)
+            .await
     }
 
     async fn release_import(&self, job: JobId, worker: &str) -> Result<(), StoreError> {

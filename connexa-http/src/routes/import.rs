@@ -496,7 +496,18 @@ async fn start_background(
     // running here share the limit (it bounds the spool disk and the
     // importers at once), and nothing starts during a shutdown.
     let max = st.options().max_background_imports;
-    let spooling = st.spooling();
+    let refused = || {
+        unavailable(&format!(
+            "{max} background imports are running; try again later"
+        ))
+    };
+    // The permit first, then the count: uploads arriving together cannot all
+    // pass a count taken before any of them holds a permit.
+    let permit = st
+        .spooling()
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| refused())?;
     let host = connexa_core::ports::hostname();
     let running = st
         .store()
@@ -505,17 +516,10 @@ async fn start_background(
         .iter()
         .filter(|j| j.import_spec().is_some_and(|s| s.host == host))
         .count();
-    let busy = max.saturating_sub(spooling.available_permits()) + running;
-    let permit = spooling
-        .clone()
-        .try_acquire_owned()
-        .ok()
-        .filter(|_| busy < max)
-        .ok_or_else(|| {
-            unavailable(&format!(
-                "{max} background imports are running; try again later"
-            ))
-        })?;
+    let spooling = max.saturating_sub(st.spooling().available_permits());
+    if spooling + running > max {
+        return Err(refused());
+    }
     if *st.shutdown_rx().borrow() {
         return Err(unavailable("the server is shutting down"));
     }

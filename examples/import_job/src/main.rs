@@ -61,8 +61,8 @@ async fn main() -> anyhow::Result<()> {
     first.pause_imports().await;
     let paused = store.import_run(job).await?;
     println!(
-        "paused: job #{job} committed lines 1..={} ({} of {} bytes)",
-        paused.line, paused.bytes_done, paused.bytes_total
+        "paused: job #{job} committed its first {} rows ({} of {} bytes)",
+        paused.rows, paused.bytes_done, paused.bytes_total
     );
 
     let second = engine(store.clone());
