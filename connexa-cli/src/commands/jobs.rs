@@ -154,7 +154,7 @@ async fn show(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
         ctx.out.line(format_args!(
             "  import of {}: {} of {} bytes committed{}",
             v["source"].as_str().unwrap_or("-"),
-            v["bytes_done"],
+            v["bytes_processed"],
             v["bytes_total"],
             v["test_job"]
                 .as_i64()
@@ -189,20 +189,19 @@ async fn show(ctx: &Ctx, engine: &Engine, id: i64) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-/// What an import job read and its report (`None` for other kinds).
+/// An import job's view with its report so far (`None` for other kinds).
 async fn import_view(
     engine: &Engine,
     job: &connexa_core::ports::Job,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let Some(spec) = job.import_spec() else {
+    if job.kind != connexa_core::JobKind::Import {
         return Ok(None);
-    };
-    let run = engine.store().import_run(job.id).await?;
-    let summary = connexa_core::engine::import_summary(engine.store().as_ref(), job).await?;
-    Ok(Some(serde_json::json!({
-        "source": spec.source, "bytes_total": run.bytes_total, "bytes_done": run.bytes_done,
-        "test_job": run.test_job.map(|j| j.0), "error": run.error, "summary": summary,
-    })))
+    }
+    let store = engine.store().as_ref();
+    let mut view = connexa_core::ops::ImportJobView::of(store, job, false).await?;
+    // The report as committed so far (also while it runs).
+    view.summary = Some(connexa_core::engine::import_summary(store, job).await?);
+    Ok(Some(serde_json::to_value(view)?))
 }
 
 /// `jobs retest-failed ID`.

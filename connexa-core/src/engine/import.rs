@@ -91,7 +91,7 @@ pub(crate) fn claimable_here(job: &Job, run: &ImportRun, worker: &str) -> bool {
 pub async fn import_summary(
     store: &dyn crate::ports::NodeStore,
     job: &Job,
-) -> Result<ImportSummary, EngineError> {
+) -> Result<ImportSummary, StoreError> {
     let run = store.import_run(job.id).await?;
     let source = spec_of(job).map(|s| s.source).unwrap_or_default();
     let mut summary = ImportSummary::new(source, &ImportReport::default());

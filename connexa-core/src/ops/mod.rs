@@ -38,12 +38,14 @@ pub enum OpsError {
 
 #[cfg(feature = "sim")]
 pub mod demo;
+mod import_view;
 mod nodes;
 mod plan;
 mod services;
 mod views;
 
 pub use crate::import::summary::*;
+pub use import_view::*;
 pub use nodes::*;
 pub use plan::*;
 pub use services::*;

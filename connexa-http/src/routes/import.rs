@@ -23,8 +23,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use connexa_core::engine::JobOptions;
 use connexa_core::import::{ImportOptions, OnConflict};
-use connexa_core::ops::ImportSummary;
-use connexa_core::ports::{ImportSpec, Job, JobId, JobKind, JobState};
+use connexa_core::ops::{ImportJobView, ImportSummary};
+use connexa_core::ports::{ImportSpec, Job, JobId, JobKind};
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tempfile::NamedTempFile;
@@ -301,24 +301,10 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// Jobs `GET /imports` looks through for import jobs.
 const SCAN: u64 = 1_000;
 
-/// Where a background import is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ImportState {
-    /// Queued or reading the spooled upload (also while it waits for the
-    /// server's restart to resume it).
-    Running,
-    /// Every row was read; `summary` is the report.
-    Done,
-    /// The import stopped early (the store failed, the spool file was gone
-    /// at a resume) or its test job could not start; `error` says why, and
-    /// `summary` names the rows that went in before.
-    Failed,
-    /// Cancelled (`POST /jobs/{id}/cancel`): the rows in `summary` went in.
-    Cancelled,
-}
+pub use connexa_core::ops::ImportState;
 
-/// A background import (an import job) and its progress.
+/// A background import (an import job) and its progress: the import job's
+/// view ([`ImportJobView`]) with its id and URL.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BackgroundImport {
     /// The import's id: its job's id, as text.
@@ -352,6 +338,27 @@ pub struct BackgroundImport {
     pub error: Option<String>,
 }
 
+impl From<ImportJobView> for BackgroundImport {
+    fn from(v: ImportJobView) -> Self {
+        BackgroundImport {
+            id: v.import_job.to_string(),
+            url: import_url(v.import_job),
+            import_job: v.import_job,
+            state: v.state,
+            source: v.source,
+            on_conflict: v.on_conflict,
+            bytes_total: v.bytes_total,
+            bytes_processed: v.bytes_processed,
+            percent: v.percent,
+            started_at: v.started_at,
+            finished_at: v.finished_at,
+            summary: v.summary,
+            job: v.job,
+            error: v.error,
+        }
+    }
+}
+
 /// `503 unavailable` with `Retry-After`.
 fn unavailable(detail: &str) -> ApiError {
     let mut e = ApiError::new(Kind::Unavailable, detail);
@@ -365,50 +372,9 @@ fn import_url(id: JobId) -> String {
 
 /// The view of import job `job`; its report only `with_summary` and once it ended.
 async fn view(st: &AppState, job: &Job, with_summary: bool) -> ApiResult<BackgroundImport> {
-    let store = st.store();
-    let spec = job.import_spec().ok_or_else(|| {
-        ApiError::internal(&format!("job {} holds no readable import spec", job.id))
-    })?;
-    let run = store.import_run(job.id).await?;
-    let state = match job.state {
-        JobState::Queued | JobState::Running => ImportState::Running,
-        JobState::Done if run.error.is_none() => ImportState::Done,
-        JobState::Cancelled => ImportState::Cancelled,
-        JobState::Done | JobState::Interrupted => ImportState::Failed,
-    };
-    let total = run.bytes_total;
-    let processed = if state == ImportState::Done {
-        total
-    } else {
-        run.bytes_done.min(total)
-    };
-    let percent = match state {
-        ImportState::Done => 100.0,
-        _ if total == 0 => 0.0,
-        _ => ((processed as f64 * 1000.0 / total as f64).floor() / 10.0).min(99.9),
-    };
-    let ended = state != ImportState::Running;
-    let summary = if with_summary && ended {
-        Some(connexa_core::engine::import_summary(store.as_ref(), job).await?)
-    } else {
-        None
-    };
-    Ok(BackgroundImport {
-        id: job.id.to_string(),
-        url: import_url(job.id),
-        import_job: job.id,
-        state,
-        source: spec.source,
-        on_conflict: spec.on_conflict,
-        bytes_total: total,
-        bytes_processed: processed,
-        percent,
-        started_at: job.created_at,
-        finished_at: job.finished_at,
-        summary,
-        job: run.test_job,
-        error: run.error,
-    })
+    Ok(ImportJobView::of(st.store().as_ref(), job, with_summary)
+        .await?
+        .into())
 }
 
 /// Writes a body stream to a new spool file in `dir`: at most `limit` bytes
