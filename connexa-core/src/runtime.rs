@@ -591,6 +591,21 @@ impl NetworkPorts {
     }
 }
 
+/// The demo's settings ([`ops::demo`](crate::ops::demo)): `config`'s, with the speed test pointed at the keyed
+/// endpoint of the simulator's tunnel host and kept short.
+#[cfg(feature = "sim")]
+pub fn demo_config(config: &Config) -> Config {
+    let mut c = config.clone();
+    c.test.self_url = Some(format!("http://{}", crate::sim::TUNNEL_HOST));
+    c.test.self_upload = false;
+    c.test.extra_test_urls.clear();
+    c.test.upload_url = None;
+    c.test.speed_duration_secs = 2.0;
+    c.test.speed_warmup_secs = 0.5;
+    c.test.speed_streams = 2;
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

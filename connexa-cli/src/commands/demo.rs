@@ -13,11 +13,11 @@ use connexa_core::domain::{NodeFilter, NodeId, Status};
 use connexa_core::engine::JobOptions;
 use connexa_core::ops::TestPlan;
 use connexa_core::ops::demo::{
-    DEMO_FETCH_BYTES, DemoError, DemoFleet, DemoService, DemoSpec, demo_config, status_counts,
+    DEMO_FETCH_BYTES, DemoError, DemoFleet, DemoService, DemoSpec, status_counts,
 };
 use connexa_core::ports::JobKind;
 use connexa_core::probe::{LightProber, ProbeConfig};
-use connexa_core::runtime::NetworkPorts;
+use connexa_core::runtime::{NetworkPorts, demo_config};
 use connexa_core::sim::{TUNNEL_HOST, parse_mix};
 use connexa_core::store::redact_url;
 
@@ -78,10 +78,10 @@ pub async fn exec(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<Exit> {
     let config = demo_config(&ctx.effective_config());
     let demo = start_fleet(&a, &config, store.clone()).await?;
     announce(ctx, &demo, a.port);
-    let prober = demo_prober();
-    let plan = demo.plan(Arc::clone(&prober), &config).await;
+    let ports = NetworkPorts::with_prober(&config, demo_prober());
+    let plan = demo.plan(ports.prober.as_ref(), ports.speed.as_ref()).await;
     announce_plan(ctx, &plan);
-    let engine = NetworkPorts::with_prober(&config, prober).engine(store.clone(), &config);
+    let engine = ports.engine(store.clone(), &config);
     let options = JobOptions::default().node_timeout(Duration::from_secs(30));
     let job = engine
         .start_job(

@@ -12,14 +12,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::{OpsError, TestPlan, all_matching, deepest_test, want_services};
-use crate::config::Config;
 use crate::domain::{NodeFilter, NodeId, Status};
 use crate::engine::Engine;
 use crate::export::ExportFormat;
 use crate::import::{Existing, ImportOptions, import_into};
-use crate::ports::{JobKind, NodeStore};
-use crate::probe::LightProber;
-use crate::runtime::NetworkPorts;
+use crate::ports::{JobKind, NodeStore, Prober, SpeedTester};
 use crate::sim::{Behaviour, Fleet, FleetSpec, SimError, TUNNEL_HOST, TunnelSpec};
 use crate::socks::client as socks_client;
 use crate::socks::proto::TargetAddr;
@@ -33,20 +30,6 @@ pub const DEMO_FETCH_BYTES: u64 = 1_000_000;
 
 /// The default behaviour mix of the demo fleet.
 pub const DEFAULT_MIX: &str = "healthy=70,refused=10,silent=10,garbage=5,wrong=5";
-
-/// The demo's settings: `config`'s, with the speed test pointed at the keyed
-/// endpoint of the simulator's tunnel host and kept short.
-pub fn demo_config(config: &Config) -> Config {
-    let mut c = config.clone();
-    c.test.self_url = Some(format!("http://{TUNNEL_HOST}"));
-    c.test.self_upload = false;
-    c.test.extra_test_urls.clear();
-    c.test.upload_url = None;
-    c.test.speed_duration_secs = 2.0;
-    c.test.speed_warmup_secs = 0.5;
-    c.test.speed_streams = 2;
-    c
-}
 
 /// What fleet to simulate.
 #[derive(Debug, Clone)]
@@ -192,7 +175,7 @@ impl DemoFleet {
 
     /// The deepest test this machine can run against the fleet, tried on
     /// one healthy node (light alone when the mix has none).
-    pub async fn plan(&self, prober: Arc<LightProber>, config: &Config) -> TestPlan {
+    pub async fn plan(&self, prober: &dyn Prober, speed: &dyn SpeedTester) -> TestPlan {
         let Some(sim) = self
             .fleet
             .nodes()
@@ -207,10 +190,9 @@ impl DemoFleet {
                 ),
             };
         };
-        let speed = NetworkPorts::with_prober(config, Arc::clone(&prober)).speed;
         deepest_test(
-            prober.as_ref(),
-            Some(speed.as_ref()),
+            prober,
+            Some(speed),
             &sim.node(NodeId(0)),
             Duration::from_secs(5),
         )
