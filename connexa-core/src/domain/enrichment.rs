@@ -189,3 +189,28 @@ pub enum EnrichmentUpdate {
     /// Replace the node's fraud record.
     Fraud(FraudRecord),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_are_empty_only_when_nothing_was_found() {
+        assert!(GeoFacts::default().is_empty());
+        let asn_only = GeoFacts {
+            asn: Some(64_500),
+            ..GeoFacts::default()
+        };
+        assert!(!asn_only.is_empty());
+        let mut city = GeoFacts {
+            city: Some("Phoenix".into()),
+            ..GeoFacts::default()
+        };
+        assert!(!city.is_empty());
+        city.fill_from(asn_only);
+        assert_eq!(
+            (city.city.as_deref(), city.asn),
+            (Some("Phoenix"), Some(64_500))
+        );
+    }
+}
