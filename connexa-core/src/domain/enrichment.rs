@@ -213,4 +213,35 @@ mod tests {
             (Some("Phoenix"), Some(64_500))
         );
     }
+
+    #[test]
+    fn risk_levels_have_their_score_bands_and_names() {
+        let bands = [
+            (0, Risk::Low),
+            (24, Risk::Low),
+            (25, Risk::Medium),
+            (49, Risk::Medium),
+            (50, Risk::High),
+            (74, Risk::High),
+            (75, Risk::VeryHigh),
+            (100, Risk::VeryHigh),
+            (255, Risk::VeryHigh),
+        ];
+        for (score, risk) in bands {
+            assert_eq!(Risk::from_score(score), risk, "{score}");
+        }
+        for r in Risk::ALL {
+            assert_eq!(r.as_str().parse::<Risk>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+        }
+        assert_eq!(
+            Risk::ALL.map(Risk::as_str),
+            ["low", "medium", "high", "very_high"]
+        );
+        assert_eq!(" Very High ".parse::<Risk>(), Ok(Risk::VeryHigh));
+        assert_eq!("very-high".parse::<Risk>(), Ok(Risk::VeryHigh));
+        let e = "severe".parse::<Risk>().unwrap_err();
+        assert_eq!(e, UnknownRisk("severe".into()));
+        assert!(e.to_string().contains("low, medium, high or very_high"));
+    }
 }
