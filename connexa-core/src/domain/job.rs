@@ -350,6 +350,41 @@ mod tests {
     }
 
     #[test]
+    fn only_an_import_job_has_an_import_spec() {
+        let spec = ImportSpec {
+            source: "fleet.txt".into(),
+            spool: "/var/lib/connexa/spool/x.spool".into(),
+            delete_spool: true,
+            host: "h".into(),
+            bytes_total: 42,
+            on_conflict: OnConflict::Replace,
+            test: Some((JobKind::Light, serde_json::json!({}))),
+            actor: Some("token:ci".into()),
+            actor_source: None,
+        };
+        let job = |kind, options| Job {
+            id: JobId(1),
+            kind,
+            state: JobState::Queued,
+            options,
+            total: 42,
+            created_at: Utc::now(),
+            finished_at: None,
+            deadline: None,
+        };
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            job(JobKind::Import, stored.clone()).import_spec(),
+            Some(spec)
+        );
+        assert_eq!(job(JobKind::Light, stored).import_spec(), None);
+        assert_eq!(
+            job(JobKind::Import, serde_json::json!({"source": 1})).import_spec(),
+            None
+        );
+    }
+
+    #[test]
     fn progress_counts_ended_items() {
         let p = Progress {
             total: 8,
