@@ -207,3 +207,96 @@ impl Page {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Node, Secret};
+
+    fn nodes(ids: std::ops::RangeInclusive<i64>) -> Vec<Node> {
+        ids.map(|i| {
+            Node::added(
+                NodeId(i),
+                "127.0.0.1".parse().unwrap(),
+                1723,
+                "u",
+                Secret::new("p"),
+                chrono::Utc::now(),
+            )
+        })
+        .collect()
+    }
+
+    #[test]
+    fn pages_by_number_and_cursor() {
+        assert_eq!(Page::number(1, 50).offset, 0);
+        assert_eq!(Page::number(3, 50).offset, 100);
+        assert_eq!(Page::number(0, 50).offset, 0);
+        assert_eq!(Page::number(u64::MAX, u64::MAX).offset, u64::MAX);
+        let c = Page::cursor(Some(NodeId(7)), 20);
+        assert_eq!(
+            (c.after, c.limit, c.offset, c.sort),
+            (Some(NodeId(7)), 20, 0, SortKey::Id)
+        );
+        assert_eq!(Page::default().limit, 100);
+    }
+
+    #[test]
+    fn a_cursor_needs_id_order_and_no_offset() {
+        assert_eq!(Page::cursor(Some(NodeId(1)), 5).check(), Ok(()));
+        assert_eq!(Page::default().check(), Ok(()));
+        let by_ip = Page {
+            sort: SortKey::Ip,
+            ..Page::cursor(Some(NodeId(1)), 5)
+        };
+        assert_eq!(by_ip.check(), Err(PageError::AfterNeedsIdSort));
+        let with_offset = Page {
+            offset: 5,
+            ..Page::cursor(Some(NodeId(1)), 5)
+        };
+        assert_eq!(with_offset.check(), Err(PageError::AfterWithOffset));
+        // Without a cursor, any sort and offset.
+        let plain = Page {
+            sort: SortKey::Ip,
+            offset: 5,
+            ..Page::default()
+        };
+        assert_eq!(plain.check(), Ok(()));
+    }
+
+    #[test]
+    fn the_next_cursor_is_the_last_id_of_a_full_page_in_id_order() {
+        let p = Page::cursor(None, 3);
+        assert_eq!(p.next_after(&nodes(4..=6)), Some(NodeId(6)));
+        assert_eq!(
+            p.next_after(&nodes(4..=5)),
+            None,
+            "a short page is the last"
+        );
+        assert_eq!(p.next_after(&[]), None);
+        let by_ip = Page {
+            sort: SortKey::Ip,
+            ..p
+        };
+        assert_eq!(by_ip.next_after(&nodes(4..=6)), None);
+        let empty = Page { limit: 0, ..p };
+        assert_eq!(empty.next_after(&nodes(4..=6)), None);
+        // A limit above the store's maximum: a page of MAX_LIMIT rows is full.
+        let huge = Page {
+            limit: Page::MAX_LIMIT + 5,
+            ..p
+        };
+        let max = Page::MAX_LIMIT as i64;
+        assert_eq!(huge.next_after(&nodes(1..=max)), Some(NodeId(max)));
+    }
+
+    #[test]
+    fn filters_on_ids_and_statuses() {
+        let f = NodeFilter::ids([NodeId(2), NodeId(3)]);
+        assert_eq!(f.ids, Some(vec![NodeId(2), NodeId(3)]));
+        assert_eq!(f.statuses, Vec::new());
+        let s = NodeFilter::statuses([Status::SpeedOk]);
+        assert_eq!((s.ids, s.statuses), (None, vec![Status::SpeedOk]));
+        assert_eq!(NodeFilter::all(), NodeFilter::default());
+    }
+}

@@ -232,3 +232,73 @@ impl Outcome {
         self.reached == Level::Light && matches!(self.failure, Some(Failure::AuthRejected { .. }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transport_failures_before_an_answer_are_transient() {
+        let transient = [
+            Failure::Refused,
+            Failure::ConnectTimeout,
+            Failure::Reset,
+            Failure::ClosedEarly,
+            Failure::HandshakeTimeout,
+        ];
+        for f in transient {
+            assert!(f.is_transient(), "{f}");
+        }
+        let lasting = [
+            Failure::NotPptp,
+            Failure::ControlRejected { code: 2 },
+            Failure::AuthRejected {
+                code: Some(691),
+                message: "bad".into(),
+            },
+            Failure::AuthTimeout,
+            Failure::Timeout,
+        ];
+        for f in lasting {
+            assert!(!f.is_transient(), "{f}");
+        }
+    }
+
+    #[test]
+    fn control_results_read_as_rfc_2637_says() {
+        assert_eq!(
+            control_result_meaning(1),
+            "successful channel establishment"
+        );
+        assert_eq!(control_result_meaning(2), "general error");
+        assert_eq!(control_result_meaning(3), "command channel already exists");
+        assert!(control_result_meaning(4).contains("not authorized"));
+        assert!(control_result_meaning(5).contains("protocol version"));
+        assert_eq!(control_result_meaning(0), "unknown result code");
+        assert_eq!(
+            Failure::ControlRejected { code: 4 }.to_string(),
+            "PPTP control connection rejected: result 4 (requester is not authorized to establish a command channel)"
+        );
+    }
+
+    #[test]
+    fn an_auth_rejection_is_a_light_outcome_with_that_failure() {
+        let rejected = Failure::AuthRejected {
+            code: Some(691),
+            message: "E=691".into(),
+        };
+        assert!(Outcome::failed(Level::Light, rejected.clone()).is_auth_rejected());
+        assert!(!Outcome::failed(Level::Light, Failure::AuthTimeout).is_auth_rejected());
+        assert!(!Outcome::failed(Level::Auth, rejected).is_auth_rejected());
+        assert!(!Outcome::success(Level::Light).is_auth_rejected());
+        let m = Measurements {
+            ping_ms: Some(12.5),
+            ..Measurements::default()
+        };
+        let o = Outcome::success(Level::Speed).with_measurements(m.clone());
+        assert_eq!(
+            (o.reached, o.failure, o.measurements),
+            (Level::Speed, None, m)
+        );
+    }
+}
