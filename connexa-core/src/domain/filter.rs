@@ -230,7 +230,10 @@ mod tests {
     #[test]
     fn pages_by_number_and_cursor() {
         assert_eq!(Page::number(1, 50).offset, 0);
-        assert_eq!(Page::number(3, 50).offset, 100);
+        assert_eq!(
+            (Page::number(3, 50).offset, Page::number(3, 50).limit),
+            (100, 50)
+        );
         assert_eq!(Page::number(0, 50).offset, 0);
         assert_eq!(Page::number(u64::MAX, u64::MAX).offset, u64::MAX);
         let c = Page::cursor(Some(NodeId(7)), 20);
