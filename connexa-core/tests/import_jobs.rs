@@ -130,6 +130,16 @@ async fn wait_bytes(store: &dyn NodeStore, job: JobId, more_than: u64) -> Import
     }
 }
 
+/// Starts an import of `path` (worker `w1`) and pauses it once a batch is in,
+/// as a server's SIGTERM does.
+async fn paused_after_a_batch(store: &Arc<dyn NodeStore>, path: &Path) -> JobId {
+    let first = engine(Arc::clone(store), "w1");
+    let job = first.start_import(spec(path, true)).await.unwrap();
+    wait_bytes(store.as_ref(), job, 0).await;
+    first.pause_imports().await;
+    job
+}
+
 async fn reads_whole_spool(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let text = list(3_000);
@@ -233,10 +243,7 @@ async fn a_gone_spool_ends_the_import_interrupted_with_the_reason() {
     let text = list(30_000);
     let path = spool(dir.path(), &text);
     let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let first = engine(Arc::clone(&store), "w1");
-    let job = first.start_import(spec(&path, true)).await.unwrap();
-    wait_bytes(store.as_ref(), job, 0).await;
-    first.pause_imports().await;
+    let job = paused_after_a_batch(&store, &path).await;
     std::fs::remove_file(&path).unwrap();
     let second = engine(Arc::clone(&store), "w2");
     assert_eq!(
@@ -387,10 +394,7 @@ async fn a_one_line_json_array_is_imported_whole_also_across_a_pause() {
     let text = format!("[{}]", rows.join(","));
     let path = spool(dir.path(), &text);
     let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let first = engine(Arc::clone(&store), "w1");
-    let job = first.start_import(spec(&path, true)).await.unwrap();
-    wait_bytes(store.as_ref(), job, 0).await;
-    first.pause_imports().await;
+    let job = paused_after_a_batch(&store, &path).await;
     let paused = store.import_run(job).await.unwrap();
     let second = engine(Arc::clone(&store), "w1");
     second.recover(RecoverPolicy::Resume).await.unwrap();
@@ -412,10 +416,7 @@ async fn cancelling_a_paused_import_ends_it_and_deletes_its_spool() {
     let dir = tempfile::tempdir().unwrap();
     let path = spool(dir.path(), &list(30_000));
     let store: Arc<dyn NodeStore> = Arc::new(db.store.clone());
-    let first = engine(Arc::clone(&store), "w1");
-    let job = first.start_import(spec(&path, true)).await.unwrap();
-    wait_bytes(store.as_ref(), job, 0).await;
-    first.pause_imports().await;
+    let job = paused_after_a_batch(&store, &path).await;
     assert!(path.exists());
     // Another process (no runner of the job) cancels it.
     let other = engine(Arc::clone(&store), "w2");
