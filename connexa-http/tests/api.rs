@@ -2001,6 +2001,30 @@ async fn background_import_errors_unknown_ids_and_tokens() {
     a.get("/api/v1/imports/nope/events")
         .await
         .problem(404, "not-found");
+    // Ids that are no import job: negative, past i64, control characters,
+    // and the id of a job of another kind.
+    let light = connexa_core::engine::queue_job(
+        a.store.as_ref(),
+        connexa_core::ports::JobKind::Light,
+        NodeFilter::all(),
+        connexa_core::engine::JobOptions::default(),
+    )
+    .await
+    .unwrap();
+    for id in [
+        "-1".to_owned(),
+        "99999999999999999999".into(),
+        "%00".into(),
+        "1%0A".into(),
+        light.id.to_string(),
+    ] {
+        a.get(&format!("/api/v1/imports/{id}"))
+            .await
+            .problem(404, "not-found");
+        a.get(&format!("/api/v1/imports/{id}/events"))
+            .await
+            .problem(404, "not-found");
+    }
     for uri in [
         "/api/v1/imports",
         "/api/v1/imports/0123456789abcdef",
